@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: set-up, lint and format check, type check, build, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+npx biome ci .
+npx tsc --noEmit -p tsconfig.json
+npx tsup --silent
+npx vitest run "$@"

@@ -1,0 +1,143 @@
+import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { ErrorCode, VirtError } from '../../stable/errors.js';
+
+/**
+ * What the command line needs besides the definition: where things live and which file
+ * descriptors the child will hold (the start-up sequence allocates them).
+ */
+export interface CommandLineContext {
+  /** Inherited fd of the listening QMP socket. */
+  readonly monitorFd: number;
+  /** Default path of a file serial without one. */
+  readonly consolePath: string;
+  /** Home directory given to QEMU. */
+  readonly homeDir: string;
+}
+
+/** The command line, environment and the taints it implies. */
+export interface CommandLine {
+  readonly argv: readonly string[];
+  readonly env: Readonly<Record<string, string>>;
+  readonly taints: readonly string[];
+  /** The definition with defaults the command line chose (aliases, MACs, serial paths) filled in. */
+  readonly live: DomainDefinition;
+}
+
+/** QEMU's option syntax doubles commas inside values. */
+const esc = (value: string): string => value.replaceAll(',', ',,');
+
+const unsupported = (path: string, what: string): VirtError =>
+  new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${what} is not supported by this version of virtkit`, {
+    path,
+  });
+
+/**
+ * Turns a definition into QEMU's argv, deterministically: the same definition and context always
+ * give the same argv. QEMU always starts with `-S`; the start-up sequence resumes it.
+ */
+export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext): CommandLine {
+  const argv: string[] = [];
+  const add = (...args: string[]) => argv.push(...args);
+  const taints: string[] = [];
+
+  add('-name', `guest=${def.name},debug-threads=on`, '-S', '-uuid', def.uuid);
+  add('-no-user-config', '-nodefaults', '-msg', 'timestamp=on');
+  const acpi = def.features?.acpi ?? true;
+  add('-machine', `${def.os.machine ?? 'pc'},usb=off,dump-guest-core=off,acpi=${acpi ? 'on' : 'off'}`);
+  add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
+  if (def.cpu?.mode === 'host-passthrough') add('-cpu', 'host');
+  else if (def.cpu?.model) add('-cpu', def.cpu.model);
+  else if (def.cpu?.mode === 'host-model') add('-cpu', def.type === 'kvm' ? 'host' : 'max');
+
+  let memory = `size=${def.memoryKiB}k`;
+  if (def.maxMemory) memory += `,slots=${def.maxMemory.slots},maxmem=${def.maxMemory.kib}k`;
+  add('-m', memory);
+  if (def.memoryBacking?.hugepages) throw unsupported('memoryBacking.hugepages', 'hugepage-backed memory');
+  if (def.memoryBacking?.locked) add('-overcommit', 'mem-lock=on');
+
+  const topo = def.cpu?.topology ?? { sockets: def.vcpu.count, dies: 1, cores: 1, threads: 1 };
+  add(
+    '-smp',
+    `${def.vcpu.current ?? def.vcpu.count},maxcpus=${def.vcpu.count},sockets=${topo.sockets},dies=${topo.dies},cores=${topo.cores},threads=${topo.threads}`,
+  );
+  for (let i = 1; i <= def.iothreads; i++) add('-object', `iothread,id=iothread${i}`);
+
+  add('-chardev', `socket,id=charmonitor,fd=${ctx.monitorFd},server=on,wait=off`);
+  add('-mon', 'chardev=charmonitor,id=monitor,mode=control');
+  add('-rtc', `base=${def.clock?.offset ?? 'utc'}`);
+  if (def.onPoweroff === 'restart') add('-no-shutdown');
+  if (def.onReboot === 'destroy') add('-no-reboot');
+  add('-boot', 'strict=on');
+  if (def.os.kernel) add('-kernel', def.os.kernel);
+  if (def.os.initrd) add('-initrd', def.os.initrd);
+  if (def.os.cmdline !== undefined) add('-append', def.os.cmdline);
+
+  const disks = def.disks.map((disk, i) => {
+    const node = `libvirt-${i + 1}`;
+    const storage = {
+      driver: disk.type === 'block' ? 'host_device' : 'file',
+      filename: disk.source,
+      'node-name': `${node}-storage`,
+      'read-only': disk.readonly,
+    };
+    const format = {
+      'node-name': `${node}-format`,
+      'read-only': disk.readonly,
+      driver: disk.driver.type,
+      file: `${node}-storage`,
+    };
+    add('-blockdev', JSON.stringify(storage), '-blockdev', JSON.stringify(format));
+    let device: string;
+    let alias: string;
+    if (disk.target.bus === 'virtio') {
+      if (disk.device === 'cdrom') throw unsupported(`disks.${i}.device`, 'a cdrom on the virtio bus');
+      alias = `virtio-disk${i}`;
+      device = `virtio-blk-pci,drive=${node}-format,id=${alias}`;
+    } else {
+      const unit = def.disks.slice(0, i).filter((d) => d.target.bus === 'sata').length;
+      if (unit === 0) add('-device', 'ich9-ahci,id=sata0');
+      if (unit > 5) throw unsupported(`disks.${i}.target`, 'more than six sata disks');
+      alias = `sata0-0-${unit}`;
+      device = `${disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd'},bus=sata0.${unit},drive=${node}-format,id=${alias}`;
+    }
+    if (disk.serial) device += `,serial=${esc(disk.serial)}`;
+    if (disk.bootOrder) device += `,bootindex=${disk.bootOrder}`;
+    add('-device', device);
+    return { ...disk, alias };
+  });
+
+  const interfaces = def.interfaces.map((nic, i) => {
+    if (nic.type === 'ethernet') throw unsupported(`interfaces.${i}`, 'an ethernet (TAP) interface');
+    const alias = `net${i}`;
+    add('-netdev', `user,id=host${alias}`);
+    const model = nic.model === 'virtio' ? 'virtio-net-pci' : 'e1000';
+    add('-device', `${model},netdev=host${alias},id=${alias}${nic.mac ? `,mac=${nic.mac}` : ''}`);
+    return { ...nic, alias };
+  });
+
+  const serials = def.serials.map((serial, i) => {
+    if (serial.type === 'file') {
+      const path = serial.path ?? ctx.consolePath;
+      add('-chardev', `file,id=charserial${i},path=${esc(path)}`);
+      add('-device', `isa-serial,chardev=charserial${i},id=serial${i}`);
+      return { type: 'file' as const, path };
+    }
+    add('-chardev', `pty,id=charserial${i}`);
+    add('-device', `isa-serial,chardev=charserial${i},id=serial${i}`);
+    return serial;
+  });
+
+  add('-display', 'none');
+
+  const env: Record<string, string> = {
+    LC_ALL: 'C',
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    HOME: ctx.homeDir,
+  };
+  if (def.qemuCommandline) {
+    add(...def.qemuCommandline.args);
+    for (const { name, value } of def.qemuCommandline.env) env[name] = value;
+    taints.push('custom-argv');
+  }
+  return { argv, env, taints, live: { ...def, disks, interfaces, serials } };
+}

@@ -1,0 +1,36 @@
+import type { DomainEventType } from '../../stable/events.js';
+import type { DomainObject } from './domain-object.js';
+import type { RootLayout } from './root.js';
+
+/** What the start-up, life-cycle and reconnect steps need from the driver that runs them. */
+export interface DriverContext {
+  readonly layout: RootLayout;
+  /** The next domain id; ids are never reused while a driver is open. */
+  allocateId(): number;
+  /** Records the event and tells subscribers. */
+  emit(dom: DomainObject, type: DomainEventType, reason: string): void;
+  /** Appends a driver record to the domain's log. */
+  log(dom: DomainObject, message: string): void;
+}
+
+/** A promise with its resolve function, for hand-offs between the exit watcher and waiters. */
+export function deferred<T>(): { promise: Promise<T>; resolve: (value: T) => void } {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+/**
+ * Waits for `promise` at most `ms`. The timer is ref'd on purpose: while an operation waits for
+ * QEMU to exit, that wait must keep the event loop alive (the child itself is unref'd).
+ */
+export async function within<T>(promise: Promise<T>, ms: number): Promise<T | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<'timeout'>((r) => (timer = setTimeout(r, ms, 'timeout')))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

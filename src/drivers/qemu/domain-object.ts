@@ -1,0 +1,63 @@
+import type { ChildProcess } from 'node:child_process';
+import type { DomainDefinition } from '../../stable/definition/schema.js';
+import type { DomainState } from '../../stable/events.js';
+import type { ExitInfo } from './process.js';
+import type { QmpClient } from './qmp/client.js';
+import type { DomainPaths } from './root.js';
+import type { ThreadIds } from './status.js';
+
+/** Why the driver itself is stopping a domain; decides the `stopped` reason. */
+export type StopIntent = 'destroy' | 'shutdown';
+
+/** What exists only while a domain's QEMU process does. */
+export interface Runtime {
+  readonly id: number;
+  readonly pid: number;
+  readonly startTime: bigint;
+  readonly emulator: string;
+  readonly paths: DomainPaths;
+  readonly live: DomainDefinition;
+  readonly taints: string[];
+  /** Our own child when this driver spawned it; absent for a process adopted on reconnect. */
+  readonly child?: ChildProcess;
+  /** Resolves when the process is gone. */
+  readonly exited: Promise<ExitInfo>;
+  /** Resolves when the driver has cleaned up after the exit and recorded the new state. */
+  readonly finalized: Promise<void>;
+  qmp?: QmpClient;
+  threads?: ThreadIds;
+  /** True once start-up completed; until then the start sequence owns clean-up. */
+  started: boolean;
+  stopIntent?: StopIntent;
+  /** QEMU reported SHUTDOWN: the guest (or a signal to QEMU) asked it to stop. */
+  sawShutdown: boolean;
+  /** Set when the driver closes: the process lives on, nothing is cleaned up. */
+  detached: boolean;
+}
+
+/** One defined domain: its persistent definition, its state and, while active, its runtime. */
+export class DomainObject {
+  def: DomainDefinition;
+  state: DomainState = 'shutoff';
+  reason = 'unknown';
+  run: Runtime | undefined;
+  #tail: Promise<unknown> = Promise.resolve();
+
+  constructor(def: DomainDefinition) {
+    this.def = def;
+  }
+
+  get active(): boolean {
+    return this.run !== undefined;
+  }
+
+  /**
+   * Runs `fn` once every operation queued before it has finished: operations on one domain are
+   * serialised, never interleaved. A failed operation does not block the ones after it.
+   */
+  job<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(fn, fn);
+    this.#tail = result.catch(() => undefined);
+    return result;
+  }
+}

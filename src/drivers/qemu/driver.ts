@@ -1,0 +1,273 @@
+import { readFileSync } from 'node:fs';
+import type { ParsedUri } from '../../stable/connect.js';
+import type { DomainDefinition } from '../../stable/definition/schema.js';
+import type {
+  DestroyOptions,
+  DomainRef,
+  Driver,
+  ShutdownOptions,
+  StartOptions,
+} from '../../stable/driver.js';
+import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
+import type { DriverContext } from './context.js';
+import { DomainObject } from './domain-object.js';
+import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
+import { appendLog } from './log.js';
+import { reconnectDomain } from './reconnect.js';
+import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
+import { startDomain } from './start.js';
+import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
+
+/** Options the embedded driver takes from `connect()`. */
+export interface QemuDriverOptions {
+  readonly plugins?: readonly string[];
+}
+
+/** Opens the embedded QEMU driver for `qemu:///embed?root=…`: layout, lock, definitions, reconnect. */
+export async function openQemuDriver(
+  uri: string,
+  parsed: ParsedUri,
+  _options: QemuDriverOptions,
+): Promise<Driver> {
+  if (parsed.path !== '/embed') {
+    throw new VirtError(
+      ErrorCode.INVALID_URI,
+      `unsupported QEMU URI path '${parsed.path}' in '${uri}': only the embedded driver 'qemu:///embed?root=/abs/path' exists`,
+    );
+  }
+  for (const key of parsed.params.keys()) {
+    if (key !== 'root')
+      throw new VirtError(ErrorCode.INVALID_URI, `unknown URI parameter '${key}' in '${uri}'`);
+  }
+  const layout = rootLayout(parsed.params.get('root'));
+  const lock = lockRoot(layout);
+  const driver = new QemuDriver(uri, layout, lock);
+  try {
+    await driver.load();
+  } catch (err) {
+    await driver.close();
+    throw err;
+  }
+  return driver;
+}
+
+/** The embedded QEMU driver: owns one root and every domain defined in it. */
+export class QemuDriver implements Driver, DriverContext {
+  readonly uri: string;
+  readonly layout: RootLayout;
+  readonly #lock: RootLock;
+  readonly #domains = new Map<string, DomainObject>();
+  readonly #listeners = new Set<(event: DomainEvent) => void>();
+  /** Events raised while opening wait here until `connect()` has returned and callers can listen. */
+  #pending: DomainEvent[] | undefined = [];
+  #nextId = 1;
+  #closed = false;
+
+  constructor(uri: string, layout: RootLayout, lock: RootLock) {
+    this.uri = uri;
+    this.layout = layout;
+    this.#lock = lock;
+  }
+
+  /** Loads the persistent definitions and reconnects to the domains still running. */
+  async load(): Promise<void> {
+    const defs = loadDefinitions(this.layout, (file, err) => {
+      appendLog(
+        `${this.layout.log}/driver.log`,
+        `ignoring unreadable definition ${file}: ${errorMessage(err)}`,
+      );
+    });
+    for (const def of defs) this.#domains.set(def.uuid, new DomainObject(def));
+    await Promise.all([...this.#domains.values()].map((dom) => reconnectDomain(this, dom)));
+    for (const dom of this.#domains.values())
+      if (dom.run) this.#nextId = Math.max(this.#nextId, dom.run.id + 1);
+    setImmediate(() => {
+      const pending = this.#pending ?? [];
+      this.#pending = undefined;
+      for (const e of pending) this.#deliver(e);
+    });
+  }
+
+  allocateId(): number {
+    return this.#nextId++;
+  }
+
+  emit(dom: DomainObject, type: DomainEventType, reason: string): void {
+    const event: DomainEvent = {
+      type,
+      reason,
+      domain: { name: dom.def.name, uuid: dom.def.uuid },
+      timestamp: Date.now(),
+    };
+    if (this.#pending) this.#pending.push(event);
+    else this.#deliver(event);
+  }
+
+  #deliver(event: DomainEvent): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(event);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  log(dom: DomainObject, message: string): void {
+    appendLog(domainPaths(this.layout, dom.def.name, dom.def.uuid).log, message);
+  }
+
+  subscribe(listener: (event: DomainEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #get(uuid: string): DomainObject {
+    this.#checkOpen();
+    const dom = this.#domains.get(uuid);
+    if (!dom) throw new VirtError(ErrorCode.NO_DOMAIN, `domain ${uuid} is no longer defined`);
+    return dom;
+  }
+
+  #checkOpen(): void {
+    if (this.#closed)
+      throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
+  }
+
+  findDomain(nameOrUuid: string): DomainRef | undefined {
+    this.#checkOpen();
+    const dom =
+      this.#domains.get(nameOrUuid.toLowerCase()) ??
+      [...this.#domains.values()].find((d) => d.def.name === nameOrUuid);
+    return dom && { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
+  }
+
+  listDomains(): DomainRef[] {
+    this.#checkOpen();
+    return [...this.#domains.values()].map((d) => ({ name: d.def.name, uuid: d.def.uuid, active: d.active }));
+  }
+
+  async defineDomain(def: DomainDefinition): Promise<DomainRef> {
+    this.#checkOpen();
+    const byName = [...this.#domains.values()].find((d) => d.def.name === def.name);
+    const byUuid = this.#domains.get(def.uuid);
+    if (byName && byName.def.uuid !== def.uuid) {
+      throw new VirtError(
+        ErrorCode.DOMAIN_EXISTS,
+        `domain '${def.name}' already exists with uuid ${byName.def.uuid}`,
+        {
+          domain: { name: def.name, uuid: byName.def.uuid },
+        },
+      );
+    }
+    if (byUuid && byUuid.def.name !== def.name) {
+      throw new VirtError(
+        ErrorCode.DOMAIN_EXISTS,
+        `uuid ${def.uuid} already belongs to domain '${byUuid.def.name}'`,
+        {
+          domain: { name: byUuid.def.name, uuid: def.uuid },
+        },
+      );
+    }
+    const dom = byUuid ?? new DomainObject(def);
+    return dom.job(async () => {
+      await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+      dom.def = def;
+      this.#domains.set(def.uuid, dom);
+      this.emit(dom, 'defined', byUuid ? 'updated' : 'added');
+      return { name: def.name, uuid: def.uuid, active: dom.active };
+    });
+  }
+
+  async undefineDomain(uuid: string): Promise<void> {
+    const dom = this.#get(uuid);
+    await dom.job(async () => {
+      if (dom.active) {
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          `domain '${dom.def.name}' is running; destroy it first`,
+        );
+      }
+      removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
+      this.#domains.delete(uuid);
+      this.emit(dom, 'undefined', 'removed');
+    });
+  }
+
+  getDefinition(uuid: string, live: boolean): DomainDefinition {
+    const dom = this.#get(uuid);
+    return structuredClone(live && dom.run ? dom.run.live : dom.def);
+  }
+
+  async getInfo(uuid: string): Promise<DomainInfo> {
+    const dom = this.#get(uuid);
+    const run = dom.run;
+    const def = run?.live ?? dom.def;
+    return {
+      state: dom.state,
+      reason: dom.reason,
+      id: run?.started ? run.id : null,
+      pid: run?.started ? run.pid : null,
+      vcpus: def.vcpu.current ?? def.vcpu.count,
+      memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
+      cpuTimeNs: run ? cpuTimeNs(run.pid) : 0n,
+      taints: run ? [...run.taints] : [],
+    };
+  }
+
+  start(uuid: string, options: StartOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(() => startDomain(this, dom, options));
+  }
+
+  suspend(uuid: string): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(() => suspendDomain(this, dom));
+  }
+
+  resume(uuid: string): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(() => resumeDomain(this, dom));
+  }
+
+  shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(() => shutdownDomain(this, dom, options));
+  }
+
+  /** Destroy does not queue behind a running job: it must be able to end a hung shutdown or start. */
+  async destroy(uuid: string, options: DestroyOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    if (dom.run?.started) return destroyDomain(this, dom, options);
+    return dom.job(() => destroyDomain(this, dom, options));
+  }
+
+  /** Lets go of every domain (their QEMU keeps running) and releases the root's lock. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const dom of this.#domains.values()) {
+      const run = dom.run;
+      if (!run) continue;
+      run.detached = true;
+      run.child?.removeAllListeners('exit');
+      run.qmp?.close();
+    }
+    this.#listeners.clear();
+    this.#lock.release();
+  }
+}
+
+/** utime + stime of the whole process, from /proc/<pid>/stat (clock ticks of 10 ms). */
+function cpuTimeNs(pid: number): bigint {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (BigInt(fields[11] ?? 0) + BigInt(fields[12] ?? 0)) * 10_000_000n;
+  } catch {
+    return 0n;
+  }
+}

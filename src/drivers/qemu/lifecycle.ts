@@ -1,0 +1,181 @@
+import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
+import { ErrorCode, VirtError } from '../../stable/errors.js';
+import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
+import { type DriverContext, within } from './context.js';
+import type { DomainObject, Runtime } from './domain-object.js';
+import type { ExitInfo } from './process.js';
+import type { QmpClient, QmpEvent } from './qmp/client.js';
+import { removeIfPresent } from './store.js';
+
+/** The runtime of an active domain, or OPERATION_INVALID naming what the caller must do. */
+export function requireActive(dom: DomainObject): Runtime & { qmp: QmpClient } {
+  const run = dom.run;
+  if (!run?.qmp || !run.started) {
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `domain '${dom.def.name}' is not running; start it first`,
+      {
+        domain: { name: dom.def.name, uuid: dom.def.uuid },
+      },
+    );
+  }
+  return run as Runtime & { qmp: QmpClient };
+}
+
+/** Moves to a new state and emits its event, once: QMP events and API calls may both report it. */
+function transition(
+  ctx: DriverContext,
+  dom: DomainObject,
+  state: DomainState,
+  reason: string,
+  type: DomainEventType,
+): void {
+  if (dom.state === state) return;
+  dom.state = state;
+  dom.reason = reason;
+  ctx.emit(dom, type, reason);
+}
+
+/** Follows QMP events of a running domain: pauses, resumes and guest power-off. */
+export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
+  const qmp = run.qmp as QmpClient;
+  qmp.onEvent((ev: QmpEvent) => {
+    if (run.detached) return;
+    switch (ev.event) {
+      case 'STOP':
+        if (run.started) transition(ctx, dom, 'paused', 'user', 'suspended');
+        break;
+      case 'RESUME':
+        if (run.started) transition(ctx, dom, 'running', 'unpaused', 'resumed');
+        break;
+      case 'SHUTDOWN':
+        run.sawShutdown = true;
+        onShutdownEvent(dom, run, qmp, ev);
+        break;
+    }
+  });
+}
+
+/**
+ * With `-no-shutdown` (on_poweroff=restart) QEMU stays alive after the guest powers off, so the
+ * driver applies the action itself: reset and continue, or quit when a shutdown was asked for.
+ */
+function onShutdownEvent(dom: DomainObject, run: Runtime, qmp: QmpClient, ev: QmpEvent): void {
+  if (run.live.onPoweroff !== 'restart') return;
+  const guest = ev.data['guest'] === true;
+  const request = guest && run.stopIntent === undefined ? ['system_reset', 'cont'] : ['quit'];
+  if (guest && run.stopIntent === undefined) run.sawShutdown = false;
+  void (async () => {
+    for (const command of request) await qmp.execute(command);
+  })().catch(() => undefined);
+  void dom;
+}
+
+/** Why QEMU stopped, from what the driver asked for and what QEMU reported. */
+function stoppedReason(run: Runtime): StoppedReason {
+  if (run.stopIntent === 'destroy') return 'destroyed';
+  return run.sawShutdown ? 'shutdown' : 'crashed';
+}
+
+/** Cleans up after QEMU exited and records the domain as shut off. */
+export async function finalizeExit(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  info: ExitInfo,
+): Promise<void> {
+  if (run.detached || dom.run !== run) return;
+  const reason = stoppedReason(run);
+  run.qmp?.close();
+  removeIfPresent(run.paths.monitor);
+  removeIfPresent(run.paths.status);
+  dom.run = undefined;
+  dom.state = 'shutoff';
+  dom.reason = reason;
+  const how = info.signal
+    ? `signal ${info.signal}`
+    : info.code === null
+      ? 'unknown status'
+      : `code ${info.code}`;
+  ctx.log(dom, `QEMU pid ${run.pid} exited (${how}): stopped, ${reason}`);
+  ctx.emit(dom, 'stopped', reason);
+}
+
+/** Pauses every vCPU. */
+export async function suspendDomain(ctx: DriverContext, dom: DomainObject): Promise<void> {
+  const run = requireActive(dom);
+  if (dom.state === 'paused')
+    throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already paused`);
+  await run.qmp.execute('stop');
+  transition(ctx, dom, 'paused', 'user', 'suspended');
+}
+
+/** Resumes every vCPU. */
+export async function resumeDomain(ctx: DriverContext, dom: DomainObject): Promise<void> {
+  const run = requireActive(dom);
+  if (dom.state !== 'paused')
+    throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
+  await run.qmp.execute('cont');
+  transition(ctx, dom, 'running', 'unpaused', 'resumed');
+}
+
+/** ACPI power-down, then waits for QEMU to exit; on timeout destroys or fails, as asked. */
+export async function shutdownDomain(
+  ctx: DriverContext,
+  dom: DomainObject,
+  options: ShutdownOptions,
+): Promise<void> {
+  const run = requireActive(dom);
+  const timeoutMs = options.timeoutMs ?? 60_000;
+  run.stopIntent = 'shutdown';
+  ctx.log(dom, `shutdown requested (ACPI power button), waiting ${timeoutMs} ms`);
+  await run.qmp.execute('system_powerdown');
+  if ((await within(run.finalized, timeoutMs)) !== 'timeout') return;
+  if (run.stopIntent === 'shutdown') run.stopIntent = undefined;
+  if (options.fallbackToDestroy) {
+    ctx.log(dom, 'the guest did not power off in time: destroying it');
+    return destroyDomain(ctx, dom, {});
+  }
+  throw new VirtError(
+    ErrorCode.OPERATION_TIMEOUT,
+    `domain '${dom.def.name}' did not power off within ${timeoutMs} ms; destroy it or pass fallbackToDestroy`,
+    { domain: { name: dom.def.name, uuid: dom.def.uuid } },
+  );
+}
+
+/** SIGTERM, then SIGKILL after the grace period; resolves once the domain is shut off. */
+export async function destroyDomain(
+  ctx: DriverContext,
+  dom: DomainObject,
+  options: DestroyOptions,
+): Promise<void> {
+  const run = dom.run;
+  if (!run?.started) {
+    throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not running`, {
+      domain: { name: dom.def.name, uuid: dom.def.uuid },
+    });
+  }
+  run.stopIntent = 'destroy';
+  ctx.log(dom, `destroy: SIGTERM to pid ${run.pid}`);
+  signal(run.pid, 'SIGTERM');
+  if ((await within(run.exited, options.graceMs ?? 10_000)) === 'timeout') {
+    ctx.log(dom, `destroy: pid ${run.pid} still alive after the grace period, SIGKILL`);
+    signal(run.pid, 'SIGKILL');
+  }
+  await run.finalized;
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') {
+      throw new VirtError(
+        ErrorCode.SYSTEM_ERROR,
+        `cannot send ${sig} to QEMU pid ${pid}`,
+        { pid },
+        { cause: err },
+      );
+    }
+  }
+}

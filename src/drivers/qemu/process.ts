@@ -1,0 +1,81 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import type { Writable } from 'node:stream';
+import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { isAlive, readProcStartTime } from '../../util/proc.js';
+
+/** How a QEMU process ended. */
+export interface ExitInfo {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/** The fd the stub reads its go-ahead from; it closes it before exec, so QEMU never sees it. */
+const CONTROL_FD = 3;
+/** The first fd free for QEMU: the monitor socket, then TAP and storage descriptors. */
+export const FIRST_CHILD_FD = 4;
+
+/*
+ * The stub is the process QEMU will become. It blocks on one line from the control pipe; on "go"
+ * it execs QEMU in place (same pid), on anything else (the driver closed the pipe, or died) it
+ * exits without ever running QEMU. This gives the driver a window in which the pid is final but
+ * QEMU has not run: the pre-exec phase, where resource limits are raised.
+ */
+const STUB = `IFS= read -r go <&${CONTROL_FD}; [ "$go" = go ] || exit 125; exec ${CONTROL_FD}<&-; exec "$@"`;
+
+/** A spawned stub waiting for its go-ahead. */
+export interface Launch {
+  readonly pid: number;
+  readonly child: ChildProcess;
+  /** Resolves when the process has exited and been reaped. */
+  readonly exited: Promise<ExitInfo>;
+  /** Lets the stub exec QEMU. */
+  proceed(): void;
+  /** Makes the stub exit without running QEMU (a no-op once it has proceeded). */
+  abandon(): void;
+}
+
+/** Spawns the stub in its own session, with stdout/stderr on the log and `fds` at 4, 5, … */
+export function launchStub(
+  emulator: string,
+  argv: readonly string[],
+  env: Readonly<Record<string, string>>,
+  logFd: number,
+  fds: readonly number[],
+): Launch {
+  const child = spawn('/bin/sh', ['-c', STUB, 'virtkit-stub', emulator, ...argv], {
+    detached: true,
+    env,
+    stdio: ['ignore', logFd, logFd, 'pipe', ...fds],
+  });
+  const exited = new Promise<ExitInfo>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+    child.once('error', () => resolve({ code: null, signal: null }));
+  });
+  if (child.pid === undefined) {
+    throw new VirtError(ErrorCode.SYSTEM_ERROR, 'cannot spawn /bin/sh to start QEMU');
+  }
+  const control = child.stdio[CONTROL_FD] as Writable;
+  // The VM outlives this process: nothing here may keep Node's event loop alive.
+  child.unref();
+  (control as unknown as { unref?: () => void }).unref?.();
+  let settled = false;
+  const finish = (line: string) => {
+    if (settled) return;
+    settled = true;
+    control.end(line);
+  };
+  return { pid: child.pid, child, exited, proceed: () => finish('go\n'), abandon: () => finish('') };
+}
+
+/**
+ * Resolves when an adopted process (one this driver did not spawn, so cannot reap) has gone.
+ * Only called once its monitor has disconnected, so the wait is short; the back-off bounds it.
+ */
+export async function waitAdoptedExit(pid: number, startTime: bigint): Promise<ExitInfo> {
+  let delay = 1;
+  while (isAlive(pid) && readProcStartTime(pid) === startTime) {
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 100);
+  }
+  return { code: null, signal: null };
+}

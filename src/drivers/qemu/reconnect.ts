@@ -1,0 +1,110 @@
+import { realpathSync } from 'node:fs';
+import { resolveDefinition } from '../../stable/definition/validate.js';
+import { errorMessage } from '../../stable/errors.js';
+import { readProcExe, readProcStartTime } from '../../util/proc.js';
+import { type DriverContext, deferred } from './context.js';
+import type { DomainObject, Runtime } from './domain-object.js';
+import { finalizeExit, watchMonitor } from './lifecycle.js';
+import { waitAdoptedExit } from './process.js';
+import { QmpClient } from './qmp/client.js';
+import { domainPaths } from './root.js';
+import { type DomainStatus, readStatus } from './status.js';
+import { removeIfPresent } from './store.js';
+
+const RECONNECT_TIMEOUT_MS = 10_000;
+
+const realpath = (path: string): string | undefined => {
+  try {
+    return realpathSync(path);
+  } catch {
+    return undefined;
+  }
+};
+
+/** True only for the very process the status describes: same pid, same start time, same binary. */
+function isSameProcess(status: DomainStatus): boolean {
+  const startTime = readProcStartTime(status.pid);
+  if (startTime === undefined || startTime.toString() !== status.startTime) return false;
+  const exe = readProcExe(status.pid);
+  return exe !== undefined && exe === realpath(status.emulator);
+}
+
+/**
+ * Adopts the QEMU process of a domain that a previous driver started, after checking it is the
+ * same process (a reused pid is never adopted). A domain whose QEMU is gone is recorded as
+ * crashed and its leftovers are removed; one that never finished starting is killed.
+ */
+export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Promise<void> {
+  const paths = domainPaths(ctx.layout, dom.def.name, dom.def.uuid);
+  let status: DomainStatus | undefined;
+  try {
+    status = readStatus(paths.status);
+  } catch (err) {
+    ctx.log(dom, `reconnect: corrupt status file ${paths.status} removed: ${errorMessage(err)}`);
+  }
+  if (!status) {
+    removeIfPresent(paths.status);
+    return;
+  }
+  const gone = (reason: 'crashed' | 'failed', why: string) => {
+    removeIfPresent(paths.monitor);
+    removeIfPresent(paths.status);
+    dom.state = 'shutoff';
+    dom.reason = reason;
+    ctx.log(dom, `reconnect: ${why}; domain marked shut off (${reason})`);
+    ctx.emit(dom, 'stopped', reason);
+  };
+  if (!isSameProcess(status)) return gone('crashed', `QEMU pid ${status.pid} is no longer running`);
+  if (status.phase === 'starting') {
+    killQuietly(status.pid);
+    await waitAdoptedExit(status.pid, BigInt(status.startTime));
+    return gone('failed', `QEMU pid ${status.pid} never finished starting; killed`);
+  }
+  let qmp: QmpClient;
+  try {
+    qmp = await QmpClient.connect(status.monitor, { timeoutMs: RECONNECT_TIMEOUT_MS });
+  } catch (err) {
+    // A QEMU we cannot monitor cannot be managed; libvirt kills it too rather than orphan it.
+    killQuietly(status.pid);
+    await waitAdoptedExit(status.pid, BigInt(status.startTime));
+    return gone('crashed', `cannot reconnect to the monitor (${errorMessage(err)}); QEMU killed`);
+  }
+  const exit = deferred<void>();
+  qmp.onDisconnect(() => exit.resolve());
+  const exited = exit.promise.then(() => waitAdoptedExit(status.pid, BigInt(status.startTime)));
+  const finalized = deferred<void>();
+  const run: Runtime = {
+    id: status.id,
+    pid: status.pid,
+    startTime: BigInt(status.startTime),
+    emulator: status.emulator,
+    paths,
+    live: resolveDefinition(status.live),
+    taints: status.taints,
+    exited,
+    finalized: finalized.promise,
+    qmp,
+    threads: status.threads,
+    started: true,
+    sawShutdown: false,
+    detached: false,
+  };
+  dom.run = run;
+  watchMonitor(ctx, dom, run);
+  void exited.then(async (info) => {
+    await finalizeExit(ctx, dom, run, info);
+    finalized.resolve();
+  });
+  const { status: qemuStatus } = await qmp.execute<{ status: string }>('query-status');
+  dom.state = qemuStatus === 'running' ? 'running' : 'paused';
+  dom.reason = qemuStatus === 'running' ? 'unpaused' : 'user';
+  ctx.log(dom, `reconnected to QEMU pid ${run.pid} (${qemuStatus})`);
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}

@@ -1,0 +1,251 @@
+import { accessSync, constants, fstatSync, openSync } from 'node:fs';
+import type { StartOptions } from '../../stable/driver.js';
+import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
+import { closeFd, listenUnixSocket } from '../../util/libc.js';
+import { readProcStartTime } from '../../util/proc.js';
+import { buildCommandLine, type CommandLine } from './command-line.js';
+import { type DriverContext, deferred, within } from './context.js';
+import type { DomainObject, Runtime } from './domain-object.js';
+import { finalizeExit, watchMonitor } from './lifecycle.js';
+import { logTail } from './log.js';
+import { FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
+import { QmpClient } from './qmp/client.js';
+import { type DomainPaths, domainPaths } from './root.js';
+import { type ThreadIds, writeStatus } from './status.js';
+import { removeIfPresent } from './store.js';
+
+/** The emulator used when a definition names none. */
+export const DEFAULT_EMULATOR = '/usr/bin/qemu-system-x86_64';
+
+const MONITOR_TIMEOUT_MS = 30_000;
+
+/** Everything the start-up acquires, so a failure at any step can give back exactly that. */
+interface Startup {
+  readonly paths: DomainPaths;
+  readonly emulator: string;
+  readonly cmd: CommandLine;
+  readonly logOffset: number;
+  readonly parentFds: number[];
+  launch?: Launch;
+  run?: Runtime;
+}
+
+/**
+ * Starts a domain. The whole sequence, in order:
+ *
+ *  1. checkEmulator      the QEMU binary exists and is executable
+ *  2. buildCommandLine   definition -> argv (pure; rejects what cannot be honoured)
+ *  3. openLog            the domain log, which receives QEMU's stderr
+ *  4. listenMonitor      the QMP socket, created here and inherited, so no one polls for it
+ *  5. spawnStub          the process exists with its final pid; QEMU has not run   (pre-exec)
+ *  6. recordStarting     a status file, so a crash of this process never orphans the stub
+ *  7. execQemu           the go-ahead; QEMU execs in place and greets on QMP
+ *  8. readThreads        vCPU and iothread ids from QMP; all vCPUs are still paused  (startup)
+ *  9. recordRunning      the status file a new driver adopts the domain from
+ * 10. resumeVcpus        `cont`, unless the caller asked for a paused start
+ *
+ * A failure at any step rolls back everything acquired so far: no process, socket, status file
+ * or descriptor is left behind.
+ */
+export async function startDomain(
+  ctx: DriverContext,
+  dom: DomainObject,
+  options: StartOptions,
+): Promise<void> {
+  if (dom.run)
+    throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
+  const def = dom.def;
+  const paths = domainPaths(ctx.layout, def.name, def.uuid);
+  const emulator = checkEmulator(def.emulator ?? DEFAULT_EMULATOR);
+  const cmd = buildCommandLine(def, {
+    monitorFd: FIRST_CHILD_FD,
+    consolePath: paths.console,
+    homeDir: ctx.layout.lib,
+  });
+  const s: Startup = { paths, emulator, cmd, logOffset: 0, parentFds: [] };
+  try {
+    openLog(ctx, dom, s);
+    listenMonitor(s);
+    spawnStub(ctx, dom, s);
+    recordStarting(s);
+    const qmp = await execQemu(s);
+    const run = s.run as Runtime;
+    run.qmp = qmp;
+    watchMonitor(ctx, dom, run);
+    run.threads = await readThreads(qmp, def.iothreads, run.pid);
+    recordRunning(s);
+    if (!options.paused) await qmp.execute('cont');
+    run.started = true;
+  } catch (err) {
+    await rollback(ctx, dom, s);
+    throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${def.name}'`, {
+      domain: { name: def.name, uuid: def.uuid },
+    });
+  }
+  dom.state = options.paused ? 'paused' : 'running';
+  dom.reason = options.paused ? 'user' : 'booted';
+  ctx.log(dom, `started pid ${s.run?.pid}${options.paused ? ' (paused)' : ''}`);
+  ctx.emit(dom, 'started', 'booted');
+  if (options.paused) ctx.emit(dom, 'suspended', 'user');
+}
+
+function checkEmulator(path: string): string {
+  try {
+    accessSync(path, constants.X_OK);
+    return path;
+  } catch {
+    throw new VirtError(
+      ErrorCode.NO_SUPPORT,
+      `the emulator ${path} is missing or not executable: install qemu-system-x86 or set <emulator>`,
+      { path },
+    );
+  }
+}
+
+function openLog(ctx: DriverContext, dom: DomainObject, s: Startup): void {
+  const fd = openSync(s.paths.log, 'a', 0o600);
+  s.parentFds.push(fd);
+  (s as { logOffset: number }).logOffset = fstatSync(fd).size;
+  ctx.log(dom, `starting: ${s.emulator} ${s.cmd.argv.join(' ')}`);
+}
+
+function listenMonitor(s: Startup): void {
+  removeIfPresent(s.paths.monitor);
+  s.parentFds.push(listenUnixSocket(s.paths.monitor));
+}
+
+function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
+  const [logFd, monitorFd] = s.parentFds as [number, number];
+  const launch = launchStub(s.emulator, s.cmd.argv, s.cmd.env, logFd, [monitorFd]);
+  s.launch = launch;
+  // The child holds its own copies now; ours would only keep the socket alive after QEMU exits.
+  closeParentFds(s);
+  const startTime = readProcStartTime(launch.pid);
+  if (startTime === undefined)
+    throw new VirtError(ErrorCode.OPERATION_FAILED, 'the QEMU stub exited at once');
+  const finalized = deferred<void>();
+  const run: Runtime = {
+    id: ctx.allocateId(),
+    pid: launch.pid,
+    startTime,
+    emulator: s.emulator,
+    paths: s.paths,
+    live: s.cmd.live,
+    taints: [...s.cmd.taints],
+    child: launch.child,
+    exited: launch.exited,
+    finalized: finalized.promise,
+    started: false,
+    sawShutdown: false,
+    detached: false,
+  };
+  s.run = run;
+  dom.run = run;
+  // Until start-up completes the start sequence owns clean-up; afterwards the exit finalizes.
+  void launch.exited.then(async (info) => {
+    if (run.started) await finalizeExit(ctx, dom, run, info);
+    finalized.resolve();
+  });
+}
+
+function status(s: Startup, phase: 'starting' | 'running') {
+  const run = s.run as Runtime;
+  return {
+    version: 1 as const,
+    phase,
+    id: run.id,
+    pid: run.pid,
+    startTime: run.startTime.toString(),
+    emulator: run.emulator,
+    monitor: s.paths.monitor,
+    taints: run.taints,
+    threads: run.threads,
+    live: run.live,
+  };
+}
+
+function recordStarting(s: Startup): void {
+  writeStatus(s.paths.status, status(s, 'starting'));
+}
+
+async function execQemu(s: Startup): Promise<QmpClient> {
+  const launch = s.launch as Launch;
+  const abort = new AbortController();
+  // Connect before the go-ahead: the connection waits in the socket's backlog, and the greeting
+  // arrives the moment QEMU's main loop runs.
+  const monitor = QmpClient.connect(s.paths.monitor, { timeoutMs: MONITOR_TIMEOUT_MS, signal: abort.signal });
+  launch.proceed();
+  const died = launch.exited.then((info) => {
+    abort.abort();
+    const why = info.signal ? `signal ${info.signal}` : `code ${info.code}`;
+    const tail = logTail(s.paths.log, s.logOffset);
+    return new VirtError(
+      ErrorCode.OPERATION_FAILED,
+      `QEMU exited during start-up (${why})${tail ? `: ${tail}` : ''}; see ${s.paths.log}`,
+      { pid: launch.pid },
+    );
+  });
+  const first = await Promise.race([monitor, died]);
+  if (first instanceof VirtError) {
+    monitor.then((q) => q.close()).catch(() => undefined);
+    throw first;
+  }
+  return first;
+}
+
+interface CpuInfo {
+  'cpu-index': number;
+  'thread-id': number;
+}
+
+async function readThreads(qmp: QmpClient, iothreads: number, pid: number): Promise<ThreadIds> {
+  const [cpus, threads] = await Promise.all([
+    qmp.execute<CpuInfo[]>('query-cpus-fast'),
+    iothreads > 0 ? qmp.execute<Array<{ id: string; 'thread-id': number }>>('query-iothreads') : [],
+  ]);
+  return {
+    emulator: pid,
+    vcpus: cpus.map((c) => ({ index: c['cpu-index'], tid: c['thread-id'] })),
+    iothreads: threads.map((t) => ({ index: Number(t.id.replace('iothread', '')), tid: t['thread-id'] })),
+  };
+}
+
+function recordRunning(s: Startup): void {
+  writeStatus(s.paths.status, status(s, 'running'));
+}
+
+function closeParentFds(s: Startup): void {
+  for (const fd of s.parentFds.splice(0)) {
+    try {
+      closeFd(fd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+const KILL_WAIT_MS = 10_000;
+
+async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Promise<void> {
+  closeParentFds(s);
+  const { launch, run } = s;
+  run?.qmp?.close();
+  if (launch) {
+    launch.abandon();
+    try {
+      process.kill(launch.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+    await within(launch.exited, KILL_WAIT_MS);
+  }
+  removeIfPresent(s.paths.monitor);
+  removeIfPresent(s.paths.status);
+  if (dom.run === run) dom.run = undefined;
+  dom.state = 'shutoff';
+  dom.reason = 'failed';
+  if (launch) {
+    ctx.log(dom, 'start failed; QEMU killed and its socket and status removed');
+    ctx.emit(dom, 'stopped', 'failed');
+  }
+}

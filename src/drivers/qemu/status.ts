@@ -1,0 +1,46 @@
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { writeFileAtomicSync } from '../../util/atomic-file.js';
+
+const threadsSchema = z.object({
+  emulator: z.number().int(),
+  vcpus: z.array(z.object({ index: z.number().int(), tid: z.number().int() })),
+  iothreads: z.array(z.object({ index: z.number().int(), tid: z.number().int() })),
+});
+
+/** Thread ids of a running domain, from QMP (never from thread names, which the guest side can set). */
+export type ThreadIds = z.infer<typeof threadsSchema>;
+
+const statusSchema = z.object({
+  version: z.literal(1),
+  phase: z.enum(['starting', 'running']),
+  id: z.number().int(),
+  pid: z.number().int().positive(),
+  startTime: z.string().regex(/^\d+$/),
+  emulator: z.string(),
+  monitor: z.string(),
+  taints: z.array(z.string()),
+  threads: threadsSchema.optional(),
+  live: z.unknown(),
+});
+
+/** The status file of a running domain in `<root>/run`: all a new driver needs to adopt it. */
+export type DomainStatus = z.infer<typeof statusSchema> & { live: DomainDefinition };
+
+/** Writes the status atomically: a reader sees the old or the new status, never a torn one. */
+export function writeStatus(path: string, status: DomainStatus): void {
+  writeFileAtomicSync(path, `${JSON.stringify(status)}\n`, 0o600);
+}
+
+/** Reads a status file; undefined when there is none, throws when it is corrupt. */
+export function readStatus(path: string): DomainStatus | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  return statusSchema.parse(JSON.parse(text)) as DomainStatus;
+}

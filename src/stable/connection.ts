@@ -1,0 +1,144 @@
+import { resolveDefinition } from './definition/validate.js';
+import { Domain } from './domain.js';
+import type { DomainRef, Driver } from './driver.js';
+import { ErrorCode, VirtError } from './errors.js';
+import type { DomainEvent } from './events.js';
+
+/**
+ * Which domains `listDomains` returns.
+ *
+ * @public
+ */
+export interface ListDomainsOptions {
+  /** `active` (running or paused), `inactive` (shut off) or `all`; default `all`. */
+  readonly state?: 'all' | 'active' | 'inactive';
+}
+
+/**
+ * A connection to one driver. Close it with {@link Connection.close} or `await using`.
+ *
+ * @public
+ */
+export class Connection {
+  /** @internal */
+  readonly driver: Driver;
+  #closed = false;
+  readonly #listeners = new Map<(event: DomainEvent) => void, () => void>();
+  /** Wakes every pending `events()` iterator, so close() ends them. */
+  readonly #wakers = new Set<() => void>();
+
+  /** @internal */
+  constructor(driver: Driver) {
+    this.driver = driver;
+  }
+
+  /** The URI this connection was opened with. */
+  get uri(): string {
+    return this.driver.uri;
+  }
+
+  /** True once {@link Connection.close} has been called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Defines (or updates) a persistent domain from a typed definition. The input is validated in
+   * full before anything is written; a second definition with the same name must carry the same uuid.
+   */
+  async defineDomain(definition: unknown): Promise<Domain> {
+    this.#checkOpen();
+    const ref = await this.driver.defineDomain(resolveDefinition(definition));
+    return new Domain(this.driver, ref.name, ref.uuid);
+  }
+
+  /** Finds a domain by name or uuid; throws `NO_DOMAIN` when there is none. */
+  async lookupDomain(nameOrUuid: string): Promise<Domain> {
+    this.#checkOpen();
+    const ref = this.driver.findDomain(nameOrUuid);
+    if (!ref) throw new VirtError(ErrorCode.NO_DOMAIN, `no domain named or with uuid '${nameOrUuid}'`);
+    return new Domain(this.driver, ref.name, ref.uuid);
+  }
+
+  /** Lists the defined domains, sorted by name. */
+  async listDomains(options: ListDomainsOptions = {}): Promise<Domain[]> {
+    this.#checkOpen();
+    const state = options.state ?? 'all';
+    const keep = (r: DomainRef) => state === 'all' || r.active === (state === 'active');
+    return this.driver
+      .listDomains()
+      .filter(keep)
+      .sort((a, b) => a.name.localeCompare(b.name))
+      .map((r) => new Domain(this.driver, r.name, r.uuid));
+  }
+
+  /** Calls `listener` for every life-cycle event of every domain of this connection. */
+  on(event: 'domain-event', listener: (event: DomainEvent) => void): this {
+    if (event !== 'domain-event')
+      throw new VirtError(ErrorCode.OPERATION_INVALID, `unknown event '${event}'`);
+    if (!this.#listeners.has(listener)) this.#listeners.set(listener, this.driver.subscribe(listener));
+    return this;
+  }
+
+  /** Removes a listener added with {@link Connection.on}. */
+  off(event: 'domain-event', listener: (event: DomainEvent) => void): this {
+    if (event === 'domain-event') {
+      this.#listeners.get(listener)?.();
+      this.#listeners.delete(listener);
+    }
+    return this;
+  }
+
+  /**
+   * The life-cycle events as an async iterable, buffered from the moment of the call, ending when
+   * `signal` aborts or the connection closes.
+   */
+  async *events(options: { signal?: AbortSignal } = {}): AsyncGenerator<DomainEvent, void, undefined> {
+    const queue: DomainEvent[] = [];
+    let wake: (() => void) | undefined;
+    const unsubscribe = this.driver.subscribe((e) => {
+      queue.push(e);
+      wake?.();
+    });
+    const onAbort = () => wake?.();
+    options.signal?.addEventListener('abort', onAbort);
+    try {
+      while (!options.signal?.aborted && !this.#closed) {
+        const next = queue.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          this.#wakers.add(resolve);
+        });
+        if (wake) this.#wakers.delete(wake);
+        wake = undefined;
+      }
+    } finally {
+      unsubscribe();
+      options.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Releases the driver (and the root's lock). Running domains keep running. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const off of this.#listeners.values()) off();
+    this.#listeners.clear();
+    for (const wake of this.#wakers) wake();
+    await this.driver.close();
+  }
+
+  /** Closes the connection; lets callers write `await using conn = await connect(…)`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed)
+      throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
+  }
+}

@@ -1,0 +1,190 @@
+import { z } from 'zod';
+
+/*
+ * The typed domain definition. Field names follow libvirt's XML (camelCased) so that a libvirt user
+ * finds each element where they expect it; sizes are in KiB, libvirt's default unit, and say so in
+ * their names. Objects are strict: an unknown key is an error, never silently dropped.
+ */
+
+const cpuset = z
+  .string()
+  .regex(/^\s*\^?\d+(-\d+)?(\s*,\s*\^?\d+(-\d+)?)*\s*$/, 'a cpuset such as "0-3,^2,6"');
+
+const kib = z
+  .number()
+  .int()
+  .positive()
+  .max(2 ** 52);
+
+const schedPolicy = z.enum(['fifo', 'rr', 'batch', 'idle', 'other']);
+
+const schedEntry = z.strictObject({
+  /** The vCPUs (or iothreads) this entry applies to, as a cpuset-style list of indexes. */
+  ids: cpuset,
+  scheduler: schedPolicy,
+  /** 1..99 for fifo and rr; absent otherwise. */
+  priority: z.number().int().min(0).max(99).optional(),
+});
+
+const diskSchema = z.strictObject({
+  type: z.enum(['file', 'block']),
+  device: z.enum(['disk', 'cdrom']).default('disk'),
+  driver: z.strictObject({ type: z.enum(['raw', 'qcow2']).default('raw') }).default({ type: 'raw' }),
+  source: z.string().startsWith('/', 'an absolute path'),
+  target: z.strictObject({
+    dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
+    bus: z.enum(['virtio', 'sata']),
+  }),
+  readonly: z.boolean().default(false),
+  serial: z.string().max(36).optional(),
+  bootOrder: z.number().int().positive().optional(),
+  alias: z.string().optional(),
+});
+
+const macAddress = z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i, 'a MAC address');
+
+const interfaceSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('ethernet'),
+    mac: macAddress.optional(),
+    target: z.strictObject({ dev: z.string().min(1).max(15), managed: z.boolean().default(true) }).optional(),
+    model: z.enum(['virtio', 'e1000']).default('virtio'),
+    queues: z.number().int().min(1).max(16).optional(),
+    alias: z.string().optional(),
+  }),
+  z.strictObject({
+    type: z.literal('user'),
+    mac: macAddress.optional(),
+    model: z.enum(['virtio', 'e1000']).default('virtio'),
+    alias: z.string().optional(),
+  }),
+]);
+
+const charSource = z.discriminatedUnion('type', [
+  /** Written to a file; without a path, `<root>/log/<name>.console.log`. */
+  z.strictObject({ type: z.literal('file'), path: z.string().startsWith('/').optional() }),
+  z.strictObject({ type: z.literal('pty') }),
+]);
+
+/**
+ * The schema of a domain definition as given to `defineDomain`. Use {@link DomainDefinitionInput}
+ * for the type accepted as input and {@link DomainDefinition} for the resolved definition.
+ *
+ * @public
+ */
+export const domainDefinitionSchema = z.strictObject({
+  name: z
+    .string()
+    .min(1)
+    .max(200)
+    .regex(
+      /^[A-Za-z0-9_][A-Za-z0-9_.+-]*$/,
+      'letters, digits, "_", ".", "+" and "-", not starting with "." or "-"',
+    ),
+  uuid: z.uuid().optional(),
+  title: z.string().optional(),
+  description: z.string().optional(),
+  type: z.enum(['kvm', 'qemu']),
+  memoryKiB: kib,
+  currentMemoryKiB: kib.optional(),
+  maxMemory: z.strictObject({ kib, slots: z.number().int().min(1).max(256) }).optional(),
+  vcpu: z
+    .strictObject({
+      count: z.number().int().min(1).max(255),
+      current: z.number().int().min(1).max(255).optional(),
+    })
+    .default({ count: 1 }),
+  cpu: z
+    .strictObject({
+      mode: z.enum(['host-passthrough', 'host-model', 'custom']).optional(),
+      model: z.string().optional(),
+      topology: z
+        .strictObject({
+          sockets: z.number().int().min(1),
+          dies: z.number().int().min(1).default(1),
+          cores: z.number().int().min(1),
+          threads: z.number().int().min(1),
+        })
+        .optional(),
+    })
+    .optional(),
+  os: z
+    .strictObject({
+      arch: z.literal('x86_64').default('x86_64'),
+      machine: z.string().min(1).optional(),
+      kernel: z.string().startsWith('/').optional(),
+      initrd: z.string().startsWith('/').optional(),
+      cmdline: z.string().optional(),
+      boot: z.array(z.enum(['hd', 'cdrom', 'network'])).optional(),
+    })
+    .default({ arch: 'x86_64' }),
+  features: z.strictObject({ acpi: z.boolean().default(true), apic: z.boolean().default(true) }).optional(),
+  clock: z.strictObject({ offset: z.enum(['utc', 'localtime']).default('utc') }).optional(),
+  iothreads: z.number().int().min(0).max(64).default(0),
+  cputune: z
+    .strictObject({
+      vcpupin: z.array(z.strictObject({ vcpu: z.number().int().min(0), cpuset })).default([]),
+      emulatorpin: z.strictObject({ cpuset }).optional(),
+      iothreadpin: z.array(z.strictObject({ iothread: z.number().int().min(1), cpuset })).default([]),
+      vcpusched: z.array(schedEntry).default([]),
+      iothreadsched: z.array(schedEntry).default([]),
+    })
+    .optional(),
+  memoryBacking: z
+    .strictObject({
+      locked: z.boolean().default(false),
+      hugepages: z.boolean().default(false),
+    })
+    .optional(),
+  memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),
+  onPoweroff: z.enum(['destroy', 'restart']).default('destroy'),
+  onReboot: z.enum(['restart', 'destroy']).default('restart'),
+  onCrash: z.enum(['destroy']).default('destroy'),
+  emulator: z.string().startsWith('/', 'an absolute path').optional(),
+  disks: z.array(diskSchema).default([]),
+  interfaces: z.array(interfaceSchema).default([]),
+  serials: z.array(charSource).max(4).default([]),
+  qemuCommandline: z
+    .strictObject({
+      args: z.array(z.string()).default([]),
+      env: z
+        .array(z.strictObject({ name: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), value: z.string() }))
+        .default([]),
+    })
+    .optional(),
+});
+
+/**
+ * A domain definition as accepted by `defineDomain`: optional fields may be left out.
+ *
+ * @public
+ */
+export type DomainDefinitionInput = z.input<typeof domainDefinitionSchema>;
+
+/**
+ * A resolved domain definition: defaults applied, uuid assigned.
+ *
+ * @public
+ */
+export type DomainDefinition = z.output<typeof domainDefinitionSchema> & { readonly uuid: string };
+
+/**
+ * A disk of a resolved definition.
+ *
+ * @public
+ */
+export type DiskDefinition = DomainDefinition['disks'][number];
+
+/**
+ * A network interface of a resolved definition.
+ *
+ * @public
+ */
+export type InterfaceDefinition = DomainDefinition['interfaces'][number];
+
+/**
+ * A scheduler policy name, as in libvirt's `vcpusched`.
+ *
+ * @public
+ */
+export type SchedulerPolicy = z.infer<typeof schedPolicy>;

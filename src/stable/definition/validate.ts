@@ -1,0 +1,106 @@
+import { randomUUID } from 'node:crypto';
+import type { z } from 'zod';
+import { parseCpuset } from '../../util/cpuset.js';
+import { ErrorCode, VirtError } from '../errors.js';
+import { type DomainDefinition, domainDefinitionSchema } from './schema.js';
+
+/**
+ * Validates a typed definition and resolves its defaults, or throws a VirtError naming the field:
+ * `CONFIG_UNSUPPORTED` for a key virtkit does not know, `XML_ERROR` for a wrong or inconsistent value.
+ * @internal
+ */
+export function resolveDefinition(input: unknown): DomainDefinition {
+  const parsed = domainDefinitionSchema.safeParse(input);
+  if (!parsed.success) throw fromZodError(parsed.error);
+  const def = { ...parsed.data, uuid: parsed.data.uuid ?? randomUUID() };
+  checkSemantics(def);
+  return def;
+}
+
+function fromZodError(error: z.ZodError): VirtError {
+  const issue = error.issues[0];
+  if (!issue) return new VirtError(ErrorCode.XML_ERROR, 'invalid domain definition');
+  const path = issue.path.map(String).join('.');
+  if (issue.code === 'unrecognized_keys') {
+    const keys = issue.keys.join(', ');
+    const where = path ? `${path}.${issue.keys[0]}` : issue.keys[0];
+    return new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `unsupported field ${keys}${path ? ` in ${path}` : ''}: virtkit does not support it; remove it`,
+      { path: where },
+    );
+  }
+  return new VirtError(
+    ErrorCode.XML_ERROR,
+    `invalid domain definition: ${path || '(root)'}: ${issue.message}`,
+    {
+      path: path || '(root)',
+    },
+  );
+}
+
+function invalid(path: string, message: string): VirtError {
+  return new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
+}
+
+function checkSemantics(def: DomainDefinition): void {
+  const vcpus = def.vcpu.count;
+  if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB > def.memoryKiB) {
+    throw invalid('currentMemoryKiB', `${def.currentMemoryKiB} KiB exceeds memory ${def.memoryKiB} KiB`);
+  }
+  if (def.maxMemory && def.maxMemory.kib < def.memoryKiB) {
+    throw invalid('maxMemory.kib', 'maxMemory must be at least the memory size');
+  }
+  if (def.vcpu.current !== undefined && def.vcpu.current > vcpus) {
+    throw invalid('vcpu.current', `${def.vcpu.current} exceeds the vcpu count ${vcpus}`);
+  }
+  const topo = def.cpu?.topology;
+  if (topo && topo.sockets * topo.dies * topo.cores * topo.threads !== vcpus) {
+    throw invalid(
+      'cpu.topology',
+      `sockets*dies*cores*threads = ${topo.sockets * topo.dies * topo.cores * topo.threads} must equal the vcpu count ${vcpus}`,
+    );
+  }
+  const tune = def.cputune;
+  tune?.vcpupin.forEach((pin, i) => {
+    if (pin.vcpu >= vcpus) throw invalid(`cputune.vcpupin.${i}.vcpu`, `vCPU ${pin.vcpu} does not exist`);
+    if (!parseCpuset(pin.cpuset))
+      throw invalid(`cputune.vcpupin.${i}.cpuset`, `malformed cpuset "${pin.cpuset}"`);
+  });
+  if (tune?.emulatorpin && !parseCpuset(tune.emulatorpin.cpuset)) {
+    throw invalid('cputune.emulatorpin.cpuset', `malformed cpuset "${tune.emulatorpin.cpuset}"`);
+  }
+  tune?.iothreadpin.forEach((pin, i) => {
+    if (pin.iothread > def.iothreads) {
+      throw invalid(`cputune.iothreadpin.${i}.iothread`, `iothread ${pin.iothread} does not exist`);
+    }
+  });
+  for (const [key, entries, count, base] of [
+    ['vcpusched', tune?.vcpusched ?? [], vcpus, 0],
+    ['iothreadsched', tune?.iothreadsched ?? [], def.iothreads, 1],
+  ] as const) {
+    entries.forEach((entry, i) => {
+      const path = `cputune.${key}.${i}`;
+      const ids = parseCpuset(entry.ids);
+      if (!ids) throw invalid(`${path}.ids`, `malformed id list "${entry.ids}"`);
+      const bad = ids.find((id) => id < base || id >= count + base);
+      if (bad !== undefined)
+        throw invalid(`${path}.ids`, `${key === 'vcpusched' ? 'vCPU' : 'iothread'} ${bad} does not exist`);
+      const realtime = entry.scheduler === 'fifo' || entry.scheduler === 'rr';
+      if (realtime && !(entry.priority && entry.priority >= 1)) {
+        throw invalid(`${path}.priority`, `${entry.scheduler} needs a priority from 1 to 99`);
+      }
+      if (!realtime && entry.priority)
+        throw invalid(`${path}.priority`, `${entry.scheduler} takes no priority`);
+    });
+  }
+  const targets = new Set<string>();
+  def.disks.forEach((disk, i) => {
+    if (targets.has(disk.target.dev))
+      throw invalid(`disks.${i}.target.dev`, `duplicate disk target ${disk.target.dev}`);
+    targets.add(disk.target.dev);
+  });
+  if (def.os.initrd && !def.os.kernel) throw invalid('os.initrd', 'an initrd needs a kernel');
+  if (def.os.cmdline !== undefined && !def.os.kernel)
+    throw invalid('os.cmdline', 'a kernel command line needs a kernel');
+}

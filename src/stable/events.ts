@@ -1,0 +1,64 @@
+/**
+ * The kind of a life-cycle event.
+ *
+ * @public
+ */
+export type DomainEventType = 'defined' | 'undefined' | 'started' | 'suspended' | 'resumed' | 'stopped';
+
+/**
+ * Why a domain stopped, as in libvirt's `VIR_DOMAIN_EVENT_STOPPED_*`.
+ *
+ * @public
+ */
+export type StoppedReason = 'shutdown' | 'destroyed' | 'crashed' | 'failed';
+
+/**
+ * A life-cycle event of one domain.
+ *
+ * @public
+ */
+export interface DomainEvent {
+  /** What happened. */
+  readonly type: DomainEventType;
+  /**
+   * Why: for `stopped` one of {@link StoppedReason}; for `started` `booted`; for `suspended` `user`
+   * or `starting-up`; for `resumed` `unpaused`; for `defined` `added` or `updated`; for
+   * `undefined` `removed`.
+   */
+  readonly reason: string;
+  /** The domain it concerns. */
+  readonly domain: { readonly name: string; readonly uuid: string };
+  /** When it happened, in milliseconds since the epoch. */
+  readonly timestamp: number;
+}
+
+/**
+ * The state of a domain, as in libvirt's `virDomainState`.
+ *
+ * @public
+ */
+export type DomainState = 'running' | 'paused' | 'shutdown' | 'shutoff';
+
+/**
+ * What `Domain.getInfo()` reports.
+ *
+ * @public
+ */
+export interface DomainInfo {
+  /** The current state. */
+  readonly state: DomainState;
+  /** Why it is in that state (`booted`, `user`, `starting-up`, `shutdown`, `destroyed`, `crashed`, `failed`…). */
+  readonly reason: string;
+  /** The driver's id of the running domain; null while shut off. */
+  readonly id: number | null;
+  /** The QEMU process id; null while shut off. */
+  readonly pid: number | null;
+  /** Number of vCPUs. */
+  readonly vcpus: number;
+  /** Guest memory in KiB. */
+  readonly memoryKiB: number;
+  /** CPU time the QEMU process used, in nanoseconds; 0 while shut off. */
+  readonly cpuTimeNs: bigint;
+  /** Taints of the running domain, e.g. `custom-argv`, `internal-handler`. */
+  readonly taints: readonly string[];
+}

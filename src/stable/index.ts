@@ -1,0 +1,25 @@
+/**
+ * virtkit: virtualization management for Node.js, with an embedded QEMU driver.
+ *
+ * @packageDocumentation
+ */
+export { type ConnectOptions, connect } from './connect.js';
+export { Connection, type ListDomainsOptions } from './connection.js';
+export type {
+  DiskDefinition,
+  DomainDefinition,
+  DomainDefinitionInput,
+  InterfaceDefinition,
+  SchedulerPolicy,
+} from './definition/schema.js';
+export { domainDefinitionSchema } from './definition/schema.js';
+export { Domain } from './domain.js';
+export type { DestroyOptions, ShutdownOptions, StartOptions } from './driver.js';
+export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';
+export type {
+  DomainEvent,
+  DomainEventType,
+  DomainInfo,
+  DomainState,
+  StoppedReason,
+} from './events.js';

@@ -1,0 +1,129 @@
+/**
+ * Crash-safe file replacement: write a temporary file next to the target, fsync it, rename it
+ * over the target and fsync the directory, so a reader (or a reboot) sees the old content or the
+ * new content, never a mix or an empty file.
+ *
+ * @internal
+ * @packageDocumentation
+ */
+
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  fchmodSync,
+  constants as fsConstants,
+  fsyncSync,
+  openSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { ErrorCode, errnoOf, toVirtError } from '../stable/errors.js';
+
+/** errnos of a directory fsync that only mean "this file system does not sync directories". */
+const DIR_FSYNC_UNSUPPORTED = new Set(['EINVAL', 'ENOTSUP', 'EOPNOTSUPP', 'EISDIR', 'EBADF']);
+
+/** A fresh temporary name in the target's directory. */
+function tempPath(path: string): string {
+  return `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+}
+
+function fail(err: unknown, path: string): never {
+  throw toVirtError(err, ErrorCode.SYSTEM_ERROR, `cannot write ${path}`, { errno: errnoOf(err), file: path });
+}
+
+function toBytes(data: string | Uint8Array): Uint8Array {
+  return typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+}
+
+/**
+ * Replaces the content of `path` atomically and durably.
+ *
+ * @param path - the file to write; its directory must exist
+ * @param data - the new content (strings are written as UTF-8)
+ * @param mode - the permission bits of the new file, applied exactly (not masked by the umask);
+ *   default `0o666` masked by the umask
+ * @throws {@link VirtError} `SYSTEM_ERROR` on any failure; the temporary file is removed and
+ *   `path` keeps its old content
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode?: number): Promise<void> {
+  const tmp = tempPath(path);
+  const bytes = toBytes(data);
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(tmp, 'wx', mode ?? 0o666);
+    let off = 0;
+    while (off < bytes.length) {
+      const { bytesWritten } = await fh.write(bytes, off, bytes.length - off);
+      off += bytesWritten;
+    }
+    if (mode !== undefined) await fh.chmod(mode);
+    await fh.sync();
+    const h = fh;
+    fh = undefined;
+    await h.close();
+    await rename(tmp, path);
+  } catch (err) {
+    await fh?.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    fail(err, path);
+  }
+  try {
+    const dir = await open(dirname(path), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  } catch (err) {
+    if (!DIR_FSYNC_UNSUPPORTED.has(errnoOf(err) ?? '')) fail(err, path);
+  }
+}
+
+/**
+ * Synchronous {@link writeFileAtomic}.
+ *
+ * @param path - the file to write; its directory must exist
+ * @param data - the new content (strings are written as UTF-8)
+ * @param mode - the permission bits of the new file, applied exactly; default `0o666` masked by the umask
+ * @throws {@link VirtError} `SYSTEM_ERROR` on any failure; the temporary file is removed and
+ *   `path` keeps its old content
+ */
+export function writeFileAtomicSync(path: string, data: string | Uint8Array, mode?: number): void {
+  const tmp = tempPath(path);
+  const bytes = toBytes(data);
+  let fd: number | undefined;
+  try {
+    fd = openSync(tmp, 'wx', mode ?? 0o666);
+    let off = 0;
+    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
+    if (mode !== undefined) fchmodSync(fd, mode);
+    fsyncSync(fd);
+    const f = fd;
+    fd = undefined;
+    closeSync(f);
+    renameSync(tmp, path);
+  } catch (err) {
+    if (fd !== undefined) {
+      try {
+        closeSync(fd);
+      } catch {}
+    }
+    try {
+      unlinkSync(tmp);
+    } catch {}
+    fail(err, path);
+  }
+  try {
+    const dir = openSync(dirname(path), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+    try {
+      fsyncSync(dir);
+    } finally {
+      closeSync(dir);
+    }
+  } catch (err) {
+    if (!DIR_FSYNC_UNSUPPORTED.has(errnoOf(err) ?? '')) fail(err, path);
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * Readers for the few `/proc` files virtkit needs: process identity (start time, exe), state,
+ * threads, limits and cgroups. The files are tiny, so the reads are synchronous.
+ *
+ * A process (or thread) that does not exist, or has exited while being read, reads as `undefined`
+ * (or an empty collection); any other failure throws a {@link VirtError} `SYSTEM_ERROR`.
+ *
+ * @internal
+ * @packageDocumentation
+ */
+
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { ErrorCode, errnoOf, toVirtError } from '../stable/errors.js';
+
+/** A soft or hard value of `/proc/<pid>/limits`. */
+type LimitValue = bigint | 'unlimited';
+
+/** errnos that mean "the process or thread is gone". */
+const GONE = new Set(['ENOENT', 'ESRCH']);
+
+/** Reads a /proc file, or undefined when the process is gone (or `alsoMissing` matches). */
+function readProc(path: string, alsoMissing: ReadonlySet<string> = GONE): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    return missing(err, path, alsoMissing);
+  }
+}
+
+function missing(err: unknown, path: string, gone: ReadonlySet<string>): undefined {
+  const errno = errnoOf(err);
+  if (errno && gone.has(errno)) return undefined;
+  throw toVirtError(err, ErrorCode.SYSTEM_ERROR, `cannot read ${path}`, { errno, file: path });
+}
+
+/**
+ * The fields of `/proc/<pid>/stat` after `comm`, i.e. starting with field 3 (state). `comm` is
+ * skipped by cutting after the last `)`, since it may itself contain spaces and parentheses.
+ */
+function statFields(pid: number): string[] | undefined {
+  const text = readProc(`/proc/${pid}/stat`);
+  if (text === undefined) return undefined;
+  const end = text.lastIndexOf(')');
+  if (end < 0) return undefined;
+  return text
+    .slice(end + 1)
+    .trim()
+    .split(/\s+/);
+}
+
+/**
+ * The start time of a process (field 22 of `/proc/<pid>/stat`, in clock ticks since boot).
+ * Together with the pid it identifies a process across pid reuse.
+ *
+ * @param pid - the process
+ * @returns the start time, or undefined if the process does not exist
+ */
+export function readProcStartTime(pid: number): bigint | undefined {
+  const field = statFields(pid)?.[22 - 3];
+  return field !== undefined && /^\d+$/.test(field) ? BigInt(field) : undefined;
+}
+
+/**
+ * The state letter of a process (field 3 of `/proc/<pid>/stat`): `R`, `S`, `D`, `Z`, `T`…
+ *
+ * @param pid - the process
+ * @returns the state, or undefined if the process does not exist
+ */
+export function readProcState(pid: number): string | undefined {
+  return statFields(pid)?.[0];
+}
+
+/**
+ * The parent pid of a process (field 4 of `/proc/<pid>/stat`).
+ *
+ * @param pid - the process
+ * @returns the parent pid, or undefined if the process does not exist
+ */
+export function readParentPid(pid: number): number | undefined {
+  const field = statFields(pid)?.[4 - 3];
+  return field !== undefined && /^\d+$/.test(field) ? Number(field) : undefined;
+}
+
+/**
+ * The executable of a process: `readlink /proc/<pid>/exe`, with a trailing ` (deleted)` removed.
+ *
+ * @param pid - the process
+ * @returns the path, or undefined if the process does not exist, has no executable (kernel
+ *   thread, zombie) or may not be inspected
+ */
+export function readProcExe(pid: number): string | undefined {
+  const path = `/proc/${pid}/exe`;
+  try {
+    return readlinkSync(path).replace(/ \(deleted\)$/, '');
+  } catch (err) {
+    return missing(err, path, new Set([...GONE, 'EACCES', 'EPERM']));
+  }
+}
+
+/**
+ * The thread ids of a process (`/proc/<pid>/task`), ascending.
+ *
+ * @param pid - the process
+ * @returns the tids; empty if the process does not exist
+ */
+export function listThreads(pid: number): number[] {
+  const path = `/proc/${pid}/task`;
+  let names: string[];
+  try {
+    names = readdirSync(path);
+  } catch (err) {
+    missing(err, path, GONE);
+    return [];
+  }
+  return names
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number)
+    .sort((a, b) => a - b);
+}
+
+/**
+ * The name of a thread (`/proc/<pid>/task/<tid>/comm`) without its trailing newline.
+ *
+ * @param pid - the process
+ * @param tid - the thread
+ * @returns the name (at most 15 bytes), or undefined if the thread does not exist
+ */
+export function readThreadComm(pid: number, tid: number): string | undefined {
+  return readProc(`/proc/${pid}/task/${tid}/comm`)?.replace(/\n$/, '');
+}
+
+/**
+ * The resource limits of a process, parsed from `/proc/<pid>/limits`.
+ *
+ * @param pid - the process
+ * @returns a map from the limit name (e.g. `Max locked memory`) to its soft and hard values and
+ *   units (`bytes`, `files`…; empty when the kernel prints none); empty if the process does not exist
+ */
+export function readProcLimits(
+  pid: number,
+): Map<string, { soft: LimitValue; hard: LimitValue; units: string }> {
+  const limits = new Map<string, { soft: LimitValue; hard: LimitValue; units: string }>();
+  const text = readProc(`/proc/${pid}/limits`);
+  if (text === undefined) return limits;
+  const value = (s: string): LimitValue => (s === 'unlimited' ? 'unlimited' : BigInt(s));
+  for (const line of text.split('\n')) {
+    const m = /^(\S.*?)\s+(unlimited|\d+)\s+(unlimited|\d+)(?:\s+(\S+))?\s*$/.exec(line);
+    if (!m) continue; // header, blank line
+    limits.set(m[1]!, { soft: value(m[2]!), hard: value(m[3]!), units: m[4] ?? '' });
+  }
+  return limits;
+}
+
+/**
+ * The cgroups of a thread, parsed from `/proc/<pid>/task/<tid>/cgroup`. The cgroup v2 unified
+ * hierarchy is the entry with `hierarchyId` 0 and no controllers; a named v1 hierarchy lists
+ * `name=…` as its controller.
+ *
+ * @param pid - the process
+ * @param tid - the thread
+ * @returns one entry per hierarchy; empty if the thread does not exist
+ */
+export function readThreadCgroups(
+  pid: number,
+  tid: number,
+): Array<{ hierarchyId: number; controllers: string[]; path: string }> {
+  const text = readProc(`/proc/${pid}/task/${tid}/cgroup`);
+  if (text === undefined) return [];
+  const out: Array<{ hierarchyId: number; controllers: string[]; path: string }> = [];
+  for (const line of text.split('\n')) {
+    // The path may itself contain ':', so only the first two separate fields.
+    const m = /^(\d+):([^:]*):(.*)$/.exec(line);
+    if (!m) continue;
+    out.push({
+      hierarchyId: Number(m[1]),
+      controllers: m[2]!.split(',').filter((c) => c !== ''),
+      path: m[3]!,
+    });
+  }
+  return out;
+}
+
+/**
+ * Whether a process exists and is not a zombie (or dead, `X`).
+ *
+ * @param pid - the process
+ * @returns true if it is running, sleeping, stopped…
+ */
+export function isAlive(pid: number): boolean {
+  const state = readProcState(pid);
+  return state !== undefined && state !== 'Z' && state !== 'X';
+}
+
+/**
+ * The real uid of a process: the first value of the `Uid:` line of `/proc/<pid>/status`.
+ *
+ * @param pid - the process
+ * @returns the uid, or undefined if the process does not exist
+ */
+export function readProcUid(pid: number): number | undefined {
+  const text = readProc(`/proc/${pid}/status`);
+  const m = text === undefined ? null : /^Uid:\s+(\d+)/m.exec(text);
+  return m ? Number(m[1]) : undefined;
+}

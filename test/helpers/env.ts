@@ -1,0 +1,93 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Connection, connect, type DomainDefinitionInput, type DomainEvent } from '../../src/stable/index.js';
+import { ensureGuestImage, GUEST_MARKER } from '../fixtures/guest-image.js';
+
+export { GUEST_MARKER };
+
+/** A fresh embedded root in a temporary directory. */
+export function tempRoot(prefix = 'vk-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export async function openRoot(root: string): Promise<Connection> {
+  return connect(`qemu:///embed?root=${root}`);
+}
+
+/** A TCG guest that boots the test kernel; `mode` is read by the initramfs's /init. */
+export function tinyGuest(name: string, mode: 'hello' | 'wait' = 'hello', extra: Partial<DomainDefinitionInput> = {}) {
+  const image = ensureGuestImage();
+  return {
+    name,
+    type: 'qemu',
+    memoryKiB: 128 * 1024,
+    vcpu: { count: 1 },
+    os: {
+      kernel: image.kernel,
+      initrd: image.initrd,
+      cmdline: `console=ttyS0 panic=-1 quiet virtkit.mode=${mode}`,
+    },
+    serials: [{ type: 'file' }],
+    ...extra,
+  } satisfies DomainDefinitionInput;
+}
+
+/** A KVM-less, kernel-less domain that only ever runs paused or sits in firmware. */
+export function pausedOnly(name: string, extra: Partial<DomainDefinitionInput> = {}) {
+  return { name, type: 'qemu', memoryKiB: 64 * 1024, ...extra } satisfies DomainDefinitionInput;
+}
+
+/** Records every event of a connection; `next` waits for the first one matching. */
+export function recordEvents(conn: Connection) {
+  const events: DomainEvent[] = [];
+  const waiters: Array<{ match: (e: DomainEvent) => boolean; resolve: (e: DomainEvent) => void }> = [];
+  conn.on('domain-event', (e) => {
+    events.push(e);
+    for (const w of waiters.splice(0)) {
+      if (w.match(e)) w.resolve(e);
+      else waiters.push(w);
+    }
+  });
+  return {
+    events,
+    next(match: (e: DomainEvent) => boolean, timeoutMs = 60_000): Promise<DomainEvent> {
+      const seen = events.find(match);
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no matching event within ${timeoutMs} ms`)), timeoutMs);
+        waiters.push({
+          match,
+          resolve: (e) => {
+            clearTimeout(timer);
+            resolve(e);
+          },
+        });
+      });
+    },
+  };
+}
+
+/** Files left under `<root>/run` besides the driver's lock: sockets and status files of running domains. */
+export function runLeftovers(root: string): string[] {
+  return readdirSync(join(root, 'run')).filter((f) => f !== 'driver.lock');
+}
+
+export function removeRoot(root: string): void {
+  rmSync(root, { recursive: true, force: true });
+}
+
+/** True while a process exists and is not a zombie. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
