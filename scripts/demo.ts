@@ -10,6 +10,9 @@ import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 
 const root = mkdtempSync(join(tmpdir(), 'virtkit-demo-'));
 const image = ensureGuestImage();
+// SeaBIOS clears the screen and the kernel sets modes: strip those escapes from the console.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching ESC is the point
+const TERMINAL_CONTROL = /\u001b(\[[0-9;?]*[a-zA-Z]|c)/g;
 const say = (line: string) => process.stdout.write(`${line}\n`);
 
 async function main(): Promise<void> {
@@ -21,17 +24,23 @@ async function main(): Promise<void> {
     type: 'qemu',
     memoryKiB: 128 * 1024,
     vcpu: { count: 1 },
-    os: { kernel: image.kernel, initrd: image.initrd, cmdline: 'console=ttyS0 panic=-1 quiet virtkit.mode=wait' },
+    os: {
+      kernel: image.kernel,
+      initrd: image.initrd,
+      cmdline: 'console=ttyS0 panic=-1 quiet virtkit.mode=wait',
+    },
     serials: [{ type: 'file' }],
   });
   const t0 = performance.now();
   await dom.start();
   const info = await dom.getInfo();
-  say(`started in ${(performance.now() - t0).toFixed(0)} ms: pid ${info.pid}, ${info.vcpus} vCPU, ${info.memoryKiB} KiB`);
+  say(
+    `started in ${(performance.now() - t0).toFixed(0)} ms: pid ${info.pid}, ${info.vcpus} vCPU, ${info.memoryKiB} KiB`,
+  );
   const consolePath = join(root, 'log', 'demo.console.log');
   let shown = 0;
   const showConsole = () => {
-    const text = readFileSync(consolePath, 'utf8').replace(/\x1b\[[0-9;?]*[a-zA-Z]|\x1bc/g, '');
+    const text = readFileSync(consolePath, 'utf8').replace(TERMINAL_CONTROL, '');
     for (const line of text.split('\n').slice(shown, -1)) say(`  [console] ${line}`);
     shown = Math.max(shown, text.split('\n').length - 1);
     return text;

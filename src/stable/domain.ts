@@ -23,37 +23,37 @@ export class Domain {
   }
 
   /** Starts the domain; with `paused`, QEMU runs but no vCPU does until {@link Domain.resume}. */
-  start(options: StartOptions = {}): Promise<void> {
-    return this.#driver.start(this.uuid, options);
+  async start(options: StartOptions = {}): Promise<void> {
+    return await this.#driver.start(this.uuid, options);
   }
 
   /** Pauses every vCPU of a running domain. */
-  suspend(): Promise<void> {
+  async suspend(): Promise<void> {
     return this.#driver.suspend(this.uuid);
   }
 
   /** Resumes a paused domain. */
-  resume(): Promise<void> {
+  async resume(): Promise<void> {
     return this.#driver.resume(this.uuid);
   }
 
   /** Asks the guest to power off (ACPI) and waits until QEMU has exited. */
-  shutdown(options: ShutdownOptions = {}): Promise<void> {
+  async shutdown(options: ShutdownOptions = {}): Promise<void> {
     return this.#driver.shutdown(this.uuid, options);
   }
 
   /** Stops the domain at once: SIGTERM, then SIGKILL after a grace period. */
-  destroy(options: DestroyOptions = {}): Promise<void> {
+  async destroy(options: DestroyOptions = {}): Promise<void> {
     return this.#driver.destroy(this.uuid, options);
   }
 
   /** Removes the persistent definition of an inactive domain. */
-  undefine(): Promise<void> {
+  async undefine(): Promise<void> {
     return this.#driver.undefineDomain(this.uuid);
   }
 
   /** State, reason, ids, size, CPU time and taints. */
-  getInfo(): Promise<DomainInfo> {
+  async getInfo(): Promise<DomainInfo> {
     return this.#driver.getInfo(this.uuid);
   }
 

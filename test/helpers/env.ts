@@ -1,7 +1,12 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Connection, connect, type DomainDefinitionInput, type DomainEvent } from '../../src/stable/index.js';
+import {
+  type Connection,
+  connect,
+  type DomainDefinitionInput,
+  type DomainEvent,
+} from '../../src/stable/index.js';
 import { ensureGuestImage, GUEST_MARKER } from '../fixtures/guest-image.js';
 
 export { GUEST_MARKER };
@@ -16,7 +21,11 @@ export async function openRoot(root: string): Promise<Connection> {
 }
 
 /** A TCG guest that boots the test kernel; `mode` is read by the initramfs's /init. */
-export function tinyGuest(name: string, mode: 'hello' | 'wait' = 'hello', extra: Partial<DomainDefinitionInput> = {}) {
+export function tinyGuest(
+  name: string,
+  mode: 'hello' | 'wait' = 'hello',
+  extra: Partial<DomainDefinitionInput> = {},
+) {
   const image = ensureGuestImage();
   return {
     name,
@@ -55,7 +64,10 @@ export function recordEvents(conn: Connection) {
       const seen = events.find(match);
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no matching event within ${timeoutMs} ms`)), timeoutMs);
+        const timer = setTimeout(
+          () => reject(new Error(`no matching event within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
         waiters.push({
           match,
           resolve: (e) => {
@@ -90,4 +102,22 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Pids of processes whose command line mentions `needle` (a domain uuid): leaked QEMUs or stubs. */
+export function processesMentioning(needle: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(needle) && alive(Number(entry)))
+        pids.push(Number(entry));
+    } catch {}
+  }
+  return pids;
+}
+
+/** Files of `<root>/etc/domains`. */
+export function definitionFiles(root: string): string[] {
+  return readdirSync(join(root, 'etc', 'domains'));
 }

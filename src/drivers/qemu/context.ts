@@ -29,7 +29,10 @@ export function deferred<T>(): { promise: Promise<T>; resolve: (value: T) => voi
 export async function within<T>(promise: Promise<T>, ms: number): Promise<T | 'timeout'> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([promise, new Promise<'timeout'>((r) => (timer = setTimeout(r, ms, 'timeout')))]);
+    return await Promise.race([
+      promise,
+      new Promise<'timeout'>((r) => (timer = setTimeout(r, ms, 'timeout'))),
+    ]);
   } finally {
     clearTimeout(timer);
   }

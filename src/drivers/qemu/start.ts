@@ -185,12 +185,17 @@ async function execQemu(s: Startup): Promise<QmpClient> {
       { pid: launch.pid },
     );
   });
-  const first = await Promise.race([monitor, died]);
-  if (first instanceof VirtError) {
+  try {
+    const first = await Promise.race([monitor, died]);
+    if (first instanceof VirtError) throw first;
+    return first;
+  } catch (err) {
     monitor.then((q) => q.close()).catch(() => undefined);
-    throw first;
+    // A monitor that fails usually means QEMU died: wait briefly for the exit, whose error
+    // carries QEMU's own words from the log, rather than report a bare connection reset.
+    const exit = await within(died, 2_000);
+    throw exit === 'timeout' ? err : exit;
   }
-  return first;
 }
 
 interface CpuInfo {

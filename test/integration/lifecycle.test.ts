@@ -1,0 +1,191 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Connection } from '../../src/stable/index.js';
+import {
+  alive,
+  GUEST_MARKER,
+  openRoot,
+  pausedOnly,
+  recordEvents,
+  removeRoot,
+  runLeftovers,
+  tempRoot,
+  tinyGuest,
+} from '../helpers/env.js';
+
+let root: string;
+let conn: Connection;
+
+beforeEach(async () => {
+  root = tempRoot();
+  conn = await openRoot(root);
+});
+
+afterEach(async () => {
+  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+  await conn.close();
+  removeRoot(root);
+});
+
+const types = (rec: ReturnType<typeof recordEvents>) => rec.events.map((e) => `${e.type}:${e.reason}`);
+
+async function waitForConsole(text: string, timeoutMs = 60_000): Promise<string> {
+  const path = join(root, 'log', `${'g'}.console.log`);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let content = '';
+    try {
+      content = readFileSync(path, 'utf8');
+    } catch {}
+    if (content.includes(text)) return content;
+    if (Date.now() > deadline)
+      throw new Error(`console never showed ${text}; it has: ${content.slice(-500)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('a TCG guest through the embedded driver', () => {
+  it('boots, prints on the serial console and stops with reason shutdown when it powers off', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(tinyGuest('g', 'hello'));
+    await dom.start();
+    const stopped = await rec.next((e) => e.type === 'stopped');
+    expect(stopped.reason).toBe('shutdown');
+    expect(readFileSync(join(root, 'log', 'g.console.log'), 'utf8')).toContain(GUEST_MARKER);
+    expect(types(rec)).toEqual(['defined:added', 'started:booted', 'stopped:shutdown']);
+    const info = await dom.getInfo();
+    expect(info).toMatchObject({ state: 'shutoff', reason: 'shutdown', pid: null, id: null });
+    expect(runLeftovers(root)).toEqual([]);
+    const log = readFileSync(join(root, 'log', 'g.log'), 'utf8');
+    expect(log).toMatch(/virtkit: starting: \/usr\/bin\/qemu-system-x86_64 .*-name guest=g,debug-threads=on/);
+    expect(log).toMatch(/exited \(code 0\): stopped, shutdown/);
+  });
+
+  it('shuts down through ACPI when asked', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(tinyGuest('g', 'wait'));
+    await dom.start();
+    await waitForConsole('VIRTKIT-GUEST-WAITING');
+    await dom.shutdown({ timeoutMs: 30_000 });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'shutdown' });
+    expect(readFileSync(join(root, 'log', 'g.console.log'), 'utf8')).toContain('VIRTKIT-GUEST-POWERBUTTON');
+    expect(types(rec).at(-1)).toBe('stopped:shutdown');
+    expect(runLeftovers(root)).toEqual([]);
+  });
+
+  it('times out a shutdown the guest ignores, and falls back to destroy when asked', async () => {
+    // A paused guest never sees the power button.
+    const dom = await conn.defineDomain(pausedOnly('ignorer'));
+    await dom.start({ paused: true });
+    const { pid } = await dom.getInfo();
+    await expect(dom.shutdown({ timeoutMs: 300 })).rejects.toMatchObject({ code: 'OPERATION_TIMEOUT' });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', pid });
+    await dom.shutdown({ timeoutMs: 300, fallbackToDestroy: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed' });
+    expect(alive(pid as number)).toBe(false);
+  });
+});
+
+describe('life cycle of a paused-only domain', () => {
+  it('start paused -> paused; resume -> running; suspend/resume; destroy', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(pausedOnly('p', { vcpu: { count: 2 } }));
+    await dom.start({ paused: true });
+    const info = await dom.getInfo();
+    expect(info).toMatchObject({ state: 'paused', reason: 'user', vcpus: 2, memoryKiB: 65536, taints: [] });
+    expect(info.id).toBeGreaterThan(0);
+    expect(alive(info.pid as number)).toBe(true);
+    // The QEMU process execs in place of the stub: same pid, QEMU's binary.
+    expect(readFileSync(`/proc/${info.pid}/cmdline`, 'utf8').split('\0')[0]).toBe(
+      '/usr/bin/qemu-system-x86_64',
+    );
+
+    await dom.resume();
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', reason: 'unpaused' });
+    await dom.suspend();
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'user' });
+    await expect(dom.suspend()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.resume();
+    await expect(dom.resume()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.start()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.undefine()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+
+    await dom.destroy();
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed', pid: null });
+    expect(alive(info.pid as number)).toBe(false);
+    expect(runLeftovers(root)).toEqual([]);
+    expect(types(rec)).toEqual([
+      'defined:added',
+      'started:booted',
+      'suspended:user',
+      'resumed:unpaused',
+      'suspended:user',
+      'resumed:unpaused',
+      'stopped:destroyed',
+    ]);
+    await expect(dom.destroy()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.undefine();
+    await expect(conn.lookupDomain('p')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+  });
+
+  it('kill -9 of QEMU -> stopped with reason crashed, leftovers cleaned', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(pausedOnly('k'));
+    await dom.start({ paused: true });
+    const { pid } = await dom.getInfo();
+    process.kill(pid as number, 'SIGKILL');
+    const stopped = await rec.next((e) => e.type === 'stopped');
+    expect(stopped.reason).toBe('crashed');
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'crashed' });
+    expect(runLeftovers(root)).toEqual([]);
+    // It can be started again.
+    await dom.start({ paused: true });
+    expect((await dom.getInfo()).state).toBe('paused');
+  });
+
+  it('serialises concurrent operations on one domain instead of interleaving them', async () => {
+    const dom = await conn.defineDomain(pausedOnly('c'));
+    const order: string[] = [];
+    const track = (name: string, p: Promise<unknown>) =>
+      p.then(
+        () => order.push(`${name}:ok`),
+        (e: { code: string }) => order.push(`${name}:${e.code}`),
+      );
+    await Promise.all([
+      track('start', dom.start({ paused: true })),
+      track('start2', dom.start({ paused: true })),
+      track('resume', dom.resume()),
+      track('suspend', dom.suspend()),
+    ]);
+    expect(order).toEqual(['start:ok', 'start2:OPERATION_INVALID', 'resume:ok', 'suspend:ok']);
+    expect((await dom.getInfo()).state).toBe('paused');
+  });
+
+  it('lists and looks up domains by name and uuid, by state', async () => {
+    const a = await conn.defineDomain(pausedOnly('a'));
+    await conn.defineDomain(pausedOnly('b'));
+    await a.start({ paused: true });
+    expect((await conn.listDomains()).map((d) => d.name)).toEqual(['a', 'b']);
+    expect((await conn.listDomains({ state: 'active' })).map((d) => d.name)).toEqual(['a']);
+    expect((await conn.listDomains({ state: 'inactive' })).map((d) => d.name)).toEqual(['b']);
+    expect((await conn.lookupDomain(a.uuid)).name).toBe('a');
+    expect((await conn.lookupDomain('b')).name).toBe('b');
+  });
+
+  it('delivers events through the async iterator until aborted', async () => {
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const loop = (async () => {
+      for await (const e of conn.events({ signal: ac.signal })) {
+        seen.push(`${e.type}:${e.reason}`);
+        if (e.type === 'stopped') ac.abort();
+      }
+    })();
+    const dom = await conn.defineDomain(pausedOnly('it'));
+    await dom.start({ paused: true });
+    await dom.destroy();
+    await loop;
+    expect(seen).toEqual(['defined:added', 'started:booted', 'suspended:user', 'stopped:destroyed']);
+  });
+});

@@ -1,0 +1,122 @@
+import { describe, expect, it } from 'vitest';
+import { buildCommandLine } from '../../src/drivers/qemu/command-line.js';
+import { resolveDefinition } from '../../src/stable/definition/validate.js';
+
+const ctx = { monitorFd: 4, consolePath: '/r/log/vm.console.log', homeDir: '/r/lib' };
+const uuid = '1b4e28ba-2fa1-11d2-883f-0016d3cca427';
+const def = (extra: object = {}) =>
+  resolveDefinition({ name: 'vm', uuid, type: 'kvm', memoryKiB: 1048576, ...extra });
+const argOf = (argv: readonly string[], flag: string) => argv.filter((_, i) => argv[i - 1] === flag);
+
+describe('buildCommandLine', () => {
+  it('is deterministic and starts QEMU paused, unconfigured, with QMP on the inherited socket', () => {
+    const a = buildCommandLine(def(), ctx);
+    expect(buildCommandLine(def(), ctx).argv).toEqual(a.argv);
+    expect(a.argv.slice(0, 8)).toEqual([
+      '-name',
+      'guest=vm,debug-threads=on',
+      '-S',
+      '-uuid',
+      uuid,
+      '-no-user-config',
+      '-nodefaults',
+      '-msg',
+    ]);
+    expect(argOf(a.argv, '-chardev')).toContain('socket,id=charmonitor,fd=4,server=on,wait=off');
+    expect(argOf(a.argv, '-mon')).toEqual(['chardev=charmonitor,id=monitor,mode=control']);
+    expect(argOf(a.argv, '-accel')).toEqual(['kvm']);
+    expect(argOf(a.argv, '-m')).toEqual(['size=1048576k']);
+    expect(argOf(a.argv, '-smp')).toEqual(['1,maxcpus=1,sockets=1,dies=1,cores=1,threads=1']);
+    expect(argOf(a.argv, '-display')).toEqual(['none']);
+    expect(a.argv).not.toContain('-overcommit');
+    expect(a.taints).toEqual([]);
+    expect(a.env).toMatchObject({ LC_ALL: 'C', HOME: '/r/lib' });
+  });
+
+  it('maps topology, current vCPUs, maxMemory, locked memory and iothreads', () => {
+    const { argv } = buildCommandLine(
+      def({
+        type: 'qemu',
+        vcpu: { count: 4, current: 2 },
+        cpu: { topology: { sockets: 1, cores: 2, threads: 2 } },
+        maxMemory: { kib: 4194304, slots: 4 },
+        memoryBacking: { locked: true },
+        iothreads: 2,
+      }),
+      ctx,
+    );
+    expect(argOf(argv, '-accel')).toEqual(['tcg']);
+    expect(argOf(argv, '-smp')).toEqual(['2,maxcpus=4,sockets=1,dies=1,cores=2,threads=2']);
+    expect(argOf(argv, '-m')).toEqual(['size=1048576k,slots=4,maxmem=4194304k']);
+    expect(argOf(argv, '-overcommit')).toEqual(['mem-lock=on']);
+    expect(argOf(argv, '-object')).toEqual(['iothread,id=iothread1', 'iothread,id=iothread2']);
+  });
+
+  it('maps power actions, kernel boot and a file serial with a default path (commas escaped)', () => {
+    const { argv, live } = buildCommandLine(
+      def({
+        onPoweroff: 'restart',
+        onReboot: 'destroy',
+        os: { kernel: '/k', initrd: '/i', cmdline: 'console=ttyS0' },
+        serials: [{ type: 'file' }, { type: 'file', path: '/a,b.log' }],
+      }),
+      ctx,
+    );
+    expect(argv).toContain('-no-shutdown');
+    expect(argv).toContain('-no-reboot');
+    expect(argOf(argv, '-kernel')).toEqual(['/k']);
+    expect(argOf(argv, '-append')).toEqual(['console=ttyS0']);
+    expect(argOf(argv, '-chardev')).toContain('file,id=charserial0,path=/r/log/vm.console.log');
+    expect(argOf(argv, '-chardev')).toContain('file,id=charserial1,path=/a,,b.log');
+    expect(live.serials[0]).toEqual({ type: 'file', path: '/r/log/vm.console.log' });
+  });
+
+  it('maps disks to -blockdev + -device, with aliases in the live definition', () => {
+    const { argv, live } = buildCommandLine(
+      def({
+        disks: [
+          {
+            type: 'file',
+            source: '/d.qcow2',
+            driver: { type: 'qcow2' },
+            target: { dev: 'vda', bus: 'virtio' },
+            bootOrder: 1,
+          },
+          {
+            type: 'file',
+            source: '/c.iso',
+            device: 'cdrom',
+            readonly: true,
+            target: { dev: 'sda', bus: 'sata' },
+          },
+        ],
+      }),
+      ctx,
+    );
+    const blockdevs = argOf(argv, '-blockdev').map((j) => JSON.parse(j));
+    expect(blockdevs[0]).toEqual({
+      driver: 'file',
+      filename: '/d.qcow2',
+      'node-name': 'libvirt-1-storage',
+      'read-only': false,
+    });
+    expect(blockdevs[1]).toMatchObject({ driver: 'qcow2', file: 'libvirt-1-storage' });
+    expect(blockdevs[3]).toMatchObject({ driver: 'raw', 'read-only': true });
+    expect(argOf(argv, '-device')).toEqual([
+      'virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0,bootindex=1',
+      'ich9-ahci,id=sata0',
+      'ide-cd,bus=sata0.0,drive=libvirt-2-format,id=sata0-0-0',
+    ]);
+    expect(live.disks.map((d) => d.alias)).toEqual(['virtio-disk0', 'sata0-0-0']);
+  });
+
+  it('appends the QEMU namespace and taints the domain custom-argv', () => {
+    const { argv, env, taints } = buildCommandLine(
+      def({ qemuCommandline: { args: ['-global', 'x.y=z'], env: [{ name: 'FOO', value: 'bar' }] } }),
+      ctx,
+    );
+    expect(argv.slice(-2)).toEqual(['-global', 'x.y=z']);
+    expect(env['FOO']).toBe('bar');
+    expect(taints).toEqual(['custom-argv']);
+  });
+});
