@@ -1,14 +1,23 @@
 /**
- * virtkit/internal: the deliberately unstable API for pinned consumers. It changes in any release;
- * a consumer states the version it was written against and fails at once on another.
+ * virtkit/internal: the deliberately unstable API for pinned consumers. It may change in any
+ * release; a consumer states the version it was written against and fails at once on another.
+ * See docs of {@link openInternal} and the "Internal" sections of CHANGELOG.md.
  *
  * @packageDocumentation
  */
-
-/**
- * The version of the internal API this copy of virtkit implements. Pass the version your code was
- * written against as a literal, never this constant: passing it back defeats the check.
- *
- * @public
- */
-export const INTERNAL_API_VERSION = '1.0' as const;
+export { type InternalApi, type OpenInternalOptions, openInternal } from './api.js';
+export type { HandlerOptions } from './handler-table.js';
+export {
+  type DomainIdentity,
+  type HandlerReturn,
+  type InvocationContext,
+  OPERATIONS,
+  type OperationArgs,
+  type OperationHandler,
+  type OperationName,
+  type OperationResult,
+  PHASES,
+  type Phase,
+} from './operations.js';
+export type { VirtkitPlugin } from './plugins.js';
+export { INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';

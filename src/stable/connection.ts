@@ -1,4 +1,7 @@
+import { INTERNAL_SEAM, type InternalSeam, type SeamCarrier } from '../internal/seam.js';
+import type { DomainDefinitionInput } from './definition/schema.js';
 import { resolveDefinition } from './definition/validate.js';
+import { resolveDomainXml } from './definition/xml.js';
 import { Domain } from './domain.js';
 import type { DomainRef, Driver } from './driver.js';
 import { ErrorCode, VirtError } from './errors.js';
@@ -32,6 +35,11 @@ export class Connection {
     this.driver = driver;
   }
 
+  /** @internal The driver's seam for `virtkit/internal`, while the connection is open. */
+  get [INTERNAL_SEAM](): InternalSeam | undefined {
+    return this.#closed ? undefined : (this.driver as SeamCarrier)[INTERNAL_SEAM];
+  }
+
   /** The URI this connection was opened with. */
   get uri(): string {
     return this.driver.uri;
@@ -43,12 +51,19 @@ export class Connection {
   }
 
   /**
-   * Defines (or updates) a persistent domain from a typed definition. The input is validated in
-   * full before anything is written; a second definition with the same name must carry the same uuid.
+   * Defines (or updates) a persistent domain from a libvirt domain XML document or a typed
+   * definition. The input is validated in full before anything is written; a second definition
+   * with the same name must carry the same uuid.
+   *
+   * @param definition - libvirt domain XML (the subset {@link parseDomainXml} accepts) or a typed definition
+   * @returns a handle on the defined domain
+   * @throws {@link VirtError} `XML_ERROR` or `CONFIG_UNSUPPORTED` naming the rejected XML path or field
    */
-  async defineDomain(definition: unknown): Promise<Domain> {
+  async defineDomain(definition: string | DomainDefinitionInput): Promise<Domain> {
     this.#checkOpen();
-    const ref = await this.driver.defineDomain(resolveDefinition(definition));
+    const resolved =
+      typeof definition === 'string' ? resolveDomainXml(definition) : resolveDefinition(definition);
+    const ref = await this.driver.defineDomain(resolved);
     return new Domain(this.driver, ref.name, ref.uuid);
   }
 

@@ -1,4 +1,5 @@
 import type { DomainDefinition } from './definition/schema.js';
+import { formatDomainXml } from './definition/xml.js';
 import type { DestroyOptions, Driver, ShutdownOptions, StartOptions } from './driver.js';
 import type { DomainInfo } from './events.js';
 
@@ -60,5 +61,15 @@ export class Domain {
   /** The definition: the live one while running (with defaults and aliases filled in), else the persistent one. */
   getDefinition(): DomainDefinition {
     return this.#driver.getDefinition(this.uuid, true);
+  }
+
+  /**
+   * The definition as libvirt domain XML (see {@link formatDomainXml}): the live one while the
+   * domain runs (with defaults and aliases filled in), else the persistent one.
+   *
+   * @returns the XML document
+   */
+  toXML(): string {
+    return formatDomainXml(this.getDefinition());
   }
 }

@@ -13,6 +13,7 @@ export type {
   SchedulerPolicy,
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
+export { formatDomainXml, parseDomainXml } from './definition/xml.js';
 export { Domain } from './domain.js';
 export type { DestroyOptions, ShutdownOptions, StartOptions } from './driver.js';
 export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';

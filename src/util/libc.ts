@@ -129,6 +129,10 @@ interface Libc {
   bind(fd: number, addr: RawSockaddrUn, addrlen: number): number;
   listen(fd: number, backlog: number): number;
   close(fd: number): number;
+  /** Variadic: the mode is passed as a (type, value) pair. */
+  open(path: string, flags: number, modeType: 'int', mode: number): number;
+  /** Variadic: the third C argument is passed as a (type, value) pair. */
+  ioctl(fd: number, request: number, argType: string, arg: Uint8Array): number;
   getuid(): number;
   geteuid(): number;
   strerror(errnum: number): string | null;
@@ -160,6 +164,10 @@ function lib(): Libc {
     bind: so.func('bind', 'int', ['int', koffi.pointer(sockaddrUn), 'uint32_t']),
     listen: so.func('listen', 'int', ['int', 'int']),
     close: so.func('close', 'int', ['int']),
+    // open(2) and ioctl(2) are variadic in C; open's mode is always passed, ioctl's argument is a
+    // (type, value) pair at each call.
+    open: so.func('open', 'int', ['str', 'int', '...']),
+    ioctl: so.func('ioctl', 'int', ['int', 'unsigned long', '...']),
     getuid: so.func('getuid', 'uint32_t', []),
     geteuid: so.func('geteuid', 'uint32_t', []),
     strerror: so.func('strerror', 'const char *', ['int']),
@@ -182,6 +190,19 @@ function lastErrno(): number {
 
 let errnoNames: Map<number, string> | undefined;
 
+/** errnos `os.constants.errno` does not list (e.g. `EBADFD`, which `TUNGETIFF` returns). */
+const LINUX_ONLY_ERRNOS: ReadonlyArray<readonly [number, string]> = [
+  [76, 'ENOTUNIQ'],
+  [77, 'EBADFD'],
+  [123, 'ENOMEDIUM'],
+  [124, 'EMEDIUMTYPE'],
+  [126, 'ENOKEY'],
+  [127, 'EKEYEXPIRED'],
+  [128, 'EKEYREVOKED'],
+  [129, 'EKEYREJECTED'],
+  [132, 'ERFKILL'],
+];
+
 /** The name of an errno value (`EPERM`…), preferring the first name `os.constants.errno` lists (EAGAIN). */
 function errnoName(errno: number): string {
   if (!errnoNames) {
@@ -190,6 +211,9 @@ function errnoName(errno: number): string {
       if (!errnoNames.has(value)) errnoNames.set(value, name);
     }
     errnoNames.set(EAGAIN, 'EAGAIN');
+    // Linux-only errnos Node's table (libuv's POSIX list) lacks; numbers are the same on every
+    // Linux architecture but alpha/mips/parisc/sparc.
+    for (const [value, name] of LINUX_ONLY_ERRNOS) if (!errnoNames.has(value)) errnoNames.set(value, name);
   }
   return errnoNames.get(errno) ?? 'EUNKNOWN';
 }
@@ -444,4 +468,67 @@ export function getuid(): number {
  */
 export function geteuid(): number {
   return lib().geteuid();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Raw open and ioctl
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * The `O_*` open flags virtkit passes to {@link openRaw} (Linux, x86 and arm generic values).
+ *
+ * @internal
+ */
+export const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
+
+/**
+ * Opens a file and returns the raw fd: `open(path, flags, 0)`, retried on `EINTR`. Unlike
+ * `fs.openSync`, nothing adds `O_CLOEXEC` for you: pass it in `flags` when the fd must not leak
+ * into children. Close the fd with {@link closeFd}.
+ *
+ * @param path - the path; must contain no NUL byte
+ * @param flags - `O_*` flags, see {@link O}
+ * @returns the fd
+ * @throws {@link SyscallError} on failure (`ENOENT`, `EACCES`…)
+ */
+export function openRaw(path: string, flags: number): number {
+  checkInt('flags', flags, 0);
+  if (path.length === 0 || path.includes('\0')) {
+    throw new SyscallError(
+      'open',
+      osConstants.errno.EINVAL,
+      JSON.stringify(path),
+      'a path must be non-empty and contain no NUL byte',
+    );
+  }
+  const c = lib();
+  for (;;) {
+    const fd = c.open(path, flags, 'int', 0);
+    if (fd >= 0) return fd;
+    const errno = lastErrno();
+    if (errno !== EINTR)
+      throw new SyscallError('open', errno, `${JSON.stringify(path)}, 0x${flags.toString(16)}`);
+  }
+}
+
+/**
+ * Calls an ioctl whose argument is a pointer to a buffer: `ioctl(fd, request, buf)`. The kernel
+ * reads the buffer and may write into it (in place) before the call returns.
+ *
+ * @param fd - the fd
+ * @param request - the ioctl request number, e.g. `0x400454ca` (`TUNSETIFF`)
+ * @param buf - the argument, sized as the request expects (e.g. 40 bytes for `struct ifreq`)
+ * @returns the ioctl's non-negative return value
+ * @throws {@link SyscallError} on failure, retried on `EINTR`
+ */
+export function ioctlBuffer(fd: number, request: number, buf: Uint8Array): number {
+  checkInt('fd', fd, 0);
+  checkInt('request', request, 0, 0xffff_ffff);
+  const c = lib();
+  for (;;) {
+    const ret = c.ioctl(fd, request, 'void *', buf);
+    if (ret >= 0) return ret;
+    const errno = lastErrno();
+    if (errno !== EINTR) throw new SyscallError('ioctl', errno, `${fd}, 0x${request.toString(16)}`);
+  }
 }

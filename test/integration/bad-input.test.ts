@@ -1,7 +1,7 @@
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Connection } from '../../src/stable/index.js';
+import type { Connection, DomainDefinitionInput } from '../../src/stable/index.js';
 import {
   definitionFiles,
   openRoot,
@@ -25,7 +25,9 @@ afterEach(async () => {
   removeRoot(root);
 });
 
-const base = { name: 'bad', type: 'qemu', memoryKiB: 65536 };
+const base = { name: 'bad', type: 'qemu', memoryKiB: 65536 } as const;
+/** What an untyped (JavaScript) caller can pass: the point of these tests. */
+const untyped = (value: unknown) => value as DomainDefinitionInput;
 
 describe('invalid definitions are rejected before anything is written', () => {
   it.each([
@@ -69,7 +71,7 @@ describe('invalid definitions are rejected before anything is written', () => {
     ],
     ['not an object', 42, 'XML_ERROR', '(root)'],
   ])('%s', async (_what, input, code, path) => {
-    await expect(conn.defineDomain(input)).rejects.toMatchObject({
+    await expect(conn.defineDomain(untyped(input))).rejects.toMatchObject({
       name: 'VirtError',
       code,
       details: { path },
@@ -152,10 +154,26 @@ describe('a start that fails leaves nothing behind', () => {
     await expectCleanFailure({ ...base, emulator: fake }, 'OPERATION_FAILED', /signal SIGSEGV/);
   });
 
-  it('a device virtkit cannot honour yet is refused before spawning', async () => {
+  it('a feature virtkit cannot honour yet is refused before spawning', async () => {
+    await expectCleanFailure({ ...base, memoryBacking: { hugepages: true } }, 'CONFIG_UNSUPPORTED');
+  });
+
+  it("a TAP declared managed='no' that does not exist is not created behind the user's back", async () => {
     await expectCleanFailure(
-      { ...base, interfaces: [{ type: 'ethernet', target: { dev: 'tap-x', managed: false } }] },
-      'CONFIG_UNSUPPORTED',
+      { ...base, interfaces: [{ type: 'ethernet', target: { dev: 'vk-absent0', managed: false } }] },
+      'OPERATION_FAILED',
+      /managed='no' but does not exist/,
+    );
+  });
+
+  it('a disk image that does not exist', async () => {
+    await expectCleanFailure(
+      {
+        ...base,
+        disks: [{ type: 'file', source: '/nonexistent/disk.img', target: { dev: 'vda', bus: 'virtio' } }],
+      },
+      'SYSTEM_ERROR',
+      /storage.openFile.*ENOENT/,
     );
   });
 

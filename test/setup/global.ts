@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { ensureGuestImage } from '../fixtures/guest-image.js';
 
@@ -14,4 +15,16 @@ export default function setup(): void {
     );
   }
   ensureGuestImage();
+  ensureTestUser();
+}
+
+/** The unprivileged user the end-to-end tests run the driver as. */
+export const TEST_USER = 'virtkit-test';
+
+function ensureTestUser(): void {
+  try {
+    execFileSync('id', ['-u', TEST_USER], { stdio: 'ignore' });
+  } catch {
+    execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
+  }
 }

@@ -2,7 +2,13 @@ import { describe, expect, it } from 'vitest';
 import { buildCommandLine } from '../../src/drivers/qemu/command-line.js';
 import { resolveDefinition } from '../../src/stable/definition/validate.js';
 
-const ctx = { monitorFd: 4, consolePath: '/r/log/vm.console.log', homeDir: '/r/lib' };
+const ctx = {
+  monitorFd: 4,
+  consolePath: '/r/log/vm.console.log',
+  homeDir: '/r/lib',
+  diskFds: [5, 6],
+  tapFds: [],
+};
 const uuid = '1b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const def = (extra: object = {}) =>
   resolveDefinition({ name: 'vm', uuid, type: 'kvm', memoryKiB: 1048576, ...extra });
@@ -94,9 +100,11 @@ describe('buildCommandLine', () => {
       ctx,
     );
     const blockdevs = argOf(argv, '-blockdev').map((j) => JSON.parse(j));
+    // QEMU gets each image as an inherited descriptor, never a path to open itself.
+    expect(argOf(argv, '-add-fd')).toEqual(['fd=5,set=1,opaque=/d.qcow2', 'fd=6,set=2,opaque=/c.iso']);
     expect(blockdevs[0]).toEqual({
       driver: 'file',
-      filename: '/d.qcow2',
+      filename: '/dev/fdset/1',
       'node-name': 'libvirt-1-storage',
       'read-only': false,
     });
@@ -108,6 +116,30 @@ describe('buildCommandLine', () => {
       'ide-cd,bus=sata0.0,drive=libvirt-2-format,id=sata0-0-0',
     ]);
     expect(live.disks.map((d) => d.alias)).toEqual(['virtio-disk0', 'sata0-0-0']);
+  });
+
+  it('maps TAP interfaces to inherited descriptors, multiqueue included, and user networking', () => {
+    const { argv, live } = buildCommandLine(
+      def({
+        interfaces: [
+          { type: 'ethernet', target: { dev: 'tap0', managed: false }, mac: '52:54:00:00:00:01' },
+          { type: 'ethernet', queues: 2 },
+          { type: 'user', model: 'e1000' },
+        ],
+      }),
+      { ...ctx, tapFds: [[7], [8, 9], undefined] },
+    );
+    expect(argOf(argv, '-netdev')).toEqual([
+      'tap,id=hostnet0,fd=7',
+      'tap,id=hostnet1,fds=8:9',
+      'user,id=hostnet2',
+    ]);
+    expect(argOf(argv, '-device')).toEqual([
+      'virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:00:00:01',
+      'virtio-net-pci,netdev=hostnet1,id=net1,mq=on,vectors=6',
+      'e1000,netdev=hostnet2,id=net2',
+    ]);
+    expect(live.interfaces.map((n) => n.alias)).toEqual(['net0', 'net1', 'net2']);
   });
 
   it('appends the QEMU namespace and taints the domain custom-argv', () => {

@@ -12,6 +12,10 @@ export interface CommandLineContext {
   readonly consolePath: string;
   /** Home directory given to QEMU. */
   readonly homeDir: string;
+  /** Inherited fd of each disk's image, in definition order (opened in `pre-exec`). */
+  readonly diskFds: readonly number[];
+  /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
+  readonly tapFds: ReadonlyArray<readonly number[] | undefined>;
 }
 
 /** The command line, environment and the taints it implies. */
@@ -74,9 +78,13 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
 
   const disks = def.disks.map((disk, i) => {
     const node = `libvirt-${i + 1}`;
+    const fd = ctx.diskFds[i];
+    if (fd === undefined) throw new VirtError(ErrorCode.INTERNAL_ERROR, `no descriptor for disk ${i}`);
+    // QEMU never opens the image itself: it uses the descriptor the pre-exec phase opened.
+    add('-add-fd', `fd=${fd},set=${i + 1},opaque=${esc(disk.source)}`);
     const storage = {
       driver: disk.type === 'block' ? 'host_device' : 'file',
-      filename: disk.source,
+      filename: `/dev/fdset/${i + 1}`,
       'node-name': `${node}-storage`,
       'read-only': disk.readonly,
     };
@@ -107,11 +115,18 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   });
 
   const interfaces = def.interfaces.map((nic, i) => {
-    if (nic.type === 'ethernet') throw unsupported(`interfaces.${i}`, 'an ethernet (TAP) interface');
     const alias = `net${i}`;
-    add('-netdev', `user,id=host${alias}`);
+    if (nic.type === 'ethernet') {
+      const fds = ctx.tapFds[i];
+      if (!fds?.length) throw new VirtError(ErrorCode.INTERNAL_ERROR, `no TAP descriptor for interface ${i}`);
+      add('-netdev', `tap,id=host${alias},${fds.length === 1 ? `fd=${fds[0]}` : `fds=${fds.join(':')}`}`);
+    } else {
+      add('-netdev', `user,id=host${alias}`);
+    }
     const model = nic.model === 'virtio' ? 'virtio-net-pci' : 'e1000';
-    add('-device', `${model},netdev=host${alias},id=${alias}${nic.mac ? `,mac=${nic.mac}` : ''}`);
+    const mq =
+      nic.type === 'ethernet' && (nic.queues ?? 1) > 1 ? `,mq=on,vectors=${2 * (nic.queues ?? 1) + 2}` : '';
+    add('-device', `${model},netdev=host${alias},id=${alias}${nic.mac ? `,mac=${nic.mac}` : ''}${mq}`);
     return { ...nic, alias };
   });
 

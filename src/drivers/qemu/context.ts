@@ -1,5 +1,7 @@
+import type { HandlerTable } from '../../internal/handler-table.js';
 import type { DomainEventType } from '../../stable/events.js';
 import type { DomainObject } from './domain-object.js';
+import type { InvocationScope } from './privileged/invoke.js';
 import type { RootLayout } from './root.js';
 
 /** What the start-up, life-cycle and reconnect steps need from the driver that runs them. */
@@ -11,6 +13,27 @@ export interface DriverContext {
   emit(dom: DomainObject, type: DomainEventType, reason: string): void;
   /** Appends a driver record to the domain's log. */
   log(dom: DomainObject, message: string): void;
+  /** The privileged-operation handlers of this driver. */
+  readonly handlers: HandlerTable;
+  /** The cgroup (relative to each hierarchy's root) under which the built-in manager works. */
+  readonly cgroupParent: string;
+}
+
+/** The scope of privileged operations for one domain: its identity, pid, taints and log. */
+export function scopeOf(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: { readonly id: number; readonly pid: number | undefined; readonly taints: string[] } | undefined,
+  taints: string[] = run?.taints ?? [],
+): InvocationScope {
+  return {
+    handlers: ctx.handlers,
+    domain: { uuid: dom.def.uuid, name: dom.def.name, id: run?.id ?? null },
+    pid: run?.pid,
+    taints,
+    cgroupParent: ctx.cgroupParent,
+    log: (message) => ctx.log(dom, message),
+  };
 }
 
 /** A promise with its resolve function, for hand-offs between the exit watcher and waiters. */

@@ -4,7 +4,7 @@ import type { DomainState } from '../../stable/events.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient } from './qmp/client.js';
 import type { DomainPaths } from './root.js';
-import type { ThreadIds } from './status.js';
+import type { Placement, ThreadIds } from './status.js';
 
 /** Why the driver itself is stopping a domain; decides the `stopped` reason. */
 export type StopIntent = 'destroy' | 'shutdown';
@@ -26,6 +26,8 @@ export interface Runtime {
   readonly finalized: Promise<void>;
   qmp?: QmpClient;
   threads?: ThreadIds;
+  /** Where `startup` placed the threads; given back in `release`. */
+  placements: Placement[];
   /** True once start-up completed; until then the start sequence owns clean-up. */
   started: boolean;
   stopIntent?: StopIntent;

@@ -1,4 +1,8 @@
 import { readFileSync } from 'node:fs';
+import { HandlerTable } from '../../internal/handler-table.js';
+import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
+import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
+import { INTERNAL_API_VERSION } from '../../internal/version.js';
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
@@ -28,7 +32,7 @@ export interface QemuDriverOptions {
 export async function openQemuDriver(
   uri: string,
   parsed: ParsedUri,
-  _options: QemuDriverOptions,
+  options: QemuDriverOptions,
 ): Promise<Driver> {
   if (parsed.path !== '/embed') {
     throw new VirtError(
@@ -44,6 +48,8 @@ export async function openQemuDriver(
   const lock = lockRoot(layout);
   const driver = new QemuDriver(uri, layout, lock);
   try {
+    // Plugins register before reconnect, so even the release of a domain found dead uses them.
+    await loadPlugins(driver[INTERNAL_SEAM], [...pluginsFromConfig(layout.etc), ...(options.plugins ?? [])]);
     await driver.load();
   } catch (err) {
     await driver.close();
@@ -56,6 +62,15 @@ export async function openQemuDriver(
 export class QemuDriver implements Driver, DriverContext {
   readonly uri: string;
   readonly layout: RootLayout;
+  readonly handlers = new HandlerTable();
+  readonly cgroupParent = 'virtkit';
+  /** The narrow door through which `virtkit/internal` reaches this driver's handler table. */
+  readonly [INTERNAL_SEAM]: InternalSeam = {
+    seamVersion: SEAM_VERSION,
+    internalApiVersion: INTERNAL_API_VERSION,
+    driverKind: 'qemu-embed',
+    handlers: this.handlers,
+  };
   readonly #lock: RootLock;
   readonly #domains = new Map<string, DomainObject>();
   readonly #listeners = new Set<(event: DomainEvent) => void>();

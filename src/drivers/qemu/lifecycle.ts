@@ -1,8 +1,9 @@
 import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
 import { ErrorCode, VirtError } from '../../stable/errors.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
-import { type DriverContext, within } from './context.js';
+import { type DriverContext, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
+import { releaseThreads } from './privileged/phases.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient, QmpEvent } from './qmp/client.js';
 import { removeIfPresent } from './store.js';
@@ -87,6 +88,7 @@ export async function finalizeExit(
   if (run.detached || dom.run !== run) return;
   const reason = stoppedReason(run);
   run.qmp?.close();
+  await releaseThreads(scopeOf(ctx, dom, run), run.pid, run.placements, 'release');
   removeIfPresent(run.paths.monitor);
   removeIfPresent(run.paths.status);
   dom.run = undefined;

@@ -2,9 +2,10 @@ import { realpathSync } from 'node:fs';
 import { resolveDefinition } from '../../stable/definition/validate.js';
 import { errorMessage } from '../../stable/errors.js';
 import { readProcExe, readProcStartTime } from '../../util/proc.js';
-import { type DriverContext, deferred } from './context.js';
+import { type DriverContext, deferred, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
+import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
@@ -46,7 +47,10 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     removeIfPresent(paths.status);
     return;
   }
-  const gone = (reason: 'crashed' | 'failed', why: string) => {
+  const gone = async (reason: 'crashed' | 'failed', why: string) => {
+    const placements = status?.placements ?? [];
+    const leftover = { id: status?.id ?? 0, pid: status?.pid, taints: status?.taints ?? [] };
+    await releaseThreads(scopeOf(ctx, dom, leftover), status?.pid ?? 0, placements, 'reconnect');
     removeIfPresent(paths.monitor);
     removeIfPresent(paths.status);
     dom.state = 'shutoff';
@@ -85,6 +89,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     finalized: finalized.promise,
     qmp,
     threads: status.threads,
+    placements: status.placements,
     started: true,
     sawShutdown: false,
     detached: false,

@@ -4,10 +4,17 @@ import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
-import { type DriverContext, deferred, within } from './context.js';
+import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { logTail } from './log.js';
+import {
+  configureThreads,
+  openPreExecDescriptors,
+  type PreExecDescriptors,
+  raiseMemLock,
+  releaseThreads,
+} from './privileged/phases.js';
 import { FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
@@ -23,9 +30,12 @@ const MONITOR_TIMEOUT_MS = 30_000;
 interface Startup {
   readonly paths: DomainPaths;
   readonly emulator: string;
-  readonly cmd: CommandLine;
+  cmd?: CommandLine;
   readonly logOffset: number;
+  /** Descriptors the driver holds for the child: log, monitor, then the pre-exec ones. */
   readonly parentFds: number[];
+  /** Taints gathered before the runtime exists (a handler used in `pre-exec`). */
+  readonly taints: string[];
   launch?: Launch;
   run?: Runtime;
 }
@@ -34,18 +44,21 @@ interface Startup {
  * Starts a domain. The whole sequence, in order:
  *
  *  1. checkEmulator      the QEMU binary exists and is executable
- *  2. buildCommandLine   definition -> argv (pure; rejects what cannot be honoured)
- *  3. openLog            the domain log, which receives QEMU's stderr
- *  4. listenMonitor      the QMP socket, created here and inherited, so no one polls for it
- *  5. spawnStub          the process exists with its final pid; QEMU has not run   (pre-exec)
- *  6. recordStarting     a status file, so a crash of this process never orphans the stub
- *  7. execQemu           the go-ahead; QEMU execs in place and greets on QMP
- *  8. readThreads        vCPU and iothread ids from QMP; all vCPUs are still paused  (startup)
- *  9. recordRunning      the status file a new driver adopts the domain from
- * 10. resumeVcpus        `cont`, unless the caller asked for a paused start
+ *  2. openDescriptors    disk images and TAP devices (`storage.openFile`, `net.openTap`)   (pre-exec)
+ *  3. buildCommandLine   definition -> argv (pure; rejects what cannot be honoured)
+ *  4. openLog            the domain log, which receives QEMU's stderr
+ *  5. listenMonitor      the QMP socket, created here and inherited, so no one polls for it
+ *  6. spawnStub          the process exists with its final pid; QEMU has not run
+ *  7. recordStarting     a status file, so a crash of this process never orphans the stub
+ *  8. raiseMemLock       `process.setMaxMemLock` on the stub, when the domain needs it     (pre-exec)
+ *  9. execQemu           the go-ahead; QEMU execs in place and greets on QMP
+ * 10. readThreads        vCPU and iothread ids from QMP; every vCPU is still paused
+ * 11. configureThreads   `cgroup.placeThreads`, `thread.setScheduler`                      (startup)
+ * 12. recordRunning      the status file a new driver adopts the domain from
+ * 13. resumeVcpus        `cont`, unless the caller asked for a paused start
  *
- * A failure at any step rolls back everything acquired so far: no process, socket, status file
- * or descriptor is left behind.
+ * A failure at any step rolls back everything acquired so far: QEMU killed, `cgroup.release` run
+ * (release), and no process, socket, status file or descriptor left behind.
  */
 export async function startDomain(
   ctx: DriverContext,
@@ -54,25 +67,30 @@ export async function startDomain(
 ): Promise<void> {
   if (dom.run)
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
+  ctx.handlers.seal(`domain '${dom.def.name}' was started`);
   const def = dom.def;
   const paths = domainPaths(ctx.layout, def.name, def.uuid);
   const emulator = checkEmulator(def.emulator ?? DEFAULT_EMULATOR);
-  const cmd = buildCommandLine(def, {
-    monitorFd: FIRST_CHILD_FD,
-    consolePath: paths.console,
-    homeDir: ctx.layout.lib,
-  });
-  const s: Startup = { paths, emulator, cmd, logOffset: 0, parentFds: [] };
+  const s: Startup = { paths, emulator, logOffset: 0, parentFds: [], taints: [] };
   try {
+    const fds = await openDescriptors(ctx, dom, s);
+    s.cmd = buildCommandLine(def, {
+      monitorFd: FIRST_CHILD_FD,
+      consolePath: paths.console,
+      homeDir: ctx.layout.lib,
+      ...childFdNumbers(fds),
+    });
     openLog(ctx, dom, s);
     listenMonitor(s);
-    spawnStub(ctx, dom, s);
+    spawnStub(ctx, dom, s, fds.all);
     recordStarting(s);
-    const qmp = await execQemu(s);
     const run = s.run as Runtime;
+    await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid);
+    const qmp = await execQemu(s);
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
     run.threads = await readThreads(qmp, def.iothreads, run.pid);
+    await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run);
     recordRunning(s);
     if (!options.paused) await qmp.execute('cont');
     run.started = true;
@@ -87,6 +105,24 @@ export async function startDomain(
   ctx.log(dom, `started pid ${s.run?.pid}${options.paused ? ' (paused)' : ''}`);
   ctx.emit(dom, 'started', 'booted');
   if (options.paused) ctx.emit(dom, 'suspended', 'user');
+}
+
+async function openDescriptors(
+  ctx: DriverContext,
+  dom: DomainObject,
+  s: Startup,
+): Promise<PreExecDescriptors> {
+  const fds = await openPreExecDescriptors(scopeOf(ctx, dom, undefined, s.taints), dom.def);
+  s.parentFds.push(...fds.all);
+  return fds;
+}
+
+/** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */
+function childFdNumbers(fds: PreExecDescriptors): { diskFds: number[]; tapFds: Array<number[] | undefined> } {
+  let next = FIRST_CHILD_FD + 1;
+  const diskFds = fds.disks.map(() => next++);
+  const tapFds = fds.taps.map((list) => list?.map(() => next++));
+  return { diskFds, tapFds };
 }
 
 function checkEmulator(path: string): string {
@@ -104,19 +140,20 @@ function checkEmulator(path: string): string {
 
 function openLog(ctx: DriverContext, dom: DomainObject, s: Startup): void {
   const fd = openSync(s.paths.log, 'a', 0o600);
-  s.parentFds.push(fd);
+  s.parentFds.unshift(fd);
   (s as { logOffset: number }).logOffset = fstatSync(fd).size;
-  ctx.log(dom, `starting: ${s.emulator} ${s.cmd.argv.join(' ')}`);
+  ctx.log(dom, `starting: ${s.emulator} ${(s.cmd as CommandLine).argv.join(' ')}`);
 }
 
 function listenMonitor(s: Startup): void {
   removeIfPresent(s.paths.monitor);
-  s.parentFds.push(listenUnixSocket(s.paths.monitor));
+  s.parentFds.splice(1, 0, listenUnixSocket(s.paths.monitor));
 }
 
-function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
+function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup, preExecFds: readonly number[]): void {
   const [logFd, monitorFd] = s.parentFds as [number, number];
-  const launch = launchStub(s.emulator, s.cmd.argv, s.cmd.env, logFd, [monitorFd]);
+  const cmd = s.cmd as CommandLine;
+  const launch = launchStub(s.emulator, cmd.argv, cmd.env, logFd, [monitorFd, ...preExecFds]);
   s.launch = launch;
   // The child holds its own copies now; ours would only keep the socket alive after QEMU exits.
   closeParentFds(s);
@@ -130,8 +167,9 @@ function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
     startTime,
     emulator: s.emulator,
     paths: s.paths,
-    live: s.cmd.live,
-    taints: [...s.cmd.taints],
+    live: cmd.live,
+    taints: [...cmd.taints, ...s.taints],
+    placements: [],
     child: launch.child,
     exited: launch.exited,
     finalized: finalized.promise,
@@ -160,6 +198,7 @@ function status(s: Startup, phase: 'starting' | 'running') {
     monitor: s.paths.monitor,
     taints: run.taints,
     threads: run.threads,
+    placements: run.placements,
     live: run.live,
   };
 }
@@ -244,6 +283,7 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
     }
     await within(launch.exited, KILL_WAIT_MS);
   }
+  if (run) await releaseThreads(scopeOf(ctx, dom, run), run.pid, run.placements, 'release');
   removeIfPresent(s.paths.monitor);
   removeIfPresent(s.paths.status);
   if (dom.run === run) dom.run = undefined;

@@ -9,6 +9,11 @@ const threadsSchema = z.object({
   iothreads: z.array(z.object({ index: z.number().int(), tid: z.number().int() })),
 });
 
+const placementSchema = z.object({ tid: z.number().int(), cgroup: z.string() });
+
+/** Where a thread was placed by `cgroup.placeThreads`. */
+export type Placement = z.infer<typeof placementSchema>;
+
 /** Thread ids of a running domain, from QMP (never from thread names, which the guest side can set). */
 export type ThreadIds = z.infer<typeof threadsSchema>;
 
@@ -22,6 +27,7 @@ const statusSchema = z.object({
   monitor: z.string(),
   taints: z.array(z.string()),
   threads: threadsSchema.optional(),
+  placements: z.array(placementSchema).default([]),
   live: z.unknown(),
 });
 

@@ -1,0 +1,110 @@
+import { constants, openSync } from 'node:fs';
+import type { OperationArgs, OperationName, OperationResult } from '../../../internal/operations.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../../stable/errors.js';
+import { placeThreads, releaseCgroups } from '../../../util/cgroup.js';
+import { prlimitSet, RLIMIT, SyscallError, schedSet } from '../../../util/libc.js';
+import { openTap } from '../../../util/tap.js';
+import type { InvocationScope } from './invoke.js';
+
+type Builtin<Op extends OperationName> = (
+  args: OperationArgs<Op>,
+  scope: InvocationScope,
+) => OperationResult<Op> | Promise<OperationResult<Op>>;
+
+/** A failed system call as the error a caller can act on: which privilege was missing, and the way out. */
+function denied(op: OperationName, err: unknown, capability: string): VirtError {
+  const errno = err instanceof SyscallError ? err.code : errnoOf(err);
+  if (errno === 'EPERM' || errno === 'EACCES') {
+    return new VirtError(
+      ErrorCode.ACCESS_DENIED,
+      `${op}: the driver lacks ${capability} (${errorMessage(err)}); run it with that privilege or register a handler for ${op} through virtkit/internal`,
+      { operation: op, capability, errno },
+      { cause: err },
+    );
+  }
+  if (VirtError.is(err)) return err;
+  return new VirtError(
+    ErrorCode.SYSTEM_ERROR,
+    `${op}: ${errorMessage(err)}`,
+    { operation: op, errno },
+    { cause: err },
+  );
+}
+
+/** Name of the driver's own cgroup of a domain: unique per domain, stable across restarts. */
+export function domainCgroupName(uuid: string): string {
+  return `vk-${uuid}`;
+}
+
+/** What the driver does itself when no handler is registered, as libvirt does. */
+export const builtins: { [Op in OperationName]: Builtin<Op> } = {
+  'process.setMaxMemLock': (args) => {
+    try {
+      prlimitSet(args.pid, RLIMIT.MEMLOCK, { soft: args.bytes, hard: args.bytes });
+    } catch (err) {
+      throw denied('process.setMaxMemLock', err, 'CAP_SYS_RESOURCE');
+    }
+    return undefined;
+  },
+  'thread.setScheduler': (args) => {
+    for (const t of args.threads) {
+      try {
+        schedSet(t.tid, t.policy, t.priority);
+      } catch (err) {
+        throw denied('thread.setScheduler', err, 'CAP_SYS_NICE');
+      }
+    }
+    return undefined;
+  },
+  'cgroup.placeThreads': (args, scope) => {
+    const cpus = (role: string, index: number): string | undefined => {
+      if (role === 'emulator') return args.cpusets.emulator;
+      const list = role === 'vcpu' ? args.cpusets.vcpus : args.cpusets.iothreads;
+      return list.find((c) => c.index === index)?.cpuset;
+    };
+    const groups = new Map<string, { name: string; cpus?: string; tids: number[] }>();
+    for (const t of args.threads) {
+      const name = t.role === 'emulator' ? 'emulator' : `${t.role}${t.index}`;
+      const group = groups.get(name) ?? { name, cpus: cpus(t.role, t.index), tids: [] };
+      group.tids.push(t.tid);
+      groups.set(name, group);
+    }
+    try {
+      const { placements } = placeThreads({
+        parent: scope.cgroupParent,
+        name: domainCgroupName(scope.domain.uuid),
+        pid: args.pid,
+        groups: [...groups.values()],
+      });
+      return { placements };
+    } catch (err) {
+      throw denied('cgroup.placeThreads', err, 'CAP_SYS_ADMIN (write access to the cgroup hierarchy)');
+    }
+  },
+  'cgroup.release': (_args, scope) => {
+    try {
+      releaseCgroups({ parent: scope.cgroupParent, name: domainCgroupName(scope.domain.uuid) });
+    } catch (err) {
+      throw denied('cgroup.release', err, 'CAP_SYS_ADMIN (write access to the cgroup hierarchy)');
+    }
+    return undefined;
+  },
+  'net.openTap': (args) => {
+    try {
+      return openTap(args.ifname, { queues: args.queues, vnetHdr: args.vnetHdr });
+    } catch (err) {
+      throw denied('net.openTap', err, 'CAP_NET_ADMIN');
+    }
+  },
+  'storage.openFile': (args) => {
+    try {
+      return { fd: openSync(args.path, args.mode === 'r' ? constants.O_RDONLY : constants.O_RDWR) };
+    } catch (err) {
+      throw denied(
+        'storage.openFile',
+        err,
+        `read${args.mode === 'rw' ? '-write' : ''} access to ${args.path}`,
+      );
+    }
+  },
+};

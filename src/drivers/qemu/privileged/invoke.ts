@@ -1,0 +1,173 @@
+import { closeSync } from 'node:fs';
+import type { HandlerTable } from '../../../internal/handler-table.js';
+import {
+  type InvocationContext,
+  type OperationArgs,
+  type OperationName,
+  type OperationResult,
+  operationSchemas,
+  type Phase,
+} from '../../../internal/operations.js';
+import { ErrorCode, errorMessage, VirtError } from '../../../stable/errors.js';
+import { builtins } from './builtins.js';
+import { postchecks } from './postchecks.js';
+
+/** Where an invocation happens: the domain, its log, and where the `internal-handler` taint goes. */
+export interface InvocationScope {
+  readonly handlers: HandlerTable;
+  readonly domain: { readonly uuid: string; readonly name: string; readonly id: number | null };
+  readonly pid: number | undefined;
+  /** Taints of the domain being started or running; `internal-handler` is added on first use. */
+  readonly taints: string[];
+  readonly cgroupParent: string;
+  log(message: string): void;
+}
+
+/** The value of an operation's result, as validated (`undefined` for operations without one). */
+export type Result<Op extends OperationName> = OperationResult<Op>;
+
+const TAINT = 'internal-handler';
+
+/**
+ * Performs one privileged operation: through its registered handler (with a deadline, an
+ * AbortSignal, and validation of what it returns) or, without one, through the built-in fallback;
+ * then checks from outside (/proc, fstat) that the effect really happened.
+ */
+export async function invoke<Op extends OperationName>(
+  scope: InvocationScope,
+  op: Op,
+  phase: Phase,
+  args: OperationArgs<Op>,
+): Promise<Result<Op>> {
+  const schema = operationSchemas[op];
+  if (!(schema.phases as readonly string[]).includes(phase)) {
+    throw new VirtError(ErrorCode.INTERNAL_ERROR, `${op} is not invoked in phase ${phase}`, {
+      operation: op,
+      phase,
+    });
+  }
+  const entry = scope.handlers.get(op);
+  const via = entry ? entry.source : 'built-in';
+  const started = performance.now();
+  const record = (outcome: string) =>
+    scope.log(
+      `internal: ${op} phase=${phase} via=${via} ${(performance.now() - started).toFixed(2)}ms ${outcome}`,
+    );
+  let result: Result<Op>;
+  try {
+    if (entry) {
+      if (!scope.taints.includes(TAINT)) scope.taints.push(TAINT);
+      result = await callHandler(scope, op, phase, args, entry.handler, entry.timeoutMs);
+    } else {
+      result = (await builtins[op](args as never, scope)) as Result<Op>;
+    }
+  } catch (err) {
+    record(`failed: ${errorMessage(err)}`);
+    throw err;
+  }
+  try {
+    await postchecks[op](args as never, result as never);
+  } catch (err) {
+    closeResultFds(result);
+    record(`postcondition failed: ${errorMessage(err)}`);
+    throw new VirtError(
+      ErrorCode.POSTCONDITION_FAILED,
+      `${op} (${via}, phase ${phase}) reported success but its effect is not there: ${errorMessage(err)}`,
+      { operation: op, phase, domain: scope.domain },
+      { cause: err },
+    );
+  }
+  record('ok');
+  return result;
+}
+
+async function callHandler<Op extends OperationName>(
+  scope: InvocationScope,
+  op: Op,
+  phase: Phase,
+  args: OperationArgs<Op>,
+  handler: (ctx: InvocationContext, args: OperationArgs<Op>) => unknown,
+  timeoutMs: number,
+): Promise<Result<Op>> {
+  const controller = new AbortController();
+  const deadline = Date.now() + timeoutMs;
+  const ctx: InvocationContext = {
+    domain: scope.domain,
+    phase,
+    pid: scope.pid,
+    signal: controller.signal,
+    deadline,
+  };
+  const details = { operation: op, phase, domain: scope.domain };
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const err = new VirtError(
+        ErrorCode.OPERATION_TIMEOUT,
+        `the handler of ${op} did not finish within ${timeoutMs} ms (phase ${phase})`,
+        details,
+      );
+      controller.abort(err);
+      reject(err);
+    }, timeoutMs);
+  });
+  // The handler gets a copy: whatever it does to its arguments cannot change the driver's state.
+  const call = Promise.resolve().then(() => handler(ctx, structuredClone(args)));
+  let raw: unknown;
+  try {
+    raw = await Promise.race([call, expired]);
+  } catch (err) {
+    if (controller.signal.aborted) {
+      // A handler that resolves after its deadline may have opened descriptors nobody will use.
+      void call.then(closeResultFds, () => undefined);
+      throw err;
+    }
+    controller.abort();
+    throw handlerError(op, phase, err, details);
+  } finally {
+    clearTimeout(timer);
+  }
+  const parsed = operationSchemas[op].result.safeParse(raw);
+  if (!parsed.success) {
+    closeResultFds(raw);
+    const issue = parsed.error.issues[0];
+    throw new VirtError(
+      ErrorCode.HANDLER_FAILED,
+      `the handler of ${op} returned a malformed result (${issue?.path.join('.') || 'result'}: ${issue?.message})`,
+      details,
+    );
+  }
+  return parsed.data as Result<Op>;
+}
+
+/**
+ * A handler's failure. Refusals and timeouts reported by a delegate keep their code, so a policy
+ * denial surfaces as ACCESS_DENIED; anything else is HANDLER_FAILED. The cause is always attached.
+ */
+function handlerError(op: string, phase: Phase, err: unknown, details: object): VirtError {
+  const keep =
+    VirtError.is(err) && (err.code === ErrorCode.ACCESS_DENIED || err.code === ErrorCode.OPERATION_TIMEOUT)
+      ? err.code
+      : ErrorCode.HANDLER_FAILED;
+  return new VirtError(
+    keep,
+    `the handler of ${op} failed (phase ${phase}): ${errorMessage(err)}`,
+    { ...details, ...(VirtError.is(err) ? { rule: err.details['rule'] } : {}) },
+    { cause: err },
+  );
+}
+
+/** Closes the descriptors carried by a result that will not be used. */
+export function closeResultFds(result: unknown): void {
+  const r = result as { fd?: unknown; fds?: unknown } | null | undefined;
+  const fds = [r?.fd, ...(Array.isArray(r?.fds) ? r.fds : [])].filter(
+    (fd): fd is number => typeof fd === 'number' && Number.isInteger(fd) && fd > 2,
+  );
+  for (const fd of fds) {
+    try {
+      closeSync(fd);
+    } catch {
+      // not ours or already closed
+    }
+  }
+}

@@ -1,0 +1,153 @@
+import { existsSync } from 'node:fs';
+import type { OperationArgs } from '../../../internal/operations.js';
+import type { DomainDefinition } from '../../../stable/definition/schema.js';
+import { ErrorCode, VirtError } from '../../../stable/errors.js';
+import { parseCpuset } from '../../../util/cpuset.js';
+import { prlimitGet, RLIMIT } from '../../../util/libc.js';
+import { listThreads } from '../../../util/proc.js';
+import type { ThreadIds } from '../status.js';
+import { closeResultFds, type InvocationScope, invoke } from './invoke.js';
+import { limitCovers, memLockNeed } from './memlock.js';
+
+/** Descriptors opened before the stub exists, to be inherited by QEMU at fixed numbers. */
+export interface PreExecDescriptors {
+  /** One fd per disk, in definition order. */
+  readonly disks: number[];
+  /** Per interface (definition order): the TAP fds of an ethernet interface, else undefined. */
+  readonly taps: Array<number[] | undefined>;
+  /** Every fd above, to close in the driver once the child holds its copies. */
+  readonly all: number[];
+}
+
+/** `pre-exec`, first moment: open TAP devices and disk files (ctx.pid is undefined). */
+export async function openPreExecDescriptors(
+  scope: InvocationScope,
+  def: DomainDefinition,
+): Promise<PreExecDescriptors> {
+  const out: PreExecDescriptors = { disks: [], taps: [], all: [] };
+  try {
+    for (const disk of def.disks) {
+      const { fd } = await invoke(scope, 'storage.openFile', 'pre-exec', {
+        path: disk.source,
+        mode: disk.readonly ? 'r' : 'rw',
+      });
+      out.disks.push(fd);
+      out.all.push(fd);
+    }
+    for (const nic of def.interfaces) {
+      if (nic.type !== 'ethernet') {
+        out.taps.push(undefined);
+        continue;
+      }
+      const dev = nic.target?.dev;
+      if (nic.target?.managed === false && dev && !existsSync(`/sys/class/net/${dev}`)) {
+        // managed='no' promises a TAP someone else created; virtkit must not create it instead.
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `interface ${dev} is declared managed='no' but does not exist; create it (ip tuntap add dev ${dev} mode tap) first`,
+          { path: `interfaces.${def.interfaces.indexOf(nic)}.target.dev` },
+        );
+      }
+      const { fds } = await invoke(scope, 'net.openTap', 'pre-exec', {
+        ifname: nic.target?.dev,
+        queues: nic.queues ?? 1,
+        vnetHdr: nic.model === 'virtio',
+      });
+      out.taps.push(fds);
+      out.all.push(...fds);
+    }
+  } catch (err) {
+    closeResultFds({ fds: out.all });
+    throw err;
+  }
+  return out;
+}
+
+/** `pre-exec`, second moment: the stub has its final pid and QEMU has not run. */
+export async function raiseMemLock(
+  scope: InvocationScope,
+  def: DomainDefinition,
+  pid: number,
+): Promise<void> {
+  const need = memLockNeed(def);
+  if (!need) return;
+  const current = prlimitGet(pid, RLIMIT.MEMLOCK);
+  if (limitCovers(current.soft, need.bytes) && limitCovers(current.hard, need.bytes)) {
+    scope.log(
+      `internal: process.setMaxMemLock skipped: limit ${current.soft}/${current.hard} covers ${need.bytes} (${need.breakdown.explanation})`,
+    );
+    return;
+  }
+  await invoke(scope, 'process.setMaxMemLock', 'pre-exec', {
+    pid,
+    bytes: need.bytes,
+    current,
+    breakdown: need.breakdown,
+  });
+}
+
+type Placements = OperationArgs<'cgroup.release'>['placements'];
+
+/**
+ * `startup`: every thread exists and no vCPU has run. Threads get their roles from QMP; every
+ * thread QMP does not name a vCPU or iothread is an emulator (housekeeping) thread.
+ */
+export async function configureThreads(
+  scope: InvocationScope,
+  def: DomainDefinition,
+  pid: number,
+  threads: ThreadIds,
+  record: { placements: Placements },
+): Promise<void> {
+  const tune = def.cputune;
+  if (!tune) return;
+  if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+    const known = new Set([...threads.vcpus, ...threads.iothreads].map((t) => t.tid));
+    const all = [
+      ...threads.vcpus.map((t) => ({ tid: t.tid, role: 'vcpu' as const, index: t.index })),
+      ...threads.iothreads.map((t) => ({ tid: t.tid, role: 'iothread' as const, index: t.index })),
+      ...listThreads(pid)
+        .filter((tid) => !known.has(tid))
+        .map((tid) => ({ tid, role: 'emulator' as const, index: 0 })),
+    ];
+    // Recorded at once: if a later step fails, the rollback must release these.
+    ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', 'startup', {
+      pid,
+      threads: all,
+      cpusets: {
+        emulator: tune.emulatorpin?.cpuset,
+        vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
+        iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
+      },
+    }));
+  }
+  const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
+  for (const [entries, list, role] of [
+    [tune.vcpusched, threads.vcpus, 'vcpu'],
+    [tune.iothreadsched, threads.iothreads, 'iothread'],
+  ] as const) {
+    for (const entry of entries) {
+      for (const index of parseCpuset(entry.ids) ?? []) {
+        const t = list.find((x) => x.index === index);
+        if (t)
+          sched.push({ tid: t.tid, role, index, policy: entry.scheduler, priority: entry.priority ?? 0 });
+      }
+    }
+  }
+  if (sched.length > 0) await invoke(scope, 'thread.setScheduler', 'startup', { pid, threads: sched });
+}
+
+/** `release` (or `reconnect`): QEMU has exited; give back what `startup` placed. Never throws. */
+export async function releaseThreads(
+  scope: InvocationScope,
+  pid: number,
+  placements: Placements,
+  phase: 'release' | 'reconnect',
+): Promise<void> {
+  if (placements.length === 0) return;
+  try {
+    await invoke(scope, 'cgroup.release', phase, { pid, placements });
+  } catch {
+    // invoke logged it; the domain is gone either way and must still be recorded as shut off.
+  }
+}

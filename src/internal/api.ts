@@ -1,0 +1,79 @@
+import { ErrorCode, VirtError } from '../stable/errors.js';
+import type { HandlerOptions } from './handler-table.js';
+import type { OperationHandler, OperationName } from './operations.js';
+import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION, type SeamCarrier } from './seam.js';
+import { checkInternalVersion, INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';
+
+/**
+ * Options of {@link openInternal}.
+ *
+ * @public
+ */
+export interface OpenInternalOptions {
+  /** The internal API version your code was written against, as a literal: `'1.0'`. */
+  readonly apiVersion: InternalApiVersion;
+}
+
+/**
+ * The handle a pinned consumer registers privileged-operation handlers through.
+ *
+ * @public
+ */
+export interface InternalApi {
+  /** The internal API version the handshake agreed on. */
+  readonly apiVersion: InternalApiVersion;
+  /**
+   * Registers the handler of one operation. Throws `HANDLER_ALREADY_REGISTERED` for a second one
+   * and `HANDLERS_SEALED` once the driver has started a domain.
+   */
+  setHandler<Op extends OperationName>(op: Op, handler: OperationHandler<Op>, options?: HandlerOptions): void;
+  /** True when a handler is registered for `op`. */
+  hasHandler(op: OperationName): boolean;
+  /** True once the driver has started a domain and the handlers are fixed. */
+  readonly sealed: boolean;
+}
+
+/** Finds the seam of a connection, or explains why there is none. */
+export function seamOf(target: unknown): InternalSeam {
+  const seam = (target as SeamCarrier | null)?.[INTERNAL_SEAM];
+  if (!seam) {
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      'openInternal needs an open connection to the embedded driver (qemu:///embed?root=…); remote or closed connections take no handlers',
+    );
+  }
+  if (seam.seamVersion !== SEAM_VERSION || seam.internalApiVersion !== INTERNAL_API_VERSION) {
+    throw new VirtError(
+      ErrorCode.INTERNAL_VERSION_MISMATCH,
+      `two copies of virtkit disagree: the connection was made by one implementing internal API ${seam.internalApiVersion} (seam ${seam.seamVersion}), ` +
+        `this virtkit/internal implements ${INTERNAL_API_VERSION} (seam ${SEAM_VERSION}); install a single virtkit version`,
+      { requested: INTERNAL_API_VERSION, implemented: seam.internalApiVersion },
+    );
+  }
+  return seam;
+}
+
+/** Wraps a seam as the consumer-facing API; `source` names the registrant in errors and logs. */
+export function internalApiFor(seam: InternalSeam, source: string): InternalApi {
+  return {
+    apiVersion: INTERNAL_API_VERSION,
+    setHandler(op, handler, options) {
+      seam.handlers.set(op, handler, options, source);
+    },
+    hasHandler: (op) => seam.handlers.get(op) !== undefined,
+    get sealed() {
+      return seam.handlers.sealed;
+    },
+  };
+}
+
+/**
+ * Opens the internal API of a connection after the version handshake. Fails at once with
+ * `INTERNAL_VERSION_MISMATCH` when `apiVersion` is not the version this virtkit implements.
+ *
+ * @public
+ */
+export function openInternal(connection: object, options: OpenInternalOptions): InternalApi {
+  checkInternalVersion((options as { apiVersion?: unknown } | undefined)?.apiVersion);
+  return internalApiFor(seamOf(connection), 'setHandler');
+}

@@ -1,0 +1,86 @@
+import { readFileSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { z } from 'zod';
+import { ErrorCode, errorMessage, VirtError } from '../stable/errors.js';
+import { type InternalApi, internalApiFor } from './api.js';
+import type { InternalSeam } from './seam.js';
+import { checkInternalVersion, type InternalApiVersion } from './version.js';
+
+/**
+ * What a static plugin module exports, as `virtkitPlugin` or as its default export.
+ *
+ * @public
+ */
+export interface VirtkitPlugin {
+  /** The internal API version the plugin was written against, as a literal. */
+  readonly apiVersion: InternalApiVersion;
+  /** Registers the plugin's handlers; called once, when the driver opens. */
+  register(api: InternalApi): void | Promise<void>;
+}
+
+const configSchema = z.strictObject({ plugins: z.array(z.string().min(1)).default([]) });
+
+/** Plugin paths listed in `<root>/etc/virtkit.json`, if the file exists. */
+export function pluginsFromConfig(etcDir: string): string[] {
+  const path = join(etcDir, 'virtkit.json');
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw new VirtError(ErrorCode.SYSTEM_ERROR, `cannot read ${path}: ${errorMessage(err)}`, { path });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new VirtError(ErrorCode.XML_ERROR, `${path} is not valid JSON: ${errorMessage(err)}`, { path });
+  }
+  const parsed = configSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new VirtError(
+      ErrorCode.XML_ERROR,
+      `${path}: ${issue?.path.join('.') || '(root)'}: ${issue?.message}`,
+      {
+        path,
+      },
+    );
+  }
+  return parsed.data.plugins;
+}
+
+/** Imports each plugin module (absolute paths only) and lets it register its handlers. */
+export async function loadPlugins(seam: InternalSeam, specifiers: readonly string[]): Promise<void> {
+  for (const specifier of specifiers) {
+    if (!isAbsolute(specifier)) {
+      throw new VirtError(ErrorCode.OPERATION_INVALID, `plugin '${specifier}' must be an absolute path`, {
+        path: specifier,
+      });
+    }
+    let mod: Record<string, unknown>;
+    try {
+      mod = (await import(pathToFileURL(specifier).href)) as Record<string, unknown>;
+    } catch (err) {
+      throw new VirtError(
+        ErrorCode.SYSTEM_ERROR,
+        `cannot load plugin ${specifier}: ${errorMessage(err)}`,
+        {
+          path: specifier,
+        },
+        { cause: err },
+      );
+    }
+    const plugin = (mod['virtkitPlugin'] ?? mod['default']) as Partial<VirtkitPlugin> | undefined;
+    if (!plugin || typeof plugin.register !== 'function') {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `plugin ${specifier} exports no virtkitPlugin { apiVersion, register(api) }`,
+        { path: specifier },
+      );
+    }
+    checkInternalVersion(plugin.apiVersion);
+    await plugin.register(internalApiFor(seam, `plugin ${specifier}`));
+  }
+}

@@ -1,0 +1,338 @@
+import { ErrorCode, VirtError } from '../errors.js';
+import type { DomainDefinition } from './schema.js';
+import { resolveDefinition } from './validate.js';
+import { QEMU_NS } from './xml-parse.js';
+import { hasIllegalXmlChar } from './xml-tree.js';
+
+/*
+ * The typed definition → libvirt domain XML, in the shape `virsh dumpxml` writes: two-space indent,
+ * single-quoted attributes, libvirt's element order, sizes in KiB. parseDomainXml reads everything
+ * written here back to the same definition, with two equivalences the XML cannot tell apart (see
+ * xmlCanonical): `features` left out is written as ACPI and APIC on, and `os.boot: []` as no <boot>.
+ */
+
+type AttrValue = string | number | undefined;
+
+interface Node {
+  readonly name: string;
+  readonly attrs?: ReadonlyArray<readonly [string, AttrValue]>;
+  /** Character data; an element has either text or children. */
+  readonly text?: string;
+  readonly children?: ReadonlyArray<Node | undefined | false>;
+}
+
+function node(
+  name: string,
+  attrs: ReadonlyArray<readonly [string, AttrValue]> = [],
+  children: ReadonlyArray<Node | undefined | false> = [],
+): Node {
+  return { name, attrs, children };
+}
+
+function textNode(
+  name: string,
+  text: string | number,
+  attrs: ReadonlyArray<readonly [string, AttrValue]> = [],
+): Node {
+  return { name, attrs, text: String(text) };
+}
+
+const escapeText = (value: string): string =>
+  value.replace(/[&<>\r]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '\r': '&#13;' })[c] ?? c);
+
+const escapeAttr = (value: string): string =>
+  value.replace(
+    /[&<>'\n\r\t]/g,
+    (c) =>
+      ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', "'": '&apos;', '\n': '&#10;', '\r': '&#13;', '\t': '&#9;' })[
+        c
+      ] ?? c,
+  );
+
+function serialize(n: Node, indent: string, out: string[]): void {
+  const attrs = (n.attrs ?? [])
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => ` ${k}='${escapeAttr(String(v))}'`)
+    .join('');
+  if (n.text !== undefined) {
+    out.push(
+      n.text === ''
+        ? `${indent}<${n.name}${attrs}/>`
+        : `${indent}<${n.name}${attrs}>${escapeText(n.text)}</${n.name}>`,
+    );
+    return;
+  }
+  const children = (n.children ?? []).filter((c): c is Node => Boolean(c));
+  if (children.length === 0) {
+    out.push(`${indent}<${n.name}${attrs}/>`);
+    return;
+  }
+  out.push(`${indent}<${n.name}${attrs}>`);
+  for (const c of children) serialize(c, `${indent}  `, out);
+  out.push(`${indent}</${n.name}>`);
+}
+
+/** Rejects strings an XML document cannot carry (NUL and other control characters). */
+function checkChars(value: unknown, path: string): void {
+  if (typeof value === 'string') {
+    if (hasIllegalXmlChar(value)) {
+      throw new VirtError(
+        ErrorCode.XML_ERROR,
+        `${path} holds a control character that XML cannot represent; remove it to format the definition as XML`,
+        { path },
+      );
+    }
+  } else if (Array.isArray(value)) {
+    value.forEach((v, i) => {
+      checkChars(v, `${path}.${i}`);
+    });
+  } else if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) checkChars(v, path ? `${path}.${k}` : k);
+  }
+}
+
+const kib = (name: string, value: number, attrs: ReadonlyArray<readonly [string, AttrValue]> = []): Node =>
+  textNode(name, value, [...attrs, ['unit', 'KiB']]);
+
+function domainNode(def: DomainDefinition): Node {
+  const tune = def.cputune;
+  const features = def.features ?? { acpi: true, apic: true };
+  const cpu = def.cpu;
+  const devices = node(
+    'devices',
+    [],
+    [
+      def.emulator !== undefined && textNode('emulator', def.emulator),
+      ...def.disks.map((disk) =>
+        node(
+          'disk',
+          [
+            ['type', disk.type],
+            ['device', disk.device],
+          ],
+          [
+            node('driver', [
+              ['name', 'qemu'],
+              ['type', disk.driver.type],
+            ]),
+            node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
+            node('target', [
+              ['dev', disk.target.dev],
+              ['bus', disk.target.bus],
+            ]),
+            disk.readonly && node('readonly'),
+            disk.serial !== undefined && textNode('serial', disk.serial),
+            disk.bootOrder !== undefined && node('boot', [['order', disk.bootOrder]]),
+            disk.alias !== undefined && node('alias', [['name', disk.alias]]),
+          ],
+        ),
+      ),
+      ...def.interfaces.map((nic) =>
+        node(
+          'interface',
+          [['type', nic.type]],
+          [
+            nic.mac !== undefined && node('mac', [['address', nic.mac]]),
+            nic.type === 'ethernet' &&
+              nic.target !== undefined &&
+              node('target', [
+                ['dev', nic.target.dev],
+                ['managed', nic.target.managed ? 'yes' : 'no'],
+              ]),
+            node('model', [['type', nic.model]]),
+            nic.type === 'ethernet' && nic.queues !== undefined && node('driver', [['queues', nic.queues]]),
+            nic.alias !== undefined && node('alias', [['name', nic.alias]]),
+          ],
+        ),
+      ),
+      ...def.serials.map((serial, i) =>
+        node(
+          'serial',
+          [['type', serial.type]],
+          [
+            serial.type === 'file' && serial.path !== undefined && node('source', [['path', serial.path]]),
+            node(
+              'target',
+              [
+                ['type', 'isa-serial'],
+                ['port', i],
+              ],
+              [node('model', [['name', 'isa-serial']])],
+            ),
+          ],
+        ),
+      ),
+      // libvirt's console alias of the first serial port.
+      ...def.serials.slice(0, 1).map((serial) =>
+        node(
+          'console',
+          [['type', serial.type]],
+          [
+            serial.type === 'file' && serial.path !== undefined && node('source', [['path', serial.path]]),
+            node('target', [
+              ['type', 'serial'],
+              ['port', 0],
+            ]),
+          ],
+        ),
+      ),
+    ],
+  );
+
+  return node(
+    'domain',
+    [
+      ['type', def.type],
+      ['xmlns:qemu', def.qemuCommandline ? QEMU_NS : undefined],
+    ],
+    [
+      textNode('name', def.name),
+      textNode('uuid', def.uuid),
+      def.title !== undefined && textNode('title', def.title),
+      def.description !== undefined && textNode('description', def.description),
+      def.maxMemory && kib('maxMemory', def.maxMemory.kib, [['slots', def.maxMemory.slots]]),
+      kib('memory', def.memoryKiB),
+      def.currentMemoryKiB !== undefined && kib('currentMemory', def.currentMemoryKiB),
+      def.memtune &&
+        node(
+          'memtune',
+          [],
+          [def.memtune.hardLimitKiB !== undefined && kib('hard_limit', def.memtune.hardLimitKiB)],
+        ),
+      def.memoryBacking &&
+        node(
+          'memoryBacking',
+          [],
+          [def.memoryBacking.hugepages && node('hugepages'), def.memoryBacking.locked && node('locked')],
+        ),
+      textNode('vcpu', def.vcpu.count, [
+        ['placement', 'static'],
+        ['current', def.vcpu.current],
+      ]),
+      def.iothreads > 0 && textNode('iothreads', def.iothreads),
+      tune &&
+        node(
+          'cputune',
+          [],
+          [
+            ...tune.vcpupin.map((p) =>
+              node('vcpupin', [
+                ['vcpu', p.vcpu],
+                ['cpuset', p.cpuset],
+              ]),
+            ),
+            tune.emulatorpin && node('emulatorpin', [['cpuset', tune.emulatorpin.cpuset]]),
+            ...tune.iothreadpin.map((p) =>
+              node('iothreadpin', [
+                ['iothread', p.iothread],
+                ['cpuset', p.cpuset],
+              ]),
+            ),
+            ...tune.vcpusched.map((s) =>
+              node('vcpusched', [
+                ['vcpus', s.ids],
+                ['scheduler', s.scheduler],
+                ['priority', s.priority],
+              ]),
+            ),
+            ...tune.iothreadsched.map((s) =>
+              node('iothreadsched', [
+                ['iothreads', s.ids],
+                ['scheduler', s.scheduler],
+                ['priority', s.priority],
+              ]),
+            ),
+          ],
+        ),
+      node(
+        'os',
+        [],
+        [
+          textNode('type', 'hvm', [
+            ['arch', def.os.arch],
+            ['machine', def.os.machine],
+          ]),
+          def.os.kernel !== undefined && textNode('kernel', def.os.kernel),
+          def.os.initrd !== undefined && textNode('initrd', def.os.initrd),
+          def.os.cmdline !== undefined && textNode('cmdline', def.os.cmdline),
+          ...(def.os.boot ?? []).map((dev) => node('boot', [['dev', dev]])),
+        ],
+      ),
+      node('features', [], [features.acpi && node('acpi'), features.apic && node('apic')]),
+      cpu &&
+        node(
+          'cpu',
+          [['mode', cpu.mode]],
+          [
+            cpu.model !== undefined && textNode('model', cpu.model),
+            cpu.topology &&
+              node('topology', [
+                ['sockets', cpu.topology.sockets],
+                ['dies', cpu.topology.dies],
+                ['cores', cpu.topology.cores],
+                ['threads', cpu.topology.threads],
+              ]),
+          ],
+        ),
+      def.clock && node('clock', [['offset', def.clock.offset]]),
+      textNode('on_poweroff', def.onPoweroff),
+      textNode('on_reboot', def.onReboot),
+      textNode('on_crash', def.onCrash),
+      devices,
+      def.qemuCommandline &&
+        node(
+          'qemu:commandline',
+          [],
+          [
+            ...def.qemuCommandline.args.map((value) => node('qemu:arg', [['value', value]])),
+            ...def.qemuCommandline.env.map((e) =>
+              node('qemu:env', [
+                ['name', e.name],
+                ['value', e.value],
+              ]),
+            ),
+          ],
+        ),
+    ],
+  );
+}
+
+/**
+ * Formats a domain definition as libvirt domain XML, as `virsh dumpxml` would show it.
+ *
+ * `parseDomainXml` reads the result back to the same definition, except for two things the XML
+ * cannot tell apart: a definition without `features` is written with ACPI and APIC on (what the
+ * typed API means by leaving them out) and reads back as `features: { acpi: true, apic: true }`,
+ * and an empty `os.boot` list reads back as no list.
+ *
+ * @param def - a domain definition, e.g. from `Domain.getDefinition()`; it is validated first
+ * @returns the XML document, two-space indented, ending with a newline
+ * @throws {@link VirtError} `XML_ERROR` or `CONFIG_UNSUPPORTED` when `def` is not a valid
+ * definition, or `XML_ERROR` when one of its strings holds a control character XML cannot carry.
+ *
+ * @public
+ */
+export function formatDomainXml(def: DomainDefinition): string {
+  const resolved = resolveDefinition(def);
+  checkChars(resolved, '');
+  const out: string[] = [];
+  serialize(domainNode(resolved), '', out);
+  return `${out.join('\n')}\n`;
+}
+
+/**
+ * The definition that `parseDomainXml(formatDomainXml(def))` resolves to: `def` with `features`
+ * filled in (ACPI and APIC on when left out) and an empty `os.boot` removed. For a definition that
+ * has `features` and no empty boot list, it is `def` itself.
+ *
+ * @internal
+ */
+export function xmlCanonical(def: DomainDefinition): DomainDefinition {
+  let out = def;
+  if (!def.features) out = { ...out, features: { acpi: true, apic: true } };
+  if (def.os.boot && def.os.boot.length === 0) {
+    const { boot: _boot, ...os } = def.os;
+    out = { ...out, os };
+  }
+  return out;
+}
