@@ -99,29 +99,27 @@ describe('prlimit', () => {
     expect(procMemlock(pid)).toEqual({ soft: top / 4n, hard: top / 4n });
   });
 
-  it.skipIf(hasCapSysResource)('throws EPERM when raising the hard limit without CAP_SYS_RESOURCE', () => {
+  // Always runs: which branch applies depends on the machine, and both assert the kernel's answer.
+  it('raises a hard limit exactly when the process has CAP_SYS_RESOURCE', () => {
     const pid = sleeper();
     prlimitSet(pid, RLIMIT.MEMLOCK, { soft: 4096n, hard: 8192n });
-    const e = expectSyscallError(
-      () => prlimitSet(pid, RLIMIT.MEMLOCK, { soft: 4096n, hard: 16384n }),
-      'prlimit',
-      'EPERM',
-    );
-    expect(e.message).toBe(
-      `prlimit(${pid}, MEMLOCK, {soft: 4096, hard: 16384}): EPERM (Operation not permitted)`,
-    );
-  });
-
-  it.skipIf(!hasCapSysResource)('sets 64 MiB and unlimited with CAP_SYS_RESOURCE', () => {
-    const pid = sleeper();
+    if (!hasCapSysResource) {
+      const e = expectSyscallError(
+        () => prlimitSet(pid, RLIMIT.MEMLOCK, { soft: 4096n, hard: 16384n }),
+        'prlimit',
+        'EPERM',
+      );
+      expect(e.message).toBe(
+        `prlimit(${pid}, MEMLOCK, {soft: 4096, hard: 16384}): EPERM (Operation not permitted)`,
+      );
+      expect(procMemlock(pid)).toEqual({ soft: 4096n, hard: 8192n });
+      return;
+    }
     prlimitSet(pid, RLIMIT.MEMLOCK, { soft: MiB64, hard: MiB64 });
-    expect(prlimitGet(pid, RLIMIT.MEMLOCK)).toEqual({ soft: MiB64, hard: MiB64 });
     expect(procMemlock(pid)).toEqual({ soft: MiB64, hard: MiB64 });
     prlimitSet(pid, RLIMIT.MEMLOCK, { soft: 'unlimited', hard: 'unlimited' });
     expect(prlimitGet(pid, RLIMIT.MEMLOCK)).toEqual({ soft: 'unlimited', hard: 'unlimited' });
     expect(procMemlock(pid)).toEqual({ soft: 'unlimited', hard: 'unlimited' });
-    prlimitSet(pid, RLIMIT.MEMLOCK, { soft: MiB64, hard: 'unlimited' });
-    expect(procMemlock(pid)).toEqual({ soft: MiB64, hard: 'unlimited' });
   });
 
   it('throws ESRCH for a missing pid, with errno in the message', () => {
