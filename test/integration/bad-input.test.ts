@@ -154,8 +154,12 @@ describe('a start that fails leaves nothing behind', () => {
     await expectCleanFailure({ ...base, emulator: fake }, 'OPERATION_FAILED', /signal SIGSEGV/);
   });
 
-  it('a feature virtkit cannot honour yet is refused before spawning', async () => {
-    await expectCleanFailure({ ...base, memoryBacking: { hugepages: true } }, 'CONFIG_UNSUPPORTED');
+  it("a machine type QEMU does not know: QEMU's own words surface", async () => {
+    await expectCleanFailure(
+      { ...base, os: { machine: 'no-such-machine' } },
+      'OPERATION_FAILED',
+      /unsupported machine type/,
+    );
   });
 
   it("a TAP declared managed='no' that does not exist is not created behind the user's back", async () => {

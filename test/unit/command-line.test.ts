@@ -58,6 +58,16 @@ describe('buildCommandLine', () => {
     expect(argOf(argv, '-object')).toEqual(['iothread,id=iothread1', 'iothread,id=iothread2']);
   });
 
+  it('backs guest memory with hugetlbfs when asked, and refuses without a mount', () => {
+    const hp = def({ memoryBacking: { hugepages: true } });
+    const { argv } = buildCommandLine(hp, { ...ctx, hugepagesPath: '/dev/hugepages' });
+    expect(argOf(argv, '-object')).toContain(
+      'memory-backend-file,id=pc.ram,mem-path=/dev/hugepages,prealloc=on,size=1048576k',
+    );
+    expect(argOf(argv, '-machine')).toContain('memory-backend=pc.ram');
+    expect(() => buildCommandLine(hp, ctx)).toThrow(expect.objectContaining({ code: 'CONFIG_UNSUPPORTED' }));
+  });
+
   it('maps power actions, kernel boot and a file serial with a default path (commas escaped)', () => {
     const { argv, live } = buildCommandLine(
       def({

@@ -14,6 +14,8 @@ export interface CommandLineContext {
   readonly homeDir: string;
   /** Inherited fd of each disk's image, in definition order (opened in `pre-exec`). */
   readonly diskFds: readonly number[];
+  /** A hugetlbfs mount point, when the definition asks for hugepage-backed memory. */
+  readonly hugepagesPath?: string;
   /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
   readonly tapFds: ReadonlyArray<readonly number[] | undefined>;
 }
@@ -56,7 +58,22 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   let memory = `size=${def.memoryKiB}k`;
   if (def.maxMemory) memory += `,slots=${def.maxMemory.slots},maxmem=${def.maxMemory.kib}k`;
   add('-m', memory);
-  if (def.memoryBacking?.hugepages) throw unsupported('memoryBacking.hugepages', 'hugepage-backed memory');
+  if (def.memoryBacking?.hugepages) {
+    if (!ctx.hugepagesPath) {
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        'hugepage-backed memory needs a mounted hugetlbfs (mount -t hugetlbfs hugetlbfs /dev/hugepages) with pages reserved',
+        { path: 'memoryBacking.hugepages' },
+      );
+    }
+    // Guest RAM as a memory backend on hugetlbfs, preallocated so a shortage fails the start
+    // instead of the guest later.
+    add(
+      '-object',
+      `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
+    );
+    add('-machine', 'memory-backend=pc.ram');
+  }
   if (def.memoryBacking?.locked) add('-overcommit', 'mem-lock=on');
 
   const topo = def.cpu?.topology ?? { sockets: def.vcpu.count, dies: 1, cores: 1, threads: 1 };

@@ -1,4 +1,4 @@
-import { accessSync, constants, fstatSync, openSync } from 'node:fs';
+import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import type { StartOptions } from '../../stable/driver.js';
 import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
@@ -78,6 +78,7 @@ export async function startDomain(
       monitorFd: FIRST_CHILD_FD,
       consolePath: paths.console,
       homeDir: ctx.layout.lib,
+      hugepagesPath: def.memoryBacking?.hugepages ? hugetlbfsMount() : undefined,
       ...childFdNumbers(fds),
     });
     openLog(ctx, dom, s);
@@ -123,6 +124,14 @@ function childFdNumbers(fds: PreExecDescriptors): { diskFds: number[]; tapFds: A
   const diskFds = fds.disks.map(() => next++);
   const tapFds = fds.taps.map((list) => list?.map(() => next++));
   return { diskFds, tapFds };
+}
+
+/** The first hugetlbfs mount, from /proc/mounts. */
+function hugetlbfsMount(): string | undefined {
+  const line = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' ')[2] === 'hugetlbfs');
+  return line?.split(' ')[1];
 }
 
 function checkEmulator(path: string): string {
