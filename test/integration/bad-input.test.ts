@@ -70,11 +70,27 @@ describe('invalid definitions are rejected before anything is written', () => {
       'disks.1.target.dev',
     ],
     ['not an object', 42, 'XML_ERROR', '(root)'],
+    [
+      'a read-only sata disk (QEMU has no read-only ide-hd)',
+      {
+        ...base,
+        disks: [{ type: 'file', source: '/x.img', readonly: true, target: { dev: 'sda', bus: 'sata' } }],
+      },
+      'CONFIG_UNSUPPORTED',
+      'disks.0.readonly',
+    ],
+    [
+      'an XML document outside the subset',
+      '<domain type="qemu"><name>x</name><memory>1</memory><devices><graphics type="vnc"/></devices></domain>',
+      'CONFIG_UNSUPPORTED',
+      '/domain/devices/graphics',
+    ],
+    ['malformed XML', '<domain type="qemu"><name>x</name>', 'XML_ERROR', undefined],
   ])('%s', async (_what, input, code, path) => {
     await expect(conn.defineDomain(untyped(input))).rejects.toMatchObject({
       name: 'VirtError',
       code,
-      details: { path },
+      details: path === undefined ? { line: 1 } : { path },
     });
     expect(definitionFiles(root)).toEqual([]);
     expect(await conn.listDomains()).toEqual([]);

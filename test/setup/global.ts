@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { ensureGuestImage } from '../fixtures/guest-image.js';
 
 /**
@@ -16,6 +16,17 @@ export default function setup(): void {
   }
   ensureGuestImage();
   ensureTestUser();
+  ensureHugepages();
+}
+
+/** hugetlbfs with a few 2 MiB pages reserved, for the hugepage-backed domains of the XML corpus. */
+function ensureHugepages(): void {
+  const pages = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
+  if (Number(readFileSync(pages, 'utf8')) < 128) writeFileSync(pages, '128');
+  if (!readFileSync('/proc/mounts', 'utf8').includes(' hugetlbfs ')) {
+    mkdirSync('/dev/hugepages', { recursive: true });
+    execFileSync('mount', ['-t', 'hugetlbfs', 'hugetlbfs', '/dev/hugepages']);
+  }
 }
 
 /** The unprivileged user the end-to-end tests run the driver as. */

@@ -55,6 +55,10 @@ describe('buildCommandLine', () => {
     expect(argOf(argv, '-smp')).toEqual(['2,maxcpus=4,sockets=1,dies=1,cores=2,threads=2']);
     expect(argOf(argv, '-m')).toEqual(['size=1048576k,slots=4,maxmem=4194304k']);
     expect(argOf(argv, '-overcommit')).toEqual(['mem-lock=on']);
+    expect(argOf(argv, '-device')).not.toContain('virtio-balloon-pci,id=balloon0');
+    expect(argOf(buildCommandLine(def({ currentMemoryKiB: 524288 }), ctx).argv, '-device')).toContain(
+      'virtio-balloon-pci,id=balloon0',
+    );
     expect(argOf(argv, '-object')).toEqual(['iothread,id=iothread1', 'iothread,id=iothread2']);
   });
 
@@ -66,6 +70,17 @@ describe('buildCommandLine', () => {
     );
     expect(argOf(argv, '-machine')).toContain('memory-backend=pc.ram');
     expect(() => buildCommandLine(hp, ctx)).toThrow(expect.objectContaining({ code: 'CONFIG_UNSUPPORTED' }));
+  });
+
+  it('adds CPU features to the model, with a default model when none is named', () => {
+    const features = [
+      { policy: 'disable', name: 'arch-capabilities' },
+      { policy: 'require', name: 'invtsc' },
+    ];
+    const host = buildCommandLine(def({ cpu: { mode: 'host-passthrough', features } }), ctx);
+    expect(argOf(host.argv, '-cpu')).toEqual(['host,-arch-capabilities,+invtsc']);
+    const bare = buildCommandLine(def({ type: 'qemu', cpu: { features: features.slice(0, 1) } }), ctx);
+    expect(argOf(bare.argv, '-cpu')).toEqual(['qemu64,-arch-capabilities']);
   });
 
   it('maps power actions, kernel boot and a file serial with a default path (commas escaped)', () => {

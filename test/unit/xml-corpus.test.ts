@@ -68,8 +68,8 @@ describe('domain XML corpus', () => {
     expect(def.iothreads).toBe(1);
     expect(def.cputune).toEqual({
       vcpupin: [
-        { vcpu: 0, cpuset: '2' },
-        { vcpu: 1, cpuset: '3' },
+        { vcpu: 0, cpuset: '0' },
+        { vcpu: 1, cpuset: '1' },
       ],
       emulatorpin: { cpuset: '0-1' },
       iothreadpin: [{ iothread: 1, cpuset: '0-1' }],
@@ -77,7 +77,14 @@ describe('domain XML corpus', () => {
       iothreadsched: [{ ids: '1', scheduler: 'fifo', priority: 5 }],
     });
     expect(def.features).toEqual({ acpi: true, apic: false });
-    expect(def.cpu).toEqual({ mode: 'host-model', topology: { sockets: 1, dies: 1, cores: 2, threads: 1 } });
+    expect(def.cpu).toEqual({
+      mode: 'host-model',
+      topology: { sockets: 1, dies: 1, cores: 2, threads: 1 },
+      features: [
+        { policy: 'disable', name: 'arch-capabilities' },
+        { policy: 'require', name: 'invtsc' },
+      ],
+    });
     expect(def.interfaces).toEqual([
       {
         type: 'ethernet',

@@ -51,9 +51,15 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   const acpi = def.features?.acpi ?? true;
   add('-machine', `${def.os.machine ?? 'pc'},usb=off,dump-guest-core=off,acpi=${acpi ? 'on' : 'off'}`);
   add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
-  if (def.cpu?.mode === 'host-passthrough') add('-cpu', 'host');
-  else if (def.cpu?.model) add('-cpu', def.cpu.model);
-  else if (def.cpu?.mode === 'host-model') add('-cpu', def.type === 'kvm' ? 'host' : 'max');
+  const cpuFeatures = (def.cpu?.features ?? [])
+    .map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`)
+    .join('');
+  let cpuModel: string | undefined;
+  if (def.cpu?.mode === 'host-passthrough') cpuModel = 'host';
+  else if (def.cpu?.model) cpuModel = def.cpu.model;
+  else if (def.cpu?.mode === 'host-model') cpuModel = def.type === 'kvm' ? 'host' : 'max';
+  else if (cpuFeatures) cpuModel = def.type === 'kvm' ? 'kvm64' : 'qemu64';
+  if (cpuModel) add('-cpu', `${cpuModel}${cpuFeatures}`);
 
   let memory = `size=${def.memoryKiB}k`;
   if (def.maxMemory) memory += `,slots=${def.maxMemory.slots},maxmem=${def.maxMemory.kib}k`;
@@ -159,6 +165,11 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     return serial;
   });
 
+  // A currentMemory below memory is honoured as libvirt does: a balloon, whose target the start
+  // sequence sets once QEMU runs.
+  if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
+    add('-device', 'virtio-balloon-pci,id=balloon0');
+  }
   add('-display', 'none');
 
   const env: Record<string, string> = {

@@ -53,6 +53,7 @@ interface Startup {
  *  8. raiseMemLock       `process.setMaxMemLock` on the stub, when the domain needs it     (pre-exec)
  *  9. execQemu           the go-ahead; QEMU execs in place and greets on QMP
  * 10. readThreads        vCPU and iothread ids from QMP; every vCPU is still paused
+ *                       (and the balloon target, when currentMemory is below memory)
  * 11. configureThreads   `cgroup.placeThreads`, `thread.setScheduler`                      (startup)
  * 12. recordRunning      the status file a new driver adopts the domain from
  * 13. resumeVcpus        `cont`, unless the caller asked for a paused start
@@ -91,6 +92,9 @@ export async function startDomain(
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
     run.threads = await readThreads(qmp, def.iothreads, run.pid);
+    if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
+      await qmp.execute('balloon', { value: def.currentMemoryKiB * 1024 });
+    }
     await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run);
     recordRunning(s);
     if (!options.paused) await qmp.execute('cont');

@@ -98,6 +98,15 @@ export const domainDefinitionSchema = z.strictObject({
     .strictObject({
       mode: z.enum(['host-passthrough', 'host-model', 'custom']).optional(),
       model: z.string().optional(),
+      /** CPU features to require or disable on top of the model, as libvirt's `<feature policy=…>`. */
+      features: z
+        .array(
+          z.strictObject({
+            policy: z.enum(['require', 'disable']),
+            name: z.string().regex(/^[a-z0-9][a-z0-9_.-]*$/, 'a CPU feature name such as arch-capabilities'),
+          }),
+        )
+        .optional(),
       topology: z
         .strictObject({
           sockets: z.number().int().min(1),

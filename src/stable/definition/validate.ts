@@ -99,6 +99,14 @@ function checkSemantics(def: DomainDefinition): void {
     if (targets.has(disk.target.dev))
       throw invalid(`disks.${i}.target.dev`, `duplicate disk target ${disk.target.dev}`);
     targets.add(disk.target.dev);
+    if (disk.readonly && disk.device === 'disk' && disk.target.bus === 'sata') {
+      // QEMU's ide-hd has no read-only mode; libvirt refuses the same.
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        `a read-only sata disk is not supported (disks.${i}); use device 'cdrom' or the virtio bus`,
+        { path: `disks.${i}.readonly` },
+      );
+    }
   });
   if (def.os.initrd && !def.os.kernel) throw invalid('os.initrd', 'an initrd needs a kernel');
   if (def.os.cmdline !== undefined && !def.os.kernel)

@@ -272,6 +272,12 @@ function domainNode(def: DomainDefinition): Node {
                 ['cores', cpu.topology.cores],
                 ['threads', cpu.topology.threads],
               ]),
+            ...(cpu.features ?? []).map((f) =>
+              node('feature', [
+                ['policy', f.policy],
+                ['name', f.name],
+              ]),
+            ),
           ],
         ),
       def.clock && node('clock', [['offset', def.clock.offset]]),

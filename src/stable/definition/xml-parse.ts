@@ -432,7 +432,11 @@ class Mapper {
   }
 
   cpu(el: XmlElement): Obj {
-    check(el, { attrs: ['mode', 'check', 'match', 'migratable'], children: ['model', 'topology'] });
+    check(el, {
+      attrs: ['mode', 'check', 'match', 'migratable'],
+      children: ['model', 'topology', 'feature'],
+      repeat: ['feature'],
+    });
     this.origins.note('cpu', el);
     ignoredAttr(el, 'check', ['none', 'partial']);
     ignoredAttr(el, 'match', ['exact']);
@@ -467,6 +471,32 @@ class Mapper {
         set(t, key, intAttr(topo, key));
       }
       out.topology = t;
+    }
+    const features = childrenOf(el, 'feature');
+    if (features.length > 0) {
+      out.features = features.map((f, i) => {
+        check(f, { attrs: ['policy', 'name'] });
+        this.origins.note(`cpu.features.${i}.policy`, f, 'policy');
+        this.origins.note(`cpu.features.${i}.name`, f, 'name');
+        const feature: Obj = {};
+        const policy = f.attrs.get('policy');
+        if (policy !== undefined) {
+          set(
+            feature,
+            'policy',
+            choice(
+              f,
+              policy,
+              'the CPU feature policy',
+              ['require', 'disable'],
+              ['force', 'optional', 'forbid'],
+              'policy',
+            ),
+          );
+        }
+        set(feature, 'name', f.attrs.get('name'));
+        return feature;
+      });
     }
     return out;
   }
@@ -588,6 +618,7 @@ class Mapper {
       children: ['emulator', 'disk', 'interface', 'serial', 'console', 'memballoon'],
       repeat: ['disk', 'interface', 'serial', 'console'],
     });
+    for (const field of ['disks', 'interfaces', 'serials']) this.origins.note(field, el);
     const emulator = child(el, 'emulator');
     if (emulator) out.emulator = this.text(emulator, 'emulator');
     const disks = childrenOf(el, 'disk');
@@ -687,10 +718,11 @@ class Mapper {
       } else if (dev?.startsWith('vd')) {
         t.bus = 'virtio';
       } else if (dev !== undefined) {
-        throw unsupported(
-          target,
-          `a disk target without bus (libvirt would choose scsi or ide for '${dev.slice(0, 20)}'); give bus='sata' or bus='virtio' and`,
-          'bus',
+        const where = at(target, 'bus');
+        throw new VirtError(
+          ErrorCode.CONFIG_UNSUPPORTED,
+          `${where.path}: for a disk target '${dev.slice(0, 20)}' without bus, libvirt would choose scsi or ide, which virtkit does not support; add bus='sata' or bus='virtio'`,
+          where,
         );
       }
       out.target = t;
@@ -785,7 +817,7 @@ class Mapper {
     if (!model) {
       throw new VirtError(
         ErrorCode.CONFIG_UNSUPPORTED,
-        `${el.path}/model: an interface without <model> would be an rtl8139 in libvirt, which virtkit does not support; add <model type='virtio'/>`,
+        `${el.path}/model: an interface without <model> is an rtl8139 in libvirt, which virtkit does not support; add <model type='virtio'/>`,
         { path: `${el.path}/model`, line: el.line, column: el.column },
       );
     }

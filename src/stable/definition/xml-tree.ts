@@ -63,14 +63,26 @@ export function hasIllegalXmlChar(value: string): boolean {
   return ILLEGAL_CHAR.test(value);
 }
 
+type Locate = (index: number) => { line: number; column: number };
+
+/** Maps offsets of `xml` to 1-based lines and columns (by bisection over the line starts). */
+function locator(xml: string): Locate {
+  const starts = [0];
+  for (let i = xml.indexOf('\n'); i !== -1; i = xml.indexOf('\n', i + 1)) starts.push(i + 1);
+  return (index) => {
+    let lo = 0;
+    let hi = starts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if ((starts[mid] as number) <= index) lo = mid;
+      else hi = mid - 1;
+    }
+    return { line: lo + 1, column: index - (starts[lo] as number) + 1 };
+  };
+}
+
 function position(xml: string, index: number): { line: number; column: number } {
-  let line = 1;
-  let start = 0;
-  for (let i = xml.indexOf('\n'); i !== -1 && i < index; i = xml.indexOf('\n', i + 1)) {
-    line++;
-    start = i + 1;
-  }
-  return { line, column: index - start + 1 };
+  return locator(xml.slice(0, index))(index);
 }
 
 function malformed(xml: string, index: number, message: string): VirtError {
@@ -91,12 +103,10 @@ function prescan(xml: string): string {
   const illegal = ILLEGAL_CHAR.exec(xml);
   if (illegal) {
     const code = illegal[0].codePointAt(0) ?? 0;
-    return fail(
-      malformed(
-        xml,
-        illegal.index,
-        `character U+${code.toString(16).padStart(4, '0')} is not allowed in XML`,
-      ),
+    throw malformed(
+      xml,
+      illegal.index,
+      `character U+${code.toString(16).padStart(4, '0')} is not allowed in XML`,
     );
   }
   // Comments, CDATA sections and processing instructions, blanked out with their positions kept.
@@ -126,10 +136,6 @@ function prescan(xml: string): string {
     }
   }
   return masked;
-}
-
-function fail(error: VirtError): never {
-  throw error;
 }
 
 const ENTITIES: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
@@ -172,6 +178,8 @@ export function readXmlTree(input: string): XmlElement {
   const verdict = XMLValidator.validate(xml, { allowBooleanAttributes: false });
   if (verdict !== true) {
     const { msg, line, col } = verdict.err;
+    // Without a column ("Start tag expected."), the error is at the end of the document.
+    if (col === undefined) throw malformed(xml, xml.length, msg);
     throw new VirtError(ErrorCode.XML_ERROR, `malformed XML at line ${line}, column ${col}: ${msg}`, {
       line,
       column: col,
@@ -203,11 +211,11 @@ export function readXmlTree(input: string): XmlElement {
   const after = /\S/.exec(masked.slice(end));
   if (before) throw malformed(xml, before.index, 'content before the root element');
   if (after) throw malformed(xml, end + after.index, 'content after the root element');
-  return build(xml, root, '', new Map([['xml', 'http://www.w3.org/XML/1998/namespace']]), '');
+  return build(locator(xml), root, '', new Map([['xml', 'http://www.w3.org/XML/1998/namespace']]), '');
 }
 
 function build(
-  xml: string,
+  locate: Locate,
   node: FxpNode,
   parentPath: string,
   scope: ReadonlyMap<string, string>,
@@ -216,7 +224,7 @@ function build(
   const tag = tagOf(node) as string;
   const qname = tag.slice(TAG_MARK.length);
   const meta = node[META] as Meta | undefined;
-  const at = position(xml, meta?.startIndex ?? 0);
+  const at = locate(meta?.startIndex ?? 0);
   const path = `${parentPath}/${step || qname}`;
   const rawAttrs = (node[':@'] ?? {}) as Record<string, string>;
   const attrs = new Map<string, string>();
@@ -273,7 +281,7 @@ function build(
     const n = (seen.get(name) ?? 0) + 1;
     seen.set(name, n);
     const childQname = name.slice(TAG_MARK.length);
-    return build(xml, k, path, inScope, (counts.get(name) ?? 0) > 1 ? `${childQname}[${n}]` : childQname);
+    return build(locate, k, path, inScope, (counts.get(name) ?? 0) > 1 ? `${childQname}[${n}]` : childQname);
   });
   return { qname, local, ns, attrs, children, text, path, line: at.line, column: at.column };
 }
