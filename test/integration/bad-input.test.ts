@@ -1,4 +1,4 @@
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Connection, DomainDefinitionInput } from '../../src/stable/index.js';
@@ -195,6 +195,30 @@ describe('a start that fails leaves nothing behind', () => {
       'SYSTEM_ERROR',
       /storage.openFile.*ENOENT/,
     );
+  });
+
+  it('leaks no descriptor of the driver across successful and failed starts', async () => {
+    const disk = join(root, 'lib', 'd.img');
+    writeFileSync(disk, Buffer.alloc(4096));
+    const good = await conn.defineDomain(
+      pausedOnly('fd-good', {
+        disks: [{ type: 'file', source: disk, target: { dev: 'vda', bus: 'virtio' } }],
+      }),
+    );
+    const bad = await conn.defineDomain({
+      ...base,
+      name: 'fd-bad',
+      qemuCommandline: { args: ['-no-such-option'] },
+    });
+    const cycle = async () => {
+      await good.start({ paused: true });
+      await good.destroy();
+      await bad.start().catch(() => undefined);
+    };
+    await cycle(); // warm-up: the first round may open descriptors Node keeps (e.g. its signal pipe)
+    const before = readdirSync('/proc/self/fd').length;
+    for (let i = 0; i < 5; i++) await cycle();
+    expect(readdirSync('/proc/self/fd').length).toBe(before);
   });
 
   it('the domain starts fine afterwards', async () => {

@@ -31,9 +31,11 @@ interface Startup {
   readonly paths: DomainPaths;
   readonly emulator: string;
   cmd?: CommandLine;
-  readonly logOffset: number;
-  /** Descriptors the driver holds for the child: log, monitor, then the pre-exec ones. */
-  readonly parentFds: number[];
+  logOffset: number;
+  /** Descriptors the driver holds for the child until it has spawned; each closed exactly once. */
+  logFd?: number;
+  monitorFd?: number;
+  preExec?: PreExecDescriptors;
   /** Taints gathered before the runtime exists (a handler used in `pre-exec`). */
   readonly taints: string[];
   launch?: Launch;
@@ -72,7 +74,7 @@ export async function startDomain(
   const def = dom.def;
   const paths = domainPaths(ctx.layout, def.name, def.uuid);
   const emulator = checkEmulator(def.emulator ?? DEFAULT_EMULATOR);
-  const s: Startup = { paths, emulator, logOffset: 0, parentFds: [], taints: [] };
+  const s: Startup = { paths, emulator, logOffset: 0, taints: [] };
   try {
     const fds = await openDescriptors(ctx, dom, s);
     s.cmd = buildCommandLine(def, {
@@ -84,7 +86,7 @@ export async function startDomain(
     });
     openLog(ctx, dom, s);
     listenMonitor(s);
-    spawnStub(ctx, dom, s, fds.all);
+    spawnStub(ctx, dom, s);
     recordStarting(s);
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid);
@@ -117,9 +119,8 @@ async function openDescriptors(
   dom: DomainObject,
   s: Startup,
 ): Promise<PreExecDescriptors> {
-  const fds = await openPreExecDescriptors(scopeOf(ctx, dom, undefined, s.taints), dom.def);
-  s.parentFds.push(...fds.all);
-  return fds;
+  s.preExec = await openPreExecDescriptors(scopeOf(ctx, dom, undefined, s.taints), dom.def);
+  return s.preExec;
 }
 
 /** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */
@@ -152,21 +153,20 @@ function checkEmulator(path: string): string {
 }
 
 function openLog(ctx: DriverContext, dom: DomainObject, s: Startup): void {
-  const fd = openSync(s.paths.log, 'a', 0o600);
-  s.parentFds.unshift(fd);
-  (s as { logOffset: number }).logOffset = fstatSync(fd).size;
+  s.logFd = openSync(s.paths.log, 'a', 0o600);
+  s.logOffset = fstatSync(s.logFd).size;
   ctx.log(dom, `starting: ${s.emulator} ${(s.cmd as CommandLine).argv.join(' ')}`);
 }
 
 function listenMonitor(s: Startup): void {
   removeIfPresent(s.paths.monitor);
-  s.parentFds.splice(1, 0, listenUnixSocket(s.paths.monitor));
+  s.monitorFd = listenUnixSocket(s.paths.monitor);
 }
 
-function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup, preExecFds: readonly number[]): void {
-  const [logFd, monitorFd] = s.parentFds as [number, number];
+function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
   const cmd = s.cmd as CommandLine;
-  const launch = launchStub(s.emulator, cmd.argv, cmd.env, logFd, [monitorFd, ...preExecFds]);
+  const inherited = [s.monitorFd as number, ...(s.preExec?.all ?? [])];
+  const launch = launchStub(s.emulator, cmd.argv, cmd.env, s.logFd as number, inherited);
   s.launch = launch;
   // The child holds its own copies now; ours would only keep the socket alive after QEMU exits.
   closeParentFds(s);
@@ -272,7 +272,10 @@ function recordRunning(s: Startup): void {
 }
 
 function closeParentFds(s: Startup): void {
-  for (const fd of s.parentFds.splice(0)) {
+  const fds = [s.logFd, s.monitorFd, ...(s.preExec?.all ?? [])];
+  s.logFd = s.monitorFd = s.preExec = undefined;
+  for (const fd of fds) {
+    if (fd === undefined) continue;
     try {
       closeFd(fd);
     } catch {
