@@ -17,6 +17,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# `npm install`, not `npm ci`: this machine's npm writes lock files without registry URLs
+# (omit-lockfile-registry-resolved), which leaves out the other platforms' optional packages that
+# `npm ci` insists on. `npm install` still installs the locked versions.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
+  npm install --no-audit --no-fund
 fi
