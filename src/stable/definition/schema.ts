@@ -196,4 +196,4 @@ export type InterfaceDefinition = DomainDefinition['interfaces'][number];
  *
  * @public
  */
-export type SchedulerPolicy = z.infer<typeof schedPolicy>;
+export type SchedulerPolicy = NonNullable<DomainDefinition['cputune']>['vcpusched'][number]['scheduler'];

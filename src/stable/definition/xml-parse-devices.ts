@@ -1,0 +1,358 @@
+import { ErrorCode, VirtError } from '../errors.js';
+import {
+  at,
+  check,
+  child,
+  childrenOf,
+  choice,
+  ignoredAttr,
+  intAttr,
+  invalid,
+  type Obj,
+  type Origins,
+  type Shape,
+  set,
+  textOf,
+  unsupported,
+} from './xml-parse-rules.js';
+import type { XmlElement } from './xml-tree.js';
+
+/*
+ * The domain XML's `<devices>`: emulator, disks, interfaces, serial ports and console, balloon.
+ *
+ * Typed API ↔ XML decisions:
+ * - An `<interface>` without `<model>` is rejected: libvirt would give it an rtl8139, which virtkit
+ *   does not support.
+ * - A `<target>` of a disk without `bus` is virtio for a `vd*` name, and rejected otherwise
+ *   (libvirt would choose scsi or ide).
+ * - A file `<serial>` without `<source path>` logs to the domain's console log, as in the typed API.
+ */
+
+/** `<devices>`, into `out` (the devices are fields of the definition itself). */
+export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
+  check(el, {
+    children: ['emulator', 'disk', 'interface', 'serial', 'console', 'memballoon'],
+    repeat: ['disk', 'interface', 'serial', 'console'],
+  });
+  for (const field of ['disks', 'interfaces', 'serials']) origins.note(field, el);
+  const emulator = child(el, 'emulator');
+  if (emulator) out.emulator = textOf(origins, emulator, 'emulator');
+  const disks = childrenOf(el, 'disk');
+  if (disks.length > 0) out.disks = disks.map((disk, i) => parseDisk(origins, disk, i));
+  const nics = childrenOf(el, 'interface');
+  if (nics.length > 0) out.interfaces = nics.map((nic, i) => parseInterface(origins, nic, i));
+  const serials = childrenOf(el, 'serial').map((s, i) => parseSerial(origins, s, i));
+  const [console, second] = childrenOf(el, 'console');
+  if (second) throw unsupported(second, 'a second <console>');
+  if (console) {
+    // Without a serial port, the console becomes serial 0 (as libvirt does).
+    const folded = parseConsole(
+      origins,
+      console,
+      serials[0]?.source,
+      serials.length === 0 ? 'serials.0' : 'console',
+    );
+    if (serials.length === 0) serials.push({ source: folded, el: console });
+  }
+  if (serials.length > 0) {
+    serials.forEach((s, i) => {
+      origins.note(`serials.${i}`, s.el);
+    });
+    out.serials = serials.map((s) => s.source);
+  }
+  const balloon = child(el, 'memballoon');
+  if (balloon) {
+    check(balloon, { attrs: ['model'] });
+    const model = balloon.attrs.get('model');
+    if (model !== 'none') {
+      throw unsupported(balloon, `a memory balloon (model '${model ?? ''}')`, 'model');
+    }
+  }
+}
+
+function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
+  check(el, {
+    attrs: ['type', 'device'],
+    children: ['driver', 'source', 'target', 'readonly', 'serial', 'boot', 'alias'],
+  });
+  const field = `disks.${i}`;
+  origins.note(field, el);
+  const out: Obj = {};
+  const type = el.attrs.get('type');
+  origins.note(`${field}.type`, el, 'type');
+  if (type === undefined) throw invalid(el, "<disk> needs a type, 'file' or 'block'", 'type');
+  out.type = choice(
+    el,
+    type,
+    'the disk type',
+    ['file', 'block'],
+    ['dir', 'network', 'volume', 'nvme', 'vhostuser', 'vhostvdpa'],
+    'type',
+  );
+  const device = el.attrs.get('device');
+  if (device !== undefined) {
+    out.device = choice(el, device, 'the disk device', ['disk', 'cdrom'], ['floppy', 'lun'], 'device');
+  }
+  const driver = child(el, 'driver');
+  if (driver) {
+    check(driver, { attrs: ['name', 'type'] });
+    ignoredAttr(driver, 'name', ['qemu']);
+    origins.note(`${field}.driver`, driver, 'type');
+    const format = driver.attrs.get('type');
+    out.driver =
+      format === undefined
+        ? {}
+        : { type: choice(driver, format, 'the disk format', ['raw', 'qcow2'], 'any', 'type') };
+  }
+  const source = child(el, 'source');
+  const sourceAttr = out.type === 'file' ? 'file' : 'dev';
+  if (source) {
+    check(source, { attrs: [sourceAttr] });
+    origins.note(`${field}.source`, source, sourceAttr);
+    set(out, 'source', source.attrs.get(sourceAttr));
+  } else {
+    origins.noteMissing(`${field}.source`, el, 'source');
+  }
+  const target = child(el, 'target');
+  if (target) {
+    check(target, { attrs: ['dev', 'bus'] });
+    origins.note(`${field}.target`, target);
+    origins.note(`${field}.target.dev`, target, 'dev');
+    origins.note(`${field}.target.bus`, target, 'bus');
+    const dev = target.attrs.get('dev');
+    const bus = target.attrs.get('bus');
+    const t: Obj = {};
+    set(t, 'dev', dev);
+    if (bus !== undefined) {
+      t.bus = choice(
+        target,
+        bus,
+        'the disk bus',
+        ['virtio', 'sata'],
+        ['ide', 'scsi', 'usb', 'xen', 'sd', 'fdc', 'uml'],
+        'bus',
+      );
+    } else if (dev?.startsWith('vd')) {
+      t.bus = 'virtio';
+    } else if (dev !== undefined) {
+      const where = at(target, 'bus');
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        `${where.path}: for a disk target '${dev.slice(0, 20)}' without bus, libvirt would choose scsi or ide, which virtkit does not support; add bus='sata' or bus='virtio'`,
+        where,
+      );
+    }
+    out.target = t;
+  } else {
+    origins.noteMissing(`${field}.target`, el, 'target');
+  }
+  const readonly = child(el, 'readonly');
+  if (readonly) {
+    check(readonly, {});
+    out.readonly = true;
+  }
+  const serial = child(el, 'serial');
+  if (serial) out.serial = textOf(origins, serial, `${field}.serial`);
+  const boot = child(el, 'boot');
+  if (boot) {
+    check(boot, { attrs: ['order'] });
+    origins.note(`${field}.bootOrder`, boot, 'order');
+    const order = intAttr(boot, 'order');
+    if (order === undefined) throw invalid(boot, '<boot> needs an order', 'order');
+    out.bootOrder = order;
+  }
+  const alias = parseAlias(origins, el, field);
+  if (alias !== undefined) out.alias = alias;
+  return out;
+}
+
+function parseAlias(origins: Origins, el: XmlElement, field: string): string | undefined {
+  const alias = child(el, 'alias');
+  if (!alias) return undefined;
+  check(alias, { attrs: ['name'] });
+  origins.note(`${field}.alias`, alias, 'name');
+  const name = alias.attrs.get('name');
+  if (name === undefined) throw invalid(alias, '<alias> needs a name', 'name');
+  return name;
+}
+
+function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
+  const field = `interfaces.${i}`;
+  origins.note(field, el);
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, "<interface> needs a type, 'ethernet' or 'user'", 'type');
+  const kind = choice(
+    el,
+    type,
+    'the interface type',
+    ['ethernet', 'user'],
+    [
+      'network',
+      'bridge',
+      'direct',
+      'hostdev',
+      'vhostuser',
+      'server',
+      'client',
+      'mcast',
+      'udp',
+      'internal',
+      'vdpa',
+      'null',
+      'vds',
+    ],
+    'type',
+  );
+  const ethernet = kind === 'ethernet';
+  check(el, {
+    attrs: ['type'],
+    children: ethernet ? ['mac', 'target', 'model', 'driver', 'alias'] : ['mac', 'model', 'alias'],
+  });
+  const out: Obj = { type: kind };
+  const mac = child(el, 'mac');
+  if (mac) {
+    check(mac, { attrs: ['address'] });
+    origins.note(`${field}.mac`, mac, 'address');
+    const address = mac.attrs.get('address');
+    if (address === undefined) throw invalid(mac, '<mac> needs an address', 'address');
+    out.mac = address;
+  }
+  const target = child(el, 'target');
+  if (target) {
+    check(target, { attrs: ['dev', 'managed'] });
+    origins.note(`${field}.target`, target);
+    origins.note(`${field}.target.dev`, target, 'dev');
+    const t: Obj = {};
+    set(t, 'dev', target.attrs.get('dev'));
+    const managed = target.attrs.get('managed');
+    if (managed !== undefined) {
+      t.managed = choice(target, managed, 'managed', ['yes', 'no'], [], 'managed') === 'yes';
+    }
+    out.target = t;
+  }
+  const model = child(el, 'model');
+  if (!model) {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `${el.path}/model: an interface without <model> is an rtl8139 in libvirt, which virtkit does not support; add <model type='virtio'/>`,
+      { path: `${el.path}/model`, line: el.line, column: el.column },
+    );
+  }
+  check(model, { attrs: ['type'] });
+  origins.note(`${field}.model`, model, 'type');
+  const modelType = model.attrs.get('type');
+  if (modelType === undefined) throw invalid(model, '<model> needs a type', 'type');
+  out.model = choice(model, modelType, 'the NIC model', ['virtio', 'e1000'], 'any', 'type');
+  const driver = child(el, 'driver');
+  if (driver) {
+    check(driver, { attrs: ['queues'] });
+    origins.note(`${field}.queues`, driver, 'queues');
+    set(out, 'queues', intAttr(driver, 'queues'));
+  }
+  const alias = parseAlias(origins, el, field);
+  if (alias !== undefined) out.alias = alias;
+  return out;
+}
+
+/** The type and source of a `<serial>` or `<console>`. */
+function parseCharSource(
+  origins: Origins,
+  el: XmlElement,
+  field: string,
+  targetShape: Shape,
+): { source: Obj; target?: XmlElement } {
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, `<${el.qname}> needs a type, 'file' or 'pty'`, 'type');
+  const kind = choice(
+    el,
+    type,
+    `the ${el.local} type`,
+    ['file', 'pty'],
+    [
+      'null',
+      'vc',
+      'dev',
+      'pipe',
+      'stdio',
+      'udp',
+      'tcp',
+      'unix',
+      'spicevmc',
+      'spiceport',
+      'nmdm',
+      'qemu-vdagent',
+      'dbus',
+    ],
+    'type',
+  );
+  check(el, { attrs: ['type', 'tty'], children: ['source', 'target'] });
+  const source: Obj = { type: kind };
+  const src = child(el, 'source');
+  if (src) {
+    check(src, { attrs: ['path'] });
+    origins.note(`${field}.path`, src, 'path');
+    // A pty's path is the one a running domain got: output only.
+    if (kind === 'file') set(source, 'path', src.attrs.get('path'));
+  }
+  const target = child(el, 'target');
+  if (target) check(target, targetShape);
+  return target ? { source, target } : { source };
+}
+
+function parseSerial(origins: Origins, el: XmlElement, i: number): { source: Obj; el: XmlElement } {
+  const field = `serials.${i}`;
+  origins.note(field, el);
+  const { source, target } = parseCharSource(origins, el, field, {
+    attrs: ['port', 'type'],
+    children: ['model'],
+  });
+  if (target) {
+    ignoredAttr(target, 'type', ['isa-serial']);
+    const port = intAttr(target, 'port');
+    if (port !== undefined && port !== i) {
+      throw unsupported(
+        target,
+        `port ${port} for serial ${i} (virtkit numbers serial ports in document order)`,
+        'port',
+      );
+    }
+    const model = child(target, 'model');
+    if (model) {
+      check(model, { attrs: ['name'] });
+      ignoredAttr(model, 'name', ['isa-serial']);
+    }
+  }
+  return { source, el };
+}
+
+/** Checks that a console is an alias of serial 0 (`first`); returns its source. */
+function parseConsole(origins: Origins, el: XmlElement, first: Obj | undefined, field: string): Obj {
+  const { source, target } = parseCharSource(origins, el, field, { attrs: ['type', 'port'] });
+  if (target) {
+    const type = target.attrs.get('type');
+    if (type !== undefined) {
+      choice(
+        target,
+        type,
+        'the console target type',
+        ['serial'],
+        ['virtio', 'xen', 'uml', 'lxc', 'openvz', 'sclp', 'sclplm'],
+        'type',
+      );
+    }
+    const port = intAttr(target, 'port');
+    if (port !== undefined && port !== 0) {
+      throw unsupported(target, `a console on serial port ${port} (only the first serial port)`, 'port');
+    }
+  }
+  if (first) {
+    const samePath = source.path === undefined || source.path === first.path;
+    if (source.type !== first.type || !samePath) {
+      throw unsupported(
+        el,
+        'a <console> that differs from the first <serial> (libvirt makes it an alias of that serial port: give it the same type and source)',
+      );
+    }
+  }
+  return source;
+}

@@ -1,0 +1,86 @@
+import { check, child, intAttr, invalid, missing, type Obj, type Origins, set } from './xml-parse-rules.js';
+import type { XmlElement } from './xml-tree.js';
+
+/*
+ * The domain XML's memory: the sizes (`<memory>`, `<currentMemory>`, `<maxMemory>`), their units,
+ * `<memoryBacking>` and `<memtune>`.
+ */
+
+/** Bytes per unit, with libvirt's rules: case-insensitive, `KB` is 1000, `k` and `KiB` are 1024. */
+function unitBytes(unit: string): bigint | undefined {
+  const u = unit.toLowerCase();
+  if (u === 'b' || u === 'byte' || u === 'bytes') return 1n;
+  const m = /^([kmgtpe])(ib|b)?$/.exec(u);
+  if (!m) return undefined;
+  const power = BigInt('kmgtpe'.indexOf(m[1] as string) + 1);
+  return (m[2] === 'b' ? 1000n : 1024n) ** power;
+}
+
+/** A size element (`<memory unit='MiB'>512</memory>`) in KiB. */
+function sizeKiB(el: XmlElement): number {
+  const unit = el.attrs.get('unit') ?? 'KiB';
+  const scale = unitBytes(unit);
+  if (scale === undefined) {
+    throw invalid(
+      el,
+      `unknown unit '${unit.slice(0, 20)}'; use b, KiB, MiB, GiB, TiB, KB, MB, GB or TB`,
+      'unit',
+    );
+  }
+  const text = el.text.trim();
+  if (!/^[0-9]+$/.test(text)) {
+    throw invalid(el, `<${el.qname}> must hold a non-negative integer, not '${el.text.slice(0, 40)}'`);
+  }
+  const bytes = BigInt(text) * scale;
+  if (bytes % 1024n !== 0n) {
+    throw invalid(el, `${text} ${unit} is not a whole number of KiB`);
+  }
+  const kib = bytes / 1024n;
+  if (kib > BigInt(Number.MAX_SAFE_INTEGER)) throw invalid(el, `${text} ${unit} is too large`);
+  return Number(kib);
+}
+
+function size(origins: Origins, el: XmlElement, field: string): number {
+  check(el, { attrs: ['unit'], text: true });
+  origins.note(field, el);
+  return sizeKiB(el);
+}
+
+/** `<memory>` (required), `<currentMemory>` and `<maxMemory>` of `<domain>`, into `out`. */
+export function parseMemory(origins: Origins, d: XmlElement, out: Obj): void {
+  const memory = child(d, 'memory');
+  if (!memory) throw missing(d, 'memory', 'the domain needs a <memory> size');
+  out.memoryKiB = size(origins, memory, 'memoryKiB');
+  const current = child(d, 'currentMemory');
+  if (current) out.currentMemoryKiB = size(origins, current, 'currentMemoryKiB');
+  const max = child(d, 'maxMemory');
+  if (max) {
+    check(max, { attrs: ['unit', 'slots'], text: true });
+    origins.note('maxMemory', max);
+    origins.note('maxMemory.slots', max, 'slots');
+    const maxMemory: Obj = { kib: sizeKiB(max) };
+    set(maxMemory, 'slots', intAttr(max, 'slots'));
+    out.maxMemory = maxMemory;
+  }
+}
+
+export function parseMemoryBacking(origins: Origins, backing: XmlElement): Obj {
+  check(backing, { children: ['locked', 'hugepages'] });
+  origins.note('memoryBacking', backing);
+  const out: Obj = {};
+  for (const key of ['locked', 'hugepages'] as const) {
+    const el = child(backing, key);
+    if (el) {
+      check(el, {});
+      out[key] = true;
+    }
+  }
+  return out;
+}
+
+export function parseMemtune(origins: Origins, memtune: XmlElement): Obj {
+  check(memtune, { children: ['hard_limit'] });
+  origins.note('memtune', memtune);
+  const hard = child(memtune, 'hard_limit');
+  return hard ? { hardLimitKiB: size(origins, hard, 'memtune.hardLimitKiB') } : {};
+}
