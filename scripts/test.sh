@@ -6,4 +6,5 @@ bash scripts/setup.sh
 npx biome ci .
 npx tsc --noEmit -p tsconfig.json
 npx tsup --silent
+npm run --silent api:check
 npx vitest run "$@"

@@ -16,8 +16,16 @@ export {
   type OperationHandler,
   type OperationName,
   type OperationResult,
+  operationSchemas,
   PHASES,
   type Phase,
 } from './operations.js';
 export type { VirtkitPlugin } from './plugins.js';
+export { type Delegate, type DelegateOptions, delegate } from './privd/delegate.js';
+export type { PrivilegedHelperPolicy } from './privd/policy.js';
+export {
+  createPrivilegedHelper,
+  type PrivilegedHelper,
+  type PrivilegedHelperOptions,
+} from './privd/server.js';
 export { INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';

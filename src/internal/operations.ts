@@ -31,7 +31,13 @@ const thread = z.strictObject({ tid, role, index: z.number().int().nonnegative()
 
 const placement = z.strictObject({ tid, cgroup: z.string().startsWith('/') });
 
-/** @internal */
+/**
+ * The zod schemas of every operation's arguments and result, and the phases it runs at: what the
+ * driver validates handler arguments and results with, and what {@link OperationName},
+ * {@link OperationArgs} and {@link OperationResult} are derived from.
+ *
+ * @public
+ */
 export const operationSchemas = {
   'process.setMaxMemLock': {
     phases: ['pre-exec', 'hotplug', 'migration-in'],

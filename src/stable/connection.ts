@@ -1,4 +1,4 @@
-import { INTERNAL_SEAM, type InternalSeam, type SeamCarrier } from '../internal/seam.js';
+import { INTERNAL_SEAM, type SeamCarrier } from '../internal/seam.js';
 import type { DomainDefinitionInput } from './definition/schema.js';
 import { resolveDefinition } from './definition/validate.js';
 import { resolveDomainXml } from './definition/xml.js';
@@ -23,7 +23,11 @@ export interface ListDomainsOptions {
  * @public
  */
 export class Connection {
-  /** @internal */
+  /**
+   * The driver behind this connection.
+   *
+   * @internal
+   */
   readonly driver: Driver;
   #closed = false;
   readonly #listeners = new Map<(event: DomainEvent) => void, () => void>();
@@ -35,8 +39,13 @@ export class Connection {
     this.driver = driver;
   }
 
-  /** @internal The driver's seam for `virtkit/internal`, while the connection is open. */
-  get [INTERNAL_SEAM](): InternalSeam | undefined {
+  /**
+   * The driver's seam for `virtkit/internal`, while the connection is open. Typed `unknown` here so
+   * the stable declarations do not describe the seam; `virtkit/internal` checks what it finds.
+   *
+   * @internal
+   */
+  get [INTERNAL_SEAM](): unknown {
     return this.#closed ? undefined : (this.driver as SeamCarrier)[INTERNAL_SEAM];
   }
 

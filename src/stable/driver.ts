@@ -4,13 +4,17 @@ import type { DomainEvent, DomainInfo } from './events.js';
 /*
  * The seam between the public API and a hypervisor driver, in the manner of Kysely's
  * Dialect/Driver: `Connection` and `Domain` hold no driver logic, every back-end implements this.
- * None of it is exported from the package entry points.
+ * `Driver` and `DomainRef` are exported from `virtkit` as types only, tagged `@internal`, because
+ * the declarations of `Connection` and `Domain` name them; no value of it is exported.
  */
 
 /** A defined domain as the driver reports it. @internal */
 export interface DomainRef {
+  /** The domain's name. */
   readonly name: string;
+  /** The domain's uuid. */
   readonly uuid: string;
+  /** True while the domain runs (running or paused). */
   readonly active: boolean;
 }
 
@@ -36,18 +40,32 @@ export interface DestroyOptions {
 
 /** The hypervisor driver behind a connection. @internal */
 export interface Driver {
+  /** The URI the driver was opened with. */
   readonly uri: string;
+  /** Writes a resolved definition persistently (a new domain or an update of one). */
   defineDomain(def: DomainDefinition): Promise<DomainRef>;
+  /** Removes the persistent definition of an inactive domain. */
   undefineDomain(uuid: string): Promise<void>;
+  /** The domain with that name or uuid, if one is defined. */
   findDomain(nameOrUuid: string): DomainRef | undefined;
+  /** Every defined domain, sorted by name. */
   listDomains(): DomainRef[];
+  /** The persistent definition, or the live one of a running domain when `live` is set. */
   getDefinition(uuid: string, live: boolean): DomainDefinition;
+  /** State and resource figures of a domain. */
   getInfo(uuid: string): Promise<DomainInfo>;
+  /** Starts a domain. */
   start(uuid: string, options: StartOptions): Promise<void>;
+  /** Pauses every vCPU of a running domain. */
   suspend(uuid: string): Promise<void>;
+  /** Resumes a paused domain. */
   resume(uuid: string): Promise<void>;
+  /** Asks the guest to power off. */
   shutdown(uuid: string, options: ShutdownOptions): Promise<void>;
+  /** Stops the domain's QEMU process at once. */
   destroy(uuid: string, options: DestroyOptions): Promise<void>;
+  /** Calls `listener` with every domain event; returns the unsubscribe function. */
   subscribe(listener: (event: DomainEvent) => void): () => void;
+  /** Releases the driver (its root lock, QMP connections); running domains keep running. */
   close(): Promise<void>;
 }

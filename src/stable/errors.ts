@@ -47,7 +47,7 @@ export const ErrorCode = {
 } as const;
 
 /**
- * One of the stable error codes in {@link ErrorCode}.
+ * One of the stable error codes in {@link (ErrorCode:variable)}.
  *
  * @public
  */

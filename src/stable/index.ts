@@ -15,7 +15,7 @@ export type {
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
 export { Domain } from './domain.js';
-export type { DestroyOptions, ShutdownOptions, StartOptions } from './driver.js';
+export type { DestroyOptions, DomainRef, Driver, ShutdownOptions, StartOptions } from './driver.js';
 export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';
 export type {
   DomainEvent,

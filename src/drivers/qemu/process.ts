@@ -20,7 +20,9 @@ export const FIRST_CHILD_FD = 4;
  * exits without ever running QEMU. This gives the driver a window in which the pid is final but
  * QEMU has not run: the pre-exec phase, where resource limits are raised.
  */
-const STUB = `IFS= read -r go <&${CONTROL_FD}; [ "$go" = go ] || exit 125; exec ${CONTROL_FD}<&-; exec "$@"`;
+export const STUB_SCRIPT = `IFS= read -r go <&${CONTROL_FD}; [ "$go" = go ] || exit 125; exec ${CONTROL_FD}<&-; exec "$@"`;
+/** argv[0] of the stub: with the script, how a privileged helper recognises the stub of a driver. */
+export const STUB_ARGV0 = 'virtkit-stub';
 
 /** A spawned stub waiting for its go-ahead. */
 export interface Launch {
@@ -42,7 +44,7 @@ export function launchStub(
   logFd: number,
   fds: readonly number[],
 ): Launch {
-  const child = spawn('/bin/sh', ['-c', STUB, 'virtkit-stub', emulator, ...argv], {
+  const child = spawn('/bin/sh', ['-c', STUB_SCRIPT, STUB_ARGV0, emulator, ...argv], {
     detached: true,
     env,
     stdio: ['ignore', logFd, logFd, 'pipe', ...fds],

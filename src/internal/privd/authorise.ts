@@ -1,0 +1,301 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { STUB_ARGV0, STUB_SCRIPT } from '../../drivers/qemu/process.js';
+import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { readParentPid, readProcExe, readThreadCgroups } from '../../util/proc.js';
+import type { PeerCredentials } from '../../util/unix-socket.js';
+import type { OperationArgs, OperationName } from '../operations.js';
+import type { Policy } from './policy.js';
+import type { WireContext } from './protocol.js';
+
+/** What a request concerns, for the audit line. */
+export interface AuditTarget {
+  pid?: number;
+  exe?: string;
+  tids?: number[];
+  bytes?: string;
+  path?: string;
+  ifname?: string;
+  cgroup?: string;
+}
+
+/**
+ * A refusal by the policy: `ACCESS_DENIED` with `details.rule` naming the policy rule.
+ *
+ * @param rule - e.g. `memlock.maxBytes`
+ * @param message - what was asked and what the policy allows
+ * @param details - more structured fields
+ */
+export function denied(rule: string, message: string, details: Record<string, unknown> = {}): VirtError {
+  return new VirtError(ErrorCode.ACCESS_DENIED, `denied by policy rule ${rule}: ${message}`, {
+    ...details,
+    rule,
+  });
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Real, effective, saved and fs ids of one `/proc/<pid>/status` line (`Uid:` or `Gid:`). */
+function statusIds(pid: number, field: 'Uid' | 'Gid'): number[] | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const m = new RegExp(`^${field}:\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)`, 'm').exec(text);
+  return m ? m.slice(1, 5).map(Number) : undefined;
+}
+
+/**
+ * The uid and gid that own a process, when all of its real, effective and saved ids agree (a
+ * process in the middle of a setuid dance owns nothing for this purpose).
+ */
+export function processOwner(pid: number): { uid: number; gid: number } | undefined {
+  const uids = statusIds(pid, 'Uid');
+  const gids = statusIds(pid, 'Gid');
+  if (!uids || !gids) return undefined;
+  const [u, g] = [uids[0] as number, gids[0] as number];
+  if (uids.slice(0, 3).some((x) => x !== u) || gids.slice(0, 3).some((x) => x !== g)) return undefined;
+  return { uid: u, gid: g };
+}
+
+function isDescendant(pid: number, ancestor: number): boolean {
+  let p: number | undefined = pid;
+  // pid_max is 2^22, but chains are short; the bound only stops a loop on a racing reparent.
+  for (let depth = 0; depth < 128 && p !== undefined && p > 1; depth++) {
+    p = readParentPid(p);
+    if (p === ancestor) return true;
+  }
+  return false;
+}
+
+/** The cgroup that places a process for `cgroupSubtree`: the v2 unified entry, else v1 `name=systemd`. */
+function trackingCgroup(pid: number): string | undefined {
+  const entries = readThreadCgroups(pid, pid);
+  return (
+    entries.find((e) => e.hierarchyId === 0 && e.controllers.length === 0)?.path ??
+    entries.find((e) => e.controllers.includes('name=systemd'))?.path
+  );
+}
+
+function inside(path: string, root: string): boolean {
+  return root === '/' || path === root || path.startsWith(`${root}/`);
+}
+
+function qualifies(
+  policy: Policy,
+  peer: PeerCredentials,
+  pid: number,
+  q: Policy['qualify'][number],
+): boolean {
+  switch (q) {
+    case 'sameUid':
+      return processOwner(pid)?.uid === peer.uid;
+    case 'descendant':
+      return isDescendant(pid, peer.pid);
+    case 'cgroupSubtree': {
+      const cg = trackingCgroup(pid);
+      return cg !== undefined && policy.cgroupSubtree !== undefined && inside(cg, policy.cgroupSubtree);
+    }
+  }
+}
+
+/**
+ * True when `pid` is the driver's pre-exec stub for an allowed emulator. Only a shell running
+ * exactly the driver's stub script can do nothing but exec its argument, so only then is raising
+ * its limits the same as raising the emulator's.
+ */
+function isStubOfEmulator(policy: Policy, pid: number, exe: string): boolean {
+  if (!policy.stubs.has(exe)) return false;
+  let argv: string[];
+  try {
+    argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return false;
+  }
+  return (
+    argv[1] === '-c' &&
+    argv[2] === STUB_SCRIPT &&
+    argv[3] === STUB_ARGV0 &&
+    argv[4] !== undefined &&
+    policy.emulators.has(argv[4])
+  );
+}
+
+/**
+ * The target process rules: the process exists, qualifies by one of `targets.qualify`, and runs an
+ * allowed emulator — or, for `process.setMaxMemLock` in `pre-exec` only, is the driver's stub
+ * about to exec one (the limit must be raised before QEMU runs, so the process is still a shell).
+ */
+function checkTarget(
+  policy: Policy,
+  peer: PeerCredentials,
+  pid: number,
+  op: OperationName,
+  phase: string,
+  target: AuditTarget,
+): void {
+  target.pid = pid;
+  const exe = readProcExe(pid);
+  if (exe === undefined || !existsSync(`/proc/${pid}`)) {
+    throw new VirtError(ErrorCode.OPERATION_FAILED, `${op}: process ${pid} does not exist`, {
+      pid,
+      errno: 'ESRCH',
+    });
+  }
+  target.exe = exe;
+  if (!policy.qualify.some((q) => qualifies(policy, peer, pid, q))) {
+    const rule = policy.qualify.length === 1 ? `targets.${policy.qualify[0]}` : 'targets.qualify';
+    throw denied(
+      rule,
+      `process ${pid} is not the peer's (peer pid ${peer.pid} uid ${peer.uid}; qualifying by ${policy.qualify.join(' or ')})`,
+      { pid, qualify: [...policy.qualify] },
+    );
+  }
+  const stubAllowed = op === 'process.setMaxMemLock' && phase === 'pre-exec';
+  if (!policy.emulators.has(exe) && !(stubAllowed && isStubOfEmulator(policy, pid, exe))) {
+    throw denied('targets.emulators', `process ${pid} runs ${exe}, which is not an allowed emulator`, {
+      pid,
+      exe,
+      emulators: [...policy.emulators],
+    });
+  }
+}
+
+function checkTids(pid: number, tids: readonly number[], target: AuditTarget): void {
+  target.tids = [...tids];
+  for (const tid of tids) {
+    // /proc/<pid>/task/<tid> exists exactly when tid is a thread of pid.
+    if (!existsSync(`/proc/${pid}/task/${tid}`)) {
+      throw denied('tid-of-pid', `thread ${tid} is not a thread of process ${pid}`, { pid, tid });
+    }
+  }
+}
+
+function domainCgroup(policy: Policy, uuid: string, target: AuditTarget): string {
+  const parent = policy.cgroup?.parent;
+  if (parent === undefined) throw denied('cgroup', 'the policy has no cgroup section');
+  if (!UUID.test(uuid)) {
+    // The uuid names the directory: anything else could name a cgroup outside the parent.
+    throw denied('cgroup.parent', `domain uuid ${JSON.stringify(uuid)} is not a uuid`, { uuid });
+  }
+  target.cgroup = `/${parent}/vk-${uuid.toLowerCase()}`;
+  return target.cgroup;
+}
+
+/**
+ * Checks one request against the policy (everything but the storage path, which is checked as it
+ * is opened, so that what is checked is what is opened).
+ *
+ * @param policy - the policy
+ * @param peer - the peer's credentials (SO_PEERCRED)
+ * @param op - the operation
+ * @param ctx - the request context
+ * @param args - the validated arguments
+ * @param target - filled in with what the request concerns, for the audit line
+ * @throws {@link VirtError} `ACCESS_DENIED` with `details.rule`, or `OPERATION_FAILED` for a target
+ *   that does not exist
+ */
+export function authorise(
+  policy: Policy,
+  peer: PeerCredentials,
+  op: OperationName,
+  ctx: WireContext,
+  args: OperationArgs<OperationName>,
+  target: AuditTarget,
+): void {
+  if (!policy.peerUids.has(peer.uid)) {
+    throw denied('peer.uid', `uid ${peer.uid} may not use this helper`, { uid: peer.uid });
+  }
+  switch (op) {
+    case 'process.setMaxMemLock': {
+      const a = args as OperationArgs<'process.setMaxMemLock'>;
+      target.bytes = String(a.bytes);
+      if (!policy.memlock) throw denied('memlock', 'the policy has no memlock section');
+      checkTarget(policy, peer, a.pid, op, ctx.phase, target);
+      const max = policy.memlock.maxBytes;
+      if (max !== 'unlimited' && (a.bytes === 'unlimited' || a.bytes > max)) {
+        throw denied('memlock.maxBytes', `${a.bytes} bytes asked, at most ${max} allowed`, {
+          bytes: String(a.bytes),
+          maxBytes: String(max),
+        });
+      }
+      return;
+    }
+    case 'thread.setScheduler': {
+      const a = args as OperationArgs<'thread.setScheduler'>;
+      const sched = policy.scheduler;
+      if (!sched) throw denied('scheduler', 'the policy has no scheduler section');
+      checkTarget(policy, peer, a.pid, op, ctx.phase, target);
+      checkTids(
+        a.pid,
+        a.threads.map((t) => t.tid),
+        target,
+      );
+      for (const t of a.threads) {
+        if (!sched.policies.has(t.policy)) {
+          throw denied('scheduler.policies', `policy ${t.policy} for thread ${t.tid} is not allowed`, {
+            tid: t.tid,
+            policy: t.policy,
+          });
+        }
+        const realtime = t.policy === 'fifo' || t.policy === 'rr';
+        if (realtime && (t.priority < sched.priority.min || t.priority > sched.priority.max)) {
+          throw denied(
+            'scheduler.priority',
+            `priority ${t.priority} for thread ${t.tid} is outside ${sched.priority.min}..${sched.priority.max}`,
+            { tid: t.tid, priority: t.priority, range: sched.priority },
+          );
+        }
+      }
+      return;
+    }
+    case 'cgroup.placeThreads': {
+      const a = args as OperationArgs<'cgroup.placeThreads'>;
+      domainCgroup(policy, ctx.domain.uuid, target);
+      checkTarget(policy, peer, a.pid, op, ctx.phase, target);
+      checkTids(
+        a.pid,
+        a.threads.map((t) => t.tid),
+        target,
+      );
+      return;
+    }
+    case 'cgroup.release': {
+      // QEMU has exited by now, so there is no process to check: the helper removes only its own
+      // vk-<uuid> directory, and util/cgroup refuses one that still holds any task.
+      const a = args as OperationArgs<'cgroup.release'>;
+      const dir = domainCgroup(policy, ctx.domain.uuid, target);
+      for (const p of a.placements) {
+        if (!p.cgroup.startsWith(`${dir}/`)) {
+          throw denied('cgroup.parent', `cgroup ${p.cgroup} is outside ${dir}`, {
+            cgroup: p.cgroup,
+            parent: dir,
+          });
+        }
+      }
+      return;
+    }
+    case 'net.openTap': {
+      const a = args as OperationArgs<'net.openTap'>;
+      if (!policy.tap) throw denied('tap', 'the policy has no tap section');
+      target.ifname = a.ifname ?? `${policy.tap.prefix}%d`;
+      if (!target.ifname.startsWith(policy.tap.prefix)) {
+        throw denied('tap.prefix', `TAP name ${a.ifname} does not start with ${policy.tap.prefix}`, {
+          ifname: a.ifname,
+          prefix: policy.tap.prefix,
+        });
+      }
+      return;
+    }
+    case 'storage.openFile': {
+      const a = args as OperationArgs<'storage.openFile'>;
+      target.path = a.path;
+      if (!policy.storage) throw denied('storage', 'the policy has no storage section');
+      if (a.mode === 'rw' && !policy.storage.allowWrite) {
+        throw denied('storage.allowWrite', `${a.path} may only be opened read-only`, { path: a.path });
+      }
+      return;
+    }
+  }
+}

@@ -1,0 +1,240 @@
+import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import { closeFd } from '../../util/libc.js';
+import {
+  controlBuffer,
+  type FdEvents,
+  type FdWatch,
+  receiveWithRights,
+  sendWithRights,
+  watchFd,
+} from '../../util/unix-socket.js';
+import {
+  decodePayload,
+  encodeFrame,
+  FRAME_HEADER_BYTES,
+  FrameReader,
+  MAX_FRAME_BYTES,
+  ProtocolError,
+} from './protocol.js';
+
+/** What a {@link FramedConnection} reports to its owner. */
+export interface ConnectionEvents {
+  /** One complete, decoded frame; `takeFds` gives the descriptors that came with it. */
+  message(message: unknown): void;
+  /** The connection is gone (EOF, error, or `close()`); called exactly once. */
+  closed(reason: VirtError | undefined): void;
+}
+
+interface Outgoing {
+  data: Buffer;
+  /** Owned by the connection until sent (then closed: the receiver has its own copies). */
+  fds: number[];
+}
+
+/** How many reads one readiness callback does at most, so one busy peer cannot starve the others. */
+const READS_PER_WAKEUP = 16;
+
+function closeAll(fds: readonly number[]): void {
+  for (const fd of fds) {
+    try {
+      closeFd(fd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+/**
+ * One end of a framed protocol connection on a raw non-blocking Unix socket: frames in and out,
+ * descriptors in and out, readiness from the event loop. Used by the helper (per client) and by
+ * the delegation client alike.
+ */
+export class FramedConnection {
+  readonly #fd: number;
+  readonly #events: ConnectionEvents;
+  readonly #acceptFds: boolean;
+  readonly #watch: FdWatch;
+  readonly #reader = new FrameReader();
+  readonly #readBuf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + MAX_FRAME_BYTES);
+  readonly #control = controlBuffer();
+  readonly #out: Outgoing[] = [];
+  #inFds: number[] = [];
+  #closed = false;
+  #ending = false;
+
+  /**
+   * @param fd - a connected non-blocking socket; the connection owns it from now on
+   * @param events - where frames and the close go
+   * @param acceptFds - keep descriptors the peer sends (client) or close them at once (helper)
+   */
+  constructor(fd: number, events: ConnectionEvents, acceptFds: boolean) {
+    this.#fd = fd;
+    this.#events = events;
+    this.#acceptFds = acceptFds;
+    try {
+      this.#watch = watchFd(fd, (status, ev) => this.#ready(status, ev));
+    } catch (err) {
+      closeAll([fd]);
+      throw new VirtError(
+        ErrorCode.SYSTEM_ERROR,
+        `cannot watch socket fd ${fd}: ${errorMessage(err)}`,
+        {},
+        { cause: err },
+      );
+    }
+  }
+
+  /** True once closed. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Queues one message, with descriptors attached to its first byte. The connection takes
+   * ownership of `fds`: they are closed once sent, or when the connection closes first.
+   */
+  send(message: object, fds: number[] = []): void {
+    if (this.#closed) {
+      closeAll(fds);
+      return;
+    }
+    let data: Buffer;
+    try {
+      data = encodeFrame(message);
+    } catch (err) {
+      closeAll(fds);
+      throw err;
+    }
+    this.#out.push({ data, fds });
+    if (this.#out.length === 1) this.#flush();
+  }
+
+  /** The next `n` descriptors received, in order; throws {@link ProtocolError} if fewer arrived. */
+  takeFds(n: number): number[] {
+    if (n > this.#inFds.length) {
+      throw new ProtocolError(`a frame announces ${n} descriptors but ${this.#inFds.length} arrived`);
+    }
+    return this.#inFds.splice(0, n);
+  }
+
+  /** Closes once everything queued has been sent. */
+  end(): void {
+    this.#ending = true;
+    if (this.#out.length === 0) this.close();
+  }
+
+  /**
+   * Reads whatever has arrived without waiting for the event loop to report it, so that a peer
+   * that hung up is noticed before the connection is used again.
+   */
+  drain(): void {
+    if (!this.#closed) this.#read();
+  }
+
+  /** Keeps the process alive while open (or not). */
+  ref(on: boolean): void {
+    this.#watch.ref(on);
+  }
+
+  /** Closes at once: unsent frames are dropped and every descriptor still held is closed. */
+  close(reason?: VirtError): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#watch.close();
+    closeAll([this.#fd, ...this.#inFds, ...this.#out.flatMap((o) => o.fds)]);
+    this.#inFds = [];
+    this.#out.length = 0;
+    this.#events.closed(reason);
+  }
+
+  #ready(status: number, ev: FdEvents): void {
+    if (this.#closed) return;
+    if (status < 0) {
+      // libuv reports POLLERR this way (e.g. the peer closed with our data unread): what it sent
+      // before that is still there to read, such as the frame saying why it closed.
+      this.#read();
+      this.close(new VirtError(ErrorCode.SYSTEM_ERROR, `socket poll failed (libuv status ${status})`));
+      return;
+    }
+    if (ev.writable) this.#flush();
+    if (!this.#closed && (ev.readable || ev.disconnect)) this.#read();
+  }
+
+  #read(): void {
+    for (let i = 0; i < READS_PER_WAKEUP && !this.#closed; i++) {
+      let got: ReturnType<typeof receiveWithRights>;
+      try {
+        got = receiveWithRights(this.#fd, this.#readBuf, this.#control);
+      } catch (err) {
+        this.close(
+          new VirtError(
+            ErrorCode.SYSTEM_ERROR,
+            `socket read failed: ${errorMessage(err)}`,
+            {},
+            { cause: err },
+          ),
+        );
+        return;
+      }
+      if (!got) return;
+      if (this.#acceptFds) this.#inFds.push(...got.fds);
+      else closeAll(got.fds);
+      if (got.truncated) {
+        this.close(new ProtocolError('descriptors were dropped in transit (control buffer too small)'));
+        return;
+      }
+      if (got.bytes === 0) {
+        this.close(
+          this.#reader.pending
+            ? new ProtocolError('the peer closed the connection in the middle of a frame')
+            : undefined,
+        );
+        return;
+      }
+      try {
+        for (const payload of this.#reader.push(this.#readBuf.subarray(0, got.bytes))) {
+          if (this.#closed) return;
+          this.#events.message(decodePayload(payload));
+        }
+      } catch (err) {
+        this.close(VirtError.is(err) ? err : new ProtocolError(errorMessage(err)));
+        return;
+      }
+    }
+  }
+
+  #flush(): void {
+    while (!this.#closed) {
+      const next = this.#out[0];
+      if (!next) break;
+      let sent: number | undefined;
+      try {
+        sent = sendWithRights(this.#fd, next.data, next.fds);
+      } catch (err) {
+        // The peer hung up (EPIPE, ECONNRESET): what it said before, such as why, is still readable.
+        this.#read();
+        this.close(
+          new VirtError(
+            ErrorCode.SYSTEM_ERROR,
+            `socket write failed: ${errorMessage(err)}`,
+            {},
+            { cause: err },
+          ),
+        );
+        return;
+      }
+      if (sent === undefined) {
+        // The peer is not reading: wait for room instead of retrying.
+        this.#watch.want(true);
+        return;
+      }
+      closeAll(next.fds);
+      next.fds = [];
+      next.data = next.data.subarray(sent);
+      if (next.data.length === 0) this.#out.shift();
+    }
+    if (this.#closed) return;
+    this.#watch.want(false);
+    if (this.#ending) this.close();
+  }
+}

@@ -1,0 +1,294 @@
+/**
+ * The wire protocol between `delegate()` and `virtkit-privd`.
+ *
+ * Framing: every message is one frame, a 4-byte big-endian payload length followed by that many
+ * bytes of UTF-8 JSON; a length of 0 or above {@link MAX_FRAME_BYTES} is a protocol error that
+ * closes the connection. Values JSON has no type for are tagged explicitly: a bigint is
+ * `{"$bigint":"<decimal>"}`, and a file descriptor in a result is `{"$fd":<index>}`, the index of
+ * the descriptor among those sent with that frame (`SCM_RIGHTS`, attached to the frame's first byte).
+ *
+ * Conversation: the client sends `hello` (protocol version and internal API version); the helper
+ * answers `hello` (with the peer credentials it saw) or `error`, then closes on a mismatch. Then
+ * any number of `request`s, each answered by one `response` with the same id, in any order.
+ *
+ * @internal
+ * @packageDocumentation
+ */
+
+import { z } from 'zod';
+import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { OPERATIONS, type OperationName, PHASES } from '../operations.js';
+
+/** The version of this protocol; both sides must speak the same. */
+export const PROTOCOL_VERSION = 1;
+
+/** The largest payload of one frame. */
+export const MAX_FRAME_BYTES = 64 * 1024;
+
+/** The length prefix of a frame. */
+export const FRAME_HEADER_BYTES = 4;
+
+/** Which ErrorCode values may cross the wire (anything else arrives as HANDLER_FAILED). */
+const ERROR_CODES = Object.values(ErrorCode) as [string, ...string[]];
+
+// ---------------------------------------------------------------------------------------------------------
+// Value encoding
+// ---------------------------------------------------------------------------------------------------------
+
+/** JSON.stringify with bigints tagged; anything JSON cannot carry otherwise is rejected by JSON itself. */
+export function stringify(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? { $bigint: v.toString() } : v));
+}
+
+function isTagged(value: unknown, tag: string): value is Record<string, unknown> {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    !Array.isArray(value) &&
+    Object.keys(value).length === 1 &&
+    tag in value
+  );
+}
+
+/**
+ * JSON.parse with `{"$bigint": "…"}` turned back into bigints. A malformed tag stays an object, and
+ * the schema validation that follows every decode rejects it.
+ */
+export function parseJson(text: string): unknown {
+  return JSON.parse(text, (_key, v: unknown) => {
+    if (isTagged(v, '$bigint')) {
+      const s = v['$bigint'];
+      if (typeof s === 'string' && /^-?\d{1,40}$/.test(s)) return BigInt(s);
+    }
+    return v;
+  });
+}
+
+/** Replaces each `{"$fd": i}` in a value by `fds[i]`; throws when an index has no descriptor. */
+export function attachFds(value: unknown, fds: readonly number[]): unknown {
+  if (isTagged(value, '$fd')) {
+    const i = value['$fd'];
+    const fd = typeof i === 'number' && Number.isInteger(i) ? fds[i] : undefined;
+    if (fd === undefined) {
+      throw new VirtError(
+        ErrorCode.SYSTEM_ERROR,
+        `the helper's response names descriptor ${String(i)}, but ${fds.length} came with it`,
+      );
+    }
+    return fd;
+  }
+  if (Array.isArray(value)) return value.map((v) => attachFds(v, fds));
+  if (typeof value === 'object' && value !== null) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, attachFds(v, fds)]));
+  }
+  return value;
+}
+
+/**
+ * Splits the descriptors out of an operation's result: `{fd}` and `{fds}` become `$fd` tags, in the
+ * order the descriptors must be sent.
+ */
+export function detachFds(result: unknown): { value: unknown; fds: number[] } {
+  const fds: number[] = [];
+  const tag = (fd: unknown) => {
+    fds.push(fd as number);
+    return { $fd: fds.length - 1 };
+  };
+  if (typeof result !== 'object' || result === null) return { value: result, fds };
+  const r = result as Record<string, unknown>;
+  const value: Record<string, unknown> = { ...r };
+  if (typeof r['fd'] === 'number') value['fd'] = tag(r['fd']);
+  if (Array.isArray(r['fds'])) value['fds'] = r['fds'].map(tag);
+  return { value, fds };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * A frame that is not acceptable: the connection it came on is closed.
+ *
+ * @internal
+ */
+export class ProtocolError extends VirtError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super(ErrorCode.SYSTEM_ERROR, message, { ...details, protocol: PROTOCOL_VERSION });
+    this.name = 'VirtError';
+  }
+}
+
+/** One message as a frame. */
+export function encodeFrame(message: object): Buffer {
+  const payload = Buffer.from(stringify(message), 'utf8');
+  if (payload.length > MAX_FRAME_BYTES) {
+    throw new ProtocolError(
+      `a message of ${payload.length} bytes exceeds the frame limit of ${MAX_FRAME_BYTES}`,
+    );
+  }
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
+  frame.writeUInt32BE(payload.length, 0);
+  payload.copy(frame, FRAME_HEADER_BYTES);
+  return frame;
+}
+
+/**
+ * Cuts a byte stream into frame payloads. Bytes are kept only up to one frame, so a peer cannot
+ * make it buffer more than {@link MAX_FRAME_BYTES} plus a chunk.
+ */
+export class FrameReader {
+  #buffered: Buffer = Buffer.alloc(0);
+
+  /** Adds bytes; returns the payloads completed by them. Throws {@link ProtocolError} on a bad length. */
+  push(chunk: Buffer): Buffer[] {
+    this.#buffered =
+      this.#buffered.length === 0 ? Buffer.from(chunk) : Buffer.concat([this.#buffered, chunk]);
+    const out: Buffer[] = [];
+    for (;;) {
+      if (this.#buffered.length < FRAME_HEADER_BYTES) return out;
+      const length = this.#buffered.readUInt32BE(0);
+      if (length === 0 || length > MAX_FRAME_BYTES) {
+        throw new ProtocolError(`frame length ${length} is outside 1..${MAX_FRAME_BYTES}`, { length });
+      }
+      if (this.#buffered.length < FRAME_HEADER_BYTES + length) return out;
+      out.push(this.#buffered.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + length));
+      this.#buffered = this.#buffered.subarray(FRAME_HEADER_BYTES + length);
+    }
+  }
+
+  /** True while part of a frame is waiting for the rest. */
+  get pending(): boolean {
+    return this.#buffered.length > 0;
+  }
+}
+
+/** Parses a payload as one JSON object, or throws {@link ProtocolError}. */
+export function decodePayload(payload: Buffer): unknown {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(payload);
+  } catch {
+    throw new ProtocolError('a frame is not valid UTF-8');
+  }
+  let value: unknown;
+  try {
+    value = parseJson(text);
+  } catch {
+    throw new ProtocolError('a frame is not valid JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ProtocolError('a frame is not a JSON object');
+  }
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------------------------
+
+const wireError = z.strictObject({
+  code: z.enum(ERROR_CODES),
+  message: z.string(),
+  details: z.record(z.string(), z.unknown()),
+});
+
+/** An error as it crosses the wire. */
+export type WireError = z.infer<typeof wireError>;
+
+/** The first message of the client. */
+export const clientHelloSchema = z.strictObject({
+  type: z.literal('hello'),
+  protocol: z.number().int(),
+  apiVersion: z.string().max(32),
+  client: z.string().max(128).optional(),
+});
+
+/** The request context: the InvocationContext without its AbortSignal. */
+export const wireContextSchema = z.strictObject({
+  domain: z.strictObject({
+    uuid: z.string().max(64),
+    name: z.string().max(1024),
+    id: z.number().int().nullable(),
+  }),
+  phase: z.enum(PHASES),
+  pid: z.number().int().positive().nullable(),
+  deadline: z.number().finite(),
+});
+
+/** The request context as it crosses the wire. */
+export type WireContext = z.infer<typeof wireContextSchema>;
+
+/** One invocation. `args` is validated against the operation's own schema once the op is known. */
+export const requestSchema = z.strictObject({
+  type: z.literal('request'),
+  id: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  op: z.enum(OPERATIONS as [OperationName, ...OperationName[]]),
+  ctx: wireContextSchema,
+  args: z.unknown(),
+});
+
+/** Anything a client may send. */
+export const clientMessageSchema = z.discriminatedUnion('type', [clientHelloSchema, requestSchema]);
+
+/** A request, as validated. */
+export type WireRequest = z.infer<typeof requestSchema>;
+
+/** The helper's greeting. */
+export const serverHelloSchema = z.strictObject({
+  type: z.literal('hello'),
+  protocol: z.number().int(),
+  apiVersion: z.string(),
+  server: z.string(),
+  peer: z.strictObject({ pid: z.number().int(), uid: z.number().int(), gid: z.number().int() }),
+});
+
+/** A refusal of the whole connection (bad version, peer not allowed); the helper closes after it. */
+export const connectionErrorSchema = z.strictObject({ type: z.literal('error'), error: wireError });
+
+/** The answer to one request. `fds` counts the descriptors attached to this frame. */
+export const responseSchema = z.union([
+  z.strictObject({
+    type: z.literal('response'),
+    id: z.number().int().nonnegative(),
+    ok: z.literal(true),
+    result: z.unknown().optional(),
+    fds: z.number().int().min(0).max(253),
+  }),
+  z.strictObject({
+    type: z.literal('response'),
+    id: z.number().int().nonnegative(),
+    ok: z.literal(false),
+    error: wireError,
+    fds: z.literal(0),
+  }),
+]);
+
+/** Anything the helper may send. */
+export const serverMessageSchema = z.union([serverHelloSchema, connectionErrorSchema, responseSchema]);
+
+/** An error as it crosses the wire: VirtErrors keep code and details, anything else is HANDLER_FAILED. */
+export function errorToWire(err: unknown): WireError {
+  if (VirtError.is(err)) {
+    let details: Record<string, unknown> = {};
+    try {
+      // Plain data only (bigints survive as tags): a detail JSON cannot carry must not break the answer.
+      details = parseJson(stringify(err.details ?? {})) as Record<string, unknown>;
+    } catch {
+      details = { unserializable: true };
+    }
+    return { code: err.code, message: err.message, details };
+  }
+  return {
+    code: ErrorCode.HANDLER_FAILED,
+    message: err instanceof Error ? err.message : String(err),
+    details: {},
+  };
+}
+
+/** Rebuilds the VirtError the helper reported. */
+export function errorFromWire(error: WireError): VirtError {
+  return new VirtError(error.code as ErrorCode, `virtkit-privd: ${error.message}`, {
+    ...error.details,
+    via: 'virtkit-privd',
+  });
+}

@@ -1,0 +1,465 @@
+import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
+import { closeFd, SyscallError } from '../../util/libc.js';
+import {
+  type FdWatch,
+  type PeerCredentials,
+  peerCredentials,
+  unixAccept,
+  unixConnect,
+  unixListen,
+  watchFd,
+} from '../../util/unix-socket.js';
+import { type OperationArgs, type OperationName, operationSchemas } from '../operations.js';
+import { INTERNAL_API_VERSION } from '../version.js';
+import { type AuditTarget, authorise } from './authorise.js';
+import { FramedConnection } from './connection.js';
+import { execute } from './execute.js';
+import { loadPolicy, type Policy, type PrivilegedHelperPolicy, parsePolicy } from './policy.js';
+import {
+  clientMessageSchema,
+  detachFds,
+  errorToWire,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  type WireRequest,
+} from './protocol.js';
+
+/**
+ * Options of {@link createPrivilegedHelper}.
+ *
+ * @public
+ */
+export interface PrivilegedHelperOptions {
+  /** Where to listen. A stale socket there (nobody answering) is replaced; a live one is an error. */
+  readonly socketPath: string;
+  /** The policy as an object; exactly one of `policy` and `policyPath` is required. */
+  readonly policy?: PrivilegedHelperPolicy;
+  /** The policy as a JSON file, read once when the helper is created. */
+  readonly policyPath?: string;
+  /** Receives one JSON line per request (and per refused connection); default: standard error. */
+  readonly audit?: (line: string) => void;
+  /**
+   * The socket file's mode; default `0o666`. Anyone may connect, and every peer is then
+   * authenticated with SO_PEERCRED and checked against `peers.uids`; a tighter mode (e.g. `0o660`
+   * with the socket's group set by the service manager) adds a file-system gate in front.
+   */
+  readonly socketMode?: number;
+  /** At most this many clients at once; more are closed at once. Default 256. */
+  readonly maxConnections?: number;
+}
+
+/**
+ * A running (or ready) privileged helper.
+ *
+ * @public
+ */
+export interface PrivilegedHelper {
+  /** Starts serving on the socket. */
+  listen(): Promise<void>;
+  /** Stops accepting, closes every client and removes the socket file. */
+  close(): Promise<void>;
+  /** The socket path. */
+  readonly socketPath: string;
+}
+
+/** How long a client may take to say hello before it is dropped. */
+const HELLO_TIMEOUT_MS = 10_000;
+/** Requests one connection may have executing at once. */
+const MAX_IN_FLIGHT = 64;
+/** How long accepting pauses after running out of descriptors, instead of spinning on the backlog. */
+const ACCEPT_BACKOFF_MS = 100;
+
+interface Client {
+  readonly peer: PeerCredentials;
+  readonly conn: FramedConnection;
+  greeted: boolean;
+  /** Refused (peer uid, version): nothing it sends is served while the refusal goes out. */
+  refused: boolean;
+  /** Requests being executed; bounded so one client cannot queue unbounded work (prlimit children). */
+  inFlight: number;
+  helloTimer: NodeJS.Timeout | undefined;
+}
+
+class Helper implements PrivilegedHelper {
+  readonly socketPath: string;
+  readonly #policy: Policy;
+  readonly #audit: (line: string) => void;
+  readonly #mode: number;
+  readonly #maxConnections: number;
+  readonly #clients = new Set<Client>();
+  #listenFd: number | undefined;
+  #watch: FdWatch | undefined;
+  #socketIno: number | undefined;
+  #backoff: NodeJS.Timeout | undefined;
+
+  constructor(options: PrivilegedHelperOptions) {
+    if ((options.policy === undefined) === (options.policyPath === undefined)) {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        'createPrivilegedHelper needs exactly one of policy (an object) and policyPath (a JSON file)',
+        { path: 'policy' },
+      );
+    }
+    if (typeof options.socketPath !== 'string' || !options.socketPath.startsWith('/')) {
+      throw new VirtError(ErrorCode.OPERATION_INVALID, 'socketPath must be an absolute path', {
+        path: 'socketPath',
+      });
+    }
+    this.socketPath = options.socketPath;
+    this.#policy =
+      options.policyPath !== undefined
+        ? loadPolicy(options.policyPath)
+        : parsePolicy(options.policy, 'policy');
+    this.#audit = options.audit ?? ((line) => process.stderr.write(`${line}\n`));
+    this.#mode = options.socketMode ?? 0o666;
+    this.#maxConnections = options.maxConnections ?? 256;
+  }
+
+  async listen(): Promise<void> {
+    if (this.#listenFd !== undefined) {
+      throw new VirtError(ErrorCode.OPERATION_INVALID, `the helper already listens on ${this.socketPath}`);
+    }
+    this.#removeStaleSocket();
+    let fd: number;
+    try {
+      fd = unixListen(this.socketPath);
+    } catch (err) {
+      throw new VirtError(
+        ErrorCode.SYSTEM_ERROR,
+        `cannot listen on ${this.socketPath}: ${errorMessage(err)}`,
+        { path: this.socketPath, errno: errnoOf(err) },
+        { cause: err },
+      );
+    }
+    try {
+      chmodSync(this.socketPath, this.#mode);
+      this.#socketIno = statSync(this.socketPath).ino;
+    } catch (err) {
+      closeFd(fd);
+      throw new VirtError(
+        ErrorCode.SYSTEM_ERROR,
+        `cannot set the mode of ${this.socketPath}: ${errorMessage(err)}`,
+        { path: this.socketPath, errno: errnoOf(err) },
+        { cause: err },
+      );
+    }
+    this.#listenFd = fd;
+    this.#watchListener();
+  }
+
+  async close(): Promise<void> {
+    clearTimeout(this.#backoff);
+    this.#watch?.close();
+    this.#watch = undefined;
+    if (this.#listenFd !== undefined) {
+      closeFd(this.#listenFd);
+      this.#listenFd = undefined;
+      try {
+        // Only our own socket: a successor may already have replaced it.
+        if (statSync(this.socketPath).ino === this.#socketIno) unlinkSync(this.socketPath);
+      } catch {
+        // already gone
+      }
+    }
+    for (const client of [...this.#clients]) client.conn.close();
+  }
+
+  #removeStaleSocket(): void {
+    let isSocket: boolean;
+    try {
+      isSocket = lstatSync(this.socketPath).isSocket();
+    } catch {
+      return;
+    }
+    if (!isSocket) {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `${this.socketPath} exists and is not a socket; remove it or choose another path`,
+        { path: this.socketPath },
+      );
+    }
+    try {
+      closeFd(unixConnect(this.socketPath));
+    } catch (err) {
+      if (err instanceof SyscallError && err.code === 'ECONNREFUSED') {
+        unlinkSync(this.socketPath);
+        return;
+      }
+    }
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `another process already serves ${this.socketPath}; stop it first`,
+      { path: this.socketPath, errno: 'EADDRINUSE' },
+    );
+  }
+
+  #watchListener(): void {
+    const fd = this.#listenFd;
+    if (fd === undefined) return;
+    this.#watch = watchFd(fd, (status) => {
+      if (status >= 0) this.#acceptAll(fd);
+    });
+  }
+
+  #acceptAll(listenFd: number): void {
+    for (;;) {
+      let fd: number | undefined;
+      try {
+        fd = unixAccept(listenFd);
+      } catch (err) {
+        this.#log({ event: 'accept-error', error: errorMessage(err) });
+        // Out of descriptors: the pending connection would wake us again at once.
+        this.#watch?.close();
+        this.#watch = undefined;
+        this.#backoff = setTimeout(() => this.#watchListener(), ACCEPT_BACKOFF_MS);
+        return;
+      }
+      if (fd === undefined) return;
+      try {
+        this.#serve(fd);
+      } catch (err) {
+        // One client that cannot be served (e.g. its socket cannot be watched) is dropped alone.
+        this.#log({ event: 'serve-error', error: errorMessage(err) });
+      }
+    }
+  }
+
+  #serve(fd: number): void {
+    let peer: PeerCredentials;
+    try {
+      peer = peerCredentials(fd);
+    } catch (err) {
+      this.#log({ event: 'peercred-error', error: errorMessage(err) });
+      closeFd(fd);
+      return;
+    }
+    const client: Client = {
+      peer,
+      greeted: false,
+      refused: false,
+      inFlight: 0,
+      helloTimer: undefined,
+      conn: new FramedConnection(
+        fd,
+        {
+          message: (msg) => this.#onMessage(client, msg),
+          closed: (reason) => {
+            clearTimeout(client.helloTimer);
+            this.#clients.delete(client);
+            if (reason) this.#log({ event: 'connection-closed', peer, error: reason.message });
+          },
+        },
+        false,
+      ),
+    };
+    this.#clients.add(client);
+    if (this.#clients.size > this.#maxConnections) {
+      this.#log({ event: 'connection-refused', peer, reason: `more than ${this.#maxConnections} clients` });
+      client.conn.close();
+      return;
+    }
+    if (!this.#policy.peerUids.has(peer.uid)) {
+      client.refused = true;
+      this.#log({ peer, op: 'connect', decision: 'deny', rule: 'peer.uid' });
+      client.conn.send({
+        type: 'error',
+        error: errorToWire(
+          new VirtError(
+            ErrorCode.ACCESS_DENIED,
+            `denied by policy rule peer.uid: uid ${peer.uid} may not use this helper`,
+            {
+              rule: 'peer.uid',
+              uid: peer.uid,
+            },
+          ),
+        ),
+      });
+      client.conn.end();
+      return;
+    }
+    client.helloTimer = setTimeout(() => {
+      this.#log({ event: 'protocol-error', peer, error: `no hello within ${HELLO_TIMEOUT_MS} ms` });
+      client.conn.close();
+    }, HELLO_TIMEOUT_MS);
+    client.helloTimer.unref();
+  }
+
+  #onMessage(client: Client, raw: unknown): void {
+    if (client.refused) return;
+    const parsed = clientMessageSchema.safeParse(raw);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new ProtocolError(`malformed message: ${issue?.path.join('.') || '(root)'}: ${issue?.message}`);
+    }
+    const msg = parsed.data;
+    if (msg.type === 'hello') {
+      if (client.greeted) throw new ProtocolError('a second hello');
+      clearTimeout(client.helloTimer);
+      if (msg.protocol !== PROTOCOL_VERSION || msg.apiVersion !== INTERNAL_API_VERSION) {
+        client.refused = true;
+        this.#log({
+          event: 'version-mismatch',
+          peer: client.peer,
+          protocol: msg.protocol,
+          apiVersion: msg.apiVersion,
+        });
+        client.conn.send({
+          type: 'error',
+          error: errorToWire(
+            new VirtError(
+              ErrorCode.INTERNAL_VERSION_MISMATCH,
+              `this virtkit-privd speaks protocol ${PROTOCOL_VERSION} and internal API ${INTERNAL_API_VERSION}; the client speaks protocol ${msg.protocol} and internal API ${msg.apiVersion}: install the same virtkit version on both sides`,
+              { requested: msg.apiVersion, implemented: INTERNAL_API_VERSION, protocol: PROTOCOL_VERSION },
+            ),
+          ),
+        });
+        client.conn.end();
+        return;
+      }
+      client.greeted = true;
+      client.conn.send({
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        apiVersion: INTERNAL_API_VERSION,
+        server: 'virtkit-privd',
+        peer: client.peer,
+      });
+      return;
+    }
+    if (!client.greeted) throw new ProtocolError('a request before hello');
+    client.inFlight++;
+    this.#handle(client, msg)
+      .catch((err: unknown) => {
+        this.#log({ event: 'internal-error', peer: client.peer, error: errorMessage(err) });
+        client.conn.close();
+      })
+      .finally(() => {
+        client.inFlight--;
+      });
+  }
+
+  async #handle(client: Client, req: WireRequest): Promise<void> {
+    const started = performance.now();
+    const target: AuditTarget = {};
+    const record = (decision: 'allow' | 'deny' | 'invalid', err?: unknown) =>
+      this.#log({
+        peer: client.peer,
+        op: req.op,
+        domain: req.ctx.domain.uuid,
+        phase: req.ctx.phase,
+        target,
+        decision,
+        ...(VirtError.is(err) && typeof err.details['rule'] === 'string'
+          ? { rule: err.details['rule'] }
+          : {}),
+        outcome: err === undefined ? 'ok' : 'error',
+        ...(err === undefined
+          ? {}
+          : { code: VirtError.is(err) ? err.code : 'HANDLER_FAILED', error: errorMessage(err) }),
+        ms: Number((performance.now() - started).toFixed(2)),
+      });
+    const fail = (decision: 'allow' | 'deny' | 'invalid', err: unknown) => {
+      record(decision, err);
+      const error = errorToWire(err);
+      try {
+        client.conn.send({ type: 'response', id: req.id, ok: false, error, fds: 0 });
+      } catch {
+        // Too big for a frame (an enormous message or details): the code still goes back.
+        const brief = { code: error.code, message: error.message.slice(0, 1000), details: {} };
+        client.conn.send({ type: 'response', id: req.id, ok: false, error: brief, fds: 0 });
+      }
+    };
+    if (client.inFlight > MAX_IN_FLIGHT) {
+      fail(
+        'invalid',
+        new VirtError(
+          ErrorCode.OPERATION_CONFLICT,
+          `more than ${MAX_IN_FLIGHT} requests in flight on one connection`,
+          {
+            operation: req.op,
+          },
+        ),
+      );
+      return;
+    }
+    const schema = operationSchemas[req.op];
+    const args = schema.args.safeParse(req.args);
+    if (!args.success) {
+      const issue = args.error.issues[0];
+      const field = `args.${issue?.path.join('.') ?? ''}`.replace(/\.$/, '');
+      fail(
+        'invalid',
+        new VirtError(ErrorCode.OPERATION_INVALID, `${req.op}: ${field}: ${issue?.message}`, {
+          path: field,
+          operation: req.op,
+        }),
+      );
+      return;
+    }
+    if (!(schema.phases as readonly string[]).includes(req.ctx.phase)) {
+      fail(
+        'invalid',
+        new VirtError(ErrorCode.OPERATION_INVALID, `${req.op} is not invoked in phase ${req.ctx.phase}`, {
+          operation: req.op,
+          phase: req.ctx.phase,
+        }),
+      );
+      return;
+    }
+    if (Date.now() >= req.ctx.deadline) {
+      fail(
+        'invalid',
+        new VirtError(ErrorCode.OPERATION_TIMEOUT, `${req.op} arrived after its deadline`, {
+          operation: req.op,
+        }),
+      );
+      return;
+    }
+    const typed = args.data as OperationArgs<OperationName>;
+    try {
+      authorise(this.#policy, client.peer, req.op, req.ctx, typed, target);
+    } catch (err) {
+      fail(VirtError.is(err) && err.code === ErrorCode.ACCESS_DENIED ? 'deny' : 'invalid', err);
+      return;
+    }
+    let result: unknown;
+    try {
+      result = await execute(this.#policy, req.op, req.ctx, typed);
+    } catch (err) {
+      // storage.openFile checks its path as it opens: a refusal there is still the policy's.
+      fail(VirtError.is(err) && typeof err.details['rule'] === 'string' ? 'deny' : 'allow', err);
+      return;
+    }
+    const { value, fds } = detachFds(result);
+    if (typeof value === 'object' && value !== null && 'ifname' in value)
+      target.ifname = String(value.ifname);
+    record('allow');
+    client.conn.send({ type: 'response', id: req.id, ok: true, result: value, fds: fds.length }, fds);
+  }
+
+  #log(entry: Record<string, unknown>): void {
+    try {
+      this.#audit(JSON.stringify({ time: new Date().toISOString(), ...entry }));
+    } catch {
+      // An audit sink that throws must not take the helper down.
+    }
+  }
+}
+
+/**
+ * Creates the privileged helper (`virtkit-privd`): it serves the operations of the internal API on
+ * a Unix socket to clients made with `delegate()`, authenticates every peer with SO_PEERCRED and
+ * authorises every request against the policy, executes allowed ones with the driver's built-in
+ * code, and hands descriptors back with SCM_RIGHTS. Run it as root (or with CAP_SYS_NICE,
+ * CAP_NET_ADMIN, CAP_SYS_RESOURCE and write access to the cgroup hierarchy).
+ *
+ * @param options - socket path, policy (object or file), audit sink, socket mode
+ * @returns the helper; call `listen()` to start serving
+ * @throws `VirtError` `XML_ERROR` for an invalid policy (naming the field), `SYSTEM_ERROR`
+ *   when the policy file cannot be read, `OPERATION_INVALID` for bad options
+ * @public
+ */
+export function createPrivilegedHelper(options: PrivilegedHelperOptions): PrivilegedHelper {
+  return new Helper(options);
+}

@@ -1,0 +1,207 @@
+import { fstatSync, lstatSync, readlinkSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { posix } from 'node:path';
+import koffi from 'koffi';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
+import { closeFd, O, openRaw, SyscallError } from '../../util/libc.js';
+import { denied } from './authorise.js';
+import type { StoragePrefix } from './policy.js';
+
+/*
+ * storage.openFile on the helper side. The requested path is resolved component by component
+ * below an allowed prefix, following symlinks only while they stay inside it (a link pointing out
+ * is refused before anything outside is touched); the resulting symlink-free path is then opened
+ * relative to the prefix with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and O_NOFOLLOW, so a
+ * component swapped for a symlink between the check and the open makes the open fail instead of
+ * escaping the prefix.
+ */
+
+const SYS_openat2 = 437;
+const O_NOFOLLOW = 0o400000;
+const O_NOCTTY = 0o400;
+const O_DIRECTORY = 0o200000;
+const O_PATH = 0o10000000;
+const RESOLVE_NO_MAGICLINKS = 0x02;
+const RESOLVE_NO_SYMLINKS = 0x04;
+const RESOLVE_BENEATH = 0x08;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const MAX_SYMLINKS = 40;
+
+interface OpenLib {
+  /** syscall(2) is variadic: each argument after the number is a (type, value) pair. */
+  syscall(...args: unknown[]): number;
+  /** fcntl(2) is variadic too. */
+  fcntl(fd: number, cmd: number, ...rest: unknown[]): number;
+}
+
+let lib: OpenLib | undefined;
+
+function openLib(): OpenLib {
+  if (lib) return lib;
+  const so = koffi.load('libc.so.6');
+  lib = {
+    syscall: so.func('syscall', 'long', ['long', '...']),
+    fcntl: so.func('fcntl', 'int', ['int', 'int', '...']),
+  };
+  return lib;
+}
+
+/** `openat2(dirfd, path, {flags, mode: 0, resolve}, 24)`. */
+function openat2(dirfd: number, path: string, flags: number, resolve: number): number {
+  const how = Buffer.alloc(24);
+  how.writeBigUInt64LE(BigInt(flags), 0);
+  how.writeBigUInt64LE(BigInt(resolve), 16);
+  for (;;) {
+    const fd = openLib().syscall(SYS_openat2, 'int', dirfd, 'str', path, 'void *', how, 'size_t', 24);
+    if (fd >= 0) return fd;
+    const errno = koffi.errno();
+    if (errno !== osConstants.errno.EINTR)
+      throw new SyscallError('openat2', errno, `${dirfd}, ${JSON.stringify(path)}`);
+  }
+}
+
+function inside(path: string, root: string): boolean {
+  return root === '/' || path === root || path.startsWith(`${root}/`);
+}
+
+function relativeTo(path: string, root: string): string[] {
+  return (root === '/' ? path.slice(1) : path.slice(root.length + 1)).split('/');
+}
+
+function fileError(path: string, err: unknown): VirtError {
+  return new VirtError(
+    ErrorCode.SYSTEM_ERROR,
+    `storage.openFile: cannot open ${path}: ${errorMessage(err)}`,
+    { path, errno: errnoOf(err) },
+    { cause: err },
+  );
+}
+
+/**
+ * Resolves `parts` below `prefix.real` like realpath(3), except that a symlink leading outside the
+ * prefix is refused instead of followed.
+ */
+function resolveBeneath(requested: string, prefix: StoragePrefix, parts: string[]): string[] {
+  const stack: string[] = [];
+  const queue = [...parts];
+  let links = 0;
+  let lastLink: { at: string; target: string } | undefined;
+  while (queue.length > 0) {
+    const part = queue.shift() as string;
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (stack.length === 0) {
+        const via = lastLink ? `: symlink ${lastLink.at} points to ${lastLink.target}, ` : ' ';
+        throw denied('storage.prefixes', `${requested}${via}leads out of ${prefix.given}`, {
+          path: requested,
+          ...(lastLink ? { symlink: lastLink.at, target: lastLink.target } : {}),
+        });
+      }
+      stack.pop();
+      continue;
+    }
+    const at = posix.join(prefix.real, ...stack, part);
+    let isLink: boolean;
+    try {
+      isLink = lstatSync(at).isSymbolicLink();
+    } catch (err) {
+      throw fileError(requested, err);
+    }
+    if (!isLink) {
+      stack.push(part);
+      continue;
+    }
+    if (++links > MAX_SYMLINKS) throw fileError(requested, new SyscallError('open', osConstants.errno.ELOOP));
+    const link = readlinkSync(at);
+    lastLink = { at, target: link };
+    if (!link.startsWith('/')) {
+      queue.unshift(...link.split('/'));
+      continue;
+    }
+    const abs = posix.normalize(link);
+    const base = inside(abs, prefix.real)
+      ? prefix.real
+      : inside(abs, prefix.given)
+        ? prefix.given
+        : undefined;
+    if (base === undefined) {
+      throw denied(
+        'storage.prefixes',
+        `${requested}: symlink ${at} points to ${link}, outside ${prefix.given}`,
+        {
+          path: requested,
+          symlink: at,
+          target: link,
+        },
+      );
+    }
+    stack.length = 0;
+    queue.unshift(...(abs === base ? [] : relativeTo(abs, base)));
+  }
+  return stack;
+}
+
+/**
+ * Opens a file below one of the allowed prefixes, without following symlinks out of it.
+ *
+ * @param prefixes - the policy's storage prefixes
+ * @param path - the requested absolute path
+ * @param mode - `r` or `rw`
+ * @returns a close-on-exec fd of the regular file or block device
+ * @throws {@link VirtError} `ACCESS_DENIED` (rule `storage.prefixes` or `storage.fileType`),
+ *   `SYSTEM_ERROR` when the file cannot be opened
+ */
+export function openBeneath(prefixes: readonly StoragePrefix[], path: string, mode: 'r' | 'rw'): number {
+  const requested = posix.normalize(path);
+  const prefix = prefixes.find(
+    (p) =>
+      (inside(requested, p.given) && requested !== p.given) ||
+      (inside(requested, p.real) && requested !== p.real),
+  );
+  if (!prefix || path.includes('\0')) {
+    throw denied('storage.prefixes', `${path} is not below ${prefixes.map((p) => p.given).join(', ')}`, {
+      path,
+      prefixes: prefixes.map((p) => p.given),
+    });
+  }
+  const base = inside(requested, prefix.given) && requested !== prefix.given ? prefix.given : prefix.real;
+  const rel = resolveBeneath(requested, prefix, relativeTo(requested, base));
+  if (rel.length === 0)
+    throw denied('storage.prefixes', `${path} is a prefix itself, not a file below it`, { path });
+  let dirfd: number;
+  try {
+    dirfd = openRaw(prefix.real, O_PATH | O_DIRECTORY | O.CLOEXEC);
+  } catch (err) {
+    throw fileError(path, err);
+  }
+  let fd: number;
+  try {
+    // O_NONBLOCK: opening a FIFO planted in the prefix must not hang the helper.
+    const flags = (mode === 'r' ? O.RDONLY : O.RDWR) | O_NOFOLLOW | O_NOCTTY | O.NONBLOCK | O.CLOEXEC;
+    fd = openat2(dirfd, rel.join('/'), flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+  } catch (err) {
+    const errno = err instanceof SyscallError ? err.code : undefined;
+    if (errno === 'ELOOP' || errno === 'EXDEV') {
+      throw denied('storage.prefixes', `${path} changed into a symlink while it was being opened`, { path });
+    }
+    throw fileError(path, err);
+  } finally {
+    closeFd(dirfd);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw denied('storage.fileType', `${path} is neither a regular file nor a block device`, { path });
+    }
+    const c = openLib();
+    const fl = c.fcntl(fd, F_GETFL);
+    if (fl < 0 || c.fcntl(fd, F_SETFL, 'int', fl & ~O.NONBLOCK) < 0) {
+      throw new SyscallError('fcntl', koffi.errno(), `${fd}, F_SETFL`);
+    }
+  } catch (err) {
+    closeFd(fd);
+    throw VirtError.is(err) ? err : fileError(path, err);
+  }
+  return fd;
+}

@@ -1,0 +1,155 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  attachFds,
+  clientMessageSchema,
+  decodePayload,
+  detachFds,
+  encodeFrame,
+  errorFromWire,
+  errorToWire,
+  FrameReader,
+  MAX_FRAME_BYTES,
+  parseJson,
+  responseSchema,
+  stringify,
+} from '../../src/internal/privd/protocol.js';
+import { VirtError } from '../../src/stable/errors.js';
+
+const header = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+
+describe('framing', () => {
+  it('round-trips any split of a sequence of frames', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ type: fc.constant('x'), n: fc.integer(), s: fc.string() }), {
+          minLength: 1,
+          maxLength: 5,
+        }),
+        fc.array(fc.integer({ min: 1, max: 50 }), { minLength: 1, maxLength: 10 }),
+        (messages, cuts) => {
+          const stream = Buffer.concat(messages.map((m) => encodeFrame(m)));
+          const reader = new FrameReader();
+          const out: unknown[] = [];
+          let at = 0;
+          for (let i = 0; at < stream.length; i++) {
+            const size = cuts[i % cuts.length] as number;
+            for (const p of reader.push(stream.subarray(at, at + size))) out.push(decodePayload(p));
+            at += size;
+          }
+          expect(out).toEqual(messages);
+          expect(reader.pending).toBe(false);
+        },
+      ),
+    );
+  });
+
+  it('rejects a zero length and a length above the limit, before buffering the payload', () => {
+    expect(() => new FrameReader().push(header(0))).toThrow(/outside 1\.\.65536/);
+    expect(() => new FrameReader().push(header(MAX_FRAME_BYTES + 1))).toThrow(VirtError);
+    expect(() => new FrameReader().push(Buffer.from([0xff, 0xff, 0xff, 0xff]))).toThrow(/frame length/);
+    expect(new FrameReader().push(header(MAX_FRAME_BYTES))).toEqual([]);
+  });
+
+  it('refuses to encode a message larger than a frame', () => {
+    expect(() => encodeFrame({ s: 'x'.repeat(MAX_FRAME_BYTES) })).toThrow(/exceeds the frame limit/);
+  });
+
+  it('accepts only UTF-8 JSON objects as payloads', () => {
+    expect(() => decodePayload(Buffer.from('{nope'))).toThrow(/not valid JSON/);
+    expect(() => decodePayload(Buffer.from('[1]'))).toThrow(/not a JSON object/);
+    expect(() => decodePayload(Buffer.from('null'))).toThrow(/not a JSON object/);
+    expect(() => decodePayload(Buffer.from([0x7b, 0xff, 0x7d]))).toThrow(/UTF-8/);
+    expect(decodePayload(Buffer.from('{"a":1}'))).toEqual({ a: 1 });
+  });
+});
+
+describe('values', () => {
+  it('tags bigints explicitly and restores them', () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), (n) => {
+        const text = stringify({ bytes: n, unlimited: 'unlimited' });
+        expect(text).toContain(`{"$bigint":"${n}"}`);
+        expect(parseJson(text)).toEqual({ bytes: n, unlimited: 'unlimited' });
+      }),
+    );
+    // A malformed tag stays an object, for the schema to reject.
+    expect(parseJson('{"b":{"$bigint":"12a"}}')).toEqual({ b: { $bigint: '12a' } });
+    expect(parseJson('{"b":{"$bigint":"1","x":2}}')).toEqual({ b: { $bigint: '1', x: 2 } });
+  });
+
+  it('moves descriptors out of results and back in by index', () => {
+    const tap = detachFds({ ifname: 'vk0', fds: [17, 18] });
+    expect(tap).toEqual({ value: { ifname: 'vk0', fds: [{ $fd: 0 }, { $fd: 1 }] }, fds: [17, 18] });
+    expect(attachFds(tap.value, [40, 41])).toEqual({ ifname: 'vk0', fds: [40, 41] });
+    const file = detachFds({ fd: 9 });
+    expect(file).toEqual({ value: { fd: { $fd: 0 } }, fds: [9] });
+    expect(detachFds(undefined)).toEqual({ value: undefined, fds: [] });
+    expect(() => attachFds({ fd: { $fd: 1 } }, [40])).toThrow(/names descriptor 1, but 1 came/);
+  });
+
+  it('carries errors with their code and details', () => {
+    const wire = errorToWire(new VirtError('ACCESS_DENIED', 'no', { rule: 'memlock.maxBytes', bytes: 5n }));
+    expect(wire).toEqual({
+      code: 'ACCESS_DENIED',
+      message: 'no',
+      details: { rule: 'memlock.maxBytes', bytes: 5n },
+    });
+    const back = errorFromWire(wire);
+    expect(back).toMatchObject({
+      code: 'ACCESS_DENIED',
+      details: { rule: 'memlock.maxBytes', via: 'virtkit-privd' },
+    });
+    expect(errorToWire(new Error('boom'))).toEqual({ code: 'HANDLER_FAILED', message: 'boom', details: {} });
+  });
+});
+
+describe('message schemas', () => {
+  const ctx = {
+    domain: { uuid: 'u', name: 'n', id: null },
+    phase: 'pre-exec',
+    pid: null,
+    deadline: 1,
+  };
+
+  it('accepts hello and well-formed requests, and nothing else', () => {
+    expect(clientMessageSchema.safeParse({ type: 'hello', protocol: 1, apiVersion: '1.0' }).success).toBe(
+      true,
+    );
+    expect(
+      clientMessageSchema.safeParse({ type: 'request', id: 1, op: 'net.openTap', ctx, args: {} }).success,
+    ).toBe(true);
+    for (const bad of [
+      { type: 'request', id: 1, op: 'process.kill', ctx, args: {} },
+      { type: 'request', id: -1, op: 'net.openTap', ctx, args: {} },
+      { type: 'request', id: 1, op: 'net.openTap', ctx: { ...ctx, phase: 'whenever' }, args: {} },
+      { type: 'request', id: 1, op: 'net.openTap', ctx, args: {}, extra: true },
+      { type: 'mystery' },
+    ]) {
+      expect(clientMessageSchema.safeParse(bad).success).toBe(false);
+    }
+  });
+
+  it('lets an error response carry no descriptors', () => {
+    const error = { code: 'ACCESS_DENIED', message: 'm', details: {} };
+    expect(responseSchema.safeParse({ type: 'response', id: 1, ok: false, error, fds: 0 }).success).toBe(
+      true,
+    );
+    expect(responseSchema.safeParse({ type: 'response', id: 1, ok: false, error, fds: 1 }).success).toBe(
+      false,
+    );
+    expect(
+      responseSchema.safeParse({
+        type: 'response',
+        id: 1,
+        ok: false,
+        error: { ...error, code: 'NOPE' },
+        fds: 0,
+      }).success,
+    ).toBe(false);
+  });
+});
