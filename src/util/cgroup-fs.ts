@@ -1,4 +1,12 @@
-import { type Dirent, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  type Dirent,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { posix } from 'node:path';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../stable/errors.js';
 import type { PlaceRequest } from './cgroup.js';
@@ -147,6 +155,8 @@ export function procPath(root: string, ...parts: string[]): string {
 
 /** The subdirectories of `dir`, deepest first, then `dir` itself; empty when `dir` is gone. */
 export function treeBottomUp(dir: string): string[] {
+  // Releasing a domain that placed nothing is the common case; a thrown ENOENT costs ~30 µs.
+  if (!existsSync(dir)) return [];
   let entries: Dirent[];
   try {
     entries = readdirSync(dir, { withFileTypes: true });

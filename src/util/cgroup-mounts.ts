@@ -22,8 +22,22 @@ function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(Number.parseInt(oct, 8)));
 }
 
+/*
+ * Parsed once per process, as libvirt detects its cgroup mounts once at start-up: hierarchies are
+ * mounted at boot, and re-reading mountinfo cost a privileged helper most of its time per request.
+ * An empty result (nothing mounted yet, or unreadable) is not kept, so a later call looks again.
+ */
+let mountCache: MountEntry[] | undefined;
+
 /** The cgroup and cgroup2 mounts of `/proc/self/mountinfo`; empty when it cannot be read. */
 function cgroupMounts(): MountEntry[] {
+  if (mountCache) return mountCache;
+  const mounts = readCgroupMounts();
+  if (mounts.length > 0) mountCache = mounts;
+  return mounts;
+}
+
+function readCgroupMounts(): MountEntry[] {
   let text: string;
   try {
     text = readFileSync('/proc/self/mountinfo', 'utf8');
