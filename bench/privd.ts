@@ -1,5 +1,5 @@
 /*
- * virtkit-privd for the delegated contenders: the real helper CLI (src/privd-cli.ts) in its own
+ * virtkit-privd for the delegated contenders: the real helper CLI (built: dist/privd-cli.js) in its own
  * process, as deployed, with a policy that admits this run's QEMUs and nothing else. Its audit
  * lines (standard error) go to a file, as a service manager would keep them.
  */
@@ -52,17 +52,10 @@ export class Privd {
       }),
     );
     const err = openSync(auditLog, 'a');
+    // The built CLI, as deployed (npm run bench builds first); not through tsx's loader.
     const child = spawn(
       process.execPath,
-      [
-        '--import',
-        'tsx',
-        join(import.meta.dirname, '..', 'src', 'privd-cli.ts'),
-        '--socket',
-        socket,
-        '--policy',
-        policyPath,
-      ],
+      [join(import.meta.dirname, '..', 'dist', 'privd-cli.js'), '--socket', socket, '--policy', policyPath],
       { stdio: ['ignore', 'ignore', err], cwd: join(import.meta.dirname, '..') },
     );
     closeSync(err);

@@ -300,7 +300,7 @@ async function main(): Promise<void> {
     iterations: ITER,
     warmup: WARMUP,
     floor: floorId,
-    privd: `virtkit-privd (src/privd-cli.ts) in its own process, policy: descendant QEMU targets, memlock ≤ 8 MiB, scheduler batch/other, cgroup parent ${privd.cgroupParent}`,
+    privd: `virtkit-privd (the built dist/privd-cli.js) in its own process, policy: descendant QEMU targets, memlock ≤ 8 MiB, scheduler batch/other, cgroup parent ${privd.cgroupParent}`,
   };
   const json = {
     meta,
