@@ -139,11 +139,18 @@ interface Libc {
 }
 
 let libc: Libc | undefined;
+let libcLibrary: ReturnType<typeof koffi.load> | undefined;
 
-/** Loads libc and declares every function, once. */
+/** The C library, loaded once per process; the bindings of sibling modules declare from it. */
+export function loadLibc(): ReturnType<typeof koffi.load> {
+  libcLibrary ??= koffi.load('libc.so.6');
+  return libcLibrary;
+}
+
+/** Declares every function of this module, once. */
 function lib(): Libc {
   if (libc) return libc;
-  const so = koffi.load('libc.so.6');
+  const so = loadLibc();
   // Anonymous structs: koffi's type names are process-global, so named ones would clash if this
   // module were ever evaluated twice in one process (test isolation, two copies of virtkit).
   const rlimit = koffi.struct({ rlim_cur: 'uint64_t', rlim_max: 'uint64_t' });

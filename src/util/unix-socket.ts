@@ -16,7 +16,7 @@
 
 import { constants as osConstants } from 'node:os';
 import koffi from 'koffi';
-import { closeFd, SyscallError } from './libc.js';
+import { closeFd, loadLibc, SyscallError } from './libc.js';
 
 /**
  * The credentials of the process at the other end of a Unix socket, as the kernel recorded them
@@ -154,7 +154,7 @@ let lib: SocketLib | undefined;
 
 function sockets(): SocketLib {
   if (lib) return lib;
-  const so = koffi.load('libc.so.6');
+  const so = loadLibc();
   // Anonymous structs: koffi type names are process-global (see libc.ts).
   const sockaddrUn = koffi.struct({ sun_family: 'uint16_t', sun_path: koffi.array('uint8_t', SUN_PATH_MAX) });
   const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });

@@ -3,7 +3,7 @@ import { constants as osConstants } from 'node:os';
 import { posix } from 'node:path';
 import koffi from 'koffi';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
-import { closeFd, O, openRaw, SyscallError } from '../../util/libc.js';
+import { closeFd, loadLibc, O, openRaw, SyscallError } from '../../util/libc.js';
 import { denied } from './authorise.js';
 import type { StoragePrefix } from './policy.js';
 
@@ -39,7 +39,7 @@ let lib: OpenLib | undefined;
 
 function openLib(): OpenLib {
   if (lib) return lib;
-  const so = koffi.load('libc.so.6');
+  const so = loadLibc();
   lib = {
     syscall: so.func('syscall', 'long', ['long', '...']),
     fcntl: so.func('fcntl', 'int', ['int', 'int', '...']),
