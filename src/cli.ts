@@ -5,7 +5,7 @@ import { VirtError } from './stable/errors.js';
 
 const USAGE = `usage: virtkit <command> --root DIR [args]
   list                       list domains and their state
-  define FILE.json           define a domain from a JSON definition
+  define FILE                define a domain from libvirt XML or a JSON definition
   start NAME [--paused]      start a domain
   destroy NAME               stop a domain at once
   shutdown NAME              ask the guest to power off
@@ -30,7 +30,8 @@ async function main(argv: string[]): Promise<number> {
         }
         return 0;
       case 'define': {
-        const dom = await conn.defineDomain(JSON.parse(readFileSync(target ?? '', 'utf8')));
+        const text = readFileSync(target ?? '', 'utf8');
+        const dom = await conn.defineDomain(text.trimStart().startsWith('<') ? text : JSON.parse(text));
         process.stdout.write(`defined ${dom.name} ${dom.uuid}\n`);
         return 0;
       }
