@@ -39,7 +39,7 @@ export function seamOf(target: unknown): InternalSeam {
   if (!seam) {
     throw new VirtError(
       ErrorCode.OPERATION_INVALID,
-      'openInternal needs an open connection to the embedded driver (qemu:///embed?root=…); remote or closed connections take no handlers',
+      'openInternal needs an open connection to the embedded driver (qemu:///embed?root=…) or the test driver (test:///default); remote or closed connections take no handlers',
     );
   }
   if (seam.seamVersion !== SEAM_VERSION || seam.internalApiVersion !== INTERNAL_API_VERSION) {

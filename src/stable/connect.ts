@@ -1,4 +1,5 @@
 import { openQemuDriver } from '../drivers/qemu/driver.js';
+import { openTestDriver } from '../drivers/test/driver.js';
 import { Connection } from './connection.js';
 import type { Driver } from './driver.js';
 import { ErrorCode, VirtError } from './errors.js';
@@ -52,6 +53,11 @@ export function parseUri(uri: string): ParsedUri {
  * (creating its layout and taking its lock); the driver lives in this process and the QEMU
  * processes it starts outlive it.
  *
+ * `test:///default` opens a fresh, empty, in-memory test driver for your own unit tests: the same
+ * validation, errors, states and events as the embedded driver, but no files, no processes and no
+ * lock (`getInfo().pid` is always null); every call opens a new one, and closing it forgets its
+ * domains.
+ *
  * @public
  */
 export async function connect(uri: string, options: ConnectOptions = {}): Promise<Connection> {
@@ -61,10 +67,13 @@ export async function connect(uri: string, options: ConnectOptions = {}): Promis
     case 'qemu':
       driver = await openQemuDriver(uri, parsed, options);
       break;
+    case 'test':
+      driver = await openTestDriver(uri, parsed, options);
+      break;
     default:
       throw new VirtError(
         ErrorCode.INVALID_URI,
-        `unknown driver '${parsed.scheme}' in '${uri}': use qemu:///embed`,
+        `unknown driver '${parsed.scheme}' in '${uri}': use qemu:///embed or test:///default`,
       );
   }
   return new Connection(driver);

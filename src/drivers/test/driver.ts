@@ -1,0 +1,303 @@
+import { HandlerTable } from '../../internal/handler-table.js';
+import { loadPlugins } from '../../internal/plugins.js';
+import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
+import { INTERNAL_API_VERSION } from '../../internal/version.js';
+import type { ParsedUri } from '../../stable/connect.js';
+import type { DomainDefinition } from '../../stable/definition/schema.js';
+import type {
+  DestroyOptions,
+  DomainRef,
+  Driver,
+  ShutdownOptions,
+  StartOptions,
+} from '../../stable/driver.js';
+import { ErrorCode, VirtError } from '../../stable/errors.js';
+import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
+import { TestDomain } from './domain.js';
+
+/** Options the test driver takes from `connect()`. */
+export interface TestDriverOptions {
+  readonly plugins?: readonly string[];
+}
+
+/**
+ * Opens the in-memory test driver for `test:///default`: a fresh, empty driver per call, with no
+ * files, no processes and no lock. Any other path, or any URI parameter, is `INVALID_URI`.
+ */
+export async function openTestDriver(
+  uri: string,
+  parsed: ParsedUri,
+  options: TestDriverOptions = {},
+): Promise<Driver> {
+  if (parsed.path !== '/default') {
+    throw new VirtError(
+      ErrorCode.INVALID_URI,
+      `unsupported test URI path '${parsed.path}' in '${uri}': only the in-memory driver 'test:///default' exists`,
+    );
+  }
+  for (const key of parsed.params.keys())
+    throw new VirtError(ErrorCode.INVALID_URI, `unknown URI parameter '${key}' in '${uri}'`);
+  const driver = new TestDriver(uri);
+  try {
+    await loadPlugins(driver[INTERNAL_SEAM], options.plugins ?? []);
+  } catch (err) {
+    await driver.close();
+    throw err;
+  }
+  return driver;
+}
+
+/**
+ * The in-memory test driver behind `test:///default`, for consumers' own unit tests. It follows the
+ * embedded QEMU driver's rules (the same `DOMAIN_EXISTS`, `NO_DOMAIN` and `OPERATION_INVALID`
+ * errors, per-domain serialisation, states, reasons and events) without running anything:
+ *
+ * - `getInfo()` reports a driver id (1, 2, … per driver) while active, but `pid: null` always
+ *   (there is no process), `cpuTimeNs: 0n` and `taints: []`.
+ * - The live definition is the persistent one as it was at start (no QEMU aliases filled in).
+ * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
+ *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
+ *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
+ * - Everything lives in memory: `close()` forgets every domain.
+ *
+ * It exposes the internal seam (`driverKind: 'test'`) with its own handler table, so
+ * `openInternal(conn, { apiVersion: '1.0' })` works and the table is sealed on the first start
+ * (`HANDLERS_SEALED`) exactly as in the embedded driver; but the test driver never invokes a handler
+ * (it has no processes and performs no privileged operation).
+ */
+export class TestDriver implements Driver {
+  readonly uri: string;
+  readonly handlers = new HandlerTable();
+  /** The door through which `virtkit/internal` reaches this driver's handler table. */
+  readonly [INTERNAL_SEAM]: InternalSeam = {
+    seamVersion: SEAM_VERSION,
+    internalApiVersion: INTERNAL_API_VERSION,
+    driverKind: 'test',
+    handlers: this.handlers,
+  };
+  readonly #domains = new Map<string, TestDomain>();
+  readonly #listeners = new Set<(event: DomainEvent) => void>();
+  #nextId = 1;
+  #closed = false;
+
+  constructor(uri: string) {
+    this.uri = uri;
+  }
+
+  subscribe(listener: (event: DomainEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #emit(dom: TestDomain, type: DomainEventType, reason: string): void {
+    const event: DomainEvent = { type, reason, domain: dom.ident, timestamp: Date.now() };
+    for (const listener of this.#listeners) {
+      try {
+        listener(event);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  /** Moves to a new state and emits its event, once. */
+  #transition(dom: TestDomain, state: DomainState, reason: string, type: DomainEventType): void {
+    if (dom.state === state) return;
+    dom.state = state;
+    dom.reason = reason;
+    this.#emit(dom, type, reason);
+  }
+
+  #checkOpen(): void {
+    if (this.#closed)
+      throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
+  }
+
+  #get(uuid: string): TestDomain {
+    this.#checkOpen();
+    const dom = this.#domains.get(uuid);
+    if (!dom) throw new VirtError(ErrorCode.NO_DOMAIN, `domain ${uuid} is no longer defined`);
+    return dom;
+  }
+
+  #ref(dom: TestDomain): DomainRef {
+    return { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
+  }
+
+  findDomain(nameOrUuid: string): DomainRef | undefined {
+    this.#checkOpen();
+    const dom =
+      this.#domains.get(nameOrUuid.toLowerCase()) ??
+      [...this.#domains.values()].find((d) => d.def.name === nameOrUuid);
+    return dom && this.#ref(dom);
+  }
+
+  listDomains(): DomainRef[] {
+    this.#checkOpen();
+    return [...this.#domains.values()].map((d) => this.#ref(d)).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async defineDomain(def: DomainDefinition): Promise<DomainRef> {
+    this.#checkOpen();
+    const byName = [...this.#domains.values()].find((d) => d.def.name === def.name);
+    const byUuid = this.#domains.get(def.uuid);
+    if (byName && byName.def.uuid !== def.uuid) {
+      throw new VirtError(
+        ErrorCode.DOMAIN_EXISTS,
+        `domain '${def.name}' already exists with uuid ${byName.def.uuid}`,
+        { domain: { name: def.name, uuid: byName.def.uuid } },
+      );
+    }
+    if (byUuid && byUuid.def.name !== def.name) {
+      throw new VirtError(
+        ErrorCode.DOMAIN_EXISTS,
+        `uuid ${def.uuid} already belongs to domain '${byUuid.def.name}'`,
+        { domain: { name: byUuid.def.name, uuid: def.uuid } },
+      );
+    }
+    const dom = byUuid ?? new TestDomain(def);
+    return dom.job(() => {
+      dom.def = structuredClone(def);
+      this.#domains.set(def.uuid, dom);
+      this.#emit(dom, 'defined', byUuid ? 'updated' : 'added');
+      return this.#ref(dom);
+    });
+  }
+
+  async undefineDomain(uuid: string): Promise<void> {
+    const dom = this.#get(uuid);
+    await dom.job(() => {
+      if (dom.active) {
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          `domain '${dom.def.name}' is running; destroy it first`,
+        );
+      }
+      this.#domains.delete(uuid);
+      this.#emit(dom, 'undefined', 'removed');
+    });
+  }
+
+  getDefinition(uuid: string, live: boolean): DomainDefinition {
+    const dom = this.#get(uuid);
+    return structuredClone(live && dom.run ? dom.run.live : dom.def);
+  }
+
+  async getInfo(uuid: string): Promise<DomainInfo> {
+    const dom = this.#get(uuid);
+    const def = dom.run?.live ?? dom.def;
+    return {
+      state: dom.state,
+      reason: dom.reason,
+      id: dom.run ? dom.run.id : null,
+      // No process exists behind a test domain.
+      pid: null,
+      vcpus: def.vcpu.current ?? def.vcpu.count,
+      memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
+      cpuTimeNs: 0n,
+      taints: [],
+    };
+  }
+
+  start(uuid: string, options: StartOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(() => {
+      this.#checkOpen();
+      if (dom.run)
+        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
+      this.handlers.seal(`domain '${dom.def.name}' was started`);
+      let markStopped!: (how: 'stopped' | 'closed') => void;
+      const stopped = new Promise<'stopped' | 'closed'>((resolve) => {
+        markStopped = resolve;
+      });
+      dom.run = { id: this.#nextId++, live: structuredClone(dom.def), stopped, markStopped };
+      dom.state = options.paused ? 'paused' : 'running';
+      dom.reason = options.paused ? 'user' : 'booted';
+      this.#emit(dom, 'started', 'booted');
+      if (options.paused) this.#emit(dom, 'suspended', 'user');
+    });
+  }
+
+  suspend(uuid: string): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(() => {
+      dom.requireActive();
+      if (dom.state === 'paused')
+        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already paused`);
+      this.#transition(dom, 'paused', 'user', 'suspended');
+    });
+  }
+
+  resume(uuid: string): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(() => {
+      dom.requireActive();
+      if (dom.state !== 'paused')
+        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
+      this.#transition(dom, 'running', 'unpaused', 'resumed');
+    });
+  }
+
+  /**
+   * A running guest powers off at once; a paused one never sees the power button, so the call
+   * waits `timeoutMs` (default 60 000) for a destroy, then destroys or fails as asked.
+   */
+  shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return dom.job(async () => {
+      const run = dom.requireActive();
+      if (dom.state !== 'paused') return this.#stop(dom, 'shutdown');
+      const timeoutMs = options.timeoutMs ?? 60_000;
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), timeoutMs);
+      });
+      const outcome = await Promise.race([run.stopped, timedOut]);
+      clearTimeout(timer);
+      if (outcome === 'stopped') return;
+      this.#checkOpen();
+      if (options.fallbackToDestroy) return this.#stop(dom, 'destroyed');
+      throw new VirtError(
+        ErrorCode.OPERATION_TIMEOUT,
+        `domain '${dom.def.name}' did not power off within ${timeoutMs} ms; destroy it or pass fallbackToDestroy`,
+        { domain: dom.ident },
+      );
+    });
+  }
+
+  /** Destroy does not queue behind a running job: it must be able to end a hung shutdown. */
+  async destroy(uuid: string, _options: DestroyOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    const destroy = () => {
+      if (!dom.run) {
+        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not running`, {
+          domain: dom.ident,
+        });
+      }
+      this.#stop(dom, 'destroyed');
+    };
+    if (dom.run) return destroy();
+    return dom.job(destroy);
+  }
+
+  #stop(dom: TestDomain, reason: 'shutdown' | 'destroyed'): void {
+    const run = dom.run;
+    if (!run) return;
+    dom.run = undefined;
+    dom.state = 'shutoff';
+    dom.reason = reason;
+    this.#emit(dom, 'stopped', reason);
+    run.markStopped('stopped');
+  }
+
+  /** Forgets every domain: nothing of a test driver outlives its connection. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#listeners.clear();
+    for (const dom of this.#domains.values()) dom.run?.markStopped('closed');
+    this.#domains.clear();
+  }
+}

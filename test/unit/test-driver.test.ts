@@ -1,0 +1,267 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { openInternal } from '../../src/internal/index.js';
+import type { Connection, DomainDefinitionInput, DomainEvent } from '../../src/stable/index.js';
+import { connect } from '../../src/stable/index.js';
+
+/*
+ * The in-memory test driver (`test:///default`): the embedded driver's rules and events, no QEMU.
+ */
+
+const guest = (name: string, extra: Partial<DomainDefinitionInput> = {}) =>
+  ({ name, type: 'qemu', memoryKiB: 64 * 1024, ...extra }) satisfies DomainDefinitionInput;
+
+let conn: Connection;
+let events: string[];
+
+beforeEach(async () => {
+  conn = await connect('test:///default');
+  events = [];
+  conn.on('domain-event', (e: DomainEvent) => events.push(`${e.type}:${e.reason}`));
+});
+
+afterEach(async () => {
+  await conn.close();
+});
+
+describe('test:/// URIs', () => {
+  it.each([
+    'test:///',
+    'test:///other',
+    'test:///default/x',
+    'test://host/default',
+    'test:///default?root=/tmp/x',
+    'test:///default?color=red',
+  ])('rejects %s with INVALID_URI', async (uri) => {
+    await expect(connect(uri)).rejects.toMatchObject({ code: 'INVALID_URI', name: 'VirtError' });
+  });
+
+  it('opens a fresh, empty driver per connection', async () => {
+    await conn.defineDomain(guest('a'));
+    const other = await connect('TEST:///default');
+    expect(await other.listDomains()).toEqual([]);
+    expect(other.uri).toBe('TEST:///default');
+    await other.close();
+    expect((await conn.listDomains()).map((d) => d.name)).toEqual(['a']);
+  });
+
+  it('refuses every call once closed', async () => {
+    const dom = await conn.defineDomain(guest('a'));
+    await conn.close();
+    await expect(conn.listDomains()).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    await expect(dom.getInfo()).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+  });
+});
+
+describe('definitions', () => {
+  it('defines, lists and looks up by name and uuid, by state', async () => {
+    const a = await conn.defineDomain(guest('a'));
+    await conn.defineDomain(guest('b'));
+    await a.start({ paused: true });
+    expect((await conn.listDomains()).map((d) => d.name)).toEqual(['a', 'b']);
+    expect((await conn.listDomains({ state: 'active' })).map((d) => d.name)).toEqual(['a']);
+    expect((await conn.listDomains({ state: 'inactive' })).map((d) => d.name)).toEqual(['b']);
+    expect((await conn.lookupDomain(a.uuid)).name).toBe('a');
+    expect((await conn.lookupDomain(a.uuid.toUpperCase())).name).toBe('a');
+    expect((await conn.lookupDomain('b')).name).toBe('b');
+    await expect(conn.lookupDomain('c')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+  });
+
+  it('updates with the same uuid, refuses a name or uuid that belongs to another domain', async () => {
+    const a = await conn.defineDomain(guest('a'));
+    await conn.defineDomain(guest('a', { uuid: a.uuid, memoryKiB: 128 * 1024 }));
+    expect((await a.getInfo()).memoryKiB).toBe(128 * 1024);
+    await expect(conn.defineDomain(guest('a'))).rejects.toMatchObject({
+      code: 'DOMAIN_EXISTS',
+      details: { domain: { name: 'a', uuid: a.uuid } },
+    });
+    await expect(conn.defineDomain(guest('b', { uuid: a.uuid }))).rejects.toMatchObject({
+      code: 'DOMAIN_EXISTS',
+    });
+    expect(events).toEqual(['defined:added', 'defined:updated']);
+  });
+
+  it('validates input as the embedded driver does, leaving nothing behind', async () => {
+    await expect(conn.defineDomain({ name: 'x' } as never)).rejects.toMatchObject({ name: 'VirtError' });
+    await expect(conn.defineDomain('<domain type="qemu"><name>x</name>')).rejects.toMatchObject({
+      code: 'XML_ERROR',
+    });
+    await expect(
+      conn.defineDomain(
+        "<domain type='qemu'><name>x</name><memory>65536</memory><devices><graphics/></devices></domain>",
+      ),
+    ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    expect(await conn.listDomains()).toEqual([]);
+    expect(events).toEqual([]);
+  });
+
+  it('defines from libvirt XML and formats it back', async () => {
+    const xml = readFileSync(join(__dirname, '..', 'fixtures', 'xml', 'minimal-no-features.xml'), 'utf8');
+    const dom = await conn.defineDomain(xml);
+    expect(dom.name).toBe('minimal');
+    const out = dom.toXML();
+    expect(out).toContain('<name>minimal</name>');
+    expect(out).toContain(`<uuid>${dom.uuid}</uuid>`);
+    // What toXML gives defines the same domain again.
+    await conn.defineDomain(out);
+    expect(events).toEqual(['defined:added', 'defined:updated']);
+  });
+});
+
+describe('life cycle', () => {
+  it('start paused -> resume -> suspend -> resume -> destroy, with the embedded driver events', async () => {
+    const dom = await conn.defineDomain(guest('p', { vcpu: { count: 2 } }));
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', id: null, pid: null });
+    await dom.start({ paused: true });
+    const info = await dom.getInfo();
+    expect(info).toEqual({
+      state: 'paused',
+      reason: 'user',
+      id: 1,
+      pid: null,
+      vcpus: 2,
+      memoryKiB: 65536,
+      cpuTimeNs: 0n,
+      taints: [],
+    });
+    await dom.resume();
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', reason: 'unpaused' });
+    await dom.suspend();
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'user' });
+    await expect(dom.suspend()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.resume();
+    await expect(dom.resume()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.start()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.undefine()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.destroy();
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed', id: null, pid: null });
+    expect(events).toEqual([
+      'defined:added',
+      'started:booted',
+      'suspended:user',
+      'resumed:unpaused',
+      'suspended:user',
+      'resumed:unpaused',
+      'stopped:destroyed',
+    ]);
+    await expect(dom.destroy()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.suspend()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.shutdown()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.undefine();
+    expect(events.at(-1)).toBe('undefined:removed');
+    await expect(conn.lookupDomain('p')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+    await expect(dom.getInfo()).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+    await expect(dom.start()).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+  });
+
+  it('start -> running (booted); shutdown -> stopped shutdown; ids count up per driver', async () => {
+    const dom = await conn.defineDomain(guest('s'));
+    await dom.start();
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', reason: 'booted', id: 1 });
+    await dom.shutdown();
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'shutdown', id: null });
+    await dom.start();
+    expect((await dom.getInfo()).id).toBe(2);
+    expect(events).toEqual(['defined:added', 'started:booted', 'stopped:shutdown', 'started:booted']);
+  });
+
+  it('a paused guest ignores shutdown: OPERATION_TIMEOUT, or destroy with fallbackToDestroy', async () => {
+    const dom = await conn.defineDomain(guest('ignorer'));
+    await dom.start({ paused: true });
+    await expect(dom.shutdown({ timeoutMs: 20 })).rejects.toMatchObject({ code: 'OPERATION_TIMEOUT' });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', id: 1 });
+    await dom.shutdown({ timeoutMs: 20, fallbackToDestroy: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed' });
+    // A destroy does not wait behind a pending shutdown, and ends it.
+    await dom.start({ paused: true });
+    const pending = dom.shutdown({ timeoutMs: 60_000 });
+    await new Promise((resolve) => setImmediate(resolve)); // the shutdown is now waiting
+    await dom.destroy();
+    await pending;
+    expect(events.at(-1)).toBe('stopped:destroyed');
+  });
+
+  it('keeps the live definition of a running domain until it stops', async () => {
+    const dom = await conn.defineDomain(guest('l'));
+    await dom.start();
+    await conn.defineDomain(guest('l', { uuid: dom.uuid, memoryKiB: 128 * 1024 }));
+    expect(dom.getDefinition().memoryKiB).toBe(64 * 1024);
+    expect(dom.toXML()).toContain('65536');
+    expect((await dom.getInfo()).memoryKiB).toBe(64 * 1024);
+    await dom.destroy();
+    expect(dom.getDefinition().memoryKiB).toBe(128 * 1024);
+  });
+
+  it('serialises concurrent operations on one domain instead of interleaving them', async () => {
+    const dom = await conn.defineDomain(guest('c'));
+    const order: string[] = [];
+    const track = (name: string, p: Promise<unknown>) =>
+      p.then(
+        () => order.push(`${name}:ok`),
+        (e: { code: string }) => order.push(`${name}:${e.code}`),
+      );
+    await Promise.all([
+      track('start', dom.start({ paused: true })),
+      track('start2', dom.start({ paused: true })),
+      track('resume', dom.resume()),
+      track('suspend', dom.suspend()),
+    ]);
+    expect(order).toEqual(['start:ok', 'start2:OPERATION_INVALID', 'resume:ok', 'suspend:ok']);
+    expect((await dom.getInfo()).state).toBe('paused');
+  });
+
+  it('delivers events through the async iterator until aborted', async () => {
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const loop = (async () => {
+      for await (const e of conn.events({ signal: ac.signal })) {
+        seen.push(`${e.type}:${e.reason}`);
+        if (e.type === 'stopped') ac.abort();
+      }
+    })();
+    const dom = await conn.defineDomain(guest('it'));
+    await dom.start({ paused: true });
+    await dom.destroy();
+    await loop;
+    expect(seen).toEqual(['defined:added', 'started:booted', 'suspended:user', 'stopped:destroyed']);
+  });
+});
+
+describe('virtkit/internal on the test driver', () => {
+  it('accepts the handshake, refuses a second handler, and seals on the first start without calling handlers', async () => {
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    expect(internal.sealed).toBe(false);
+    let calls = 0;
+    internal.setHandler('process.setMaxMemLock', () => {
+      calls++;
+    });
+    expect(() => internal.setHandler('process.setMaxMemLock', () => undefined)).toThrow(
+      expect.objectContaining({ code: 'HANDLER_ALREADY_REGISTERED' }),
+    );
+    expect(openInternal(conn, { apiVersion: '1.0' }).hasHandler('process.setMaxMemLock')).toBe(true);
+    const dom = await conn.defineDomain(guest('sealer', { memoryBacking: { locked: true } }));
+    expect(internal.sealed).toBe(false);
+    await dom.start({ paused: true });
+    expect(internal.sealed).toBe(true);
+    expect(() => internal.setHandler('cgroup.release', () => undefined)).toThrow(
+      expect.objectContaining({ code: 'HANDLERS_SEALED' }),
+    );
+    expect(calls).toBe(0);
+    expect((await dom.getInfo()).taints).toEqual([]);
+    // Each test driver has its own table.
+    const other = await connect('test:///default');
+    expect(openInternal(other, { apiVersion: '1.0' }).sealed).toBe(false);
+    await other.close();
+  });
+
+  it('fails the handshake for another version, and on a closed connection', async () => {
+    expect(() => openInternal(conn, { apiVersion: '1.1' } as never)).toThrow(
+      expect.objectContaining({ code: 'INTERNAL_VERSION_MISMATCH' }),
+    );
+    await conn.close();
+    expect(() => openInternal(conn, { apiVersion: '1.0' })).toThrow(
+      expect.objectContaining({ code: 'OPERATION_INVALID' }),
+    );
+  });
+});
