@@ -14,6 +14,7 @@ import type {
 } from '../../stable/driver.js';
 import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
+import { DomainTable, deliverEvent } from '../domain-table.js';
 import type { DriverContext } from './context.js';
 import { DomainObject } from './domain-object.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
@@ -72,7 +73,7 @@ export class QemuDriver implements Driver, DriverContext {
     handlers: this.handlers,
   };
   readonly #lock: RootLock;
-  readonly #domains = new Map<string, DomainObject>();
+  readonly #domains = new DomainTable<DomainObject>();
   readonly #listeners = new Set<(event: DomainEvent) => void>();
   /** Events raised while opening wait here until `connect()` has returned and callers can listen. */
   #pending: DomainEvent[] | undefined = [];
@@ -93,14 +94,14 @@ export class QemuDriver implements Driver, DriverContext {
         `ignoring unreadable definition ${file}: ${errorMessage(err)}`,
       );
     });
-    for (const def of defs) this.#domains.set(def.uuid, new DomainObject(def));
-    await Promise.all([...this.#domains.values()].map((dom) => reconnectDomain(this, dom)));
+    for (const def of defs) this.#domains.set(new DomainObject(def));
+    await Promise.all(this.#domains.values().map((dom) => reconnectDomain(this, dom)));
     for (const dom of this.#domains.values())
       if (dom.run) this.#nextId = Math.max(this.#nextId, dom.run.id + 1);
     setImmediate(() => {
       const pending = this.#pending ?? [];
       this.#pending = undefined;
-      for (const e of pending) this.#deliver(e);
+      for (const e of pending) deliverEvent(this.#listeners, e);
     });
   }
 
@@ -116,19 +117,7 @@ export class QemuDriver implements Driver, DriverContext {
       timestamp: Date.now(),
     };
     if (this.#pending) this.#pending.push(event);
-    else this.#deliver(event);
-  }
-
-  #deliver(event: DomainEvent): void {
-    for (const listener of this.#listeners) {
-      try {
-        listener(event);
-      } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
-    }
+    else deliverEvent(this.#listeners, event);
   }
 
   log(dom: DomainObject, message: string): void {
@@ -142,9 +131,7 @@ export class QemuDriver implements Driver, DriverContext {
 
   #get(uuid: string): DomainObject {
     this.#checkOpen();
-    const dom = this.#domains.get(uuid);
-    if (!dom) throw new VirtError(ErrorCode.NO_DOMAIN, `domain ${uuid} is no longer defined`);
-    return dom;
+    return this.#domains.get(uuid);
   }
 
   #checkOpen(): void {
@@ -154,45 +141,24 @@ export class QemuDriver implements Driver, DriverContext {
 
   findDomain(nameOrUuid: string): DomainRef | undefined {
     this.#checkOpen();
-    const dom =
-      this.#domains.get(nameOrUuid.toLowerCase()) ??
-      [...this.#domains.values()].find((d) => d.def.name === nameOrUuid);
+    const dom = this.#domains.find(nameOrUuid);
     return dom && { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
   }
 
   listDomains(): DomainRef[] {
     this.#checkOpen();
-    return [...this.#domains.values()].map((d) => ({ name: d.def.name, uuid: d.def.uuid, active: d.active }));
+    return this.#domains.values().map((d) => ({ name: d.def.name, uuid: d.def.uuid, active: d.active }));
   }
 
   async defineDomain(def: DomainDefinition): Promise<DomainRef> {
     this.#checkOpen();
-    const byName = [...this.#domains.values()].find((d) => d.def.name === def.name);
-    const byUuid = this.#domains.get(def.uuid);
-    if (byName && byName.def.uuid !== def.uuid) {
-      throw new VirtError(
-        ErrorCode.DOMAIN_EXISTS,
-        `domain '${def.name}' already exists with uuid ${byName.def.uuid}`,
-        {
-          domain: { name: def.name, uuid: byName.def.uuid },
-        },
-      );
-    }
-    if (byUuid && byUuid.def.name !== def.name) {
-      throw new VirtError(
-        ErrorCode.DOMAIN_EXISTS,
-        `uuid ${def.uuid} already belongs to domain '${byUuid.def.name}'`,
-        {
-          domain: { name: byUuid.def.name, uuid: def.uuid },
-        },
-      );
-    }
-    const dom = byUuid ?? new DomainObject(def);
+    const existing = this.#domains.existingFor(def);
+    const dom = existing ?? new DomainObject(def);
     return dom.job(async () => {
       await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
       dom.def = def;
-      this.#domains.set(def.uuid, dom);
-      this.emit(dom, 'defined', byUuid ? 'updated' : 'added');
+      this.#domains.set(dom);
+      this.emit(dom, 'defined', existing ? 'updated' : 'added');
       return { name: def.name, uuid: def.uuid, active: dom.active };
     });
   }

@@ -13,6 +13,7 @@ import type {
 } from '../../stable/driver.js';
 import { ErrorCode, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
+import { DomainTable, deliverEvent } from '../domain-table.js';
 import { TestDomain } from './domain.js';
 
 /** Options the test driver takes from `connect()`. */
@@ -75,7 +76,7 @@ export class TestDriver implements Driver {
     driverKind: 'test',
     handlers: this.handlers,
   };
-  readonly #domains = new Map<string, TestDomain>();
+  readonly #domains = new DomainTable<TestDomain>();
   readonly #listeners = new Set<(event: DomainEvent) => void>();
   #nextId = 1;
   #closed = false;
@@ -90,16 +91,7 @@ export class TestDriver implements Driver {
   }
 
   #emit(dom: TestDomain, type: DomainEventType, reason: string): void {
-    const event: DomainEvent = { type, reason, domain: dom.ident, timestamp: Date.now() };
-    for (const listener of this.#listeners) {
-      try {
-        listener(event);
-      } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
-    }
+    deliverEvent(this.#listeners, { type, reason, domain: dom.ident, timestamp: Date.now() });
   }
 
   /** Moves to a new state and emits its event, once. */
@@ -117,9 +109,7 @@ export class TestDriver implements Driver {
 
   #get(uuid: string): TestDomain {
     this.#checkOpen();
-    const dom = this.#domains.get(uuid);
-    if (!dom) throw new VirtError(ErrorCode.NO_DOMAIN, `domain ${uuid} is no longer defined`);
-    return dom;
+    return this.#domains.get(uuid);
   }
 
   #ref(dom: TestDomain): DomainRef {
@@ -128,39 +118,25 @@ export class TestDriver implements Driver {
 
   findDomain(nameOrUuid: string): DomainRef | undefined {
     this.#checkOpen();
-    const dom =
-      this.#domains.get(nameOrUuid.toLowerCase()) ??
-      [...this.#domains.values()].find((d) => d.def.name === nameOrUuid);
+    const dom = this.#domains.find(nameOrUuid);
     return dom && this.#ref(dom);
   }
 
   listDomains(): DomainRef[] {
     this.#checkOpen();
-    return [...this.#domains.values()].map((d) => this.#ref(d)).sort((a, b) => a.name.localeCompare(b.name));
+    return this.#domains
+      .values()
+      .map((d) => this.#ref(d))
+      .sort((a, b) => a.name.localeCompare(b.name));
   }
 
   async defineDomain(def: DomainDefinition): Promise<DomainRef> {
     this.#checkOpen();
-    const byName = [...this.#domains.values()].find((d) => d.def.name === def.name);
-    const byUuid = this.#domains.get(def.uuid);
-    if (byName && byName.def.uuid !== def.uuid) {
-      throw new VirtError(
-        ErrorCode.DOMAIN_EXISTS,
-        `domain '${def.name}' already exists with uuid ${byName.def.uuid}`,
-        { domain: { name: def.name, uuid: byName.def.uuid } },
-      );
-    }
-    if (byUuid && byUuid.def.name !== def.name) {
-      throw new VirtError(
-        ErrorCode.DOMAIN_EXISTS,
-        `uuid ${def.uuid} already belongs to domain '${byUuid.def.name}'`,
-        { domain: { name: byUuid.def.name, uuid: def.uuid } },
-      );
-    }
+    const byUuid = this.#domains.existingFor(def);
     const dom = byUuid ?? new TestDomain(def);
     return dom.job(() => {
       dom.def = structuredClone(def);
-      this.#domains.set(def.uuid, dom);
+      this.#domains.set(dom);
       this.#emit(dom, 'defined', byUuid ? 'updated' : 'added');
       return this.#ref(dom);
     });
