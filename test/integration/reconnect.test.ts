@@ -72,6 +72,29 @@ describe('QEMU outlives the management process', () => {
     await conn.close();
   });
 
+  it('adopts a VM whose recorded live definition no longer validates, using the persistent one', async () => {
+    const root = tempRoot();
+    roots.push(root);
+    const conn = await openRoot(root);
+    const dom = await conn.defineDomain(pausedOnly('upgraded'));
+    await dom.start({ paused: true });
+    const { pid } = await dom.getInfo();
+    await conn.close();
+    // As if written by a virtkit whose definitions had a field this one does not know.
+    const statusPath = join(root, 'run', 'upgraded.json');
+    const status = JSON.parse(readFileSync(statusPath, 'utf8'));
+    status.live.futureField = true;
+    writeFileSync(statusPath, JSON.stringify(status));
+
+    const conn2 = await openRoot(root);
+    const again = await conn2.lookupDomain('upgraded');
+    expect(await again.getInfo()).toMatchObject({ state: 'paused', pid });
+    expect(again.getDefinition().name).toBe('upgraded');
+    await again.destroy();
+    expect(alive(pid as number)).toBe(false);
+    await conn2.close();
+  });
+
   it('never adopts a process whose start time differs (a reused pid)', async () => {
     const root = tempRoot();
     roots.push(root);

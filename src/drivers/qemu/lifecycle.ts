@@ -1,5 +1,5 @@
 import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
 import { type DriverContext, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
@@ -89,8 +89,15 @@ export async function finalizeExit(
   const reason = stoppedReason(run);
   run.qmp?.close();
   await releaseThreads(scopeOf(ctx, dom, run), run.pid, run.placements, 'release');
-  removeIfPresent(run.paths.monitor);
-  removeIfPresent(run.paths.status);
+  // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
+  // neither crash the host process nor leave the domain recorded as running.
+  for (const path of [run.paths.monitor, run.paths.status]) {
+    try {
+      removeIfPresent(path);
+    } catch (err) {
+      ctx.log(dom, `cannot remove ${path} after exit: ${errorMessage(err)}`);
+    }
+  }
   dom.run = undefined;
   dom.state = 'shutoff';
   dom.reason = reason;

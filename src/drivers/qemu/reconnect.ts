@@ -1,4 +1,5 @@
 import { realpathSync } from 'node:fs';
+import type { DomainDefinition } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
 import { errorMessage } from '../../stable/errors.js';
 import { readProcExe, readProcStartTime } from '../../util/proc.js';
@@ -83,7 +84,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     startTime: BigInt(status.startTime),
     emulator: status.emulator,
     paths,
-    live: resolveDefinition(status.live),
+    live: liveDefinition(status, dom),
     taints: status.taints,
     exited,
     finalized: finalized.promise,
@@ -100,10 +101,32 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     await finalizeExit(ctx, dom, run, info);
     finalized.resolve();
   });
-  const { status: qemuStatus } = await qmp.execute<{ status: string }>('query-status');
+  dom.state = 'paused';
+  dom.reason = 'unknown';
+  let qemuStatus: string;
+  try {
+    ({ status: qemuStatus } = await qmp.execute<{ status: string }>('query-status'));
+  } catch (err) {
+    // QEMU went away between adoption and this question: the exit watcher records it as stopped.
+    // One dying domain must not fail the connect() of every other.
+    ctx.log(dom, `reconnect: query-status failed (${errorMessage(err)}); waiting for the exit`);
+    return;
+  }
   dom.state = qemuStatus === 'running' ? 'running' : 'paused';
   dom.reason = qemuStatus === 'running' ? 'unpaused' : 'user';
   ctx.log(dom, `reconnected to QEMU pid ${run.pid} (${qemuStatus})`);
+}
+
+/**
+ * The live definition the status file recorded; the persistent one when it no longer validates
+ * (written by another virtkit version), so a running QEMU is never left unmanaged over it.
+ */
+function liveDefinition(status: DomainStatus, dom: DomainObject): DomainDefinition {
+  try {
+    return resolveDefinition(status.live);
+  } catch {
+    return dom.def;
+  }
 }
 
 function killQuietly(pid: number): void {
