@@ -106,6 +106,16 @@ describe('invalid definitions are rejected before anything is written', () => {
     expect(definitionFiles(root)).toEqual(['bad.json']);
   });
 
+  it('two concurrent definitions claiming one name: exactly one wins', async () => {
+    const results = await Promise.allSettled([
+      conn.defineDomain({ ...base, uuid: '6f3e1c52-3b8e-4d7e-9a44-2d1b7f0e9c11' }),
+      conn.defineDomain({ ...base, uuid: '7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d' }),
+    ]);
+    expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
+    expect(results.find((r) => r.status === 'rejected')).toMatchObject({ reason: { code: 'DOMAIN_EXISTS' } });
+    expect(await conn.listDomains()).toHaveLength(1);
+  });
+
   it('an unknown domain', async () => {
     await expect(conn.lookupDomain('nope')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
     const dom = await conn.defineDomain(base);

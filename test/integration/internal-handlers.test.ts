@@ -473,6 +473,23 @@ describe('faulty handlers fail the start cleanly', () => {
     expect(err.message).toMatch(/runs other\/0, not fifo\/1/);
   });
 
+  it('a placement whose effect is not what it reports: POSTCONDITION_FAILED, and its cgroups released', async () => {
+    internal.setHandler('cgroup.placeThreads', (ctx, args) => {
+      // Really creates the driver's groups, but puts every thread in one and claims otherwise.
+      const { placements } = placeThreads({
+        parent: 'virtkit',
+        name: `vk-${ctx.domain.uuid}`,
+        pid: args.pid,
+        groups: [{ name: 'emulator', tids: args.threads.map((t) => t.tid) }],
+      });
+      return {
+        placements: placements.map((p, i) => (i === 0 ? { ...p, cgroup: `${p.cgroup}-elsewhere` } : p)),
+      };
+    });
+    const err = await expectCleanFailure('misplaced', 'POSTCONDITION_FAILED');
+    expect(err.message).toMatch(/cgroup\.placeThreads/);
+  });
+
   it('a handler that returns garbage: HANDLER_FAILED naming the malformed field', async () => {
     internal.setHandler('cgroup.placeThreads', () => ({ placements: 'everywhere' }) as never);
     const err = await expectCleanFailure('garbage', 'HANDLER_FAILED');

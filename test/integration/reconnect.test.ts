@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -93,6 +94,26 @@ describe('QEMU outlives the management process', () => {
     await again.destroy();
     expect(alive(pid as number)).toBe(false);
     await conn2.close();
+  });
+
+  it('a process that adopted a VM and closed its connection exits on its own; the VM runs on', async () => {
+    const root = tempRoot();
+    roots.push(root);
+    const { child, value: qemuPid } = await runChild(CHILD, [root, 'lingering']);
+    await killChild(child);
+    const script = `const { connect } = await import(${JSON.stringify(join(__dirname, '..', '..', 'src', 'stable', 'index.ts'))});
+      const conn = await connect('qemu:///embed?root=${root}');
+      const dom = await conn.lookupDomain('lingering');
+      if ((await dom.getInfo()).pid !== ${qemuPid}) process.exit(3);
+      await conn.close();`;
+    const res = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      timeout: 20_000,
+      encoding: 'utf8',
+    });
+    // Killed by the timeout (a monitor poll keeping the loop alive) would leave status null.
+    expect({ status: res.status, stderr: res.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(alive(qemuPid)).toBe(true);
+    process.kill(qemuPid, 'SIGKILL');
   });
 
   it('never adopts a process whose start time differs (a reused pid)', async () => {

@@ -28,6 +28,10 @@ export interface Runtime {
   threads?: ThreadIds;
   /** Where `startup` placed the threads; given back in `release`. */
   placements: Placement[];
+  /** `cgroup.placeThreads` was invoked: release even when it failed before reporting placements. */
+  placementAttempted: boolean;
+  /** How QEMU ended, once it has: lets the start sequence see a death that no QMP call noticed. */
+  exitInfo?: ExitInfo;
   /** True once start-up completed; until then the start sequence owns clean-up. */
   started: boolean;
   stopIntent?: StopIntent;

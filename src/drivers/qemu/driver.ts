@@ -79,6 +79,10 @@ export class QemuDriver implements Driver, DriverContext {
   #pending: DomainEvent[] | undefined = [];
   #nextId = 1;
   #closed = false;
+  /** Every operation under way; close() lets them finish before it lets go of the domains. */
+  readonly #inflight = new Set<Promise<unknown>>();
+  /** New definitions are checked and added one at a time, so two cannot claim one name. */
+  #defining: Promise<unknown> = Promise.resolve();
 
   constructor(uri: string, layout: RootLayout, lock: RootLock) {
     this.uri = uri;
@@ -134,6 +138,13 @@ export class QemuDriver implements Driver, DriverContext {
     return this.#domains.get(uuid);
   }
 
+  #track<T>(operation: Promise<T>): Promise<T> {
+    this.#inflight.add(operation);
+    const done = () => this.#inflight.delete(operation);
+    operation.then(done, done);
+    return operation;
+  }
+
   #checkOpen(): void {
     if (this.#closed)
       throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
@@ -152,15 +163,20 @@ export class QemuDriver implements Driver, DriverContext {
 
   async defineDomain(def: DomainDefinition): Promise<DomainRef> {
     this.#checkOpen();
-    const existing = this.#domains.existingFor(def);
-    const dom = existing ?? new DomainObject(def);
-    return dom.job(async () => {
-      await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
-      dom.def = def;
-      this.#domains.set(dom);
-      this.emit(dom, 'defined', existing ? 'updated' : 'added');
-      return { name: def.name, uuid: def.uuid, active: dom.active };
-    });
+    const define = async (): Promise<DomainRef> => {
+      const existing = this.#domains.existingFor(def);
+      const dom = existing ?? new DomainObject(def);
+      return dom.job(async () => {
+        await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+        dom.def = def;
+        this.#domains.set(dom);
+        this.emit(dom, 'defined', existing ? 'updated' : 'added');
+        return { name: def.name, uuid: def.uuid, active: dom.active };
+      });
+    };
+    const result = this.#defining.then(define, define);
+    this.#defining = result.catch(() => undefined);
+    return this.#track(result);
   }
 
   async undefineDomain(uuid: string): Promise<void> {
@@ -201,35 +217,39 @@ export class QemuDriver implements Driver, DriverContext {
 
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(() => startDomain(this, dom, options));
+    return this.#track(dom.job(() => startDomain(this, dom, options)));
   }
 
   suspend(uuid: string): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(() => suspendDomain(this, dom));
+    return this.#track(dom.job(() => suspendDomain(this, dom)));
   }
 
   resume(uuid: string): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(() => resumeDomain(this, dom));
+    return this.#track(dom.job(() => resumeDomain(this, dom)));
   }
 
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(() => shutdownDomain(this, dom, options));
+    return this.#track(dom.job(() => shutdownDomain(this, dom, options)));
   }
 
   /** Destroy does not queue behind a running job: it must be able to end a hung shutdown or start. */
   async destroy(uuid: string, options: DestroyOptions): Promise<void> {
     const dom = this.#get(uuid);
-    if (dom.run?.started) return destroyDomain(this, dom, options);
-    return dom.job(() => destroyDomain(this, dom, options));
+    if (dom.run?.started) return this.#track(destroyDomain(this, dom, options));
+    return this.#track(dom.job(() => destroyDomain(this, dom, options)));
   }
 
-  /** Lets go of every domain (their QEMU keeps running) and releases the root's lock. */
+  /**
+   * Lets the operations under way finish, then lets go of every domain (their QEMU keeps running)
+   * and releases the root's lock.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await Promise.allSettled([...this.#inflight]);
     for (const dom of this.#domains.values()) {
       const run = dom.run;
       if (!run) continue;

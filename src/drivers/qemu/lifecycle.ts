@@ -88,7 +88,7 @@ export async function finalizeExit(
   if (run.detached || dom.run !== run) return;
   const reason = stoppedReason(run);
   run.qmp?.close();
-  await releaseThreads(scopeOf(ctx, dom, run), run.pid, run.placements, 'release');
+  await releaseThreads(scopeOf(ctx, dom, run), run, 'release');
   // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
   // neither crash the host process nor leave the domain recorded as running.
   for (const path of [run.paths.monitor, run.paths.status]) {

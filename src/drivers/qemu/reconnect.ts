@@ -51,7 +51,8 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   const gone = async (reason: 'crashed' | 'failed', why: string) => {
     const placements = status?.placements ?? [];
     const leftover = { id: status?.id ?? 0, pid: status?.pid, taints: status?.taints ?? [] };
-    await releaseThreads(scopeOf(ctx, dom, leftover), status?.pid ?? 0, placements, 'reconnect');
+    const record = { pid: status?.pid ?? 0, placements, placementAttempted: placements.length > 0 };
+    await releaseThreads(scopeOf(ctx, dom, leftover), record, 'reconnect');
     removeIfPresent(paths.monitor);
     removeIfPresent(paths.status);
     dom.state = 'shutoff';
@@ -75,7 +76,10 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     return gone('crashed', `cannot reconnect to the monitor (${errorMessage(err)}); QEMU killed`);
   }
   const exit = deferred<void>();
-  qmp.onDisconnect(() => exit.resolve());
+  // A driver that closes drops the monitor on purpose: QEMU lives on, nobody waits for its exit.
+  qmp.onDisconnect(() => {
+    if (!run.detached) exit.resolve();
+  });
   const exited = exit.promise.then(() => waitAdoptedExit(status.pid, BigInt(status.startTime)));
   const finalized = deferred<void>();
   const run: Runtime = {
@@ -91,6 +95,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     qmp,
     threads: status.threads,
     placements: status.placements,
+    placementAttempted: status.placements.length > 0,
     started: true,
     sawShutdown: false,
     detached: false,

@@ -100,6 +100,11 @@ export async function startDomain(
     await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run);
     recordRunning(s);
     if (!options.paused) await qmp.execute('cont');
+    // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
+    // only visible here. Checked and marked started in one synchronous step, so the exit watcher
+    // either saw `started` or left the clean-up to this sequence.
+    if (run.exitInfo)
+      throw new VirtError(ErrorCode.OPERATION_FAILED, 'QEMU exited during start-up', { pid: run.pid });
     run.started = true;
   } catch (err) {
     await rollback(ctx, dom, s);
@@ -183,6 +188,7 @@ function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
     live: cmd.live,
     taints: [...cmd.taints, ...s.taints],
     placements: [],
+    placementAttempted: false,
     child: launch.child,
     exited: launch.exited,
     finalized: finalized.promise,
@@ -194,6 +200,7 @@ function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
   dom.run = run;
   // Until start-up completes the start sequence owns clean-up; afterwards the exit finalizes.
   void launch.exited.then(async (info) => {
+    run.exitInfo = info;
     if (run.started) await finalizeExit(ctx, dom, run, info);
     finalized.resolve();
   });
@@ -299,7 +306,7 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
     }
     await within(launch.exited, KILL_WAIT_MS);
   }
-  if (run) await releaseThreads(scopeOf(ctx, dom, run), run.pid, run.placements, 'release');
+  if (run) await releaseThreads(scopeOf(ctx, dom, run), run, 'release');
   removeIfPresent(s.paths.monitor);
   removeIfPresent(s.paths.status);
   if (dom.run === run) dom.run = undefined;

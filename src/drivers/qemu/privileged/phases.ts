@@ -97,7 +97,7 @@ export async function configureThreads(
   def: DomainDefinition,
   pid: number,
   threads: ThreadIds,
-  record: { placements: Placements },
+  record: { placements: Placements; placementAttempted: boolean },
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
@@ -110,7 +110,8 @@ export async function configureThreads(
         .filter((tid) => !known.has(tid))
         .map((tid) => ({ tid, role: 'emulator' as const, index: 0 })),
     ];
-    // Recorded at once: if a later step fails, the rollback must release these.
+    // Recorded at once: if this or a later step fails, the rollback must release what was made.
+    record.placementAttempted = true;
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', 'startup', {
       pid,
       threads: all,
@@ -140,13 +141,12 @@ export async function configureThreads(
 /** `release` (or `reconnect`): QEMU has exited; give back what `startup` placed. Never throws. */
 export async function releaseThreads(
   scope: InvocationScope,
-  pid: number,
-  placements: Placements,
+  record: { readonly pid: number; readonly placements: Placements; readonly placementAttempted: boolean },
   phase: 'release' | 'reconnect',
 ): Promise<void> {
-  if (placements.length === 0) return;
+  if (!record.placementAttempted && record.placements.length === 0) return;
   try {
-    await invoke(scope, 'cgroup.release', phase, { pid, placements });
+    await invoke(scope, 'cgroup.release', phase, { pid: record.pid, placements: record.placements });
   } catch {
     // invoke logged it; the domain is gone either way and must still be recorded as shut off.
   }
