@@ -173,9 +173,7 @@ export function releaseCgroups(req: { parent: string; name: string }, options?: 
   const { mode, mount } = resolve(options);
   const domainDir = `${mount}/${req.parent}/${req.name}`;
   const dirs = treeBottomUp(domainDir);
-  // cgroup.threads lists every thread of a v2 cgroup, domain or threaded.
-  const busy = (dir: string): number[] =>
-    members(`${dir}/${mode === 'v1-cpuset' ? 'tasks' : 'cgroup.threads'}`);
+  const busy = (dir: string): number[] => members(tasksFile(dir, mode));
   // Check first, so that a domain that is still running loses none of its groups.
   for (const dir of dirs) {
     const ids = busy(dir);
@@ -199,6 +197,25 @@ export function releaseCgroups(req: { parent: string; name: string }, options?: 
       }
     }
   }
+}
+
+/** The file listing a cgroup's threads: cgroup.threads lists every thread of a v2 cgroup, domain or threaded. */
+function tasksFile(dir: string, mode: CgroupMode): string {
+  return `${dir}/${mode === 'v1-cpuset' ? 'tasks' : 'cgroup.threads'}`;
+}
+
+/**
+ * Every thread id in a domain's cgroup tree; empty when the tree does not exist. Lets a privileged
+ * caller see whether a domain's groups already hold another process before it places threads there.
+ */
+export function domainCgroupThreads(
+  req: { parent: string; name: string },
+  options?: CgroupManagerOptions,
+): number[] {
+  checkParent(req.parent);
+  checkName('name', req.name);
+  const { mode, mount } = resolve(options);
+  return treeBottomUp(`${mount}/${req.parent}/${req.name}`).flatMap((dir) => members(tasksFile(dir, mode)));
 }
 
 function stillBusy(dir: string, ids: number[], mode: CgroupMode): VirtError {

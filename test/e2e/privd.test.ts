@@ -31,7 +31,7 @@ import {
   type PrivilegedHelperPolicy,
 } from '../../src/internal/index.js';
 import { VirtError } from '../../src/stable/index.js';
-import { threadCgroup } from '../../src/util/cgroup.js';
+import { placeThreads, releaseCgroups, threadCgroup } from '../../src/util/cgroup.js';
 import { schedGet } from '../../src/util/libc.js';
 import { readProcLimits, readThreadComm } from '../../src/util/proc.js';
 import type { FixtureConfig } from '../fixtures/delegating-driver.js';
@@ -398,6 +398,37 @@ describe('virtkit-privd refuses, and the start fails with ACCESS_DENIED leaving 
     });
     expect(String(failed['message'])).toMatch(/symlink .* points to \.\.\/outside\/outside\.img/);
     expectNothingLeft(run.root, dom.uuid);
+  });
+
+  it("a domain uuid whose cgroups already hold another process (another tenant's VM): cgroup.owner", async () => {
+    await startHelper();
+    const dom = guest();
+    // A root process squatting in the groups that the peer's chosen uuid names.
+    const squatter = spawn('sleep', ['60'], { stdio: 'ignore' });
+    await new Promise((r) => squatter.once('spawn', r));
+    const spid = squatter.pid as number;
+    placeThreads({
+      parent: PARENT,
+      name: `vk-${dom.uuid}`,
+      pid: spid,
+      groups: [{ name: 'emulator', tids: [spid] }],
+    });
+    try {
+      const { run, failed } = await startFails({ socket, domain: dom });
+      expect(failed).toMatchObject({
+        code: 'ACCESS_DENIED',
+        details: { operation: 'cgroup.placeThreads', rule: 'cgroup.owner' },
+      });
+      // Untouched: still where it was, and the peer's rollback could not remove its groups.
+      expect(threadCgroup(spid, spid, 'v1-cpuset')).toBe(`/${PARENT}/vk-${dom.uuid}/emulator`);
+      expect(runLeftovers(run.root)).toEqual([]);
+      expect(processesMentioning(dom.uuid)).toEqual([]);
+    } finally {
+      const gone = new Promise((r) => squatter.once('exit', r));
+      squatter.kill('SIGKILL');
+      await gone;
+      releaseCgroups({ parent: PARENT, name: `vk-${dom.uuid}` });
+    }
   });
 
   it('a target pid of another uid, a process that is no emulator, a cgroup release outside the parent (direct calls)', async () => {

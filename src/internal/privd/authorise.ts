@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { STUB_ARGV0, STUB_SCRIPT } from '../../drivers/qemu/process.js';
 import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { domainCgroupThreads } from '../../util/cgroup.js';
 import { readParentPid, readProcExe, readThreadCgroups } from '../../util/proc.js';
 import type { PeerCredentials } from '../../util/unix-socket.js';
 import type { OperationArgs, OperationName } from '../operations.js';
@@ -259,6 +260,21 @@ export function authorise(
         a.threads.map((t) => t.tid),
         target,
       );
+      // The peer names the domain (and so the cgroup) itself: never let it place threads into, or
+      // re-set the cpus of, groups that hold another process — another tenant's running VM.
+      const foreign = domainCgroupThreads({
+        parent: policy.cgroup?.parent ?? '',
+        name: `vk-${ctx.domain.uuid.toLowerCase()}`,
+      }).filter((tid) => !existsSync(`/proc/${a.pid}/task/${tid}`));
+      if (foreign.length > 0) {
+        throw denied(
+          'cgroup.owner',
+          `the cgroups of domain ${ctx.domain.uuid} hold threads of another process`,
+          {
+            tids: foreign.slice(0, 10),
+          },
+        );
+      }
       return;
     }
     case 'cgroup.release': {
