@@ -28,6 +28,7 @@ const IFF_TAP = 0x0002;
 const IFF_NO_PI = 0x1000;
 const IFF_VNET_HDR = 0x4000;
 const IFF_MULTI_QUEUE = 0x0100;
+const IFF_TUN_EXCL = 0x8000;
 /** `IFNAMSIZ`: 15 bytes and the terminating NUL. */
 const IFNAMSIZ = 16;
 /** `sizeof(struct ifreq)`: the name and a 24-byte union (`ifr_flags` is a short at offset 16). */
@@ -127,9 +128,9 @@ function tapError(err: unknown, ifname: string, what: string): VirtError {
  */
 export function openTap(
   ifname: string | undefined,
-  options: { queues: number; vnetHdr: boolean },
+  options: { queues: number; vnetHdr: boolean; exclusive?: boolean },
 ): { ifname: string; fds: number[] } {
-  const { queues, vnetHdr } = options;
+  const { queues, vnetHdr, exclusive = false } = options;
   if (!Number.isInteger(queues) || queues < 1 || queues > MAX_QUEUES) {
     throw new VirtError(
       ErrorCode.XML_ERROR,
@@ -153,7 +154,8 @@ export function openTap(
       }
       fds.push(fd);
       // After the first queue the kernel has resolved the template: attach the others by name.
-      const req = ifreq(name, flags);
+      // `exclusive`: the first queue must create the device (IFF_TUN_EXCL), never attach to one.
+      const req = ifreq(name, q === 0 && exclusive ? flags | IFF_TUN_EXCL : flags);
       try {
         ioctlBuffer(fd, TUNSETIFF, req);
       } catch (err) {

@@ -400,6 +400,26 @@ describe('virtkit-privd refuses, and the start fails with ACCESS_DENIED leaving 
     expectNothingLeft(run.root, dom.uuid);
   });
 
+  it("an existing TAP that is not the peer's (another tenant's traffic): tap.owner", async () => {
+    await startHelper();
+    const name = 'vkpforeign0';
+    execFileSync('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap', 'vnet_hdr']);
+    try {
+      const dom = {
+        ...guest(),
+        interfaces: [{ type: 'ethernet' as const, target: { dev: name, managed: false } }],
+      };
+      const { run, failed } = await startFails({ socket, domain: dom });
+      expect(failed).toMatchObject({
+        code: 'ACCESS_DENIED',
+        details: { operation: 'net.openTap', rule: 'tap.owner' },
+      });
+      expectNothingLeft(run.root, dom.uuid);
+    } finally {
+      execFileSync('ip', ['link', 'del', name]);
+    }
+  });
+
   it("a domain uuid whose cgroups already hold another process (another tenant's VM): cgroup.owner", async () => {
     await startHelper();
     const dom = guest();

@@ -120,6 +120,19 @@ describe('openTap', () => {
     expect(linkExists('vktest-pre')).toBe(true);
   });
 
+  it('with exclusive, creates a new device and refuses to attach to an existing one', () => {
+    execFileSync('ip', ['tuntap', 'add', 'dev', 'vktest-excl', 'mode', 'tap', 'vnet_hdr'], { stdio: 'pipe' });
+    persistent.push('vktest-excl');
+    const before = openFdCount();
+    expect(() => openTap('vktest-excl', { queues: 1, vnetHdr: true, exclusive: true })).toThrow(
+      expect.objectContaining({ name: 'VirtError', details: expect.objectContaining({ errno: 'EBUSY' }) }),
+    );
+    expect(openFdCount()).toBe(before);
+    const fresh = openTap('vktest-new%d', { queues: 2, vnetHdr: true, exclusive: true });
+    track(fresh.fds);
+    expect(fresh.fds.map((fd) => isTapFd(fd, fresh.ifname))).toEqual([true, true]);
+  });
+
   it('fails with SYSTEM_ERROR and closes its fds when the kernel refuses a queue', () => {
     // A persistent TAP created without multi_queue cannot take a second queue.
     execFileSync('ip', ['tuntap', 'add', 'dev', 'vktest-sq', 'mode', 'tap'], { stdio: 'pipe' });

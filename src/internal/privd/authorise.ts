@@ -302,6 +302,21 @@ export function authorise(
           prefix: policy.tap.prefix,
         });
       }
+      // An existing TAP (managed='no', pre-created) is the peer's only if created for its uid
+      // (`ip tuntap add … user <uid>`); otherwise it may be another tenant's, traffic and all.
+      if (a.ifname !== undefined && existsSync(`/sys/class/net/${a.ifname}`)) {
+        const owner = Number(readFileSync(`/sys/class/net/${a.ifname}/owner`, 'utf8').trim());
+        if (owner !== peer.uid) {
+          throw denied(
+            'tap.owner',
+            `TAP ${a.ifname} exists and does not belong to uid ${peer.uid} (owner ${owner})`,
+            {
+              ifname: a.ifname,
+              owner,
+            },
+          );
+        }
+      }
       return;
     }
     case 'storage.openFile': {

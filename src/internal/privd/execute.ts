@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { builtins } from '../../drivers/qemu/privileged/builtins.js';
 import type { InvocationScope } from '../../drivers/qemu/privileged/invoke.js';
 import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { openTap } from '../../util/tap.js';
 import { HandlerTable } from '../handler-table.js';
 import type { OperationArgs, OperationName, OperationResult } from '../operations.js';
 import { processOwner } from './authorise.js';
@@ -99,7 +100,11 @@ export async function execute(
     }
     case 'net.openTap': {
       const a = args as OperationArgs<'net.openTap'>;
-      return builtins[op]({ ...a, ifname: a.ifname ?? `${policy.tap?.prefix}%d` }, scope);
+      const ifname = a.ifname ?? `${policy.tap?.prefix}%d`;
+      // With CAP_NET_ADMIN, TUNSETIFF would attach to any existing TAP: an existing one was checked
+      // for its owner (tap.owner); a new one is created exclusively, so none can appear in between.
+      const existing = a.ifname !== undefined && existsSync(`/sys/class/net/${a.ifname}`);
+      return openTap(ifname, { queues: a.queues, vnetHdr: a.vnetHdr, exclusive: !existing });
     }
     case 'storage.openFile': {
       const a = args as OperationArgs<'storage.openFile'>;
