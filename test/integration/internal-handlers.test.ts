@@ -467,6 +467,34 @@ describe('faulty handlers fail the start cleanly', () => {
     expect(signal?.aborted).toBe(true);
   });
 
+  it('destroy ends a start stuck in a handler: the handler is aborted, the start fails, nothing is left', async () => {
+    let entered!: () => void;
+    const inHandler = new Promise<void>((r) => {
+      entered = r;
+    });
+    let signal: AbortSignal | undefined;
+    internal.setHandler(
+      'thread.setScheduler',
+      (ctx) => {
+        signal = ctx.signal;
+        entered();
+        return new Promise<undefined>(() => {});
+      },
+      { timeoutMs: 60_000 },
+    );
+    const dom = await conn.defineDomain(
+      pausedOnly('stuck', { cputune: { vcpusched: [{ ids: '0', scheduler: 'fifo', priority: 1 }] } }),
+    );
+    const starting = dom.start({ paused: true }).catch((e: unknown) => e);
+    await inHandler;
+    await dom.destroy();
+    expect(signal?.aborted).toBe(true);
+    expect(await starting).toMatchObject({ name: 'VirtError', code: 'OPERATION_FAILED' });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', pid: null });
+    expect(runLeftovers(root)).toEqual([]);
+    expect(processesMentioning(dom.uuid)).toEqual([]);
+  });
+
   it('a handler that lies (claims success, does nothing): POSTCONDITION_FAILED', async () => {
     internal.setHandler('thread.setScheduler', () => undefined);
     const err = await expectCleanFailure('lies', 'POSTCONDITION_FAILED');

@@ -23,7 +23,14 @@ export interface DriverContext {
 export function scopeOf(
   ctx: DriverContext,
   dom: DomainObject,
-  run: { readonly id: number; readonly pid: number | undefined; readonly taints: string[] } | undefined,
+  run:
+    | {
+        readonly id: number;
+        readonly pid: number | undefined;
+        readonly taints: string[];
+        readonly cancel?: AbortController;
+      }
+    | undefined,
   taints: string[] = run?.taints ?? [],
 ): InvocationScope {
   return {
@@ -32,6 +39,7 @@ export function scopeOf(
     pid: run?.pid,
     taints,
     cgroupParent: ctx.cgroupParent,
+    signal: run?.cancel?.signal,
     log: (message) => ctx.log(dom, message),
   };
 }

@@ -30,6 +30,8 @@ export interface Runtime {
   placements: Placement[];
   /** `cgroup.placeThreads` was invoked: release even when it failed before reporting placements. */
   placementAttempted: boolean;
+  /** Aborted by a destroy during start-up: ends any handler the start sequence is waiting for. */
+  readonly cancel: AbortController;
   /** How QEMU ended, once it has: lets the start sequence see a death that no QMP call noticed. */
   exitInfo?: ExitInfo;
   /** True once start-up completed; until then the start sequence owns clean-up. */

@@ -235,10 +235,26 @@ export class QemuDriver implements Driver, DriverContext {
     return this.#track(dom.job(() => shutdownDomain(this, dom, options)));
   }
 
-  /** Destroy does not queue behind a running job: it must be able to end a hung shutdown or start. */
+  /**
+   * Destroy does not queue behind a running job: it must be able to end a hung shutdown, or a start
+   * stuck in a handler. A start in progress is ended by killing its process; the start sequence
+   * then rolls itself back (and fails), and destroy returns once it has.
+   */
   async destroy(uuid: string, options: DestroyOptions): Promise<void> {
     const dom = this.#get(uuid);
-    if (dom.run?.started) return this.#track(destroyDomain(this, dom, options));
+    const run = dom.run;
+    if (run?.started) return this.#track(destroyDomain(this, dom, options));
+    if (run) {
+      run.stopIntent = 'destroy';
+      run.cancel.abort();
+      this.log(dom, `destroy during start-up: SIGKILL to pid ${run.pid}`);
+      try {
+        process.kill(run.pid, 'SIGKILL');
+      } catch {
+        // already gone: the start is failing by itself
+      }
+      return this.#track(dom.job(async () => undefined));
+    }
     return this.#track(dom.job(() => destroyDomain(this, dom, options)));
   }
 

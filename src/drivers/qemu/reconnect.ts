@@ -96,6 +96,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     threads: status.threads,
     placements: status.placements,
     placementAttempted: status.placements.length > 0,
+    cancel: new AbortController(),
     started: true,
     sawShutdown: false,
     detached: false,

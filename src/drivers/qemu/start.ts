@@ -189,6 +189,7 @@ function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
     taints: [...cmd.taints, ...s.taints],
     placements: [],
     placementAttempted: false,
+    cancel: new AbortController(),
     child: launch.child,
     exited: launch.exited,
     finalized: finalized.promise,

@@ -20,6 +20,8 @@ export interface InvocationScope {
   /** Taints of the domain being started or running; `internal-handler` is added on first use. */
   readonly taints: string[];
   readonly cgroupParent: string;
+  /** Aborted when the domain is destroyed while the operation runs: the invocation fails at once. */
+  readonly signal?: AbortSignal;
   log(message: string): void;
 }
 
@@ -100,7 +102,20 @@ async function callHandler<Op extends OperationName>(
   };
   const details = { operation: op, phase, domain: scope.domain };
   let timer: NodeJS.Timeout | undefined;
+  const cancelled = () => {
+    const err = new VirtError(
+      ErrorCode.OPERATION_FAILED,
+      `${op} (phase ${phase}) was cancelled: the domain was destroyed`,
+      details,
+    );
+    controller.abort(err);
+    return err;
+  };
+  let onCancel: (() => void) | undefined;
   const expired = new Promise<never>((_, reject) => {
+    onCancel = () => reject(cancelled());
+    if (scope.signal?.aborted) onCancel();
+    else scope.signal?.addEventListener('abort', onCancel, { once: true });
     timer = setTimeout(() => {
       const err = new VirtError(
         ErrorCode.OPERATION_TIMEOUT,
@@ -126,6 +141,7 @@ async function callHandler<Op extends OperationName>(
     throw handlerError(op, phase, err, details);
   } finally {
     clearTimeout(timer);
+    if (onCancel) scope.signal?.removeEventListener('abort', onCancel);
   }
   const parsed = operationSchemas[op].result.safeParse(raw);
   if (!parsed.success) {
