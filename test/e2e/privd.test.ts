@@ -377,7 +377,7 @@ describe('virtkit-privd refuses, and the start fails with ACCESS_DENIED leaving 
         domain: dom,
         ...(c.tamper ? { tamper: c.tamper } : {}),
       });
-      expect(failed).toMatchObject({
+      expect(failed, String(failed['message'])).toMatchObject({
         code: 'ACCESS_DENIED',
         details: { operation: c.operation, rule: c.rule },
       });

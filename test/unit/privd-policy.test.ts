@@ -17,6 +17,7 @@ import { loadPolicy, type Policy, parsePolicy } from '../../src/internal/privd/p
 import type { WireContext } from '../../src/internal/privd/protocol.js';
 import { openBeneath } from '../../src/internal/privd/storage.js';
 import { VirtError } from '../../src/stable/errors.js';
+import { readProcStartTime } from '../../src/util/proc.js';
 
 const minimal = { version: 1, peers: { uids: [1000] } };
 
@@ -109,7 +110,12 @@ describe('policy parsing', () => {
 });
 
 describe('authorisation rules', () => {
-  const me = { pid: process.pid, uid: process.getuid?.() ?? 0, gid: 0 };
+  const me = {
+    pid: process.pid,
+    uid: process.getuid?.() ?? 0,
+    gid: 0,
+    startTime: readProcStartTime(process.pid)?.toString(),
+  };
   const ctx = (phase: WireContext['phase'], uuid = '11111111-2222-4333-8444-555555555555'): WireContext => ({
     domain: { uuid, name: 'd', id: 1 },
     phase,
@@ -157,6 +163,11 @@ describe('authorisation rules', () => {
     // This process is no descendant of itself; the sleep is, but runs no allowed emulator.
     expect(check('thread.setScheduler', { pid: process.pid, threads: [] })).toBe('targets.descendant');
     expect(check('thread.setScheduler', { pid: sleepPid, threads: [] })).toBe('targets.emulators');
+    // The same peer pid with another start time: the peer is gone and its pid reused.
+    const reused = { ...me, startTime: String(BigInt(me.startTime ?? '0') + 1n) };
+    expect(check('thread.setScheduler', { pid: sleepPid, threads: [] }, ctx('startup'), reused)).toBe(
+      'targets.descendant',
+    );
   });
 
   it('checks tids, memlock, scheduler, cgroup and TAP rules', () => {

@@ -2,11 +2,20 @@ import { existsSync, readFileSync } from 'node:fs';
 import { STUB_ARGV0, STUB_SCRIPT } from '../../drivers/qemu/process.js';
 import { ErrorCode, VirtError } from '../../stable/errors.js';
 import { domainCgroupThreads } from '../../util/cgroup.js';
-import { readParentPid, readProcExe, readThreadCgroups } from '../../util/proc.js';
+import { readParentPid, readProcExe, readProcStartTime, readThreadCgroups } from '../../util/proc.js';
 import type { PeerCredentials } from '../../util/unix-socket.js';
 import type { OperationArgs, OperationName } from '../operations.js';
 import type { Policy } from './policy.js';
 import type { WireContext } from './protocol.js';
+
+/**
+ * A peer as the helper knows it: SO_PEERCRED's credentials, fixed when the socket connected, and
+ * the start time of that pid read at the same moment, so a later reuse of the pid is detectable.
+ */
+export interface Peer extends PeerCredentials {
+  /** As decimal digits: the peer appears in JSON audit lines. */
+  readonly startTime: string | undefined;
+}
 
 /** What a request concerns, for the audit line. */
 export interface AuditTarget {
@@ -83,17 +92,17 @@ function inside(path: string, root: string): boolean {
   return root === '/' || path === root || path.startsWith(`${root}/`);
 }
 
-function qualifies(
-  policy: Policy,
-  peer: PeerCredentials,
-  pid: number,
-  q: Policy['qualify'][number],
-): boolean {
+function qualifies(policy: Policy, peer: Peer, pid: number, q: Policy['qualify'][number]): boolean {
   switch (q) {
     case 'sameUid':
       return processOwner(pid)?.uid === peer.uid;
     case 'descendant':
-      return isDescendant(pid, peer.pid);
+      // The peer may have handed its socket on and exited: a reused pid is not its ancestor.
+      return (
+        peer.startTime !== undefined &&
+        readProcStartTime(peer.pid)?.toString() === peer.startTime &&
+        isDescendant(pid, peer.pid)
+      );
     case 'cgroupSubtree': {
       const cg = trackingCgroup(pid);
       return cg !== undefined && policy.cgroupSubtree !== undefined && inside(cg, policy.cgroupSubtree);
@@ -130,7 +139,7 @@ function isStubOfEmulator(policy: Policy, pid: number, exe: string): boolean {
  */
 function checkTarget(
   policy: Policy,
-  peer: PeerCredentials,
+  peer: Peer,
   pid: number,
   op: OperationName,
   phase: string,
@@ -199,7 +208,7 @@ function domainCgroup(policy: Policy, uuid: string, target: AuditTarget): string
  */
 export function authorise(
   policy: Policy,
-  peer: PeerCredentials,
+  peer: Peer,
   op: OperationName,
   ctx: WireContext,
   args: OperationArgs<OperationName>,

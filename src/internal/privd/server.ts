@@ -1,6 +1,7 @@
 import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
 import { closeFd, SyscallError } from '../../util/libc.js';
+import { readProcStartTime } from '../../util/proc.js';
 import {
   type FdWatch,
   type PeerCredentials,
@@ -12,7 +13,7 @@ import {
 } from '../../util/unix-socket.js';
 import { type OperationArgs, type OperationName, operationSchemas } from '../operations.js';
 import { INTERNAL_API_VERSION } from '../version.js';
-import { type AuditTarget, authorise } from './authorise.js';
+import { type AuditTarget, authorise, type Peer } from './authorise.js';
 import { FramedConnection } from './connection.js';
 import { execute } from './execute.js';
 import { loadPolicy, type Policy, type PrivilegedHelperPolicy, parsePolicy } from './policy.js';
@@ -71,7 +72,7 @@ const MAX_IN_FLIGHT = 64;
 const ACCEPT_BACKOFF_MS = 100;
 
 interface Client {
-  readonly peer: PeerCredentials;
+  readonly peer: Peer;
   readonly conn: FramedConnection;
   greeted: boolean;
   /** Refused (peer uid, version): nothing it sends is served while the refusal goes out. */
@@ -226,9 +227,10 @@ class Helper implements PrivilegedHelper {
   }
 
   #serve(fd: number): void {
-    let peer: PeerCredentials;
+    let peer: Peer;
     try {
-      peer = peerCredentials(fd);
+      const cred = peerCredentials(fd);
+      peer = { ...cred, startTime: readProcStartTime(cred.pid)?.toString() };
     } catch (err) {
       this.#log({ event: 'peercred-error', error: errorMessage(err) });
       closeFd(fd);
@@ -323,7 +325,8 @@ class Helper implements PrivilegedHelper {
         protocol: PROTOCOL_VERSION,
         apiVersion: INTERNAL_API_VERSION,
         server: 'virtkit-privd',
-        peer: client.peer,
+        // The credentials the helper saw, as protocol 1 defines them (not its own bookkeeping).
+        peer: { pid: client.peer.pid, uid: client.peer.uid, gid: client.peer.gid },
       });
       return;
     }
