@@ -4,7 +4,6 @@ import { closeFd, SyscallError } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import {
   type FdWatch,
-  type PeerCredentials,
   peerCredentials,
   unixAccept,
   unixConnect,
