@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 /*
  * Shared pieces of the benchmark: the VM shape every contender runs, statistics, and the
  * bookkeeping that lets the runner clean up every QEMU, directory and cgroup it made, even when a
@@ -170,6 +171,30 @@ export function summarize(samples: readonly number[]): Summary {
 }
 
 /** Milliseconds since `t0` (a `process.hrtime.bigint()`). */
+/** Latencies of `n` sequential calls of `fn` in µs, sorted, after `warmup` unmeasured calls. */
+export async function sampleMicros(fn: () => Promise<unknown>, n: number, warmup: number): Promise<number[]> {
+  for (let i = 0; i < warmup; i++) await fn();
+  const samples: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = process.hrtime.bigint();
+    await fn();
+    samples.push(Number(process.hrtime.bigint() - t) / 1000);
+  }
+  return samples.sort((a, b) => a - b);
+}
+
+/**
+ * Ends a bench child that speaks JSON lines on stdin: asks it to quit (it cleans up its domains),
+ * and SIGTERMs it if it has not exited within 20 s.
+ */
+export async function quitChild(child: ChildProcess, exited: Promise<void>): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.stdin?.end(`${JSON.stringify({ cmd: 'quit' })}\n`);
+  const t = setTimeout(() => child.kill('SIGTERM'), 20_000);
+  await exited;
+  clearTimeout(t);
+}
+
 export function msSince(t0: bigint): number {
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createPrivilegedHelper, delegate, type InvocationContext } from '../src/internal/index.js';
 import { schedSet } from '../src/util/libc.js';
+import { percentile, sampleMicros } from './common.js';
 
 const N = Number(process.env['BENCH_N'] ?? 5000);
 const dir = mkdtempSync(join(tmpdir(), 'vk-bench-privd-'));
@@ -45,18 +46,10 @@ const ctx = (phase: InvocationContext['phase']): InvocationContext => ({
 });
 const threads = [{ tid: pid, role: 'vcpu' as const, index: 0, policy: 'other' as const, priority: 0 }];
 
-async function measure(fn: () => unknown): Promise<number[]> {
-  for (let i = 0; i < Math.min(1000, N); i++) await fn();
-  const samples: number[] = [];
-  for (let i = 0; i < N; i++) {
-    const t = process.hrtime.bigint();
-    await fn();
-    samples.push(Number(process.hrtime.bigint() - t) / 1000);
-  }
-  return samples.sort((a, b) => a - b);
-}
+const measure = (fn: () => unknown): Promise<number[]> =>
+  sampleMicros(async () => fn(), N, Math.min(1000, N));
 
-const pct = (s: number[], p: number) => s[Math.min(s.length - 1, Math.floor((s.length * p) / 100))] ?? 0;
+const pct = percentile;
 const row = (name: string, s: number[]) =>
   `| ${name} | ${pct(s, 50).toFixed(1)} | ${pct(s, 99).toFixed(1)} |`;
 

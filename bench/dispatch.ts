@@ -8,6 +8,7 @@
 import { pathToFileURL } from 'node:url';
 import { invoke } from '../src/drivers/qemu/privileged/invoke.js';
 import { HandlerTable } from '../src/internal/handler-table.js';
+import { sampleMicros } from './common.js';
 
 export interface DispatchSamples {
   /** µs per call of the handler called directly. */
@@ -31,16 +32,7 @@ export async function measureInProcessDispatch(n: number): Promise<DispatchSampl
   };
   const args = { pid: process.pid, placements: [{ tid: process.pid, cgroup: '/virtkit/bench/emulator' }] };
 
-  async function measure(fn: () => Promise<unknown>): Promise<number[]> {
-    for (let i = 0; i < 2000; i++) await fn();
-    const samples: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const t = process.hrtime.bigint();
-      await fn();
-      samples.push(Number(process.hrtime.bigint() - t) / 1000);
-    }
-    return samples.sort((a, b) => a - b);
-  }
+  const measure = (fn: () => Promise<unknown>) => sampleMicros(fn, n, 2000);
 
   const direct = await measure(() => handler());
   const dispatched = await measure(() => invoke(scope, 'cgroup.release', 'release', args));

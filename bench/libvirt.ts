@@ -14,6 +14,7 @@ import {
   onCleanup,
   PYTHON,
   QEMU,
+  quitChild,
   registerCgroupParentIfNew,
   registerDirIfNew,
   tempDir,
@@ -136,10 +137,6 @@ export class LibvirtContender {
 
   /** Destroys and undefines every domain, closes the connection, ends the process. */
   async quit(): Promise<void> {
-    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;
-    this.#child.stdin?.end(`${JSON.stringify({ cmd: 'quit' })}\n`);
-    const t = setTimeout(() => this.#child.kill('SIGTERM'), 20_000);
-    await this.#exited;
-    clearTimeout(t);
+    await quitChild(this.#child, this.#exited);
   }
 }

@@ -10,7 +10,15 @@ import { join } from 'node:path';
 import { invoke } from '../src/drivers/qemu/privileged/invoke.js';
 import { HandlerTable } from '../src/internal/handler-table.js';
 import { delegate } from '../src/internal/index.js';
-import { type Accel, MARKER, onCleanup, QEMU, registerCgroupParent, tempDir } from './common.js';
+import {
+  type Accel,
+  MARKER,
+  onCleanup,
+  QEMU,
+  registerCgroupParent,
+  sampleMicros,
+  tempDir,
+} from './common.js';
 import { RawContender } from './raw.js';
 
 export class Privd {
@@ -119,16 +127,7 @@ export async function measureDelegatedDispatch(
     cgroupParent: privd.cgroupParent,
     log: () => {},
   };
-  const measure = async (fn: () => Promise<unknown>): Promise<number[]> => {
-    for (let i = 0; i < Math.min(1000, n); i++) await fn();
-    const samples: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const t = process.hrtime.bigint();
-      await fn();
-      samples.push(Number(process.hrtime.bigint() - t) / 1000);
-    }
-    return samples.sort((a, b) => a - b);
-  };
+  const measure = (fn: () => Promise<unknown>) => sampleMicros(fn, n, Math.min(1000, n));
   try {
     const release = await measure(() =>
       invoke(scope, 'cgroup.release', 'release', { pid: target.pid, placements: [] }),

@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { threadGroups } from '../src/drivers/qemu/privileged/builtins.js';
 import { QmpClient } from '../src/drivers/qemu/qmp/client.js';
 import { delegate, openInternal } from '../src/internal/index.js';
 import { type Connection, connect, type Domain, type DomainDefinitionInput } from '../src/stable/index.js';
@@ -20,6 +21,7 @@ import {
   msSince,
   onCleanup,
   QEMU,
+  quitChild,
   registerCgroupParent,
   tempDir,
   VCPUS,
@@ -120,23 +122,11 @@ function registerInProcessHandlers(conn: Connection, cgroupParent: string): void
     for (const t of args.threads) schedSet(t.tid, t.policy, t.priority);
   });
   internal.setHandler('cgroup.placeThreads', (ctx, args) => {
-    const cpus = (role: string, index: number) =>
-      role === 'emulator'
-        ? args.cpusets.emulator
-        : (role === 'vcpu' ? args.cpusets.vcpus : args.cpusets.iothreads).find((c) => c.index === index)
-            ?.cpuset;
-    const groups = new Map<string, { name: string; cpus?: string; tids: number[] }>();
-    for (const t of args.threads) {
-      const name = t.role === 'emulator' ? 'housekeeping' : `${t.role}${t.index}`;
-      const g = groups.get(name) ?? { name, cpus: cpus(t.role, t.index), tids: [] };
-      g.tids.push(t.tid);
-      groups.set(name, g);
-    }
     const { placements } = placeThreads({
       parent: cgroupParent,
       name: `vk-${ctx.domain.uuid}`,
       pid: args.pid,
-      groups: [...groups.values()],
+      groups: threadGroups(args, 'housekeeping'),
     });
     return { placements };
   });
@@ -296,10 +286,6 @@ export class VirtkitScale {
   }
 
   async quit(): Promise<void> {
-    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;
-    this.#child.stdin?.end(`${JSON.stringify({ cmd: 'quit' })}\n`);
-    const t = setTimeout(() => this.#child.kill('SIGTERM'), 20_000);
-    await this.#exited;
-    clearTimeout(t);
+    await quitChild(this.#child, this.#exited);
   }
 }

@@ -1,6 +1,7 @@
 import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { threadGroups } from '../../src/drivers/qemu/privileged/builtins.js';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { type InternalApi, openInternal } from '../../src/internal/index.js';
 import type { Connection, DomainDefinitionInput } from '../../src/stable/index.js';
@@ -131,23 +132,11 @@ function registerWorkingHandlers(api: InternalApi, calls: Call[], cgroupParent: 
       threads: args.threads,
       cpusets: args.cpusets,
     });
-    const cpus = (role: string, index: number) =>
-      role === 'emulator'
-        ? args.cpusets.emulator
-        : (role === 'vcpu' ? args.cpusets.vcpus : args.cpusets.iothreads).find((c) => c.index === index)
-            ?.cpuset;
-    const groups = new Map<string, { name: string; cpus?: string; tids: number[] }>();
-    for (const t of args.threads) {
-      const name = t.role === 'emulator' ? 'housekeeping' : `${t.role}${t.index}`;
-      const g = groups.get(name) ?? { name, cpus: cpus(t.role, t.index), tids: [] };
-      g.tids.push(t.tid);
-      groups.set(name, g);
-    }
     const { placements } = placeThreads({
       parent: cgroupParent,
       name: `vk-${ctx.domain.uuid}`,
       pid: args.pid,
-      groups: [...groups.values()],
+      groups: threadGroups(args, 'housekeeping'),
     });
     return { placements };
   });

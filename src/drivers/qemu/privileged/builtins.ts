@@ -31,6 +31,29 @@ function denied(op: OperationName, err: unknown, capability: string): VirtError 
   );
 }
 
+/**
+ * The cgroups a `cgroup.placeThreads` request asks for: one per vCPU and per iothread, and one for
+ * every other (emulator, housekeeping) thread, each with the cpuset the domain pins it to.
+ */
+export function threadGroups(
+  args: OperationArgs<'cgroup.placeThreads'>,
+  emulatorGroup = 'emulator',
+): Array<{ name: string; cpus?: string; tids: number[] }> {
+  const cpus = (role: string, index: number): string | undefined => {
+    if (role === 'emulator') return args.cpusets.emulator;
+    const list = role === 'vcpu' ? args.cpusets.vcpus : args.cpusets.iothreads;
+    return list.find((c) => c.index === index)?.cpuset;
+  };
+  const groups = new Map<string, { name: string; cpus?: string; tids: number[] }>();
+  for (const t of args.threads) {
+    const name = t.role === 'emulator' ? emulatorGroup : `${t.role}${t.index}`;
+    const group = groups.get(name) ?? { name, cpus: cpus(t.role, t.index), tids: [] };
+    group.tids.push(t.tid);
+    groups.set(name, group);
+  }
+  return [...groups.values()];
+}
+
 /** Name of the driver's own cgroup of a domain: unique per domain, stable across restarts. */
 export function domainCgroupName(uuid: string): string {
   return `vk-${uuid}`;
@@ -57,24 +80,13 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
     return undefined;
   },
   'cgroup.placeThreads': (args, scope) => {
-    const cpus = (role: string, index: number): string | undefined => {
-      if (role === 'emulator') return args.cpusets.emulator;
-      const list = role === 'vcpu' ? args.cpusets.vcpus : args.cpusets.iothreads;
-      return list.find((c) => c.index === index)?.cpuset;
-    };
-    const groups = new Map<string, { name: string; cpus?: string; tids: number[] }>();
-    for (const t of args.threads) {
-      const name = t.role === 'emulator' ? 'emulator' : `${t.role}${t.index}`;
-      const group = groups.get(name) ?? { name, cpus: cpus(t.role, t.index), tids: [] };
-      group.tids.push(t.tid);
-      groups.set(name, group);
-    }
+    const groups = threadGroups(args);
     try {
       const { placements } = placeThreads({
         parent: scope.cgroupParent,
         name: domainCgroupName(scope.domain.uuid),
         pid: args.pid,
-        groups: [...groups.values()],
+        groups,
       });
       return { placements };
     } catch (err) {
