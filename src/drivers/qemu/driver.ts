@@ -17,6 +17,7 @@ import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/even
 import { DomainTable, deliverEvent } from '../domain-table.js';
 import type { DriverContext } from './context.js';
 import { DomainObject } from './domain-object.js';
+import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
 import { reconnectDomain } from './reconnect.js';
@@ -247,12 +248,13 @@ export class QemuDriver implements Driver, DriverContext {
     if (run) {
       run.stopIntent = 'destroy';
       run.cancel.abort();
-      this.log(dom, `destroy during start-up: SIGKILL to pid ${run.pid}`);
+      this.log(dom, `destroy during start-up: SIGKILL to process group ${run.pid}`);
       try {
         process.kill(run.pid, 'SIGKILL');
       } catch {
         // already gone: the start is failing by itself
       }
+      signalEmulator(emulatorOf(this, dom, run), 'SIGKILL');
       return this.#track(dom.job(async () => undefined));
     }
     return this.#track(dom.job(() => destroyDomain(this, dom, options)));

@@ -4,6 +4,7 @@ import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../../stable/err
 import { placeThreads, releaseCgroups } from '../../../util/cgroup.js';
 import { prlimitSet, RLIMIT, SyscallError, schedSet } from '../../../util/libc.js';
 import { openTap } from '../../../util/tap.js';
+import { verifyThreads } from '../threads-verify.js';
 import type { InvocationScope } from './invoke.js';
 
 type Builtin<Op extends OperationName> = (
@@ -54,6 +55,29 @@ export function threadGroups(
   return [...groups.values()];
 }
 
+/**
+ * Before a built-in touches a thread with the driver's privilege: the target is the domain's own
+ * QEMU (the pid the driver launched, same start time) and every tid is one of its threads.
+ */
+function checkTargets(
+  op: OperationName,
+  scope: InvocationScope,
+  pid: number,
+  threads: ReadonlyArray<{ tid: number; role: string; index: number }>,
+): void {
+  if (scope.pid !== undefined && pid !== scope.pid) {
+    throw new VirtError(
+      ErrorCode.OPERATION_FAILED,
+      `${op}: pid ${pid} is not the domain's QEMU pid ${scope.pid}`,
+      {
+        operation: op,
+        pid,
+      },
+    );
+  }
+  verifyThreads({ pid, startTime: scope.pid === pid ? scope.startTime : undefined }, threads);
+}
+
 /** Name of the driver's own cgroup of a domain: unique per domain, stable across restarts. */
 export function domainCgroupName(uuid: string): string {
   return `vk-${uuid}`;
@@ -69,7 +93,8 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
     }
     return undefined;
   },
-  'thread.setScheduler': (args) => {
+  'thread.setScheduler': (args, scope) => {
+    checkTargets('thread.setScheduler', scope, args.pid, args.threads);
     for (const t of args.threads) {
       try {
         schedSet(t.tid, t.policy, t.priority);
@@ -80,6 +105,7 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
     return undefined;
   },
   'cgroup.placeThreads': (args, scope) => {
+    checkTargets('cgroup.placeThreads', scope, args.pid, args.threads);
     const groups = threadGroups(args);
     try {
       const { placements } = placeThreads({
