@@ -10,7 +10,19 @@ import { type DomainDefinition, domainDefinitionSchema } from './schema.js';
  * @internal
  */
 export function resolveDefinition(input: unknown): DomainDefinition {
-  const parsed = domainDefinitionSchema.safeParse(input);
+  let parsed: ReturnType<typeof domainDefinitionSchema.safeParse>;
+  try {
+    parsed = domainDefinitionSchema.safeParse(input);
+  } catch (err) {
+    // A getter or proxy trap of the caller's object threw while it was read: the definition is
+    // unreadable, which is the caller's input error, reported as such and never as their own error.
+    throw new VirtError(
+      ErrorCode.XML_ERROR,
+      `invalid domain definition: a field could not be read (${err instanceof Error ? err.message : String(err)}); pass plain data`,
+      { path: '(root)' },
+      { cause: err },
+    );
+  }
   if (!parsed.success) throw fromZodError(parsed.error);
   const def = { ...parsed.data, uuid: parsed.data.uuid ?? randomUUID() };
   checkSemantics(def);
