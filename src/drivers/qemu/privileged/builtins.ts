@@ -129,8 +129,19 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
   },
   'net.openTap': (args) => {
     try {
-      return openTap(args.ifname, { queues: args.queues, vnetHdr: args.vnetHdr });
+      // A managed TAP is created exclusively: attaching to an existing device of that name could
+      // hand this domain another domain's TAP (libvirt: "Disallow pre-existing TAP devices").
+      return openTap(args.ifname, { queues: args.queues, vnetHdr: args.vnetHdr, exclusive: args.managed });
     } catch (err) {
+      const errno = VirtError.is(err) ? err.details['errno'] : undefined;
+      if (args.managed && args.ifname && errno === 'EBUSY') {
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `net.openTap: the interface ${args.ifname} already exists; virtkit creates managed TAP devices itself and never reuses one. Remove it, choose another target dev, or declare the interface managed='no' to use the existing TAP`,
+          { operation: 'net.openTap', ifname: args.ifname, errno },
+          { cause: err },
+        );
+      }
       throw denied('net.openTap', err, 'CAP_NET_ADMIN');
     }
   },

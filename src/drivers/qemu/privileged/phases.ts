@@ -53,6 +53,7 @@ export async function openPreExecDescriptors(
         ifname: nic.target?.dev,
         queues: nic.queues ?? 1,
         vnetHdr: nic.model === 'virtio',
+        managed: nic.target?.managed !== false,
       });
       out.taps.push(fds);
       out.all.push(...fds);
