@@ -61,16 +61,22 @@ export class FramedConnection {
   #inFds: number[] = [];
   #closed = false;
   #ending = false;
+  readonly #frameTimeoutMs: number | undefined;
+  /** Runs while a frame is half-received. */
+  #frameTimer: NodeJS.Timeout | undefined;
 
   /**
    * @param fd - a connected non-blocking socket; the connection owns it from now on
    * @param events - where frames and the close go
    * @param acceptFds - keep descriptors the peer sends (client) or close them at once (helper)
+   * @param frameTimeoutMs - close when a frame stays incomplete this long (a stalled peer would
+   *   otherwise hold its buffer and connection for ever); none by default
    */
-  constructor(fd: number, events: ConnectionEvents, acceptFds: boolean) {
+  constructor(fd: number, events: ConnectionEvents, acceptFds: boolean, frameTimeoutMs?: number) {
     this.#fd = fd;
     this.#events = events;
     this.#acceptFds = acceptFds;
+    this.#frameTimeoutMs = frameTimeoutMs;
     try {
       this.#watch = watchFd(fd, (status, ev) => this.#ready(status, ev));
     } catch (err) {
@@ -140,6 +146,7 @@ export class FramedConnection {
   close(reason?: VirtError): void {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#frameTimer);
     this.#watch.close();
     closeAll([this.#fd, ...this.#inFds, ...this.#out.flatMap((o) => o.fds)]);
     this.#inFds = [];
@@ -192,7 +199,13 @@ export class FramedConnection {
         return;
       }
       try {
-        for (const payload of this.#reader.push(this.#readBuf.subarray(0, got.bytes))) {
+        const payloads = this.#reader.push(this.#readBuf.subarray(0, got.bytes));
+        // A completed frame restarts the clock for the next one.
+        if (payloads.length > 0 && this.#frameTimer) {
+          clearTimeout(this.#frameTimer);
+          this.#frameTimer = undefined;
+        }
+        for (const payload of payloads) {
           if (this.#closed) return;
           this.#events.message(decodePayload(payload));
         }
@@ -200,7 +213,27 @@ export class FramedConnection {
         this.close(VirtError.is(err) ? err : new ProtocolError(errorMessage(err)));
         return;
       }
+      this.#watchFrame();
     }
+  }
+
+  /** Starts the partial-frame timer when a frame is left half-received, stops it when not. */
+  #watchFrame(): void {
+    if (this.#frameTimeoutMs === undefined || this.#closed) return;
+    if (!this.#reader.pending) {
+      if (this.#frameTimer) {
+        clearTimeout(this.#frameTimer);
+        this.#frameTimer = undefined;
+      }
+      return;
+    }
+    if (this.#frameTimer) return;
+    const ms = this.#frameTimeoutMs;
+    this.#frameTimer = setTimeout(() => {
+      this.#frameTimer = undefined;
+      if (this.#reader.pending) this.close(new ProtocolError(`a frame was not completed within ${ms} ms`));
+    }, ms);
+    this.#frameTimer.unref();
   }
 
   #flush(): void {
