@@ -1,13 +1,6 @@
 import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import { closeFd } from '../../util/libc.js';
-import {
-  controlBuffer,
-  type FdEvents,
-  type FdWatch,
-  receiveWithRights,
-  sendWithRights,
-  watchFd,
-} from '../../util/unix-socket.js';
+import { type FdEvents, type FdWatch, sendWithRights, watchFd } from '../../util/unix-socket.js';
 import {
   decodePayload,
   encodeFrame,
@@ -16,6 +9,7 @@ import {
   MAX_FRAME_BYTES,
   ProtocolError,
 } from './protocol.js';
+import { NativeReceiver, receivePlain, sendPlain } from './socket-io.js';
 
 /** What a {@link FramedConnection} reports to its owner. */
 export interface ConnectionEvents {
@@ -33,6 +27,25 @@ interface Outgoing {
 
 /** How many reads one readiness callback does at most, so one busy peer cannot starve the others. */
 const READS_PER_WAKEUP = 16;
+
+/*
+ * One receive buffer (and control buffer) for every connection of the process: a read is handled
+ * to the end synchronously and the frame reader copies what it keeps, so nothing refers to them
+ * across reads. A thousand connections then cost a thousand descriptors, not 66 MiB of buffers.
+ */
+const READ_CAPACITY = FRAME_HEADER_BYTES + MAX_FRAME_BYTES;
+let readBuffer: Buffer | undefined;
+let receiver: NativeReceiver | undefined;
+
+function sharedReadBuffer(): Buffer {
+  readBuffer ??= Buffer.allocUnsafe(READ_CAPACITY);
+  return readBuffer;
+}
+
+function sharedReceiver(): NativeReceiver {
+  receiver ??= new NativeReceiver(READ_CAPACITY);
+  return receiver;
+}
 
 function closeAll(fds: readonly number[]): void {
   for (const fd of fds) {
@@ -55,8 +68,7 @@ export class FramedConnection {
   readonly #acceptFds: boolean;
   readonly #watch: FdWatch;
   readonly #reader = new FrameReader();
-  readonly #readBuf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + MAX_FRAME_BYTES);
-  readonly #control = controlBuffer();
+  readonly #readBuf = sharedReadBuffer();
   readonly #out: Outgoing[] = [];
   #inFds: number[] = [];
   #closed = false;
@@ -169,9 +181,23 @@ export class FramedConnection {
 
   #read(): void {
     for (let i = 0; i < READS_PER_WAKEUP && !this.#closed; i++) {
-      let got: ReturnType<typeof receiveWithRights>;
+      let bytes: Buffer;
       try {
-        got = receiveWithRights(this.#fd, this.#readBuf, this.#control);
+        if (this.#acceptFds) {
+          const got = sharedReceiver().receive(this.#fd);
+          if (!got) return;
+          this.#inFds.push(...got.fds);
+          if (got.truncated) {
+            this.close(new ProtocolError('descriptors were dropped in transit (control buffer too small)'));
+            return;
+          }
+          bytes = got.data;
+        } else {
+          // recv(2): descriptors a peer sends to the helper are discarded by the kernel.
+          const n = receivePlain(this.#fd, this.#readBuf);
+          if (n === undefined) return;
+          bytes = this.#readBuf.subarray(0, n);
+        }
       } catch (err) {
         this.close(
           new VirtError(
@@ -183,14 +209,7 @@ export class FramedConnection {
         );
         return;
       }
-      if (!got) return;
-      if (this.#acceptFds) this.#inFds.push(...got.fds);
-      else closeAll(got.fds);
-      if (got.truncated) {
-        this.close(new ProtocolError('descriptors were dropped in transit (control buffer too small)'));
-        return;
-      }
-      if (got.bytes === 0) {
+      if (bytes.length === 0) {
         this.close(
           this.#reader.pending
             ? new ProtocolError('the peer closed the connection in the middle of a frame')
@@ -199,7 +218,7 @@ export class FramedConnection {
         return;
       }
       try {
-        const payloads = this.#reader.push(this.#readBuf.subarray(0, got.bytes));
+        const payloads = this.#reader.push(bytes);
         // A completed frame restarts the clock for the next one.
         if (payloads.length > 0 && this.#frameTimer) {
           clearTimeout(this.#frameTimer);
@@ -214,6 +233,9 @@ export class FramedConnection {
         return;
       }
       this.#watchFrame();
+      // A short read emptied the socket: the level-triggered poll reports whatever comes next, so
+      // no second read is spent just to learn there is nothing more.
+      if (bytes.length < READ_CAPACITY) return;
     }
   }
 
@@ -242,7 +264,10 @@ export class FramedConnection {
       if (!next) break;
       let sent: number | undefined;
       try {
-        sent = sendWithRights(this.#fd, next.data, next.fds);
+        sent =
+          next.fds.length > 0
+            ? sendWithRights(this.#fd, next.data, next.fds)
+            : sendPlain(this.#fd, next.data);
       } catch (err) {
         // The peer hung up (EPIPE, ECONNRESET): what it said before, such as why, is still readable.
         this.#read();
