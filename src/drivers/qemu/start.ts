@@ -95,11 +95,11 @@ export async function startDomain(
     watchMonitor(ctx, dom, run);
     run.threads = await readThreads(qmp, def.iothreads, run.pid);
     if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
-      await qmp.execute('balloon', { value: def.currentMemoryKiB * 1024 });
+      await qmp.command('balloon', { value: def.currentMemoryKiB * 1024 });
     }
     await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run);
     recordRunning(s);
-    if (!options.paused) await qmp.execute('cont');
+    if (!options.paused) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
     // only visible here. Checked and marked started in one synchronous step, so the exit watcher
     // either saw `started` or left the clean-up to this sequence.
@@ -258,15 +258,10 @@ async function execQemu(s: Startup): Promise<QmpClient> {
   }
 }
 
-interface CpuInfo {
-  'cpu-index': number;
-  'thread-id': number;
-}
-
 async function readThreads(qmp: QmpClient, iothreads: number, pid: number): Promise<ThreadIds> {
   const [cpus, threads] = await Promise.all([
-    qmp.execute<CpuInfo[]>('query-cpus-fast'),
-    iothreads > 0 ? qmp.execute<Array<{ id: string; 'thread-id': number }>>('query-iothreads') : [],
+    qmp.command('query-cpus-fast'),
+    iothreads > 0 ? qmp.command('query-iothreads') : [],
   ]);
   return {
     emulator: pid,
