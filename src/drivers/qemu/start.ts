@@ -74,6 +74,7 @@ export async function startDomain(
   const def = dom.def;
   const paths = domainPaths(ctx.layout, def.name, def.uuid);
   const emulator = checkEmulator(def.emulator ?? DEFAULT_EMULATOR);
+  checkAccelerator(def.type);
   const s: Startup = { paths, emulator, logOffset: 0, taints: [] };
   try {
     const fds = await openDescriptors(ctx, dom, s);
@@ -153,6 +154,23 @@ function checkEmulator(path: string): string {
       ErrorCode.NO_SUPPORT,
       `the emulator ${path} is missing or not executable: install qemu-system-x86 or set <emulator>`,
       { path },
+    );
+  }
+}
+
+/**
+ * A `kvm` domain on a host without `/dev/kvm` would only fail inside QEMU, after descriptors were
+ * opened and handlers run; libvirt refuses it up front for the same reason.
+ */
+function checkAccelerator(type: 'kvm' | 'qemu'): void {
+  if (type !== 'kvm') return;
+  try {
+    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+  } catch {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      "KVM is not available on this host (/dev/kvm is missing or not accessible): use <domain type='qemu'> (TCG) or enable KVM",
+      { field: 'type' },
     );
   }
 }
