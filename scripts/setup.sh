@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 util-linux iproute2)
+packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 util-linux iproute2 gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
