@@ -162,7 +162,8 @@ function emit(fixture: string): void {
   expect(r.status, r.stdout + r.stderr).toBe(0);
 }
 
-describe('consumer projects against the packed package', () => {
+// Each consumer runs tsc and a real start in a fresh project: minutes, not seconds, on a busy machine.
+describe('consumer projects against the packed package', { timeout: 240_000 }, () => {
   it('pin both the current internal API version and another one', () => {
     const pins = ['internal-consumer-1.0', 'internal-consumer-other'].map(pinnedVersion);
     expect(
