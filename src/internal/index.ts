@@ -28,4 +28,11 @@ export {
   type PrivilegedHelper,
   type PrivilegedHelperOptions,
 } from './privd/server.js';
+export {
+  SIMULATED_PID_BASE,
+  type SimulatedHost,
+  type SimulatedProcess,
+  type SimulatedThread,
+  simulatedHost,
+} from './simulation.js';
 export { INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';
