@@ -218,5 +218,5 @@ try {
   helper.kill('SIGTERM');
   await new Promise((r) => (helper.exitCode !== null ? r(undefined) : helper.once('exit', r)));
   idle.kill('SIGKILL');
-  if (!PROF) rmSync(dir, { recursive: true, force: true });
+  rmSync(dir, { recursive: true, force: true });
 }

@@ -395,6 +395,29 @@ describe('a non-TAP interface named like a TAP (defect 11)', () => {
   });
 });
 
+describe('managed TAPs (defect 10)', () => {
+  it("a managed TAP is never an existing one, and managed='no' needs one that exists", async () => {
+    await startHelper();
+    const peer = await hostilePeer();
+    const name = `vkam${TAG}`;
+    execFileSync('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap', 'user', String(uid)]);
+    taps.push(name);
+    const call = (ifname: string, managed: boolean) =>
+      peer.send({
+        cmd: 'call',
+        op: 'net.openTap',
+        phase: 'pre-exec',
+        uuid: uuidFor(++seq),
+        args: { ifname, queues: 1, vnetHdr: false, managed },
+      });
+    expect(await call(name, true)).toMatchObject({ ok: false, code: 'OPERATION_FAILED' });
+    expect(await call(name, false)).toMatchObject({ ok: true, ifname: name });
+    expect(await call(`vkan${TAG}`, false)).toMatchObject({ ok: false, code: 'OPERATION_FAILED' });
+    expect(existsSync(`/sys/class/net/vkan${TAG}`)).toBe(false);
+    await peer.send({ cmd: 'closeFds' });
+  });
+});
+
 describe('a TAP the helper created, made persistent and re-owned by the peer (defect 10)', () => {
   const openTap = (name: string, uuid: string) => ({
     cmd: 'call',

@@ -5,6 +5,7 @@ import {
   mkdtempSync,
   readFileSync,
   readlinkSync,
+  renameSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -280,6 +281,29 @@ describe('storage paths', () => {
     expect(ruleOf(join(dir, 'vms', 'fifo'))).toBe('ACCESS_DENIED:storage.fileType');
     expect(ruleOf(join(dir, 'vms', 'sub'))).toBe('ACCESS_DENIED:storage.fileType');
     expect(ruleOf(join(dir, 'vms', 'missing.img'))).toBe('SYSTEM_ERROR:');
+  });
+
+  it('refuses a prefix swapped for a symlink, or for another directory, after the policy was loaded', () => {
+    const vms = join(dir, 'vms');
+    renameSync(vms, `${vms}.moved`);
+    try {
+      symlinkSync(join(dir, 'other'), vms);
+      expect(ruleOf(join(vms, 'secret'))).toBe('ACCESS_DENIED:storage.prefixes');
+      rmSync(vms);
+      // A real directory this time, holding the same name: still not the one recorded.
+      mkdirSync(vms);
+      writeFileSync(join(vms, 'secret'), 's');
+      expect(ruleOf(join(vms, 'secret'))).toBe('ACCESS_DENIED:storage.prefixes');
+      rmSync(vms, { recursive: true });
+    } finally {
+      renameSync(`${vms}.moved`, vms);
+    }
+    expect(ruleOf(join(vms, 'sub', 'a.img'))).toBe('opened');
+    // A prefix missing when the policy was loaded is refused, not trusted when it appears.
+    const late = storagePrefix(join(dir, 'late'));
+    mkdirSync(join(dir, 'late'));
+    writeFileSync(join(dir, 'late', 'x.img'), 'x');
+    expect(() => openBeneath([late], join(dir, 'late', 'x.img'), 'r')).toThrow(/restart virtkit-privd/);
   });
 
   it('opens read-only or read-write as asked, blocking again', () => {

@@ -333,6 +333,15 @@ export function authorise(
             ifname: a.ifname,
           });
         }
+        if (a.managed) {
+          // As the built-in: a managed TAP is never one that already exists (libvirt: "Disallow
+          // pre-existing TAP devices"); managed='no' is how to use an existing one.
+          throw new VirtError(
+            ErrorCode.OPERATION_FAILED,
+            `net.openTap: the interface ${a.ifname} already exists; managed TAP devices are created, never reused. Remove it, choose another target dev, or declare the interface managed='no'`,
+            { operation: 'net.openTap', ifname: a.ifname, errno: 'EBUSY' },
+          );
+        }
         const owner = Number(readSysfs(`/sys/class/net/${a.ifname}/owner`) ?? Number.NaN);
         if (owner !== peer.uid) {
           throw denied(

@@ -108,7 +108,20 @@ export async function execute(
       // With CAP_NET_ADMIN, TUNSETIFF would attach to any existing TAP: an existing one was checked
       // for its owner (tap.owner); a new one is created exclusively, so none can appear in between.
       const existing = a.ifname !== undefined && existsSync(`/sys/class/net/${a.ifname}`);
-      const tap = openTap(ifname, { queues: a.queues, vnetHdr: a.vnetHdr, exclusive: !existing });
+      // managed='no' (managed false): the TAP must already exist (its owner was checked); otherwise
+      // it is created exclusively, never attached to a leftover of that name.
+      if (!a.managed && !existing) {
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `net.openTap: TAP ${ifname} is declared managed='no' but does not exist; create it first (ip tuntap add dev ${ifname} mode tap user <uid>)`,
+          { operation: 'net.openTap', ifname },
+        );
+      }
+      const tap = openTap(ifname, {
+        queues: a.queues,
+        vnetHdr: a.vnetHdr,
+        exclusive: a.managed || !existing,
+      });
       if (!existing) services.taps.record(tap.ifname, services.peerUid, ctx.domain.uuid);
       return tap;
     }

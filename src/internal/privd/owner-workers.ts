@@ -1,25 +1,27 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../stable/errors.js';
 import { readProcLimits } from '../../util/proc.js';
 
 /*
  * Raising another user's RLIMIT_MEMLOCK without CAP_SYS_RESOURCE. prlimit(2) on another process
  * needs CAP_SYS_RESOURCE or a caller whose *real* uid and gid equal the target's real, effective
  * and saved ids; containers often drop the capability even for root. So the call has to be made
- * with the target owner's real ids. The options, measured on the 2-core test machine (loaded):
+ * with the target owner's real ids. The options, measured one request at a time (median of 200)
+ * on the 2-core test machine while other test suites loaded it (load average ~12):
  *
- * - a prlimit(1) child per request (what the helper did): ~2-4 ms each, and one process per
- *   request in flight — 10 connections x 64 requests reached 639 children;
- * - a raw syscall(SYS_setresuid) on one thread (credentials are per thread in the kernel; only
- *   glibc's wrappers broadcast them to every thread): a few µs, no process at all. Rejected: while
- *   the thread's real uid is the peer's, the kernel's kill permission check
+ * - a prlimit(1) child per request (what the helper did): 188 ms, and one process per request in
+ *   flight — 10 connections x 64 requests reached 639 children (131 in our attack test, with
+ *   every request timing out);
+ * - a raw syscall(SYS_setresuid/SYS_setresgid) around prlimit on one thread (credentials are per
+ *   thread in the kernel; only glibc's wrappers broadcast them to every thread): 14 µs, no process
+ *   at all. Rejected: while the thread's real uid is the peer's, the kernel's kill permission check
  *   (kill_ok_by_cred: sender's uid == target's real uid) lets that peer SIGKILL the thread — and
  *   with it the whole helper and every other tenant's service. A peer that loops kill(2) while
  *   flooding memlock requests would hit that window;
- * - a long-lived worker process per owner uid:gid, reused across requests (this): ~0.1-0.3 ms per
- *   request over a pipe, ~50 ms once to start. It runs with nothing but the owner's ids, so the
- *   owner can kill or ptrace only its own worker and gain nothing; the number of workers is
+ * - a long-lived worker process per owner uid:gid, reused across requests (this): 0.55 ms per
+ *   request over a pipe, one start (~50 ms) per owner. It runs with nothing but the owner's ids, so
+ *   the owner can kill or ptrace only its own worker and gain nothing; the number of workers is
  *   bounded (`limits.memlockWorkers`), an idle one exits after a while, and what a worker reports
  *   is re-checked in /proc/<pid>/limits, since its owner could have taken it over.
  */
@@ -249,9 +251,4 @@ export class OwnerWorkers {
     }
     this.#waiters.shift()?.();
   }
-}
-
-/** For messages: what went wrong, without a stack. */
-export function workerError(err: unknown): string {
-  return errorMessage(err);
 }

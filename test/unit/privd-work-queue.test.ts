@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { WorkQueue } from '../../src/internal/privd/work-queue.js';
+
+/** A task that records when it starts and finishes when `release()` is called. */
+function gate() {
+  let open: () => void = () => {};
+  const done = new Promise<void>((r) => {
+    open = r;
+  });
+  return { done, open };
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+describe('WorkQueue', () => {
+  it('runs at most maxInFlight at once and starts the next as one settles', async () => {
+    const q = new WorkQueue(2, 10);
+    const started: number[] = [];
+    const gates = Array.from({ length: 4 }, () => gate());
+    gates.forEach((g, i) => {
+      expect(
+        q.submit(1, async () => {
+          started.push(i);
+          await g.done;
+        }),
+      ).toBe(true);
+    });
+    expect(started).toEqual([0, 1]);
+    expect([q.running, q.queued]).toEqual([2, 2]);
+    gates[0]?.open();
+    await tick();
+    expect(started).toEqual([0, 1, 2]);
+    gates[1]?.open();
+    gates[2]?.open();
+    await tick();
+    expect(started).toEqual([0, 1, 2, 3]);
+    gates[3]?.open();
+    await tick();
+    expect([q.running, q.queued]).toEqual([0, 0]);
+  });
+
+  it('serves waiting uids round-robin, so a flood from one uid delays another by one turn', async () => {
+    const q = new WorkQueue(1, 100);
+    const order: string[] = [];
+    const first = gate();
+    q.submit(1, () => first.done);
+    for (let i = 0; i < 5; i++) q.submit(1, async () => void order.push(`a${i}`));
+    q.submit(2, async () => void order.push('b0'));
+    q.submit(2, async () => void order.push('b1'));
+    first.open();
+    for (let i = 0; i < 10; i++) await tick();
+    expect(order).toEqual(['a0', 'b0', 'a1', 'b1', 'a2', 'a3', 'a4']);
+  });
+
+  it('refuses past maxQueued, and one uid past half of it, while another uid still gets in', () => {
+    const q = new WorkQueue(1, 4);
+    const never = new Promise<void>(() => {});
+    expect(q.submit(1, () => never)).toBe(true); // running
+    expect(q.submit(1, () => never)).toBe(true);
+    expect(q.submit(1, () => never)).toBe(true);
+    expect(q.submit(1, () => never)).toBe(false); // uid 1 holds half the queue
+    expect(q.submit(2, () => never)).toBe(true);
+    expect(q.submit(2, () => never)).toBe(true);
+    expect(q.submit(3, () => never)).toBe(false); // the queue is full
+    expect(q.queued).toBe(4);
+  });
+
+  it('frees the slot of a task that throws or rejects', async () => {
+    const q = new WorkQueue(1, 10);
+    q.submit(1, () => {
+      throw new Error('sync');
+    });
+    q.submit(1, () => Promise.reject(new Error('async')));
+    let ran = false;
+    q.submit(1, async () => {
+      ran = true;
+    });
+    for (let i = 0; i < 5; i++) await tick();
+    expect(ran).toBe(true);
+    expect(q.running).toBe(0);
+  });
+});
