@@ -123,7 +123,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   dom.reason = 'unknown';
   let qemuStatus: string;
   try {
-    ({ status: qemuStatus } = await qmp.execute<{ status: string }>('query-status'));
+    ({ status: qemuStatus } = await qmp.command('query-status'));
   } catch (err) {
     // QEMU went away between adoption and this question: the exit watcher records it as stopped.
     // One dying domain must not fail the connect() of every other.

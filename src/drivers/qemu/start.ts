@@ -106,7 +106,7 @@ export async function startDomain(
     run.threads = await readThreads(qmp, def, run);
     faultPoint('start:threads');
     if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
-      await qmp.execute('balloon', { value: def.currentMemoryKiB * 1024 });
+      await qmp.command('balloon', { value: def.currentMemoryKiB * 1024 });
     }
     await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run, () =>
       writeStatus(s.paths.status, status(s, 'starting')),
@@ -114,7 +114,7 @@ export async function startDomain(
     faultPoint('start:configured');
     recordRunning(s);
     faultPoint('start:recorded-running');
-    if (!options.paused) await qmp.execute('cont');
+    if (!options.paused) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
     // only visible here. Checked and marked started in one synchronous step, so the exit watcher
     // either saw `started` or left the clean-up to this sequence.
@@ -291,19 +291,14 @@ async function execQemu(s: Startup): Promise<QmpClient> {
   }
 }
 
-interface CpuInfo {
-  'cpu-index': number;
-  'thread-id': number;
-}
-
 /**
  * vCPU and iothread ids from QMP, checked before anything is stored or used: the counts and
  * indices must match the definition, and every tid must be a thread of this very QEMU process.
  */
 async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime): Promise<ThreadIds> {
   const [cpus, threads] = await Promise.all([
-    qmp.execute<CpuInfo[]>('query-cpus-fast'),
-    def.iothreads > 0 ? qmp.execute<Array<{ id: string; 'thread-id': number }>>('query-iothreads') : [],
+    qmp.command('query-cpus-fast'),
+    def.iothreads > 0 ? qmp.command('query-iothreads') : [],
   ]);
   if (!Array.isArray(cpus) || !Array.isArray(threads))
     throw new VirtError(
