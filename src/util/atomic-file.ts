@@ -19,8 +19,9 @@ import {
   writeSync,
 } from 'node:fs';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { ErrorCode, errnoOf, toVirtError } from '../stable/errors.js';
+import { faultPoint } from './fault-points.js';
 
 /** errnos of a directory fsync that only mean "this file system does not sync directories". */
 const DIR_FSYNC_UNSUPPORTED = new Set(['EINVAL', 'ENOTSUP', 'EOPNOTSUPP', 'EISDIR', 'EBADF']);
@@ -64,6 +65,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     const h = fh;
     fh = undefined;
     await h.close();
+    faultPoint(`atomic:${basename(dirname(path))}`);
     await rename(tmp, path);
   } catch (err) {
     await fh?.close().catch(() => {});
@@ -104,6 +106,7 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array, mod
     const f = fd;
     fd = undefined;
     closeSync(f);
+    faultPoint(`atomic:${basename(dirname(path))}`);
     renameSync(tmp, path);
   } catch (err) {
     if (fd !== undefined) {

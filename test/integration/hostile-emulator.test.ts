@@ -10,7 +10,14 @@ import { openInternal } from '../../src/internal/index.js';
 import type { Connection, DomainDefinitionInput } from '../../src/stable/index.js';
 import { schedGet } from '../../src/util/libc.js';
 import { openRoot, processesMentioning, recordEvents, removeRoot, tempRoot } from '../helpers/env.js';
-import { fdCount, hostileEmulator, leftovers, NOTHING_LEFT, virtErrorOf } from '../helpers/hostile.js';
+import {
+  eventually,
+  fdCount,
+  hostileEmulator,
+  leftovers,
+  NOTHING_LEFT,
+  virtErrorOf,
+} from '../helpers/hostile.js';
 
 let root: string;
 let conn: Connection;
@@ -160,6 +167,19 @@ describe('a hostile emulator on the QMP socket', () => {
     expect(processesMentioning(dom.uuid).length).toBe(2);
     await dom.destroy({ graceMs: 500 });
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed' });
+    expect(await leftovers(root, dom.uuid)).toEqual(NOTHING_LEFT);
+    await dom.undefine();
+  });
+
+  it('daemonises a child out of its process group: destroy still kills it, through the cgroup', async () => {
+    const dom = await conn.defineDomain(
+      hostile('daemonize-on-cont', { cputune: { vcpupin: [{ vcpu: 0, cpuset: '0' }] } }),
+    );
+    await dom.start({ paused: true });
+    await dom.resume();
+    expect(await eventually(() => processesMentioning(dom.uuid).length === 2)).toBe(true);
+    await dom.destroy({ graceMs: 500 });
+    expect(processesMentioning(dom.uuid)).toEqual([]);
     expect(await leftovers(root, dom.uuid)).toEqual(NOTHING_LEFT);
     await dom.undefine();
   });

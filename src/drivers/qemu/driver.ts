@@ -14,6 +14,7 @@ import type {
 } from '../../stable/driver.js';
 import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
+import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
 import type { DriverContext } from './context.js';
 import { DomainObject } from './domain-object.js';
@@ -24,6 +25,7 @@ import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
 import { startDomain } from './start.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
+import { sweepCgroups, sweepRootLeftovers } from './sweep.js';
 
 /** Options the embedded driver takes from `connect()`. */
 export interface QemuDriverOptions {
@@ -101,6 +103,9 @@ export class QemuDriver implements Driver, DriverContext {
     });
     for (const def of defs) this.#domains.set(new DomainObject(def));
     await Promise.all(this.#domains.values().map((dom) => reconnectDomain(this, dom)));
+    for (const path of sweepRootLeftovers(this, this.#domains.values()))
+      appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
+    sweepCgroups(this, this.#domains.values());
     for (const dom of this.#domains.values())
       if (dom.run) this.#nextId = Math.max(this.#nextId, dom.run.id + 1);
     setImmediate(() => {
@@ -191,6 +196,7 @@ export class QemuDriver implements Driver, DriverContext {
       const dom = existing ?? new DomainObject(def);
       return dom.job(async () => {
         await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+        faultPoint('define:saved');
         dom.def = def;
         this.#domains.set(dom);
         this.emit(dom, 'defined', existing ? 'updated' : 'added');
@@ -212,6 +218,7 @@ export class QemuDriver implements Driver, DriverContext {
         );
       }
       removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
+      faultPoint('undefine:removed');
       this.#domains.delete(uuid);
       this.emit(dom, 'undefined', 'removed');
     });

@@ -1,6 +1,7 @@
 import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
 import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
+import { faultPoint } from '../../util/fault-points.js';
 import { type DriverContext, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
@@ -94,7 +95,9 @@ export async function finalizeExit(
   const survivors = await reapEmulator(emulatorOf(ctx, dom, run));
   if (survivors.length > 0)
     ctx.log(dom, `processes ${survivors.join(', ')} of pid ${run.pid} survive SIGKILL`);
+  faultPoint('exit:reaped');
   await releaseThreads(scopeOf(ctx, dom, run), run, 'release');
+  faultPoint('exit:released');
   // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
   // neither crash the host process nor leave the domain recorded as running.
   for (const path of [run.paths.monitor, run.paths.status]) {
@@ -145,6 +148,7 @@ export async function shutdownDomain(
   run.stopIntent = 'shutdown';
   ctx.log(dom, `shutdown requested (ACPI power button), waiting ${timeoutMs} ms`);
   await run.qmp.execute('system_powerdown');
+  faultPoint('shutdown:requested');
   if ((await within(run.finalized, timeoutMs)) !== 'timeout') return;
   if (run.stopIntent === 'shutdown') run.stopIntent = undefined;
   if (options.fallbackToDestroy) {
@@ -175,6 +179,7 @@ export async function destroyDomain(
   ctx.log(dom, `destroy: SIGTERM to process group ${run.pid}`);
   signal(run.pid, 'SIGTERM');
   signalEmulator(emulator, 'SIGTERM');
+  faultPoint('destroy:sigterm');
   if ((await within(run.exited, options.graceMs ?? 10_000)) === 'timeout') {
     ctx.log(dom, `destroy: pid ${run.pid} still alive after the grace period, SIGKILL`);
     signal(run.pid, 'SIGKILL');

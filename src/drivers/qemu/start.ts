@@ -2,6 +2,7 @@ import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:f
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
 import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
+import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
@@ -81,6 +82,7 @@ export async function startDomain(
   const s: Startup = { paths, emulator, logOffset: 0, taints: [] };
   try {
     const fds = await openDescriptors(ctx, dom, s);
+    faultPoint('start:descriptors');
     s.cmd = buildCommandLine(def, {
       monitorFd: FIRST_CHILD_FD,
       consolePath: paths.console,
@@ -90,21 +92,28 @@ export async function startDomain(
     });
     openLog(ctx, dom, s);
     listenMonitor(s);
+    faultPoint('start:monitor');
     spawnStub(ctx, dom, s);
+    faultPoint('start:spawned');
     recordStarting(s);
+    faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid);
     const qmp = await execQemu(s);
+    faultPoint('start:monitor-connected');
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
     run.threads = await readThreads(qmp, def, run);
+    faultPoint('start:threads');
     if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
       await qmp.command('balloon', { value: def.currentMemoryKiB * 1024 });
     }
     await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run, () =>
       writeStatus(s.paths.status, status(s, 'starting')),
     );
+    faultPoint('start:configured');
     recordRunning(s);
+    faultPoint('start:recorded-running');
     if (!options.paused) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
     // only visible here. Checked and marked started in one synchronous step, so the exit watcher

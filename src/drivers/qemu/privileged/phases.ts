@@ -3,6 +3,7 @@ import type { OperationArgs } from '../../../internal/operations.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
 import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { parseCpuset } from '../../../util/cpuset.js';
+import { faultPoint } from '../../../util/fault-points.js';
 import { prlimitGet, RLIMIT } from '../../../util/libc.js';
 import { listThreads } from '../../../util/proc.js';
 import type { ThreadIds } from '../status.js';
@@ -127,6 +128,7 @@ export async function configureThreads(
         iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
       },
     }));
+    faultPoint('start:placed');
     persist();
   }
   const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
@@ -155,9 +157,16 @@ export async function releaseThreads(
   phase: 'release' | 'reconnect',
 ): Promise<void> {
   if (!record.placementAttempted && record.placements.length === 0) return;
-  try {
-    await invoke(scope, 'cgroup.release', phase, { pid: record.pid, placements: record.placements });
-  } catch {
-    // invoke logged it; the domain is gone either way and must still be recorded as shut off.
+  // The built-in may find a group still busy for a moment after the exit (threads finishing): it
+  // is retried briefly; whatever is still left, the next driver's sweep releases.
+  const attempts = scope.handlers.get('cgroup.release') ? 1 : 3;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    try {
+      await invoke(scope, 'cgroup.release', phase, { pid: record.pid, placements: record.placements });
+      return;
+    } catch {
+      // invoke logged it; the domain is gone either way and must still be recorded as shut off.
+      if (attempt < attempts) await new Promise((r) => setTimeout(r, 200 * attempt));
+    }
   }
 }
