@@ -110,8 +110,11 @@ const registrar = koffi.struct({
 
 export const abiTypes = { registrar, declareProto, registerProto, context };
 
-/** Sizes of native/virtkit-internal.h's _Static_asserts: a mismatch means a broken build or platform. */
-const EXPECTED_SIZES: ReadonlyArray<readonly [string, KType, number]> = [
+/**
+ * Every structure of the header with its koffi type and the size its _Static_assert pins: a
+ * mismatch means a broken build or platform.
+ */
+export const ABI_STRUCTS: ReadonlyArray<readonly [string, KType, number]> = [
   ['virtkit_context', context, 1352],
   ['virtkit_mem_lock_args', memLockArgs, 312],
   ['virtkit_sched_thread', schedThread, 20],
@@ -131,7 +134,7 @@ const EXPECTED_SIZES: ReadonlyArray<readonly [string, KType, number]> = [
 
 /** Fails when koffi lays the structures out differently from the header (a non-LP64 platform). */
 export function checkLayout(): void {
-  for (const [name, type, size] of EXPECTED_SIZES) {
+  for (const [name, type, size] of ABI_STRUCTS) {
     if (koffi.sizeof(type) !== size) {
       throw new VirtError(
         ErrorCode.NO_SUPPORT,
