@@ -17,9 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# `npm install`, not `npm ci`: this machine's npm writes lock files without registry URLs
-# (omit-lockfile-registry-resolved), which leaves out the other platforms' optional packages that
-# `npm ci` insists on. `npm install` still installs the locked versions.
+# `npm ci`: exactly the locked versions, every time. The lock holds every platform's optional
+# packages with resolved and integrity; after changing package.json regenerate it with
+# `bash scripts/lock.sh` (it runs `npm install --package-lock-only
+# --omit-lockfile-registry-resolved=false` in a scratch copy), never through a node_modules that
+# has only this platform's packages.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm install --no-audit --no-fund
+  npm ci --no-audit --no-fund
 fi

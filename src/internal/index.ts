@@ -22,7 +22,7 @@ export {
 } from './operations.js';
 export type { VirtkitPlugin } from './plugins.js';
 export { type Delegate, type DelegateOptions, delegate } from './privd/delegate.js';
-export type { PrivilegedHelperPolicy } from './privd/policy.js';
+export type { PrivilegedHelperLimits, PrivilegedHelperPolicy } from './privd/policy.js';
 export {
   createPrivilegedHelper,
   type PrivilegedHelper,

@@ -24,34 +24,61 @@ export interface ParsedUri {
   readonly params: URLSearchParams;
 }
 
-/** @internal */
+const SCHEME_AND_SLASHES = /^[a-z][a-z0-9+.-]*:\/\//i;
+
+/**
+ * Parses a connection URI with the WHATWG `URL` parser. Query values are percent-decoded (and `+`
+ * means a space, as in any query string), so any root path fits when encoded with
+ * `encodeURIComponent`. What the parser would silently drop or reinterpret is refused instead:
+ * a fragment (an unencoded `#`), a parameter given twice, a NUL byte.
+ *
+ * @internal
+ */
 export function parseUri(uri: string): ParsedUri {
   if (typeof uri !== 'string')
     throw new VirtError(ErrorCode.INVALID_URI, 'the connection URI must be a string');
-  const m = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)(\/[^?#]*)?(?:\?([^#]*))?$/i.exec(uri);
-  if (!m) {
+  const malformed = (why: string): VirtError =>
+    new VirtError(
+      ErrorCode.INVALID_URI,
+      `malformed connection URI '${uri}': ${why}; expected e.g. 'qemu:///embed?root=/var/lib/app/virt' (percent-encode the root with encodeURIComponent)`,
+    );
+  let url: URL;
+  try {
+    if (!SCHEME_AND_SLASHES.test(uri)) throw new Error('no scheme');
+    url = new URL(uri);
+  } catch {
+    throw malformed('not a URI of the form scheme:///path?query');
+  }
+  if (url.host !== '' || url.username !== '' || url.password !== '') {
     throw new VirtError(
       ErrorCode.INVALID_URI,
-      `malformed connection URI '${uri}': expected e.g. 'qemu:///embed?root=/var/lib/app/virt'`,
+      `remote URIs are not supported ('${url.host}'); use an embedded driver`,
     );
   }
-  if (m[2]) {
-    throw new VirtError(
-      ErrorCode.INVALID_URI,
-      `remote URIs are not supported ('${m[2]}'); use an embedded driver`,
-    );
+  if (url.hash !== '' || uri.includes('#')) {
+    throw malformed("it has a fragment: a '#' in the root must be percent-encoded as %23");
+  }
+  const params = url.searchParams;
+  const seen = new Set<string>();
+  for (const [key, value] of params) {
+    if (seen.has(key)) throw malformed(`the parameter '${key}' is given twice`);
+    seen.add(key);
+    if (value.includes('\0') || key.includes('\0'))
+      throw malformed(`the parameter '${key}' contains a NUL byte`);
   }
   return {
-    scheme: (m[1] as string).toLowerCase(),
-    path: m[3] ?? '/',
-    params: new URLSearchParams(m[4] ?? ''),
+    scheme: url.protocol.slice(0, -1).toLowerCase(),
+    path: url.pathname === '' ? '/' : url.pathname,
+    params,
   };
 }
 
 /**
  * Opens a connection. `qemu:///embed?root=/abs/path` opens the embedded QEMU driver on that root
  * (creating its layout and taking its lock); the driver lives in this process and the QEMU
- * processes it starts outlive it.
+ * processes it starts outlive it. The URI is parsed as a URL: percent-encode the root
+ * (`'qemu:///embed?root=' + encodeURIComponent(root)`) and any path works, including one with
+ * `&`, `#`, `%`, `+` or spaces; an unencoded `#` is refused rather than cutting the root short.
  *
  * `test:///default` opens a fresh, empty, in-memory test driver for your own unit tests: the same
  * validation, errors, states and events as the embedded driver, but no files, no processes and no

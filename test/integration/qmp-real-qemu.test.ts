@@ -1,5 +1,15 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import {
+  accessSync,
+  closeSync,
+  constants,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  readSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -108,7 +118,7 @@ describe('QmpClient against a real QEMU', () => {
   });
 
   it('query-cpus-fast reports one cpu with a thread id', async () => {
-    const cpus = await client!.execute<{ 'cpu-index': number; 'thread-id': number }[]>('query-cpus-fast');
+    const cpus = await client!.command('query-cpus-fast');
     expect(cpus).toHaveLength(1);
     expect(cpus[0]).toMatchObject({ 'cpu-index': 0, 'thread-id': expect.any(Number) });
   });
@@ -149,4 +159,130 @@ describe('QmpClient against a real QEMU', () => {
     expect(client!.closed).toBe(true);
     await expect(client!.execute('query-status')).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
   });
+
+  it('validates typed replies', async () => {
+    await expect(client!.command('query-status')).resolves.toMatchObject({
+      status: 'prelaunch',
+      running: false,
+    });
+    const version = await client!.command('query-version');
+    expect(version.qemu.major).toBe(7);
+    await expect(client!.command('query-kvm')).resolves.toMatchObject({ present: expect.any(Boolean) });
+    const machines = await client!.command('query-machines');
+    expect(machines.some((m) => m.alias === 'pc' && /^pc-i440fx-/.test(m.name))).toBe(true);
+  });
+
+  it('waitForEvent registered before stop resolves with the STOP event', async () => {
+    const resumed = client!.waitForEvent('RESUME');
+    await client!.command('cont');
+    await expect(resumed).resolves.toMatchObject({ event: 'RESUME', data: {} });
+    const stopped = client!.waitForEvent('STOP');
+    await client!.command('stop');
+    const ev = await stopped;
+    expect(ev.event).toBe('STOP');
+    expect(ev.timestamp.seconds).toBeGreaterThan(0);
+    await expect(client!.command('query-status')).resolves.toMatchObject({ status: 'paused' });
+  });
+
+  it('waitForEvent filters with the predicate and sees the payload of SHUTDOWN on quit', async () => {
+    const hostQuit = client!.waitForEvent('SHUTDOWN', (ev) => ev.data.guest === false);
+    await client!.command('quit');
+    const ev = await hostQuit;
+    expect(ev.data).toMatchObject({ guest: false, reason: 'host-qmp-quit' });
+    await expect(qemu!.exited).resolves.toBe(0);
+  });
+
+  it('waitForEvent times out, and rejects with CONNECTION_CLOSED when the connection ends', async () => {
+    await expect(client!.waitForEvent('POWERDOWN', undefined, { timeoutMs: 50 })).rejects.toMatchObject({
+      code: 'OPERATION_TIMEOUT',
+    });
+    const never = client!.waitForEvent('POWERDOWN', undefined, { timeoutMs: 60_000 });
+    client!.close();
+    await expect(never).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+  });
+
+  it('passes a descriptor with getfd that QEMU holds until closefd', async () => {
+    const path = join(dir, 'getfd-target');
+    writeFileSync(path, 'x');
+    const fd = openSync(path, 'r');
+    try {
+      await client!.getfd('vk-test', fd);
+    } finally {
+      closeSync(fd);
+    }
+    const pid = qemu!.child.pid!;
+    expect(openFilesOf(pid)).toContain(path);
+    await client!.command('closefd', { fdname: 'vk-test' });
+    expect(openFilesOf(pid)).not.toContain(path);
+    await expect(client!.command('closefd', { fdname: 'vk-test' })).rejects.toMatchObject({
+      code: 'OPERATION_FAILED',
+    });
+  });
+
+  it('passes a descriptor with add-fd that QEMU opens as /dev/fdset/N for a block node', async () => {
+    const path = join(dir, 'disk.raw');
+    writeFileSync(path, Buffer.alloc(64 * 1024));
+    const fd = openSync(path, 'r+');
+    try {
+      const added = await client!.addFd(fd, { opaque: 'vk-disk' });
+      expect(added).toEqual({ 'fdset-id': expect.any(Number), fd: expect.any(Number) });
+      // Only the descriptor reaches the file now: QEMU cannot open it by name.
+      unlinkSync(path);
+      const fdsets = await client!.command('query-fdsets');
+      expect(fdsets).toContainEqual({
+        'fdset-id': added['fdset-id'],
+        fds: [{ fd: added.fd, opaque: 'vk-disk' }],
+      });
+      await client!.command('blockdev-add', {
+        driver: 'raw',
+        'node-name': 'vk-disk0',
+        file: { driver: 'file', filename: `/dev/fdset/${added['fdset-id']}` },
+      });
+      const nodes = await client!.command('query-named-block-nodes', { flat: true });
+      expect(nodes).toContainEqual(
+        expect.objectContaining({ 'node-name': 'vk-disk0', drv: 'raw', ro: false }),
+      );
+      // QEMU writes through the descriptor; the bytes land in the (unlinked) file we still hold.
+      await client!.execute('human-monitor-command', {
+        'command-line': 'qemu-io vk-disk0 "write -P 0x5a 4096 512"',
+      });
+      const back = Buffer.alloc(512);
+      readSync(fd, back, 0, 512, 4096);
+      expect(back.every((b) => b === 0x5a)).toBe(true);
+      await client!.command('blockdev-del', { 'node-name': 'vk-disk0' });
+      await client!.command('remove-fd', { 'fdset-id': added['fdset-id'] });
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('sends concurrent descriptor commands one at a time, each into its own fd set', async () => {
+    const fds = [0, 1, 2].map((i) => {
+      const path = join(dir, `set-${i}`);
+      writeFileSync(path, String(i));
+      return openSync(path, 'r');
+    });
+    try {
+      const added = await Promise.all(fds.map((fd, i) => client!.addFd(fd, { opaque: `o${i}` })));
+      const fdsets = await client!.command('query-fdsets');
+      for (const [i, a] of added.entries()) {
+        const set = fdsets.find((s) => s['fdset-id'] === a['fdset-id']);
+        expect(set?.fds).toEqual([{ fd: a.fd, opaque: `o${i}` }]);
+        expect(readlinkSync(`/proc/${qemu!.child.pid}/fd/${a.fd}`)).toBe(join(dir, `set-${i}`));
+      }
+    } finally {
+      for (const fd of fds) closeSync(fd);
+    }
+  });
 });
+
+/** The files a process holds open, from /proc/<pid>/fd. */
+function openFilesOf(pid: number): string[] {
+  const out: string[] = [];
+  for (const entry of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.push(readlinkSync(`/proc/${pid}/fd/${entry}`));
+    } catch {}
+  }
+  return out;
+}

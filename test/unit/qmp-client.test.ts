@@ -451,4 +451,70 @@ describe('QmpClient', () => {
     peer.socket.end();
     await expect(connecting).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
   });
+
+  it('command() validates the reply and rejects a malformed one without closing', async () => {
+    const { client, peer } = await negotiated();
+    const good = client.command('query-status');
+    peer.send({
+      return: { status: 'running', running: true, singlestep: false },
+      id: (await peer.next()).id,
+    });
+    await expect(good).resolves.toEqual({ status: 'running', running: true, singlestep: false });
+    const bad = client.command('query-cpus-fast');
+    peer.send({ return: [{ 'cpu-index': 0, 'thread-id': 'nope' }], id: (await peer.next()).id });
+    await expect(bad).rejects.toMatchObject({
+      code: 'OPERATION_FAILED',
+      details: { command: 'query-cpus-fast' },
+      message: expect.stringContaining('0.thread-id'),
+    });
+    expect(client.closed).toBe(false);
+    const args = client.command('balloon', { value: 1024 });
+    const sent = await peer.next();
+    expect(sent).toEqual({ execute: 'balloon', arguments: { value: 1024 }, id: expect.any(Number) });
+    peer.send({ return: {}, id: sent.id });
+    await expect(args).resolves.toEqual({});
+  });
+
+  it('waitForEvent sees an event that arrives before the response of the command that provoked it', async () => {
+    const { client, peer } = await negotiated();
+    const stopped = client.waitForEvent('STOP');
+    const done = client.command('stop');
+    const cmd = await peer.next();
+    await peer.write(`${JSON.stringify(event('STOP'))}\n${JSON.stringify({ return: {}, id: cmd.id })}\n`);
+    await done;
+    await expect(stopped).resolves.toEqual({
+      event: 'STOP',
+      data: {},
+      timestamp: { seconds: 1700000000, microseconds: 42 },
+    });
+  });
+
+  it('waitForEvent applies the predicate to the validated payload', async () => {
+    const { client, peer } = await negotiated();
+    const deleted = client.waitForEvent('DEVICE_DELETED', (ev) => ev.data.device === 'net1');
+    peer.send(event('DEVICE_DELETED', { device: 'net0', path: '/machine/peripheral/net0' }));
+    peer.send(event('DEVICE_DELETED', { device: 'net1', path: '/machine/peripheral/net1' }));
+    await expect(deleted).resolves.toMatchObject({ data: { device: 'net1' } });
+  });
+
+  it('waitForEvent rejects a malformed payload, a timeout, an abort and a disconnect', async () => {
+    const { client, peer } = await negotiated();
+    const malformed = client.waitForEvent('SHUTDOWN');
+    peer.send(event('SHUTDOWN', { guest: 'yes' }));
+    await expect(malformed).rejects.toMatchObject({
+      code: 'OPERATION_FAILED',
+      details: { event: 'SHUTDOWN' },
+    });
+    await expect(client.waitForEvent('RESUME', undefined, { timeoutMs: 20 })).rejects.toMatchObject({
+      code: 'OPERATION_TIMEOUT',
+    });
+    const controller = new AbortController();
+    const aborted = client.waitForEvent('RESUME', undefined, { signal: controller.signal });
+    controller.abort();
+    await expect(aborted).rejects.toMatchObject({ code: 'OPERATION_FAILED' });
+    const pending = client.waitForEvent('RESUME');
+    peer.socket.destroy();
+    await expect(pending).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    await expect(client.waitForEvent('RESUME')).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+  });
 });

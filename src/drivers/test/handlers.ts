@@ -94,6 +94,7 @@ export class PrivilegedSimulation {
           ifname: nic.target?.dev,
           queues: nic.queues ?? 1,
           vnetHdr: nic.model === 'virtio',
+          managed: nic.target?.managed !== false,
         });
         fds.push(...tapFds);
       }

@@ -17,6 +17,8 @@ export interface InvocationScope {
   readonly handlers: HandlerTable;
   readonly domain: { readonly uuid: string; readonly name: string; readonly id: number | null };
   readonly pid: number | undefined;
+  /** The start time of `pid` recorded at launch: thread ids are verified against this very process. */
+  readonly startTime?: bigint;
   /** Taints of the domain being started or running; `internal-handler` is added on first use. */
   readonly taints: string[];
   readonly cgroupParent: string;

@@ -1,4 +1,4 @@
-import * as net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import {
   ErrorCode,
@@ -7,7 +7,11 @@ import {
   VirtError,
   type VirtErrorDetails,
 } from '../../../stable/errors.js';
+import { unixConnect } from '../../../util/unix-socket.js';
+import { QMP_COMMANDS, type QmpArguments, type QmpCommandName, type QmpReply } from './commands.js';
+import { QMP_EVENTS, type QmpEventData, type QmpEventName } from './events.js';
 import { LineSplitter } from './framing.js';
+import { LineTransport, type WriteHandle } from './transport.js';
 
 /**
  * An asynchronous QMP event, e.g. `RESUME`, `STOP` or `SHUTDOWN`.
@@ -52,7 +56,7 @@ export interface QmpConnectOptions {
 }
 
 /**
- * Options of {@link QmpClient.execute}.
+ * Options of {@link QmpClient.execute} and {@link QmpClient.command}.
  *
  * @internal
  */
@@ -65,7 +69,48 @@ export interface QmpExecuteOptions {
    * `AbortSignal.timeout()`), otherwise with `OPERATION_FAILED`.
    */
   signal?: AbortSignal;
+  /**
+   * Descriptors passed with the command (`SCM_RIGHTS`), for `getfd` and `add-fd`. The caller keeps
+   * them and may close them once the returned promise settles. Commands carrying descriptors are
+   * sent one at a time, since QEMU keeps only the descriptors of the latest message.
+   */
+  fds?: readonly number[];
 }
+
+/**
+ * Options of {@link QmpClient.waitForEvent}.
+ *
+ * @internal
+ */
+export interface QmpWaitOptions {
+  /** How long to wait; `Infinity` waits forever. Default 30 000 ms. */
+  timeoutMs?: number;
+  /** Stops waiting; the error follows the rules of {@link QmpExecuteOptions.signal}. */
+  signal?: AbortSignal;
+}
+
+/**
+ * An event of {@link QMP_EVENTS} with its payload validated.
+ *
+ * @internal
+ */
+export interface QmpTypedEvent<E extends QmpEventName> extends QmpEvent {
+  /** The event name. */
+  event: E;
+  /** The payload, checked against the event's schema. */
+  data: QmpEventData<E>;
+}
+
+/**
+ * The arguments of {@link QmpClient.command} after the name: none (or `undefined`) for a command
+ * without arguments, then the options.
+ *
+ * @internal
+ */
+export type QmpCommandRest<K extends QmpCommandName> =
+  undefined extends QmpArguments<K>
+    ? [args?: QmpArguments<K>, options?: QmpExecuteOptions]
+    : [args: QmpArguments<K>, options?: QmpExecuteOptions];
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
@@ -74,6 +119,8 @@ const DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The greeting is awaited like a response to a command with this id; commands start at 1. */
 const GREETING_ID = 0;
+/** Pause between connect attempts while the listener's backlog is full (`EAGAIN`). */
+const BACKLOG_RETRY_MS = 5;
 
 const GreetingSchema = z.object({
   QMP: z.object({
@@ -95,41 +142,37 @@ interface Pending {
 
 /**
  * A client of the QEMU Machine Protocol over a UNIX socket: newline-delimited JSON, commands
- * multiplexed by id, events delivered synchronously in arrival order.
+ * multiplexed by id, events delivered synchronously in arrival order, descriptors passed with
+ * `SCM_RIGHTS`, and events awaited with {@link QmpClient.waitForEvent}.
  *
  * @internal
  */
 export class QmpClient {
-  readonly #socket: net.Socket;
+  readonly #transport: LineTransport;
   readonly #lines: LineSplitter;
   readonly #maxLineBytes: number;
   readonly #pending = new Map<number, Pending>();
   readonly #eventListeners = new Listeners<QmpEvent>();
   readonly #disconnectListeners = new Listeners<Error | undefined>();
   #greeting: QmpGreeting | undefined;
-  #established: boolean;
   #closed = false;
+  /** Settles when the last command carrying descriptors has its response. */
+  #fdTail: Promise<unknown> = Promise.resolve();
   #disconnectError: Error | undefined;
   #nextId = GREETING_ID + 1;
   #commandCount = 0;
 
-  private constructor(socket: net.Socket, maxLineBytes: number) {
-    this.#socket = socket;
+  private constructor(fd: number, maxLineBytes: number) {
     this.#maxLineBytes = maxLineBytes;
     this.#lines = new LineSplitter(maxLineBytes);
-    this.#established = !socket.pending;
-    socket.once('connect', () => {
-      this.#established = true;
+    this.#transport = new LineTransport(fd, {
+      data: (bytes) => {
+        if (!this.#lines.push(bytes, this.#onLine)) {
+          this.#protocolError(`QMP line exceeds ${this.#maxLineBytes} bytes`);
+        }
+      },
+      gone: (cause) => this.#onSocketGone(cause),
     });
-    socket.on('data', (chunk: Buffer | string) => {
-      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-      if (!this.#lines.push(bytes, this.#onLine)) {
-        this.#protocolError(`QMP line exceeds ${this.#maxLineBytes} bytes`);
-      }
-    });
-    socket.on('error', (err) => this.#onSocketGone(err));
-    socket.on('end', () => this.#onSocketGone(undefined));
-    socket.on('close', () => this.#onSocketGone(undefined));
   }
 
   /**
@@ -139,19 +182,35 @@ export class QmpClient {
    * @throws VirtError `SYSTEM_ERROR` (with `details.errno`) if the socket cannot be connected,
    *   `OPERATION_TIMEOUT` past `timeoutMs`, `OPERATION_FAILED` if the peer does not speak QMP
    */
-  static connect(socketPath: string, options: QmpConnectOptions = {}): Promise<QmpClient> {
-    return QmpClient.fromSocket(net.createConnection(socketPath), options);
+  static async connect(socketPath: string, options: QmpConnectOptions = {}): Promise<QmpClient> {
+    const deadline = Date.now() + (options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS);
+    let fd: number;
+    for (;;) {
+      try {
+        fd = unixConnect(socketPath);
+        break;
+      } catch (err) {
+        // A full backlog is transient; anything else (ENOENT, ECONNREFUSED, EACCES) is final.
+        if (errnoOf(err) !== 'EAGAIN' || Date.now() >= deadline || options.signal?.aborted) {
+          throw new VirtError(
+            ErrorCode.SYSTEM_ERROR,
+            `Cannot connect to the QMP socket: ${errorMessage(err)}`,
+            errnoOf(err) ? { errno: errnoOf(err) } : {},
+            { cause: err },
+          );
+        }
+        await sleep(BACKLOG_RETRY_MS);
+      }
+    }
+    return QmpClient.fromFd(fd, { ...options, timeoutMs: Math.max(0, deadline - Date.now()) });
   }
 
   /**
-   * Like {@link QmpClient.connect} for a socket that is connecting or connected. The client owns
-   * the socket from now on and destroys it on failure.
+   * Like {@link QmpClient.connect} for a connected, non-blocking Unix socket descriptor. The client
+   * owns the descriptor from now on and closes it on failure.
    */
-  static async fromSocket(socket: net.Socket, options: QmpConnectOptions = {}): Promise<QmpClient> {
-    if (socket.destroyed) {
-      throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'The QMP socket is already closed');
-    }
-    const client = new QmpClient(socket, options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES);
+  static async fromFd(fd: number, options: QmpConnectOptions = {}): Promise<QmpClient> {
+    const client = new QmpClient(fd, options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES);
     const timeoutMs = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     // One deadline for all phases: the caller cares about how long connecting takes, not each step.
     const deadline = new AbortController();
@@ -215,13 +274,143 @@ export class QmpClient {
         }),
       );
     }
-    const { signal } = options;
+    const { signal, fds } = options;
     if (signal?.aborted) return Promise.reject(abortError(signal.reason, command));
     const id = this.#nextId++;
-    const reply = this.#expect(id, command, options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, signal);
+    const line = Buffer.from(`${JSON.stringify({ execute: command, arguments: args, id })}\n`);
     this.#commandCount++;
-    this.#socket.write(`${JSON.stringify({ execute: command, arguments: args, id })}\n`);
+    if (fds === undefined || fds.length === 0) {
+      const reply = this.#expect(id, command, options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, signal);
+      this.#transport.write(line);
+      return reply as Promise<T>;
+    }
+    // The deadline runs from now; the line waits until the previous descriptors were consumed.
+    let handle: WriteHandle | undefined;
+    const reply = this.#expect(id, command, options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, signal, () => {
+      // Settled before it went out: never send descriptors the caller may close from now on.
+      if (handle) this.#transport.cancel(handle);
+    });
+    const send = (): void => {
+      if (this.#pending.has(id)) handle = this.#transport.write(line, fds);
+    };
+    const previous = this.#fdTail;
+    this.#fdTail = reply.catch(noop);
+    void previous.then(send);
     return reply as Promise<T>;
+  }
+
+  /**
+   * Runs a command of {@link QMP_COMMANDS} and resolves with its reply, checked against the
+   * command's schema.
+   *
+   * @throws VirtError as {@link QmpClient.execute}, and `OPERATION_FAILED` (`details.command`) when
+   *   the reply does not match the schema; the connection stays usable
+   */
+  async command<K extends QmpCommandName>(name: K, ...rest: QmpCommandRest<K>): Promise<QmpReply<K>> {
+    const [args, options] = rest;
+    const raw = await this.execute(name, args as Record<string, unknown> | undefined, options);
+    const parsed = QMP_COMMANDS[name].reply.safeParse(raw);
+    if (!parsed.success) {
+      throw new VirtError(
+        ErrorCode.OPERATION_FAILED,
+        `QEMU's reply to ${name} does not have the expected shape: ${describeIssues(parsed.error)}`,
+        { command: name },
+      );
+    }
+    return parsed.data as QmpReply<K>;
+  }
+
+  /**
+   * Passes a descriptor to QEMU under a name (`getfd`), for commands that take an fd name
+   * (`netdev_add`'s `fd`, `closefd`). The caller keeps its copy and may close it once this settles.
+   */
+  async getfd(fdname: string, fd: number, options: Omit<QmpExecuteOptions, 'fds'> = {}): Promise<void> {
+    await this.command('getfd', { fdname }, { ...options, fds: [fd] });
+  }
+
+  /**
+   * Adds a descriptor to an fd set (`add-fd`), which QEMU opens as `/dev/fdset/<fdset-id>`. The
+   * caller keeps its copy and may close it once this settles.
+   *
+   * @returns the fd set's id and the descriptor's number inside QEMU
+   */
+  addFd(
+    fd: number,
+    target: { fdsetId?: number; opaque?: string } = {},
+    options: Omit<QmpExecuteOptions, 'fds'> = {},
+  ): Promise<QmpReply<'add-fd'>> {
+    const args: QmpArguments<'add-fd'> = {};
+    if (target.fdsetId !== undefined) args['fdset-id'] = target.fdsetId;
+    if (target.opaque !== undefined) args.opaque = target.opaque;
+    return this.command('add-fd', args, { ...options, fds: [fd] });
+  }
+
+  /**
+   * Waits for the next event named `name` whose payload satisfies `predicate`. The wait starts
+   * when this is called, so call it before the command that provokes the event and await it after:
+   * an event that arrives before the command's response is not missed. The payload of an event of
+   * {@link QMP_EVENTS} is validated first; a malformed one rejects the wait.
+   *
+   * @throws VirtError `OPERATION_TIMEOUT` past `timeoutMs`, `CONNECTION_CLOSED` when the connection
+   *   ends first, `OPERATION_FAILED` for a malformed payload or an abort (see
+   *   {@link QmpExecuteOptions.signal})
+   */
+  waitForEvent<E extends QmpEventName>(
+    name: E,
+    predicate?: (ev: QmpTypedEvent<E>) => boolean,
+    options: QmpWaitOptions = {},
+  ): Promise<QmpTypedEvent<E>> {
+    const what = `wait for ${name}`;
+    if (this.#closed) {
+      return Promise.reject(
+        new VirtError(ErrorCode.CONNECTION_CLOSED, `QMP connection is closed, cannot ${what}`, {
+          event: name,
+        }),
+      );
+    }
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(abortError(signal.reason, what));
+    return new Promise((resolve, reject) => {
+      const timeoutMs = options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+      const finish = (err: VirtError | undefined, ev?: QmpTypedEvent<E>): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        offEvent();
+        offDisconnect();
+        if (err) reject(err);
+        else resolve(ev as QmpTypedEvent<E>);
+      };
+      const onAbort = (): void => finish(abortError(signal?.reason, what));
+      const timer = startTimer(timeoutMs, () => finish(timeoutError(what, timeoutMs, { event: name })));
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const offEvent = this.#eventListeners.add((ev) => {
+        if (ev.event !== name) return;
+        const parsed = QMP_EVENTS[name].safeParse(ev.data);
+        if (!parsed.success) {
+          finish(
+            new VirtError(
+              ErrorCode.OPERATION_FAILED,
+              `QEMU sent a malformed ${name} event: ${describeIssues(parsed.error)}`,
+              { event: name },
+            ),
+          );
+          return;
+        }
+        const typed = { ...ev, event: name, data: parsed.data as QmpEventData<E> };
+        if (predicate && !predicate(typed)) return;
+        finish(undefined, typed);
+      });
+      const offDisconnect = this.#disconnectListeners.add(() =>
+        finish(
+          new VirtError(ErrorCode.CONNECTION_CLOSED, `QMP connection closed during ${what}`, { event: name }),
+        ),
+      );
+    });
+  }
+
+  /** Keeps the process alive while the connection is open (the default), or not. */
+  ref(on: boolean): void {
+    if (!this.#closed) this.#transport.ref(on);
   }
 
   /**
@@ -253,16 +442,26 @@ export class QmpClient {
   }
 
   /** Registers a waiter for the response with this id. */
-  #expect(id: number, command: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<unknown> {
+  #expect(
+    id: number,
+    command: string,
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+    onGiveUp?: () => void,
+  ): Promise<unknown> {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) {
         reject(abortError(signal.reason, command));
         return;
       }
-      const timer = startTimer(timeoutMs, () =>
-        this.#take(id)?.reject(timeoutError(command, timeoutMs, { command })),
-      );
-      const onAbort = (): void => this.#take(id)?.reject(abortError(signal?.reason, command));
+      const giveUp = (err: VirtError): void => {
+        const entry = this.#take(id);
+        if (!entry) return;
+        onGiveUp?.();
+        entry.reject(err);
+      };
+      const timer = startTimer(timeoutMs, () => giveUp(timeoutError(command, timeoutMs, { command })));
+      const onAbort = (): void => giveUp(abortError(signal?.reason, command));
       signal?.addEventListener('abort', onAbort, { once: true });
       const dispose = (): void => {
         clearTimeout(timer);
@@ -337,20 +536,12 @@ export class QmpClient {
   #onSocketGone(cause: Error | undefined): void {
     if (this.#closed) return;
     const details = cause && errnoOf(cause) ? { errno: errnoOf(cause) } : {};
-    const err =
-      cause && !this.#established
-        ? new VirtError(
-            ErrorCode.SYSTEM_ERROR,
-            `Cannot connect to the QMP socket: ${cause.message}`,
-            details,
-            { cause },
-          )
-        : new VirtError(
-            ErrorCode.CONNECTION_CLOSED,
-            cause ? `QMP connection failed: ${cause.message}` : 'QEMU closed the QMP connection',
-            details,
-            { cause },
-          );
+    const err = new VirtError(
+      ErrorCode.CONNECTION_CLOSED,
+      cause ? `QMP connection failed: ${cause.message}` : 'QEMU closed the QMP connection',
+      details,
+      { cause },
+    );
     this.#shutdown(err, err);
   }
 
@@ -359,13 +550,14 @@ export class QmpClient {
     if (this.#closed) return;
     this.#closed = true;
     this.#disconnectError = disconnectError;
-    this.#socket.destroy();
+    this.#transport.close();
     for (const [id, entry] of this.#pending) {
       this.#pending.delete(id);
       entry.dispose();
       entry.reject(pendingError);
     }
     this.#eventListeners.clear();
+    // Event waiters listen for the end too: they reject with the pending commands' error.
     this.#disconnectListeners.emit(disconnectError);
     this.#disconnectListeners.clear();
   }
@@ -443,3 +635,11 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 function noop(): void {}
+
+/** The first few zod issues as `path: message`, for an error message. */
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 3)
+    .map((i) => `${i.path.length > 0 ? i.path.join('.') : '(top)'}: ${i.message}`)
+    .join('; ');
+}

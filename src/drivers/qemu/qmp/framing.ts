@@ -45,7 +45,8 @@ export class LineSplitter {
     if (rest > 0) {
       // Check before keeping the tail, so a peer that never sends a newline cannot grow the buffer.
       if (this.#size + rest > this.#maxLineBytes) return false;
-      this.#parts.push(start === 0 ? chunk : chunk.subarray(start));
+      // A copy: the caller may reuse the chunk's memory for its next read.
+      this.#parts.push(Buffer.from(chunk.subarray(start)));
       this.#size += rest;
     }
     return true;
