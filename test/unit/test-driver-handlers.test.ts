@@ -143,7 +143,7 @@ describe('handlers are invoked as the embedded driver invokes them', () => {
       [pid, 1],
     ]);
     expect(calls[0]?.args).toEqual({ path: join(dir, 'ordered.img'), mode: 'rw' });
-    expect(calls[1]?.args).toEqual({ ifname: 'vnet-sim0', queues: 1, vnetHdr: true });
+    expect(calls[1]?.args).toEqual({ ifname: 'vnet-sim0', queues: 1, vnetHdr: true, managed: true });
     expect(calls[2]?.args).toMatchObject({
       pid,
       bytes: 16n * 1024n * 1024n,
