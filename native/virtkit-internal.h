@@ -207,6 +207,8 @@ struct virtkit_tap_args {
   char ifname[VIRTKIT_IFNAME_SIZE]; /* "" lets the handler (kernel) choose a name */
   uint32_t queues;              /* 1..VIRTKIT_MAX_QUEUES */
   int32_t vnet_hdr;             /* non-zero: IFF_VNET_HDR */
+  int32_t managed;              /* 0 (managed='no'): attach to the existing TAP `ifname`; else create the
+                                   TAP exclusively (IFF_TUN_EXCL), never attach to one that exists */
 };
 struct virtkit_tap_result {
   char ifname[VIRTKIT_IFNAME_SIZE]; /* out: the device's name */
@@ -298,7 +300,7 @@ _Static_assert(sizeof(struct virtkit_placement) == 4100, "virtkit_placement layo
 _Static_assert(sizeof(struct virtkit_place_args) == 296, "virtkit_place_args layout");
 _Static_assert(sizeof(struct virtkit_place_result) == 16, "virtkit_place_result layout");
 _Static_assert(sizeof(struct virtkit_release_args) == 16, "virtkit_release_args layout");
-_Static_assert(sizeof(struct virtkit_tap_args) == 24, "virtkit_tap_args layout");
+_Static_assert(sizeof(struct virtkit_tap_args) == 28, "virtkit_tap_args layout");
 _Static_assert(sizeof(struct virtkit_tap_result) == 84, "virtkit_tap_result layout");
 _Static_assert(sizeof(struct virtkit_open_file_args) == 4100, "virtkit_open_file_args layout");
 _Static_assert(sizeof(struct virtkit_open_file_result) == 4, "virtkit_open_file_result layout");

@@ -71,7 +71,12 @@ const placeArgs = koffi.struct({
 });
 const placeResult = koffi.struct({ n_placements: 'uint32_t', capacity: 'uint32_t', placements: 'void *' });
 const releaseArgs = koffi.struct({ pid: 'int32_t', n_placements: 'uint32_t', placements: 'void *' });
-const tapArgs = koffi.struct({ ifname: chars(IFNAME_SIZE), queues: 'uint32_t', vnet_hdr: 'int32_t' });
+const tapArgs = koffi.struct({
+  ifname: chars(IFNAME_SIZE),
+  queues: 'uint32_t',
+  vnet_hdr: 'int32_t',
+  managed: 'int32_t',
+});
 const tapResult = koffi.struct({
   ifname: chars(IFNAME_SIZE),
   n_fds: 'uint32_t',
@@ -110,8 +115,11 @@ const registrar = koffi.struct({
 
 export const abiTypes = { registrar, declareProto, registerProto, context };
 
-/** Sizes of native/virtkit-internal.h's _Static_asserts: a mismatch means a broken build or platform. */
-const EXPECTED_SIZES: ReadonlyArray<readonly [string, KType, number]> = [
+/**
+ * Every structure of the header with its koffi type and the size its _Static_assert pins: a
+ * mismatch means a broken build or platform.
+ */
+export const ABI_STRUCTS: ReadonlyArray<readonly [string, KType, number]> = [
   ['virtkit_context', context, 1352],
   ['virtkit_mem_lock_args', memLockArgs, 312],
   ['virtkit_sched_thread', schedThread, 20],
@@ -122,7 +130,7 @@ const EXPECTED_SIZES: ReadonlyArray<readonly [string, KType, number]> = [
   ['virtkit_place_args', placeArgs, 296],
   ['virtkit_place_result', placeResult, 16],
   ['virtkit_release_args', releaseArgs, 16],
-  ['virtkit_tap_args', tapArgs, 24],
+  ['virtkit_tap_args', tapArgs, 28],
   ['virtkit_tap_result', tapResult, 84],
   ['virtkit_open_file_args', openFileArgs, 4100],
   ['virtkit_open_file_result', openFileResult, 4],
@@ -131,7 +139,7 @@ const EXPECTED_SIZES: ReadonlyArray<readonly [string, KType, number]> = [
 
 /** Fails when koffi lays the structures out differently from the header (a non-LP64 platform). */
 export function checkLayout(): void {
-  for (const [name, type, size] of EXPECTED_SIZES) {
+  for (const [name, type, size] of ABI_STRUCTS) {
     if (koffi.sizeof(type) !== size) {
       throw new VirtError(
         ErrorCode.NO_SUPPORT,
@@ -330,6 +338,7 @@ export const marshals: { [Op in OperationName]: Marshal<Op> } = {
           ifname: text(a.ifname ?? '', IFNAME_SIZE, 'ifname'),
           queues: a.queues,
           vnet_hdr: a.vnetHdr ? 1 : 0,
+          managed: a.managed ? 1 : 0,
         }),
         result,
         decode: () => {

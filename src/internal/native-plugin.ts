@@ -31,6 +31,14 @@ const EPROTO = osConstants.errno.EPROTO;
 const EINVAL = osConstants.errno.EINVAL;
 const EEXIST = osConstants.errno.EEXIST;
 
+/**
+ * Every library loaded, for the life of the process. A koffi library object that is garbage
+ * collected may be unloaded (dlclose): the code of a handler that is still running on a worker
+ * thread, or that the handler table will call later, would vanish under it. Plugins are never
+ * unloaded.
+ */
+const loadedLibraries = new Map<string, ReturnType<typeof koffi.load>>();
+
 /** True when a plugin specifier names a shared library rather than a JavaScript module. */
 export function isNativePlugin(specifier: string): boolean {
   return /\.so(\.\d+)*$/.test(specifier);
@@ -178,7 +186,8 @@ export function loadNativePlugin(seam: InternalSeam, path: string): void {
   }
   let init: (reg: bigint) => number;
   try {
-    const lib = koffi.load(path);
+    const lib = loadedLibraries.get(path) ?? koffi.load(path);
+    loadedLibraries.set(path, lib);
     init = lib.func('virtkit_plugin_init', 'int', ['void *']) as (reg: bigint) => number;
   } catch (err) {
     const missing = /virtkit_plugin_init/.test(errorMessage(err));

@@ -109,6 +109,7 @@ describe('the packed tarball', () => {
       'dist/internal.cjs',
       'dist/internal.d.ts',
       'dist/internal.d.cts',
+      'native/virtkit-internal.h',
     ]) {
       expect(files).toContain(`package/${file}`);
     }

@@ -1,5 +1,6 @@
 import {
   chmodSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -10,9 +11,11 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import koffi from 'koffi';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { openInternal } from '../../src/internal/index.js';
+import { openInternal, simulatedHost } from '../../src/internal/index.js';
 import { type Connection, connect, type DomainDefinitionInput } from '../../src/stable/index.js';
 import { prlimitGet, prlimitSet, RLIMIT, schedGet } from '../../src/util/libc.js';
 import { readProcLimits, readThreadComm } from '../../src/util/proc.js';
@@ -27,6 +30,8 @@ import {
 } from '../helpers/env.js';
 
 const MiB = 1024n * 1024n;
+setFlagsFromString('--expose-gc');
+const collectGarbage = runInNewContext('gc') as () => void;
 const ownLimit = prlimitGet(process.pid, RLIMIT.MEMLOCK);
 let buildDir: string;
 let plugins: ReturnType<typeof buildTestPlugins>;
@@ -87,6 +92,11 @@ describe('the example C plugin', () => {
     for (const op of ['process.setMaxMemLock', 'thread.setScheduler', 'storage.openFile'] as const)
       expect(api.hasHandler(op)).toBe(true);
     expect(api.hasHandler('cgroup.placeThreads')).toBe(false);
+    // Nothing but the handler table refers to the library now: a collection must not unload it.
+    collectGarbage();
+    await new Promise((r) => setTimeout(r, 20));
+    collectGarbage();
+    expect(readFileSync('/proc/self/maps', 'utf8')).toContain(plugins.example);
     const dom = await conn.defineDomain(
       withDisk('cplug', {
         memtune: { hardLimitKiB: 4096 },
@@ -161,9 +171,11 @@ describe('loading refuses what is not a plugin of this version', () => {
 });
 
 describe('a plugin that fails or hangs fails the start cleanly', () => {
+  // One library object for the whole file: dropping it lets koffi unload the library (dlclose).
+  let stateFn: ((n: number) => number) | undefined;
   const state = () => {
-    const lib = koffi.load(plugins.test);
-    const fn = lib.func('test_plugin_state', 'int', ['int']) as (n: number) => number;
+    stateFn ??= koffi.load(plugins.test).func('test_plugin_state', 'int', ['int']) as (n: number) => number;
+    const fn = stateFn;
     return {
       calls: fn(0),
       cancelSeen: fn(1),
@@ -231,5 +243,31 @@ describe('a plugin that fails or hangs fails the start cleanly', () => {
     await dom.start({ paused: true });
     expect(state().calls).toBe(before.calls + 2);
     await dom.destroy();
+  });
+});
+
+describe('native plugins in test:///default', () => {
+  it('are invoked by the handler simulation too, with their errors and the log', async () => {
+    mkdirSync(join(root, 'lib'));
+    const test = await connect('test:///default', { plugins: [plugins.test] });
+    try {
+      const ok = await test.defineDomain(withDisk('sim-ok'));
+      await ok.start({ paused: true });
+      expect((await ok.getInfo()).taints).toEqual(['internal-handler']);
+      expect(simulatedHost(test).log(ok.uuid)).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^internal: storage\\.openFile phase=pre-exec via=native plugin ${plugins.test.replace(/[.]/g, '\\.')} [\\d.]+ms ok$`,
+          ),
+        ),
+      ]);
+      const failing = await test.defineDomain(withDisk('fail-sim'));
+      await expect(failing.start()).rejects.toMatchObject({
+        code: 'HANDLER_FAILED',
+        message: expect.stringMatching(/test plugin refuses .*fail-sim\.img for domain fail-sim \(EACCES\)/),
+      });
+    } finally {
+      await test.close();
+    }
   });
 });
