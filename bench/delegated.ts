@@ -1,42 +1,83 @@
 /*
- * Round trip of one delegated privileged operation: delegate() → Unix socket → virtkit-privd
- * (peer check, policy, audit line, the built-in operation) → response, with helper and client in
- * one process on a temporary socket. Two operations: cgroup.release with no placements (no target
- * process to inspect) and thread.setScheduler to SCHED_OTHER/0 on an idle child (target checks in
- * /proc plus sched_setscheduler), next to calling the same built-in directly.
- * Run: npm run bench:delegated
+ * Round trip of one delegated privileged operation with virtkit-privd in its own process, as
+ * deployed (the built dist/privd-cli.js, audit lines to a file): delegate() → Unix socket → helper
+ * (peer check, policy, audit line, the built-in operation) → response. Two operations:
+ * cgroup.release with no placements (no target process to inspect) and thread.setScheduler to
+ * SCHED_OTHER/0 on an idle child (target checks in /proc plus sched_setscheduler), next to the
+ * syscall alone and a bare Unix-socket echo between two Node processes (the floor).
+ *
+ * Then the same client's latency while 1,000 clients are connected (a load process holds 999
+ * connections, idle after hello), and while 100 of them also call in a loop.
+ *
+ * Run: npm run build && npm run bench:delegated   (BENCH_N calls per row, default 5000;
+ * PRIVD_PROF=dir writes CPU profiles of helper and client there)
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readlinkSync, rmSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPrivilegedHelper, delegate, type InvocationContext } from '../src/internal/index.js';
+import { delegate, type InvocationContext } from '../src/internal/index.js';
 import { schedSet } from '../src/util/libc.js';
 import { percentile, sampleMicros } from './common.js';
 
 const N = Number(process.env['BENCH_N'] ?? 5000);
+const LOADED_N = Number(process.env['BENCH_LOADED_N'] ?? 3000);
+const PROF = process.env['PRIVD_PROF'];
+const ROOT = join(import.meta.dirname, '..');
+const CLI = join(ROOT, 'dist', 'privd-cli.js');
+if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first`);
+
 const dir = mkdtempSync(join(tmpdir(), 'vk-bench-privd-'));
 const socketPath = join(dir, 'privd.sock');
+const auditLog = join(dir, 'audit.log');
 const idle: ChildProcess = spawn('sleep', ['600'], { stdio: 'ignore' });
 const pid = idle.pid as number;
 await new Promise((r) => idle.once('spawn', r));
 
-const helper = createPrivilegedHelper({
-  socketPath,
-  policy: {
+writeFileSync(
+  join(dir, 'policy.json'),
+  JSON.stringify({
     version: 1,
     peers: { uids: [process.getuid?.() ?? 0] },
     // The idle child stands in for QEMU: its executable is the "emulator" here.
     targets: { qualify: ['descendant'], emulators: [readlinkSync(`/proc/${pid}/exe`)] },
     scheduler: { policies: ['other'] },
     cgroup: { parent: 'virtkit-bench' },
-  },
-  audit: () => {},
-});
-await helper.listen();
-const d = delegate(socketPath);
+    // Every client of this bench is root: the per-uid cap must admit all 1,000 of them.
+    limits: { maxConnections: 2048, maxConnectionsPerUid: 1100 },
+  }),
+);
 
+function launch(args: string[], err: string): ChildProcess {
+  const fd = openSync(err, 'a');
+  const child = spawn(
+    process.execPath,
+    [...(PROF ? ['--cpu-prof', `--cpu-prof-dir=${PROF}`] : []), ...args],
+    { stdio: ['pipe', 'pipe', fd], cwd: ROOT },
+  );
+  closeSync(fd);
+  return child;
+}
+
+const helper = launch([CLI, '--socket', socketPath, '--policy', join(dir, 'policy.json')], auditLog);
+for (let t = Date.now(); !readFileSync(auditLog, 'utf8').includes('listening on'); ) {
+  if (helper.exitCode !== null || Date.now() - t > 30_000)
+    throw new Error(`virtkit-privd did not start: ${readFileSync(auditLog, 'utf8')}`);
+  await new Promise((r) => setTimeout(r, 20));
+}
+
+const d = delegate(socketPath);
 const ctx = (phase: InvocationContext['phase']): InvocationContext => ({
   domain: { uuid: '00000000-0000-4000-8000-000000000000', name: 'bench', id: 1 },
   phase,
@@ -45,33 +86,137 @@ const ctx = (phase: InvocationContext['phase']): InvocationContext => ({
   deadline: Date.now() + 60_000,
 });
 const threads = [{ tid: pid, role: 'vcpu' as const, index: 0, policy: 'other' as const, priority: 0 }];
+const release = async () => d.handlers['cgroup.release'](ctx('release'), { pid, placements: [] });
+const measure = (fn: () => Promise<unknown>, n = N): Promise<number[]> =>
+  sampleMicros(fn, n, Math.min(1000, n));
 
-const measure = (fn: () => unknown): Promise<number[]> =>
-  sampleMicros(async () => fn(), N, Math.min(1000, N));
+/** A Unix-socket echo in another Node process: the floor of any cross-process round trip. */
+async function echoFloor(): Promise<number[]> {
+  const path = join(dir, 'echo.sock');
+  const server = spawn(
+    process.execPath,
+    [
+      '-e',
+      `require('net').createServer((s) => s.on('data', (d) => s.write(d))).listen(${JSON.stringify(path)}, () => console.log('up'))`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  await new Promise((r) => server.stdout?.once('data', r));
+  const s = netConnect(path);
+  await new Promise((r) => s.once('connect', r));
+  const payload = Buffer.alloc(200, 0x61);
+  const once = () =>
+    new Promise<void>((resolve) => {
+      let got = 0;
+      const on = (b: Buffer) => {
+        got += b.length;
+        if (got >= payload.length) {
+          s.off('data', on);
+          resolve();
+        }
+      };
+      s.on('data', on);
+      s.write(payload);
+    });
+  try {
+    return await measure(once);
+  } finally {
+    s.destroy();
+    server.kill('SIGKILL');
+  }
+}
 
-const pct = percentile;
-const row = (name: string, s: number[]) =>
-  `| ${name} | ${pct(s, 50).toFixed(1)} | ${pct(s, 99).toFixed(1)} |`;
+/** A process holding `n` connections to the helper (each greeted), `busy` of them calling in a loop. */
+async function loadProcess(n: number, busy: number): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      join(import.meta.dirname, 'privd-load.ts'),
+      socketPath,
+      String(n),
+      String(busy),
+      String(pid),
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'], cwd: ROOT },
+  );
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('READY')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`load process exited (${code}): ${out}`)));
+  });
+  return child;
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await gone;
+}
+
+/** CPU time (user + system) a process has used, in µs, from /proc/<pid>/stat (10 ms ticks). */
+function cpuMicros(p: number | 'self'): number {
+  const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10_000;
+}
+
+/** Samples of `fn`, with the helper's and this process's CPU time per call. */
+async function measureCpu(
+  fn: () => Promise<unknown>,
+  n = N,
+): Promise<{ s: number[]; helper: number; client: number }> {
+  const h0 = cpuMicros(helper.pid as number);
+  const c0 = cpuMicros('self');
+  const s = await measure(fn, n);
+  const calls = n + Math.min(1000, n);
+  return {
+    s,
+    helper: (cpuMicros(helper.pid as number) - h0) / calls,
+    client: (cpuMicros('self') - c0) / calls,
+  };
+}
+
+const row = (name: string, s: number[], cpu?: { helper: number; client: number }) =>
+  `| ${name} | ${s.length} | ${percentile(s, 50).toFixed(1)} | ${percentile(s, 99).toFixed(1)} | ${cpu ? cpu.helper.toFixed(0) : ''} | ${cpu ? cpu.client.toFixed(0) : ''} |`;
 
 try {
-  const direct = await measure(() => schedSet(pid, 'other', 0));
-  const release = await measure(() => d.handlers['cgroup.release'](ctx('release'), { pid, placements: [] }));
-  const sched = await measure(() => d.handlers['thread.setScheduler'](ctx('startup'), { pid, threads }));
+  const direct = await measure(async () => schedSet(pid, 'other', 0));
+  const floor = await echoFloor();
+  const rel = await measureCpu(release);
+  const sched = await measureCpu(async () =>
+    d.handlers['thread.setScheduler'](ctx('startup'), { pid, threads }),
+  );
+  const idleLoad = await loadProcess(999, 0);
+  const rel1000 = await measure(release, LOADED_N);
+  await stopProcess(idleLoad);
+  const busyLoad = await loadProcess(999, 100);
+  const rel1000busy = await measure(release, LOADED_N);
+  await stopProcess(busyLoad);
   process.stdout.write(
     [
-      `Delegated round trip through virtkit-privd, ${N} calls each (µs)`,
+      `Delegated round trip, virtkit-privd in its own process (dist/privd-cli.js, audit to a file) (µs)`,
       '',
-      '| path | p50 | p99 |',
-      '|---|---|---|',
+      '| path | calls | p50 | p99 | helper CPU/call | client CPU/call |',
+      '|---|---:|---:|---:|---:|---:|',
       row('sched_setscheduler called directly (no delegation)', direct),
-      row('delegated cgroup.release (no placements)', release),
-      row('delegated thread.setScheduler (other/0, idle thread)', sched),
+      row('floor: 200-byte echo over a Unix socket, two Node processes', floor),
+      row('delegated cgroup.release (no placements)', rel.s, rel),
+      row('delegated thread.setScheduler (other/0, idle thread)', sched.s, sched),
+      row('delegated cgroup.release, 1,000 clients connected (999 idle)', rel1000),
+      row('delegated cgroup.release, 1,000 clients connected, 100 of them calling in a loop', rel1000busy),
       '',
     ].join('\n'),
   );
 } finally {
   d.close();
-  await helper.close();
+  helper.kill('SIGTERM');
+  await new Promise((r) => (helper.exitCode !== null ? r(undefined) : helper.once('exit', r)));
   idle.kill('SIGKILL');
-  rmSync(dir, { recursive: true, force: true });
+  if (!PROF) rmSync(dir, { recursive: true, force: true });
 }

@@ -22,10 +22,17 @@ export {
 } from './operations.js';
 export type { VirtkitPlugin } from './plugins.js';
 export { type Delegate, type DelegateOptions, delegate } from './privd/delegate.js';
-export type { PrivilegedHelperPolicy } from './privd/policy.js';
+export type { PrivilegedHelperLimits, PrivilegedHelperPolicy } from './privd/policy.js';
 export {
   createPrivilegedHelper,
   type PrivilegedHelper,
   type PrivilegedHelperOptions,
 } from './privd/server.js';
+export {
+  SIMULATED_PID_BASE,
+  type SimulatedHost,
+  type SimulatedProcess,
+  type SimulatedThread,
+  simulatedHost,
+} from './simulation.js';
 export { INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';

@@ -92,6 +92,11 @@ export const operationSchemas = {
       ifname: z.string().min(1).max(15).optional(),
       queues: z.number().int().min(1).max(16),
       vnetHdr: z.boolean(),
+      /**
+       * False for an interface declared `managed='no'`: attach to the existing TAP `ifname`.
+       * Otherwise the TAP must be created exclusively, never attached to one that already exists.
+       */
+      managed: z.boolean().default(true),
     }),
     result: z.strictObject({ ifname: z.string().min(1).max(15), fds: z.array(fd).min(1) }),
   },

@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
 import { ErrorCode, errorMessage, VirtError } from '../stable/errors.js';
 import { type InternalApi, internalApiFor } from './api.js';
+import { isNativePlugin, loadNativePlugin } from './native-plugin.js';
 import type { InternalSeam } from './seam.js';
 import { checkInternalVersion, type InternalApiVersion } from './version.js';
 
@@ -51,13 +52,20 @@ export function pluginsFromConfig(etcDir: string): string[] {
   return parsed.data.plugins;
 }
 
-/** Imports each plugin module (absolute paths only) and lets it register its handlers. */
+/**
+ * Loads each plugin (absolute paths only) and lets it register its handlers: a `.so` is a native
+ * plugin with the C ABI of `native/virtkit-internal.h`, anything else a JavaScript module.
+ */
 export async function loadPlugins(seam: InternalSeam, specifiers: readonly string[]): Promise<void> {
   for (const specifier of specifiers) {
     if (!isAbsolute(specifier)) {
       throw new VirtError(ErrorCode.OPERATION_INVALID, `plugin '${specifier}' must be an absolute path`, {
         path: specifier,
       });
+    }
+    if (isNativePlugin(specifier)) {
+      loadNativePlugin(seam, specifier);
+      continue;
     }
     let mod: Record<string, unknown>;
     try {

@@ -68,7 +68,9 @@ export class Connection {
    *
    * @param definition - libvirt domain XML (the subset {@link parseDomainXml} accepts) or a typed definition
    * @returns a handle on the defined domain
-   * @throws {@link VirtError} `XML_ERROR` or `CONFIG_UNSUPPORTED` naming the rejected XML path or field
+   * @throws {@link VirtError} `XML_ERROR` or `CONFIG_UNSUPPORTED` naming the rejected XML path or field;
+   * `XML_ERROR` with `details.size` and `details.limit` for a document over 1 MiB or a typed
+   * definition over 2 MiB as JSON
    */
   async defineDomain(definition: string | DomainDefinitionInput): Promise<Domain> {
     this.#checkOpen();

@@ -10,10 +10,11 @@
  * @packageDocumentation
  */
 
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { endianness } from 'node:os';
+import koffi from 'koffi';
 import { ErrorCode, errnoOf, VirtError } from '../stable/errors.js';
-import { closeFd, ioctlBuffer, O, openRaw, SyscallError } from './libc.js';
+import { closeFd, ioctlBuffer, loadLibc, O, openRaw, SyscallError } from './libc.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Kernel ABI (include/uapi/linux/if_tun.h, if.h) — x86_64/arm64 ioctl encoding
@@ -29,6 +30,11 @@ const IFF_NO_PI = 0x1000;
 const IFF_VNET_HDR = 0x4000;
 const IFF_MULTI_QUEUE = 0x0100;
 const IFF_TUN_EXCL = 0x8000;
+const IFF_PERSIST = 0x0800;
+/** `_IOW('T', 203, int)`, `_IOW('T', 204, int)`, `_IOW('T', 206, int)`: the argument is the value. */
+const TUNSETPERSIST = 0x400454cb;
+const TUNSETOWNER = 0x400454cc;
+const TUNSETGROUP = 0x400454ce;
 /** `IFNAMSIZ`: 15 bytes and the terminating NUL. */
 const IFNAMSIZ = 16;
 /** `sizeof(struct ifreq)`: the name and a 24-byte union (`ifr_flags` is a short at offset 16). */
@@ -221,5 +227,108 @@ export function isTapFd(fd: number, ifname: string): boolean {
     return tapNameOf(fd) === ifname;
   } catch {
     return false;
+  }
+}
+
+/**
+ * A TUN/TAP device as sysfs shows it.
+ *
+ * @internal
+ */
+export interface TapState {
+  /** The interface index: a new device of the same name gets another one. */
+  readonly ifindex: number;
+  /** `tun_flags` (IFF_TAP, IFF_PERSIST, IFF_VNET_HDR, IFF_MULTI_QUEUE…). */
+  readonly flags: number;
+  /** The owner uid, -1 for none. */
+  readonly owner: number;
+  /** The group, -1 for none. */
+  readonly group: number;
+  /** Whether it outlives its last descriptor. */
+  readonly persistent: boolean;
+}
+
+function sysfs(ifname: string, attr: string): string | undefined {
+  try {
+    return readFileSync(`/sys/class/net/${ifname}/${attr}`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The state of a TUN/TAP interface from `/sys/class/net/<ifname>`.
+ *
+ * @param ifname - the interface name
+ * @returns undefined when there is no such interface or it is not a TUN/TAP device
+ * @internal
+ */
+export function tapState(ifname: string): TapState | undefined {
+  checkIfname(ifname);
+  const flags = sysfs(ifname, 'tun_flags');
+  const ifindex = sysfs(ifname, 'ifindex');
+  if (flags === undefined || ifindex === undefined) return undefined;
+  const f = Number.parseInt(flags, 16);
+  return {
+    ifindex: Number(ifindex),
+    flags: f,
+    owner: Number(sysfs(ifname, 'owner') ?? -1),
+    group: Number(sysfs(ifname, 'group') ?? -1),
+    persistent: (f & IFF_PERSIST) !== 0,
+  };
+}
+
+type ValueIoctl = (fd: number, request: number, type: string, value: number) => number;
+let valueIoctl: ValueIoctl | undefined;
+
+function ioctlValue(fd: number, request: number, value: number, what: string): void {
+  // Variadic in C: the argument goes as a (type, value) pair.
+  valueIoctl ??= loadLibc().func('ioctl', 'int', ['int', 'unsigned long', '...']) as unknown as ValueIoctl;
+  if (valueIoctl(fd, request, 'unsigned long', value) !== 0) {
+    throw new SyscallError('ioctl', koffi.errno(), `${fd}, ${what}`);
+  }
+}
+
+/**
+ * Takes a TAP back from whoever holds a descriptor of it: any holder may make a TAP persistent or
+ * give it an owner (the kernel checks nothing for TUNSETPERSIST and TUNSETOWNER on an attached
+ * descriptor). Attaches to it (needs `CAP_NET_ADMIN`) with the flags it already has, gives it to
+ * root (owner and group 0, which an unprivileged user can no longer attach to) and clears
+ * IFF_PERSIST, so that it disappears with its last descriptor — at once when none is left.
+ *
+ * @param ifname - the interface
+ * @param expected - the state it must still be in (same device: same ifindex)
+ * @returns false when the device is gone or is another device now
+ * @throws {@link VirtError} `SYSTEM_ERROR` when attaching fails, e.g. `EBUSY` while a
+ *   single-queue TAP is still attached elsewhere (try again once it is not)
+ * @internal
+ */
+export function disownTap(ifname: string, expected: { ifindex: number }): boolean {
+  const state = tapState(ifname);
+  if (!state || state.ifindex !== expected.ifindex) return false;
+  let fd: number;
+  try {
+    fd = openRaw(TUN_DEVICE, O.RDWR | O.CLOEXEC);
+  } catch (err) {
+    throw tapError(err, ifname, `open ${TUN_DEVICE} for`);
+  }
+  try {
+    // The device's own features: attaching with others would change them under its user.
+    try {
+      ioctlBuffer(fd, TUNSETIFF, ifreq(ifname, state.flags & ~IFF_PERSIST));
+    } catch (err) {
+      throw tapError(err, ifname, 'attach to');
+    }
+    if (tapNameOf(fd) !== ifname || tapState(ifname)?.ifindex !== expected.ifindex) return false;
+    try {
+      if (state.owner !== -1) ioctlValue(fd, TUNSETOWNER, 0, 'TUNSETOWNER');
+      if (state.group !== -1) ioctlValue(fd, TUNSETGROUP, 0, 'TUNSETGROUP');
+      ioctlValue(fd, TUNSETPERSIST, 0, 'TUNSETPERSIST');
+    } catch (err) {
+      throw tapError(err, ifname, 'take back');
+    }
+    return true;
+  } finally {
+    closeFd(fd);
   }
 }

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -10,6 +10,28 @@ import {
 import { ensureGuestImage, GUEST_MARKER } from '../fixtures/guest-image.js';
 
 export { GUEST_MARKER };
+
+/** Whether this host can run `kvm` domains at all (some CI machines have no /dev/kvm). */
+export function hostHasKvm(): boolean {
+  try {
+    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The document as this host can start it: without /dev/kvm a `kvm` domain becomes `qemu` (TCG) and
+ * a host-passthrough CPU (KVM only) becomes host-model, which TCG maps to `max`. What the tests
+ * inspect (devices, topology, threads) does not depend on the accelerator.
+ */
+export function forThisHost(xml: string): string {
+  if (hostHasKvm()) return xml;
+  return xml
+    .replace(/<domain type=(['"])kvm\1/, '<domain type=$1qemu$1')
+    .replace(/mode=(['"])host-passthrough\1/, 'mode=$1host-model$1');
+}
 
 /** A fresh embedded root in a temporary directory. */
 export function tempRoot(prefix = 'vk-'): string {

@@ -4,6 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Connection, DomainDefinitionInput } from '../../src/stable/index.js';
 import {
   definitionFiles,
+  hostHasKvm,
   openRoot,
   pausedOnly,
   processesMentioning,
@@ -167,6 +168,17 @@ describe('a start that fails leaves nothing behind', () => {
       'NO_SUPPORT',
       /install qemu-system-x86/,
     );
+  });
+
+  it('a kvm domain on a host without KVM is refused before anything starts; with KVM it starts', async () => {
+    if (!hostHasKvm()) {
+      await expectCleanFailure({ ...base, type: 'kvm' }, 'CONFIG_UNSUPPORTED', /KVM is not available/);
+      return;
+    }
+    const dom = await conn.defineDomain({ ...base, type: 'kvm' });
+    await dom.start({ paused: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused' });
+    await dom.destroy();
   });
 
   it('an emulator that is not QEMU and exits', async () => {

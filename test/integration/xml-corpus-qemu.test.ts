@@ -7,7 +7,7 @@ import { resolveDomainXml } from '../../src/stable/definition/xml.js';
 import type { Connection, DomainDefinition } from '../../src/stable/index.js';
 import { schedGet } from '../../src/util/libc.js';
 import { ensureGuestImage } from '../fixtures/guest-image.js';
-import { openRoot, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { forThisHost, openRoot, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
 
 /*
  * Each corpus document is defined from its XML, started (paused: no guest code needs to run) and
@@ -46,7 +46,7 @@ const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: 'pi
 
 /** The corpus document with its host paths moved into this test's root, and those files made. */
 function prepare(file: string): string {
-  let xml = readFileSync(join(CORPUS, file), 'utf8');
+  let xml = forThisHost(readFileSync(join(CORPUS, file), 'utf8'));
   const image = ensureGuestImage();
   xml = xml
     .replaceAll('/var/lib/virtkit-test/vmlinuz', image.kernel)

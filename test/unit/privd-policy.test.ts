@@ -13,7 +13,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AuditTarget, authorise } from '../../src/internal/privd/authorise.js';
-import { loadPolicy, type Policy, parsePolicy } from '../../src/internal/privd/policy.js';
+import {
+  loadPolicy,
+  type Policy,
+  parsePolicy,
+  type StoragePrefix,
+  storagePrefix,
+} from '../../src/internal/privd/policy.js';
 import type { WireContext } from '../../src/internal/privd/protocol.js';
 import { openBeneath } from '../../src/internal/privd/storage.js';
 import { VirtError } from '../../src/stable/errors.js';
@@ -228,7 +234,7 @@ describe('authorisation rules', () => {
 
 describe('storage paths', () => {
   let dir: string;
-  let prefix: { given: string; real: string };
+  let prefix: StoragePrefix;
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'vk-storage-'));
     mkdirSync(join(dir, 'vms', 'sub'), { recursive: true });
@@ -241,7 +247,7 @@ describe('storage paths', () => {
     symlinkSync(join(dir, 'other', 'secret'), join(dir, 'vms', 'out-abs'));
     symlinkSync(join(dir, 'other'), join(dir, 'vms', 'dirlink'));
     execFileSync('mkfifo', [join(dir, 'vms', 'fifo')]);
-    prefix = { given: join(dir, 'vms'), real: join(dir, 'vms') };
+    prefix = storagePrefix(join(dir, 'vms'));
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openInternal } from '../../src/internal/index.js';
+import { openInternal, simulatedHost } from '../../src/internal/index.js';
 import type { Connection, DomainDefinitionInput, DomainEvent } from '../../src/stable/index.js';
 import { connect } from '../../src/stable/index.js';
 
@@ -119,7 +119,8 @@ describe('life cycle', () => {
       state: 'paused',
       reason: 'user',
       id: 1,
-      pid: null,
+      // The documented synthetic pid: SIMULATED_PID_BASE + id * 1000.
+      pid: 5_001_000,
       vcpus: 2,
       memoryKiB: 65536,
       cpuTimeNs: 0n,
@@ -229,12 +230,13 @@ describe('life cycle', () => {
 });
 
 describe('virtkit/internal on the test driver', () => {
-  it('accepts the handshake, refuses a second handler, and seals on the first start without calling handlers', async () => {
+  it('accepts the handshake, refuses a second handler, and seals on the first start', async () => {
     const internal = openInternal(conn, { apiVersion: '1.0' });
     expect(internal.sealed).toBe(false);
     let calls = 0;
-    internal.setHandler('process.setMaxMemLock', () => {
+    internal.setHandler('process.setMaxMemLock', (_ctx, args) => {
       calls++;
+      simulatedHost(conn).setMemLock(args.pid, { soft: args.bytes, hard: args.bytes });
     });
     expect(() => internal.setHandler('process.setMaxMemLock', () => undefined)).toThrow(
       expect.objectContaining({ code: 'HANDLER_ALREADY_REGISTERED' }),
@@ -247,8 +249,8 @@ describe('virtkit/internal on the test driver', () => {
     expect(() => internal.setHandler('cgroup.release', () => undefined)).toThrow(
       expect.objectContaining({ code: 'HANDLERS_SEALED' }),
     );
-    expect(calls).toBe(0);
-    expect((await dom.getInfo()).taints).toEqual([]);
+    expect(calls).toBe(1);
+    expect((await dom.getInfo()).taints).toEqual(['internal-handler']);
     // Each test driver has its own table.
     const other = await connect('test:///default');
     expect(openInternal(other, { apiVersion: '1.0' }).sealed).toBe(false);

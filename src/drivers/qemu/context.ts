@@ -27,6 +27,7 @@ export function scopeOf(
     | {
         readonly id: number;
         readonly pid: number | undefined;
+        readonly startTime?: bigint;
         readonly taints: string[];
         readonly cancel?: AbortController;
       }
@@ -37,6 +38,7 @@ export function scopeOf(
     handlers: ctx.handlers,
     domain: { uuid: dom.def.uuid, name: dom.def.name, id: run?.id ?? null },
     pid: run?.pid,
+    startTime: run?.startTime,
     taints,
     cgroupParent: ctx.cgroupParent,
     signal: run?.cancel?.signal,

@@ -23,6 +23,7 @@ import { DomainTable, deliverEvent } from '../domain-table.js';
 import { buildCapabilities, buildDomainCapabilities, capabilityCache } from './capabilities/capabilities.js';
 import type { DriverContext } from './context.js';
 import { DomainObject } from './domain-object.js';
+import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
 import { reconnectDomain } from './reconnect.js';
@@ -144,6 +145,28 @@ export class QemuDriver implements Driver, DriverContext {
     return this.#domains.get(uuid);
   }
 
+  /**
+   * Queues `fn` as the domain's next job. When its turn comes the domain must still be defined:
+   * an operation queued behind an undefine fails with NO_DOMAIN instead of acting on a domain no
+   * driver lists (a start would otherwise run a QEMU nobody could ever find again).
+   */
+  #job<T>(dom: DomainObject, fn: () => Promise<T>): Promise<T> {
+    return dom.job(() => {
+      this.#checkStillDefined(dom);
+      return fn();
+    });
+  }
+
+  #checkStillDefined(dom: DomainObject): void {
+    if (this.#domains.find(dom.def.uuid) !== dom) {
+      throw new VirtError(
+        ErrorCode.NO_DOMAIN,
+        `domain '${dom.def.name}' was undefined before this operation could run`,
+        { domain: { name: dom.def.name, uuid: dom.def.uuid } },
+      );
+    }
+  }
+
   #track<T>(operation: Promise<T>): Promise<T> {
     this.#inflight.add(operation);
     const done = () => this.#inflight.delete(operation);
@@ -201,7 +224,7 @@ export class QemuDriver implements Driver, DriverContext {
 
   async undefineDomain(uuid: string): Promise<void> {
     const dom = this.#get(uuid);
-    await dom.job(async () => {
+    await this.#job(dom, async () => {
       if (dom.active) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
@@ -237,22 +260,22 @@ export class QemuDriver implements Driver, DriverContext {
 
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(dom.job(() => startDomain(this, dom, options)));
+    return this.#track(this.#job(dom, () => startDomain(this, dom, options)));
   }
 
   suspend(uuid: string): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(dom.job(() => suspendDomain(this, dom)));
+    return this.#track(this.#job(dom, () => suspendDomain(this, dom)));
   }
 
   resume(uuid: string): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(dom.job(() => resumeDomain(this, dom)));
+    return this.#track(this.#job(dom, () => resumeDomain(this, dom)));
   }
 
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(dom.job(() => shutdownDomain(this, dom, options)));
+    return this.#track(this.#job(dom, () => shutdownDomain(this, dom, options)));
   }
 
   /**
@@ -267,15 +290,16 @@ export class QemuDriver implements Driver, DriverContext {
     if (run) {
       run.stopIntent = 'destroy';
       run.cancel.abort();
-      this.log(dom, `destroy during start-up: SIGKILL to pid ${run.pid}`);
+      this.log(dom, `destroy during start-up: SIGKILL to process group ${run.pid}`);
       try {
         process.kill(run.pid, 'SIGKILL');
       } catch {
         // already gone: the start is failing by itself
       }
+      signalEmulator(emulatorOf(this, dom, run), 'SIGKILL');
       return this.#track(dom.job(async () => undefined));
     }
-    return this.#track(dom.job(() => destroyDomain(this, dom, options)));
+    return this.#track(this.#job(dom, () => destroyDomain(this, dom, options)));
   }
 
   /**

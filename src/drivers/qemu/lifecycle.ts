@@ -3,6 +3,7 @@ import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
 import { type DriverContext, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
+import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { releaseThreads } from './privileged/phases.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient, QmpEvent } from './qmp/client.js';
@@ -88,6 +89,11 @@ export async function finalizeExit(
   if (run.detached || dom.run !== run) return;
   const reason = stoppedReason(run);
   run.qmp?.close();
+  // Children the emulator forked (or daemonised into its cgroup) go with it: nothing of a domain
+  // recorded as shut off may still run, let alone serve its monitor.
+  const survivors = await reapEmulator(emulatorOf(ctx, dom, run));
+  if (survivors.length > 0)
+    ctx.log(dom, `processes ${survivors.join(', ')} of pid ${run.pid} survive SIGKILL`);
   await releaseThreads(scopeOf(ctx, dom, run), run, 'release');
   // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
   // neither crash the host process nor leave the domain recorded as running.
@@ -165,11 +171,14 @@ export async function destroyDomain(
     });
   }
   run.stopIntent = 'destroy';
-  ctx.log(dom, `destroy: SIGTERM to pid ${run.pid}`);
+  const emulator = emulatorOf(ctx, dom, run);
+  ctx.log(dom, `destroy: SIGTERM to process group ${run.pid}`);
   signal(run.pid, 'SIGTERM');
+  signalEmulator(emulator, 'SIGTERM');
   if ((await within(run.exited, options.graceMs ?? 10_000)) === 'timeout') {
     ctx.log(dom, `destroy: pid ${run.pid} still alive after the grace period, SIGKILL`);
     signal(run.pid, 'SIGKILL');
+    signalEmulator(emulator, 'SIGKILL');
   }
   await run.finalized;
 }

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../stable/errors.js';
-import { isAlive, readProcStartTime } from '../../util/proc.js';
+import { leaderGone } from './emulator-kill.js';
 
 /** How a QEMU process ended. */
 export interface ExitInfo {
@@ -70,12 +70,13 @@ export function launchStub(
 }
 
 /**
- * Resolves when an adopted process (one this driver did not spawn, so cannot reap) has gone.
+ * Resolves when an adopted process (one this driver did not spawn, so cannot reap) has gone: not
+ * merely a zombie, but with every thread finished, since exiting threads still hold their cgroups.
  * Only called once its monitor has disconnected, so the wait is short; the back-off bounds it.
  */
 export async function waitAdoptedExit(pid: number, startTime: bigint): Promise<ExitInfo> {
   let delay = 1;
-  while (isAlive(pid) && readProcStartTime(pid) === startTime) {
+  while (!leaderGone({ pid, startTime })) {
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(delay * 2, 100);
   }

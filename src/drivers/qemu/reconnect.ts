@@ -5,6 +5,7 @@ import { errorMessage } from '../../stable/errors.js';
 import { readProcExe, readProcStartTime } from '../../util/proc.js';
 import { type DriverContext, deferred, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
+import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
@@ -51,7 +52,17 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   const gone = async (reason: 'crashed' | 'failed', why: string) => {
     const placements = status?.placements ?? [];
     const leftover = { id: status?.id ?? 0, pid: status?.pid, taints: status?.taints ?? [] };
-    const record = { pid: status?.pid ?? 0, placements, placementAttempted: placements.length > 0 };
+    const record = {
+      pid: status?.pid ?? 0,
+      placements,
+      placementAttempted: placements.length > 0 || status?.placementAttempted === true,
+    };
+    if (status) {
+      // Children the emulator forked may outlive it; its cgroup must be empty before release.
+      const id = emulatorOf(ctx, dom, { ...record, startTime: BigInt(status.startTime) });
+      const survivors = await reapEmulator(id);
+      if (survivors.length > 0) ctx.log(dom, `reconnect: processes ${survivors.join(', ')} survive SIGKILL`);
+    }
     await releaseThreads(scopeOf(ctx, dom, leftover), record, 'reconnect');
     removeIfPresent(paths.monitor);
     removeIfPresent(paths.status);
@@ -61,8 +72,9 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     ctx.emit(dom, 'stopped', reason);
   };
   if (!isSameProcess(status)) return gone('crashed', `QEMU pid ${status.pid} is no longer running`);
+  const emulator = { pid: status.pid, startTime: BigInt(status.startTime) };
   if (status.phase === 'starting') {
-    killQuietly(status.pid);
+    signalEmulator(emulator, 'SIGKILL');
     await waitAdoptedExit(status.pid, BigInt(status.startTime));
     return gone('failed', `QEMU pid ${status.pid} never finished starting; killed`);
   }
@@ -71,7 +83,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     qmp = await QmpClient.connect(status.monitor, { timeoutMs: RECONNECT_TIMEOUT_MS });
   } catch (err) {
     // A QEMU we cannot monitor cannot be managed; libvirt kills it too rather than orphan it.
-    killQuietly(status.pid);
+    signalEmulator(emulator, 'SIGKILL');
     await waitAdoptedExit(status.pid, BigInt(status.startTime));
     return gone('crashed', `cannot reconnect to the monitor (${errorMessage(err)}); QEMU killed`);
   }
@@ -95,7 +107,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     qmp,
     threads: status.threads,
     placements: status.placements,
-    placementAttempted: status.placements.length > 0,
+    placementAttempted: status.placements.length > 0 || status.placementAttempted,
     cancel: new AbortController(),
     started: true,
     sawShutdown: false,
@@ -132,13 +144,5 @@ function liveDefinition(status: DomainStatus, dom: DomainObject): DomainDefiniti
     return resolveDefinition(status.live);
   } catch {
     return dom.def;
-  }
-}
-
-function killQuietly(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
   }
 }

@@ -1,4 +1,5 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
 import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
@@ -6,6 +7,7 @@ import { readProcStartTime } from '../../util/proc.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
+import { emulatorOf, reapEmulator } from './emulator-kill.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { logTail } from './log.js';
 import {
@@ -20,6 +22,7 @@ import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
+import { verifyThreadCount, verifyThreads } from './threads-verify.js';
 
 /** The emulator used when a definition names none. */
 export const DEFAULT_EMULATOR = '/usr/bin/qemu-system-x86_64';
@@ -74,6 +77,7 @@ export async function startDomain(
   const def = dom.def;
   const paths = domainPaths(ctx.layout, def.name, def.uuid);
   const emulator = checkEmulator(def.emulator ?? DEFAULT_EMULATOR);
+  checkAccelerator(def.type);
   const s: Startup = { paths, emulator, logOffset: 0, taints: [] };
   try {
     const fds = await openDescriptors(ctx, dom, s);
@@ -93,11 +97,13 @@ export async function startDomain(
     const qmp = await execQemu(s);
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
-    run.threads = await readThreads(qmp, def.iothreads, run.pid);
+    run.threads = await readThreads(qmp, def, run);
     if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
       await qmp.command('balloon', { value: def.currentMemoryKiB * 1024 });
     }
-    await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run);
+    await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run, () =>
+      writeStatus(s.paths.status, status(s, 'starting')),
+    );
     recordRunning(s);
     if (!options.paused) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
@@ -153,6 +159,23 @@ function checkEmulator(path: string): string {
       ErrorCode.NO_SUPPORT,
       `the emulator ${path} is missing or not executable: install qemu-system-x86 or set <emulator>`,
       { path },
+    );
+  }
+}
+
+/**
+ * A `kvm` domain on a host without `/dev/kvm` would only fail inside QEMU, after descriptors were
+ * opened and handlers run; libvirt refuses it up front for the same reason.
+ */
+function checkAccelerator(type: 'kvm' | 'qemu'): void {
+  if (type !== 'kvm') return;
+  try {
+    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+  } catch {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      "KVM is not available on this host (/dev/kvm is missing or not accessible): use <domain type='qemu'> (TCG) or enable KVM",
+      { field: 'type' },
     );
   }
 }
@@ -220,6 +243,7 @@ function status(s: Startup, phase: 'starting' | 'running') {
     taints: run.taints,
     threads: run.threads,
     placements: run.placements,
+    placementAttempted: run.placementAttempted,
     live: run.live,
   };
 }
@@ -258,16 +282,32 @@ async function execQemu(s: Startup): Promise<QmpClient> {
   }
 }
 
-async function readThreads(qmp: QmpClient, iothreads: number, pid: number): Promise<ThreadIds> {
+/**
+ * vCPU and iothread ids from QMP, checked before anything is stored or used: the counts and
+ * indices must match the definition, and every tid must be a thread of this very QEMU process.
+ */
+async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime): Promise<ThreadIds> {
   const [cpus, threads] = await Promise.all([
     qmp.command('query-cpus-fast'),
-    iothreads > 0 ? qmp.command('query-iothreads') : [],
+    def.iothreads > 0 ? qmp.command('query-iothreads') : [],
   ]);
-  return {
-    emulator: pid,
-    vcpus: cpus.map((c) => ({ index: c['cpu-index'], tid: c['thread-id'] })),
-    iothreads: threads.map((t) => ({ index: Number(t.id.replace('iothread', '')), tid: t['thread-id'] })),
-  };
+  if (!Array.isArray(cpus) || !Array.isArray(threads))
+    throw new VirtError(
+      ErrorCode.OPERATION_FAILED,
+      'QEMU answered query-cpus-fast/query-iothreads with a non-list',
+    );
+  const vcpus = cpus.map((c) => ({ index: c?.['cpu-index'], tid: c?.['thread-id'] }));
+  const iothreads = threads.map((t) => ({
+    index: typeof t?.id === 'string' && /^iothread\d+$/.test(t.id) ? Number(t.id.slice(8)) : Number.NaN,
+    tid: t?.['thread-id'],
+  }));
+  verifyThreadCount('vcpu', vcpus, def.vcpu.current ?? def.vcpu.count, { first: 0, limit: def.vcpu.count });
+  verifyThreadCount('iothread', iothreads, def.iothreads, { first: 1, limit: def.iothreads });
+  verifyThreads(run, [
+    ...vcpus.map((t) => ({ ...t, role: 'vcpu' })),
+    ...iothreads.map((t) => ({ ...t, role: 'iothread' })),
+  ]);
+  return { emulator: run.pid, vcpus, iothreads };
 }
 
 function recordRunning(s: Startup): void {
@@ -301,6 +341,11 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
       // already gone
     }
     await within(launch.exited, KILL_WAIT_MS);
+    // The emulator's process group (and cgroup): an emulator that forked leaves nothing behind.
+    if (run) {
+      const survivors = await reapEmulator(emulatorOf(ctx, dom, run), KILL_WAIT_MS);
+      if (survivors.length > 0) ctx.log(dom, `rollback: processes ${survivors.join(', ')} survive SIGKILL`);
+    }
   }
   if (run) await releaseThreads(scopeOf(ctx, dom, run), run, 'release');
   removeIfPresent(s.paths.monitor);

@@ -28,6 +28,8 @@ const statusSchema = z.object({
   taints: z.array(z.string()),
   threads: threadsSchema.optional(),
   placements: z.array(placementSchema).default([]),
+  /** `cgroup.placeThreads` was invoked: a successor must release even without recorded placements. */
+  placementAttempted: z.boolean().default(false),
   live: z.unknown(),
 });
 

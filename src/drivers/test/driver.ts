@@ -1,6 +1,7 @@
 import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins } from '../../internal/plugins.js';
-import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
+import { INTERNAL_SEAM, SEAM_VERSION } from '../../internal/seam.js';
+import type { SimulationSeam } from '../../internal/simulation.js';
 import { INTERNAL_API_VERSION } from '../../internal/version.js';
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
@@ -11,10 +12,12 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
-import { TestDomain } from './domain.js';
+import { TestDomain, type TestRuntime } from './domain.js';
+import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
+import { Simulation } from './simulation.js';
 
 /** Options the test driver takes from `connect()`. */
 export interface TestDriverOptions {
@@ -53,8 +56,9 @@ export async function openTestDriver(
  * embedded QEMU driver's rules (the same `DOMAIN_EXISTS`, `NO_DOMAIN` and `OPERATION_INVALID`
  * errors, per-domain serialisation, states, reasons and events) without running anything:
  *
- * - `getInfo()` reports a driver id (1, 2, … per driver) while active, but `pid: null` always
- *   (there is no process), `cpuTimeNs: 0n` and `taints: []`.
+ * - `getInfo()` reports a driver id (1, 2, … per driver) and a synthetic pid (see
+ *   `SIMULATED_PID_BASE` of `virtkit/internal`) while active, `cpuTimeNs: 0n`, and the taint
+ *   `internal-handler` once a handler was used.
  * - The live definition is the persistent one as it was at start (no QEMU aliases filled in).
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
@@ -63,18 +67,26 @@ export async function openTestDriver(
  *
  * It exposes the internal seam (`driverKind: 'test'`) with its own handler table, so
  * `openInternal(conn, { apiVersion: '1.0' })` works and the table is sealed on the first start
- * (`HANDLERS_SEALED`) exactly as in the embedded driver; but the test driver never invokes a handler
- * (it has no processes and performs no privileged operation).
+ * (`HANDLERS_SEALED`) exactly as in the embedded driver. It invokes registered handlers at the
+ * embedded driver's phases, in its order, with its arguments, deadlines, AbortSignals and result
+ * schemas, against a simulated process (`simulatedHost(conn)`), whose limits, scheduling and
+ * cgroups the post-checks read back; without a handler, a simulated built-in does the work. A
+ * failing handler fails the start with the embedded driver's code and rolls the domain back.
  */
 export class TestDriver implements Driver {
   readonly uri: string;
   readonly handlers = new HandlerTable();
-  /** The door through which `virtkit/internal` reaches this driver's handler table. */
-  readonly [INTERNAL_SEAM]: InternalSeam = {
+  readonly #simulation = new Simulation();
+  readonly #privileged = new PrivilegedSimulation(this.handlers, this.#simulation);
+  readonly #simRuns = new WeakMap<TestRuntime, SimRun>();
+  readonly #starting = new Map<TestDomain, StartAttempt>();
+  /** The door through which `virtkit/internal` reaches this driver's handler table and simulation. */
+  readonly [INTERNAL_SEAM]: SimulationSeam = {
     seamVersion: SEAM_VERSION,
     internalApiVersion: INTERNAL_API_VERSION,
     driverKind: 'test',
     handlers: this.handlers,
+    simulation: this.#simulation,
   };
   readonly #domains = new DomainTable<TestDomain>();
   readonly #listeners = new Set<(event: DomainEvent) => void>();
@@ -152,6 +164,7 @@ export class TestDriver implements Driver {
         );
       }
       this.#domains.delete(uuid);
+      this.#simulation.forgetLog(uuid);
       this.#emit(dom, 'undefined', 'removed');
     });
   }
@@ -164,31 +177,49 @@ export class TestDriver implements Driver {
   async getInfo(uuid: string): Promise<DomainInfo> {
     const dom = this.#get(uuid);
     const def = dom.run?.live ?? dom.def;
+    const sim = dom.run && this.#simRuns.get(dom.run);
     return {
       state: dom.state,
       reason: dom.reason,
       id: dom.run ? dom.run.id : null,
-      // No process exists behind a test domain.
-      pid: null,
+      // The simulated process's synthetic pid.
+      pid: sim ? sim.pid : null,
       vcpus: def.vcpu.current ?? def.vcpu.count,
       memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
       cpuTimeNs: 0n,
-      taints: [],
+      taints: sim ? [...sim.taints] : [],
     };
   }
 
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(() => {
+    return dom.job(async () => {
       this.#checkOpen();
       if (dom.run)
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
       this.handlers.seal(`domain '${dom.def.name}' was started`);
+      const live = structuredClone(dom.def);
+      const attempt: StartAttempt = { cancel: new AbortController(), spawned: false };
+      this.#starting.set(dom, attempt);
+      let sim: SimRun;
+      try {
+        sim = await this.#privileged.start(live, () => this.#nextId++, attempt);
+      } catch (err) {
+        dom.state = 'shutoff';
+        dom.reason = 'failed';
+        if (attempt.spawned) this.#emit(dom, 'stopped', 'failed');
+        throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${dom.def.name}'`, {
+          domain: dom.ident,
+        });
+      } finally {
+        this.#starting.delete(dom);
+      }
       let markStopped!: (how: 'stopped' | 'closed') => void;
       const stopped = new Promise<'stopped' | 'closed'>((resolve) => {
         markStopped = resolve;
       });
-      dom.run = { id: this.#nextId++, live: structuredClone(dom.def), stopped, markStopped };
+      dom.run = { id: sim.id, live, stopped, markStopped };
+      this.#simRuns.set(dom.run, sim);
       dom.state = options.paused ? 'paused' : 'running';
       dom.reason = options.paused ? 'user' : 'booted';
       this.#emit(dom, 'started', 'booted');
@@ -243,7 +274,11 @@ export class TestDriver implements Driver {
     });
   }
 
-  /** Destroy does not queue behind a running job: it must be able to end a hung shutdown. */
+  /**
+   * Destroy does not queue behind a running job: it must be able to end a hung shutdown, or a start
+   * stuck in a handler once its (simulated) process exists: that handler's AbortSignal fires, the
+   * start rolls back and fails, and destroy returns once it has.
+   */
   async destroy(uuid: string, _options: DestroyOptions): Promise<void> {
     const dom = this.#get(uuid);
     const destroy = () => {
@@ -252,15 +287,27 @@ export class TestDriver implements Driver {
           domain: dom.ident,
         });
       }
-      this.#stop(dom, 'destroyed');
+      return this.#stop(dom, 'destroyed');
     };
     if (dom.run) return destroy();
+    const attempt = this.#starting.get(dom);
+    if (attempt?.spawned) {
+      attempt.cancel.abort();
+      return dom.job(async () => undefined);
+    }
     return dom.job(destroy);
   }
 
-  #stop(dom: TestDomain, reason: 'shutdown' | 'destroyed'): void {
+  readonly #stopping = new WeakSet<TestRuntime>();
+
+  /** The simulated QEMU exits, `cgroup.release` runs (phase release), then the domain is shut off. */
+  async #stop(dom: TestDomain, reason: 'shutdown' | 'destroyed'): Promise<void> {
     const run = dom.run;
-    if (!run) return;
+    if (!run || this.#stopping.has(run)) return;
+    this.#stopping.add(run);
+    const sim = this.#simRuns.get(run);
+    if (sim) await this.#privileged.release(dom.run?.live ?? dom.def, sim);
+    if (dom.run !== run) return;
     dom.run = undefined;
     dom.state = 'shutoff';
     dom.reason = reason;

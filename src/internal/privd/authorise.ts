@@ -42,6 +42,18 @@ export function denied(rule: string, message: string, details: Record<string, un
   });
 }
 
+/** `IFF_TAP` in tun_flags. */
+const IFF_TAP = 0x0002;
+
+/** One sysfs attribute, trimmed; undefined when it does not exist (or the device went away). */
+function readSysfs(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Real, effective, saved and fs ids of one `/proc/<pid>/status` line (`Uid:` or `Gid:`). */
@@ -314,7 +326,14 @@ export function authorise(
       // An existing TAP (managed='no', pre-created) is the peer's only if created for its uid
       // (`ip tuntap add … user <uid>`); otherwise it may be another tenant's, traffic and all.
       if (a.ifname !== undefined && existsSync(`/sys/class/net/${a.ifname}`)) {
-        const owner = Number(readFileSync(`/sys/class/net/${a.ifname}/owner`, 'utf8').trim());
+        // Only TUN/TAP devices have tun_flags; the name may belong to a bridge, a veth, a NIC.
+        const flags = readSysfs(`/sys/class/net/${a.ifname}/tun_flags`);
+        if (flags === undefined || (Number.parseInt(flags, 16) & IFF_TAP) === 0) {
+          throw denied('tap.type', `interface ${a.ifname} exists and is not a TAP device`, {
+            ifname: a.ifname,
+          });
+        }
+        const owner = Number(readSysfs(`/sys/class/net/${a.ifname}/owner`) ?? Number.NaN);
         if (owner !== peer.uid) {
           throw denied(
             'tap.owner',

@@ -1,13 +1,6 @@
 import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import { closeFd } from '../../util/libc.js';
-import {
-  controlBuffer,
-  type FdEvents,
-  type FdWatch,
-  receiveWithRights,
-  sendWithRights,
-  watchFd,
-} from '../../util/unix-socket.js';
+import { type FdEvents, type FdWatch, sendWithRights, watchFd } from '../../util/unix-socket.js';
 import {
   decodePayload,
   encodeFrame,
@@ -16,6 +9,7 @@ import {
   MAX_FRAME_BYTES,
   ProtocolError,
 } from './protocol.js';
+import { NativeReceiver, receivePlain, sendPlain } from './socket-io.js';
 
 /** What a {@link FramedConnection} reports to its owner. */
 export interface ConnectionEvents {
@@ -33,6 +27,25 @@ interface Outgoing {
 
 /** How many reads one readiness callback does at most, so one busy peer cannot starve the others. */
 const READS_PER_WAKEUP = 16;
+
+/*
+ * One receive buffer (and control buffer) for every connection of the process: a read is handled
+ * to the end synchronously and the frame reader copies what it keeps, so nothing refers to them
+ * across reads. A thousand connections then cost a thousand descriptors, not 66 MiB of buffers.
+ */
+const READ_CAPACITY = FRAME_HEADER_BYTES + MAX_FRAME_BYTES;
+let readBuffer: Buffer | undefined;
+let receiver: NativeReceiver | undefined;
+
+function sharedReadBuffer(): Buffer {
+  readBuffer ??= Buffer.allocUnsafe(READ_CAPACITY);
+  return readBuffer;
+}
+
+function sharedReceiver(): NativeReceiver {
+  receiver ??= new NativeReceiver(READ_CAPACITY);
+  return receiver;
+}
 
 function closeAll(fds: readonly number[]): void {
   for (const fd of fds) {
@@ -55,22 +68,27 @@ export class FramedConnection {
   readonly #acceptFds: boolean;
   readonly #watch: FdWatch;
   readonly #reader = new FrameReader();
-  readonly #readBuf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + MAX_FRAME_BYTES);
-  readonly #control = controlBuffer();
+  readonly #readBuf = sharedReadBuffer();
   readonly #out: Outgoing[] = [];
   #inFds: number[] = [];
   #closed = false;
   #ending = false;
+  readonly #frameTimeoutMs: number | undefined;
+  /** Runs while a frame is half-received. */
+  #frameTimer: NodeJS.Timeout | undefined;
 
   /**
    * @param fd - a connected non-blocking socket; the connection owns it from now on
    * @param events - where frames and the close go
    * @param acceptFds - keep descriptors the peer sends (client) or close them at once (helper)
+   * @param frameTimeoutMs - close when a frame stays incomplete this long (a stalled peer would
+   *   otherwise hold its buffer and connection for ever); none by default
    */
-  constructor(fd: number, events: ConnectionEvents, acceptFds: boolean) {
+  constructor(fd: number, events: ConnectionEvents, acceptFds: boolean, frameTimeoutMs?: number) {
     this.#fd = fd;
     this.#events = events;
     this.#acceptFds = acceptFds;
+    this.#frameTimeoutMs = frameTimeoutMs;
     try {
       this.#watch = watchFd(fd, (status, ev) => this.#ready(status, ev));
     } catch (err) {
@@ -140,6 +158,7 @@ export class FramedConnection {
   close(reason?: VirtError): void {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#frameTimer);
     this.#watch.close();
     closeAll([this.#fd, ...this.#inFds, ...this.#out.flatMap((o) => o.fds)]);
     this.#inFds = [];
@@ -162,9 +181,23 @@ export class FramedConnection {
 
   #read(): void {
     for (let i = 0; i < READS_PER_WAKEUP && !this.#closed; i++) {
-      let got: ReturnType<typeof receiveWithRights>;
+      let bytes: Buffer;
       try {
-        got = receiveWithRights(this.#fd, this.#readBuf, this.#control);
+        if (this.#acceptFds) {
+          const got = sharedReceiver().receive(this.#fd);
+          if (!got) return;
+          this.#inFds.push(...got.fds);
+          if (got.truncated) {
+            this.close(new ProtocolError('descriptors were dropped in transit (control buffer too small)'));
+            return;
+          }
+          bytes = got.data;
+        } else {
+          // recv(2): descriptors a peer sends to the helper are discarded by the kernel.
+          const n = receivePlain(this.#fd, this.#readBuf);
+          if (n === undefined) return;
+          bytes = this.#readBuf.subarray(0, n);
+        }
       } catch (err) {
         this.close(
           new VirtError(
@@ -176,14 +209,7 @@ export class FramedConnection {
         );
         return;
       }
-      if (!got) return;
-      if (this.#acceptFds) this.#inFds.push(...got.fds);
-      else closeAll(got.fds);
-      if (got.truncated) {
-        this.close(new ProtocolError('descriptors were dropped in transit (control buffer too small)'));
-        return;
-      }
-      if (got.bytes === 0) {
+      if (bytes.length === 0) {
         this.close(
           this.#reader.pending
             ? new ProtocolError('the peer closed the connection in the middle of a frame')
@@ -192,7 +218,13 @@ export class FramedConnection {
         return;
       }
       try {
-        for (const payload of this.#reader.push(this.#readBuf.subarray(0, got.bytes))) {
+        const payloads = this.#reader.push(bytes);
+        // A completed frame restarts the clock for the next one.
+        if (payloads.length > 0 && this.#frameTimer) {
+          clearTimeout(this.#frameTimer);
+          this.#frameTimer = undefined;
+        }
+        for (const payload of payloads) {
           if (this.#closed) return;
           this.#events.message(decodePayload(payload));
         }
@@ -200,7 +232,30 @@ export class FramedConnection {
         this.close(VirtError.is(err) ? err : new ProtocolError(errorMessage(err)));
         return;
       }
+      this.#watchFrame();
+      // A short read emptied the socket: the level-triggered poll reports whatever comes next, so
+      // no second read is spent just to learn there is nothing more.
+      if (bytes.length < READ_CAPACITY) return;
     }
+  }
+
+  /** Starts the partial-frame timer when a frame is left half-received, stops it when not. */
+  #watchFrame(): void {
+    if (this.#frameTimeoutMs === undefined || this.#closed) return;
+    if (!this.#reader.pending) {
+      if (this.#frameTimer) {
+        clearTimeout(this.#frameTimer);
+        this.#frameTimer = undefined;
+      }
+      return;
+    }
+    if (this.#frameTimer) return;
+    const ms = this.#frameTimeoutMs;
+    this.#frameTimer = setTimeout(() => {
+      this.#frameTimer = undefined;
+      if (this.#reader.pending) this.close(new ProtocolError(`a frame was not completed within ${ms} ms`));
+    }, ms);
+    this.#frameTimer.unref();
   }
 
   #flush(): void {
@@ -209,7 +264,10 @@ export class FramedConnection {
       if (!next) break;
       let sent: number | undefined;
       try {
-        sent = sendWithRights(this.#fd, next.data, next.fds);
+        sent =
+          next.fds.length > 0
+            ? sendWithRights(this.#fd, next.data, next.fds)
+            : sendPlain(this.#fd, next.data);
       } catch (err) {
         // The peer hung up (EPIPE, ECONNRESET): what it said before, such as why, is still readable.
         this.#read();

@@ -1,18 +1,18 @@
-import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { builtins } from '../../drivers/qemu/privileged/builtins.js';
 import type { InvocationScope } from '../../drivers/qemu/privileged/invoke.js';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import { openTap } from '../../util/tap.js';
 import { HandlerTable } from '../handler-table.js';
 import type { OperationArgs, OperationName, OperationResult } from '../operations.js';
 import { processOwner } from './authorise.js';
+import type { OwnerWorkers } from './owner-workers.js';
 import type { Policy } from './policy.js';
 import type { WireContext } from './protocol.js';
 import { openBeneath } from './storage.js';
+import type { HelperTaps } from './taps.js';
 
 const CAP_SYS_RESOURCE = 24n;
-const PRLIMIT_BINARIES = ['/usr/bin/prlimit', '/bin/prlimit'];
 
 let capSysResource: boolean | undefined;
 
@@ -25,42 +25,45 @@ function hasCapSysResource(): boolean {
   return capSysResource;
 }
 
+/** What executing needs besides the policy: the helper's long-lived parts. */
+export interface ExecuteServices {
+  /** Sets memlock limits as the target's owner when the helper lacks CAP_SYS_RESOURCE. */
+  readonly workers: OwnerWorkers;
+  /** Remembers the TAPs created, to take them back from a peer. */
+  readonly taps: HelperTaps;
+  /** The peer's uid, for the TAP record. */
+  readonly peerUid: number;
+}
+
 /**
  * Sets a process's RLIMIT_MEMLOCK as its own user. Linux lets a process change another's limits
  * only with CAP_SYS_RESOURCE or as that process's own uid/gid; containers often drop the
- * capability even for root. As the owner, prlimit(1) can still set the soft limit up to the
- * current hard one and lower the hard one, which is all a target whose hard limit already
- * covers the need requires. It runs in a short-lived child so the helper itself never changes
- * credentials.
+ * capability even for root. As the owner, the soft limit can still be set up to the current hard
+ * one and the hard one lowered, which is all a target whose hard limit already covers the need
+ * requires. A bounded pool of per-owner worker processes does it (see owner-workers.ts for why).
  */
-function prlimitAsOwner(pid: number, bytes: bigint | 'unlimited', deadline: number): Promise<void> {
+async function setMemlockAsOwner(
+  workers: OwnerWorkers,
+  pid: number,
+  bytes: bigint | 'unlimited',
+  deadline: number,
+): Promise<void> {
   const owner = processOwner(pid);
-  const binary = PRLIMIT_BINARIES.find((p) => existsSync(p));
   const fail = (why: string) =>
     new VirtError(
       ErrorCode.ACCESS_DENIED,
       `process.setMaxMemLock: virtkit-privd lacks CAP_SYS_RESOURCE and ${why}; grant the helper CAP_SYS_RESOURCE`,
       { operation: 'process.setMaxMemLock', capability: 'CAP_SYS_RESOURCE', pid },
     );
-  if (!owner) return Promise.reject(fail(`process ${pid} has no single owner`));
-  if (!binary) return Promise.reject(fail('prlimit(1) (util-linux) is not installed to act as the owner'));
-  const value = bytes === 'unlimited' ? 'unlimited' : bytes.toString();
-  return new Promise((resolve, reject) => {
-    execFile(
-      binary,
-      ['--pid', String(pid), `--memlock=${value}:${value}`],
-      { uid: owner.uid, gid: owner.gid, env: {}, timeout: Math.max(1, deadline - Date.now()) },
-      (err, _stdout, stderr) => {
-        if (!err) resolve();
-        else
-          reject(
-            fail(
-              `setting the limit as uid ${owner.uid} failed (${String(stderr).trim() || err.message}); its hard limit may be below ${value}`,
-            ),
-          );
-      },
+  if (!owner) throw fail(`process ${pid} has no single owner`);
+  try {
+    await workers.setMemlock(owner, pid, bytes, deadline);
+  } catch (err) {
+    if (VirtError.is(err) && err.code === ErrorCode.OPERATION_TIMEOUT) throw err;
+    throw fail(
+      `setting the limit as uid ${owner.uid} failed (${errorMessage(err)}); its hard limit may be below ${String(bytes)}`,
     );
-  });
+  }
 }
 
 /**
@@ -78,6 +81,7 @@ export async function execute(
   op: OperationName,
   ctx: WireContext,
   args: OperationArgs<OperationName>,
+  services: ExecuteServices,
 ): Promise<OperationResult<OperationName>> {
   const scope: InvocationScope = {
     handlers: new HandlerTable(),
@@ -95,7 +99,7 @@ export async function execute(
       } catch (err) {
         if (!(VirtError.is(err) && err.details['errno'] === 'EPERM') || hasCapSysResource()) throw err;
       }
-      await prlimitAsOwner(a.pid, a.bytes, ctx.deadline);
+      await setMemlockAsOwner(services.workers, a.pid, a.bytes, ctx.deadline);
       return undefined;
     }
     case 'net.openTap': {
@@ -104,12 +108,20 @@ export async function execute(
       // With CAP_NET_ADMIN, TUNSETIFF would attach to any existing TAP: an existing one was checked
       // for its owner (tap.owner); a new one is created exclusively, so none can appear in between.
       const existing = a.ifname !== undefined && existsSync(`/sys/class/net/${a.ifname}`);
-      return openTap(ifname, { queues: a.queues, vnetHdr: a.vnetHdr, exclusive: !existing });
+      const tap = openTap(ifname, { queues: a.queues, vnetHdr: a.vnetHdr, exclusive: !existing });
+      if (!existing) services.taps.record(tap.ifname, services.peerUid, ctx.domain.uuid);
+      return tap;
     }
     case 'storage.openFile': {
       const a = args as OperationArgs<'storage.openFile'>;
       return { fd: openBeneath(policy.storage?.prefixes ?? [], a.path, a.mode) };
     }
+    case 'cgroup.release':
+      try {
+        return await builtins[op](args as OperationArgs<'cgroup.release'>, scope);
+      } finally {
+        services.taps.release(services.peerUid, ctx.domain.uuid);
+      }
     default:
       return builtins[op](args as never, scope);
   }

@@ -2,6 +2,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { posix } from 'node:path';
 import { z } from 'zod';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
+import { prefixIdentity } from './storage.js';
 
 /*
  * The policy of virtkit-privd: which peers may ask, and what they may ask for. A JSON file
@@ -48,6 +49,26 @@ const targetsSchema = z
   .refine((t) => !t.qualify.includes('cgroupSubtree') || t.cgroupSubtree !== undefined, {
     message: "qualify lists 'cgroupSubtree' but no cgroupSubtree is set",
     path: ['cgroupSubtree'],
+  });
+
+const count = (max: number) => z.number().int().min(1).max(max);
+const millis = z.number().int().min(10).max(3_600_000);
+
+/** The helper's own resource limits; see {@link DEFAULT_LIMITS} for the defaults. */
+const limitsSchema = z
+  .strictObject({
+    maxConnections: count(65_536).default(1024),
+    maxConnectionsPerUid: count(65_536).default(64),
+    handshakeTimeoutMs: millis.default(5000),
+    frameTimeoutMs: millis.default(5000),
+    maxInFlight: count(4096).default(32),
+    maxQueued: count(65_536).default(1024),
+    maxInFlightPerConnection: count(4096).default(64),
+    memlockWorkers: count(256).default(4),
+  })
+  .refine((l) => l.maxConnectionsPerUid < l.maxConnections, {
+    message: 'must be below maxConnections, so that one uid cannot take every connection',
+    path: ['maxConnectionsPerUid'],
   });
 
 /**
@@ -102,6 +123,7 @@ export const policySchema = z.strictObject({
       allowWrite: z.boolean().default(true),
     })
     .optional(),
+  limits: limitsSchema.prefault({}),
 });
 
 /**
@@ -159,6 +181,33 @@ export interface PrivilegedHelperPolicy {
     /** Whether mode `rw` is allowed; default true. */
     readonly allowWrite?: boolean;
   };
+  /** The helper's own resource limits, against peers that flood it; every field has a default. */
+  readonly limits?: PrivilegedHelperLimits;
+}
+
+/**
+ * Resource limits of `virtkit-privd` (the `limits` section of its policy). They keep one peer
+ * (or one uid) from taking the helper away from the others.
+ *
+ * @public
+ */
+export interface PrivilegedHelperLimits {
+  /** Clients connected at once, over all uids; default 1024. More are closed at once. */
+  readonly maxConnections?: number;
+  /** Clients connected at once from one uid; default 64, and always below `maxConnections`. */
+  readonly maxConnectionsPerUid?: number;
+  /** How long a new client may take to complete its hello; default 5000 ms. */
+  readonly handshakeTimeoutMs?: number;
+  /** How long a frame may stay half-received; default 5000 ms. */
+  readonly frameTimeoutMs?: number;
+  /** Requests executing at once, over all clients; default 32. More wait in a queue. */
+  readonly maxInFlight?: number;
+  /** Requests waiting for a slot, over all clients (one uid may hold half); default 1024. */
+  readonly maxQueued?: number;
+  /** Requests one connection may have unanswered; default 64. */
+  readonly maxInFlightPerConnection?: number;
+  /** Processes kept to raise memlock limits as their target's owner (one per uid:gid); default 4. */
+  readonly memlockWorkers?: number;
 }
 
 type Writable<T> =
@@ -178,7 +227,16 @@ export type PolicyInterfaceMatchesSchema = Assignable<
 export interface StoragePrefix {
   readonly given: string;
   readonly real: string;
+  /**
+   * The directory `real` was when the policy was loaded (opened without following any symlink):
+   * every request checks that `real` still is that directory. Undefined when it could not be
+   * opened then: requests below it are refused until the helper is restarted.
+   */
+  readonly identity: { readonly dev: bigint; readonly ino: bigint } | undefined;
 }
+
+/** The limits section with every default filled in. */
+export type Limits = Required<{ -readonly [K in keyof PrivilegedHelperLimits]: number }>;
 
 /** A validated policy with paths normalised and limits as bigints. */
 export interface Policy {
@@ -199,6 +257,7 @@ export interface Policy {
   readonly cgroup: { readonly parent: string } | undefined;
   readonly tap: { readonly prefix: string } | undefined;
   readonly storage: { readonly prefixes: readonly StoragePrefix[]; readonly allowWrite: boolean } | undefined;
+  readonly limits: Limits;
 }
 
 function withReal(paths: readonly string[]): Set<string> {
@@ -214,15 +273,19 @@ function withReal(paths: readonly string[]): Set<string> {
   return out;
 }
 
-function storagePrefix(p: string): StoragePrefix {
+/**
+ * A storage prefix as the policy names it, resolved now (the administrator's symlinks in the
+ * configured path are followed once, here) and recorded by device and inode.
+ */
+export function storagePrefix(p: string): StoragePrefix {
   const given = posix.normalize(p).replace(/(.)\/+$/, '$1');
   let real = given;
   try {
     real = realpathSync(given);
   } catch {
-    // Created later: resolved again at each request by the open itself.
+    // Missing now: recorded as such, and refused at each request.
   }
-  return { given, real };
+  return { given, real, identity: prefixIdentity(real) };
 }
 
 /**
@@ -265,6 +328,7 @@ export function parsePolicy(value: unknown, source = 'policy'): Policy {
       prefixes: p.storage.prefixes.map(storagePrefix),
       allowWrite: p.storage.allowWrite,
     },
+    limits: p.limits,
   };
 }
 

@@ -15,6 +15,7 @@ import { INTERNAL_API_VERSION } from '../version.js';
 import { type AuditTarget, authorise, type Peer } from './authorise.js';
 import { FramedConnection } from './connection.js';
 import { execute } from './execute.js';
+import { OwnerWorkers } from './owner-workers.js';
 import { loadPolicy, type Policy, type PrivilegedHelperPolicy, parsePolicy } from './policy.js';
 import {
   clientMessageSchema,
@@ -24,6 +25,8 @@ import {
   ProtocolError,
   type WireRequest,
 } from './protocol.js';
+import { HelperTaps } from './taps.js';
+import { WorkQueue } from './work-queue.js';
 
 /**
  * Options of {@link createPrivilegedHelper}.
@@ -45,7 +48,10 @@ export interface PrivilegedHelperOptions {
    * with the socket's group set by the service manager) adds a file-system gate in front.
    */
   readonly socketMode?: number;
-  /** At most this many clients at once; more are closed at once. Default 256. */
+  /**
+   * At most this many clients at once; more are closed at once. Overrides the policy's
+   * `limits.maxConnections` (default 1024).
+   */
   readonly maxConnections?: number;
 }
 
@@ -63,12 +69,10 @@ export interface PrivilegedHelper {
   readonly socketPath: string;
 }
 
-/** How long a client may take to say hello before it is dropped. */
-const HELLO_TIMEOUT_MS = 10_000;
-/** Requests one connection may have executing at once. */
-const MAX_IN_FLIGHT = 64;
 /** How long accepting pauses after running out of descriptors, instead of spinning on the backlog. */
 const ACCEPT_BACKOFF_MS = 100;
+/** How often TAPs handed out are checked for having been made persistent or re-owned. */
+const TAP_SWEEP_MS = 2000;
 
 interface Client {
   readonly peer: Peer;
@@ -76,7 +80,7 @@ interface Client {
   greeted: boolean;
   /** Refused (peer uid, version): nothing it sends is served while the refusal goes out. */
   refused: boolean;
-  /** Requests being executed; bounded so one client cannot queue unbounded work (prlimit children). */
+  /** Requests unanswered (queued or executing); bounded per connection, as all work is globally. */
   inFlight: number;
   helloTimer: NodeJS.Timeout | undefined;
 }
@@ -88,6 +92,11 @@ class Helper implements PrivilegedHelper {
   readonly #mode: number;
   readonly #maxConnections: number;
   readonly #clients = new Set<Client>();
+  /** Connected clients per peer uid. */
+  readonly #perUid = new Map<number, number>();
+  readonly #work: WorkQueue;
+  readonly #workers: OwnerWorkers;
+  readonly #taps: HelperTaps;
   #listenFd: number | undefined;
   #watch: FdWatch | undefined;
   #socketIno: number | undefined;
@@ -111,9 +120,13 @@ class Helper implements PrivilegedHelper {
       options.policyPath !== undefined
         ? loadPolicy(options.policyPath)
         : parsePolicy(options.policy, 'policy');
-    this.#audit = options.audit ?? ((line) => process.stderr.write(`${line}\n`));
+    this.#audit = options.audit ?? batchedStderr();
     this.#mode = options.socketMode ?? 0o666;
-    this.#maxConnections = options.maxConnections ?? 256;
+    const limits = this.#policy.limits;
+    this.#maxConnections = options.maxConnections ?? limits.maxConnections;
+    this.#work = new WorkQueue(limits.maxInFlight, limits.maxQueued);
+    this.#workers = new OwnerWorkers(limits.memlockWorkers);
+    this.#taps = new HelperTaps(TAP_SWEEP_MS, (entry) => this.#log(entry));
   }
 
   async listen(): Promise<void> {
@@ -163,6 +176,8 @@ class Helper implements PrivilegedHelper {
       }
     }
     for (const client of [...this.#clients]) client.conn.close();
+    this.#workers.close();
+    this.#taps.close();
   }
 
   #removeStaleSocket(): void {
@@ -235,6 +250,21 @@ class Helper implements PrivilegedHelper {
       closeFd(fd);
       return;
     }
+    const limits = this.#policy.limits;
+    // Caps first, before anything is allocated for the client: one uid may never hold more than
+    // its share, so it cannot take the helper away from the other uids.
+    const mine = this.#perUid.get(peer.uid) ?? 0;
+    const refusal =
+      this.#clients.size >= this.#maxConnections
+        ? 'limits.maxConnections'
+        : mine >= limits.maxConnectionsPerUid
+          ? 'limits.maxConnectionsPerUid'
+          : undefined;
+    if (refusal !== undefined) {
+      this.#log({ event: 'connection-refused', peer, reason: refusal });
+      closeFd(fd);
+      return;
+    }
     const client: Client = {
       peer,
       greeted: false,
@@ -248,18 +278,18 @@ class Helper implements PrivilegedHelper {
           closed: (reason) => {
             clearTimeout(client.helloTimer);
             this.#clients.delete(client);
+            const n = (this.#perUid.get(peer.uid) ?? 1) - 1;
+            if (n > 0) this.#perUid.set(peer.uid, n);
+            else this.#perUid.delete(peer.uid);
             if (reason) this.#log({ event: 'connection-closed', peer, error: reason.message });
           },
         },
         false,
+        limits.frameTimeoutMs,
       ),
     };
     this.#clients.add(client);
-    if (this.#clients.size > this.#maxConnections) {
-      this.#log({ event: 'connection-refused', peer, reason: `more than ${this.#maxConnections} clients` });
-      client.conn.close();
-      return;
-    }
+    this.#perUid.set(peer.uid, mine + 1);
     if (!this.#policy.peerUids.has(peer.uid)) {
       client.refused = true;
       this.#log({ peer, op: 'connect', decision: 'deny', rule: 'peer.uid' });
@@ -280,9 +310,9 @@ class Helper implements PrivilegedHelper {
       return;
     }
     client.helloTimer = setTimeout(() => {
-      this.#log({ event: 'protocol-error', peer, error: `no hello within ${HELLO_TIMEOUT_MS} ms` });
+      this.#log({ event: 'protocol-error', peer, error: `no hello within ${limits.handshakeTimeoutMs} ms` });
       client.conn.close();
-    }, HELLO_TIMEOUT_MS);
+    }, limits.handshakeTimeoutMs);
     client.helloTimer.unref();
   }
 
@@ -330,15 +360,50 @@ class Helper implements PrivilegedHelper {
       return;
     }
     if (!client.greeted) throw new ProtocolError('a request before hello');
+    const limits = this.#policy.limits;
+    if (client.inFlight >= limits.maxInFlightPerConnection) {
+      this.#refuseBusy(
+        client,
+        msg,
+        'limits.maxInFlightPerConnection',
+        `more than ${limits.maxInFlightPerConnection} requests in flight on one connection`,
+      );
+      return;
+    }
     client.inFlight++;
-    this.#handle(client, msg)
-      .catch((err: unknown) => {
-        this.#log({ event: 'internal-error', peer: client.peer, error: errorMessage(err) });
-        client.conn.close();
-      })
-      .finally(() => {
-        client.inFlight--;
-      });
+    const run = () =>
+      // A client that went away while its request waited gets nothing done for it.
+      (client.conn.closed ? Promise.resolve() : this.#handle(client, msg))
+        .catch((err: unknown) => {
+          this.#log({ event: 'internal-error', peer: client.peer, error: errorMessage(err) });
+          client.conn.close();
+        })
+        .finally(() => {
+          client.inFlight--;
+        });
+    if (!this.#work.submit(client.peer.uid, run)) {
+      client.inFlight--;
+      this.#refuseBusy(
+        client,
+        msg,
+        'limits.maxQueued',
+        `virtkit-privd is busy: ${this.#work.running} requests executing and ${this.#work.queued} waiting; retry later`,
+      );
+    }
+  }
+
+  /** A request refused for a limit of the helper, not of the policy: typed, and the client may retry. */
+  #refuseBusy(client: Client, req: WireRequest, limit: string, message: string): void {
+    const err = new VirtError(ErrorCode.OPERATION_CONFLICT, message, { operation: req.op, limit });
+    this.#log({
+      peer: client.peer,
+      op: req.op,
+      decision: 'invalid',
+      outcome: 'error',
+      code: err.code,
+      limit,
+    });
+    client.conn.send({ type: 'response', id: req.id, ok: false, error: errorToWire(err), fds: 0 });
   }
 
   async #handle(client: Client, req: WireRequest): Promise<void> {
@@ -372,19 +437,6 @@ class Helper implements PrivilegedHelper {
         client.conn.send({ type: 'response', id: req.id, ok: false, error: brief, fds: 0 });
       }
     };
-    if (client.inFlight > MAX_IN_FLIGHT) {
-      fail(
-        'invalid',
-        new VirtError(
-          ErrorCode.OPERATION_CONFLICT,
-          `more than ${MAX_IN_FLIGHT} requests in flight on one connection`,
-          {
-            operation: req.op,
-          },
-        ),
-      );
-      return;
-    }
     const schema = operationSchemas[req.op];
     const args = schema.args.safeParse(req.args);
     if (!args.success) {
@@ -427,7 +479,11 @@ class Helper implements PrivilegedHelper {
     }
     let result: unknown;
     try {
-      result = await execute(this.#policy, req.op, req.ctx, typed);
+      result = await execute(this.#policy, req.op, req.ctx, typed, {
+        workers: this.#workers,
+        taps: this.#taps,
+        peerUid: client.peer.uid,
+      });
     } catch (err) {
       // storage.openFile checks its path as it opens: a refusal there is still the policy's.
       fail(VirtError.is(err) && typeof err.details['rule'] === 'string' ? 'deny' : 'allow', err);
@@ -447,6 +503,23 @@ class Helper implements PrivilegedHelper {
       // An audit sink that throws must not take the helper down.
     }
   }
+}
+
+/**
+ * The default audit sink: lines written to standard error once per turn of the event loop, in
+ * order, so that a burst of requests costs one write(2), not one each, and no write delays the
+ * response it describes.
+ */
+function batchedStderr(): (line: string) => void {
+  let pending: string[] = [];
+  const flush = () => {
+    const lines = pending;
+    pending = [];
+    process.stderr.write(`${lines.join('\n')}\n`);
+  };
+  return (line) => {
+    if (pending.push(line) === 1) setImmediate(flush);
+  };
 }
 
 /**

@@ -3,17 +3,20 @@ import { constants as osConstants } from 'node:os';
 import { posix } from 'node:path';
 import koffi from 'koffi';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
-import { closeFd, loadLibc, O, openRaw, SyscallError } from '../../util/libc.js';
+import { closeFd, loadLibc, O, SyscallError } from '../../util/libc.js';
 import { denied } from './authorise.js';
 import type { StoragePrefix } from './policy.js';
 
 /*
- * storage.openFile on the helper side. The requested path is resolved component by component
- * below an allowed prefix, following symlinks only while they stay inside it (a link pointing out
- * is refused before anything outside is touched); the resulting symlink-free path is then opened
- * relative to the prefix with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and O_NOFOLLOW, so a
- * component swapped for a symlink between the check and the open makes the open fail instead of
- * escaping the prefix.
+ * storage.openFile on the helper side. The prefix itself is opened first, from / with
+ * openat2(RESOLVE_NO_SYMLINKS), and must be the very directory (device and inode) it was when the
+ * policy was loaded: a peer that owns the prefix's parent could otherwise rename the prefix away and
+ * put a symlink to / in its place. Everything after that is relative to that descriptor. The
+ * requested path is resolved component by component below it, following symlinks only while they
+ * stay inside (a link pointing out is refused before anything outside is touched); the resulting
+ * symlink-free path is then opened relative to the prefix's descriptor with
+ * openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and O_NOFOLLOW, so a component swapped for a
+ * symlink between the check and the open makes the open fail instead of escaping the prefix.
  */
 
 const SYS_openat2 = 437;
@@ -27,6 +30,8 @@ const RESOLVE_BENEATH = 0x08;
 const F_GETFL = 3;
 const F_SETFL = 4;
 const MAX_SYMLINKS = 40;
+const AT_FDCWD = -100;
+const NO_LINKS = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
 
 interface OpenLib {
   /** syscall(2) is variadic: each argument after the number is a (type, value) pair. */
@@ -82,7 +87,9 @@ function fileError(path: string, err: unknown): VirtError {
  * Resolves `parts` below `prefix.real` like realpath(3), except that a symlink leading outside the
  * prefix is refused instead of followed.
  */
-function resolveBeneath(requested: string, prefix: StoragePrefix, parts: string[]): string[] {
+function resolveBeneath(requested: string, prefix: StoragePrefix, dirfd: number, parts: string[]): string[] {
+  // The verified prefix directory, whatever its path has become since.
+  const root = `/proc/self/fd/${dirfd}`;
   const stack: string[] = [];
   const queue = [...parts];
   let links = 0;
@@ -102,9 +109,10 @@ function resolveBeneath(requested: string, prefix: StoragePrefix, parts: string[
       continue;
     }
     const at = posix.join(prefix.real, ...stack, part);
+    const via = posix.join(root, ...stack, part);
     let isLink: boolean;
     try {
-      isLink = lstatSync(at).isSymbolicLink();
+      isLink = lstatSync(via).isSymbolicLink();
     } catch (err) {
       throw fileError(requested, err);
     }
@@ -113,7 +121,7 @@ function resolveBeneath(requested: string, prefix: StoragePrefix, parts: string[
       continue;
     }
     if (++links > MAX_SYMLINKS) throw fileError(requested, new SyscallError('open', osConstants.errno.ELOOP));
-    const link = readlinkSync(at);
+    const link = readlinkSync(via);
     lastLink = { at, target: link };
     if (!link.startsWith('/')) {
       queue.unshift(...link.split('/'));
@@ -143,6 +151,65 @@ function resolveBeneath(requested: string, prefix: StoragePrefix, parts: string[
 }
 
 /**
+ * The device and inode of a directory, opened from / without following a symlink at any
+ * component (a missing or non-directory path gives undefined).
+ *
+ * @param real - an absolute, symlink-free path
+ */
+export function prefixIdentity(real: string): { dev: bigint; ino: bigint } | undefined {
+  let fd: number;
+  try {
+    fd = openat2(AT_FDCWD, real, O_PATH | O_DIRECTORY | O_NOFOLLOW | O.CLOEXEC, NO_LINKS);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    return { dev: st.dev, ino: st.ino };
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/**
+ * Opens a prefix directory (O_PATH) without following a symlink at any component, and checks it
+ * is the directory recorded when the policy was loaded.
+ */
+function openPrefix(prefix: StoragePrefix, path: string): number {
+  const refuse = (why: string, extra: Record<string, unknown> = {}) =>
+    denied('storage.prefixes', `${path}: the prefix ${prefix.given} ${why}`, {
+      path,
+      prefix: prefix.given,
+      ...extra,
+    });
+  if (prefix.identity === undefined) {
+    throw refuse('could not be opened when the policy was loaded; create it and restart virtkit-privd');
+  }
+  let fd: number;
+  try {
+    fd = openat2(AT_FDCWD, prefix.real, O_PATH | O_DIRECTORY | O_NOFOLLOW | O.CLOEXEC, NO_LINKS);
+  } catch (err) {
+    const errno = err instanceof SyscallError ? err.code : undefined;
+    if (errno === 'ELOOP' || errno === 'ENOTDIR') {
+      throw refuse(`(${prefix.real}) has been replaced by a symlink`, { errno });
+    }
+    throw fileError(path, err);
+  }
+  let st: { dev: bigint; ino: bigint };
+  try {
+    st = fstatSync(fd, { bigint: true });
+  } catch (err) {
+    closeFd(fd);
+    throw fileError(path, err);
+  }
+  if (st.dev !== prefix.identity.dev || st.ino !== prefix.identity.ino) {
+    closeFd(fd);
+    throw refuse(`(${prefix.real}) is no longer the directory it was when the policy was loaded`);
+  }
+  return fd;
+}
+
+/**
  * Opens a file below one of the allowed prefixes, without following symlinks out of it.
  *
  * @param prefixes - the policy's storage prefixes
@@ -166,21 +233,17 @@ export function openBeneath(prefixes: readonly StoragePrefix[], path: string, mo
     });
   }
   const base = inside(requested, prefix.given) && requested !== prefix.given ? prefix.given : prefix.real;
-  const rel = resolveBeneath(requested, prefix, relativeTo(requested, base));
-  if (rel.length === 0)
-    throw denied('storage.prefixes', `${path} is a prefix itself, not a file below it`, { path });
-  let dirfd: number;
-  try {
-    dirfd = openRaw(prefix.real, O_PATH | O_DIRECTORY | O.CLOEXEC);
-  } catch (err) {
-    throw fileError(path, err);
-  }
+  const dirfd = openPrefix(prefix, path);
   let fd: number;
   try {
+    const rel = resolveBeneath(requested, prefix, dirfd, relativeTo(requested, base));
+    if (rel.length === 0)
+      throw denied('storage.prefixes', `${path} is a prefix itself, not a file below it`, { path });
     // O_NONBLOCK: opening a FIFO planted in the prefix must not hang the helper.
     const flags = (mode === 'r' ? O.RDONLY : O.RDWR) | O_NOFOLLOW | O_NOCTTY | O.NONBLOCK | O.CLOEXEC;
     fd = openat2(dirfd, rel.join('/'), flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
   } catch (err) {
+    if (VirtError.is(err)) throw err;
     const errno = err instanceof SyscallError ? err.code : undefined;
     if (errno === 'ELOOP' || errno === 'EXDEV') {
       throw denied('storage.prefixes', `${path} changed into a symlink while it was being opened`, { path });

@@ -3,6 +3,7 @@ import type { z } from 'zod';
 import { parseCpuset } from '../../util/cpuset.js';
 import { ErrorCode, VirtError } from '../errors.js';
 import { type DomainDefinition, domainDefinitionSchema } from './schema.js';
+import { MAX_XML_BYTES } from './xml-tree.js';
 
 /**
  * Validates a typed definition and resolves its defaults, or throws a VirtError naming the field:
@@ -10,11 +11,43 @@ import { type DomainDefinition, domainDefinitionSchema } from './schema.js';
  * @internal
  */
 export function resolveDefinition(input: unknown): DomainDefinition {
-  const parsed = domainDefinitionSchema.safeParse(input);
+  let parsed: ReturnType<typeof domainDefinitionSchema.safeParse>;
+  try {
+    parsed = domainDefinitionSchema.safeParse(input);
+  } catch (err) {
+    // A getter or proxy trap of the caller's object threw while it was read: the definition is
+    // unreadable, which is the caller's input error, reported as such and never as their own error.
+    throw new VirtError(
+      ErrorCode.XML_ERROR,
+      `invalid domain definition: a field could not be read (${err instanceof Error ? err.message : String(err)}); pass plain data`,
+      { path: '(root)' },
+      { cause: err },
+    );
+  }
   if (!parsed.success) throw fromZodError(parsed.error);
   const def = { ...parsed.data, uuid: parsed.data.uuid ?? randomUUID() };
+  checkSize(def);
   checkSemantics(def);
   return def;
+}
+
+/**
+ * The largest typed definition, as the JSON it is stored as: twice the XML limit, because the
+ * resolved definition spells out defaults a document leaves implicit, so every document within the
+ * XML limit fits, and no way of defining a domain stores much more than the XML way could.
+ * @internal
+ */
+export const MAX_DEFINITION_JSON_BYTES = 2 * MAX_XML_BYTES;
+
+function checkSize(def: DomainDefinition): void {
+  const size = Buffer.byteLength(JSON.stringify(def), 'utf8');
+  if (size > MAX_DEFINITION_JSON_BYTES) {
+    throw new VirtError(
+      ErrorCode.XML_ERROR,
+      `the domain definition is ${size} bytes as JSON, more than the limit of ${MAX_DEFINITION_JSON_BYTES} bytes; a domain definition is a few KiB: remove what does not belong in it`,
+      { path: '(root)', size, limit: MAX_DEFINITION_JSON_BYTES },
+    );
+  }
 }
 
 function fromZodError(error: z.ZodError): VirtError {

@@ -263,8 +263,8 @@ export function resolveDomainXml(xml: string): DomainDefinition {
  *
  * @param xml - a libvirt domain XML document, e.g. the output of `virsh dumpxml` or virt-install
  * @returns the typed definition the document describes
- * @throws {@link VirtError} `XML_ERROR` for a document that is not well-formed (with `details.line`
- * and `details.column`) or holds a malformed or inconsistent value; `CONFIG_UNSUPPORTED` for an
+ * @throws {@link VirtError} `XML_ERROR` for a document over 1 MiB of UTF-8 (with `details.size`
+ * and `details.limit`), for one that is not well-formed (with `details.line` and `details.column`) or holds a malformed or inconsistent value; `CONFIG_UNSUPPORTED` for an
  * element, attribute or value outside the subset virtkit supports. Both name the element or
  * attribute in `details.path`, e.g. `/domain/devices/graphics` or `/domain/devices/disk[2]/driver/@cache`.
  *

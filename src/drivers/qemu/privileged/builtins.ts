@@ -4,6 +4,7 @@ import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../../stable/err
 import { placeThreads, releaseCgroups } from '../../../util/cgroup.js';
 import { prlimitSet, RLIMIT, SyscallError, schedSet } from '../../../util/libc.js';
 import { openTap } from '../../../util/tap.js';
+import { verifyThreads } from '../threads-verify.js';
 import type { InvocationScope } from './invoke.js';
 
 type Builtin<Op extends OperationName> = (
@@ -54,6 +55,29 @@ export function threadGroups(
   return [...groups.values()];
 }
 
+/**
+ * Before a built-in touches a thread with the driver's privilege: the target is the domain's own
+ * QEMU (the pid the driver launched, same start time) and every tid is one of its threads.
+ */
+function checkTargets(
+  op: OperationName,
+  scope: InvocationScope,
+  pid: number,
+  threads: ReadonlyArray<{ tid: number; role: string; index: number }>,
+): void {
+  if (scope.pid !== undefined && pid !== scope.pid) {
+    throw new VirtError(
+      ErrorCode.OPERATION_FAILED,
+      `${op}: pid ${pid} is not the domain's QEMU pid ${scope.pid}`,
+      {
+        operation: op,
+        pid,
+      },
+    );
+  }
+  verifyThreads({ pid, startTime: scope.pid === pid ? scope.startTime : undefined }, threads);
+}
+
 /** Name of the driver's own cgroup of a domain: unique per domain, stable across restarts. */
 export function domainCgroupName(uuid: string): string {
   return `vk-${uuid}`;
@@ -69,7 +93,8 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
     }
     return undefined;
   },
-  'thread.setScheduler': (args) => {
+  'thread.setScheduler': (args, scope) => {
+    checkTargets('thread.setScheduler', scope, args.pid, args.threads);
     for (const t of args.threads) {
       try {
         schedSet(t.tid, t.policy, t.priority);
@@ -80,6 +105,7 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
     return undefined;
   },
   'cgroup.placeThreads': (args, scope) => {
+    checkTargets('cgroup.placeThreads', scope, args.pid, args.threads);
     const groups = threadGroups(args);
     try {
       const { placements } = placeThreads({
@@ -103,8 +129,19 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
   },
   'net.openTap': (args) => {
     try {
-      return openTap(args.ifname, { queues: args.queues, vnetHdr: args.vnetHdr });
+      // A managed TAP is created exclusively: attaching to an existing device of that name could
+      // hand this domain another domain's TAP (libvirt: "Disallow pre-existing TAP devices").
+      return openTap(args.ifname, { queues: args.queues, vnetHdr: args.vnetHdr, exclusive: args.managed });
     } catch (err) {
+      const errno = VirtError.is(err) ? err.details['errno'] : undefined;
+      if (args.managed && args.ifname && errno === 'EBUSY') {
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `net.openTap: the interface ${args.ifname} already exists; virtkit creates managed TAP devices itself and never reuses one. Remove it, choose another target dev, or declare the interface managed='no' to use the existing TAP`,
+          { operation: 'net.openTap', ifname: args.ifname, errno },
+          { cause: err },
+        );
+      }
       throw denied('net.openTap', err, 'CAP_NET_ADMIN');
     }
   },

@@ -17,6 +17,8 @@ export interface InvocationScope {
   readonly handlers: HandlerTable;
   readonly domain: { readonly uuid: string; readonly name: string; readonly id: number | null };
   readonly pid: number | undefined;
+  /** The start time of `pid` recorded at launch: thread ids are verified against this very process. */
+  readonly startTime?: bigint;
   /** Taints of the domain being started or running; `internal-handler` is added on first use. */
   readonly taints: string[];
   readonly cgroupParent: string;
@@ -31,6 +33,28 @@ export type Result<Op extends OperationName> = OperationResult<Op>;
 const TAINT = 'internal-handler';
 
 /**
+ * What performs an operation without a handler, and what checks its effect afterwards: the real
+ * system by default; the test driver passes a simulated one.
+ */
+export interface OperationBackend {
+  builtin<Op extends OperationName>(
+    op: Op,
+    args: OperationArgs<Op>,
+    scope: InvocationScope,
+  ): Result<Op> | Promise<Result<Op>>;
+  postcheck<Op extends OperationName>(
+    op: Op,
+    args: OperationArgs<Op>,
+    result: Result<Op>,
+  ): void | Promise<void>;
+}
+
+const systemBackend: OperationBackend = {
+  builtin: (op, args, scope) => builtins[op](args as never, scope) as never,
+  postcheck: (op, args, result) => postchecks[op](args as never, result as never),
+};
+
+/**
  * Performs one privileged operation: through its registered handler (with a deadline, an
  * AbortSignal, and validation of what it returns) or, without one, through the built-in fallback;
  * then checks from outside (/proc, fstat) that the effect really happened.
@@ -40,6 +64,7 @@ export async function invoke<Op extends OperationName>(
   op: Op,
   phase: Phase,
   args: OperationArgs<Op>,
+  backend: OperationBackend = systemBackend,
 ): Promise<Result<Op>> {
   const schema = operationSchemas[op];
   if (!(schema.phases as readonly string[]).includes(phase)) {
@@ -61,14 +86,14 @@ export async function invoke<Op extends OperationName>(
       if (!scope.taints.includes(TAINT)) scope.taints.push(TAINT);
       result = await callHandler(scope, op, phase, args, entry.handler, entry.timeoutMs);
     } else {
-      result = (await builtins[op](args as never, scope)) as Result<Op>;
+      result = await backend.builtin(op, args, scope);
     }
   } catch (err) {
     record(`failed: ${errorMessage(err)}`);
     throw err;
   }
   try {
-    await postchecks[op](args as never, result as never);
+    await backend.postcheck(op, args, result);
   } catch (err) {
     closeResultFds(result);
     record(`postcondition failed: ${errorMessage(err)}`);

@@ -6,6 +6,7 @@ import { parseCpuset } from '../../../util/cpuset.js';
 import { prlimitGet, RLIMIT } from '../../../util/libc.js';
 import { listThreads } from '../../../util/proc.js';
 import type { ThreadIds } from '../status.js';
+import { verifyThreads } from '../threads-verify.js';
 import { closeResultFds, type InvocationScope, invoke } from './invoke.js';
 import { limitCovers, memLockNeed } from './memlock.js';
 
@@ -52,6 +53,7 @@ export async function openPreExecDescriptors(
         ifname: nic.target?.dev,
         queues: nic.queues ?? 1,
         vnetHdr: nic.model === 'virtio',
+        managed: nic.target?.managed !== false,
       });
       out.taps.push(fds);
       out.all.push(...fds);
@@ -98,6 +100,8 @@ export async function configureThreads(
   pid: number,
   threads: ThreadIds,
   record: { placements: Placements; placementAttempted: boolean },
+  /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
+  persist: () => void = () => undefined,
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
@@ -110,8 +114,10 @@ export async function configureThreads(
         .filter((tid) => !known.has(tid))
         .map((tid) => ({ tid, role: 'emulator' as const, index: 0 })),
     ];
+    verifyThreads({ pid, startTime: scope.startTime }, all);
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
+    persist();
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', 'startup', {
       pid,
       threads: all,
@@ -121,6 +127,7 @@ export async function configureThreads(
         iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
       },
     }));
+    persist();
   }
   const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
   for (const [entries, list, role] of [
@@ -135,7 +142,10 @@ export async function configureThreads(
       }
     }
   }
-  if (sched.length > 0) await invoke(scope, 'thread.setScheduler', 'startup', { pid, threads: sched });
+  if (sched.length > 0) {
+    verifyThreads({ pid, startTime: scope.startTime }, sched);
+    await invoke(scope, 'thread.setScheduler', 'startup', { pid, threads: sched });
+  }
 }
 
 /** `release` (or `reconnect`): QEMU has exited; give back what `startup` placed. Never throws. */

@@ -3,6 +3,7 @@ import type { OperationArgs, OperationName, OperationResult } from '../../../int
 import { schedGet } from '../../../util/libc.js';
 import { listThreads, readProcLimits, readThreadCgroups } from '../../../util/proc.js';
 import { isTapFd } from '../../../util/tap.js';
+import { isThreadOf } from '../threads-verify.js';
 import { limitCovers } from './memlock.js';
 
 type Postcheck<Op extends OperationName> = (args: OperationArgs<Op>, result: OperationResult<Op>) => void;
@@ -27,6 +28,8 @@ export const postchecks: { [Op in OperationName]: Postcheck<Op> } = {
   },
   'thread.setScheduler': (args) => {
     for (const t of args.threads) {
+      // A tid that is not (or no longer) QEMU's says nothing about QEMU's scheduling.
+      if (!isThreadOf(args.pid, t.tid)) throw new Error(`thread ${t.tid} is not a thread of pid ${args.pid}`);
       const got = schedGet(t.tid);
       if (got.policy !== t.policy || got.priority !== t.priority) {
         throw new Error(

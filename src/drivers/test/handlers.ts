@@ -1,0 +1,194 @@
+import type { HandlerTable } from '../../internal/handler-table.js';
+import type { OperationArgs, Phase } from '../../internal/operations.js';
+import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { errorMessage } from '../../stable/errors.js';
+import { parseCpuset } from '../../util/cpuset.js';
+import { closeResultFds, type InvocationScope, invoke } from '../qemu/privileged/invoke.js';
+import { limitCovers, memLockNeed } from '../qemu/privileged/memlock.js';
+import type { SimProcess, Simulation } from './simulation.js';
+
+type Placements = OperationArgs<'cgroup.release'>['placements'];
+
+/** The privileged side of a simulated running domain: what release must give back. */
+export interface SimRun {
+  readonly id: number;
+  readonly pid: number;
+  readonly taints: string[];
+  placements: Placements;
+  placementAttempted: boolean;
+}
+
+/** A start in progress: destroy aborts it once the process exists, as in the embedded driver. */
+export interface StartAttempt {
+  readonly cancel: AbortController;
+  spawned: boolean;
+}
+
+/** The cgroup parent the simulated built-in places threads under (as the embedded driver's default). */
+const CGROUP_PARENT = 'virtkit';
+
+/**
+ * Runs the embedded driver's privileged operations against a {@link Simulation}: the same
+ * operations, phases, order, arguments, deadlines, AbortSignals, result schemas and taint, through
+ * the same `invoke()`; only the built-in fallbacks and the post-checks act on the simulated process.
+ */
+export class PrivilegedSimulation {
+  readonly #handlers: HandlerTable;
+  readonly #sim: Simulation;
+
+  constructor(handlers: HandlerTable, sim: Simulation) {
+    this.#handlers = handlers;
+    this.#sim = sim;
+  }
+
+  #scope(
+    def: DomainDefinition,
+    id: number | null,
+    pid: number | undefined,
+    taints: string[],
+    signal?: AbortSignal,
+  ): InvocationScope {
+    return {
+      handlers: this.#handlers,
+      domain: { uuid: def.uuid, name: def.name, id },
+      pid,
+      taints,
+      cgroupParent: CGROUP_PARENT,
+      signal,
+      log: (line) => this.#sim.appendLog(def.uuid, line),
+    };
+  }
+
+  #invoke<Op extends Parameters<typeof invoke>[1]>(
+    scope: InvocationScope,
+    op: Op,
+    phase: Phase,
+    args: OperationArgs<Op>,
+  ): ReturnType<typeof invoke<Op>> {
+    return invoke(scope, op, phase, args, this.#sim.backend);
+  }
+
+  /**
+   * The start sequence of `drivers/qemu/start.ts`, simulated: pre-exec descriptors (no pid), the
+   * "spawn" (id and synthetic pid), memlock on the not-yet-exec'd process, then startup placement
+   * and scheduling with every vCPU paused. A failure rolls back what was done (release of
+   * placements, the simulated process, descriptors) and rethrows the operation's error.
+   */
+  async start(def: DomainDefinition, allocateId: () => number, attempt: StartAttempt): Promise<SimRun> {
+    const taints: string[] = [];
+    const signal = attempt.cancel.signal;
+    const fds: number[] = [];
+    let run: SimRun | undefined;
+    try {
+      const preScope = this.#scope(def, null, undefined, taints, signal);
+      for (const disk of def.disks) {
+        const { fd } = await this.#invoke(preScope, 'storage.openFile', 'pre-exec', {
+          path: disk.source,
+          mode: disk.readonly ? 'r' : 'rw',
+        });
+        fds.push(fd);
+      }
+      for (const nic of def.interfaces) {
+        if (nic.type !== 'ethernet') continue;
+        const { fds: tapFds } = await this.#invoke(preScope, 'net.openTap', 'pre-exec', {
+          ifname: nic.target?.dev,
+          queues: nic.queues ?? 1,
+          vnetHdr: nic.model === 'virtio',
+          managed: nic.target?.managed !== false,
+        });
+        fds.push(...tapFds);
+      }
+      const id = allocateId();
+      const proc = this.#sim.spawn(def, id);
+      attempt.spawned = true;
+      run = { id, pid: proc.pid, taints, placements: [], placementAttempted: false };
+      // QEMU inherited the descriptors; the driver's copies go.
+      closeResultFds({ fds: fds.splice(0) });
+      const scope = this.#scope(def, id, proc.pid, taints, signal);
+      await this.#raiseMemLock(scope, def, proc);
+      await this.#configureThreads(scope, def, proc, run);
+      signal.throwIfAborted();
+      return run;
+    } catch (err) {
+      closeResultFds({ fds });
+      if (run) await this.release(def, run);
+      throw err;
+    }
+  }
+
+  async #raiseMemLock(scope: InvocationScope, def: DomainDefinition, proc: SimProcess): Promise<void> {
+    const need = memLockNeed(def);
+    if (!need) return;
+    const current = { ...proc.memlock };
+    if (limitCovers(current.soft, need.bytes) && limitCovers(current.hard, need.bytes)) {
+      scope.log(
+        `internal: process.setMaxMemLock skipped: limit ${current.soft}/${current.hard} covers ${need.bytes} (${need.breakdown.explanation})`,
+      );
+      return;
+    }
+    await this.#invoke(scope, 'process.setMaxMemLock', 'pre-exec', {
+      pid: proc.pid,
+      bytes: need.bytes,
+      current,
+      breakdown: need.breakdown,
+    });
+  }
+
+  async #configureThreads(
+    scope: InvocationScope,
+    def: DomainDefinition,
+    proc: SimProcess,
+    run: SimRun,
+  ): Promise<void> {
+    const tune = def.cputune;
+    if (!tune) return;
+    const vcpus = proc.threads.filter((t) => t.role === 'vcpu');
+    const iothreads = proc.threads.filter((t) => t.role === 'iothread');
+    if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+      run.placementAttempted = true;
+      ({ placements: run.placements } = await this.#invoke(scope, 'cgroup.placeThreads', 'startup', {
+        pid: proc.pid,
+        threads: [...vcpus, ...iothreads, ...proc.threads.filter((t) => t.role === 'emulator')].map((t) => ({
+          tid: t.tid,
+          role: t.role,
+          index: t.index,
+        })),
+        cpusets: {
+          emulator: tune.emulatorpin?.cpuset,
+          vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
+          iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
+        },
+      }));
+    }
+    const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
+    for (const [entries, list, role] of [
+      [tune.vcpusched, vcpus, 'vcpu'],
+      [tune.iothreadsched, iothreads, 'iothread'],
+    ] as const) {
+      for (const entry of entries) {
+        for (const index of parseCpuset(entry.ids) ?? []) {
+          const t = list.find((x) => x.index === index);
+          if (t)
+            sched.push({ tid: t.tid, role, index, policy: entry.scheduler, priority: entry.priority ?? 0 });
+        }
+      }
+    }
+    if (sched.length > 0)
+      await this.#invoke(scope, 'thread.setScheduler', 'startup', { pid: proc.pid, threads: sched });
+  }
+
+  /** The simulated QEMU exits; then `cgroup.release` (phase release) gives back its placements. Never throws. */
+  async release(def: DomainDefinition, run: SimRun): Promise<void> {
+    this.#sim.exit(run.pid);
+    if (!run.placementAttempted && run.placements.length === 0) return;
+    try {
+      await this.#invoke(this.#scope(def, run.id, run.pid, run.taints), 'cgroup.release', 'release', {
+        pid: run.pid,
+        placements: run.placements,
+      });
+    } catch (err) {
+      // invoke() logged it; the domain is shut off either way.
+      this.#sim.appendLog(def.uuid, `release failed: ${errorMessage(err)}`);
+    }
+  }
+}
