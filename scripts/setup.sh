@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 util-linux iproute2 gcc)
+# libvirt-clients and libvirt's QEMU driver: the capabilities tests compare with `virsh capabilities`.
+packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 util-linux iproute2 gcc
+  libvirt-clients libvirt-daemon-driver-qemu)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -16,6 +18,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# libvirt's QEMU driver resolves the user and group of its build (libvirt-qemu) even in embed mode.
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+getent group libvirt-qemu >/dev/null || "${sudo_cmd[@]}" groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+  "${sudo_cmd[@]}" useradd --system --no-create-home --home-dir /var/lib/libvirt \
+    --shell /usr/sbin/nologin --gid libvirt-qemu libvirt-qemu
 
 # `npm ci`: exactly the locked versions, every time. The lock holds every platform's optional
 # packages with resolved and integrity; after changing package.json regenerate it with

@@ -1,4 +1,6 @@
+import { z } from 'zod';
 import { INTERNAL_SEAM, type SeamCarrier } from '../internal/seam.js';
+import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinitionInput } from './definition/schema.js';
 import { resolveDefinition } from './definition/validate.js';
 import { resolveDomainXml } from './definition/xml.js';
@@ -163,8 +165,60 @@ export class Connection {
     await this.close();
   }
 
+  /**
+   * The host's and the emulators' capabilities: libvirt's capabilities XML (`virsh capabilities`)
+   * and the same facts as a typed object. Each emulator is probed once (QMP on `-machine none`) and
+   * the result cached under the root until the binary changes.
+   *
+   * @throws {@link VirtError} `NO_SUPPORT` when the driver has no capabilities (the test driver) or
+   *   the emulator is missing, `OPERATION_FAILED` when probing it fails
+   */
+  async getCapabilities(): Promise<Capabilities> {
+    this.#checkOpen();
+    if (!this.driver.getCapabilities) throw noCapabilities(this.uri);
+    return this.driver.getCapabilities();
+  }
+
+  /**
+   * What virtkit supports with one emulator, architecture, machine type and domain type: libvirt's
+   * domain capabilities XML (`virsh domcapabilities`), derived from the same tables the definition
+   * parser uses, so it never offers what a definition may not use.
+   *
+   * @throws {@link VirtError} `CONFIG_UNSUPPORTED` (`details.field`) for malformed options, and for an
+   *   architecture, machine type or domain type the emulator or host does not provide,
+   *   `NO_SUPPORT` as {@link Connection.getCapabilities}
+   */
+  async getDomainCapabilities(options: DomainCapabilitiesOptions = {}): Promise<DomainCapabilities> {
+    this.#checkOpen();
+    const parsed = domainCapabilitiesOptions.safeParse(options);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        `invalid getDomainCapabilities option ${issue?.path.join('.') || ''}: ${issue?.message ?? 'malformed'}`,
+        { field: issue?.path.join('.') ?? '' },
+      );
+    }
+    if (!this.driver.getDomainCapabilities) throw noCapabilities(this.uri);
+    return this.driver.getDomainCapabilities(parsed.data);
+  }
+
   #checkOpen(): void {
     if (this.#closed)
       throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
   }
+}
+
+const domainCapabilitiesOptions = z.strictObject({
+  emulator: z.string().startsWith('/', 'an absolute path').optional(),
+  arch: z.string().min(1).optional(),
+  machine: z.string().min(1).optional(),
+  virttype: z.enum(['qemu', 'kvm']).optional(),
+});
+
+function noCapabilities(uri: string): VirtError {
+  return new VirtError(
+    ErrorCode.NO_SUPPORT,
+    `the driver of '${uri}' reports no capabilities; use qemu:///embed`,
+  );
 }

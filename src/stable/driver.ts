@@ -1,3 +1,4 @@
+import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinition } from './definition/schema.js';
 import type { DomainEvent, DomainInfo } from './events.js';
 
@@ -68,4 +69,8 @@ export interface Driver {
   subscribe(listener: (event: DomainEvent) => void): () => void;
   /** Releases the driver (its root lock, QMP connections); running domains keep running. */
   close(): Promise<void>;
+  /** Host and guest capabilities; a driver without them leaves this out (`NO_SUPPORT`). */
+  getCapabilities?(): Promise<Capabilities>;
+  /** What the driver supports with one emulator; a driver without it leaves this out. */
+  getDomainCapabilities?(options: DomainCapabilitiesOptions): Promise<DomainCapabilities>;
 }

@@ -3,6 +3,16 @@
  *
  * @packageDocumentation
  */
+export type {
+  Capabilities,
+  DomainCapabilities,
+  DomainCapabilitiesOptions,
+  GuestCapabilities,
+  GuestMachine,
+  HostCapabilities,
+  HostCpuCell,
+  HostPages,
+} from './capabilities.js';
 export { type ConnectOptions, connect } from './connect.js';
 export { Connection, type ListDomainsOptions } from './connection.js';
 export type {

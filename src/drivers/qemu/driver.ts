@@ -3,6 +3,11 @@ import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
 import { INTERNAL_API_VERSION } from '../../internal/version.js';
+import type {
+  Capabilities,
+  DomainCapabilities,
+  DomainCapabilitiesOptions,
+} from '../../stable/capabilities.js';
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
@@ -16,6 +21,7 @@ import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
+import { buildCapabilities, buildDomainCapabilities, capabilityCache } from './capabilities/capabilities.js';
 import type { DriverContext } from './context.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
@@ -23,7 +29,7 @@ import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './li
 import { appendLog } from './log.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
-import { startDomain } from './start.js';
+import { DEFAULT_EMULATOR, startDomain } from './start.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
 import { sweepCgroups, sweepRootLeftovers } from './sweep.js';
 
@@ -171,6 +177,20 @@ export class QemuDriver implements Driver, DriverContext {
     const done = () => this.#inflight.delete(operation);
     operation.then(done, done);
     return operation;
+  }
+
+  getCapabilities(): Promise<Capabilities> {
+    this.#checkOpen();
+    return buildCapabilities(capabilityCache(this.layout), [DEFAULT_EMULATOR]);
+  }
+
+  getDomainCapabilities(options: DomainCapabilitiesOptions): Promise<DomainCapabilities> {
+    this.#checkOpen();
+    return buildDomainCapabilities(
+      capabilityCache(this.layout),
+      options.emulator ?? DEFAULT_EMULATOR,
+      options,
+    );
   }
 
   #checkOpen(): void {
