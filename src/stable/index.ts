@@ -34,3 +34,4 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export type { JobInfo, JobOperation, OperationOptions } from './jobs.js';

@@ -19,8 +19,10 @@ import type {
 } from '../../stable/driver.js';
 import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
+import type { JobInfo, JobOperation, OperationOptions } from '../../stable/jobs.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
+import { type Job, NO_JOB } from '../jobs.js';
 import { buildCapabilities, buildDomainCapabilities, capabilityCache } from './capabilities/capabilities.js';
 import type { DriverContext } from './context.js';
 import { DomainObject } from './domain-object.js';
@@ -29,6 +31,7 @@ import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './li
 import { appendLog } from './log.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
+import { recordJob } from './runtime-status.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
 import { sweepCgroups, sweepRootLeftovers } from './sweep.js';
@@ -153,13 +156,30 @@ export class QemuDriver implements Driver, DriverContext {
   /**
    * Queues `fn` as the domain's next job. When its turn comes the domain must still be defined:
    * an operation queued behind an undefine fails with NO_DOMAIN instead of acting on a domain no
-   * driver lists (a start would otherwise run a QEMU nobody could ever find again).
+   * driver lists (a start would otherwise run a QEMU nobody could ever find again). A job on a
+   * running domain is recorded in its status file while it runs.
    */
-  #job<T>(dom: DomainObject, fn: () => Promise<T>): Promise<T> {
-    return dom.job(() => {
-      this.#checkStillDefined(dom);
-      return fn();
-    });
+  #job<T>(
+    dom: DomainObject,
+    operation: JobOperation,
+    signal: AbortSignal | undefined,
+    fn: (job: Job) => Promise<T>,
+  ): Promise<T> {
+    return dom.jobs.run(
+      operation,
+      () => identOf(dom),
+      signal,
+      async (job) => {
+        this.#checkStillDefined(dom);
+        const run = dom.run;
+        if (run) recordJob(run, job);
+        try {
+          return await fn(job);
+        } finally {
+          if (run && dom.run === run) recordJob(run, undefined);
+        }
+      },
+    );
   }
 
   #checkStillDefined(dom: DomainObject): void {
@@ -214,23 +234,28 @@ export class QemuDriver implements Driver, DriverContext {
     const define = async (): Promise<DomainRef> => {
       const existing = this.#domains.existingFor(def);
       const dom = existing ?? new DomainObject(def);
-      return dom.job(async () => {
-        await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
-        faultPoint('define:saved');
-        dom.def = def;
-        this.#domains.set(dom);
-        this.emit(dom, 'defined', existing ? 'updated' : 'added');
-        return { name: def.name, uuid: def.uuid, active: dom.active };
-      });
+      return dom.jobs.run(
+        'define',
+        () => identOf(dom),
+        undefined,
+        async () => {
+          await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+          faultPoint('define:saved');
+          dom.def = def;
+          this.#domains.set(dom);
+          this.emit(dom, 'defined', existing ? 'updated' : 'added');
+          return { name: def.name, uuid: def.uuid, active: dom.active };
+        },
+      );
     };
     const result = this.#defining.then(define, define);
     this.#defining = result.catch(() => undefined);
     return this.#track(result);
   }
 
-  async undefineDomain(uuid: string): Promise<void> {
+  async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    await this.#job(dom, async () => {
+    await this.#job(dom, 'undefine', options.signal, async () => {
       if (dom.active) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
@@ -267,22 +292,47 @@ export class QemuDriver implements Driver, DriverContext {
 
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => startDomain(this, dom, options)));
+    return this.#track(
+      this.#job(dom, 'start', options.signal, (job) =>
+        startDomain(this, dom, job, { paused: options.paused }),
+      ),
+    );
   }
 
-  suspend(uuid: string): Promise<void> {
+  suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => suspendDomain(this, dom)));
+    return this.#track(this.#job(dom, 'suspend', options.signal, (job) => suspendDomain(this, dom, job)));
   }
 
-  resume(uuid: string): Promise<void> {
+  resume(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => resumeDomain(this, dom)));
+    return this.#track(this.#job(dom, 'resume', options.signal, (job) => resumeDomain(this, dom, job)));
   }
 
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => shutdownDomain(this, dom, options)));
+    return this.#track(
+      this.#job(dom, 'shutdown', options.signal, (job) => shutdownDomain(this, dom, options, job)),
+    );
+  }
+
+  getJobInfo(uuid: string): JobInfo {
+    return this.#get(uuid).jobs.current?.info() ?? NO_JOB;
+  }
+
+  abortJob(uuid: string): void {
+    const dom = this.#get(uuid);
+    const job = dom.jobs.current;
+    if (!job || job.operation === 'define' || job.operation === 'destroy')
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `no job that can be aborted is active on domain '${dom.def.name}'`,
+        {
+          domain: identOf(dom),
+        },
+      );
+    this.log(dom, `abortJob: aborting ${job.operation} in phase ${job.phase}`);
+    job.abort('abort-job');
   }
 
   /**
@@ -293,6 +343,12 @@ export class QemuDriver implements Driver, DriverContext {
   async destroy(uuid: string, options: DestroyOptions): Promise<void> {
     const dom = this.#get(uuid);
     const run = dom.run;
+    // The job under way (a hung shutdown, a start) is ended first: it rolls back, and its caller
+    // learns that a destroy ended it.
+    const job = dom.jobs.current;
+    const starting = job?.operation === 'start' || job?.operation === 'migration-in';
+    // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
+    if ((run || starting) && job?.operation !== 'shutdown') job?.abort('destroy');
     if (run?.started) return this.#track(destroyDomain(this, dom, options));
     if (run) {
       run.stopIntent = 'destroy';
@@ -304,9 +360,29 @@ export class QemuDriver implements Driver, DriverContext {
         // already gone: the start is failing by itself
       }
       signalEmulator(emulatorOf(this, dom, run), 'SIGKILL');
-      return this.#track(dom.job(async () => undefined));
+      return this.#track(
+        dom.jobs.run(
+          'destroy',
+          () => identOf(dom),
+          undefined,
+          async () => undefined,
+        ),
+      );
     }
-    return this.#track(this.#job(dom, () => destroyDomain(this, dom, options)));
+    // A start that has no process yet rolls back by itself; once it has, the domain is shut off.
+    if (starting) {
+      return this.#track(
+        dom.jobs.run(
+          'destroy',
+          () => identOf(dom),
+          undefined,
+          async () => {
+            if (dom.run?.started) await destroyDomain(this, dom, options);
+          },
+        ),
+      );
+    }
+    return this.#track(this.#job(dom, 'destroy', undefined, () => destroyDomain(this, dom, options)));
   }
 
   /**
@@ -338,4 +414,8 @@ function cpuTimeNs(pid: number): bigint {
   } catch {
     return 0n;
   }
+}
+
+function identOf(dom: DomainObject): { name: string; uuid: string } {
+  return { name: dom.def.name, uuid: dom.def.uuid };
 }
