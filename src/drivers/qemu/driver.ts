@@ -27,6 +27,7 @@ import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
+import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
@@ -80,6 +81,11 @@ export class QemuDriver implements Driver, DriverContext {
     internalApiVersion: INTERNAL_API_VERSION,
     driverKind: 'qemu-embed',
     handlers: this.handlers,
+    monitor: {
+      command: (uuid, command, args, options) =>
+        this.#track(monitorCommand(this, this.#get(uuid), command, args, options)),
+      events: (uuid, sink) => monitorEvents(this, this.#get(uuid), sink),
+    },
   };
   readonly #lock: RootLock;
   readonly #domains = new DomainTable<DomainObject>();
