@@ -1,4 +1,4 @@
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import type { JobInfo, JobOperation } from '../stable/jobs.js';
 
 /** Who asked a job to stop: decides the error the job fails with. */
