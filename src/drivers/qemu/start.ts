@@ -95,7 +95,7 @@ export async function startDomain(
     faultPoint('start:monitor');
     spawnStub(ctx, dom, s);
     faultPoint('start:spawned');
-    recordStarting(s);
+    await recordStarting(s);
     faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid);
@@ -112,7 +112,7 @@ export async function startDomain(
       writeStatus(s.paths.status, status(s, 'starting')),
     );
     faultPoint('start:configured');
-    recordRunning(s);
+    await recordRunning(s);
     faultPoint('start:recorded-running');
     if (!options.paused) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
@@ -257,8 +257,8 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
-function recordStarting(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'starting'));
+async function recordStarting(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'starting'));
 }
 
 async function execQemu(s: Startup): Promise<QmpClient> {
@@ -319,8 +319,8 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
-function recordRunning(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'running'));
+async function recordRunning(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'running'));
 }
 
 function closeParentFds(s: Startup): void {

@@ -102,7 +102,7 @@ export async function configureThreads(
   threads: ThreadIds,
   record: { placements: Placements; placementAttempted: boolean },
   /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
-  persist: () => void = () => undefined,
+  persist: () => Promise<void> = async () => undefined,
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
@@ -118,7 +118,7 @@ export async function configureThreads(
     verifyThreads({ pid, startTime: scope.startTime }, all);
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
-    persist();
+    await persist();
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', 'startup', {
       pid,
       threads: all,
@@ -129,7 +129,7 @@ export async function configureThreads(
       },
     }));
     faultPoint('start:placed');
-    persist();
+    await persist();
   }
   const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
   for (const [entries, list, role] of [
