@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
@@ -17,7 +18,6 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
@@ -27,6 +27,7 @@ import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
+import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
@@ -80,6 +81,11 @@ export class QemuDriver implements Driver, DriverContext {
     internalApiVersion: INTERNAL_API_VERSION,
     driverKind: 'qemu-embed',
     handlers: this.handlers,
+    monitor: {
+      command: (uuid, command, args, options) =>
+        this.#track(monitorCommand(this, this.#get(uuid), command, args, options)),
+      events: (uuid, sink) => monitorEvents(this, this.#get(uuid), sink),
+    },
   };
   readonly #lock: RootLock;
   readonly #domains = new DomainTable<DomainObject>();
