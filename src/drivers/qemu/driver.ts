@@ -178,11 +178,11 @@ export class QemuDriver implements Driver, DriverContext {
       async (job) => {
         this.#checkStillDefined(dom);
         const run = dom.run;
-        if (run) recordJob(run, job);
+        if (run) await recordJob(run, job, () => dom.run === run);
         try {
           return await fn(job);
         } finally {
-          if (run && dom.run === run) recordJob(run, undefined);
+          if (run) await recordJob(run, undefined, () => dom.run === run);
         }
       },
     );

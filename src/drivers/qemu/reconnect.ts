@@ -143,7 +143,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   if (settlement) {
     if (dom.state === 'paused' && settlement.keepPaused) dom.reason = settlement.keepPaused;
     ctx.log(dom, `reconnect: settled an interrupted ${status.job?.operation} job: ${settlement.why}`);
-    recordJob(run, undefined);
+    await recordJob(run, undefined, () => dom.run === run);
   }
   ctx.log(dom, `reconnected to QEMU pid ${run.pid} (${qemuStatus})`);
 }

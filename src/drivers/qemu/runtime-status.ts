@@ -1,6 +1,7 @@
 import type { Job } from '../jobs.js';
 import type { Runtime } from './domain-object.js';
 import { type DomainStatus, writeStatus } from './status.js';
+import { removeIfPresent } from './store.js';
 
 /** The status file's content for a runtime: what a successor driver adopts the domain from. */
 export function runtimeStatus(
@@ -29,7 +30,14 @@ export function runtimeStatus(
  * Records in the status file of a started domain that `job` holds it (or, with undefined, that no
  * job does), so a successor can settle a job this driver did not finish.
  */
-export function recordJob(run: Runtime, job: Job | undefined): void {
-  if (!run.started || run.detached) return;
-  writeStatus(run.paths.status, runtimeStatus(run, 'running', job));
+export async function recordJob(
+  run: Runtime,
+  job: Job | undefined,
+  current: () => boolean = () => true,
+): Promise<void> {
+  if (!run.started || run.detached || !current()) return;
+  await writeStatus(run.paths.status, runtimeStatus(run, 'running', job));
+  // QEMU exited while the write was under way and its clean-up already ran: the file just
+  // written would be a leftover of a domain that is shut off.
+  if (!current()) removeIfPresent(run.paths.status);
 }

@@ -291,8 +291,8 @@ function status(s: Startup, phase: 'starting' | 'running'): DomainStatus {
   return runtimeStatus(s.run as Runtime, phase, s.job);
 }
 
-function recordStarting(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'starting'));
+async function recordStarting(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'starting'));
 }
 
 async function raiseMemLockStep(s: Startup): Promise<void> {
@@ -402,8 +402,8 @@ async function readThreads(
   return { emulator: run.pid, vcpus, iothreads };
 }
 
-function recordRunning(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'running'));
+async function recordRunning(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'running'));
 }
 
 function closeParentFds(s: Startup): void {
