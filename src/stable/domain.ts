@@ -1,7 +1,7 @@
+import { ErrorCode, VirtError } from '../errors.js';
 import type { DomainDefinition } from './definition/schema.js';
 import { formatDomainXml } from './definition/xml.js';
 import type { DestroyOptions, Driver, ShutdownOptions, StartOptions } from './driver.js';
-import { ErrorCode, VirtError } from './errors.js';
 import type { DomainInfo } from './events.js';
 import type {
   MigratePerformOptions,

@@ -3,6 +3,8 @@
  *
  * @packageDocumentation
  */
+
+export { ErrorCode, VirtError, type VirtErrorDetails } from '../errors.js';
 export type {
   Capabilities,
   DomainCapabilities,
@@ -33,7 +35,6 @@ export type {
   ShutdownOptions,
   StartOptions,
 } from './driver.js';
-export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';
 export type {
   DomainEvent,
   DomainEventType,

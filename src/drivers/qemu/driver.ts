@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
@@ -18,7 +19,6 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
 import type {
   MigratePerformOptions,
@@ -40,6 +40,7 @@ import { finishIncoming, prepareIncoming } from './migration/destination.js';
 import { migrationOf } from './migration/record.js';
 import { beginMigration, confirmMigration, performMigration } from './migration/source.js';
 import { parseMigrationUri } from './migration/uri.js';
+import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
@@ -93,6 +94,11 @@ export class QemuDriver implements Driver, DriverContext {
     internalApiVersion: INTERNAL_API_VERSION,
     driverKind: 'qemu-embed',
     handlers: this.handlers,
+    monitor: {
+      command: (uuid, command, args, options) =>
+        this.#track(monitorCommand(this, this.#get(uuid), command, args, options)),
+      events: (uuid, sink) => monitorEvents(this, this.#get(uuid), sink),
+    },
   };
   readonly #lock: RootLock;
   readonly #domains = new DomainTable<DomainObject>();

@@ -1,7 +1,7 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
-import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';

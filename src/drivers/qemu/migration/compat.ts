@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 
 /** JSON with sorted keys and without undefined members: equal definitions give equal text. */
 function canonical(value: unknown): string {

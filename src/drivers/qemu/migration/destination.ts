@@ -1,4 +1,4 @@
-import { ErrorCode, errorMessage, VirtError } from '../../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import type { MigrationEndOptions, ResolvedOffer } from '../../../stable/migration.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import type { DriverContext } from '../context.js';

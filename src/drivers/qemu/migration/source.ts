@@ -1,5 +1,5 @@
+import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import type { OutgoingMigration } from '../../../stable/driver.js';
-import { ErrorCode, errorMessage, VirtError } from '../../../stable/errors.js';
 import type { MigratePerformOptions, MigrationEndOptions } from '../../../stable/migration.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import { type DriverContext, within } from '../context.js';

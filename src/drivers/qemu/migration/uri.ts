@@ -1,5 +1,5 @@
 import { isAbsolute } from 'node:path';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../../errors.js';
 
 /** Where a migration stream goes: a TCP endpoint or a UNIX socket. */
 export type MigrationAddress =

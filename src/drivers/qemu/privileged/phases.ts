@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { OperationArgs } from '../../../internal/operations.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { parseCpuset } from '../../../util/cpuset.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import { prlimitGet, RLIMIT } from '../../../util/libc.js';
