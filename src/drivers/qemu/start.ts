@@ -101,7 +101,7 @@ export async function startDomain(
     faultPoint('start:monitor');
     spawnStub(ctx, dom, s);
     faultPoint('start:spawned');
-    recordStarting(s);
+    await recordStarting(s);
     faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid, incoming ? 'migration-in' : 'pre-exec');
@@ -125,7 +125,7 @@ export async function startDomain(
       incoming ? 'migration-in' : 'startup',
     );
     faultPoint('start:configured');
-    recordRunning(s);
+    await recordRunning(s);
     faultPoint('start:recorded-running');
     if (!options.paused && !incoming) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
@@ -276,8 +276,8 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
-function recordStarting(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'starting'));
+async function recordStarting(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'starting'));
 }
 
 async function execQemu(s: Startup): Promise<QmpClient> {
@@ -338,8 +338,8 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
-function recordRunning(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'running'));
+async function recordRunning(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'running'));
 }
 
 function closeParentFds(s: Startup): void {

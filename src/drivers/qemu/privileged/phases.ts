@@ -103,7 +103,7 @@ export async function configureThreads(
   threads: ThreadIds,
   record: { placements: Placements; placementAttempted: boolean },
   /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
-  persist: () => void = () => undefined,
+  persist: () => Promise<void> = async () => undefined,
   /** `migration-in` on the destination of a migration: the same moment, before any incoming vCPU runs. */
   phase: 'startup' | 'migration-in' = 'startup',
 ): Promise<void> {
@@ -121,7 +121,7 @@ export async function configureThreads(
     verifyThreads({ pid, startTime: scope.startTime }, all);
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
-    persist();
+    await persist();
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', phase, {
       pid,
       threads: all,
@@ -132,7 +132,7 @@ export async function configureThreads(
       },
     }));
     faultPoint('start:placed');
-    persist();
+    await persist();
   }
   const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
   for (const [entries, list, role] of [
