@@ -153,15 +153,21 @@ export async function startDomain(
       domain: { name: def.name, uuid: def.uuid },
     });
   }
-  const paused = options.paused === true || options.incoming !== undefined;
-  dom.state = paused ? 'paused' : 'running';
-  dom.reason = options.incoming ? 'migration' : paused ? 'user' : 'booted';
-  ctx.log(
-    dom,
-    `started pid ${s.run?.pid}${options.incoming ? ' (incoming migration)' : paused ? ' (paused)' : ''}`,
-  );
-  ctx.emit(dom, 'started', options.incoming ? 'migrated' : 'booted');
-  if (paused) ctx.emit(dom, 'suspended', options.incoming ? 'migration' : 'user');
+  if (options.incoming) {
+    // No event yet: the migration emits `started migrated` when it finishes (or rolls back).
+    dom.state = 'paused';
+    dom.reason = 'migration';
+    ctx.log(
+      dom,
+      `started pid ${s.run?.pid} for an incoming migration (-incoming ${options.incoming.uri ?? 'defer'})`,
+    );
+    return;
+  }
+  dom.state = options.paused ? 'paused' : 'running';
+  dom.reason = options.paused ? 'user' : 'booted';
+  ctx.log(dom, `started pid ${s.run?.pid}${options.paused ? ' (paused)' : ''}`);
+  ctx.emit(dom, 'started', 'booted');
+  if (options.paused) ctx.emit(dom, 'suspended', 'user');
 }
 
 /** The phase of the privileged operations that run once QEMU exists. */
@@ -346,7 +352,12 @@ async function readThreadsStep(s: Startup): Promise<void> {
   const run = s.run as Runtime;
   const qmp = run.qmp as QmpClient;
   run.threads = await readThreads(qmp, s.def, run, s.job.signal);
-  if (s.def.currentMemoryKiB !== undefined && s.def.currentMemoryKiB < s.def.memoryKiB) {
+  // An incoming guest brings its balloon target with its device state.
+  if (
+    !s.options.incoming &&
+    s.def.currentMemoryKiB !== undefined &&
+    s.def.currentMemoryKiB < s.def.memoryKiB
+  ) {
     await qmp.command('balloon', { value: s.def.currentMemoryKiB * 1024 }, { signal: s.job.signal });
   }
 }

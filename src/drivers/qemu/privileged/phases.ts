@@ -104,7 +104,7 @@ export async function configureThreads(
   record: { placements: Placements; placementAttempted: boolean },
   /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
   persist: () => Promise<void> = async () => undefined,
-  /** `migration-in` on the destination of a live migration: the same moment, before any incoming vCPU runs. */
+  /** `migration-in` on the destination of a migration: the same moment, before any incoming vCPU runs. */
   phase: 'startup' | 'migration-in' = 'startup',
 ): Promise<void> {
   const tune = def.cputune;
