@@ -34,3 +34,12 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export {
+  diagnosticsChannels,
+  type HandlerMessage,
+  type JobMessage,
+  type QmpCommandMessage,
+  type QmpEventMessage,
+  type TracedDomain,
+  type TracedOutcome,
+} from './tracing.js';

@@ -27,7 +27,7 @@ export async function monitorCommand(
   const run = requireActive(dom);
   taint(ctx, dom, run);
   ctx.log(dom, `monitor passthrough: ${command}${args === undefined ? '' : ` ${JSON.stringify(args)}`}`);
-  return run.qmp.execute(command, args, options);
+  return run.qmp.execute(command, args, { ...options, passthrough: true });
 }
 
 /**

@@ -2,6 +2,7 @@ import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:f
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
 import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
+import type { TracedDomain } from '../../stable/tracing.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
@@ -99,7 +100,7 @@ export async function startDomain(
     faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid);
-    const qmp = await execQemu(s);
+    const qmp = await execQemu(s, { name: def.name, uuid: def.uuid });
     faultPoint('start:monitor-connected');
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
@@ -261,12 +262,16 @@ function recordStarting(s: Startup): void {
   writeStatus(s.paths.status, status(s, 'starting'));
 }
 
-async function execQemu(s: Startup): Promise<QmpClient> {
+async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
   const launch = s.launch as Launch;
   const abort = new AbortController();
   // Connect before the go-ahead: the connection waits in the socket's backlog, and the greeting
   // arrives the moment QEMU's main loop runs.
-  const monitor = QmpClient.connect(s.paths.monitor, { timeoutMs: MONITOR_TIMEOUT_MS, signal: abort.signal });
+  const monitor = QmpClient.connect(s.paths.monitor, {
+    timeoutMs: MONITOR_TIMEOUT_MS,
+    signal: abort.signal,
+    domain,
+  });
   launch.proceed();
   const died = launch.exited.then((info) => {
     abort.abort();
