@@ -1,4 +1,4 @@
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import type { HandlerOptions } from './handler-table.js';
 import type { OperationHandler, OperationName } from './operations.js';
 import {

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { ErrorCode, VirtError } from '../errors.js';
 import { INTERNAL_SEAM, type SeamCarrier } from '../internal/seam.js';
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinitionInput } from './definition/schema.js';
@@ -6,7 +7,6 @@ import { resolveDefinition } from './definition/validate.js';
 import { resolveDomainXml } from './definition/xml.js';
 import { Domain } from './domain.js';
 import type { DomainRef, Driver } from './driver.js';
-import { ErrorCode, VirtError } from './errors.js';
 import type { DomainEvent } from './events.js';
 
 /**

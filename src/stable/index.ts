@@ -3,6 +3,8 @@
  *
  * @packageDocumentation
  */
+
+export { ErrorCode, VirtError, type VirtErrorDetails } from '../errors.js';
 export type {
   Capabilities,
   DomainCapabilities,
@@ -26,7 +28,6 @@ export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
 export { Domain } from './domain.js';
 export type { DestroyOptions, DomainRef, Driver, ShutdownOptions, StartOptions } from './driver.js';
-export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';
 export type {
   DomainEvent,
   DomainEventType,

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
@@ -17,7 +18,6 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';

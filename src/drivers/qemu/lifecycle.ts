@@ -1,5 +1,5 @@
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { type DriverContext, scopeOf, within } from './context.js';

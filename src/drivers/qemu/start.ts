@@ -1,7 +1,7 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
-import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import type { TracedDomain } from '../../stable/tracing.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
@@ -96,7 +96,7 @@ export async function startDomain(
     faultPoint('start:monitor');
     spawnStub(ctx, dom, s);
     faultPoint('start:spawned');
-    recordStarting(s);
+    await recordStarting(s);
     faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid);
@@ -113,7 +113,7 @@ export async function startDomain(
       writeStatus(s.paths.status, status(s, 'starting')),
     );
     faultPoint('start:configured');
-    recordRunning(s);
+    await recordRunning(s);
     faultPoint('start:recorded-running');
     if (!options.paused) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
@@ -258,8 +258,8 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
-function recordStarting(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'starting'));
+async function recordStarting(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'starting'));
 }
 
 async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
@@ -324,8 +324,8 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
-function recordRunning(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'running'));
+async function recordRunning(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'running'));
 }
 
 function closeParentFds(s: Startup): void {

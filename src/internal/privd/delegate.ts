@@ -1,4 +1,4 @@
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { closeFd, SyscallError } from '../../util/libc.js';
 import { unixConnect } from '../../util/unix-socket.js';
 import type { InternalApi } from '../api.js';

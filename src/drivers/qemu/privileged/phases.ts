@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { OperationArgs } from '../../../internal/operations.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { parseCpuset } from '../../../util/cpuset.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import { prlimitGet, RLIMIT } from '../../../util/libc.js';
@@ -102,7 +102,7 @@ export async function configureThreads(
   threads: ThreadIds,
   record: { placements: Placements; placementAttempted: boolean },
   /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
-  persist: () => void = () => undefined,
+  persist: () => Promise<void> = async () => undefined,
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
@@ -118,7 +118,7 @@ export async function configureThreads(
     verifyThreads({ pid, startTime: scope.startTime }, all);
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
-    persist();
+    await persist();
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', 'startup', {
       pid,
       threads: all,
@@ -129,7 +129,7 @@ export async function configureThreads(
       },
     }));
     faultPoint('start:placed');
-    persist();
+    await persist();
   }
   const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
   for (const [entries, list, role] of [

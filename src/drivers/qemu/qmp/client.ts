@@ -1,12 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import {
-  ErrorCode,
-  errnoOf,
-  errorMessage,
-  VirtError,
-  type VirtErrorDetails,
-} from '../../../stable/errors.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError, type VirtErrorDetails } from '../../../errors.js';
 import {
   channels,
   type QmpCommandMessage,
