@@ -320,7 +320,11 @@ async function connectMonitor(s: Startup): Promise<QmpClient> {
   s.job.signal.addEventListener('abort', onJobAbort, { once: true });
   // Connect before the go-ahead: the connection waits in the socket's backlog, and the greeting
   // arrives the moment QEMU's main loop runs.
-  const monitor = QmpClient.connect(s.paths.monitor, { timeoutMs: MONITOR_TIMEOUT_MS, signal: abort.signal });
+  const monitor = QmpClient.connect(s.paths.monitor, {
+    timeoutMs: MONITOR_TIMEOUT_MS,
+    signal: abort.signal,
+    domain: { name: s.def.name, uuid: s.def.uuid },
+  });
   launch.proceed();
   const died = launch.exited.then((info) => {
     abort.abort();
