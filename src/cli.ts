@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
+import { VirtError } from './errors.js';
 import { connect } from './stable/connect.js';
-import { VirtError } from './stable/errors.js';
 
 const USAGE = `usage: virtkit <command> --root DIR [args]
   list                       list domains and their state

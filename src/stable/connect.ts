@@ -1,8 +1,8 @@
 import { openQemuDriver } from '../drivers/qemu/driver.js';
 import { openTestDriver } from '../drivers/test/driver.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import { Connection } from './connection.js';
 import type { Driver } from './driver.js';
-import { ErrorCode, VirtError } from './errors.js';
 
 /**
  * Options of {@link connect}.

@@ -3,6 +3,8 @@
  *
  * @packageDocumentation
  */
+
+export { ErrorCode, VirtError, type VirtErrorDetails } from '../errors.js';
 export type {
   Capabilities,
   DomainCapabilities,
@@ -26,9 +28,15 @@ export type {
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
-export { Domain } from './domain.js';
-export type { DestroyOptions, DomainRef, Driver, ShutdownOptions, StartOptions } from './driver.js';
-export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';
+export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
+export type {
+  DestroyOptions,
+  DomainRef,
+  Driver,
+  OutgoingMigration,
+  ShutdownOptions,
+  StartOptions,
+} from './driver.js';
 export type {
   DomainEvent,
   DomainEventType,
@@ -36,3 +44,15 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrateToOptions,
+  MigrationEndOptions,
+  MigrationIncomingCookie,
+  MigrationOffer,
+  MigrationOfferCookie,
+  MigrationProgress,
+  PreparedIncoming,
+  ResolvedOffer,
+} from './migration.js';

@@ -1,10 +1,10 @@
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type {
   ControllerDefinition,
   DiskDefinition,
   DomainDefinition,
   PciAddress,
 } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import {
   completeControllers,
   controllerAlias,

@@ -1,5 +1,5 @@
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { ControllerDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import type { MachineFamily } from './machine.js';
 
 /*

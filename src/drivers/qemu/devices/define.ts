@@ -1,5 +1,5 @@
+import { VirtError } from '../../../errors.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
-import { VirtError } from '../../../stable/errors.js';
 import { expandMachineType } from '../capabilities/cache.js';
 import { assignDevices } from './assign.js';
 

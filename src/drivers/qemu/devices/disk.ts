@@ -1,5 +1,5 @@
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DiskDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { fdsetIdOf } from './fdset.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';

@@ -1,5 +1,5 @@
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DomainDefinition, InterfaceDefinition } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
 

@@ -1,5 +1,5 @@
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DomainDefinition, PciAddress } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { pciAddr } from './assign.js';
 
 /** QEMU's placement properties of a PCI device: its bus (the controller's alias) and slot. */
