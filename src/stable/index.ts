@@ -56,3 +56,12 @@ export type {
   PreparedIncoming,
   ResolvedOffer,
 } from './migration.js';
+export {
+  diagnosticsChannels,
+  type HandlerMessage,
+  type JobMessage,
+  type QmpCommandMessage,
+  type QmpEventMessage,
+  type TracedDomain,
+  type TracedOutcome,
+} from './tracing.js';
