@@ -1,4 +1,4 @@
-import type { MonitorEventSink } from '../../internal/seam.js';
+import type { MonitorEventSink } from '../../privileged/seam.js';
 import { errorMessage } from '../../stable/errors.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';

@@ -1,5 +1,6 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
+import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
 import { faultPoint } from '../../util/fault-points.js';
@@ -23,7 +24,6 @@ import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
-import { verifyThreadCount, verifyThreads } from './threads-verify.js';
 
 /** The emulator used when a definition names none. */
 export const DEFAULT_EMULATOR = '/usr/bin/qemu-system-x86_64';
