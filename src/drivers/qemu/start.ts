@@ -109,7 +109,7 @@ export async function startDomain(
       await qmp.command('balloon', { value: def.currentMemoryKiB * 1024 });
     }
     await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run, () =>
-      writeStatus(s.paths.status, status(s, 'starting')),
+      writeStatus(s.paths.status, status(s, 'starting'), false),
     );
     faultPoint('start:configured');
     await recordRunning(s);
@@ -257,8 +257,9 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
+/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'));
+  await writeStatus(s.paths.status, status(s, 'starting'), false);
 }
 
 async function execQemu(s: Startup): Promise<QmpClient> {
@@ -319,6 +320,7 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
+/** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
   await writeStatus(s.paths.status, status(s, 'running'));
 }
