@@ -71,6 +71,7 @@ export async function raiseMemLock(
   scope: InvocationScope,
   def: DomainDefinition,
   pid: number,
+  phase: 'pre-exec' | 'migration-in' = 'pre-exec',
 ): Promise<void> {
   const need = memLockNeed(def);
   if (!need) return;
@@ -81,7 +82,7 @@ export async function raiseMemLock(
     );
     return;
   }
-  await invoke(scope, 'process.setMaxMemLock', 'pre-exec', {
+  await invoke(scope, 'process.setMaxMemLock', phase, {
     pid,
     bytes: need.bytes,
     current,
@@ -103,6 +104,8 @@ export async function configureThreads(
   record: { placements: Placements; placementAttempted: boolean },
   /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
   persist: () => Promise<void> = async () => undefined,
+  /** `migration-in` on the destination of a migration: the same moment, before any incoming vCPU runs. */
+  phase: 'startup' | 'migration-in' = 'startup',
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
@@ -119,7 +122,7 @@ export async function configureThreads(
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
     await persist();
-    ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', 'startup', {
+    ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', phase, {
       pid,
       threads: all,
       cpusets: {
@@ -146,7 +149,7 @@ export async function configureThreads(
   }
   if (sched.length > 0) {
     verifyThreads({ pid, startTime: scope.startTime }, sched);
-    await invoke(scope, 'thread.setScheduler', 'startup', { pid, threads: sched });
+    await invoke(scope, 'thread.setScheduler', phase, { pid, threads: sched });
   }
 }
 
