@@ -122,7 +122,7 @@ export async function startDomain(
       run.pid,
       run.threads,
       run,
-      () => writeStatus(s.paths.status, status(s, 'starting')),
+      () => writeStatus(s.paths.status, status(s, 'starting'), false),
       incoming ? 'migration-in' : 'startup',
     );
     faultPoint('start:configured');
@@ -277,8 +277,9 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
+/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'));
+  await writeStatus(s.paths.status, status(s, 'starting'), false);
 }
 
 async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
@@ -343,6 +344,7 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
+/** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
   await writeStatus(s.paths.status, status(s, 'running'));
 }
