@@ -36,7 +36,8 @@ export async function recordJob(
   current: () => boolean = () => true,
 ): Promise<void> {
   if (!run.started || run.detached || !current()) return;
-  await writeStatus(run.paths.status, runtimeStatus(run, 'running', job));
+  // Not fsync'd: what it guards against, a killed driver, the page cache covers (see writeStatus).
+  await writeStatus(run.paths.status, runtimeStatus(run, 'running', job), false);
   // QEMU exited while the write was under way and its clean-up already ran: the file just
   // written would be a leftover of a domain that is shut off.
   if (!current()) removeIfPresent(run.paths.status);

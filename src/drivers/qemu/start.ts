@@ -1,5 +1,6 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
+import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
@@ -24,7 +25,6 @@ import { type DomainPaths, domainPaths } from './root.js';
 import { runtimeStatus } from './runtime-status.js';
 import { type DomainStatus, type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
-import { verifyThreadCount, verifyThreads } from './threads-verify.js';
 
 /** The emulator used when a definition names none. */
 export const DEFAULT_EMULATOR = '/usr/bin/qemu-system-x86_64';
@@ -297,8 +297,9 @@ function status(s: Startup, phase: 'starting' | 'running'): DomainStatus {
   return runtimeStatus(s.run as Runtime, phase, s.job);
 }
 
+/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'));
+  await writeStatus(s.paths.status, status(s, 'starting'), false);
 }
 
 async function raiseMemLockStep(s: Startup): Promise<void> {
@@ -374,7 +375,7 @@ async function configureThreadsStep(s: Startup): Promise<void> {
     run.pid,
     run.threads as ThreadIds,
     run,
-    () => writeStatus(s.paths.status, status(s, 'starting')),
+    () => writeStatus(s.paths.status, status(s, 'starting'), false),
     threadPhase(s),
   );
 }
@@ -417,6 +418,7 @@ async function readThreads(
   return { emulator: run.pid, vcpus, iothreads };
 }
 
+/** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
   await writeStatus(s.paths.status, status(s, 'running'));
 }
