@@ -31,6 +31,7 @@ import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
 import { buildCapabilities, buildDomainCapabilities, capabilityCache } from './capabilities/capabilities.js';
 import type { DriverContext } from './context.js';
+import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
@@ -228,9 +229,14 @@ export class QemuDriver implements Driver, DriverContext {
     return this.#domains.values().map((d) => ({ name: d.def.name, uuid: d.def.uuid, active: d.active }));
   }
 
-  async defineDomain(def: DomainDefinition): Promise<DomainRef> {
+  async defineDomain(given: DomainDefinition): Promise<DomainRef> {
     this.#checkOpen();
     const define = async (): Promise<DomainRef> => {
+      const def = await prepareDefinition(
+        capabilityCache(this.layout),
+        given.emulator ?? DEFAULT_EMULATOR,
+        given,
+      );
       const existing = this.#domains.existingFor(def);
       const dom = existing ?? new DomainObject(def);
       return dom.job(async () => {

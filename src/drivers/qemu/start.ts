@@ -2,6 +2,7 @@ import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:f
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
+import type { TracedDomain } from '../../stable/tracing.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
@@ -105,7 +106,7 @@ export async function startDomain(
     faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid, incoming ? 'migration-in' : 'pre-exec');
-    const qmp = await execQemu(s);
+    const qmp = await execQemu(s, { name: def.name, uuid: def.uuid });
     faultPoint('start:monitor-connected');
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
@@ -280,12 +281,16 @@ async function recordStarting(s: Startup): Promise<void> {
   await writeStatus(s.paths.status, status(s, 'starting'));
 }
 
-async function execQemu(s: Startup): Promise<QmpClient> {
+async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
   const launch = s.launch as Launch;
   const abort = new AbortController();
   // Connect before the go-ahead: the connection waits in the socket's backlog, and the greeting
   // arrives the moment QEMU's main loop runs.
-  const monitor = QmpClient.connect(s.paths.monitor, { timeoutMs: MONITOR_TIMEOUT_MS, signal: abort.signal });
+  const monitor = QmpClient.connect(s.paths.monitor, {
+    timeoutMs: MONITOR_TIMEOUT_MS,
+    signal: abort.signal,
+    domain,
+  });
   launch.proceed();
   const died = launch.exited.then((info) => {
     abort.abort();
