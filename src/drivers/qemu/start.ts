@@ -1,4 +1,5 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
@@ -9,6 +10,7 @@ import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
+import { ensureNvram, resolveFirmware } from './firmware.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { logTail } from './log.js';
 import {
@@ -83,7 +85,10 @@ export async function startDomain(
   try {
     const fds = await openDescriptors(ctx, dom, s);
     faultPoint('start:descriptors');
+    const firmware = resolveFirmware(def, join(ctx.layout.lib, 'nvram'));
+    ensureNvram(firmware);
     s.cmd = buildCommandLine(def, {
+      firmware,
       monitorFd: FIRST_CHILD_FD,
       consolePath: paths.console,
       homeDir: ctx.layout.lib,
