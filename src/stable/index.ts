@@ -18,16 +18,25 @@ export type {
 export { type ConnectOptions, connect } from './connect.js';
 export { Connection, type ListDomainsOptions } from './connection.js';
 export type {
+  ControllerDefinition,
   DiskDefinition,
   DomainDefinition,
   DomainDefinitionInput,
   InterfaceDefinition,
+  PciAddress,
   SchedulerPolicy,
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
-export { Domain } from './domain.js';
-export type { DestroyOptions, DomainRef, Driver, ShutdownOptions, StartOptions } from './driver.js';
+export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
+export type {
+  DestroyOptions,
+  DomainRef,
+  Driver,
+  OutgoingMigration,
+  ShutdownOptions,
+  StartOptions,
+} from './driver.js';
 export type {
   DomainEvent,
   DomainEventType,
@@ -35,3 +44,24 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrateToOptions,
+  MigrationEndOptions,
+  MigrationIncomingCookie,
+  MigrationOffer,
+  MigrationOfferCookie,
+  MigrationProgress,
+  PreparedIncoming,
+  ResolvedOffer,
+} from './migration.js';
+export {
+  diagnosticsChannels,
+  type HandlerMessage,
+  type JobMessage,
+  type QmpCommandMessage,
+  type QmpEventMessage,
+  type TracedDomain,
+  type TracedOutcome,
+} from './tracing.js';

@@ -9,6 +9,7 @@ import {
   operationSchemas,
   type Phase,
 } from '../../../internal/operations.js';
+import { channels, type HandlerMessage, traceAsync, tracing } from '../../../stable/tracing.js';
 import { builtins } from './builtins.js';
 import { postchecks } from './postchecks.js';
 
@@ -59,12 +60,45 @@ const systemBackend: OperationBackend = {
  * AbortSignal, and validation of what it returns) or, without one, through the built-in fallback;
  * then checks from outside (/proc, fstat) that the effect really happened.
  */
-export async function invoke<Op extends OperationName>(
+export function invoke<Op extends OperationName>(
   scope: InvocationScope,
   op: Op,
   phase: Phase,
   args: OperationArgs<Op>,
   backend: OperationBackend = systemBackend,
+): Promise<Result<Op>> {
+  if (!tracing(channels.handler)) return perform(scope, op, phase, args, backend);
+  const entry = scope.handlers.get(op);
+  const message: HandlerMessage = {
+    operation: op,
+    phase,
+    domain: { ...scope.domain },
+    pid: scope.pid,
+    via: entry ? 'handler' : 'built-in',
+    source: entry ? entry.source : 'built-in',
+    arguments: args,
+  };
+  return traceAsync(channels.handler, message, async () => {
+    try {
+      return await perform(scope, op, phase, args, backend, (outcome) => {
+        message.outcome = outcome;
+      });
+    } catch (err) {
+      message.outcome ??= 'failed';
+      throw err;
+    }
+  });
+}
+
+type Outcome = NonNullable<HandlerMessage['outcome']>;
+
+async function perform<Op extends OperationName>(
+  scope: InvocationScope,
+  op: Op,
+  phase: Phase,
+  args: OperationArgs<Op>,
+  backend: OperationBackend,
+  report: (outcome: Outcome) => void = () => undefined,
 ): Promise<Result<Op>> {
   const schema = operationSchemas[op];
   if (!(schema.phases as readonly string[]).includes(phase)) {
@@ -90,6 +124,7 @@ export async function invoke<Op extends OperationName>(
     }
   } catch (err) {
     record(`failed: ${errorMessage(err)}`);
+    report('failed');
     throw err;
   }
   try {
@@ -97,6 +132,7 @@ export async function invoke<Op extends OperationName>(
   } catch (err) {
     closeResultFds(result);
     record(`postcondition failed: ${errorMessage(err)}`);
+    report('postcondition-failed');
     throw new VirtError(
       ErrorCode.POSTCONDITION_FAILED,
       `${op} (${via}, phase ${phase}) reported success but its effect is not there: ${errorMessage(err)}`,
@@ -105,6 +141,7 @@ export async function invoke<Op extends OperationName>(
     );
   }
   record('ok');
+  report('ok');
   return result;
 }
 
