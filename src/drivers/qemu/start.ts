@@ -1,4 +1,5 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
@@ -10,6 +11,7 @@ import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
+import { ensureNvram, resolveFirmware } from './firmware.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { logTail } from './log.js';
 import {
@@ -183,7 +185,10 @@ async function openDescriptors(s: Startup): Promise<void> {
 }
 
 function buildCommand(s: Startup): void {
+  const firmware = resolveFirmware(s.def, join(s.ctx.layout.lib, 'nvram'));
+  ensureNvram(firmware);
   const cmd = buildCommandLine(s.def, {
+    firmware,
     monitorFd: FIRST_CHILD_FD,
     consolePath: s.paths.console,
     homeDir: s.ctx.layout.lib,
