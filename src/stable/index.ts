@@ -25,7 +25,14 @@ export type {
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
 export { Domain } from './domain.js';
-export type { DestroyOptions, DomainRef, Driver, ShutdownOptions, StartOptions } from './driver.js';
+export type {
+  ControlSocketSettings,
+  DestroyOptions,
+  DomainRef,
+  Driver,
+  ShutdownOptions,
+  StartOptions,
+} from './driver.js';
 export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';
 export type {
   DomainEvent,
