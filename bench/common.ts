@@ -39,6 +39,12 @@ export function tempDir(prefix: string): string {
   return dir;
 }
 
+/** Removes the temporary directories of this process (for bench children, which skip the sweep). */
+export function removeTempDirs(): void {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  dirs.clear();
+}
+
 /** Cgroup parents (relative names) the bench's handlers or helper create, in any hierarchy. */
 const cgroupParents = new Set<string>();
 export function registerCgroupParent(name: string): void {

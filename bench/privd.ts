@@ -109,9 +109,6 @@ export async function measureDelegatedDispatch(
   const d = delegate(privd.socket);
   const handlers = new HandlerTable();
   d.install({
-    apiVersion: '1.0',
-    sealed: false,
-    hasHandler: (op) => handlers.get(op) !== undefined,
     setHandler: (op, handler, options) => {
       if (op === 'cgroup.release' || op === 'thread.setScheduler') handlers.set(op, handler, options);
     },

@@ -3,6 +3,10 @@
  * shape and the same device set as virtkit's command line. Start = spawn -> QMP greeting ->
  * qmp_capabilities -> query-cpus-fast -> cont (reply received). Destroy = SIGKILL -> reaped.
  *
+ * QEMU runs in a session of its own, as virtkit's and libvirt's do: with the kernel's scheduler
+ * autogroups, a session is also a scheduling group, so sharing the runner's session would give
+ * many raw QEMUs together the CPU share of one process while virtkit's each get their own.
+ *
  * Two ways to reach the monitor, both measured, the faster is the floor:
  *  - `path`:  `-qmp unix:PATH,server=on,wait=off`, the client polls for the socket every 1 ms;
  *  - `fd`:    the listening socket is created first and inherited (as virtkit does), the client
@@ -95,13 +99,14 @@ export class RawContender {
           '-mon',
           'chardev=charmonitor,id=monitor,mode=control',
         ],
-        { stdio: ['ignore', 'ignore', 'ignore', fd] },
+        { stdio: ['ignore', 'ignore', 'ignore', fd], detached: true },
       );
       closeFd(fd);
       socket = Promise.resolve(client);
     } else {
       child = spawn(QEMU, [...vmArgs(name, this.accel), '-qmp', `unix:${sock},server=on,wait=off`], {
         stdio: 'ignore',
+        detached: true,
       });
       socket = connectPolling(sock, 30_000);
     }

@@ -28,7 +28,8 @@ import { probeKvm } from './kvm-probe.js';
 import { type LibvirtContender as LibvirtC, LibvirtContender } from './libvirt.js';
 import { measureDelegatedDispatch, Privd } from './privd.js';
 import { RawContender } from './raw.js';
-import { type ScaleResult, VirtkitContender, VirtkitHost, VirtkitScale } from './virtkit.js';
+import { ScaleHost, type ScaleResult } from './scale-common.js';
+import { VirtkitContender, VirtkitHost } from './virtkit.js';
 
 const ITER = Number(process.env['BENCH_ITER'] ?? 20);
 const WARMUP = Number(process.env['BENCH_WARMUP'] ?? 3);
@@ -196,14 +197,19 @@ async function main(): Promise<void> {
   const delegated = await measureDelegatedDispatch(privd, accel, DELEGATED_N);
 
   // ------------------------------------------------------------ scale
-  const scale = await VirtkitScale.launch(SCALE_N, accel);
+  const scale = await ScaleHost.virtkit(SCALE_N, accel);
+  const scaleRaw = await ScaleHost.raw(SCALE_N, accel);
   const scaleVk: ScaleResult[] = [];
   const scaleLv: ScaleResult[] = [];
+  const scaleRw: ScaleResult[] = [];
+  const sides = ['raw', 'virtkit', 'libvirt'] as const;
   for (let r = 0; r < SCALE_ROUNDS; r++) {
-    const first = r % 2 === 0;
-    for (const which of first ? ['virtkit', 'libvirt'] : ['libvirt', 'virtkit']) {
+    // Rotating who goes first, as in the start/destroy rounds.
+    for (let k = 0; k < sides.length; k++) {
+      const which = sides[(r + k) % sides.length];
       checkAbort();
       if (which === 'virtkit') scaleVk.push(await scale.round());
+      else if (which === 'raw') scaleRw.push(await scaleRaw.round());
       else scaleLv.push(await libvirt.scale(SCALE_N));
     }
     log(`scale round ${r + 1}/${SCALE_ROUNDS}`);
@@ -275,8 +281,10 @@ async function main(): Promise<void> {
     },
   ];
 
-  const medianOf = (rs: ScaleResult[], k: keyof ScaleResult) => summarize(rs.map((r) => r[k])).median;
+  const medianOf = (rs: ScaleResult[], k: 'startMs' | 'destroyMs' | 'peakRssKiB' | 'baseRssKiB') =>
+    summarize(rs.map((r) => r[k])).median;
   const scaleRows = [
+    { who: 'raw QEMU (its own process, the floor)', rs: scaleRw },
     { who: `virtkit (its own process: ${scale.runner})`, rs: scaleVk },
     { who: `libvirt ${libvirt.version} (python3 process)`, rs: scaleLv },
   ].map(({ who, rs }) => ({
@@ -432,12 +440,13 @@ function markdown(j: {
   );
   lines.push(`## Scale: ${j.scale[0]?.n ?? 0} domains started concurrently, then destroyed concurrently`, '');
   lines.push(
-    '| driver | rounds | start all (ms, median) | destroy all (ms, median) | driver peak RSS | driver RSS before | growth |',
-    '|---|---:|---:|---:|---:|---:|---:|',
+    '| driver | rounds | start all (ms, median) | destroy all (ms, median) | start / raw | destroy / raw | driver peak RSS | driver RSS before | growth |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   );
+  const floorScale = j.scale[0];
   for (const s of j.scale)
     lines.push(
-      `| ${s.who} | ${s.rounds} | ${f1(s.startMs)} | ${f1(s.destroyMs)} | ${mib(s.peakRssKiB)} | ${mib(s.baseRssKiB)} | ${mib(s.peakRssKiB - s.baseRssKiB)} |`,
+      `| ${s.who} | ${s.rounds} | ${f1(s.startMs)} | ${f1(s.destroyMs)} | ${f2(s.startMs / (floorScale?.startMs ?? Number.NaN))} | ${f2(s.destroyMs / (floorScale?.destroyMs ?? Number.NaN))} | ${mib(s.peakRssKiB)} | ${mib(s.baseRssKiB)} | ${mib(s.peakRssKiB - s.baseRssKiB)} |`,
     );
   if (j.libvirtQmpCommands) {
     const top = Object.entries(j.libvirtQmpCommands)

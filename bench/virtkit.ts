@@ -4,10 +4,7 @@
  * util functions a privileged agent would use.
  */
 
-import { type ChildProcess, spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { threadGroups } from '../src/drivers/qemu/privileged/builtins.js';
 import { QmpClient } from '../src/drivers/qemu/qmp/client.js';
 import { delegate, openInternal } from '../src/internal/index.js';
@@ -21,7 +18,6 @@ import {
   msSince,
   onCleanup,
   QEMU,
-  quitChild,
   registerCgroupParent,
   tempDir,
   VCPUS,
@@ -200,92 +196,5 @@ export class VirtkitContender {
   /** The domain log, for profiling. */
   logPath(root: string): string {
     return join(root, 'log', `${this.#dom.name}.log`);
-  }
-}
-
-export interface ScaleResult {
-  n: number;
-  startMs: number;
-  destroyMs: number;
-  /** Peak RSS of the driver process during the round (VmHWM, reset before the round). */
-  peakRssKiB: number;
-  /** RSS of the driver process right before the round. */
-  baseRssKiB: number;
-}
-
-/**
- * How to run bench/scale-virtkit.ts: bundled by esbuild into bench/.build/ and run by plain node,
- * so the RSS measured is the driver's and not that of the tsx transpiler (about 40 MiB more);
- * through tsx when esbuild cannot be loaded.
- */
-async function scaleEntry(): Promise<string[]> {
-  const source = join(import.meta.dirname, 'scale-virtkit.ts');
-  const outfile = join(import.meta.dirname, '.build', 'scale-virtkit.mjs');
-  try {
-    const esbuild = await import('esbuild');
-    await esbuild.build({
-      entryPoints: [source],
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      packages: 'external',
-      outfile,
-      logLevel: 'warning',
-    });
-    onCleanup(() => rmSync(join(import.meta.dirname, '.build'), { recursive: true, force: true }));
-    return [outfile];
-  } catch {
-    return ['--import', 'tsx', source];
-  }
-}
-
-/**
- * `n` domains started concurrently, then destroyed concurrently, by a driver in a process of its
- * own (bench/scale-virtkit.ts), as libvirt's side runs in its own python3 process.
- */
-export class VirtkitScale {
-  readonly #child: ChildProcess;
-  readonly #lines: AsyncIterator<string>;
-  readonly #exited: Promise<void>;
-  /** How the driver's process runs: `node (esbuild bundle)` or `node --import tsx`. */
-  readonly runner: string;
-
-  private constructor(child: ChildProcess, lines: AsyncIterator<string>, runner: string) {
-    this.#child = child;
-    this.#lines = lines;
-    this.runner = runner;
-    this.#exited = new Promise((r) => child.once('exit', () => r()));
-  }
-
-  static async launch(n: number, accel: Accel): Promise<VirtkitScale> {
-    const root = tempDir('vk-scale');
-    const entry = await scaleEntry();
-    const child = spawn(process.execPath, [...entry, root, String(n), accel], {
-      cwd: join(import.meta.dirname, '..'),
-      env: { ...process.env, BENCH_MARKER: MARKER },
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })[Symbol.asyncIterator]();
-    const first = await lines.next();
-    if (first.done || !(JSON.parse(first.value) as { ready?: boolean }).ready)
-      throw new Error('the virtkit scale process did not start');
-    const runner = entry[0] === '--import' ? 'node --import tsx (sources)' : 'plain node (esbuild bundle)';
-    const scale = new VirtkitScale(child, lines, runner);
-    onCleanup(() => scale.quit());
-    return scale;
-  }
-
-  async round(): Promise<ScaleResult> {
-    this.#child.stdin?.write(`${JSON.stringify({ cmd: 'scale' })}\n`);
-    const line = await this.#lines.next();
-    if (line.done) throw new Error('the virtkit scale process exited');
-    const msg = JSON.parse(line.value) as ScaleResult & { error?: string };
-    if (msg.error) throw new Error(`virtkit scale: ${msg.error}`);
-    return msg;
-  }
-
-  async quit(): Promise<void> {
-    await quitChild(this.#child, this.#exited);
   }
 }

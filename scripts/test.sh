@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 npx biome ci .
 npx tsc --noEmit -p tsconfig.json
+# The layers of src/ and no import cycles (rules in .dependency-cruiser.cjs).
+npx depcruise src --config .dependency-cruiser.cjs --ignore-known etc/layers-known-violations.json
 npx tsup --silent
 npm run --silent api:check
 npx vitest run "$@"

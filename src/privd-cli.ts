@@ -6,8 +6,8 @@
  * (the socket file is removed).
  */
 import { parseArgs } from 'node:util';
+import { VirtError } from './errors.js';
 import { createPrivilegedHelper } from './internal/privd/server.js';
-import { VirtError } from './stable/errors.js';
 
 const USAGE = `usage: virtkit-privd --socket PATH --policy FILE [--socket-mode MODE]
   --socket PATH       the Unix socket to serve on (a stale one is replaced)

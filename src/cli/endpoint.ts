@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { rootLayout } from '../drivers/qemu/root.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import { connect, parseUri } from '../stable/connect.js';
 import type { Connection } from '../stable/connection.js';
 import { ControlClient } from '../stable/control/client.js';
@@ -11,7 +12,6 @@ import {
   runOperation,
 } from '../stable/control/operations.js';
 import { CONTROL_PROTOCOL_VERSION, CONTROL_SOCKET_NAME } from '../stable/control/protocol.js';
-import { ErrorCode, VirtError } from '../stable/errors.js';
 import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
 

@@ -1,5 +1,5 @@
+import { ErrorCode, VirtError } from '../errors.js';
 import type { DomainDefinition } from '../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../stable/errors.js';
 import type { DomainEvent } from '../stable/events.js';
 
 /**

@@ -1,6 +1,14 @@
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import type { HandlerOptions } from './handler-table.js';
 import type { OperationHandler, OperationName } from './operations.js';
+import {
+  type MonitorCommandOptions,
+  type MonitorEvent,
+  type MonitorEventsOptions,
+  type MonitorTarget,
+  monitorCommand,
+  monitorEvents,
+} from './passthrough.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION, type SeamCarrier } from './seam.js';
 import { checkInternalVersion, INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';
 
@@ -31,6 +39,36 @@ export interface InternalApi {
   hasHandler(op: OperationName): boolean;
   /** True once the driver has started a domain and the handlers are fixed. */
   readonly sealed: boolean;
+  /**
+   * Sends one raw QMP command to a running domain's QEMU, like `virsh qemu-monitor-command`, and
+   * resolves with QEMU's `return` value. The domain is tainted `custom-monitor` from then on (in
+   * `getInfo().taints`, kept across reconnect) and the command is written to the domain's log.
+   * Commands that change what the driver tracks (`stop`, `cont`, `quit`) are allowed: the driver
+   * follows the events they cause, so its state stays QEMU's. It does not wait for the domain's
+   * job, so it also serves to look at a domain whose job is stuck.
+   *
+   * @param domain - a `Domain` of this connection
+   * @param command - the QMP command name, e.g. `query-status`
+   * @param args - the command's `arguments`
+   * @returns QEMU's reply (`return`), untrusted: QEMU may have run guest code
+   * @throws `VirtError` `OPERATION_FAILED` with `details.qmpClass` when QEMU answers with an
+   *   error; `OPERATION_INVALID` when the domain is not running; `XML_ERROR` (`details.field`) for a
+   *   malformed command name or arguments; `OPERATION_TIMEOUT`; `NO_SUPPORT` on the test driver
+   */
+  monitorCommand(
+    domain: MonitorTarget,
+    command: string,
+    args?: Record<string, unknown>,
+    options?: MonitorCommandOptions,
+  ): Promise<unknown>;
+  /**
+   * QEMU's raw QMP events of a running domain, from this call on, as an async iterator that ends
+   * when the domain stops, the connection closes or `signal` aborts. Taints the domain
+   * `custom-monitor`, as {@link InternalApi.monitorCommand} does.
+   *
+   * @throws `VirtError` `OPERATION_INVALID` when the domain is not running; `NO_SUPPORT` on the test driver
+   */
+  monitorEvents(domain: MonitorTarget, options?: MonitorEventsOptions): AsyncIterableIterator<MonitorEvent>;
 }
 
 /** Finds the seam of a connection, or explains why there is none. */
@@ -64,6 +102,9 @@ export function internalApiFor(seam: InternalSeam, source: string): InternalApi 
     get sealed() {
       return seam.handlers.sealed;
     },
+    monitorCommand: (domain, command, args, options = {}) =>
+      monitorCommand(seam, domain, command, args, options),
+    monitorEvents: (domain, options = {}) => monitorEvents(seam, domain, options),
   };
 }
 

@@ -1,4 +1,4 @@
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import { OPERATIONS, type OperationHandler, type OperationName } from './operations.js';
 
 /** The default deadline of a handler invocation. */

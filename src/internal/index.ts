@@ -20,6 +20,12 @@ export {
   PHASES,
   type Phase,
 } from './operations.js';
+export type {
+  MonitorCommandOptions,
+  MonitorEvent,
+  MonitorEventsOptions,
+  MonitorTarget,
+} from './passthrough.js';
 export type { VirtkitPlugin } from './plugins.js';
 export { type Delegate, type DelegateOptions, delegate } from './privd/delegate.js';
 export type { PrivilegedHelperLimits, PrivilegedHelperPolicy } from './privd/policy.js';

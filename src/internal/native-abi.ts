@@ -6,7 +6,7 @@
  */
 
 import koffi from 'koffi';
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import { type OperationArgs, type OperationName, PHASES, type Phase } from './operations.js';
 
 type KType = ReturnType<typeof koffi.struct>;

@@ -9,7 +9,7 @@
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import koffi from 'koffi';
-import { ErrorCode, errorMessage, VirtError } from '../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import type { HandlerOptions } from './handler-table.js';
 import {
   abiTypes,

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
-import { ErrorCode, errorMessage, VirtError } from '../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import { type InternalApi, internalApiFor } from './api.js';
 import { isNativePlugin, loadNativePlugin } from './native-plugin.js';
 import type { InternalSeam } from './seam.js';

@@ -8,7 +8,7 @@ import type { HandlerTable } from './handler-table.js';
 export const INTERNAL_SEAM: unique symbol = Symbol.for('virtkit.internal.seam') as never;
 
 /** Bumped whenever the shape of {@link InternalSeam} changes; a mismatch fails loudly. */
-export const SEAM_VERSION = 1;
+export const SEAM_VERSION = 2;
 
 /** What a driver that accepts handlers exposes to the internal entry point. */
 export interface InternalSeam {
@@ -17,6 +17,34 @@ export interface InternalSeam {
   readonly internalApiVersion: string;
   readonly driverKind: 'qemu-embed' | 'test';
   readonly handlers: HandlerTable;
+  /** QMP passthrough and adoption of foreign QEMU; absent on drivers without a QEMU monitor. */
+  readonly monitor?: MonitorSeam;
+}
+
+/** A raw QMP event as the passthrough hands it on: untrusted, not validated beyond its framing. */
+export interface RawMonitorEvent {
+  readonly event: string;
+  readonly data: Record<string, unknown>;
+  readonly timestamp: { readonly seconds: number; readonly microseconds: number };
+}
+
+/** Where the events of one passthrough subscription go. */
+export interface MonitorEventSink {
+  event(ev: RawMonitorEvent): void;
+  /** The subscription ended: the domain stopped, or the driver closed (`err` says why, if not). */
+  end(err?: Error): void;
+}
+
+/** What `virtkit/internal` needs for `monitorCommand`, `monitorEvents` and `attach`. */
+export interface MonitorSeam {
+  command(
+    uuid: string,
+    command: string,
+    args: Record<string, unknown> | undefined,
+    options: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
+  ): Promise<unknown>;
+  /** Subscribes; returns the unsubscribe function. Throws when the domain is not running. */
+  events(uuid: string, sink: MonitorEventSink): () => void;
 }
 
 /** A value that may carry a seam (a Connection or its driver). */

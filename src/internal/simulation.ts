@@ -1,4 +1,4 @@
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import { seamOf } from './api.js';
 import type { DomainIdentity } from './operations.js';
 import type { InternalSeam } from './seam.js';

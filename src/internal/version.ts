@@ -1,5 +1,5 @@
 import semver from 'semver';
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 
 /**
  * The version of the internal API this copy of virtkit implements. Pass the version your code was

@@ -1,10 +1,10 @@
 import { z } from 'zod';
 import { openQemuDriver } from '../drivers/qemu/driver.js';
 import { openTestDriver } from '../drivers/test/driver.js';
+import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import { Connection } from './connection.js';
 import { startControlServer } from './control/server.js';
 import type { Driver } from './driver.js';
-import { ErrorCode, errorMessage, VirtError } from './errors.js';
 import { packageVersion } from './package-version.js';
 
 /**

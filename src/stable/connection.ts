@@ -1,13 +1,14 @@
 import { z } from 'zod';
+import { ErrorCode, VirtError } from '../errors.js';
 import { INTERNAL_SEAM, type SeamCarrier } from '../internal/seam.js';
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinitionInput } from './definition/schema.js';
 import { resolveDefinition } from './definition/validate.js';
 import { resolveDomainXml } from './definition/xml.js';
-import { Domain } from './domain.js';
+import { Domain, IncomingMigration } from './domain.js';
 import type { DomainRef, Driver } from './driver.js';
-import { ErrorCode, VirtError } from './errors.js';
 import type { DomainEvent } from './events.js';
+import type { MigratePrepareOptions, MigrationOffer } from './migration.js';
 
 /**
  * Which domains `listDomains` returns.
@@ -99,6 +100,42 @@ export class Connection {
       .filter(keep)
       .sort((a, b) => a.name.localeCompare(b.name))
       .map((r) => new Domain(this.driver, r.name, r.uuid));
+  }
+
+  /**
+   * Migration step 2 (destination): checks the offer from `Domain.migrateBegin` against this host
+   * (a domain of that uuid defined here must have the same definition; disk images must exist),
+   * defines the domain if it is new here, and starts QEMU with every vCPU paused, waiting for the
+   * stream at `listen`. Privileged operations run in phase `migration-in` before any incoming vCPU
+   * runs.
+   *
+   * @returns the incoming migration: its `uri` and `cookie` go to `Domain.migratePerform`
+   * @throws {@link VirtError} `INVALID_URI` for a listen address other than `tcp:HOST:PORT` or
+   *   `unix:/path`, `XML_ERROR` for a malformed offer, `CONFIG_UNSUPPORTED` for a definition this
+   *   destination cannot honour identically, `OPERATION_INVALID` when the domain is active here
+   */
+  async migratePrepare(offer: MigrationOffer, options: MigratePrepareOptions): Promise<IncomingMigration> {
+    this.#checkOpen();
+    if (!this.driver.migratePrepare)
+      throw new VirtError(ErrorCode.NO_SUPPORT, `the driver of '${this.uri}' cannot migrate domains`);
+    const parsed = offerSchema.safeParse(offer);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new VirtError(
+        ErrorCode.XML_ERROR,
+        `malformed migration offer at ${issue?.path.join('.') || '(root)'}: ${issue?.message ?? 'malformed'}; pass the object migrateBegin returned`,
+        { field: issue?.path.join('.') ?? '' },
+      );
+    }
+    const cookie = parsed.data.cookie;
+    const definition = resolveDomainXml(cookie.inactiveXml);
+    const live = resolveDomainXml(parsed.data.xml);
+    if (definition.uuid !== cookie.uuid || live.uuid !== cookie.uuid)
+      throw new VirtError(ErrorCode.XML_ERROR, 'the migration offer names two different domains', {
+        field: 'cookie.uuid',
+      });
+    const prepared = await this.driver.migratePrepare({ definition, live, cookie }, options);
+    return new IncomingMigration(this.driver, prepared);
   }
 
   /** Calls `listener` for every life-cycle event of every domain of this connection. */
@@ -220,6 +257,18 @@ export class Connection {
       throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
   }
 }
+
+const offerSchema = z.strictObject({
+  xml: z.string(),
+  cookie: z.strictObject({
+    version: z.literal(1),
+    uuid: z.string(),
+    name: z.string(),
+    inactiveXml: z.string(),
+    running: z.boolean(),
+    taints: z.array(z.string()),
+  }),
+});
 
 const domainCapabilitiesOptions = z.strictObject({
   emulator: z.string().startsWith('/', 'an absolute path').optional(),

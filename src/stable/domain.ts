@@ -1,7 +1,27 @@
+import { ErrorCode, VirtError } from '../errors.js';
 import type { DomainDefinition } from './definition/schema.js';
 import { formatDomainXml } from './definition/xml.js';
 import type { DestroyOptions, Driver, ShutdownOptions, StartOptions } from './driver.js';
 import type { DomainInfo } from './events.js';
+import type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrateToOptions,
+  MigrationEndOptions,
+  MigrationIncomingCookie,
+  MigrationOffer,
+  PreparedIncoming,
+} from './migration.js';
+
+/**
+ * Anything that can receive a migration: a `Connection` to the destination.
+ *
+ * @public
+ */
+export interface MigrationDestination {
+  /** Step 2 of a migration; see `Connection.migratePrepare`. */
+  migratePrepare(offer: MigrationOffer, options: MigratePrepareOptions): Promise<IncomingMigration>;
+}
 
 /**
  * A handle on a defined domain. It names the domain by uuid; every method asks the driver, so a
@@ -58,6 +78,91 @@ export class Domain {
     return this.#driver.getInfo(this.uuid);
   }
 
+  /**
+   * Migration step 1 (source): the offer for the destination, carrying the live definition and
+   * whether the vCPUs run. The domain must be running or paused.
+   *
+   * @throws {@link VirtError} `OPERATION_INVALID` when the domain is not running or already migrating
+   */
+  async migrateBegin(): Promise<MigrationOffer> {
+    const out = await this.#migration('migrateBegin').call(this.#driver, this.uuid);
+    return {
+      xml: formatDomainXml(out.live),
+      cookie: {
+        version: 1,
+        uuid: this.uuid,
+        name: this.name,
+        inactiveXml: formatDomainXml(out.definition),
+        running: out.running,
+        taints: [...out.taints],
+      },
+    };
+  }
+
+  /**
+   * Migration step 3 (source): sends the domain to the destination's `uri` and waits until the
+   * stream completed. The source is then paused (reason `migration`) until {@link Domain.migrateConfirm}.
+   *
+   * @throws {@link VirtError} `OPERATION_FAILED` when the stream fails or is cancelled; the source then
+   *   runs as before
+   */
+  async migratePerform(uri: string, options: MigratePerformOptions = {}): Promise<void> {
+    return this.#migration('migratePerform').call(this.#driver, this.uuid, uri, options);
+  }
+
+  /**
+   * Migration step 5 (source): the source QEMU ends (shut off, reason `migrated`); with `cancelled`
+   * the source resumes instead if it ran before.
+   */
+  async migrateConfirm(options: MigrationEndOptions = {}): Promise<void> {
+    return this.#migration('migrateConfirm').call(this.#driver, this.uuid, options);
+  }
+
+  /**
+   * All five steps of a live migration to `dest`, rolling back at every step: on failure the domain
+   * runs here as before and nothing is left at the destination.
+   *
+   * @returns the domain at the destination
+   */
+  async migrateTo(dest: MigrationDestination, options: MigrateToOptions = {}): Promise<Domain> {
+    const { listen = 'tcp:127.0.0.1:0', ...perform } = options;
+    const offer = await this.migrateBegin();
+    let incoming: IncomingMigration;
+    try {
+      incoming = await dest.migratePrepare(offer, {
+        listen,
+        ...(perform.signal ? { signal: perform.signal } : {}),
+      });
+    } catch (err) {
+      await this.migrateConfirm({ cancelled: true }).catch(() => undefined);
+      throw err;
+    }
+    try {
+      await this.migratePerform(incoming.uri, { ...perform, cookie: incoming.cookie });
+    } catch (err) {
+      await incoming.finish({ cancelled: true }).catch(() => undefined);
+      await this.migrateConfirm({ cancelled: true }).catch(() => undefined);
+      throw err;
+    }
+    let migrated: Domain;
+    try {
+      migrated = await incoming.finish();
+    } catch (err) {
+      await this.migrateConfirm({ cancelled: true }).catch(() => undefined);
+      throw err;
+    }
+    await this.migrateConfirm();
+    return migrated;
+  }
+
+  #migration<K extends 'migrateBegin' | 'migratePerform' | 'migrateConfirm'>(
+    name: K,
+  ): NonNullable<Driver[K]> {
+    const fn = this.#driver[name];
+    if (!fn) throw new VirtError(ErrorCode.NO_SUPPORT, 'this driver cannot migrate domains');
+    return fn as NonNullable<Driver[K]>;
+  }
+
   /** The definition: the live one while running (with defaults and aliases filled in), else the persistent one. */
   getDefinition(): DomainDefinition {
     return this.#driver.getDefinition(this.uuid, true);
@@ -71,5 +176,45 @@ export class Domain {
    */
   toXML(): string {
     return formatDomainXml(this.getDefinition());
+  }
+}
+
+/**
+ * The destination of a live migration, returned by `Connection.migratePrepare`: QEMU runs there with
+ * every vCPU paused, waiting for the stream at {@link IncomingMigration.uri}.
+ *
+ * @public
+ */
+export class IncomingMigration {
+  readonly #driver: Driver;
+  /** Where the source connects: pass it to {@link Domain.migratePerform}. */
+  readonly uri: string;
+  /** The destination's cookie: pass it to {@link Domain.migratePerform}. */
+  readonly cookie: MigrationIncomingCookie;
+  /** The destination domain (paused, reason `migration`, until finished). */
+  readonly domain: Domain;
+
+  /** @internal */
+  constructor(driver: Driver, prepared: PreparedIncoming) {
+    this.#driver = driver;
+    this.uri = prepared.uri;
+    this.cookie = prepared.cookie;
+    this.domain = new Domain(driver, prepared.name, prepared.uuid);
+  }
+
+  /**
+   * Migration step 4 (destination): waits for the stream to complete and resumes the vCPUs if the
+   * source ran. With `cancelled`, or when the stream failed, destroys the destination instead (and
+   * undefines it if prepare defined it).
+   *
+   * @returns the destination domain, running (or paused when the source was)
+   * @throws {@link VirtError} `OPERATION_FAILED` when the stream failed (the destination is then
+   *   rolled back)
+   */
+  async finish(options: MigrationEndOptions = {}): Promise<Domain> {
+    if (!this.#driver.migrateFinish)
+      throw new VirtError(ErrorCode.NO_SUPPORT, 'this driver cannot migrate domains');
+    await this.#driver.migrateFinish(this.domain.uuid, options);
+    return this.domain;
   }
 }

@@ -1,6 +1,13 @@
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinition } from './definition/schema.js';
 import type { DomainEvent, DomainInfo } from './events.js';
+import type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrationEndOptions,
+  PreparedIncoming,
+  ResolvedOffer,
+} from './migration.js';
 
 /*
  * The seam between the public API and a hypervisor driver, in the manner of Kysely's
@@ -47,6 +54,18 @@ export interface ControlSocketSettings {
   readonly uids: readonly number[];
 }
 
+/** What the source's driver reports when a migration begins. @internal */
+export interface OutgoingMigration {
+  /** The persistent definition. */
+  readonly definition: DomainDefinition;
+  /** The live definition. */
+  readonly live: DomainDefinition;
+  /** Whether the vCPUs run. */
+  readonly running: boolean;
+  /** The running domain's taints. */
+  readonly taints: readonly string[];
+}
+
 /** The hypervisor driver behind a connection. @internal */
 export interface Driver {
   /** The URI the driver was opened with. */
@@ -81,6 +100,16 @@ export interface Driver {
   subscribe(listener: (event: DomainEvent) => void): () => void;
   /** Releases the driver (its root lock, QMP connections); running domains keep running. */
   close(): Promise<void>;
+  /** Migration, source side, step 1: the definitions and state the destination needs. */
+  migrateBegin?(uuid: string): Promise<OutgoingMigration>;
+  /** Migration, destination side, step 2: starts QEMU waiting for the stream. */
+  migratePrepare?(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming>;
+  /** Migration, source side, step 3: sends the stream and waits for it to complete. */
+  migratePerform?(uuid: string, uri: string, options: MigratePerformOptions): Promise<void>;
+  /** Migration, destination side, step 4: waits for the stream, then resumes or rolls back. */
+  migrateFinish?(uuid: string, options: MigrationEndOptions): Promise<void>;
+  /** Migration, source side, step 5: ends the source QEMU, or resumes it when cancelled. */
+  migrateConfirm?(uuid: string, options: MigrationEndOptions): Promise<void>;
   /** Host and guest capabilities; a driver without them leaves this out (`NO_SUPPORT`). */
   getCapabilities?(): Promise<Capabilities>;
   /** What the driver supports with one emulator; a driver without it leaves this out. */

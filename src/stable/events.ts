@@ -10,7 +10,7 @@ export type DomainEventType = 'defined' | 'undefined' | 'started' | 'suspended' 
  *
  * @public
  */
-export type StoppedReason = 'shutdown' | 'destroyed' | 'crashed' | 'failed';
+export type StoppedReason = 'shutdown' | 'destroyed' | 'crashed' | 'failed' | 'migrated';
 
 /**
  * A life-cycle event of one domain.

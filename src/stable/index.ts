@@ -3,6 +3,8 @@
  *
  * @packageDocumentation
  */
+
+export { ErrorCode, VirtError, type VirtErrorDetails } from '../errors.js';
 export type {
   Capabilities,
   DomainCapabilities,
@@ -24,16 +26,16 @@ export type {
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
-export { Domain } from './domain.js';
+export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
 export type {
   ControlSocketSettings,
   DestroyOptions,
   DomainRef,
   Driver,
+  OutgoingMigration,
   ShutdownOptions,
   StartOptions,
 } from './driver.js';
-export { ErrorCode, VirtError, type VirtErrorDetails } from './errors.js';
 export type {
   DomainEvent,
   DomainEventType,
@@ -41,3 +43,15 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrateToOptions,
+  MigrationEndOptions,
+  MigrationIncomingCookie,
+  MigrationOffer,
+  MigrationOfferCookie,
+  MigrationProgress,
+  PreparedIncoming,
+  ResolvedOffer,
+} from './migration.js';

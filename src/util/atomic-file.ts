@@ -20,7 +20,7 @@ import {
 } from 'node:fs';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
-import { ErrorCode, errnoOf, toVirtError } from '../stable/errors.js';
+import { ErrorCode, errnoOf, toVirtError } from '../errors.js';
 import { faultPoint } from './fault-points.js';
 
 /** errnos of a directory fsync that only mean "this file system does not sync directories". */

@@ -8,8 +8,8 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { posix } from 'node:path';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../stable/errors.js';
-import type { PlaceRequest } from './cgroup.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../errors.js';
+import type { PlaceRequest } from './cgroup-types.js';
 
 /*
  * The cgroup manager's contact with the file system: the names that become path components,

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { posix } from 'node:path';
-import { ErrorCode, VirtError } from '../stable/errors.js';
-import type { CgroupManagerOptions, CgroupMode } from './cgroup.js';
+import { ErrorCode, VirtError } from '../errors.js';
+import type { CgroupManagerOptions, CgroupMode } from './cgroup-types.js';
 
 /* Where the cgroup hierarchies are mounted, from `/proc/self/mountinfo`, and which one to use. */
 

@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
-import { ErrorCode, VirtError } from '../stable/errors.js';
-import type { Placement, PlaceRequest } from './cgroup.js';
+import { ErrorCode, VirtError } from '../errors.js';
 import { mkdir, procPath, read, write } from './cgroup-fs.js';
+import type { Placement, PlaceRequest } from './cgroup-types.js';
 
 /*
  * Placement in the cgroup v1 cpuset hierarchy: a new cpuset has empty `cpuset.cpus` and

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../stable/errors.js';
-import type { Placement, PlaceRequest } from './cgroup.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../errors.js';
 import { mkdir, procPath, read, write } from './cgroup-fs.js';
+import type { Placement, PlaceRequest } from './cgroup-types.js';
 
 /*
  * Placement in the cgroup v2 unified hierarchy: only a threaded cgroup can hold single threads,

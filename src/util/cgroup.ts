@@ -23,7 +23,7 @@
  */
 
 import { rmdirSync } from 'node:fs';
-import { ErrorCode, errnoOf, VirtError } from '../stable/errors.js';
+import { ErrorCode, errnoOf, VirtError } from '../errors.js';
 import {
   checkName,
   checkParent,
@@ -34,77 +34,19 @@ import {
   treeBottomUp,
 } from './cgroup-fs.js';
 import { resolve } from './cgroup-mounts.js';
+import type { CgroupManagerOptions, CgroupMode, Placement, PlaceRequest } from './cgroup-types.js';
 import { placeV1 } from './cgroup-v1.js';
 import { placeV2 } from './cgroup-v2.js';
 import { readThreadCgroups } from './proc.js';
 
 export { detectCgroupMode } from './cgroup-mounts.js';
-
-/**
- * Which cgroup hierarchy virtkit places threads in.
- *
- * @internal
- */
-export type CgroupMode = 'v1-cpuset' | 'v2-threaded';
-
-/**
- * One group of threads below the domain cgroup.
- *
- * @internal
- */
-export interface CgroupGroup {
-  /** The directory name, e.g. `emulator`, `vcpu0`, `iothread1`. */
-  name: string;
-  /** A cpuset such as `0-1` or `1`; undefined inherits the parent's CPUs. */
-  cpus?: string;
-  /** The thread ids to place in the group. */
-  tids: number[];
-}
-
-/**
- * Where one thread was placed.
- *
- * @internal
- */
-export interface Placement {
-  /** The thread id. */
-  tid: number;
-  /**
-   * The cgroup path exactly as `/proc/<pid>/task/<tid>/cgroup` shows it for the hierarchy used,
-   * e.g. `/virtkit/<name>/vcpu0` (compare with {@link threadCgroup}).
-   */
-  cgroup: string;
-}
-
-/**
- * Where the hierarchies are mounted, and which one to use.
- *
- * @internal
- */
-export interface CgroupManagerOptions {
-  /** The hierarchy; default {@link detectCgroupMode}. */
-  mode?: CgroupMode;
-  /** The cgroup v1 cpuset mount; default the one in `/proc/self/mountinfo`, else `/sys/fs/cgroup/cpuset`. */
-  v1Mount?: string;
-  /** The cgroup v2 mount; default `/sys/fs/cgroup` if it is cgroup2, else `/sys/fs/cgroup/unified`. */
-  v2Mount?: string;
-}
-
-/**
- * What {@link placeThreads} is asked to do.
- *
- * @internal
- */
-export interface PlaceRequest {
-  /** The shared parent, relative to the mount, e.g. `virtkit` or `machine/virtkit`. */
-  parent: string;
-  /** The domain's directory below the parent, e.g. its uuid. */
-  name: string;
-  /** The process whose threads are placed. */
-  pid: number;
-  /** The groups to create below the domain directory. */
-  groups: CgroupGroup[];
-}
+export type {
+  CgroupGroup,
+  CgroupManagerOptions,
+  CgroupMode,
+  Placement,
+  PlaceRequest,
+} from './cgroup-types.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Placement

@@ -12,7 +12,7 @@
 
 import { constants as osConstants } from 'node:os';
 import koffi from 'koffi';
-import { ErrorCode, VirtError } from '../stable/errors.js';
+import { ErrorCode, VirtError } from '../errors.js';
 
 /**
  * A failed libc call. `code` is the errno name (`EPERM`, `ESRCH`…), like Node's own system errors.

@@ -10,7 +10,7 @@
  */
 
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { ErrorCode, errnoOf, toVirtError } from '../stable/errors.js';
+import { ErrorCode, errnoOf, toVirtError } from '../errors.js';
 
 /** A soft or hard value of `/proc/<pid>/limits`. */
 type LimitValue = bigint | 'unlimited';

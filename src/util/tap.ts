@@ -13,7 +13,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
 import { endianness } from 'node:os';
 import koffi from 'koffi';
-import { ErrorCode, errnoOf, VirtError } from '../stable/errors.js';
+import { ErrorCode, errnoOf, VirtError } from '../errors.js';
 import { closeFd, ioctlBuffer, loadLibc, O, openRaw, SyscallError } from './libc.js';
 
 // ---------------------------------------------------------------------------------------------------------

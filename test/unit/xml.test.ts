@@ -72,9 +72,17 @@ describe('memory units', () => {
   });
 
   it.each([
-    ['MB', '1', '/domain/memory'],
-    ['b', '1000', '/domain/memory'],
-    ['GB', '1', '/domain/memory'],
+    ['MB', '1', 977],
+    ['b', '1000', 1],
+    ['GB', '1', 976_563],
+    ['b', '1025', 2],
+  ])('rounds %s %s up to whole KiB as libvirt does (%d)', (unit, value, kib) => {
+    expect(
+      parse(doc('').replace(/<memory[^<]*<\/memory>/, `<memory unit='${unit}'>${value}</memory>`)).memoryKiB,
+    ).toBe(kib);
+  });
+
+  it.each([
     ['XB', '1', '/domain/memory/@unit'],
     ['', '1', '/domain/memory/@unit'],
     ['KiB', 'abc', '/domain/memory'],

@@ -7,7 +7,7 @@ import type { DomainPaths } from './root.js';
 import type { Placement, ThreadIds } from './status.js';
 
 /** Why the driver itself is stopping a domain; decides the `stopped` reason. */
-export type StopIntent = 'destroy' | 'shutdown';
+export type StopIntent = 'destroy' | 'shutdown' | 'migrated';
 
 /** What exists only while a domain's QEMU process does. */
 export interface Runtime {
@@ -37,6 +37,8 @@ export interface Runtime {
   /** True once start-up completed; until then the start sequence owns clean-up. */
   started: boolean;
   stopIntent?: StopIntent;
+  /** A migration of this domain is under way, as its source (`out`) or destination (`in`). */
+  migrating?: 'out' | 'in';
   /** QEMU reported SHUTDOWN: the guest (or a signal to QEMU) asked it to stop. */
   sawShutdown: boolean;
   /** Set when the driver closes: the process lives on, nothing is cleaned up. */

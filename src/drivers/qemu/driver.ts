@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { HandlerTable } from '../../internal/handler-table.js';
 import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
@@ -16,11 +17,18 @@ import type {
   DestroyOptions,
   DomainRef,
   Driver,
+  OutgoingMigration,
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
+import type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrationEndOptions,
+  PreparedIncoming,
+  ResolvedOffer,
+} from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
 import { buildCapabilities, buildDomainCapabilities, capabilityCache } from './capabilities/capabilities.js';
@@ -29,6 +37,12 @@ import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
+import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
+import { finishIncoming, prepareIncoming } from './migration/destination.js';
+import { migrationOf } from './migration/record.js';
+import { beginMigration, confirmMigration, performMigration } from './migration/source.js';
+import { parseMigrationUri } from './migration/uri.js';
+import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
@@ -92,6 +106,11 @@ export class QemuDriver implements Driver, DriverContext {
     internalApiVersion: INTERNAL_API_VERSION,
     driverKind: 'qemu-embed',
     handlers: this.handlers,
+    monitor: {
+      command: (uuid, command, args, options) =>
+        this.#track(monitorCommand(this, this.#get(uuid), command, args, options)),
+      events: (uuid, sink) => monitorEvents(this, this.#get(uuid), sink),
+    },
   };
   readonly #lock: RootLock;
   readonly #domains = new DomainTable<DomainObject>();
@@ -299,6 +318,74 @@ export class QemuDriver implements Driver, DriverContext {
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
     const dom = this.#get(uuid);
     return this.#track(this.#job(dom, () => shutdownDomain(this, dom, options)));
+  }
+
+  migrateBegin(uuid: string): Promise<OutgoingMigration> {
+    const dom = this.#get(uuid);
+    return this.#track(this.#job(dom, async () => beginMigration(this, dom)));
+  }
+
+  migratePerform(uuid: string, uri: string, options: MigratePerformOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(this.#job(dom, () => performMigration(this, dom, uri, options)));
+  }
+
+  migrateConfirm(uuid: string, options: MigrationEndOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(this.#job(dom, () => confirmMigration(this, dom, options)));
+  }
+
+  /**
+   * Everything that can be refused is refused before anything is defined or started: the listen
+   * address, missing disks, a domain of that uuid that differs or is already active here.
+   */
+  async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
+    this.#checkOpen();
+    const address = parseMigrationUri(options.listen, 'listen');
+    const def = offer.definition;
+    checkDisksPresent(def);
+    const existing = this.#domains.existingFor(def);
+    if (existing?.active)
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `domain '${def.name}' is already active at the destination`,
+        {
+          domain: { name: def.name, uuid: def.uuid },
+        },
+      );
+    if (existing) checkSameDefinition(existing.def, def);
+    else await this.defineDomain(def);
+    const dom = this.#domains.get(def.uuid);
+    try {
+      const uri = await this.#track(
+        this.#job(dom, () => prepareIncoming(this, dom, offer, address, !existing, options.signal)),
+      );
+      return { uri, cookie: { version: 1, uuid: def.uuid, uri }, name: def.name, uuid: def.uuid };
+    } catch (err) {
+      if (!existing) await this.#undefineAfterMigration(dom);
+      throw err;
+    }
+  }
+
+  async migrateFinish(uuid: string, options: MigrationEndOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    const record = migrationOf(dom);
+    const definedHere = record?.role === 'in' && record.definedHere;
+    try {
+      await this.#track(this.#job(dom, () => finishIncoming(this, dom, options)));
+    } catch (err) {
+      if (definedHere) await this.#undefineAfterMigration(dom);
+      throw err;
+    }
+    if (options.cancelled && definedHere) await this.#undefineAfterMigration(dom);
+  }
+
+  /** A domain that prepare defined leaves nothing behind when its migration did not happen. */
+  async #undefineAfterMigration(dom: DomainObject): Promise<void> {
+    if (dom.active) return;
+    await this.undefineDomain(dom.def.uuid).catch((err) =>
+      this.log(dom, `migration: cannot undefine after rollback: ${errorMessage(err)}`),
+    );
   }
 
   /**

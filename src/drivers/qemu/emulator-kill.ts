@@ -67,15 +67,30 @@ function readStat(pid: number): ProcStat | undefined {
 }
 
 /**
+ * True when the process group `pgid` may still have a member: `kill(-pgid, 0)` answers without
+ * reading /proc, and ESRCH means no process (not even a zombie) is left in the group.
+ */
+function groupMayLive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
  * Live (non-zombie) processes of the emulator's process group. Only processes started no earlier
  * than the emulator count: a group id is never reused while any member lives, so these are the
- * emulator's own descendants.
+ * emulator's own descendants. Listing them reads every process of /proc, so it is done only when
+ * the group is not already known to be empty.
  */
 export function groupMembers(id: EmulatorIdentity): number[] {
   const out: number[] = [];
   // The pid now belongs to another process: the old group was empty, so its id is free for reuse.
   const leader = readStat(id.pid);
   if (leader && leader.startTime !== id.startTime) return out;
+  if (!groupMayLive(id.pid)) return out;
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const st = readStat(Number(entry));
@@ -117,20 +132,25 @@ function send(pid: number, sig: NodeJS.Signals): void {
 
 /**
  * Signals the emulator, every process of its group and every process in its cgroup. The group is
- * signalled as a whole only while its leader is verified to be the emulator (same start time);
- * otherwise each member found in /proc is signalled on its own.
+ * signalled as a whole while its leader is verified to be the emulator (same start time), which
+ * reaches every member; otherwise each member found in /proc is signalled on its own.
  */
 export function signalEmulator(id: EmulatorIdentity, sig: NodeJS.Signals): void {
   if (readProcStartTime(id.pid) === id.startTime) send(-id.pid, sig);
-  for (const pid of groupMembers(id)) send(pid, sig);
+  else for (const pid of groupMembers(id)) send(pid, sig);
   for (const pid of cgroupMembers(id)) send(pid, sig);
 }
 
-/** The emulator's processes still alive: the leader (unless a zombie), group and cgroup members. */
-export function emulatorRemains(id: EmulatorIdentity): number[] {
-  const remains = new Set<number>(groupMembers(id));
+/**
+ * The emulator's processes still alive: the leader (unless a zombie), group and cgroup members.
+ * While the leader lives the answer is never empty, so its group is listed (a scan of /proc) only
+ * once the leader has gone, or when `complete` asks for every survivor by name.
+ */
+export function emulatorRemains(id: EmulatorIdentity, complete = false): number[] {
+  const remains = new Set<number>();
   // A zombie leader may still have threads that are exiting: they hold the cgroups until done.
   if (!leaderGone(id)) remains.add(id.pid);
+  if (remains.size === 0 || complete) for (const pid of groupMembers(id)) remains.add(pid);
   for (const pid of cgroupMembers(id)) remains.add(pid);
   return [...remains];
 }
@@ -165,7 +185,7 @@ export async function reapEmulator(id: EmulatorIdentity, timeoutMs = 10_000): Pr
   for (;;) {
     const remains = emulatorRemains(id);
     if (remains.length === 0) return [];
-    if (Date.now() > deadline) return remains;
+    if (Date.now() > deadline) return emulatorRemains(id, true);
     signalEmulator(id, 'SIGKILL');
     for (const pid of remains) send(pid, 'SIGKILL');
     await new Promise((r) => setTimeout(r, delay));

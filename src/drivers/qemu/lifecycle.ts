@@ -1,5 +1,5 @@
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { type DriverContext, scopeOf, within } from './context.js';
@@ -46,7 +46,7 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
     if (run.detached) return;
     switch (ev.event) {
       case 'STOP':
-        if (run.started) transition(ctx, dom, 'paused', 'user', 'suspended');
+        if (run.started) transition(ctx, dom, 'paused', run.migrating ? 'migration' : 'user', 'suspended');
         break;
       case 'RESUME':
         if (run.started) transition(ctx, dom, 'running', 'unpaused', 'resumed');
@@ -77,6 +77,7 @@ function onShutdownEvent(dom: DomainObject, run: Runtime, qmp: QmpClient, ev: Qm
 /** Why QEMU stopped, from what the driver asked for and what QEMU reported. */
 function stoppedReason(run: Runtime): StoppedReason {
   if (run.stopIntent === 'destroy') return 'destroyed';
+  if (run.stopIntent === 'migrated') return 'migrated';
   return run.sawShutdown ? 'shutdown' : 'crashed';
 }
 

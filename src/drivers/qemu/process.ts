@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Writable } from 'node:stream';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import { leaderGone } from './emulator-kill.js';
 
 /** How a QEMU process ended. */

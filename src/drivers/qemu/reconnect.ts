@@ -1,7 +1,7 @@
 import { realpathSync } from 'node:fs';
+import { errorMessage } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
-import { errorMessage } from '../../stable/errors.js';
 import { readProcExe, readProcStartTime } from '../../util/proc.js';
 import { type DriverContext, deferred, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';

@@ -1,6 +1,6 @@
 import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { isAbsolute, join, normalize } from 'node:path';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
 import { flockTry } from '../../util/libc.js';
 
 /**

@@ -1,7 +1,7 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
-import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
@@ -71,6 +71,11 @@ export async function startDomain(
   ctx: DriverContext,
   dom: DomainObject,
   options: StartOptions,
+  /**
+   * The destination of a migration: QEMU gets `-incoming defer`, the privileged operations run in
+   * phase `migration-in`, and the vCPUs stay paused (the migration module resumes them).
+   */
+  incoming = false,
 ): Promise<void> {
   if (dom.run)
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
@@ -83,38 +88,46 @@ export async function startDomain(
   try {
     const fds = await openDescriptors(ctx, dom, s);
     faultPoint('start:descriptors');
-    s.cmd = buildCommandLine(def, {
+    const cmd = buildCommandLine(def, {
       monitorFd: FIRST_CHILD_FD,
       consolePath: paths.console,
       homeDir: ctx.layout.lib,
       hugepagesPath: def.memoryBacking?.hugepages ? hugetlbfsMount() : undefined,
       ...childFdNumbers(fds),
     });
+    s.cmd = incoming ? { ...cmd, argv: [...cmd.argv, '-incoming', 'defer'] } : cmd;
     openLog(ctx, dom, s);
     listenMonitor(s);
     faultPoint('start:monitor');
     spawnStub(ctx, dom, s);
     faultPoint('start:spawned');
-    recordStarting(s);
+    await recordStarting(s);
     faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
-    await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid);
+    await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid, incoming ? 'migration-in' : 'pre-exec');
     const qmp = await execQemu(s);
     faultPoint('start:monitor-connected');
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
     run.threads = await readThreads(qmp, def, run);
     faultPoint('start:threads');
-    if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
+    // An incoming guest brings its balloon target with its device state.
+    if (!incoming && def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
       await qmp.command('balloon', { value: def.currentMemoryKiB * 1024 });
     }
-    await configureThreads(scopeOf(ctx, dom, run), def, run.pid, run.threads, run, () =>
-      writeStatus(s.paths.status, status(s, 'starting')),
+    await configureThreads(
+      scopeOf(ctx, dom, run),
+      def,
+      run.pid,
+      run.threads,
+      run,
+      () => writeStatus(s.paths.status, status(s, 'starting')),
+      incoming ? 'migration-in' : 'startup',
     );
     faultPoint('start:configured');
-    recordRunning(s);
+    await recordRunning(s);
     faultPoint('start:recorded-running');
-    if (!options.paused) await qmp.command('cont');
+    if (!options.paused && !incoming) await qmp.command('cont');
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
     // only visible here. Checked and marked started in one synchronous step, so the exit watcher
     // either saw `started` or left the clean-up to this sequence.
@@ -126,6 +139,12 @@ export async function startDomain(
     throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${def.name}'`, {
       domain: { name: def.name, uuid: def.uuid },
     });
+  }
+  if (incoming) {
+    dom.state = 'paused';
+    dom.reason = 'migration';
+    ctx.log(dom, `started pid ${s.run?.pid} for an incoming migration (-incoming defer)`);
+    return;
   }
   dom.state = options.paused ? 'paused' : 'running';
   dom.reason = options.paused ? 'user' : 'booted';
@@ -257,8 +276,8 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
-function recordStarting(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'starting'));
+async function recordStarting(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'starting'));
 }
 
 async function execQemu(s: Startup): Promise<QmpClient> {
@@ -319,8 +338,8 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
-function recordRunning(s: Startup): void {
-  writeStatus(s.paths.status, status(s, 'running'));
+async function recordRunning(s: Startup): Promise<void> {
+  await writeStatus(s.paths.status, status(s, 'running'));
 }
 
 function closeParentFds(s: Startup): void {

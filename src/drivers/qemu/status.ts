@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import { writeFileAtomicSync } from '../../util/atomic-file.js';
+import { writeFileAtomic } from '../../util/atomic-file.js';
 
 const threadsSchema = z.object({
   emulator: z.number().int(),
@@ -36,9 +36,13 @@ const statusSchema = z.object({
 /** The status file of a running domain in `<root>/run`: all a new driver needs to adopt it. */
 export type DomainStatus = z.infer<typeof statusSchema> & { live: DomainDefinition };
 
-/** Writes the status atomically: a reader sees the old or the new status, never a torn one. */
-export function writeStatus(path: string, status: DomainStatus): void {
-  writeFileAtomicSync(path, `${JSON.stringify(status)}\n`, 0o600);
+/**
+ * Writes the status atomically and durably: a reader sees the old or the new status, never a torn
+ * one. The writes and fsyncs run off the event loop, so many domains starting at once do not
+ * wait for each other's disk flushes.
+ */
+export async function writeStatus(path: string, status: DomainStatus): Promise<void> {
+  await writeFileAtomic(path, `${JSON.stringify(status)}\n`, 0o600);
 }
 
 /** Reads a status file; undefined when there is none, throws when it is corrupt. */

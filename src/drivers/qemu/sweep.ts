@@ -1,6 +1,6 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { releaseCgroups } from '../../util/cgroup.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject } from './domain-object.js';

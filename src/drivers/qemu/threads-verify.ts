@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import { readProcStartTime } from '../../util/proc.js';
 
 /*

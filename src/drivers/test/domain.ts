@@ -1,5 +1,5 @@
+import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
 import type { DomainState } from '../../stable/events.js';
 
 /** What exists only while a test domain "runs": no process, just its id and live definition. */

@@ -1,3 +1,4 @@
+import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins } from '../../internal/plugins.js';
 import { INTERNAL_SEAM, SEAM_VERSION } from '../../internal/seam.js';
@@ -12,7 +13,6 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import { ErrorCode, toVirtError, VirtError } from '../../stable/errors.js';
 import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
 import { TestDomain, type TestRuntime } from './domain.js';

@@ -1,7 +1,7 @@
+import { errorMessage } from '../../errors.js';
 import type { HandlerTable } from '../../internal/handler-table.js';
 import type { OperationArgs, Phase } from '../../internal/operations.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import { errorMessage } from '../../stable/errors.js';
 import { parseCpuset } from '../../util/cpuset.js';
 import { closeResultFds, type InvocationScope, invoke } from '../qemu/privileged/invoke.js';
 import { limitCovers, memLockNeed } from '../qemu/privileged/memlock.js';

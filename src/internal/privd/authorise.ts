@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { STUB_ARGV0, STUB_SCRIPT } from '../../drivers/qemu/process.js';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import { domainCgroupThreads } from '../../util/cgroup.js';
 import { readParentPid, readProcExe, readProcStartTime, readThreadCgroups } from '../../util/proc.js';
 import type { PeerCredentials } from '../../util/unix-socket.js';

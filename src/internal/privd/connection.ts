@@ -1,4 +1,4 @@
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { closeFd } from '../../util/libc.js';
 import { type FdEvents, type FdWatch, sendWithRights, watchFd } from '../../util/unix-socket.js';
 import {

@@ -1,4 +1,4 @@
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { closeFd, SyscallError } from '../../util/libc.js';
 import { unixConnect } from '../../util/unix-socket.js';
 import type { InternalApi } from '../api.js';
@@ -40,7 +40,7 @@ export interface Delegate {
   /** One handler per operation, each forwarding its invocation (context included) to the helper. */
   readonly handlers: { readonly [Op in OperationName]: OperationHandler<Op> };
   /** Registers every handler on `api` with `api.setHandler`, with the same options for each. */
-  install(api: InternalApi, options?: HandlerOptions): void;
+  install(api: Pick<InternalApi, 'setHandler'>, options?: HandlerOptions): void;
   /** Closes the connection; calls in flight fail with `CONNECTION_CLOSED`, later ones too. */
   close(): void;
 }

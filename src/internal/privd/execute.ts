@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { builtins } from '../../drivers/qemu/privileged/builtins.js';
 import type { InvocationScope } from '../../drivers/qemu/privileged/invoke.js';
-import { ErrorCode, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { openTap } from '../../util/tap.js';
 import { HandlerTable } from '../handler-table.js';
 import type { OperationArgs, OperationName, OperationResult } from '../operations.js';

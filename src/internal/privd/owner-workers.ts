@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import { readProcLimits } from '../../util/proc.js';
 
 /*

@@ -1,7 +1,7 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { posix } from 'node:path';
 import { z } from 'zod';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
 import { prefixIdentity } from './storage.js';
 
 /*

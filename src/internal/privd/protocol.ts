@@ -16,7 +16,7 @@
  */
 
 import { z } from 'zod';
-import { ErrorCode, VirtError } from '../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import { OPERATIONS, type OperationName, PHASES } from '../operations.js';
 
 /** The version of this protocol; both sides must speak the same. */

@@ -1,5 +1,5 @@
 import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
 import { closeFd, SyscallError } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import {

@@ -2,7 +2,7 @@ import { fstatSync, lstatSync, readlinkSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { posix } from 'node:path';
 import koffi from 'koffi';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../stable/errors.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
 import { closeFd, loadLibc, O, SyscallError } from '../../util/libc.js';
 import { denied } from './authorise.js';
 import type { StoragePrefix } from './policy.js';

@@ -1,5 +1,5 @@
 import { createConnection, type Socket } from 'node:net';
-import { ErrorCode, errorMessage, VirtError } from '../errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import type { DomainEvent } from '../events.js';
 import type { OperationArgs, OperationName, OperationResult } from './operations.js';
 import {

@@ -1,9 +1,9 @@
 import { z } from 'zod';
+import { ErrorCode, VirtError } from '../../errors.js';
 import type { Capabilities, DomainCapabilities } from '../capabilities.js';
 import type { Connection } from '../connection.js';
 import { formatDomainXml } from '../definition/xml.js';
 import type { Domain } from '../domain.js';
-import { ErrorCode, VirtError } from '../errors.js';
 import type { DomainState } from '../events.js';
 
 /*

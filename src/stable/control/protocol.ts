@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ErrorCode, VirtError, type VirtErrorDetails } from '../errors.js';
+import { ErrorCode, VirtError, type VirtErrorDetails } from '../../errors.js';
 
 /*
  * The control socket's wire format: one JSON object per line in each direction. A request names

@@ -1,9 +1,9 @@
 import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
 import { Socket } from 'node:net';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
 import { closeFd, geteuid } from '../../util/libc.js';
 import { type FdWatch, peerCredentials, unixAccept, unixListen, watchFd } from '../../util/unix-socket.js';
 import type { Connection } from '../connection.js';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../errors.js';
 import type { DomainEvent } from '../events.js';
 import { isOperationName, type OperationContext, runOperation } from './operations.js';
 import {

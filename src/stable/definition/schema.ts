@@ -81,7 +81,15 @@ export const domainDefinitionSchema = z.strictObject({
       /^[A-Za-z0-9_][A-Za-z0-9_.+-]*$/,
       'letters, digits, "_", ".", "+" and "-", not starting with "." or "-"',
     ),
-  uuid: z.uuid().optional(),
+  /**
+   * Any 128-bit value in the 8-4-4-4-12 hex form, as libvirt accepts (not only RFC 4122 UUIDs);
+   * stored in lower case.
+   */
+  uuid: z
+    .string()
+    .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'a UUID')
+    .toLowerCase()
+    .optional(),
   title: z.string().optional(),
   description: z.string().optional(),
   type: z.enum(['kvm', 'qemu']),
@@ -90,8 +98,9 @@ export const domainDefinitionSchema = z.strictObject({
   maxMemory: z.strictObject({ kib, slots: z.number().int().min(1).max(256) }).optional(),
   vcpu: z
     .strictObject({
-      count: z.number().int().min(1).max(255),
-      current: z.number().int().min(1).max(255).optional(),
+      /** Up to 288, the limit of QEMU's q35 machine (255 for pc). */
+      count: z.number().int().min(1).max(288),
+      current: z.number().int().min(1).max(288).optional(),
     })
     .default({ count: 1 }),
   cpu: z

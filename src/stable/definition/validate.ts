@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
+import { ErrorCode, VirtError } from '../../errors.js';
 import { parseCpuset } from '../../util/cpuset.js';
-import { ErrorCode, VirtError } from '../errors.js';
 import { type DomainDefinition, domainDefinitionSchema } from './schema.js';
 import { MAX_XML_BYTES } from './xml-tree.js';
 

@@ -1,4 +1,4 @@
-import { ErrorCode, VirtError } from '../errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from './schema.js';
 import { resolveDefinition } from './validate.js';
 import { QEMU_NS } from './xml-parse.js';

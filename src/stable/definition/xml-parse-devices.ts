@@ -1,4 +1,4 @@
-import { ErrorCode, VirtError } from '../errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import {
   at,
   check,
@@ -78,9 +78,9 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   const field = `disks.${i}`;
   origins.note(field, el);
   const out: Obj = {};
-  const type = el.attrs.get('type');
+  // libvirt's default disk type is file.
+  const type = el.attrs.get('type') ?? 'file';
   origins.note(`${field}.type`, el, 'type');
-  if (type === undefined) throw invalid(el, "<disk> needs a type, 'file' or 'block'", 'type');
   out.type = choice(
     el,
     type,

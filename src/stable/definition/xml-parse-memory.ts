@@ -31,11 +31,9 @@ function sizeKiB(el: XmlElement): number {
   if (!/^[0-9]+$/.test(text)) {
     throw invalid(el, `<${el.qname}> must hold a non-negative integer, not '${el.text.slice(0, 40)}'`);
   }
+  // Like libvirt, a size that is not a whole number of KiB is rounded up.
   const bytes = BigInt(text) * scale;
-  if (bytes % 1024n !== 0n) {
-    throw invalid(el, `${text} ${unit} is not a whole number of KiB`);
-  }
-  const kib = bytes / 1024n;
+  const kib = (bytes + 1023n) / 1024n;
   if (kib > BigInt(Number.MAX_SAFE_INTEGER)) throw invalid(el, `${text} ${unit} is too large`);
   return Number(kib);
 }

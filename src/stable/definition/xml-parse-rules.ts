@@ -1,4 +1,4 @@
-import { ErrorCode, VirtError } from '../errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 import type { XmlElement } from './xml-tree.js';
 
 /*

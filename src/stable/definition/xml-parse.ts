@@ -86,9 +86,11 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
   out.name = textOf(origins, name, 'name');
   const uuid = child(d, 'uuid');
   if (uuid) {
+    // libvirt reads 32 hex digits with dashes anywhere (virUUIDParse) and writes them 8-4-4-4-12.
     const raw = textOf(origins, uuid, 'uuid');
-    out.uuid = /^[0-9a-fA-F]{32}$/.test(raw)
-      ? raw.replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5')
+    const digits = raw.trim().replaceAll('-', '');
+    out.uuid = /^[0-9a-fA-F]{32}$/.test(digits)
+      ? digits.toLowerCase().replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5')
       : raw;
   }
   for (const key of ['title', 'description'] as const) {

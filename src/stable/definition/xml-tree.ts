@@ -1,5 +1,5 @@
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
-import { ErrorCode, VirtError } from '../errors.js';
+import { ErrorCode, VirtError } from '../../errors.js';
 
 /*
  * The XML layer below the libvirt mapping: checks that a document is well-formed (fast-xml-parser's

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { type BigIntStats, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
+import { ErrorCode, VirtError } from '../../../errors.js';
 import { writeFileAtomicSync } from '../../../util/atomic-file.js';
 import { canonicalMachineType } from './machine-types.js';
 import { type EmulatorProbe, probeEmulator } from './probe.js';

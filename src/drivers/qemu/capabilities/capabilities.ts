@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type {
   Capabilities,
   DomainCapabilities,
@@ -6,7 +7,6 @@ import type {
   GuestCapabilities,
   HostCapabilities,
 } from '../../../stable/capabilities.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { cachedProbe } from './cache.js';
 import { schemaHas, schemaMaximum, schemaValues } from './definition-tables.js';
 import { hostCapabilities } from './host.js';

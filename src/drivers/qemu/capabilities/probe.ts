@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ErrorCode, errorMessage, VirtError } from '../../../stable/errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import { closeFd, listenUnixSocket } from '../../../util/libc.js';
 import { QmpClient } from '../qmp/client.js';
 

@@ -1,6 +1,6 @@
 import { constants, openSync } from 'node:fs';
+import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../../errors.js';
 import type { OperationArgs, OperationName, OperationResult } from '../../../internal/operations.js';
-import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../../stable/errors.js';
 import { placeThreads, releaseCgroups } from '../../../util/cgroup.js';
 import { prlimitSet, RLIMIT, SyscallError, schedSet } from '../../../util/libc.js';
 import { openTap } from '../../../util/tap.js';

@@ -1,4 +1,5 @@
 import { closeSync } from 'node:fs';
+import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import type { HandlerTable } from '../../../internal/handler-table.js';
 import {
   type InvocationContext,
@@ -8,7 +9,6 @@ import {
   operationSchemas,
   type Phase,
 } from '../../../internal/operations.js';
-import { ErrorCode, errorMessage, VirtError } from '../../../stable/errors.js';
 import { builtins } from './builtins.js';
 import { postchecks } from './postchecks.js';
 

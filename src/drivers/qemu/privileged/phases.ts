@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
+import { ErrorCode, VirtError } from '../../../errors.js';
 import type { OperationArgs } from '../../../internal/operations.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
-import { ErrorCode, VirtError } from '../../../stable/errors.js';
 import { parseCpuset } from '../../../util/cpuset.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import { prlimitGet, RLIMIT } from '../../../util/libc.js';
@@ -71,6 +71,7 @@ export async function raiseMemLock(
   scope: InvocationScope,
   def: DomainDefinition,
   pid: number,
+  phase: 'pre-exec' | 'migration-in' = 'pre-exec',
 ): Promise<void> {
   const need = memLockNeed(def);
   if (!need) return;
@@ -81,7 +82,7 @@ export async function raiseMemLock(
     );
     return;
   }
-  await invoke(scope, 'process.setMaxMemLock', 'pre-exec', {
+  await invoke(scope, 'process.setMaxMemLock', phase, {
     pid,
     bytes: need.bytes,
     current,
@@ -102,7 +103,9 @@ export async function configureThreads(
   threads: ThreadIds,
   record: { placements: Placements; placementAttempted: boolean },
   /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
-  persist: () => void = () => undefined,
+  persist: () => Promise<void> = async () => undefined,
+  /** `migration-in` on the destination of a migration: the same moment, before any incoming vCPU runs. */
+  phase: 'startup' | 'migration-in' = 'startup',
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
@@ -118,8 +121,8 @@ export async function configureThreads(
     verifyThreads({ pid, startTime: scope.startTime }, all);
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
-    persist();
-    ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', 'startup', {
+    await persist();
+    ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', phase, {
       pid,
       threads: all,
       cpusets: {
@@ -129,7 +132,7 @@ export async function configureThreads(
       },
     }));
     faultPoint('start:placed');
-    persist();
+    await persist();
   }
   const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
   for (const [entries, list, role] of [
@@ -146,7 +149,7 @@ export async function configureThreads(
   }
   if (sched.length > 0) {
     verifyThreads({ pid, startTime: scope.startTime }, sched);
-    await invoke(scope, 'thread.setScheduler', 'startup', { pid, threads: sched });
+    await invoke(scope, 'thread.setScheduler', phase, { pid, threads: sched });
   }
 }
 

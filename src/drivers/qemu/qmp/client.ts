@@ -1,12 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import {
-  ErrorCode,
-  errnoOf,
-  errorMessage,
-  VirtError,
-  type VirtErrorDetails,
-} from '../../../stable/errors.js';
+import { ErrorCode, errnoOf, errorMessage, VirtError, type VirtErrorDetails } from '../../../errors.js';
 import { unixConnect } from '../../../util/unix-socket.js';
 import { QMP_COMMANDS, type QmpArguments, type QmpCommandName, type QmpReply } from './commands.js';
 import { QMP_EVENTS, type QmpEventData, type QmpEventName } from './events.js';

@@ -56,6 +56,28 @@ const PciDeviceInfo = z.looseObject({
 });
 const PciInfo = z.looseObject({ bus: z.number().int(), devices: z.array(PciDeviceInfo) });
 
+const MigrationRam = z.looseObject({
+  transferred: z.number(),
+  remaining: z.number(),
+  total: z.number(),
+  'dirty-pages-rate': z.number().optional(),
+});
+const SocketAddress = z.looseObject({
+  type: z.string(),
+  host: z.string().optional(),
+  port: z.string().optional(),
+  path: z.string().optional(),
+});
+const MigrationInfo = z.looseObject({
+  status: z.string().optional(),
+  ram: MigrationRam.optional(),
+  'total-time': z.number().optional(),
+  'expected-downtime': z.number().optional(),
+  downtime: z.number().optional(),
+  'error-desc': z.string().optional(),
+  'socket-address': z.array(SocketAddress).optional(),
+});
+
 /** A command's argument type and reply schema; `A` exists only for the type checker. */
 interface Spec<A, R> {
   readonly reply: z.ZodType<R>;
@@ -125,6 +147,12 @@ export const QMP_COMMANDS = {
   'blockdev-del': spec<{ 'node-name': string }>()(Empty),
   device_add: spec<DeviceAddArguments>()(Empty),
   device_del: spec<{ id: string }>()(Empty),
+  'migrate-set-capabilities': spec<{ capabilities: Array<{ capability: string; state: boolean }> }>()(Empty),
+  'migrate-set-parameters': spec<Record<string, unknown>>()(Empty),
+  migrate: spec<{ uri: string }>()(Empty),
+  'migrate-incoming': spec<{ uri: string }>()(Empty),
+  migrate_cancel: spec()(Empty),
+  'query-migrate': spec()(MigrationInfo),
 } as const;
 
 /**
@@ -151,6 +179,8 @@ export type QmpReply<K extends QmpCommandName> = z.output<(typeof QMP_COMMANDS)[
 
 /** Replies a caller needs by name. @internal */
 export type QmpMachineInfo = z.output<typeof MachineInfo>;
+/** @internal */
+export type QmpMigrationInfo = z.output<typeof MigrationInfo>;
 /** @internal */
 export type QmpCpuDefinitionInfo = z.output<typeof CpuDefinitionInfo>;
 

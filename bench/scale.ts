@@ -1,0 +1,177 @@
+/*
+ * Many VMs at once: raw QEMU (the floor) and virtkit, each in a process of its own, alternating
+ * round by round on the same machine, then virtkit's reconnect to many running domains and its
+ * queries over many defined ones. Writes bench/results/scale.md and scale.json.
+ *
+ * Run: npm run bench:scale
+ * Knobs (env): BENCH_SCALE_N (32), BENCH_SCALE_ROUNDS (3), BENCH_SCALE_PAUSED (1: start paused),
+ *              BENCH_RECONNECT_N (100), BENCH_LIST_N (1000), BENCH_LIST_RUNNING (100),
+ *              BENCH_SCALE_ONLY (comma list of burst,reconnect,list), BENCH_ACCEL (kvm|tcg).
+ * The machine is shared: the load average is recorded with every round, and ratios are taken
+ * between the two sides of one round (they ran back to back).
+ */
+
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cleanupAll, machineDescription, markedProcesses, qemuVersion, summarize } from './common.js';
+import { probeKvm } from './kvm-probe.js';
+import { ScaleHost, type ScaleResult } from './scale-common.js';
+
+const N = Number(process.env['BENCH_SCALE_N'] ?? 32);
+const ROUNDS = Number(process.env['BENCH_SCALE_ROUNDS'] ?? 3);
+const PAUSED = process.env['BENCH_SCALE_PAUSED'] === '1';
+const RECONNECT_N = Number(process.env['BENCH_RECONNECT_N'] ?? 100);
+const LIST_N = Number(process.env['BENCH_LIST_N'] ?? 1000);
+const LIST_RUNNING = Number(process.env['BENCH_LIST_RUNNING'] ?? 100);
+const ONLY = new Set((process.env['BENCH_SCALE_ONLY'] ?? 'burst,reconnect,list').split(','));
+const RESULTS = join(import.meta.dirname, 'results');
+
+const log = (msg: string) => process.stderr.write(`[bench:scale] ${msg}\n`);
+const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+const f1 = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(1));
+const f2 = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(2));
+const med = (xs: number[]) => summarize(xs).median;
+
+interface Round {
+  raw: ScaleResult;
+  virtkit: ScaleResult;
+  loadBefore: string;
+  loadAfter: string;
+}
+
+async function main(): Promise<void> {
+  const probe = await probeKvm();
+  log(`accelerator: ${probe.accel} (${probe.why}); load ${loadavg()}`);
+  const md: string[] = [];
+  const json: Record<string, unknown> = {
+    meta: {
+      date: new Date().toISOString(),
+      machine: machineDescription(),
+      qemu: qemuVersion(),
+      accel: probe.accel,
+      n: N,
+      rounds: ROUNDS,
+      paused: PAUSED,
+    },
+  };
+  md.push(`# virtkit scale benchmark — ${new Date().toISOString()}`, '');
+  md.push(`- machine: ${machineDescription()}`, `- ${qemuVersion()}; accelerator ${probe.accel}`);
+  md.push(
+    `- VM: 2 vCPUs, 64 MiB, firmware only${PAUSED ? ', started paused' : ''}; each side in a process of its own, alternating, ${ROUNDS} rounds`,
+    '',
+  );
+
+  if (ONLY.has('burst')) {
+    const raw = await ScaleHost.raw(N, probe.accel);
+    const vk = await ScaleHost.virtkit(N, probe.accel);
+    // One unmeasured round each: page cache, QEMU's first exec, the JIT of both sides.
+    await raw.round(PAUSED);
+    await vk.round(PAUSED);
+    const rounds: Round[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      const loadBefore = loadavg();
+      const sides = r % 2 === 0 ? ([raw, vk] as const) : ([vk, raw] as const);
+      const a = await sides[0].round(PAUSED);
+      const b = await sides[1].round(PAUSED);
+      const [rr, vr] = r % 2 === 0 ? [a, b] : [b, a];
+      rounds.push({ raw: rr, virtkit: vr, loadBefore, loadAfter: loadavg() });
+      log(
+        `round ${r + 1}/${ROUNDS}: start raw ${f1(rr.startMs)} virtkit ${f1(vr.startMs)} ms (${f2(vr.startMs / rr.startMs)}×), ` +
+          `destroy raw ${f1(rr.destroyMs)} virtkit ${f1(vr.destroyMs)} ms; virtkit loop p99 ${f1(vr.startLoop?.p99)} max ${f1(vr.startLoop?.max)} ms; load ${loadavg()}`,
+      );
+    }
+    await raw.quit();
+    await vk.quit();
+    const side = (k: 'raw' | 'virtkit') => {
+      const rs = rounds.map((r) => r[k]);
+      return {
+        startMs: med(rs.map((r) => r.startMs)),
+        destroyMs: med(rs.map((r) => r.destroyMs)),
+        startLoopP99: med(rs.map((r) => r.startLoop?.p99 ?? Number.NaN)),
+        startLoopMax: Math.max(...rs.map((r) => r.startLoop?.max ?? Number.NaN)),
+        destroyLoopP99: med(rs.map((r) => r.destroyLoop?.p99 ?? Number.NaN)),
+        perDomainKiB: med(rs.map((r) => ((r.runningRssKiB ?? 0) - r.baseRssKiB) / r.n)),
+        peakRssKiB: Math.max(...rs.map((r) => r.peakRssKiB)),
+      };
+    };
+    const s = { raw: side('raw'), virtkit: side('virtkit') };
+    const startRatio = med(rounds.map((r) => r.virtkit.startMs / r.raw.startMs));
+    const destroyRatio = med(rounds.map((r) => r.virtkit.destroyMs / r.raw.destroyMs));
+    json['burst'] = { rounds, summary: s, startRatio, destroyRatio };
+    md.push(`## ${N} domains started at once, then destroyed at once`, '');
+    md.push(
+      '| side | start all (ms) | destroy all (ms) | loop delay p99 / max while starting (ms) | loop delay p99 while destroying (ms) | driver RSS per running domain | peak RSS |',
+      '|---|---:|---:|---:|---:|---:|---:|',
+    );
+    for (const k of ['raw', 'virtkit'] as const) {
+      const x = s[k];
+      md.push(
+        `| ${k === 'raw' ? 'raw QEMU (floor)' : 'virtkit'} | ${f1(x.startMs)} | ${f1(x.destroyMs)} | ${f1(x.startLoopP99)} / ${f1(x.startLoopMax)} | ${f1(x.destroyLoopP99)} | ${f1(x.perDomainKiB)} KiB | ${f1(x.peakRssKiB / 1024)} MiB |`,
+      );
+    }
+    md.push(
+      '',
+      `Ratio virtkit / raw (median of per-round ratios): start **${f2(startRatio)}×**, destroy **${f2(destroyRatio)}×**.`,
+      `Load average per round (before → after): ${rounds.map((r) => `${r.loadBefore} → ${r.loadAfter}`).join('; ')}.`,
+      '',
+    );
+  }
+
+  if (ONLY.has('reconnect') || ONLY.has('list')) {
+    const vk = await ScaleHost.virtkit(0, probe.accel);
+    if (ONLY.has('reconnect')) {
+      const rs: Array<{ connectMs: number; load: string }> = [];
+      for (let r = 0; r < ROUNDS; r++) {
+        const x = await vk.request<{ connectMs: number }>({ cmd: 'reconnect', n: RECONNECT_N });
+        rs.push({ connectMs: x.connectMs, load: loadavg() });
+        log(
+          `reconnect round ${r + 1}/${ROUNDS}: ${f1(x.connectMs)} ms for ${RECONNECT_N}; load ${loadavg()}`,
+        );
+      }
+      const ms = med(rs.map((r) => r.connectMs));
+      json['reconnect'] = { n: RECONNECT_N, rounds: rs, medianMs: ms };
+      md.push(`## connect() adopting ${RECONNECT_N} running (paused) domains`, '');
+      md.push(
+        `virtkit: **${f1(ms)} ms** (${f2(ms / RECONNECT_N)} ms a domain; median of ${ROUNDS}; every pid, start time and executable verified). Load: ${rs.map((r) => r.load).join('; ')}.`,
+        '',
+      );
+    }
+    if (ONLY.has('list')) {
+      const x = await vk.request<{ ms: number[] }>({
+        cmd: 'list',
+        n: LIST_N,
+        running: LIST_RUNNING,
+        reps: 7,
+      });
+      const s = summarize(x.ms);
+      json['list'] = { n: LIST_N, running: LIST_RUNNING, ms: x.ms };
+      log(`list: ${f1(s.median)} ms; load ${loadavg()}`);
+      md.push(`## listDomains() + getInfo() of each, ${LIST_N} defined, ${LIST_RUNNING} running`, '');
+      md.push(`virtkit: **${f1(s.median)} ms** median of ${s.n} (min ${f1(s.min)}, max ${f1(s.max)}).`, '');
+    }
+    await vk.quit();
+  }
+
+  mkdirSync(RESULTS, { recursive: true });
+  writeFileSync(join(RESULTS, 'scale.json'), `${JSON.stringify(json, null, 2)}\n`);
+  writeFileSync(join(RESULTS, 'scale.md'), md.join('\n'));
+  process.stdout.write(md.join('\n'));
+}
+
+let exitCode = 0;
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
+  process.on(sig, () => void cleanupAll().finally(() => process.exit(130)));
+try {
+  await main();
+} catch (err) {
+  exitCode = 1;
+  log(`failed: ${(err as Error).stack ?? String(err)}`);
+} finally {
+  for (const n of await cleanupAll()) log(n);
+  const left = markedProcesses();
+  if (left.length) {
+    exitCode = 1;
+    log(`processes of this run still alive after clean-up: ${left.join(' ')}`);
+  }
+}
+process.exit(exitCode);

@@ -1,0 +1,208 @@
+import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
+import type { OutgoingMigration } from '../../../stable/driver.js';
+import type { MigratePerformOptions, MigrationEndOptions } from '../../../stable/migration.js';
+import { faultPoint } from '../../../util/fault-points.js';
+import { type DriverContext, within } from '../context.js';
+import type { DomainObject, Runtime } from '../domain-object.js';
+import { emulatorOf, signalEmulator } from '../emulator-kill.js';
+import { requireActive } from '../lifecycle.js';
+import type { QmpClient } from '../qmp/client.js';
+import { progressOf } from './progress.js';
+import { migrationOf, type OutgoingRecord, setMigration } from './record.js';
+import { formatMigrationUri, parseMigrationUri } from './uri.js';
+
+const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+const PROGRESS_INTERVAL_MS = 200;
+const QUIT_WAIT_MS = 10_000;
+
+function outgoing(dom: DomainObject, what: string): OutgoingRecord {
+  const record = migrationOf(dom);
+  if (record?.role !== 'out')
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `domain '${dom.def.name}' has no outgoing migration to ${what}; call migrateBegin first`,
+      { domain: { name: dom.def.name, uuid: dom.def.uuid } },
+    );
+  return record;
+}
+
+/** Step 1: the domain must run (or be paused); it is marked as migrating out until confirm. */
+export function beginMigration(ctx: DriverContext, dom: DomainObject): OutgoingMigration {
+  const run = requireActive(dom);
+  if (migrationOf(dom) || run.migrating)
+    throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already migrating`, {
+      domain: { name: dom.def.name, uuid: dom.def.uuid },
+    });
+  const running = dom.state === 'running';
+  setMigration(dom, { role: 'out', phase: 'begun', wasRunning: running });
+  run.migrating = 'out';
+  ctx.log(dom, `migration: begin (${running ? 'running' : 'paused'})`);
+  return {
+    definition: structuredClone(dom.def),
+    live: structuredClone(run.live),
+    running,
+    taints: [...run.taints],
+  };
+}
+
+/**
+ * Step 3: `migrate` to the destination and wait for QEMU's MIGRATION event. On success the source
+ * stays paused (reason `migration`) until confirm; on failure or cancel it runs as before.
+ */
+export async function performMigration(
+  ctx: DriverContext,
+  dom: DomainObject,
+  uri: string,
+  options: MigratePerformOptions,
+): Promise<void> {
+  const record = outgoing(dom, 'perform');
+  const run = requireActive(dom);
+  const address = parseMigrationUri(uri, 'uri');
+  if (options.cookie && options.cookie.uuid !== dom.def.uuid)
+    throw new VirtError(ErrorCode.OPERATION_INVALID, 'the destination cookie belongs to another domain', {
+      field: 'cookie.uuid',
+    });
+  if (record.phase !== 'begun')
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `the migration of '${dom.def.name}' was already performed`,
+    );
+  options.signal?.throwIfAborted();
+  record.phase = 'performing';
+  record.wasRunning = dom.state === 'running';
+  const qmp = run.qmp;
+  const startedAt = Date.now();
+  try {
+    await qmp.command('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+    const parameters: Record<string, unknown> = {};
+    if (options.maxDowntimeMs !== undefined) parameters['downtime-limit'] = options.maxDowntimeMs;
+    if (options.bandwidthMiBps !== undefined)
+      parameters['max-bandwidth'] = Math.round(options.bandwidthMiBps * 1024 * 1024);
+    if (Object.keys(parameters).length > 0) await qmp.command('migrate-set-parameters', parameters);
+    const end = streamEnd(qmp, run);
+    const onAbort = () => void qmp.command('migrate_cancel').catch(() => undefined);
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      ctx.log(dom, `migration: perform to ${formatMigrationUri(address)}`);
+      await qmp.command('migrate', { uri: formatMigrationUri(address) });
+      faultPoint('migrate:streaming');
+      const status = await reportUntil(qmp, end, startedAt, options.onProgress);
+      if (status !== 'completed') {
+        const info = await qmp.command('query-migrate').catch(() => undefined);
+        const why = options.signal?.aborted ? 'cancelled by the caller' : (info?.['error-desc'] ?? status);
+        throw new VirtError(ErrorCode.OPERATION_FAILED, `migration of '${dom.def.name}' failed: ${why}`, {
+          domain: { name: dom.def.name, uuid: dom.def.uuid },
+          status,
+          ...(options.signal?.aborted ? { aborted: true } : {}),
+        });
+      }
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort);
+    }
+  } catch (err) {
+    record.phase = 'begun';
+    await resumeIfStopped(ctx, dom, run, record.wasRunning);
+    throw err;
+  }
+  record.phase = 'performed';
+  dom.state = 'paused';
+  dom.reason = 'migration';
+  ctx.log(dom, `migration: stream completed after ${Date.now() - startedAt} ms; source paused until confirm`);
+}
+
+/** Settles with QEMU's terminal migration status, or 'failed' when QEMU or its monitor went away. */
+function streamEnd(qmp: QmpClient, run: Runtime): Promise<string> {
+  const event = qmp
+    .waitForEvent('MIGRATION', (e) => TERMINAL.has(e.data.status), { timeoutMs: Number.POSITIVE_INFINITY })
+    .then((e) => e.data.status)
+    .catch(() => 'failed');
+  return Promise.race([event, run.exited.then(() => 'failed')]);
+}
+
+async function reportUntil(
+  qmp: QmpClient,
+  end: Promise<string>,
+  startedAt: number,
+  onProgress: MigratePerformOptions['onProgress'],
+): Promise<string> {
+  for (;;) {
+    const status = await within(end, PROGRESS_INTERVAL_MS);
+    if (onProgress) {
+      const info = await qmp.command('query-migrate').catch(() => undefined);
+      if (info) {
+        try {
+          onProgress(progressOf(info, startedAt));
+        } catch {
+          // a throwing observer does not decide the migration
+        }
+      }
+    }
+    if (status !== 'timeout') return status;
+  }
+}
+
+/** QEMU restarts a source whose migration failed; this makes sure, and says when it cannot. */
+async function resumeIfStopped(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime & { qmp: QmpClient },
+  wasRunning: boolean,
+): Promise<void> {
+  if (run.exitInfo || run.qmp.closed) return;
+  try {
+    const { status } = await run.qmp.command('query-status');
+    if (wasRunning && status !== 'running') {
+      await run.qmp.command('cont');
+      ctx.log(dom, `migration: source resumed (was ${status})`);
+    }
+    dom.state = wasRunning ? 'running' : 'paused';
+    dom.reason = wasRunning ? 'migration-cancelled' : dom.reason;
+  } catch (err) {
+    ctx.log(dom, `migration: cannot resume the source: ${errorMessage(err)}`);
+  }
+}
+
+/**
+ * Step 5: after a completed stream the source QEMU quits (shut off, reason `migrated`); with
+ * `cancelled` it resumes if it ran, and the migration is over either way.
+ */
+export async function confirmMigration(
+  ctx: DriverContext,
+  dom: DomainObject,
+  options: MigrationEndOptions,
+): Promise<void> {
+  const record = outgoing(dom, 'confirm');
+  const run = dom.run;
+  if (options.cancelled || record.phase !== 'performed') {
+    if (!options.cancelled)
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `the migration of '${dom.def.name}' has not completed; confirm it with { cancelled: true }`,
+      );
+    setMigration(dom, undefined);
+    if (run) {
+      run.migrating = undefined;
+      if (run.qmp && run.started)
+        await resumeIfStopped(ctx, dom, run as Runtime & { qmp: QmpClient }, record.wasRunning);
+    }
+    ctx.log(dom, 'migration: cancelled; the source keeps running');
+    return;
+  }
+  if (!run) {
+    setMigration(dom, undefined);
+    return;
+  }
+  run.stopIntent = 'migrated';
+  await run.qmp?.command('quit').catch(() => undefined);
+  if ((await within(run.exited, QUIT_WAIT_MS)) === 'timeout') {
+    try {
+      process.kill(run.pid, 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+    signalEmulator(emulatorOf(ctx, dom, run), 'SIGKILL');
+  }
+  await run.finalized;
+  setMigration(dom, undefined);
+  ctx.log(dom, 'migration: confirmed; the source QEMU has quit');
+}

@@ -1,0 +1,187 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type MonitorEvent, openInternal } from '../../src/internal/index.js';
+import { type Connection, connect, VirtError } from '../../src/stable/index.js';
+import {
+  alive,
+  openRoot,
+  pausedOnly,
+  recordEvents,
+  removeRoot,
+  runLeftovers,
+  tempRoot,
+} from '../helpers/env.js';
+
+let root: string;
+let conn: Connection;
+
+beforeEach(async () => {
+  root = tempRoot('vk-pt-');
+  conn = await openRoot(root);
+});
+
+afterEach(async () => {
+  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+  await conn.close();
+  removeRoot(root);
+});
+
+const codeOf = async (p: Promise<unknown>): Promise<VirtError> => {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!VirtError.is(err)) throw new Error(`expected a VirtError, got ${String(err)}`);
+  return err;
+};
+
+describe('QMP passthrough (monitorCommand)', () => {
+  it('returns QEMU reply, taints custom-monitor, logs the command, and the taint survives a reconnect', async () => {
+    const dom = await conn.defineDomain(pausedOnly('pt'));
+    await dom.start({ paused: true });
+    expect((await dom.getInfo()).taints).not.toContain('custom-monitor');
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const reply = await internal.monitorCommand(dom, 'query-status');
+    expect(reply).toMatchObject({ status: 'prelaunch', running: false });
+    const name = await internal.monitorCommand(dom, 'query-name');
+    expect(name).toEqual({ name: 'pt' });
+    expect((await dom.getInfo()).taints).toContain('custom-monitor');
+    const log = readFileSync(join(root, 'log', 'pt.log'), 'utf8');
+    expect(log).toMatch(/is tainted: custom-monitor/);
+    expect(log).toMatch(/monitor passthrough: query-status\n/);
+    expect(log.match(/is tainted: custom-monitor/g)).toHaveLength(1);
+
+    const pid = (await dom.getInfo()).pid as number;
+    await conn.close();
+    conn = await openRoot(root);
+    const again = await conn.lookupDomain('pt');
+    expect(await again.getInfo()).toMatchObject({ pid, taints: expect.arrayContaining(['custom-monitor']) });
+  });
+
+  it('keeps the driver state in step with a passthrough stop and cont, with events', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(pausedOnly('pt'));
+    await dom.start({ paused: true });
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    await internal.monitorCommand(dom, 'cont');
+    await rec.next((e) => e.type === 'resumed');
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', reason: 'unpaused' });
+    await internal.monitorCommand(dom, 'stop');
+    await rec.next((e) => e.type === 'suspended' && rec.events.some((r) => r.type === 'resumed'));
+    expect((await dom.getInfo()).state).toBe('paused');
+    // The driver's own operations agree with what the passthrough did.
+    await expect(dom.suspend()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.resume();
+    expect((await internal.monitorCommand(dom, 'query-status')) as object).toMatchObject({ running: true });
+    await dom.suspend();
+    expect((await internal.monitorCommand(dom, 'query-status')) as object).toMatchObject({
+      running: false,
+      status: 'paused',
+    });
+    expect(rec.events.map((e) => `${e.type}:${e.reason}`)).toEqual([
+      'defined:added',
+      'started:booted',
+      'suspended:user',
+      'resumed:unpaused',
+      'suspended:user',
+      'resumed:unpaused',
+      'suspended:user',
+    ]);
+  });
+
+  it('a passthrough quit stops the domain like any exit: event, state, nothing left behind', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(pausedOnly('pt'));
+    await dom.start({ paused: true });
+    const pid = (await dom.getInfo()).pid as number;
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    await internal.monitorCommand(dom, 'quit').catch(() => undefined);
+    expect((await rec.next((e) => e.type === 'stopped')).reason).toBe('shutdown');
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', pid: null, taints: [] });
+    expect(alive(pid)).toBe(false);
+    expect(runLeftovers(root)).toEqual([]);
+  });
+
+  it('reports QMP errors with their class, and refuses bad input and inactive domains, typed', async () => {
+    const dom = await conn.defineDomain(pausedOnly('pt'));
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    expect((await codeOf(internal.monitorCommand(dom, 'query-status'))).code).toBe('OPERATION_INVALID');
+    await dom.start({ paused: true });
+    const notFound = await codeOf(internal.monitorCommand(dom, 'no-such-command'));
+    expect(notFound.code).toBe('OPERATION_FAILED');
+    expect(notFound.details.qmpClass).toBe('CommandNotFound');
+    const badArgs = await codeOf(internal.monitorCommand(dom, 'human-monitor-command', { bogus: 1 }));
+    expect(badArgs).toMatchObject({ code: 'OPERATION_FAILED', details: { qmpClass: 'GenericError' } });
+    for (const [command, args, field] of [
+      ['', undefined, 'command'],
+      ['query-status\n{"execute":"quit"}', undefined, 'command'],
+      ['query-status', [1, 2], 'args'],
+      ['query-status', { n: 1n }, 'args'],
+    ] as const) {
+      const err = await codeOf(internal.monitorCommand(dom, command, args as never));
+      expect(err).toMatchObject({ code: 'XML_ERROR', details: { field } });
+    }
+    // None of that went through: QEMU is still there, still paused.
+    expect(await internal.monitorCommand(dom, 'query-status')).toMatchObject({ running: false });
+    await using testConn = await connect('test:///default');
+    const testDom = await testConn.defineDomain(pausedOnly('t'));
+    const noSupport = await codeOf(
+      openInternal(testConn, { apiVersion: '1.0' }).monitorCommand(testDom, 'query-status'),
+    );
+    expect(noSupport.code).toBe('NO_SUPPORT');
+  });
+});
+
+describe('QMP passthrough (monitorEvents)', () => {
+  it('yields the raw events of the domain and ends when the domain stops', async () => {
+    const dom = await conn.defineDomain(pausedOnly('ev'));
+    await dom.start({ paused: true });
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const events = internal.monitorEvents(dom);
+    expect((await dom.getInfo()).taints).toContain('custom-monitor');
+    await dom.resume();
+    await dom.suspend();
+    const seen: MonitorEvent[] = [];
+    const collected = (async () => {
+      for await (const ev of events) seen.push(ev);
+    })();
+    await dom.destroy();
+    await collected;
+    const names = seen.map((e) => e.event);
+    expect(names.slice(0, 2)).toEqual(['RESUME', 'STOP']);
+    // SIGTERM makes QEMU report a host-signalled shutdown before its monitor closes.
+    expect(names).toContain('SHUTDOWN');
+    const shutdown = seen.find((e) => e.event === 'SHUTDOWN');
+    expect(shutdown?.data).toMatchObject({ guest: false, reason: 'host-signal' });
+    expect(shutdown?.timestamp.seconds).toBeGreaterThan(1_600_000_000);
+  });
+
+  it('ends on abort, and a consumer that mutates events does not disturb the driver', async () => {
+    const dom = await conn.defineDomain(pausedOnly('ev'));
+    await dom.start({ paused: true });
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const abort = new AbortController();
+    const events = internal.monitorEvents(dom, { signal: abort.signal });
+    await dom.resume();
+    const first = await events.next();
+    expect(first.value).toMatchObject({ event: 'RESUME' });
+    (first.value as { event: string }).event = 'STOP';
+    abort.abort();
+    expect(await events.next()).toEqual({ value: undefined, done: true });
+    expect((await dom.getInfo()).state).toBe('running');
+  });
+
+  it('fails instead of buffering without bound when the consumer does not read', async () => {
+    const dom = await conn.defineDomain(pausedOnly('ev'));
+    await dom.start({ paused: true });
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const events = internal.monitorEvents(dom, { maxBuffered: 2 });
+    await dom.resume();
+    await dom.suspend();
+    await dom.resume();
+    expect((await events.next()).value).toMatchObject({ event: 'RESUME' });
+    expect((await events.next()).value).toMatchObject({ event: 'STOP' });
+    await expect(events.next()).rejects.toMatchObject({ code: 'OPERATION_FAILED' });
+  });
+});
