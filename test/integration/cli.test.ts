@@ -225,10 +225,14 @@ describe('the virtkit command and a root held by an application', () => {
     const { root, run } = await setUp('an application holds the root');
     const file = join(root, 'vm.xml');
     writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    // Defined again with its uuid, the domain is updated: an event each time.
+    const uuid = run('domuuid', 'clivm').out.trim();
+    writeFileSync(file, XML.replace('<name>clivm</name>', `<name>clivm</name><uuid>${uuid}</uuid>`));
     const events = virtkitBackground(['event', '--loop', '--json', '--root', root]);
     // Until the subscription is in place, each define is an event it may miss; one it sees will do.
     for (let i = 0; i < 100 && events.out() === ''; i++) {
-      expect(run('define', file).code).toBe(0);
+      expect(run('define', file)).toMatchObject({ code: 0 });
       await new Promise((r) => setTimeout(r, 100));
     }
     expect(run('start', 'clivm', '--paused').code).toBe(0);
@@ -236,13 +240,13 @@ describe('the virtkit command and a root held by an application', () => {
     for (let i = 0; i < 100 && !events.out().includes('"stopped"'); i++)
       await new Promise((r) => setTimeout(r, 100));
     events.child.kill('SIGINT');
-    expect(await events.exited).toBe(0);
+    expect({ code: await events.exited, err: events.err() }).toEqual({ code: 0, err: '' });
     const seen = events
       .out()
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { type: string; reason: string; domain: { name: string } });
-    expect(seen[0]).toMatchObject({ type: 'defined', domain: { name: 'clivm' } });
+    expect(seen[0]).toMatchObject({ type: 'defined', reason: 'updated', domain: { name: 'clivm', uuid } });
     expect(seen.slice(-3).map((e) => `${e.type}:${e.reason}`)).toEqual([
       'started:booted',
       'suspended:user',
