@@ -1,7 +1,9 @@
 /*
  * QMP client micro-benchmark against one real QEMU (`-machine none`, paused): round trips of
  * `query-status` through a hand-written net.Socket client (the floor), through QmpClient.execute
- * (unchecked) and QmpClient.command (reply validated), and the connect + greeting + negotiation of
+ * (unchecked) and QmpClient.command (reply validated), QmpClient.execute again while a subscriber
+ * listens on the `virtkit:qmp:command` tracing channel (what tracing costs; the untraced row is what
+ * it costs when nobody listens), and the connect + greeting + negotiation of
  * each, alternating per round so machine noise hits all alike. Prints a table of medians.
  *
  * Run: npx tsx bench/qmp.ts          Knobs (env): BENCH_QMP_N (2000 round trips per round),
@@ -9,10 +11,12 @@
  */
 
 import { spawn } from 'node:child_process';
+import diagnosticsChannel from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from '../src/drivers/qemu/qmp/client.js';
+import { diagnosticsChannels } from '../src/stable/tracing.js';
 import { QEMU, summarize, tempDir } from './common.js';
 import { connectPolling, RawQmp } from './raw-qmp.js';
 
@@ -34,6 +38,8 @@ async function perCall(n: number, fn: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1000 / n;
 }
 
+function noop(): void {}
+
 async function main(): Promise<void> {
   const dir = tempDir('vk-bench-qmp-');
   const path = join(dir, 'qmp.sock');
@@ -50,6 +56,7 @@ async function main(): Promise<void> {
       'round trip, raw net.Socket (floor)': [],
       'round trip, QmpClient.execute': [],
       'round trip, QmpClient.command (validated)': [],
+      'round trip, QmpClient.execute, traced (1 subscriber)': [],
       'connect+negotiate, raw net.Socket (floor)': [],
       'connect+negotiate, QmpClient': [],
     };
@@ -62,6 +69,13 @@ async function main(): Promise<void> {
       results['round trip, QmpClient.command (validated)']?.push(
         await perCall(N, () => c.command('query-status')),
       );
+      const subscriber = { start: noop, end: noop, asyncStart: noop, asyncEnd: noop, error: noop };
+      const traced = diagnosticsChannel.tracingChannel(diagnosticsChannels.qmpCommand);
+      traced.subscribe(subscriber);
+      results['round trip, QmpClient.execute, traced (1 subscriber)']?.push(
+        await perCall(N, () => c.execute('query-status')),
+      );
+      traced.unsubscribe(subscriber);
       c.close();
       results['connect+negotiate, raw net.Socket (floor)']?.push(
         await perCall(CONNECTS, async () => (await rawConnect(path)).close()),

@@ -1,6 +1,7 @@
 import { ErrorCode, VirtError } from '../errors.js';
 import type { DomainDefinition } from '../stable/definition/schema.js';
 import type { DomainEvent } from '../stable/events.js';
+import { publishDomainEvent } from '../stable/tracing.js';
 
 /**
  * The domains of one driver, by uuid, with the lookup and naming rules every driver shares: a
@@ -71,6 +72,7 @@ export class DomainTable<D extends { def: DomainDefinition }> {
  * driver: its error is rethrown on a microtask, where it surfaces as an uncaught exception.
  */
 export function deliverEvent(listeners: Iterable<(event: DomainEvent) => void>, event: DomainEvent): void {
+  publishDomainEvent(event);
   for (const listener of listeners) {
     try {
       listener(event);

@@ -18,10 +18,12 @@ export type {
 export { type ConnectOptions, connect } from './connect.js';
 export { Connection, type ListDomainsOptions } from './connection.js';
 export type {
+  ControllerDefinition,
   DiskDefinition,
   DomainDefinition,
   DomainDefinitionInput,
   InterfaceDefinition,
+  PciAddress,
   SchedulerPolicy,
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
@@ -55,3 +57,12 @@ export type {
   PreparedIncoming,
   ResolvedOffer,
 } from './migration.js';
+export {
+  diagnosticsChannels,
+  type HandlerMessage,
+  type JobMessage,
+  type QmpCommandMessage,
+  type QmpEventMessage,
+  type TracedDomain,
+  type TracedOutcome,
+} from './tracing.js';

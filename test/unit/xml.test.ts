@@ -506,14 +506,19 @@ describe('unsupported elements and attributes', () => {
     ['graphics', devices("<graphics type='vnc' port='-1'/>"), '/domain/devices/graphics'],
     ['video', devices("<video><model type='virtio'/></video>"), '/domain/devices/video'],
     ['sound', devices("<sound model='ich9'/>"), '/domain/devices/sound'],
-    ['controller', devices("<controller type='usb' model='none'/>"), '/domain/devices/controller'],
+    ['scsi controller', devices("<controller type='scsi' index='0'/>"), '/domain/devices/controller/@type'],
+    [
+      'pci bridge',
+      devices("<controller type='pci' index='1' model='pci-bridge'/>"),
+      '/domain/devices/controller/@model',
+    ],
     ['hostdev', devices("<hostdev mode='subsystem' type='pci'/>"), '/domain/devices/hostdev'],
     ['input', devices("<input type='tablet' bus='usb'/>"), '/domain/devices/input'],
     ['channel', devices("<channel type='unix'/>"), '/domain/devices/channel'],
     ['rng', devices("<rng model='virtio'/>"), '/domain/devices/rng'],
     ['watchdog', devices("<watchdog model='i6300esb'/>"), '/domain/devices/watchdog'],
     ['filesystem', devices("<filesystem type='mount'/>"), '/domain/devices/filesystem'],
-    ['virtio memballoon', devices("<memballoon model='virtio'/>"), '/domain/devices/memballoon/@model'],
+    ['xen memballoon', devices("<memballoon model='xen'/>"), '/domain/devices/memballoon/@model'],
     [
       'disk driver cache (second disk)',
       devices(
@@ -542,7 +547,11 @@ describe('unsupported elements and attributes', () => {
     ['lun', devices(disk().replace("device='disk'", "device='lun'")), '/domain/devices/disk/@device'],
     ['scsi bus', devices(disk('', "<target dev='sda' bus='scsi'/>")), '/domain/devices/disk/target/@bus'],
     ['sd target without bus', devices(disk('', "<target dev='sda'/>")), '/domain/devices/disk/target/@bus'],
-    ['disk address', devices(disk("<address type='pci' bus='0x04'/>")), '/domain/devices/disk/address'],
+    [
+      'disk address of type ccw',
+      devices(disk("<address type='ccw' cssid='0xfe'/>")),
+      '/domain/devices/disk/address/@type',
+    ],
     ['shareable disk', devices(disk('<shareable/>')), '/domain/devices/disk/shareable'],
     [
       'disk source startupPolicy',

@@ -1,5 +1,13 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { assignDevices } from './devices/assign.js';
+import { balloonDevice } from './devices/balloon.js';
+import { controllerDevice } from './devices/controller.js';
+import { diskBlockdevs, diskDevice } from './devices/disk.js';
+import { fdsetIdOf } from './devices/fdset.js';
+import { netdevOf, nicDevice } from './devices/net.js';
+import type { QapiObject } from './devices/qapi.js';
+import { serialDevice } from './devices/serial.js';
 
 /**
  * What the command line needs besides the definition: where things live and which file
@@ -31,11 +39,6 @@ export interface CommandLine {
 
 /** QEMU's option syntax doubles commas inside values. */
 const esc = (value: string): string => value.replaceAll(',', ',,');
-
-const unsupported = (path: string, what: string): VirtError =>
-  new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${what} is not supported by this version of virtkit`, {
-    path,
-  });
 
 /**
  * Turns a definition into QEMU's argv, deterministically: the same definition and context always
@@ -99,77 +102,65 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   if (def.os.initrd) add('-initrd', def.os.initrd);
   if (def.os.cmdline !== undefined) add('-append', def.os.cmdline);
 
-  const disks = def.disks.map((disk, i) => {
-    const node = `libvirt-${i + 1}`;
+  // Aliases, addresses and controllers were assigned at define time; a definition stored before
+  // that gets them here, the same way.
+  const full = assignDevices(def);
+  const json = (flag: string, value: QapiObject) => add(flag, JSON.stringify(value));
+  // PCI controllers first: the devices of the others sit on their buses.
+  const controllers = [...full.controllers].sort(
+    (a, b) => Number(b.type === 'pci') - Number(a.type === 'pci'),
+  );
+  for (const c of controllers) {
+    const device = controllerDevice(full, c);
+    if (device) json('-device', device);
+  }
+  const fdsets = new Map<number, string>();
+  full.disks.forEach((disk, i) => {
     const fd = ctx.diskFds[i];
     if (fd === undefined) throw new VirtError(ErrorCode.INTERNAL_ERROR, `no descriptor for disk ${i}`);
-    // QEMU never opens the image itself: it uses the descriptor the pre-exec phase opened.
-    add('-add-fd', `fd=${fd},set=${i + 1},opaque=${esc(disk.source)}`);
-    const storage = {
-      driver: disk.type === 'block' ? 'host_device' : 'file',
-      filename: `/dev/fdset/${i + 1}`,
-      'node-name': `${node}-storage`,
-      'read-only': disk.readonly,
-    };
-    const format = {
-      'node-name': `${node}-format`,
-      'read-only': disk.readonly,
-      driver: disk.driver.type,
-      file: `${node}-storage`,
-    };
-    add('-blockdev', JSON.stringify(storage), '-blockdev', JSON.stringify(format));
-    let device: string;
-    let alias: string;
-    if (disk.target.bus === 'virtio') {
-      if (disk.device === 'cdrom') throw unsupported(`disks.${i}.device`, 'a cdrom on the virtio bus');
-      alias = `virtio-disk${i}`;
-      device = `virtio-blk-pci,drive=${node}-format,id=${alias}`;
-    } else {
-      const unit = def.disks.slice(0, i).filter((d) => d.target.bus === 'sata').length;
-      if (unit === 0) add('-device', 'ich9-ahci,id=sata0');
-      if (unit > 5) throw unsupported(`disks.${i}.target`, 'more than six sata disks');
-      alias = `sata0-0-${unit}`;
-      device = `${disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd'},bus=sata0.${unit},drive=${node}-format,id=${alias}`;
+    const alias = disk.alias as string;
+    const set = fdsetIdOf(alias);
+    const clash = fdsets.get(set);
+    if (clash !== undefined) {
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        `the disk aliases '${clash}' and '${alias}' map to one fdset; rename one`,
+        {
+          path: `disks.${i}.alias`,
+        },
+      );
     }
-    if (disk.serial) device += `,serial=${esc(disk.serial)}`;
-    if (disk.bootOrder) device += `,bootindex=${disk.bootOrder}`;
-    add('-device', device);
-    return { ...disk, alias };
+    fdsets.set(set, alias);
+    // QEMU never opens the image itself: it uses the descriptor the pre-exec phase opened.
+    add('-add-fd', `fd=${fd},set=${set},opaque=${esc(disk.source)}`);
+    for (const node of diskBlockdevs(disk)) json('-blockdev', node);
+    json('-device', diskDevice(full, disk, `disks.${i}`));
   });
 
-  const interfaces = def.interfaces.map((nic, i) => {
-    const alias = `net${i}`;
-    if (nic.type === 'ethernet') {
-      const fds = ctx.tapFds[i];
-      if (!fds?.length) throw new VirtError(ErrorCode.INTERNAL_ERROR, `no TAP descriptor for interface ${i}`);
-      add('-netdev', `tap,id=host${alias},${fds.length === 1 ? `fd=${fds[0]}` : `fds=${fds.join(':')}`}`);
-    } else {
-      add('-netdev', `user,id=host${alias}`);
-    }
-    const model = nic.model === 'virtio' ? 'virtio-net-pci' : 'e1000';
-    const mq =
-      nic.type === 'ethernet' && (nic.queues ?? 1) > 1 ? `,mq=on,vectors=${2 * (nic.queues ?? 1) + 2}` : '';
-    add('-device', `${model},netdev=host${alias},id=${alias}${nic.mac ? `,mac=${nic.mac}` : ''}${mq}`);
-    return { ...nic, alias };
+  full.interfaces.forEach((nic, i) => {
+    const fds = nic.type === 'ethernet' ? ctx.tapFds[i] : undefined;
+    if (nic.type === 'ethernet' && !fds?.length)
+      throw new VirtError(ErrorCode.INTERNAL_ERROR, `no TAP descriptor for interface ${i}`);
+    json('-netdev', netdevOf(nic, fds));
+    json('-device', nicDevice(full, nic));
   });
 
   const serials = def.serials.map((serial, i) => {
     if (serial.type === 'file') {
       const path = serial.path ?? ctx.consolePath;
       add('-chardev', `file,id=charserial${i},path=${esc(path)}`);
-      add('-device', `isa-serial,chardev=charserial${i},id=serial${i}`);
+      json('-device', serialDevice(i));
       return { type: 'file' as const, path };
     }
     add('-chardev', `pty,id=charserial${i}`);
-    add('-device', `isa-serial,chardev=charserial${i},id=serial${i}`);
+    json('-device', serialDevice(i));
     return serial;
   });
 
   // A currentMemory below memory is honoured as libvirt does: a balloon, whose target the start
   // sequence sets once QEMU runs.
-  if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
-    add('-device', 'virtio-balloon-pci,id=balloon0');
-  }
+  const balloon = balloonDevice(full);
+  if (balloon) json('-device', balloon);
   add('-display', 'none');
 
   const env: Record<string, string> = {
@@ -182,5 +173,5 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     for (const { name, value } of def.qemuCommandline.env) env[name] = value;
     taints.push('custom-argv');
   }
-  return { argv, env, taints, live: { ...def, disks, interfaces, serials } };
+  return { argv, env, taints, live: { ...full, serials } };
 }

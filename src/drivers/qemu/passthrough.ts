@@ -1,9 +1,19 @@
-import type { MonitorEventSink } from '../../internal/seam.js';
-import { errorMessage } from '../../stable/errors.js';
+import { errorMessage } from '../../errors.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { requireActive } from './lifecycle.js';
 import { readStatus, writeStatus } from './status.js';
+
+/** Where the events of one subscription go (the seam's `MonitorEventSink`, by shape). */
+export interface EventSink {
+  event(ev: {
+    event: string;
+    data: Record<string, unknown>;
+    timestamp: { seconds: number; microseconds: number };
+  }): void;
+  /** The monitor closed: the domain stopped or the driver closed. */
+  end(err?: Error): void;
+}
 
 /** The taint of a domain whose monitor someone else talked to (libvirt's `custom-monitor`). */
 export const CUSTOM_MONITOR_TAINT = 'custom-monitor';
@@ -25,9 +35,9 @@ export async function monitorCommand(
   options: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
 ): Promise<unknown> {
   const run = requireActive(dom);
-  taint(ctx, dom, run);
+  await taint(ctx, dom, run);
   ctx.log(dom, `monitor passthrough: ${command}${args === undefined ? '' : ` ${JSON.stringify(args)}`}`);
-  return run.qmp.execute(command, args, options);
+  return run.qmp.execute(command, args, { ...options, passthrough: true });
 }
 
 /**
@@ -37,9 +47,9 @@ export async function monitorCommand(
  *
  * @returns the function that ends the subscription early
  */
-export function monitorEvents(ctx: DriverContext, dom: DomainObject, sink: MonitorEventSink): () => void {
+export function monitorEvents(ctx: DriverContext, dom: DomainObject, sink: EventSink): () => void {
   const run = requireActive(dom);
-  taint(ctx, dom, run);
+  void taint(ctx, dom, run);
   ctx.log(dom, 'monitor passthrough: events subscribed');
   const offEvent = run.qmp.onEvent((ev) => {
     // A copy for each subscriber: the driver's own listeners read the same event.
@@ -59,13 +69,13 @@ export function monitorEvents(ctx: DriverContext, dom: DomainObject, sink: Monit
  * Adds the taint once, and records it in the status file so that a driver reconnecting to the
  * domain still shows it: a taint lasts as long as the QEMU process.
  */
-function taint(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
+async function taint(ctx: DriverContext, dom: DomainObject, run: Runtime): Promise<void> {
   if (run.taints.includes(CUSTOM_MONITOR_TAINT)) return;
   run.taints.push(CUSTOM_MONITOR_TAINT);
   ctx.log(dom, `domain id=${run.id} is tainted: ${CUSTOM_MONITOR_TAINT}`);
   try {
     const status = readStatus(run.paths.status);
-    if (status) writeStatus(run.paths.status, { ...status, taints: [...run.taints] });
+    if (status) await writeStatus(run.paths.status, { ...status, taints: [...run.taints] });
   } catch (err) {
     ctx.log(
       dom,

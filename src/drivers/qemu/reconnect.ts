@@ -80,7 +80,10 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   }
   let qmp: QmpClient;
   try {
-    qmp = await QmpClient.connect(status.monitor, { timeoutMs: RECONNECT_TIMEOUT_MS });
+    qmp = await QmpClient.connect(status.monitor, {
+      timeoutMs: RECONNECT_TIMEOUT_MS,
+      domain: { name: dom.def.name, uuid: dom.def.uuid },
+    });
   } catch (err) {
     // A QEMU we cannot monitor cannot be managed; libvirt kills it too rather than orphan it.
     signalEmulator(emulator, 'SIGKILL');

@@ -1,7 +1,9 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
+import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
+import type { TracedDomain } from '../../stable/tracing.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
@@ -23,7 +25,6 @@ import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
-import { verifyThreadCount, verifyThreads } from './threads-verify.js';
 
 /** The emulator used when a definition names none. */
 export const DEFAULT_EMULATOR = '/usr/bin/qemu-system-x86_64';
@@ -105,7 +106,7 @@ export async function startDomain(
     faultPoint('start:recorded-starting');
     const run = s.run as Runtime;
     await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid, incoming ? 'migration-in' : 'pre-exec');
-    const qmp = await execQemu(s);
+    const qmp = await execQemu(s, { name: def.name, uuid: def.uuid });
     faultPoint('start:monitor-connected');
     run.qmp = qmp;
     watchMonitor(ctx, dom, run);
@@ -121,7 +122,7 @@ export async function startDomain(
       run.pid,
       run.threads,
       run,
-      () => writeStatus(s.paths.status, status(s, 'starting')),
+      () => writeStatus(s.paths.status, status(s, 'starting'), false),
       incoming ? 'migration-in' : 'startup',
     );
     faultPoint('start:configured');
@@ -276,16 +277,21 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
+/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'));
+  await writeStatus(s.paths.status, status(s, 'starting'), false);
 }
 
-async function execQemu(s: Startup): Promise<QmpClient> {
+async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
   const launch = s.launch as Launch;
   const abort = new AbortController();
   // Connect before the go-ahead: the connection waits in the socket's backlog, and the greeting
   // arrives the moment QEMU's main loop runs.
-  const monitor = QmpClient.connect(s.paths.monitor, { timeoutMs: MONITOR_TIMEOUT_MS, signal: abort.signal });
+  const monitor = QmpClient.connect(s.paths.monitor, {
+    timeoutMs: MONITOR_TIMEOUT_MS,
+    signal: abort.signal,
+    domain,
+  });
   launch.proceed();
   const died = launch.exited.then((info) => {
     abort.abort();
@@ -338,6 +344,7 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
+/** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
   await writeStatus(s.paths.status, status(s, 'running'));
 }

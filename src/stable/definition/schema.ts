@@ -26,6 +26,55 @@ const schedEntry = z.strictObject({
   priority: z.number().int().min(0).max(99).optional(),
 });
 
+/** A PCI address, as libvirt's `<address type='pci' domain bus slot function/>`. */
+const pciAddress = z.strictObject({
+  type: z.literal('pci'),
+  domain: z.literal(0).default(0),
+  bus: z.number().int().min(0).max(255),
+  slot: z.number().int().min(0).max(31),
+  function: z.number().int().min(0).max(7).default(0),
+  multifunction: z.boolean().optional(),
+});
+
+/** A drive address on a disk controller, as libvirt's `<address type='drive' …/>`. */
+const driveAddress = z.strictObject({
+  type: z.literal('drive'),
+  controller: z.number().int().min(0).max(255).default(0),
+  bus: z.number().int().min(0).max(255).default(0),
+  target: z.number().int().min(0).max(255).default(0),
+  unit: z.number().int().min(0).max(255),
+});
+
+const controllerSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('pci'),
+    index: z.number().int().min(0).max(255).optional(),
+    model: z.enum(['pci-root', 'pcie-root', 'pcie-root-port']),
+    /** A pcie-root-port's chassis and port numbers. */
+    target: z
+      .strictObject({
+        chassis: z.number().int().min(0).max(255).optional(),
+        port: z.number().int().min(0).max(255).optional(),
+      })
+      .optional(),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+  z.strictObject({
+    type: z.literal('sata'),
+    index: z.number().int().min(0).max(255).optional(),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+  z.strictObject({
+    type: z.literal('usb'),
+    index: z.number().int().min(0).max(255).optional(),
+    model: z.enum(['none', 'piix3-uhci', 'qemu-xhci']),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+]);
+
 const diskSchema = z.strictObject({
   type: z.enum(['file', 'block']),
   device: z.enum(['disk', 'cdrom']).default('disk'),
@@ -39,6 +88,7 @@ const diskSchema = z.strictObject({
   serial: z.string().max(36).optional(),
   bootOrder: z.number().int().positive().optional(),
   alias: z.string().optional(),
+  address: z.discriminatedUnion('type', [pciAddress, driveAddress]).optional(),
 });
 
 const macAddress = z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i, 'a MAC address');
@@ -51,12 +101,14 @@ const interfaceSchema = z.discriminatedUnion('type', [
     model: z.enum(['virtio', 'e1000']).default('virtio'),
     queues: z.number().int().min(1).max(16).optional(),
     alias: z.string().optional(),
+    address: pciAddress.optional(),
   }),
   z.strictObject({
     type: z.literal('user'),
     mac: macAddress.optional(),
     model: z.enum(['virtio', 'e1000']).default('virtio'),
     alias: z.string().optional(),
+    address: pciAddress.optional(),
   }),
 ]);
 
@@ -162,6 +214,19 @@ export const domainDefinitionSchema = z.strictObject({
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),
   serials: z.array(charSource).max(4).default([]),
+  /**
+   * Device controllers. The QEMU driver adds the implicit ones at define time as libvirt does (the
+   * PCI root, the PCIe root ports a q35 machine's devices sit behind, SATA, USB).
+   */
+  controllers: z.array(controllerSchema).default([]),
+  /** The virtio memory balloon; the QEMU driver adds it when `currentMemoryKiB` is below `memoryKiB`. */
+  memballoon: z
+    .strictObject({
+      model: z.literal('virtio'),
+      alias: z.string().optional(),
+      address: pciAddress.optional(),
+    })
+    .optional(),
   qemuCommandline: z
     .strictObject({
       args: z.array(z.string()).default([]),
@@ -206,3 +271,17 @@ export type InterfaceDefinition = DomainDefinition['interfaces'][number];
  * @public
  */
 export type SchedulerPolicy = NonNullable<DomainDefinition['cputune']>['vcpusched'][number]['scheduler'];
+
+/**
+ * A PCI address of a device (`<address type='pci'/>`).
+ *
+ * @public
+ */
+export type PciAddress = NonNullable<InterfaceDefinition['address']>;
+
+/**
+ * A device controller of a resolved definition.
+ *
+ * @public
+ */
+export type ControllerDefinition = DomainDefinition['controllers'][number];

@@ -1,5 +1,5 @@
 import { ErrorCode, VirtError } from '../../errors.js';
-import type { DomainDefinition } from './schema.js';
+import type { ControllerDefinition, DiskDefinition, DomainDefinition } from './schema.js';
 import { resolveDefinition } from './validate.js';
 import { QEMU_NS } from './xml-parse.js';
 import { hasIllegalXmlChar } from './xml-tree.js';
@@ -94,6 +94,55 @@ function checkChars(value: unknown, path: string): void {
 const kib = (name: string, value: number, attrs: ReadonlyArray<readonly [string, AttrValue]> = []): Node =>
   textNode(name, value, [...attrs, ['unit', 'KiB']]);
 
+const hex = (value: number, width: number): string => `0x${value.toString(16).padStart(width, '0')}`;
+
+/** `<address>`, in libvirt's hexadecimal form. */
+function addressNode(address: DiskDefinition['address']): Node | undefined {
+  if (!address) return undefined;
+  if (address.type === 'drive') {
+    return node('address', [
+      ['type', 'drive'],
+      ['controller', address.controller],
+      ['bus', address.bus],
+      ['target', address.target],
+      ['unit', address.unit],
+    ]);
+  }
+  return node('address', [
+    ['type', 'pci'],
+    ['domain', hex(address.domain, 4)],
+    ['bus', hex(address.bus, 2)],
+    ['slot', hex(address.slot, 2)],
+    ['function', hex(address.function, 1)],
+    ['multifunction', address.multifunction === undefined ? undefined : address.multifunction ? 'on' : 'off'],
+  ]);
+}
+
+const aliasNode = (alias: string | undefined): Node | undefined =>
+  alias === undefined ? undefined : node('alias', [['name', alias]]);
+
+function controllerNode(c: ControllerDefinition): Node {
+  return node(
+    'controller',
+    [
+      ['type', c.type],
+      ['index', c.index],
+      ['model', c.type === 'sata' ? undefined : c.model],
+    ],
+    [
+      c.type === 'pci' && c.model === 'pcie-root-port' && node('model', [['name', 'pcie-root-port']]),
+      c.type === 'pci' &&
+        c.target &&
+        node('target', [
+          ['chassis', c.target.chassis],
+          ['port', c.target.port === undefined ? undefined : hex(c.target.port, 0)],
+        ]),
+      aliasNode(c.alias),
+      addressNode(c.address),
+    ],
+  );
+}
+
 function domainNode(def: DomainDefinition): Node {
   const tune = def.cputune;
   const features = def.features ?? { acpi: true, apic: true };
@@ -123,10 +172,12 @@ function domainNode(def: DomainDefinition): Node {
             disk.readonly && node('readonly'),
             disk.serial !== undefined && textNode('serial', disk.serial),
             disk.bootOrder !== undefined && node('boot', [['order', disk.bootOrder]]),
-            disk.alias !== undefined && node('alias', [['name', disk.alias]]),
+            aliasNode(disk.alias),
+            addressNode(disk.address),
           ],
         ),
       ),
+      ...def.controllers.map(controllerNode),
       ...def.interfaces.map((nic) =>
         node(
           'interface',
@@ -141,7 +192,8 @@ function domainNode(def: DomainDefinition): Node {
               ]),
             node('model', [['type', nic.model]]),
             nic.type === 'ethernet' && nic.queues !== undefined && node('driver', [['queues', nic.queues]]),
-            nic.alias !== undefined && node('alias', [['name', nic.alias]]),
+            aliasNode(nic.alias),
+            addressNode(nic.address),
           ],
         ),
       ),
@@ -176,6 +228,12 @@ function domainNode(def: DomainDefinition): Node {
           ],
         ),
       ),
+      def.memballoon &&
+        node(
+          'memballoon',
+          [['model', 'virtio']],
+          [aliasNode(def.memballoon.alias), addressNode(def.memballoon.address)],
+        ),
     ],
   );
 

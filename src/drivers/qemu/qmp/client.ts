@@ -1,6 +1,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { ErrorCode, errnoOf, errorMessage, VirtError, type VirtErrorDetails } from '../../../errors.js';
+import {
+  channels,
+  type QmpCommandMessage,
+  type QmpEventMessage,
+  type TracedDomain,
+  traceAsync,
+  tracing,
+} from '../../../stable/tracing.js';
 import { unixConnect } from '../../../util/unix-socket.js';
 import { QMP_COMMANDS, type QmpArguments, type QmpCommandName, type QmpReply } from './commands.js';
 import { QMP_EVENTS, type QmpEventData, type QmpEventName } from './events.js';
@@ -47,6 +55,8 @@ export interface QmpConnectOptions {
   maxLineBytes?: number;
   /** Aborts the connection attempt; see {@link QmpExecuteOptions.signal} for the error code. */
   signal?: AbortSignal;
+  /** The domain this QEMU runs, named in the messages of the diagnostics channels. */
+  domain?: TracedDomain;
 }
 
 /**
@@ -69,6 +79,8 @@ export interface QmpExecuteOptions {
    * sent one at a time, since QEMU keeps only the descriptors of the latest message.
    */
   fds?: readonly number[];
+  /** The command comes from `monitorCommand` (QMP passthrough); only the tracing message says so. */
+  passthrough?: boolean;
 }
 
 /**
@@ -155,6 +167,8 @@ export class QmpClient {
   #disconnectError: Error | undefined;
   #nextId = GREETING_ID + 1;
   #commandCount = 0;
+  /** The domain this QEMU runs, for the diagnostics channels; undefined for a probe. */
+  domain: TracedDomain | undefined;
 
   private constructor(fd: number, maxLineBytes: number) {
     this.#maxLineBytes = maxLineBytes;
@@ -205,6 +219,7 @@ export class QmpClient {
    */
   static async fromFd(fd: number, options: QmpConnectOptions = {}): Promise<QmpClient> {
     const client = new QmpClient(fd, options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES);
+    client.domain = options.domain;
     const timeoutMs = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     // One deadline for all phases: the caller cares about how long connecting takes, not each step.
     const deadline = new AbortController();
@@ -260,6 +275,21 @@ export class QmpClient {
     command: string,
     args?: Record<string, unknown>,
     options: QmpExecuteOptions = {},
+  ): Promise<T> {
+    if (!tracing(channels.qmpCommand)) return this.#send(command, args, options);
+    const message: QmpCommandMessage = {
+      domain: this.domain,
+      command,
+      arguments: args,
+      passthrough: options.passthrough === true,
+    };
+    return traceAsync(channels.qmpCommand, message, () => this.#send<T>(command, args, options));
+  }
+
+  #send<T>(
+    command: string,
+    args: Record<string, unknown> | undefined,
+    options: QmpExecuteOptions,
   ): Promise<T> {
     if (this.#closed) {
       return Promise.reject(
@@ -510,16 +540,21 @@ export class QmpClient {
   }
 
   #emit(event: string, msg: Record<string, unknown>): void {
-    if (this.#eventListeners.empty) return;
+    const published = channels.qmpEvent.hasSubscribers;
+    if (this.#eventListeners.empty && !published) return;
     const ts = isRecord(msg.timestamp) ? msg.timestamp : {};
-    this.#eventListeners.emit({
+    const ev: QmpEvent = {
       event,
       data: isRecord(msg.data) ? msg.data : {},
       timestamp: {
         seconds: typeof ts.seconds === 'number' ? ts.seconds : 0,
         microseconds: typeof ts.microseconds === 'number' ? ts.microseconds : 0,
       },
-    });
+    };
+    // Subscribers get their own copy: what they do to it cannot reach the driver's listeners.
+    if (published)
+      channels.qmpEvent.publish({ domain: this.domain, ...structuredClone(ev) } satisfies QmpEventMessage);
+    this.#eventListeners.emit(ev);
   }
 
   #protocolError(message: string): void {
