@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { threadGroups } from '../../src/drivers/qemu/privileged/builtins.js';
@@ -18,6 +18,7 @@ import {
   alive,
   GUEST_MARKER,
   openRoot,
+  pausedOnly,
   processesMentioning,
   removeRoot,
   runLeftovers,
@@ -389,5 +390,101 @@ describe('faults during the stream leave the VM running on exactly one side', ()
     expect(await dst.listDomains()).toEqual([]);
     expect(runLeftovers(rootA)).toEqual([]);
     expect(runLeftovers(rootB)).toEqual([]);
+  });
+});
+
+describe('what is refused before anything starts', () => {
+  async function pausedSource(name: string, extra: Partial<DomainDefinitionInput> = {}): Promise<Domain> {
+    const dom = await src.defineDomain(pausedOnly(name, extra));
+    await dom.start({ paused: true });
+    return dom;
+  }
+
+  /** Nothing of the domain at the destination: no definition, process, socket or status file. */
+  async function destinationUntouched(uuid: string, srcPid: number): Promise<void> {
+    expect(processesMentioning(uuid)).toEqual([srcPid]);
+    expect(runLeftovers(rootB)).toEqual([]);
+  }
+
+  it('a shut-off domain cannot begin a migration', async () => {
+    const dom = await src.defineDomain(pausedOnly('mig-off'));
+    await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.migratePerform('tcp:127.0.0.1:1')).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+  });
+
+  it('an unknown scheme, at prepare or perform, is INVALID_URI and changes nothing', async () => {
+    const dom = await pausedSource('mig-uri');
+    const pid = (await dom.getInfo()).pid as number;
+    const offer = await dom.migrateBegin();
+    for (const listen of ['rdma:127.0.0.1:4444', 'tcp:127.0.0.1:99999', 'unix:relative.sock', 'exec:cat']) {
+      await expect(dst.migratePrepare(offer, { listen })).rejects.toMatchObject({
+        code: 'INVALID_URI',
+        details: { field: 'listen' },
+      });
+    }
+    await expect(dom.migratePerform('fd:3')).rejects.toMatchObject({ code: 'INVALID_URI' });
+    expect(await dst.listDomains()).toEqual([]);
+    await destinationUntouched(dom.uuid, pid);
+    await dom.migrateConfirm({ cancelled: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', pid });
+  });
+
+  it('a destination whose definition of the domain differs is CONFIG_UNSUPPORTED and keeps its own', async () => {
+    const dom = await pausedSource('mig-differs');
+    const pid = (await dom.getInfo()).pid as number;
+    const theirs = await dst.defineDomain({
+      ...pausedOnly('mig-differs', { memoryKiB: 96 * 1024 }),
+      uuid: dom.uuid,
+    });
+    const offer = await dom.migrateBegin();
+    await expect(dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+      code: 'CONFIG_UNSUPPORTED',
+      details: { field: 'memoryKiB' },
+    });
+    expect(theirs.getDefinition().memoryKiB).toBe(96 * 1024);
+    await destinationUntouched(dom.uuid, pid);
+    await dom.migrateConfirm({ cancelled: true });
+  });
+
+  it('a disk missing at the destination is refused before QEMU starts', async () => {
+    const disk = join(rootA, 'lib', 'vanishing.img');
+    writeFileSync(disk, Buffer.alloc(1024 * 1024));
+    const dom = await pausedSource('mig-nodisk', {
+      disks: [{ type: 'file', source: disk, target: { dev: 'vda', bus: 'virtio' } }],
+    });
+    const pid = (await dom.getInfo()).pid as number;
+    const offer = await dom.migrateBegin();
+    rmSync(disk);
+    await expect(dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+      details: { field: 'disks.0.source' },
+    });
+    expect(await dst.listDomains()).toEqual([]);
+    await destinationUntouched(dom.uuid, pid);
+    await dom.migrateConfirm({ cancelled: true });
+  });
+
+  it('a malformed offer is XML_ERROR naming the field', async () => {
+    const dom = await pausedSource('mig-malformed');
+    const offer = await dom.migrateBegin();
+    const bad = { ...offer, cookie: { ...offer.cookie, running: 'yes' } } as unknown as typeof offer;
+    await expect(dst.migratePrepare(bad, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+      code: 'XML_ERROR',
+      details: { field: 'cookie.running' },
+    });
+    await dom.migrateConfirm({ cancelled: true });
+  });
+});
+
+describe('a paused domain', () => {
+  it('migrates paused and stays paused at the destination', async () => {
+    const dom = await src.defineDomain(pausedOnly('mig-paused'));
+    await dom.start({ paused: true });
+    const moved = await dom.migrateTo(dst, { listen: `unix:${join(rootB, 'lib', 'in.sock')}` });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+    const info = await moved.getInfo();
+    expect(info).toMatchObject({ state: 'paused', reason: 'migrated' });
+    expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
+    expect(existsSync(join(rootB, 'lib', 'in.sock'))).toBe(false);
   });
 });
