@@ -4,6 +4,8 @@ import type { JobRecord } from './status.js';
 export type Settlement =
   | { readonly action: 'kill'; readonly why: string }
   | { readonly action: 'adopt'; readonly why: string; readonly keepPaused?: 'migration' };
+// 'kill' has no job type today: a start that never recorded the domain running is killed before
+// these rules apply; the action stays for job types whose half-done state is not a guest.
 
 /**
  * The documented rule (docs/jobs.md) for a job a killed driver left unfinished, by job type. The
@@ -13,9 +15,13 @@ export type Settlement =
 export function settleInterruptedJob(job: JobRecord): Settlement {
   switch (job.operation) {
     case 'migration-in':
-      // The stream never completed under a driver that could finish it: the incoming domain is
-      // not a usable guest, as in libvirt's qemuProcessRecoverMigrationIn.
-      return { action: 'kill', why: `an incoming migration was interrupted in phase ${job.phase}` };
+      // The guest may already run on the source again, or the stream may still come: a waiting
+      // destination is never resumed here; the application finishes it or destroys it.
+      return {
+        action: 'adopt',
+        why: `an incoming migration was interrupted in phase ${job.phase}; the domain stays paused (migration) for the application to finish or destroy`,
+        keepPaused: 'migration',
+      };
     case 'migration-out':
       // The source is never resumed on its own once the stream may have completed: the
       // application decides (confirm or cancel), as DESIGN's migration section requires.

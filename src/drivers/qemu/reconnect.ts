@@ -143,6 +143,13 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   }
   dom.state = qemuStatus === 'running' ? 'running' : 'paused';
   dom.reason = qemuStatus === 'running' ? 'unpaused' : 'user';
+  // A source whose stream completed (postmigrate) or a destination still waiting for one
+  // (inmigrate): never resumed here, since the guest may run on the other side; the application
+  // decides (migrateConfirm, or destroy).
+  if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate') {
+    dom.reason = 'migration';
+    run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
+  }
   if (settlement) {
     if (dom.state === 'paused' && settlement.keepPaused) dom.reason = settlement.keepPaused;
     ctx.log(dom, `reconnect: settled an interrupted ${status.job?.operation} job: ${settlement.why}`);
