@@ -21,6 +21,8 @@ export {
   type Phase,
 } from './operations.js';
 export type {
+  AttachedDomain,
+  AttachOptions,
   MonitorCommandOptions,
   MonitorEvent,
   MonitorEventsOptions,
