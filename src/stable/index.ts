@@ -18,10 +18,12 @@ export type {
 export { type ConnectOptions, connect } from './connect.js';
 export { Connection, type ListDomainsOptions } from './connection.js';
 export type {
+  ControllerDefinition,
   DiskDefinition,
   DomainDefinition,
   DomainDefinitionInput,
   InterfaceDefinition,
+  PciAddress,
   SchedulerPolicy,
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { fdsetIdOf } from '../../src/drivers/qemu/devices/fdset.js';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
 import type { Connection, DomainDefinition } from '../../src/stable/index.js';
@@ -128,11 +129,12 @@ async function expectShape(qmp: QmpClient, def: DomainDefinition, pid: number): 
     },
   );
   const held = readdirSync(`/proc/${pid}/fd`).map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
-  def.disks.forEach((disk, i) => {
-    const set = fdsets.find((s) => s['fdset-id'] === i + 1);
+  def.disks.forEach((disk) => {
+    // The fdset and the node names derive from the disk's alias.
+    const set = fdsets.find((s) => s['fdset-id'] === fdsetIdOf(disk.alias as string));
     expect(set?.fds[0]?.opaque).toBe(disk.source);
     expect(held).toContain(disk.source);
-    const format = nodes.find((n) => n['node-name'] === `libvirt-${i + 1}-format`);
+    const format = nodes.find((n) => n['node-name'] === `${disk.alias}-format`);
     expect(format).toMatchObject({ drv: disk.driver.type, ro: disk.readonly });
   });
   expect(nodes.filter((n) => n['node-name'].endsWith('-format'))).toHaveLength(def.disks.length);

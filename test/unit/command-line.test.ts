@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { buildCommandLine } from '../../src/drivers/qemu/command-line.js';
+import { fdsetIdOf } from '../../src/drivers/qemu/devices/fdset.js';
 import { resolveDefinition } from '../../src/stable/definition/validate.js';
 
 const ctx = {
@@ -55,9 +56,9 @@ describe('buildCommandLine', () => {
     expect(argOf(argv, '-smp')).toEqual(['2,maxcpus=4,sockets=1,dies=1,cores=2,threads=2']);
     expect(argOf(argv, '-m')).toEqual(['size=1048576k,slots=4,maxmem=4194304k']);
     expect(argOf(argv, '-overcommit')).toEqual(['mem-lock=on']);
-    expect(argOf(argv, '-device')).not.toContain('virtio-balloon-pci,id=balloon0');
+    expect(argOf(argv, '-device').join()).not.toContain('virtio-balloon-pci');
     expect(argOf(buildCommandLine(def({ currentMemoryKiB: 524288 }), ctx).argv, '-device')).toContain(
-      'virtio-balloon-pci,id=balloon0',
+      '{"driver":"virtio-balloon-pci","id":"balloon0","bus":"pci.0","addr":"0x2"}',
     );
     expect(argOf(argv, '-object')).toEqual(['iothread,id=iothread1', 'iothread,id=iothread2']);
   });
@@ -125,20 +126,32 @@ describe('buildCommandLine', () => {
       ctx,
     );
     const blockdevs = argOf(argv, '-blockdev').map((j) => JSON.parse(j));
-    // QEMU gets each image as an inherited descriptor, never a path to open itself.
-    expect(argOf(argv, '-add-fd')).toEqual(['fd=5,set=1,opaque=/d.qcow2', 'fd=6,set=2,opaque=/c.iso']);
+    // QEMU gets each image as an inherited descriptor, never a path to open itself; the fdset and
+    // the node names derive from the disk's alias, never from its position.
+    const [set0, set1] = [fdsetIdOf('virtio-disk0'), fdsetIdOf('sata0-0-0')];
+    expect(argOf(argv, '-add-fd')).toEqual([
+      `fd=5,set=${set0},opaque=/d.qcow2`,
+      `fd=6,set=${set1},opaque=/c.iso`,
+    ]);
     expect(blockdevs[0]).toEqual({
       driver: 'file',
-      filename: '/dev/fdset/1',
-      'node-name': 'libvirt-1-storage',
+      filename: `/dev/fdset/${set0}`,
+      'node-name': 'virtio-disk0-storage',
       'read-only': false,
     });
-    expect(blockdevs[1]).toMatchObject({ driver: 'qcow2', file: 'libvirt-1-storage' });
-    expect(blockdevs[3]).toMatchObject({ driver: 'raw', 'read-only': true });
-    expect(argOf(argv, '-device')).toEqual([
-      'virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0,bootindex=1',
-      'ich9-ahci,id=sata0',
-      'ide-cd,bus=sata0.0,drive=libvirt-2-format,id=sata0-0-0',
+    expect(blockdevs[1]).toMatchObject({ driver: 'qcow2', file: 'virtio-disk0-storage' });
+    expect(blockdevs[3]).toMatchObject({ driver: 'raw', 'read-only': true, 'node-name': 'sata0-0-0-format' });
+    expect(argOf(argv, '-device').map((j) => JSON.parse(j))).toEqual([
+      { driver: 'ich9-ahci', id: 'sata0', bus: 'pci.0', addr: '0x2' },
+      {
+        driver: 'virtio-blk-pci',
+        bus: 'pci.0',
+        addr: '0x3',
+        drive: 'virtio-disk0-format',
+        id: 'virtio-disk0',
+        bootindex: 1,
+      },
+      { driver: 'ide-cd', bus: 'sata0.0', drive: 'sata0-0-0-format', id: 'sata0-0-0' },
     ]);
     expect(live.disks.map((d) => d.alias)).toEqual(['virtio-disk0', 'sata0-0-0']);
   });
@@ -154,15 +167,30 @@ describe('buildCommandLine', () => {
       }),
       { ...ctx, tapFds: [[7], [8, 9], undefined] },
     );
-    expect(argOf(argv, '-netdev')).toEqual([
-      'tap,id=hostnet0,fd=7',
-      'tap,id=hostnet1,fds=8:9',
-      'user,id=hostnet2',
+    expect(argOf(argv, '-netdev').map((j) => JSON.parse(j))).toEqual([
+      { type: 'tap', id: 'hostnet0', fd: '7' },
+      { type: 'tap', id: 'hostnet1', fds: '8:9' },
+      { type: 'user', id: 'hostnet2' },
     ]);
-    expect(argOf(argv, '-device')).toEqual([
-      'virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:00:00:01',
-      'virtio-net-pci,netdev=hostnet1,id=net1,mq=on,vectors=6',
-      'e1000,netdev=hostnet2,id=net2',
+    expect(argOf(argv, '-device').map((j) => JSON.parse(j))).toEqual([
+      {
+        driver: 'virtio-net-pci',
+        bus: 'pci.0',
+        addr: '0x2',
+        netdev: 'hostnet0',
+        id: 'net0',
+        mac: '52:54:00:00:00:01',
+      },
+      {
+        driver: 'virtio-net-pci',
+        bus: 'pci.0',
+        addr: '0x3',
+        netdev: 'hostnet1',
+        id: 'net1',
+        mq: true,
+        vectors: 6,
+      },
+      { driver: 'e1000', bus: 'pci.0', addr: '0x4', netdev: 'hostnet2', id: 'net2' },
     ]);
     expect(live.interfaces.map((n) => n.alias)).toEqual(['net0', 'net1', 'net2']);
   });

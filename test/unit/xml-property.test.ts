@@ -54,6 +54,63 @@ function compact<T>(value: T): T {
   return value;
 }
 
+const pciAddressArb = fc.record(
+  {
+    type: fc.constant('pci' as const),
+    domain: fc.constant(0 as const),
+    bus: fc.integer({ min: 0, max: 255 }),
+    slot: fc.integer({ min: 0, max: 31 }),
+    function: fc.integer({ min: 0, max: 7 }),
+    multifunction: fc.boolean(),
+  },
+  { requiredKeys: ['type', 'bus', 'slot'] },
+);
+const driveAddressArb = fc.record(
+  {
+    type: fc.constant('drive' as const),
+    controller: fc.integer({ min: 0, max: 255 }),
+    bus: fc.integer({ min: 0, max: 255 }),
+    target: fc.integer({ min: 0, max: 255 }),
+    unit: fc.integer({ min: 0, max: 255 }),
+  },
+  { requiredKeys: ['type', 'unit'] },
+);
+const controllerArb = fc.oneof(
+  fc.record(
+    {
+      type: fc.constant('pci' as const),
+      index: fc.integer({ min: 0, max: 255 }),
+      model: fc.constantFrom('pci-root', 'pcie-root', 'pcie-root-port'),
+      target: fc.record(
+        { chassis: fc.integer({ min: 0, max: 255 }), port: fc.integer({ min: 0, max: 255 }) },
+        { requiredKeys: [] },
+      ),
+      alias: xmlText,
+      address: pciAddressArb,
+    },
+    { requiredKeys: ['type', 'model'] },
+  ),
+  fc.record(
+    {
+      type: fc.constant('sata' as const),
+      index: fc.integer({ min: 0, max: 255 }),
+      alias: xmlText,
+      address: pciAddressArb,
+    },
+    { requiredKeys: ['type'] },
+  ),
+  fc.record(
+    {
+      type: fc.constant('usb' as const),
+      index: fc.integer({ min: 0, max: 255 }),
+      model: fc.constantFrom('none', 'piix3-uhci', 'qemu-xhci'),
+      alias: xmlText,
+      address: pciAddressArb,
+    },
+    { requiredKeys: ['type', 'model'] },
+  ),
+);
+
 /** Valid typed definitions covering every field of the schema, respecting its semantic rules. */
 const definitionArb: fc.Arbitrary<DomainDefinitionInput> = fc.gen().map((g) => {
   const maybe = <T>(arb: fc.Arbitrary<T>): T | undefined => g(() => fc.option(arb, { nil: undefined }));
@@ -172,6 +229,7 @@ const definitionArb: fc.Arbitrary<DomainDefinitionInput> = fc.gen().map((g) => {
         serial: maybe(fc.string({ unit: xmlChar, maxLength: 12 }).filter((v) => v.length <= 36)),
         bootOrder: maybe(fc.integer({ min: 1, max: 20 })),
         alias: maybe(xmlText),
+        address: bus === 'virtio' ? maybe(pciAddressArb) : maybe(driveAddressArb),
       };
     }),
     interfaces: g(() =>
@@ -193,6 +251,7 @@ const definitionArb: fc.Arbitrary<DomainDefinitionInput> = fc.gen().map((g) => {
               model: fc.constantFrom('virtio', 'e1000'),
               queues: fc.integer({ min: 1, max: 16 }),
               alias: xmlText,
+              address: pciAddressArb,
             },
             { requiredKeys: ['type'] },
           ),
@@ -202,11 +261,19 @@ const definitionArb: fc.Arbitrary<DomainDefinitionInput> = fc.gen().map((g) => {
               mac,
               model: fc.constantFrom('virtio', 'e1000'),
               alias: xmlText,
+              address: pciAddressArb,
             },
             { requiredKeys: ['type'] },
           ),
         ),
         { maxLength: 3 },
+      ),
+    ),
+    controllers: g(() => fc.array(controllerArb, { maxLength: 4 })),
+    memballoon: maybe(
+      fc.record(
+        { model: fc.constant('virtio' as const), alias: xmlText, address: pciAddressArb },
+        { requiredKeys: ['model'] },
       ),
     ),
     serials: g(() =>

@@ -1,5 +1,25 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import {
+  bootArgs,
+  clockArgs,
+  cpuProps,
+  featureDevices,
+  firmwareArgs,
+  machineProps,
+  numaArgs,
+  pmArgs,
+  smbiosArgs,
+} from './command-line-platform.js';
+import { assignDevices } from './devices/assign.js';
+import { balloonDevice } from './devices/balloon.js';
+import { controllerDevice } from './devices/controller.js';
+import { diskBlockdevs, diskDevice } from './devices/disk.js';
+import { fdsetIdOf } from './devices/fdset.js';
+import { netdevOf, nicDevice } from './devices/net.js';
+import type { QapiObject } from './devices/qapi.js';
+import { serialDevice } from './devices/serial.js';
+import type { FirmwarePaths } from './firmware.js';
 
 /**
  * What the command line needs besides the definition: where things live and which file
@@ -18,6 +38,10 @@ export interface CommandLineContext {
   readonly hugepagesPath?: string;
   /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
   readonly tapFds: ReadonlyArray<readonly number[] | undefined>;
+  /** The firmware files (resolveFirmware), when the domain does not boot QEMU's default BIOS. */
+  readonly firmware?: FirmwarePaths;
+  /** The start time, for a clock with a `variable` offset (milliseconds since the epoch). */
+  readonly nowMs?: number;
 }
 
 /** The command line, environment and the taints it implies. */
@@ -32,11 +56,6 @@ export interface CommandLine {
 /** QEMU's option syntax doubles commas inside values. */
 const esc = (value: string): string => value.replaceAll(',', ',,');
 
-const unsupported = (path: string, what: string): VirtError =>
-  new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${what} is not supported by this version of virtkit`, {
-    path,
-  });
-
 /**
  * Turns a definition into QEMU's argv, deterministically: the same definition and context always
  * give the same argv. QEMU always starts with `-S`; the start-up sequence resumes it.
@@ -49,11 +68,17 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   add('-name', `guest=${def.name},debug-threads=on`, '-S', '-uuid', def.uuid);
   add('-no-user-config', '-nodefaults', '-msg', 'timestamp=on');
   const acpi = def.features?.acpi ?? true;
-  add('-machine', `${def.os.machine ?? 'pc'},usb=off,dump-guest-core=off,acpi=${acpi ? 'on' : 'off'}`);
-  add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
-  const cpuFeatures = (def.cpu?.features ?? [])
-    .map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`)
+  const machineExtra = machineProps(def, ctx.firmware)
+    .map((p) => `,${p}`)
     .join('');
+  add(
+    '-machine',
+    `${def.os.machine ?? 'pc'},usb=off,dump-guest-core=off,acpi=${acpi ? 'on' : 'off'}${machineExtra}`,
+  );
+  add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
+  const cpuFeatures =
+    (def.cpu?.features ?? []).map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`).join('') +
+    cpuProps(def);
   let cpuModel: string | undefined;
   if (def.cpu?.mode === 'host-passthrough') cpuModel = 'host';
   else if (def.cpu?.model) cpuModel = def.cpu.model;
@@ -64,6 +89,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   let memory = `size=${def.memoryKiB}k`;
   if (def.maxMemory) memory += `,slots=${def.maxMemory.slots},maxmem=${def.maxMemory.kib}k`;
   add('-m', memory);
+  add(...firmwareArgs(ctx.firmware));
   if (def.memoryBacking?.hugepages) {
     if (!ctx.hugepagesPath) {
       throw new VirtError(
@@ -74,11 +100,13 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     }
     // Guest RAM as a memory backend on hugetlbfs, preallocated so a shortage fails the start
     // instead of the guest later.
-    add(
-      '-object',
-      `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
-    );
-    add('-machine', 'memory-backend=pc.ram');
+    if (!def.cpu?.numa) {
+      add(
+        '-object',
+        `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
+      );
+      add('-machine', 'memory-backend=pc.ram');
+    }
   }
   if (def.memoryBacking?.locked) add('-overcommit', 'mem-lock=on');
 
@@ -87,89 +115,81 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     '-smp',
     `${def.vcpu.current ?? def.vcpu.count},maxcpus=${def.vcpu.count},sockets=${topo.sockets},dies=${topo.dies},cores=${topo.cores},threads=${topo.threads}`,
   );
+  add(...numaArgs(def, def.memoryBacking?.hugepages ? ctx.hugepagesPath : undefined));
+  add(...smbiosArgs(def));
   for (let i = 1; i <= def.iothreads; i++) add('-object', `iothread,id=iothread${i}`);
 
   add('-chardev', `socket,id=charmonitor,fd=${ctx.monitorFd},server=on,wait=off`);
   add('-mon', 'chardev=charmonitor,id=monitor,mode=control');
-  add('-rtc', `base=${def.clock?.offset ?? 'utc'}`);
+  add(...clockArgs(def, ctx.nowMs ?? Date.now()));
   if (def.onPoweroff === 'restart') add('-no-shutdown');
   if (def.onReboot === 'destroy') add('-no-reboot');
-  add('-boot', 'strict=on');
+  add(...pmArgs(def));
+  add(...bootArgs(def));
   if (def.os.kernel) add('-kernel', def.os.kernel);
   if (def.os.initrd) add('-initrd', def.os.initrd);
   if (def.os.cmdline !== undefined) add('-append', def.os.cmdline);
 
-  const disks = def.disks.map((disk, i) => {
-    const node = `libvirt-${i + 1}`;
+  // Aliases, addresses and controllers were assigned at define time; a definition stored before
+  // that gets them here, the same way.
+  const full = assignDevices(def);
+  const json = (flag: string, value: QapiObject) => add(flag, JSON.stringify(value));
+  // PCI controllers first: the devices of the others sit on their buses.
+  const controllers = [...full.controllers].sort(
+    (a, b) => Number(b.type === 'pci') - Number(a.type === 'pci'),
+  );
+  for (const c of controllers) {
+    const device = controllerDevice(full, c);
+    if (device) json('-device', device);
+  }
+  const fdsets = new Map<number, string>();
+  full.disks.forEach((disk, i) => {
     const fd = ctx.diskFds[i];
     if (fd === undefined) throw new VirtError(ErrorCode.INTERNAL_ERROR, `no descriptor for disk ${i}`);
-    // QEMU never opens the image itself: it uses the descriptor the pre-exec phase opened.
-    add('-add-fd', `fd=${fd},set=${i + 1},opaque=${esc(disk.source)}`);
-    const storage = {
-      driver: disk.type === 'block' ? 'host_device' : 'file',
-      filename: `/dev/fdset/${i + 1}`,
-      'node-name': `${node}-storage`,
-      'read-only': disk.readonly,
-    };
-    const format = {
-      'node-name': `${node}-format`,
-      'read-only': disk.readonly,
-      driver: disk.driver.type,
-      file: `${node}-storage`,
-    };
-    add('-blockdev', JSON.stringify(storage), '-blockdev', JSON.stringify(format));
-    let device: string;
-    let alias: string;
-    if (disk.target.bus === 'virtio') {
-      if (disk.device === 'cdrom') throw unsupported(`disks.${i}.device`, 'a cdrom on the virtio bus');
-      alias = `virtio-disk${i}`;
-      device = `virtio-blk-pci,drive=${node}-format,id=${alias}`;
-    } else {
-      const unit = def.disks.slice(0, i).filter((d) => d.target.bus === 'sata').length;
-      if (unit === 0) add('-device', 'ich9-ahci,id=sata0');
-      if (unit > 5) throw unsupported(`disks.${i}.target`, 'more than six sata disks');
-      alias = `sata0-0-${unit}`;
-      device = `${disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd'},bus=sata0.${unit},drive=${node}-format,id=${alias}`;
+    const alias = disk.alias as string;
+    const set = fdsetIdOf(alias);
+    const clash = fdsets.get(set);
+    if (clash !== undefined) {
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        `the disk aliases '${clash}' and '${alias}' map to one fdset; rename one`,
+        {
+          path: `disks.${i}.alias`,
+        },
+      );
     }
-    if (disk.serial) device += `,serial=${esc(disk.serial)}`;
-    if (disk.bootOrder) device += `,bootindex=${disk.bootOrder}`;
-    add('-device', device);
-    return { ...disk, alias };
+    fdsets.set(set, alias);
+    // QEMU never opens the image itself: it uses the descriptor the pre-exec phase opened.
+    add('-add-fd', `fd=${fd},set=${set},opaque=${esc(disk.source)}`);
+    for (const node of diskBlockdevs(disk)) json('-blockdev', node);
+    json('-device', diskDevice(full, disk, `disks.${i}`));
   });
 
-  const interfaces = def.interfaces.map((nic, i) => {
-    const alias = `net${i}`;
-    if (nic.type === 'ethernet') {
-      const fds = ctx.tapFds[i];
-      if (!fds?.length) throw new VirtError(ErrorCode.INTERNAL_ERROR, `no TAP descriptor for interface ${i}`);
-      add('-netdev', `tap,id=host${alias},${fds.length === 1 ? `fd=${fds[0]}` : `fds=${fds.join(':')}`}`);
-    } else {
-      add('-netdev', `user,id=host${alias}`);
-    }
-    const model = nic.model === 'virtio' ? 'virtio-net-pci' : 'e1000';
-    const mq =
-      nic.type === 'ethernet' && (nic.queues ?? 1) > 1 ? `,mq=on,vectors=${2 * (nic.queues ?? 1) + 2}` : '';
-    add('-device', `${model},netdev=host${alias},id=${alias}${nic.mac ? `,mac=${nic.mac}` : ''}${mq}`);
-    return { ...nic, alias };
+  full.interfaces.forEach((nic, i) => {
+    const fds = nic.type === 'ethernet' ? ctx.tapFds[i] : undefined;
+    if (nic.type === 'ethernet' && !fds?.length)
+      throw new VirtError(ErrorCode.INTERNAL_ERROR, `no TAP descriptor for interface ${i}`);
+    json('-netdev', netdevOf(nic, fds));
+    json('-device', nicDevice(full, nic));
   });
 
   const serials = def.serials.map((serial, i) => {
     if (serial.type === 'file') {
       const path = serial.path ?? ctx.consolePath;
       add('-chardev', `file,id=charserial${i},path=${esc(path)}`);
-      add('-device', `isa-serial,chardev=charserial${i},id=serial${i}`);
+      json('-device', serialDevice(i));
       return { type: 'file' as const, path };
     }
     add('-chardev', `pty,id=charserial${i}`);
-    add('-device', `isa-serial,chardev=charserial${i},id=serial${i}`);
+    json('-device', serialDevice(i));
     return serial;
   });
 
   // A currentMemory below memory is honoured as libvirt does: a balloon, whose target the start
   // sequence sets once QEMU runs.
-  if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
-    add('-device', 'virtio-balloon-pci,id=balloon0');
-  }
+  const balloon = balloonDevice(full);
+  if (balloon) json('-device', balloon);
+  add(...featureDevices(def));
   add('-display', 'none');
 
   const env: Record<string, string> = {
@@ -182,5 +202,5 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     for (const { name, value } of def.qemuCommandline.env) env[name] = value;
     taints.push('custom-argv');
   }
-  return { argv, env, taints, live: { ...def, disks, interfaces, serials } };
+  return { argv, env, taints, live: { ...full, serials } };
 }

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
-import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
-import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
-import { INTERNAL_API_VERSION } from '../../internal/version.js';
+import { HandlerTable } from '../../privileged/handler-table.js';
+import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../privileged/seam.js';
+import { INTERNAL_API_VERSION } from '../../privileged/version.js';
 import type {
   Capabilities,
   DomainCapabilities,
@@ -39,6 +39,7 @@ import {
 } from './attach.js';
 import { buildCapabilities, buildDomainCapabilities, capabilityCache } from './capabilities/capabilities.js';
 import type { DriverContext } from './context.js';
+import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
@@ -308,9 +309,14 @@ export class QemuDriver implements Driver, DriverContext {
     return this.#domains.values().map((d) => ({ name: d.def.name, uuid: d.def.uuid, active: d.active }));
   }
 
-  async defineDomain(def: DomainDefinition): Promise<DomainRef> {
+  async defineDomain(given: DomainDefinition): Promise<DomainRef> {
     this.#checkOpen();
     const define = async (): Promise<DomainRef> => {
+      const def = await prepareDefinition(
+        capabilityCache(this.layout),
+        given.emulator ?? DEFAULT_EMULATOR,
+        given,
+      );
       const existing = this.#domains.existingFor(def);
       const dom = existing ?? new DomainObject(def);
       return dom.job(async () => {

@@ -1,4 +1,15 @@
 import { z } from 'zod';
+import {
+  bootmenuSchema,
+  clockSchema,
+  extraFeatures,
+  loaderSchema,
+  metadataSchema,
+  numaCellSchema,
+  nvramSchema,
+  pmSchema,
+  sysinfoSchema,
+} from './schema-platform.js';
 
 /*
  * The typed domain definition. Field names follow libvirt's XML (camelCased) so that a libvirt user
@@ -26,6 +37,55 @@ const schedEntry = z.strictObject({
   priority: z.number().int().min(0).max(99).optional(),
 });
 
+/** A PCI address, as libvirt's `<address type='pci' domain bus slot function/>`. */
+const pciAddress = z.strictObject({
+  type: z.literal('pci'),
+  domain: z.literal(0).default(0),
+  bus: z.number().int().min(0).max(255),
+  slot: z.number().int().min(0).max(31),
+  function: z.number().int().min(0).max(7).default(0),
+  multifunction: z.boolean().optional(),
+});
+
+/** A drive address on a disk controller, as libvirt's `<address type='drive' …/>`. */
+const driveAddress = z.strictObject({
+  type: z.literal('drive'),
+  controller: z.number().int().min(0).max(255).default(0),
+  bus: z.number().int().min(0).max(255).default(0),
+  target: z.number().int().min(0).max(255).default(0),
+  unit: z.number().int().min(0).max(255),
+});
+
+const controllerSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('pci'),
+    index: z.number().int().min(0).max(255).optional(),
+    model: z.enum(['pci-root', 'pcie-root', 'pcie-root-port']),
+    /** A pcie-root-port's chassis and port numbers. */
+    target: z
+      .strictObject({
+        chassis: z.number().int().min(0).max(255).optional(),
+        port: z.number().int().min(0).max(255).optional(),
+      })
+      .optional(),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+  z.strictObject({
+    type: z.literal('sata'),
+    index: z.number().int().min(0).max(255).optional(),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+  z.strictObject({
+    type: z.literal('usb'),
+    index: z.number().int().min(0).max(255).optional(),
+    model: z.enum(['none', 'piix3-uhci', 'qemu-xhci']),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+]);
+
 const diskSchema = z.strictObject({
   type: z.enum(['file', 'block']),
   device: z.enum(['disk', 'cdrom']).default('disk'),
@@ -39,6 +99,7 @@ const diskSchema = z.strictObject({
   serial: z.string().max(36).optional(),
   bootOrder: z.number().int().positive().optional(),
   alias: z.string().optional(),
+  address: z.discriminatedUnion('type', [pciAddress, driveAddress]).optional(),
 });
 
 const macAddress = z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i, 'a MAC address');
@@ -51,12 +112,14 @@ const interfaceSchema = z.discriminatedUnion('type', [
     model: z.enum(['virtio', 'e1000']).default('virtio'),
     queues: z.number().int().min(1).max(16).optional(),
     alias: z.string().optional(),
+    address: pciAddress.optional(),
   }),
   z.strictObject({
     type: z.literal('user'),
     mac: macAddress.optional(),
     model: z.enum(['virtio', 'e1000']).default('virtio'),
     alias: z.string().optional(),
+    address: pciAddress.optional(),
   }),
 ]);
 
@@ -92,6 +155,7 @@ export const domainDefinitionSchema = z.strictObject({
     .optional(),
   title: z.string().optional(),
   description: z.string().optional(),
+  metadata: metadataSchema.optional(),
   type: z.enum(['kvm', 'qemu']),
   memoryKiB: kib,
   currentMemoryKiB: kib.optional(),
@@ -101,6 +165,8 @@ export const domainDefinitionSchema = z.strictObject({
       /** Up to 288, the limit of QEMU's q35 machine (255 for pc). */
       count: z.number().int().min(1).max(288),
       current: z.number().int().min(1).max(288).optional(),
+      /** The host CPUs of vCPUs and emulator threads that `cputune` does not pin. */
+      cpuset: cpuset.optional(),
     })
     .default({ count: 1 }),
   cpu: z
@@ -124,6 +190,8 @@ export const domainDefinitionSchema = z.strictObject({
           threads: z.number().int().min(1),
         })
         .optional(),
+      /** Guest NUMA cells; their vCPUs and memory must add up to the domain's. */
+      numa: z.array(numaCellSchema).min(1).max(64).optional(),
     })
     .optional(),
   os: z
@@ -134,10 +202,21 @@ export const domainDefinitionSchema = z.strictObject({
       initrd: z.string().startsWith('/').optional(),
       cmdline: z.string().optional(),
       boot: z.array(z.enum(['hd', 'cdrom', 'network'])).optional(),
+      /** `efi` picks UEFI firmware (OVMF) with a per-domain variable store; `bios` is SeaBIOS. */
+      firmware: z.enum(['efi', 'bios']).optional(),
+      loader: loaderSchema.optional(),
+      nvram: nvramSchema.optional(),
+      bootmenu: bootmenuSchema.optional(),
+      /** Where the SMBIOS tables come from: `sysinfo` (the definition's), `emulate` (QEMU's). */
+      smbios: z.enum(['sysinfo', 'emulate']).optional(),
     })
     .default({ arch: 'x86_64' }),
-  features: z.strictObject({ acpi: z.boolean().default(true), apic: z.boolean().default(true) }).optional(),
-  clock: z.strictObject({ offset: z.enum(['utc', 'localtime']).default('utc') }).optional(),
+  features: z
+    .strictObject({ acpi: z.boolean().default(true), apic: z.boolean().default(true), ...extraFeatures })
+    .optional(),
+  clock: clockSchema.optional(),
+  pm: pmSchema.optional(),
+  sysinfo: sysinfoSchema.optional(),
   iothreads: z.number().int().min(0).max(64).default(0),
   cputune: z
     .strictObject({
@@ -162,6 +241,19 @@ export const domainDefinitionSchema = z.strictObject({
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),
   serials: z.array(charSource).max(4).default([]),
+  /**
+   * Device controllers. The QEMU driver adds the implicit ones at define time as libvirt does (the
+   * PCI root, the PCIe root ports a q35 machine's devices sit behind, SATA, USB).
+   */
+  controllers: z.array(controllerSchema).default([]),
+  /** The virtio memory balloon; the QEMU driver adds it when `currentMemoryKiB` is below `memoryKiB`. */
+  memballoon: z
+    .strictObject({
+      model: z.literal('virtio'),
+      alias: z.string().optional(),
+      address: pciAddress.optional(),
+    })
+    .optional(),
   qemuCommandline: z
     .strictObject({
       args: z.array(z.string()).default([]),
@@ -206,3 +298,17 @@ export type InterfaceDefinition = DomainDefinition['interfaces'][number];
  * @public
  */
 export type SchedulerPolicy = NonNullable<DomainDefinition['cputune']>['vcpusched'][number]['scheduler'];
+
+/**
+ * A PCI address of a device (`<address type='pci'/>`).
+ *
+ * @public
+ */
+export type PciAddress = NonNullable<InterfaceDefinition['address']>;
+
+/**
+ * A device controller of a resolved definition.
+ *
+ * @public
+ */
+export type ControllerDefinition = DomainDefinition['controllers'][number];

@@ -1,4 +1,5 @@
 import { ErrorCode, VirtError } from '../../errors.js';
+import { parseAddress, parseController, parseDeviceAlias, parseMemballoon } from './xml-parse-addresses.js';
 import {
   at,
   check,
@@ -31,14 +32,16 @@ import type { XmlElement } from './xml-tree.js';
 /** `<devices>`, into `out` (the devices are fields of the definition itself). */
 export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
   check(el, {
-    children: ['emulator', 'disk', 'interface', 'serial', 'console', 'memballoon'],
-    repeat: ['disk', 'interface', 'serial', 'console'],
+    children: ['emulator', 'disk', 'controller', 'interface', 'serial', 'console', 'memballoon'],
+    repeat: ['disk', 'controller', 'interface', 'serial', 'console'],
   });
-  for (const field of ['disks', 'interfaces', 'serials']) origins.note(field, el);
+  for (const field of ['disks', 'interfaces', 'serials', 'controllers']) origins.note(field, el);
   const emulator = child(el, 'emulator');
   if (emulator) out.emulator = textOf(origins, emulator, 'emulator');
   const disks = childrenOf(el, 'disk');
   if (disks.length > 0) out.disks = disks.map((disk, i) => parseDisk(origins, disk, i));
+  const controllers = childrenOf(el, 'controller');
+  if (controllers.length > 0) out.controllers = controllers.map((c, i) => parseController(origins, c, i));
   const nics = childrenOf(el, 'interface');
   if (nics.length > 0) out.interfaces = nics.map((nic, i) => parseInterface(origins, nic, i));
   const serials = childrenOf(el, 'serial').map((s, i) => parseSerial(origins, s, i));
@@ -61,19 +64,13 @@ export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
     out.serials = serials.map((s) => s.source);
   }
   const balloon = child(el, 'memballoon');
-  if (balloon) {
-    check(balloon, { attrs: ['model'] });
-    const model = balloon.attrs.get('model');
-    if (model !== 'none') {
-      throw unsupported(balloon, `a memory balloon (model '${model ?? ''}')`, 'model');
-    }
-  }
+  if (balloon) parseMemballoon(origins, balloon, out);
 }
 
 function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   check(el, {
     attrs: ['type', 'device'],
-    children: ['driver', 'source', 'target', 'readonly', 'serial', 'boot', 'alias'],
+    children: ['driver', 'source', 'target', 'readonly', 'serial', 'boot', 'alias', 'address'],
   });
   const field = `disks.${i}`;
   origins.note(field, el);
@@ -161,19 +158,9 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
     if (order === undefined) throw invalid(boot, '<boot> needs an order', 'order');
     out.bootOrder = order;
   }
-  const alias = parseAlias(origins, el, field);
-  if (alias !== undefined) out.alias = alias;
+  parseDeviceAlias(origins, el, field, out);
+  parseAddress(origins, el, field, out, ['pci', 'drive']);
   return out;
-}
-
-function parseAlias(origins: Origins, el: XmlElement, field: string): string | undefined {
-  const alias = child(el, 'alias');
-  if (!alias) return undefined;
-  check(alias, { attrs: ['name'] });
-  origins.note(`${field}.alias`, alias, 'name');
-  const name = alias.attrs.get('name');
-  if (name === undefined) throw invalid(alias, '<alias> needs a name', 'name');
-  return name;
 }
 
 function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
@@ -206,7 +193,9 @@ function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
   const ethernet = kind === 'ethernet';
   check(el, {
     attrs: ['type'],
-    children: ethernet ? ['mac', 'target', 'model', 'driver', 'alias'] : ['mac', 'model', 'alias'],
+    children: ethernet
+      ? ['mac', 'target', 'model', 'driver', 'alias', 'address']
+      : ['mac', 'model', 'alias', 'address'],
   });
   const out: Obj = { type: kind };
   const mac = child(el, 'mac');
@@ -249,8 +238,8 @@ function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
     origins.note(`${field}.queues`, driver, 'queues');
     set(out, 'queues', intAttr(driver, 'queues'));
   }
-  const alias = parseAlias(origins, el, field);
-  if (alias !== undefined) out.alias = alias;
+  parseDeviceAlias(origins, el, field, out);
+  parseAddress(origins, el, field, out, ['pci']);
   return out;
 }
 

@@ -38,7 +38,8 @@ import type { XmlElement } from './xml-tree.js';
  * - `<os><type arch='x86_64'>` is mapped (the only architecture); `<type>hvm</type>` is required
  *   to be `hvm` when present.
  * - `<features><pae/></features>`: PAE has no command-line effect on x86_64 guests.
- * - `<devices><memballoon model='none'/></devices>`: "no balloon", which is what virtkit does.
+ * - `<devices><memballoon model='none'/></devices>`: "no balloon" (a `currentMemory` below `memory`
+ *   still gets its balloon, which is how virtkit honours it).
  * - `<serial tty='…'>`, `<console tty='…'>` and a pty's `<source path='…'/>`: the pty that a
  *   running domain got, output only; libvirt ignores them when defining.
  * - `<serial><target type='isa-serial'><model name='isa-serial'/></target>` and

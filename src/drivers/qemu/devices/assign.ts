@@ -1,0 +1,417 @@
+import { ErrorCode, VirtError } from '../../../errors.js';
+import type {
+  ControllerDefinition,
+  DiskDefinition,
+  DomainDefinition,
+  PciAddress,
+} from '../../../stable/definition/schema.js';
+import {
+  completeControllers,
+  controllerAlias,
+  fixedControllerAlias,
+  sortControllers,
+} from './controllers.js';
+import { type MachineFamily, machineFamily } from './machine.js';
+
+/*
+ * The device model's define-time step, libvirt's qemuDomainAssignAddresses and
+ * qemuAssignDeviceAliases in one: every device gets an alias and, when it is a PCI device, an
+ * address; both are stored in the definition, so they never change under a defined domain (start,
+ * hotplug and migration use them as they are). Given aliases and addresses are kept. It is
+ * idempotent: a definition it returned comes back unchanged.
+ */
+
+/** Options of {@link assignDevices}. */
+export interface AssignOptions {
+  /**
+   * For a device being hot-plugged: no controller may be added (a running machine cannot grow a
+   * PCIe root port or a SATA controller), so a device that would need one is refused.
+   */
+  readonly live?: boolean;
+}
+
+/** What a QEMU id may look like (QEMU's id_wellformed). */
+const QEMU_ID = /^[A-Za-z][A-Za-z0-9._-]*$/;
+/** A block node name is at most 31 characters; a disk's nodes are `<alias>-storage`/`-format`. */
+const MAX_DISK_ALIAS = 23;
+
+const invalid = (path: string, message: string): VirtError =>
+  new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
+const unsupported = (path: string, message: string): VirtError =>
+  new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${path}: ${message}`, { path });
+
+/** libvirt's virDiskNameToIndex: `vda` → 0, `sdb` → 1, `vdaa` → 26. */
+export function diskNameIndex(dev: string): number {
+  const letters = dev.replace(/^(vd|sd|hd)/, '');
+  let index = 0;
+  for (const ch of letters) index = index * 26 + (ch.charCodeAt(0) - 96);
+  return index - 1;
+}
+
+/** `0x3` or `0x3.0x1`: a PCI address as QEMU's `addr` property. */
+export function pciAddr(address: PciAddress): string {
+  const slot = `0x${address.slot.toString(16)}`;
+  return address.function === 0 ? slot : `${slot}.0x${address.function.toString(16)}`;
+}
+
+const key = (bus: number, slot: number, fn: number): string => `${bus}:${slot}.${fn}`;
+
+/** The PCI slots of a machine and who holds them. */
+class PciMap {
+  readonly #used = new Map<string, string>();
+  /** Bus number → what may sit on it. */
+  readonly buses = new Map<number, 'root' | 'root-port'>([[0, 'root']]);
+  /** Slots of bus 0 that hold root ports only (libvirt aggregates up to eight per slot). */
+  readonly #portSlots = new Set<number>();
+  readonly #reserved: ReadonlySet<number>;
+
+  constructor(readonly family: MachineFamily) {
+    this.#reserved = new Set(family === 'q35' ? [0, 0x1f] : [0, 1]);
+  }
+
+  /** Claims a given address, checking it fits the machine. */
+  claim(address: PciAddress, owner: string, path: string, fixedOk = false): void {
+    const kind = this.buses.get(address.bus);
+    if (kind === undefined) {
+      throw unsupported(
+        `${path}.bus`,
+        this.family === 'q35'
+          ? `bus ${address.bus} has no controller (add <controller type='pci' model='pcie-root-port' index='${address.bus}'/>)`
+          : `bus ${address.bus} on an i440fx machine (only bus 0 exists: virtkit adds no PCI bridges)`,
+      );
+    }
+    if (kind === 'root-port' && address.slot !== 0)
+      throw unsupported(`${path}.slot`, `slot ${address.slot} behind a PCIe root port (only slot 0 exists)`);
+    if (kind === 'root' && this.#reserved.has(address.slot) && !fixedOk)
+      throw unsupported(
+        `${path}.slot`,
+        `slot ${address.slot} of bus 0, which the ${this.family} chipset uses`,
+      );
+    const k = key(address.bus, address.slot, address.function);
+    const holder = this.#used.get(k);
+    if (holder !== undefined) throw invalid(path, `PCI address ${k} is already taken by ${holder}`);
+    this.#used.set(k, owner);
+  }
+
+  #slotFree(bus: number, slot: number): boolean {
+    for (let fn = 0; fn < 8; fn++) if (this.#used.has(key(bus, slot, fn))) return false;
+    return true;
+  }
+
+  /** The first free slot of bus 0 for an endpoint. */
+  nextRootSlot(owner: string, path: string): PciAddress {
+    for (let slot = 0; slot < 32; slot++) {
+      if (this.#reserved.has(slot) || !this.#slotFree(0, slot)) continue;
+      const address: PciAddress = { type: 'pci', domain: 0, bus: 0, slot, function: 0 };
+      this.#used.set(key(0, slot, 0), owner);
+      return address;
+    }
+    throw unsupported(path, 'a PCI device: every slot of bus 0 is taken');
+  }
+
+  /** The next function for a root port: next to the other root ports, or a new slot. */
+  nextPortFunction(owner: string, path: string): PciAddress {
+    for (let slot = 0; slot < 32; slot++) {
+      if (this.#reserved.has(slot)) continue;
+      const free = this.#slotFree(0, slot);
+      if (!free && !this.#portSlots.has(slot)) continue;
+      for (let fn = 0; fn < 8; fn++) {
+        if (this.#used.has(key(0, slot, fn))) continue;
+        this.#used.set(key(0, slot, fn), owner);
+        this.#portSlots.add(slot);
+        return {
+          type: 'pci',
+          domain: 0,
+          bus: 0,
+          slot,
+          function: fn,
+          ...(fn === 0 ? { multifunction: true } : {}),
+        };
+      }
+    }
+    throw unsupported(path, 'a PCIe root port: every slot of bus 0 is taken');
+  }
+
+  markPortSlot(slot: number): void {
+    this.#portSlots.add(slot);
+  }
+
+  /** Whether slot 0 of a root port's bus is free. */
+  portFree(bus: number): boolean {
+    return this.#slotFree(bus, 0);
+  }
+
+  take(address: PciAddress, owner: string): void {
+    this.#used.set(key(address.bus, address.slot, address.function), owner);
+  }
+}
+
+/** A device that wants a PCI address, and how to give it one. */
+interface PciItem {
+  readonly path: string;
+  readonly owner: string;
+  /** PCI Express devices go behind a root port on Q35; conventional PCI ones sit on bus 0. */
+  readonly express: boolean;
+  address?: PciAddress;
+  readonly set: (address: PciAddress) => void;
+}
+
+/**
+ * Fills in what a definition leaves for the device model: implicit controllers, every alias, SATA
+ * drive addresses, PCI addresses, the balloon a `currentMemory` below `memory` needs.
+ *
+ * @throws VirtError `CONFIG_UNSUPPORTED` for a topology virtkit cannot build, `XML_ERROR` for a
+ *   duplicate alias or address, an alias QEMU cannot take
+ */
+export function assignDevices(def: DomainDefinition, options: AssignOptions = {}): DomainDefinition {
+  const family = machineFamily(def.os.machine);
+  const controllers = completeControllers(def, family);
+  if (options.live && controllers.length !== def.controllers.length) {
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      'the device needs a controller the running domain does not have; attach it to the persistent definition and restart',
+    );
+  }
+  const disks = def.disks.map((d) => ({ ...d }));
+  const interfaces = def.interfaces.map((n) => ({ ...n }));
+  const needsBalloon = def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB;
+  const memballoon = def.memballoon
+    ? { ...def.memballoon }
+    : needsBalloon
+      ? { model: 'virtio' as const }
+      : undefined;
+
+  assignDriveAddresses(disks);
+  assignAliases(family, controllers, disks, interfaces, memballoon);
+  assignPciAddresses(family, controllers, disks, interfaces, memballoon, options);
+  return {
+    ...def,
+    disks,
+    interfaces,
+    controllers: sortControllers(controllers),
+    ...(memballoon ? { memballoon } : {}),
+  };
+}
+
+function assignDriveAddresses(disks: DiskDefinition[]): void {
+  const units = new Map<number, string>();
+  disks.forEach((disk, i) => {
+    const path = `disks.${i}`;
+    if (disk.target.bus !== 'sata') {
+      if (disk.address?.type === 'drive')
+        throw invalid(`${path}.address`, 'a virtio disk takes a PCI address');
+      return;
+    }
+    if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'a sata disk takes a drive address');
+    const address = disk.address ?? {
+      type: 'drive' as const,
+      controller: 0,
+      bus: 0,
+      target: 0,
+      unit: diskNameIndex(disk.target.dev),
+    };
+    if (address.controller !== 0 || address.bus !== 0 || address.target !== 0 || address.unit > 5) {
+      throw unsupported(
+        `${path}.address`,
+        `sata port ${address.controller}-${address.bus}-${address.target}-${address.unit} (virtkit has one SATA controller with six ports, units 0-5: name the disk sda…sdf)`,
+      );
+    }
+    const holder = units.get(address.unit);
+    if (holder !== undefined)
+      throw invalid(`${path}.address`, `sata unit ${address.unit} is taken by ${holder}`);
+    units.set(address.unit, disk.target.dev);
+    disk.address = address;
+  });
+}
+
+type Balloon = NonNullable<DomainDefinition['memballoon']>;
+
+function assignAliases(
+  family: MachineFamily,
+  controllers: ControllerDefinition[],
+  disks: DiskDefinition[],
+  interfaces: Array<DomainDefinition['interfaces'][number]>,
+  balloon: Balloon | undefined,
+): void {
+  const owners = new Map<string, string>();
+  const claim = (alias: string, path: string, max = 64): void => {
+    if (!QEMU_ID.test(alias) || alias.length > max) {
+      throw invalid(
+        `${path}.alias`,
+        `'${alias.slice(0, 40)}' is not a usable device alias (a letter, then letters, digits, '.', '_' or '-'; at most ${max} characters; libvirt's user aliases start with 'ua-')`,
+      );
+    }
+    const holder = owners.get(alias);
+    if (holder !== undefined) throw invalid(`${path}.alias`, `the alias '${alias}' is also ${holder}'s`);
+    owners.set(alias, path);
+  };
+  controllers.forEach((c, i) => {
+    const path = `controllers.${i}`;
+    const want = fixedControllerAlias(c, family);
+    if (want !== undefined && c.alias !== undefined && c.alias !== want)
+      throw unsupported(`${path}.alias`, `the alias '${c.alias}' for a controller QEMU names '${want}'`);
+    if (want !== undefined) c.alias = want;
+  });
+  // Given aliases first, so generated ones never take a name the user chose.
+  for (const [list, field, max] of [
+    [disks, 'disks', MAX_DISK_ALIAS],
+    [interfaces, 'interfaces', 64],
+    [controllers, 'controllers', 64],
+  ] as const) {
+    list.forEach((d: { alias?: string }, i: number) => {
+      if (d.alias !== undefined) claim(d.alias, `${field}.${i}`, max);
+    });
+  }
+  if (balloon?.alias !== undefined) claim(balloon.alias, 'memballoon');
+
+  controllers.forEach((c, i) => {
+    if (c.alias !== undefined) return;
+    c.alias = controllerAlias(c, family);
+    claim(c.alias, `controllers.${i}`);
+  });
+  disks.forEach((disk, i) => {
+    if (disk.alias !== undefined) return;
+    const address = disk.address;
+    disk.alias =
+      disk.target.bus === 'sata' && address?.type === 'drive'
+        ? `sata${address.controller}-${address.bus}-${address.unit}`
+        : `virtio-disk${diskNameIndex(disk.target.dev)}`;
+    claim(disk.alias, `disks.${i}`, MAX_DISK_ALIAS);
+  });
+  let n = 0;
+  interfaces.forEach((nic, i) => {
+    if (nic.alias !== undefined) return;
+    while (owners.has(`net${n}`)) n++;
+    nic.alias = `net${n}`;
+    claim(nic.alias, `interfaces.${i}`);
+  });
+  if (balloon && balloon.alias === undefined) {
+    balloon.alias = 'balloon0';
+    claim(balloon.alias, 'memballoon');
+  }
+}
+
+function assignPciAddresses(
+  family: MachineFamily,
+  controllers: ControllerDefinition[],
+  disks: DiskDefinition[],
+  interfaces: Array<DomainDefinition['interfaces'][number]>,
+  balloon: Balloon | undefined,
+  options: AssignOptions,
+): void {
+  const pci = new PciMap(family);
+  const ports = controllers.filter(
+    (c): c is Extract<ControllerDefinition, { type: 'pci' }> =>
+      c.type === 'pci' && c.model === 'pcie-root-port',
+  );
+  for (const port of ports) pci.buses.set(port.index ?? 0, 'root-port');
+  const ctlPath = (c: ControllerDefinition) => `controllers.${controllers.indexOf(c)}`;
+
+  // Addresses QEMU fixes for built-in functions.
+  for (const c of controllers) {
+    let fixed: PciAddress | undefined;
+    if (c.type === 'sata' && family === 'q35')
+      fixed = { type: 'pci', domain: 0, bus: 0, slot: 0x1f, function: 2 };
+    if (c.type === 'usb' && c.model === 'piix3-uhci')
+      fixed = { type: 'pci', domain: 0, bus: 0, slot: 1, function: 2 };
+    if (!fixed) continue;
+    if (
+      c.address &&
+      (c.address.bus !== 0 || c.address.slot !== fixed.slot || c.address.function !== fixed.function)
+    ) {
+      throw unsupported(
+        `${ctlPath(c)}.address`,
+        `an address other than ${pciAddr(fixed)} on bus 0 for the ${c.type} controller built into the chipset`,
+      );
+    }
+    c.address = c.address ?? fixed;
+    pci.claim(c.address, c.alias ?? c.type, `${ctlPath(c)}.address`, true);
+  }
+
+  const items: PciItem[] = [];
+  const addItem = (
+    path: string,
+    owner: string,
+    express: boolean,
+    holder: { address?: PciAddress | DiskDefinition['address'] },
+  ) => {
+    const address = holder.address?.type === 'pci' ? holder.address : undefined;
+    items.push({
+      path,
+      owner,
+      express,
+      ...(address ? { address } : {}),
+      set: (a) => {
+        holder.address = a;
+      },
+    });
+  };
+  // libvirt's order: interfaces, controllers, disks, the balloon.
+  interfaces.forEach((nic, i) => {
+    addItem(`interfaces.${i}`, nic.alias ?? '', nic.model === 'virtio', nic);
+  });
+  for (const c of controllers) {
+    const endpoint = (c.type === 'sata' && family !== 'q35') || (c.type === 'usb' && c.model === 'qemu-xhci');
+    if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type === 'usb', c);
+    else if (c.type === 'usb' && c.model === 'none' && c.address)
+      throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
+  }
+  disks.forEach((disk, i) => {
+    if (disk.target.bus === 'virtio') addItem(`disks.${i}`, disk.alias ?? '', true, disk);
+  });
+  if (balloon) addItem('memballoon', balloon.alias ?? '', true, balloon);
+
+  // Root ports with an address first, then every device with one.
+  for (const port of ports) {
+    if (!port.address) continue;
+    if (port.address.bus !== 0)
+      throw unsupported(`${ctlPath(port)}.address.bus`, 'a pcie-root-port off the PCIe root (bus 0)');
+    pci.claim(port.address, port.alias ?? '', `${ctlPath(port)}.address`);
+    pci.markPortSlot(port.address.slot);
+  }
+  for (const item of items) if (item.address) pci.claim(item.address, item.owner, `${item.path}.address`);
+
+  const waiting = items.filter((item) => !item.address);
+  const behindPorts = family === 'q35' ? waiting.filter((item) => item.express) : [];
+  const freePorts = ports.filter((p) => pci.portFree(p.index ?? 0)).map((p) => p.index ?? 0);
+  const missing = behindPorts.length - freePorts.length;
+  if (missing > 0 && options.live) {
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      "no free PCIe root port for the device: a q35 domain hot-plugs into spare ports; define it with more <controller type='pci' model='pcie-root-port'/>",
+    );
+  }
+  let next = Math.max(0, ...ports.map((p) => p.index ?? 0)) + 1;
+  for (let i = 0; i < missing; i++) {
+    while (pci.buses.has(next)) next++;
+    const port: ControllerDefinition = {
+      type: 'pci',
+      index: next,
+      model: 'pcie-root-port',
+      alias: `pci.${next}`,
+    };
+    controllers.push(port);
+    ports.push(port);
+    pci.buses.set(next, 'root-port');
+    freePorts.push(next);
+  }
+  for (const port of ports) {
+    if (!port.address) port.address = pci.nextPortFunction(port.alias ?? '', ctlPath(port));
+    const index = port.index ?? 0;
+    port.target = {
+      chassis: port.target?.chassis ?? index,
+      port: port.target?.port ?? (port.address.slot << 3) | port.address.function,
+    };
+  }
+  freePorts.sort((a, b) => a - b);
+  for (const item of waiting) {
+    if (family === 'q35' && item.express) {
+      const bus = freePorts.shift() as number;
+      const address: PciAddress = { type: 'pci', domain: 0, bus, slot: 0, function: 0 };
+      pci.take(address, item.owner);
+      item.set(address);
+    } else {
+      item.set(pci.nextRootSlot(item.owner, item.path));
+    }
+  }
+}

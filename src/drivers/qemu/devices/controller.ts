@@ -1,0 +1,31 @@
+import type { ControllerDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
+import { pciPlacement } from './pci-bus.js';
+import type { QapiObject } from './qapi.js';
+
+/**
+ * The device of a controller (`-device` arguments), or undefined for one QEMU builds in: the PCI
+ * root, Q35's SATA controller, a USB controller of model `none`.
+ */
+export function controllerDevice(def: DomainDefinition, c: ControllerDefinition): QapiObject | undefined {
+  const id = c.alias ?? '';
+  if (c.type === 'pci') {
+    if (c.model !== 'pcie-root-port') return undefined;
+    return {
+      driver: 'pcie-root-port',
+      port: c.target?.port ?? 0,
+      chassis: c.target?.chassis ?? c.index ?? 0,
+      id,
+      ...pciPlacement(def, c.address, `controller ${id}`),
+    };
+  }
+  if (c.type === 'sata') {
+    if (id === 'ide') return undefined;
+    return { driver: 'ich9-ahci', id, ...pciPlacement(def, c.address, `controller ${id}`) };
+  }
+  if (c.model === 'none') return undefined;
+  return {
+    driver: c.model === 'qemu-xhci' ? 'qemu-xhci' : 'piix3-usb-uhci',
+    id,
+    ...pciPlacement(def, c.address, `controller ${id}`),
+  };
+}

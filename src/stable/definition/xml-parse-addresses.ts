@@ -1,0 +1,206 @@
+import {
+  check,
+  child,
+  choice,
+  intAttr,
+  invalid,
+  type Obj,
+  type Origins,
+  set,
+  unsupported,
+} from './xml-parse-rules.js';
+import type { XmlElement } from './xml-tree.js';
+
+/*
+ * Device addresses, controllers and the memory balloon of the domain XML: `<address type='pci'>`,
+ * `<address type='drive'>`, `<controller>` and `<memballoon model='virtio'>`. Numbers are read as
+ * libvirt writes them, hexadecimal with `0x` (`slot='0x03'`) or decimal.
+ */
+
+/** A libvirt number attribute: `0x1f` or `31`. */
+function numAttr(el: XmlElement, name: string): number | undefined {
+  const value = el.attrs.get(name);
+  if (value === undefined) return undefined;
+  const v = value.trim();
+  if (/^0x[0-9a-f]+$/i.test(v)) return Number.parseInt(v.slice(2), 16);
+  return intAttr(el, name);
+}
+
+/** `<address>` of a device, into `out.address`; `types` are the address types the device takes. */
+export function parseAddress(
+  origins: Origins,
+  parent: XmlElement,
+  field: string,
+  out: Obj,
+  types: ReadonlyArray<'pci' | 'drive'>,
+): void {
+  const el = child(parent, 'address');
+  if (!el) return;
+  origins.note(`${field}.address`, el);
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, `<address> needs a type`, 'type');
+  const kind = choice(
+    el,
+    type,
+    'the address type',
+    types,
+    [
+      'pci',
+      'drive',
+      'virtio-serial',
+      'ccid',
+      'usb',
+      'spapr-vio',
+      'ccw',
+      'virtio-mmio',
+      'isa',
+      'dimm',
+      'unassigned',
+    ],
+    'type',
+  );
+  const address: Obj = { type: kind };
+  if (kind === 'pci') {
+    check(el, { attrs: ['type', 'domain', 'bus', 'slot', 'function', 'multifunction'] });
+    for (const name of ['domain', 'bus', 'slot', 'function'] as const) {
+      origins.note(`${field}.address.${name}`, el, name);
+      set(address, name, numAttr(el, name));
+    }
+    const multi = el.attrs.get('multifunction');
+    if (multi !== undefined) {
+      origins.note(`${field}.address.multifunction`, el, 'multifunction');
+      address.multifunction = choice(el, multi, 'multifunction', ['on', 'off'], [], 'multifunction') === 'on';
+    }
+  } else {
+    check(el, { attrs: ['type', 'controller', 'bus', 'target', 'unit'] });
+    for (const name of ['controller', 'bus', 'target', 'unit'] as const) {
+      origins.note(`${field}.address.${name}`, el, name);
+      set(address, name, numAttr(el, name));
+    }
+  }
+  out.address = address;
+}
+
+/** `<alias name>` of a device, into `out.alias`. */
+export function parseDeviceAlias(origins: Origins, parent: XmlElement, field: string, out: Obj): void {
+  const el = child(parent, 'alias');
+  if (!el) return;
+  check(el, { attrs: ['name'] });
+  origins.note(`${field}.alias`, el, 'name');
+  const name = el.attrs.get('name');
+  if (name === undefined) throw invalid(el, '<alias> needs a name', 'name');
+  out.alias = name;
+}
+
+/** `<controller>`: pci (root, PCIe root port), sata, usb. */
+export function parseController(origins: Origins, el: XmlElement, i: number): Obj {
+  const field = `controllers.${i}`;
+  origins.note(field, el);
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, "<controller> needs a type, 'pci', 'sata' or 'usb'", 'type');
+  const kind = choice(
+    el,
+    type,
+    'the controller type',
+    ['pci', 'sata', 'usb'],
+    ['ide', 'fdc', 'scsi', 'virtio-serial', 'xenbus', 'ccid', 'isa'],
+    'type',
+  );
+  const out: Obj = { type: kind };
+  const index = el.attrs.get('index');
+  if (index !== undefined) {
+    origins.note(`${field}.index`, el, 'index');
+    out.index = numAttr(el, 'index');
+  }
+  const model = el.attrs.get('model');
+  if (kind === 'pci') {
+    check(el, { attrs: ['type', 'index', 'model'], children: ['model', 'target', 'alias', 'address'] });
+    if (model === undefined) throw invalid(el, "<controller type='pci'> needs a model", 'model');
+    origins.note(`${field}.model`, el, 'model');
+    out.model = choice(
+      el,
+      model,
+      'the PCI controller model',
+      ['pci-root', 'pcie-root', 'pcie-root-port'],
+      [
+        'pci-bridge',
+        'dmi-to-pci-bridge',
+        'pcie-switch-upstream-port',
+        'pcie-switch-downstream-port',
+        'pci-expander-bus',
+        'pcie-expander-bus',
+        'pcie-to-pci-bridge',
+      ],
+      'model',
+    );
+    const name = child(el, 'model');
+    if (name) {
+      check(name, { attrs: ['name'] });
+      const device = name.attrs.get('name');
+      if (device !== undefined && device !== out.model) {
+        throw unsupported(
+          name,
+          `the controller device '${device}' (virtkit uses '${String(out.model)}')`,
+          'name',
+        );
+      }
+    }
+    const target = child(el, 'target');
+    if (target) {
+      check(target, { attrs: ['chassis', 'port'] });
+      origins.note(`${field}.target`, target);
+      const t: Obj = {};
+      set(t, 'chassis', numAttr(target, 'chassis'));
+      set(t, 'port', numAttr(target, 'port'));
+      out.target = t;
+    }
+  } else if (kind === 'usb') {
+    check(el, { attrs: ['type', 'index', 'model'], children: ['alias', 'address'] });
+    if (model === undefined) {
+      throw unsupported(
+        el,
+        "a USB controller without a model (virtkit supports 'none', 'piix3-uhci', 'qemu-xhci')",
+        'model',
+      );
+    }
+    origins.note(`${field}.model`, el, 'model');
+    out.model = choice(
+      el,
+      model,
+      'the USB controller model',
+      ['none', 'piix3-uhci', 'qemu-xhci'],
+      'any',
+      'model',
+    );
+  } else {
+    check(el, { attrs: ['type', 'index'], children: ['alias', 'address'] });
+  }
+  parseDeviceAlias(origins, el, field, out);
+  parseAddress(origins, el, field, out, ['pci']);
+  return out;
+}
+
+/** `<memballoon>`: `model='none'` is no balloon; `model='virtio'` a balloon with its alias and address. */
+export function parseMemballoon(origins: Origins, el: XmlElement, out: Obj): void {
+  check(el, { attrs: ['model'], children: ['alias', 'address'] });
+  const model = el.attrs.get('model');
+  if (model === undefined) throw invalid(el, "<memballoon> needs a model, 'virtio' or 'none'", 'model');
+  const kind = choice(
+    el,
+    model,
+    'the memory balloon model',
+    ['virtio', 'none'],
+    ['xen', 'virtio-transitional', 'virtio-non-transitional'],
+    'model',
+  );
+  if (kind === 'none') {
+    if (child(el, 'address') || child(el, 'alias'))
+      throw invalid(el, "<memballoon model='none'> takes no address or alias");
+    return;
+  }
+  origins.note('memballoon', el);
+  const balloon: Obj = { model: 'virtio' };
+  parseDeviceAlias(origins, el, 'memballoon', balloon);
+  parseAddress(origins, el, 'memballoon', balloon, ['pci']);
+  out.memballoon = balloon;
+}
