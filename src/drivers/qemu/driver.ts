@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
-import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
+import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { HandlerTable } from '../../privileged/handler-table.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../privileged/seam.js';
 import { INTERNAL_API_VERSION } from '../../privileged/version.js';
@@ -12,6 +13,7 @@ import type {
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
+  ControlSocketSettings,
   DestroyOptions,
   DomainRef,
   Driver,
@@ -60,6 +62,8 @@ import { sweepCgroups, sweepRootLeftovers } from './sweep.js';
 /** Options the embedded driver takes from `connect()`. */
 export interface QemuDriverOptions {
   readonly plugins?: readonly string[];
+  /** Serve the control socket: given by `connect()`, else as `<root>/etc/virtkit.json` says. */
+  readonly controlSocket?: boolean | { readonly uids?: readonly number[] } | undefined;
 }
 
 /** Opens the embedded QEMU driver for `qemu:///embed?root=…`: layout, lock, definitions, reconnect. */
@@ -82,6 +86,13 @@ export async function openQemuDriver(
   const lock = lockRoot(layout);
   const driver = new QemuDriver(uri, layout, lock);
   try {
+    const control = options.controlSocket ?? controlSocketFromConfig(layout.etc) ?? false;
+    if (control !== false) {
+      driver.controlSocket = {
+        path: join(layout.run, 'control.sock'),
+        uids: control === true ? [] : [...(control.uids ?? [])],
+      };
+    }
     // Plugins register before reconnect, so even the release of a domain found dead uses them.
     await loadPlugins(driver[INTERNAL_SEAM], [...pluginsFromConfig(layout.etc), ...(options.plugins ?? [])]);
     await driver.load();
@@ -98,6 +109,7 @@ export class QemuDriver implements Driver, DriverContext {
   readonly layout: RootLayout;
   readonly handlers = new HandlerTable();
   readonly cgroupParent = 'virtkit';
+  controlSocket: ControlSocketSettings | undefined;
   /** The narrow door through which `virtkit/internal` reaches this driver's handler table. */
   readonly [INTERNAL_SEAM]: InternalSeam = {
     seamVersion: SEAM_VERSION,
@@ -234,6 +246,10 @@ export class QemuDriver implements Driver, DriverContext {
     const result = this.#defining.then(add, add);
     this.#defining = result.catch(() => undefined);
     return result;
+  }
+
+  record(message: string): void {
+    appendLog(`${this.layout.log}/driver.log`, message);
   }
 
   log(dom: DomainObject, message: string): void {
