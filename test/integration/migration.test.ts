@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -14,6 +15,7 @@ import {
 import { placeThreads, releaseCgroups, threadCgroup } from '../../src/util/cgroup.js';
 import { prlimitGet, prlimitSet, RLIMIT, schedGet, schedSet } from '../../src/util/libc.js';
 import { readProcLimits, readThreadComm } from '../../src/util/proc.js';
+import { killChild } from '../helpers/child.js';
 import {
   alive,
   GUEST_MARKER,
@@ -486,5 +488,54 @@ describe('a paused domain', () => {
     expect(info).toMatchObject({ state: 'paused', reason: 'migrated' });
     expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
     expect(existsSync(join(rootB, 'lib', 'in.sock'))).toBe(false);
+  });
+});
+
+describe('source and destination in two processes', () => {
+  it("the source's manager killed after the stream: on reconnect the source stays paused (migration) until confirmed", async () => {
+    // The source runs in its own process, so this process opens root A only after killing it.
+    await src.close();
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(import.meta.dirname, '../fixtures/migration-source.ts'), rootA, 'mig-proc'],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    try {
+      const offerLine = await until(
+        `the child's offer (stderr: ${err})`,
+        () => /^OFFER (.*)$/m.exec(out)?.[1],
+      );
+      const incoming = await dst.migratePrepare(JSON.parse(offerLine), { listen: 'tcp:127.0.0.1:0' });
+      child.stdin?.write(`PERFORM ${incoming.uri} ${JSON.stringify(incoming.cookie)}\n`);
+      await until(`the child's perform (stderr: ${err})`, () => out.includes('PERFORMED'));
+      await killChild(child);
+
+      src = await openRoot(rootA);
+      const dom = await src.lookupDomain('mig-proc');
+      const info = await dom.getInfo();
+      expect(info).toMatchObject({ state: 'paused', reason: 'migration' });
+      const srcConsole = consoleOf(dom);
+      const frozen = counts(srcConsole).at(-1) as number;
+
+      const moved = await incoming.finish();
+      const dstConsole = consoleOf(moved);
+      await until('the destination to count on', () => (counts(dstConsole).at(-1) ?? 0) >= frozen + 3);
+      // Meanwhile the source was never resumed: its console stopped where the stream completed.
+      expect(counts(srcConsole).at(-1)).toBe(frozen);
+      expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'migration', pid: info.pid });
+
+      await dom.migrateConfirm();
+      expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+      expect(processesMentioning(dom.uuid)).toEqual([(await moved.getInfo()).pid]);
+      expect(runLeftovers(rootA)).toEqual([]);
+    } finally {
+      await killChild(child);
+      // So that afterEach destroys what the child left running, whatever failed.
+      if (src.closed) src = await openRoot(rootA);
+    }
   });
 });

@@ -163,6 +163,18 @@ async function resumeIfStopped(
 }
 
 /**
+ * A source adopted on reconnect after its stream completed (QEMU in `postmigrate`, reason
+ * `migration`): the manager that ran the migration is gone, and the application confirms it. Its
+ * state before the migration is not known; a cancelled confirm resumes it.
+ */
+function adoptedOutgoing(dom: DomainObject): OutgoingRecord {
+  if (dom.run?.migrating !== 'out' || dom.reason !== 'migration') return outgoing(dom, 'confirm');
+  const record: OutgoingRecord = { role: 'out', phase: 'performed', wasRunning: true };
+  setMigration(dom, record);
+  return record;
+}
+
+/**
  * Step 5: after a completed stream the source QEMU quits (shut off, reason `migrated`); with
  * `cancelled` it resumes if it ran, and the migration is over either way.
  */
@@ -171,7 +183,7 @@ export async function confirmMigration(
   dom: DomainObject,
   options: MigrationEndOptions,
 ): Promise<void> {
-  const record = outgoing(dom, 'confirm');
+  const record = migrationOf(dom)?.role === 'out' ? outgoing(dom, 'confirm') : adoptedOutgoing(dom);
   const run = dom.run;
   if (options.cancelled || record.phase !== 'performed') {
     if (!options.cancelled)
