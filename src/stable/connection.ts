@@ -1,12 +1,11 @@
 import { z } from 'zod';
 import { ErrorCode, VirtError } from '../errors.js';
-import { INTERNAL_SEAM, type SeamCarrier } from '../internal/seam.js';
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinitionInput } from './definition/schema.js';
 import { resolveDefinition } from './definition/validate.js';
 import { resolveDomainXml } from './definition/xml.js';
 import { Domain, IncomingMigration } from './domain.js';
-import type { DomainRef, Driver } from './driver.js';
+import { type DomainRef, type Driver, INTERNAL_SEAM } from './driver.js';
 import type { DomainEvent } from './events.js';
 import type { MigratePrepareOptions, MigrationOffer } from './migration.js';
 
@@ -36,6 +35,7 @@ export class Connection {
   readonly #listeners = new Map<(event: DomainEvent) => void, () => void>();
   /** Wakes every pending `events()` iterator, so close() ends them. */
   readonly #wakers = new Set<() => void>();
+  readonly #beforeClose: Array<() => void> = [];
 
   /** @internal */
   constructor(driver: Driver) {
@@ -49,7 +49,7 @@ export class Connection {
    * @internal
    */
   get [INTERNAL_SEAM](): unknown {
-    return this.#closed ? undefined : (this.driver as SeamCarrier)[INTERNAL_SEAM];
+    return this.#closed ? undefined : (this.driver as { readonly [INTERNAL_SEAM]?: unknown })[INTERNAL_SEAM];
   }
 
   /** The URI this connection was opened with. */
@@ -187,10 +187,21 @@ export class Connection {
     }
   }
 
+  /**
+   * Runs `fn` first when the connection closes (the control socket stops serving before the
+   * driver lets go of the root).
+   *
+   * @internal
+   */
+  beforeClose(fn: () => void): void {
+    this.#beforeClose.push(fn);
+  }
+
   /** Releases the driver (and the root's lock). Running domains keep running. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    for (const fn of this.#beforeClose.splice(0)) fn();
     for (const off of this.#listeners.values()) off();
     this.#listeners.clear();
     for (const wake of this.#wakers) wake();

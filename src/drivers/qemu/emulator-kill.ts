@@ -1,9 +1,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { domainCgroupName } from '../../privileged/builtins.js';
 import { domainCgroupThreads } from '../../util/cgroup.js';
 import { readProcStartTime } from '../../util/proc.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject } from './domain-object.js';
-import { domainCgroupName } from './privileged/builtins.js';
 
 /*
  * QEMU is launched in its own session and process group (the stub is spawned detached, so its pid
