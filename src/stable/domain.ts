@@ -4,6 +4,21 @@ import { formatDomainXml } from './definition/xml.js';
 import type { DestroyOptions, Driver, ShutdownOptions, StartOptions } from './driver.js';
 import type { DomainInfo } from './events.js';
 import type { JobInfo, OperationOptions } from './jobs.js';
+
+/**
+ * Options of `Domain.toXML` and `Domain.getDefinition`.
+ *
+ * @public
+ */
+export interface DefinitionOptions {
+  /**
+   * The persistent definition even while the domain runs (virsh `dumpxml --inactive`); without
+   * it a running domain shows its live definition, and refuses with `OPERATION_FAILED` when that
+   * was found unreadable.
+   */
+  readonly inactive?: boolean;
+}
+
 import type {
   MigratePerformOptions,
   MigratePrepareOptions,
@@ -181,8 +196,8 @@ export class Domain {
   }
 
   /** The definition: the live one while running (with defaults and aliases filled in), else the persistent one. */
-  getDefinition(): DomainDefinition {
-    return this.#driver.getDefinition(this.uuid, true);
+  getDefinition(options: DefinitionOptions = {}): DomainDefinition {
+    return this.#driver.getDefinition(this.uuid, options.inactive !== true);
   }
 
   /**
@@ -191,8 +206,8 @@ export class Domain {
    *
    * @returns the XML document
    */
-  toXML(): string {
-    return formatDomainXml(this.getDefinition());
+  toXML(options: DefinitionOptions = {}): string {
+    return formatDomainXml(this.getDefinition(options));
   }
 }
 

@@ -3,7 +3,15 @@
  *
  * @public
  */
-export type DomainEventType = 'defined' | 'undefined' | 'started' | 'suspended' | 'resumed' | 'stopped';
+export type DomainEventType =
+  | 'defined'
+  | 'undefined'
+  | 'started'
+  | 'suspended'
+  | 'resumed'
+  | 'stopped'
+  /** Something recorded about the domain cannot be read (reason `live-unreadable`); see the domain's log. */
+  | 'definition-error';
 
 /**
  * Why a domain stopped, as in libvirt's `VIR_DOMAIN_EVENT_STOPPED_*`.
@@ -24,7 +32,8 @@ export interface DomainEvent {
    * Why: for `stopped` one of {@link StoppedReason}; for `started` `booted` (`migrated` on the
    * destination of a migration, `attached` for a QEMU adopted through `virtkit/internal`); for
    * `suspended` `user` or `starting-up`; for `resumed` `unpaused`; for `defined` `added` or `updated`; for
-   * `undefined` `removed`.
+   * `undefined` `removed`; for `definition-error` `live-unreadable` (a new driver found the
+   * recorded live definition of a running domain unreadable, and left it as found).
    */
   readonly reason: string;
   /** The domain it concerns. */

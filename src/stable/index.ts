@@ -28,7 +28,7 @@ export type {
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
-export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
+export { type DefinitionOptions, Domain, IncomingMigration, type MigrationDestination } from './domain.js';
 export type {
   ControlSocketSettings,
   DestroyOptions,

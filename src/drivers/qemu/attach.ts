@@ -214,6 +214,7 @@ export async function inspect(
     status: {
       version: 1,
       phase: 'running',
+      liveVersion: 1,
       pid: request.pid,
       startTime: request.startTime.toString(),
       emulator: request.emulator,

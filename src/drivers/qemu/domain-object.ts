@@ -17,7 +17,19 @@ export interface Runtime {
   readonly startTime: bigint;
   readonly emulator: string;
   readonly paths: DomainPaths;
-  readonly live: DomainDefinition;
+  /**
+   * The live definition (src/drivers/qemu/live-definition.ts): changed only through `setLive`,
+   * which validates it, bumps {@link Runtime.liveVersion} and rewrites the status file.
+   */
+  live: DomainDefinition;
+  /** Version of the live definition: 1 at start, +1 with every change. */
+  liveVersion: number;
+  /**
+   * Set when a new driver found the recorded live definition unreadable: the raw record (kept in
+   * the status file as it was) and why. `live` then holds the persistent definition for the
+   * driver's own needs only; the public API refuses to present it as the live one.
+   */
+  liveUnreadable?: { readonly reason: string; readonly raw: unknown };
   readonly taints: string[];
   /** Our own child when this driver spawned it; absent for a process adopted on reconnect. */
   readonly child?: ChildProcess;

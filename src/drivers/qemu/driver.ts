@@ -47,6 +47,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
+import { presentableLive } from './live-definition.js';
 import { appendLog } from './log.js';
 import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
 import { finishIncoming, prepareIncoming } from './migration/destination.js';
@@ -402,7 +403,7 @@ export class QemuDriver implements Driver, DriverContext {
 
   getDefinition(uuid: string, live: boolean): DomainDefinition {
     const dom = this.#get(uuid);
-    return structuredClone(live && dom.run ? dom.run.live : dom.def);
+    return structuredClone(live && dom.run ? presentableLive(dom, dom.run) : dom.def);
   }
 
   async getInfo(uuid: string): Promise<DomainInfo> {

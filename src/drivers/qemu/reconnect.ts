@@ -1,13 +1,12 @@
 import { realpathSync } from 'node:fs';
 import { errorMessage } from '../../errors.js';
-import type { DomainDefinition } from '../../stable/definition/schema.js';
-import { resolveDefinition } from '../../stable/definition/validate.js';
 import { readProcExe, readProcStartTime } from '../../util/proc.js';
 import { type DriverContext, deferred, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { settleInterruptedJob } from './job-recovery.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
+import { readLive } from './live-definition.js';
 import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
 import { QmpClient } from './qmp/client.js';
@@ -105,13 +104,16 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   });
   const exited = exit.promise.then(() => waitAdoptedExit(status.pid, BigInt(status.startTime)));
   const finalized = deferred<void>();
+  const live = readLive(status.live, dom);
   const run: Runtime = {
     id: status.id,
     pid: status.pid,
     startTime: BigInt(status.startTime),
     emulator: status.emulator,
     paths,
-    live: liveDefinition(status, dom),
+    live: live.live,
+    liveVersion: status.liveVersion,
+    liveUnreadable: live.unreadable,
     taints: status.taints,
     exited,
     finalized: finalized.promise,
@@ -125,6 +127,19 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     detached: false,
   };
   dom.run = run;
+  if (live.ignored)
+    ctx.log(
+      dom,
+      `reconnect: the live definition has fields this version does not know, left aside: ${live.ignored.join(', ')}`,
+    );
+  if (live.unreadable) {
+    // Reported, never replaced: the record stays as found, the domain is still adopted.
+    ctx.log(
+      dom,
+      `reconnect: the live definition in ${paths.status} is unreadable (${live.unreadable.reason}); kept as found, the domain is adopted, toXML() refuses until it is restarted`,
+    );
+    ctx.emit(dom, 'definition-error', 'live-unreadable');
+  }
   watchMonitor(ctx, dom, run);
   void exited.then(async (info) => {
     await finalizeExit(ctx, dom, run, info);
@@ -156,16 +171,4 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     await recordJob(run, undefined, () => dom.run === run);
   }
   ctx.log(dom, `reconnected to QEMU pid ${run.pid} (${qemuStatus})`);
-}
-
-/**
- * The live definition the status file recorded; the persistent one when it no longer validates
- * (written by another virtkit version), so a running QEMU is never left unmanaged over it.
- */
-function liveDefinition(status: DomainStatus, dom: DomainObject): DomainDefinition {
-  try {
-    return resolveDefinition(status.live);
-  } catch {
-    return dom.def;
-  }
 }

@@ -1,6 +1,6 @@
 import type { Job } from '../jobs.js';
 import type { Runtime } from './domain-object.js';
-import { type DomainStatus, writeStatus } from './status.js';
+import { type DomainStatusRecord, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
 
 /** The status file's content for a runtime: what a successor driver adopts the domain from. */
@@ -8,7 +8,7 @@ export function runtimeStatus(
   run: Runtime,
   phase: 'starting' | 'running',
   job: Job | undefined,
-): DomainStatus {
+): DomainStatusRecord {
   return {
     version: 1,
     phase,
@@ -22,7 +22,9 @@ export function runtimeStatus(
     threads: run.threads,
     placements: run.placements,
     placementAttempted: run.placementAttempted,
-    live: run.live,
+    liveVersion: run.liveVersion,
+    // An unreadable record is kept as found: never overwritten with a stand-in.
+    live: run.liveUnreadable ? run.liveUnreadable.raw : run.live,
   };
 }
 

@@ -25,7 +25,7 @@ import { FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { runtimeStatus } from './runtime-status.js';
-import { type DomainStatus, type ThreadIds, writeStatus } from './status.js';
+import { type DomainStatusRecord, type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
 
 /** The emulator used when a definition names none. */
@@ -277,6 +277,7 @@ function spawnStub(s: Startup): void {
     emulator: s.emulator,
     paths: s.paths,
     live: cmd.live,
+    liveVersion: 1,
     taints: [...cmd.taints, ...s.taints],
     placements: [],
     placementAttempted: false,
@@ -298,7 +299,7 @@ function spawnStub(s: Startup): void {
   });
 }
 
-function status(s: Startup, phase: 'starting' | 'running'): DomainStatus {
+function status(s: Startup, phase: 'starting' | 'running'): DomainStatusRecord {
   return runtimeStatus(s.run as Runtime, phase, s.job);
 }
 
@@ -425,7 +426,9 @@ async function readThreads(
 
 /** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'running'));
+  // Written without the job: from here a successor adopts the domain as QEMU reports it, which is
+  // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record.
+  await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined));
 }
 
 function closeParentFds(s: Startup): void {

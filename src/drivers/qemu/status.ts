@@ -42,11 +42,16 @@ const statusSchema = z.object({
   placements: z.array(placementSchema).default([]),
   /** `cgroup.placeThreads` was invoked: a successor must release even without recorded placements. */
   placementAttempted: z.boolean().default(false),
+  /** Version of the live definition; 1 for status files written before versions existed. */
+  liveVersion: z.number().int().positive().default(1),
   live: z.unknown(),
 });
 
 /** The status file of a running domain in `<root>/run`: all a new driver needs to adopt it. */
-export type DomainStatus = z.infer<typeof statusSchema> & { live: DomainDefinition };
+export type DomainStatus = Omit<z.infer<typeof statusSchema>, 'live'> & { live: DomainDefinition };
+
+/** A status as written: the live definition may be a record kept as found (unreadable). */
+export type DomainStatusRecord = Omit<DomainStatus, 'live'> & { live: unknown };
 
 /**
  * Writes the status atomically: a reader sees the old or the new status, never a torn one. The
@@ -57,7 +62,7 @@ export type DomainStatus = z.infer<typeof statusSchema> & { live: DomainDefiniti
  * placement steps) describe a stub, a paused QEMU and cgroups, none of which survive a crash of
  * the host; what they guard against, a killed driver, the page cache already covers.
  */
-export async function writeStatus(path: string, status: DomainStatus, durable = true): Promise<void> {
+export async function writeStatus(path: string, status: DomainStatusRecord, durable = true): Promise<void> {
   await writeFileAtomic(path, `${JSON.stringify(status)}\n`, 0o600, { durable });
 }
 

@@ -1,0 +1,82 @@
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { type DomainDefinition, domainDefinitionSchema } from '../../stable/definition/schema.js';
+import { resolveDefinition } from '../../stable/definition/validate.js';
+import type { DomainObject, Runtime } from './domain-object.js';
+import { runtimeStatus } from './runtime-status.js';
+import { writeStatus } from './status.js';
+
+/**
+ * The one way to change a running domain's live definition (a hotplug, a finished migration):
+ * validates `next`, bumps the version and rewrites the status file atomically and durably before
+ * the new definition is visible, so a successor driver adopts exactly what this one shows.
+ *
+ * @throws VirtError `XML_ERROR` naming the field when `next` does not validate (nothing changes)
+ */
+export async function setLive(run: Runtime, next: DomainDefinition): Promise<void> {
+  const checked = resolveDefinition(next);
+  const version = run.liveVersion + 1;
+  const record = { ...runtimeStatus(run, 'running', undefined), live: checked, liveVersion: version };
+  await writeStatus(run.paths.status, record);
+  run.live = checked;
+  run.liveVersion = version;
+  run.liveUnreadable = undefined;
+}
+
+/**
+ * The live definition a status file recorded, validated. An unreadable one is reported (the
+ * caller logs it and emits an event) and never silently replaced: `unreadable` carries the reason,
+ * and `live` is the persistent definition only for the driver's internal needs.
+ */
+export function readLive(
+  raw: unknown,
+  dom: DomainObject,
+): { live: DomainDefinition; ignored?: string[]; unreadable?: { reason: string; raw: unknown } } {
+  try {
+    return { live: resolveDefinition(raw) };
+  } catch (err) {
+    // Written by a newer virtkit: fields this version does not know are left aside (the caller
+    // logs them), everything it does know must still validate.
+    const known = withoutUnknownKeys(raw);
+    if (known) {
+      try {
+        return { live: resolveDefinition(known.value), ignored: known.ignored };
+      } catch {
+        // unreadable after all: reported below with the first error
+      }
+    }
+    return { live: dom.def, unreadable: { reason: errorMessage(err), raw } };
+  }
+}
+
+/** `raw` without the object keys the definition schema does not know, or undefined when there are none. */
+function withoutUnknownKeys(raw: unknown): { value: unknown; ignored: string[] } | undefined {
+  const parsed = domainDefinitionSchema.safeParse(raw);
+  if (parsed.success) return undefined;
+  const issues = parsed.error.issues.filter((i) => i.code === 'unrecognized_keys');
+  if (issues.length === 0) return undefined;
+  const value = structuredClone(raw);
+  const ignored: string[] = [];
+  for (const issue of issues) {
+    let node: unknown = value;
+    for (const key of issue.path)
+      node = (node as Record<PropertyKey, unknown> | undefined)?.[key as PropertyKey];
+    if (typeof node !== 'object' || node === null) return undefined;
+    for (const key of issue.keys) {
+      delete (node as Record<string, unknown>)[key];
+      ignored.push([...issue.path, key].join('.'));
+    }
+  }
+  return { value, ignored };
+}
+
+/** The live definition of a running domain for the public API; OPERATION_FAILED when it is unreadable. */
+export function presentableLive(dom: DomainObject, run: Runtime): DomainDefinition {
+  if (run.liveUnreadable) {
+    throw new VirtError(
+      ErrorCode.OPERATION_FAILED,
+      `the live definition of running domain '${dom.def.name}' is unreadable (${run.liveUnreadable.reason}); it was left as found in ${run.paths.status}. toXML({ inactive: true }) gives the persistent definition; destroy and start the domain to get a new live one`,
+      { domain: { name: dom.def.name, uuid: dom.def.uuid }, path: run.paths.status },
+    );
+  }
+  return run.live;
+}
