@@ -12,6 +12,12 @@ import type {
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
+  DetachDeviceOptions,
+  DeviceChangeOptions,
+  DeviceDefinition,
+  DeviceMatch,
+} from '../../stable/devices.js';
+import type {
   DestroyOptions,
   DomainRef,
   Driver,
@@ -34,6 +40,7 @@ import type { DriverContext } from './context.js';
 import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
+import { attachDevice, detachDevice } from './hotplug.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
 import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
@@ -293,6 +300,16 @@ export class QemuDriver implements Driver, DriverContext {
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
     return this.#track(this.#job(dom, () => startDomain(this, dom, options)));
+  }
+
+  attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(this.#job(dom, () => attachDevice(this, dom, device, options)));
+  }
+
+  detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(this.#job(dom, () => detachDevice(this, dom, match, options)));
   }
 
   suspend(uuid: string): Promise<void> {
