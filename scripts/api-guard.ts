@@ -17,7 +17,7 @@ export const MANIFEST = 'etc/internal-operations.json';
 
 /** What the guard looks at: the files of the tree and the two versions. */
 export interface ApiState {
-  /** INTERNAL_API_VERSION of src/internal/version.ts. */
+  /** INTERNAL_API_VERSION of src/privileged/version.ts. */
   readonly internalApiVersion: string;
   /** `version` of package.json. */
   readonly packageVersion: string;
@@ -263,7 +263,7 @@ export function checkApi(lock: ApiLock, state: ApiState): Violation[] {
                 `The internal API changed (${what} differ from the fingerprints in ${LOCK_FILE}) but ` +
                 `INTERNAL_API_VERSION is still '${ver}', the version recorded in the lock: a consumer pinned to '${ver}' ` +
                 `would silently get a different API. Do this:\n` +
-                `  1. bump INTERNAL_API_VERSION in src/internal/version.ts to ${nextInternal(ver)};\n` +
+                `  1. bump INTERNAL_API_VERSION in src/privileged/version.ts to ${nextInternal(ver)};\n` +
                 `  2. add an "Internal" entry under the new version in CHANGELOG.md: under "## [Unreleased]", a ` +
                 `"### Internal" section with an entry that says "Internal API <new version>" and what changed;\n` +
                 `  3. run \`npm run api\` (regenerates the reports and the manifest), then \`npm run api:lock\`.\n` +
@@ -408,9 +408,9 @@ export function lockFor(state: ApiState, previous?: ApiLock): ApiLock {
 
 export const REPO_ROOT = join(import.meta.dirname, '..');
 
-/** Reads the state of the tree; the internal version comes from src/internal/version.ts. */
+/** Reads the state of the tree; the internal version comes from src/privileged/version.ts. */
 export async function readState(root = REPO_ROOT): Promise<ApiState> {
-  const { INTERNAL_API_VERSION } = await import('../src/internal/version.js');
+  const { INTERNAL_API_VERSION } = await import('../src/privileged/version.js');
   const read = (file: string) => readFileSync(join(root, file), 'utf8');
   return {
     internalApiVersion: INTERNAL_API_VERSION,

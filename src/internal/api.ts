@@ -1,6 +1,11 @@
-import { ErrorCode, VirtError } from '../errors.js';
-import type { HandlerOptions } from './handler-table.js';
-import type { OperationHandler, OperationName } from './operations.js';
+import type { HandlerOptions } from '../privileged/handler-table.js';
+import type { OperationHandler, OperationName } from '../privileged/operations.js';
+import { type InternalSeam, seamOf } from '../privileged/seam.js';
+import {
+  checkInternalVersion,
+  INTERNAL_API_VERSION,
+  type InternalApiVersion,
+} from '../privileged/version.js';
 import {
   type MonitorCommandOptions,
   type MonitorEvent,
@@ -9,8 +14,6 @@ import {
   monitorCommand,
   monitorEvents,
 } from './passthrough.js';
-import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION, type SeamCarrier } from './seam.js';
-import { checkInternalVersion, INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';
 
 /**
  * Options of {@link openInternal}.
@@ -71,25 +74,7 @@ export interface InternalApi {
   monitorEvents(domain: MonitorTarget, options?: MonitorEventsOptions): AsyncIterableIterator<MonitorEvent>;
 }
 
-/** Finds the seam of a connection, or explains why there is none. */
-export function seamOf(target: unknown): InternalSeam {
-  const seam = (target as SeamCarrier | null)?.[INTERNAL_SEAM];
-  if (!seam) {
-    throw new VirtError(
-      ErrorCode.OPERATION_INVALID,
-      'openInternal needs an open connection to the embedded driver (qemu:///embed?root=…) or the test driver (test:///default); remote or closed connections take no handlers',
-    );
-  }
-  if (seam.seamVersion !== SEAM_VERSION || seam.internalApiVersion !== INTERNAL_API_VERSION) {
-    throw new VirtError(
-      ErrorCode.INTERNAL_VERSION_MISMATCH,
-      `two copies of virtkit disagree: the connection was made by one implementing internal API ${seam.internalApiVersion} (seam ${seam.seamVersion}), ` +
-        `this virtkit/internal implements ${INTERNAL_API_VERSION} (seam ${SEAM_VERSION}); install a single virtkit version`,
-      { requested: INTERNAL_API_VERSION, implemented: seam.internalApiVersion },
-    );
-  }
-  return seam;
-}
+export { seamOf };
 
 /** Wraps a seam as the consumer-facing API; `source` names the registrant in errors and logs. */
 export function internalApiFor(seam: InternalSeam, source: string): InternalApi {

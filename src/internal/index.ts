@@ -5,8 +5,8 @@
  *
  * @packageDocumentation
  */
-export { type InternalApi, type OpenInternalOptions, openInternal } from './api.js';
-export type { HandlerOptions } from './handler-table.js';
+
+export type { HandlerOptions } from '../privileged/handler-table.js';
 export {
   type DomainIdentity,
   type HandlerReturn,
@@ -19,7 +19,16 @@ export {
   operationSchemas,
   PHASES,
   type Phase,
-} from './operations.js';
+} from '../privileged/operations.js';
+export {
+  SIMULATED_PID_BASE,
+  type SimulatedHost,
+  type SimulatedProcess,
+  type SimulatedThread,
+  simulatedHost,
+} from '../privileged/simulation.js';
+export { INTERNAL_API_VERSION, type InternalApiVersion } from '../privileged/version.js';
+export { type InternalApi, type OpenInternalOptions, openInternal } from './api.js';
 export type {
   MonitorCommandOptions,
   MonitorEvent,
@@ -34,11 +43,3 @@ export {
   type PrivilegedHelper,
   type PrivilegedHelperOptions,
 } from './privd/server.js';
-export {
-  SIMULATED_PID_BASE,
-  type SimulatedHost,
-  type SimulatedProcess,
-  type SimulatedThread,
-  simulatedHost,
-} from './simulation.js';
-export { INTERNAL_API_VERSION, type InternalApiVersion } from './version.js';

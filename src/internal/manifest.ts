@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { operationSchemas } from './operations.js';
-import { INTERNAL_API_VERSION } from './version.js';
+import { operationSchemas } from '../privileged/operations.js';
+import { INTERNAL_API_VERSION } from '../privileged/version.js';
 
 /*
  * The internal operations manifest: the JSON Schema of every operation's arguments and result,

@@ -7,7 +7,7 @@
 
 import koffi from 'koffi';
 import { ErrorCode, VirtError } from '../errors.js';
-import { type OperationArgs, type OperationName, PHASES, type Phase } from './operations.js';
+import { type OperationArgs, type OperationName, PHASES, type Phase } from '../privileged/operations.js';
 
 type KType = ReturnType<typeof koffi.struct>;
 

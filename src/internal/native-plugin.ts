@@ -10,7 +10,15 @@ import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import koffi from 'koffi';
 import { ErrorCode, errorMessage, VirtError } from '../errors.js';
-import type { HandlerOptions } from './handler-table.js';
+import type { HandlerOptions } from '../privileged/handler-table.js';
+import type {
+  InvocationContext,
+  OperationArgs,
+  OperationHandler,
+  OperationName,
+} from '../privileged/operations.js';
+import type { InternalSeam } from '../privileged/seam.js';
+import { checkInternalVersion, INTERNAL_API_VERSION } from '../privileged/version.js';
 import {
   abiTypes,
   CANCELLED_OFFSET,
@@ -23,9 +31,6 @@ import {
   marshals,
   REGISTRATIONS,
 } from './native-abi.js';
-import type { InvocationContext, OperationArgs, OperationHandler, OperationName } from './operations.js';
-import type { InternalSeam } from './seam.js';
-import { checkInternalVersion, INTERNAL_API_VERSION } from './version.js';
 
 const EPROTO = osConstants.errno.EPROTO;
 const EINVAL = osConstants.errno.EINVAL;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { ErrorCode, VirtError } from '../stable/errors.js';
-import type { InternalSeam, MonitorSeam, RawMonitorEvent } from './seam.js';
+import { ErrorCode, VirtError } from '../errors.js';
+import type { InternalSeam, MonitorSeam, RawMonitorEvent } from '../privileged/seam.js';
 
 /**
  * The domain a passthrough call concerns: a `Domain` of the same connection (anything carrying

@@ -3,10 +3,10 @@ import { isAbsolute, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
 import { ErrorCode, errorMessage, VirtError } from '../errors.js';
+import type { InternalSeam } from '../privileged/seam.js';
+import { checkInternalVersion, type InternalApiVersion } from '../privileged/version.js';
 import { type InternalApi, internalApiFor } from './api.js';
 import { isNativePlugin, loadNativePlugin } from './native-plugin.js';
-import type { InternalSeam } from './seam.js';
-import { checkInternalVersion, type InternalApiVersion } from './version.js';
 
 /**
  * What a static plugin module exports, as `virtkitPlugin` or as its default export.

@@ -1,12 +1,11 @@
 import { z } from 'zod';
 import { ErrorCode, VirtError } from '../errors.js';
-import { INTERNAL_SEAM, type SeamCarrier } from '../internal/seam.js';
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinitionInput } from './definition/schema.js';
 import { resolveDefinition } from './definition/validate.js';
 import { resolveDomainXml } from './definition/xml.js';
 import { Domain, IncomingMigration } from './domain.js';
-import type { DomainRef, Driver } from './driver.js';
+import { type DomainRef, type Driver, INTERNAL_SEAM } from './driver.js';
 import type { DomainEvent } from './events.js';
 import type { MigratePrepareOptions, MigrationOffer } from './migration.js';
 
@@ -49,7 +48,7 @@ export class Connection {
    * @internal
    */
   get [INTERNAL_SEAM](): unknown {
-    return this.#closed ? undefined : (this.driver as SeamCarrier)[INTERNAL_SEAM];
+    return this.#closed ? undefined : (this.driver as { readonly [INTERNAL_SEAM]?: unknown })[INTERNAL_SEAM];
   }
 
   /** The URI this connection was opened with. */

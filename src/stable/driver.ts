@@ -17,6 +17,15 @@ import type {
  * the declarations of `Connection` and `Domain` name them; no value of it is exported.
  */
 
+/**
+ * The key under which a driver that accepts privileged-operation handlers carries its seam for
+ * `virtkit/internal`: the registry symbol of privileged/seam.ts, named here again so that the public
+ * API need not import the seam's shape. The stable entry point never exports it.
+ *
+ * @internal
+ */
+export const INTERNAL_SEAM: unique symbol = Symbol.for('virtkit.internal.seam') as never;
+
 /** A defined domain as the driver reports it. @internal */
 export interface DomainRef {
   /** The domain's name. */

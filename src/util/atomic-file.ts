@@ -46,10 +46,19 @@ function toBytes(data: string | Uint8Array): Uint8Array {
  * @param data - the new content (strings are written as UTF-8)
  * @param mode - the permission bits of the new file, applied exactly (not masked by the umask);
  *   default `0o666` masked by the umask
+ * @param options - `durable: false` skips both fsyncs: the replacement is still atomic for any reader
+ *   and survives the writer being killed, but not a crash of the host (for records of things that
+ *   do not survive one either, such as running processes)
  * @throws {@link VirtError} `SYSTEM_ERROR` on any failure; the temporary file is removed and
  *   `path` keeps its old content
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode?: number): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  data: string | Uint8Array,
+  mode?: number,
+  options: { readonly durable?: boolean } = {},
+): Promise<void> {
+  const durable = options.durable ?? true;
   const tmp = tempPath(path);
   const bytes = toBytes(data);
   let fh: FileHandle | undefined;
@@ -61,7 +70,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
       off += bytesWritten;
     }
     if (mode !== undefined) await fh.chmod(mode);
-    await fh.sync();
+    if (durable) await fh.sync();
     const h = fh;
     fh = undefined;
     await h.close();
@@ -72,6 +81,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     await unlink(tmp).catch(() => {});
     fail(err, path);
   }
+  if (!durable) return;
   try {
     const dir = await open(dirname(path), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
     try {

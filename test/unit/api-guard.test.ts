@@ -101,7 +101,7 @@ describe('the internal API rules', () => {
       const state = { ...base, ...change };
       expect(rules(locked, state)).toEqual(['internal-version-not-bumped']);
       const text = message(locked, state, 'internal-version-not-bumped');
-      expect(text).toContain('bump INTERNAL_API_VERSION in src/internal/version.ts');
+      expect(text).toContain('bump INTERNAL_API_VERSION in src/privileged/version.ts');
       expect(text).toContain(`add an "Internal" entry under the new version in CHANGELOG.md`);
       expect(text).toContain('npm run api:lock');
     }

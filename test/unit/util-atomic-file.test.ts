@@ -23,6 +23,12 @@ function freshDir(): string {
 const variants = [
   ['writeFileAtomic', writeFileAtomic],
   ['writeFileAtomicSync', async (...a: Parameters<typeof writeFileAtomicSync>) => writeFileAtomicSync(...a)],
+  // Without the fsyncs, every guarantee a reader or a killed writer sees must stay the same.
+  [
+    'writeFileAtomic, not durable',
+    (path: string, data: string | Uint8Array, mode?: number) =>
+      writeFileAtomic(path, data, mode, { durable: false }),
+  ],
 ] as const;
 
 describe.each(variants)('%s', (_name, write) => {

@@ -1,7 +1,7 @@
-import type { HandlerTable } from '../../internal/handler-table.js';
+import type { HandlerTable } from '../../privileged/handler-table.js';
+import type { InvocationScope } from '../../privileged/invoke.js';
 import type { DomainEventType } from '../../stable/events.js';
 import type { DomainObject } from './domain-object.js';
-import type { InvocationScope } from './privileged/invoke.js';
 import type { RootLayout } from './root.js';
 
 /** What the start-up, life-cycle and reconnect steps need from the driver that runs them. */

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
-import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
-import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../internal/seam.js';
-import { INTERNAL_API_VERSION } from '../../internal/version.js';
+import { HandlerTable } from '../../privileged/handler-table.js';
+import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../privileged/seam.js';
+import { INTERNAL_API_VERSION } from '../../privileged/version.js';
 import type {
   Capabilities,
   DomainCapabilities,

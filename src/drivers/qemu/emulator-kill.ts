@@ -1,9 +1,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { domainCgroupName } from '../../privileged/builtins.js';
 import { domainCgroupThreads } from '../../util/cgroup.js';
 import { readProcStartTime } from '../../util/proc.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject } from './domain-object.js';
-import { domainCgroupName } from './privileged/builtins.js';
 
 /*
  * QEMU is launched in its own session and process group (the stub is spawned detached, so its pid
@@ -122,11 +122,13 @@ function cgroupMembers(id: EmulatorIdentity): number[] {
   return [...tgids];
 }
 
-function send(pid: number, sig: NodeJS.Signals): void {
+function send(pid: number, sig: NodeJS.Signals): boolean {
   try {
     process.kill(pid, sig);
+    return true;
   } catch {
     // gone already (ESRCH), or not ours to signal (EPERM): nothing more to do for it
+    return false;
   }
 }
 
@@ -134,11 +136,15 @@ function send(pid: number, sig: NodeJS.Signals): void {
  * Signals the emulator, every process of its group and every process in its cgroup. The group is
  * signalled as a whole while its leader is verified to be the emulator (same start time), which
  * reaches every member; otherwise each member found in /proc is signalled on its own.
+ *
+ * @returns true when the verified leader's group was signalled (the leader with it)
  */
-export function signalEmulator(id: EmulatorIdentity, sig: NodeJS.Signals): void {
-  if (readProcStartTime(id.pid) === id.startTime) send(-id.pid, sig);
-  else for (const pid of groupMembers(id)) send(pid, sig);
+export function signalEmulator(id: EmulatorIdentity, sig: NodeJS.Signals): boolean {
+  const verified = readProcStartTime(id.pid) === id.startTime;
+  const sent = verified && send(-id.pid, sig);
+  if (!verified) for (const pid of groupMembers(id)) send(pid, sig);
   for (const pid of cgroupMembers(id)) send(pid, sig);
+  return sent;
 }
 
 /**

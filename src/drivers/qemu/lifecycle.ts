@@ -8,7 +8,7 @@ import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { releaseThreads } from './privileged/phases.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient, QmpEvent } from './qmp/client.js';
-import { removeIfPresent } from './store.js';
+import { removeIfPresentAsync } from './store.js';
 
 /** The runtime of an active domain, or OPERATION_INVALID naming what the caller must do. */
 export function requireActive(dom: DomainObject): Runtime & { qmp: QmpClient } {
@@ -101,13 +101,13 @@ export async function finalizeExit(
   faultPoint('exit:released');
   // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
   // neither crash the host process nor leave the domain recorded as running.
-  for (const path of [run.paths.monitor, run.paths.status]) {
-    try {
-      removeIfPresent(path);
-    } catch (err) {
-      ctx.log(dom, `cannot remove ${path} after exit: ${errorMessage(err)}`);
-    }
-  }
+  await Promise.all(
+    [run.paths.monitor, run.paths.status].map((path) =>
+      removeIfPresentAsync(path).catch((err) =>
+        ctx.log(dom, `cannot remove ${path} after exit: ${errorMessage(err)}`),
+      ),
+    ),
+  );
   dom.run = undefined;
   dom.state = 'shutoff';
   dom.reason = reason;
@@ -178,13 +178,12 @@ export async function destroyDomain(
   run.stopIntent = 'destroy';
   const emulator = emulatorOf(ctx, dom, run);
   ctx.log(dom, `destroy: SIGTERM to process group ${run.pid}`);
-  signal(run.pid, 'SIGTERM');
-  signalEmulator(emulator, 'SIGTERM');
+  // The verified group includes the leader: one kill(2) for both, the leader alone otherwise.
+  if (!signalEmulator(emulator, 'SIGTERM')) signal(run.pid, 'SIGTERM');
   faultPoint('destroy:sigterm');
   if ((await within(run.exited, options.graceMs ?? 10_000)) === 'timeout') {
     ctx.log(dom, `destroy: pid ${run.pid} still alive after the grace period, SIGKILL`);
-    signal(run.pid, 'SIGKILL');
-    signalEmulator(emulator, 'SIGKILL');
+    if (!signalEmulator(emulator, 'SIGKILL')) signal(run.pid, 'SIGKILL');
   }
   await run.finalized;
 }

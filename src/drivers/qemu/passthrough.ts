@@ -1,4 +1,4 @@
-import { errorMessage } from '../../stable/errors.js';
+import { errorMessage } from '../../errors.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { requireActive } from './lifecycle.js';

@@ -1,28 +1,17 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
+import { CONTROL_FD, STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
 import { leaderGone } from './emulator-kill.js';
+
+/** Re-exported for the start-up code that lays out the child's descriptors. */
+export { FIRST_CHILD_FD } from '../../privileged/stub.js';
 
 /** How a QEMU process ended. */
 export interface ExitInfo {
   readonly code: number | null;
   readonly signal: NodeJS.Signals | null;
 }
-
-/** The fd the stub reads its go-ahead from; it closes it before exec, so QEMU never sees it. */
-const CONTROL_FD = 3;
-/** The first fd free for QEMU: the monitor socket, then TAP and storage descriptors. */
-export const FIRST_CHILD_FD = 4;
-
-/*
- * The stub is the process QEMU will become. It blocks on one line from the control pipe; on "go"
- * it execs QEMU in place (same pid), on anything else (the driver closed the pipe, or died) it
- * exits without ever running QEMU. This gives the driver a window in which the pid is final but
- * QEMU has not run: the pre-exec phase, where resource limits are raised.
- */
-export const STUB_SCRIPT = `IFS= read -r go <&${CONTROL_FD}; [ "$go" = go ] || exit 125; exec ${CONTROL_FD}<&-; exec "$@"`;
-/** argv[0] of the stub: with the script, how a privileged helper recognises the stub of a driver. */
-export const STUB_ARGV0 = 'virtkit-stub';
 
 /** A spawned stub waiting for its go-ahead. */
 export interface Launch {
@@ -60,6 +49,9 @@ export function launchStub(
   // The VM outlives this process: nothing here may keep Node's event loop alive.
   child.unref();
   (control as unknown as { unref?: () => void }).unref?.();
+  // A stub killed around its go-ahead resets the pipe (ECONNRESET); its exit is what the start
+  // sequence watches, and an unhandled stream error would crash the whole host process.
+  control.on('error', () => undefined);
   let settled = false;
   const finish = (line: string) => {
     if (settled) return;

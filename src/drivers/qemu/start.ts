@@ -1,5 +1,7 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
+import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { StartOptions } from '../../stable/driver.js';
 import type { TracedDomain } from '../../stable/tracing.js';
@@ -10,6 +12,7 @@ import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
+import { ensureNvram, resolveFirmware } from './firmware.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { logTail } from './log.js';
 import {
@@ -24,7 +27,6 @@ import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
-import { verifyThreadCount, verifyThreads } from './threads-verify.js';
 
 /** The emulator used when a definition names none. */
 export const DEFAULT_EMULATOR = '/usr/bin/qemu-system-x86_64';
@@ -89,7 +91,10 @@ export async function startDomain(
   try {
     const fds = await openDescriptors(ctx, dom, s);
     faultPoint('start:descriptors');
+    const firmware = resolveFirmware(def, join(ctx.layout.lib, 'nvram'));
+    ensureNvram(firmware);
     const cmd = buildCommandLine(def, {
+      firmware,
       monitorFd: FIRST_CHILD_FD,
       consolePath: paths.console,
       homeDir: ctx.layout.lib,
@@ -122,7 +127,7 @@ export async function startDomain(
       run.pid,
       run.threads,
       run,
-      () => writeStatus(s.paths.status, status(s, 'starting')),
+      () => writeStatus(s.paths.status, status(s, 'starting'), false),
       incoming ? 'migration-in' : 'startup',
     );
     faultPoint('start:configured');
@@ -277,8 +282,9 @@ function status(s: Startup, phase: 'starting' | 'running') {
   };
 }
 
+/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'));
+  await writeStatus(s.paths.status, status(s, 'starting'), false);
 }
 
 async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
@@ -343,6 +349,7 @@ async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime):
   return { emulator: run.pid, vcpus, iothreads };
 }
 
+/** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
   await writeStatus(s.paths.status, status(s, 'running'));
 }

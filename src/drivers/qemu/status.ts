@@ -37,12 +37,16 @@ const statusSchema = z.object({
 export type DomainStatus = z.infer<typeof statusSchema> & { live: DomainDefinition };
 
 /**
- * Writes the status atomically and durably: a reader sees the old or the new status, never a torn
- * one. The writes and fsyncs run off the event loop, so many domains starting at once do not
- * wait for each other's disk flushes.
+ * Writes the status atomically: a reader sees the old or the new status, never a torn one. The
+ * write runs off the event loop, so many domains starting at once do not wait for each other.
+ *
+ * `durable` (fsync of the file and its directory) is for the record QEMU may run guest code
+ * under (phase `running`, written before `cont`). The records before it (`starting`, the
+ * placement steps) describe a stub, a paused QEMU and cgroups, none of which survive a crash of
+ * the host; what they guard against, a killed driver, the page cache already covers.
  */
-export async function writeStatus(path: string, status: DomainStatus): Promise<void> {
-  await writeFileAtomic(path, `${JSON.stringify(status)}\n`, 0o600);
+export async function writeStatus(path: string, status: DomainStatus, durable = true): Promise<void> {
+  await writeFileAtomic(path, `${JSON.stringify(status)}\n`, 0o600, { durable });
 }
 
 /** Reads a status file; undefined when there is none, throws when it is corrupt. */

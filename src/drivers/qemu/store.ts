@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
@@ -32,6 +33,18 @@ export async function saveDefinition(path: string, def: DomainDefinition): Promi
 export function removeIfPresent(path: string): void {
   try {
     unlinkSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+/**
+ * Removes a file that may already be gone, off the event loop: on a journalling file system an
+ * unlink can take milliseconds, which many domains stopping at once would otherwise queue up for.
+ */
+export async function removeIfPresentAsync(path: string): Promise<void> {
+  try {
+    await unlink(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }

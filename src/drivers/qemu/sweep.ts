@@ -1,10 +1,10 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { domainCgroupName } from '../../privileged/builtins.js';
 import { releaseCgroups } from '../../util/cgroup.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject } from './domain-object.js';
-import { domainCgroupName } from './privileged/builtins.js';
 import { removeIfPresent } from './store.js';
 
 /*

@@ -1,9 +1,9 @@
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
-import { HandlerTable } from '../../internal/handler-table.js';
 import { loadPlugins } from '../../internal/plugins.js';
-import { INTERNAL_SEAM, SEAM_VERSION } from '../../internal/seam.js';
-import type { SimulationSeam } from '../../internal/simulation.js';
-import { INTERNAL_API_VERSION } from '../../internal/version.js';
+import { HandlerTable } from '../../privileged/handler-table.js';
+import { INTERNAL_SEAM, SEAM_VERSION } from '../../privileged/seam.js';
+import type { SimulationSeam } from '../../privileged/simulation.js';
+import { INTERNAL_API_VERSION } from '../../privileged/version.js';
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {

@@ -1,10 +1,10 @@
 import { errorMessage } from '../../errors.js';
-import type { HandlerTable } from '../../internal/handler-table.js';
-import type { OperationArgs, Phase } from '../../internal/operations.js';
+import type { HandlerTable } from '../../privileged/handler-table.js';
+import { closeResultFds, type InvocationScope, invoke } from '../../privileged/invoke.js';
+import { limitCovers, memLockNeed } from '../../privileged/memlock.js';
+import type { OperationArgs, Phase } from '../../privileged/operations.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import { parseCpuset } from '../../util/cpuset.js';
-import { closeResultFds, type InvocationScope, invoke } from '../qemu/privileged/invoke.js';
-import { limitCovers, memLockNeed } from '../qemu/privileged/memlock.js';
 import type { SimProcess, Simulation } from './simulation.js';
 
 type Placements = OperationArgs<'cgroup.release'>['placements'];

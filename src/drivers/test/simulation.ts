@@ -1,15 +1,15 @@
 import { fstatSync, readFileSync, statSync } from 'node:fs';
-import type { OperationArgs, OperationName, OperationResult } from '../../internal/operations.js';
+import { threadGroups } from '../../privileged/builtins.js';
+import type { InvocationScope, OperationBackend } from '../../privileged/invoke.js';
+import { limitCovers } from '../../privileged/memlock.js';
+import type { OperationArgs, OperationName, OperationResult } from '../../privileged/operations.js';
 import {
   SIMULATED_PID_BASE,
   type SimulatedHost,
   type SimulatedProcess,
   type SimulatedThread,
-} from '../../internal/simulation.js';
+} from '../../privileged/simulation.js';
 import type { DomainDefinition, SchedulerPolicy } from '../../stable/definition/schema.js';
-import { threadGroups } from '../qemu/privileged/builtins.js';
-import type { InvocationScope, OperationBackend } from '../qemu/privileged/invoke.js';
-import { limitCovers } from '../qemu/privileged/memlock.js';
 
 type Limit = bigint | 'unlimited';
 type MutableThread = { -readonly [K in keyof SimulatedThread]: SimulatedThread[K] };

@@ -1,10 +1,11 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { STUB_ARGV0, STUB_SCRIPT } from '../../drivers/qemu/process.js';
 import { ErrorCode, VirtError } from '../../errors.js';
+import type { OperationArgs, OperationName } from '../../privileged/operations.js';
+import { STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
 import { domainCgroupThreads } from '../../util/cgroup.js';
 import { readParentPid, readProcExe, readProcStartTime, readThreadCgroups } from '../../util/proc.js';
 import type { PeerCredentials } from '../../util/unix-socket.js';
-import type { OperationArgs, OperationName } from '../operations.js';
+import { denied } from './denied.js';
 import type { Policy } from './policy.js';
 import type { WireContext } from './protocol.js';
 
@@ -26,20 +27,6 @@ export interface AuditTarget {
   path?: string;
   ifname?: string;
   cgroup?: string;
-}
-
-/**
- * A refusal by the policy: `ACCESS_DENIED` with `details.rule` naming the policy rule.
- *
- * @param rule - e.g. `memlock.maxBytes`
- * @param message - what was asked and what the policy allows
- * @param details - more structured fields
- */
-export function denied(rule: string, message: string, details: Record<string, unknown> = {}): VirtError {
-  return new VirtError(ErrorCode.ACCESS_DENIED, `denied by policy rule ${rule}: ${message}`, {
-    ...details,
-    rule,
-  });
 }
 
 /** `IFF_TAP` in tun_flags. */

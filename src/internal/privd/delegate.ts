@@ -1,8 +1,5 @@
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
-import { closeFd, SyscallError } from '../../util/libc.js';
-import { unixConnect } from '../../util/unix-socket.js';
-import type { InternalApi } from '../api.js';
-import type { HandlerOptions } from '../handler-table.js';
+import type { HandlerOptions } from '../../privileged/handler-table.js';
 import {
   type InvocationContext,
   OPERATIONS,
@@ -10,8 +7,11 @@ import {
   type OperationHandler,
   type OperationName,
   operationSchemas,
-} from '../operations.js';
-import { INTERNAL_API_VERSION } from '../version.js';
+} from '../../privileged/operations.js';
+import { INTERNAL_API_VERSION } from '../../privileged/version.js';
+import { closeFd, SyscallError } from '../../util/libc.js';
+import { unixConnect } from '../../util/unix-socket.js';
+import type { InternalApi } from '../api.js';
 import { FramedConnection } from './connection.js';
 import {
   attachFds,

@@ -1,10 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { builtins } from '../../drivers/qemu/privileged/builtins.js';
-import type { InvocationScope } from '../../drivers/qemu/privileged/invoke.js';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { builtins } from '../../privileged/builtins.js';
+import type { OperationArgs, OperationName, OperationResult } from '../../privileged/operations.js';
+import type { BuiltinScope } from '../../privileged/scope.js';
 import { openTap } from '../../util/tap.js';
-import { HandlerTable } from '../handler-table.js';
-import type { OperationArgs, OperationName, OperationResult } from '../operations.js';
 import { processOwner } from './authorise.js';
 import type { OwnerWorkers } from './owner-workers.js';
 import type { Policy } from './policy.js';
@@ -83,13 +82,10 @@ export async function execute(
   args: OperationArgs<OperationName>,
   services: ExecuteServices,
 ): Promise<OperationResult<OperationName>> {
-  const scope: InvocationScope = {
-    handlers: new HandlerTable(),
+  const scope: BuiltinScope = {
     domain: { ...ctx.domain, uuid: ctx.domain.uuid.toLowerCase() },
     pid: ctx.pid ?? undefined,
-    taints: [],
     cgroupParent: policy.cgroup?.parent ?? '',
-    log: () => {},
   };
   switch (op) {
     case 'process.setMaxMemLock': {

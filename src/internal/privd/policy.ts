@@ -2,7 +2,9 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { posix } from 'node:path';
 import { z } from 'zod';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
-import { prefixIdentity } from './storage.js';
+import { type StoragePrefix, storagePrefix } from './storage.js';
+
+export { type StoragePrefix, storagePrefix };
 
 /*
  * The policy of virtkit-privd: which peers may ask, and what they may ask for. A JSON file
@@ -223,18 +225,6 @@ export type PolicyInterfaceMatchesSchema = Assignable<
   z.input<typeof policySchema>
 >;
 
-/** A storage prefix as configured and as the file system resolves it. */
-export interface StoragePrefix {
-  readonly given: string;
-  readonly real: string;
-  /**
-   * The directory `real` was when the policy was loaded (opened without following any symlink):
-   * every request checks that `real` still is that directory. Undefined when it could not be
-   * opened then: requests below it are refused until the helper is restarted.
-   */
-  readonly identity: { readonly dev: bigint; readonly ino: bigint } | undefined;
-}
-
 /** The limits section with every default filled in. */
 export type Limits = Required<{ -readonly [K in keyof PrivilegedHelperLimits]: number }>;
 
@@ -271,21 +261,6 @@ function withReal(paths: readonly string[]): Set<string> {
     }
   }
   return out;
-}
-
-/**
- * A storage prefix as the policy names it, resolved now (the administrator's symlinks in the
- * configured path are followed once, here) and recorded by device and inode.
- */
-export function storagePrefix(p: string): StoragePrefix {
-  const given = posix.normalize(p).replace(/(.)\/+$/, '$1');
-  let real = given;
-  try {
-    real = realpathSync(given);
-  } catch {
-    // Missing now: recorded as such, and refused at each request.
-  }
-  return { given, real, identity: prefixIdentity(real) };
 }
 
 /**

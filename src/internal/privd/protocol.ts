@@ -17,7 +17,7 @@
 
 import { z } from 'zod';
 import { ErrorCode, VirtError } from '../../errors.js';
-import { OPERATIONS, type OperationName, PHASES } from '../operations.js';
+import { OPERATIONS, type OperationName, PHASES } from '../../privileged/operations.js';
 
 /** The version of this protocol; both sides must speak the same. */
 export const PROTOCOL_VERSION = 1;

@@ -1,5 +1,7 @@
 import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
+import { type OperationArgs, type OperationName, operationSchemas } from '../../privileged/operations.js';
+import { INTERNAL_API_VERSION } from '../../privileged/version.js';
 import { closeFd, SyscallError } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import {
@@ -10,8 +12,6 @@ import {
   unixListen,
   watchFd,
 } from '../../util/unix-socket.js';
-import { type OperationArgs, type OperationName, operationSchemas } from '../operations.js';
-import { INTERNAL_API_VERSION } from '../version.js';
 import { type AuditTarget, authorise, type Peer } from './authorise.js';
 import { FramedConnection } from './connection.js';
 import { execute } from './execute.js';

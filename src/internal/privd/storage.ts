@@ -1,11 +1,37 @@
-import { fstatSync, lstatSync, readlinkSync } from 'node:fs';
+import { fstatSync, lstatSync, readlinkSync, realpathSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { posix } from 'node:path';
 import koffi from 'koffi';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../../errors.js';
 import { closeFd, loadLibc, O, SyscallError } from '../../util/libc.js';
-import { denied } from './authorise.js';
-import type { StoragePrefix } from './policy.js';
+import { denied } from './denied.js';
+
+/** A storage prefix as configured and as the file system resolves it. */
+export interface StoragePrefix {
+  readonly given: string;
+  readonly real: string;
+  /**
+   * The directory `real` was when the policy was loaded (opened without following any symlink):
+   * every request checks that `real` still is that directory. Undefined when it could not be
+   * opened then: requests below it are refused until the helper is restarted.
+   */
+  readonly identity: { readonly dev: bigint; readonly ino: bigint } | undefined;
+}
+
+/**
+ * A storage prefix as the policy names it, resolved now (the administrator's symlinks in the
+ * configured path are followed once, here) and recorded by device and inode.
+ */
+export function storagePrefix(p: string): StoragePrefix {
+  const given = posix.normalize(p).replace(/(.)\/+$/, '$1');
+  let real = given;
+  try {
+    real = realpathSync(given);
+  } catch {
+    // Missing now: recorded as such, and refused at each request.
+  }
+  return { given, real, identity: prefixIdentity(real) };
+}
 
 /*
  * storage.openFile on the helper side. The prefix itself is opened first, from / with

@@ -1,15 +1,15 @@
 import { existsSync } from 'node:fs';
 import { ErrorCode, VirtError } from '../../../errors.js';
-import type { OperationArgs } from '../../../internal/operations.js';
+import { closeResultFds, type InvocationScope, invoke } from '../../../privileged/invoke.js';
+import { limitCovers, memLockNeed } from '../../../privileged/memlock.js';
+import type { OperationArgs } from '../../../privileged/operations.js';
+import { verifyThreads } from '../../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
 import { parseCpuset } from '../../../util/cpuset.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import { prlimitGet, RLIMIT } from '../../../util/libc.js';
 import { listThreads } from '../../../util/proc.js';
 import type { ThreadIds } from '../status.js';
-import { verifyThreads } from '../threads-verify.js';
-import { closeResultFds, type InvocationScope, invoke } from './invoke.js';
-import { limitCovers, memLockNeed } from './memlock.js';
 
 /** Descriptors opened before the stub exists, to be inherited by QEMU at fixed numbers. */
 export interface PreExecDescriptors {
