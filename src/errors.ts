@@ -47,6 +47,8 @@ export const ErrorCode = {
    * rolled back.
    */
   ABORTED: 'ABORTED',
+  /** A peer of the control socket broke its protocol (a malformed or oversized line, another version). */
+  PROTOCOL_ERROR: 'PROTOCOL_ERROR',
   /** An invariant of virtkit itself was broken; please report it. */
   INTERNAL_ERROR: 'INTERNAL_ERROR',
 } as const;

@@ -1,8 +1,11 @@
+import { z } from 'zod';
 import { openQemuDriver } from '../drivers/qemu/driver.js';
 import { openTestDriver } from '../drivers/test/driver.js';
-import { ErrorCode, VirtError } from '../errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import { Connection } from './connection.js';
+import { startControlServer } from './control/server.js';
 import type { Driver } from './driver.js';
+import { packageVersion } from './package-version.js';
 
 /**
  * Options of {@link connect}.
@@ -15,7 +18,28 @@ export interface ConnectOptions {
    * at connect time in addition to those listed in `<root>/etc/virtkit.json`.
    */
   readonly plugins?: readonly string[];
+  /**
+   * Serve the stable API on `<root>/run/control.sock` while this connection is open, so the
+   * `virtkit` command can manage the root this driver holds (embedded driver only). The socket has
+   * mode 0600 and every peer is checked with SO_PEERCRED: the driver's own uid and root may use it,
+   * and the uids listed here. Handlers and `virtkit/internal` are never reachable through it. The
+   * socket never keeps the process alive. Default: `controlSocket` of `<root>/etc/virtkit.json`,
+   * else off.
+   */
+  readonly controlSocket?: boolean | { readonly uids?: readonly number[] };
 }
+
+const connectOptionsSchema = z.strictObject({
+  plugins: z.array(z.string()).readonly().optional(),
+  controlSocket: z
+    .union([
+      z.boolean(),
+      z.strictObject({
+        uids: z.array(z.number().int().min(0).max(0xffff_fffe)).max(1024).readonly().optional(),
+      }),
+    ])
+    .optional(),
+});
 
 /** A parsed connection URI. @internal */
 export interface ParsedUri {
@@ -89,12 +113,29 @@ export function parseUri(uri: string): ParsedUri {
  */
 export async function connect(uri: string, options: ConnectOptions = {}): Promise<Connection> {
   const parsed = parseUri(uri);
+  const checked = connectOptionsSchema.safeParse(options);
+  if (!checked.success) {
+    const issue = checked.error.issues[0];
+    const field = issue?.path.join('.') ?? '';
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `invalid connect option '${field}': ${issue?.message ?? 'malformed'}`,
+      { path: field },
+    );
+  }
   let driver: Driver;
   switch (parsed.scheme) {
     case 'qemu':
       driver = await openQemuDriver(uri, parsed, options);
       break;
     case 'test':
+      if (options.controlSocket) {
+        throw new VirtError(
+          ErrorCode.CONFIG_UNSUPPORTED,
+          'test:///default has no root to serve a control socket on; use qemu:///embed',
+          { path: 'controlSocket' },
+        );
+      }
       driver = await openTestDriver(uri, parsed, options);
       break;
     default:
@@ -103,5 +144,21 @@ export async function connect(uri: string, options: ConnectOptions = {}): Promis
         `unknown driver '${parsed.scheme}' in '${uri}': use qemu:///embed or test:///default`,
       );
   }
-  return new Connection(driver);
+  const conn = new Connection(driver);
+  if (driver.controlSocket) {
+    const settings = driver.controlSocket;
+    try {
+      const server = startControlServer(conn, {
+        path: settings.path,
+        uids: settings.uids,
+        version: packageVersion(),
+        log: (message) => driver.record?.(message),
+      });
+      conn.beforeClose(() => server.close());
+    } catch (err) {
+      await conn.close();
+      throw VirtError.is(err) ? err : new VirtError(ErrorCode.SYSTEM_ERROR, errorMessage(err));
+    }
+  }
+  return conn;
 }

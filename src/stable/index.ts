@@ -31,6 +31,7 @@ export { formatDomainXml, parseDomainXml } from './definition/xml.js';
 export type { DetachDeviceOptions, DeviceChangeOptions, DeviceDefinition, DeviceMatch } from './devices.js';
 export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
 export type {
+  ControlSocketSettings,
   DestroyOptions,
   DomainRef,
   Driver,
