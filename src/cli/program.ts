@@ -9,6 +9,7 @@ import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
 import { type Endpoint, openEndpoint, resolveUri } from './endpoint.js';
 import { dominfoText, eventLine, listTable, stateName } from './format.js';
+import { qemuMonitorCommand } from './monitor.js';
 
 /** What the command writes to; a test (or another program) can capture it. */
 export interface Io {
@@ -212,6 +213,26 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       io.out(`Domain '${done.name}' XML configuration edited.\n\n`);
     },
   );
+
+  program
+    .command('qemu-monitor-command')
+    .description(
+      'send a QMP command (or, with --hmp, a monitor command line) to QEMU; taints the domain custom-monitor',
+    )
+    .argument('<domain>', 'domain name, id or uuid')
+    .argument('<command...>', 'the QMP command as JSON, or the HMP command line')
+    .option('--hmp', 'an HMP command line, sent with human-monitor-command')
+    .option('--pretty', 'indent the reply')
+    .option('--return-value', 'print only the value QEMU returned')
+    .action(
+      async (
+        domain: string,
+        words: string[],
+        o: { hmp?: boolean; pretty?: boolean; returnValue?: boolean },
+      ) => {
+        io.out(await qemuMonitorCommand(await open(), domain, words, o));
+      },
+    );
 
   program
     .command('capabilities')

@@ -479,7 +479,7 @@ describe('what is refused before anything starts', () => {
 });
 
 describe('a paused domain', () => {
-  it('migrates paused and stays paused at the destination', async () => {
+  it('migrates paused, stays paused at the destination, and migrates back', async () => {
     const dom = await src.defineDomain(pausedOnly('mig-paused'));
     await dom.start({ paused: true });
     const moved = await dom.migrateTo(dst, { listen: `unix:${join(rootB, 'lib', 'in.sock')}` });
@@ -488,6 +488,12 @@ describe('a paused domain', () => {
     expect(info).toMatchObject({ state: 'paused', reason: 'migrated' });
     expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
     expect(existsSync(join(rootB, 'lib', 'in.sock'))).toBe(false);
+    // And back to where its (typed) definition is still defined: the offer's XML spelling of the
+    // same definition is the same guest.
+    const back = await moved.migrateTo(src);
+    expect(back.uuid).toBe(dom.uuid);
+    expect(await back.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
+    expect(await dst.listDomains({ state: 'active' })).toEqual([]);
   });
 });
 
