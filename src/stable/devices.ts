@@ -1,6 +1,7 @@
 import { ErrorCode, VirtError } from '../errors.js';
 import type { DiskDefinition, InterfaceDefinition } from './definition/schema.js';
 import { resolveDomainXml } from './definition/xml.js';
+import type { OperationOptions } from './jobs.js';
 
 /**
  * A device to attach or detach: one disk or one network interface.
@@ -18,7 +19,7 @@ export type DeviceDefinition =
  *
  * @public
  */
-export interface DeviceChangeOptions {
+export interface DeviceChangeOptions extends OperationOptions {
   /** Change the running domain (and its live definition). */
   readonly live?: boolean;
   /** Change the persistent definition. */
