@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { VirtError } from './errors.js';
+import './builtin-drivers.js';
 import { connect } from './stable/connect.js';
 
 const USAGE = `usage: virtkit <command> --root DIR [args]
