@@ -18,6 +18,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { buildCommandLine } from '../src/drivers/qemu/command-line.js';
+import { resolveFirmware } from '../src/drivers/qemu/firmware.js';
 import type { DomainDefinition } from '../src/stable/definition/schema.js';
 import { formatDomainXml, resolveDomainXml, xmlCanonical } from '../src/stable/definition/xml.js';
 import { VirtError } from '../src/stable/errors.js';
@@ -86,6 +87,8 @@ function fakeContext(def: DomainDefinition): Parameters<typeof buildCommandLine>
     hugepagesPath: '/dev/hugepages',
     diskFds: def.disks.map((_, i) => 10 + i),
     tapFds: def.interfaces.map((nic, i) => (nic.type === 'ethernet' ? [100 + i] : undefined)),
+    firmware: resolveFirmware(def, '/var/lib/virtkit-corpus/nvram'),
+    nowMs: 0,
   };
 }
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libvirt-clients and libvirt's QEMU driver: the capabilities tests compare with `virsh capabilities`.
-packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 util-linux iproute2 gcc
+packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 util-linux iproute2 gcc ovmf
   libvirt-clients libvirt-daemon-driver-qemu)
 missing=()
 for p in "${packages[@]}"; do

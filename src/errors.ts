@@ -42,6 +42,13 @@ export const ErrorCode = {
   HANDLERS_SEALED: 'HANDLERS_SEALED',
   /** A privileged operation claimed success but its effect is not visible. */
   POSTCONDITION_FAILED: 'POSTCONDITION_FAILED',
+  /**
+   * The caller aborted the operation (its `signal`, or `Domain.abortJob()`); what it had done was
+   * rolled back.
+   */
+  ABORTED: 'ABORTED',
+  /** A peer of the control socket broke its protocol (a malformed or oversized line, another version). */
+  PROTOCOL_ERROR: 'PROTOCOL_ERROR',
   /** An invariant of virtkit itself was broken; please report it. */
   INTERNAL_ERROR: 'INTERNAL_ERROR',
 } as const;

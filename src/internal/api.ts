@@ -1,3 +1,4 @@
+import { ErrorCode, VirtError } from '../errors.js';
 import type { HandlerOptions } from '../privileged/handler-table.js';
 import type { OperationHandler, OperationName } from '../privileged/operations.js';
 import { type InternalSeam, seamOf } from '../privileged/seam.js';
@@ -6,7 +7,11 @@ import {
   INTERNAL_API_VERSION,
   type InternalApiVersion,
 } from '../privileged/version.js';
+import type { Connection } from '../stable/connection.js';
 import {
+  type AttachedDomain,
+  type AttachOptions,
+  attach,
   type MonitorCommandOptions,
   type MonitorEvent,
   type MonitorEventsOptions,
@@ -72,12 +77,30 @@ export interface InternalApi {
    * @throws `VirtError` `OPERATION_INVALID` when the domain is not running; `NO_SUPPORT` on the test driver
    */
   monitorEvents(domain: MonitorTarget, options?: MonitorEventsOptions): AsyncIterableIterator<MonitorEvent>;
+  /**
+   * Adopts a QEMU started outside virtkit, like `virsh qemu-attach`: checks that `pid` runs a
+   * `qemu-system-*` binary and that `monitor` is its QMP socket (the listener's peer credentials,
+   * or the process holding that listening socket), builds a transient domain from QMP (name, uuid,
+   * kvm or qemu, memory, vCPUs with their verified thread ids), taints it `external-launch`, and
+   * manages it from then on like any other: events, suspend/resume, shutdown, destroy, reconnect
+   * by a later driver. It disappears (`undefined` event) once its QEMU exits. Limits: its devices
+   * are not in its definition; no privileged operation was applied to it (no memlock, placement or
+   * scheduling); the socket must be free, as QEMU serves one QMP client at a time; a destroy
+   * signals QEMU's process group when QEMU leads one.
+   *
+   * @returns the new domain, a `Domain` of the connection (its `started` event has the reason `attached`)
+   * @throws `VirtError` `OPERATION_INVALID` (`details.pid`) when the pid is not a QEMU or the socket
+   *   is not its monitor; `SYSTEM_ERROR` when the socket cannot be connected; `DOMAIN_EXISTS` when
+   *   the name or uuid is taken; `XML_ERROR` (`details.field`) for malformed options; `NO_SUPPORT`
+   *   on the test driver; `OPERATION_INVALID` on an API obtained by a plugin (no connection)
+   */
+  attach(options: AttachOptions): Promise<AttachedDomain>;
 }
 
 export { seamOf };
 
 /** Wraps a seam as the consumer-facing API; `source` names the registrant in errors and logs. */
-export function internalApiFor(seam: InternalSeam, source: string): InternalApi {
+export function internalApiFor(seam: InternalSeam, source: string, connection?: Connection): InternalApi {
   return {
     apiVersion: INTERNAL_API_VERSION,
     setHandler(op, handler, options) {
@@ -90,6 +113,16 @@ export function internalApiFor(seam: InternalSeam, source: string): InternalApi 
     monitorCommand: (domain, command, args, options = {}) =>
       monitorCommand(seam, domain, command, args, options),
     monitorEvents: (domain, options = {}) => monitorEvents(seam, domain, options),
+    async attach(options) {
+      if (!connection) {
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          "attach needs the API of openInternal(conn), not a plugin's",
+        );
+      }
+      const { uuid } = await attach(seam, options);
+      return connection.lookupDomain(uuid);
+    },
   };
 }
 
@@ -101,5 +134,5 @@ export function internalApiFor(seam: InternalSeam, source: string): InternalApi 
  */
 export function openInternal(connection: object, options: OpenInternalOptions): InternalApi {
   checkInternalVersion((options as { apiVersion?: unknown } | undefined)?.apiVersion);
-  return internalApiFor(seamOf(connection), 'setHandler');
+  return internalApiFor(seamOf(connection), 'setHandler', connection as Connection);
 }

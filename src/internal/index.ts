@@ -30,6 +30,8 @@ export {
 export { INTERNAL_API_VERSION, type InternalApiVersion } from '../privileged/version.js';
 export { type InternalApi, type OpenInternalOptions, openInternal } from './api.js';
 export type {
+  AttachedDomain,
+  AttachOptions,
   MonitorCommandOptions,
   MonitorEvent,
   MonitorEventsOptions,

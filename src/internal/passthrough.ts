@@ -204,3 +204,37 @@ export function monitorEvents(
   };
   return iterator;
 }
+
+/**
+ * Options of `InternalApi.attach`.
+ *
+ * @public
+ */
+export interface AttachOptions {
+  /** The pid of the running QEMU (`qemu-system-*`). */
+  readonly pid: number;
+  /** The absolute path of its QMP socket (`-qmp unix:PATH,server=on`); no other client may be connected. */
+  readonly monitor: string;
+  /** The domain's name when QEMU has none (`-name`); default QEMU's name, else `qemu-<pid>`. */
+  readonly name?: string;
+}
+
+/**
+ * The domain `InternalApi.attach` adopted. At run time it is the connection's `Domain`; it is
+ * typed by name and uuid only so that `virtkit/internal` does not restate the stable API
+ * (`conn.lookupDomain(uuid)` returns it typed).
+ *
+ * @public
+ */
+export interface AttachedDomain extends MonitorTarget {
+  /** The domain's name. */
+  readonly name: string;
+}
+
+/** `InternalApi.attach`: the driver checks the request, adopts the QEMU and names the new domain. */
+export async function attach(
+  seam: InternalSeam,
+  options: AttachOptions,
+): Promise<{ name: string; uuid: string }> {
+  return monitorOf(seam).attach(options);
+}

@@ -20,16 +20,36 @@ export interface VirtkitPlugin {
   register(api: InternalApi): void | Promise<void>;
 }
 
-const configSchema = z.strictObject({ plugins: z.array(z.string().min(1)).default([]) });
+const uid = z.number().int().min(0).max(0xffff_fffe);
+
+/** The `controlSocket` setting: on/off, or on for these uids besides the driver's own and root. */
+export const controlSocketSetting = z.union([
+  z.boolean(),
+  z.strictObject({ uids: z.array(uid).max(1024).default([]) }),
+]);
+
+const configSchema = z.strictObject({
+  plugins: z.array(z.string().min(1)).default([]),
+  controlSocket: controlSocketSetting.optional(),
+});
 
 /** Plugin paths listed in `<root>/etc/virtkit.json`, if the file exists. */
 export function pluginsFromConfig(etcDir: string): string[] {
+  return readConfig(etcDir).plugins;
+}
+
+/** The `controlSocket` setting of `<root>/etc/virtkit.json`, if the file sets it. */
+export function controlSocketFromConfig(etcDir: string): z.output<typeof controlSocketSetting> | undefined {
+  return readConfig(etcDir).controlSocket;
+}
+
+function readConfig(etcDir: string): z.output<typeof configSchema> {
   const path = join(etcDir, 'virtkit.json');
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { plugins: [] };
     throw new VirtError(ErrorCode.SYSTEM_ERROR, `cannot read ${path}: ${errorMessage(err)}`, { path });
   }
   let json: unknown;
@@ -49,7 +69,7 @@ export function pluginsFromConfig(etcDir: string): string[] {
       },
     );
   }
-  return parsed.data.plugins;
+  return parsed.data;
 }
 
 /**

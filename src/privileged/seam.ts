@@ -49,6 +49,8 @@ export interface MonitorSeam {
   ): Promise<unknown>;
   /** Subscribes; returns the unsubscribe function. Throws when the domain is not running. */
   events(uuid: string, sink: MonitorEventSink): () => void;
+  /** Adopts a QEMU launched elsewhere as a new (transient) domain; the request is checked there. */
+  attach(request: unknown): Promise<{ readonly name: string; readonly uuid: string }>;
 }
 
 /** A value that may carry a seam (a Connection or its driver). */

@@ -1,6 +1,9 @@
-import { ErrorCode, VirtError } from '../errors.js';
+import { z } from 'zod';
+import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import { Connection } from './connection.js';
+import { startControlServer } from './control/server.js';
 import type { Driver } from './driver.js';
+import { packageVersion } from './package-version.js';
 
 /**
  * Options of {@link connect}.
@@ -13,7 +16,28 @@ export interface ConnectOptions {
    * at connect time in addition to those listed in `<root>/etc/virtkit.json`.
    */
   readonly plugins?: readonly string[];
+  /**
+   * Serve the stable API on `<root>/run/control.sock` while this connection is open, so the
+   * `virtkit` command can manage the root this driver holds (embedded driver only). The socket has
+   * mode 0600 and every peer is checked with SO_PEERCRED: the driver's own uid and root may use it,
+   * and the uids listed here. Handlers and `virtkit/internal` are never reachable through it. The
+   * socket never keeps the process alive. Default: `controlSocket` of `<root>/etc/virtkit.json`,
+   * else off.
+   */
+  readonly controlSocket?: boolean | { readonly uids?: readonly number[] };
 }
+
+const connectOptionsSchema = z.strictObject({
+  plugins: z.array(z.string()).readonly().optional(),
+  controlSocket: z
+    .union([
+      z.boolean(),
+      z.strictObject({
+        uids: z.array(z.number().int().min(0).max(0xffff_fffe)).max(1024).readonly().optional(),
+      }),
+    ])
+    .optional(),
+});
 
 /** A parsed connection URI. @internal */
 export interface ParsedUri {
@@ -114,6 +138,16 @@ export function parseUri(uri: string): ParsedUri {
  */
 export async function connect(uri: string, options: ConnectOptions = {}): Promise<Connection> {
   const parsed = parseUri(uri);
+  const checked = connectOptionsSchema.safeParse(options);
+  if (!checked.success) {
+    const issue = checked.error.issues[0];
+    const field = issue?.path.join('.') ?? '';
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `invalid connect option '${field}': ${issue?.message ?? 'malformed'}`,
+      { path: field },
+    );
+  }
   const open = drivers.get(parsed.scheme);
   if (!open && drivers.size === 0) {
     // Only a program that imports src/stable/ instead of the package entry gets here.
@@ -130,5 +164,22 @@ export async function connect(uri: string, options: ConnectOptions = {}): Promis
       { scheme: parsed.scheme, registered: [...drivers.keys()] },
     );
   }
-  return new Connection(await open(uri, parsed, options));
+  const driver = await open(uri, parsed, options);
+  const conn = new Connection(driver);
+  if (driver.controlSocket) {
+    const settings = driver.controlSocket;
+    try {
+      const server = startControlServer(conn, {
+        path: settings.path,
+        uids: settings.uids,
+        version: packageVersion(),
+        log: (message) => driver.record?.(message),
+      });
+      conn.beforeClose(() => server.close());
+    } catch (err) {
+      await conn.close();
+      throw VirtError.is(err) ? err : new VirtError(ErrorCode.SYSTEM_ERROR, errorMessage(err));
+    }
+  }
+  return conn;
 }

@@ -35,6 +35,7 @@ export class Connection {
   readonly #listeners = new Map<(event: DomainEvent) => void, () => void>();
   /** Wakes every pending `events()` iterator, so close() ends them. */
   readonly #wakers = new Set<() => void>();
+  readonly #beforeClose: Array<() => void> = [];
 
   /** @internal */
   constructor(driver: Driver) {
@@ -186,10 +187,21 @@ export class Connection {
     }
   }
 
+  /**
+   * Runs `fn` first when the connection closes (the control socket stops serving before the
+   * driver lets go of the root).
+   *
+   * @internal
+   */
+  beforeClose(fn: () => void): void {
+    this.#beforeClose.push(fn);
+  }
+
   /** Releases the driver (and the root's lock). Running domains keep running. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    for (const fn of this.#beforeClose.splice(0)) fn();
     for (const off of this.#listeners.values()) off();
     this.#listeners.clear();
     for (const wake of this.#wakers) wake();

@@ -55,6 +55,14 @@ export interface DestroyOptions {
   readonly graceMs?: number;
 }
 
+/** Where and for whom a driver serves its control socket. @internal */
+export interface ControlSocketSettings {
+  /** The socket path: `<root>/run/control.sock`. */
+  readonly path: string;
+  /** Peer uids allowed besides the driver's own and root. */
+  readonly uids: readonly number[];
+}
+
 /** What the source's driver reports when a migration begins. @internal */
 export interface OutgoingMigration {
   /** The persistent definition. */
@@ -71,6 +79,10 @@ export interface OutgoingMigration {
 export interface Driver {
   /** The URI the driver was opened with. */
   readonly uri: string;
+  /** Set when the driver was asked to serve a control socket on its root. */
+  readonly controlSocket?: ControlSocketSettings | undefined;
+  /** Records a line in the driver's own log, if it keeps one. */
+  record?(message: string): void;
   /** Writes a resolved definition persistently (a new domain or an update of one). */
   defineDomain(def: DomainDefinition): Promise<DomainRef>;
   /** Removes the persistent definition of an inactive domain. */

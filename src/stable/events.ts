@@ -21,8 +21,9 @@ export interface DomainEvent {
   /** What happened. */
   readonly type: DomainEventType;
   /**
-   * Why: for `stopped` one of {@link StoppedReason}; for `started` `booted`; for `suspended` `user`
-   * or `starting-up`; for `resumed` `unpaused`; for `defined` `added` or `updated`; for
+   * Why: for `stopped` one of {@link StoppedReason}; for `started` `booted` (`migrated` on the
+   * destination of a migration, `attached` for a QEMU adopted through `virtkit/internal`); for
+   * `suspended` `user` or `starting-up`; for `resumed` `unpaused`; for `defined` `added` or `updated`; for
    * `undefined` `removed`.
    */
   readonly reason: string;

@@ -27,6 +27,7 @@ export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
 export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
 export type {
+  ControlSocketSettings,
   DestroyOptions,
   DomainRef,
   Driver,

@@ -1,57 +1,288 @@
-import { spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { connect } from '../../src/stable/index.js';
+import { killChild, runChild } from '../helpers/child.js';
+import { virtkit, virtkitBackground } from '../helpers/cli.js';
 import { alive, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
 
-const CLI = join(__dirname, '..', '..', 'src', 'cli.ts');
+const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
+const XML = "<domain type='qemu'><name>clivm</name><memory unit='MiB'>64</memory><vcpu>2</vcpu></domain>";
+
 const roots: string[] = [];
-afterEach(() => {
-  for (const r of roots.splice(0)) removeRoot(r);
+const holders: ChildProcess[] = [];
+afterEach(async () => {
+  for (const h of holders.splice(0)) await killChild(h);
+  for (const r of roots.splice(0)) {
+    // Whatever a failed test left running is destroyed before its root goes.
+    const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
+    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy();
+    await conn.close();
+    removeRoot(r);
+  }
 });
 
-/** Runs the `virtkit` command as a user would, each call its own process (and its own driver). */
-function virtkit(root: string, ...args: string[]) {
-  const res = spawnSync(process.execPath, ['--import', 'tsx', CLI, ...args, '--root', root], {
-    encoding: 'utf8',
-  });
-  return { code: res.status, out: res.stdout, err: res.stderr };
+type Mode = 'the command holds the root' | 'an application holds the root';
+
+/** A root; in the second mode, held by another process that serves its control socket. */
+async function setUp(
+  mode: Mode,
+): Promise<{ root: string; run: (...args: string[]) => ReturnType<typeof virtkit> }> {
+  const root = tempRoot();
+  roots.push(root);
+  if (mode === 'an application holds the root') {
+    const { child } = await runChild(HOLDER, [root]);
+    holders.push(child);
+  }
+  return { root, run: (...args) => virtkit([...args, '--root', root]) };
 }
 
-describe('the virtkit command', () => {
-  it('defines from XML, starts paused, lists, shows info and destroys, across processes', () => {
+function json(out: string): unknown {
+  return JSON.parse(out);
+}
+
+describe.each<Mode>(['the command holds the root', 'an application holds the root'])(
+  'the virtkit command, when %s',
+  (mode) => {
+    it('defines, starts paused, resumes, suspends, destroys and undefines, printing what virsh prints', async () => {
+      const { root, run } = await setUp(mode);
+      const file = join(root, 'vm.xml');
+      writeFileSync(file, XML);
+      expect(run('define', file)).toEqual({
+        code: 0,
+        out: `Domain 'clivm' defined from ${file}\n\n`,
+        err: '',
+      });
+      expect(run('list').out).toBe(' Id   Name   State\n--------------------\n\n');
+      expect(run('list', '--all').out).toBe(
+        ' Id   Name    State\n------------------------\n -    clivm   shut off\n\n',
+      );
+      const [defined] = json(run('list', '--all', '--json').out) as Array<Record<string, unknown>>;
+      expect(defined).toMatchObject({ id: null, name: 'clivm', state: 'shutoff', persistent: true });
+      const uuid = String(defined?.['uuid']);
+
+      expect(run('start', 'clivm', '--paused')).toEqual({
+        code: 0,
+        out: "Domain 'clivm' started\n\n",
+        err: '',
+      });
+      const [listed] = json(run('list', '--json').out) as Array<Record<string, unknown>>;
+      expect(listed).toMatchObject({ name: 'clivm', uuid, state: 'paused', reason: 'user' });
+      const id = Number(listed?.['id']);
+      expect(run('list').out).toBe(
+        ` Id   Name    State\n----------------------\n ${id}    clivm   paused\n\n`,
+      );
+      expect(run('list', '--name').out).toBe('clivm\n\n');
+      expect(run('list', '--uuid').out).toBe(`${uuid}\n\n`);
+      expect(run('list', '--all', '--state-shutoff', '--name').out).toBe('\n');
+
+      const info = json(run('dominfo', 'clivm', '--json').out) as Record<string, unknown>;
+      expect(info).toMatchObject({ id, name: 'clivm', uuid, state: 'paused', vcpus: 2, maxMemoryKiB: 65536 });
+      const pid = Number(info['pid']);
+      expect(alive(pid)).toBe(true);
+      expect(run('dominfo', uuid).out).toMatch(
+        new RegExp(
+          `^Id: {13}${id}\\nName: {11}clivm\\nUUID: {11}${uuid}\\nOS Type: {8}hvm\\nState: {10}paused\\nCPU\\(s\\): {9}2\\n(CPU time: .*\\n)?Max memory: {5}65536 KiB\\nUsed memory: {4}65536 KiB\\nPersistent: {5}yes\\n`,
+        ),
+      );
+      expect(run('domstate', String(id), '--reason').out).toBe('paused (user)\n\n');
+      expect(json(run('domstate', 'clivm', '--json').out)).toEqual({ state: 'paused', reason: 'user' });
+      expect(run('domid', 'clivm').out).toBe(`${id}\n\n`);
+      expect(run('domuuid', 'clivm').out).toBe(`${uuid}\n\n`);
+      expect(run('domname', uuid).out).toBe('clivm\n\n');
+      expect(json(run('domid', uuid, '--json').out)).toEqual({ id });
+      expect(run('dumpxml', 'clivm').out).toMatch(
+        new RegExp(`^<domain type='qemu'>\\n  <name>clivm</name>\\n  <uuid>${uuid}</uuid>`),
+      );
+      expect(run('dumpxml', 'clivm', '--inactive').out).toContain('<name>clivm</name>');
+
+      expect(run('resume', 'clivm').out).toBe("Domain 'clivm' resumed\n\n");
+      expect(run('domstate', 'clivm').out).toBe('running\n\n');
+      expect(run('suspend', 'clivm').out).toBe("Domain 'clivm' suspended\n\n");
+      expect(run('domstate', 'clivm', '--reason').out).toBe('paused (user)\n\n');
+      expect(run('undefine', 'clivm')).toMatchObject({
+        code: 1,
+        out: '',
+        err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+      });
+      expect(run('destroy', 'clivm')).toEqual({ code: 0, out: "Domain 'clivm' destroyed\n\n", err: '' });
+      expect(alive(pid)).toBe(false);
+      expect(run('domid', 'clivm').out).toBe('-\n\n');
+      expect(run('undefine', uuid).out).toBe("Domain 'clivm' has been undefined\n\n");
+      expect(json(run('list', '--all', '--json').out)).toEqual([]);
+      expect(runLeftovers(root).filter((f) => f !== 'control.sock')).toEqual([]);
+    }, 300_000);
+
+    it('fails with status 1 and the error code, refuses bad usage, and has help for every command', async () => {
+      const { root, run } = await setUp(mode);
+      expect(run('start', 'nope')).toMatchObject({
+        code: 1,
+        out: '',
+        err: expect.stringMatching(/^error: NO_DOMAIN: /),
+      });
+      const failed = run('dominfo', 'nope', '--json');
+      expect(failed.code).toBe(1);
+      expect(json(failed.err)).toMatchObject({ error: { code: 'NO_DOMAIN' } });
+      expect(run('frobnicate')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/unknown command 'frobnicate'/),
+      });
+      expect(run('list', '--bogus')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/unknown option '--bogus'/),
+      });
+      expect(run('start')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/missing required argument 'domain'/),
+      });
+      expect(run('start', 'a', 'b')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/too many arguments/),
+      });
+      const bad = join(root, 'bad.xml');
+      writeFileSync(bad, "<domain type='qemu'><name>x</name><memory>64</memory><frob/></domain>");
+      expect(run('define', bad)).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/^error: (XML_ERROR|CONFIG_UNSUPPORTED): .*frob/),
+      });
+      expect(run('reboot', 'x')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/^error: NO_SUPPORT: /),
+      });
+      expect(run('create', bad)).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/^error: NO_SUPPORT: /),
+      });
+      const help = run('--help');
+      expect(help.code).toBe(0);
+      for (const cmd of [
+        'list',
+        'dominfo',
+        'domstate',
+        'dumpxml',
+        'define',
+        'undefine',
+        'start',
+        'shutdown',
+        'destroy',
+        'suspend',
+        'resume',
+        'edit',
+        'event',
+        'capabilities',
+        'domcapabilities',
+        'version',
+      ])
+        expect(help.out).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+      expect(run('help', 'list')).toMatchObject({ code: 0, out: expect.stringMatching(/--state-running/) });
+      expect(run('--version')).toMatchObject({ code: 0, out: expect.stringMatching(/^\d+\.\d+\.\d+/) });
+      expect(json(run('version', '--json').out)).toMatchObject({
+        through: mode === 'an application holds the root' ? 'control-socket' : 'local',
+        protocol: 1,
+      });
+    }, 180_000);
+
+    it('edits the persistent XML with $EDITOR and defines it again', async () => {
+      const { root } = await setUp(mode);
+      const file = join(root, 'vm.xml');
+      writeFileSync(file, XML);
+      const args = ['--root', root];
+      expect(virtkit(['define', file, ...args]).code).toBe(0);
+      expect(virtkit(['edit', 'clivm', ...args], { EDITOR: 'true', VISUAL: '' }).out).toBe(
+        "Domain 'clivm' XML configuration not changed.\n\n",
+      );
+      const sed = "sed -i -e 's|>2</vcpu>|>3</vcpu>|'";
+      expect(virtkit(['edit', 'clivm', ...args], { EDITOR: sed, VISUAL: '' })).toMatchObject({
+        code: 0,
+        out: "Domain 'clivm' XML configuration edited.\n\n",
+      });
+      expect(json(virtkit(['dominfo', 'clivm', '--json', ...args]).out)).toMatchObject({ vcpus: 3 });
+      expect(virtkit(['edit', 'clivm', ...args], { EDITOR: 'false', VISUAL: '' })).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/^error: OPERATION_FAILED: the editor 'false' failed/),
+      });
+    }, 120_000);
+
+    it('prints the capabilities and domain capabilities as libvirt XML and as JSON', async () => {
+      const { run } = await setUp(mode);
+      expect(run('capabilities').out).toMatch(/^<capabilities>\n/);
+      expect(json(run('capabilities', '--json').out)).toMatchObject({ host: { cpu: { arch: 'x86_64' } } });
+      expect(run('domcapabilities', '--virttype', 'qemu').out).toMatch(/^<domainCapabilities>\n/);
+      expect(json(run('domcapabilities', '--virttype', 'qemu', '--json').out)).toMatchObject({
+        domainType: 'qemu',
+      });
+      expect(run('domcapabilities', '--virttype', 'xen')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/^error: OPERATION_INVALID: .*virttype/),
+      });
+    }, 120_000);
+  },
+);
+
+describe('the virtkit command and a root held by an application', () => {
+  it('streams the holder’s events with `event --loop`', async () => {
+    const { root, run } = await setUp('an application holds the root');
+    const file = join(root, 'vm.xml');
+    writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    // Defined again with its uuid, the domain is updated: an event each time.
+    const uuid = run('domuuid', 'clivm').out.trim();
+    writeFileSync(file, XML.replace('<name>clivm</name>', `<name>clivm</name><uuid>${uuid}</uuid>`));
+    const events = virtkitBackground(['event', '--loop', '--json', '--root', root]);
+    // Until the subscription is in place, each define is an event it may miss; one it sees will do.
+    for (let i = 0; i < 100 && events.out() === ''; i++) {
+      expect(run('define', file)).toMatchObject({ code: 0 });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(run('start', 'clivm', '--paused').code).toBe(0);
+    expect(run('destroy', 'clivm').code).toBe(0);
+    for (let i = 0; i < 100 && !events.out().includes('"stopped"'); i++)
+      await new Promise((r) => setTimeout(r, 100));
+    events.child.kill('SIGINT');
+    expect({ code: await events.exited, err: events.err() }).toEqual({ code: 0, err: '' });
+    const seen = events
+      .out()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; reason: string; domain: { name: string } });
+    expect(seen[0]).toMatchObject({ type: 'defined', reason: 'updated', domain: { name: 'clivm', uuid } });
+    expect(seen.slice(-3).map((e) => `${e.type}:${e.reason}`)).toEqual([
+      'started:booted',
+      'suspended:user',
+      'stopped:destroyed',
+    ]);
+  }, 180_000);
+
+  it('names the holder and how to enable the control socket when it serves none', async () => {
     const root = tempRoot();
     roots.push(root);
-    const xml = join(root, 'vm.xml');
-    writeFileSync(
-      xml,
-      "<domain type='qemu'><name>clivm</name><memory unit='MiB'>64</memory><vcpu>2</vcpu></domain>",
-    );
-    expect(virtkit(root, 'define', xml)).toMatchObject({
-      code: 0,
-      out: expect.stringMatching(/^defined clivm /),
+    const { child, value: pid } = await runChild(HOLDER, [root, 'off']);
+    holders.push(child);
+    expect(virtkit(['list', '--root', root])).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(
+        new RegExp(
+          `^error: ROOT_LOCKED: .* by pid ${pid}, which serves no control socket: .*controlSocket: true`,
+        ),
+      ),
     });
-    expect(virtkit(root, 'start', 'clivm', '--paused').code).toBe(0);
-    const list = virtkit(root, 'list');
-    const pid = Number(list.out.trim().split('\t')[3]);
-    expect(list.out).toMatch(/^clivm\tpaused\tuser\t\d+\n$/);
-    expect(alive(pid)).toBe(true);
-    expect(JSON.parse(virtkit(root, 'info', 'clivm').out)).toMatchObject({ state: 'paused', vcpus: 2, pid });
-    expect(virtkit(root, 'destroy', 'clivm').code).toBe(0);
-    expect(alive(pid)).toBe(false);
-    expect(runLeftovers(root)).toEqual([]);
   });
 
-  it('exits 1 with the error code for a failed command, 2 for bad usage', () => {
-    const root = tempRoot();
-    roots.push(root);
-    expect(virtkit(root, 'start', 'nope')).toMatchObject({
-      code: 1,
-      err: expect.stringMatching(/NO_DOMAIN/),
-    });
-    expect(virtkit(root, 'frobnicate')).toMatchObject({
-      code: 2,
-      err: expect.stringMatching(/usage: virtkit/),
-    });
-  });
+  it('finds a domain the holder started still running when the holder closes and the command takes the root', async () => {
+    const { root, run } = await setUp('an application holds the root');
+    const file = join(root, 'vm.xml');
+    writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    expect(run('start', 'clivm', '--paused').code).toBe(0);
+    const pid = Number((json(run('dominfo', 'clivm', '--json').out) as { pid: number }).pid);
+    const holder = holders.pop();
+    const gone = new Promise((r) => holder?.once('exit', r));
+    holder?.kill('SIGTERM');
+    await gone;
+    expect(runLeftovers(root)).not.toContain('control.sock');
+    expect(json(run('dominfo', 'clivm', '--json').out)).toMatchObject({ state: 'paused', pid });
+    expect(json(run('version', '--json').out)).toMatchObject({ through: 'local' });
+    expect(run('destroy', 'clivm').code).toBe(0);
+  }, 120_000);
 });

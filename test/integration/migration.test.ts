@@ -1,10 +1,26 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Connection, Domain, MigrationProgress } from '../../src/stable/index.js';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { threadGroups } from '../../src/drivers/qemu/privileged/builtins.js';
+import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { type InternalApi, openInternal } from '../../src/internal/index.js';
+import {
+  type Connection,
+  type Domain,
+  type DomainDefinitionInput,
+  type MigrationProgress,
+  VirtError,
+} from '../../src/stable/index.js';
+import { placeThreads, releaseCgroups, threadCgroup } from '../../src/util/cgroup.js';
+import { prlimitGet, prlimitSet, RLIMIT, schedGet, schedSet } from '../../src/util/libc.js';
+import { readProcLimits, readThreadComm } from '../../src/util/proc.js';
+import { killChild } from '../helpers/child.js';
 import {
   alive,
   GUEST_MARKER,
   openRoot,
+  pausedOnly,
   processesMentioning,
   removeRoot,
   runLeftovers,
@@ -111,5 +127,415 @@ describe('live migration of a running TCG guest', () => {
     expect(last?.status).toBe('completed');
     expect(last?.dataTotal).toBeGreaterThan(100 * 1024 * 1024);
     expect(last?.dataProcessed).toBeGreaterThan(0);
+  });
+});
+
+const MiB = 1024n * 1024n;
+const cpusetRoot = '/sys/fs/cgroup/cpuset';
+const handlerParent = `virtkit-test-mig-${process.pid}`;
+
+afterAll(() => {
+  const dir = join(cpusetRoot, handlerParent);
+  if (existsSync(dir)) rmdirSync(dir);
+});
+
+const ownLimit = prlimitGet(process.pid, RLIMIT.MEMLOCK);
+
+/** Lowers this process's soft limit, which QEMU inherits, below the guest's 4 MiB need. */
+function lowerOwnMemLock(): void {
+  prlimitSet(process.pid, RLIMIT.MEMLOCK, { soft: MiB, hard: ownLimit.hard });
+}
+
+afterEach(() => prlimitSet(process.pid, RLIMIT.MEMLOCK, ownLimit));
+
+/**
+ * The guest of the hand-over tests: a locked-memory need above the inherited limit (memtune),
+ * its one vCPU pinned and SCHED_FIFO (an idle counting guest: harmless), emulator threads in a
+ * housekeeping cpuset, and a second QMP monitor through which the handlers look at QEMU themselves.
+ */
+function handOverGuest(name: string, probe: string): DomainDefinitionInput {
+  return tinyGuest(name, 'count', {
+    memtune: { hardLimitKiB: 4 * 1024 },
+    cputune: {
+      vcpupin: [{ vcpu: 0, cpuset: '0' }],
+      emulatorpin: { cpuset: '0-1' },
+      vcpusched: [{ ids: '0', scheduler: 'fifo', priority: 1 }],
+    },
+    qemuCommandline: { args: ['-qmp', `unix:${probe},server=on,wait=off`] },
+  });
+}
+
+async function probeStatus(probe: string): Promise<string> {
+  const qmp = await QmpClient.connect(probe, { timeoutMs: 5000 });
+  try {
+    return (await qmp.execute<{ status: string }>('query-status')).status;
+  } finally {
+    qmp.close();
+  }
+}
+
+/** vCPU threads as QEMU names them (`CPU n/TCG`), to compare with the ids the handlers were given. */
+function vcpuThreadsByName(pid: number): Map<number, number> {
+  const byIndex = new Map<number, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`).map(Number)) {
+    const m = /^CPU (\d+)\//.exec(readThreadComm(pid, tid) ?? '');
+    if (m) byIndex.set(Number(m[1]), tid);
+  }
+  return byIndex;
+}
+
+interface Call {
+  op: string;
+  phase: string;
+  pid: number | undefined;
+  status?: string;
+  vcpus?: Array<{ tid: number; index: number }>;
+}
+
+/** Handlers that record each call and do the real work, as a privileged node agent would. */
+function registerHandlers(api: InternalApi, calls: Call[], probe: string, failScheduler = false): void {
+  api.setHandler('process.setMaxMemLock', (ctx, args) => {
+    calls.push({ op: 'process.setMaxMemLock', phase: ctx.phase, pid: ctx.pid });
+    prlimitSet(args.pid, RLIMIT.MEMLOCK, { soft: args.bytes as bigint, hard: args.bytes as bigint });
+  });
+  api.setHandler('cgroup.placeThreads', async (ctx, args) => {
+    calls.push({
+      op: 'cgroup.placeThreads',
+      phase: ctx.phase,
+      pid: ctx.pid,
+      status: await probeStatus(probe),
+      vcpus: args.threads.filter((t) => t.role === 'vcpu').map((t) => ({ tid: t.tid, index: t.index })),
+    });
+    const { placements } = placeThreads({
+      parent: handlerParent,
+      name: `vk-${ctx.domain.uuid}`,
+      pid: args.pid,
+      groups: threadGroups(args, 'housekeeping'),
+    });
+    return { placements };
+  });
+  api.setHandler('thread.setScheduler', async (ctx, args) => {
+    calls.push({
+      op: 'thread.setScheduler',
+      phase: ctx.phase,
+      pid: ctx.pid,
+      status: await probeStatus(probe),
+      vcpus: args.threads.map((t) => ({ tid: t.tid, index: t.index })),
+    });
+    if (failScheduler) throw new Error('the node agent refuses');
+    for (const t of args.threads) schedSet(t.tid, t.policy, t.priority);
+  });
+  api.setHandler('cgroup.release', (ctx, _args) => {
+    calls.push({ op: 'cgroup.release', phase: ctx.phase, pid: ctx.pid });
+    releaseCgroups({ parent: handlerParent, name: `vk-${ctx.domain.uuid}` });
+  });
+}
+
+describe('the privileged hand-over on the destination (phase migration-in)', () => {
+  it('five steps over a UNIX socket: handlers run with the incoming QEMU in inmigrate, its real vCPU ids; effects hold after the move', async () => {
+    const probe = join(rootB, 'lib', 'probe.qmp');
+    const calls: Call[] = [];
+    registerHandlers(openInternal(dst, { apiVersion: '1.0' }), calls, probe);
+    const dom = await src.defineDomain(handOverGuest('mig-handover', probe));
+    lowerOwnMemLock();
+    await dom.start();
+    const srcConsole = consoleOf(dom);
+    await until('count 3 on the source', () => (counts(srcConsole).at(-1) ?? 0) >= 3);
+
+    const offer = JSON.parse(JSON.stringify(await dom.migrateBegin()));
+    const incoming = await dst.migratePrepare(offer, { listen: `unix:${join(rootB, 'run', 'mig.sock')}` });
+    expect(incoming.uri).toBe(`unix:${join(rootB, 'run', 'mig.sock')}`);
+    const dstPid = (await incoming.domain.getInfo()).pid as number;
+    expect(await incoming.domain.getInfo()).toMatchObject({ state: 'paused', reason: 'migration' });
+    // Before the stream: the handlers ran, in order, in phase migration-in, on this very QEMU.
+    expect(calls.map((c) => `${c.phase}:${c.op}`)).toEqual([
+      'migration-in:process.setMaxMemLock',
+      'migration-in:cgroup.placeThreads',
+      'migration-in:thread.setScheduler',
+    ]);
+    for (const c of calls) expect(c.pid).toBe(dstPid);
+    expect(calls[1]?.status).toBe('inmigrate');
+    expect(calls[2]?.status).toBe('inmigrate');
+    const named = vcpuThreadsByName(dstPid);
+    expect(named.size).toBe(1);
+    for (const c of calls.slice(1)) expect(c.vcpus).toEqual([{ tid: named.get(0), index: 0 }]);
+
+    await dom.migratePerform(incoming.uri, { cookie: JSON.parse(JSON.stringify(incoming.cookie)) });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'migration' });
+    const moved = await incoming.finish();
+    await dom.migrateConfirm();
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+    expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated', pid: dstPid });
+    expect((await moved.getInfo()).taints).toContain('internal-handler');
+
+    // From outside: the limit, the vCPU's policy and every thread's cgroup are what the handlers set.
+    const before = counts(srcConsole).at(-1) as number;
+    const dstConsole = consoleOf(moved);
+    await until('the destination to count on', () => (counts(dstConsole).at(-1) ?? 0) >= before + 2);
+    expect(counts(dstConsole)[0]).toBeGreaterThan(1);
+    expect(readProcLimits(dstPid).get('Max locked memory')).toMatchObject({ soft: 4n * MiB, hard: 4n * MiB });
+    const vcpu = named.get(0) as number;
+    expect(schedGet(vcpu)).toEqual({ policy: 'fifo', priority: 1 });
+    const group = `/${handlerParent}/vk-${dom.uuid}`;
+    expect(threadCgroup(dstPid, vcpu, 'v1-cpuset')).toBe(`${group}/vcpu0`);
+    for (const tid of readdirSync(`/proc/${dstPid}/task`).map(Number)) {
+      if (tid !== vcpu) expect(threadCgroup(dstPid, tid, 'v1-cpuset')).toBe(`${group}/housekeeping`);
+    }
+
+    await moved.destroy({ graceMs: 1000 });
+    expect(calls.at(-1)).toMatchObject({ op: 'cgroup.release', phase: 'release' });
+    expect(existsSync(join(cpusetRoot, handlerParent, `vk-${dom.uuid}`))).toBe(false);
+  });
+
+  it('a destination handler that fails: prepare fails typed, the source counts on, nothing is left at the destination', async () => {
+    const probe = join(rootB, 'lib', 'probe.qmp');
+    const calls: Call[] = [];
+    registerHandlers(openInternal(dst, { apiVersion: '1.0' }), calls, probe, true);
+    const dom = await src.defineDomain(handOverGuest('mig-refused', probe));
+    lowerOwnMemLock();
+    await dom.start();
+    const srcPid = (await dom.getInfo()).pid as number;
+    const srcConsole = consoleOf(dom);
+    await until('count 2 on the source', () => (counts(srcConsole).at(-1) ?? 0) >= 2);
+
+    const err = await dom.migrateTo(dst, { listen: 'tcp:127.0.0.1:0' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VirtError);
+    expect((err as VirtError).code).toBe('HANDLER_FAILED');
+    expect(calls.map((c) => `${c.phase}:${c.op}`)).toEqual([
+      'migration-in:process.setMaxMemLock',
+      'migration-in:cgroup.placeThreads',
+      'migration-in:thread.setScheduler',
+      'release:cgroup.release',
+    ]);
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+    const now = counts(srcConsole).at(-1) as number;
+    await until('the source to count on', () => (counts(srcConsole).at(-1) ?? 0) > now);
+    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
+    expect(await dst.listDomains()).toEqual([]);
+    expect(runLeftovers(rootB)).toEqual([]);
+    expect(existsSync(join(cpusetRoot, handlerParent, `vk-${dom.uuid}`))).toBe(false);
+    // The source can migrate again: nothing of the failed attempt holds it.
+    expect(await dom.migrateBegin()).toMatchObject({ cookie: { running: true } });
+    await dom.migrateConfirm({ cancelled: true });
+  });
+});
+
+describe('faults during the stream leave the VM running on exactly one side', () => {
+  /** Starts a migration slowed to 1 MiB/s; `moving` resolves once the stream moves. */
+  function slowMigration(dom: Domain, signal?: AbortSignal) {
+    let streaming!: () => void;
+    const moving = new Promise<void>((r) => (streaming = r));
+    const result: Promise<unknown> = dom
+      .migrateTo(dst, {
+        bandwidthMiBps: 1,
+        onProgress: (p) => {
+          if (p.dataProcessed > 0) streaming();
+        },
+        ...(signal ? { signal } : {}),
+      })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    return { moving: Promise.race([moving, result]), result };
+  }
+
+  it('aborted by its signal mid-stream: perform fails typed, the source keeps running, the destination is gone', async () => {
+    const dom = await countingGuest('mig-abort', 2);
+    const srcPid = (await dom.getInfo()).pid as number;
+    const abort = new AbortController();
+    const migration = slowMigration(dom, abort.signal);
+    await migration.moving;
+    abort.abort();
+    const err = await migration.result;
+    expect(err).toBeInstanceOf(VirtError);
+    expect((err as VirtError).code).toBe('ABORTED');
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+    const now = counts(consoleOf(dom)).at(-1) as number;
+    await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
+    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
+    expect(await dst.listDomains()).toEqual([]);
+    expect(runLeftovers(rootB)).toEqual([]);
+  });
+
+  it('the destination QEMU killed mid-stream: the source keeps running, the destination is cleaned up', async () => {
+    const dom = await countingGuest('mig-dstkill', 2);
+    const srcPid = (await dom.getInfo()).pid as number;
+    const migration = slowMigration(dom);
+    await migration.moving;
+    const [dstPid] = await until('a destination QEMU', () => {
+      const pids = processesMentioning(dom.uuid).filter((p) => p !== srcPid);
+      return pids.length === 1 ? pids : undefined;
+    });
+    process.kill(dstPid as number, 'SIGKILL');
+    const err = await migration.result;
+    expect(err).toBeInstanceOf(VirtError);
+    expect((err as VirtError).code).toBe('OPERATION_FAILED');
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+    const now = counts(consoleOf(dom)).at(-1) as number;
+    await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
+    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
+    expect(await dst.listDomains()).toEqual([]);
+    expect(runLeftovers(rootB)).toEqual([]);
+  });
+
+  it('the source QEMU killed mid-stream: the migration fails, the destination is rolled back', async () => {
+    const dom = await countingGuest('mig-srckill', 2);
+    const srcPid = (await dom.getInfo()).pid as number;
+    const migration = slowMigration(dom);
+    await migration.moving;
+    process.kill(srcPid, 'SIGKILL');
+    const err = await migration.result;
+    expect(err).toBeInstanceOf(VirtError);
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'crashed' });
+    await until('no QEMU of the domain', () => processesMentioning(dom.uuid).length === 0);
+    expect(await dst.listDomains()).toEqual([]);
+    expect(runLeftovers(rootA)).toEqual([]);
+    expect(runLeftovers(rootB)).toEqual([]);
+  });
+});
+
+describe('what is refused before anything starts', () => {
+  async function pausedSource(name: string, extra: Partial<DomainDefinitionInput> = {}): Promise<Domain> {
+    const dom = await src.defineDomain(pausedOnly(name, extra));
+    await dom.start({ paused: true });
+    return dom;
+  }
+
+  /** Nothing of the domain at the destination: no definition, process, socket or status file. */
+  async function destinationUntouched(uuid: string, srcPid: number): Promise<void> {
+    expect(processesMentioning(uuid)).toEqual([srcPid]);
+    expect(runLeftovers(rootB)).toEqual([]);
+  }
+
+  it('a shut-off domain cannot begin a migration', async () => {
+    const dom = await src.defineDomain(pausedOnly('mig-off'));
+    await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.migratePerform('tcp:127.0.0.1:1')).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+  });
+
+  it('an unknown scheme, at prepare or perform, is INVALID_URI and changes nothing', async () => {
+    const dom = await pausedSource('mig-uri');
+    const pid = (await dom.getInfo()).pid as number;
+    const offer = await dom.migrateBegin();
+    for (const listen of ['rdma:127.0.0.1:4444', 'tcp:127.0.0.1:99999', 'unix:relative.sock', 'exec:cat']) {
+      await expect(dst.migratePrepare(offer, { listen })).rejects.toMatchObject({
+        code: 'INVALID_URI',
+        details: { field: 'listen' },
+      });
+    }
+    await expect(dom.migratePerform('fd:3')).rejects.toMatchObject({ code: 'INVALID_URI' });
+    expect(await dst.listDomains()).toEqual([]);
+    await destinationUntouched(dom.uuid, pid);
+    await dom.migrateConfirm({ cancelled: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', pid });
+  });
+
+  it('a destination whose definition of the domain differs is CONFIG_UNSUPPORTED and keeps its own', async () => {
+    const dom = await pausedSource('mig-differs');
+    const pid = (await dom.getInfo()).pid as number;
+    const theirs = await dst.defineDomain({
+      ...pausedOnly('mig-differs', { memoryKiB: 96 * 1024 }),
+      uuid: dom.uuid,
+    });
+    const offer = await dom.migrateBegin();
+    await expect(dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+      code: 'CONFIG_UNSUPPORTED',
+      details: { field: 'memoryKiB' },
+    });
+    expect(theirs.getDefinition().memoryKiB).toBe(96 * 1024);
+    await destinationUntouched(dom.uuid, pid);
+    await dom.migrateConfirm({ cancelled: true });
+  });
+
+  it('a disk missing at the destination is refused before QEMU starts', async () => {
+    const disk = join(rootA, 'lib', 'vanishing.img');
+    writeFileSync(disk, Buffer.alloc(1024 * 1024));
+    const dom = await pausedSource('mig-nodisk', {
+      disks: [{ type: 'file', source: disk, target: { dev: 'vda', bus: 'virtio' } }],
+    });
+    const pid = (await dom.getInfo()).pid as number;
+    const offer = await dom.migrateBegin();
+    rmSync(disk);
+    await expect(dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+      details: { field: 'disks.0.source' },
+    });
+    expect(await dst.listDomains()).toEqual([]);
+    await destinationUntouched(dom.uuid, pid);
+    await dom.migrateConfirm({ cancelled: true });
+  });
+
+  it('a malformed offer is XML_ERROR naming the field', async () => {
+    const dom = await pausedSource('mig-malformed');
+    const offer = await dom.migrateBegin();
+    const bad = { ...offer, cookie: { ...offer.cookie, running: 'yes' } } as unknown as typeof offer;
+    await expect(dst.migratePrepare(bad, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+      code: 'XML_ERROR',
+      details: { field: 'cookie.running' },
+    });
+    await dom.migrateConfirm({ cancelled: true });
+  });
+});
+
+describe('a paused domain', () => {
+  it('migrates paused and stays paused at the destination', async () => {
+    const dom = await src.defineDomain(pausedOnly('mig-paused'));
+    await dom.start({ paused: true });
+    const moved = await dom.migrateTo(dst, { listen: `unix:${join(rootB, 'lib', 'in.sock')}` });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+    const info = await moved.getInfo();
+    expect(info).toMatchObject({ state: 'paused', reason: 'migrated' });
+    expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
+    expect(existsSync(join(rootB, 'lib', 'in.sock'))).toBe(false);
+  });
+});
+
+describe('source and destination in two processes', () => {
+  it("the source's manager killed after the stream: on reconnect the source stays paused (migration) until confirmed", async () => {
+    // The source runs in its own process, so this process opens root A only after killing it.
+    await src.close();
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(import.meta.dirname, '../fixtures/migration-source.ts'), rootA, 'mig-proc'],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    try {
+      const offerLine = await until(
+        `the child's offer (stderr: ${err})`,
+        () => /^OFFER (.*)$/m.exec(out)?.[1],
+      );
+      const incoming = await dst.migratePrepare(JSON.parse(offerLine), { listen: 'tcp:127.0.0.1:0' });
+      child.stdin?.write(`PERFORM ${incoming.uri} ${JSON.stringify(incoming.cookie)}\n`);
+      await until(`the child's perform (stderr: ${err})`, () => out.includes('PERFORMED'));
+      await killChild(child);
+
+      src = await openRoot(rootA);
+      const dom = await src.lookupDomain('mig-proc');
+      const info = await dom.getInfo();
+      expect(info).toMatchObject({ state: 'paused', reason: 'migration' });
+      const srcConsole = consoleOf(dom);
+      const frozen = counts(srcConsole).at(-1) as number;
+
+      const moved = await incoming.finish();
+      const dstConsole = consoleOf(moved);
+      await until('the destination to count on', () => (counts(dstConsole).at(-1) ?? 0) >= frozen + 3);
+      // Meanwhile the source was never resumed: its console stopped where the stream completed.
+      expect(counts(srcConsole).at(-1)).toBe(frozen);
+      expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'migration', pid: info.pid });
+
+      await dom.migrateConfirm();
+      expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+      expect(processesMentioning(dom.uuid)).toEqual([(await moved.getInfo()).pid]);
+      expect(runLeftovers(rootA)).toEqual([]);
+    } finally {
+      await killChild(child);
+      // So that afterEach destroys what the child left running, whatever failed.
+      if (src.closed) src = await openRoot(rootA);
+    }
   });
 });

@@ -62,10 +62,18 @@ describe('tracing on node:diagnostics_channel, against real QEMU', () => {
     const trace = recordTracing<QmpCommandMessage>('virtkit:qmp:command');
     expect(diagnosticsChannels.qmpCommand).toBe('virtkit:qmp:command');
     const dom = await conn.defineDomain(pausedOnly('tr', { vcpu: { count: 2 } }));
+    // A capability probe (machine types, on a first define) is traced too, as a QEMU of no domain.
+    const probes = trace.filter((t) => t.message.domain === undefined);
+    expect(probes.every((t) => t.message.passthrough === false)).toBe(true);
+    trace.length = 0;
     await dom.start({ paused: true });
-    const started = trace.filter((t) => t.phase === 'start').map((t) => t.message.command);
+    // The emulator's capability probe (once per binary, cached under the root) belongs to no domain.
+    const probe = trace.filter((t) => t.message.domain === undefined);
+    expect(probe.map((t) => t.message.command)).toContain('query-machines');
+    const ofDomain = trace.filter((t) => t.message.domain !== undefined);
+    const started = ofDomain.filter((t) => t.phase === 'start').map((t) => t.message.command);
     expect(started).toEqual(['qmp_capabilities', 'query-cpus-fast']);
-    for (const { message } of trace) {
+    for (const { message } of ofDomain) {
       expect(message.domain).toEqual({ name: 'tr', uuid: dom.uuid });
       expect(message.passthrough).toBe(false);
     }

@@ -182,6 +182,7 @@ line two &lt;x&gt; <![CDATA[<raw & kept>]]>  </description>
     expect(parse(doc('<features><apic/><acpi/><pae/></features>')).features).toEqual({
       acpi: true,
       apic: true,
+      pae: true,
     });
   });
 
@@ -602,17 +603,26 @@ describe('unsupported elements and attributes', () => {
       devices("<serial type='file'><source path='/x' append='on'/></serial>"),
       '/domain/devices/serial/source/@append',
     ],
-    ['os firmware efi', doc("<os firmware='efi'><type>hvm</type></os>"), '/domain/os/@firmware'],
-    ['os loader', doc("<os><type>hvm</type><loader readonly='yes'>/x</loader></os>"), '/domain/os/loader'],
-    ['bootmenu', doc("<os><bootmenu enable='yes'/></os>"), '/domain/os/bootmenu'],
+    [
+      'secure boot firmware',
+      doc(
+        "<os firmware='efi'><type>hvm</type><firmware><feature enabled='yes' name='secure-boot'/></firmware></os>",
+      ),
+      '/domain/os/firmware/feature',
+    ],
+    [
+      'os loader stateless',
+      doc("<os><type>hvm</type><loader stateless='yes'>/x</loader></os>"),
+      '/domain/os/loader/@stateless',
+    ],
+    ['bios useserial', doc("<os><bios useserial='yes'/></os>"), '/domain/os/bios'],
     ['arch', doc("<os><type arch='aarch64'>hvm</type></os>"), '/domain/os/type/@arch'],
     ['xen os', doc('<os><type>xen</type></os>'), '/domain/os/type'],
     ['boot fd', doc("<os><boot dev='fd'/></os>"), '/domain/os/boot/@dev'],
-    ['metadata', doc('<metadata><x xmlns="urn:x"/></metadata>'), '/domain/metadata'],
     ['numatune', doc('<numatune/>'), '/domain/numatune'],
-    ['pm', doc('<pm/>'), '/domain/pm'],
+    ['pm other', doc('<pm><suspend-to-ram/></pm>'), '/domain/pm/suspend-to-ram'],
     ['seclabel', doc("<seclabel type='none'/>"), '/domain/seclabel'],
-    ['sysinfo', doc("<sysinfo type='smbios'/>"), '/domain/sysinfo'],
+    ['sysinfo fwcfg', doc("<sysinfo type='fwcfg'/>"), '/domain/sysinfo/@type'],
     ['iothreadids', doc('<iothreadids/>'), '/domain/iothreadids'],
     ['blkiotune', doc('<blkiotune/>'), '/domain/blkiotune'],
     ['cputune shares', doc('<cputune><shares>1024</shares></cputune>'), '/domain/cputune/shares'],
@@ -629,18 +639,28 @@ describe('unsupported elements and attributes', () => {
     ['soft_limit', doc('<memtune><soft_limit>1</soft_limit></memtune>'), '/domain/memtune/soft_limit'],
     [
       'timer',
-      doc("<clock offset='utc'><timer name='rtc' tickpolicy='catchup'/></clock>"),
-      '/domain/clock/timer',
+      doc(
+        "<clock offset='utc'><timer name='rtc' tickpolicy='catchup'><catchup threshold='1'/></timer></clock>",
+      ),
+      '/domain/clock/timer/catchup',
     ],
     ['clock timezone', doc("<clock offset='timezone'/>"), '/domain/clock/@offset'],
-    ['hyperv', doc('<features><acpi/><hyperv/></features>'), '/domain/features/hyperv'],
-    ['apic eoi', doc("<features><apic eoi='on'/></features>"), '/domain/features/apic/@eoi'],
+    [
+      'hyperv xmm_input',
+      doc("<features><acpi/><hyperv><xmm_input state='on'/></hyperv></features>"),
+      '/domain/features/hyperv/xmm_input',
+    ],
+    ['gic', doc("<features><gic version='2'/></features>"), '/domain/features/gic'],
     [
       'cpu feature with policy forbid',
       doc("<cpu mode='custom'><model>qemu64</model><feature policy='forbid' name='vmx'/></cpu>"),
       '/domain/cpu/feature/@policy',
     ],
-    ['cpu numa', doc('<cpu><numa/></cpu>'), '/domain/cpu/numa'],
+    [
+      'cpu numa interconnects',
+      doc('<cpu><numa><interconnects/></numa></cpu>'),
+      '/domain/cpu/numa/interconnects',
+    ],
     ['cpu check full', doc("<cpu check='full'/>"), '/domain/cpu/@check'],
     ['cpu match minimum', doc("<cpu match='minimum'/>"), '/domain/cpu/@match'],
     ['cpu mode maximum', doc("<cpu mode='maximum'/>"), '/domain/cpu/@mode'],
@@ -650,7 +670,6 @@ describe('unsupported elements and attributes', () => {
       '/domain/cpu/topology/@clusters',
     ],
     ['vcpu placement auto', doc("<vcpu placement='auto'>1</vcpu>"), '/domain/vcpu/@placement'],
-    ['vcpu cpuset', doc("<vcpu cpuset='0-1'>1</vcpu>"), '/domain/vcpu/@cpuset'],
     [
       'memory dumpCore',
       doc('').replace("unit='MiB'", "unit='MiB' dumpCore='off'"),

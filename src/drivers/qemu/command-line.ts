@@ -1,5 +1,16 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import {
+  bootArgs,
+  clockArgs,
+  cpuProps,
+  featureDevices,
+  firmwareArgs,
+  machineProps,
+  numaArgs,
+  pmArgs,
+  smbiosArgs,
+} from './command-line-platform.js';
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
 import { controllerDevice } from './devices/controller.js';
@@ -8,6 +19,7 @@ import { fdsetIdOf } from './devices/fdset.js';
 import { netdevOf, nicDevice } from './devices/net.js';
 import type { QapiObject } from './devices/qapi.js';
 import { serialDevice } from './devices/serial.js';
+import type { FirmwarePaths } from './firmware.js';
 
 /**
  * What the command line needs besides the definition: where things live and which file
@@ -26,6 +38,10 @@ export interface CommandLineContext {
   readonly hugepagesPath?: string;
   /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
   readonly tapFds: ReadonlyArray<readonly number[] | undefined>;
+  /** The firmware files (resolveFirmware), when the domain does not boot QEMU's default BIOS. */
+  readonly firmware?: FirmwarePaths;
+  /** The start time, for a clock with a `variable` offset (milliseconds since the epoch). */
+  readonly nowMs?: number;
 }
 
 /** The command line, environment and the taints it implies. */
@@ -52,11 +68,17 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   add('-name', `guest=${def.name},debug-threads=on`, '-S', '-uuid', def.uuid);
   add('-no-user-config', '-nodefaults', '-msg', 'timestamp=on');
   const acpi = def.features?.acpi ?? true;
-  add('-machine', `${def.os.machine ?? 'pc'},usb=off,dump-guest-core=off,acpi=${acpi ? 'on' : 'off'}`);
-  add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
-  const cpuFeatures = (def.cpu?.features ?? [])
-    .map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`)
+  const machineExtra = machineProps(def, ctx.firmware)
+    .map((p) => `,${p}`)
     .join('');
+  add(
+    '-machine',
+    `${def.os.machine ?? 'pc'},usb=off,dump-guest-core=off,acpi=${acpi ? 'on' : 'off'}${machineExtra}`,
+  );
+  add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
+  const cpuFeatures =
+    (def.cpu?.features ?? []).map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`).join('') +
+    cpuProps(def);
   let cpuModel: string | undefined;
   if (def.cpu?.mode === 'host-passthrough') cpuModel = 'host';
   else if (def.cpu?.model) cpuModel = def.cpu.model;
@@ -67,6 +89,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   let memory = `size=${def.memoryKiB}k`;
   if (def.maxMemory) memory += `,slots=${def.maxMemory.slots},maxmem=${def.maxMemory.kib}k`;
   add('-m', memory);
+  add(...firmwareArgs(ctx.firmware));
   if (def.memoryBacking?.hugepages) {
     if (!ctx.hugepagesPath) {
       throw new VirtError(
@@ -77,11 +100,13 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     }
     // Guest RAM as a memory backend on hugetlbfs, preallocated so a shortage fails the start
     // instead of the guest later.
-    add(
-      '-object',
-      `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
-    );
-    add('-machine', 'memory-backend=pc.ram');
+    if (!def.cpu?.numa) {
+      add(
+        '-object',
+        `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
+      );
+      add('-machine', 'memory-backend=pc.ram');
+    }
   }
   if (def.memoryBacking?.locked) add('-overcommit', 'mem-lock=on');
 
@@ -90,14 +115,17 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     '-smp',
     `${def.vcpu.current ?? def.vcpu.count},maxcpus=${def.vcpu.count},sockets=${topo.sockets},dies=${topo.dies},cores=${topo.cores},threads=${topo.threads}`,
   );
+  add(...numaArgs(def, def.memoryBacking?.hugepages ? ctx.hugepagesPath : undefined));
+  add(...smbiosArgs(def));
   for (let i = 1; i <= def.iothreads; i++) add('-object', `iothread,id=iothread${i}`);
 
   add('-chardev', `socket,id=charmonitor,fd=${ctx.monitorFd},server=on,wait=off`);
   add('-mon', 'chardev=charmonitor,id=monitor,mode=control');
-  add('-rtc', `base=${def.clock?.offset ?? 'utc'}`);
+  add(...clockArgs(def, ctx.nowMs ?? Date.now()));
   if (def.onPoweroff === 'restart') add('-no-shutdown');
   if (def.onReboot === 'destroy') add('-no-reboot');
-  add('-boot', 'strict=on');
+  add(...pmArgs(def));
+  add(...bootArgs(def));
   if (def.os.kernel) add('-kernel', def.os.kernel);
   if (def.os.initrd) add('-initrd', def.os.initrd);
   if (def.os.cmdline !== undefined) add('-append', def.os.cmdline);
@@ -161,6 +189,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   // sequence sets once QEMU runs.
   const balloon = balloonDevice(full);
   if (balloon) json('-device', balloon);
+  add(...featureDevices(def));
   add('-display', 'none');
 
   const env: Record<string, string> = {

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
-import { loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
+import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { HandlerTable } from '../../privileged/handler-table.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../privileged/seam.js';
 import { INTERNAL_API_VERSION } from '../../privileged/version.js';
@@ -12,6 +13,7 @@ import type {
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
+  ControlSocketSettings,
   DestroyOptions,
   DomainRef,
   Driver,
@@ -29,6 +31,14 @@ import type {
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
+import {
+  checkRequest,
+  connectMonitor,
+  EXTERNAL_LAUNCH_TAINT,
+  type Inspection,
+  inspect,
+  wasAttached,
+} from './attach.js';
 import { buildCapabilities, buildDomainCapabilities, capabilityCache } from './capabilities/capabilities.js';
 import type { DriverContext } from './context.js';
 import { prepareDefinition } from './devices/define.js';
@@ -45,12 +55,15 @@ import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
+import { writeStatus } from './status.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
 import { sweepCgroups, sweepRootLeftovers } from './sweep.js';
 
 /** Options the embedded driver takes from `connect()`. */
 export interface QemuDriverOptions {
   readonly plugins?: readonly string[];
+  /** Serve the control socket: given by `connect()`, else as `<root>/etc/virtkit.json` says. */
+  readonly controlSocket?: boolean | { readonly uids?: readonly number[] } | undefined;
 }
 
 /** Opens the embedded QEMU driver for `qemu:///embed?root=…`: layout, lock, definitions, reconnect. */
@@ -73,6 +86,13 @@ export async function openQemuDriver(
   const lock = lockRoot(layout);
   const driver = new QemuDriver(uri, layout, lock);
   try {
+    const control = options.controlSocket ?? controlSocketFromConfig(layout.etc) ?? false;
+    if (control !== false) {
+      driver.controlSocket = {
+        path: join(layout.run, 'control.sock'),
+        uids: control === true ? [] : [...(control.uids ?? [])],
+      };
+    }
     // Plugins register before reconnect, so even the release of a domain found dead uses them.
     await loadPlugins(driver[INTERNAL_SEAM], [...pluginsFromConfig(layout.etc), ...(options.plugins ?? [])]);
     await driver.load();
@@ -89,6 +109,7 @@ export class QemuDriver implements Driver, DriverContext {
   readonly layout: RootLayout;
   readonly handlers = new HandlerTable();
   readonly cgroupParent = 'virtkit';
+  controlSocket: ControlSocketSettings | undefined;
   /** The narrow door through which `virtkit/internal` reaches this driver's handler table. */
   readonly [INTERNAL_SEAM]: InternalSeam = {
     seamVersion: SEAM_VERSION,
@@ -99,6 +120,7 @@ export class QemuDriver implements Driver, DriverContext {
       command: (uuid, command, args, options) =>
         this.#track(monitorCommand(this, this.#get(uuid), command, args, options)),
       events: (uuid, sink) => monitorEvents(this, this.#get(uuid), sink),
+      attach: (request) => this.#track(this.#attach(request)),
     },
   };
   readonly #lock: RootLock;
@@ -110,6 +132,8 @@ export class QemuDriver implements Driver, DriverContext {
   #closed = false;
   /** Every operation under way; close() lets them finish before it lets go of the domains. */
   readonly #inflight = new Set<Promise<unknown>>();
+  /** Domains adopted with attach: transient, removed once they stop. */
+  readonly #attached = new Set<string>();
   /** New definitions are checked and added one at a time, so two cannot claim one name. */
   #defining: Promise<unknown> = Promise.resolve();
 
@@ -128,6 +152,7 @@ export class QemuDriver implements Driver, DriverContext {
       );
     });
     for (const def of defs) this.#domains.set(new DomainObject(def));
+    for (const def of defs) if (wasAttached(this.layout, def)) this.#attached.add(def.uuid);
     await Promise.all(this.#domains.values().map((dom) => reconnectDomain(this, dom)));
     for (const path of sweepRootLeftovers(this, this.#domains.values()))
       appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
@@ -154,6 +179,77 @@ export class QemuDriver implements Driver, DriverContext {
     };
     if (this.#pending) this.#pending.push(event);
     else deliverEvent(this.#listeners, event);
+    // A domain adopted with attach is transient, as in libvirt: it ends with its QEMU.
+    if (type === 'stopped' && this.#attached.delete(dom.def.uuid)) void this.#forget(dom);
+  }
+
+  /** Removes a transient domain once it has stopped. */
+  async #forget(dom: DomainObject): Promise<void> {
+    await dom.job(async () => {
+      if (dom.active || this.#domains.find(dom.def.uuid) !== dom) return;
+      removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
+      this.#domains.delete(dom.def.uuid);
+      this.emit(dom, 'undefined', 'removed');
+    });
+  }
+
+  /**
+   * Adopts a QEMU launched outside virtkit (libvirt's `qemu-attach`): checks that the pid runs QEMU
+   * and the socket is its monitor, builds the domain from QMP, records it like a domain this driver
+   * started (definition and status, tainted `external-launch`), then adopts it exactly as a new
+   * driver adopts a running domain, so from here on it is managed like any other.
+   */
+  async #attach(request: unknown): Promise<DomainRef> {
+    this.#checkOpen();
+    const checked = checkRequest(request);
+    const qmp = await connectMonitor(checked.pid, checked.monitor);
+    let inspection: Inspection;
+    try {
+      inspection = await inspect(qmp, checked);
+    } finally {
+      // QEMU serves one client per socket: the adoption below connects anew.
+      qmp.close();
+    }
+    const { def } = inspection;
+    const add = async (): Promise<DomainRef> => {
+      const taken = this.#domains.find(def.name) ?? this.#domains.find(def.uuid);
+      if (taken) {
+        throw new VirtError(
+          ErrorCode.DOMAIN_EXISTS,
+          `a domain named '${taken.def.name}' (uuid ${taken.def.uuid}) already exists; pass another name to attach`,
+          { domain: { name: taken.def.name, uuid: taken.def.uuid } },
+        );
+      }
+      const dom = new DomainObject(def);
+      const paths = domainPaths(this.layout, def.name, def.uuid);
+      await saveDefinition(paths.definition, def);
+      await writeStatus(paths.status, { ...inspection.status, id: this.allocateId() });
+      this.#domains.set(dom);
+      this.#attached.add(def.uuid);
+      this.log(
+        dom,
+        `attach: QEMU pid ${checked.pid} (${checked.emulator}) launched outside virtkit, monitor ${checked.monitor}`,
+      );
+      this.log(dom, `domain is tainted: ${EXTERNAL_LAUNCH_TAINT}`);
+      this.emit(dom, 'defined', 'added');
+      await dom.job(() => reconnectDomain(this, dom));
+      if (!dom.run) {
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `QEMU pid ${checked.pid} could not be adopted; see ${paths.log}`,
+          { pid: checked.pid, domain: { name: def.name, uuid: def.uuid } },
+        );
+      }
+      this.emit(dom, 'started', 'attached');
+      return { name: def.name, uuid: def.uuid, active: true };
+    };
+    const result = this.#defining.then(add, add);
+    this.#defining = result.catch(() => undefined);
+    return result;
+  }
+
+  record(message: string): void {
+    appendLog(`${this.layout.log}/driver.log`, message);
   }
 
   log(dom: DomainObject, message: string): void {

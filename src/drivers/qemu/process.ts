@@ -49,6 +49,9 @@ export function launchStub(
   // The VM outlives this process: nothing here may keep Node's event loop alive.
   child.unref();
   (control as unknown as { unref?: () => void }).unref?.();
+  // A stub killed around its go-ahead resets the pipe (ECONNRESET); its exit is what the start
+  // sequence watches, and an unhandled stream error would crash the whole host process.
+  control.on('error', () => undefined);
   let settled = false;
   const finish = (line: string) => {
     if (settled) return;

@@ -135,6 +135,13 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   }
   dom.state = qemuStatus === 'running' ? 'running' : 'paused';
   dom.reason = qemuStatus === 'running' ? 'unpaused' : 'user';
+  // A source whose stream completed (postmigrate) or a destination still waiting for one
+  // (inmigrate): never resumed here, since the guest may run on the other side; the application
+  // decides (migrateConfirm, or destroy).
+  if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate') {
+    dom.reason = 'migration';
+    run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
+  }
   ctx.log(dom, `reconnected to QEMU pid ${run.pid} (${qemuStatus})`);
 }
 

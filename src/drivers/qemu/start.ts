@@ -1,4 +1,5 @@
 import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
@@ -11,6 +12,7 @@ import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
+import { ensureNvram, resolveFirmware } from './firmware.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { logTail } from './log.js';
 import {
@@ -89,7 +91,10 @@ export async function startDomain(
   try {
     const fds = await openDescriptors(ctx, dom, s);
     faultPoint('start:descriptors');
+    const firmware = resolveFirmware(def, join(ctx.layout.lib, 'nvram'));
+    ensureNvram(firmware);
     const cmd = buildCommandLine(def, {
+      firmware,
       monitorFd: FIRST_CHILD_FD,
       consolePath: paths.console,
       homeDir: ctx.layout.lib,

@@ -16,8 +16,8 @@ import { removeIfPresent } from './store.js';
 const TEMPORARY = /\.tmp-\d+-[0-9a-f]+$/;
 
 /**
- * Removes atomic-write temporaries from `etc/domains` and `run`, and every monitor socket in
- * `run` that no running domain owns (a kill can land after the socket exists and before the
+ * Removes atomic-write temporaries from `etc/domains` and `run`, a control socket, and every
+ * monitor socket in `run` that no running domain owns (a kill can land after the socket exists and before the
  * status file that names it). Returns the names removed.
  */
 export function sweepRootLeftovers(ctx: DriverContext, domains: readonly DomainObject[]): string[] {
@@ -26,8 +26,10 @@ export function sweepRootLeftovers(ctx: DriverContext, domains: readonly DomainO
   for (const dir of [ctx.layout.domains, ctx.layout.run]) {
     for (const name of readdirSync(dir)) {
       const path = join(dir, name);
+      // The control socket is served again, anew, once the driver has opened (if it is asked to).
       const stale =
-        TEMPORARY.test(name) || (dir === ctx.layout.run && name.endsWith('.qmp') && !owned.has(path));
+        TEMPORARY.test(name) ||
+        (dir === ctx.layout.run && ((name.endsWith('.qmp') && !owned.has(path)) || name === 'control.sock'));
       if (!stale) continue;
       try {
         removeIfPresent(path);

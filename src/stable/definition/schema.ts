@@ -1,4 +1,15 @@
 import { z } from 'zod';
+import {
+  bootmenuSchema,
+  clockSchema,
+  extraFeatures,
+  loaderSchema,
+  metadataSchema,
+  numaCellSchema,
+  nvramSchema,
+  pmSchema,
+  sysinfoSchema,
+} from './schema-platform.js';
 
 /*
  * The typed domain definition. Field names follow libvirt's XML (camelCased) so that a libvirt user
@@ -144,6 +155,7 @@ export const domainDefinitionSchema = z.strictObject({
     .optional(),
   title: z.string().optional(),
   description: z.string().optional(),
+  metadata: metadataSchema.optional(),
   type: z.enum(['kvm', 'qemu']),
   memoryKiB: kib,
   currentMemoryKiB: kib.optional(),
@@ -153,6 +165,8 @@ export const domainDefinitionSchema = z.strictObject({
       /** Up to 288, the limit of QEMU's q35 machine (255 for pc). */
       count: z.number().int().min(1).max(288),
       current: z.number().int().min(1).max(288).optional(),
+      /** The host CPUs of vCPUs and emulator threads that `cputune` does not pin. */
+      cpuset: cpuset.optional(),
     })
     .default({ count: 1 }),
   cpu: z
@@ -176,6 +190,8 @@ export const domainDefinitionSchema = z.strictObject({
           threads: z.number().int().min(1),
         })
         .optional(),
+      /** Guest NUMA cells; their vCPUs and memory must add up to the domain's. */
+      numa: z.array(numaCellSchema).min(1).max(64).optional(),
     })
     .optional(),
   os: z
@@ -186,10 +202,21 @@ export const domainDefinitionSchema = z.strictObject({
       initrd: z.string().startsWith('/').optional(),
       cmdline: z.string().optional(),
       boot: z.array(z.enum(['hd', 'cdrom', 'network'])).optional(),
+      /** `efi` picks UEFI firmware (OVMF) with a per-domain variable store; `bios` is SeaBIOS. */
+      firmware: z.enum(['efi', 'bios']).optional(),
+      loader: loaderSchema.optional(),
+      nvram: nvramSchema.optional(),
+      bootmenu: bootmenuSchema.optional(),
+      /** Where the SMBIOS tables come from: `sysinfo` (the definition's), `emulate` (QEMU's). */
+      smbios: z.enum(['sysinfo', 'emulate']).optional(),
     })
     .default({ arch: 'x86_64' }),
-  features: z.strictObject({ acpi: z.boolean().default(true), apic: z.boolean().default(true) }).optional(),
-  clock: z.strictObject({ offset: z.enum(['utc', 'localtime']).default('utc') }).optional(),
+  features: z
+    .strictObject({ acpi: z.boolean().default(true), apic: z.boolean().default(true), ...extraFeatures })
+    .optional(),
+  clock: clockSchema.optional(),
+  pm: pmSchema.optional(),
+  sysinfo: sysinfoSchema.optional(),
   iothreads: z.number().int().min(0).max(64).default(0),
   cputune: z
     .strictObject({

@@ -3,6 +3,7 @@ import type { z } from 'zod';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { parseCpuset } from '../../util/cpuset.js';
 import { type DomainDefinition, domainDefinitionSchema } from './schema.js';
+import { canonicalMetadata } from './xml-metadata.js';
 import { MAX_XML_BYTES } from './xml-tree.js';
 
 /**
@@ -26,8 +27,10 @@ export function resolveDefinition(input: unknown): DomainDefinition {
   }
   if (!parsed.success) throw fromZodError(parsed.error);
   const def = { ...parsed.data, uuid: parsed.data.uuid ?? randomUUID() };
+  if (def.metadata !== undefined) def.metadata = canonicalMetadata(def.metadata);
   checkSize(def);
   checkSemantics(def);
+  checkPlatform(def);
   return def;
 }
 
@@ -144,4 +147,42 @@ function checkSemantics(def: DomainDefinition): void {
   if (def.os.initrd && !def.os.kernel) throw invalid('os.initrd', 'an initrd needs a kernel');
   if (def.os.cmdline !== undefined && !def.os.kernel)
     throw invalid('os.cmdline', 'a kernel command line needs a kernel');
+}
+
+/** The platform parts: NUMA cells that cover the vCPUs and memory, firmware that fits together. */
+function checkPlatform(def: DomainDefinition): void {
+  const cells = def.cpu?.numa;
+  if (cells) {
+    const seen = new Set<number>();
+    let memory = 0;
+    cells.forEach((cell, i) => {
+      if (cell.id !== undefined && cell.id !== i) {
+        throw invalid(`cpu.numa.${i}.id`, `NUMA cell ids must be 0, 1, … in order; found ${cell.id} at ${i}`);
+      }
+      const cpus = parseCpuset(cell.cpus);
+      if (!cpus) throw invalid(`cpu.numa.${i}.cpus`, `malformed vCPU list "${cell.cpus}"`);
+      for (const cpu of cpus) {
+        if (cpu >= def.vcpu.count) throw invalid(`cpu.numa.${i}.cpus`, `vCPU ${cpu} does not exist`);
+        if (seen.has(cpu)) throw invalid(`cpu.numa.${i}.cpus`, `vCPU ${cpu} is in two NUMA cells`);
+        seen.add(cpu);
+      }
+      memory += cell.memoryKiB;
+    });
+    if (memory !== def.memoryKiB) {
+      throw invalid(
+        'cpu.numa',
+        `the NUMA cells hold ${memory} KiB, the domain ${def.memoryKiB} KiB: they must match`,
+      );
+    }
+  }
+  if (def.vcpu.cpuset !== undefined && !parseCpuset(def.vcpu.cpuset)) {
+    throw invalid('vcpu.cpuset', `malformed cpuset "${def.vcpu.cpuset}"`);
+  }
+  const os = def.os;
+  if (os.firmware === 'bios' && os.nvram) throw invalid('os.nvram', 'BIOS firmware has no NVRAM');
+  if (os.loader?.type === 'rom' && os.nvram) throw invalid('os.nvram', 'a ROM loader has no NVRAM');
+  if (os.loader?.secure && !def.features?.smm) {
+    throw invalid('os.loader.secure', 'secure boot needs SMM: add features.smm');
+  }
+  if (os.smbios === 'sysinfo' && !def.sysinfo) throw invalid('os.smbios', "mode 'sysinfo' needs a sysinfo");
 }

@@ -18,6 +18,8 @@ interface Node {
   readonly attrs?: ReadonlyArray<readonly [string, AttrValue]>;
   /** Character data; an element has either text or children. */
   readonly text?: string;
+  /** Markup written as is (already canonical XML, see xml-metadata.ts). */
+  readonly raw?: string;
   readonly children?: ReadonlyArray<Node | undefined | false>;
 }
 
@@ -54,6 +56,10 @@ function serialize(n: Node, indent: string, out: string[]): void {
     .filter(([, v]) => v !== undefined)
     .map(([k, v]) => ` ${k}='${escapeAttr(String(v))}'`)
     .join('');
+  if (n.raw !== undefined) {
+    out.push(`${indent}<${n.name}${attrs}>${n.raw}</${n.name}>`);
+    return;
+  }
   if (n.text !== undefined) {
     out.push(
       n.text === ''
@@ -93,6 +99,124 @@ function checkChars(value: unknown, path: string): void {
 
 const kib = (name: string, value: number, attrs: ReadonlyArray<readonly [string, AttrValue]> = []): Node =>
   textNode(name, value, [...attrs, ['unit', 'KiB']]);
+
+const yesNo = (value: boolean | undefined): string | undefined =>
+  value === undefined ? undefined : value ? 'yes' : 'no';
+const onOff = (value: boolean): string => (value ? 'on' : 'off');
+
+type Def = DomainDefinition;
+
+function sysinfoNode(info: NonNullable<Def['sysinfo']>): Node {
+  const entries = (name: string, map: Readonly<Record<string, string>> | undefined): Node | false =>
+    map !== undefined &&
+    node(
+      name,
+      [],
+      Object.entries(map).map(([k, v]) => textNode('entry', v, [['name', k]])),
+    );
+  return node(
+    'sysinfo',
+    [['type', 'smbios']],
+    [
+      entries('bios', info.bios),
+      entries('system', info.system),
+      ...(info.baseBoard ?? []).map((b) => entries('baseBoard', b)),
+      entries('chassis', info.chassis),
+      info.oemStrings &&
+        node(
+          'oemStrings',
+          [],
+          info.oemStrings.map((v) => textNode('entry', v)),
+        ),
+    ],
+  );
+}
+
+function featuresNode(f: NonNullable<Def['features']>): Node {
+  const state = (name: string, value: boolean | undefined): Node | false =>
+    value !== undefined && node(name, [['state', onOff(value)]]);
+  const hv = f.hyperv;
+  const kvm = f.kvm;
+  return node(
+    'features',
+    [],
+    [
+      f.acpi && node('acpi'),
+      f.apic && node('apic', [['eoi', f.apicEoi === undefined ? undefined : onOff(f.apicEoi)]]),
+      f.pae && node('pae'),
+      hv &&
+        node(
+          'hyperv',
+          [['mode', hv.mode]],
+          [
+            hv.relaxed && state('relaxed', hv.relaxed.state),
+            hv.vapic && state('vapic', hv.vapic.state),
+            hv.spinlocks &&
+              node('spinlocks', [
+                ['state', onOff(hv.spinlocks.state)],
+                ['retries', hv.spinlocks.retries],
+              ]),
+            hv.vpindex && state('vpindex', hv.vpindex.state),
+            hv.runtime && state('runtime', hv.runtime.state),
+            hv.synic && state('synic', hv.synic.state),
+            hv.stimer &&
+              node(
+                'stimer',
+                [['state', onOff(hv.stimer.state)]],
+                [hv.stimer.direct !== undefined && state('direct', hv.stimer.direct)],
+              ),
+            hv.reset && state('reset', hv.reset.state),
+            hv.vendorId &&
+              node('vendor_id', [
+                ['state', onOff(hv.vendorId.state)],
+                ['value', hv.vendorId.value],
+              ]),
+            hv.frequencies && state('frequencies', hv.frequencies.state),
+            hv.reenlightenment && state('reenlightenment', hv.reenlightenment.state),
+            hv.tlbflush && state('tlbflush', hv.tlbflush.state),
+            hv.ipi && state('ipi', hv.ipi.state),
+            hv.evmcs && state('evmcs', hv.evmcs.state),
+          ],
+        ),
+      kvm &&
+        node(
+          'kvm',
+          [],
+          [
+            state('hidden', kvm.hidden),
+            state('hint-dedicated', kvm.hintDedicated),
+            state('poll-control', kvm.pollControl),
+            state('pv-ipi', kvm.pvIpi),
+          ],
+        ),
+      state('pvspinlock', f.pvspinlock),
+      state('vmport', f.vmport),
+      state('smm', f.smm),
+      f.ioapic !== undefined && node('ioapic', [['driver', f.ioapic]]),
+      state('vmcoreinfo', f.vmcoreinfo),
+    ],
+  );
+}
+
+function clockNode(c: NonNullable<Def['clock']>): Node {
+  return node(
+    'clock',
+    [
+      ['offset', c.offset],
+      ['adjustment', c.adjustment],
+      ['basis', c.basis],
+    ],
+    (c.timers ?? []).map((t) =>
+      node('timer', [
+        ['name', t.name],
+        ['tickpolicy', t.tickpolicy],
+        ['track', t.track],
+        ['frequency', t.frequency],
+        ['present', yesNo(t.present)],
+      ]),
+    ),
+  );
+}
 
 const hex = (value: number, width: number): string => `0x${value.toString(16).padStart(width, '0')}`;
 
@@ -248,6 +372,7 @@ function domainNode(def: DomainDefinition): Node {
       textNode('uuid', def.uuid),
       def.title !== undefined && textNode('title', def.title),
       def.description !== undefined && textNode('description', def.description),
+      def.metadata !== undefined && { name: 'metadata', raw: def.metadata },
       def.maxMemory && kib('maxMemory', def.maxMemory.kib, [['slots', def.maxMemory.slots]]),
       kib('memory', def.memoryKiB),
       def.currentMemoryKiB !== undefined && kib('currentMemory', def.currentMemoryKiB),
@@ -265,6 +390,7 @@ function domainNode(def: DomainDefinition): Node {
         ),
       textNode('vcpu', def.vcpu.count, [
         ['placement', 'static'],
+        ['cpuset', def.vcpu.cpuset],
         ['current', def.vcpu.current],
       ]),
       def.iothreads > 0 && textNode('iothreads', def.iothreads),
@@ -302,21 +428,35 @@ function domainNode(def: DomainDefinition): Node {
             ),
           ],
         ),
+      def.sysinfo && sysinfoNode(def.sysinfo),
       node(
         'os',
-        [],
+        [['firmware', def.os.firmware]],
         [
           textNode('type', 'hvm', [
             ['arch', def.os.arch],
             ['machine', def.os.machine],
           ]),
+          def.os.loader &&
+            textNode('loader', def.os.loader.path, [
+              ['readonly', yesNo(def.os.loader.readonly)],
+              ['secure', yesNo(def.os.loader.secure)],
+              ['type', def.os.loader.type],
+            ]),
+          def.os.nvram && textNode('nvram', def.os.nvram.path ?? '', [['template', def.os.nvram.template]]),
           def.os.kernel !== undefined && textNode('kernel', def.os.kernel),
           def.os.initrd !== undefined && textNode('initrd', def.os.initrd),
           def.os.cmdline !== undefined && textNode('cmdline', def.os.cmdline),
           ...(def.os.boot ?? []).map((dev) => node('boot', [['dev', dev]])),
+          def.os.bootmenu &&
+            node('bootmenu', [
+              ['enable', yesNo(def.os.bootmenu.enable)],
+              ['timeout', def.os.bootmenu.timeout],
+            ]),
+          def.os.smbios && node('smbios', [['mode', def.os.smbios]]),
         ],
       ),
-      node('features', [], [features.acpi && node('acpi'), features.apic && node('apic')]),
+      featuresNode(features),
       cpu &&
         node(
           'cpu',
@@ -336,12 +476,37 @@ function domainNode(def: DomainDefinition): Node {
                 ['name', f.name],
               ]),
             ),
+            cpu.numa &&
+              node(
+                'numa',
+                [],
+                cpu.numa.map((cell, i) =>
+                  node('cell', [
+                    ['id', cell.id ?? i],
+                    ['cpus', cell.cpus],
+                    ['memory', cell.memoryKiB],
+                    ['unit', 'KiB'],
+                    ['memAccess', cell.memAccess],
+                  ]),
+                ),
+              ),
           ],
         ),
-      def.clock && node('clock', [['offset', def.clock.offset]]),
+      def.clock && clockNode(def.clock),
       textNode('on_poweroff', def.onPoweroff),
       textNode('on_reboot', def.onReboot),
       textNode('on_crash', def.onCrash),
+      def.pm &&
+        node(
+          'pm',
+          [],
+          [
+            def.pm.suspendToMem !== undefined &&
+              node('suspend-to-mem', [['enabled', yesNo(def.pm.suspendToMem)]]),
+            def.pm.suspendToDisk !== undefined &&
+              node('suspend-to-disk', [['enabled', yesNo(def.pm.suspendToDisk)]]),
+          ],
+        ),
       devices,
       def.qemuCommandline &&
         node(

@@ -1,3 +1,5 @@
+import { sizeToKiB } from './xml-parse-memory.js';
+import { vcpuCpuset } from './xml-parse-platform.js';
 import {
   check,
   child,
@@ -5,6 +7,7 @@ import {
   choice,
   ignoredAttr,
   intAttr,
+  invalid,
   type Obj,
   type Origins,
   parseUint,
@@ -12,24 +15,29 @@ import {
 } from './xml-parse-rules.js';
 import type { XmlElement } from './xml-tree.js';
 
+function cellKiB(el: XmlElement, value: string, unit: string): number {
+  return sizeToKiB(el, value, unit, 'memory');
+}
+
 /* The domain XML's vCPUs and CPU: `<vcpu>`, `<cpu>` and the pinning and scheduling of `<cputune>`. */
 
 const SCHEDULERS = ['fifo', 'rr', 'batch', 'idle', 'other'] as const;
 
 export function parseVcpu(origins: Origins, el: XmlElement): Obj {
-  check(el, { attrs: ['placement', 'current'], text: true });
+  check(el, { attrs: ['placement', 'current', 'cpuset'], text: true });
   ignoredAttr(el, 'placement', ['static']);
   origins.note('vcpu', el);
   origins.note('vcpu.current', el, 'current');
   const out: Obj = { count: parseUint(el, el.text, '<vcpu>') };
   set(out, 'current', intAttr(el, 'current'));
+  set(out, 'cpuset', vcpuCpuset(origins, el));
   return out;
 }
 
 export function parseCpu(origins: Origins, el: XmlElement): Obj {
   check(el, {
     attrs: ['mode', 'check', 'match', 'migratable'],
-    children: ['model', 'topology', 'feature'],
+    children: ['model', 'topology', 'feature', 'numa'],
     repeat: ['feature'],
   });
   origins.note('cpu', el);
@@ -67,6 +75,8 @@ export function parseCpu(origins: Origins, el: XmlElement): Obj {
     }
     out.topology = t;
   }
+  const numa = child(el, 'numa');
+  if (numa) out.numa = parseNuma(origins, numa);
   const features = childrenOf(el, 'feature');
   if (features.length > 0) {
     out.features = features.map((f, i) => {
@@ -94,6 +104,31 @@ export function parseCpu(origins: Origins, el: XmlElement): Obj {
     });
   }
   return out;
+}
+
+function parseNuma(origins: Origins, el: XmlElement): Obj[] {
+  check(el, { children: ['cell'], repeat: ['cell'] });
+  origins.note('cpu.numa', el);
+  return childrenOf(el, 'cell').map((c, i) => {
+    check(c, { attrs: ['id', 'cpus', 'memory', 'unit', 'memAccess', 'discard'] });
+    const field = `cpu.numa.${i}`;
+    origins.note(field, c);
+    origins.note(`${field}.cpus`, c, 'cpus');
+    origins.note(`${field}.memoryKiB`, c, 'memory');
+    ignoredAttr(c, 'discard', ['no']);
+    const cell: Obj = {};
+    cell.id = intAttr(c, 'id') ?? i;
+    set(cell, 'cpus', c.attrs.get('cpus'));
+    const memory = c.attrs.get('memory');
+    if (memory === undefined) throw invalid(c, 'a NUMA <cell> needs a memory size', 'memory');
+    cell.memoryKiB = cellKiB(c, memory, c.attrs.get('unit') ?? 'KiB');
+    const access = c.attrs.get('memAccess');
+    if (access !== undefined) {
+      origins.note(`${field}.memAccess`, c, 'memAccess');
+      cell.memAccess = choice(c, access, 'the memory access', ['shared', 'private'], [], 'memAccess');
+    }
+    return cell;
+  });
 }
 
 export function parseCputune(origins: Origins, el: XmlElement): Obj {

@@ -18,7 +18,11 @@ function unitBytes(unit: string): bigint | undefined {
 
 /** A size element (`<memory unit='MiB'>512</memory>`) in KiB. */
 function sizeKiB(el: XmlElement): number {
-  const unit = el.attrs.get('unit') ?? 'KiB';
+  return sizeToKiB(el, el.text, el.attrs.get('unit') ?? 'KiB');
+}
+
+/** A size and its unit, from the element's text or from the attribute `attr`, in KiB. */
+export function sizeToKiB(el: XmlElement, value: string, unit: string, attr?: string): number {
   const scale = unitBytes(unit);
   if (scale === undefined) {
     throw invalid(
@@ -27,14 +31,15 @@ function sizeKiB(el: XmlElement): number {
       'unit',
     );
   }
-  const text = el.text.trim();
+  const text = value.trim();
   if (!/^[0-9]+$/.test(text)) {
-    throw invalid(el, `<${el.qname}> must hold a non-negative integer, not '${el.text.slice(0, 40)}'`);
+    const what = attr ? `the attribute ${attr}` : `<${el.qname}>`;
+    throw invalid(el, `${what} must hold a non-negative integer, not '${value.slice(0, 40)}'`, attr);
   }
   // Like libvirt, a size that is not a whole number of KiB is rounded up.
   const bytes = BigInt(text) * scale;
   const kib = (bytes + 1023n) / 1024n;
-  if (kib > BigInt(Number.MAX_SAFE_INTEGER)) throw invalid(el, `${text} ${unit} is too large`);
+  if (kib > BigInt(Number.MAX_SAFE_INTEGER)) throw invalid(el, `${text} ${unit} is too large`, attr);
   return Number(kib);
 }
 
@@ -47,8 +52,10 @@ function size(origins: Origins, el: XmlElement, field: string): number {
 /** `<memory>` (required), `<currentMemory>` and `<maxMemory>` of `<domain>`, into `out`. */
 export function parseMemory(origins: Origins, d: XmlElement, out: Obj): void {
   const memory = child(d, 'memory');
-  if (!memory) throw missing(d, 'memory', 'the domain needs a <memory> size');
-  out.memoryKiB = size(origins, memory, 'memoryKiB');
+  // Without <memory>, NUMA cells give the size (see parseDomain).
+  const hasCells = child(d, 'cpu')?.children.some((c) => c.local === 'numa');
+  if (!memory && !hasCells) throw missing(d, 'memory', 'the domain needs a <memory> size');
+  if (memory) out.memoryKiB = size(origins, memory, 'memoryKiB');
   const current = child(d, 'currentMemory');
   if (current) out.currentMemoryKiB = size(origins, current, 'currentMemoryKiB');
   const max = child(d, 'maxMemory');

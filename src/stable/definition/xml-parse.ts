@@ -4,6 +4,14 @@ import { parseCpu, parseCputune, parseVcpu } from './xml-parse-cpu.js';
 import { parseDevices } from './xml-parse-devices.js';
 import { parseMemory, parseMemoryBacking, parseMemtune } from './xml-parse-memory.js';
 import {
+  parseClock,
+  parseFeatures,
+  parseMetadata,
+  parseOs,
+  parsePm,
+  parseSysinfo,
+} from './xml-parse-platform.js';
+import {
   check,
   child,
   childrenOf,
@@ -47,6 +55,7 @@ const DOMAIN_CHILDREN = [
   'uuid',
   'title',
   'description',
+  'metadata',
   'memory',
   'currentMemory',
   'maxMemory',
@@ -55,6 +64,8 @@ const DOMAIN_CHILDREN = [
   'os',
   'features',
   'clock',
+  'pm',
+  'sysinfo',
   'iothreads',
   'cputune',
   'memoryBacking',
@@ -97,6 +108,8 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
     const el = child(d, key);
     if (el) out[key] = textOf(origins, el, key);
   }
+  const metadata = child(d, 'metadata');
+  if (metadata) out.metadata = parseMetadata(origins, metadata);
 
   parseMemory(origins, d, out);
 
@@ -107,28 +120,16 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
   };
   optional('vcpu', parseVcpu);
   optional('cpu', parseCpu);
+  // With NUMA cells, libvirt makes the domain's memory the sum of theirs.
+  const cells = (out.cpu as Obj | undefined)?.numa as Obj[] | undefined;
+  if (cells && out.memoryKiB === undefined) {
+    out.memoryKiB = cells.reduce((sum, c) => sum + (c.memoryKiB as number), 0);
+  }
   optional('os', parseOs);
   out.features = parseFeatures(origins, d, child(d, 'features'));
-  const clock = child(d, 'clock');
-  if (clock) {
-    check(clock, { attrs: ['offset'] });
-    origins.note('clock', clock);
-    origins.note('clock.offset', clock, 'offset');
-    const offset = clock.attrs.get('offset');
-    out.clock =
-      offset === undefined
-        ? {}
-        : {
-            offset: choice(
-              clock,
-              offset,
-              'the clock offset',
-              ['utc', 'localtime'],
-              ['timezone', 'variable', 'absolute'],
-              'offset',
-            ),
-          };
-  }
+  optional('clock', parseClock);
+  optional('pm', parsePm);
+  optional('sysinfo', parseSysinfo);
   const iothreads = child(d, 'iothreads');
   if (iothreads) {
     check(iothreads, { text: true });
@@ -160,53 +161,6 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
   const qemu = child(d, 'qemu:commandline');
   if (qemu) out.qemuCommandline = parseQemuCommandline(origins, qemu);
   return out;
-}
-
-function parseOs(origins: Origins, el: XmlElement): Obj {
-  check(el, { children: ['type', 'kernel', 'initrd', 'cmdline', 'boot'], repeat: ['boot'] });
-  origins.note('os', el);
-  const out: Obj = {};
-  const type = child(el, 'type');
-  if (type) {
-    check(type, { attrs: ['arch', 'machine'], text: true });
-    choice(type, type.text, 'the OS type', ['hvm'], ['xen', 'linux', 'exe', 'xenpvh']);
-    const arch = type.attrs.get('arch');
-    if (arch !== undefined) {
-      origins.note('os.arch', type, 'arch');
-      out.arch = choice(type, arch, 'the architecture', ['x86_64'], 'any', 'arch');
-    }
-    const machine = type.attrs.get('machine');
-    if (machine !== undefined) {
-      origins.note('os.machine', type, 'machine');
-      out.machine = machine;
-    }
-  }
-  for (const key of ['kernel', 'initrd', 'cmdline'] as const) {
-    const e = child(el, key);
-    if (e) out[key] = textOf(origins, e, `os.${key}`);
-  }
-  const boots = childrenOf(el, 'boot');
-  if (boots.length > 0) {
-    out.boot = boots.map((b, i) => {
-      check(b, { attrs: ['dev'] });
-      origins.note(`os.boot.${i}`, b, 'dev');
-      const dev = b.attrs.get('dev');
-      if (dev === undefined) throw invalid(b, '<boot> needs a dev', 'dev');
-      return choice(b, dev, 'the boot device', ['hd', 'cdrom', 'network'], ['fd'], 'dev');
-    });
-  }
-  return out;
-}
-
-function parseFeatures(origins: Origins, d: XmlElement, el: XmlElement | undefined): Obj {
-  if (!el) {
-    origins.noteMissing('features', d, 'features');
-    return { acpi: false, apic: false };
-  }
-  check(el, { children: ['acpi', 'apic', 'pae'] });
-  origins.note('features', el);
-  for (const c of el.children) check(c, {});
-  return { acpi: child(el, 'acpi') !== undefined, apic: child(el, 'apic') !== undefined };
 }
 
 function parseQemuCommandline(origins: Origins, el: XmlElement): Obj {

@@ -9,7 +9,7 @@ import { startDomain } from '../start.js';
 import { removeIfPresent } from '../store.js';
 import { checkSameLive } from './compat.js';
 import { type IncomingOutcome, migrationOf, setMigration } from './record.js';
-import { formatMigrationUri, type MigrationAddress } from './uri.js';
+import { formatMigrationUri, type MigrationAddress, migrationAborted } from './uri.js';
 
 /**
  * Step 2 on the destination, as one job of the domain: QEMU starts with `-S -incoming defer`, the
@@ -35,7 +35,8 @@ export async function prepareIncoming(
         domain: { name: dom.def.name, uuid: dom.def.uuid },
       },
     );
-  signal?.throwIfAborted();
+  const ident = { name: dom.def.name, uuid: dom.def.uuid };
+  if (signal?.aborted) throw migrationAborted('prepare', ident);
   if (address.kind === 'unix') removeIfPresent(address.path);
   await startDomain(ctx, dom, { paused: true }, true);
   const run = dom.run as Runtime | undefined;
@@ -43,13 +44,14 @@ export async function prepareIncoming(
   run.migrating = 'in';
   const qmp = run.qmp;
   try {
-    signal?.throwIfAborted();
+    if (signal?.aborted) throw migrationAborted('prepare', ident);
     checkSameLive(run.live, offer.live, dom.def);
     faultPoint('migrate:prepared');
     await qmp.command('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
     const outcome = incomingOutcome(qmp, run);
     await qmp.command('migrate-incoming', { uri: formatMigrationUri(address) });
     const uri = await listeningUri(qmp, address);
+    if (signal?.aborted) throw migrationAborted('prepare', ident);
     setMigration(dom, { role: 'in', running: offer.cookie.running, definedHere, address, outcome });
     ctx.log(dom, `migration: waiting for the stream at ${uri}`);
     return uri;
@@ -148,6 +150,7 @@ export async function finishIncoming(
     if (run) await destroyIncoming(ctx, dom, run, record.address);
     else setMigration(dom, undefined);
     if (options.cancelled) return;
+    if (options.signal?.aborted) throw migrationAborted('finish', dom.def);
     const why = failure?.message ?? 'the incoming QEMU is gone';
     throw new VirtError(
       ErrorCode.OPERATION_FAILED,

@@ -9,7 +9,7 @@ import { requireActive } from '../lifecycle.js';
 import type { QmpClient } from '../qmp/client.js';
 import { progressOf } from './progress.js';
 import { migrationOf, type OutgoingRecord, setMigration } from './record.js';
-import { formatMigrationUri, parseMigrationUri } from './uri.js';
+import { formatMigrationUri, migrationAborted, parseMigrationUri } from './uri.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 const PROGRESS_INTERVAL_MS = 200;
@@ -67,7 +67,7 @@ export async function performMigration(
       ErrorCode.OPERATION_INVALID,
       `the migration of '${dom.def.name}' was already performed`,
     );
-  options.signal?.throwIfAborted();
+  if (options.signal?.aborted) throw migrationAborted('perform', dom.def);
   record.phase = 'performing';
   record.wasRunning = dom.state === 'running';
   const qmp = run.qmp;
@@ -88,12 +88,12 @@ export async function performMigration(
       faultPoint('migrate:streaming');
       const status = await reportUntil(qmp, end, startedAt, options.onProgress);
       if (status !== 'completed') {
+        if (options.signal?.aborted) throw migrationAborted('perform', dom.def);
         const info = await qmp.command('query-migrate').catch(() => undefined);
-        const why = options.signal?.aborted ? 'cancelled by the caller' : (info?.['error-desc'] ?? status);
+        const why = info?.['error-desc'] ?? status;
         throw new VirtError(ErrorCode.OPERATION_FAILED, `migration of '${dom.def.name}' failed: ${why}`, {
           domain: { name: dom.def.name, uuid: dom.def.uuid },
           status,
-          ...(options.signal?.aborted ? { aborted: true } : {}),
         });
       }
     } finally {
@@ -163,6 +163,18 @@ async function resumeIfStopped(
 }
 
 /**
+ * A source adopted on reconnect after its stream completed (QEMU in `postmigrate`, reason
+ * `migration`): the manager that ran the migration is gone, and the application confirms it. Its
+ * state before the migration is not known; a cancelled confirm resumes it.
+ */
+function adoptedOutgoing(dom: DomainObject): OutgoingRecord {
+  if (dom.run?.migrating !== 'out' || dom.reason !== 'migration') return outgoing(dom, 'confirm');
+  const record: OutgoingRecord = { role: 'out', phase: 'performed', wasRunning: true };
+  setMigration(dom, record);
+  return record;
+}
+
+/**
  * Step 5: after a completed stream the source QEMU quits (shut off, reason `migrated`); with
  * `cancelled` it resumes if it ran, and the migration is over either way.
  */
@@ -171,7 +183,7 @@ export async function confirmMigration(
   dom: DomainObject,
   options: MigrationEndOptions,
 ): Promise<void> {
-  const record = outgoing(dom, 'confirm');
+  const record = migrationOf(dom)?.role === 'out' ? outgoing(dom, 'confirm') : adoptedOutgoing(dom);
   const run = dom.run;
   if (options.cancelled || record.phase !== 'performed') {
     if (!options.cancelled)

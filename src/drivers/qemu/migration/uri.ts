@@ -37,3 +37,12 @@ export function parseMigrationUri(uri: string, field: string): MigrationAddress 
 export function formatMigrationUri(address: MigrationAddress): string {
   return address.kind === 'unix' ? `unix:${address.path}` : `tcp:${address.host}:${address.port}`;
 }
+
+/** The error of a migration step its caller aborted; what the step had done is rolled back. */
+export function migrationAborted(step: string, domain: { name: string; uuid: string }): VirtError {
+  return new VirtError(
+    ErrorCode.ABORTED,
+    `the migration of '${domain.name}' was aborted by the caller during ${step}; it was rolled back`,
+    { domain: { name: domain.name, uuid: domain.uuid }, aborted: true },
+  );
+}

@@ -1,0 +1,387 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { ErrorCode, errorMessage, VirtError } from '../errors.js';
+import type { DomainSummaryJson } from '../stable/control/operations.js';
+import type { DomainEvent } from '../stable/events.js';
+import { packageVersion } from '../stable/package-version.js';
+import { type Endpoint, openEndpoint, resolveUri } from './endpoint.js';
+import { dominfoText, eventLine, listTable, stateName } from './format.js';
+
+/** What the command writes to; a test (or another program) can capture it. */
+export interface Io {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+interface GlobalOptions {
+  connect?: string;
+  root?: string;
+}
+
+/** Runs `virtkit` with `argv` (without node and the script); resolves to the exit status. */
+export async function runCli(argv: readonly string[], io: Io): Promise<number> {
+  let endpoint: Endpoint | undefined;
+  // An error before the command has run (a domain that does not exist) is reported as JSON too.
+  let json = argv.includes('--json');
+  const program = new Command();
+  const open = async (): Promise<Endpoint> => {
+    endpoint ??= await openEndpoint(resolveUri(program.opts<GlobalOptions>()));
+    return endpoint;
+  };
+  const print = (value: unknown, human: () => string, asJson: boolean): void => {
+    json = asJson;
+    io.out(asJson ? `${JSON.stringify(value, null, 2)}\n` : human());
+  };
+
+  program
+    .name('virtkit')
+    .description('Manage the virtual machines of a virtkit root, with virsh’s commands and options.')
+    .version(packageVersion(), '-V, --version', 'print the version of virtkit')
+    .option(
+      '-c, --connect <uri>',
+      'connection URI: qemu:///embed?root=/abs/path or test:///default (default: $VIRTKIT_DEFAULT_URI)',
+    )
+    .option('--root <dir>', 'shorthand for -c qemu:///embed?root=DIR')
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
+    .showHelpAfterError('(run virtkit help for the commands, virtkit help COMMAND for one)')
+    .addHelpText(
+      'after',
+      '\nA root held by a running application is reached through its control socket, when it serves one.\nExit status: 0 on success, 1 on failure (the error code is on standard error).',
+    );
+
+  const domainCommand = (name: string, description: string): Command =>
+    program.command(name).description(description).argument('<domain>', 'domain name, id or uuid');
+
+  program
+    .command('list')
+    .description('list domains (running ones unless told otherwise)')
+    .option('--all', 'active and inactive domains')
+    .option('--inactive', 'inactive domains only')
+    .option('--state-running', 'running domains')
+    .option('--state-paused', 'paused domains')
+    .option('--state-shutoff', 'shut off domains')
+    .option('--state-other', 'domains in other states')
+    .option('--name', 'names only')
+    .option('--uuid', 'uuids only')
+    .option('--table', 'a table (the default)')
+    .option('--json', 'JSON: an array of { id, name, uuid, state, reason, persistent }')
+    .action(async (o: Record<string, boolean | undefined>) => {
+      const wanted: string[] = [];
+      if (o['stateRunning']) wanted.push('running');
+      if (o['statePaused']) wanted.push('paused');
+      if (o['stateShutoff']) wanted.push('shutoff');
+      if (o['stateOther']) wanted.push('shutdown');
+      const state = o['all'] || wanted.length > 0 ? 'all' : o['inactive'] ? 'inactive' : 'active';
+      let domains = await (await open()).call('list', { state });
+      if (wanted.length > 0) domains = domains.filter((d) => wanted.includes(d.state));
+      print(domains, () => listText(domains, !!o['name'], !!o['uuid'], !!o['table']), !!o['json']);
+    });
+
+  domainCommand('dominfo', 'domain information')
+    .option(
+      '--json',
+      'JSON: { id, name, uuid, state, reason, osType, vcpus, maxMemoryKiB, memoryKiB, cpuTimeNs, pid, persistent, autostart, taints }',
+    )
+    .action(async (domain: string, o: { json?: boolean }) => {
+      const info = await (await open()).call('dominfo', { domain });
+      print(info, () => dominfoText(info), !!o.json);
+    });
+
+  domainCommand('domstate', 'domain state')
+    .option('--reason', 'with the reason')
+    .option('--json', 'JSON: { state, reason }')
+    .action(async (domain: string, o: { reason?: boolean; json?: boolean }) => {
+      const info = await (await open()).call('dominfo', { domain });
+      print(
+        { state: info.state, reason: info.reason },
+        () => `${stateName(info.state)}${o.reason ? ` (${info.reason})` : ''}\n\n`,
+        !!o.json,
+      );
+    });
+
+  domainCommand('domid', 'the id of a running domain ("-" when shut off)')
+    .option('--json', 'JSON: { id }')
+    .action(async (domain: string, o: { json?: boolean }) => {
+      const info = await (await open()).call('dominfo', { domain });
+      print({ id: info.id }, () => `${info.id ?? '-'}\n\n`, !!o.json);
+    });
+
+  domainCommand('domuuid', 'the uuid of a domain')
+    .option('--json', 'JSON: { uuid }')
+    .action(async (domain: string, o: { json?: boolean }) => {
+      const info = await (await open()).call('dominfo', { domain });
+      print({ uuid: info.uuid }, () => `${info.uuid}\n\n`, !!o.json);
+    });
+
+  domainCommand('domname', 'the name of a domain')
+    .option('--json', 'JSON: { name }')
+    .action(async (domain: string, o: { json?: boolean }) => {
+      const info = await (await open()).call('dominfo', { domain });
+      print({ name: info.name }, () => `${info.name}\n\n`, !!o.json);
+    });
+
+  domainCommand('dumpxml', 'the domain XML: the live one while running')
+    .option('--inactive', 'the persistent definition, also while running')
+    .action(async (domain: string, o: { inactive?: boolean }) => {
+      const { xml } = await (await open()).call('dumpxml', { domain, inactive: !!o.inactive });
+      io.out(xml.endsWith('\n') ? xml : `${xml}\n`);
+    });
+
+  program
+    .command('define')
+    .description('define (or update) a domain from libvirt XML or a JSON definition')
+    .argument('<file>', 'the XML or JSON file')
+    .action(async (file: string) => {
+      const done = await (await open()).call('define', readDefinition(file));
+      io.out(`Domain '${done.name}' defined from ${file}\n\n`);
+    });
+
+  domainCommand('undefine', 'remove the definition of an inactive domain').action(async (domain: string) => {
+    const done = await (await open()).call('undefine', { domain });
+    io.out(`Domain '${done.name}' has been undefined\n\n`);
+  });
+
+  program
+    .command('create')
+    .description('create a transient domain from XML and start it (not yet supported)')
+    .argument('<file>', 'the XML file')
+    .option('--paused', 'leave it paused')
+    .action(async () => {
+      throw new VirtError(
+        ErrorCode.NO_SUPPORT,
+        'virtkit has no transient domains yet: define the domain, then start it',
+      );
+    });
+
+  domainCommand('start', 'start a defined domain')
+    .option('--paused', 'leave its vCPUs paused')
+    .action(async (domain: string, o: { paused?: boolean }) => {
+      const done = await (await open()).call('start', { domain, paused: !!o.paused });
+      io.out(`Domain '${done.name}' started\n\n`);
+    });
+
+  domainCommand('shutdown', 'ask the guest to power off, and wait until it has')
+    .option('--timeout <seconds>', 'how long to wait (default 60)', positiveInt)
+    .action(async (domain: string, o: { timeout?: number }) => {
+      const args = o.timeout === undefined ? { domain } : { domain, timeoutMs: o.timeout * 1000 };
+      const done = await (await open()).call('shutdown', args);
+      io.out(`Domain '${done.name}' is being shutdown\n\n`);
+    });
+
+  domainCommand('destroy', 'stop a domain at once').action(async (domain: string) => {
+    const done = await (await open()).call('destroy', { domain });
+    io.out(`Domain '${done.name}' destroyed\n\n`);
+  });
+
+  domainCommand('suspend', 'pause every vCPU').action(async (domain: string) => {
+    const done = await (await open()).call('suspend', { domain });
+    io.out(`Domain '${done.name}' suspended\n\n`);
+  });
+
+  domainCommand('resume', 'resume a paused domain').action(async (domain: string) => {
+    const done = await (await open()).call('resume', { domain });
+    io.out(`Domain '${done.name}' resumed\n\n`);
+  });
+
+  for (const [name, what] of [
+    ['reboot', 'reboot'],
+    ['reset', 'reset'],
+  ] as const) {
+    domainCommand(name, `${what} a domain (not yet supported)`).action(async () => {
+      throw new VirtError(
+        ErrorCode.NO_SUPPORT,
+        `virtkit cannot ${what} a domain yet: use shutdown (or destroy) and start`,
+      );
+    });
+  }
+
+  domainCommand('edit', 'edit the persistent XML with $EDITOR and define it again').action(
+    async (domain: string) => {
+      const ep = await open();
+      const { xml } = await ep.call('dumpxml', { domain, inactive: true });
+      const edited = editText(xml);
+      if (edited === xml) {
+        io.out(`Domain '${domain}' XML configuration not changed.\n\n`);
+        return;
+      }
+      const done = await ep.call('define', { xml: edited });
+      io.out(`Domain '${done.name}' XML configuration edited.\n\n`);
+    },
+  );
+
+  program
+    .command('capabilities')
+    .description('the capabilities of the host and its emulators, as libvirt XML')
+    .option('--json', 'JSON: the typed capabilities, with the XML as "xml"')
+    .action(async (o: { json?: boolean }) => {
+      const caps = await (await open()).call('capabilities', {});
+      print(caps, () => withNewline(caps.xml), !!o.json);
+    });
+
+  program
+    .command('domcapabilities')
+    .description('what virtkit supports with one emulator, as libvirt XML')
+    .option('--virttype <type>', 'qemu or kvm')
+    .option('--emulatorbin <path>', 'the emulator binary')
+    .option('--arch <arch>', 'the architecture')
+    .option('--machine <type>', 'the machine type')
+    .option('--json', 'JSON: the typed domain capabilities, with the XML as "xml"')
+    .action(
+      async (o: {
+        virttype?: string;
+        emulatorbin?: string;
+        arch?: string;
+        machine?: string;
+        json?: boolean;
+      }) => {
+        const args: Record<string, string> = {};
+        if (o.virttype !== undefined) args['virttype'] = o.virttype;
+        if (o.emulatorbin !== undefined) args['emulator'] = o.emulatorbin;
+        if (o.arch !== undefined) args['arch'] = o.arch;
+        if (o.machine !== undefined) args['machine'] = o.machine;
+        const caps = await (await open()).call('domcapabilities', args as never);
+        print(caps, () => withNewline(caps.xml), !!o.json);
+      },
+    );
+
+  program
+    .command('version')
+    .description('the versions of this command and of the driver it talks to')
+    .option('--json', 'JSON: { client, driver, protocol, through }')
+    .action(async (o: { json?: boolean }) => {
+      const ep = await open();
+      const v = await ep.call('version', {});
+      const value = { client: packageVersion(), driver: v.virtkit, protocol: v.protocol, through: ep.mode };
+      print(
+        value,
+        () =>
+          `Compiled against library: virtkit ${value.client}\nUsing library: virtkit ${value.client}\nRunning driver: virtkit ${value.driver}${ep.mode === 'control-socket' ? ' (through its control socket)' : ''}\n\n`,
+        !!o.json,
+      );
+    });
+
+  program
+    .command('event')
+    .description('print domain life-cycle events')
+    .option('--domain <domain>', 'only events of this domain (name or uuid)')
+    .option('--event <name>', 'the event to wait for; only "lifecycle" exists')
+    .option('--all', 'every event (the default)')
+    .option('--loop', 'keep printing until interrupted or the timeout')
+    .option('--timeout <seconds>', 'stop after this many seconds', positiveInt)
+    .option('--json', 'JSON: one event object per line')
+    .action(
+      async (o: { domain?: string; event?: string; loop?: boolean; timeout?: number; json?: boolean }) => {
+        if (o.event !== undefined && o.event !== 'lifecycle') {
+          throw new VirtError(ErrorCode.OPERATION_INVALID, `unknown event '${o.event}': use lifecycle`);
+        }
+        json = !!o.json;
+        const ep = await open();
+        let count = 0;
+        await new Promise<void>((resolve, reject) => {
+          const timer = o.timeout === undefined ? undefined : setTimeout(resolve, o.timeout * 1000);
+          const onSignal = (): void => resolve();
+          process.once('SIGINT', onSignal);
+          const finish = (): void => {
+            clearTimeout(timer);
+            process.off('SIGINT', onSignal);
+            resolve();
+          };
+          ep.subscribe(o.domain, (event: DomainEvent) => {
+            count++;
+            io.out(o.json ? `${JSON.stringify(event)}\n` : eventLine(event));
+            if (!o.loop) finish();
+          }).catch(reject);
+        });
+        if (!o.json) io.out(`events received: ${count}\n\n`);
+      },
+    );
+
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return 0;
+  } catch (err) {
+    const code = (err as { exitCode?: unknown }).exitCode;
+    if (typeof code === 'number' && (err as { code?: unknown }).code?.toString().startsWith('commander.')) {
+      // Commander already printed the usage error (or the help and version, with status 0).
+      return code === 0 ? 0 : 1;
+    }
+    const e = VirtError.is(err) ? err : new VirtError(ErrorCode.INTERNAL_ERROR, errorMessage(err));
+    io.err(
+      json
+        ? `${JSON.stringify({ error: { code: e.code, message: e.message, details: e.details } })}\n`
+        : `error: ${e.code}: ${e.message}\n`,
+    );
+    return 1;
+  } finally {
+    await endpoint?.close();
+  }
+}
+
+function listText(
+  domains: readonly DomainSummaryJson[],
+  name: boolean,
+  uuid: boolean,
+  asTable: boolean,
+): string {
+  if (asTable || (!name && !uuid)) return listTable(domains);
+  const lines = domains.map((d) => (name && uuid ? `${d.uuid}  ${d.name}` : name ? d.name : d.uuid));
+  return `${lines.map((l) => `${l}\n`).join('')}\n`;
+}
+
+/** A definition file: libvirt XML, or a JSON definition object. */
+function readDefinition(file: string): { xml: string } | { definition: Record<string, unknown> } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new VirtError(ErrorCode.SYSTEM_ERROR, `cannot read ${file}: ${errorMessage(err)}`, { path: file });
+  }
+  if (text.trimStart().startsWith('<')) return { xml: text };
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new VirtError(ErrorCode.XML_ERROR, `${file} is neither XML nor JSON: ${errorMessage(err)}`, {
+      path: file,
+    });
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new VirtError(ErrorCode.XML_ERROR, `${file}: a JSON definition must be an object`, { path: file });
+  }
+  return { definition: json as Record<string, unknown> };
+}
+
+/** Lets the user edit `text` with $VISUAL or $EDITOR (default vi), as virsh edit does. */
+function editText(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'virtkit-edit-'));
+  try {
+    const file = join(dir, 'domain.xml');
+    writeFileSync(file, text);
+    const editor = process.env['VISUAL'] || process.env['EDITOR'] || 'vi';
+    const res = spawnSync('/bin/sh', ['-c', `${editor} "$1"`, 'sh', file], { stdio: 'inherit' });
+    if (res.status !== 0) {
+      throw new VirtError(
+        ErrorCode.OPERATION_FAILED,
+        `the editor '${editor}' failed (${res.error ? errorMessage(res.error) : `status ${res.status ?? res.signal}`}); nothing was changed`,
+      );
+    }
+    return readFileSync(file, 'utf8');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function positiveInt(value: string): number {
+  if (!/^[1-9][0-9]{0,6}$/.test(value)) {
+    throw new VirtError(ErrorCode.OPERATION_INVALID, `'${value}' is not a positive whole number of seconds`);
+  }
+  return Number(value);
+}
+
+function withNewline(text: string): string {
+  return text.endsWith('\n') ? text : `${text}\n`;
+}

@@ -1,0 +1,252 @@
+import { z } from 'zod';
+import { ErrorCode, VirtError } from '../../errors.js';
+import type { Capabilities, DomainCapabilities } from '../capabilities.js';
+import type { Connection } from '../connection.js';
+import { formatDomainXml } from '../definition/xml.js';
+import type { Domain } from '../domain.js';
+import type { DomainState } from '../events.js';
+
+/*
+ * The operations the `virtkit` command performs, as one table: the command runs them in-process
+ * when it holds the root itself, and a driver's control socket runs the very same ones for it when
+ * an application holds the root. Each takes JSON arguments (validated here, whoever sent them) and
+ * returns JSON: these results are also the documented shapes of `virtkit … --json`. Only the stable
+ * API is reachable from here — never handlers, never `virtkit/internal`.
+ */
+
+/** One domain in `list`. */
+export interface DomainSummaryJson {
+  /** The running domain's id; null while shut off. */
+  readonly id: number | null;
+  readonly name: string;
+  readonly uuid: string;
+  readonly state: DomainState;
+  readonly reason: string;
+  /** Whether the domain has a persistent definition. */
+  readonly persistent: boolean;
+}
+
+/** `dominfo`. */
+export interface DomainInfoJson extends DomainSummaryJson {
+  readonly osType: 'hvm';
+  readonly vcpus: number;
+  /** The most memory the guest may have, in KiB. */
+  readonly maxMemoryKiB: number;
+  /** The memory the guest has now, in KiB. */
+  readonly memoryKiB: number;
+  /** CPU time used by the QEMU process, in nanoseconds, as a decimal string (it may exceed 2^53). */
+  readonly cpuTimeNs: string;
+  readonly pid: number | null;
+  readonly autostart: false;
+  readonly taints: readonly string[];
+}
+
+/** What a modifying command reports: the domain it acted on. */
+export interface DomainRefJson {
+  readonly name: string;
+  readonly uuid: string;
+}
+
+/** `version`. */
+export interface VersionJson {
+  /** The version of virtkit that runs the driver. */
+  readonly virtkit: string;
+  /** The control protocol version. */
+  readonly protocol: number;
+}
+
+const domainArg = z.string().min(1).max(4096);
+const noArgs = z.strictObject({});
+const onDomain = z.strictObject({ domain: domainArg });
+
+/** The argument schema and the implementation of every operation. */
+export const operations = {
+  version: {
+    args: noArgs,
+    run: async (_conn: Connection, _args: Record<string, never>, ctx: OperationContext) =>
+      ({ virtkit: ctx.version, protocol: ctx.protocol }) satisfies VersionJson,
+  },
+  list: {
+    args: z.strictObject({ state: z.enum(['all', 'active', 'inactive']).default('active') }),
+    run: async (conn: Connection, args: { state: 'all' | 'active' | 'inactive' }) => {
+      const out: DomainSummaryJson[] = [];
+      for (const dom of await conn.listDomains({ state: args.state })) {
+        out.push(await summary(dom));
+      }
+      return out;
+    },
+  },
+  dominfo: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }): Promise<DomainInfoJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      const info = await dom.getInfo();
+      const def = dom.getDefinition();
+      return {
+        ...(await summary(dom, info)),
+        osType: 'hvm',
+        vcpus: info.vcpus,
+        maxMemoryKiB: def.memoryKiB,
+        memoryKiB: info.memoryKiB,
+        cpuTimeNs: info.cpuTimeNs.toString(),
+        pid: info.pid,
+        autostart: false,
+        taints: info.taints,
+      };
+    },
+  },
+  dumpxml: {
+    args: z.strictObject({ domain: domainArg, inactive: z.boolean().default(false) }),
+    run: async (conn: Connection, args: { domain: string; inactive: boolean }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      const xml = args.inactive ? formatDomainXml(conn.driver.getDefinition(dom.uuid, false)) : dom.toXML();
+      return { xml };
+    },
+  },
+  define: {
+    args: z.union([
+      z.strictObject({ xml: z.string() }),
+      z.strictObject({ definition: z.record(z.string(), z.unknown()) }),
+    ]),
+    run: async (conn: Connection, args: { xml: string } | { definition: Record<string, unknown> }) =>
+      ref(await conn.defineDomain('xml' in args ? args.xml : (args.definition as never))),
+  },
+  undefine: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.undefine();
+      return ref(dom);
+    },
+  },
+  start: {
+    args: z.strictObject({ domain: domainArg, paused: z.boolean().default(false) }),
+    run: async (conn: Connection, args: { domain: string; paused: boolean }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.start({ paused: args.paused });
+      return ref(dom);
+    },
+  },
+  destroy: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.destroy();
+      return ref(dom);
+    },
+  },
+  shutdown: {
+    args: z.strictObject({
+      domain: domainArg,
+      timeoutMs: z.number().int().min(1).max(3_600_000).optional(),
+    }),
+    run: async (conn: Connection, args: { domain: string; timeoutMs?: number | undefined }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.shutdown(args.timeoutMs === undefined ? {} : { timeoutMs: args.timeoutMs });
+      return ref(dom);
+    },
+  },
+  suspend: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.suspend();
+      return ref(dom);
+    },
+  },
+  resume: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.resume();
+      return ref(dom);
+    },
+  },
+  capabilities: {
+    args: noArgs,
+    run: async (conn: Connection): Promise<Capabilities> => conn.getCapabilities(),
+  },
+  domcapabilities: {
+    args: z.strictObject({
+      emulator: z.string().optional(),
+      arch: z.string().optional(),
+      machine: z.string().optional(),
+      virttype: z.enum(['qemu', 'kvm']).optional(),
+    }),
+    run: async (
+      conn: Connection,
+      args: { emulator?: string; arch?: string; machine?: string; virttype?: 'qemu' | 'kvm' },
+    ): Promise<DomainCapabilities> => conn.getDomainCapabilities(args),
+  },
+} as const;
+
+/** What every operation may need besides the connection. */
+export interface OperationContext {
+  readonly version: string;
+  readonly protocol: number;
+}
+
+/** The name of an operation. */
+export type OperationName = keyof typeof operations;
+
+/** The arguments an operation takes, before defaults are applied. */
+export type OperationArgs<K extends OperationName> = z.input<(typeof operations)[K]['args']>;
+
+/** What an operation returns. */
+export type OperationResult<K extends OperationName> = Awaited<ReturnType<(typeof operations)[K]['run']>>;
+
+/** True for the name of an operation of the table. */
+export function isOperationName(name: string): name is OperationName {
+  return Object.hasOwn(operations, name);
+}
+
+/**
+ * Validates `args` for `name` and runs the operation. Invalid arguments get OPERATION_INVALID
+ * naming the field.
+ */
+export async function runOperation(
+  conn: Connection,
+  name: OperationName,
+  args: unknown,
+  ctx: OperationContext,
+): Promise<unknown> {
+  const op = operations[name];
+  const parsed = op.args.safeParse(args ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const field = issue?.path.join('.') ?? '';
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `invalid arguments for '${name}'${field ? ` at '${field}'` : ''}: ${issue?.message ?? 'malformed'}`,
+      { path: field, operation: name },
+    );
+  }
+  const run = op.run as (c: Connection, a: unknown, x: OperationContext) => Promise<unknown>;
+  return run(conn, parsed.data, ctx);
+}
+
+/**
+ * A domain by id (of a running domain), uuid or name, in virsh's order: a name made of digits is
+ * found by name when no running domain has that id.
+ */
+export async function resolveDomain(conn: Connection, ref: string): Promise<Domain> {
+  if (/^[0-9]{1,9}$/.test(ref)) {
+    const id = Number(ref);
+    for (const dom of await conn.listDomains({ state: 'active' })) {
+      if ((await dom.getInfo()).id === id) return dom;
+    }
+  }
+  return conn.lookupDomain(ref);
+}
+
+async function summary(
+  dom: Domain,
+  info?: Awaited<ReturnType<Domain['getInfo']>>,
+): Promise<DomainSummaryJson> {
+  const i = info ?? (await dom.getInfo());
+  return { id: i.id, name: dom.name, uuid: dom.uuid, state: i.state, reason: i.reason, persistent: true };
+}
+
+function ref(dom: Domain): DomainRefJson {
+  return { name: dom.name, uuid: dom.uuid };
+}

@@ -1,0 +1,193 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { openInternal } from '../../src/internal/index.js';
+import { type Connection, connect, Domain, VirtError } from '../../src/stable/index.js';
+import { closeFd, listenUnixSocket } from '../../src/util/libc.js';
+import { alive, openRoot, recordEvents, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+
+const QEMU = '/usr/bin/qemu-system-x86_64';
+let root: string;
+let conn: Connection;
+const qemus: ChildProcess[] = [];
+
+beforeEach(async () => {
+  root = tempRoot('vk-attach-');
+  conn = await openRoot(root);
+});
+
+afterEach(async () => {
+  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+  await conn.close();
+  for (const child of qemus.splice(0)) {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    }
+  }
+  removeRoot(root);
+});
+
+/** A QEMU launched by someone else: paused, TCG, two vCPUs, with its own QMP socket. */
+async function launchExternal(
+  name: string | undefined,
+  uuid = randomUUID(),
+): Promise<{ child: ChildProcess; pid: number; monitor: string; uuid: string }> {
+  if (!existsSync(QEMU)) throw new Error(`${QEMU} is missing: install qemu-system-x86`);
+  const monitor = join(root, `${name ?? 'anon'}-${qemus.length}.qmp`);
+  const args = ['-S', '-machine', 'pc,accel=tcg', '-m', '64', '-smp', '2', '-nodefaults', '-display', 'none'];
+  if (name) args.push('-name', name, '-uuid', uuid);
+  args.push('-qmp', `unix:${monitor},server=on,wait=off`);
+  const child = spawn(QEMU, args, { stdio: 'ignore' });
+  qemus.push(child);
+  for (let i = 0; !existsSync(monitor); i++) {
+    if (i > 200 || child.exitCode !== null) throw new Error('the external QEMU did not create its monitor');
+    await sleep(25);
+  }
+  return { child, pid: child.pid as number, monitor, uuid };
+}
+
+const errorOf = async (p: Promise<unknown>): Promise<VirtError> => {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!VirtError.is(err)) throw new Error(`expected a VirtError, got ${String(err)}`);
+  return err;
+};
+
+describe('attach: adopting a QEMU launched outside virtkit', () => {
+  it('builds the domain from QMP, taints it, manages it, and forgets it once its QEMU is destroyed', async () => {
+    const rec = recordEvents(conn);
+    const ext = await launchExternal('outsider');
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const dom = (await internal.attach({ pid: ext.pid, monitor: ext.monitor })) as Domain;
+    expect(dom).toBeInstanceOf(Domain);
+    expect(dom).toMatchObject({ name: 'outsider', uuid: ext.uuid });
+    expect(await dom.getInfo()).toMatchObject({
+      state: 'paused',
+      pid: ext.pid,
+      vcpus: 2,
+      memoryKiB: 64 * 1024,
+      taints: ['external-launch'],
+    });
+    expect(dom.getDefinition()).toMatchObject({ type: 'qemu', emulator: QEMU, vcpu: { count: 2 } });
+    await dom.resume();
+    expect(await internal.monitorCommand(dom, 'query-status')).toMatchObject({ running: true });
+    expect((await dom.getInfo()).taints).toEqual(['external-launch', 'custom-monitor']);
+    const log = readFileSync(join(root, 'log', 'outsider.log'), 'utf8');
+    expect(log).toMatch(new RegExp(`attach: QEMU pid ${ext.pid} `));
+    expect(log).toMatch(/tainted: external-launch/);
+
+    await dom.destroy({ graceMs: 5000 });
+    expect(alive(ext.pid)).toBe(false);
+    await rec.next((e) => e.type === 'undefined');
+    expect(rec.events.map((e) => `${e.type}:${e.reason}`)).toEqual([
+      'defined:added',
+      'started:attached',
+      'resumed:unpaused',
+      'stopped:destroyed',
+      'undefined:removed',
+    ]);
+    await expect(conn.lookupDomain('outsider')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+    expect(runLeftovers(root)).toEqual([]);
+  });
+
+  it('a later driver reconnects to an attached QEMU, and follows its death', async () => {
+    const ext = await launchExternal(undefined);
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const dom = (await internal.attach({ pid: ext.pid, monitor: ext.monitor, name: 'named-here' })) as Domain;
+    const uuid = dom.uuid;
+    expect(uuid).not.toBe('00000000-0000-0000-0000-000000000000');
+    await conn.close();
+    expect(alive(ext.pid)).toBe(true);
+
+    conn = await openRoot(root);
+    const rec = recordEvents(conn);
+    const again = await conn.lookupDomain('named-here');
+    expect(again.uuid).toBe(uuid);
+    expect(await again.getInfo()).toMatchObject({
+      state: 'paused',
+      pid: ext.pid,
+      taints: ['external-launch'],
+    });
+    ext.child.kill('SIGKILL');
+    expect((await rec.next((e) => e.type === 'stopped')).reason).toBe('crashed');
+    await rec.next((e) => e.type === 'undefined');
+    expect(await conn.listDomains()).toEqual([]);
+    expect(runLeftovers(root)).toEqual([]);
+  });
+
+  it('accepts a monitor socket created by the launcher and passed to QEMU as a descriptor', async () => {
+    // As libvirt and virtkit launch QEMU: the listener is made by the launcher, so the peer
+    // credentials name the launcher; QEMU holding that very listening socket is what counts.
+    const monitor = join(root, 'passed.qmp');
+    const fd = listenUnixSocket(monitor);
+    const child = spawn(
+      QEMU,
+      [
+        '-S',
+        '-machine',
+        'pc,accel=tcg',
+        '-m',
+        '64',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-name',
+        'passed',
+      ].concat(['-chardev', 'socket,id=mon,fd=3,server=on', '-mon', 'chardev=mon,mode=control']),
+      { stdio: ['ignore', 'ignore', 'ignore', fd] },
+    );
+    qemus.push(child);
+    closeFd(fd);
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const dom = (await internal.attach({ pid: child.pid as number, monitor })) as Domain;
+    expect(await dom.getInfo()).toMatchObject({ pid: child.pid, vcpus: 1, taints: ['external-launch'] });
+  });
+
+  it('refuses, typed, a pid that is not a QEMU, a socket that is not its monitor, a taken name, bad input', async () => {
+    const a = await launchExternal('qa');
+    const b = await launchExternal('qb');
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const notQemu = await errorOf(internal.attach({ pid: process.pid, monitor: a.monitor }));
+    expect(notQemu).toMatchObject({ code: 'OPERATION_INVALID', details: { pid: process.pid } });
+    const wrongMonitor = await errorOf(internal.attach({ pid: a.pid, monitor: b.monitor }));
+    expect(wrongMonitor).toMatchObject({
+      code: 'OPERATION_INVALID',
+      details: { pid: a.pid, path: b.monitor },
+    });
+    expect(wrongMonitor.message).toMatch(/not the monitor/);
+    const noSocket = await errorOf(internal.attach({ pid: a.pid, monitor: join(root, 'nothing.qmp') }));
+    expect(noSocket.code).toBe('SYSTEM_ERROR');
+    for (const [options, field] of [
+      [{ pid: -1, monitor: a.monitor }, 'pid'],
+      [{ pid: a.pid, monitor: 'relative.qmp' }, 'monitor'],
+      [{ pid: a.pid, monitor: a.monitor, name: 'a/b' }, 'name'],
+      [{ pid: a.pid, monitor: a.monitor, extra: 1 }, ''],
+    ] as const) {
+      expect(await errorOf(internal.attach(options as never))).toMatchObject({
+        code: 'XML_ERROR',
+        details: { field },
+      });
+    }
+    // None of that adopted or harmed anything.
+    expect(await conn.listDomains()).toEqual([]);
+    expect(alive(a.pid) && alive(b.pid)).toBe(true);
+
+    await conn.defineDomain({ name: 'qa', type: 'qemu', memoryKiB: 65536 });
+    expect((await errorOf(internal.attach({ pid: a.pid, monitor: a.monitor }))).code).toBe('DOMAIN_EXISTS');
+    // The monitor was released: the same QEMU can still be attached under another name.
+    const dom = (await internal.attach({ pid: a.pid, monitor: a.monitor, name: 'qa2' })) as Domain;
+    expect((await dom.getInfo()).pid).toBe(a.pid);
+
+    await using testConn = await connect('test:///default');
+    const noSupport = await errorOf(
+      openInternal(testConn, { apiVersion: '1.0' }).attach({ pid: b.pid, monitor: b.monitor }),
+    );
+    expect(noSupport.code).toBe('NO_SUPPORT');
+  });
+});
