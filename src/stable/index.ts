@@ -42,6 +42,7 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export type { JobInfo, JobOperation, OperationOptions } from './jobs.js';
 export type {
   MigratePerformOptions,
   MigratePrepareOptions,
