@@ -284,6 +284,38 @@ describe('the virtkit command and a root held by an application', () => {
     ]);
   }, 180_000);
 
+  it('migrates a domain out of a held root and back into it, through its control socket', async () => {
+    const { root: held, run } = await setUp('an application holds the root');
+    const other = tempRoot();
+    roots.push(other);
+    const otherUri = `qemu:///embed?root=${encodeURIComponent(other)}`;
+    const heldUri = `qemu:///embed?root=${encodeURIComponent(held)}`;
+    const file = join(held, 'vm.xml');
+    writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    expect(run('start', 'clivm', '--paused').code).toBe(0);
+    const uuid = run('domuuid', 'clivm').out.trim();
+    const out = run('migrate', 'clivm', otherUri, '--verbose', '--json');
+    expect(out).toMatchObject({ code: 0, err: expect.stringMatching(/Migration: \[100 %\]\n$/) });
+    expect(json(out.out)).toEqual({ name: 'clivm', uuid, destination: otherUri });
+    expect(json(run('domstate', 'clivm', '--reason', '--json').out)).toEqual({
+      state: 'shutoff',
+      reason: 'migrated',
+    });
+    const there = json(virtkit(['dominfo', 'clivm', '--json', '-c', otherUri]).out) as {
+      state: string;
+      pid: number;
+    };
+    expect(there).toMatchObject({ state: 'paused' });
+    expect(alive(there.pid)).toBe(true);
+
+    // And back: the command holds the source now, the application the destination.
+    expect(virtkit(['migrate', uuid, heldUri, '-c', otherUri])).toEqual({ code: 0, out: '', err: '' });
+    expect(alive(there.pid)).toBe(false);
+    expect(json(run('dominfo', 'clivm', '--json').out)).toMatchObject({ state: 'paused', uuid });
+    expect(run('destroy', 'clivm').code).toBe(0);
+  }, 240_000);
+
   it('names the holder and how to enable the control socket when it serves none', async () => {
     const root = tempRoot();
     roots.push(root);
