@@ -8,7 +8,8 @@ import type { DomainSummaryJson } from '../stable/control/operations.js';
 import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
 import { type Endpoint, openEndpoint, resolveUri } from './endpoint.js';
-import { dominfoText, eventLine, listTable, stateName } from './format.js';
+import { dominfoText, eventLine, jobText, listTable, stateName } from './format.js';
+import { migrate, progressLine } from './migrate.js';
 import { qemuMonitorCommand } from './monitor.js';
 
 /** What the command writes to; a test (or another program) can capture it. */
@@ -200,6 +201,19 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     });
   }
 
+  domainCommand('domjobinfo', 'the job under way on a domain')
+    .option('--json', 'JSON: { operation, phase, startedAt, elapsedMs, progress, aborting }')
+    .action(async (domain: string, o: { json?: boolean }) => {
+      const job = await (await open()).call('domjobinfo', { domain });
+      print(job, () => jobText(job), !!o.json);
+    });
+
+  domainCommand('domjobabort', 'abort the job under way (it rolls back and fails with ABORTED)').action(
+    async (domain: string) => {
+      await (await open()).call('domjobabort', { domain });
+    },
+  );
+
   domainCommand('edit', 'edit the persistent XML with $EDITOR and define it again').action(
     async (domain: string) => {
       const ep = await open();
@@ -231,6 +245,46 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
         o: { hmp?: boolean; pretty?: boolean; returnValue?: boolean },
       ) => {
         io.out(await qemuMonitorCommand(await open(), domain, words, o));
+      },
+    );
+
+  program
+    .command('migrate')
+    .description(
+      'live-migrate a running or paused domain to another root (either may be held by an application)',
+    )
+    .argument('<domain>', 'domain name, id or uuid')
+    .argument('<desturi>', 'the destination: qemu:///embed?root=/other/root')
+    .option('--live', 'a live migration (the only kind there is)')
+    .option(
+      '--listen <address>',
+      'where the destination listens: tcp:HOST:PORT or unix:/path (default tcp:127.0.0.1:0)',
+    )
+    .option('--bandwidth <MiB/s>', 'bandwidth limit of the stream', positiveInt)
+    .option('--max-downtime <ms>', 'longest pause of the guest at the switch-over', positiveInt)
+    .option('--verbose', 'print the progress (always on a terminal)')
+    .option('--json', 'JSON: { name, uuid, destination } once migrated')
+    .action(
+      async (
+        domain: string,
+        desturi: string,
+        o: { listen?: string; bandwidth?: number; maxDowntime?: number; verbose?: boolean; json?: boolean },
+      ) => {
+        const source = await open();
+        const dest = await openEndpoint(desturi);
+        const tty = process.stderr.isTTY === true;
+        let last = '';
+        try {
+          const moved = await migrate(source, dest, domain, o, (p) => {
+            const line = progressLine(p);
+            if ((tty || o.verbose) && line !== last) io.err(tty ? `\r${line}` : `${line}\n`);
+            last = line;
+          });
+          if (tty && last) io.err('\n');
+          print({ ...moved, destination: desturi }, () => '', !!o.json);
+        } finally {
+          await dest.close();
+        }
       },
     );
 

@@ -10,6 +10,8 @@ export type DomainEventType =
   | 'suspended'
   | 'resumed'
   | 'stopped'
+  | 'device-added'
+  | 'device-removed'
   /** Something recorded about the domain cannot be read (reason `live-unreadable`); see the domain's log. */
   | 'definition-error';
 

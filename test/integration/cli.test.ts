@@ -284,6 +284,68 @@ describe('the virtkit command and a root held by an application', () => {
     ]);
   }, 180_000);
 
+  it('migrates a domain out of a held root and back into it, through its control socket', async () => {
+    const { root: held, run } = await setUp('an application holds the root');
+    const other = tempRoot();
+    roots.push(other);
+    const otherUri = `qemu:///embed?root=${encodeURIComponent(other)}`;
+    const heldUri = `qemu:///embed?root=${encodeURIComponent(held)}`;
+    const file = join(held, 'vm.xml');
+    writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    expect(run('start', 'clivm', '--paused').code).toBe(0);
+    const uuid = run('domuuid', 'clivm').out.trim();
+    const out = run('migrate', 'clivm', otherUri, '--verbose', '--json');
+    expect(out).toMatchObject({ code: 0, err: expect.stringMatching(/Migration: \[100 %\]\n$/) });
+    expect(json(out.out)).toEqual({ name: 'clivm', uuid, destination: otherUri });
+    expect(json(run('domstate', 'clivm', '--reason', '--json').out)).toEqual({
+      state: 'shutoff',
+      reason: 'migrated',
+    });
+    const there = json(virtkit(['dominfo', 'clivm', '--json', '-c', otherUri]).out) as {
+      state: string;
+      pid: number;
+    };
+    expect(there).toMatchObject({ state: 'paused' });
+    expect(alive(there.pid)).toBe(true);
+
+    // And back: the command holds the source now, the application the destination.
+    expect(virtkit(['migrate', uuid, heldUri, '-c', otherUri])).toEqual({ code: 0, out: '', err: '' });
+    expect(alive(there.pid)).toBe(false);
+    expect(json(run('dominfo', 'clivm', '--json').out)).toMatchObject({ state: 'paused', uuid });
+    expect(run('destroy', 'clivm').code).toBe(0);
+  }, 240_000);
+
+  it('shows the job another command runs on the held root, and aborts it', async () => {
+    const { root, run } = await setUp('an application holds the root');
+    const file = join(root, 'vm.xml');
+    writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    expect(run('start', 'clivm', '--paused').code).toBe(0);
+    expect(run('domjobinfo', 'clivm')).toEqual({ code: 0, out: 'Job type:         None\n\n', err: '' });
+    expect(json(run('domjobinfo', 'clivm', '--json').out)).toMatchObject({ operation: 'none', phase: null });
+    expect(run('domjobabort', 'clivm')).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+    });
+    // A paused guest never answers the power button: the shutdown job waits until it is aborted.
+    const shutdown = virtkitBackground(['shutdown', 'clivm', '--timeout', '600', '--root', root]);
+    let job: { operation?: string } = {};
+    for (let i = 0; i < 100 && job.operation !== 'shutdown'; i++) {
+      job = json(run('domjobinfo', 'clivm', '--json').out) as { operation: string };
+      if (job.operation !== 'shutdown') await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(run('domjobinfo', 'clivm').out).toMatch(
+      /^Job type: {9}Unbounded\nOperation: {8}shutdown\nPhase: {12}\S+\nTime elapsed: {5}\d+ ms\n/,
+    );
+    expect(run('domjobabort', 'clivm')).toEqual({ code: 0, out: '', err: '' });
+    expect(await shutdown.exited).toBe(1);
+    expect(shutdown.err()).toMatch(/^error: ABORTED: /);
+    expect(json(run('domjobinfo', 'clivm', '--json').out)).toMatchObject({ operation: 'none' });
+    expect(json(run('domstate', 'clivm', '--json').out)).toMatchObject({ state: 'paused' });
+    expect(run('destroy', 'clivm').code).toBe(0);
+  }, 240_000);
+
   it('names the holder and how to enable the control socket when it serves none', async () => {
     const root = tempRoot();
     roots.push(root);
