@@ -95,6 +95,7 @@ export async function startDomain(
     ensureNvram(firmware);
     const cmd = buildCommandLine(def, {
       firmware,
+      runDir: ctx.layout.run,
       monitorFd: FIRST_CHILD_FD,
       consolePath: paths.console,
       homeDir: ctx.layout.lib,
