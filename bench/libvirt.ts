@@ -61,8 +61,8 @@ export class LibvirtContender {
   }
 
   /** Starts the python driver process; with `countLog`, libvirt traces its monitor to that file. */
-  static async launch(accel: Accel, options: { countLog?: boolean; label?: string } = {}) {
-    const root = tempDir(options.label ?? 'libvirt');
+  static async launch(accel: Accel, options: { countLog?: boolean; label?: string; root?: string } = {}) {
+    const root = options.root ?? tempDir(options.label ?? 'libvirt');
     // libvirt creates its default partition /machine in every hierarchy and leaves it behind.
     registerCgroupParentIfNew('machine');
     // …and its per-host state (a token, the host-device manager) in /run/libvirt, even embedded.
@@ -133,6 +133,22 @@ export class LibvirtContender {
 
   scale(n: number): Promise<LibvirtScale> {
     return this.#call<LibvirtScale>({ cmd: 'scale', n });
+  }
+
+  /** Defines `n` more domains and starts them paused, all at once. */
+  startPaused(n: number): Promise<{ ms: number }> {
+    return this.#call<{ ms: number }>({ cmd: 'start-paused', n });
+  }
+
+  /** Ends the process at once, leaving its QEMUs running, as a killed manager would. */
+  async leave(): Promise<void> {
+    await this.#call<{ left: boolean }>({ cmd: 'leave' });
+    await this.#exited;
+  }
+
+  /** Resumes, then destroys, the `n` running domains this process's open() adopted. */
+  adopt(n: number): Promise<{ listMs: number; resumeMs: number; adopted: number }> {
+    return this.#call({ cmd: 'adopt', n });
   }
 
   /** Destroys and undefines every domain, closes the connection, ends the process. */

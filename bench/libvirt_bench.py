@@ -10,6 +10,12 @@ calls.
 Commands: {"cmd": "start"} / {"cmd": "destroy"} -> {"ms": ...}
           {"cmd": "count"}   -> {"ms": ..., "qmp": N, "commands": {name: n}} (needs --count-log)
           {"cmd": "scale", "n": 32} -> {"startMs", "destroyMs", "peakRssKiB", "baseRssKiB"}
+          {"cmd": "start-paused", "n": 100} -> {"ms"}: n more domains defined and started paused
+          {"cmd": "leave"}   -> {"left": true}, then exits at once, leaving every QEMU running
+                                (as a killed manager would): the next process on the root adopts them
+          {"cmd": "adopt", "n": 100} -> {"listMs", "resumeMs", "adopted"}: the active domains this
+                                process's open() found, each resumed (which waits for libvirt's
+                                reconnect of it), then all destroyed
           {"cmd": "quit"}
 Errors are answered as {"error": "..."}. On EOF or SIGTERM every domain is destroyed and undefined.
 """
@@ -88,7 +94,11 @@ domains = {}
 
 def get_domain(name):
     if name not in domains:
-        domains[name] = conn.defineXML(domain_xml(name))
+        try:
+            # Defined by an earlier process on this root (the reconnect measure).
+            domains[name] = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            domains[name] = conn.defineXML(domain_xml(name))
     return domains[name]
 
 
@@ -134,6 +144,30 @@ def timed(fn):
     t = time.perf_counter()
     fn()
     return (time.perf_counter() - t) * 1000
+
+
+def start_paused(n):
+    doms = [get_domain(f"{opts.prefix}-lvrc-{i}") for i in range(n)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(n, 32)) as pool:
+        t = time.perf_counter()
+        list(pool.map(lambda d: d.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED), doms))
+        return {"ms": (time.perf_counter() - t) * 1000}
+
+
+def adopt(n):
+    t = time.perf_counter()
+    active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    list_ms = (time.perf_counter() - t) * 1000
+    for d in active:
+        domains[d.name()] = d
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(max(len(active), 1), 32)) as pool:
+        t = time.perf_counter()
+        list(pool.map(lambda d: d.resume(), active))
+        resume_ms = (time.perf_counter() - t) * 1000
+        list(pool.map(lambda d: d.destroy(), active))
+    if len(active) != n:
+        raise RuntimeError(f"libvirt adopted {len(active)} of {n} domains")
+    return {"listMs": list_ms, "resumeMs": resume_ms, "adopted": len(active)}
 
 
 def count_start():
@@ -185,6 +219,13 @@ for line in sys.stdin:
             reply(count_start())
         elif cmd == "scale":
             reply(scale(int(req.get("n", 32))))
+        elif cmd == "start-paused":
+            reply(start_paused(int(req.get("n", 100))))
+        elif cmd == "adopt":
+            reply(adopt(int(req.get("n", 100))))
+        elif cmd == "leave":
+            reply({"left": True})
+            os._exit(0)
         elif cmd == "quit":
             break
         else:

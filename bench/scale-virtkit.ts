@@ -5,8 +5,9 @@
  * line, one JSON answer per stdout line.
  *
  * Commands: {"cmd": "scale", "paused"?: bool} -> ScaleResult
- *           {"cmd": "reconnect", "n": 100}     -> { n, connectMs, adopted }: n domains started
- *             paused, the connection closed (QEMU lives on), a new connect() timed, all destroyed
+ *           {"cmd": "reconnect", "n": 100}     -> { n, connectMs, resumeMs, adopted }: n domains
+ *             started paused, the connection closed (QEMU lives on), a new connect() timed, every
+ *             adopted domain resumed (timed), all destroyed
  *           {"cmd": "list", "n": 1000, "running": k, "reps": 5} -> { n, running, ms: number[] }:
  *             listDomains() + getInfo() of every domain, n defined, k of them running (paused)
  *           {"cmd": "quit"}
@@ -15,7 +16,7 @@
 
 import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { type Connection, connect, type Domain } from '../src/stable/index.js';
+import { type Connection, connect, type Domain } from '../src/index.js';
 import { type Accel, MARKER, msSince, resetHwm, vmHwmKiB, vmRssKiB } from './common.js';
 import { LoopDelay } from './scale-common.js';
 import { benchDomain } from './virtkit.js';
@@ -87,9 +88,12 @@ async function reconnect(n: number) {
   const connectMs = msSince(t0);
   extra.set(uri, after);
   const active = await after.listDomains({ state: 'active' });
+  const t1 = process.hrtime.bigint();
+  await Promise.all(active.map((d) => d.resume()));
+  const resumeMs = msSince(t1);
   await Promise.all(active.map((d) => d.destroy()));
   if (active.length !== n) throw new Error(`reconnect adopted ${active.length} of ${n} domains`);
-  return { n, connectMs, adopted: active.length };
+  return { n, connectMs, resumeMs, adopted: active.length };
 }
 
 async function list(n: number, running: number, reps: number) {

@@ -6,15 +6,25 @@
  * Run: npm run bench:scale
  * Knobs (env): BENCH_SCALE_N (32), BENCH_SCALE_ROUNDS (3), BENCH_SCALE_PAUSED (1: start paused),
  *              BENCH_RECONNECT_N (100), BENCH_LIST_N (1000), BENCH_LIST_RUNNING (100),
- *              BENCH_SCALE_ONLY (comma list of burst,reconnect,list), BENCH_ACCEL (kvm|tcg).
+ *              BENCH_SCALE_ONLY (comma list of burst,reconnect,list), BENCH_ACCEL (kvm|tcg),
+ *              BENCH_SCALE_LIBVIRT (0: no libvirt beside virtkit in the reconnect measure).
  * The machine is shared: the load average is recorded with every round, and ratios are taken
  * between the two sides of one round (they ran back to back).
  */
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanupAll, machineDescription, markedProcesses, qemuVersion, summarize } from './common.js';
+import {
+  type Accel,
+  cleanupAll,
+  machineDescription,
+  markedProcesses,
+  qemuVersion,
+  summarize,
+  tempDir,
+} from './common.js';
 import { probeKvm } from './kvm-probe.js';
+import { LibvirtContender } from './libvirt.js';
 import { ScaleHost, type ScaleResult } from './scale-common.js';
 
 const N = Number(process.env['BENCH_SCALE_N'] ?? 32);
@@ -31,6 +41,28 @@ const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 
 const f1 = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(1));
 const f2 = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(2));
 const med = (xs: number[]) => summarize(xs).median;
+
+interface LvAdopt {
+  openMs: number;
+  resumeMs: number;
+}
+
+/**
+ * libvirt's side of the reconnect: one python process starts `n` domains paused and ends without
+ * clean-up; a second one opens the same root (timed by libvirt_bench.py) and resumes them all.
+ */
+async function libvirtAdopt(accel: Accel, root: string, n: number): Promise<LvAdopt> {
+  const before = await LibvirtContender.launch(accel, { label: 'lv-rc', root });
+  await before.startPaused(n);
+  await before.leave();
+  const after = await LibvirtContender.launch(accel, { label: 'lv-rc', root });
+  try {
+    const x = await after.adopt(n);
+    return { openMs: after.openMs, resumeMs: x.resumeMs };
+  } finally {
+    await after.quit();
+  }
+}
 
 interface Round {
   raw: ScaleResult;
@@ -120,19 +152,50 @@ async function main(): Promise<void> {
   if (ONLY.has('reconnect') || ONLY.has('list')) {
     const vk = await ScaleHost.virtkit(0, probe.accel);
     if (ONLY.has('reconnect')) {
-      const rs: Array<{ connectMs: number; load: string }> = [];
+      const withLibvirt = process.env['BENCH_SCALE_LIBVIRT'] !== '0';
+      const lvRoot = withLibvirt ? tempDir('lv-rc') : '';
+      const rs: Array<{ vk?: { connectMs: number; resumeMs: number }; lv?: LvAdopt; load: string }> = [];
       for (let r = 0; r < ROUNDS; r++) {
-        const x = await vk.request<{ connectMs: number }>({ cmd: 'reconnect', n: RECONNECT_N });
-        rs.push({ connectMs: x.connectMs, load: loadavg() });
+        const round: (typeof rs)[number] = { load: '' };
+        const sides = withLibvirt ? (r % 2 === 0 ? ['vk', 'lv'] : ['lv', 'vk']) : ['vk'];
+        for (const side of sides) {
+          if (side === 'vk') round.vk = await vk.request({ cmd: 'reconnect', n: RECONNECT_N });
+          else round.lv = await libvirtAdopt(probe.accel, lvRoot, RECONNECT_N);
+        }
+        round.load = loadavg();
+        rs.push(round);
         log(
-          `reconnect round ${r + 1}/${ROUNDS}: ${f1(x.connectMs)} ms for ${RECONNECT_N}; load ${loadavg()}`,
+          `reconnect round ${r + 1}/${ROUNDS}: virtkit connect ${f1(round.vk?.connectMs)} ms (+ resume all ${f1(round.vk?.resumeMs)}), ` +
+            `libvirt open ${f1(round.lv?.openMs)} ms (+ resume all ${f1(round.lv?.resumeMs)}); load ${round.load}`,
         );
       }
-      const ms = med(rs.map((r) => r.connectMs));
-      json['reconnect'] = { n: RECONNECT_N, rounds: rs, medianMs: ms };
-      md.push(`## connect() adopting ${RECONNECT_N} running (paused) domains`, '');
+      const vkConnect = med(rs.map((r) => r.vk?.connectMs ?? Number.NaN));
+      const vkResume = med(rs.map((r) => r.vk?.resumeMs ?? Number.NaN));
+      const lvOpen = med(rs.map((r) => r.lv?.openMs ?? Number.NaN));
+      const lvResume = med(rs.map((r) => r.lv?.resumeMs ?? Number.NaN));
+      json['reconnect'] = {
+        n: RECONNECT_N,
+        rounds: rs,
+        virtkit: { connectMs: vkConnect, resumeMs: vkResume },
+      };
+      if (withLibvirt)
+        json['reconnect'] = {
+          ...(json['reconnect'] as object),
+          libvirt: { openMs: lvOpen, resumeMs: lvResume },
+        };
+      md.push(`## A new connection adopting ${RECONNECT_N} running (paused) domains`, '');
       md.push(
-        `virtkit: **${f1(ms)} ms** (${f2(ms / RECONNECT_N)} ms a domain; median of ${ROUNDS}; every pid, start time and executable verified). Load: ${rs.map((r) => r.load).join('; ')}.`,
+        '| driver | open / connect() (ms) | then resume every domain (ms) | total (ms) | per domain (ms) |',
+        '|---|---:|---:|---:|---:|',
+        `| virtkit (pid, start time and executable verified) | ${f1(vkConnect)} | ${f1(vkResume)} | ${f1(vkConnect + vkResume)} | ${f2((vkConnect + vkResume) / RECONNECT_N)} |`,
+      );
+      if (withLibvirt)
+        md.push(
+          `| libvirt (its manager process ended without clean-up; a new one opens the root) | ${f1(lvOpen)} | ${f1(lvResume)} | ${f1(lvOpen + lvResume)} | ${f2((lvOpen + lvResume) / RECONNECT_N)} |`,
+        );
+      md.push(
+        '',
+        `virtkit's connect() returns with every domain adopted (monitor connected, state queried); libvirt's open() returns before its reconnect threads finish, so a resume of every domain, which waits for them, is timed after both. Median of ${ROUNDS}; load per round: ${rs.map((r) => r.load).join('; ')}.`,
         '',
       );
     }

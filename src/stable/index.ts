@@ -1,8 +1,5 @@
-/**
- * virtkit: virtualization management for Node.js, with an embedded QEMU driver.
- *
- * @packageDocumentation
- */
+// The exports of the stable API. The package entry is src/index.ts, which also registers the
+// built-in drivers with connect (this layer never imports a driver).
 
 export { ErrorCode, VirtError, type VirtErrorDetails } from '../errors.js';
 export type {
@@ -45,6 +42,7 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export type { JobInfo, JobOperation, OperationOptions } from './jobs.js';
 export type {
   MigratePerformOptions,
   MigratePrepareOptions,
