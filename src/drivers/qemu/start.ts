@@ -22,7 +22,7 @@ import {
   raiseMemLock,
   releaseThreads,
 } from './privileged/phases.js';
-import { FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
+import { execSlot, FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { type ThreadIds, writeStatus } from './status.js';
@@ -289,6 +289,15 @@ async function recordStarting(s: Startup): Promise<void> {
 
 async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
   const launch = s.launch as Launch;
+  const release = await execSlot(launch.exited);
+  try {
+    return await greet(s, launch, domain);
+  } finally {
+    release();
+  }
+}
+
+async function greet(s: Startup, launch: Launch, domain: TracedDomain): Promise<QmpClient> {
   const abort = new AbortController();
   // Connect before the go-ahead: the connection waits in the socket's backlog, and the greeting
   // arrives the moment QEMU's main loop runs.
