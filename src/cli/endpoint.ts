@@ -24,7 +24,11 @@ export interface Endpoint {
   readonly mode: 'local' | 'control-socket';
   /** The connection, when the command holds the root itself. */
   readonly connection: Connection | undefined;
-  call<K extends OperationName>(op: K, args: OperationArgs<K>): Promise<OperationResult<K>>;
+  call<K extends OperationName>(
+    op: K,
+    args: OperationArgs<K>,
+    onProgress?: (progress: unknown) => void,
+  ): Promise<OperationResult<K>>;
   /** Delivers domain events (of one domain, when given) until the endpoint closes. */
   subscribe(domain: string | undefined, onEvent: (event: DomainEvent) => void): Promise<void>;
   close(): Promise<void>;
@@ -74,9 +78,9 @@ function localEndpoint(conn: Connection): Endpoint {
   return {
     mode: 'local',
     connection: conn,
-    call: async (op, args) => {
+    call: async (op, args, onProgress) => {
       // Through JSON, as the control socket sends it: the same shapes either way.
-      const result = await runOperation(conn, op, args, ctx);
+      const result = await runOperation(conn, op, args, ctx, { notify: onProgress });
       return JSON.parse(JSON.stringify(result)) as never;
     },
     subscribe: async (domain, onEvent) => {
@@ -93,7 +97,7 @@ function remoteEndpoint(client: ControlClient): Endpoint {
   return {
     mode: 'control-socket',
     connection: undefined,
-    call: (op, args) => client.call(op, args),
+    call: (op, args, onProgress) => client.call(op, args, onProgress),
     subscribe: (domain, onEvent) => client.subscribe(domain, onEvent),
     close: async () => client.close(),
   };

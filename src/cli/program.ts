@@ -9,6 +9,8 @@ import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
 import { type Endpoint, openEndpoint, resolveUri } from './endpoint.js';
 import { dominfoText, eventLine, listTable, stateName } from './format.js';
+import { migrate, progressLine } from './migrate.js';
+import { qemuMonitorCommand } from './monitor.js';
 
 /** What the command writes to; a test (or another program) can capture it. */
 export interface Io {
@@ -212,6 +214,66 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       io.out(`Domain '${done.name}' XML configuration edited.\n\n`);
     },
   );
+
+  program
+    .command('qemu-monitor-command')
+    .description(
+      'send a QMP command (or, with --hmp, a monitor command line) to QEMU; taints the domain custom-monitor',
+    )
+    .argument('<domain>', 'domain name, id or uuid')
+    .argument('<command...>', 'the QMP command as JSON, or the HMP command line')
+    .option('--hmp', 'an HMP command line, sent with human-monitor-command')
+    .option('--pretty', 'indent the reply')
+    .option('--return-value', 'print only the value QEMU returned')
+    .action(
+      async (
+        domain: string,
+        words: string[],
+        o: { hmp?: boolean; pretty?: boolean; returnValue?: boolean },
+      ) => {
+        io.out(await qemuMonitorCommand(await open(), domain, words, o));
+      },
+    );
+
+  program
+    .command('migrate')
+    .description(
+      'live-migrate a running or paused domain to another root (either may be held by an application)',
+    )
+    .argument('<domain>', 'domain name, id or uuid')
+    .argument('<desturi>', 'the destination: qemu:///embed?root=/other/root')
+    .option('--live', 'a live migration (the only kind there is)')
+    .option(
+      '--listen <address>',
+      'where the destination listens: tcp:HOST:PORT or unix:/path (default tcp:127.0.0.1:0)',
+    )
+    .option('--bandwidth <MiB/s>', 'bandwidth limit of the stream', positiveInt)
+    .option('--max-downtime <ms>', 'longest pause of the guest at the switch-over', positiveInt)
+    .option('--verbose', 'print the progress (always on a terminal)')
+    .option('--json', 'JSON: { name, uuid, destination } once migrated')
+    .action(
+      async (
+        domain: string,
+        desturi: string,
+        o: { listen?: string; bandwidth?: number; maxDowntime?: number; verbose?: boolean; json?: boolean },
+      ) => {
+        const source = await open();
+        const dest = await openEndpoint(desturi);
+        const tty = process.stderr.isTTY === true;
+        let last = '';
+        try {
+          const moved = await migrate(source, dest, domain, o, (p) => {
+            const line = progressLine(p);
+            if ((tty || o.verbose) && line !== last) io.err(tty ? `\r${line}` : `${line}\n`);
+            last = line;
+          });
+          if (tty && last) io.err('\n');
+          print({ ...moved, destination: desturi }, () => '', !!o.json);
+        } finally {
+          await dest.close();
+        }
+      },
+    );
 
   program
     .command('capabilities')

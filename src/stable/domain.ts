@@ -3,6 +3,7 @@ import type { DomainDefinition } from './definition/schema.js';
 import { formatDomainXml } from './definition/xml.js';
 import type { DestroyOptions, Driver, ShutdownOptions, StartOptions } from './driver.js';
 import type { DomainInfo } from './events.js';
+import type { JobInfo, OperationOptions } from './jobs.js';
 import type {
   MigratePerformOptions,
   MigratePrepareOptions,
@@ -25,7 +26,10 @@ export interface MigrationDestination {
 
 /**
  * A handle on a defined domain. It names the domain by uuid; every method asks the driver, so a
- * handle never holds stale state. Operations on one domain are serialised by the driver.
+ * handle never holds stale state. Operations that change a domain run as its job, one at a time
+ * (the others wait their turn); queries ({@link Domain.getInfo}, {@link Domain.toXML},
+ * {@link Domain.getJobInfo}) never wait for a job, and {@link Domain.destroy} never waits either:
+ * it ends the job under way, which rolls back.
  *
  * @public
  */
@@ -49,13 +53,13 @@ export class Domain {
   }
 
   /** Pauses every vCPU of a running domain. */
-  async suspend(): Promise<void> {
-    return this.#driver.suspend(this.uuid);
+  async suspend(options: OperationOptions = {}): Promise<void> {
+    return this.#driver.suspend(this.uuid, options);
   }
 
   /** Resumes a paused domain. */
-  async resume(): Promise<void> {
-    return this.#driver.resume(this.uuid);
+  async resume(options: OperationOptions = {}): Promise<void> {
+    return this.#driver.resume(this.uuid, options);
   }
 
   /** Asks the guest to power off (ACPI) and waits until QEMU has exited. */
@@ -69,8 +73,21 @@ export class Domain {
   }
 
   /** Removes the persistent definition of an inactive domain. */
-  async undefine(): Promise<void> {
-    return this.#driver.undefineDomain(this.uuid);
+  async undefine(options: OperationOptions = {}): Promise<void> {
+    return this.#driver.undefineDomain(this.uuid, options);
+  }
+
+  /** The job under way (operation, phase, elapsed time, progress), or `operation: 'none'`. */
+  async getJobInfo(): Promise<JobInfo> {
+    return this.#driver.getJobInfo(this.uuid);
+  }
+
+  /**
+   * Aborts the job under way: it rolls back and fails with `ABORTED`. Resolves once the abort is
+   * requested, not when the rollback is done. `OPERATION_INVALID` when no job runs.
+   */
+  async abortJob(): Promise<void> {
+    this.#driver.abortJob(this.uuid);
   }
 
   /** State, reason, ids, size, CPU time and taints. */

@@ -1,6 +1,7 @@
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinition } from './definition/schema.js';
 import type { DomainEvent, DomainInfo } from './events.js';
+import type { JobInfo, OperationOptions } from './jobs.js';
 import type {
   MigratePerformOptions,
   MigratePrepareOptions,
@@ -36,13 +37,13 @@ export interface DomainRef {
 }
 
 /** Options of `Domain.start`. @public */
-export interface StartOptions {
+export interface StartOptions extends OperationOptions {
   /** Leave the vCPUs paused after start-up (libvirt's `VIR_DOMAIN_START_PAUSED`). */
   readonly paused?: boolean;
 }
 
 /** Options of `Domain.shutdown`. @public */
-export interface ShutdownOptions {
+export interface ShutdownOptions extends OperationOptions {
   /** How long to wait for the guest to power off; default 60 000 ms. */
   readonly timeoutMs?: number;
   /** When the guest does not power off in time, destroy it instead of failing with OPERATION_TIMEOUT. */
@@ -86,7 +87,7 @@ export interface Driver {
   /** Writes a resolved definition persistently (a new domain or an update of one). */
   defineDomain(def: DomainDefinition): Promise<DomainRef>;
   /** Removes the persistent definition of an inactive domain. */
-  undefineDomain(uuid: string): Promise<void>;
+  undefineDomain(uuid: string, options?: OperationOptions): Promise<void>;
   /** The domain with that name or uuid, if one is defined. */
   findDomain(nameOrUuid: string): DomainRef | undefined;
   /** Every defined domain, sorted by name. */
@@ -98,13 +99,17 @@ export interface Driver {
   /** Starts a domain. */
   start(uuid: string, options: StartOptions): Promise<void>;
   /** Pauses every vCPU of a running domain. */
-  suspend(uuid: string): Promise<void>;
+  suspend(uuid: string, options?: OperationOptions): Promise<void>;
   /** Resumes a paused domain. */
-  resume(uuid: string): Promise<void>;
+  resume(uuid: string, options?: OperationOptions): Promise<void>;
   /** Asks the guest to power off. */
   shutdown(uuid: string, options: ShutdownOptions): Promise<void>;
   /** Stops the domain's QEMU process at once. */
   destroy(uuid: string, options: DestroyOptions): Promise<void>;
+  /** The job under way on the domain; never waits for it. */
+  getJobInfo(uuid: string): JobInfo;
+  /** Aborts the job under way (it rolls back and fails with ABORTED); OPERATION_INVALID without one. */
+  abortJob(uuid: string): void;
   /** Calls `listener` with every domain event; returns the unsubscribe function. */
   subscribe(listener: (event: DomainEvent) => void): () => void;
   /** Releases the driver (its root lock, QMP connections); running domains keep running. */

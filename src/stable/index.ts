@@ -45,6 +45,7 @@ export type {
   DomainState,
   StoppedReason,
 } from './events.js';
+export type { JobInfo, JobOperation, OperationOptions } from './jobs.js';
 export type {
   MigratePerformOptions,
   MigratePrepareOptions,

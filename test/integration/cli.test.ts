@@ -204,6 +204,36 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       });
     }, 120_000);
 
+    it('passes a QMP or HMP command to QEMU, tainting the domain, only when it holds the root itself', async () => {
+      const { root, run } = await setUp(mode);
+      const file = join(root, 'vm.xml');
+      writeFileSync(file, XML);
+      expect(run('define', file).code).toBe(0);
+      expect(run('start', 'clivm', '--paused').code).toBe(0);
+      const qmp = run('qemu-monitor-command', 'clivm', '--pretty', '{"execute":"query-name"}');
+      const hmp = run('qemu-monitor-command', 'clivm', '--hmp', 'info', 'name');
+      if (mode === 'an application holds the root') {
+        for (const r of [qmp, hmp])
+          expect(r).toMatchObject({
+            code: 1,
+            err: expect.stringMatching(/^error: ACCESS_DENIED: .*virtkit\/internal/),
+          });
+        expect(json(run('dominfo', 'clivm', '--json').out)).toMatchObject({ taints: [] });
+      } else {
+        expect(qmp).toEqual({ code: 0, out: '{\n  "return": {\n    "name": "clivm"\n  }\n}\n', err: '' });
+        expect(hmp).toMatchObject({ code: 0, out: expect.stringMatching(/^clivm\r?\n/) });
+        expect(
+          run('qemu-monitor-command', 'clivm', '--return-value', '{"execute":"query-status"}').out,
+        ).toMatch(/"running":false/);
+        expect(run('qemu-monitor-command', 'clivm', '{"execute":"no-such-command"}')).toMatchObject({
+          code: 1,
+          err: expect.stringMatching(/^error: OPERATION_FAILED: /),
+        });
+        expect(json(run('dominfo', 'clivm', '--json').out)).toMatchObject({ taints: ['custom-monitor'] });
+      }
+      expect(run('destroy', 'clivm').code).toBe(0);
+    }, 180_000);
+
     it('prints the capabilities and domain capabilities as libvirt XML and as JSON', async () => {
       const { run } = await setUp(mode);
       expect(run('capabilities').out).toMatch(/^<capabilities>\n/);
@@ -253,6 +283,38 @@ describe('the virtkit command and a root held by an application', () => {
       'stopped:destroyed',
     ]);
   }, 180_000);
+
+  it('migrates a domain out of a held root and back into it, through its control socket', async () => {
+    const { root: held, run } = await setUp('an application holds the root');
+    const other = tempRoot();
+    roots.push(other);
+    const otherUri = `qemu:///embed?root=${encodeURIComponent(other)}`;
+    const heldUri = `qemu:///embed?root=${encodeURIComponent(held)}`;
+    const file = join(held, 'vm.xml');
+    writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    expect(run('start', 'clivm', '--paused').code).toBe(0);
+    const uuid = run('domuuid', 'clivm').out.trim();
+    const out = run('migrate', 'clivm', otherUri, '--verbose', '--json');
+    expect(out).toMatchObject({ code: 0, err: expect.stringMatching(/Migration: \[100 %\]\n$/) });
+    expect(json(out.out)).toEqual({ name: 'clivm', uuid, destination: otherUri });
+    expect(json(run('domstate', 'clivm', '--reason', '--json').out)).toEqual({
+      state: 'shutoff',
+      reason: 'migrated',
+    });
+    const there = json(virtkit(['dominfo', 'clivm', '--json', '-c', otherUri]).out) as {
+      state: string;
+      pid: number;
+    };
+    expect(there).toMatchObject({ state: 'paused' });
+    expect(alive(there.pid)).toBe(true);
+
+    // And back: the command holds the source now, the application the destination.
+    expect(virtkit(['migrate', uuid, heldUri, '-c', otherUri])).toEqual({ code: 0, out: '', err: '' });
+    expect(alive(there.pid)).toBe(false);
+    expect(json(run('dominfo', 'clivm', '--json').out)).toMatchObject({ state: 'paused', uuid });
+    expect(run('destroy', 'clivm').code).toBe(0);
+  }, 240_000);
 
   it('names the holder and how to enable the control socket when it serves none', async () => {
     const root = tempRoot();

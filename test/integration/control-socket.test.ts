@@ -196,6 +196,19 @@ describe('the control socket', () => {
     expect(await c.request(11, 'events', { domain: 1 })).toMatchObject({
       error: { code: 'OPERATION_INVALID' },
     });
+    expect(
+      await c.request(13, 'migratePerform', {
+        domain: 'x',
+        uri: 'tcp:1:1',
+        cookie: { version: 2, uuid: 'x', uri: '' },
+      }),
+    ).toMatchObject({ error: { code: 'OPERATION_INVALID', details: { path: 'cookie.version' } } });
+    expect(await c.request(14, 'migratePrepare', { offer: {}, listen: 'tcp:127.0.0.1:0' })).toMatchObject({
+      error: { code: 'XML_ERROR' },
+    });
+    expect(await c.request(15, 'migrateFinish', { uuid: 'nope' })).toMatchObject({
+      error: { code: 'NO_DOMAIN' },
+    });
     expect(await c.request(12, 'version')).toMatchObject({ ok: true });
     expect(c.closed).toBe(false);
   });

@@ -67,11 +67,11 @@ function counts(path: string): number[] {
   return [...readFileSync(path, 'utf8').matchAll(/VIRTKIT-COUNT (\d+)/g)].map((m) => Number(m[1]));
 }
 
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 120_000): Promise<T> {
+async function until<T>(what: string, probe: () => T | undefined | null, timeoutMs = 120_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = probe();
-    if (value !== undefined && value !== false) return value;
+    if (value !== undefined && value !== null && value !== false) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -479,7 +479,7 @@ describe('what is refused before anything starts', () => {
 });
 
 describe('a paused domain', () => {
-  it('migrates paused and stays paused at the destination', async () => {
+  it('migrates paused, stays paused at the destination, and migrates back', async () => {
     const dom = await src.defineDomain(pausedOnly('mig-paused'));
     await dom.start({ paused: true });
     const moved = await dom.migrateTo(dst, { listen: `unix:${join(rootB, 'lib', 'in.sock')}` });
@@ -488,6 +488,12 @@ describe('a paused domain', () => {
     expect(info).toMatchObject({ state: 'paused', reason: 'migrated' });
     expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
     expect(existsSync(join(rootB, 'lib', 'in.sock'))).toBe(false);
+    // And back to where its (typed) definition is still defined: the offer's XML spelling of the
+    // same definition is the same guest.
+    const back = await moved.migrateTo(src);
+    expect(back.uuid).toBe(dom.uuid);
+    expect(await back.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
+    expect(await dst.listDomains({ state: 'active' })).toEqual([]);
   });
 });
 
@@ -536,6 +542,64 @@ describe('source and destination in two processes', () => {
       await killChild(child);
       // So that afterEach destroys what the child left running, whatever failed.
       if (src.closed) src = await openRoot(rootA);
+    }
+  });
+});
+
+describe('the destination in a process of its own', () => {
+  it('its manager SIGKILLed mid-stream: a new manager adopts the destination QEMU, the application rolls back, nothing is orphaned', async () => {
+    await dst.close();
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(import.meta.dirname, '../fixtures/migration-destination.ts'), rootB],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    try {
+      const dom = await countingGuest('mig-dstproc', 2);
+      const srcPid = (await dom.getInfo()).pid as number;
+      child.stdin?.write(`OFFER ${JSON.stringify(await dom.migrateBegin())}\n`);
+      const line = await until(`the child's prepare (stderr: ${err})`, () =>
+        /^INCOMING (\S+) (.*)$/m.exec(out),
+      );
+      let streaming!: () => void;
+      const moving = new Promise<void>((r) => (streaming = r));
+      const perform = dom
+        .migratePerform(line[1] as string, {
+          cookie: JSON.parse(line[2] as string),
+          bandwidthMiBps: 1,
+          onProgress: (p) => p.dataProcessed > 0 && streaming(),
+        })
+        .then(
+          () => 'completed',
+          (e: unknown) => e,
+        );
+      await Promise.race([moving, perform]);
+      const [dstPid] = processesMentioning(dom.uuid).filter((p) => p !== srcPid);
+      await killChild(child);
+
+      // A new manager of the destination's root adopts its QEMU: not orphaned, never resumed.
+      dst = await openRoot(rootB);
+      const there = await dst.lookupDomain('mig-dstproc');
+      const info = await there.getInfo();
+      expect(info.pid).toBe(dstPid);
+      expect(info.state).toBe('paused');
+      // The application gives the migration up on both sides.
+      await there.destroy({ graceMs: 1000 });
+      const outcome = await perform;
+      expect(outcome === 'completed' || outcome instanceof VirtError).toBe(true);
+      await dom.migrateConfirm({ cancelled: true });
+      expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+      const now = counts(consoleOf(dom)).at(-1) as number;
+      await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
+      expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
+      expect(runLeftovers(rootB)).toEqual([]);
+    } finally {
+      await killChild(child);
+      if (dst.closed) dst = await openRoot(rootB);
     }
   });
 });

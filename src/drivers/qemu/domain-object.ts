@@ -1,6 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { DomainState } from '../../stable/events.js';
+import { JobSlot } from '../jobs.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient } from './qmp/client.js';
 import type { DomainPaths } from './root.js';
@@ -30,8 +31,8 @@ export interface Runtime {
   placements: Placement[];
   /** `cgroup.placeThreads` was invoked: release even when it failed before reporting placements. */
   placementAttempted: boolean;
-  /** Aborted by a destroy during start-up: ends any handler the start sequence is waiting for. */
-  readonly cancel: AbortController;
+  /** The signal of the job that owns the runtime (the start's while it runs): ends any handler it waits for. */
+  cancel: AbortController;
   /** How QEMU ended, once it has: lets the start sequence see a death that no QMP call noticed. */
   exitInfo?: ExitInfo;
   /** True once start-up completed; until then the start sequence owns clean-up. */
@@ -51,7 +52,8 @@ export class DomainObject {
   state: DomainState = 'shutoff';
   reason = 'unknown';
   run: Runtime | undefined;
-  #tail: Promise<unknown> = Promise.resolve();
+  /** The modifying job under way and those waiting for it. */
+  readonly jobs = new JobSlot();
 
   constructor(def: DomainDefinition) {
     this.def = def;
@@ -59,15 +61,5 @@ export class DomainObject {
 
   get active(): boolean {
     return this.run !== undefined;
-  }
-
-  /**
-   * Runs `fn` once every operation queued before it has finished: operations on one domain are
-   * serialised, never interleaved. A failed operation does not block the ones after it.
-   */
-  job<T>(fn: () => Promise<T>): Promise<T> {
-    const result = this.#tail.then(fn, fn);
-    this.#tail = result.catch(() => undefined);
-    return result;
   }
 }

@@ -22,6 +22,7 @@ import type {
   StartOptions,
 } from '../../stable/driver.js';
 import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
+import type { JobInfo, JobOperation, OperationOptions } from '../../stable/jobs.js';
 import type {
   MigratePerformOptions,
   MigratePrepareOptions,
@@ -31,6 +32,7 @@ import type {
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
+import { type Job, NO_JOB } from '../jobs.js';
 import {
   checkRequest,
   connectMonitor,
@@ -54,6 +56,7 @@ import { parseMigrationUri } from './migration/uri.js';
 import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
+import { recordJob } from './runtime-status.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
 import { writeStatus } from './status.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
@@ -185,12 +188,17 @@ export class QemuDriver implements Driver, DriverContext {
 
   /** Removes a transient domain once it has stopped. */
   async #forget(dom: DomainObject): Promise<void> {
-    await dom.job(async () => {
-      if (dom.active || this.#domains.find(dom.def.uuid) !== dom) return;
-      removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
-      this.#domains.delete(dom.def.uuid);
-      this.emit(dom, 'undefined', 'removed');
-    });
+    await dom.jobs.run(
+      'undefine',
+      () => identOf(dom),
+      undefined,
+      async () => {
+        if (dom.active || this.#domains.find(dom.def.uuid) !== dom) return;
+        removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
+        this.#domains.delete(dom.def.uuid);
+        this.emit(dom, 'undefined', 'removed');
+      },
+    );
   }
 
   /**
@@ -232,7 +240,12 @@ export class QemuDriver implements Driver, DriverContext {
       );
       this.log(dom, `domain is tainted: ${EXTERNAL_LAUNCH_TAINT}`);
       this.emit(dom, 'defined', 'added');
-      await dom.job(() => reconnectDomain(this, dom));
+      await dom.jobs.run(
+        'define',
+        () => identOf(dom),
+        undefined,
+        () => reconnectDomain(this, dom),
+      );
       if (!dom.run) {
         throw new VirtError(
           ErrorCode.OPERATION_FAILED,
@@ -269,13 +282,30 @@ export class QemuDriver implements Driver, DriverContext {
   /**
    * Queues `fn` as the domain's next job. When its turn comes the domain must still be defined:
    * an operation queued behind an undefine fails with NO_DOMAIN instead of acting on a domain no
-   * driver lists (a start would otherwise run a QEMU nobody could ever find again).
+   * driver lists (a start would otherwise run a QEMU nobody could ever find again). A job on a
+   * running domain is recorded in its status file while it runs.
    */
-  #job<T>(dom: DomainObject, fn: () => Promise<T>): Promise<T> {
-    return dom.job(() => {
-      this.#checkStillDefined(dom);
-      return fn();
-    });
+  #job<T>(
+    dom: DomainObject,
+    operation: JobOperation,
+    signal: AbortSignal | undefined,
+    fn: (job: Job) => Promise<T>,
+  ): Promise<T> {
+    return dom.jobs.run(
+      operation,
+      () => identOf(dom),
+      signal,
+      async (job) => {
+        this.#checkStillDefined(dom);
+        const run = dom.run;
+        if (run) await recordJob(run, job, () => dom.run === run);
+        try {
+          return await fn(job);
+        } finally {
+          if (run) await recordJob(run, undefined, () => dom.run === run);
+        }
+      },
+    );
   }
 
   #checkStillDefined(dom: DomainObject): void {
@@ -335,23 +365,28 @@ export class QemuDriver implements Driver, DriverContext {
       );
       const existing = this.#domains.existingFor(def);
       const dom = existing ?? new DomainObject(def);
-      return dom.job(async () => {
-        await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
-        faultPoint('define:saved');
-        dom.def = def;
-        this.#domains.set(dom);
-        this.emit(dom, 'defined', existing ? 'updated' : 'added');
-        return { name: def.name, uuid: def.uuid, active: dom.active };
-      });
+      return dom.jobs.run(
+        'define',
+        () => identOf(dom),
+        undefined,
+        async () => {
+          await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+          faultPoint('define:saved');
+          dom.def = def;
+          this.#domains.set(dom);
+          this.emit(dom, 'defined', existing ? 'updated' : 'added');
+          return { name: def.name, uuid: def.uuid, active: dom.active };
+        },
+      );
     };
     const result = this.#defining.then(define, define);
     this.#defining = result.catch(() => undefined);
     return this.#track(result);
   }
 
-  async undefineDomain(uuid: string): Promise<void> {
+  async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    await this.#job(dom, async () => {
+    await this.#job(dom, 'undefine', options.signal, async () => {
       if (dom.active) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
@@ -388,37 +423,68 @@ export class QemuDriver implements Driver, DriverContext {
 
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => startDomain(this, dom, options)));
+    return this.#track(
+      this.#job(dom, 'start', options.signal, (job) =>
+        startDomain(this, dom, job, { paused: options.paused }),
+      ),
+    );
   }
 
-  suspend(uuid: string): Promise<void> {
+  suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => suspendDomain(this, dom)));
+    return this.#track(this.#job(dom, 'suspend', options.signal, (job) => suspendDomain(this, dom, job)));
   }
 
-  resume(uuid: string): Promise<void> {
+  resume(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => resumeDomain(this, dom)));
+    return this.#track(this.#job(dom, 'resume', options.signal, (job) => resumeDomain(this, dom, job)));
   }
 
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => shutdownDomain(this, dom, options)));
+    return this.#track(
+      this.#job(dom, 'shutdown', options.signal, (job) => shutdownDomain(this, dom, options, job)),
+    );
+  }
+
+  getJobInfo(uuid: string): JobInfo {
+    return this.#get(uuid).jobs.current?.info() ?? NO_JOB;
+  }
+
+  abortJob(uuid: string): void {
+    const dom = this.#get(uuid);
+    const job = dom.jobs.current;
+    if (!job || job.operation === 'define' || job.operation === 'destroy')
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `no job that can be aborted is active on domain '${dom.def.name}'`,
+        {
+          domain: identOf(dom),
+        },
+      );
+    this.log(dom, `abortJob: aborting ${job.operation} in phase ${job.phase}`);
+    job.abort('abort-job');
   }
 
   migrateBegin(uuid: string): Promise<OutgoingMigration> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, async () => beginMigration(this, dom)));
+    return this.#track(this.#job(dom, 'migration-out', undefined, async () => beginMigration(this, dom)));
   }
 
   migratePerform(uuid: string, uri: string, options: MigratePerformOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => performMigration(this, dom, uri, options)));
+    return this.#track(
+      this.#job(dom, 'migration-out', options.signal, (job) =>
+        performMigration(this, dom, uri, { ...options, signal: job.signal }),
+      ),
+    );
   }
 
   migrateConfirm(uuid: string, options: MigrationEndOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, () => confirmMigration(this, dom, options)));
+    return this.#track(
+      this.#job(dom, 'migration-out', options.signal, () => confirmMigration(this, dom, options)),
+    );
   }
 
   /**
@@ -444,7 +510,9 @@ export class QemuDriver implements Driver, DriverContext {
     const dom = this.#domains.get(def.uuid);
     try {
       const uri = await this.#track(
-        this.#job(dom, () => prepareIncoming(this, dom, offer, address, !existing, options.signal)),
+        this.#job(dom, 'migration-in', options.signal, (job) =>
+          prepareIncoming(this, dom, job, offer, address, !existing),
+        ),
       );
       return { uri, cookie: { version: 1, uuid: def.uuid, uri }, name: def.name, uuid: def.uuid };
     } catch (err) {
@@ -458,7 +526,9 @@ export class QemuDriver implements Driver, DriverContext {
     const record = migrationOf(dom);
     const definedHere = record?.role === 'in' && record.definedHere;
     try {
-      await this.#track(this.#job(dom, () => finishIncoming(this, dom, options)));
+      await this.#track(
+        this.#job(dom, 'migration-in', options.signal, () => finishIncoming(this, dom, options)),
+      );
     } catch (err) {
       if (definedHere) await this.#undefineAfterMigration(dom);
       throw err;
@@ -482,6 +552,12 @@ export class QemuDriver implements Driver, DriverContext {
   async destroy(uuid: string, options: DestroyOptions): Promise<void> {
     const dom = this.#get(uuid);
     const run = dom.run;
+    // The job under way (a hung shutdown, a start) is ended first: it rolls back, and its caller
+    // learns that a destroy ended it.
+    const job = dom.jobs.current;
+    const starting = job?.operation === 'start' || job?.operation === 'migration-in';
+    // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
+    if ((run || starting) && job?.operation !== 'shutdown') job?.abort('destroy');
     if (run?.started) return this.#track(destroyDomain(this, dom, options));
     if (run) {
       run.stopIntent = 'destroy';
@@ -493,9 +569,29 @@ export class QemuDriver implements Driver, DriverContext {
         // already gone: the start is failing by itself
       }
       signalEmulator(emulatorOf(this, dom, run), 'SIGKILL');
-      return this.#track(dom.job(async () => undefined));
+      return this.#track(
+        dom.jobs.run(
+          'destroy',
+          () => identOf(dom),
+          undefined,
+          async () => undefined,
+        ),
+      );
     }
-    return this.#track(this.#job(dom, () => destroyDomain(this, dom, options)));
+    // A start that has no process yet rolls back by itself; once it has, the domain is shut off.
+    if (starting) {
+      return this.#track(
+        dom.jobs.run(
+          'destroy',
+          () => identOf(dom),
+          undefined,
+          async () => {
+            if (dom.run?.started) await destroyDomain(this, dom, options);
+          },
+        ),
+      );
+    }
+    return this.#track(this.#job(dom, 'destroy', undefined, () => destroyDomain(this, dom, options)));
   }
 
   /**
@@ -527,4 +623,8 @@ function cpuTimeNs(pid: number): bigint {
   } catch {
     return 0n;
   }
+}
+
+function identOf(dom: DomainObject): { name: string; uuid: string } {
+  return { name: dom.def.name, uuid: dom.def.uuid };
 }

@@ -2,6 +2,7 @@ import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
+import type { Job } from '../jobs.js';
 import { type DriverContext, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
@@ -121,36 +122,46 @@ export async function finalizeExit(
 }
 
 /** Pauses every vCPU. */
-export async function suspendDomain(ctx: DriverContext, dom: DomainObject): Promise<void> {
+export async function suspendDomain(ctx: DriverContext, dom: DomainObject, job: Job): Promise<void> {
   const run = requireActive(dom);
   if (dom.state === 'paused')
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already paused`);
-  await run.qmp.execute('stop');
+  await run.qmp.execute('stop', undefined, { signal: job.signal });
   transition(ctx, dom, 'paused', 'user', 'suspended');
 }
 
 /** Resumes every vCPU. */
-export async function resumeDomain(ctx: DriverContext, dom: DomainObject): Promise<void> {
+export async function resumeDomain(ctx: DriverContext, dom: DomainObject, job: Job): Promise<void> {
   const run = requireActive(dom);
   if (dom.state !== 'paused')
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
-  await run.qmp.execute('cont');
+  await run.qmp.execute('cont', undefined, { signal: job.signal });
   transition(ctx, dom, 'running', 'unpaused', 'resumed');
 }
 
-/** ACPI power-down, then waits for QEMU to exit; on timeout destroys or fails, as asked. */
+/**
+ * ACPI power-down, then waits for QEMU to exit; on timeout destroys or fails, as asked. An abort
+ * stops the wait (the guest may still power off: the button was pressed).
+ */
 export async function shutdownDomain(
   ctx: DriverContext,
   dom: DomainObject,
   options: ShutdownOptions,
+  job: Job,
 ): Promise<void> {
   const run = requireActive(dom);
   const timeoutMs = options.timeoutMs ?? 60_000;
   run.stopIntent = 'shutdown';
   ctx.log(dom, `shutdown requested (ACPI power button), waiting ${timeoutMs} ms`);
-  await run.qmp.execute('system_powerdown');
-  faultPoint('shutdown:requested');
-  if ((await within(run.finalized, timeoutMs)) !== 'timeout') return;
+  try {
+    await run.qmp.execute('system_powerdown', undefined, { signal: job.signal });
+    job.setPhase('waiting');
+    faultPoint('shutdown:requested');
+    if ((await within(Promise.race([run.finalized, aborted(job.signal)]), timeoutMs)) !== 'timeout') return;
+  } catch (err) {
+    if (run.stopIntent === 'shutdown') run.stopIntent = undefined;
+    throw err;
+  }
   if (run.stopIntent === 'shutdown') run.stopIntent = undefined;
   if (options.fallbackToDestroy) {
     ctx.log(dom, 'the guest did not power off in time: destroying it');
@@ -186,6 +197,14 @@ export async function destroyDomain(
     if (!signalEmulator(emulator, 'SIGKILL')) signal(run.pid, 'SIGKILL');
   }
   await run.finalized;
+}
+
+/** Rejects with the signal's reason once it aborts. */
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+  });
 }
 
 function signal(pid: number, sig: NodeJS.Signals): void {

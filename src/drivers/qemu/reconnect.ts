@@ -6,11 +6,13 @@ import { readProcExe, readProcStartTime } from '../../util/proc.js';
 import { type DriverContext, deferred, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
+import { settleInterruptedJob } from './job-recovery.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
+import { recordJob } from './runtime-status.js';
 import { type DomainStatus, readStatus } from './status.js';
 import { removeIfPresent } from './store.js';
 
@@ -78,6 +80,12 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     await waitAdoptedExit(status.pid, BigInt(status.startTime));
     return gone('failed', `QEMU pid ${status.pid} never finished starting; killed`);
   }
+  const settlement = status.job && settleInterruptedJob(status.job);
+  if (settlement?.action === 'kill') {
+    signalEmulator(emulator, 'SIGKILL');
+    await waitAdoptedExit(status.pid, BigInt(status.startTime));
+    return gone('failed', `${settlement.why}; QEMU pid ${status.pid} killed`);
+  }
   let qmp: QmpClient;
   try {
     qmp = await QmpClient.connect(status.monitor, {
@@ -141,6 +149,11 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate') {
     dom.reason = 'migration';
     run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
+  }
+  if (settlement) {
+    if (dom.state === 'paused' && settlement.keepPaused) dom.reason = settlement.keepPaused;
+    ctx.log(dom, `reconnect: settled an interrupted ${status.job?.operation} job: ${settlement.why}`);
+    await recordJob(run, undefined, () => dom.run === run);
   }
   ctx.log(dom, `reconnected to QEMU pid ${run.pid} (${qemuStatus})`);
 }

@@ -3,11 +3,10 @@ import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import type { StartOptions } from '../../stable/driver.js';
-import type { TracedDomain } from '../../stable/tracing.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
+import type { Job } from '../jobs.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
@@ -25,7 +24,8 @@ import {
 import { execSlot, FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
-import { type ThreadIds, writeStatus } from './status.js';
+import { runtimeStatus } from './runtime-status.js';
+import { type DomainStatus, type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
 
 /** The emulator used when a definition names none. */
@@ -33,8 +33,31 @@ export const DEFAULT_EMULATOR = '/usr/bin/qemu-system-x86_64';
 
 const MONITOR_TIMEOUT_MS = 30_000;
 
+/** An incoming live migration: QEMU starts waiting for the migration stream instead of booting. */
+export interface IncomingMigration {
+  /** QEMU's `-incoming` argument; `defer` (the default) waits for `migrate-incoming`. */
+  readonly uri?: string;
+}
+
+/** How to start: the public options plus the variants other jobs build on. */
+export interface StartSequenceOptions {
+  /** Leave the vCPUs paused after start-up. */
+  readonly paused?: boolean;
+  /**
+   * Start as the destination of a live migration (libvirt's `qemuProcessStart` with an incoming
+   * URI): `-incoming`, privileged operations in phase `migration-in` instead of `startup`
+   * (memlock too), vCPUs left paused (reason `migration`) for the migration to resume.
+   */
+  readonly incoming?: IncomingMigration;
+}
+
 /** Everything the start-up acquires, so a failure at any step can give back exactly that. */
 interface Startup {
+  readonly ctx: DriverContext;
+  readonly dom: DomainObject;
+  readonly def: DomainDefinition;
+  readonly job: Job;
+  readonly options: StartSequenceOptions;
   readonly paths: DomainPaths;
   readonly emulator: string;
   cmd?: CommandLine;
@@ -49,36 +72,57 @@ interface Startup {
   run?: Runtime;
 }
 
+/** One named step of the start sequence; `fault` is its fault point, reached when it is done. */
+interface StartStep {
+  readonly name: string;
+  readonly fault?: string;
+  run(s: Startup): void | Promise<void>;
+}
+
 /**
- * Starts a domain. The whole sequence, in order:
+ * The start sequence, in order (libvirt's qemuProcessStart → qemuProcessLaunch). Each step is
+ * the job's phase while it runs (`getJobInfo()`); the job's signal reaches every wait in it.
  *
- *  1. checkEmulator      the QEMU binary exists and is executable
- *  2. openDescriptors    disk images and TAP devices (`storage.openFile`, `net.openTap`)   (pre-exec)
- *  3. buildCommandLine   definition -> argv (pure; rejects what cannot be honoured)
- *  4. openLog            the domain log, which receives QEMU's stderr
- *  5. listenMonitor      the QMP socket, created here and inherited, so no one polls for it
- *  6. spawnStub          the process exists with its final pid; QEMU has not run
- *  7. recordStarting     a status file, so a crash of this process never orphans the stub
- *  8. raiseMemLock       `process.setMaxMemLock` on the stub, when the domain needs it     (pre-exec)
- *  9. execQemu           the go-ahead; QEMU execs in place and greets on QMP
- * 10. readThreads        vCPU and iothread ids from QMP; every vCPU is still paused
- *                       (and the balloon target, when currentMemory is below memory)
- * 11. configureThreads   `cgroup.placeThreads`, `thread.setScheduler`                      (startup)
- * 12. recordRunning      the status file a new driver adopts the domain from
- * 13. resumeVcpus        `cont`, unless the caller asked for a paused start
- *
- * A failure at any step rolls back everything acquired so far: QEMU killed, `cgroup.release` run
- * (release), and no process, socket, status file or descriptor left behind.
+ *  1. openDescriptors    disk images and TAP devices (`storage.openFile`, `net.openTap`)   (pre-exec)
+ *  2. buildCommandLine   definition -> argv (pure; rejects what cannot be honoured)
+ *  3. openLog            the domain log, which receives QEMU's stderr
+ *  4. listenMonitor      the QMP socket, created here and inherited, so no one polls for it
+ *  5. spawnStub          the process exists with its final pid; QEMU has not run
+ *  6. recordStarting     a status file, so a crash of this process never orphans the stub
+ *  7. raiseMemLock       `process.setMaxMemLock` on the stub, when needed   (pre-exec | migration-in)
+ *  8. execQemu           the go-ahead; QEMU execs in place and greets on QMP
+ *  9. readThreads        vCPU and iothread ids from QMP; every vCPU is still paused
+ *                        (and the balloon target, when currentMemory is below memory)
+ * 10. configureThreads   `cgroup.placeThreads`, `thread.setScheduler`       (startup | migration-in)
+ * 11. recordRunning      the status file a new driver adopts the domain from
+ * 12. resumeVcpus        `cont`, unless the caller asked for a paused start or a migration comes in
+ */
+export const START_STEPS: readonly StartStep[] = [
+  { name: 'openDescriptors', fault: 'start:descriptors', run: openDescriptors },
+  { name: 'buildCommandLine', run: buildCommand },
+  { name: 'openLog', run: openLog },
+  { name: 'listenMonitor', fault: 'start:monitor', run: listenMonitor },
+  { name: 'spawnStub', fault: 'start:spawned', run: spawnStub },
+  { name: 'recordStarting', fault: 'start:recorded-starting', run: recordStarting },
+  { name: 'raiseMemLock', run: raiseMemLockStep },
+  { name: 'execQemu', fault: 'start:monitor-connected', run: execQemu },
+  { name: 'readThreads', fault: 'start:threads', run: readThreadsStep },
+  { name: 'configureThreads', fault: 'start:configured', run: configureThreadsStep },
+  { name: 'recordRunning', fault: 'start:recorded-running', run: recordRunning },
+  { name: 'resumeVcpus', run: resumeVcpus },
+];
+
+/**
+ * Starts a domain as the job `job` (a `start`, or a `migration-in` for an incoming migration):
+ * checks the host, then runs {@link START_STEPS}. A failure or an abort at any step rolls back
+ * everything acquired so far: QEMU killed, `cgroup.release` run (release), and no process,
+ * socket, status file or descriptor left behind.
  */
 export async function startDomain(
   ctx: DriverContext,
   dom: DomainObject,
-  options: StartOptions,
-  /**
-   * The destination of a migration: QEMU gets `-incoming defer`, the privileged operations run in
-   * phase `migration-in`, and the vCPUs stay paused (the migration module resumes them).
-   */
-  incoming = false,
+  job: Job,
+  options: StartSequenceOptions,
 ): Promise<void> {
   if (dom.run)
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
@@ -87,69 +131,38 @@ export async function startDomain(
   const paths = domainPaths(ctx.layout, def.name, def.uuid);
   const emulator = checkEmulator(def.emulator ?? DEFAULT_EMULATOR);
   checkAccelerator(def.type);
-  const s: Startup = { paths, emulator, logOffset: 0, taints: [] };
+  const s: Startup = { ctx, dom, def, job, options, paths, emulator, logOffset: 0, taints: [] };
   try {
-    const fds = await openDescriptors(ctx, dom, s);
-    faultPoint('start:descriptors');
-    const firmware = resolveFirmware(def, join(ctx.layout.lib, 'nvram'));
-    ensureNvram(firmware);
-    const cmd = buildCommandLine(def, {
-      firmware,
-      monitorFd: FIRST_CHILD_FD,
-      consolePath: paths.console,
-      homeDir: ctx.layout.lib,
-      hugepagesPath: def.memoryBacking?.hugepages ? hugetlbfsMount() : undefined,
-      ...childFdNumbers(fds),
-    });
-    s.cmd = incoming ? { ...cmd, argv: [...cmd.argv, '-incoming', 'defer'] } : cmd;
-    openLog(ctx, dom, s);
-    listenMonitor(s);
-    faultPoint('start:monitor');
-    spawnStub(ctx, dom, s);
-    faultPoint('start:spawned');
-    await recordStarting(s);
-    faultPoint('start:recorded-starting');
-    const run = s.run as Runtime;
-    await raiseMemLock(scopeOf(ctx, dom, run), def, run.pid, incoming ? 'migration-in' : 'pre-exec');
-    const qmp = await execQemu(s, { name: def.name, uuid: def.uuid });
-    faultPoint('start:monitor-connected');
-    run.qmp = qmp;
-    watchMonitor(ctx, dom, run);
-    run.threads = await readThreads(qmp, def, run);
-    faultPoint('start:threads');
-    // An incoming guest brings its balloon target with its device state.
-    if (!incoming && def.currentMemoryKiB !== undefined && def.currentMemoryKiB < def.memoryKiB) {
-      await qmp.command('balloon', { value: def.currentMemoryKiB * 1024 });
+    for (const [index, step] of START_STEPS.entries()) {
+      job.setPhase(step.name, { completed: index, total: START_STEPS.length, unit: 'steps' });
+      faultPoint(`start:step:${step.name}`);
+      await step.run(s);
+      if (step.fault) faultPoint(step.fault);
     }
-    await configureThreads(
-      scopeOf(ctx, dom, run),
-      def,
-      run.pid,
-      run.threads,
-      run,
-      () => writeStatus(s.paths.status, status(s, 'starting'), false),
-      incoming ? 'migration-in' : 'startup',
-    );
-    faultPoint('start:configured');
-    await recordRunning(s);
-    faultPoint('start:recorded-running');
-    if (!options.paused && !incoming) await qmp.command('cont');
+    const run = s.run as Runtime;
     // A paused start may issue no QMP call after the last handler: a QEMU that died meanwhile is
     // only visible here. Checked and marked started in one synchronous step, so the exit watcher
     // either saw `started` or left the clean-up to this sequence.
     if (run.exitInfo)
       throw new VirtError(ErrorCode.OPERATION_FAILED, 'QEMU exited during start-up', { pid: run.pid });
+    job.checkAborted();
     run.started = true;
+    // Later jobs bring their own signals; the start's must not reach the domain's later handlers.
+    run.cancel = new AbortController();
   } catch (err) {
     await rollback(ctx, dom, s);
-    throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${def.name}'`, {
+    throw toVirtError(job.failure(err), ErrorCode.OPERATION_FAILED, `cannot start domain '${def.name}'`, {
       domain: { name: def.name, uuid: def.uuid },
     });
   }
-  if (incoming) {
+  if (options.incoming) {
+    // No event yet: the migration emits `started migrated` when it finishes (or rolls back).
     dom.state = 'paused';
     dom.reason = 'migration';
-    ctx.log(dom, `started pid ${s.run?.pid} for an incoming migration (-incoming defer)`);
+    ctx.log(
+      dom,
+      `started pid ${s.run?.pid} for an incoming migration (-incoming ${options.incoming.uri ?? 'defer'})`,
+    );
     return;
   }
   dom.state = options.paused ? 'paused' : 'running';
@@ -159,13 +172,32 @@ export async function startDomain(
   if (options.paused) ctx.emit(dom, 'suspended', 'user');
 }
 
-async function openDescriptors(
-  ctx: DriverContext,
-  dom: DomainObject,
-  s: Startup,
-): Promise<PreExecDescriptors> {
-  s.preExec = await openPreExecDescriptors(scopeOf(ctx, dom, undefined, s.taints), dom.def);
-  return s.preExec;
+/** The phase of the privileged operations that run once QEMU exists. */
+function threadPhase(s: Startup): 'startup' | 'migration-in' {
+  return s.options.incoming ? 'migration-in' : 'startup';
+}
+
+async function openDescriptors(s: Startup): Promise<void> {
+  s.preExec = await openPreExecDescriptors(
+    { ...scopeOf(s.ctx, s.dom, undefined, s.taints), signal: s.job.signal },
+    s.def,
+  );
+}
+
+function buildCommand(s: Startup): void {
+  const firmware = resolveFirmware(s.def, join(s.ctx.layout.lib, 'nvram'));
+  ensureNvram(firmware);
+  const cmd = buildCommandLine(s.def, {
+    firmware,
+    monitorFd: FIRST_CHILD_FD,
+    consolePath: s.paths.console,
+    homeDir: s.ctx.layout.lib,
+    hugepagesPath: s.def.memoryBacking?.hugepages ? hugetlbfsMount() : undefined,
+    ...childFdNumbers(s.preExec ?? { disks: [], taps: [], all: [] }),
+  });
+  s.cmd = s.options.incoming
+    ? { ...cmd, argv: [...cmd.argv, '-incoming', s.options.incoming.uri ?? 'defer'] }
+    : cmd;
 }
 
 /** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */
@@ -214,7 +246,8 @@ function checkAccelerator(type: 'kvm' | 'qemu'): void {
   }
 }
 
-function openLog(ctx: DriverContext, dom: DomainObject, s: Startup): void {
+function openLog(s: Startup): void {
+  const { ctx, dom } = s;
   s.logFd = openSync(s.paths.log, 'a', 0o600);
   s.logOffset = fstatSync(s.logFd).size;
   ctx.log(dom, `starting: ${s.emulator} ${(s.cmd as CommandLine).argv.join(' ')}`);
@@ -225,7 +258,8 @@ function listenMonitor(s: Startup): void {
   s.monitorFd = listenUnixSocket(s.paths.monitor);
 }
 
-function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
+function spawnStub(s: Startup): void {
+  const { ctx, dom } = s;
   const cmd = s.cmd as CommandLine;
   const inherited = [s.monitorFd as number, ...(s.preExec?.all ?? [])];
   const launch = launchStub(s.emulator, cmd.argv, cmd.env, s.logFd as number, inherited);
@@ -246,7 +280,7 @@ function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
     taints: [...cmd.taints, ...s.taints],
     placements: [],
     placementAttempted: false,
-    cancel: new AbortController(),
+    cancel: s.job.controller,
     child: launch.child,
     exited: launch.exited,
     finalized: finalized.promise,
@@ -264,22 +298,8 @@ function spawnStub(ctx: DriverContext, dom: DomainObject, s: Startup): void {
   });
 }
 
-function status(s: Startup, phase: 'starting' | 'running') {
-  const run = s.run as Runtime;
-  return {
-    version: 1 as const,
-    phase,
-    id: run.id,
-    pid: run.pid,
-    startTime: run.startTime.toString(),
-    emulator: run.emulator,
-    monitor: s.paths.monitor,
-    taints: run.taints,
-    threads: run.threads,
-    placements: run.placements,
-    placementAttempted: run.placementAttempted,
-    live: run.live,
-  };
+function status(s: Startup, phase: 'starting' | 'running'): DomainStatus {
+  return runtimeStatus(s.run as Runtime, phase, s.job);
 }
 
 /** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
@@ -287,7 +307,19 @@ async function recordStarting(s: Startup): Promise<void> {
   await writeStatus(s.paths.status, status(s, 'starting'), false);
 }
 
-async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
+async function raiseMemLockStep(s: Startup): Promise<void> {
+  const run = s.run as Runtime;
+  const phase = s.options.incoming ? 'migration-in' : 'pre-exec';
+  await raiseMemLock(scopeOf(s.ctx, s.dom, run), s.def, run.pid, phase);
+}
+
+async function execQemu(s: Startup): Promise<void> {
+  const run = s.run as Runtime;
+  run.qmp = await connectMonitor(s);
+  watchMonitor(s.ctx, s.dom, run);
+}
+
+async function connectMonitor(s: Startup): Promise<QmpClient> {
   const launch = s.launch as Launch;
   const release = await execSlot(launch.exited);
   try {
@@ -299,12 +331,14 @@ async function execQemu(s: Startup, domain: TracedDomain): Promise<QmpClient> {
 
 async function greet(s: Startup, launch: Launch, domain: TracedDomain): Promise<QmpClient> {
   const abort = new AbortController();
+  const onJobAbort = () => abort.abort(s.job.signal.reason);
+  s.job.signal.addEventListener('abort', onJobAbort, { once: true });
   // Connect before the go-ahead: the connection waits in the socket's backlog, and the greeting
   // arrives the moment QEMU's main loop runs.
   const monitor = QmpClient.connect(s.paths.monitor, {
     timeoutMs: MONITOR_TIMEOUT_MS,
     signal: abort.signal,
-    domain,
+    domain: { name: s.def.name, uuid: s.def.uuid },
   });
   launch.proceed();
   const died = launch.exited.then((info) => {
@@ -325,19 +359,59 @@ async function greet(s: Startup, launch: Launch, domain: TracedDomain): Promise<
     monitor.then((q) => q.close()).catch(() => undefined);
     // A monitor that fails usually means QEMU died: wait briefly for the exit, whose error
     // carries QEMU's own words from the log, rather than report a bare connection reset.
+    if (s.job.aborted) throw err;
     const exit = await within(died, 2_000);
     throw exit === 'timeout' ? err : exit;
+  } finally {
+    s.job.signal.removeEventListener('abort', onJobAbort);
   }
+}
+
+async function readThreadsStep(s: Startup): Promise<void> {
+  const run = s.run as Runtime;
+  const qmp = run.qmp as QmpClient;
+  run.threads = await readThreads(qmp, s.def, run, s.job.signal);
+  // An incoming guest brings its balloon target with its device state.
+  if (
+    !s.options.incoming &&
+    s.def.currentMemoryKiB !== undefined &&
+    s.def.currentMemoryKiB < s.def.memoryKiB
+  ) {
+    await qmp.command('balloon', { value: s.def.currentMemoryKiB * 1024 }, { signal: s.job.signal });
+  }
+}
+
+async function configureThreadsStep(s: Startup): Promise<void> {
+  const run = s.run as Runtime;
+  await configureThreads(
+    scopeOf(s.ctx, s.dom, run),
+    s.def,
+    run.pid,
+    run.threads as ThreadIds,
+    run,
+    () => writeStatus(s.paths.status, status(s, 'starting'), false),
+    threadPhase(s),
+  );
+}
+
+async function resumeVcpus(s: Startup): Promise<void> {
+  if (s.options.paused || s.options.incoming) return;
+  await ((s.run as Runtime).qmp as QmpClient).command('cont', undefined, { signal: s.job.signal });
 }
 
 /**
  * vCPU and iothread ids from QMP, checked before anything is stored or used: the counts and
  * indices must match the definition, and every tid must be a thread of this very QEMU process.
  */
-async function readThreads(qmp: QmpClient, def: DomainDefinition, run: Runtime): Promise<ThreadIds> {
+async function readThreads(
+  qmp: QmpClient,
+  def: DomainDefinition,
+  run: Runtime,
+  signal: AbortSignal,
+): Promise<ThreadIds> {
   const [cpus, threads] = await Promise.all([
-    qmp.command('query-cpus-fast'),
-    def.iothreads > 0 ? qmp.command('query-iothreads') : [],
+    qmp.command('query-cpus-fast', undefined, { signal }),
+    def.iothreads > 0 ? qmp.command('query-iothreads', undefined, { signal }) : [],
   ]);
   if (!Array.isArray(cpus) || !Array.isArray(threads))
     throw new VirtError(

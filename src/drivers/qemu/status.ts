@@ -17,9 +17,21 @@ export type Placement = z.infer<typeof placementSchema>;
 /** Thread ids of a running domain, from QMP (never from thread names, which the guest side can set). */
 export type ThreadIds = z.infer<typeof threadsSchema>;
 
+/** The job that held the domain when the status was written; settled on reconnect (docs/jobs.md). */
+const jobRecordSchema = z.object({
+  operation: z.string(),
+  phase: z.string(),
+  startedAt: z.number(),
+});
+
+/** The job recorded in a status file. */
+export type JobRecord = z.infer<typeof jobRecordSchema>;
+
 const statusSchema = z.object({
   version: z.literal(1),
   phase: z.enum(['starting', 'running']),
+  /** Absent when no job held the domain; older drivers never wrote it. */
+  job: jobRecordSchema.optional(),
   id: z.number().int(),
   pid: z.number().int().positive(),
   startTime: z.string().regex(/^\d+$/),

@@ -1,6 +1,7 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { DomainState } from '../../stable/events.js';
+import { JobSlot } from '../jobs.js';
 
 /** What exists only while a test domain "runs": no process, just its id and live definition. */
 export interface TestRuntime {
@@ -20,7 +21,8 @@ export class TestDomain {
   state: DomainState = 'shutoff';
   reason = 'unknown';
   run: TestRuntime | undefined;
-  #tail: Promise<unknown> = Promise.resolve();
+  /** The modifying job under way and those waiting for it, as in the embedded driver. */
+  readonly jobs = new JobSlot();
 
   constructor(def: DomainDefinition) {
     this.def = def;
@@ -45,16 +47,5 @@ export class TestDomain {
       );
     }
     return this.run;
-  }
-
-  /**
-   * Runs `fn` once every operation queued before it has finished: operations on one domain are
-   * serialised, never interleaved, exactly as in the embedded driver. A failed operation does not
-   * block the ones after it.
-   */
-  job<T>(fn: () => T | Promise<T>): Promise<T> {
-    const result = this.#tail.then(fn, fn);
-    this.#tail = result.catch(() => undefined);
-    return result;
   }
 }

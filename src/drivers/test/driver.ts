@@ -14,7 +14,9 @@ import type {
   StartOptions,
 } from '../../stable/driver.js';
 import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
+import type { JobInfo, JobOperation, OperationOptions } from '../../stable/jobs.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
+import { type Job, NO_JOB } from '../jobs.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
 import { Simulation } from './simulation.js';
@@ -124,6 +126,32 @@ export class TestDriver implements Driver {
     return this.#domains.get(uuid);
   }
 
+  /** Queues `fn` as the domain's next job, as the embedded driver does. */
+  #job<T>(
+    dom: TestDomain,
+    operation: JobOperation,
+    signal: AbortSignal | undefined,
+    fn: (job: Job) => T | Promise<T>,
+  ): Promise<T> {
+    return dom.jobs.run(operation, () => dom.ident, signal, fn);
+  }
+
+  getJobInfo(uuid: string): JobInfo {
+    return this.#get(uuid).jobs.current?.info() ?? NO_JOB;
+  }
+
+  abortJob(uuid: string): void {
+    const dom = this.#get(uuid);
+    const job = dom.jobs.current;
+    if (!job || job.operation === 'define' || job.operation === 'destroy')
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `no job that can be aborted is active on domain '${dom.def.name}'`,
+        { domain: dom.ident },
+      );
+    job.abort('abort-job');
+  }
+
   #ref(dom: TestDomain): DomainRef {
     return { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
   }
@@ -146,7 +174,7 @@ export class TestDriver implements Driver {
     this.#checkOpen();
     const byUuid = this.#domains.existingFor(def);
     const dom = byUuid ?? new TestDomain(def);
-    return dom.job(() => {
+    return this.#job(dom, 'define', undefined, () => {
       dom.def = structuredClone(def);
       this.#domains.set(dom);
       this.#emit(dom, 'defined', byUuid ? 'updated' : 'added');
@@ -154,9 +182,9 @@ export class TestDriver implements Driver {
     });
   }
 
-  async undefineDomain(uuid: string): Promise<void> {
+  async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    await dom.job(() => {
+    await this.#job(dom, 'undefine', options.signal, () => {
       if (dom.active) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
@@ -193,13 +221,13 @@ export class TestDriver implements Driver {
 
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(async () => {
+    return this.#job(dom, 'start', options.signal, async (job) => {
       this.#checkOpen();
       if (dom.run)
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
       this.handlers.seal(`domain '${dom.def.name}' was started`);
       const live = structuredClone(dom.def);
-      const attempt: StartAttempt = { cancel: new AbortController(), spawned: false };
+      const attempt: StartAttempt = { cancel: job.controller, spawned: false };
       this.#starting.set(dom, attempt);
       let sim: SimRun;
       try {
@@ -227,9 +255,9 @@ export class TestDriver implements Driver {
     });
   }
 
-  suspend(uuid: string): Promise<void> {
+  suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(() => {
+    return this.#job(dom, 'suspend', options.signal, () => {
       dom.requireActive();
       if (dom.state === 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already paused`);
@@ -237,9 +265,9 @@ export class TestDriver implements Driver {
     });
   }
 
-  resume(uuid: string): Promise<void> {
+  resume(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(() => {
+    return this.#job(dom, 'resume', options.signal, () => {
       dom.requireActive();
       if (dom.state !== 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
@@ -253,7 +281,7 @@ export class TestDriver implements Driver {
    */
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return dom.job(async () => {
+    return this.#job(dom, 'shutdown', options.signal, async (job) => {
       const run = dom.requireActive();
       if (dom.state !== 'paused') return this.#stop(dom, 'shutdown');
       const timeoutMs = options.timeoutMs ?? 60_000;
@@ -261,8 +289,13 @@ export class TestDriver implements Driver {
       const timedOut = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), timeoutMs);
       });
-      const outcome = await Promise.race([run.stopped, timedOut]);
+      const aborted = new Promise<'aborted'>((resolve) => {
+        if (job.aborted) resolve('aborted');
+        else job.signal.addEventListener('abort', () => resolve('aborted'), { once: true });
+      });
+      const outcome = await Promise.race([run.stopped, timedOut, aborted]);
       clearTimeout(timer);
+      job.checkAborted();
       if (outcome === 'stopped') return;
       this.#checkOpen();
       if (options.fallbackToDestroy) return this.#stop(dom, 'destroyed');
@@ -289,13 +322,17 @@ export class TestDriver implements Driver {
       }
       return this.#stop(dom, 'destroyed');
     };
-    if (dom.run) return destroy();
+    if (dom.run) {
+      // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
+      if (dom.jobs.current?.operation !== 'shutdown') dom.jobs.current?.abort('destroy');
+      return destroy();
+    }
     const attempt = this.#starting.get(dom);
     if (attempt?.spawned) {
-      attempt.cancel.abort();
-      return dom.job(async () => undefined);
+      dom.jobs.current?.abort('destroy');
+      return this.#job(dom, 'destroy', undefined, async () => undefined);
     }
-    return dom.job(destroy);
+    return this.#job(dom, 'destroy', undefined, destroy);
   }
 
   readonly #stopping = new WeakSet<TestRuntime>();

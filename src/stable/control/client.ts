@@ -13,7 +13,10 @@ import {
 interface Waiter {
   resolve(result: unknown): void;
   reject(err: VirtError): void;
-  onEvent?: (event: DomainEvent) => void;
+  /** Events of a subscription, or progress of a call. */
+  onEvent?: ((event: unknown) => void) | undefined;
+  /** A subscription outlives its first reply. */
+  subscription: boolean;
 }
 
 /**
@@ -52,13 +55,22 @@ export class ControlClient {
   }
 
   /** Runs one operation in the driver that holds the root. */
-  call<K extends OperationName>(op: K, args: OperationArgs<K>): Promise<OperationResult<K>> {
-    return this.#request(op, args) as Promise<OperationResult<K>>;
+  call<K extends OperationName>(
+    op: K,
+    args: OperationArgs<K>,
+    onProgress?: (progress: unknown) => void,
+  ): Promise<OperationResult<K>> {
+    return this.#request(op, args, onProgress, false) as Promise<OperationResult<K>>;
   }
 
   /** Subscribes to the driver's domain events (of one domain, when given). */
   async subscribe(domain: string | undefined, onEvent: (event: DomainEvent) => void): Promise<void> {
-    await this.#request('events', domain === undefined ? {} : { domain }, onEvent);
+    await this.#request(
+      'events',
+      domain === undefined ? {} : { domain },
+      (e) => onEvent(e as DomainEvent),
+      true,
+    );
   }
 
   /** Resolves when the connection is gone. */
@@ -74,11 +86,16 @@ export class ControlClient {
     this.#socket.destroy();
   }
 
-  #request(op: string, args: unknown, onEvent?: (event: DomainEvent) => void): Promise<unknown> {
+  #request(
+    op: string,
+    args: unknown,
+    onEvent: ((event: unknown) => void) | undefined,
+    subscription: boolean,
+  ): Promise<unknown> {
     if (this.#failure) return Promise.reject(this.#failure);
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      this.#waiters.set(id, { resolve, reject, ...(onEvent ? { onEvent } : {}) });
+      this.#waiters.set(id, { resolve, reject, onEvent, subscription });
       this.#socket.write(`${JSON.stringify({ v: CONTROL_PROTOCOL_VERSION, id, op, args })}\n`);
     });
   }
@@ -88,7 +105,7 @@ export class ControlClient {
       for (const text of this.#reader.push(chunk)) {
         const reply = replySchema.parse(JSON.parse(text));
         if ('event' in reply) {
-          this.#waiters.get(reply.id)?.onEvent?.(reply.event as DomainEvent);
+          this.#waiters.get(reply.id)?.onEvent?.(reply.event);
           continue;
         }
         if (reply.id === null) {
@@ -98,7 +115,7 @@ export class ControlClient {
         }
         const waiter = this.#waiters.get(reply.id);
         if (!waiter) continue;
-        if (!waiter.onEvent || !reply.ok) this.#waiters.delete(reply.id);
+        if (!waiter.subscription || !reply.ok) this.#waiters.delete(reply.id);
         if (reply.ok) waiter.resolve(reply.result);
         else waiter.reject(errorFromWire(reply.error));
       }

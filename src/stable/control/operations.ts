@@ -5,6 +5,7 @@ import type { Connection } from '../connection.js';
 import { formatDomainXml } from '../definition/xml.js';
 import type { Domain } from '../domain.js';
 import type { DomainState } from '../events.js';
+import type { MigrationOffer, MigrationProgress } from '../migration.js';
 
 /*
  * The operations the `virtkit` command performs, as one table: the command runs them in-process
@@ -63,8 +64,14 @@ const onDomain = z.strictObject({ domain: domainArg });
 export const operations = {
   version: {
     args: noArgs,
-    run: async (_conn: Connection, _args: Record<string, never>, ctx: OperationContext) =>
-      ({ virtkit: ctx.version, protocol: ctx.protocol }) satisfies VersionJson,
+    run: async (
+      _conn: Connection,
+      _args: Record<string, never>,
+      call: CallContext,
+    ): Promise<VersionJson> => ({
+      virtkit: call.version,
+      protocol: call.protocol,
+    }),
   },
   list: {
     args: z.strictObject({ state: z.enum(['all', 'active', 'inactive']).default('active') }),
@@ -162,6 +169,83 @@ export const operations = {
       return ref(dom);
     },
   },
+  migrateBegin: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }): Promise<MigrationOffer> =>
+      (await resolveDomain(conn, args.domain)).migrateBegin(),
+  },
+  migratePrepare: {
+    // The offer is checked in full by Connection.migratePrepare, as from any caller.
+    args: z.strictObject({ offer: z.record(z.string(), z.unknown()), listen: z.string().min(1).max(4096) }),
+    run: async (
+      conn: Connection,
+      args: { offer: Record<string, unknown>; listen: string },
+      call: CallContext,
+    ): Promise<IncomingJson> => {
+      const incoming = await conn.migratePrepare(args.offer as unknown as MigrationOffer, {
+        listen: args.listen,
+        signal: call.signal,
+      });
+      return {
+        uri: incoming.uri,
+        cookie: incoming.cookie,
+        name: incoming.domain.name,
+        uuid: incoming.domain.uuid,
+      };
+    },
+  },
+  migratePerform: {
+    args: z.strictObject({
+      domain: domainArg,
+      uri: z.string().min(1).max(4096),
+      cookie: z.strictObject({ version: z.literal(1), uuid: z.string().max(64), uri: z.string().max(4096) }),
+      maxDowntimeMs: z.number().int().min(1).max(3_600_000).optional(),
+      bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
+    }),
+    run: async (
+      conn: Connection,
+      args: {
+        domain: string;
+        uri: string;
+        cookie: { version: 1; uuid: string; uri: string };
+        maxDowntimeMs?: number | undefined;
+        bandwidthMiBps?: number | undefined;
+      },
+      call: CallContext,
+    ): Promise<DomainRefJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.migratePerform(args.uri, {
+        cookie: args.cookie,
+        signal: call.signal,
+        ...(args.maxDowntimeMs === undefined ? {} : { maxDowntimeMs: args.maxDowntimeMs }),
+        ...(args.bandwidthMiBps === undefined ? {} : { bandwidthMiBps: args.bandwidthMiBps }),
+        onProgress: (p: MigrationProgress) => call.notify?.(p),
+      });
+      return ref(dom);
+    },
+  },
+  migrateFinish: {
+    args: z.strictObject({ uuid: domainArg, cancelled: z.boolean().default(false) }),
+    run: async (
+      conn: Connection,
+      args: { uuid: string; cancelled: boolean },
+      call: CallContext,
+    ): Promise<DomainRefJson> => {
+      const dom = await conn.lookupDomain(args.uuid);
+      if (!conn.driver.migrateFinish)
+        throw new VirtError(ErrorCode.NO_SUPPORT, 'this driver cannot migrate domains');
+      await conn.driver.migrateFinish(dom.uuid, { cancelled: args.cancelled, signal: call.signal });
+      return ref(dom);
+    },
+  },
+  migrateConfirm: {
+    args: z.strictObject({ domain: domainArg, cancelled: z.boolean().default(false) }),
+    run: async (conn: Connection, args: { domain: string; cancelled: boolean }): Promise<DomainRefJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.migrateConfirm({ cancelled: args.cancelled });
+      return ref(dom);
+    },
+  },
   capabilities: {
     args: noArgs,
     run: async (conn: Connection): Promise<Capabilities> => conn.getCapabilities(),
@@ -184,6 +268,23 @@ export const operations = {
 export interface OperationContext {
   readonly version: string;
   readonly protocol: number;
+}
+
+/**
+ * What one call brings besides its arguments: the versions, a signal that aborts when its caller
+ * goes away, a channel for progress.
+ */
+export interface CallContext extends OperationContext {
+  readonly signal?: AbortSignal | undefined;
+  readonly notify?: ((progress: unknown) => void) | undefined;
+}
+
+/** What `migratePrepare` returns: the incoming migration, as `migratePerform` needs it. */
+export interface IncomingJson {
+  readonly uri: string;
+  readonly cookie: { readonly version: 1; readonly uuid: string; readonly uri: string };
+  readonly name: string;
+  readonly uuid: string;
 }
 
 /** The name of an operation. */
@@ -209,6 +310,7 @@ export async function runOperation(
   name: OperationName,
   args: unknown,
   ctx: OperationContext,
+  call: Omit<CallContext, keyof OperationContext> = {},
 ): Promise<unknown> {
   const op = operations[name];
   const parsed = op.args.safeParse(args ?? {});
@@ -221,8 +323,8 @@ export async function runOperation(
       { path: field, operation: name },
     );
   }
-  const run = op.run as (c: Connection, a: unknown, x: OperationContext) => Promise<unknown>;
-  return run(conn, parsed.data, ctx);
+  const run = op.run as (c: Connection, a: unknown, x: CallContext) => Promise<unknown>;
+  return run(conn, parsed.data, { ...call, ...ctx });
 }
 
 /**

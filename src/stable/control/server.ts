@@ -210,6 +210,8 @@ function serveClient(
   /** Set once the client broke the protocol: nothing it sends after that is read. */
   let broken = false;
   const unsubscribers: Array<() => void> = [];
+  /** Aborts what this client's requests still do (a migration under way) when it goes away. */
+  const gone = new AbortController();
 
   const send = (reply: ControlReply): void => {
     if (socket.destroyed) return;
@@ -228,6 +230,7 @@ function serveClient(
     closeAfterGrace(socket);
   };
   socket.on('close', () => {
+    gone.abort();
     clearTimeout(lineTimer);
     for (const off of unsubscribers.splice(0)) off();
   });
@@ -295,7 +298,10 @@ function serveClient(
     }
     inFlight++;
     if (inFlight >= limits.maxInFlight) socket.pause();
-    runOperation(conn, req.op, req.args, ctx)
+    runOperation(conn, req.op, req.args, ctx, {
+      signal: gone.signal,
+      notify: (progress) => send({ v: CONTROL_PROTOCOL_VERSION, id: req.id, event: progress }),
+    })
       .then(
         (result) => reply({ ok: true, result }),
         (error: unknown) => {

@@ -84,7 +84,8 @@ export async function probeEmulator(emulator: string): Promise<EmulatorProbe> {
       '-mon',
       'chardev=probe,mode=control',
     ],
-    { stdio: ['ignore', 'ignore', 'pipe', monitorFd], env: { ...process.env, LC_ALL: 'C' } },
+    // A process group of its own: whatever the emulator forks is killed with it in the end.
+    { stdio: ['ignore', 'ignore', 'pipe', monitorFd], env: { ...process.env, LC_ALL: 'C' }, detached: true },
   );
   closeFd(monitorFd);
   monitorFd = undefined;
@@ -150,8 +151,19 @@ export async function probeEmulator(emulator: string): Promise<EmulatorProbe> {
     );
   } finally {
     qmp?.close();
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    // The group, not just the child: a forked survivor would keep running and hold our stderr pipe.
+    killGroup(child.pid);
+    child.stderr?.destroy();
     await exited;
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // ESRCH: the group is empty already.
   }
 }

@@ -1,6 +1,13 @@
 import { existsSync } from 'node:fs';
 import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
+import { formatDomainXml, resolveDomainXml } from '../../../stable/definition/xml.js';
+
+/**
+ * The offer travels as XML, which spells out defaults a typed definition may leave implicit: both
+ * sides are compared in that spelling.
+ */
+const viaXml = (def: DomainDefinition): DomainDefinition => resolveDomainXml(formatDomainXml(def));
 
 /** JSON with sorted keys and without undefined members: equal definitions give equal text. */
 function canonical(value: unknown): string {
@@ -40,7 +47,7 @@ function firstDifference(a: unknown, b: unknown, path = ''): string | undefined 
  * ABI (machine type, devices, their order and aliases) cannot change under it.
  */
 export function checkSameDefinition(here: DomainDefinition, offered: DomainDefinition): void {
-  const diff = firstDifference(here, offered);
+  const diff = firstDifference(viaXml(here), viaXml(offered));
   if (diff)
     throw new VirtError(
       ErrorCode.CONFIG_UNSUPPORTED,
@@ -67,7 +74,7 @@ export function checkSameLive(
         : s;
     }),
   });
-  const diff = firstDifference(local(here), local(offered));
+  const diff = firstDifference(local(viaXml(here)), local(viaXml(offered)));
   if (diff)
     throw new VirtError(
       ErrorCode.CONFIG_UNSUPPORTED,

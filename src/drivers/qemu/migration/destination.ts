@@ -1,6 +1,7 @@
 import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import type { MigrationEndOptions, ResolvedOffer } from '../../../stable/migration.js';
 import { faultPoint } from '../../../util/fault-points.js';
+import type { Job } from '../../jobs.js';
 import type { DriverContext } from '../context.js';
 import type { DomainObject, Runtime } from '../domain-object.js';
 import { destroyDomain } from '../lifecycle.js';
@@ -22,11 +23,12 @@ import { formatMigrationUri, type MigrationAddress, migrationAborted } from './u
 export async function prepareIncoming(
   ctx: DriverContext,
   dom: DomainObject,
+  job: Job,
   offer: ResolvedOffer,
   address: MigrationAddress,
   definedHere: boolean,
-  signal: AbortSignal | undefined,
 ): Promise<string> {
+  const signal = job.signal;
   if (dom.run)
     throw new VirtError(
       ErrorCode.OPERATION_INVALID,
@@ -38,7 +40,7 @@ export async function prepareIncoming(
   const ident = { name: dom.def.name, uuid: dom.def.uuid };
   if (signal?.aborted) throw migrationAborted('prepare', ident);
   if (address.kind === 'unix') removeIfPresent(address.path);
-  await startDomain(ctx, dom, { paused: true }, true);
+  await startDomain(ctx, dom, job, { incoming: {} });
   const run = dom.run as Runtime | undefined;
   if (!run?.qmp) throw new VirtError(ErrorCode.INTERNAL_ERROR, 'the incoming QEMU has no monitor');
   run.migrating = 'in';

@@ -160,6 +160,8 @@ export async function releaseThreads(
   phase: 'release' | 'reconnect',
 ): Promise<void> {
   if (!record.placementAttempted && record.placements.length === 0) return;
+  // Giving back must not stop because the job that placed the threads was aborted or destroyed.
+  scope = { ...scope, signal: undefined };
   // The built-in may find a group still busy for a moment after the exit (threads finishing): it
   // is retried briefly; whatever is still left, the next driver's sweep releases.
   const attempts = scope.handlers.get('cgroup.release') ? 1 : 3;

@@ -1,0 +1,185 @@
+/*
+ * Live migration, virtkit against raw QEMU driven by hand over QMP: the same binary, the same
+ * running 256 MiB TCG guest (the test kernel counting on its console), the same URI type (TCP on
+ * loopback), migrated back and forth between two places, alternating contender per iteration.
+ * Total = from the first step (destination not yet started) until the destination runs and the
+ * source QEMU has exited; downtime = what the source's QEMU reports.
+ *
+ * Run: npm run bench:migration      Knobs (env): BENCH_MIG_N (10).
+ */
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Connection, connect, type Domain } from '../src/stable/index.js';
+import { ensureGuestImage } from '../test/fixtures/guest-image.js';
+import { QEMU, summarize } from './common.js';
+import { connectPolling, RawQmp } from './raw-qmp.js';
+
+const N = Number(process.env['BENCH_MIG_N'] ?? 10);
+const MEMORY_MIB = 256;
+const image = ensureGuestImage();
+const cmdline = 'console=ttyS0 panic=-1 quiet virtkit.mode=count';
+const dir = mkdtempSync(join(tmpdir(), 'vk-bench-mig-'));
+const log = (msg: string) => process.stderr.write(`[bench:migration] ${msg}\n`);
+
+interface Sample {
+  totalMs: number;
+  downtimeMs: number;
+}
+
+/** Raw QEMU: the argv a careful hand would write for the guest, plus `-incoming defer` on the destination. */
+class RawSide {
+  proc?: ChildProcess;
+  exited?: Promise<void>;
+  qmp?: RawQmp;
+  constructor(readonly name: string) {}
+
+  async launch(incoming: boolean): Promise<void> {
+    const sock = join(dir, `${this.name}.qmp`);
+    rmSync(sock, { force: true });
+    const argv = [
+      '-name',
+      `guest=raw,debug-threads=on`,
+      '-S',
+      '-no-user-config',
+      '-nodefaults',
+      '-machine',
+      'pc,usb=off,dump-guest-core=off,acpi=on',
+      '-accel',
+      'tcg',
+      '-m',
+      `${MEMORY_MIB}M`,
+      '-smp',
+      '1',
+      '-kernel',
+      image.kernel,
+      '-initrd',
+      image.initrd,
+      '-append',
+      cmdline,
+      '-chardev',
+      `file,id=s0,path=${join(dir, `${this.name}.console`)}`,
+      '-device',
+      'isa-serial,chardev=s0,id=serial0',
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+      '-display',
+      'none',
+      ...(incoming ? ['-incoming', 'defer'] : []),
+    ];
+    const proc = spawn(QEMU, argv, { stdio: 'ignore' });
+    this.proc = proc;
+    this.exited = new Promise((r) => proc.once('exit', () => r()));
+    this.qmp = new RawQmp(await connectPolling(sock, 10_000));
+    await this.qmp.next();
+    await this.qmp.command('qmp_capabilities');
+  }
+
+  async quit(): Promise<void> {
+    await this.qmp?.command('quit').catch(() => undefined);
+    this.qmp?.close();
+    await this.exited;
+  }
+}
+
+async function rawMigrate(from: RawSide, to: RawSide): Promise<Sample> {
+  const t0 = performance.now();
+  await to.launch(true);
+  const dst = to.qmp as RawQmp;
+  const src = from.qmp as RawQmp;
+  await dst.command('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+  const info = await dst.command<{ 'socket-address': Array<{ port: string }> }>('query-migrate');
+  const port = info['socket-address'][0]?.port;
+  await src.command('migrate', { uri: `tcp:127.0.0.1:${port}` });
+  let downtime = 0;
+  for (;;) {
+    const s = await src.command<{ status: string; downtime?: number }>('query-migrate');
+    if (s.status === 'completed') {
+      downtime = s.downtime ?? 0;
+      break;
+    }
+    if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`raw migration ${s.status}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  for (;;) {
+    const d = await dst.command<{ status: string }>('query-migrate');
+    if (d.status === 'completed') break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await dst.command('cont');
+  await from.quit();
+  return { totalMs: performance.now() - t0, downtimeMs: downtime };
+}
+
+async function virtkitMigrate(dom: Domain, to: Connection): Promise<{ sample: Sample; moved: Domain }> {
+  let downtime = 0;
+  const t0 = performance.now();
+  const moved = await dom.migrateTo(to, {
+    listen: 'tcp:127.0.0.1:0',
+    onProgress: (p) => {
+      if (p.downtimeMs !== undefined) downtime = p.downtimeMs;
+    },
+  });
+  return { sample: { totalMs: performance.now() - t0, downtimeMs: downtime }, moved };
+}
+
+async function main(): Promise<void> {
+  const a = await connect(`qemu:///embed?root=${join(dir, 'A')}`);
+  const b = await connect(`qemu:///embed?root=${join(dir, 'B')}`);
+  const raw = [new RawSide('raw-a'), new RawSide('raw-b')] as const;
+  const results = { raw: [] as Sample[], virtkit: [] as Sample[] };
+  let dom: Domain | undefined;
+  try {
+    dom = await a.defineDomain({
+      name: 'bench-mig',
+      type: 'qemu',
+      memoryKiB: MEMORY_MIB * 1024,
+      vcpu: { count: 1 },
+      os: { kernel: image.kernel, initrd: image.initrd, cmdline },
+      serials: [{ type: 'file' }],
+    });
+    await dom.start();
+    await raw[0].launch(false);
+    await raw[0].qmp?.command('cont');
+    // Let both guests boot to their counting loop before the first measurement.
+    await new Promise((r) => setTimeout(r, 5000));
+    const conns = [a, b];
+    for (let i = 0; i < N; i++) {
+      const r = await rawMigrate(raw[i % 2] as RawSide, raw[(i + 1) % 2] as RawSide);
+      results.raw.push(r);
+      const v = await virtkitMigrate(dom, conns[(i + 1) % 2] as Connection);
+      dom = v.moved;
+      results.virtkit.push(v.sample);
+      log(
+        `#${i + 1}: raw ${r.totalMs.toFixed(0)} ms (downtime ${r.downtimeMs}), virtkit ${v.sample.totalMs.toFixed(0)} ms (downtime ${v.sample.downtimeMs})`,
+      );
+    }
+  } finally {
+    for (const side of raw) await side.quit().catch(() => undefined);
+    for (const c of [a, b]) {
+      for (const d of await c.listDomains({ state: 'active' })) await d.destroy({ graceMs: 1000 });
+      await c.close();
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const row = (what: string, pick: (s: Sample) => number) => {
+    const raws = summarize(results.raw.map(pick));
+    const vks = summarize(results.virtkit.map(pick));
+    return `| ${what} | ${raws.median.toFixed(1)} | ${vks.median.toFixed(1)} | ${(vks.median / raws.median).toFixed(2)}× |`;
+  };
+  process.stdout.write(
+    [
+      `Live migration, ${MEMORY_MIB} MiB running TCG guest, TCP on loopback, ${N} alternating iterations (medians):`,
+      '',
+      '| | raw QEMU (ms) | virtkit (ms) | ratio |',
+      '|---|---|---|---|',
+      row('total', (s) => s.totalMs),
+      row('downtime', (s) => s.downtimeMs),
+      '',
+    ].join('\n'),
+  );
+}
+
+await main();
