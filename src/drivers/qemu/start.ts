@@ -323,13 +323,13 @@ async function connectMonitor(s: Startup): Promise<QmpClient> {
   const launch = s.launch as Launch;
   const release = await execSlot(launch.exited);
   try {
-    return await greet(s, launch, domain);
+    return await greet(s, launch);
   } finally {
     release();
   }
 }
 
-async function greet(s: Startup, launch: Launch, domain: TracedDomain): Promise<QmpClient> {
+async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
   const abort = new AbortController();
   const onJobAbort = () => abort.abort(s.job.signal.reason);
   s.job.signal.addEventListener('abort', onJobAbort, { once: true });
