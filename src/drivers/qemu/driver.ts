@@ -13,6 +13,12 @@ import type {
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
+  DetachDeviceOptions,
+  DeviceChangeOptions,
+  DeviceDefinition,
+  DeviceMatch,
+} from '../../stable/devices.js';
+import type {
   ControlSocketSettings,
   DestroyOptions,
   DomainRef,
@@ -46,6 +52,7 @@ import type { DriverContext } from './context.js';
 import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
+import { attachDevice, detachDevice } from './hotplug.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
 import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
@@ -427,6 +434,20 @@ export class QemuDriver implements Driver, DriverContext {
       this.#job(dom, 'start', options.signal, (job) =>
         startDomain(this, dom, job, { paused: options.paused }),
       ),
+    );
+  }
+
+  attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(
+      this.#job(dom, 'device-change', options.signal, () => attachDevice(this, dom, device, options)),
+    );
+  }
+
+  detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(
+      this.#job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
     );
   }
 
