@@ -17,6 +17,7 @@ const PRIVILEGED = '^src/privileged/';
 const PRIVD = '^src/internal/privd/';
 const DRIVERS = '^src/drivers/';
 const ENTRIES = '^src/(index|cli|privd-cli|internal/index)[.]ts$';
+const COMPOSITION = '^src/builtin-drivers[.]ts$';
 
 /** A rule forbidding `from` to import anything in src/ except `allowed` (and the shims). */
 function only(name, comment, from, allowed) {
@@ -86,10 +87,18 @@ module.exports = {
     },
     {
       name: 'entry-points-are-roots',
-      comment: 'Nothing imports an entry point: connect finds drivers through the registry the entry fills.',
+      comment: 'Nothing imports an entry point (the package entries, the two command-line programs).',
       severity: 'error',
       from: {},
       to: { path: ENTRIES },
+    },
+    {
+      name: 'drivers-are-registered-by-entry-points',
+      comment:
+        'connect knows drivers only through its registry; only entry points import the file that fills it.',
+      severity: 'error',
+      from: { pathNot: [ENTRIES, '^src/cli/'] },
+      to: { path: COMPOSITION },
     },
   ],
   options: {

@@ -4,13 +4,13 @@ import { defineConfig } from 'tsup';
 // the handler registry) exists once per module format rather than once per entry point.
 export default defineConfig({
   entry: {
-    index: 'src/stable/index.ts',
+    index: 'src/index.ts',
     internal: 'src/internal/index.ts',
     cli: 'src/cli.ts',
     'privd-cli': 'src/privd-cli.ts',
   },
   format: ['esm', 'cjs'],
-  dts: { entry: { index: 'src/stable/index.ts', internal: 'src/internal/index.ts' } },
+  dts: { entry: { index: 'src/index.ts', internal: 'src/internal/index.ts' } },
   splitting: true,
   sourcemap: true,
   clean: true,

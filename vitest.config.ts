@@ -4,6 +4,7 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/setup/global.ts'],
+    setupFiles: ['test/setup/drivers.ts'],
     // VMs are real QEMU processes on a 2-core machine: run files one at a time so timing-sensitive
     // lifecycle tests do not starve each other.
     fileParallelism: false,

@@ -16,7 +16,7 @@
 
 import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { type Connection, connect, type Domain } from '../src/stable/index.js';
+import { type Connection, connect, type Domain } from '../src/index.js';
 import { type Accel, MARKER, msSince, resetHwm, vmHwmKiB, vmRssKiB } from './common.js';
 import { LoopDelay } from './scale-common.js';
 import { benchDomain } from './virtkit.js';

@@ -5,7 +5,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect, VirtError } from '../src/stable/index.js';
+import { connect, VirtError } from '../src/index.js';
 import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 
 const root = mkdtempSync(join(tmpdir(), 'virtkit-demo-'));

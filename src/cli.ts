@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import './builtin-drivers.js';
 import { runCli } from './cli/program.js';
 
 runCli(process.argv.slice(2), {

@@ -1,6 +1,4 @@
 import { z } from 'zod';
-import { openQemuDriver } from '../drivers/qemu/driver.js';
-import { openTestDriver } from '../drivers/test/driver.js';
 import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import { Connection } from './connection.js';
 import { startControlServer } from './control/server.js';
@@ -46,6 +44,33 @@ export interface ParsedUri {
   readonly scheme: string;
   readonly path: string;
   readonly params: URLSearchParams;
+}
+
+/**
+ * Opens a driver for a URI of its scheme. The package entry registers the built-in ones
+ * (src/builtin-drivers.ts); `connect` knows drivers only through this registry, never by import.
+ *
+ * @internal
+ */
+export type DriverOpener = (uri: string, parsed: ParsedUri, options: ConnectOptions) => Promise<Driver>;
+
+const drivers = new Map<string, DriverOpener>();
+
+/**
+ * Makes {@link connect} open URIs of `scheme` with `open`. Registering the same opener again is a
+ * no-op (every entry point registers the built-in drivers); another opener for a taken scheme is a
+ * bug and throws.
+ *
+ * @internal
+ */
+export function registerDriver(scheme: string, open: DriverOpener): void {
+  const known = drivers.get(scheme);
+  if (known && known !== open) {
+    throw new VirtError(ErrorCode.INTERNAL_ERROR, `a driver for '${scheme}:' is already registered`, {
+      scheme,
+    });
+  }
+  drivers.set(scheme, open);
 }
 
 const SCHEME_AND_SLASHES = /^[a-z][a-z0-9+.-]*:\/\//i;
@@ -123,27 +148,23 @@ export async function connect(uri: string, options: ConnectOptions = {}): Promis
       { path: field },
     );
   }
-  let driver: Driver;
-  switch (parsed.scheme) {
-    case 'qemu':
-      driver = await openQemuDriver(uri, parsed, options);
-      break;
-    case 'test':
-      if (options.controlSocket) {
-        throw new VirtError(
-          ErrorCode.CONFIG_UNSUPPORTED,
-          'test:///default has no root to serve a control socket on; use qemu:///embed',
-          { path: 'controlSocket' },
-        );
-      }
-      driver = await openTestDriver(uri, parsed, options);
-      break;
-    default:
-      throw new VirtError(
-        ErrorCode.INVALID_URI,
-        `unknown driver '${parsed.scheme}' in '${uri}': use qemu:///embed or test:///default`,
-      );
+  const open = drivers.get(parsed.scheme);
+  if (!open && drivers.size === 0) {
+    // Only a program that imports src/stable/ instead of the package entry gets here.
+    throw new VirtError(
+      ErrorCode.INTERNAL_ERROR,
+      `no driver is registered, so '${uri}' cannot be opened: import connect from the package entry ('virtkit', src/index.ts), which registers the built-in drivers`,
+      { scheme: parsed.scheme, registered: [] },
+    );
   }
+  if (!open) {
+    throw new VirtError(
+      ErrorCode.INVALID_URI,
+      `unknown driver '${parsed.scheme}' in '${uri}': use qemu:///embed or test:///default`,
+      { scheme: parsed.scheme, registered: [...drivers.keys()] },
+    );
+  }
+  const driver = await open(uri, parsed, options);
   const conn = new Connection(driver);
   if (driver.controlSocket) {
     const settings = driver.controlSocket;

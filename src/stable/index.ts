@@ -1,8 +1,5 @@
-/**
- * virtkit: virtualization management for Node.js, with an embedded QEMU driver.
- *
- * @packageDocumentation
- */
+// The exports of the stable API. The package entry is src/index.ts, which also registers the
+// built-in drivers with connect (this layer never imports a driver).
 
 export { ErrorCode, VirtError, type VirtErrorDetails } from '../errors.js';
 export type {
@@ -28,6 +25,7 @@ export type {
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
+export type { DetachDeviceOptions, DeviceChangeOptions, DeviceDefinition, DeviceMatch } from './devices.js';
 export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
 export type {
   ControlSocketSettings,

@@ -3,6 +3,7 @@ import { readdirSync, readFileSync, readlinkSync, realpathSync, statSync } from 
 import { basename, isAbsolute } from 'node:path';
 import { z } from 'zod';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
 import { closeFd } from '../../util/libc.js';
@@ -11,7 +12,6 @@ import { peerCredentials, unixConnect } from '../../util/unix-socket.js';
 import { QmpClient } from './qmp/client.js';
 import { domainPaths, type RootLayout } from './root.js';
 import { type DomainStatus, readStatus } from './status.js';
-import { verifyThreadCount, verifyThreads } from './threads-verify.js';
 
 /** The taint of a domain whose QEMU virtkit did not launch (libvirt's `external-launch`). */
 export const EXTERNAL_LAUNCH_TAINT = 'external-launch';

@@ -110,7 +110,9 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     pid: status.pid,
     startTime: BigInt(status.startTime),
     emulator: status.emulator,
-    paths,
+    // The monitor the status names: a QEMU adopted with attach serves its own socket, and every
+    // later rewrite of the status file must keep pointing there.
+    paths: { ...paths, monitor: status.monitor },
     live: liveDefinition(status, dom),
     taints: status.taints,
     exited,

@@ -24,6 +24,8 @@ import { Simulation } from './simulation.js';
 /** Options the test driver takes from `connect()`. */
 export interface TestDriverOptions {
   readonly plugins?: readonly string[];
+  /** Refused: the test driver has no root to serve a control socket on. */
+  readonly controlSocket?: unknown;
 }
 
 /**
@@ -35,6 +37,13 @@ export async function openTestDriver(
   parsed: ParsedUri,
   options: TestDriverOptions = {},
 ): Promise<Driver> {
+  if (options.controlSocket) {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      'test:///default has no root to serve a control socket on; use qemu:///embed',
+      { path: 'controlSocket' },
+    );
+  }
   if (parsed.path !== '/default') {
     throw new VirtError(
       ErrorCode.INVALID_URI,
