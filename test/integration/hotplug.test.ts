@@ -170,6 +170,24 @@ describe('hotplug on a running guest', { timeout: 300_000 }, () => {
     expect(existsSync('/sys/class/net/vkhp0')).toBe(false);
   });
 
+  it('a detach the guest does not answer in time fails with OPERATION_TIMEOUT, and completes when it lets go', async () => {
+    const events = recordEvents(conn);
+    const { dom, qmp } = await startGuest('hp-timeout');
+    await dom.attachDevice(diskXml(image('t.img', 1), 'vdb'), { live: true });
+    await guestSees(dom, (r) => r.includes('blk:vda:2048'));
+    await dom.suspend();
+    await expect(dom.detachDevice('virtio-disk1', { live: true, timeoutMs: 1000 })).rejects.toMatchObject({
+      code: 'OPERATION_TIMEOUT',
+    });
+    expect(dom.getDefinition().disks.map((d) => d.alias)).toEqual(['virtio-disk1']);
+    expect((await blockState(qmp)).devices).toContain('virtio-disk1');
+    await dom.resume();
+    await events.next((e) => e.type === 'device-removed' && e.reason === 'virtio-disk1');
+    await guestSees(dom, (r) => r === '');
+    expect(dom.getDefinition().disks).toEqual([]);
+    expect(await blockState(qmp)).toMatchObject({ nodes: [], sets: [] });
+  });
+
   it('config only: the persistent definition changes, the running VM does not', async () => {
     const { dom } = await startGuest('hp-config');
     await dom.attachDevice(diskXml(image('p.img', 1), 'vdb'), { config: true });

@@ -38,7 +38,7 @@ import type {
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
-import { type Job, NO_JOB } from '../jobs.js';
+import { type Job, NO_JOB, traceJob } from '../jobs.js';
 import {
   checkRequest,
   connectMonitor,
@@ -497,7 +497,10 @@ export class QemuDriver implements Driver, DriverContext {
     const dom = this.#get(uuid);
     return this.#track(
       this.#job(dom, 'migration-out', options.signal, (job) =>
-        performMigration(this, dom, uri, { ...options, signal: job.signal }),
+        performMigration(this, dom, uri, { ...options, signal: job.signal }, (p) => {
+          job.phase = `stream-${p.status}`;
+          job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
+        }),
       ),
     );
   }
@@ -580,7 +583,14 @@ export class QemuDriver implements Driver, DriverContext {
     const starting = job?.operation === 'start' || job?.operation === 'migration-in';
     // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
     if ((run || starting) && job?.operation !== 'shutdown') job?.abort('destroy');
-    if (run?.started) return this.#track(destroyDomain(this, dom, options));
+    if (run?.started)
+      return this.#track(
+        traceJob(
+          'destroy',
+          () => identOf(dom),
+          () => destroyDomain(this, dom, options),
+        ),
+      );
     if (run) {
       run.stopIntent = 'destroy';
       run.cancel.abort();

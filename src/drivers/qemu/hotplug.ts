@@ -174,9 +174,6 @@ export async function detachDevice(
       );
     }
     await unplug(ctx, dom, run, liveDevice, options.timeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS);
-    await setLive(run, without(run.live, liveDevice));
-    ctx.log(dom, `detached ${aliasOf(liveDevice)} (live)`);
-    ctx.emit(dom, 'device-removed', aliasOf(liveDevice));
   }
   if (configDevice) {
     const next = without(dom.def, configDevice);
@@ -288,6 +285,55 @@ async function plugInterface(
   }
 }
 
+/**
+ * Removes what backed a device QEMU has let go of (block nodes and fdset, or the netdev) and takes
+ * it out of the live definition.
+ */
+async function release(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  device: DeviceDefinition,
+): Promise<void> {
+  const qmp = monitor(run);
+  const alias = aliasOf(device);
+  if ('disk' in device) {
+    const nodes = diskNodes(alias);
+    await qmp.command('blockdev-del', { 'node-name': nodes.format });
+    await qmp.command('blockdev-del', { 'node-name': nodes.storage });
+    await qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) });
+  } else {
+    await qmp.command('netdev_del', { id: netdevId(device.interface) });
+  }
+  await setLive(run, without(run.live, device));
+  ctx.log(dom, `QEMU released ${alias}; detached (live)`);
+  ctx.emit(dom, 'device-removed', alias);
+}
+
+/**
+ * After a detach timed out the guest may still let go, later: the removal is then completed when
+ * QEMU reports it, as libvirt does on a late DEVICE_DELETED.
+ */
+function releaseWhenDeleted(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  device: DeviceDefinition,
+): void {
+  const qmp = monitor(run);
+  const alias = aliasOf(device);
+  qmp
+    .waitForEvent('DEVICE_DELETED', (e) => e.data.device === alias, { timeoutMs: Number.POSITIVE_INFINITY })
+    .then(async () => {
+      const current = find(run.live, { alias });
+      if (dom.run !== run || !current) return;
+      await release(ctx, dom, run, current);
+    })
+    .catch((err: unknown) => {
+      if (dom.run === run) ctx.log(dom, `late release of ${alias} not completed: ${errorMessage(err)}`);
+    });
+}
+
 async function unplug(
   ctx: DriverContext,
   dom: DomainObject,
@@ -304,22 +350,15 @@ async function unplug(
     await deleted;
   } catch (err) {
     if (err instanceof VirtError && err.code === ErrorCode.OPERATION_TIMEOUT) {
+      releaseWhenDeleted(ctx, dom, run, device);
       throw new VirtError(
         ErrorCode.OPERATION_TIMEOUT,
-        `the guest did not release ${alias} within ${timeoutMs} ms; it is still attached (the guest may release it later)`,
+        `the guest did not release ${alias} within ${timeoutMs} ms; it is still attached (when the guest lets go later, the detach completes then, with event device-removed)`,
         { alias, timeoutMs },
         { cause: err },
       );
     }
     throw err;
   }
-  if ('disk' in device) {
-    const nodes = diskNodes(alias);
-    await qmp.command('blockdev-del', { 'node-name': nodes.format });
-    await qmp.command('blockdev-del', { 'node-name': nodes.storage });
-    await qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) });
-  } else {
-    await qmp.command('netdev_del', { id: netdevId(device.interface) });
-  }
-  ctx.log(dom, `QEMU released ${alias}`);
+  await release(ctx, dom, run, device);
 }
