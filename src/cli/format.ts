@@ -1,5 +1,6 @@
 import type { DomainInfoJson, DomainSummaryJson } from '../stable/control/operations.js';
 import type { DomainEvent, DomainState } from '../stable/events.js';
+import type { JobInfo } from '../stable/jobs.js';
 
 /*
  * Human output as virsh prints it, so that scripts written against virsh keep working: the same
@@ -58,6 +59,22 @@ export function dominfoText(info: DomainInfoJson): string {
   );
   if (info.taints.length > 0) rows.push(['Taints:', info.taints.join(', ')]);
   return `${rows.map(([k, v]) => `${k.padEnd(15)} ${v}`).join('\n')}\n\n`;
+}
+
+/** `virsh domjobinfo`: virsh's labels, and virtkit's operation and phase. */
+export function jobText(job: JobInfo): string {
+  if (job.operation === 'none') return `${'Job type:'.padEnd(17)} None\n\n`;
+  const rows: Array<[string, string]> = [
+    ['Job type:', 'Unbounded'],
+    ['Operation:', job.operation],
+    ['Phase:', job.phase ?? '-'],
+    ['Time elapsed:', `${job.elapsedMs} ms`],
+  ];
+  if (job.progress) {
+    rows.push(['Progress:', `${job.progress.completed} of ${job.progress.total} ${job.progress.unit}`]);
+  }
+  if (job.aborting) rows.push(['Aborting:', 'yes']);
+  return `${rows.map(([k, v]) => `${k.padEnd(17)} ${v}`).join('\n')}\n\n`;
 }
 
 /** One line of `virsh event`. */

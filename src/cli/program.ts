@@ -8,7 +8,7 @@ import type { DomainSummaryJson } from '../stable/control/operations.js';
 import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
 import { type Endpoint, openEndpoint, resolveUri } from './endpoint.js';
-import { dominfoText, eventLine, listTable, stateName } from './format.js';
+import { dominfoText, eventLine, jobText, listTable, stateName } from './format.js';
 import { migrate, progressLine } from './migrate.js';
 import { qemuMonitorCommand } from './monitor.js';
 
@@ -200,6 +200,19 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       );
     });
   }
+
+  domainCommand('domjobinfo', 'the job under way on a domain')
+    .option('--json', 'JSON: { operation, phase, startedAt, elapsedMs, progress, aborting }')
+    .action(async (domain: string, o: { json?: boolean }) => {
+      const job = await (await open()).call('domjobinfo', { domain });
+      print(job, () => jobText(job), !!o.json);
+    });
+
+  domainCommand('domjobabort', 'abort the job under way (it rolls back and fails with ABORTED)').action(
+    async (domain: string) => {
+      await (await open()).call('domjobabort', { domain });
+    },
+  );
 
   domainCommand('edit', 'edit the persistent XML with $EDITOR and define it again').action(
     async (domain: string) => {

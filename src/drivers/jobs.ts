@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../errors.js';
 import type { JobInfo, JobOperation } from '../stable/jobs.js';
+import { channels, traceAsync, tracing } from '../stable/tracing.js';
 
 /** Who asked a job to stop: decides the error the job fails with. */
 export type AbortCause = 'signal' | 'abort-job' | 'destroy';
@@ -162,20 +163,34 @@ export class JobSlot {
         await waitTurn(previous, signal, () => abortedWhileWaiting(operation, ident()));
         const job = new Job(operation, ident(), signal);
         this.#current = job;
-        try {
-          job.checkAborted();
-          return await fn(job);
-        } catch (err) {
-          throw job.failure(err);
-        } finally {
-          this.#current = undefined;
-          job.end();
-        }
+        const body = async (): Promise<T> => {
+          try {
+            job.checkAborted();
+            return await fn(job);
+          } catch (err) {
+            throw job.failure(err);
+          } finally {
+            this.#current = undefined;
+            job.end();
+          }
+        };
+        // Traced from the moment the job holds the domain, not while it waits for its turn.
+        return await traceJob(operation, ident, body);
       } finally {
         release();
       }
     })();
   }
+}
+
+/**
+ * Runs `fn` traced on the `virtkit:job` channel (when anyone listens). Every job goes through it:
+ * those of the slot, and a destroy, which never waits for the slot.
+ */
+export function traceJob<T>(operation: JobOperation, ident: () => Ident, fn: () => Promise<T>): Promise<T> {
+  if (!tracing(channels.job)) return fn();
+  const { name, uuid } = ident();
+  return traceAsync(channels.job, { job: operation, domain: { name, uuid } }, fn);
 }
 
 async function waitTurn(

@@ -1,6 +1,12 @@
 import { ErrorCode, VirtError } from '../errors.js';
 import type { DomainDefinition } from './definition/schema.js';
 import { formatDomainXml } from './definition/xml.js';
+import {
+  type DetachDeviceOptions,
+  type DeviceChangeOptions,
+  type DeviceMatch,
+  parseDeviceXml,
+} from './devices.js';
 import type { DestroyOptions, Driver, ShutdownOptions, StartOptions } from './driver.js';
 import type { DomainInfo } from './events.js';
 import type { JobInfo, OperationOptions } from './jobs.js';
@@ -178,6 +184,40 @@ export class Domain {
     const fn = this.#driver[name];
     if (!fn) throw new VirtError(ErrorCode.NO_SUPPORT, 'this driver cannot migrate domains');
     return fn as NonNullable<Driver[K]>;
+  }
+
+  /**
+   * Attaches a `<disk>` or `<interface>` (libvirt's `virDomainAttachDeviceFlags`): to the running
+   * domain (`live`, hotplug: the guest sees it at once), to the persistent definition (`config`), or
+   * both. The device gets its alias and PCI address as at define time; event `device-added` names
+   * the alias. A failure leaves the domain as it was.
+   *
+   * @param xml - one `<disk>` or `<interface>` element
+   * @throws {@link VirtError} `OPERATION_INVALID` for `live` on an inactive domain, `XML_ERROR` or
+   *   `CONFIG_UNSUPPORTED` for the device, `HANDLER_FAILED` when a privileged handler fails
+   */
+  async attachDevice(xml: string, options: DeviceChangeOptions = {}): Promise<void> {
+    const device = parseDeviceXml(xml);
+    const fn = this.#driver.attachDevice;
+    if (!fn) throw new VirtError(ErrorCode.NO_SUPPORT, 'this driver cannot attach devices');
+    return fn.call(this.#driver, this.uuid, device, options);
+  }
+
+  /**
+   * Detaches a device, named by its alias or given as a `<disk>`/`<interface>` element. `live` asks
+   * the guest and waits (`timeoutMs`) for it to let go (`DEVICE_DELETED`); event `device-removed`
+   * names the alias.
+   *
+   * @throws {@link VirtError} `OPERATION_TIMEOUT` when the guest does not let go in time (the
+   *   device stays attached), `OPERATION_INVALID` when the domain has no such device
+   */
+  async detachDevice(xmlOrAlias: string, options: DetachDeviceOptions = {}): Promise<void> {
+    const match: DeviceMatch = xmlOrAlias.trimStart().startsWith('<')
+      ? { device: parseDeviceXml(xmlOrAlias) }
+      : { alias: xmlOrAlias };
+    const fn = this.#driver.detachDevice;
+    if (!fn) throw new VirtError(ErrorCode.NO_SUPPORT, 'this driver cannot detach devices');
+    return fn.call(this.#driver, this.uuid, match, options);
   }
 
   /** The definition: the live one while running (with defaults and aliases filled in), else the persistent one. */

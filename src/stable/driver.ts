@@ -1,5 +1,6 @@
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinition } from './definition/schema.js';
+import type { DetachDeviceOptions, DeviceChangeOptions, DeviceDefinition, DeviceMatch } from './devices.js';
 import type { DomainEvent, DomainInfo } from './events.js';
 import type { JobInfo, OperationOptions } from './jobs.js';
 import type {
@@ -124,6 +125,10 @@ export interface Driver {
   migrateFinish?(uuid: string, options: MigrationEndOptions): Promise<void>;
   /** Migration, source side, step 5: ends the source QEMU, or resumes it when cancelled. */
   migrateConfirm?(uuid: string, options: MigrationEndOptions): Promise<void>;
+  /** Attaches a device (hotplug and/or persistent); absent for a driver that cannot. */
+  attachDevice?(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void>;
+  /** Detaches a device (hot-unplug and/or persistent); absent for a driver that cannot. */
+  detachDevice?(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void>;
   /** Host and guest capabilities; a driver without them leaves this out (`NO_SUPPORT`). */
   getCapabilities?(): Promise<Capabilities>;
   /** What the driver supports with one emulator; a driver without it leaves this out. */

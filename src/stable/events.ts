@@ -3,7 +3,15 @@
  *
  * @public
  */
-export type DomainEventType = 'defined' | 'undefined' | 'started' | 'suspended' | 'resumed' | 'stopped';
+export type DomainEventType =
+  | 'defined'
+  | 'undefined'
+  | 'started'
+  | 'suspended'
+  | 'resumed'
+  | 'stopped'
+  | 'device-added'
+  | 'device-removed';
 
 /**
  * Why a domain stopped, as in libvirt's `VIR_DOMAIN_EVENT_STOPPED_*`.

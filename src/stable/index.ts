@@ -25,6 +25,7 @@ export type {
 } from './definition/schema.js';
 export { domainDefinitionSchema } from './definition/schema.js';
 export { formatDomainXml, parseDomainXml } from './definition/xml.js';
+export type { DetachDeviceOptions, DeviceChangeOptions, DeviceDefinition, DeviceMatch } from './devices.js';
 export { Domain, IncomingMigration, type MigrationDestination } from './domain.js';
 export type {
   ControlSocketSettings,

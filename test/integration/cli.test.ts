@@ -316,6 +316,36 @@ describe('the virtkit command and a root held by an application', () => {
     expect(run('destroy', 'clivm').code).toBe(0);
   }, 240_000);
 
+  it('shows the job another command runs on the held root, and aborts it', async () => {
+    const { root, run } = await setUp('an application holds the root');
+    const file = join(root, 'vm.xml');
+    writeFileSync(file, XML);
+    expect(run('define', file).code).toBe(0);
+    expect(run('start', 'clivm', '--paused').code).toBe(0);
+    expect(run('domjobinfo', 'clivm')).toEqual({ code: 0, out: 'Job type:         None\n\n', err: '' });
+    expect(json(run('domjobinfo', 'clivm', '--json').out)).toMatchObject({ operation: 'none', phase: null });
+    expect(run('domjobabort', 'clivm')).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+    });
+    // A paused guest never answers the power button: the shutdown job waits until it is aborted.
+    const shutdown = virtkitBackground(['shutdown', 'clivm', '--timeout', '600', '--root', root]);
+    let job: { operation?: string } = {};
+    for (let i = 0; i < 100 && job.operation !== 'shutdown'; i++) {
+      job = json(run('domjobinfo', 'clivm', '--json').out) as { operation: string };
+      if (job.operation !== 'shutdown') await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(run('domjobinfo', 'clivm').out).toMatch(
+      /^Job type: {9}Unbounded\nOperation: {8}shutdown\nPhase: {12}\S+\nTime elapsed: {5}\d+ ms\n/,
+    );
+    expect(run('domjobabort', 'clivm')).toEqual({ code: 0, out: '', err: '' });
+    expect(await shutdown.exited).toBe(1);
+    expect(shutdown.err()).toMatch(/^error: ABORTED: /);
+    expect(json(run('domjobinfo', 'clivm', '--json').out)).toMatchObject({ operation: 'none' });
+    expect(json(run('domstate', 'clivm', '--json').out)).toMatchObject({ state: 'paused' });
+    expect(run('destroy', 'clivm').code).toBe(0);
+  }, 240_000);
+
   it('names the holder and how to enable the control socket when it serves none', async () => {
     const root = tempRoot();
     roots.push(root);

@@ -8,6 +8,7 @@ import {
   type DomainEvent,
   diagnosticsChannels,
   type HandlerMessage,
+  type JobMessage,
   type QmpCommandMessage,
   type QmpEventMessage,
 } from '../../src/stable/index.js';
@@ -25,18 +26,25 @@ beforeEach(async () => {
 
 afterEach(async () => {
   for (const off of cleanups.splice(0)) off();
+  timeline.length = 0;
   for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
   await conn.close();
   removeRoot(root);
 });
 
 type Phase = 'start' | 'end' | 'asyncStart' | 'asyncEnd' | 'error';
+/** Every traced phase of every recorded channel, in the order published. */
+const timeline: Array<{ phase: Phase; message: unknown }> = [];
 
 /** Subscribes to every part of a tracing channel, recording (phase, message) in order. */
 function recordTracing<M extends object>(name: string): Array<{ phase: Phase; message: M; snapshot: M }> {
   const seen: Array<{ phase: Phase; message: M; snapshot: M }> = [];
   const channel = diagnosticsChannel.tracingChannel<string, M>(name);
-  const at = (phase: Phase) => (message: M) => seen.push({ phase, message, snapshot: { ...message } });
+  const at = (phase: Phase) => (message: M) => {
+    const entry = { phase, message, snapshot: { ...message } };
+    seen.push(entry);
+    timeline.push(entry);
+  };
   const handlers = {
     start: at('start'),
     end: at('end'),
@@ -176,6 +184,40 @@ describe('tracing on node:diagnostics_channel, against real QEMU', () => {
       error: { code: 'HANDLER_FAILED' },
       domain: { name: 'bad' },
     });
+  });
+
+  it('traces every job: operation, domain, duration, outcome, with its QMP commands inside it', async () => {
+    const jobs = recordTracing<JobMessage>(diagnosticsChannels.job);
+    const qmp = recordTracing<QmpCommandMessage>(diagnosticsChannels.qmpCommand);
+    const dom = await conn.defineDomain(pausedOnly('tr'));
+    await dom.start({ paused: true });
+    await expect(dom.suspend()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.resume();
+    await dom.destroy();
+    const settled = jobs.filter((t) => t.phase === 'asyncEnd').map((t) => t.message);
+    expect(
+      settled.map((m) => [m.job, m.error === undefined ? 'ok' : (m.error as { code: string }).code]),
+    ).toEqual([
+      ['define', 'ok'],
+      ['start', 'ok'],
+      ['suspend', 'OPERATION_INVALID'],
+      ['resume', 'ok'],
+      ['destroy', 'ok'],
+    ]);
+    for (const m of settled) {
+      expect(m.domain).toEqual({ name: 'tr', uuid: dom.uuid });
+      expect(m.durationMs).toBeGreaterThanOrEqual(0);
+    }
+    expect(jobs.filter((t) => t.phase === 'error').map((t) => t.message.job)).toEqual(['suspend']);
+    // The resume job's `cont` runs inside it: started after the job began, settled before it ended.
+    const resume = settled.find((m) => m.job === 'resume');
+    const cont = qmp.find((t) => t.phase === 'start' && t.message.command === 'cont')?.message;
+    const at = (message: unknown, phase: Phase) =>
+      timeline.findIndex((t) => t.message === message && t.phase === phase);
+    expect(at(resume, 'start')).toBeGreaterThanOrEqual(0);
+    expect(at(resume, 'start')).toBeLessThan(at(cont, 'start'));
+    expect(at(cont, 'start')).toBeLessThan(at(cont, 'asyncEnd'));
+    expect(at(cont, 'asyncEnd')).toBeLessThan(at(resume, 'asyncEnd'));
   });
 
   it('publishes nothing once unsubscribed', async () => {

@@ -17,7 +17,8 @@ export interface Runtime {
   readonly startTime: bigint;
   readonly emulator: string;
   readonly paths: DomainPaths;
-  readonly live: DomainDefinition;
+  /** The running domain's definition; a device change replaces it (and rewrites the status file). */
+  live: DomainDefinition;
   readonly taints: string[];
   /** Our own child when this driver spawned it; absent for a process adopted on reconnect. */
   readonly child?: ChildProcess;

@@ -13,6 +13,12 @@ import type {
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
+  DetachDeviceOptions,
+  DeviceChangeOptions,
+  DeviceDefinition,
+  DeviceMatch,
+} from '../../stable/devices.js';
+import type {
   ControlSocketSettings,
   DestroyOptions,
   DomainRef,
@@ -32,7 +38,7 @@ import type {
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
-import { type Job, NO_JOB } from '../jobs.js';
+import { type Job, NO_JOB, traceJob } from '../jobs.js';
 import {
   checkRequest,
   connectMonitor,
@@ -46,6 +52,7 @@ import type { DriverContext } from './context.js';
 import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
+import { attachDevice, detachDevice } from './hotplug.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { appendLog } from './log.js';
 import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
@@ -430,6 +437,20 @@ export class QemuDriver implements Driver, DriverContext {
     );
   }
 
+  attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(
+      this.#job(dom, 'device-change', options.signal, () => attachDevice(this, dom, device, options)),
+    );
+  }
+
+  detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(
+      this.#job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
+    );
+  }
+
   suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
     return this.#track(this.#job(dom, 'suspend', options.signal, (job) => suspendDomain(this, dom, job)));
@@ -558,7 +579,14 @@ export class QemuDriver implements Driver, DriverContext {
     const starting = job?.operation === 'start' || job?.operation === 'migration-in';
     // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
     if ((run || starting) && job?.operation !== 'shutdown') job?.abort('destroy');
-    if (run?.started) return this.#track(destroyDomain(this, dom, options));
+    if (run?.started)
+      return this.#track(
+        traceJob(
+          'destroy',
+          () => identOf(dom),
+          () => destroyDomain(this, dom, options),
+        ),
+      );
     if (run) {
       run.stopIntent = 'destroy';
       run.cancel.abort();

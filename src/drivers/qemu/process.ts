@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { CONTROL_FD, STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
@@ -19,6 +20,49 @@ export interface Launch {
   proceed(): void;
   /** Makes the stub exit without running QEMU (a no-op once it has proceeded). */
   abandon(): void;
+}
+
+/**
+ * How many QEMUs may be between the go-ahead and their QMP greeting at once, across every driver
+ * of this process. Initialising takes tens of ms of CPU each, and each QEMU runs in a session of
+ * its own, which the kernel's scheduler autogroups treat as a group of its own: a hundred
+ * initialising at once leave the driver's process one share in a hundred, and every QMP reply
+ * of the domains already up waits for them (event-loop delay p99 near a second at 128). Initialising
+ * is not only CPU, though: fewer than about 32 at a time made bursts of 32 slower
+ * (`npm run bench:scale`), so the bound only ever holds back the largest bursts.
+ */
+export const EXEC_SLOTS = Math.max(32, 8 * availableParallelism());
+let execActive = 0;
+const execWaiting: Array<() => void> = [];
+
+/**
+ * Waits for a slot to let a stub exec QEMU; resolves with its release (idempotent). Resolves at
+ * once, with no slot taken, when `gone` settles first (the stub was killed while waiting).
+ */
+export function execSlot(gone: Promise<unknown>): Promise<() => void> {
+  return new Promise((resolve) => {
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      const next = execWaiting.shift();
+      if (next) next();
+      else execActive--;
+    };
+    if (execActive < EXEC_SLOTS) {
+      execActive++;
+      resolve(release);
+      return;
+    }
+    const granted = () => resolve(release);
+    execWaiting.push(granted);
+    void gone.then(() => {
+      const i = execWaiting.indexOf(granted);
+      if (i === -1) return;
+      execWaiting.splice(i, 1);
+      resolve(() => undefined);
+    });
+  });
 }
 
 /** Spawns the stub in its own session, with stdout/stderr on the log and `fds` at 4, 5, … */

@@ -21,7 +21,7 @@ import {
   raiseMemLock,
   releaseThreads,
 } from './privileged/phases.js';
-import { FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
+import { execSlot, FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { runtimeStatus } from './runtime-status.js';
@@ -321,6 +321,15 @@ async function execQemu(s: Startup): Promise<void> {
 
 async function connectMonitor(s: Startup): Promise<QmpClient> {
   const launch = s.launch as Launch;
+  const release = await execSlot(launch.exited);
+  try {
+    return await greet(s, launch);
+  } finally {
+    release();
+  }
+}
+
+async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
   const abort = new AbortController();
   const onJobAbort = () => abort.abort(s.job.signal.reason);
   s.job.signal.addEventListener('abort', onJobAbort, { once: true });

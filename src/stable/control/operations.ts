@@ -5,6 +5,7 @@ import type { Connection } from '../connection.js';
 import { formatDomainXml } from '../definition/xml.js';
 import type { Domain } from '../domain.js';
 import type { DomainState } from '../events.js';
+import type { JobInfo } from '../jobs.js';
 import type { MigrationOffer, MigrationProgress } from '../migration.js';
 
 /*
@@ -166,6 +167,19 @@ export const operations = {
     run: async (conn: Connection, args: { domain: string }) => {
       const dom = await resolveDomain(conn, args.domain);
       await dom.resume();
+      return ref(dom);
+    },
+  },
+  domjobinfo: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }): Promise<JobInfo> =>
+      (await resolveDomain(conn, args.domain)).getJobInfo(),
+  },
+  domjobabort: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }): Promise<DomainRefJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.abortJob();
       return ref(dom);
     },
   },

@@ -147,6 +147,8 @@ export const QMP_COMMANDS = {
   'blockdev-del': spec<{ 'node-name': string }>()(Empty),
   device_add: spec<DeviceAddArguments>()(Empty),
   device_del: spec<{ id: string }>()(Empty),
+  netdev_add: spec<{ type: string; id: string; [option: string]: unknown }>()(Empty),
+  netdev_del: spec<{ id: string }>()(Empty),
   'migrate-set-capabilities': spec<{ capabilities: Array<{ capability: string; state: boolean }> }>()(Empty),
   'migrate-set-parameters': spec<Record<string, unknown>>()(Empty),
   migrate: spec<{ uri: string }>()(Empty),

@@ -1,0 +1,372 @@
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import type {
+  DiskDefinition,
+  DomainDefinition,
+  InterfaceDefinition,
+} from '../../stable/definition/schema.js';
+import { resolveDefinition } from '../../stable/definition/validate.js';
+import type {
+  DetachDeviceOptions,
+  DeviceChangeOptions,
+  DeviceDefinition,
+  DeviceMatch,
+} from '../../stable/devices.js';
+import { closeFd } from '../../util/libc.js';
+import { type DriverContext, scopeOf } from './context.js';
+import { assignDevices } from './devices/assign.js';
+import { diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
+import { fdsetIdOf } from './devices/fdset.js';
+import { netdevId, netdevOf, nicDevice } from './devices/net.js';
+import type { DomainObject, Runtime } from './domain-object.js';
+import { invoke } from './privileged/invoke.js';
+import { domainPaths } from './root.js';
+import { readStatus, writeStatus } from './status.js';
+import { saveDefinition } from './store.js';
+
+/*
+ * Device hotplug, libvirt's qemuDomainAttachDeviceFlags/qemuDomainDetachDeviceFlags. A live attach
+ * opens what QEMU needs through the privileged operations in phase `hotplug` (`storage.openFile`,
+ * `net.openTap`), hands the descriptors over with `add-fd`/`getfd`, creates the backend
+ * (`blockdev-add`/`netdev_add`) and then the device (`device_add`) at the alias and address the
+ * device model assigns; any failure undoes every step before it, so the running VM is exactly as it
+ * was. A live detach asks the guest (`device_del`), waits for `DEVICE_DELETED`, then removes the
+ * backend and the descriptors.
+ */
+
+const DEFAULT_DETACH_TIMEOUT_MS = 10_000;
+
+interface Affect {
+  readonly live: boolean;
+  readonly config: boolean;
+}
+
+function affect(dom: DomainObject, options: DeviceChangeOptions): Affect {
+  const live = options.live ?? false;
+  const config = options.config ?? false;
+  if (!live && !config) return { live: dom.active, config: !dom.active };
+  if (live && !dom.run?.started) {
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `domain '${dom.def.name}' is not running: a live device change needs a running domain`,
+    );
+  }
+  return { live, config };
+}
+
+function withDevice(def: DomainDefinition, device: DeviceDefinition): DomainDefinition {
+  return 'disk' in device
+    ? { ...def, disks: [...def.disks, device.disk] }
+    : { ...def, interfaces: [...def.interfaces, device.interface] };
+}
+
+/** The definition with the device added, validated, with the device's alias and address assigned. */
+function addTo(
+  def: DomainDefinition,
+  device: DeviceDefinition,
+  live: boolean,
+): { def: DomainDefinition; device: DeviceDefinition } {
+  const next = assignDevices(resolveDefinition(withDevice(def, device)), { live });
+  const added: DeviceDefinition =
+    'disk' in device
+      ? { disk: next.disks[next.disks.length - 1] as DiskDefinition }
+      : { interface: next.interfaces[next.interfaces.length - 1] as InterfaceDefinition };
+  return { def: next, device: added };
+}
+
+const aliasOf = (device: DeviceDefinition): string =>
+  ('disk' in device ? device.disk.alias : device.interface.alias) ?? '';
+
+/** Records the live definition in the status file, so a new driver finds the device. */
+async function saveLive(run: Runtime): Promise<void> {
+  const status = readStatus(run.paths.status);
+  if (status) await writeStatus(run.paths.status, { ...status, live: run.live });
+}
+
+/** Attaches a device to the running domain and/or its persistent definition. */
+export async function attachDevice(
+  ctx: DriverContext,
+  dom: DomainObject,
+  device: DeviceDefinition,
+  options: DeviceChangeOptions,
+): Promise<void> {
+  const { live, config } = affect(dom, options);
+  let persistent: DomainDefinition | undefined;
+  let chosen = device;
+  if (config) {
+    const added = addTo(dom.def, device, false);
+    persistent = added.def;
+    // Live and config get the same alias and address when both are asked for.
+    chosen = added.device;
+  }
+  const run = dom.run;
+  if (live && run) {
+    if ('disk' in chosen && chosen.disk.target.bus === 'sata') {
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        "a sata disk cannot be hot-plugged (QEMU's AHCI has no hotplug); use the virtio bus",
+        {
+          path: 'disk.target.bus',
+        },
+      );
+    }
+    const added = addTo(run.live, chosen, true);
+    if ('disk' in added.device) await plugDisk(ctx, dom, run, added.def, added.device.disk);
+    else await plugInterface(ctx, dom, run, added.def, added.device.interface);
+    run.live = added.def;
+    await saveLive(run);
+    ctx.log(dom, `attached ${aliasOf(added.device)} (live)`);
+    ctx.emit(dom, 'device-added', aliasOf(added.device));
+  }
+  if (persistent) {
+    await saveDefinition(domainPaths(ctx.layout, persistent.name, persistent.uuid).definition, persistent);
+    dom.def = persistent;
+    ctx.log(dom, `attached ${aliasOf(chosen)} (config)`);
+  }
+}
+
+/** Finds the device a match names in a definition; undefined when it has none. */
+function find(def: DomainDefinition, match: DeviceMatch): DeviceDefinition | undefined {
+  if ('alias' in match) {
+    const disk = def.disks.find((d) => d.alias === match.alias);
+    if (disk) return { disk };
+    const nic = def.interfaces.find((n) => n.alias === match.alias);
+    return nic && { interface: nic };
+  }
+  const wanted = match.device;
+  if ('disk' in wanted) {
+    const disk = def.disks.find((d) =>
+      wanted.disk.alias !== undefined
+        ? d.alias === wanted.disk.alias
+        : d.target.dev === wanted.disk.target.dev,
+    );
+    return disk && { disk };
+  }
+  const nic = def.interfaces.find((n) =>
+    wanted.interface.alias !== undefined
+      ? n.alias === wanted.interface.alias
+      : wanted.interface.mac !== undefined && n.mac?.toLowerCase() === wanted.interface.mac.toLowerCase(),
+  );
+  return nic && { interface: nic };
+}
+
+function without(def: DomainDefinition, device: DeviceDefinition): DomainDefinition {
+  return 'disk' in device
+    ? { ...def, disks: def.disks.filter((d) => d !== device.disk) }
+    : { ...def, interfaces: def.interfaces.filter((n) => n !== device.interface) };
+}
+
+/** Detaches a device from the running domain and/or its persistent definition. */
+export async function detachDevice(
+  ctx: DriverContext,
+  dom: DomainObject,
+  match: DeviceMatch,
+  options: DetachDeviceOptions,
+): Promise<void> {
+  const { live, config } = affect(dom, options);
+  const what = 'alias' in match ? `alias '${match.alias}'` : 'the device given';
+  const run = dom.run;
+  const liveDevice = live && run ? find(run.live, match) : undefined;
+  const configDevice = config ? find(dom.def, match) : undefined;
+  if ((live && !liveDevice) || (config && !configDevice)) {
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `domain '${dom.def.name}' has no device with ${what}${live && !liveDevice ? ' in its running definition' : ' in its persistent definition'}`,
+    );
+  }
+  if (liveDevice && run) {
+    if ('disk' in liveDevice && liveDevice.disk.target.bus === 'sata') {
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        'a sata disk cannot be hot-unplugged; detach it from the persistent definition',
+      );
+    }
+    await unplug(ctx, dom, run, liveDevice, options.timeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS);
+  }
+  if (configDevice) {
+    const next = without(dom.def, configDevice);
+    await saveDefinition(domainPaths(ctx.layout, next.name, next.uuid).definition, next);
+    dom.def = next;
+    ctx.log(dom, `detached ${aliasOf(configDevice)} (config)`);
+  }
+}
+
+function monitor(run: Runtime) {
+  const qmp = run.qmp;
+  if (!qmp) throw new VirtError(ErrorCode.OPERATION_FAILED, 'the domain has no monitor connection');
+  return qmp;
+}
+
+/** Runs the undo steps, newest first; a failing one is logged, the others still run. */
+async function undoAll(
+  ctx: DriverContext,
+  dom: DomainObject,
+  undo: Array<() => Promise<unknown>>,
+): Promise<void> {
+  for (const step of undo.reverse()) {
+    try {
+      await step();
+    } catch (err) {
+      ctx.log(dom, `hotplug rollback step failed: ${errorMessage(err)}`);
+    }
+  }
+}
+
+async function plugDisk(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  live: DomainDefinition,
+  disk: DiskDefinition,
+): Promise<void> {
+  const qmp = monitor(run);
+  const alias = disk.alias as string;
+  const set = fdsetIdOf(alias);
+  const clash = run.live.disks.find((d) => d.alias !== undefined && fdsetIdOf(d.alias) === set);
+  if (clash) {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `the disk aliases '${clash.alias}' and '${alias}' map to one fdset; give the disk another alias`,
+    );
+  }
+  const { fd } = await invoke(scopeOf(ctx, dom, run), 'storage.openFile', 'hotplug', {
+    path: disk.source,
+    mode: disk.readonly ? 'r' : 'rw',
+  });
+  const undo: Array<() => Promise<unknown>> = [];
+  try {
+    await qmp.addFd(fd, { fdsetId: set, opaque: disk.source });
+    undo.push(() => qmp.command('remove-fd', { 'fdset-id': set }));
+    for (const node of diskBlockdevs(disk)) {
+      await qmp.command('blockdev-add', node as never);
+      const name = String(node['node-name']);
+      undo.push(() => qmp.command('blockdev-del', { 'node-name': name }));
+    }
+    await qmp.command('device_add', diskDevice(live, disk, `disks.${live.disks.length - 1}`) as never);
+  } catch (err) {
+    await undoAll(ctx, dom, undo);
+    throw err;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+async function plugInterface(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  live: DomainDefinition,
+  nic: InterfaceDefinition,
+): Promise<void> {
+  const qmp = monitor(run);
+  const undo: Array<() => Promise<unknown>> = [];
+  let fds: number[] = [];
+  try {
+    let names: string[] | undefined;
+    if (nic.type === 'ethernet') {
+      const tap = await invoke(scopeOf(ctx, dom, run), 'net.openTap', 'hotplug', {
+        ifname: nic.target?.dev,
+        queues: nic.queues ?? 1,
+        vnetHdr: nic.model === 'virtio',
+        managed: nic.target?.managed !== false,
+      });
+      fds = tap.fds;
+      names = [];
+      for (const [i, fd] of fds.entries()) {
+        const name = `${netdevId(nic)}-fd${i}`;
+        await qmp.getfd(name, fd);
+        names.push(name);
+        undo.push(() => qmp.command('closefd', { fdname: name }));
+      }
+    }
+    await qmp.command('netdev_add', netdevOf(nic, names) as never);
+    // netdev_add consumed the named descriptors: only the netdev is left to undo.
+    undo.splice(0);
+    const id = netdevId(nic);
+    undo.push(() => qmp.command('netdev_del', { id }));
+    await qmp.command('device_add', nicDevice(live, nic) as never);
+  } catch (err) {
+    await undoAll(ctx, dom, undo);
+    throw err;
+  } finally {
+    for (const fd of fds) closeFd(fd);
+  }
+}
+
+/**
+ * Removes what backed a device QEMU has let go of (block nodes and fdset, or the netdev) and takes
+ * it out of the live definition.
+ */
+async function release(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  device: DeviceDefinition,
+): Promise<void> {
+  const qmp = monitor(run);
+  const alias = aliasOf(device);
+  if ('disk' in device) {
+    const nodes = diskNodes(alias);
+    await qmp.command('blockdev-del', { 'node-name': nodes.format });
+    await qmp.command('blockdev-del', { 'node-name': nodes.storage });
+    await qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) });
+  } else {
+    await qmp.command('netdev_del', { id: netdevId(device.interface) });
+  }
+  run.live = without(run.live, device);
+  await saveLive(run);
+  ctx.log(dom, `QEMU released ${alias}; detached (live)`);
+  ctx.emit(dom, 'device-removed', alias);
+}
+
+/**
+ * After a detach timed out the guest may still let go, later: the removal is then completed when
+ * QEMU reports it, as libvirt does on a late DEVICE_DELETED.
+ */
+function releaseWhenDeleted(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  device: DeviceDefinition,
+): void {
+  const qmp = monitor(run);
+  const alias = aliasOf(device);
+  qmp
+    .waitForEvent('DEVICE_DELETED', (e) => e.data.device === alias, { timeoutMs: Number.POSITIVE_INFINITY })
+    .then(async () => {
+      const current = find(run.live, { alias });
+      if (dom.run !== run || !current) return;
+      await release(ctx, dom, run, current);
+    })
+    .catch((err: unknown) => {
+      if (dom.run === run) ctx.log(dom, `late release of ${alias} not completed: ${errorMessage(err)}`);
+    });
+}
+
+async function unplug(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  device: DeviceDefinition,
+  timeoutMs: number,
+): Promise<void> {
+  const qmp = monitor(run);
+  const alias = aliasOf(device);
+  const deleted = qmp.waitForEvent('DEVICE_DELETED', (e) => e.data.device === alias, { timeoutMs });
+  deleted.catch(() => undefined);
+  await qmp.command('device_del', { id: alias });
+  try {
+    await deleted;
+  } catch (err) {
+    if (err instanceof VirtError && err.code === ErrorCode.OPERATION_TIMEOUT) {
+      releaseWhenDeleted(ctx, dom, run, device);
+      throw new VirtError(
+        ErrorCode.OPERATION_TIMEOUT,
+        `the guest did not release ${alias} within ${timeoutMs} ms; it is still attached (when the guest lets go later, the detach completes then, with event device-removed)`,
+        { alias, timeoutMs },
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+  await release(ctx, dom, run, device);
+}
