@@ -1,4 +1,5 @@
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { invoke } from '../../privileged/invoke.js';
 import type {
   DiskDefinition,
   DomainDefinition,
@@ -18,7 +19,6 @@ import { diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { netdevId, netdevOf, nicDevice } from './devices/net.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { invoke } from './privileged/invoke.js';
 import { domainPaths } from './root.js';
 import { readStatus, writeStatus } from './status.js';
 import { saveDefinition } from './store.js';
