@@ -89,6 +89,7 @@ function fakeContext(def: DomainDefinition): Parameters<typeof buildCommandLine>
     tapFds: def.interfaces.map((nic, i) => (nic.type === 'ethernet' ? [100 + i] : undefined)),
     firmware: resolveFirmware(def, '/var/lib/virtkit-corpus/nvram'),
     nowMs: 0,
+    runDir: '/run/virtkit-corpus',
   };
 }
 

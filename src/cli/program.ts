@@ -201,6 +201,49 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     });
   }
 
+  for (const [name, verb] of [
+    ['attach-device', 'attach'],
+    ['detach-device', 'detach'],
+  ] as const) {
+    domainCommand(name, `${verb} a <disk> or <interface> described by an XML file`)
+      .argument('<file>', 'the device XML')
+      .option('--live', 'the running domain')
+      .option('--config', 'the persistent definition')
+      .option('--persistent', 'both (the running domain only when it runs)')
+      .option('--current', 'the running domain when it runs, else the definition (the default)')
+      .action(
+        async (
+          domain: string,
+          file: string,
+          o: { live?: boolean; config?: boolean; persistent?: boolean; current?: boolean },
+        ) => {
+          let xml: string;
+          try {
+            xml = readFileSync(file, 'utf8');
+          } catch (err) {
+            throw new VirtError(ErrorCode.SYSTEM_ERROR, `cannot read ${file}: ${errorMessage(err)}`, {
+              path: file,
+            });
+          }
+          const ep = await open();
+          let live = !!o.live;
+          let config = !!o.config;
+          if (o.persistent || (!live && !config)) {
+            const active = (await ep.call('dominfo', { domain })).id !== null;
+            live = active;
+            config = !!o.persistent || !active;
+          }
+          await ep.call(name === 'attach-device' ? 'attachDevice' : 'detachDevice', {
+            domain,
+            xml,
+            live,
+            config,
+          });
+          io.out(`Device ${verb === 'attach' ? 'attached' : 'detached'} successfully\n\n`);
+        },
+      );
+  }
+
   domainCommand('domjobinfo', 'the job under way on a domain')
     .option('--json', 'JSON: { operation, phase, startedAt, elapsedMs, progress, aborting }')
     .action(async (domain: string, o: { json?: boolean }) => {

@@ -183,6 +183,37 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       });
     }, 180_000);
 
+    it('attaches a disk to the persistent definition and detaches it again', async () => {
+      const { root, run } = await setUp(mode);
+      const file = join(root, 'vm.xml');
+      writeFileSync(file, XML);
+      expect(run('define', file).code).toBe(0);
+      writeFileSync(join(root, 'data.img'), Buffer.alloc(1024 * 1024));
+      const disk = join(root, 'disk.xml');
+      writeFileSync(
+        disk,
+        `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${join(root, 'data.img')}'/><target dev='vdb' bus='virtio'/></disk>`,
+      );
+      expect(run('attach-device', 'clivm', disk, '--config')).toEqual({
+        code: 0,
+        out: 'Device attached successfully\n\n',
+        err: '',
+      });
+      expect(run('dumpxml', 'clivm', '--inactive').out).toContain(
+        `<source file='${join(root, 'data.img')}'/>`,
+      );
+      expect(run('detach-device', 'clivm', disk)).toEqual({
+        code: 0,
+        out: 'Device detached successfully\n\n',
+        err: '',
+      });
+      expect(run('dumpxml', 'clivm', '--inactive').out).not.toContain('data.img');
+      expect(run('attach-device', 'clivm', disk, '--live')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+      });
+    }, 180_000);
+
     it('edits the persistent XML with $EDITOR and defines it again', async () => {
       const { root } = await setUp(mode);
       const file = join(root, 'vm.xml');

@@ -358,6 +358,30 @@ describe('faults during the stream leave the VM running on exactly one side', ()
     expect(runLeftovers(rootB)).toEqual([]);
   });
 
+  it('getJobInfo reports the stream in bytes; abortJob cancels it and the source keeps running', async () => {
+    const dom = await countingGuest('mig-abortjob', 2);
+    const srcPid = (await dom.getInfo()).pid as number;
+    const migration = slowMigration(dom);
+    await migration.moving;
+    let info = await dom.getJobInfo();
+    for (let i = 0; i < 50 && !(info.progress && info.progress.completed > 0); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      info = await dom.getJobInfo();
+    }
+    expect(info).toMatchObject({ operation: 'migration-out', phase: 'stream-active', aborting: false });
+    expect(info.progress?.unit).toBe('bytes');
+    expect(info.progress?.completed).toBeGreaterThan(0);
+    expect(info.progress?.total).toBeGreaterThan(100 * 1024 * 1024);
+    await dom.abortJob();
+    const err = await migration.result;
+    expect(err).toBeInstanceOf(VirtError);
+    expect((err as VirtError).code).toBe('ABORTED');
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
+    expect(await dst.listDomains()).toEqual([]);
+    expect(runLeftovers(rootB)).toEqual([]);
+  });
+
   it('the destination QEMU killed mid-stream: the source keeps running, the destination is cleaned up', async () => {
     const dom = await countingGuest('mig-dstkill', 2);
     const srcPid = (await dom.getInfo()).pid as number;
@@ -387,6 +411,9 @@ describe('faults during the stream leave the VM running on exactly one side', ()
     process.kill(srcPid, 'SIGKILL');
     const err = await migration.result;
     expect(err).toBeInstanceOf(VirtError);
+    // The exit is recorded by the exit watcher, which may finish just after the failed migration.
+    for (let i = 0; i < 100 && (await dom.getInfo()).state !== 'shutoff'; i++)
+      await new Promise((r) => setTimeout(r, 100));
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'crashed' });
     await until('no QEMU of the domain', () => processesMentioning(dom.uuid).length === 0);
     expect(await dst.listDomains()).toEqual([]);

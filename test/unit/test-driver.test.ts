@@ -89,7 +89,7 @@ describe('definitions', () => {
     });
     await expect(
       conn.defineDomain(
-        "<domain type='qemu'><name>x</name><memory>65536</memory><devices><graphics/></devices></domain>",
+        "<domain type='qemu'><name>x</name><memory>65536</memory><devices><hostdev/></devices></domain>",
       ),
     ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
     expect(await conn.listDomains()).toEqual([]);

@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { extraDeviceArgs } from './command-line-devices.js';
 import {
   bootArgs,
   clockArgs,
@@ -40,6 +41,8 @@ export interface CommandLineContext {
   readonly tapFds: ReadonlyArray<readonly number[] | undefined>;
   /** The firmware files (resolveFirmware), when the domain does not boot QEMU's default BIOS. */
   readonly firmware?: FirmwarePaths;
+  /** Where sockets of devices go (VNC, channels): the root's `run/`. */
+  readonly runDir?: string;
   /** The start time, for a clock with a `variable` offset (milliseconds since the epoch). */
   readonly nowMs?: number;
 }
@@ -189,6 +192,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   // sequence sets once QEMU runs.
   const balloon = balloonDevice(full);
   if (balloon) json('-device', balloon);
+  add(...extraDeviceArgs(full, ctx.runDir ?? ctx.homeDir));
   add(...featureDevices(def));
   add('-display', 'none');
 

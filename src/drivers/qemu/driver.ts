@@ -496,7 +496,10 @@ export class QemuDriver implements Driver, DriverContext {
     const dom = this.#get(uuid);
     return this.#track(
       this.#job(dom, 'migration-out', options.signal, (job) =>
-        performMigration(this, dom, uri, { ...options, signal: job.signal }),
+        performMigration(this, dom, uri, { ...options, signal: job.signal }, (p) => {
+          job.phase = `stream-${p.status}`;
+          job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
+        }),
       ),
     );
   }

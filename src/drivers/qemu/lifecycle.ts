@@ -9,7 +9,7 @@ import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { releaseThreads } from './privileged/phases.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient, QmpEvent } from './qmp/client.js';
-import { removeIfPresentAsync } from './store.js';
+import { removeIfPresent, removeIfPresentAsync } from './store.js';
 
 /** The runtime of an active domain, or OPERATION_INVALID naming what the caller must do. */
 export function requireActive(dom: DomainObject): Runtime & { qmp: QmpClient } {
@@ -110,6 +110,13 @@ export async function finalizeExit(
     ),
   );
   dom.run = undefined;
+  // A job's status write (recordJob) that finished during the removal above still saw this run as
+  // current and kept its file; from here on every such write removes its own file.
+  try {
+    removeIfPresent(run.paths.status);
+  } catch (err) {
+    ctx.log(dom, `cannot remove ${run.paths.status} after exit: ${errorMessage(err)}`);
+  }
   dom.state = 'shutoff';
   dom.reason = reason;
   const how = info.signal

@@ -189,6 +189,7 @@ function buildCommand(s: Startup): void {
   ensureNvram(firmware);
   const cmd = buildCommandLine(s.def, {
     firmware,
+    runDir: s.ctx.layout.run,
     monitorFd: FIRST_CHILD_FD,
     consolePath: s.paths.console,
     homeDir: s.ctx.layout.lib,

@@ -170,6 +170,38 @@ export const operations = {
       return ref(dom);
     },
   },
+  attachDevice: {
+    args: z.strictObject({
+      domain: domainArg,
+      xml: z.string().max(1024 * 1024),
+      live: z.boolean(),
+      config: z.boolean(),
+    }),
+    run: async (
+      conn: Connection,
+      args: { domain: string; xml: string; live: boolean; config: boolean },
+    ): Promise<DomainRefJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.attachDevice(args.xml, { live: args.live, config: args.config });
+      return ref(dom);
+    },
+  },
+  detachDevice: {
+    args: z.strictObject({
+      domain: domainArg,
+      xml: z.string().max(1024 * 1024),
+      live: z.boolean(),
+      config: z.boolean(),
+    }),
+    run: async (
+      conn: Connection,
+      args: { domain: string; xml: string; live: boolean; config: boolean },
+    ): Promise<DomainRefJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.detachDevice(args.xml, { live: args.live, config: args.config });
+      return ref(dom);
+    },
+  },
   domjobinfo: {
     args: onDomain,
     run: async (conn: Connection, args: { domain: string }): Promise<JobInfo> =>

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { deviceSchemas } from './schema-devices.js';
 import {
   bootmenuSchema,
   clockSchema,
@@ -38,7 +39,7 @@ const schedEntry = z.strictObject({
 });
 
 /** A PCI address, as libvirt's `<address type='pci' domain bus slot function/>`. */
-const pciAddress = z.strictObject({
+export const pciAddress = z.strictObject({
   type: z.literal('pci'),
   domain: z.literal(0).default(0),
   bus: z.number().int().min(0).max(255),
@@ -241,6 +242,7 @@ export const domainDefinitionSchema = z.strictObject({
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),
   serials: z.array(charSource).max(4).default([]),
+  ...deviceSchemas(pciAddress),
   /**
    * Device controllers. The QEMU driver adds the implicit ones at define time as libvirt does (the
    * PCI root, the PCIe root ports a q35 machine's devices sit behind, SATA, USB).

@@ -267,6 +267,95 @@ function controllerNode(c: ControllerDefinition): Node {
   );
 }
 
+/** The devices of schema-devices.ts, in libvirt's order around the balloon. */
+function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
+  const before: Node[] = [
+    ...(def.channels ?? []).map((c) =>
+      node(
+        'channel',
+        [['type', 'unix']],
+        [
+          node('source', [
+            ['mode', 'bind'],
+            ['path', c.path],
+          ]),
+          node('target', [
+            ['type', 'virtio'],
+            ['name', c.name],
+          ]),
+          aliasNode(c.alias),
+        ],
+      ),
+    ),
+    ...(def.inputs ?? []).map((i) =>
+      node(
+        'input',
+        [
+          ['type', i.type],
+          ['bus', i.bus],
+        ],
+        [aliasNode(i.alias), addressNode(i.address)],
+      ),
+    ),
+    ...(def.graphics ?? []).map((g) =>
+      node(
+        'graphics',
+        [
+          ['type', 'vnc'],
+          ['port', g.port],
+          ['listen', g.listen],
+        ],
+        [
+          g.socket !== undefined &&
+            node('listen', [
+              ['type', 'socket'],
+              ['socket', g.socket],
+            ]),
+        ],
+      ),
+    ),
+    ...(def.audios ?? []).map((a) =>
+      node('audio', [
+        ['id', a.id],
+        ['type', a.type],
+      ]),
+    ),
+    ...(def.videos ?? []).map((v) =>
+      node(
+        'video',
+        [],
+        [
+          node('model', [
+            ['type', v.model],
+            ['vram', v.vram],
+            ['heads', v.heads],
+            ['primary', yesNo(v.primary)],
+          ]),
+          aliasNode(v.alias),
+          addressNode(v.address),
+        ],
+      ),
+    ),
+  ];
+  const after: Node[] = (def.rngs ?? []).map((r) =>
+    node(
+      'rng',
+      [['model', 'virtio']],
+      [
+        r.rate &&
+          node('rate', [
+            ['bytes', r.rate.bytes],
+            ['period', r.rate.periodMs],
+          ]),
+        textNode('backend', r.backend, [['model', 'random']]),
+        aliasNode(r.alias),
+        addressNode(r.address),
+      ],
+    ),
+  );
+  return { before, after };
+}
+
 function domainNode(def: DomainDefinition): Node {
   const tune = def.cputune;
   const features = def.features ?? { acpi: true, apic: true };
@@ -352,12 +441,14 @@ function domainNode(def: DomainDefinition): Node {
           ],
         ),
       ),
+      ...extraDeviceNodes(def).before,
       def.memballoon &&
         node(
           'memballoon',
           [['model', 'virtio']],
           [aliasNode(def.memballoon.alias), addressNode(def.memballoon.address)],
         ),
+      ...extraDeviceNodes(def).after,
     ],
   );
 

@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import { parseAddress, parseController, parseDeviceAlias, parseMemballoon } from './xml-parse-addresses.js';
+import { EXTRA_DEVICES, parseExtraDevices } from './xml-parse-devices-extra.js';
 import {
   at,
   check,
@@ -32,8 +33,17 @@ import type { XmlElement } from './xml-tree.js';
 /** `<devices>`, into `out` (the devices are fields of the definition itself). */
 export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
   check(el, {
-    children: ['emulator', 'disk', 'controller', 'interface', 'serial', 'console', 'memballoon'],
-    repeat: ['disk', 'controller', 'interface', 'serial', 'console'],
+    children: [
+      'emulator',
+      'disk',
+      'controller',
+      'interface',
+      'serial',
+      'console',
+      'memballoon',
+      ...EXTRA_DEVICES,
+    ],
+    repeat: ['disk', 'controller', 'interface', 'serial', 'console', ...EXTRA_DEVICES],
   });
   for (const field of ['disks', 'interfaces', 'serials', 'controllers']) origins.note(field, el);
   const emulator = child(el, 'emulator');
@@ -63,6 +73,7 @@ export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
     });
     out.serials = serials.map((s) => s.source);
   }
+  parseExtraDevices(origins, el, out);
   const balloon = child(el, 'memballoon');
   if (balloon) parseMemballoon(origins, balloon, out);
 }

@@ -1,6 +1,10 @@
 import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import type { OutgoingMigration } from '../../../stable/driver.js';
-import type { MigratePerformOptions, MigrationEndOptions } from '../../../stable/migration.js';
+import type {
+  MigratePerformOptions,
+  MigrationEndOptions,
+  MigrationProgress,
+} from '../../../stable/migration.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import { type DriverContext, within } from '../context.js';
 import type { DomainObject, Runtime } from '../domain-object.js';
@@ -54,6 +58,8 @@ export async function performMigration(
   dom: DomainObject,
   uri: string,
   options: MigratePerformOptions,
+  /** Where `getJobInfo()` reads the stream's progress from (the job's phase and bytes). */
+  report: (progress: MigrationProgress) => void = () => undefined,
 ): Promise<void> {
   const record = outgoing(dom, 'perform');
   const run = requireActive(dom);
@@ -86,7 +92,10 @@ export async function performMigration(
       ctx.log(dom, `migration: perform to ${formatMigrationUri(address)}`);
       await qmp.command('migrate', { uri: formatMigrationUri(address) });
       faultPoint('migrate:streaming');
-      const status = await reportUntil(qmp, end, startedAt, options.onProgress);
+      const status = await reportUntil(qmp, end, startedAt, (p) => {
+        report(p);
+        options.onProgress?.(p);
+      });
       if (status !== 'completed') {
         if (options.signal?.aborted) throw migrationAborted('perform', dom.def);
         const info = await qmp.command('query-migrate').catch(() => undefined);
@@ -123,18 +132,16 @@ async function reportUntil(
   qmp: QmpClient,
   end: Promise<string>,
   startedAt: number,
-  onProgress: MigratePerformOptions['onProgress'],
+  onProgress: (progress: MigrationProgress) => void,
 ): Promise<string> {
   for (;;) {
     const status = await within(end, PROGRESS_INTERVAL_MS);
-    if (onProgress) {
-      const info = await qmp.command('query-migrate').catch(() => undefined);
-      if (info) {
-        try {
-          onProgress(progressOf(info, startedAt));
-        } catch {
-          // a throwing observer does not decide the migration
-        }
+    const info = await qmp.command('query-migrate').catch(() => undefined);
+    if (info) {
+      try {
+        onProgress(progressOf(info, startedAt));
+      } catch {
+        // a throwing observer does not decide the migration
       }
     }
     if (status !== 'timeout') return status;

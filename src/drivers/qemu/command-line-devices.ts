@@ -1,0 +1,119 @@
+import { join } from 'node:path';
+import { ErrorCode, VirtError } from '../../errors.js';
+import type { DomainDefinition, PciAddress } from '../../stable/definition/schema.js';
+import { pciPlacement } from './devices/pci-bus.js';
+import type { QapiObject, QapiValue } from './devices/qapi.js';
+
+/*
+ * QEMU arguments of the devices of schema-devices.ts, as libvirt's qemu_command.c builds them:
+ * input devices, VNC, video, the virtio RNG, virtio-serial channels (the guest agent) and audio
+ * backends. A device with a PCI address in the definition is placed there; one without is left to
+ * QEMU, after every addressed device, so it never takes a slot the device model assigned.
+ */
+
+const esc = (value: string): string => value.replaceAll(',', ',,');
+const unsupported = (path: string, what: string): VirtError =>
+  new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${what} is not supported by virtkit`, { path });
+
+/** Arguments for the extra devices of `def` (whose controllers are complete); `runDir` holds sockets. */
+export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[] {
+  const args: string[] = [];
+  const json = (flag: string, value: QapiObject) => args.push(flag, JSON.stringify(value));
+  const place = (address: PciAddress | undefined, what: string) =>
+    address ? pciPlacement(def, address, what) : {};
+
+  for (const a of def.audios ?? []) args.push('-audiodev', `none,id=audio${a.id}`);
+
+  (def.inputs ?? []).forEach((input, i) => {
+    if (input.bus === 'ps2') {
+      // The i8042 controller of pc and q35 machines provides them.
+      if (input.type === 'tablet') throw unsupported(`inputs.${i}.bus`, 'a PS/2 tablet');
+      return;
+    }
+    const id = input.alias ?? `input${i}`;
+    if (input.bus === 'usb') {
+      const usb = def.controllers.find((c) => c.type === 'usb' && c.model !== 'none');
+      if (!usb?.alias) {
+        throw unsupported(
+          `inputs.${i}.bus`,
+          'a USB input without a USB controller (add a qemu-xhci controller)',
+        );
+      }
+      json('-device', {
+        driver: `usb-${input.type === 'keyboard' ? 'kbd' : input.type}`,
+        id,
+        bus: `${usb.alias}.0`,
+      });
+      return;
+    }
+    json('-device', { driver: `virtio-${input.type}-pci`, id, ...place(input.address, `input ${id}`) });
+  });
+
+  for (const g of def.graphics ?? []) {
+    if (g.listen === undefined) {
+      args.push('-vnc', `unix:${esc(g.socket ?? join(runDir, `${def.uuid}.vnc`))}`);
+      continue;
+    }
+    const host = g.listen.includes(':') ? `[${g.listen}]` : g.listen;
+    const port = g.port ?? -1;
+    if (port !== -1 && port < 5900) throw unsupported('graphics.0.port', `VNC port ${port} (below 5900)`);
+    // QEMU counts VNC displays from port 5900; `to=` lets it take the first free one.
+    args.push('-vnc', port === -1 ? `${host}:0,to=99` : `${host}:${port - 5900}`);
+  }
+
+  (def.videos ?? []).forEach((v, i) => {
+    if (v.model === 'none') return;
+    const id = v.alias ?? `video${i}`;
+    const primary = i === 0;
+    const driver = {
+      vga: 'VGA',
+      cirrus: 'cirrus-vga',
+      virtio: primary ? 'virtio-vga' : 'virtio-gpu-pci',
+      bochs: 'bochs-display',
+      qxl: primary ? 'qxl-vga' : 'qxl',
+      ramfb: 'ramfb',
+    }[v.model];
+    const dev: Record<string, QapiValue> = { driver, id };
+    if (v.vram !== undefined && (v.model === 'vga' || v.model === 'cirrus'))
+      dev.vgamem_mb = Math.max(1, v.vram >> 10);
+    if (v.heads !== undefined && (v.model === 'virtio' || v.model === 'qxl')) dev.max_outputs = v.heads;
+    if (v.model === 'ramfb') json('-device', dev);
+    else json('-device', { ...dev, ...place(v.address, `video ${id}`) });
+  });
+
+  (def.rngs ?? []).forEach((r, i) => {
+    const id = r.alias ?? `rng${i}`;
+    json('-object', { 'qom-type': 'rng-random', id: `obj${id}`, filename: r.backend });
+    const dev: Record<string, QapiValue> = {
+      driver: 'virtio-rng-pci',
+      rng: `obj${id}`,
+      id,
+      ...place(r.address, `rng ${id}`),
+    };
+    if (r.rate) {
+      dev['max-bytes'] = r.rate.bytes;
+      dev.period = r.rate.periodMs ?? 1000;
+    }
+    json('-device', dev);
+  });
+
+  const channels = def.channels ?? [];
+  if (channels.length > 0) json('-device', { driver: 'virtio-serial-pci', id: 'virtio-serial0' });
+  const names = new Set<string>();
+  channels.forEach((c, i) => {
+    if (names.has(c.name)) throw unsupported(`channels.${i}.name`, `a second channel named ${c.name}`);
+    names.add(c.name);
+    const id = c.alias ?? `channel${i}`;
+    const path = c.path ?? join(runDir, `${def.uuid}.${c.name}.sock`);
+    args.push('-chardev', `socket,id=char${id},path=${esc(path)},server=on,wait=off`);
+    json('-device', {
+      driver: 'virtserialport',
+      bus: 'virtio-serial0.0',
+      nr: i + 1,
+      chardev: `char${id}`,
+      id,
+      name: c.name,
+    });
+  });
+  return args;
+}

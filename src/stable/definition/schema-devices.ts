@@ -1,0 +1,84 @@
+import { z } from 'zod';
+
+/*
+ * The devices real tools add besides disks and NICs: input devices, VNC graphics, video, the
+ * virtio RNG, the guest-agent channel and audio backends. Field names follow libvirt's XML.
+ */
+
+/** A PCI address as schema.ts defines it (passed in to keep one definition). */
+export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
+  const alias = z.string().optional();
+  return {
+    /** `<input>`: PS/2 devices are the machine's own; USB ones sit on the USB controller. */
+    inputs: z
+      .array(
+        z.strictObject({
+          type: z.enum(['mouse', 'keyboard', 'tablet']),
+          bus: z.enum(['ps2', 'usb', 'virtio']),
+          alias,
+          address: pciAddress.optional(),
+        }),
+      )
+      .optional(),
+    /** `<graphics type='vnc'>`: on a UNIX socket under the root's `run/` unless a listen address is given. */
+    graphics: z
+      .array(
+        z.strictObject({
+          type: z.literal('vnc'),
+          /** A loopback or other address to listen on, with `port` (-1 or absent: the first free from 5900). */
+          listen: z.string().min(1).optional(),
+          port: z.number().int().min(-1).max(65535).optional(),
+          /** A UNIX socket path; without it and without `listen`, `<root>/run/<uuid>.vnc`. */
+          socket: z.string().startsWith('/').optional(),
+        }),
+      )
+      .max(1)
+      .optional(),
+    /** `<video><model type=…>`. */
+    videos: z
+      .array(
+        z.strictObject({
+          model: z.enum(['vga', 'cirrus', 'virtio', 'bochs', 'qxl', 'none', 'ramfb']),
+          /** Video memory in KiB (vga, cirrus, qxl). */
+          vram: z.number().int().positive().optional(),
+          heads: z.number().int().min(1).max(16).optional(),
+          primary: z.boolean().optional(),
+          alias,
+          address: pciAddress.optional(),
+        }),
+      )
+      .optional(),
+    /** `<rng model='virtio'>` with a random-device backend. */
+    rngs: z
+      .array(
+        z.strictObject({
+          model: z.literal('virtio'),
+          backend: z.enum(['/dev/urandom', '/dev/random', '/dev/hwrng']).default('/dev/urandom'),
+          rate: z
+            .strictObject({
+              bytes: z.number().int().positive(),
+              periodMs: z.number().int().positive().optional(),
+            })
+            .optional(),
+          alias,
+          address: pciAddress.optional(),
+        }),
+      )
+      .optional(),
+    /** `<channel type='unix'>` with a virtio target, e.g. the QEMU guest agent's `org.qemu.guest_agent.0`. */
+    channels: z
+      .array(
+        z.strictObject({
+          type: z.literal('unix'),
+          /** The virtio-serial port name the guest sees. */
+          name: z.string().regex(/^[A-Za-z0-9._-]+$/, 'a port name such as org.qemu.guest_agent.0'),
+          /** The socket QEMU listens on; without it, `<root>/run/<uuid>.<name>.sock`. */
+          path: z.string().startsWith('/').optional(),
+          alias,
+        }),
+      )
+      .optional(),
+    /** `<audio>` backends; only `none` (no host audio). */
+    audios: z.array(z.strictObject({ id: z.number().int().min(1), type: z.literal('none') })).optional(),
+  } as const;
+}

@@ -1,0 +1,263 @@
+import { parseAddress } from './xml-parse-addresses.js';
+import { boolAttr } from './xml-parse-platform.js';
+import {
+  check,
+  child,
+  childrenOf,
+  choice,
+  intAttr,
+  invalid,
+  type Obj,
+  type Origins,
+  set,
+  unsupported,
+} from './xml-parse-rules.js';
+import type { XmlElement } from './xml-tree.js';
+
+/*
+ * `<input>`, `<graphics>`, `<video>`, `<rng>`, `<channel>` and `<audio>` of `<devices>`.
+ *
+ * Typed API ↔ XML decisions:
+ * - An input without `bus` is PS/2 for a mouse or keyboard and USB for a tablet, as in libvirt.
+ * - `<graphics type='vnc' port='-1' autoport='yes'>` without a listen address listens on a UNIX
+ *   socket under the root's `run/`: virtkit never opens a TCP port nobody asked for.
+ * - `<channel type='unix'><source mode='bind'/>` without a path gets a socket under `run/`.
+ */
+
+/** The element names this file handles, for `<devices>`' check. */
+export const EXTRA_DEVICES = ['input', 'graphics', 'video', 'rng', 'channel', 'audio'] as const;
+
+function alias(origins: Origins, el: XmlElement, field: string, out: Obj): void {
+  const a = child(el, 'alias');
+  if (!a) return;
+  check(a, { attrs: ['name'] });
+  origins.note(`${field}.alias`, a, 'name');
+  set(out, 'alias', a.attrs.get('name'));
+}
+
+export function parseExtraDevices(origins: Origins, el: XmlElement, out: Obj): void {
+  const list = <T>(tag: string, field: string, parse: (e: XmlElement, f: string) => T | undefined): void => {
+    const items = childrenOf(el, tag);
+    if (items.length === 0) return;
+    origins.note(field, el);
+    const parsed = items.map((e, i) => parse(e, `${field}.${i}`)).filter((x): x is T => x !== undefined);
+    out[field] = parsed;
+  };
+  list('input', 'inputs', (e, f) => parseInput(origins, e, f));
+  list('graphics', 'graphics', (e, f) => parseGraphics(origins, e, f));
+  list('video', 'videos', (e, f) => parseVideo(origins, e, f));
+  list('rng', 'rngs', (e, f) => parseRng(origins, e, f));
+  list('channel', 'channels', (e, f) => parseChannel(origins, e, f));
+  list('audio', 'audios', (e, f) => parseAudio(origins, e, f));
+}
+
+function parseInput(origins: Origins, el: XmlElement, field: string): Obj {
+  check(el, { attrs: ['type', 'bus'], children: ['alias', 'address'] });
+  origins.note(field, el);
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, '<input> needs a type', 'type');
+  const kind = choice(
+    el,
+    type,
+    'the input type',
+    ['mouse', 'keyboard', 'tablet'],
+    ['passthrough', 'evdev'],
+    'type',
+  );
+  const bus = el.attrs.get('bus') ?? (kind === 'tablet' ? 'usb' : 'ps2');
+  const out: Obj = {
+    type: kind,
+    bus: choice(el, bus, 'the input bus', ['ps2', 'usb', 'virtio'], ['xen', 'none'], 'bus'),
+  };
+  alias(origins, el, field, out);
+  // A USB input's <address type='usb'> is its port on the controller: QEMU's own choice.
+  const address = child(el, 'address');
+  if (address?.attrs.get('type') === 'usb') {
+    check(address, { attrs: ['type', 'bus', 'port'] });
+  } else parseAddress(origins, el, field, out, ['pci']);
+  return out;
+}
+
+function parseGraphics(origins: Origins, el: XmlElement, field: string): Obj {
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, '<graphics> needs a type', 'type');
+  choice(
+    el,
+    type,
+    'the graphics type',
+    ['vnc'],
+    ['spice', 'sdl', 'rdp', 'desktop', 'egl-headless', 'dbus'],
+    'type',
+  );
+  check(el, { attrs: ['type', 'port', 'autoport', 'listen', 'keymap'], children: ['listen'] });
+  origins.note(field, el);
+  const out: Obj = { type: 'vnc' };
+  const port = el.attrs.get('port');
+  if (port !== undefined) out.port = port === '-1' ? -1 : intAttr(el, 'port');
+  const autoport = boolAttr(el, 'autoport');
+  if (autoport) out.port = -1;
+  // The keymap only matters for a client without the extended key event; libvirt passes -k.
+  if (el.attrs.has('keymap')) throw unsupported(el, 'a VNC keymap', 'keymap');
+  let listen = el.attrs.get('listen');
+  const l = child(el, 'listen');
+  if (l) {
+    check(l, { attrs: ['type', 'address', 'socket', 'network'] });
+    const lt = choice(
+      l,
+      l.attrs.get('type') ?? 'address',
+      'the listen type',
+      ['address', 'socket', 'none'],
+      ['network'],
+      'type',
+    );
+    if (lt === 'address') listen = l.attrs.get('address') ?? listen;
+    if (lt === 'socket') set(out, 'socket', l.attrs.get('socket'));
+  }
+  if (listen !== undefined) {
+    origins.note(`${field}.listen`, el, 'listen');
+    out.listen = listen;
+  }
+  return out;
+}
+
+const VIDEO_MODELS = ['vga', 'cirrus', 'virtio', 'bochs', 'qxl', 'none', 'ramfb'] as const;
+
+function parseVideo(origins: Origins, el: XmlElement, field: string): Obj {
+  check(el, { children: ['model', 'alias', 'address', 'driver'] });
+  origins.note(field, el);
+  const model = child(el, 'model');
+  const out: Obj = {};
+  if (!model) throw invalid(el, '<video> needs a <model>');
+  check(model, { attrs: ['type', 'vram', 'heads', 'primary', 'ram', 'vgamem'], children: ['acceleration'] });
+  if (child(model, 'acceleration'))
+    throw unsupported(child(model, 'acceleration') as XmlElement, 'video acceleration');
+  const type = model.attrs.get('type');
+  if (type === undefined) throw invalid(model, '<model> needs a type', 'type');
+  out.model = choice(model, type, 'the video model', VIDEO_MODELS, ['xen', 'vbox', 'gop', 'vmvga'], 'type');
+  origins.note(`${field}.vram`, model, 'vram');
+  set(out, 'vram', intAttr(model, 'vram'));
+  set(out, 'heads', intAttr(model, 'heads'));
+  set(out, 'primary', boolAttr(model, 'primary'));
+  // qxl's ram and vgamem: libvirt's defaults describe QEMU's; other values are refused.
+  for (const a of ['ram', 'vgamem'] as const) {
+    const v = intAttr(model, a);
+    const dflt = a === 'ram' ? 65536 : 16384;
+    if (v !== undefined && v !== dflt) throw unsupported(model, `a qxl ${a} other than ${dflt} KiB`, a);
+  }
+  const driver = child(el, 'driver');
+  if (driver) throw unsupported(driver, 'a video <driver>');
+  alias(origins, el, field, out);
+  parseAddress(origins, el, field, out, ['pci']);
+  return out;
+}
+
+function parseRng(origins: Origins, el: XmlElement, field: string): Obj {
+  check(el, { attrs: ['model'], children: ['backend', 'rate', 'alias', 'address'] });
+  origins.note(field, el);
+  const model = el.attrs.get('model');
+  if (model === undefined) throw invalid(el, '<rng> needs a model', 'model');
+  const out: Obj = {
+    model: choice(
+      el,
+      model,
+      'the RNG model',
+      ['virtio'],
+      ['virtio-transitional', 'virtio-non-transitional'],
+      'model',
+    ),
+  };
+  const backend = child(el, 'backend');
+  if (!backend) throw invalid(el, '<rng> needs a <backend>');
+  check(backend, { attrs: ['model'], text: true });
+  choice(
+    backend,
+    backend.attrs.get('model') ?? '',
+    'the RNG backend',
+    ['random'],
+    ['egd', 'builtin'],
+    'model',
+  );
+  origins.note(`${field}.backend`, backend);
+  if (backend.text.trim() !== '') out.backend = backend.text.trim();
+  const rate = child(el, 'rate');
+  if (rate) {
+    check(rate, { attrs: ['bytes', 'period'] });
+    origins.note(`${field}.rate`, rate);
+    const r: Obj = {};
+    set(r, 'bytes', intAttr(rate, 'bytes'));
+    set(r, 'periodMs', intAttr(rate, 'period'));
+    out.rate = r;
+  }
+  alias(origins, el, field, out);
+  parseAddress(origins, el, field, out, ['pci']);
+  return out;
+}
+
+function parseChannel(origins: Origins, el: XmlElement, field: string): Obj {
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, '<channel> needs a type', 'type');
+  choice(
+    el,
+    type,
+    'the channel type',
+    ['unix'],
+    ['spicevmc', 'pty', 'file', 'tcp', 'udp', 'qemu-vdagent', 'dbus', 'spiceport', 'pipe'],
+    'type',
+  );
+  check(el, { attrs: ['type'], children: ['source', 'target', 'alias', 'address'] });
+  origins.note(field, el);
+  const out: Obj = { type: 'unix' };
+  const source = child(el, 'source');
+  if (source) {
+    check(source, { attrs: ['mode', 'path'] });
+    choice(
+      source,
+      source.attrs.get('mode') ?? 'bind',
+      'the channel source mode',
+      ['bind'],
+      ['connect'],
+      'mode',
+    );
+    origins.note(`${field}.path`, source, 'path');
+    set(out, 'path', source.attrs.get('path'));
+  }
+  const target = child(el, 'target');
+  if (!target) throw invalid(el, '<channel> needs a <target>');
+  check(target, { attrs: ['type', 'name', 'state'] });
+  choice(
+    target,
+    target.attrs.get('type') ?? '',
+    'the channel target',
+    ['virtio'],
+    ['guestfwd', 'xen'],
+    'type',
+  );
+  origins.note(`${field}.name`, target, 'name');
+  const name = target.attrs.get('name');
+  if (name === undefined) throw invalid(target, 'a virtio channel needs a name', 'name');
+  out.name = name;
+  alias(origins, el, field, out);
+  // Its <address type='virtio-serial' controller='0' bus='0' port='N'/>: the port virtkit gives it.
+  const address = child(el, 'address');
+  if (address) {
+    check(address, { attrs: ['type', 'controller', 'bus', 'port'] });
+    choice(address, address.attrs.get('type') ?? '', 'the channel address', ['virtio-serial'], [], 'type');
+  }
+  return out;
+}
+
+function parseAudio(origins: Origins, el: XmlElement, field: string): Obj | undefined {
+  check(el, { attrs: ['id', 'type'] });
+  origins.note(field, el);
+  const type = el.attrs.get('type');
+  if (type === undefined) throw invalid(el, '<audio> needs a type', 'type');
+  choice(
+    el,
+    type,
+    'the audio backend',
+    ['none'],
+    ['alsa', 'coreaudio', 'jack', 'oss', 'pulseaudio', 'sdl', 'spice', 'file', 'dbus', 'pipewire'],
+    'type',
+  );
+  return { id: intAttr(el, 'id') ?? 1, type: 'none' };
+}
