@@ -6,8 +6,8 @@
  */
 
 import { pathToFileURL } from 'node:url';
-import { invoke } from '../src/drivers/qemu/privileged/invoke.js';
-import { HandlerTable } from '../src/internal/handler-table.js';
+import { HandlerTable } from '../src/privileged/handler-table.js';
+import { invoke } from '../src/privileged/invoke.js';
 import { sampleMicros } from './common.js';
 
 export interface DispatchSamples {

@@ -7,9 +7,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { invoke } from '../src/drivers/qemu/privileged/invoke.js';
-import { HandlerTable } from '../src/internal/handler-table.js';
 import { delegate } from '../src/internal/index.js';
+import { HandlerTable } from '../src/privileged/handler-table.js';
+import { invoke } from '../src/privileged/invoke.js';
 import {
   type Accel,
   MARKER,

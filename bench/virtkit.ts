@@ -5,10 +5,10 @@
  */
 
 import { join } from 'node:path';
-import { threadGroups } from '../src/drivers/qemu/privileged/builtins.js';
 import { QmpClient } from '../src/drivers/qemu/qmp/client.js';
 import { type Connection, connect, type Domain, type DomainDefinitionInput } from '../src/index.js';
 import { delegate, openInternal } from '../src/internal/index.js';
+import { threadGroups } from '../src/privileged/builtins.js';
 import { placeThreads, releaseCgroups } from '../src/util/cgroup.js';
 import { prlimitGet, prlimitSet, RLIMIT, schedSet } from '../src/util/libc.js';
 import {

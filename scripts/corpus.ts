@@ -19,9 +19,9 @@ import { basename, join, relative } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { buildCommandLine } from '../src/drivers/qemu/command-line.js';
 import { resolveFirmware } from '../src/drivers/qemu/firmware.js';
+import { VirtError } from '../src/errors.js';
 import type { DomainDefinition } from '../src/stable/definition/schema.js';
 import { formatDomainXml, resolveDomainXml, xmlCanonical } from '../src/stable/definition/xml.js';
-import { VirtError } from '../src/stable/errors.js';
 
 type Stage = 'parse' | 'roundtrip' | 'cmdline';
 interface Outcome {

@@ -4,7 +4,7 @@
  * whose raw fd can be handed to a child process.
  *
  * libc is loaded lazily, once, on the first call. Every failed call throws {@link SyscallError},
- * whose `code` is the errno name (`EPERM`…), so `errnoOf()` from `stable/errors` recognises it.
+ * whose `code` is the errno name (`EPERM`…), so `errnoOf()` from `src/errors.ts` recognises it.
  *
  * @internal
  * @packageDocumentation

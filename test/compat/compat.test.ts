@@ -24,7 +24,7 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { INTERNAL_API_VERSION } from '../../src/internal/version.js';
+import { INTERNAL_API_VERSION } from '../../src/privileged/version.js';
 
 const repo = join(__dirname, '..', '..');
 const bin = (name: string) => join(repo, 'node_modules', '.bin', name);

@@ -1,9 +1,9 @@
 import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { threadGroups } from '../../src/drivers/qemu/privileged/builtins.js';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { type InternalApi, openInternal } from '../../src/internal/index.js';
+import { threadGroups } from '../../src/privileged/builtins.js';
 import type { Connection, DomainDefinitionInput } from '../../src/stable/index.js';
 import { detectCgroupMode, placeThreads, releaseCgroups, threadCgroup } from '../../src/util/cgroup.js';
 import { prlimitGet, prlimitSet, RLIMIT, schedGet, schedSet } from '../../src/util/libc.js';

@@ -2,9 +2,9 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { threadGroups } from '../../src/drivers/qemu/privileged/builtins.js';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { type InternalApi, openInternal } from '../../src/internal/index.js';
+import { threadGroups } from '../../src/privileged/builtins.js';
 import {
   type Connection,
   type Domain,

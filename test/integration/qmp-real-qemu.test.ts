@@ -16,7 +16,7 @@ import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient, type QmpEvent } from '../../src/drivers/qemu/qmp/client.js';
-import { VirtError } from '../../src/stable/errors.js';
+import { VirtError } from '../../src/errors.js';
 
 const QEMU = 'qemu-system-x86_64';
 

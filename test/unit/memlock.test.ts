@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { limitCovers, memLockNeed } from '../../src/drivers/qemu/privileged/memlock.js';
+import { limitCovers, memLockNeed } from '../../src/privileged/memlock.js';
 import { resolveDefinition } from '../../src/stable/definition/validate.js';
 
 const def = (extra: object = {}) =>

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { operationsManifestText } from '../../src/internal/manifest.js';
-import { OPERATIONS } from '../../src/internal/operations.js';
+import { OPERATIONS } from '../../src/privileged/operations.js';
 
 describe('etc/internal-operations.json', () => {
   it('is what the zod schemas generate (run `npm run api` after changing an operation)', () => {

@@ -13,6 +13,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VirtError } from '../../src/errors.js';
 import { type AuditTarget, authorise } from '../../src/internal/privd/authorise.js';
 import {
   loadPolicy,
@@ -23,7 +24,6 @@ import {
 } from '../../src/internal/privd/policy.js';
 import type { WireContext } from '../../src/internal/privd/protocol.js';
 import { openBeneath } from '../../src/internal/privd/storage.js';
-import { VirtError } from '../../src/stable/errors.js';
 import { readProcStartTime } from '../../src/util/proc.js';
 
 const minimal = { version: 1, peers: { uids: [1000] } };

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { VirtError } from '../../src/errors.js';
 import {
   attachFds,
   clientMessageSchema,
@@ -14,7 +15,6 @@ import {
   responseSchema,
   stringify,
 } from '../../src/internal/privd/protocol.js';
-import { VirtError } from '../../src/stable/errors.js';
 
 const header = (n: number) => {
   const b = Buffer.alloc(4);

@@ -1,11 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { builtins } from '../../src/drivers/qemu/privileged/builtins.js';
-import type { InvocationScope } from '../../src/drivers/qemu/privileged/invoke.js';
-import { postchecks } from '../../src/drivers/qemu/privileged/postchecks.js';
-import { verifyThreadCount, verifyThreads } from '../../src/drivers/qemu/threads-verify.js';
-import { HandlerTable } from '../../src/internal/handler-table.js';
+import { builtins } from '../../src/privileged/builtins.js';
+import { HandlerTable } from '../../src/privileged/handler-table.js';
+import type { InvocationScope } from '../../src/privileged/invoke.js';
+import { postchecks } from '../../src/privileged/postchecks.js';
+import { verifyThreadCount, verifyThreads } from '../../src/privileged/threads-verify.js';
 import { schedGet } from '../../src/util/libc.js';
 import { readProcStartTime } from '../../src/util/proc.js';
 

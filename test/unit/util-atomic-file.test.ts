@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VirtError } from '../../src/stable/errors.js';
+import { VirtError } from '../../src/errors.js';
 import { writeFileAtomic, writeFileAtomicSync } from '../../src/util/atomic-file.js';
 
 let root: string;

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { VirtError } from '../../src/stable/errors.js';
+import { VirtError } from '../../src/errors.js';
 import {
   type CgroupGroup,
   type CgroupMode,

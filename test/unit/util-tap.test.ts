@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ErrorCode, VirtError } from '../../src/stable/errors.js';
+import { ErrorCode, VirtError } from '../../src/errors.js';
 import { closeFd } from '../../src/util/libc.js';
 import { isTapFd, openTap, tapNameOf } from '../../src/util/tap.js';
 

@@ -2,7 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { DomainState } from '../../stable/events.js';
 import { JobSlot } from '../jobs.js';
-import type { ExitInfo } from './process.js';
+import type { ExitInfo } from './exit-info.js';
 import type { QmpClient } from './qmp/client.js';
 import type { DomainPaths } from './root.js';
 import type { Placement, ThreadIds } from './status.js';

@@ -1,4 +1,5 @@
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { invoke } from '../../privileged/invoke.js';
 import type {
   DiskDefinition,
   DomainDefinition,
@@ -18,9 +19,8 @@ import { diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { netdevId, netdevOf, nicDevice } from './devices/net.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { setLive } from './live-definition.js';
-import { invoke } from './privileged/invoke.js';
 import { domainPaths } from './root.js';
+import { readStatus, writeStatus } from './status.js';
 import { saveDefinition } from './store.js';
 
 /*
@@ -76,6 +76,12 @@ function addTo(
 const aliasOf = (device: DeviceDefinition): string =>
   ('disk' in device ? device.disk.alias : device.interface.alias) ?? '';
 
+/** Records the live definition in the status file, so a new driver finds the device. */
+async function saveLive(run: Runtime): Promise<void> {
+  const status = readStatus(run.paths.status);
+  if (status) await writeStatus(run.paths.status, { ...status, live: run.live });
+}
+
 /** Attaches a device to the running domain and/or its persistent definition. */
 export async function attachDevice(
   ctx: DriverContext,
@@ -106,7 +112,8 @@ export async function attachDevice(
     const added = addTo(run.live, chosen, true);
     if ('disk' in added.device) await plugDisk(ctx, dom, run, added.def, added.device.disk);
     else await plugInterface(ctx, dom, run, added.def, added.device.interface);
-    await setLive(run, added.def);
+    run.live = added.def;
+    await saveLive(run);
     ctx.log(dom, `attached ${aliasOf(added.device)} (live)`);
     ctx.emit(dom, 'device-added', aliasOf(added.device));
   }
@@ -305,7 +312,8 @@ async function release(
   } else {
     await qmp.command('netdev_del', { id: netdevId(device.interface) });
   }
-  await setLive(run, without(run.live, device));
+  run.live = without(run.live, device);
+  await saveLive(run);
   ctx.log(dom, `QEMU released ${alias}; detached (live)`);
   ctx.emit(dom, 'device-removed', alias);
 }

@@ -4,15 +4,11 @@ import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { CONTROL_FD, STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
 import { leaderGone } from './emulator-kill.js';
+import type { ExitInfo } from './exit-info.js';
 
 /** Re-exported for the start-up code that lays out the child's descriptors. */
 export { FIRST_CHILD_FD } from '../../privileged/stub.js';
-
-/** How a QEMU process ended. */
-export interface ExitInfo {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-}
+export type { ExitInfo } from './exit-info.js';
 
 /** A spawned stub waiting for its go-ahead. */
 export interface Launch {
