@@ -12,7 +12,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Connection, connect, type Domain } from '../src/stable/index.js';
+import { type Connection, connect, type Domain } from '../src/index.js';
 import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 import { QEMU, summarize } from './common.js';
 import { connectPolling, RawQmp } from './raw-qmp.js';
