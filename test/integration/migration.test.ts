@@ -91,7 +91,7 @@ function abi(dom: Domain): string {
   return dom.toXML().replaceAll(consoleOf(dom), '(console)');
 }
 
-describe('live migration of a running TCG guest', () => {
+describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
   it('moves over TCP (migrateTo): the count goes on at the destination and the source QEMU is gone', async () => {
     const dom = await countingGuest('mig-tcp');
     const srcPid = (await dom.getInfo()).pid as number;
@@ -231,7 +231,7 @@ function registerHandlers(api: InternalApi, calls: Call[], probe: string, failSc
   });
 }
 
-describe('the privileged hand-over on the destination (phase migration-in)', () => {
+describe('the privileged hand-over on the destination (phase migration-in)', { timeout: 240_000 }, () => {
   it('five steps over a UNIX socket: handlers run with the incoming QEMU in inmigrate, its real vCPU ids; effects hold after the move', async () => {
     const probe = join(rootB, 'lib', 'probe.qmp');
     const calls: Call[] = [];
@@ -320,7 +320,7 @@ describe('the privileged hand-over on the destination (phase migration-in)', () 
   });
 });
 
-describe('faults during the stream leave the VM running on exactly one side', () => {
+describe('faults during the stream leave the VM running on exactly one side', { timeout: 240_000 }, () => {
   /** Starts a migration slowed to 1 MiB/s; `moving` resolves once the stream moves. */
   function slowMigration(dom: Domain, signal?: AbortSignal) {
     let streaming!: () => void;
@@ -505,7 +505,7 @@ describe('what is refused before anything starts', () => {
   });
 });
 
-describe('a paused domain', () => {
+describe('a paused domain', { timeout: 240_000 }, () => {
   it('migrates paused, stays paused at the destination, and migrates back', async () => {
     const dom = await src.defineDomain(pausedOnly('mig-paused'));
     await dom.start({ paused: true });
@@ -524,7 +524,7 @@ describe('a paused domain', () => {
   });
 });
 
-describe('source and destination in two processes', () => {
+describe('source and destination in two processes', { timeout: 240_000 }, () => {
   it("the source's manager killed after the stream: on reconnect the source stays paused (migration) until confirmed", async () => {
     // The source runs in its own process, so this process opens root A only after killing it.
     await src.close();
@@ -573,7 +573,7 @@ describe('source and destination in two processes', () => {
   });
 });
 
-describe('the destination in a process of its own', () => {
+describe('the destination in a process of its own', { timeout: 240_000 }, () => {
   it('its manager SIGKILLed mid-stream: a new manager adopts the destination QEMU, the application rolls back, nothing is orphaned', async () => {
     await dst.close();
     const child = spawn(
