@@ -101,7 +101,7 @@ describe('QEMU outlives the management process', () => {
     roots.push(root);
     const { child, value: qemuPid } = await runChild(CHILD, [root, 'lingering']);
     await killChild(child);
-    const script = `const { connect } = await import(${JSON.stringify(join(__dirname, '..', '..', 'src', 'stable', 'index.ts'))});
+    const script = `const { connect } = await import(${JSON.stringify(join(__dirname, '..', '..', 'src', 'index.ts'))});
       const conn = await connect('qemu:///embed?root=${root}');
       const dom = await conn.lookupDomain('lingering');
       if ((await dom.getInfo()).pid !== ${qemuPid}) process.exit(3);
