@@ -32,7 +32,7 @@ const untyped = (value: unknown) => value as DomainDefinitionInput;
 
 describe('invalid definitions are rejected before anything is written', () => {
   it.each([
-    ['an unknown field', { ...base, graphics: { type: 'vnc' } }, 'CONFIG_UNSUPPORTED', 'graphics'],
+    ['an unknown field', { ...base, hostdevs: [{ mode: 'subsystem' }] }, 'CONFIG_UNSUPPORTED', 'hostdevs'],
     ['an unknown nested field', { ...base, os: { bootloader: '/x' } }, 'CONFIG_UNSUPPORTED', 'os.bootloader'],
     ['a missing name', { type: 'qemu', memoryKiB: 65536 }, 'XML_ERROR', 'name'],
     ['a name with a slash', { ...base, name: 'a/b' }, 'XML_ERROR', 'name'],
@@ -82,9 +82,9 @@ describe('invalid definitions are rejected before anything is written', () => {
     ],
     [
       'an XML document outside the subset',
-      '<domain type="qemu"><name>x</name><memory>1</memory><devices><graphics type="vnc"/></devices></domain>',
+      '<domain type="qemu"><name>x</name><memory>1</memory><devices><hostdev mode="subsystem"/></devices></domain>',
       'CONFIG_UNSUPPORTED',
-      '/domain/devices/graphics',
+      '/domain/devices/hostdev',
     ],
     ['malformed XML', '<domain type="qemu"><name>x</name>', 'XML_ERROR', undefined],
   ])('%s', async (_what, input, code, path) => {

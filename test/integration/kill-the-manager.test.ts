@@ -61,8 +61,18 @@ async function killAndCheck(scenario: string, point: string): Promise<void> {
 
   const conn = await openRoot(root);
   const dom: Domain | undefined = await domainOrUndefined(conn, uuid);
-  const info = dom ? await dom.getInfo() : undefined;
-  const active = info !== undefined && info.state !== 'shutoff';
+  let info = dom ? await dom.getInfo() : undefined;
+  let active = info !== undefined && info.state !== 'shutoff';
+  if (dom && active && processesMentioning(uuid).length === 0) {
+    // A guest asked to power off before the kill may finish doing so right after the adoption: the
+    // new driver must then notice its exit and record it, like any other.
+    const settled = async (): Promise<boolean> => (await dom.getInfo()).state === 'shutoff';
+    const end = Date.now() + 20_000;
+    while (!(await settled()) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    info = await dom.getInfo();
+    expect(info.state).toBe('shutoff');
+    active = false;
+  }
 
   // No orphan: a process of the domain exists only as the domain the new driver adopted.
   expect(processesMentioning(uuid)).toEqual(active ? [info?.pid] : []);
