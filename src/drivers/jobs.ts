@@ -145,6 +145,24 @@ export class JobSlot {
     return this.#current;
   }
 
+  /**
+   * Aborts the job under way (`dom.abortJob()`); it rolls back. Define and destroy cannot be aborted.
+   *
+   * @returns the aborted job
+   * @throws VirtError `OPERATION_INVALID` when no job that can be aborted is under way
+   */
+  abort(name: string, ident: Ident): Job {
+    const job = this.#current;
+    if (!job || job.operation === 'define' || job.operation === 'destroy')
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `no job that can be aborted is active on domain '${name}'`,
+        { domain: ident },
+      );
+    job.abort('abort-job');
+    return job;
+  }
+
   /** Runs `fn` as the domain's next job once every job queued before it has ended. */
   run<T>(
     operation: JobOperation,

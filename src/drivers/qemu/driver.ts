@@ -475,17 +475,8 @@ export class QemuDriver implements Driver, DriverContext {
 
   abortJob(uuid: string): void {
     const dom = this.#get(uuid);
-    const job = dom.jobs.current;
-    if (!job || job.operation === 'define' || job.operation === 'destroy')
-      throw new VirtError(
-        ErrorCode.OPERATION_INVALID,
-        `no job that can be aborted is active on domain '${dom.def.name}'`,
-        {
-          domain: identOf(dom),
-        },
-      );
+    const job = dom.jobs.abort(dom.def.name, identOf(dom));
     this.log(dom, `abortJob: aborting ${job.operation} in phase ${job.phase}`);
-    job.abort('abort-job');
   }
 
   migrateBegin(uuid: string): Promise<OutgoingMigration> {

@@ -151,14 +151,7 @@ export class TestDriver implements Driver {
 
   abortJob(uuid: string): void {
     const dom = this.#get(uuid);
-    const job = dom.jobs.current;
-    if (!job || job.operation === 'define' || job.operation === 'destroy')
-      throw new VirtError(
-        ErrorCode.OPERATION_INVALID,
-        `no job that can be aborted is active on domain '${dom.def.name}'`,
-        { domain: dom.ident },
-      );
-    job.abort('abort-job');
+    dom.jobs.abort(dom.def.name, dom.ident);
   }
 
   #ref(dom: TestDomain): DomainRef {

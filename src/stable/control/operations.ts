@@ -60,6 +60,27 @@ export interface VersionJson {
 const domainArg = z.string().min(1).max(4096);
 const noArgs = z.strictObject({});
 const onDomain = z.strictObject({ domain: domainArg });
+const deviceChangeArgs = z.strictObject({
+  domain: domainArg,
+  xml: z.string().max(1024 * 1024),
+  live: z.boolean(),
+  config: z.boolean(),
+});
+
+/** `attach-device` and `detach-device`: the same arguments, the same flags, one method apart. */
+function deviceChange(method: 'attachDevice' | 'detachDevice'): {
+  args: typeof deviceChangeArgs;
+  run: (conn: Connection, args: z.infer<typeof deviceChangeArgs>) => Promise<DomainRefJson>;
+} {
+  return {
+    args: deviceChangeArgs,
+    run: async (conn, args) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom[method](args.xml, { live: args.live, config: args.config });
+      return ref(dom);
+    },
+  };
+}
 
 /** The argument schema and the implementation of every operation. */
 export const operations = {
@@ -170,38 +191,8 @@ export const operations = {
       return ref(dom);
     },
   },
-  attachDevice: {
-    args: z.strictObject({
-      domain: domainArg,
-      xml: z.string().max(1024 * 1024),
-      live: z.boolean(),
-      config: z.boolean(),
-    }),
-    run: async (
-      conn: Connection,
-      args: { domain: string; xml: string; live: boolean; config: boolean },
-    ): Promise<DomainRefJson> => {
-      const dom = await resolveDomain(conn, args.domain);
-      await dom.attachDevice(args.xml, { live: args.live, config: args.config });
-      return ref(dom);
-    },
-  },
-  detachDevice: {
-    args: z.strictObject({
-      domain: domainArg,
-      xml: z.string().max(1024 * 1024),
-      live: z.boolean(),
-      config: z.boolean(),
-    }),
-    run: async (
-      conn: Connection,
-      args: { domain: string; xml: string; live: boolean; config: boolean },
-    ): Promise<DomainRefJson> => {
-      const dom = await resolveDomain(conn, args.domain);
-      await dom.detachDevice(args.xml, { live: args.live, config: args.config });
-      return ref(dom);
-    },
-  },
+  attachDevice: deviceChange('attachDevice'),
+  detachDevice: deviceChange('detachDevice'),
   domjobinfo: {
     args: onDomain,
     run: async (conn: Connection, args: { domain: string }): Promise<JobInfo> =>
