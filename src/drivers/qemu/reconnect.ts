@@ -5,7 +5,7 @@ import { type DriverContext, deferred, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { settleInterruptedJob } from './job-recovery.js';
-import { finalizeExit, watchMonitor } from './lifecycle.js';
+import { finalizeExit, settleInterruptedReboot, watchMonitor } from './lifecycle.js';
 import { readLive } from './live-definition.js';
 import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
@@ -166,6 +166,16 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate') {
     dom.reason = 'migration';
     run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
+  }
+  if (settlement?.action === 'adopt' && settlement.finishReboot) {
+    try {
+      if ((await settleInterruptedReboot(ctx, dom, qmp, qemuStatus)) === 'running') {
+        dom.state = 'running';
+        dom.reason = 'booted';
+      }
+    } catch (err) {
+      ctx.log(dom, `reconnect: cannot finish the interrupted reboot: ${errorMessage(err)}`);
+    }
   }
   if (settlement) {
     if (dom.state === 'paused' && settlement.keepPaused) dom.reason = settlement.keepPaused;
