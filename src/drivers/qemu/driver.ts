@@ -247,6 +247,7 @@ export class QemuDriver implements Driver, DriverContext {
         `attach: QEMU pid ${checked.pid} (${checked.emulator}) launched outside virtkit, monitor ${checked.monitor}`,
       );
       this.log(dom, `domain is tainted: ${EXTERNAL_LAUNCH_TAINT}`);
+      for (const why of inspection.skipped) this.log(dom, `attach: not in the definition: ${why}`);
       this.emit(dom, 'defined', 'added');
       await dom.jobs.run(
         'define',
