@@ -53,6 +53,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
+import { setVcpus } from './hotplug-vcpus.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { presentableLive } from './live-definition.js';
 import { appendLog } from './log.js';
@@ -247,6 +248,7 @@ export class QemuDriver implements Driver, DriverContext {
         `attach: QEMU pid ${checked.pid} (${checked.emulator}) launched outside virtkit, monitor ${checked.monitor}`,
       );
       this.log(dom, `domain is tainted: ${EXTERNAL_LAUNCH_TAINT}`);
+      for (const why of inspection.skipped) this.log(dom, `attach: not in the definition: ${why}`);
       this.emit(dom, 'defined', 'added');
       await dom.jobs.run(
         'define',
@@ -449,6 +451,13 @@ export class QemuDriver implements Driver, DriverContext {
     const dom = this.#get(uuid);
     return this.#track(
       this.#job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
+    );
+  }
+
+  setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(
+      this.#job(dom, 'device-change', options.signal, () => setVcpus(this, dom, count, options)),
     );
   }
 
