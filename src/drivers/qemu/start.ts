@@ -439,7 +439,9 @@ async function recordRunning(s: Startup): Promise<void> {
   await readPtyPaths(s);
   // Written without the job: from here a successor adopts the domain as QEMU reports it, which is
   // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record.
-  await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined));
+  await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined), true, {
+    replacesVolatile: true,
+  });
 }
 
 /**
