@@ -22,6 +22,8 @@ const jobRecordSchema = z.object({
   operation: z.string(),
   phase: z.string(),
   startedAt: z.number(),
+  /** What the job's recovery rule needs besides the phase (an outgoing migration: `sourceRan`). */
+  data: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).optional(),
 });
 
 /** The job recorded in a status file. */
