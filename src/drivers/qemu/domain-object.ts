@@ -59,6 +59,11 @@ export interface Runtime {
    * reboot job.
    */
   reboot?: { phase: 'asked' | 'resetting'; readonly done: () => void } | undefined;
+  /**
+   * The domain ends with this QEMU: an incoming migration without `persist` defined it here only
+   * for this run (libvirt's transient domain). Kept in the status file.
+   */
+  transient?: boolean;
   /** QEMU reported SHUTDOWN: the guest (or a signal to QEMU) asked it to stop. */
   sawShutdown: boolean;
   /**
