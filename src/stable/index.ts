@@ -48,6 +48,7 @@ export type {
   MigratePerformOptions,
   MigratePrepareOptions,
   MigrateToOptions,
+  MigrationConfirmOptions,
   MigrationEndOptions,
   MigrationIncomingCookie,
   MigrationOffer,
