@@ -34,7 +34,16 @@ import { DomainTable, deliverEvent } from '../domain-table.js';
 import { type Job, NO_JOB } from '../jobs.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
-import { addTo, affected, aliasOf, checkHotpluggable, find, without } from './hotplug.js';
+import {
+  addTo,
+  affected,
+  aliasOf,
+  checkHotpluggable,
+  checkVcpuCount,
+  find,
+  without,
+  withVcpus,
+} from './hotplug.js';
 import {
   checkSameDefinition,
   connectTo,
@@ -401,6 +410,57 @@ export class TestDriver implements Driver {
         this.#emit(dom, 'device-removed', alias);
       }
       if (configDevice) dom.def = without(dom.def, configDevice);
+    });
+  }
+
+  /**
+   * Sets the number of online vCPUs with the embedded driver's rules (`drivers/qemu/hotplug-vcpus.ts`):
+   * each vCPU added gets a thread at its documented tid, placed and scheduled in phase `hotplug`
+   * before the guest onlines it (a failure removes it again); unplugging is refused for TCG (`qemu`)
+   * domains, and after a TCG rollback removed a vCPU, as QEMU 7.2 crashes on the next hotplug.
+   */
+  setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'device-change', options.signal, async (job) => {
+      const { live, config } = affected(dom.def.name, dom.active, options);
+      if (config) checkVcpuCount(dom.def, count, 'persistent');
+      const run = dom.run;
+      const sim = run && this.#simRuns.get(run);
+      if (live && run && sim) {
+        checkVcpuCount(run.live, count, 'running');
+        let current = run.live.vcpu.current ?? run.live.vcpu.count;
+        while (current < count) {
+          if (sim.vcpuUnplugged)
+            throw new VirtError(
+              ErrorCode.CONFIG_UNSUPPORTED,
+              `a vCPU was unplugged from TCG domain '${dom.def.name}' (by an earlier rollback); QEMU's TCG crashes on the next vCPU hotplug after that, so vCPUs can be added only after a restart of the domain`,
+              { path: 'count' },
+            );
+          const online = this.#privileged.vcpuIndexes(sim);
+          const index = Array.from({ length: run.live.vcpu.count }, (_, i) => i).find(
+            (i) => !online.includes(i),
+          );
+          await this.#privileged.hotplugVcpu(run.live, sim, index as number, job.signal);
+          run.live = withVcpus(run.live, ++current);
+        }
+        if (current > count && run.live.type === 'qemu')
+          throw new VirtError(
+            ErrorCode.CONFIG_UNSUPPORTED,
+            `vCPUs cannot be unplugged from TCG domain '${dom.def.name}' (type 'qemu'): QEMU's TCG crashes on the next vCPU hotplug after an unplug; lower the count with config and restart the domain`,
+            { path: 'count', current, count },
+          );
+        while (current > count) {
+          const last = this.#privileged
+            .vcpuIndexes(sim)
+            .filter((i) => i !== 0)
+            .at(-1);
+          if (last === undefined)
+            throw new VirtError(ErrorCode.OPERATION_INVALID, 'vCPU 0 cannot be unplugged', { path: 'count' });
+          this.#privileged.unplugVcpu(run.live, sim, last);
+          run.live = withVcpus(run.live, --current);
+        }
+      }
+      if (config) dom.def = withVcpus(dom.def, count);
     });
   }
 
