@@ -150,14 +150,16 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
 
   program
     .command('create')
-    .description('create a transient domain from XML and start it (not yet supported)')
-    .argument('<file>', 'the XML file')
-    .option('--paused', 'leave it paused')
-    .action(async () => {
-      throw new VirtError(
-        ErrorCode.NO_SUPPORT,
-        'virtkit has no transient domains yet: define the domain, then start it',
-      );
+    .description(
+      'create a transient domain from XML (or a JSON definition) and start it; it is gone once it stops',
+    )
+    .argument('<file>', 'the XML or JSON file')
+    .option('--paused', 'leave its vCPUs paused')
+    .option('--console', 'attach to its serial console once started')
+    .action(async (file: string, o: { paused?: boolean; console?: boolean }) => {
+      const done = await (await open()).call('create', { ...readDefinition(file), paused: !!o.paused });
+      io.out(`Domain '${done.name}' created from ${file}\n\n`);
+      if (o.console) await consoleOf(done.uuid, undefined);
     });
 
   /** Attaches the terminal to a running domain's serial console until Ctrl+] or the domain stops. */
@@ -270,6 +272,27 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
         },
       );
   }
+
+  domainCommand(
+    'setvcpus',
+    'set how many vCPUs are online (hot-plug or unplug them, or change the definition)',
+  )
+    .argument('<count>', 'the number of vCPUs', positiveCount)
+    .option('--live', 'the running domain')
+    .option('--config', 'the persistent definition')
+    .option('--current', 'the running domain when it runs, else the definition (the default)')
+    .action(
+      async (domain: string, count: number, o: { live?: boolean; config?: boolean; current?: boolean }) => {
+        const ep = await open();
+        let live = !!o.live;
+        let config = !!o.config;
+        if (!live && !config) {
+          live = (await ep.call('dominfo', { domain })).id !== null;
+          config = !live;
+        }
+        await ep.call('setvcpus', { domain, count, live, config });
+      },
+    );
 
   domainCommand('domjobinfo', 'the job under way on a domain')
     .option('--json', 'JSON: { operation, phase, startedAt, elapsedMs, progress, aborting }')
@@ -523,6 +546,13 @@ function editText(text: string): string {
 function positiveInt(value: string): number {
   if (!/^[1-9][0-9]{0,6}$/.test(value)) {
     throw new VirtError(ErrorCode.OPERATION_INVALID, `'${value}' is not a positive whole number of seconds`);
+  }
+  return Number(value);
+}
+
+function positiveCount(value: string): number {
+  if (!/^[1-9][0-9]{0,3}$/.test(value)) {
+    throw new VirtError(ErrorCode.OPERATION_INVALID, `'${value}' is not a vCPU count (1, 2, …)`);
   }
   return Number(value);
 }

@@ -5,7 +5,7 @@ import type { DomainDefinitionInput } from './definition/schema.js';
 import { resolveDefinition } from './definition/validate.js';
 import { resolveDomainXml } from './definition/xml.js';
 import { Domain, IncomingMigration } from './domain.js';
-import { type DomainRef, type Driver, INTERNAL_SEAM } from './driver.js';
+import { type DomainRef, type Driver, INTERNAL_SEAM, type StartOptions } from './driver.js';
 import type { DomainEvent } from './events.js';
 import type { MigratePrepareOptions, MigrationOffer } from './migration.js';
 
@@ -78,6 +78,28 @@ export class Connection {
     const resolved =
       typeof definition === 'string' ? resolveDomainXml(definition) : resolveDefinition(definition);
     const ref = await this.driver.defineDomain(resolved);
+    return new Domain(this.driver, ref.name, ref.uuid);
+  }
+
+  /**
+   * Creates and starts a transient domain (libvirt's `virDomainCreateXML`, `virsh create`): it has
+   * no persistent definition, is listed with `persistent: false` while it runs, and is gone once it
+   * stops, however it stops. A start that fails leaves nothing behind. Defining a domain of the same
+   * name and uuid while it runs makes it persistent, as in libvirt.
+   *
+   * @param definition - libvirt domain XML or a typed definition, as {@link Connection.defineDomain} takes
+   * @returns a handle on the running domain
+   * @throws {@link VirtError} as {@link Connection.defineDomain}; `DOMAIN_EXISTS` when a domain of that
+   *   name or uuid exists; the start's errors otherwise (nothing is left then)
+   */
+  async createDomain(
+    definition: string | DomainDefinitionInput,
+    options: StartOptions = {},
+  ): Promise<Domain> {
+    this.#checkOpen();
+    const resolved =
+      typeof definition === 'string' ? resolveDomainXml(definition) : resolveDefinition(definition);
+    const ref = await this.driver.createDomain(resolved, options);
     return new Domain(this.driver, ref.name, ref.uuid);
   }
 

@@ -93,6 +93,11 @@ export interface Driver {
   record?(message: string): void;
   /** Writes a resolved definition persistently (a new domain or an update of one). */
   defineDomain(def: DomainDefinition): Promise<DomainRef>;
+  /**
+   * Starts a transient domain (libvirt's `virDomainCreateXML`): no persistent definition, gone once
+   * it stops; a start that fails leaves nothing behind.
+   */
+  createDomain(def: DomainDefinition, options: StartOptions): Promise<DomainRef>;
   /** Removes the persistent definition of an inactive domain. */
   undefineDomain(uuid: string, options?: OperationOptions): Promise<void>;
   /** The domain with that name or uuid, if one is defined. */

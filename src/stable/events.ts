@@ -73,4 +73,9 @@ export interface DomainInfo {
   readonly cpuTimeNs: bigint;
   /** Taints of the running domain, e.g. `custom-argv`, `internal-handler`. */
   readonly taints: readonly string[];
+  /**
+   * False for a transient domain ({@link Connection.createDomain}, or one adopted through
+   * `virtkit/internal`): it has no persistent definition and is gone once it stops.
+   */
+  readonly persistent: boolean;
 }

@@ -160,7 +160,7 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       });
       expect(run('create', bad)).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: NO_SUPPORT: /),
+        err: expect.stringMatching(/^error: (XML_ERROR|CONFIG_UNSUPPORTED): .*frob/),
       });
       const help = run('--help');
       expect(help.code).toBe(0);

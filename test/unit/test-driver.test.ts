@@ -110,6 +110,26 @@ describe('definitions', () => {
 });
 
 describe('life cycle', () => {
+  it('createDomain starts a transient domain that is gone once it stops', async () => {
+    const dom = await conn.createDomain(guest('t'), { paused: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', persistent: false });
+    await expect(conn.createDomain(guest('t'))).rejects.toMatchObject({ code: 'DOMAIN_EXISTS' });
+    await dom.destroy();
+    expect(await conn.listDomains()).toEqual([]);
+    expect(events).toEqual([
+      'defined:added',
+      'started:booted',
+      'suspended:user',
+      'stopped:destroyed',
+      'undefined:removed',
+    ]);
+    const kept = await conn.createDomain(guest('k'));
+    await conn.defineDomain({ ...guest('k'), uuid: kept.uuid });
+    expect(await kept.getInfo()).toMatchObject({ persistent: true });
+    await kept.destroy();
+    expect((await conn.listDomains()).map((d) => d.name)).toEqual(['k']);
+  });
+
   it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
     const dom = await conn.defineDomain(guest('r'));
     await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
@@ -138,6 +158,7 @@ describe('life cycle', () => {
       memoryKiB: 65536,
       cpuTimeNs: 0n,
       taints: [],
+      persistent: true,
     });
     await dom.resume();
     expect(await dom.getInfo()).toMatchObject({ state: 'running', reason: 'unpaused' });

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
@@ -77,7 +77,7 @@ import { recordJob } from './runtime-status.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
 import { writeStatus } from './status.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
-import { sweepCgroups, sweepRootLeftovers } from './sweep.js';
+import { sweepCgroups, sweepRootLeftovers, sweepTransientMarkers, transientMarker } from './sweep.js';
 
 /** Options the embedded driver takes from `connect()`. */
 export interface QemuDriverOptions {
@@ -176,8 +176,18 @@ export class QemuDriver implements Driver, DriverContext {
     });
     for (const def of defs) this.#domains.set(new DomainObject(def));
     for (const def of defs)
-      if (wasAttached(this.layout, def) || arrivedTransient(this.layout, def)) this.#attached.add(def.uuid);
+      if (
+        wasAttached(this.layout, def) ||
+        arrivedTransient(this.layout, def) ||
+        existsSync(transientMarker(this.layout, def.name))
+      )
+        this.#attached.add(def.uuid);
     await Promise.all(this.#domains.values().map((dom) => reconnectDomain(this, dom)));
+    // A transient domain found shut off (its QEMU ended while no driver watched) is gone.
+    for (const dom of this.#domains.values())
+      if (!dom.active && this.#attached.delete(dom.def.uuid)) await this.#forget(dom);
+    for (const path of sweepTransientMarkers(this.layout, this.#domains.values()))
+      appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
     for (const path of sweepRootLeftovers(this, this.#domains.values()))
       appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
     sweepCgroups(this, this.#domains.values());
@@ -216,6 +226,7 @@ export class QemuDriver implements Driver, DriverContext {
       async () => {
         if (dom.active || this.#domains.find(dom.def.uuid) !== dom) return;
         removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
+        removeIfPresent(transientMarker(this.layout, dom.def.name));
         this.#domains.delete(dom.def.uuid);
         this.emit(dom, 'undefined', 'removed');
       },
@@ -393,6 +404,8 @@ export class QemuDriver implements Driver, DriverContext {
         undefined,
         async () => {
           await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+          // Defined, a transient domain becomes persistent, as in libvirt.
+          if (this.#attached.delete(def.uuid)) removeIfPresent(transientMarker(this.layout, def.name));
           faultPoint('define:saved');
           dom.def = def;
           this.#domains.set(dom);
@@ -404,6 +417,50 @@ export class QemuDriver implements Driver, DriverContext {
     const result = this.#defining.then(define, define);
     this.#defining = result.catch(() => undefined);
     return this.#track(result);
+  }
+
+  async createDomain(given: DomainDefinition, options: StartOptions): Promise<DomainRef> {
+    this.#checkOpen();
+    const create = async (): Promise<DomainObject> => {
+      const def = await prepareDefinition(
+        capabilityCache(this.layout),
+        given.emulator ?? DEFAULT_EMULATOR,
+        given,
+      );
+      const taken = this.#domains.find(def.name) ?? this.#domains.find(def.uuid);
+      if (taken) {
+        throw new VirtError(
+          ErrorCode.DOMAIN_EXISTS,
+          `a domain named '${taken.def.name}' (uuid ${taken.def.uuid}) already exists; start it, or give the new one another name and uuid`,
+          { domain: identOf(taken) },
+        );
+      }
+      const dom = new DomainObject(def);
+      const marker = transientMarker(this.layout, def.name);
+      // The marker before the definition: a definition without one would be adopted as persistent.
+      writeFileSync(marker, `${def.uuid}\n`, { mode: 0o600 });
+      try {
+        await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+      } catch (err) {
+        removeIfPresent(marker);
+        throw err;
+      }
+      this.#domains.set(dom);
+      this.#attached.add(def.uuid);
+      this.emit(dom, 'defined', 'added');
+      return dom;
+    };
+    const result = this.#defining.then(create, create);
+    this.#defining = result.catch(() => undefined);
+    const dom = await this.#track(result);
+    try {
+      await this.start(dom.def.uuid, options);
+    } catch (err) {
+      this.#attached.delete(dom.def.uuid);
+      await this.#forget(dom);
+      throw err;
+    }
+    return { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
   }
 
   async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
@@ -440,6 +497,7 @@ export class QemuDriver implements Driver, DriverContext {
       memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
       cpuTimeNs: run ? cpuTimeNs(run.pid) : 0n,
       taints: run ? [...run.taints] : [],
+      persistent: !this.#attached.has(uuid),
     };
   }
 

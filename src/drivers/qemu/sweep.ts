@@ -5,6 +5,7 @@ import { domainCgroupName } from '../../privileged/builtins.js';
 import { releaseCgroups } from '../../util/cgroup.js';
 import type { DriverContext } from './context.js';
 import type { DomainObject } from './domain-object.js';
+import type { RootLayout } from './root.js';
 import { removeIfPresent } from './store.js';
 
 /*
@@ -37,6 +38,27 @@ export function sweepRootLeftovers(ctx: DriverContext, domains: readonly DomainO
       } catch {
         // left for the next driver; nothing depends on it
       }
+    }
+  }
+  return removed;
+}
+
+/** Marks a transient domain (`virtkit create`): its definition is removed once it stops. */
+export function transientMarker(layout: RootLayout, name: string): string {
+  return join(layout.run, `${name}.transient`);
+}
+
+/** Removes transient markers of domains that are not defined (a driver killed half-way through). */
+export function sweepTransientMarkers(layout: RootLayout, domains: readonly DomainObject[]): string[] {
+  const names = new Set(domains.map((d) => d.def.name));
+  const removed: string[] = [];
+  for (const name of readdirSync(layout.run)) {
+    if (!name.endsWith('.transient') || names.has(name.slice(0, -'.transient'.length))) continue;
+    try {
+      removeIfPresent(join(layout.run, name));
+      removed.push(join(layout.run, name));
+    } catch {
+      // left for the next driver
     }
   }
   return removed;

@@ -110,6 +110,7 @@ export async function openTestDriver(
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
  * - `reboot()` and `reset()` of an active domain change nothing visible: it keeps its id and state.
+ * - `createDomain()` makes a transient domain, removed (`undefined removed`) once it stops.
  * - Everything lives in memory: `close()` forgets every domain.
  *
  * It exposes the internal seam (`driverKind: 'test'`) with its own handler table, so
@@ -138,6 +139,8 @@ export class TestDriver implements Driver {
     simulation: this.#simulation,
   };
   readonly #domains = new DomainTable<TestDomain>();
+  /** Transient domains (createDomain): removed once they stop. */
+  readonly #transient = new Set<string>();
   readonly #listeners = new Set<(event: DomainEvent) => void>();
   #nextId = 1;
   #closed = false;
@@ -216,10 +219,44 @@ export class TestDriver implements Driver {
     const dom = byUuid ?? new TestDomain(def);
     return this.#job(dom, 'define', undefined, () => {
       dom.def = structuredClone(def);
+      // Defined, a transient domain becomes persistent, as in libvirt.
+      this.#transient.delete(def.uuid);
       this.#domains.set(dom);
       this.#emit(dom, 'defined', byUuid ? 'updated' : 'added');
       return this.#ref(dom);
     });
+  }
+
+  async createDomain(def: DomainDefinition, options: StartOptions): Promise<DomainRef> {
+    this.#checkOpen();
+    const taken = this.#domains.find(def.name) ?? this.#domains.find(def.uuid);
+    if (taken) {
+      throw new VirtError(
+        ErrorCode.DOMAIN_EXISTS,
+        `a domain named '${taken.def.name}' (uuid ${taken.def.uuid}) already exists; start it, or give the new one another name and uuid`,
+        { domain: taken.ident },
+      );
+    }
+    const dom = new TestDomain(structuredClone(def));
+    this.#domains.set(dom);
+    this.#transient.add(def.uuid);
+    this.#emit(dom, 'defined', 'added');
+    try {
+      await this.start(def.uuid, options);
+    } catch (err) {
+      this.#forget(dom);
+      throw err;
+    }
+    return this.#ref(dom);
+  }
+
+  /** Removes a transient domain that stopped (or never started). */
+  #forget(dom: TestDomain): void {
+    if (!this.#transient.delete(dom.def.uuid) || dom.active || this.#domains.find(dom.def.uuid) !== dom)
+      return;
+    this.#domains.delete(dom.def.uuid);
+    this.#simulation.forgetLog(dom.def.uuid);
+    this.#emit(dom, 'undefined', 'removed');
   }
 
   async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
@@ -256,6 +293,7 @@ export class TestDriver implements Driver {
       memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
       cpuTimeNs: 0n,
       taints: sim ? [...sim.taints] : [],
+      persistent: !this.#transient.has(uuid),
     };
   }
 
@@ -760,6 +798,7 @@ export class TestDriver implements Driver {
     dom.reason = reason;
     this.#emit(dom, 'stopped', reason);
     run.markStopped('stopped');
+    this.#forget(dom);
   }
 
   /** Forgets every domain: nothing of a test driver outlives its connection. */

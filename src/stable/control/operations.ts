@@ -151,6 +151,21 @@ export const operations = {
     run: async (conn: Connection, args: { xml: string } | { definition: Record<string, unknown> }) =>
       ref(await conn.defineDomain('xml' in args ? args.xml : (args.definition as never))),
   },
+  create: {
+    args: z.union([
+      z.strictObject({ xml: z.string(), paused: z.boolean().default(false) }),
+      z.strictObject({ definition: z.record(z.string(), z.unknown()), paused: z.boolean().default(false) }),
+    ]),
+    run: async (
+      conn: Connection,
+      args: ({ xml: string } | { definition: Record<string, unknown> }) & { paused: boolean },
+    ) =>
+      ref(
+        await conn.createDomain('xml' in args ? args.xml : (args.definition as never), {
+          paused: args.paused,
+        }),
+      ),
+  },
   undefine: {
     args: onDomain,
     run: async (conn: Connection, args: { domain: string }) => {
@@ -261,6 +276,22 @@ export const operations = {
         );
       }
       return { ...ref(dom), devname, type: 'pty', path: serial.path };
+    },
+  },
+  setvcpus: {
+    args: z.strictObject({
+      domain: domainArg,
+      count: z.number().int().min(1).max(4096),
+      live: z.boolean(),
+      config: z.boolean(),
+    }),
+    run: async (
+      conn: Connection,
+      args: { domain: string; count: number; live: boolean; config: boolean },
+    ): Promise<DomainRefJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.setVcpus(args.count, { live: args.live, config: args.config });
+      return ref(dom);
     },
   },
   attachDevice: deviceChange('attachDevice'),
@@ -455,7 +486,14 @@ async function summary(
   info?: Awaited<ReturnType<Domain['getInfo']>>,
 ): Promise<DomainSummaryJson> {
   const i = info ?? (await dom.getInfo());
-  return { id: i.id, name: dom.name, uuid: dom.uuid, state: i.state, reason: i.reason, persistent: true };
+  return {
+    id: i.id,
+    name: dom.name,
+    uuid: dom.uuid,
+    state: i.state,
+    reason: i.reason,
+    persistent: i.persistent,
+  };
 }
 
 function ref(dom: Domain): DomainRefJson {
