@@ -151,6 +151,19 @@ export class TestDriver implements Driver {
 
   #emit(dom: TestDomain, type: DomainEventType, reason: string): void {
     deliverEvent(this.#listeners, { type, reason, domain: dom.ident, timestamp: Date.now() });
+    if (type === 'stopped' && this.#transient.delete(dom.def.uuid)) void this.#forget(dom);
+  }
+
+  /** Domains a migration brought in without `persist`: removed once they stop, as in the embedded driver. */
+  readonly #transient = new Set<string>();
+
+  async #forget(dom: TestDomain): Promise<void> {
+    await this.#job(dom, 'undefine', undefined, () => {
+      if (dom.active || this.#closed || this.#domains.find(dom.def.uuid) !== dom) return;
+      this.#domains.delete(dom.def.uuid);
+      this.#simulation.forgetLog(dom.def.uuid);
+      this.#emit(dom, 'undefined', 'removed');
+    }).catch(() => undefined);
   }
 
   /** Moves to a new state and emits its event, once. */
@@ -549,7 +562,8 @@ export class TestDriver implements Driver {
   /**
    * Step 2 (destination): the simulated process starts with the privileged operations in phase
    * `migration-in` (memlock, placement, scheduling; descriptors in `pre-exec`), paused (reason
-   * `migration`), then listens at `listen` for the stream of a test driver of this process.
+   * `migration`), then listens at `listen` for the stream of a test driver of this process. A domain
+   * prepare defined without `persist` is transient: it is removed once it stops.
    */
   async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
     this.#checkOpen();
@@ -577,6 +591,7 @@ export class TestDriver implements Driver {
             settle = resolve;
           });
           const uri = listen(options.listen, { uuid: def.uuid, deliver: () => settle(true) });
+          if (!existing && options.persist !== true) this.#transient.add(def.uuid);
           this.#migrations.set(dom, {
             role: 'in',
             uri,
