@@ -110,6 +110,19 @@ describe('definitions', () => {
 });
 
 describe('life cycle', () => {
+  it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
+    const dom = await conn.defineDomain(guest('r'));
+    await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.reset()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.start();
+    const before = await dom.getInfo();
+    events.length = 0;
+    await dom.reboot();
+    await dom.reset();
+    expect(await dom.getInfo()).toEqual(before);
+    expect(events).toEqual([]);
+  });
+
   it('start paused -> resume -> suspend -> resume -> destroy, with the embedded driver events', async () => {
     const dom = await conn.defineDomain(guest('p', { vcpu: { count: 2 } }));
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', id: null, pid: null });

@@ -17,6 +17,7 @@ import type {
   DomainRef,
   Driver,
   OutgoingMigration,
+  RebootOptions,
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
@@ -108,6 +109,7 @@ export async function openTestDriver(
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
+ * - `reboot()` and `reset()` of an active domain change nothing visible: it keeps its id and state.
  * - Everything lives in memory: `close()` forgets every domain.
  *
  * It exposes the internal seam (`driverKind: 'test'`) with its own handler table, so
@@ -330,6 +332,25 @@ export class TestDriver implements Driver {
       if (dom.state !== 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
       this.#transition(dom, 'running', 'unpaused', 'resumed');
+    });
+  }
+
+  /**
+   * The simulated guest reboots at once and goes on running (a paused one stays paused): the
+   * domain keeps its id and state, as with QEMU's reset.
+   */
+  reboot(uuid: string, options: RebootOptions = {}): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'reboot', options.signal, () => {
+      dom.requireActive();
+    });
+  }
+
+  /** As {@link TestDriver.reboot}: the domain keeps its id and state. */
+  reset(uuid: string, options: OperationOptions = {}): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'reset', options.signal, () => {
+      dom.requireActive();
     });
   }
 
