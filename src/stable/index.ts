@@ -33,6 +33,7 @@ export type {
   DomainRef,
   Driver,
   OutgoingMigration,
+  RebootOptions,
   ShutdownOptions,
   StartOptions,
 } from './driver.js';
@@ -48,6 +49,7 @@ export type {
   MigratePerformOptions,
   MigratePrepareOptions,
   MigrateToOptions,
+  MigrationConfirmOptions,
   MigrationEndOptions,
   MigrationIncomingCookie,
   MigrationOffer,

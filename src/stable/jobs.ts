@@ -1,3 +1,5 @@
+import type { MigrationProgress } from './migration.js';
+
 /**
  * The kind of a domain job: the modifying operation that holds a domain, as in libvirt's
  * `virDomainJobOperation`. One job at a time per domain; queries never wait for one.
@@ -11,6 +13,8 @@ export type JobOperation =
   | 'shutdown'
   | 'suspend'
   | 'resume'
+  | 'reboot'
+  | 'reset'
   | 'undefine'
   | 'migration-out'
   | 'migration-in'
@@ -38,6 +42,11 @@ export interface JobInfo {
   } | null;
   /** The job has been asked to abort (by `abortJob()`, its signal, or a `destroy`) and is rolling back. */
   readonly aborting: boolean;
+  /**
+   * An outgoing migration that streams or has streamed: QEMU's last `query-migrate` (bytes total,
+   * transferred and remaining, dirty rate, expected and final downtime).
+   */
+  readonly migration?: MigrationProgress;
 }
 
 /**

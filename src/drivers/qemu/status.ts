@@ -22,6 +22,8 @@ const jobRecordSchema = z.object({
   operation: z.string(),
   phase: z.string(),
   startedAt: z.number(),
+  /** What the job's recovery rule needs besides the phase (an outgoing migration: `sourceRan`). */
+  data: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).optional(),
 });
 
 /** The job recorded in a status file. */
@@ -42,6 +44,8 @@ const statusSchema = z.object({
   placements: z.array(placementSchema).default([]),
   /** `cgroup.placeThreads` was invoked: a successor must release even without recorded placements. */
   placementAttempted: z.boolean().default(false),
+  /** The domain is removed once this QEMU stops (an incoming migration without `persist`). */
+  transient: z.boolean().optional(),
   /** Version of the live definition; 1 for status files written before versions existed. */
   liveVersion: z.number().int().positive().default(1),
   live: z.unknown(),
