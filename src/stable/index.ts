@@ -54,6 +54,7 @@ export type {
   MigrationOffer,
   MigrationOfferCookie,
   MigrationProgress,
+  MigrationTlsOptions,
   PreparedIncoming,
   ResolvedOffer,
 } from './migration.js';
