@@ -55,6 +55,7 @@ export type {
   MigrationOffer,
   MigrationOfferCookie,
   MigrationProgress,
+  MigrationTlsOptions,
   PreparedIncoming,
   ResolvedOffer,
 } from './migration.js';
