@@ -13,10 +13,9 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
-import type { JobInfo, JobOperation, OperationOptions } from '../../stable/jobs.js';
-import { DomainTable, deliverEvent } from '../domain-table.js';
-import { type Job, NO_JOB } from '../jobs.js';
+import type { DomainInfo } from '../../stable/events.js';
+import type { OperationOptions } from '../../stable/jobs.js';
+import { DriverCore } from '../domain-core.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
 import { Simulation } from './simulation.js';
@@ -84,7 +83,7 @@ export async function openTestDriver(
  * cgroups the post-checks read back; without a handler, a simulated built-in does the work. A
  * failing handler fails the start with the embedded driver's code and rolls the domain back.
  */
-export class TestDriver implements Driver {
+export class TestDriver extends DriverCore<TestDomain> implements Driver {
   readonly uri: string;
   readonly handlers = new HandlerTable();
   readonly #simulation = new Simulation();
@@ -99,132 +98,66 @@ export class TestDriver implements Driver {
     handlers: this.handlers,
     simulation: this.#simulation,
   };
-  readonly #domains = new DomainTable<TestDomain>();
-  readonly #listeners = new Set<(event: DomainEvent) => void>();
   #nextId = 1;
-  #closed = false;
 
   constructor(uri: string) {
+    super();
     this.uri = uri;
   }
 
-  subscribe(listener: (event: DomainEvent) => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
-  }
-
-  #emit(dom: TestDomain, type: DomainEventType, reason: string): void {
-    deliverEvent(this.#listeners, { type, reason, domain: dom.ident, timestamp: Date.now() });
-  }
-
-  /** Moves to a new state and emits its event, once. */
-  #transition(dom: TestDomain, state: DomainState, reason: string, type: DomainEventType): void {
-    if (dom.state === state) return;
-    dom.state = state;
-    dom.reason = reason;
-    this.#emit(dom, type, reason);
-  }
-
-  #checkOpen(): void {
-    if (this.#closed)
-      throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
-  }
-
-  #get(uuid: string): TestDomain {
-    this.#checkOpen();
-    return this.#domains.get(uuid);
-  }
-
-  /** Queues `fn` as the domain's next job, as the embedded driver does. */
-  #job<T>(
-    dom: TestDomain,
-    operation: JobOperation,
-    signal: AbortSignal | undefined,
-    fn: (job: Job) => T | Promise<T>,
-  ): Promise<T> {
-    return dom.jobs.run(operation, () => dom.ident, signal, fn);
-  }
-
-  getJobInfo(uuid: string): JobInfo {
-    return this.#get(uuid).jobs.current?.info() ?? NO_JOB;
-  }
-
-  abortJob(uuid: string): void {
-    const dom = this.#get(uuid);
-    dom.jobs.abort(dom.def.name, dom.ident);
-  }
-
-  #ref(dom: TestDomain): DomainRef {
-    return { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
-  }
-
-  findDomain(nameOrUuid: string): DomainRef | undefined {
-    this.#checkOpen();
-    const dom = this.#domains.find(nameOrUuid);
-    return dom && this.#ref(dom);
-  }
-
-  listDomains(): DomainRef[] {
-    this.#checkOpen();
-    return this.#domains
-      .values()
-      .map((d) => this.#ref(d))
-      .sort((a, b) => a.name.localeCompare(b.name));
-  }
-
   async defineDomain(def: DomainDefinition): Promise<DomainRef> {
-    this.#checkOpen();
-    const byUuid = this.#domains.existingFor(def);
+    this.checkOpen();
+    const byUuid = this.domains.existingFor(def);
     const dom = byUuid ?? new TestDomain(def);
-    return this.#job(dom, 'define', undefined, () => {
-      dom.def = structuredClone(def);
-      this.#domains.set(dom);
-      this.#emit(dom, 'defined', byUuid ? 'updated' : 'added');
-      return this.#ref(dom);
-    });
+    return dom.jobs.run(
+      'define',
+      () => dom.ident,
+      undefined,
+      () => {
+        dom.def = structuredClone(def);
+        this.domains.set(dom);
+        this.emit(dom, 'defined', byUuid ? 'updated' : 'added');
+        return this.ref(dom);
+      },
+    );
   }
 
   async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    await this.#job(dom, 'undefine', options.signal, () => {
+    const dom = this.domain(uuid);
+    await this.job(dom, 'undefine', options.signal, () => {
       if (dom.active) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
           `domain '${dom.def.name}' is running; destroy it first`,
         );
       }
-      this.#domains.delete(uuid);
+      this.domains.delete(uuid);
       this.#simulation.forgetLog(uuid);
-      this.#emit(dom, 'undefined', 'removed');
+      this.emit(dom, 'undefined', 'removed');
     });
   }
 
   getDefinition(uuid: string, live: boolean): DomainDefinition {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return structuredClone(live && dom.run ? dom.run.live : dom.def);
   }
 
   async getInfo(uuid: string): Promise<DomainInfo> {
-    const dom = this.#get(uuid);
-    const def = dom.run?.live ?? dom.def;
+    const dom = this.domain(uuid);
     const sim = dom.run && this.#simRuns.get(dom.run);
-    return {
-      state: dom.state,
-      reason: dom.reason,
+    return this.info(dom, dom.run?.live ?? dom.def, {
       id: dom.run ? dom.run.id : null,
       // The simulated process's synthetic pid.
       pid: sim ? sim.pid : null,
-      vcpus: def.vcpu.current ?? def.vcpu.count,
-      memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
       cpuTimeNs: 0n,
       taints: sim ? [...sim.taints] : [],
-    };
+    });
   }
 
   start(uuid: string, options: StartOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'start', options.signal, async (job) => {
-      this.#checkOpen();
+    const dom = this.domain(uuid);
+    return this.job(dom, 'start', options.signal, async (job) => {
+      this.checkOpen();
       if (dom.run)
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
       this.handlers.seal(`domain '${dom.def.name}' was started`);
@@ -235,9 +168,11 @@ export class TestDriver implements Driver {
       try {
         sim = await this.#privileged.start(live, () => this.#nextId++, attempt);
       } catch (err) {
-        dom.state = 'shutoff';
-        dom.reason = 'failed';
-        if (attempt.spawned) this.#emit(dom, 'stopped', 'failed');
+        this.setState(
+          dom,
+          { state: 'shutoff', reason: 'failed' },
+          ...(attempt.spawned ? (['stopped'] as const) : []),
+        );
         throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${dom.def.name}'`, {
           domain: dom.ident,
         });
@@ -250,30 +185,29 @@ export class TestDriver implements Driver {
       });
       dom.run = { id: sim.id, live, stopped, markStopped };
       this.#simRuns.set(dom.run, sim);
-      dom.state = options.paused ? 'paused' : 'running';
-      dom.reason = options.paused ? 'user' : 'booted';
-      this.#emit(dom, 'started', 'booted');
-      if (options.paused) this.#emit(dom, 'suspended', 'user');
+      if (options.paused)
+        this.setState(dom, { state: 'paused', reason: 'user' }, ['started', 'booted'], 'suspended');
+      else this.setState(dom, { state: 'running', reason: 'booted' }, 'started');
     });
   }
 
   suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'suspend', options.signal, () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'suspend', options.signal, () => {
       dom.requireActive();
       if (dom.state === 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already paused`);
-      this.#transition(dom, 'paused', 'user', 'suspended');
+      this.changeState(dom, { state: 'paused', reason: 'user' }, 'suspended');
     });
   }
 
   resume(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'resume', options.signal, () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'resume', options.signal, () => {
       dom.requireActive();
       if (dom.state !== 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
-      this.#transition(dom, 'running', 'unpaused', 'resumed');
+      this.changeState(dom, { state: 'running', reason: 'unpaused' }, 'resumed');
     });
   }
 
@@ -282,8 +216,8 @@ export class TestDriver implements Driver {
    * waits `timeoutMs` (default 60 000) for a destroy, then destroys or fails as asked.
    */
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'shutdown', options.signal, async (job) => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'shutdown', options.signal, async (job) => {
       const run = dom.requireActive();
       if (dom.state !== 'paused') return this.#stop(dom, 'shutdown');
       const timeoutMs = options.timeoutMs ?? 60_000;
@@ -299,7 +233,7 @@ export class TestDriver implements Driver {
       clearTimeout(timer);
       job.checkAborted();
       if (outcome === 'stopped') return;
-      this.#checkOpen();
+      this.checkOpen();
       if (options.fallbackToDestroy) return this.#stop(dom, 'destroyed');
       throw new VirtError(
         ErrorCode.OPERATION_TIMEOUT,
@@ -315,7 +249,7 @@ export class TestDriver implements Driver {
    * start rolls back and fails, and destroy returns once it has.
    */
   async destroy(uuid: string, _options: DestroyOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     const destroy = () => {
       if (!dom.run) {
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not running`, {
@@ -325,16 +259,15 @@ export class TestDriver implements Driver {
       return this.#stop(dom, 'destroyed');
     };
     if (dom.run) {
-      // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
-      if (dom.jobs.current?.operation !== 'shutdown') dom.jobs.current?.abort('destroy');
+      this.abortForDestroy(dom);
       return destroy();
     }
     const attempt = this.#starting.get(dom);
     if (attempt?.spawned) {
       dom.jobs.current?.abort('destroy');
-      return this.#job(dom, 'destroy', undefined, async () => undefined);
+      return this.job(dom, 'destroy', undefined, async () => undefined);
     }
-    return this.#job(dom, 'destroy', undefined, destroy);
+    return this.job(dom, 'destroy', undefined, destroy);
   }
 
   readonly #stopping = new WeakSet<TestRuntime>();
@@ -348,18 +281,15 @@ export class TestDriver implements Driver {
     if (sim) await this.#privileged.release(dom.run?.live ?? dom.def, sim);
     if (dom.run !== run) return;
     dom.run = undefined;
-    dom.state = 'shutoff';
-    dom.reason = reason;
-    this.#emit(dom, 'stopped', reason);
+    this.setState(dom, { state: 'shutoff', reason }, 'stopped');
     run.markStopped('stopped');
   }
 
   /** Forgets every domain: nothing of a test driver outlives its connection. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#listeners.clear();
-    for (const dom of this.#domains.values()) dom.run?.markStopped('closed');
-    this.#domains.clear();
+    if (!this.markClosed()) return;
+    this.dropListeners();
+    for (const dom of this.domains.values()) dom.run?.markStopped('closed');
+    this.domains.clear();
   }
 }

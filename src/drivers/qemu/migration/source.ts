@@ -114,8 +114,7 @@ export async function performMigration(
     throw err;
   }
   record.phase = 'performed';
-  dom.state = 'paused';
-  dom.reason = 'migration';
+  ctx.setState(dom, { state: 'paused', reason: 'migration' });
   ctx.log(dom, `migration: stream completed after ${Date.now() - startedAt} ms; source paused until confirm`);
 }
 
@@ -162,8 +161,8 @@ async function resumeIfStopped(
       await run.qmp.command('cont');
       ctx.log(dom, `migration: source resumed (was ${status})`);
     }
-    dom.state = wasRunning ? 'running' : 'paused';
-    dom.reason = wasRunning ? 'migration-cancelled' : dom.reason;
+    if (wasRunning) ctx.setState(dom, { state: 'running', reason: 'migration-cancelled' });
+    else if (dom.state !== 'paused') ctx.setState(dom, { state: 'paused', reason: 'user' });
   } catch (err) {
     ctx.log(dom, `migration: cannot resume the source: ${errorMessage(err)}`);
   }
