@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openInternal, simulatedHost } from '../../src/internal/index.js';
@@ -288,5 +288,136 @@ describe('virtkit/internal on the test driver', () => {
     expect(() => openInternal(conn, { apiVersion: '1.0' })).toThrow(
       expect.objectContaining({ code: 'OPERATION_INVALID' }),
     );
+  });
+});
+
+describe('hotplug phase: attachDevice/detachDevice as the embedded driver does them', () => {
+  const disk = (dev: string, extra = '') =>
+    `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/images/${dev}.img'/><target dev='${dev}' bus='virtio'/>${extra}</disk>`;
+  const tap = (dev: string) =>
+    `<interface type='ethernet'><target dev='${dev}'/><model type='virtio'/></interface>`;
+
+  it('invokes storage.openFile and net.openTap in phase hotplug on the running process, then updates the live definition', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    const host = simulatedHost(conn);
+    const calls: unknown[] = [];
+    api.setHandler('storage.openFile', (ctx, args) => {
+      calls.push({ op: 'storage.openFile', phase: ctx.phase, pid: ctx.pid, id: ctx.domain.id, args });
+      // Any descriptor open in this process stands for the image, which does not exist here.
+      return { fd: openSync('/dev/null', 'r+') };
+    });
+    api.setHandler('net.openTap', (ctx, args) => {
+      calls.push({ op: 'net.openTap', phase: ctx.phase, pid: ctx.pid, id: ctx.domain.id, args });
+      return { ifname: args.ifname ?? 'tap9', fds: [openSync('/dev/null', 'r')] };
+    });
+    const dom = await conn.defineDomain(guest('hot'));
+    await dom.start();
+    const { pid } = await dom.getInfo();
+    expect(calls).toEqual([]);
+
+    await dom.attachDevice(disk('vdb', '<readonly/>'), { live: true });
+    await dom.attachDevice(tap('vnet-hot0'));
+    expect(calls).toEqual([
+      { op: 'storage.openFile', phase: 'hotplug', pid, id: 1, args: { path: '/images/vdb.img', mode: 'r' } },
+      {
+        op: 'net.openTap',
+        phase: 'hotplug',
+        pid,
+        id: 1,
+        args: { ifname: 'vnet-hot0', queues: 1, vnetHdr: true, managed: true },
+      },
+    ]);
+    const live = dom.getDefinition();
+    expect(live.disks.map((d) => [d.target.dev, d.alias])).toEqual([['vdb', 'virtio-disk1']]);
+    expect(live.interfaces.map((n) => [n.type === 'ethernet' && n.target?.dev, n.alias])).toEqual([
+      ['vnet-hot0', 'net0'],
+    ]);
+    // live only: the persistent definition did not change.
+    expect(dom.getDefinition({ inactive: true })).toMatchObject({ disks: [], interfaces: [] });
+    expect((await dom.getInfo()).taints).toEqual(['internal-handler']);
+    expect(host.log(dom.uuid)).toEqual([
+      expect.stringMatching(/^internal: storage\.openFile phase=hotplug via=setHandler [\d.]+ms ok$/),
+      expect.stringMatching(/^internal: net\.openTap phase=hotplug via=setHandler [\d.]+ms ok$/),
+    ]);
+    expect(events.slice(-2)).toEqual(['device-added:virtio-disk1', 'device-added:net0']);
+
+    // The running guest lets go at once; live and config together change both definitions.
+    await dom.detachDevice('virtio-disk1');
+    await dom.attachDevice(disk('vdc'), { live: true, config: true });
+    expect(dom.getDefinition().disks.map((d) => d.alias)).toEqual(['virtio-disk2']);
+    expect(dom.getDefinition({ inactive: true }).disks.map((d) => d.alias)).toEqual(['virtio-disk2']);
+    expect(calls).toHaveLength(3);
+    expect(events.slice(-2)).toEqual(['device-removed:virtio-disk1', 'device-added:virtio-disk2']);
+  });
+
+  it('a failing, lying or hanging handler fails the attach with the embedded codes; nothing changes', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    let mode: 'throw' | 'lie' | 'hang' = 'throw';
+    let signal: AbortSignal | undefined;
+    api.setHandler(
+      'net.openTap',
+      (ctx) => {
+        signal = ctx.signal;
+        if (mode === 'throw') throw new Error('agent unreachable');
+        if (mode === 'lie') return { ifname: 'someone-else', fds: [openSync('/dev/null', 'r')] };
+        return new Promise<never>(() => {});
+      },
+      { timeoutMs: 50 },
+    );
+    const dom = await conn.defineDomain(guest('hot'));
+    await dom.start({ paused: true });
+    const before = dom.toXML();
+    const failure = (mode: string) =>
+      dom.attachDevice(tap('vnet-x'), { live: true, config: true }).then(
+        () => {
+          throw new Error(`${mode}: attached`);
+        },
+        (err: unknown) => err as { code: string; details: Record<string, unknown>; message: string },
+      );
+
+    const thrown = await failure('throw');
+    expect(thrown).toMatchObject({
+      code: 'HANDLER_FAILED',
+      details: { operation: 'net.openTap', phase: 'hotplug' },
+    });
+    mode = 'lie';
+    const lied = await failure('lie');
+    expect(lied.code).toBe('POSTCONDITION_FAILED');
+    expect(lied.message).toMatch(/someone-else is not the requested vnet-x/);
+    mode = 'hang';
+    expect((await failure('hang')).code).toBe('OPERATION_TIMEOUT');
+    expect(signal?.aborted).toBe(true);
+
+    expect(dom.toXML()).toBe(before);
+    expect(dom.getDefinition({ inactive: true }).interfaces).toEqual([]);
+    expect(events.filter((e) => e.startsWith('device-'))).toEqual([]);
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', id: 1 });
+  });
+
+  it('refuses what the embedded driver refuses; a paused guest never lets go of a device', async () => {
+    const dom = await conn.defineDomain(guest('hot'));
+    await expect(dom.attachDevice(disk('vdb'), { live: true })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+    });
+    // Inactive: the persistent definition, without any handler call.
+    await dom.attachDevice(disk('vdb'));
+    expect(dom.getDefinition().disks.map((d) => d.target.dev)).toEqual(['vdb']);
+    await dom.start({ paused: true });
+    await expect(
+      dom.attachDevice("<disk type='file'><source file='/i/s.img'/><target dev='sda' bus='sata'/></disk>", {
+        live: true,
+      }),
+    ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    await expect(dom.detachDevice('nothing-here', { live: true })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+    });
+    await dom.attachDevice(disk('vdc'), { live: true });
+    await expect(dom.detachDevice('virtio-disk2', { live: true, timeoutMs: 20 })).rejects.toMatchObject({
+      code: 'OPERATION_TIMEOUT',
+    });
+    expect(dom.getDefinition().disks.map((d) => d.alias)).toEqual(['virtio-disk1', 'virtio-disk2']);
+    await dom.resume();
+    await dom.detachDevice(disk('vdc'), { live: true });
+    expect(dom.getDefinition().disks.map((d) => d.target.dev)).toEqual(['vdb']);
   });
 });

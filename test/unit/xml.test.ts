@@ -529,17 +529,20 @@ describe('unsupported elements and attributes', () => {
     ['filesystem', devices("<filesystem type='mount'/>"), '/domain/devices/filesystem'],
     ['xen memballoon', devices("<memballoon model='xen'/>"), '/domain/devices/memballoon/@model'],
     [
-      'disk driver cache (second disk)',
+      'disk driver copy_on_read (second disk)',
       devices(
         disk() +
-          disk('', "<target dev='vdb' bus='virtio'/>").replace("type='raw'/>", "type='raw' cache='none'/>"),
+          disk('', "<target dev='vdb' bus='virtio'/>").replace(
+            "type='raw'/>",
+            "type='raw' copy_on_read='on'/>",
+          ),
       ),
-      '/domain/devices/disk[2]/driver/@cache',
+      '/domain/devices/disk[2]/driver/@copy_on_read',
     ],
     [
-      'disk driver io',
-      devices(disk().replace("type='raw'/>", "type='raw' io='native'/>")),
-      '/domain/devices/disk/driver/@io',
+      'disk driver detect_zeroes',
+      devices(disk().replace("type='raw'/>", "type='raw' detect_zeroes='on'/>")),
+      '/domain/devices/disk/driver/@detect_zeroes',
     ],
     [
       'disk driver name',

@@ -98,7 +98,9 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
   });
 
   const channels = def.channels ?? [];
-  if (channels.length > 0) json('-device', { driver: 'virtio-serial-pci', id: 'virtio-serial0' });
+  const serialBus = def.controllers.find((c) => c.type === 'virtio-serial')?.alias;
+  if (channels.length > 0 && serialBus === undefined)
+    throw new VirtError(ErrorCode.INTERNAL_ERROR, 'channels without a virtio-serial controller');
   const names = new Set<string>();
   channels.forEach((c, i) => {
     if (names.has(c.name)) throw unsupported(`channels.${i}.name`, `a second channel named ${c.name}`);
@@ -108,7 +110,7 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     args.push('-chardev', `socket,id=char${id},path=${esc(path)},server=on,wait=off`);
     json('-device', {
       driver: 'virtserialport',
-      bus: 'virtio-serial0.0',
+      bus: `${serialBus}.0`,
       nr: i + 1,
       chardev: `char${id}`,
       id,

@@ -6,8 +6,8 @@ import { CoreDomain } from '../domain-core.js';
 export interface TestRuntime {
   /** The driver's id of the running domain (1, 2, … per driver). */
   readonly id: number;
-  /** The definition as it was when the domain started; a redefinition does not change it. */
-  readonly live: DomainDefinition;
+  /** The definition as it was when the domain started, plus its device changes; a redefinition does not change it. */
+  live: DomainDefinition;
   /** Settles when the domain stops (or the driver closes), so a waiting shutdown learns of it. */
   readonly stopped: Promise<'stopped' | 'closed'>;
   /** Settles {@link TestRuntime.stopped}. */

@@ -7,6 +7,12 @@ import { INTERNAL_API_VERSION } from '../../privileged/version.js';
 import type { ParsedUri } from '../../stable/connect.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type {
+  DetachDeviceOptions,
+  DeviceChangeOptions,
+  DeviceDefinition,
+  DeviceMatch,
+} from '../../stable/devices.js';
+import type {
   DestroyOptions,
   DomainRef,
   Driver,
@@ -18,6 +24,7 @@ import type { OperationOptions } from '../../stable/jobs.js';
 import { DriverCore } from '../domain-core.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
+import { addTo, affected, aliasOf, checkHotpluggable, find, without } from './hotplug.js';
 import { Simulation } from './simulation.js';
 
 /** Options the test driver takes from `connect()`. */
@@ -69,7 +76,8 @@ export async function openTestDriver(
  * - `getInfo()` reports a driver id (1, 2, … per driver) and a synthetic pid (see
  *   `SIMULATED_PID_BASE` of `virtkit/internal`) while active, `cpuTimeNs: 0n`, and the taint
  *   `internal-handler` once a handler was used.
- * - The live definition is the persistent one as it was at start (no QEMU aliases filled in).
+ * - The live definition is the persistent one as it was at start (no QEMU aliases filled in), plus
+ *   the devices attached or detached live since.
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
@@ -208,6 +216,78 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
       if (dom.state !== 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
       this.changeState(dom, { state: 'running', reason: 'unpaused' }, 'resumed');
+    });
+  }
+
+  /**
+   * A device change with the embedded driver's rules and privileged calls: a live attach invokes
+   * `storage.openFile` (disk) or `net.openTap` (ethernet) in phase `hotplug` on the simulated
+   * process, and a failure leaves both definitions as they were.
+   */
+  attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'device-change', options.signal, async (job) => {
+      const { live, config } = affected(dom.def.name, dom.active, options);
+      let persistent: DomainDefinition | undefined;
+      let chosen = device;
+      if (config) ({ def: persistent, device: chosen } = addTo(dom.def, device));
+      const run = dom.run;
+      const sim = run && this.#simRuns.get(run);
+      if (live && run && sim) {
+        checkHotpluggable(chosen, false);
+        const added = addTo(run.live, chosen);
+        await this.#privileged.hotplug(run.live, sim, added.device, job.signal);
+        job.checkAborted();
+        run.live = added.def;
+        this.emit(dom, 'device-added', aliasOf(added.device));
+      }
+      if (persistent) dom.def = persistent;
+    });
+  }
+
+  /**
+   * A live detach: a running guest lets go at once (`device-removed`); a paused one never answers
+   * the unplug request, as with QEMU, so the call waits `timeoutMs` (default 10 000) and fails with
+   * `OPERATION_TIMEOUT`, the device still attached.
+   */
+  detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'device-change', options.signal, async (job) => {
+      const { live, config } = affected(dom.def.name, dom.active, options);
+      const run = dom.run;
+      const liveDevice = live && run ? find(run.live, match) : undefined;
+      const configDevice = config ? find(dom.def, match) : undefined;
+      if ((live && !liveDevice) || (config && !configDevice)) {
+        const what = 'alias' in match ? `alias '${match.alias}'` : 'the device given';
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          `domain '${dom.def.name}' has no device with ${what} in its ${live && !liveDevice ? 'running' : 'persistent'} definition`,
+        );
+      }
+      if (liveDevice && run) {
+        checkHotpluggable(liveDevice, true);
+        const alias = aliasOf(liveDevice);
+        if (dom.state === 'paused') {
+          const timeoutMs = options.timeoutMs ?? 10_000;
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, timeoutMs);
+            const onAbort = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+            job.signal.addEventListener('abort', onAbort, { once: true });
+          });
+          job.checkAborted();
+          throw new VirtError(
+            ErrorCode.OPERATION_TIMEOUT,
+            `the guest did not release ${alias} within ${timeoutMs} ms; it is still attached`,
+            { alias, timeoutMs },
+          );
+        }
+        run.live = without(run.live, liveDevice);
+        this.emit(dom, 'device-removed', alias);
+      }
+      if (configDevice) dom.def = without(dom.def, configDevice);
     });
   }
 

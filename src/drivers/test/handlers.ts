@@ -4,6 +4,7 @@ import { closeResultFds, type InvocationScope, invoke } from '../../privileged/i
 import { limitCovers, memLockNeed } from '../../privileged/memlock.js';
 import type { OperationArgs, Phase } from '../../privileged/operations.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import type { DeviceDefinition } from '../../stable/devices.js';
 import { parseCpuset } from '../../util/cpuset.js';
 import type { SimProcess, Simulation } from './simulation.js';
 
@@ -175,6 +176,37 @@ export class PrivilegedSimulation {
     }
     if (sched.length > 0)
       await this.#invoke(scope, 'thread.setScheduler', 'startup', { pid: proc.pid, threads: sched });
+  }
+
+  /**
+   * The privileged part of a live attach (`drivers/qemu/hotplug.ts`), simulated: a disk's
+   * `storage.openFile`, an ethernet interface's `net.openTap`, in phase `hotplug`, on the running
+   * simulated process. The descriptors went to QEMU (`add-fd`/`getfd`): the driver's copies are closed.
+   */
+  async hotplug(
+    def: DomainDefinition,
+    run: SimRun,
+    device: DeviceDefinition,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const scope = this.#scope(def, run.id, run.pid, run.taints, signal);
+    if ('disk' in device) {
+      const { fd } = await this.#invoke(scope, 'storage.openFile', 'hotplug', {
+        path: device.disk.source,
+        mode: device.disk.readonly ? 'r' : 'rw',
+      });
+      closeResultFds({ fds: [fd] });
+      return;
+    }
+    const nic = device.interface;
+    if (nic.type !== 'ethernet') return;
+    const { fds } = await this.#invoke(scope, 'net.openTap', 'hotplug', {
+      ifname: nic.target?.dev,
+      queues: nic.queues ?? 1,
+      vnetHdr: nic.model === 'virtio',
+      managed: nic.target?.managed !== false,
+    });
+    closeResultFds({ fds });
   }
 
   /** The simulated QEMU exits; then `cgroup.release` (phase release) gives back its placements. Never throws. */

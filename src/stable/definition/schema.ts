@@ -82,6 +82,20 @@ const controllerSchema = z.discriminatedUnion('type', [
     type: z.literal('usb'),
     index: z.number().int().min(0).max(255).optional(),
     model: z.enum(['none', 'piix3-uhci', 'qemu-xhci']),
+    /** A qemu-xhci's USB 2 and USB 3 port count each (QEMU's `p2`, `p3`). */
+    ports: z.number().int().min(1).max(15).optional(),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+  z.strictObject({
+    type: z.literal('virtio-serial'),
+    index: z.number().int().min(0).max(255).optional(),
+    /** The virtio device flavour; without one, `virtio` (modern and legacy as QEMU chooses). */
+    model: z.enum(['virtio', 'virtio-transitional', 'virtio-non-transitional']).optional(),
+    /** Its port count (QEMU's `max_ports`). */
+    ports: z.number().int().min(1).max(31).optional(),
+    /** MSI-X vectors. */
+    vectors: z.number().int().min(0).max(1024).optional(),
     alias: z.string().optional(),
     address: pciAddress.optional(),
   }),
@@ -90,7 +104,22 @@ const controllerSchema = z.discriminatedUnion('type', [
 const diskSchema = z.strictObject({
   type: z.enum(['file', 'block']),
   device: z.enum(['disk', 'cdrom']).default('disk'),
-  driver: z.strictObject({ type: z.enum(['raw', 'qcow2']).default('raw') }).default({ type: 'raw' }),
+  driver: z
+    .strictObject({
+      type: z.enum(['raw', 'qcow2']).default('raw'),
+      /** libvirt's cache modes: host page cache (`direct`), guest write cache, flushes. */
+      cache: z.enum(['default', 'none', 'writethrough', 'writeback', 'directsync', 'unsafe']).optional(),
+      /** The AIO engine; `native` needs a cache mode that bypasses the host page cache. */
+      io: z.enum(['native', 'threads', 'io_uring']).optional(),
+      /** Whether the guest's discard requests reach the image. */
+      discard: z.enum(['unmap', 'ignore']).optional(),
+      /** What a write error does (and a read error, unless `rerrorPolicy` says otherwise). */
+      errorPolicy: z.enum(['stop', 'report', 'ignore', 'enospace']).optional(),
+      rerrorPolicy: z.enum(['stop', 'report', 'ignore']).optional(),
+      /** The iothread (1-based, of `iothreads`) a virtio disk's requests run in. */
+      iothread: z.number().int().min(1).max(64).optional(),
+    })
+    .default({ type: 'raw' }),
   source: z.string().startsWith('/', 'an absolute path'),
   target: z.strictObject({
     dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),

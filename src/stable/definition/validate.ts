@@ -143,10 +143,32 @@ function checkSemantics(def: DomainDefinition): void {
         { path: `disks.${i}.readonly` },
       );
     }
+    checkDiskDriver(def, disk, `disks.${i}.driver`);
   });
   if (def.os.initrd && !def.os.kernel) throw invalid('os.initrd', 'an initrd needs a kernel');
   if (def.os.cmdline !== undefined && !def.os.kernel)
     throw invalid('os.cmdline', 'a kernel command line needs a kernel');
+}
+
+/** The driver settings QEMU would refuse at start, refused at define time instead. */
+function checkDiskDriver(def: DomainDefinition, disk: DomainDefinition['disks'][number], path: string): void {
+  const { iothread, io, cache } = disk.driver;
+  if (iothread !== undefined) {
+    if (disk.target.bus !== 'virtio')
+      throw invalid(
+        `${path}.iothread`,
+        `an iothread serves virtio disks only, not the ${disk.target.bus} bus`,
+      );
+    if (iothread > def.iothreads)
+      throw invalid(
+        `${path}.iothread`,
+        `iothread ${iothread} does not exist (the domain has ${def.iothreads})`,
+      );
+  }
+  // QEMU's file driver refuses Linux native AIO over the host page cache.
+  if (io === 'native' && cache !== 'none' && cache !== 'directsync') {
+    throw invalid(`${path}.io`, "io 'native' needs cache 'none' or 'directsync'");
+  }
 }
 
 /** The platform parts: NUMA cells that cover the vCPUs and memory, firmware that fits together. */

@@ -252,6 +252,8 @@ function controllerNode(c: ControllerDefinition): Node {
       ['type', c.type],
       ['index', c.index],
       ['model', c.type === 'sata' ? undefined : c.model],
+      ['ports', c.type === 'usb' || c.type === 'virtio-serial' ? c.ports : undefined],
+      ['vectors', c.type === 'virtio-serial' ? c.vectors : undefined],
     ],
     [
       c.type === 'pci' && c.model === 'pcie-root-port' && node('model', [['name', 'pcie-root-port']]),
@@ -376,6 +378,12 @@ function domainNode(def: DomainDefinition): Node {
             node('driver', [
               ['name', 'qemu'],
               ['type', disk.driver.type],
+              ['cache', disk.driver.cache],
+              ['error_policy', disk.driver.errorPolicy],
+              ['rerror_policy', disk.driver.rerrorPolicy],
+              ['io', disk.driver.io],
+              ['discard', disk.driver.discard],
+              ['iothread', disk.driver.iothread],
             ]),
             node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
             node('target', [

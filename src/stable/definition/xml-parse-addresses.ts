@@ -92,18 +92,18 @@ export function parseDeviceAlias(origins: Origins, parent: XmlElement, field: st
   out.alias = name;
 }
 
-/** `<controller>`: pci (root, PCIe root port), sata, usb. */
+/** `<controller>`: pci (root, PCIe root port), sata, usb, virtio-serial. */
 export function parseController(origins: Origins, el: XmlElement, i: number): Obj {
   const field = `controllers.${i}`;
   origins.note(field, el);
   const type = el.attrs.get('type');
-  if (type === undefined) throw invalid(el, "<controller> needs a type, 'pci', 'sata' or 'usb'", 'type');
+  if (type === undefined) throw invalid(el, '<controller> needs a type', 'type');
   const kind = choice(
     el,
     type,
     'the controller type',
-    ['pci', 'sata', 'usb'],
-    ['ide', 'fdc', 'scsi', 'virtio-serial', 'xenbus', 'ccid', 'isa'],
+    ['pci', 'sata', 'usb', 'virtio-serial'],
+    ['ide', 'fdc', 'scsi', 'xenbus', 'ccid', 'isa'],
     'type',
   );
   const out: Obj = { type: kind };
@@ -154,8 +154,27 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
       set(t, 'port', numAttr(target, 'port'));
       out.target = t;
     }
+  } else if (kind === 'virtio-serial') {
+    check(el, { attrs: ['type', 'index', 'model', 'ports', 'vectors'], children: ['alias', 'address'] });
+    if (model !== undefined) {
+      origins.note(`${field}.model`, el, 'model');
+      out.model = choice(
+        el,
+        model,
+        'the virtio-serial controller model',
+        ['virtio', 'virtio-transitional', 'virtio-non-transitional'],
+        [],
+        'model',
+      );
+    }
+    for (const name of ['ports', 'vectors'] as const) {
+      origins.note(`${field}.${name}`, el, name);
+      set(out, name, numAttr(el, name));
+    }
   } else if (kind === 'usb') {
-    check(el, { attrs: ['type', 'index', 'model'], children: ['alias', 'address'] });
+    check(el, { attrs: ['type', 'index', 'model', 'ports'], children: ['alias', 'address'] });
+    origins.note(`${field}.ports`, el, 'ports');
+    set(out, 'ports', numAttr(el, 'ports'));
     if (model === undefined) {
       throw unsupported(
         el,

@@ -103,14 +103,7 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   }
   const driver = child(el, 'driver');
   if (driver) {
-    check(driver, { attrs: ['name', 'type'] });
-    ignoredAttr(driver, 'name', ['qemu']);
-    origins.note(`${field}.driver`, driver, 'type');
-    const format = driver.attrs.get('type');
-    out.driver =
-      format === undefined
-        ? {}
-        : { type: choice(driver, format, 'the disk format', ['raw', 'qcow2'], 'any', 'type') };
+    out.driver = parseDiskDriver(origins, driver, `${field}.driver`);
   }
   const source = child(el, 'source');
   const sourceAttr = out.type === 'file' ? 'file' : 'dev';
@@ -171,6 +164,53 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   }
   parseDeviceAlias(origins, el, field, out);
   parseAddress(origins, el, field, out, ['pci', 'drive']);
+  return out;
+}
+
+/** A disk's `<driver>`: format, cache mode, AIO engine, discard, error policies, iothread. */
+function parseDiskDriver(origins: Origins, driver: XmlElement, field: string): Obj {
+  check(driver, {
+    attrs: ['name', 'type', 'cache', 'io', 'discard', 'error_policy', 'rerror_policy', 'iothread'],
+  });
+  ignoredAttr(driver, 'name', ['qemu']);
+  origins.note(field, driver, 'type');
+  const out: Obj = {};
+  const format = driver.attrs.get('type');
+  if (format !== undefined)
+    out.type = choice(driver, format, 'the disk format', ['raw', 'qcow2'], 'any', 'type');
+  const pick = (
+    attr: string,
+    key: string,
+    what: string,
+    values: readonly string[],
+    known: readonly string[],
+  ) => {
+    const value = driver.attrs.get(attr);
+    if (value === undefined) return;
+    origins.note(`${field}.${key}`, driver, attr);
+    out[key] = choice(driver, value, what, values, known, attr);
+  };
+  pick(
+    'cache',
+    'cache',
+    'the cache mode',
+    ['default', 'none', 'writethrough', 'writeback', 'directsync', 'unsafe'],
+    [],
+  );
+  pick('io', 'io', 'the I/O mode', ['native', 'threads', 'io_uring'], ['default']);
+  pick('discard', 'discard', 'the discard mode', ['unmap', 'ignore'], ['default']);
+  pick(
+    'error_policy',
+    'errorPolicy',
+    'the error policy',
+    ['stop', 'report', 'ignore', 'enospace'],
+    ['default'],
+  );
+  pick('rerror_policy', 'rerrorPolicy', 'the read error policy', ['stop', 'report', 'ignore'], ['default']);
+  if (driver.attrs.has('iothread')) {
+    origins.note(`${field}.iothread`, driver, 'iothread');
+    out.iothread = intAttr(driver, 'iothread');
+  }
   return out;
 }
 

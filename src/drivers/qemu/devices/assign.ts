@@ -351,8 +351,11 @@ function assignPciAddresses(
     addItem(`interfaces.${i}`, nic.alias ?? '', nic.model === 'virtio', nic);
   });
   for (const c of controllers) {
-    const endpoint = (c.type === 'sata' && family !== 'q35') || (c.type === 'usb' && c.model === 'qemu-xhci');
-    if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type === 'usb', c);
+    const endpoint =
+      (c.type === 'sata' && family !== 'q35') ||
+      (c.type === 'usb' && c.model === 'qemu-xhci') ||
+      c.type === 'virtio-serial';
+    if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type !== 'sata', c);
     else if (c.type === 'usb' && c.model === 'none' && c.address)
       throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
   }

@@ -4,7 +4,8 @@ import type { QapiObject } from './qapi.js';
 
 /**
  * The device of a controller (`-device` arguments), or undefined for one QEMU builds in: the PCI
- * root, Q35's SATA controller, a USB controller of model `none`.
+ * root, Q35's SATA controller, a USB controller of model `none`. The virtio-serial controller
+ * carries the channels.
  */
 export function controllerDevice(def: DomainDefinition, c: ControllerDefinition): QapiObject | undefined {
   const id = c.alias ?? '';
@@ -22,10 +23,22 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
     if (id === 'ide') return undefined;
     return { driver: 'ich9-ahci', id, ...pciPlacement(def, c.address, `controller ${id}`) };
   }
+  if (c.type === 'virtio-serial') {
+    const flavour = c.model === undefined || c.model === 'virtio' ? '' : c.model.slice('virtio'.length);
+    return {
+      driver: `virtio-serial-pci${flavour}`,
+      id,
+      ...(c.ports !== undefined ? { max_ports: c.ports } : {}),
+      ...(c.vectors !== undefined ? { vectors: c.vectors } : {}),
+      ...pciPlacement(def, c.address, `controller ${id}`),
+    };
+  }
   if (c.model === 'none') return undefined;
   return {
     driver: c.model === 'qemu-xhci' ? 'qemu-xhci' : 'piix3-usb-uhci',
     id,
+    // libvirt gives both the USB 2 and the USB 3 side the port count.
+    ...(c.ports !== undefined ? { p2: c.ports, p3: c.ports } : {}),
     ...pciPlacement(def, c.address, `controller ${id}`),
   };
 }

@@ -5,7 +5,7 @@ import type { MachineFamily } from './machine.js';
 /*
  * Controllers as libvirt adds them at define time: the PCI root (pci-root on i440FX, pcie-root on
  * Q35), a SATA controller (built into Q35 at 00:1f.2; an ich9-ahci on i440FX when a disk needs one),
- * and USB controller 0. virtkit's USB controller is `model='none'` unless the definition names
+ * USB controller 0, and the virtio-serial controller channels need. virtkit's USB controller is `model='none'` unless the definition names
  * another: guests have had no USB so far, and a domain's hardware does not change behind it.
  * PCIe root ports are added by the address assignment, one per device that needs one.
  */
@@ -27,10 +27,11 @@ export function controllerAlias(c: ControllerDefinition, family: MachineFamily):
   const index = c.index ?? 0;
   if (c.type === 'pci') return `pci.${index}`;
   if (c.type === 'sata') return `sata${index}`;
+  if (c.type === 'virtio-serial') return `virtio-serial${index}`;
   return index === 0 ? 'usb' : `usb${index}`;
 }
 
-const ORDER = { usb: 0, sata: 1, pci: 2 } as const;
+const ORDER = { usb: 0, sata: 1, pci: 2, 'virtio-serial': 3 } as const;
 
 /**
  * The definition's controllers (copies, in their order) with the implicit ones added after them and
@@ -60,9 +61,17 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       throw unsupported(`${at}.index`, `a second ${c.type} controller (virtkit supports index 0)`);
     if (c.type === 'usb' && c.model === 'piix3-uhci' && family === 'q35')
       throw unsupported(`${at}.model`, 'a piix3-uhci USB controller on a q35 machine (use qemu-xhci)');
+    if (c.type === 'usb' && c.ports !== undefined && c.model !== 'qemu-xhci')
+      throw unsupported(
+        `${at}.ports`,
+        `a port count for a ${c.model} USB controller (only qemu-xhci has one)`,
+      );
+    // libvirt puts a transitional device on a conventional PCI bus, which virtkit's q35 has not.
+    if (c.type === 'virtio-serial' && c.model === 'virtio-transitional' && family === 'q35')
+      throw unsupported(`${at}.model`, 'a virtio-transitional controller on a q35 machine');
   }
   if (roots.length > 1) throw unsupported(path(roots[1] as ControllerDefinition), 'a second PCI root');
-  for (const type of ['sata', 'usb'] as const) {
+  for (const type of ['sata', 'usb', 'virtio-serial'] as const) {
     const all = list.filter((c) => c.type === type);
     if (all.length > 1)
       throw unsupported(path(all[1] as ControllerDefinition), `a second ${type} controller`);
@@ -71,6 +80,9 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   const needsSata = family === 'q35' || def.disks.some((d) => d.target.bus === 'sata');
   if (needsSata && !list.some((c) => c.type === 'sata')) list.push({ type: 'sata', index: 0 });
   if (!list.some((c) => c.type === 'usb')) list.push({ type: 'usb', index: 0, model: 'none' });
+  // The guest-agent channel and its kind sit on a virtio-serial controller.
+  if ((def.channels ?? []).length > 0 && !list.some((c) => c.type === 'virtio-serial'))
+    list.push({ type: 'virtio-serial', index: 0 });
 
   const taken = new Set<number>();
   for (const c of list) {

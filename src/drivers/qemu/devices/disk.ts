@@ -21,20 +21,65 @@ function aliasOf(disk: DiskDefinition): string {
  */
 export function diskBlockdevs(disk: DiskDefinition): [QapiObject, QapiObject] {
   const nodes = diskNodes(aliasOf(disk));
+  const { io, discard } = disk.driver;
+  const cache = cacheFlags(disk);
+  // As libvirt: cache and discard on both nodes, the AIO engine on the storage node.
+  const common: QapiObject = {
+    ...(cache ? { cache: { direct: cache.direct, 'no-flush': cache.noFlush } } : {}),
+    ...(discard ? { discard } : {}),
+  };
   return [
     {
       driver: disk.type === 'block' ? 'host_device' : 'file',
       filename: `/dev/fdset/${fdsetIdOf(aliasOf(disk))}`,
       'node-name': nodes.storage,
+      ...(io ? { aio: io } : {}),
+      ...common,
       'read-only': disk.readonly,
     },
     {
       'node-name': nodes.format,
       'read-only': disk.readonly,
+      ...common,
       driver: disk.driver.type,
       file: nodes.storage,
     },
   ];
+}
+
+/** libvirt's qemuDomainDiskCachemodeFlags: what a cache mode means to QEMU; undefined for its default. */
+function cacheFlags(
+  disk: DiskDefinition,
+): { writeback: boolean; direct: boolean; noFlush: boolean } | undefined {
+  switch (disk.driver.cache) {
+    case 'writeback':
+      return { writeback: true, direct: false, noFlush: false };
+    case 'writethrough':
+      return { writeback: false, direct: false, noFlush: false };
+    case 'none':
+      return { writeback: true, direct: true, noFlush: false };
+    case 'directsync':
+      return { writeback: false, direct: true, noFlush: false };
+    case 'unsafe':
+      return { writeback: true, direct: false, noFlush: true };
+    default:
+      return undefined;
+  }
+}
+
+/** The device properties of a disk's driver settings: guest write cache, error policies, iothread. */
+function driverProps(disk: DiskDefinition): QapiObject {
+  const { errorPolicy, rerrorPolicy, iothread } = disk.driver;
+  const cache = cacheFlags(disk);
+  const qemuPolicy = (p: string): string => (p === 'enospace' ? 'enospc' : p);
+  // libvirt: the read policy follows the write policy, except that enospace is for writes only.
+  const read = rerrorPolicy ?? (errorPolicy === 'enospace' ? undefined : errorPolicy);
+  return {
+    ...(cache ? { 'write-cache': cache.writeback ? 'on' : 'off' } : {}),
+    ...(errorPolicy ? { werror: qemuPolicy(errorPolicy) } : {}),
+    ...(read ? { rerror: read } : {}),
+    ...(iothread !== undefined ? { iothread: `iothread${iothread}` } : {}),
+  };
 }
 
 /** The guest-visible device of a disk (`device_add` arguments). */
@@ -43,6 +88,7 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
   const extra: QapiObject = {
     ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
     ...(disk.bootOrder !== undefined ? { bootindex: disk.bootOrder } : {}),
+    ...driverProps(disk),
   };
   if (disk.target.bus === 'virtio') {
     if (disk.device === 'cdrom')

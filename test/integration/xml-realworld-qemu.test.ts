@@ -1,0 +1,144 @@
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { resolveDomainXml } from '../../src/stable/definition/xml.js';
+import type { Connection, DomainDefinition } from '../../src/stable/index.js';
+import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+
+/*
+ * The disk, controller and device settings virt-install and KubeVirt write, on real QEMU (TCG):
+ * a document using them is defined from XML, started paused and inspected through a second QMP
+ * monitor (query-block, query-pci, qom-get) and /proc, then toXML() re-parses to the live definition.
+ */
+
+let root: string;
+let conn: Connection;
+const closers: Array<() => void> = [];
+
+beforeEach(async () => {
+  root = tempRoot();
+  conn = await openRoot(root);
+});
+afterEach(async () => {
+  for (const c of closers.splice(0)) c();
+  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+  await conn.close();
+  removeRoot(root);
+});
+
+async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: DomainDefinition; pid: number }> {
+  const probe = join(root, 'probe.qmp');
+  const withProbe = xml.replace(
+    '</domain>',
+    `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${probe},server=on,wait=off'/></qemu:commandline></domain>`,
+  );
+  const dom = await conn.defineDomain(withProbe);
+  await dom.start({ paused: true });
+  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
+  closers.push(() => qmp.close());
+  const live = dom.getDefinition();
+  expect(resolveDomainXml(dom.toXML())).toEqual(live);
+  return { qmp, live, pid: (await dom.getInfo()).pid as number };
+}
+
+/** The open-file flags of the descriptors QEMU holds on `path`. */
+function openFlags(pid: number, path: string): number[] {
+  return readdirSync(`/proc/${pid}/fd`)
+    .filter((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`) === path;
+      } catch {
+        return false;
+      }
+    })
+    .map((fd) => {
+      const flags = /flags:\s+([0-7]+)/.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))?.[1];
+      return Number.parseInt(flags ?? '0', 8);
+    });
+}
+const O_DIRECT = 0o40000;
+
+describe('disk drivers and controllers of real-world documents on real QEMU', () => {
+  it('cache, io, discard, error policies, iothread; qemu-xhci ports; the virtio-serial controller', async () => {
+    const files = join(root, 'files');
+    execFileSync('mkdir', ['-p', files]);
+    const qcow2 = join(files, 'root.qcow2');
+    const raw = join(files, 'data.raw');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', qcow2, '64M']);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', raw, '8M']);
+    const xml = `<domain type='qemu'>
+  <name>rw-disks</name>
+  <memory unit='MiB'>128</memory>
+  <iothreads>1</iothreads>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none' io='native' discard='unmap' error_policy='stop' iothread='1'/>
+      <source file='${qcow2}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='writethrough' error_policy='report' rerror_policy='ignore'/>
+      <source file='${raw}'/>
+      <target dev='sda' bus='sata'/>
+    </disk>
+    <controller type='usb' index='0' model='qemu-xhci' ports='15'/>
+    <controller type='virtio-serial' index='0' model='virtio-non-transitional' ports='16'/>
+    <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+  </devices>
+</domain>`;
+    const { qmp, live, pid } = await startWithProbe(xml);
+    const get = (path: string, property: string) => qmp.execute('qom-get', { path, property });
+
+    const blocks =
+      await qmp.execute<
+        Array<{
+          qdev?: string;
+          inserted?: { cache: { writeback: boolean; direct: boolean; 'no-flush': boolean } };
+        }>
+      >('query-block');
+    const cacheOf = (id: string) =>
+      blocks.find((b) => b.qdev === `/machine/peripheral/${id}/virtio-backend` || b.qdev === id)?.inserted
+        ?.cache;
+    expect(cacheOf('virtio-disk0')).toEqual({ writeback: true, direct: true, 'no-flush': false });
+    expect(cacheOf('sata0-0-0')).toEqual({ writeback: false, direct: false, 'no-flush': false });
+    // cache='none': QEMU holds the image with O_DIRECT; writethrough goes through the page cache.
+    expect(openFlags(pid, qcow2).some((f) => (f & O_DIRECT) !== 0)).toBe(true);
+    expect(openFlags(pid, raw).every((f) => (f & O_DIRECT) === 0)).toBe(true);
+    expect(await get('/machine/peripheral/virtio-disk0', 'werror')).toBe('stop');
+    expect(await get('/machine/peripheral/virtio-disk0', 'rerror')).toBe('stop');
+    expect(await get('/machine/peripheral/virtio-disk0', 'iothread')).toMatch(/iothread1$/);
+    expect(await get('/machine/peripheral/sata0-0-0', 'werror')).toBe('report');
+    expect(await get('/machine/peripheral/sata0-0-0', 'rerror')).toBe('ignore');
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const storage = argv
+      .filter((a) => a.startsWith('{') && a.includes('"virtio-disk0-storage"'))
+      .map((a) => JSON.parse(a))[0];
+    expect(storage).toMatchObject({ aio: 'native', discard: 'unmap' });
+
+    expect(await get('/machine/peripheral/usb', 'p2')).toBe(15);
+    expect(await get('/machine/peripheral/usb', 'p3')).toBe(15);
+
+    // The virtio-serial controller sits at the address the definition gives it, with the channel.
+    const serial = live.controllers.find((c) => c.type === 'virtio-serial');
+    expect(serial).toMatchObject({ alias: 'virtio-serial0', model: 'virtio-non-transitional', ports: 16 });
+    const address = serial?.address;
+    if (address?.type !== 'pci') throw new Error('no PCI address for virtio-serial0');
+    const port = live.controllers.find((c) => c.type === 'pci' && c.index === address.bus);
+    expect(port?.type === 'pci' && port.model).toBe('pcie-root-port');
+    expect(await get('/machine/peripheral/virtio-serial0', 'parent_bus')).toMatch(
+      new RegExp(`/${port?.alias}$`),
+    );
+    expect(await get('/machine/peripheral/virtio-serial0', 'addr')).toBe(
+      (address.slot << 3) | address.function,
+    );
+    expect(await get('/machine/peripheral/virtio-serial0', 'max_ports')).toBe(16);
+    expect(await get('/machine/peripheral/channel0', 'name')).toBe('org.qemu.guest_agent.0');
+    const chardevs = await qmp.execute<Array<{ label: string; filename: string }>>('query-chardev');
+    expect(chardevs.find((c) => c.label === 'charchannel0')?.filename).toContain(
+      `${live.uuid}.org.qemu.guest_agent.0.sock`,
+    );
+  }, 120_000);
+});
