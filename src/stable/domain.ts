@@ -243,6 +243,33 @@ export class Domain {
     return fn.call(this.#driver, this.uuid, match, options);
   }
 
+  /**
+   * Sets how many vCPUs are online (libvirt's `virDomainSetVcpusFlags`), within the definition's
+   * `<vcpu current='…'>max</vcpu>`: `live` hot-plugs vCPUs into the running domain (or unplugs
+   * them), `config` changes `current` in the persistent definition, both are allowed together.
+   * A new vCPU thread is verified, placed and scheduled as at start (phase `hotplug`) before the
+   * guest can online it; a failure removes it again and leaves the domain as it was.
+   *
+   * @param count - the number of vCPUs, 1 to the definition's maximum
+   * @throws {@link VirtError} `OPERATION_INVALID` for a count outside 1…maximum or `live` on an
+   *   inactive domain, `CONFIG_UNSUPPORTED` when the machine cannot hot-plug vCPUs,
+   *   `HANDLER_FAILED` when a privileged handler fails
+   */
+  async setVcpus(count: number, options: DeviceChangeOptions = {}): Promise<void> {
+    if (!Number.isSafeInteger(count) || count < 1) {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `a vCPU count must be a positive integer, not ${count}`,
+        {
+          path: 'count',
+        },
+      );
+    }
+    const fn = this.#driver.setVcpus;
+    if (!fn) throw new VirtError(ErrorCode.NO_SUPPORT, 'this driver cannot change the number of vCPUs');
+    return fn.call(this.#driver, this.uuid, count, options);
+  }
+
   /** The definition: the live one while running (with defaults and aliases filled in), else the persistent one. */
   getDefinition(options: DefinitionOptions = {}): DomainDefinition {
     return this.#driver.getDefinition(this.uuid, options.inactive !== true);

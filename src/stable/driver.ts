@@ -131,6 +131,8 @@ export interface Driver {
   attachDevice?(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void>;
   /** Detaches a device (hot-unplug and/or persistent); absent for a driver that cannot. */
   detachDevice?(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void>;
+  /** Sets the number of online vCPUs (hotplug and/or persistent); absent for a driver that cannot. */
+  setVcpus?(uuid: string, count: number, options: DeviceChangeOptions): Promise<void>;
   /** Host and guest capabilities; a driver without them leaves this out (`NO_SUPPORT`). */
   getCapabilities?(): Promise<Capabilities>;
   /** What the driver supports with one emulator; a driver without it leaves this out. */

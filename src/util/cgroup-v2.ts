@@ -2,6 +2,13 @@ import { readFileSync } from 'node:fs';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../errors.js';
 import { mkdir, procPath, read, write } from './cgroup-fs.js';
 import type { Placement, PlaceRequest } from './cgroup-types.js';
+import { readThreadCgroups } from './proc.js';
+
+/** True when the process's main thread is in the v2 cgroup `path` (as /proc shows it) or below it. */
+function inTree(pid: number, path: string): boolean {
+  const own = readThreadCgroups(pid, pid).find((e) => e.hierarchyId === 0 && e.controllers.length === 0);
+  return own !== undefined && (own.path === path || own.path.startsWith(`${path}/`));
+}
 
 /*
  * Placement in the cgroup v2 unified hierarchy: only a threaded cgroup can hold single threads,
@@ -30,7 +37,11 @@ export function placeV2(req: PlaceRequest, mount: string, root: string, created:
     chain.push(dir);
   }
   const domainDir = dir;
-  write(`${domainDir}/cgroup.procs`, String(req.pid), `move process ${req.pid} into ${domainDir}`, true);
+  // Writing cgroup.procs moves every thread of the process: a process already in the domain's
+  // tree (a vCPU hot-plugged after start) stays put, or its placed threads would all fall back.
+  if (!inTree(req.pid, procPath(root, req.parent, req.name))) {
+    write(`${domainDir}/cgroup.procs`, String(req.pid), `move process ${req.pid} into ${domainDir}`, true);
+  }
   for (const g of req.groups) {
     const groupDir = `${domainDir}/${g.name}`;
     if (mkdir(groupDir)) created.push(groupDir);

@@ -62,6 +62,11 @@ export interface Runtime {
   fakeReboot?: boolean;
   /** QEMU reported SHUTDOWN: the guest (or a signal to QEMU) asked it to stop. */
   sawShutdown: boolean;
+  /**
+   * A vCPU was unplugged from this TCG QEMU (a hotplug rolled back): QEMU's TCG crashes on the next
+   * vCPU `device_add` after that, so vCPU hotplug is refused until the domain restarts.
+   */
+  vcpuUnplugged?: boolean;
   /** Set when the driver closes: the process lives on, nothing is cleaned up. */
   detached: boolean;
 }

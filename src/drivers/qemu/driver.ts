@@ -53,6 +53,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
+import { setVcpus } from './hotplug-vcpus.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { presentableLive } from './live-definition.js';
 import { appendLog } from './log.js';
@@ -375,6 +376,13 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     const dom = this.domain(uuid);
     return this.#track(
       this.job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
+    );
+  }
+
+  setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.#track(
+      this.job(dom, 'device-change', options.signal, () => setVcpus(this, dom, count, options)),
     );
   }
 

@@ -20,6 +20,7 @@ import { fdsetIdOf } from './devices/fdset.js';
 import { netdevId, netdevOf, nicDevice } from './devices/net.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { presentableLive, setLive } from './live-definition.js';
+import type { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
 import { saveDefinition } from './store.js';
 
@@ -35,12 +36,14 @@ import { saveDefinition } from './store.js';
 
 const DEFAULT_DETACH_TIMEOUT_MS = 10_000;
 
-interface Affect {
+/** Which definitions a change affects. */
+export interface Affect {
   readonly live: boolean;
   readonly config: boolean;
 }
 
-function affect(dom: DomainObject, options: DeviceChangeOptions): Affect {
+/** libvirt's AFFECT_LIVE/AFFECT_CONFIG/AFFECT_CURRENT; `live` needs a running domain. */
+export function affect(dom: DomainObject, options: DeviceChangeOptions): Affect {
   const live = options.live ?? false;
   const config = options.config ?? false;
   if (!live && !config) return { live: dom.active, config: !dom.active };
@@ -192,7 +195,8 @@ export async function detachDevice(
   }
 }
 
-function monitor(run: Runtime) {
+/** The domain's monitor connection; OPERATION_FAILED when it has none. */
+export function monitor(run: Runtime): QmpClient {
   const qmp = run.qmp;
   if (!qmp) throw new VirtError(ErrorCode.OPERATION_FAILED, 'the domain has no monitor connection');
   return qmp;

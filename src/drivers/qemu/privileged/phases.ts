@@ -153,6 +153,52 @@ export async function configureThreads(
   }
 }
 
+/** True when the domain's threads are placed in cgroups at start (and so a hot-plugged vCPU is too). */
+export function placesThreads(def: DomainDefinition): boolean {
+  const tune = def.cputune;
+  return !!tune && (tune.vcpupin.length > 0 || !!tune.emulatorpin || tune.iothreadpin.length > 0);
+}
+
+/**
+ * `hotplug` of a vCPU: its thread exists (QEMU created it with `device_add`) and has run no guest
+ * code, since the guest has not onlined the CPU yet. It gets the same cgroup placement and
+ * scheduling a vCPU of that index gets at start; the placements are appended to `record` as soon
+ * as they are known, so `release` gives them back even when a later step fails.
+ */
+export async function configureHotplugVcpu(
+  scope: InvocationScope,
+  def: DomainDefinition,
+  pid: number,
+  vcpu: { readonly tid: number; readonly index: number },
+  record: { placements: Placements; placementAttempted: boolean },
+): Promise<void> {
+  const tune = def.cputune;
+  if (!tune) return;
+  const thread = { tid: vcpu.tid, role: 'vcpu' as const, index: vcpu.index };
+  if (placesThreads(def)) {
+    verifyThreads({ pid, startTime: scope.startTime }, [thread]);
+    record.placementAttempted = true;
+    const { placements } = await invoke(scope, 'cgroup.placeThreads', 'hotplug', {
+      pid,
+      threads: [thread],
+      cpusets: {
+        emulator: tune.emulatorpin?.cpuset,
+        vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
+        iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
+      },
+    });
+    record.placements = [...record.placements, ...placements];
+  }
+  const entry = tune.vcpusched.find((e) => parseCpuset(e.ids)?.includes(vcpu.index));
+  if (entry) {
+    verifyThreads({ pid, startTime: scope.startTime }, [thread]);
+    await invoke(scope, 'thread.setScheduler', 'hotplug', {
+      pid,
+      threads: [{ ...thread, policy: entry.scheduler, priority: entry.priority ?? 0 }],
+    });
+  }
+}
+
 /** `release` (or `reconnect`): QEMU has exited; give back what `startup` placed. Never throws. */
 export async function releaseThreads(
   scope: InvocationScope,

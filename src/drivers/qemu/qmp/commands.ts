@@ -17,6 +17,27 @@ const CpuInfoFast = z.looseObject({
   'thread-id': z.number().int().positive(),
   target: z.string(),
 });
+const CpuInstanceProperties = z.looseObject({
+  'node-id': z.number().int().nonnegative().optional(),
+  'socket-id': z.number().int().nonnegative().optional(),
+  'die-id': z.number().int().nonnegative().optional(),
+  'core-id': z.number().int().nonnegative().optional(),
+  'thread-id': z.number().int().nonnegative().optional(),
+});
+const HotpluggableCpu = z.looseObject({
+  type: z.string(),
+  'vcpus-count': z.number().int().positive(),
+  props: CpuInstanceProperties,
+  'qom-path': z.string().optional(),
+});
+const MemoryDeviceInfo = z.looseObject({
+  type: z.string(),
+  data: z.looseObject({
+    id: z.string().optional(),
+    size: z.number().optional(),
+    slot: z.number().optional(),
+  }),
+});
 const IOThreadInfo = z.looseObject({ id: z.string(), 'thread-id': z.number().int().positive() });
 const MachineInfo = z.looseObject({
   name: z.string(),
@@ -128,6 +149,8 @@ export const QMP_COMMANDS = {
   'query-cpu-definitions': spec()(z.array(CpuDefinitionInfo)),
   'query-cpus-fast': spec()(z.array(CpuInfoFast)),
   'query-iothreads': spec()(z.array(IOThreadInfo)),
+  'query-hotpluggable-cpus': spec()(z.array(HotpluggableCpu)),
+  'query-memory-devices': spec()(z.array(MemoryDeviceInfo)),
   'query-pci': spec()(z.array(PciInfo)),
   'query-fdsets': spec()(z.array(FdsetInfo)),
   'query-named-block-nodes': spec<{ flat?: boolean } | undefined>()(z.array(BlockNodeInfo)),
@@ -147,6 +170,8 @@ export const QMP_COMMANDS = {
   'blockdev-del': spec<{ 'node-name': string }>()(Empty),
   device_add: spec<DeviceAddArguments>()(Empty),
   device_del: spec<{ id: string }>()(Empty),
+  'object-add': spec<{ 'qom-type': string; id: string; [property: string]: unknown }>()(Empty),
+  'object-del': spec<{ id: string }>()(Empty),
   netdev_add: spec<{ type: string; id: string; [option: string]: unknown }>()(Empty),
   netdev_del: spec<{ id: string }>()(Empty),
   'migrate-set-capabilities': spec<{ capabilities: Array<{ capability: string; state: boolean }> }>()(Empty),
@@ -183,6 +208,8 @@ export type QmpReply<K extends QmpCommandName> = z.output<(typeof QMP_COMMANDS)[
 export type QmpMachineInfo = z.output<typeof MachineInfo>;
 /** @internal */
 export type QmpMigrationInfo = z.output<typeof MigrationInfo>;
+/** @internal */
+export type QmpHotpluggableCpu = z.output<typeof HotpluggableCpu>;
 /** @internal */
 export type QmpCpuDefinitionInfo = z.output<typeof CpuDefinitionInfo>;
 
