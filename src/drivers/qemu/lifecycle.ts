@@ -6,6 +6,7 @@ import type { Job } from '../jobs.js';
 import { type DriverContext, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
+import { onDeviceDeleted } from './hotplug.js';
 import { releaseThreads } from './privileged/phases.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient, QmpEvent } from './qmp/client.js';
@@ -27,7 +28,7 @@ export function requireActive(dom: DomainObject): Runtime & { qmp: QmpClient } {
   return run as Runtime & { qmp: QmpClient };
 }
 
-/** Follows QMP events of a running domain: pauses (by their cause), resumes and guest power-off. */
+/** Follows QMP events of a running domain: pauses (by their cause), resumes, guest power-off, devices QEMU deleted. */
 export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
   const qmp = run.qmp as QmpClient;
   qmp.onEvent((ev: QmpEvent) => {
@@ -50,6 +51,9 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
       case 'SHUTDOWN':
         run.sawShutdown = true;
         onShutdownEvent(dom, run, qmp, ev);
+        break;
+      case 'DEVICE_DELETED':
+        if (typeof ev.data['device'] === 'string') onDeviceDeleted(ctx, dom, run, ev.data['device']);
         break;
     }
   });

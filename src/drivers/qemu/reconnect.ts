@@ -7,6 +7,7 @@ import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { settleInterruptedJob } from './job-recovery.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { readLive } from './live-definition.js';
+import { type MigrationRecovery, recoverMigration } from './migration/recover.js';
 import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
 import { QmpClient } from './qmp/client.js';
@@ -51,7 +52,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     removeIfPresent(paths.status);
     return;
   }
-  const gone = async (reason: 'crashed' | 'failed', why: string) => {
+  const gone = async (reason: 'crashed' | 'failed' | 'migrated', why: string) => {
     const placements = status?.placements ?? [];
     const leftover = { id: status?.id ?? 0, pid: status?.pid, taints: status?.taints ?? [] };
     const record = {
@@ -164,9 +165,30 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   // decides (migrateConfirm, or destroy).
   if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate')
     run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
-  const keepPaused = found.state === 'paused' && settlement?.keepPaused;
-  ctx.setState(dom, keepPaused ? { state: 'paused', reason: keepPaused } : found);
-  if (settlement) {
+  ctx.setState(dom, found);
+  const job = status.job;
+  if (job && (job.operation === 'migration-out' || job.operation === 'migration-in')) {
+    let recovery: MigrationRecovery;
+    try {
+      recovery = await recoverMigration(ctx, dom, run as Runtime & { qmp: QmpClient }, job, qemuStatus);
+    } catch (err) {
+      recovery = { kill: false, why: `its rule failed (${errorMessage(err)}); adopted as QEMU reports it` };
+    }
+    const why = `settled an interrupted ${job.operation} job in phase ${job.phase}: ${recovery.why}`;
+    if (recovery.kill) {
+      // Detached first: the exit watcher leaves the clean-up to gone(), which records the reason.
+      run.detached = true;
+      qmp.close();
+      dom.run = undefined;
+      signalEmulator(emulator, 'SIGKILL');
+      await waitAdoptedExit(status.pid, BigInt(status.startTime));
+      return gone(recovery.reason, why);
+    }
+    ctx.log(dom, `reconnect: ${why}`);
+    await recordJob(run, undefined, () => dom.run === run);
+  } else if (settlement) {
+    if (dom.state === 'paused' && settlement.keepPaused)
+      ctx.setState(dom, { state: 'paused', reason: settlement.keepPaused });
     ctx.log(dom, `reconnect: settled an interrupted ${status.job?.operation} job: ${settlement.why}`);
     await recordJob(run, undefined, () => dom.run === run);
   }

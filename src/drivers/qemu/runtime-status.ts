@@ -12,7 +12,12 @@ export function runtimeStatus(
   return {
     version: 1,
     phase,
-    job: job && { operation: job.operation, phase: job.phase, startedAt: job.startedAt },
+    job: job && {
+      operation: job.operation,
+      phase: job.phase,
+      startedAt: job.startedAt,
+      ...(job.data ? { data: job.data } : {}),
+    },
     id: run.id,
     pid: run.pid,
     startTime: run.startTime.toString(),
