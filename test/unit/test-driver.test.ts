@@ -1,7 +1,7 @@
 import { openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openInternal, simulatedHost } from '../../src/internal/index.js';
+import { openInternal, SIMULATED_PID_BASE, simulatedHost } from '../../src/internal/index.js';
 import type { Connection, DomainDefinitionInput, DomainEvent } from '../../src/stable/index.js';
 import { connect } from '../../src/stable/index.js';
 
@@ -419,5 +419,182 @@ describe('hotplug phase: attachDevice/detachDevice as the embedded driver does t
     await dom.resume();
     await dom.detachDevice(disk('vdc'), { live: true });
     expect(dom.getDefinition().disks.map((d) => d.target.dev)).toEqual(['vdb']);
+  });
+});
+
+describe('migration-in phase: live migration between test drivers as the embedded driver does it', () => {
+  /** Memlock, pinning and FIFO vCPUs: every operation of phase migration-in has work to do. */
+  const pinned = (name: string) =>
+    guest(name, {
+      type: 'kvm',
+      vcpu: { count: 2 },
+      memtune: { hardLimitKiB: 16 * 1024 },
+      cputune: {
+        vcpupin: [
+          { vcpu: 0, cpuset: '0' },
+          { vcpu: 1, cpuset: '1' },
+        ],
+        vcpusched: [{ ids: '0-1', scheduler: 'fifo', priority: 1 }],
+      },
+      interfaces: [{ type: 'ethernet', target: { dev: 'vnet-mig0' } }],
+    });
+  let dst: Connection;
+  let dstEvents: string[];
+  let calls: Array<{ op: string; phase: string; pid: number | undefined; id: number | null }>;
+  let failing: string | undefined;
+
+  beforeEach(async () => {
+    dst = await connect('test:///default');
+    dstEvents = [];
+    dst.on('domain-event', (e: DomainEvent) => dstEvents.push(`${e.type}:${e.reason}`));
+    calls = [];
+    failing = undefined;
+    const api = openInternal(dst, { apiVersion: '1.0' });
+    const host = simulatedHost(dst);
+    const rec = (
+      op: string,
+      ctx: { phase: string; pid: number | undefined; domain: { id: number | null } },
+    ) => {
+      calls.push({ op, phase: ctx.phase, pid: ctx.pid, id: ctx.domain.id });
+      if (failing === op) throw new Error(`${op} refused by the agent`);
+    };
+    api.setHandler('net.openTap', (ctx, args) => {
+      rec('net.openTap', ctx);
+      return { ifname: args.ifname ?? 'tap0', fds: [openSync('/dev/null', 'r')] };
+    });
+    api.setHandler('process.setMaxMemLock', (ctx, args) => {
+      rec('process.setMaxMemLock', ctx);
+      host.setMemLock(args.pid, { soft: args.bytes, hard: args.bytes });
+    });
+    api.setHandler('cgroup.placeThreads', (ctx, args) => {
+      rec('cgroup.placeThreads', ctx);
+      const placements = args.threads.map((t) => ({ tid: t.tid, cgroup: `/agent/${t.role}${t.index}` }));
+      for (const p of placements) host.placeThread(p.tid, p.cgroup);
+      return { placements };
+    });
+    api.setHandler(
+      'thread.setScheduler',
+      (ctx, args) => {
+        rec('thread.setScheduler', ctx);
+        if (failing === 'hang') return new Promise<never>(() => {});
+        // 'lie': claims success without the effect.
+        if (failing !== 'lie') for (const t of args.threads) host.setScheduler(t.tid, t.policy, t.priority);
+      },
+      { timeoutMs: 50 },
+    );
+    api.setHandler('cgroup.release', (ctx) => {
+      rec('cgroup.release', ctx);
+    });
+  });
+
+  afterEach(async () => {
+    await dst.close();
+  });
+
+  it('runs the destination handlers in phase migration-in before the stream, then moves the domain', async () => {
+    const dom = await conn.defineDomain(pinned('mover'));
+    await dom.start();
+    const srcPid = (await dom.getInfo()).pid;
+    const offer = await dom.migrateBegin();
+    const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' });
+    expect(incoming.uri).toMatch(/^tcp:127\.0\.0\.1:[1-9]\d*$/);
+    const dstPid = (await incoming.domain.getInfo()).pid as number;
+    expect(dstPid).toBe(SIMULATED_PID_BASE + 1000);
+    expect(await incoming.domain.getInfo()).toMatchObject({ state: 'paused', reason: 'migration', id: 1 });
+    // Before any stream: the embedded driver's order, on the destination's own simulated process.
+    expect(calls.map((c) => `${c.phase}:${c.op}`)).toEqual([
+      'pre-exec:net.openTap',
+      'migration-in:process.setMaxMemLock',
+      'migration-in:cgroup.placeThreads',
+      'migration-in:thread.setScheduler',
+    ]);
+    expect(calls.map((c) => [c.pid, c.id])).toEqual([
+      [undefined, null],
+      [dstPid, 1],
+      [dstPid, 1],
+      [dstPid, 1],
+    ]);
+    const progress: string[] = [];
+    await dom.migratePerform(incoming.uri, {
+      cookie: incoming.cookie,
+      onProgress: (p) => progress.push(p.status),
+    });
+    expect(progress).toEqual(['completed']);
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'migration', pid: srcPid });
+    const moved = await incoming.finish();
+    await dom.migrateConfirm();
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated', pid: null });
+    expect(await moved.getInfo()).toMatchObject({
+      state: 'running',
+      reason: 'migrated',
+      pid: dstPid,
+      taints: ['internal-handler'],
+    });
+    expect(
+      simulatedHost(dst)
+        .process(dstPid)
+        ?.threads.find((t) => t.tid === dstPid + 11),
+    ).toMatchObject({
+      policy: 'fifo',
+      priority: 1,
+      cgroup: '/agent/vcpu1',
+    });
+    expect(events).toEqual(['defined:added', 'started:booted', 'suspended:migration', 'stopped:migrated']);
+    expect(dstEvents).toEqual(['defined:added', 'started:migrated']);
+    // Released where it ran: the destination's placements when its process ends.
+    await moved.destroy();
+    expect(calls.at(-1)).toMatchObject({ op: 'cgroup.release', phase: 'release', pid: dstPid });
+  });
+
+  it.each([
+    ['throw', 'thread.setScheduler', 'HANDLER_FAILED'],
+    ['lie', 'lie', 'POSTCONDITION_FAILED'],
+    ['hang', 'hang', 'OPERATION_TIMEOUT'],
+  ])(
+    'a destination handler that fails (%s): %s, rolled back; the source runs on and can migrate again',
+    async (_what, mode, code) => {
+      failing = mode;
+      const dom = await conn.defineDomain(pinned('stays'));
+      await dom.start();
+      const before = await dom.getInfo();
+      const err = await dom
+        .migrateTo(dst, { listen: 'unix:/run/never-created.sock' })
+        .catch((e: unknown) => e);
+      expect(err).toMatchObject({ name: 'VirtError', code });
+      expect(calls.map((c) => `${c.phase}:${c.op}`)).toEqual([
+        'pre-exec:net.openTap',
+        'migration-in:process.setMaxMemLock',
+        'migration-in:cgroup.placeThreads',
+        'migration-in:thread.setScheduler',
+        'release:cgroup.release',
+      ]);
+      expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: before.pid, id: before.id });
+      expect(await dst.listDomains()).toEqual([]);
+      expect(dstEvents).toEqual(['defined:added', 'stopped:failed', 'undefined:removed']);
+      expect(simulatedHost(dst).process(SIMULATED_PID_BASE + 1000)).toBeUndefined();
+      failing = undefined;
+      const moved = await dom.migrateTo(dst, { listen: 'unix:/run/never-created.sock' });
+      expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+    },
+  );
+
+  it('refuses what the embedded driver refuses, and a stream nobody receives fails with the source running', async () => {
+    const dom = await conn.defineDomain(guest('lonely'));
+    await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.start({ paused: true });
+    const offer = await dom.migrateBegin();
+    await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dst.migratePrepare(offer, { listen: 'http://x' })).rejects.toMatchObject({
+      code: 'INVALID_URI',
+    });
+    expect(await dst.listDomains()).toEqual([]);
+    await expect(dom.migratePerform('tcp:127.0.0.1:1')).rejects.toMatchObject({ code: 'OPERATION_FAILED' });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'user' });
+    await expect(dom.migrateConfirm()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.migrateConfirm({ cancelled: true });
+    // A paused source arrives paused.
+    const moved = await dom.migrateTo(dst);
+    expect(await moved.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
+    expect(events.slice(-1)).toEqual(['stopped:migrated']);
   });
 });

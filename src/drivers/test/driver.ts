@@ -16,15 +16,33 @@ import type {
   DestroyOptions,
   DomainRef,
   Driver,
+  OutgoingMigration,
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
 import type { DomainInfo } from '../../stable/events.js';
 import type { OperationOptions } from '../../stable/jobs.js';
+import type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrationEndOptions,
+  PreparedIncoming,
+  ResolvedOffer,
+} from '../../stable/migration.js';
 import { DriverCore } from '../domain-core.js';
+import type { Job } from '../jobs.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
 import { addTo, affected, aliasOf, checkHotpluggable, find, without } from './hotplug.js';
+import {
+  checkSameDefinition,
+  connectTo,
+  listen,
+  type MigrationRecord,
+  migrationAborted,
+  parseAddress,
+  unlisten,
+} from './migration.js';
 import { Simulation } from './simulation.js';
 
 /** Options the test driver takes from `connect()`. */
@@ -90,6 +108,8 @@ export async function openTestDriver(
  * schemas, against a simulated process (`simulatedHost(conn)`), whose limits, scheduling and
  * cgroups the post-checks read back; without a handler, a simulated built-in does the work. A
  * failing handler fails the start with the embedded driver's code and rolls the domain back.
+ * Device changes (phase `hotplug`) and live migration between test drivers of one process (phase
+ * `migration-in` on the destination) follow the embedded driver's rules too.
  */
 export class TestDriver extends DriverCore<TestDomain> implements Driver {
   readonly uri: string;
@@ -165,38 +185,45 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.domain(uuid);
     return this.job(dom, 'start', options.signal, async (job) => {
-      this.checkOpen();
-      if (dom.run)
-        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
-      this.handlers.seal(`domain '${dom.def.name}' was started`);
-      const live = structuredClone(dom.def);
-      const attempt: StartAttempt = { cancel: job.controller, spawned: false };
-      this.#starting.set(dom, attempt);
-      let sim: SimRun;
-      try {
-        sim = await this.#privileged.start(live, () => this.#nextId++, attempt);
-      } catch (err) {
-        this.setState(
-          dom,
-          { state: 'shutoff', reason: 'failed' },
-          ...(attempt.spawned ? (['stopped'] as const) : []),
-        );
-        throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${dom.def.name}'`, {
-          domain: dom.ident,
-        });
-      } finally {
-        this.#starting.delete(dom);
-      }
-      let markStopped!: (how: 'stopped' | 'closed') => void;
-      const stopped = new Promise<'stopped' | 'closed'>((resolve) => {
-        markStopped = resolve;
-      });
-      dom.run = { id: sim.id, live, stopped, markStopped };
-      this.#simRuns.set(dom.run, sim);
+      await this.#launch(dom, job, structuredClone(dom.def), false);
       if (options.paused)
         this.setState(dom, { state: 'paused', reason: 'user' }, ['started', 'booted'], 'suspended');
       else this.setState(dom, { state: 'running', reason: 'booted' }, 'started');
     });
+  }
+
+  /**
+   * The simulated process of a start, or of the destination of a migration (`incoming`: the
+   * privileged operations in phase `migration-in`); a failure leaves the domain shut off (`failed`).
+   */
+  async #launch(dom: TestDomain, job: Job, live: DomainDefinition, incoming: boolean): Promise<void> {
+    this.checkOpen();
+    if (dom.run)
+      throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
+    this.handlers.seal(`domain '${dom.def.name}' was started`);
+    const attempt: StartAttempt = { cancel: job.controller, spawned: false };
+    this.#starting.set(dom, attempt);
+    let sim: SimRun;
+    try {
+      sim = await this.#privileged.start(live, () => this.#nextId++, attempt, incoming);
+    } catch (err) {
+      this.setState(
+        dom,
+        { state: 'shutoff', reason: 'failed' },
+        ...(attempt.spawned ? (['stopped'] as const) : []),
+      );
+      throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${dom.def.name}'`, {
+        domain: dom.ident,
+      });
+    } finally {
+      this.#starting.delete(dom);
+    }
+    let markStopped!: (how: 'stopped' | 'closed') => void;
+    const stopped = new Promise<'stopped' | 'closed'>((resolve) => {
+      markStopped = resolve;
+    });
+    dom.run = { id: sim.id, live, stopped, markStopped };
+    this.#simRuns.set(dom.run, sim);
   }
 
   suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
@@ -350,13 +377,239 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     return this.job(dom, 'destroy', undefined, destroy);
   }
 
+  readonly #migrations = new WeakMap<TestDomain, MigrationRecord>();
+
+  /** The migration of `dom` is over: an incoming one stops listening (and learns it failed unless `ok`). */
+  #endMigration(dom: TestDomain, ok: boolean): void {
+    const record = this.#migrations.get(dom);
+    if (record?.role === 'in') {
+      unlisten(record.uri);
+      record.settle(ok);
+    }
+    this.#migrations.delete(dom);
+  }
+
+  #outgoing(dom: TestDomain, what: string): Extract<MigrationRecord, { role: 'out' }> {
+    const record = this.#migrations.get(dom);
+    if (record?.role !== 'out')
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `domain '${dom.def.name}' has no outgoing migration to ${what}; call migrateBegin first`,
+        { domain: dom.ident },
+      );
+    return record;
+  }
+
+  /** Step 1 (source): the domain must run or be paused; it is migrating out until confirm. */
+  migrateBegin(uuid: string): Promise<OutgoingMigration> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'migration-out', undefined, () => {
+      const run = dom.requireActive();
+      if (this.#migrations.has(dom))
+        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already migrating`, {
+          domain: dom.ident,
+        });
+      const running = dom.state === 'running';
+      this.#migrations.set(dom, { role: 'out', phase: 'begun', wasRunning: running });
+      return {
+        definition: structuredClone(dom.def),
+        live: structuredClone(run.live),
+        running,
+        taints: [...(this.#simRuns.get(run)?.taints ?? [])],
+      };
+    });
+  }
+
+  /**
+   * Step 2 (destination): the simulated process starts with the privileged operations in phase
+   * `migration-in` (memlock, placement, scheduling; descriptors in `pre-exec`), paused (reason
+   * `migration`), then listens at `listen` for the stream of a test driver of this process.
+   */
+  async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
+    this.checkOpen();
+    parseAddress(options.listen, 'listen');
+    const def = offer.definition;
+    const existing = this.domains.existingFor(def);
+    if (existing?.active)
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `domain '${def.name}' is already active at the destination`,
+        { domain: { name: def.name, uuid: def.uuid } },
+      );
+    if (existing) checkSameDefinition(existing.def, def);
+    else await this.defineDomain(def);
+    const dom = this.domains.get(def.uuid);
+    try {
+      return await this.job(dom, 'migration-in', options.signal, async (job) => {
+        await this.#launch(dom, job, structuredClone(offer.live), true);
+        this.setState(dom, { state: 'paused', reason: 'migration' });
+        try {
+          if (job.aborted) throw migrationAborted('prepare', dom.ident);
+          let settle!: (ok: boolean) => void;
+          const outcome = new Promise<boolean>((resolve) => {
+            settle = resolve;
+          });
+          const uri = listen(options.listen, { uuid: def.uuid, deliver: () => settle(true) });
+          this.#migrations.set(dom, {
+            role: 'in',
+            uri,
+            running: offer.cookie.running,
+            definedHere: !existing,
+            outcome,
+            settle,
+          });
+          return { uri, cookie: { version: 1, uuid: def.uuid, uri }, name: def.name, uuid: def.uuid };
+        } catch (err) {
+          await this.#stop(dom, 'destroyed');
+          throw err;
+        }
+      });
+    } catch (err) {
+      if (!existing) await this.#undefineAfterMigration(dom);
+      throw err;
+    }
+  }
+
+  /**
+   * Step 3 (source): "streams" to the destination listening at `uri` (none: `OPERATION_FAILED`, the
+   * source runs as before). The source is then paused (reason `migration`) until confirm.
+   */
+  migratePerform(uuid: string, uri: string, options: MigratePerformOptions): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'migration-out', options.signal, (job) => {
+      const record = this.#outgoing(dom, 'perform');
+      const run = dom.requireActive();
+      parseAddress(uri, 'uri');
+      if (options.cookie && options.cookie.uuid !== dom.def.uuid)
+        throw new VirtError(ErrorCode.OPERATION_INVALID, 'the destination cookie belongs to another domain', {
+          field: 'cookie.uuid',
+        });
+      if (record.phase !== 'begun')
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          `the migration of '${dom.def.name}' was already performed`,
+        );
+      if (job.aborted) throw migrationAborted('perform', dom.ident);
+      record.wasRunning = dom.state === 'running';
+      const dest = connectTo(uri);
+      if (dest?.uuid !== dom.def.uuid)
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `migration of '${dom.def.name}' failed: no destination for it listens at ${uri}`,
+          { domain: dom.ident, status: 'failed' },
+        );
+      const bytes = (run.live.memoryKiB ?? 0) * 1024;
+      try {
+        options.onProgress?.({
+          status: 'completed',
+          elapsedMs: 0,
+          dataTotal: bytes,
+          dataProcessed: bytes,
+          dataRemaining: 0,
+          dirtyPagesRate: 0,
+        });
+      } catch {
+        // a throwing observer does not decide the migration
+      }
+      // The vCPUs stop for the end of the stream, as QEMU's STOP reports it.
+      const ran = dom.state === 'running';
+      this.setState(dom, { state: 'paused', reason: 'migration' }, ...(ran ? (['suspended'] as const) : []));
+      dest.deliver();
+      record.phase = 'performed';
+    });
+  }
+
+  /**
+   * Step 4 (destination): waits for the stream, then runs (or stays paused, as the source was) with
+   * event `started migrated`. Cancelled, or when the source gave up, it is destroyed instead (and
+   * undefined if prepare defined it).
+   */
+  async migrateFinish(uuid: string, options: MigrationEndOptions): Promise<void> {
+    const dom = this.domain(uuid);
+    const first = this.#migrations.get(dom);
+    const definedHere = first?.role === 'in' && first.definedHere;
+    try {
+      await this.job(dom, 'migration-in', options.signal, async (job) => {
+        const record = this.#migrations.get(dom);
+        if (record?.role !== 'in')
+          throw new VirtError(
+            ErrorCode.OPERATION_INVALID,
+            `domain '${dom.def.name}' has no incoming migration to finish`,
+            { domain: dom.ident },
+          );
+        const aborted = new Promise<false>((resolve) => {
+          if (job.aborted) resolve(false);
+          job.signal.addEventListener('abort', () => resolve(false), { once: true });
+        });
+        const ok = options.cancelled ? false : await Promise.race([record.outcome, aborted]);
+        if (!ok) {
+          await this.#stop(dom, 'destroyed');
+          if (options.cancelled) return;
+          if (job.aborted) throw migrationAborted('finish', dom.ident);
+          throw new VirtError(
+            ErrorCode.OPERATION_FAILED,
+            `incoming migration of '${dom.def.name}' failed: the stream did not arrive; the destination was rolled back`,
+            { domain: dom.ident },
+          );
+        }
+        this.#endMigration(dom, true);
+        this.setState(
+          dom,
+          record.running ? { state: 'running', reason: 'migrated' } : { state: 'paused', reason: 'migrated' },
+          'started',
+        );
+      });
+    } catch (err) {
+      if (definedHere) await this.#undefineAfterMigration(dom);
+      throw err;
+    }
+    if (options.cancelled && definedHere) await this.#undefineAfterMigration(dom);
+  }
+
+  /**
+   * Step 5 (source): after a completed stream the simulated process exits (`stopped migrated`,
+   * `cgroup.release` in phase release); with `cancelled` the source resumes if it ran.
+   */
+  migrateConfirm(uuid: string, options: MigrationEndOptions): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'migration-out', options.signal, async () => {
+      const record = this.#outgoing(dom, 'confirm');
+      if (options.cancelled || record.phase !== 'performed') {
+        if (!options.cancelled)
+          throw new VirtError(
+            ErrorCode.OPERATION_INVALID,
+            `the migration of '${dom.def.name}' has not completed; confirm it with { cancelled: true }`,
+          );
+        this.#migrations.delete(dom);
+        if (dom.run && record.wasRunning) {
+          const paused = dom.state !== 'running';
+          this.setState(
+            dom,
+            { state: 'running', reason: 'migration-cancelled' },
+            ...(paused ? [['resumed', 'unpaused'] as const] : []),
+          );
+        }
+        return;
+      }
+      this.#migrations.delete(dom);
+      await this.#stop(dom, 'migrated');
+    });
+  }
+
+  /** A domain that prepare defined leaves nothing behind when its migration did not happen. */
+  async #undefineAfterMigration(dom: TestDomain): Promise<void> {
+    if (dom.active || this.closed) return;
+    await this.undefineDomain(dom.def.uuid).catch(() => undefined);
+  }
+
   readonly #stopping = new WeakSet<TestRuntime>();
 
   /** The simulated QEMU exits, `cgroup.release` runs (phase release), then the domain is shut off. */
-  async #stop(dom: TestDomain, reason: 'shutdown' | 'destroyed'): Promise<void> {
+  async #stop(dom: TestDomain, reason: 'shutdown' | 'destroyed' | 'migrated'): Promise<void> {
     const run = dom.run;
     if (!run || this.#stopping.has(run)) return;
     this.#stopping.add(run);
+    this.#endMigration(dom, false);
     const sim = this.#simRuns.get(run);
     if (sim) await this.#privileged.release(dom.run?.live ?? dom.def, sim);
     if (dom.run !== run) return;
@@ -369,7 +622,10 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   async close(): Promise<void> {
     if (!this.markClosed()) return;
     this.dropListeners();
-    for (const dom of this.domains.values()) dom.run?.markStopped('closed');
+    for (const dom of this.domains.values()) {
+      this.#endMigration(dom, false);
+      dom.run?.markStopped('closed');
+    }
     this.domains.clear();
   }
 }

@@ -73,9 +73,16 @@ export class PrivilegedSimulation {
    * The start sequence of `drivers/qemu/start.ts`, simulated: pre-exec descriptors (no pid), the
    * "spawn" (id and synthetic pid), memlock on the not-yet-exec'd process, then startup placement
    * and scheduling with every vCPU paused. A failure rolls back what was done (release of
-   * placements, the simulated process, descriptors) and rethrows the operation's error.
+   * placements, the simulated process, descriptors) and rethrows the operation's error. For the
+   * destination of a migration (`incoming`), memlock, placement and scheduling run in phase
+   * `migration-in`, as in the embedded driver; the descriptors are still opened in `pre-exec`.
    */
-  async start(def: DomainDefinition, allocateId: () => number, attempt: StartAttempt): Promise<SimRun> {
+  async start(
+    def: DomainDefinition,
+    allocateId: () => number,
+    attempt: StartAttempt,
+    incoming = false,
+  ): Promise<SimRun> {
     const taints: string[] = [];
     const signal = attempt.cancel.signal;
     const fds: number[] = [];
@@ -106,8 +113,8 @@ export class PrivilegedSimulation {
       // QEMU inherited the descriptors; the driver's copies go.
       closeResultFds({ fds: fds.splice(0) });
       const scope = this.#scope(def, id, proc.pid, taints, signal);
-      await this.#raiseMemLock(scope, def, proc);
-      await this.#configureThreads(scope, def, proc, run);
+      await this.#raiseMemLock(scope, def, proc, incoming ? 'migration-in' : 'pre-exec');
+      await this.#configureThreads(scope, def, proc, run, incoming ? 'migration-in' : 'startup');
       signal.throwIfAborted();
       return run;
     } catch (err) {
@@ -117,7 +124,12 @@ export class PrivilegedSimulation {
     }
   }
 
-  async #raiseMemLock(scope: InvocationScope, def: DomainDefinition, proc: SimProcess): Promise<void> {
+  async #raiseMemLock(
+    scope: InvocationScope,
+    def: DomainDefinition,
+    proc: SimProcess,
+    phase: 'pre-exec' | 'migration-in',
+  ): Promise<void> {
     const need = memLockNeed(def);
     if (!need) return;
     const current = { ...proc.memlock };
@@ -127,7 +139,7 @@ export class PrivilegedSimulation {
       );
       return;
     }
-    await this.#invoke(scope, 'process.setMaxMemLock', 'pre-exec', {
+    await this.#invoke(scope, 'process.setMaxMemLock', phase, {
       pid: proc.pid,
       bytes: need.bytes,
       current,
@@ -140,6 +152,7 @@ export class PrivilegedSimulation {
     def: DomainDefinition,
     proc: SimProcess,
     run: SimRun,
+    phase: 'startup' | 'migration-in',
   ): Promise<void> {
     const tune = def.cputune;
     if (!tune) return;
@@ -147,7 +160,7 @@ export class PrivilegedSimulation {
     const iothreads = proc.threads.filter((t) => t.role === 'iothread');
     if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
       run.placementAttempted = true;
-      ({ placements: run.placements } = await this.#invoke(scope, 'cgroup.placeThreads', 'startup', {
+      ({ placements: run.placements } = await this.#invoke(scope, 'cgroup.placeThreads', phase, {
         pid: proc.pid,
         threads: [...vcpus, ...iothreads, ...proc.threads.filter((t) => t.role === 'emulator')].map((t) => ({
           tid: t.tid,
@@ -175,7 +188,7 @@ export class PrivilegedSimulation {
       }
     }
     if (sched.length > 0)
-      await this.#invoke(scope, 'thread.setScheduler', 'startup', { pid: proc.pid, threads: sched });
+      await this.#invoke(scope, 'thread.setScheduler', phase, { pid: proc.pid, threads: sched });
   }
 
   /**

@@ -492,8 +492,10 @@ class Helper implements PrivilegedHelper {
     const { value, fds } = detachFds(result);
     if (typeof value === 'object' && value !== null && 'ifname' in value)
       target.ifname = String(value.ifname);
-    record('allow');
     client.conn.send({ type: 'response', id: req.id, ok: true, result: value, fds: fds.length }, fds);
+    // After the answer: the line only waits for the next turn's write anyway, and building it
+    // first would delay every response by its cost.
+    record('allow');
   }
 
   #log(entry: Record<string, unknown>): void {
