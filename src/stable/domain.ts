@@ -29,6 +29,7 @@ import type {
   MigratePerformOptions,
   MigratePrepareOptions,
   MigrateToOptions,
+  MigrationConfirmOptions,
   MigrationEndOptions,
   MigrationIncomingCookie,
   MigrationOffer,
@@ -157,11 +158,14 @@ export class Domain {
   }
 
   /**
-   * Migration step 5 (source): the source QEMU ends (shut off, reason `migrated`); with `cancelled`
-   * the source resumes instead if it ran before.
+   * Migration step 5 (source): the source QEMU ends (shut off, reason `migrated`), and with
+   * `undefineSource` its persistent definition goes too; with `cancelled` the source resumes
+   * instead if it ran before.
    */
-  async migrateConfirm(options: MigrationEndOptions = {}): Promise<void> {
-    return this.#migration('migrateConfirm').call(this.#driver, this.uuid, options);
+  async migrateConfirm(options: MigrationConfirmOptions = {}): Promise<void> {
+    const { undefineSource, ...end } = options;
+    await this.#migration('migrateConfirm').call(this.#driver, this.uuid, end);
+    if (undefineSource && !end.cancelled) await this.undefine();
   }
 
   /**
@@ -171,13 +175,15 @@ export class Domain {
    * @returns the domain at the destination
    */
   async migrateTo(dest: MigrationDestination, options: MigrateToOptions = {}): Promise<Domain> {
-    const { listen = 'tcp:127.0.0.1:0', ...perform } = options;
+    const { listen = 'tcp:127.0.0.1:0', persist, undefineSource, ...perform } = options;
+    const confirm = undefineSource ? { undefineSource } : {};
     const offer = await this.migrateBegin();
     let incoming: IncomingMigration;
     try {
       incoming = await dest.migratePrepare(offer, {
         listen,
         ...(perform.signal ? { signal: perform.signal } : {}),
+        ...(persist !== undefined ? { persist } : {}),
       });
     } catch (err) {
       await this.migrateConfirm({ cancelled: true }).catch(() => undefined);
@@ -199,7 +205,7 @@ export class Domain {
       // Only a source that died after sending everything gets here with a destination that ran:
       // the guest lives on there.
       if (outcome.ok) {
-        await this.migrateConfirm().catch(() => undefined);
+        await this.migrateConfirm(confirm).catch(() => undefined);
         return outcome.domain;
       }
       await this.migrateConfirm({ cancelled: true }).catch(() => undefined);
@@ -210,7 +216,7 @@ export class Domain {
       await this.migrateConfirm({ cancelled: true }).catch(() => undefined);
       throw outcome.error;
     }
-    await this.migrateConfirm();
+    await this.migrateConfirm(confirm);
     return outcome.domain;
   }
 

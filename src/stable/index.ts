@@ -54,6 +54,7 @@ export type {
   MigratePerformOptions,
   MigratePrepareOptions,
   MigrateToOptions,
+  MigrationConfirmOptions,
   MigrationEndOptions,
   MigrationIncomingCookie,
   MigrationOffer,

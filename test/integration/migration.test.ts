@@ -67,10 +67,14 @@ function counts(path: string): number[] {
   return [...readFileSync(path, 'utf8').matchAll(/VIRTKIT-COUNT (\d+)/g)].map((m) => Number(m[1]));
 }
 
-async function until<T>(what: string, probe: () => T | undefined | null, timeoutMs = 120_000): Promise<T> {
+async function until<T>(
+  what: string,
+  probe: () => T | undefined | null | Promise<T | undefined | null>,
+  timeoutMs = 120_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = probe();
+    const value = await probe();
     if (value !== undefined && value !== null && value !== false) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
@@ -133,6 +137,27 @@ describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
     expect(last?.status).toBe('completed');
     expect(last?.dataTotal).toBeGreaterThan(100 * 1024 * 1024);
     expect(last?.dataProcessed).toBeGreaterThan(0);
+  });
+});
+
+describe('persist and undefineSource', { timeout: 240_000 }, () => {
+  it('persist defines the domain at the destination, undefineSource removes it at the source; without persist it is transient there', async () => {
+    const dom = await countingGuest('mig-persist', 2);
+    const moved = await dom.migrateTo(dst, { persist: true, undefineSource: true });
+    await expect(src.lookupDomain('mig-persist')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+    expect(existsSync(join(rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
+    expect(existsSync(join(rootB, 'etc', 'domains', 'mig-persist.json'))).toBe(true);
+    expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+
+    // Back to A, which no longer defines it, without persist: transient at A, still defined at B.
+    const back = await moved.migrateTo(src);
+    expect(await back.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+    expect(await moved.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+    await back.destroy({ graceMs: 1000 });
+    await until('the transient domain to go at A', async () => (await src.listDomains()).length === 0);
+    expect(existsSync(join(rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
+    expect((await dst.lookupDomain('mig-persist')).uuid).toBe(dom.uuid);
+    expect(runLeftovers(rootA)).toEqual([]);
   });
 });
 
@@ -668,7 +693,7 @@ describe("the source's manager killed mid-stream (job phase perform)", { timeout
 });
 
 describe('the destination in a process of its own', { timeout: 240_000 }, () => {
-  it('its manager SIGKILLed mid-stream (job phase prepare): a new manager kills the destination QEMU, the source runs on, nothing is orphaned', async () => {
+  it('its manager SIGKILLed mid-stream (job phase prepare): a new manager kills the destination QEMU and forgets the transient domain, the source runs on, nothing is orphaned', async () => {
     await dst.close();
     const child = spawn(
       process.execPath,
@@ -704,10 +729,15 @@ describe('the destination in a process of its own', { timeout: 240_000 }, () => 
 
       // A new manager of the destination's root settles the prepare phase as libvirt does: the
       // vCPUs never ran here, so the destination QEMU is killed (the source decides).
+      // Prepared without `persist`, the domain was transient there: it goes with its QEMU.
+      const stopped: string[] = [];
       dst = await openRoot(rootB);
-      const there = await dst.lookupDomain('mig-dstproc');
-      expect(await there.getInfo()).toMatchObject({ state: 'shutoff', reason: 'failed', pid: null });
+      dst.on('domain-event', (e) => stopped.push(`${e.type}:${e.reason}`));
       expect(alive(dstPid as number)).toBe(false);
+      await until('the transient domain to go', async () => (await dst.listDomains()).length === 0);
+      await until('the events', () => stopped.includes('undefined:removed'));
+      expect(stopped).toContain('stopped:failed');
+      expect(existsSync(join(rootB, 'etc', 'domains', 'mig-dstproc.json'))).toBe(false);
       const outcome = await perform;
       expect(outcome === 'completed' || outcome instanceof VirtError).toBe(true);
       await dom.migrateConfirm({ cancelled: true });

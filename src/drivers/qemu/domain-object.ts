@@ -60,6 +60,11 @@ export interface Runtime {
   pausing?: PausedReason;
   /** The guest powered off and the driver resets it (on_poweroff=restart): its pause is not shown. */
   fakeReboot?: boolean;
+  /**
+   * The domain ends with this QEMU: an incoming migration without `persist` defined it here only
+   * for this run (libvirt's transient domain). Kept in the status file.
+   */
+  transient?: boolean;
   /** QEMU reported SHUTDOWN: the guest (or a signal to QEMU) asked it to stop. */
   sawShutdown: boolean;
   /**

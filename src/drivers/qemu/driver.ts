@@ -59,7 +59,7 @@ import { presentableLive } from './live-definition.js';
 import { appendLog } from './log.js';
 import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
 import { finishIncoming, prepareIncoming } from './migration/destination.js';
-import { migrationOf } from './migration/record.js';
+import { arrivedTransient, migrationOf } from './migration/record.js';
 import { beginMigration, confirmMigration, heldOutgoing, performMigration } from './migration/source.js';
 import { parseMigrationUri } from './migration/uri.js';
 import { monitorCommand, monitorEvents } from './passthrough.js';
@@ -139,7 +139,10 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
   #nextId = 1;
   /** Every operation under way; close() lets them finish before it lets go of the domains. */
   readonly #inflight = new Set<Promise<unknown>>();
-  /** Domains adopted with attach: transient, removed once they stop. */
+  /**
+   * Transient domains, removed once they stop: adopted with attach, or brought in by a migration
+   * without `persist`.
+   */
   readonly #attached = new Set<string>();
   /** New definitions are checked and added one at a time, so two cannot claim one name. */
   #defining: Promise<unknown> = Promise.resolve();
@@ -161,7 +164,8 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
       );
     });
     for (const def of defs) this.domains.set(new DomainObject(def));
-    for (const def of defs) if (wasAttached(this.layout, def)) this.#attached.add(def.uuid);
+    for (const def of defs)
+      if (wasAttached(this.layout, def) || arrivedTransient(this.layout, def)) this.#attached.add(def.uuid);
     await Promise.all(this.domains.values().map((dom) => reconnectDomain(this, dom)));
     for (const path of sweepRootLeftovers(this, this.domains.values()))
       appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
@@ -461,7 +465,9 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
       let uri: string;
       try {
         this.checkStillDefined(dom);
-        uri = await this.#track(prepareIncoming(this, dom, held, offer, address, !existing));
+        const transient = !existing && options.persist !== true;
+        uri = await this.#track(prepareIncoming(this, dom, held, offer, address, !existing, transient));
+        if (transient) this.#attached.add(dom.def.uuid);
       } catch (err) {
         held.end(err);
         throw held.job.failure(err);

@@ -281,7 +281,7 @@ async function plugInterface(
       const tap = await invoke(scopeOf(ctx, dom, run), 'net.openTap', 'hotplug', {
         ifname: nic.target?.dev,
         queues: nic.queues ?? 1,
-        vnetHdr: nic.model === 'virtio',
+        vnetHdr: nic.model.startsWith('virtio'),
         managed: nic.target?.managed !== false,
       });
       fds = tap.fds;

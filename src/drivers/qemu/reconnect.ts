@@ -123,6 +123,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     threads: status.threads,
     placements: status.placements,
     placementAttempted: status.placements.length > 0 || status.placementAttempted,
+    ...(status.transient ? { transient: true } : {}),
     cancel: new AbortController(),
     started: true,
     sawShutdown: false,

@@ -28,6 +28,7 @@ export function runtimeStatus(
     placements: run.placements,
     placementAttempted: run.placementAttempted,
     liveVersion: run.liveVersion,
+    ...(run.transient ? { transient: true } : {}),
     // An unreadable record is kept as found: never overwritten with a stand-in.
     live: run.liveUnreadable ? run.liveUnreadable.raw : run.live,
   };

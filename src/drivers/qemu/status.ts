@@ -44,6 +44,8 @@ const statusSchema = z.object({
   placements: z.array(placementSchema).default([]),
   /** `cgroup.placeThreads` was invoked: a successor must release even without recorded placements. */
   placementAttempted: z.boolean().default(false),
+  /** The domain is removed once this QEMU stops (an incoming migration without `persist`). */
+  transient: z.boolean().optional(),
   /** Version of the live definition; 1 for status files written before versions existed. */
   liveVersion: z.number().int().positive().default(1),
   live: z.unknown(),

@@ -101,7 +101,7 @@ export class PrivilegedSimulation {
         const { fds: tapFds } = await this.#invoke(preScope, 'net.openTap', 'pre-exec', {
           ifname: nic.target?.dev,
           queues: nic.queues ?? 1,
-          vnetHdr: nic.model === 'virtio',
+          vnetHdr: nic.model.startsWith('virtio'),
           managed: nic.target?.managed !== false,
         });
         fds.push(...tapFds);
@@ -216,7 +216,7 @@ export class PrivilegedSimulation {
     const { fds } = await this.#invoke(scope, 'net.openTap', 'hotplug', {
       ifname: nic.target?.dev,
       queues: nic.queues ?? 1,
-      vnetHdr: nic.model === 'virtio',
+      vnetHdr: nic.model.startsWith('virtio'),
       managed: nic.target?.managed !== false,
     });
     closeResultFds({ fds });

@@ -35,6 +35,8 @@ export async function prepareIncoming(
   offer: ResolvedOffer,
   address: MigrationAddress,
   definedHere: boolean,
+  /** Prepare defined the domain without `persist`: it ends with this QEMU. */
+  transient: boolean,
 ): Promise<string> {
   const job = held.job;
   const signal = job.signal;
@@ -64,6 +66,7 @@ export async function prepareIncoming(
     const uri = await listeningUri(qmp, address);
     if (signal?.aborted) throw migrationAborted('prepare', ident);
     job.setPhase('prepare');
+    if (transient) run.transient = true;
     await recordJob(run, job, () => dom.run === run);
     const record: IncomingRecord = {
       role: 'in',

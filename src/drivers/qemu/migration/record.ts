@@ -1,6 +1,9 @@
+import type { DomainDefinition } from '../../../stable/definition/schema.js';
 import type { HeldJob } from '../../jobs.js';
 import type { DomainObject } from '../domain-object.js';
+import { domainPaths, type RootLayout } from '../root.js';
 import { recordJob } from '../runtime-status.js';
+import { readStatus } from '../status.js';
 import type { MigrationAddress } from './uri.js';
 
 /** How an incoming stream ended, as the destination's QEMU reported it. */
@@ -50,6 +53,15 @@ export interface IncomingRecord {
    * for finish to report the failure (and to undefine a domain prepare defined).
    */
   gone: boolean;
+}
+
+/** The status file says the domain came in by a migration without `persist`: it ends with its QEMU. */
+export function arrivedTransient(layout: RootLayout, def: DomainDefinition): boolean {
+  try {
+    return readStatus(domainPaths(layout, def.name, def.uuid).status)?.transient === true;
+  } catch {
+    return false;
+  }
 }
 
 /*
