@@ -133,6 +133,19 @@ describe('life cycle', () => {
     await expect(start).rejects.toMatchObject({ code: 'NO_DOMAIN' });
   });
 
+  it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
+    const dom = await conn.defineDomain(guest('r'));
+    await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.reset()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.start();
+    const before = await dom.getInfo();
+    events.length = 0;
+    await dom.reboot();
+    await dom.reset();
+    expect(await dom.getInfo()).toEqual(before);
+    expect(events).toEqual([]);
+  });
+
   it('start paused -> resume -> suspend -> resume -> destroy, with the embedded driver events', async () => {
     const dom = await conn.defineDomain(guest('p', { vcpu: { count: 2 } }));
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', id: null, pid: null });
@@ -596,5 +609,131 @@ describe('migration-in phase: live migration between test drivers as the embedde
     const moved = await dom.migrateTo(dst);
     expect(await moved.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
     expect(events.slice(-1)).toEqual(['stopped:migrated']);
+  });
+});
+
+describe('hotplug phase: setVcpus as the embedded driver does it', () => {
+  const cpus = (name: string, type: 'kvm' | 'qemu' = 'kvm') =>
+    guest(name, {
+      type,
+      vcpu: { count: 3, current: 1 },
+      cputune: {
+        vcpupin: [
+          { vcpu: 1, cpuset: '1' },
+          { vcpu: 2, cpuset: '0' },
+        ],
+        vcpusched: [{ ids: '1-2', scheduler: 'fifo', priority: 1 }],
+      },
+    });
+
+  it('places and schedules each new vCPU thread in phase hotplug before it is online; unplug ends the thread', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    const host = simulatedHost(conn);
+    const calls: unknown[] = [];
+    api.setHandler('cgroup.placeThreads', (ctx, args) => {
+      calls.push({ op: 'cgroup.placeThreads', phase: ctx.phase, pid: ctx.pid, threads: args.threads });
+      const placements = args.threads.map((t) => ({ tid: t.tid, cgroup: `/agent/vcpu${t.index}` }));
+      for (const p of placements) host.placeThread(p.tid, p.cgroup);
+      return { placements };
+    });
+    api.setHandler('thread.setScheduler', (ctx, args) => {
+      calls.push({ op: 'thread.setScheduler', phase: ctx.phase, pid: ctx.pid, threads: args.threads });
+      for (const t of args.threads) host.setScheduler(t.tid, t.policy, t.priority);
+    });
+    const released: unknown[] = [];
+    api.setHandler('cgroup.release', (_ctx, args) => {
+      released.push(...args.placements);
+    });
+    const dom = await conn.defineDomain(cpus('cpus'));
+    await dom.start();
+    const pid = (await dom.getInfo()).pid as number;
+    // At start: vCPU 0 only; its thread placed in phase startup.
+    expect(calls.map((c) => (c as { phase: string }).phase)).toEqual(['startup']);
+    calls.length = 0;
+
+    await dom.setVcpus(3, { live: true });
+    expect(calls).toEqual([
+      {
+        op: 'cgroup.placeThreads',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 11, role: 'vcpu', index: 1 }],
+      },
+      {
+        op: 'thread.setScheduler',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 11, role: 'vcpu', index: 1, policy: 'fifo', priority: 1 }],
+      },
+      {
+        op: 'cgroup.placeThreads',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 12, role: 'vcpu', index: 2 }],
+      },
+      {
+        op: 'thread.setScheduler',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 12, role: 'vcpu', index: 2, policy: 'fifo', priority: 1 }],
+      },
+    ]);
+    expect((await dom.getInfo()).vcpus).toBe(3);
+    expect(dom.getDefinition().vcpu).toEqual({ count: 3 });
+    expect(dom.getDefinition({ inactive: true }).vcpu).toEqual({ count: 3, current: 1 });
+    expect(host.process(pid)?.threads.find((t) => t.tid === pid + 12)).toMatchObject({
+      policy: 'fifo',
+      priority: 1,
+      cgroup: '/agent/vcpu2',
+    });
+
+    await dom.setVcpus(2, { live: true, config: true });
+    expect(
+      host
+        .process(pid)
+        ?.threads.filter((t) => t.role === 'vcpu')
+        .map((t) => t.index),
+    ).toEqual([0, 1]);
+    expect(dom.getDefinition().vcpu).toEqual({ count: 3, current: 2 });
+    expect(dom.getDefinition({ inactive: true }).vcpu).toEqual({ count: 3, current: 2 });
+    await expect(dom.setVcpus(4, { live: true })).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    // The hot-plugged placements are released with those of the start (vCPU 0, two emulator threads).
+    await dom.destroy();
+    expect(released).toHaveLength(5);
+  });
+
+  it('a failing handler removes the new vCPU again; TCG refuses unplug, and hotplug after a TCG rollback', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    let fail = true;
+    api.setHandler('thread.setScheduler', (_ctx, args) => {
+      if (fail) throw new Error('no FIFO for you');
+      for (const t of args.threads) simulatedHost(conn).setScheduler(t.tid, t.policy, t.priority);
+    });
+    const kvm = await conn.defineDomain(cpus('kvm-cpus'));
+    await kvm.start();
+    const pid = (await kvm.getInfo()).pid as number;
+    await expect(kvm.setVcpus(2, { live: true })).rejects.toMatchObject({
+      code: 'HANDLER_FAILED',
+      details: { operation: 'thread.setScheduler', phase: 'hotplug' },
+    });
+    expect((await kvm.getInfo()).vcpus).toBe(1);
+    expect(
+      simulatedHost(conn)
+        .process(pid)
+        ?.threads.filter((t) => t.role === 'vcpu'),
+    ).toHaveLength(1);
+    fail = false;
+    await kvm.setVcpus(2, { live: true });
+    expect((await kvm.getInfo()).vcpus).toBe(2);
+
+    const tcg = await conn.defineDomain(cpus('tcg-cpus', 'qemu'));
+    await tcg.start();
+    await tcg.setVcpus(2, { live: true });
+    await expect(tcg.setVcpus(1, { live: true })).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    fail = true;
+    await expect(tcg.setVcpus(3, { live: true })).rejects.toMatchObject({ code: 'HANDLER_FAILED' });
+    fail = false;
+    await expect(tcg.setVcpus(3, { live: true })).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    expect((await tcg.getInfo()).vcpus).toBe(2);
   });
 });

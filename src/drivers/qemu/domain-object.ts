@@ -58,8 +58,15 @@ export interface Runtime {
    * → `ioerror`, `GUEST_PANICKED` → `crashed`, `WATCHDOG` → `watchdog`); the `STOP` consumes it.
    */
   pausing?: PausedReason;
-  /** The guest powered off and the driver resets it (on_poweroff=restart): its pause is not shown. */
+  /** The guest powered off and the driver resets it (on_poweroff=restart, or a reboot): its pause is not shown. */
   fakeReboot?: boolean;
+  /**
+   * A reboot under way (libvirt's fake reboot): QEMU pauses instead of exiting when the guest
+   * powers off, and the driver resets and continues it. `asked` until the guest powers off,
+   * `resetting` until QEMU runs again (that pause is no suspend of the domain); `done` tells the
+   * reboot job.
+   */
+  reboot?: { phase: 'asked' | 'resetting'; readonly done: () => void } | undefined;
   /**
    * The domain ends with this QEMU: an incoming migration without `persist` defined it here only
    * for this run (libvirt's transient domain). Kept in the status file.

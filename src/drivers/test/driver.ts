@@ -17,6 +17,7 @@ import type {
   DomainRef,
   Driver,
   OutgoingMigration,
+  RebootOptions,
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
@@ -33,7 +34,16 @@ import { DriverCore } from '../domain-core.js';
 import type { Job } from '../jobs.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
-import { addTo, affected, aliasOf, checkHotpluggable, find, without } from './hotplug.js';
+import {
+  addTo,
+  affected,
+  aliasOf,
+  checkHotpluggable,
+  checkVcpuCount,
+  find,
+  without,
+  withVcpus,
+} from './hotplug.js';
 import {
   checkSameDefinition,
   connectTo,
@@ -99,6 +109,7 @@ export async function openTestDriver(
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
+ * - `reboot()` and `reset()` of an active domain change nothing visible: it keeps its id and state.
  * - Everything lives in memory: `close()` forgets every domain.
  *
  * It exposes the internal seam (`driverKind: 'test'`) with its own handler table, so
@@ -247,6 +258,25 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   }
 
   /**
+   * The simulated guest reboots at once and goes on running (a paused one stays paused): the
+   * domain keeps its id and state, as with QEMU's reset.
+   */
+  reboot(uuid: string, options: RebootOptions = {}): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'reboot', options.signal, () => {
+      dom.requireActive();
+    });
+  }
+
+  /** As {@link TestDriver.reboot}: the domain keeps its id and state. */
+  reset(uuid: string, options: OperationOptions = {}): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'reset', options.signal, () => {
+      dom.requireActive();
+    });
+  }
+
+  /**
    * A device change with the embedded driver's rules and privileged calls: a live attach invokes
    * `storage.openFile` (disk) or `net.openTap` (ethernet) in phase `hotplug` on the simulated
    * process, and a failure leaves both definitions as they were.
@@ -315,6 +345,57 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
         this.emit(dom, 'device-removed', alias);
       }
       if (configDevice) dom.def = without(dom.def, configDevice);
+    });
+  }
+
+  /**
+   * Sets the number of online vCPUs with the embedded driver's rules (`drivers/qemu/hotplug-vcpus.ts`):
+   * each vCPU added gets a thread at its documented tid, placed and scheduled in phase `hotplug`
+   * before the guest onlines it (a failure removes it again); unplugging is refused for TCG (`qemu`)
+   * domains, and after a TCG rollback removed a vCPU, as QEMU 7.2 crashes on the next hotplug.
+   */
+  setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'device-change', options.signal, async (job) => {
+      const { live, config } = affected(dom.def.name, dom.active, options);
+      if (config) checkVcpuCount(dom.def, count, 'persistent');
+      const run = dom.run;
+      const sim = run && this.#simRuns.get(run);
+      if (live && run && sim) {
+        checkVcpuCount(run.live, count, 'running');
+        let current = run.live.vcpu.current ?? run.live.vcpu.count;
+        while (current < count) {
+          if (sim.vcpuUnplugged)
+            throw new VirtError(
+              ErrorCode.CONFIG_UNSUPPORTED,
+              `a vCPU was unplugged from TCG domain '${dom.def.name}' (by an earlier rollback); QEMU's TCG crashes on the next vCPU hotplug after that, so vCPUs can be added only after a restart of the domain`,
+              { path: 'count' },
+            );
+          const online = this.#privileged.vcpuIndexes(sim);
+          const index = Array.from({ length: run.live.vcpu.count }, (_, i) => i).find(
+            (i) => !online.includes(i),
+          );
+          await this.#privileged.hotplugVcpu(run.live, sim, index as number, job.signal);
+          run.live = withVcpus(run.live, ++current);
+        }
+        if (current > count && run.live.type === 'qemu')
+          throw new VirtError(
+            ErrorCode.CONFIG_UNSUPPORTED,
+            `vCPUs cannot be unplugged from TCG domain '${dom.def.name}' (type 'qemu'): QEMU's TCG crashes on the next vCPU hotplug after an unplug; lower the count with config and restart the domain`,
+            { path: 'count', current, count },
+          );
+        while (current > count) {
+          const last = this.#privileged
+            .vcpuIndexes(sim)
+            .filter((i) => i !== 0)
+            .at(-1);
+          if (last === undefined)
+            throw new VirtError(ErrorCode.OPERATION_INVALID, 'vCPU 0 cannot be unplugged', { path: 'count' });
+          this.#privileged.unplugVcpu(run.live, sim, last);
+          run.live = withVcpus(run.live, --current);
+        }
+      }
+      if (config) dom.def = withVcpus(dom.def, count);
     });
   }
 

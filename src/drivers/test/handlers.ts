@@ -17,6 +17,8 @@ export interface SimRun {
   readonly taints: string[];
   placements: Placements;
   placementAttempted: boolean;
+  /** A vCPU was unplugged from a TCG domain: QEMU 7.2 would crash on the next hotplug. */
+  vcpuUnplugged?: boolean;
 }
 
 /** A start in progress: destroy aborts it once the process exists, as in the embedded driver. */
@@ -220,6 +222,56 @@ export class PrivilegedSimulation {
       managed: nic.target?.managed !== false,
     });
     closeResultFds({ fds });
+  }
+
+  /**
+   * A vCPU hot-plugged (`drivers/qemu/hotplug-vcpus.ts`), simulated: its new thread is placed with
+   * the domain's cpusets and scheduled by its `vcpusched` entry in phase `hotplug`, before the guest
+   * could online it; a failure removes the vCPU again and rethrows.
+   */
+  async hotplugVcpu(def: DomainDefinition, run: SimRun, index: number, signal: AbortSignal): Promise<void> {
+    const scope = this.#scope(def, run.id, run.pid, run.taints, signal);
+    const tid = this.#sim.addVcpu(run.pid, index);
+    try {
+      const tune = def.cputune;
+      if (!tune) return;
+      const thread = { tid, role: 'vcpu' as const, index };
+      if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+        run.placementAttempted = true;
+        const { placements } = await this.#invoke(scope, 'cgroup.placeThreads', 'hotplug', {
+          pid: run.pid,
+          threads: [thread],
+          cpusets: {
+            emulator: tune.emulatorpin?.cpuset,
+            vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
+            iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
+          },
+        });
+        run.placements = [...run.placements, ...placements];
+      }
+      const entry = tune.vcpusched.find((e) => parseCpuset(e.ids)?.includes(index));
+      if (entry) {
+        await this.#invoke(scope, 'thread.setScheduler', 'hotplug', {
+          pid: run.pid,
+          threads: [{ ...thread, policy: entry.scheduler, priority: entry.priority ?? 0 }],
+        });
+      }
+    } catch (err) {
+      this.#sim.removeVcpu(run.pid, index);
+      if (def.type === 'qemu') run.vcpuUnplugged = true;
+      throw err;
+    }
+  }
+
+  /** An unplugged vCPU's thread ends (the guest let go at once). */
+  unplugVcpu(def: DomainDefinition, run: SimRun, index: number): void {
+    this.#sim.removeVcpu(run.pid, index);
+    if (def.type === 'qemu') run.vcpuUnplugged = true;
+  }
+
+  /** The vCPU indexes the simulated process runs. */
+  vcpuIndexes(run: SimRun): number[] {
+    return this.#sim.vcpuIndexes(run.pid);
   }
 
   /** The simulated QEMU exits; then `cgroup.release` (phase release) gives back its placements. Never throws. */
