@@ -208,6 +208,7 @@ export class Domain {
         listen,
         ...(perform.signal ? { signal: perform.signal } : {}),
         ...(persist !== undefined ? { persist } : {}),
+        ...(perform.tls ? { tls: perform.tls } : {}),
       });
     } catch (err) {
       await this.migrateConfirm({ cancelled: true }).catch(() => undefined);

@@ -61,6 +61,7 @@ export type {
   MigrationOffer,
   MigrationOfferCookie,
   MigrationProgress,
+  MigrationTlsOptions,
   PreparedIncoming,
   ResolvedOffer,
 } from './migration.js';

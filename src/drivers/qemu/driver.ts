@@ -69,6 +69,7 @@ import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
 import { finishIncoming, prepareIncoming } from './migration/destination.js';
 import { arrivedTransient, migrationOf } from './migration/record.js';
 import { beginMigration, confirmMigration, heldOutgoing, performMigration } from './migration/source.js';
+import { checkTls } from './migration/tls.js';
 import { parseMigrationUri } from './migration/uri.js';
 import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
@@ -466,6 +467,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     this.checkOpen();
     const address = parseMigrationUri(options.listen, 'listen');
     const def = offer.definition;
+    if (options.tls) checkTls(options.tls, 'server', 'tls');
     checkDisksPresent(def);
     const existing = this.domains.existingFor(def);
     if (existing?.active)
@@ -486,7 +488,9 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
       try {
         this.checkStillDefined(dom);
         const transient = !existing && options.persist !== true;
-        uri = await this.#track(prepareIncoming(this, dom, held, offer, address, !existing, transient));
+        uri = await this.#track(
+          prepareIncoming(this, dom, held, offer, address, !existing, transient, options.tls),
+        );
         if (transient) this.#attached.add(dom.def.uuid);
       } catch (err) {
         held.end(err);

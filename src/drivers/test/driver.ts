@@ -21,7 +21,7 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import type { DomainInfo } from '../../stable/events.js';
+import type { DomainEvent, DomainInfo } from '../../stable/events.js';
 import type { OperationOptions } from '../../stable/jobs.js';
 import type {
   MigratePerformOptions,
@@ -142,6 +142,23 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   constructor(uri: string) {
     super();
     this.uri = uri;
+  }
+
+  /** A domain a migration brought in without `persist` is removed once it stops, as in the embedded driver. */
+  protected override afterEvent(dom: TestDomain, event: DomainEvent): void {
+    if (event.type === 'stopped' && this.#transient.delete(dom.def.uuid)) void this.#forget(dom);
+  }
+
+  /** Domains a migration brought in without `persist`: removed once they stop, as in the embedded driver. */
+  readonly #transient = new Set<string>();
+
+  async #forget(dom: TestDomain): Promise<void> {
+    await this.job(dom, 'undefine', undefined, () => {
+      if (dom.active || this.closed || this.domains.find(dom.def.uuid) !== dom) return;
+      this.domains.delete(dom.def.uuid);
+      this.#simulation.forgetLog(dom.def.uuid);
+      this.emit(dom, 'undefined', 'removed');
+    }).catch(() => undefined);
   }
 
   async defineDomain(def: DomainDefinition): Promise<DomainRef> {
@@ -504,7 +521,8 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   /**
    * Step 2 (destination): the simulated process starts with the privileged operations in phase
    * `migration-in` (memlock, placement, scheduling; descriptors in `pre-exec`), paused (reason
-   * `migration`), then listens at `listen` for the stream of a test driver of this process.
+   * `migration`), then listens at `listen` for the stream of a test driver of this process. A domain
+   * prepare defined without `persist` is transient: it is removed once it stops.
    */
   async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
     this.checkOpen();
@@ -531,6 +549,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
             settle = resolve;
           });
           const uri = listen(options.listen, { uuid: def.uuid, deliver: () => settle(true) });
+          if (!existing && options.persist !== true) this.#transient.add(def.uuid);
           this.#migrations.set(dom, {
             role: 'in',
             uri,
