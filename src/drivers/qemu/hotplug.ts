@@ -112,10 +112,10 @@ export async function attachDevice(
   }
   const run = dom.run;
   if (live && run) {
-    if ('disk' in chosen && chosen.disk.target.bus === 'sata') {
+    if ('disk' in chosen && chosen.disk.target.bus !== 'virtio') {
       throw new VirtError(
         ErrorCode.CONFIG_UNSUPPORTED,
-        "a sata disk cannot be hot-plugged (QEMU's AHCI has no hotplug); use the virtio bus",
+        `a ${chosen.disk.target.bus} disk cannot be hot-plugged (QEMU's AHCI and IDE have no hotplug); use the virtio bus`,
         {
           path: 'disk.target.bus',
         },
@@ -186,10 +186,10 @@ export async function detachDevice(
     );
   }
   if (liveDevice && run) {
-    if ('disk' in liveDevice && liveDevice.disk.target.bus === 'sata') {
+    if ('disk' in liveDevice && liveDevice.disk.target.bus !== 'virtio') {
       throw new VirtError(
         ErrorCode.CONFIG_UNSUPPORTED,
-        'a sata disk cannot be hot-unplugged; detach it from the persistent definition',
+        `a ${liveDevice.disk.target.bus} disk cannot be hot-unplugged; detach it from the persistent definition`,
       );
     }
     await unplug(ctx, dom, run, liveDevice, options.timeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS);
