@@ -8,7 +8,7 @@ import {
   parseDeviceXml,
 } from './devices.js';
 import type { DestroyOptions, Driver, RebootOptions, ShutdownOptions, StartOptions } from './driver.js';
-import type { DomainInfo } from './events.js';
+import type { DomainInfo, DomainStatus } from './events.js';
 import type { JobInfo, OperationOptions } from './jobs.js';
 
 /**
@@ -139,6 +139,14 @@ export class Domain {
   /** State, reason, ids, size, CPU time and taints. */
   async getInfo(): Promise<DomainInfo> {
     return this.#driver.getInfo(this.uuid);
+  }
+
+  /**
+   * The state and why the domain is in it (libvirt's `virDomainGetState`), typed per state:
+   * `{ state: 'paused', reason: 'user' }`. Never waits for a job and reads nothing but memory.
+   */
+  async getState(): Promise<DomainStatus> {
+    return this.#driver.getState(this.uuid);
   }
 
   /**

@@ -206,13 +206,12 @@ export async function finishIncoming(
     throw error;
   }
   try {
+    // Recorded before `cont`, so the RESUME it provokes finds the domain running already.
     if (record.running) {
-      dom.state = 'running';
-      dom.reason = 'migrated';
+      ctx.setState(dom, { state: 'running', reason: 'migrated' });
       await run.qmp.command('cont');
     } else {
-      dom.state = 'paused';
-      dom.reason = 'migrated';
+      ctx.setState(dom, { state: 'paused', reason: 'migrated' });
     }
   } catch (err) {
     await destroyIncoming(ctx, dom, run, record.address, err);

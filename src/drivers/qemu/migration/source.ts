@@ -141,8 +141,7 @@ export async function performMigration(
   } finally {
     unfollow();
   }
-  dom.state = 'paused';
-  dom.reason = 'migration';
+  ctx.setState(dom, { state: 'paused', reason: 'migration' });
   await enterPhase(dom, record, 'perform-done');
 }
 
@@ -232,8 +231,8 @@ async function resumeIfStopped(
       await run.qmp.command('cont');
       ctx.log(dom, `migration: source resumed (was ${status})`);
     }
-    dom.state = wasRunning ? 'running' : 'paused';
-    dom.reason = wasRunning ? 'migration-cancelled' : dom.reason;
+    if (wasRunning) ctx.setState(dom, { state: 'running', reason: 'migration-cancelled' });
+    else if (dom.state !== 'paused') ctx.setState(dom, { state: 'paused', reason: 'user' });
   } catch (err) {
     ctx.log(dom, `migration: cannot resume the source: ${errorMessage(err)}`);
   }
