@@ -130,6 +130,29 @@ describe('life cycle', () => {
     expect((await conn.listDomains()).map((d) => d.name)).toEqual(['k']);
   });
 
+  it('getState() gives the state with its reason from the shared core, as the embedded driver does', async () => {
+    const dom = await conn.defineDomain(guest('st'));
+    expect(await dom.getState()).toEqual({ state: 'shutoff', reason: 'unknown' });
+    await dom.start({ paused: true });
+    expect(await dom.getState()).toEqual({ state: 'paused', reason: 'user' });
+    await dom.resume();
+    expect(await dom.getState()).toEqual({ state: 'running', reason: 'unpaused' });
+    await dom.shutdown({});
+    expect(await dom.getState()).toEqual({ state: 'shutoff', reason: 'shutdown' });
+    await dom.start();
+    expect(await dom.getState()).toEqual({ state: 'running', reason: 'booted' });
+    await dom.destroy();
+    expect(await dom.getState()).toEqual({ state: 'shutoff', reason: 'destroyed' });
+  });
+
+  it('an operation queued behind an undefine fails with NO_DOMAIN, as in the embedded driver', async () => {
+    const dom = await conn.defineDomain(guest('gone'));
+    const undefine = dom.undefine();
+    const start = dom.start();
+    await undefine;
+    await expect(start).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+  });
+
   it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
     const dom = await conn.defineDomain(guest('r'));
     await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
@@ -552,9 +575,24 @@ describe('migration-in phase: live migration between test drivers as the embedde
     });
     expect(events).toEqual(['defined:added', 'started:booted', 'suspended:migration', 'stopped:migrated']);
     expect(dstEvents).toEqual(['defined:added', 'started:migrated']);
-    // Released where it ran: the destination's placements when its process ends.
+    // Released where it ran: the destination's placements when its process ends; without
+    // `persist` the domain was transient there, and goes with its process.
     await moved.destroy();
     expect(calls.at(-1)).toMatchObject({ op: 'cgroup.release', phase: 'release', pid: dstPid });
+    await new Promise((r) => setImmediate(r));
+    expect(dstEvents.slice(-2)).toEqual(['stopped:destroyed', 'undefined:removed']);
+    expect(await dst.listDomains()).toEqual([]);
+  });
+
+  it('persist keeps the domain defined at the destination; undefineSource removes the source', async () => {
+    const dom = await conn.defineDomain(guest('kept'));
+    await dom.start();
+    const moved = await dom.migrateTo(dst, { persist: true, undefineSource: true });
+    await moved.destroy();
+    await new Promise((r) => setImmediate(r));
+    expect((await dst.listDomains()).map((d) => d.name)).toEqual(['kept']);
+    expect(await conn.listDomains()).toEqual([]);
+    expect(events.slice(-2)).toEqual(['stopped:migrated', 'undefined:removed']);
   });
 
   it.each([
