@@ -17,6 +17,7 @@ import type {
   DeviceChangeOptions,
   DeviceDefinition,
   DeviceMatch,
+  PciDeviceMatch,
 } from '../../stable/devices.js';
 import type {
   ControlSocketSettings,
@@ -53,6 +54,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
+import { attachMemory, detachMemory, isMemoryMatch } from './hotplug-memory.js';
 import { setVcpus } from './hotplug-vcpus.js';
 import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
 import { presentableLive } from './live-definition.js';
@@ -442,14 +444,23 @@ export class QemuDriver implements Driver, DriverContext {
   attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
     const dom = this.#get(uuid);
     return this.#track(
-      this.#job(dom, 'device-change', options.signal, () => attachDevice(this, dom, device, options)),
+      this.#job(dom, 'device-change', options.signal, () =>
+        'memory' in device
+          ? attachMemory(this, dom, device.memory, options)
+          : attachDevice(this, dom, device, options),
+      ),
     );
   }
 
   detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
     const dom = this.#get(uuid);
     return this.#track(
-      this.#job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
+      this.#job(dom, 'device-change', options.signal, () =>
+        isMemoryMatch(dom, match)
+          ? detachMemory(this, dom, match, options)
+          : // isMemoryMatch is false for every match of a memory element, so this one is a disk's or NIC's.
+            detachDevice(this, dom, match as PciDeviceMatch, options),
+      ),
     );
   }
 

@@ -25,7 +25,7 @@ import { DomainTable, deliverEvent } from '../domain-table.js';
 import { type Job, NO_JOB } from '../jobs.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
-import { addTo, affected, aliasOf, checkHotpluggable, find, without } from './hotplug.js';
+import { addTo, affected, aliasOf, checkHotpluggable, find, pciMatch, pciOnly, without } from './hotplug.js';
 import { Simulation } from './simulation.js';
 
 /** Options the test driver takes from `connect()`. */
@@ -290,8 +290,9 @@ export class TestDriver implements Driver {
    * `storage.openFile` (disk) or `net.openTap` (ethernet) in phase `hotplug` on the simulated
    * process, and a failure leaves both definitions as they were.
    */
-  attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
+  attachDevice(uuid: string, input: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
     const dom = this.#get(uuid);
+    const device = pciOnly(input);
     return this.#job(dom, 'device-change', options.signal, async (job) => {
       const { live, config } = affected(dom.def.name, dom.active, options);
       let persistent: DomainDefinition | undefined;
@@ -316,8 +317,9 @@ export class TestDriver implements Driver {
    * the unplug request, as with QEMU, so the call waits `timeoutMs` (default 10 000) and fails with
    * `OPERATION_TIMEOUT`, the device still attached.
    */
-  detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
+  detachDevice(uuid: string, input: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
     const dom = this.#get(uuid);
+    const match = pciMatch(input);
     return this.#job(dom, 'device-change', options.signal, async (job) => {
       const { live, config } = affected(dom.def.name, dom.active, options);
       const run = dom.run;

@@ -355,6 +355,23 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
+  for (const m of def.memoryDevices ?? []) {
+    after.push(
+      node(
+        'memory',
+        [['model', m.model]],
+        [
+          node('target', [], [kib('size', m.sizeKiB), m.node !== undefined && textNode('node', m.node)]),
+          aliasNode(m.alias),
+          m.slot !== undefined &&
+            node('address', [
+              ['type', 'dimm'],
+              ['slot', m.slot],
+            ]),
+        ],
+      ),
+    );
+  }
   return { before, after };
 }
 

@@ -12,6 +12,7 @@ import {
   sortControllers,
 } from './controllers.js';
 import { type MachineFamily, machineFamily } from './machine.js';
+import { assignDimms } from './memory.js';
 
 /*
  * The device model's define-time step, libvirt's qemuDomainAssignAddresses and
@@ -190,6 +191,7 @@ export function assignDevices(def: DomainDefinition, options: AssignOptions = {}
     interfaces,
     controllers: sortControllers(controllers),
     ...(memballoon ? { memballoon } : {}),
+    ...(def.memoryDevices ? { memoryDevices: assignDimms(def) } : {}),
   };
 }
 
