@@ -3,16 +3,26 @@
  * running 256 MiB TCG guest (the test kernel counting on its console), the same URI type (TCP on
  * loopback), migrated back and forth between two places, alternating contender per iteration.
  * Total = from the first step (destination not yet started) until the destination runs and the
- * source QEMU has exited; downtime = what the source's QEMU reports.
+ * source QEMU has exited; downtime = what the source's QEMU reports (its own stop until the last
+ * byte is sent, which the manager can only disturb by load); pause = what the guest sees, from the
+ * source's STOP event to the destination's RESUME event (QEMU's timestamps, one host clock), which
+ * includes how soon the manager resumes the destination.
  *
  * Run: npm run bench:migration      Knobs (env): BENCH_MIG_N (10).
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import diagnosticsChannel from 'node:diagnostics_channel';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Connection, connect, type Domain } from '../src/index.js';
+import {
+  type Connection,
+  connect,
+  type Domain,
+  diagnosticsChannels,
+  type QmpEventMessage,
+} from '../src/index.js';
 import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 import { QEMU, summarize } from './common.js';
 import { connectPolling, RawQmp } from './raw-qmp.js';
@@ -27,7 +37,35 @@ const log = (msg: string) => process.stderr.write(`[bench:migration] ${msg}\n`);
 interface Sample {
   totalMs: number;
   downtimeMs: number;
+  pauseMs: number;
 }
+
+type Stamp = { seconds: number; microseconds: number };
+const ms = (t: Stamp): number => t.seconds * 1000 + t.microseconds / 1000;
+
+/** The guest's pause of one migration: the last STOP seen, then the first RESUME after it. */
+class PauseClock {
+  #stop: number | undefined;
+  #pause: number | undefined;
+  reset(): void {
+    this.#stop = undefined;
+    this.#pause = undefined;
+  }
+  see(event: string, at: Stamp): void {
+    if (event === 'STOP') this.#stop = ms(at);
+    else if (event === 'RESUME' && this.#stop !== undefined && this.#pause === undefined)
+      this.#pause = ms(at) - this.#stop;
+  }
+  get pauseMs(): number {
+    return this.#pause ?? Number.NaN;
+  }
+}
+const rawClock = new PauseClock();
+const virtkitClock = new PauseClock();
+diagnosticsChannel.subscribe(diagnosticsChannels.qmpEvent, (m) => {
+  const msg = m as QmpEventMessage;
+  if (msg.domain?.name === 'bench-mig') virtkitClock.see(msg.event, msg.timestamp);
+});
 
 /** Raw QEMU: the argv a careful hand would write for the guest, plus `-incoming defer` on the destination. */
 class RawSide {
@@ -73,6 +111,7 @@ class RawSide {
     this.proc = proc;
     this.exited = new Promise((r) => proc.once('exit', () => r()));
     this.qmp = new RawQmp(await connectPolling(sock, 10_000));
+    this.qmp.onEvent = (msg) => rawClock.see(msg['event'] as string, msg['timestamp'] as Stamp);
     await this.qmp.next();
     await this.qmp.command('qmp_capabilities');
   }
@@ -85,6 +124,7 @@ class RawSide {
 }
 
 async function rawMigrate(from: RawSide, to: RawSide): Promise<Sample> {
+  rawClock.reset();
   const t0 = performance.now();
   await to.launch(true);
   const dst = to.qmp as RawQmp;
@@ -110,11 +150,12 @@ async function rawMigrate(from: RawSide, to: RawSide): Promise<Sample> {
   }
   await dst.command('cont');
   await from.quit();
-  return { totalMs: performance.now() - t0, downtimeMs: downtime };
+  return { totalMs: performance.now() - t0, downtimeMs: downtime, pauseMs: rawClock.pauseMs };
 }
 
 async function virtkitMigrate(dom: Domain, to: Connection): Promise<{ sample: Sample; moved: Domain }> {
   let downtime = 0;
+  virtkitClock.reset();
   const t0 = performance.now();
   const moved = await dom.migrateTo(to, {
     listen: 'tcp:127.0.0.1:0',
@@ -122,7 +163,10 @@ async function virtkitMigrate(dom: Domain, to: Connection): Promise<{ sample: Sa
       if (p.downtimeMs !== undefined) downtime = p.downtimeMs;
     },
   });
-  return { sample: { totalMs: performance.now() - t0, downtimeMs: downtime }, moved };
+  return {
+    sample: { totalMs: performance.now() - t0, downtimeMs: downtime, pauseMs: virtkitClock.pauseMs },
+    moved,
+  };
 }
 
 async function main(): Promise<void> {
@@ -153,7 +197,7 @@ async function main(): Promise<void> {
       dom = v.moved;
       results.virtkit.push(v.sample);
       log(
-        `#${i + 1}: raw ${r.totalMs.toFixed(0)} ms (downtime ${r.downtimeMs}), virtkit ${v.sample.totalMs.toFixed(0)} ms (downtime ${v.sample.downtimeMs})`,
+        `#${i + 1}: raw ${r.totalMs.toFixed(0)} ms (downtime ${r.downtimeMs}, pause ${r.pauseMs.toFixed(1)}), virtkit ${v.sample.totalMs.toFixed(0)} ms (downtime ${v.sample.downtimeMs}, pause ${v.sample.pauseMs.toFixed(1)})`,
       );
     }
   } finally {
@@ -176,7 +220,12 @@ async function main(): Promise<void> {
       '| | raw QEMU (ms) | virtkit (ms) | ratio |',
       '|---|---|---|---|',
       row('total', (s) => s.totalMs),
-      row('downtime', (s) => s.downtimeMs),
+      row('downtime (QEMU)', (s) => s.downtimeMs),
+      row('pause (STOP → RESUME)', (s) => s.pauseMs),
+      '',
+      `load average at the end: ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')} (${cpus().length} CPUs)`,
       '',
     ].join('\n'),
   );

@@ -13,6 +13,8 @@ export class RawQmp {
   #queue: Array<Record<string, unknown>> = [];
   #error: Error | undefined;
   #failers: Array<(err: Error) => void> = [];
+  /** Sees every event (the migration bench times STOP and RESUME); events are otherwise skipped. */
+  onEvent: ((msg: Record<string, unknown>) => void) | undefined;
 
   constructor(socket: net.Socket) {
     this.socket = socket;
@@ -26,7 +28,10 @@ export class RawQmp {
         nl = this.#buf.indexOf('\n');
         if (!line.trim()) continue;
         const msg = JSON.parse(line) as Record<string, unknown>;
-        if ('event' in msg) continue;
+        if ('event' in msg) {
+          this.onEvent?.(msg);
+          continue;
+        }
         const w = this.#waiters.shift();
         if (w) {
           this.#failers.shift();

@@ -105,7 +105,12 @@ export class ScaleHost {
 
   static async launch(script: string, args: string[]): Promise<ScaleHost> {
     const argv = await entry(script);
-    const child = spawn(process.execPath, [...argv, ...args], {
+    // BENCH_SCALE_PROF=<dir>: a CPU profile of each side's process, for `node --cpu-prof` analysis.
+    const prof = process.env['BENCH_SCALE_PROF'];
+    const flags = prof
+      ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${script}-${Date.now()}.cpuprofile`]
+      : [];
+    const child = spawn(process.execPath, [...flags, ...argv, ...args], {
       cwd: join(import.meta.dirname, '..'),
       env: { ...process.env, BENCH_MARKER: MARKER },
       stdio: ['pipe', 'pipe', 'inherit'],

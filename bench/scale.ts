@@ -4,8 +4,10 @@
  * queries over many defined ones. Writes bench/results/scale.md and scale.json.
  *
  * Run: npm run bench:scale
- * Knobs (env): BENCH_SCALE_N (32), BENCH_SCALE_ROUNDS (3), BENCH_SCALE_PAUSED (1: start paused),
- *              BENCH_RECONNECT_N (100), BENCH_LIST_N (1000), BENCH_LIST_RUNNING (100),
+ * Knobs (env): BENCH_SCALE_N (bursts: `32,128p`, a `p` starts that burst paused), BENCH_SCALE_ROUNDS (3),
+ *              BENCH_SCALE_PAUSED (1: start every burst paused), BENCH_RECONNECT_N (100),
+ *              BENCH_LIST_N (1000), BENCH_LIST_RUNNING (half of BENCH_LIST_N),
+ *              BENCH_SCALE_PROF (a directory: CPU profiles of both sides' processes),
  *              BENCH_SCALE_ONLY (comma list of burst,reconnect,list), BENCH_ACCEL (kvm|tcg),
  *              BENCH_SCALE_LIBVIRT (0: no libvirt beside virtkit in the reconnect measure).
  * The machine is shared: the load average is recorded with every round, and ratios are taken
@@ -27,12 +29,15 @@ import { probeKvm } from './kvm-probe.js';
 import { LibvirtContender } from './libvirt.js';
 import { ScaleHost, type ScaleResult } from './scale-common.js';
 
-const N = Number(process.env['BENCH_SCALE_N'] ?? 32);
 const ROUNDS = Number(process.env['BENCH_SCALE_ROUNDS'] ?? 3);
-const PAUSED = process.env['BENCH_SCALE_PAUSED'] === '1';
+/** The bursts: how many domains, and whether they start paused (the issue's 128 are). */
+const BURSTS = (process.env['BENCH_SCALE_N'] ?? '32,128p').split(',').map((item) => ({
+  n: Number.parseInt(item, 10),
+  paused: item.trim().endsWith('p') || process.env['BENCH_SCALE_PAUSED'] === '1',
+}));
 const RECONNECT_N = Number(process.env['BENCH_RECONNECT_N'] ?? 100);
 const LIST_N = Number(process.env['BENCH_LIST_N'] ?? 1000);
-const LIST_RUNNING = Number(process.env['BENCH_LIST_RUNNING'] ?? 100);
+const LIST_RUNNING = Number(process.env['BENCH_LIST_RUNNING'] ?? Math.floor(LIST_N / 2));
 const ONLY = new Set((process.env['BENCH_SCALE_ONLY'] ?? 'burst,reconnect,list').split(','));
 const RESULTS = join(import.meta.dirname, 'results');
 
@@ -81,19 +86,18 @@ async function main(): Promise<void> {
       machine: machineDescription(),
       qemu: qemuVersion(),
       accel: probe.accel,
-      n: N,
+      bursts: BURSTS,
       rounds: ROUNDS,
-      paused: PAUSED,
     },
   };
   md.push(`# virtkit scale benchmark — ${new Date().toISOString()}`, '');
   md.push(`- machine: ${machineDescription()}`, `- ${qemuVersion()}; accelerator ${probe.accel}`);
   md.push(
-    `- VM: 2 vCPUs, 64 MiB, firmware only${PAUSED ? ', started paused' : ''}; each side in a process of its own, alternating, ${ROUNDS} rounds`,
+    `- VM: 2 vCPUs, 64 MiB, firmware only; each side in a process of its own, alternating, ${ROUNDS} rounds (plus one unmeasured)`,
     '',
   );
 
-  if (ONLY.has('burst')) {
+  for (const { n: N, paused: PAUSED } of ONLY.has('burst') ? BURSTS : []) {
     const raw = await ScaleHost.raw(N, probe.accel);
     const vk = await ScaleHost.virtkit(N, probe.accel);
     // One unmeasured round each: page cache, QEMU's first exec, the JIT of both sides.
@@ -108,7 +112,7 @@ async function main(): Promise<void> {
       const [rr, vr] = r % 2 === 0 ? [a, b] : [b, a];
       rounds.push({ raw: rr, virtkit: vr, loadBefore, loadAfter: loadavg() });
       log(
-        `round ${r + 1}/${ROUNDS}: start raw ${f1(rr.startMs)} virtkit ${f1(vr.startMs)} ms (${f2(vr.startMs / rr.startMs)}×), ` +
+        `${N}${PAUSED ? ' paused' : ''} round ${r + 1}/${ROUNDS}: start raw ${f1(rr.startMs)} virtkit ${f1(vr.startMs)} ms (${f2(vr.startMs / rr.startMs)}×), ` +
           `destroy raw ${f1(rr.destroyMs)} virtkit ${f1(vr.destroyMs)} ms; virtkit loop p99 ${f1(vr.startLoop?.p99)} max ${f1(vr.startLoop?.max)} ms; load ${loadavg()}`,
       );
     }
@@ -129,8 +133,8 @@ async function main(): Promise<void> {
     const s = { raw: side('raw'), virtkit: side('virtkit') };
     const startRatio = med(rounds.map((r) => r.virtkit.startMs / r.raw.startMs));
     const destroyRatio = med(rounds.map((r) => r.virtkit.destroyMs / r.raw.destroyMs));
-    json['burst'] = { rounds, summary: s, startRatio, destroyRatio };
-    md.push(`## ${N} domains started at once, then destroyed at once`, '');
+    json[`burst-${N}`] = { n: N, paused: PAUSED, rounds, summary: s, startRatio, destroyRatio };
+    md.push(`## ${N} domains started at once${PAUSED ? ' (paused)' : ''}, then destroyed at once`, '');
     md.push(
       '| side | start all (ms) | destroy all (ms) | loop delay p99 / max while starting (ms) | loop delay p99 while destroying (ms) | driver RSS per running domain | peak RSS |',
       '|---|---:|---:|---:|---:|---:|---:|',

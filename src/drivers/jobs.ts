@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../errors.js';
 import type { JobInfo, JobOperation } from '../stable/jobs.js';
+import type { MigrationProgress } from '../stable/migration.js';
 import { channels, traceAsync, tracing } from '../stable/tracing.js';
 
 /** Who asked a job to stop: decides the error the job fails with. */
@@ -17,6 +18,10 @@ export class Job {
   readonly startedAt = Date.now();
   phase: string;
   progress: JobInfo['progress'] = null;
+  /** The stream's last `query-migrate`, while a migration job streams. */
+  migration: MigrationProgress | undefined;
+  /** Facts a successor needs to settle this job, recorded with it in the status file. */
+  data: Readonly<Record<string, string | number | boolean>> | undefined;
   readonly #controller = new AbortController();
   readonly #ident: Ident;
   readonly #detach: () => void;
@@ -85,13 +90,38 @@ export class Job {
       elapsedMs: Date.now() - this.startedAt,
       progress: this.progress,
       aborting: this.aborted,
+      ...(this.migration ? { migration: this.migration } : {}),
     };
+  }
+
+  /**
+   * Makes `signal` abort this job too, until the returned function is called: each step of a job
+   * that spans several calls (a migration) brings its own signal.
+   */
+  follow(signal: AbortSignal | undefined): () => void {
+    if (!signal) return () => undefined;
+    const onAbort = () => this.abort('signal');
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    return () => signal.removeEventListener('abort', onAbort);
   }
 
   /** Lets go of the caller's signal. */
   end(): void {
     this.#detach();
   }
+}
+
+/**
+ * A job that outlives the call that began it (libvirt's async migration job, kept from begin to
+ * confirm): the domain's slot stays taken until {@link HeldJob.end}.
+ */
+export interface HeldJob {
+  readonly job: Job;
+  /** Frees the slot; with an error the job is traced as failed. Later calls do nothing. */
+  end(error?: unknown): void;
+  /** Settles once the slot is free again. */
+  readonly ended: Promise<void>;
 }
 
 function abortError(operation: JobOperation, ident: Ident, cause: AbortCause): VirtError {
@@ -161,6 +191,42 @@ export class JobSlot {
       );
     job.abort('abort-job');
     return job;
+  }
+
+  /**
+   * Takes the slot like {@link JobSlot.run} and keeps it until the returned job is ended. `signal`
+   * aborts the wait for the turn and the job until {@link Job.end} lets go of it.
+   */
+  hold(operation: JobOperation, ident: () => Ident, signal: AbortSignal | undefined): Promise<HeldJob> {
+    return new Promise<HeldJob>((resolve, reject) => {
+      let handedOut = false;
+      const ended = this.run(
+        operation,
+        ident,
+        signal,
+        (job) =>
+          new Promise<void>((done, fail) => {
+            let over = false;
+            handedOut = true;
+            resolve({
+              job,
+              end: (error?: unknown) => {
+                if (over) return;
+                over = true;
+                if (error === undefined) done();
+                else fail(error);
+              },
+              ended: ended.then(
+                () => undefined,
+                () => undefined,
+              ),
+            });
+          }),
+      );
+      ended.catch((err: unknown) => {
+        if (!handedOut) reject(err);
+      });
+    });
   }
 
   /** Runs `fn` as the domain's next job once every job queued before it has ended. */

@@ -51,9 +51,11 @@ export interface InternalApi {
    * Sends one raw QMP command to a running domain's QEMU, like `virsh qemu-monitor-command`, and
    * resolves with QEMU's `return` value. The domain is tainted `custom-monitor` from then on (in
    * `getInfo().taints`, kept across reconnect) and the command is written to the domain's log.
-   * Commands that change what the driver tracks (`stop`, `cont`, `quit`) are allowed: the driver
-   * follows the events they cause, so its state stays QEMU's. It does not wait for the domain's
-   * job, so it also serves to look at a domain whose job is stuck.
+   * Commands that change what the driver tracks (`stop`, `cont`, `quit`, `device_del`) are allowed:
+   * the driver follows the events they cause, so its state stays QEMU's; a `device_add` with an
+   * `id` is read back from QEMU into the live definition when the definition can represent it
+   * (otherwise logged). It does not wait for the domain's job, so it also serves to look at a
+   * domain whose job is stuck.
    *
    * @param domain - a `Domain` of this connection
    * @param command - the QMP command name, e.g. `query-status`
@@ -81,10 +83,11 @@ export interface InternalApi {
    * Adopts a QEMU started outside virtkit, like `virsh qemu-attach`: checks that `pid` runs a
    * `qemu-system-*` binary and that `monitor` is its QMP socket (the listener's peer credentials,
    * or the process holding that listening socket), builds a transient domain from QMP (name, uuid,
-   * kvm or qemu, memory, vCPUs with their verified thread ids), taints it `external-launch`, and
-   * manages it from then on like any other: events, suspend/resume, shutdown, destroy, reconnect
-   * by a later driver. It disappears (`undefined` event) once its QEMU exits. Limits: its devices
-   * are not in its definition; no privileged operation was applied to it (no memlock, placement or
+   * kvm or qemu, memory, vCPUs with their verified thread ids, the virtio disks and the virtio or
+   * e1000 NICs the definition can represent, with QEMU's ids as aliases; other devices are logged),
+   * taints it `external-launch`, and manages it from then on like any other: events,
+   * suspend/resume, shutdown, destroy, reconnect by a later driver. It disappears (`undefined`
+   * event) once its QEMU exits. Limits: no privileged operation was applied to it (no memlock, placement or
    * scheduling); the socket must be free, as QEMU serves one QMP client at a time; a destroy
    * signals QEMU's process group when QEMU leads one.
    *

@@ -49,6 +49,7 @@ export type {
   MigratePerformOptions,
   MigratePrepareOptions,
   MigrateToOptions,
+  MigrationConfirmOptions,
   MigrationEndOptions,
   MigrationIncomingCookie,
   MigrationOffer,

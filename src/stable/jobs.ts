@@ -1,3 +1,5 @@
+import type { MigrationProgress } from './migration.js';
+
 /**
  * The kind of a domain job: the modifying operation that holds a domain, as in libvirt's
  * `virDomainJobOperation`. One job at a time per domain; queries never wait for one.
@@ -38,6 +40,11 @@ export interface JobInfo {
   } | null;
   /** The job has been asked to abort (by `abortJob()`, its signal, or a `destroy`) and is rolling back. */
   readonly aborting: boolean;
+  /**
+   * An outgoing migration that streams or has streamed: QEMU's last `query-migrate` (bytes total,
+   * transferred and remaining, dirty rate, expected and final downtime).
+   */
+  readonly migration?: MigrationProgress;
 }
 
 /**

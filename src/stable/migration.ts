@@ -63,6 +63,13 @@ export interface MigratePrepareOptions {
   readonly listen: string;
   /** Aborts the preparation; the destination is rolled back. */
   readonly signal?: AbortSignal;
+  /**
+   * Define the domain persistently at the destination (libvirt's `VIR_MIGRATE_PERSIST_DEST`), from
+   * the source's persistent definition. Without it a domain that the destination did not have
+   * defined is transient there: it is removed once its QEMU stops. A domain already defined there
+   * stays defined either way.
+   */
+  readonly persist?: boolean;
 }
 
 /**
@@ -123,6 +130,19 @@ export interface MigrationEndOptions {
 }
 
 /**
+ * Options of `Domain.migrateConfirm`.
+ *
+ * @public
+ */
+export interface MigrationConfirmOptions extends MigrationEndOptions {
+  /**
+   * Once the migration is confirmed (not when `cancelled`), remove the source's persistent
+   * definition (libvirt's `VIR_MIGRATE_UNDEFINE_SOURCE`).
+   */
+  readonly undefineSource?: boolean;
+}
+
+/**
  * Options of `Domain.migrateTo`: where the destination listens and how the stream runs.
  *
  * @public
@@ -130,6 +150,10 @@ export interface MigrationEndOptions {
 export interface MigrateToOptions extends Omit<MigratePerformOptions, 'cookie'> {
   /** Where the destination listens; default `tcp:127.0.0.1:0`. */
   readonly listen?: string;
+  /** See {@link MigratePrepareOptions.persist}. */
+  readonly persist?: boolean;
+  /** See {@link MigrationConfirmOptions.undefineSource}. */
+  readonly undefineSource?: boolean;
 }
 
 /** What the destination's driver returns from prepare. @internal */

@@ -110,12 +110,29 @@ export function detectCgroupMode(options?: CgroupManagerOptions): CgroupMode | u
   return undefined;
 }
 
-/** The hierarchy to use and where it is mounted, and the mount's root as /proc shows it. */
-export function resolve(options: CgroupManagerOptions | undefined): {
+interface Resolved {
   mode: CgroupMode;
   mount: string;
   root: string;
-} {
+}
+
+/** resolve() without options, for the mount table it was derived from (both are kept for good). */
+let defaultResolved: { mounts: MountEntry[]; resolved: Readonly<Resolved> } | undefined;
+
+/** The hierarchy to use and where it is mounted, and the mount's root as /proc shows it. */
+export function resolve(options: CgroupManagerOptions | undefined): Readonly<Resolved> {
+  if (options === undefined) {
+    // Every request of the privileged helper asks this: once per mount table, not per request.
+    const mounts = cgroupMounts();
+    if (defaultResolved?.mounts !== mounts) {
+      defaultResolved = { mounts, resolved: resolveFrom(undefined) };
+    }
+    return defaultResolved.resolved;
+  }
+  return resolveFrom(options);
+}
+
+function resolveFrom(options: CgroupManagerOptions | undefined): Resolved {
   const mode = options?.mode ?? detectCgroupMode(options);
   if (!mode) {
     throw new VirtError(

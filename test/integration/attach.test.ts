@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -94,6 +94,89 @@ describe('attach: adopting a QEMU launched outside virtkit', () => {
     ]);
     await expect(conn.lookupDomain('outsider')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
     expect(runLeftovers(root)).toEqual([]);
+  });
+
+  it('builds disks, NICs, vCPUs and memory from QMP; what it cannot represent is logged, not invented', async () => {
+    if (!existsSync(QEMU)) throw new Error(`${QEMU} is missing: install qemu-system-x86`);
+    const raw = join(root, 'raw.img');
+    const ro = join(root, 'ro.img');
+    writeFileSync(raw, Buffer.alloc(1024 * 1024));
+    writeFileSync(ro, Buffer.alloc(1024 * 1024));
+    const monitor = join(root, 'devices.qmp');
+    const child = spawn(
+      QEMU,
+      [
+        ['-S', '-machine', 'pc,accel=tcg', '-m', '96', '-smp', '3', '-nodefaults', '-display', 'none'],
+        ['-name', 'devices', '-qmp', `unix:${monitor},server=on,wait=off`],
+        // A -drive with a relative name (QEMU resolves it in its cwd), and a read-only -blockdev.
+        [
+          '-drive',
+          'file=raw.img,format=raw,if=none,id=drv0',
+          '-device',
+          'virtio-blk-pci,drive=drv0,id=disk0',
+        ],
+        ['-blockdev', `driver=file,filename=${ro},node-name=f1,read-only=on`],
+        ['-blockdev', 'driver=raw,file=f1,node-name=r1,read-only=on'],
+        ['-device', 'virtio-blk-pci,drive=r1,addr=0x9'],
+        ['-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:aa:bb:cc'],
+        ['-netdev', 'user,id=n1', '-device', 'e1000,netdev=n1,addr=0x7'],
+        ['-device', 'virtio-rng-pci,id=rng0'],
+      ].flat(),
+      { stdio: 'ignore', cwd: root },
+    );
+    qemus.push(child);
+    for (let i = 0; !existsSync(monitor); i++) {
+      if (i > 200 || child.exitCode !== null) throw new Error('the external QEMU did not create its monitor');
+      await sleep(25);
+    }
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const dom = (await internal.attach({ pid: child.pid as number, monitor })) as Domain;
+    expect(await dom.getInfo()).toMatchObject({ vcpus: 3, memoryKiB: 96 * 1024 });
+    const def = dom.getDefinition();
+    expect(def.vcpu.count).toBe(3);
+    expect(def.disks).toEqual([
+      {
+        type: 'file',
+        device: 'disk',
+        driver: { type: 'raw' },
+        source: raw,
+        target: { dev: 'vda', bus: 'virtio' },
+        readonly: false,
+        alias: 'disk0',
+        address: { type: 'pci', domain: 0, bus: 0, slot: expect.any(Number), function: 0 },
+      },
+      {
+        type: 'file',
+        device: 'disk',
+        driver: { type: 'raw' },
+        source: ro,
+        target: { dev: 'vdb', bus: 'virtio' },
+        readonly: true,
+        address: { type: 'pci', domain: 0, bus: 0, slot: 9, function: 0 },
+      },
+    ]);
+    expect(def.interfaces).toEqual([
+      {
+        type: 'user',
+        model: 'virtio',
+        mac: '52:54:00:aa:bb:cc',
+        alias: 'nic0',
+        address: { type: 'pci', domain: 0, bus: 0, slot: expect.any(Number), function: 0 },
+      },
+      {
+        type: 'user',
+        model: 'e1000',
+        mac: expect.stringMatching(/^52:54:00:/),
+        address: { type: 'pci', domain: 0, bus: 0, slot: 7, function: 0 },
+      },
+    ]);
+    const xml = dom.toXML();
+    expect(xml).toContain(`<source file='${raw}'/>`);
+    expect(xml).toContain("<mac address='52:54:00:aa:bb:cc'/>");
+    expect(xml).toMatch(/<vcpu[^>]*>3<\/vcpu>/);
+    expect(xml).toContain("<memory unit='KiB'>98304</memory>");
+    const log = readFileSync(join(root, 'log', 'devices.log'), 'utf8');
+    expect(log).toMatch(/attach: not in the definition: \/machine\/peripheral\/rng0 \(virtio-rng-pci\)/);
   });
 
   it('a later driver reconnects to an attached QEMU, and follows its death', async () => {

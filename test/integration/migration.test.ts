@@ -67,10 +67,14 @@ function counts(path: string): number[] {
   return [...readFileSync(path, 'utf8').matchAll(/VIRTKIT-COUNT (\d+)/g)].map((m) => Number(m[1]));
 }
 
-async function until<T>(what: string, probe: () => T | undefined | null, timeoutMs = 120_000): Promise<T> {
+async function until<T>(
+  what: string,
+  probe: () => T | undefined | null | Promise<T | undefined | null>,
+  timeoutMs = 120_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = probe();
+    const value = await probe();
     if (value !== undefined && value !== null && value !== false) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
@@ -84,6 +88,12 @@ async function countingGuest(name: string, n = 3): Promise<Domain> {
   const path = consoleOf(dom);
   await until(`count ${n} on the source`, () => (counts(path).at(-1) ?? 0) >= n);
   return dom;
+}
+
+/** The job recorded in the domain's status file under `root`, if any. */
+function statusJob(root: string, dom: Domain): Record<string, unknown> | undefined {
+  const file = join(root, 'run', `${dom.name}.json`);
+  return (JSON.parse(readFileSync(file, 'utf8')) as { job?: Record<string, unknown> }).job;
 }
 
 /** The live XML with the console path, which is each root's own, blanked out. */
@@ -127,6 +137,27 @@ describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
     expect(last?.status).toBe('completed');
     expect(last?.dataTotal).toBeGreaterThan(100 * 1024 * 1024);
     expect(last?.dataProcessed).toBeGreaterThan(0);
+  });
+});
+
+describe('persist and undefineSource', { timeout: 240_000 }, () => {
+  it('persist defines the domain at the destination, undefineSource removes it at the source; without persist it is transient there', async () => {
+    const dom = await countingGuest('mig-persist', 2);
+    const moved = await dom.migrateTo(dst, { persist: true, undefineSource: true });
+    await expect(src.lookupDomain('mig-persist')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+    expect(existsSync(join(rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
+    expect(existsSync(join(rootB, 'etc', 'domains', 'mig-persist.json'))).toBe(true);
+    expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+
+    // Back to A, which no longer defines it, without persist: transient at A, still defined at B.
+    const back = await moved.migrateTo(src);
+    expect(await back.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+    expect(await moved.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+    await back.destroy({ graceMs: 1000 });
+    await until('the transient domain to go at A', async () => (await src.listDomains()).length === 0);
+    expect(existsSync(join(rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
+    expect((await dst.lookupDomain('mig-persist')).uuid).toBe(dom.uuid);
+    expect(runLeftovers(rootA)).toEqual([]);
   });
 });
 
@@ -243,7 +274,21 @@ describe('the privileged hand-over on the destination (phase migration-in)', { t
     await until('count 3 on the source', () => (counts(srcConsole).at(-1) ?? 0) >= 3);
 
     const offer = JSON.parse(JSON.stringify(await dom.migrateBegin()));
+    // One migration-out job holds the source from begin to confirm: a suspend asked for now
+    // waits its turn, which comes only after the confirm (the domain is then shut off).
+    expect(await dom.getJobInfo()).toMatchObject({ operation: 'migration-out', phase: 'begin' });
+    expect(statusJob(rootA, dom)).toMatchObject({
+      operation: 'migration-out',
+      phase: 'begin',
+      data: { sourceRan: true },
+    });
+    const suspended = dom.suspend().then(
+      () => 'suspended',
+      (e: unknown) => e,
+    );
     const incoming = await dst.migratePrepare(offer, { listen: `unix:${join(rootB, 'run', 'mig.sock')}` });
+    expect(await incoming.domain.getJobInfo()).toMatchObject({ operation: 'migration-in', phase: 'prepare' });
+    expect(statusJob(rootB, incoming.domain)).toMatchObject({ operation: 'migration-in', phase: 'prepare' });
     expect(incoming.uri).toBe(`unix:${join(rootB, 'run', 'mig.sock')}`);
     const dstPid = (await incoming.domain.getInfo()).pid as number;
     expect(await incoming.domain.getInfo()).toMatchObject({ state: 'paused', reason: 'migration' });
@@ -262,9 +307,21 @@ describe('the privileged hand-over on the destination (phase migration-in)', { t
 
     await dom.migratePerform(incoming.uri, { cookie: JSON.parse(JSON.stringify(incoming.cookie)) });
     expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'migration' });
+    const done = await dom.getJobInfo();
+    expect(done).toMatchObject({ operation: 'migration-out', phase: 'perform-done' });
+    expect(done.migration).toMatchObject({ status: 'completed', dataRemaining: 0 });
+    expect(done.migration?.dataProcessed).toBeGreaterThan(0);
+    expect(done.migration?.downtimeMs).toBeGreaterThanOrEqual(0);
+    expect(statusJob(rootA, dom)).toMatchObject({ operation: 'migration-out', phase: 'perform-done' });
     const moved = await incoming.finish();
+    expect((await moved.getJobInfo()).operation).toBe('none');
+    expect(statusJob(rootB, moved)).toBeUndefined();
     await dom.migrateConfirm();
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+    const late = await suspended;
+    expect(late).toBeInstanceOf(VirtError);
+    expect((late as VirtError).code).toBe('OPERATION_INVALID');
+    expect((await dom.getJobInfo()).operation).toBe('none');
     expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated', pid: dstPid });
     expect((await moved.getInfo()).taints).toContain('internal-handler');
 
@@ -368,7 +425,10 @@ describe('faults during the stream leave the VM running on exactly one side', { 
       await new Promise((r) => setTimeout(r, 100));
       info = await dom.getJobInfo();
     }
-    expect(info).toMatchObject({ operation: 'migration-out', phase: 'stream-active', aborting: false });
+    expect(info).toMatchObject({ operation: 'migration-out', phase: 'perform', aborting: false });
+    expect(info.migration?.status).toBe('active');
+    expect(info.migration?.dataRemaining).toBeGreaterThan(0);
+    expect(statusJob(rootA, dom)).toMatchObject({ operation: 'migration-out', phase: 'perform' });
     expect(info.progress?.unit).toBe('bytes');
     expect(info.progress?.completed).toBeGreaterThan(0);
     expect(info.progress?.total).toBeGreaterThan(100 * 1024 * 1024);
@@ -377,6 +437,8 @@ describe('faults during the stream leave the VM running on exactly one side', { 
     expect(err).toBeInstanceOf(VirtError);
     expect((err as VirtError).code).toBe('ABORTED');
     expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+    expect((await dom.getJobInfo()).operation).toBe('none');
+    expect(statusJob(rootA, dom)).toBeUndefined();
     expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
     expect(await dst.listDomains()).toEqual([]);
     expect(runLeftovers(rootB)).toEqual([]);
@@ -573,8 +635,65 @@ describe('source and destination in two processes', { timeout: 240_000 }, () => 
   });
 });
 
+describe("the source's manager killed mid-stream (job phase perform)", { timeout: 240_000 }, () => {
+  it('a new manager cancels the stream and the source runs on; the destination fails typed and is rolled back', async () => {
+    await src.close();
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(import.meta.dirname, '../fixtures/migration-source.ts'),
+        rootA,
+        'mig-perform',
+        'slow',
+      ],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    try {
+      const offerLine = await until(
+        `the child's offer (stderr: ${err})`,
+        () => /^OFFER (.*)$/m.exec(out)?.[1],
+      );
+      const incoming = await dst.migratePrepare(JSON.parse(offerLine), { listen: 'tcp:127.0.0.1:0' });
+      const finished = incoming.finish().then(
+        () => 'finished',
+        (e: unknown) => e,
+      );
+      child.stdin?.write(`PERFORM ${incoming.uri} ${JSON.stringify(incoming.cookie)}\n`);
+      await until(`the child's stream (stderr: ${err})`, () => out.includes('STREAMING'));
+      await killChild(child);
+      const recorded = JSON.parse(readFileSync(join(rootA, 'run', 'mig-perform.json'), 'utf8'));
+      expect(recorded.job).toMatchObject({ operation: 'migration-out', phase: 'perform' });
+
+      src = await openRoot(rootA);
+      const dom = await src.lookupDomain('mig-perform');
+      const info = await dom.getInfo();
+      expect(info).toMatchObject({ state: 'running', reason: 'migration-cancelled' });
+      expect((await dom.getJobInfo()).operation).toBe('none');
+      expect(JSON.parse(readFileSync(join(rootA, 'run', 'mig-perform.json'), 'utf8')).job).toBeUndefined();
+      const now = counts(consoleOf(dom)).at(-1) as number;
+      await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
+
+      const outcome = await finished;
+      expect(outcome).toBeInstanceOf(VirtError);
+      expect((outcome as VirtError).code).toBe('OPERATION_FAILED');
+      expect(await dst.listDomains()).toEqual([]);
+      expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
+      expect(runLeftovers(rootB)).toEqual([]);
+    } finally {
+      await killChild(child);
+      if (src.closed) src = await openRoot(rootA);
+    }
+  });
+});
+
 describe('the destination in a process of its own', { timeout: 240_000 }, () => {
-  it('its manager SIGKILLed mid-stream: a new manager adopts the destination QEMU, the application rolls back, nothing is orphaned', async () => {
+  it('its manager SIGKILLed mid-stream (job phase prepare): a new manager kills the destination QEMU and forgets the transient domain, the source runs on, nothing is orphaned', async () => {
     await dst.close();
     const child = spawn(
       process.execPath,
@@ -608,14 +727,17 @@ describe('the destination in a process of its own', { timeout: 240_000 }, () => 
       const [dstPid] = processesMentioning(dom.uuid).filter((p) => p !== srcPid);
       await killChild(child);
 
-      // A new manager of the destination's root adopts its QEMU: not orphaned, never resumed.
+      // A new manager of the destination's root settles the prepare phase as libvirt does: the
+      // vCPUs never ran here, so the destination QEMU is killed (the source decides).
+      // Prepared without `persist`, the domain was transient there: it goes with its QEMU.
+      const stopped: string[] = [];
       dst = await openRoot(rootB);
-      const there = await dst.lookupDomain('mig-dstproc');
-      const info = await there.getInfo();
-      expect(info.pid).toBe(dstPid);
-      expect(info.state).toBe('paused');
-      // The application gives the migration up on both sides.
-      await there.destroy({ graceMs: 1000 });
+      dst.on('domain-event', (e) => stopped.push(`${e.type}:${e.reason}`));
+      expect(alive(dstPid as number)).toBe(false);
+      await until('the transient domain to go', async () => (await dst.listDomains()).length === 0);
+      await until('the events', () => stopped.includes('undefined:removed'));
+      expect(stopped).toContain('stopped:failed');
+      expect(existsSync(join(rootB, 'etc', 'domains', 'mig-dstproc.json'))).toBe(false);
       const outcome = await perform;
       expect(outcome === 'completed' || outcome instanceof VirtError).toBe(true);
       await dom.migrateConfirm({ cancelled: true });

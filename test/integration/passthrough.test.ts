@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type MonitorEvent, openInternal } from '../../src/internal/index.js';
@@ -11,6 +11,7 @@ import {
   removeRoot,
   runLeftovers,
   tempRoot,
+  tinyGuest,
 } from '../helpers/env.js';
 
 let root: string;
@@ -183,5 +184,89 @@ describe('QMP passthrough (monitorEvents)', () => {
     expect((await events.next()).value).toMatchObject({ event: 'RESUME' });
     expect((await events.next()).value).toMatchObject({ event: 'STOP' });
     await expect(events.next()).rejects.toMatchObject({ code: 'OPERATION_FAILED' });
+  });
+});
+
+/** The latest `VIRTKIT-DEVICES …;` report of a `devices` guest, once `match` holds for it. */
+async function guestSees(name: string, match: (report: string) => boolean): Promise<string> {
+  const console = join(root, 'log', `${name}.console.log`);
+  const until = Date.now() + 120_000;
+  let last = '';
+  while (Date.now() < until) {
+    const text = existsSync(console) ? readFileSync(console, 'utf8') : '';
+    const reports = [...text.matchAll(/VIRTKIT-DEVICES([^;]*);/g)].map((m) => (m[1] ?? '').trim());
+    last = reports.at(-1) ?? '';
+    if (reports.length > 0 && match(last)) return last;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the guest never reported the expected devices; last report: '${last}'`);
+}
+
+describe('QMP passthrough changing devices', { timeout: 300_000 }, () => {
+  it('the live definition follows a passthrough device_del (DEVICE_DELETED) and device_add, with events', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(tinyGuest('ptdev', 'devices'));
+    await dom.start();
+    await guestSees('ptdev', (r) => r === '');
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const first = join(root, 'lib', 'first.img');
+    writeFileSync(first, Buffer.alloc(4 * 1024 * 1024));
+    await dom.attachDevice(
+      `<disk type='file'><driver name='qemu' type='raw'/><source file='${first}'/><target dev='vdb' bus='virtio'/></disk>`,
+      { live: true },
+    );
+    await guestSees('ptdev', (r) => r.includes('blk:vda:8192'));
+
+    // device_del behind the driver's back: the guest lets go, QEMU says DEVICE_DELETED, the live
+    // definition drops the disk and its backend is released, as after dom.detachDevice.
+    await internal.monitorCommand(dom, 'device_del', { id: 'virtio-disk1' });
+    await rec.next((e) => e.type === 'device-removed' && e.reason === 'virtio-disk1');
+    await guestSees('ptdev', (r) => r === '');
+    expect(dom.getDefinition().disks).toEqual([]);
+    const nodes = (await internal.monitorCommand(dom, 'query-named-block-nodes')) as unknown[];
+    expect(nodes).toEqual([]);
+    expect(await internal.monitorCommand(dom, 'query-fdsets')).toEqual([]);
+
+    // blockdev-add is a backend only: nothing in the definition; device_add then adds a disk the
+    // driver reads back from QEMU under the id given.
+    const second = join(root, 'lib', 'second.img');
+    writeFileSync(second, Buffer.alloc(2 * 1024 * 1024));
+    await internal.monitorCommand(dom, 'blockdev-add', {
+      driver: 'raw',
+      'node-name': 'pt-node',
+      'read-only': true,
+      file: { driver: 'file', filename: second },
+    });
+    expect(dom.getDefinition().disks).toEqual([]);
+    await internal.monitorCommand(dom, 'device_add', {
+      driver: 'virtio-blk-pci',
+      drive: 'pt-node',
+      id: 'pt-disk',
+    });
+    await rec.next((e) => e.type === 'device-added' && e.reason === 'pt-disk');
+    expect(dom.getDefinition().disks).toEqual([
+      {
+        type: 'file',
+        device: 'disk',
+        driver: { type: 'raw' },
+        source: second,
+        target: { dev: 'vda', bus: 'virtio' },
+        readonly: true,
+        alias: 'pt-disk',
+        address: { type: 'pci', domain: 0, bus: 0, slot: expect.any(Number), function: 0 },
+      },
+    ]);
+    expect(dom.toXML()).toContain(`<source file='${second}'/>`);
+    await guestSees('ptdev', (r) => r.includes('blk:vda:4096'));
+    // A successor driver adopts the same live definition.
+    await conn.close();
+    conn = await openRoot(root);
+    const again = await conn.lookupDomain('ptdev');
+    expect(again.getDefinition().disks.map((d) => d.alias)).toEqual(['pt-disk']);
+    expect((await again.getInfo()).taints).toContain('custom-monitor');
+    const log = readFileSync(join(root, 'log', 'ptdev.log'), 'utf8');
+    expect(log).toMatch(/QEMU deleted virtio-disk1, which this driver did not unplug/);
+    expect(log).toMatch(/blockdev-add changes a backend; the live definition is left as it was/);
+    expect(log).toMatch(/pt-disk added to the live definition/);
   });
 });

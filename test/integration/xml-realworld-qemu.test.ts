@@ -141,4 +141,58 @@ describe('disk drivers and controllers of real-world documents on real QEMU', ()
       `${live.uuid}.org.qemu.guest_agent.0.sock`,
     );
   }, 120_000);
+
+  it('virtio-non-transitional devices, e1000e and rtl8139 NICs with ROM settings, balloon polling, the i6300esb watchdog', async () => {
+    const files = join(root, 'files');
+    execFileSync('mkdir', ['-p', files]);
+    const image = join(files, 'a.raw');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', image, '8M']);
+    const xml = `<domain type='qemu'>
+  <name>rw-models</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <disk device='disk' type='file' model='virtio-non-transitional'>
+      <source file='${image}'/><target bus='virtio' dev='vda'/><driver name='qemu' type='raw'/>
+    </disk>
+    <interface type='user'><model type='e1000e'/><rom bar='off'/></interface>
+    <interface type='user'><rom enabled='no'/></interface>
+    <interface type='user'><model type='virtio-non-transitional'/></interface>
+    <watchdog model='i6300esb' action='poweroff'/>
+    <memballoon model='virtio-non-transitional' freePageReporting='on'><stats period='10'/></memballoon>
+    <rng model='virtio-non-transitional'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>`;
+    const { qmp, live, pid } = await startWithProbe(xml);
+    const get = (id: string, property: string) =>
+      qmp.execute('qom-get', { path: `/machine/peripheral/${id}`, property });
+    expect(await get('virtio-disk0', 'type')).toBe('virtio-blk-pci-non-transitional');
+    expect(await get('net2', 'type')).toBe('virtio-net-pci-non-transitional');
+    expect(await get('balloon0', 'type')).toBe('virtio-balloon-pci-non-transitional');
+    expect(await get('net0', 'type')).toBe('e1000e');
+    expect(await get('net0', 'rombar')).toBe(0);
+    expect(await get('net1', 'type')).toBe('rtl8139');
+    expect(await get('net1', 'romfile')).toBe('');
+    expect(await get('balloon0', 'guest-stats-polling-interval')).toBe(10);
+    expect(await get('balloon0', 'free-page-reporting')).toBe(true);
+    expect(await get('watchdog0', 'type')).toBe('i6300esb');
+    // e1000e is PCI Express: behind a root port; rtl8139 and the i6300esb are PCI, on the root bus.
+    const busOf = (alias: string) => {
+      const nic = [...live.interfaces, ...(live.watchdogs ?? [])].find((d) => d.alias === alias);
+      return live.controllers.find((c) => c.type === 'pci' && c.index === nic?.address?.bus);
+    };
+    expect(busOf('net0')).toMatchObject({ model: 'pcie-root-port' });
+    expect(await get('net0', 'parent_bus')).toMatch(new RegExp(`/${busOf('net0')?.alias}$`));
+    const pci =
+      await qmp.execute<Array<{ bus: number; devices: Array<{ qdev_id: string; slot: number }> }>>(
+        'query-pci',
+      );
+    const onRoot = pci.find((b) => b.bus === 0)?.devices ?? [];
+    for (const alias of ['net1', 'watchdog0']) {
+      const address = [...live.interfaces, ...(live.watchdogs ?? [])].find((d) => d.alias === alias)?.address;
+      expect(onRoot).toContainEqual(expect.objectContaining({ qdev_id: alias, slot: address?.slot }));
+    }
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    expect(argv.join(' ')).toContain('-action watchdog=poweroff');
+  }, 120_000);
 });

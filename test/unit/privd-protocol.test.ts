@@ -13,6 +13,7 @@ import {
   MAX_FRAME_BYTES,
   parseJson,
   responseSchema,
+  serverMessageSchema,
   stringify,
 } from '../../src/internal/privd/protocol.js';
 
@@ -80,6 +81,14 @@ describe('values', () => {
     // A malformed tag stays an object, for the schema to reject.
     expect(parseJson('{"b":{"$bigint":"12a"}}')).toEqual({ b: { $bigint: '12a' } });
     expect(parseJson('{"b":{"$bigint":"1","x":2}}')).toEqual({ b: { $bigint: '1', x: 2 } });
+    // The tag spelt with escapes is the same key to JSON, so it is the same tag.
+    expect(parseJson('{"b":{"\\u0024bigint":"7"}}')).toEqual({ b: 7n });
+    expect(parseJson('{"b":{"$big\\u0069nt":"8"}}')).toEqual({ b: 8n });
+    // Without a bigint, the same text as with one's replacer; a value JSON cannot carry still throws.
+    expect(stringify({ a: [1, 'x', null], b: { c: true } })).toBe('{"a":[1,"x",null],"b":{"c":true}}');
+    const cyclic: Record<string, unknown> = { n: 1n };
+    cyclic['self'] = cyclic;
+    expect(() => stringify(cyclic)).toThrow(TypeError);
   });
 
   it('moves descriptors out of results and back in by index', () => {
@@ -132,6 +141,35 @@ describe('message schemas', () => {
     ]) {
       expect(clientMessageSchema.safeParse(bad).success).toBe(false);
     }
+  });
+
+  it('judges a message of the helper as the union of hello, error and response would', () => {
+    const error = { code: 'ACCESS_DENIED', message: 'm', details: {} };
+    const hello = {
+      type: 'hello',
+      protocol: 1,
+      apiVersion: '1.0',
+      server: 's',
+      peer: { pid: 1, uid: 0, gid: 0 },
+    };
+    const cases: [unknown, boolean][] = [
+      [hello, true],
+      [{ ...hello, extra: 1 }, false],
+      [{ type: 'error', error }, true],
+      [{ type: 'error', error, fds: 0 }, false],
+      [{ type: 'response', id: 1, ok: true, fds: 0 }, true],
+      [{ type: 'response', id: 1, ok: true, result: { a: 1 }, fds: 2 }, true],
+      [{ type: 'response', id: 1, ok: false, error, fds: 0 }, true],
+      [{ type: 'response', id: 1, ok: false, fds: 0 }, false],
+      [{ type: 'response', id: 1, ok: 'yes', fds: 0 }, false],
+      [{ type: 'response', id: 1, fds: 0 }, false],
+      [{ type: 'mystery' }, false],
+      [{}, false],
+      [null, false],
+      ['hello', false],
+    ];
+    for (const [msg, ok] of cases)
+      expect([msg, serverMessageSchema(msg).safeParse(msg).success]).toEqual([msg, ok]);
   });
 
   it('lets an error response carry no descriptors', () => {

@@ -1,7 +1,7 @@
 import { openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openInternal, simulatedHost } from '../../src/internal/index.js';
+import { openInternal, SIMULATED_PID_BASE, simulatedHost } from '../../src/internal/index.js';
 import type { Connection, DomainDefinitionInput, DomainEvent } from '../../src/stable/index.js';
 import { connect } from '../../src/stable/index.js';
 
@@ -396,5 +396,308 @@ describe('hotplug phase: attachDevice/detachDevice as the embedded driver does t
     await dom.resume();
     await dom.detachDevice(disk('vdc'), { live: true });
     expect(dom.getDefinition().disks.map((d) => d.target.dev)).toEqual(['vdb']);
+  });
+});
+
+describe('migration-in phase: live migration between test drivers as the embedded driver does it', () => {
+  /** Memlock, pinning and FIFO vCPUs: every operation of phase migration-in has work to do. */
+  const pinned = (name: string) =>
+    guest(name, {
+      type: 'kvm',
+      vcpu: { count: 2 },
+      memtune: { hardLimitKiB: 16 * 1024 },
+      cputune: {
+        vcpupin: [
+          { vcpu: 0, cpuset: '0' },
+          { vcpu: 1, cpuset: '1' },
+        ],
+        vcpusched: [{ ids: '0-1', scheduler: 'fifo', priority: 1 }],
+      },
+      interfaces: [{ type: 'ethernet', target: { dev: 'vnet-mig0' } }],
+    });
+  let dst: Connection;
+  let dstEvents: string[];
+  let calls: Array<{ op: string; phase: string; pid: number | undefined; id: number | null }>;
+  let failing: string | undefined;
+
+  beforeEach(async () => {
+    dst = await connect('test:///default');
+    dstEvents = [];
+    dst.on('domain-event', (e: DomainEvent) => dstEvents.push(`${e.type}:${e.reason}`));
+    calls = [];
+    failing = undefined;
+    const api = openInternal(dst, { apiVersion: '1.0' });
+    const host = simulatedHost(dst);
+    const rec = (
+      op: string,
+      ctx: { phase: string; pid: number | undefined; domain: { id: number | null } },
+    ) => {
+      calls.push({ op, phase: ctx.phase, pid: ctx.pid, id: ctx.domain.id });
+      if (failing === op) throw new Error(`${op} refused by the agent`);
+    };
+    api.setHandler('net.openTap', (ctx, args) => {
+      rec('net.openTap', ctx);
+      return { ifname: args.ifname ?? 'tap0', fds: [openSync('/dev/null', 'r')] };
+    });
+    api.setHandler('process.setMaxMemLock', (ctx, args) => {
+      rec('process.setMaxMemLock', ctx);
+      host.setMemLock(args.pid, { soft: args.bytes, hard: args.bytes });
+    });
+    api.setHandler('cgroup.placeThreads', (ctx, args) => {
+      rec('cgroup.placeThreads', ctx);
+      const placements = args.threads.map((t) => ({ tid: t.tid, cgroup: `/agent/${t.role}${t.index}` }));
+      for (const p of placements) host.placeThread(p.tid, p.cgroup);
+      return { placements };
+    });
+    api.setHandler(
+      'thread.setScheduler',
+      (ctx, args) => {
+        rec('thread.setScheduler', ctx);
+        if (failing === 'hang') return new Promise<never>(() => {});
+        // 'lie': claims success without the effect.
+        if (failing !== 'lie') for (const t of args.threads) host.setScheduler(t.tid, t.policy, t.priority);
+      },
+      { timeoutMs: 50 },
+    );
+    api.setHandler('cgroup.release', (ctx) => {
+      rec('cgroup.release', ctx);
+    });
+  });
+
+  afterEach(async () => {
+    await dst.close();
+  });
+
+  it('runs the destination handlers in phase migration-in before the stream, then moves the domain', async () => {
+    const dom = await conn.defineDomain(pinned('mover'));
+    await dom.start();
+    const srcPid = (await dom.getInfo()).pid;
+    const offer = await dom.migrateBegin();
+    const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' });
+    expect(incoming.uri).toMatch(/^tcp:127\.0\.0\.1:[1-9]\d*$/);
+    const dstPid = (await incoming.domain.getInfo()).pid as number;
+    expect(dstPid).toBe(SIMULATED_PID_BASE + 1000);
+    expect(await incoming.domain.getInfo()).toMatchObject({ state: 'paused', reason: 'migration', id: 1 });
+    // Before any stream: the embedded driver's order, on the destination's own simulated process.
+    expect(calls.map((c) => `${c.phase}:${c.op}`)).toEqual([
+      'pre-exec:net.openTap',
+      'migration-in:process.setMaxMemLock',
+      'migration-in:cgroup.placeThreads',
+      'migration-in:thread.setScheduler',
+    ]);
+    expect(calls.map((c) => [c.pid, c.id])).toEqual([
+      [undefined, null],
+      [dstPid, 1],
+      [dstPid, 1],
+      [dstPid, 1],
+    ]);
+    const progress: string[] = [];
+    await dom.migratePerform(incoming.uri, {
+      cookie: incoming.cookie,
+      onProgress: (p) => progress.push(p.status),
+    });
+    expect(progress).toEqual(['completed']);
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'migration', pid: srcPid });
+    const moved = await incoming.finish();
+    await dom.migrateConfirm();
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated', pid: null });
+    expect(await moved.getInfo()).toMatchObject({
+      state: 'running',
+      reason: 'migrated',
+      pid: dstPid,
+      taints: ['internal-handler'],
+    });
+    expect(
+      simulatedHost(dst)
+        .process(dstPid)
+        ?.threads.find((t) => t.tid === dstPid + 11),
+    ).toMatchObject({
+      policy: 'fifo',
+      priority: 1,
+      cgroup: '/agent/vcpu1',
+    });
+    expect(events).toEqual(['defined:added', 'started:booted', 'suspended:migration', 'stopped:migrated']);
+    expect(dstEvents).toEqual(['defined:added', 'started:migrated']);
+    // Released where it ran: the destination's placements when its process ends.
+    await moved.destroy();
+    expect(calls.at(-1)).toMatchObject({ op: 'cgroup.release', phase: 'release', pid: dstPid });
+  });
+
+  it.each([
+    ['throw', 'thread.setScheduler', 'HANDLER_FAILED'],
+    ['lie', 'lie', 'POSTCONDITION_FAILED'],
+    ['hang', 'hang', 'OPERATION_TIMEOUT'],
+  ])(
+    'a destination handler that fails (%s): %s, rolled back; the source runs on and can migrate again',
+    async (_what, mode, code) => {
+      failing = mode;
+      const dom = await conn.defineDomain(pinned('stays'));
+      await dom.start();
+      const before = await dom.getInfo();
+      const err = await dom
+        .migrateTo(dst, { listen: 'unix:/run/never-created.sock' })
+        .catch((e: unknown) => e);
+      expect(err).toMatchObject({ name: 'VirtError', code });
+      expect(calls.map((c) => `${c.phase}:${c.op}`)).toEqual([
+        'pre-exec:net.openTap',
+        'migration-in:process.setMaxMemLock',
+        'migration-in:cgroup.placeThreads',
+        'migration-in:thread.setScheduler',
+        'release:cgroup.release',
+      ]);
+      expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: before.pid, id: before.id });
+      expect(await dst.listDomains()).toEqual([]);
+      expect(dstEvents).toEqual(['defined:added', 'stopped:failed', 'undefined:removed']);
+      expect(simulatedHost(dst).process(SIMULATED_PID_BASE + 1000)).toBeUndefined();
+      failing = undefined;
+      const moved = await dom.migrateTo(dst, { listen: 'unix:/run/never-created.sock' });
+      expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+    },
+  );
+
+  it('refuses what the embedded driver refuses, and a stream nobody receives fails with the source running', async () => {
+    const dom = await conn.defineDomain(guest('lonely'));
+    await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.start({ paused: true });
+    const offer = await dom.migrateBegin();
+    await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dst.migratePrepare(offer, { listen: 'http://x' })).rejects.toMatchObject({
+      code: 'INVALID_URI',
+    });
+    expect(await dst.listDomains()).toEqual([]);
+    await expect(dom.migratePerform('tcp:127.0.0.1:1')).rejects.toMatchObject({ code: 'OPERATION_FAILED' });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'user' });
+    await expect(dom.migrateConfirm()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.migrateConfirm({ cancelled: true });
+    // A paused source arrives paused.
+    const moved = await dom.migrateTo(dst);
+    expect(await moved.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
+    expect(events.slice(-1)).toEqual(['stopped:migrated']);
+  });
+});
+
+describe('hotplug phase: setVcpus as the embedded driver does it', () => {
+  const cpus = (name: string, type: 'kvm' | 'qemu' = 'kvm') =>
+    guest(name, {
+      type,
+      vcpu: { count: 3, current: 1 },
+      cputune: {
+        vcpupin: [
+          { vcpu: 1, cpuset: '1' },
+          { vcpu: 2, cpuset: '0' },
+        ],
+        vcpusched: [{ ids: '1-2', scheduler: 'fifo', priority: 1 }],
+      },
+    });
+
+  it('places and schedules each new vCPU thread in phase hotplug before it is online; unplug ends the thread', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    const host = simulatedHost(conn);
+    const calls: unknown[] = [];
+    api.setHandler('cgroup.placeThreads', (ctx, args) => {
+      calls.push({ op: 'cgroup.placeThreads', phase: ctx.phase, pid: ctx.pid, threads: args.threads });
+      const placements = args.threads.map((t) => ({ tid: t.tid, cgroup: `/agent/vcpu${t.index}` }));
+      for (const p of placements) host.placeThread(p.tid, p.cgroup);
+      return { placements };
+    });
+    api.setHandler('thread.setScheduler', (ctx, args) => {
+      calls.push({ op: 'thread.setScheduler', phase: ctx.phase, pid: ctx.pid, threads: args.threads });
+      for (const t of args.threads) host.setScheduler(t.tid, t.policy, t.priority);
+    });
+    const released: unknown[] = [];
+    api.setHandler('cgroup.release', (_ctx, args) => {
+      released.push(...args.placements);
+    });
+    const dom = await conn.defineDomain(cpus('cpus'));
+    await dom.start();
+    const pid = (await dom.getInfo()).pid as number;
+    // At start: vCPU 0 only; its thread placed in phase startup.
+    expect(calls.map((c) => (c as { phase: string }).phase)).toEqual(['startup']);
+    calls.length = 0;
+
+    await dom.setVcpus(3, { live: true });
+    expect(calls).toEqual([
+      {
+        op: 'cgroup.placeThreads',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 11, role: 'vcpu', index: 1 }],
+      },
+      {
+        op: 'thread.setScheduler',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 11, role: 'vcpu', index: 1, policy: 'fifo', priority: 1 }],
+      },
+      {
+        op: 'cgroup.placeThreads',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 12, role: 'vcpu', index: 2 }],
+      },
+      {
+        op: 'thread.setScheduler',
+        phase: 'hotplug',
+        pid,
+        threads: [{ tid: pid + 12, role: 'vcpu', index: 2, policy: 'fifo', priority: 1 }],
+      },
+    ]);
+    expect((await dom.getInfo()).vcpus).toBe(3);
+    expect(dom.getDefinition().vcpu).toEqual({ count: 3 });
+    expect(dom.getDefinition({ inactive: true }).vcpu).toEqual({ count: 3, current: 1 });
+    expect(host.process(pid)?.threads.find((t) => t.tid === pid + 12)).toMatchObject({
+      policy: 'fifo',
+      priority: 1,
+      cgroup: '/agent/vcpu2',
+    });
+
+    await dom.setVcpus(2, { live: true, config: true });
+    expect(
+      host
+        .process(pid)
+        ?.threads.filter((t) => t.role === 'vcpu')
+        .map((t) => t.index),
+    ).toEqual([0, 1]);
+    expect(dom.getDefinition().vcpu).toEqual({ count: 3, current: 2 });
+    expect(dom.getDefinition({ inactive: true }).vcpu).toEqual({ count: 3, current: 2 });
+    await expect(dom.setVcpus(4, { live: true })).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    // The hot-plugged placements are released with those of the start (vCPU 0, two emulator threads).
+    await dom.destroy();
+    expect(released).toHaveLength(5);
+  });
+
+  it('a failing handler removes the new vCPU again; TCG refuses unplug, and hotplug after a TCG rollback', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    let fail = true;
+    api.setHandler('thread.setScheduler', (_ctx, args) => {
+      if (fail) throw new Error('no FIFO for you');
+      for (const t of args.threads) simulatedHost(conn).setScheduler(t.tid, t.policy, t.priority);
+    });
+    const kvm = await conn.defineDomain(cpus('kvm-cpus'));
+    await kvm.start();
+    const pid = (await kvm.getInfo()).pid as number;
+    await expect(kvm.setVcpus(2, { live: true })).rejects.toMatchObject({
+      code: 'HANDLER_FAILED',
+      details: { operation: 'thread.setScheduler', phase: 'hotplug' },
+    });
+    expect((await kvm.getInfo()).vcpus).toBe(1);
+    expect(
+      simulatedHost(conn)
+        .process(pid)
+        ?.threads.filter((t) => t.role === 'vcpu'),
+    ).toHaveLength(1);
+    fail = false;
+    await kvm.setVcpus(2, { live: true });
+    expect((await kvm.getInfo()).vcpus).toBe(2);
+
+    const tcg = await conn.defineDomain(cpus('tcg-cpus', 'qemu'));
+    await tcg.start();
+    await tcg.setVcpus(2, { live: true });
+    await expect(tcg.setVcpus(1, { live: true })).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    fail = true;
+    await expect(tcg.setVcpus(3, { live: true })).rejects.toMatchObject({ code: 'HANDLER_FAILED' });
+    fail = false;
+    await expect(tcg.setVcpus(3, { live: true })).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    expect((await tcg.getInfo()).vcpus).toBe(2);
   });
 });

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VirtError } from '../../src/errors.js';
 import { writeFileAtomic, writeFileAtomicSync } from '../../src/util/atomic-file.js';
+import { renameExchange } from '../../src/util/libc.js';
 
 let root: string;
 let n = 0;
@@ -28,6 +29,18 @@ const variants = [
     'writeFileAtomic, not durable',
     (path: string, data: string | Uint8Array, mode?: number) =>
       writeFileAtomic(path, data, mode, { durable: false }),
+  ],
+  // Durable, with the fsync after the rename (one journal commit).
+  [
+    'writeFileAtomic, fsync after rename',
+    (path: string, data: string | Uint8Array, mode?: number) =>
+      writeFileAtomic(path, data, mode, { syncAfterRename: true }),
+  ],
+  // Replaces an existing file by exchange (renameat2), then removes the temporary.
+  [
+    'writeFileAtomicSync, not durable',
+    async (path: string, data: string | Uint8Array, mode?: number) =>
+      writeFileAtomicSync(path, data, mode, { durable: false }),
   ],
 ] as const;
 
@@ -115,5 +128,18 @@ describe('concurrency', () => {
     expect(versions).toContain(readFileSync(f, 'utf8'));
     for (const r of reads) expect(versions).toContain(r);
     expect(readdirSync(d)).toEqual(['racy']);
+  });
+});
+
+describe('renameExchange', () => {
+  it('swaps two files atomically, and answers false (changing nothing) when the target is missing', () => {
+    const d = freshDir();
+    writeFileSync(join(d, 'a'), 'A');
+    writeFileSync(join(d, 'b'), 'B');
+    expect(renameExchange(join(d, 'a'), join(d, 'b'))).toBe(true);
+    expect(readFileSync(join(d, 'a'), 'utf8')).toBe('B');
+    expect(readFileSync(join(d, 'b'), 'utf8')).toBe('A');
+    expect(renameExchange(join(d, 'a'), join(d, 'missing'))).toBe(false);
+    expect(readdirSync(d).sort()).toEqual(['a', 'b']);
   });
 });

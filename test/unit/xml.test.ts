@@ -525,7 +525,11 @@ describe('unsupported elements and attributes', () => {
       devices("<rng model='virtio'><backend model='egd'/></rng>"),
       '/domain/devices/rng/backend/@model',
     ],
-    ['watchdog', devices("<watchdog model='i6300esb'/>"), '/domain/devices/watchdog'],
+    [
+      'watchdog dump',
+      devices("<watchdog model='i6300esb' action='dump'/>"),
+      '/domain/devices/watchdog/@action',
+    ],
     ['filesystem', devices("<filesystem type='mount'/>"), '/domain/devices/filesystem'],
     ['xen memballoon', devices("<memballoon model='xen'/>"), '/domain/devices/memballoon/@model'],
     [
@@ -581,10 +585,9 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/interface/@type',
     ],
     ['interface type bridge', devices("<interface type='bridge'/>"), '/domain/devices/interface/@type'],
-    ['interface without model', devices("<interface type='user'/>"), '/domain/devices/interface/model'],
     [
-      'rtl8139',
-      devices("<interface type='user'><model type='rtl8139'/></interface>"),
+      'ne2k_pci',
+      devices("<interface type='user'><model type='ne2k_pci'/></interface>"),
       '/domain/devices/interface/model/@type',
     ],
     [
@@ -603,9 +606,9 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/interface/driver/@name',
     ],
     [
-      'interface source',
-      devices("<interface type='ethernet'><source/><model type='virtio'/></interface>"),
-      '/domain/devices/interface/source',
+      'interface source with a network',
+      devices("<interface type='ethernet'><source network='x'/><model type='virtio'/></interface>"),
+      '/domain/devices/interface/source/@network',
     ],
     ['tcp serial', devices("<serial type='tcp'/>"), '/domain/devices/serial/@type'],
     ['serial log', devices("<serial type='pty'><log file='/x'/></serial>"), '/domain/devices/serial/log'],

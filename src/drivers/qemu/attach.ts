@@ -9,6 +9,7 @@ import { resolveDefinition } from '../../stable/definition/validate.js';
 import { closeFd } from '../../util/libc.js';
 import { readProcExe, readProcStartTime } from '../../util/proc.js';
 import { peerCredentials, unixConnect } from '../../util/unix-socket.js';
+import { qemuCwd, readDevices } from './devices/from-qmp.js';
 import { QmpClient } from './qmp/client.js';
 import { domainPaths, type RootLayout } from './root.js';
 import { type DomainStatus, readStatus } from './status.js';
@@ -44,6 +45,8 @@ export interface Inspection {
   readonly def: DomainDefinition;
   /** The status the domain is recorded with, minus the id the driver assigns. */
   readonly status: Omit<DomainStatus, 'id'>;
+  /** QEMU devices the definition cannot represent, with why (the driver logs them). */
+  readonly skipped: readonly string[];
 }
 
 function refuse(message: string, details: Record<string, unknown>): VirtError {
@@ -163,9 +166,11 @@ const memorySummary = z.looseObject({ 'base-memory': z.number().int().positive()
 
 /**
  * Builds the domain from what QEMU answers (`query-name`, `query-uuid`, `query-kvm`,
- * `query-memory-size-summary`, `query-cpus-fast`), and verifies every vCPU thread id against the
- * process. Only what virtkit can represent and check goes into the definition: name, uuid, domain
- * type, memory, vCPUs and the emulator. Devices stay QEMU's own business.
+ * `query-memory-size-summary`, `query-cpus-fast`, and for devices `qom-list`, `query-pci`,
+ * `query-block`, `query-named-block-nodes`: see devices/from-qmp.ts), and verifies every vCPU thread
+ * id against the process. Only what virtkit can represent and check goes into the definition: name,
+ * uuid, domain type, memory, vCPUs, the emulator, virtio disks with a raw or qcow2 image, virtio and
+ * e1000 NICs on a user or TAP netdev (a TAP as `managed='no'`: it is not virtkit's to remove).
  */
 export async function inspect(
   qmp: QmpClient,
@@ -184,6 +189,7 @@ export async function inspect(
       ErrorCode.OPERATION_FAILED,
       'QEMU answered query-memory-size-summary without base-memory',
     );
+  const devices = await readDevices(qmp, qemuCwd(request.pid));
   const domainName = request.name ?? name.name ?? `qemu-${request.pid}`;
   const vcpus = cpus.map((c) => ({ index: c['cpu-index'], tid: c['thread-id'] }));
   verifyThreadCount('vcpu', vcpus, vcpus.length, { first: 0, limit: vcpus.length });
@@ -200,6 +206,8 @@ export async function inspect(
       memoryKiB: Math.ceil(mem.data['base-memory'] / 1024),
       vcpu: { count: vcpus.length },
       emulator: request.emulator,
+      disks: devices.disks,
+      interfaces: devices.interfaces,
     });
   } catch (err) {
     throw new VirtError(
@@ -225,6 +233,7 @@ export async function inspect(
       placementAttempted: false,
       live: def,
     },
+    skipped: devices.skipped,
   };
 }
 

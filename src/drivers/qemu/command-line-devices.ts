@@ -3,6 +3,7 @@ import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition, PciAddress } from '../../stable/definition/schema.js';
 import { pciPlacement } from './devices/pci-bus.js';
 import type { QapiObject, QapiValue } from './devices/qapi.js';
+import { virtioDevice } from './devices/virtio.js';
 
 /*
  * QEMU arguments of the devices of schema-devices.ts, as libvirt's qemu_command.c builds them:
@@ -23,6 +24,19 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     address ? pciPlacement(def, address, what) : {};
 
   for (const a of def.audios ?? []) args.push('-audiodev', `none,id=audio${a.id}`);
+
+  // The device model addressed the watchdog: it goes before the devices QEMU places itself.
+  for (const w of def.watchdogs ?? []) {
+    const id = w.alias ?? 'watchdog0';
+    json(
+      '-device',
+      w.model === 'i6300esb'
+        ? { driver: 'i6300esb', id, ...place(w.address, `watchdog ${id}`) }
+        : { driver: 'ib700', id },
+    );
+    // QEMU 7.2's -action, as libvirt writes it for a QEMU that has it.
+    args.push('-action', `watchdog=${w.action}`);
+  }
 
   (def.inputs ?? []).forEach((input, i) => {
     if (input.bus === 'ps2') {
@@ -85,7 +99,7 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     const id = r.alias ?? `rng${i}`;
     json('-object', { 'qom-type': 'rng-random', id: `obj${id}`, filename: r.backend });
     const dev: Record<string, QapiValue> = {
-      driver: 'virtio-rng-pci',
+      driver: virtioDevice('virtio-rng-pci', r.model),
       rng: `obj${id}`,
       id,
       ...place(r.address, `rng ${id}`),

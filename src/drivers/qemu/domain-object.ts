@@ -52,6 +52,11 @@ export interface Runtime {
   stopIntent?: StopIntent;
   /** A migration of this domain is under way, as its source (`out`) or destination (`in`). */
   migrating?: 'out' | 'in';
+  /**
+   * The domain ends with this QEMU: an incoming migration without `persist` defined it here only
+   * for this run (libvirt's transient domain). Kept in the status file.
+   */
+  transient?: boolean;
   /** QEMU reported SHUTDOWN: the guest (or a signal to QEMU) asked it to stop. */
   sawShutdown: boolean;
   /**

@@ -61,8 +61,8 @@ import { presentableLive } from './live-definition.js';
 import { appendLog } from './log.js';
 import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
 import { finishIncoming, prepareIncoming } from './migration/destination.js';
-import { migrationOf } from './migration/record.js';
-import { beginMigration, confirmMigration, performMigration } from './migration/source.js';
+import { arrivedTransient, migrationOf } from './migration/record.js';
+import { beginMigration, confirmMigration, heldOutgoing, performMigration } from './migration/source.js';
 import { parseMigrationUri } from './migration/uri.js';
 import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
@@ -146,7 +146,10 @@ export class QemuDriver implements Driver, DriverContext {
   #closed = false;
   /** Every operation under way; close() lets them finish before it lets go of the domains. */
   readonly #inflight = new Set<Promise<unknown>>();
-  /** Domains adopted with attach: transient, removed once they stop. */
+  /**
+   * Transient domains, removed once they stop: adopted with attach, or brought in by a migration
+   * without `persist`.
+   */
   readonly #attached = new Set<string>();
   /** New definitions are checked and added one at a time, so two cannot claim one name. */
   #defining: Promise<unknown> = Promise.resolve();
@@ -166,7 +169,8 @@ export class QemuDriver implements Driver, DriverContext {
       );
     });
     for (const def of defs) this.#domains.set(new DomainObject(def));
-    for (const def of defs) if (wasAttached(this.layout, def)) this.#attached.add(def.uuid);
+    for (const def of defs)
+      if (wasAttached(this.layout, def) || arrivedTransient(this.layout, def)) this.#attached.add(def.uuid);
     await Promise.all(this.#domains.values().map((dom) => reconnectDomain(this, dom)));
     for (const path of sweepRootLeftovers(this, this.#domains.values()))
       appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
@@ -250,6 +254,7 @@ export class QemuDriver implements Driver, DriverContext {
         `attach: QEMU pid ${checked.pid} (${checked.emulator}) launched outside virtkit, monitor ${checked.monitor}`,
       );
       this.log(dom, `domain is tainted: ${EXTERNAL_LAUNCH_TAINT}`);
+      for (const why of inspection.skipped) this.log(dom, `attach: not in the definition: ${why}`);
       this.emit(dom, 'defined', 'added');
       await dom.jobs.run(
         'define',
@@ -498,25 +503,31 @@ export class QemuDriver implements Driver, DriverContext {
     this.log(dom, `abortJob: aborting ${job.operation} in phase ${job.phase}`);
   }
 
-  migrateBegin(uuid: string): Promise<OutgoingMigration> {
+  /**
+   * Takes the domain's job slot for the whole migration (`migration-out`, begin to confirm), so
+   * no other job changes the domain under it; perform and confirm run in that job.
+   */
+  async migrateBegin(uuid: string): Promise<OutgoingMigration> {
     const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, 'migration-out', undefined, async () => beginMigration(this, dom)));
+    const held = await dom.jobs.hold('migration-out', () => identOf(dom), undefined);
+    try {
+      this.#checkStillDefined(dom);
+      return await this.#track(beginMigration(this, dom, held));
+    } catch (err) {
+      held.end(err);
+      throw held.job.failure(err);
+    }
   }
 
   migratePerform(uuid: string, uri: string, options: MigratePerformOptions): Promise<void> {
     const dom = this.#get(uuid);
-    return this.#track(
-      this.#job(dom, 'migration-out', options.signal, (job) =>
-        performMigration(this, dom, uri, { ...options, signal: job.signal }, (p) => {
-          job.phase = `stream-${p.status}`;
-          job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
-        }),
-      ),
-    );
+    return this.#track(performMigration(this, dom, uri, options));
   }
 
   migrateConfirm(uuid: string, options: MigrationEndOptions): Promise<void> {
     const dom = this.#get(uuid);
+    if (heldOutgoing(dom)) return this.#track(confirmMigration(this, dom, options));
+    // A source adopted from a dead manager has no job yet: the confirm is one.
     return this.#track(
       this.#job(dom, 'migration-out', options.signal, () => confirmMigration(this, dom, options)),
     );
@@ -544,11 +555,20 @@ export class QemuDriver implements Driver, DriverContext {
     else await this.defineDomain(def);
     const dom = this.#domains.get(def.uuid);
     try {
-      const uri = await this.#track(
-        this.#job(dom, 'migration-in', options.signal, (job) =>
-          prepareIncoming(this, dom, job, offer, address, !existing),
-        ),
-      );
+      // The job holds the domain from prepare to finish; prepare's signal only reaches prepare.
+      const held = await dom.jobs.hold('migration-in', () => identOf(dom), options.signal);
+      let uri: string;
+      try {
+        this.#checkStillDefined(dom);
+        const transient = !existing && options.persist !== true;
+        uri = await this.#track(prepareIncoming(this, dom, held, offer, address, !existing, transient));
+        if (transient) this.#attached.add(dom.def.uuid);
+      } catch (err) {
+        held.end(err);
+        throw held.job.failure(err);
+      } finally {
+        held.job.end();
+      }
       return { uri, cookie: { version: 1, uuid: def.uuid, uri }, name: def.name, uuid: def.uuid };
     } catch (err) {
       if (!existing) await this.#undefineAfterMigration(dom);
@@ -561,9 +581,8 @@ export class QemuDriver implements Driver, DriverContext {
     const record = migrationOf(dom);
     const definedHere = record?.role === 'in' && record.definedHere;
     try {
-      await this.#track(
-        this.#job(dom, 'migration-in', options.signal, () => finishIncoming(this, dom, options)),
-      );
+      // Runs in the migration-in job that prepare took (finishIncoming refuses without one).
+      await this.#track(finishIncoming(this, dom, options));
     } catch (err) {
       if (definedHere) await this.#undefineAfterMigration(dom);
       throw err;

@@ -36,6 +36,15 @@ import { saveDefinition } from './store.js';
 
 const DEFAULT_DETACH_TIMEOUT_MS = 10_000;
 
+/** Aliases a detach of this driver is unplugging: their DEVICE_DELETED is that detach's to handle. */
+const unplugging = new WeakMap<Runtime, Set<string>>();
+
+function unpluggingOf(run: Runtime): Set<string> {
+  const set = unplugging.get(run) ?? new Set<string>();
+  unplugging.set(run, set);
+  return set;
+}
+
 /** Which definitions a change affects. */
 export interface Affect {
   readonly live: boolean;
@@ -270,7 +279,7 @@ async function plugInterface(
       const tap = await invoke(scopeOf(ctx, dom, run), 'net.openTap', 'hotplug', {
         ifname: nic.target?.dev,
         queues: nic.queues ?? 1,
-        vnetHdr: nic.model === 'virtio',
+        vnetHdr: nic.model.startsWith('virtio'),
         managed: nic.target?.managed !== false,
       });
       fds = tap.fds;
@@ -308,13 +317,25 @@ async function release(
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = aliasOf(device);
+  // The device is gone from the guest whatever happens to its backend: a backend step that fails
+  // (one someone removed through the monitor, or a QEMU-made one of an attached domain) is logged.
+  const steps: Array<() => Promise<unknown>> = [];
   if ('disk' in device) {
     const nodes = diskNodes(alias);
-    await qmp.command('blockdev-del', { 'node-name': nodes.format });
-    await qmp.command('blockdev-del', { 'node-name': nodes.storage });
-    await qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) });
+    steps.push(
+      () => qmp.command('blockdev-del', { 'node-name': nodes.format }),
+      () => qmp.command('blockdev-del', { 'node-name': nodes.storage }),
+      () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }),
+    );
   } else {
-    await qmp.command('netdev_del', { id: netdevId(device.interface) });
+    steps.push(() => qmp.command('netdev_del', { id: netdevId(device.interface) }));
+  }
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (err) {
+      ctx.log(dom, `releasing the backend of ${alias}: ${errorMessage(err)}`);
+    }
   }
   run.live = without(run.live, device);
   await saveLive(run);
@@ -334,6 +355,7 @@ function releaseWhenDeleted(
 ): void {
   const qmp = monitor(run);
   const alias = aliasOf(device);
+  unpluggingOf(run).add(alias);
   qmp
     .waitForEvent('DEVICE_DELETED', (e) => e.data.device === alias, { timeoutMs: Number.POSITIVE_INFINITY })
     .then(async () => {
@@ -343,7 +365,8 @@ function releaseWhenDeleted(
     })
     .catch((err: unknown) => {
       if (dom.run === run) ctx.log(dom, `late release of ${alias} not completed: ${errorMessage(err)}`);
-    });
+    })
+    .finally(() => unpluggingOf(run).delete(alias));
 }
 
 async function unplug(
@@ -357,10 +380,13 @@ async function unplug(
   const alias = aliasOf(device);
   const deleted = qmp.waitForEvent('DEVICE_DELETED', (e) => e.data.device === alias, { timeoutMs });
   deleted.catch(() => undefined);
-  await qmp.command('device_del', { id: alias });
+  const mine = unpluggingOf(run);
+  mine.add(alias);
   try {
+    await qmp.command('device_del', { id: alias });
     await deleted;
   } catch (err) {
+    mine.delete(alias);
     if (err instanceof VirtError && err.code === ErrorCode.OPERATION_TIMEOUT) {
       releaseWhenDeleted(ctx, dom, run, device);
       throw new VirtError(
@@ -372,5 +398,24 @@ async function unplug(
     }
     throw err;
   }
-  await release(ctx, dom, run, device);
+  try {
+    await release(ctx, dom, run, device);
+  } finally {
+    mine.delete(alias);
+  }
+}
+
+/**
+ * QEMU deleted a device this driver did not unplug (a `device_del` sent through the monitor
+ * passthrough, or the guest ejecting it): the live definition follows, as libvirt's
+ * qemuProcessHandleDeviceDeleted does, with its backend released and event `device-removed`.
+ */
+export function onDeviceDeleted(ctx: DriverContext, dom: DomainObject, run: Runtime, alias: string): void {
+  if (!run.started || dom.run !== run || unpluggingOf(run).has(alias)) return;
+  const device = find(run.live, { alias });
+  if (!device) return;
+  ctx.log(dom, `QEMU deleted ${alias}, which this driver did not unplug`);
+  release(ctx, dom, run, device).catch((err: unknown) =>
+    ctx.log(dom, `cannot record the removal of ${alias}: ${errorMessage(err)}`),
+  );
 }

@@ -15,21 +15,9 @@ export type Settlement =
 export function settleInterruptedJob(job: JobRecord): Settlement {
   switch (job.operation) {
     case 'migration-in':
-      // The guest may already run on the source again, or the stream may still come: a waiting
-      // destination is never resumed here; the application finishes it or destroys it.
-      return {
-        action: 'adopt',
-        why: `an incoming migration was interrupted in phase ${job.phase}; the domain stays paused (migration) for the application to finish or destroy`,
-        keepPaused: 'migration',
-      };
     case 'migration-out':
-      // The source is never resumed on its own once the stream may have completed: the
-      // application decides (confirm or cancel), as DESIGN's migration section requires.
-      return {
-        action: 'adopt',
-        why: `an outgoing migration was interrupted in phase ${job.phase}; the domain stays as QEMU reports it, paused ones for the application to confirm`,
-        keepPaused: 'migration',
-      };
+      // Settled once QEMU answers, by the rule of the job's phase (migration/recover.ts).
+      return { action: 'adopt', why: `a ${job.operation} job was interrupted in phase ${job.phase}` };
     case 'start':
       return {
         action: 'adopt',

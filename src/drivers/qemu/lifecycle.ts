@@ -6,6 +6,7 @@ import type { Job } from '../jobs.js';
 import { type DriverContext, scopeOf, within } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
+import { onDeviceDeleted } from './hotplug.js';
 import { releaseThreads } from './privileged/phases.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient, QmpEvent } from './qmp/client.js';
@@ -40,7 +41,7 @@ function transition(
   ctx.emit(dom, type, reason);
 }
 
-/** Follows QMP events of a running domain: pauses, resumes and guest power-off. */
+/** Follows QMP events of a running domain: pauses, resumes, guest power-off, devices QEMU deleted. */
 export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
   const qmp = run.qmp as QmpClient;
   qmp.onEvent((ev: QmpEvent) => {
@@ -55,6 +56,9 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
       case 'SHUTDOWN':
         run.sawShutdown = true;
         onShutdownEvent(dom, run, qmp, ev);
+        break;
+      case 'DEVICE_DELETED':
+        if (typeof ev.data['device'] === 'string') onDeviceDeleted(ctx, dom, run, ev.data['device']);
         break;
     }
   });

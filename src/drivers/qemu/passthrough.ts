@@ -1,7 +1,9 @@
 import { errorMessage } from '../../errors.js';
 import type { DriverContext } from './context.js';
+import { qemuCwd, readDevices } from './devices/from-qmp.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { requireActive } from './lifecycle.js';
+import { setLive } from './live-definition.js';
 import { readStatus, writeStatus } from './status.js';
 
 /** Where the events of one subscription go (the seam's `MonitorEventSink`, by shape). */
@@ -24,8 +26,10 @@ export const CUSTOM_MONITOR_TAINT = 'custom-monitor';
  *
  * It does not queue behind the domain's job: like libvirt's query jobs, it must be usable while a
  * long job is stuck, which is when one reaches for the monitor. Commands that change what the
- * driver tracks (`stop`, `cont`, `quit`, `system_powerdown`) need no special case: the driver
- * follows QEMU's events (STOP, RESUME, SHUTDOWN, the monitor closing), whoever caused them.
+ * driver tracks (`stop`, `cont`, `quit`, `system_powerdown`, `device_del`) need no special case: the
+ * driver follows QEMU's events (STOP, RESUME, SHUTDOWN, DEVICE_DELETED, the monitor closing),
+ * whoever caused them. A successful `device_add` has no event: the driver reads the new device
+ * back from QEMU and adds it to the live definition when the definition can represent it.
  */
 export async function monitorCommand(
   ctx: DriverContext,
@@ -37,7 +41,56 @@ export async function monitorCommand(
   const run = requireActive(dom);
   await taint(ctx, dom, run);
   ctx.log(dom, `monitor passthrough: ${command}${args === undefined ? '' : ` ${JSON.stringify(args)}`}`);
-  return run.qmp.execute(command, args, { ...options, passthrough: true });
+  const reply = await run.qmp.execute(command, args, { ...options, passthrough: true });
+  if (command === 'device_add') await adoptAddedDevice(ctx, dom, run, args?.['id']);
+  else if (BACKEND_COMMANDS.has(command))
+    ctx.log(dom, `monitor passthrough: ${command} changes a backend; the live definition is left as it was`);
+  return reply;
+}
+
+/** Backends have no place of their own in the definition: their changes are only logged. */
+const BACKEND_COMMANDS = new Set(['blockdev-add', 'blockdev-del', 'netdev_add', 'netdev_del']);
+
+/**
+ * A device added behind the driver's back joins the live definition, read back from QEMU
+ * (devices/from-qmp.ts) under its id as alias, with event `device-added`. One the definition
+ * cannot represent, or one without an id (nothing could later name it), is only logged: the
+ * `custom-monitor` taint already says that the live definition may not show everything QEMU runs.
+ */
+async function adoptAddedDevice(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  id: unknown,
+): Promise<void> {
+  const untracked = (why: string) =>
+    ctx.log(
+      dom,
+      `monitor passthrough: device_add ${String(id ?? '(no id)')} not in the live definition: ${why}`,
+    );
+  if (typeof id !== 'string' || !run.qmp) return untracked('it has no id');
+  try {
+    const live = run.live;
+    const taken = new Set(live.disks.map((d) => d.target.dev));
+    const found = await readDevices(run.qmp, qemuCwd(run.pid), taken);
+    const disk = found.disks.find((d) => d.alias === id);
+    const nic = found.interfaces.find((n) => n.alias === id);
+    if (!disk && !nic) {
+      const why = found.skipped.find((s) => s.startsWith(`/machine/peripheral/${id} `));
+      return untracked(why ?? 'QEMU does not list it');
+    }
+    if (dom.run !== run) return;
+    await setLive(
+      run,
+      disk
+        ? { ...run.live, disks: [...run.live.disks, disk] }
+        : { ...run.live, interfaces: [...run.live.interfaces, nic as NonNullable<typeof nic>] },
+    );
+    ctx.log(dom, `monitor passthrough: ${id} added to the live definition`);
+    ctx.emit(dom, 'device-added', id);
+  } catch (err) {
+    untracked(errorMessage(err));
+  }
 }
 
 /**

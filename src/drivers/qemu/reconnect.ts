@@ -7,6 +7,7 @@ import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { settleInterruptedJob } from './job-recovery.js';
 import { finalizeExit, watchMonitor } from './lifecycle.js';
 import { readLive } from './live-definition.js';
+import { type MigrationRecovery, recoverMigration } from './migration/recover.js';
 import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
 import { QmpClient } from './qmp/client.js';
@@ -50,7 +51,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     removeIfPresent(paths.status);
     return;
   }
-  const gone = async (reason: 'crashed' | 'failed', why: string) => {
+  const gone = async (reason: 'crashed' | 'failed' | 'migrated', why: string) => {
     const placements = status?.placements ?? [];
     const leftover = { id: status?.id ?? 0, pid: status?.pid, taints: status?.taints ?? [] };
     const record = {
@@ -123,6 +124,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     threads: status.threads,
     placements: status.placements,
     placementAttempted: status.placements.length > 0 || status.placementAttempted,
+    ...(status.transient ? { transient: true } : {}),
     cancel: new AbortController(),
     started: true,
     sawShutdown: false,
@@ -167,7 +169,27 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     dom.reason = 'migration';
     run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
   }
-  if (settlement) {
+  const job = status.job;
+  if (job && (job.operation === 'migration-out' || job.operation === 'migration-in')) {
+    let recovery: MigrationRecovery;
+    try {
+      recovery = await recoverMigration(ctx, dom, run as Runtime & { qmp: QmpClient }, job, qemuStatus);
+    } catch (err) {
+      recovery = { kill: false, why: `its rule failed (${errorMessage(err)}); adopted as QEMU reports it` };
+    }
+    const why = `settled an interrupted ${job.operation} job in phase ${job.phase}: ${recovery.why}`;
+    if (recovery.kill) {
+      // Detached first: the exit watcher leaves the clean-up to gone(), which records the reason.
+      run.detached = true;
+      qmp.close();
+      dom.run = undefined;
+      signalEmulator(emulator, 'SIGKILL');
+      await waitAdoptedExit(status.pid, BigInt(status.startTime));
+      return gone(recovery.reason, why);
+    }
+    ctx.log(dom, `reconnect: ${why}`);
+    await recordJob(run, undefined, () => dom.run === run);
+  } else if (settlement) {
     if (dom.state === 'paused' && settlement.keepPaused) dom.reason = settlement.keepPaused;
     ctx.log(dom, `reconnect: settled an interrupted ${status.job?.operation} job: ${settlement.why}`);
     await recordJob(run, undefined, () => dom.run === run);

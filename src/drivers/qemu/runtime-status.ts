@@ -12,7 +12,12 @@ export function runtimeStatus(
   return {
     version: 1,
     phase,
-    job: job && { operation: job.operation, phase: job.phase, startedAt: job.startedAt },
+    job: job && {
+      operation: job.operation,
+      phase: job.phase,
+      startedAt: job.startedAt,
+      ...(job.data ? { data: job.data } : {}),
+    },
     id: run.id,
     pid: run.pid,
     startTime: run.startTime.toString(),
@@ -23,6 +28,7 @@ export function runtimeStatus(
     placements: run.placements,
     placementAttempted: run.placementAttempted,
     liveVersion: run.liveVersion,
+    ...(run.transient ? { transient: true } : {}),
     // An unreadable record is kept as found: never overwritten with a stand-in.
     live: run.liveUnreadable ? run.liveUnreadable.raw : run.live,
   };

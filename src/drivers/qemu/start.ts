@@ -438,7 +438,9 @@ async function readThreads(
 async function recordRunning(s: Startup): Promise<void> {
   // Written without the job: from here a successor adopts the domain as QEMU reports it, which is
   // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record.
-  await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined));
+  await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined), true, {
+    replacesVolatile: true,
+  });
 }
 
 function closeParentFds(s: Startup): void {

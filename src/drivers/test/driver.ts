@@ -16,16 +16,44 @@ import type {
   DestroyOptions,
   DomainRef,
   Driver,
+  OutgoingMigration,
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
 import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
 import type { JobInfo, JobOperation, OperationOptions } from '../../stable/jobs.js';
+import type {
+  MigratePerformOptions,
+  MigratePrepareOptions,
+  MigrationEndOptions,
+  PreparedIncoming,
+  ResolvedOffer,
+} from '../../stable/migration.js';
 import { DomainTable, deliverEvent } from '../domain-table.js';
 import { type Job, NO_JOB } from '../jobs.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
-import { addTo, affected, aliasOf, checkHotpluggable, find, pciMatch, pciOnly, without } from './hotplug.js';
+import {
+  addTo,
+  affected,
+  aliasOf,
+  checkHotpluggable,
+  checkVcpuCount,
+  find,
+  pciMatch,
+  pciOnly,
+  without,
+  withVcpus,
+} from './hotplug.js';
+import {
+  checkSameDefinition,
+  connectTo,
+  listen,
+  type MigrationRecord,
+  migrationAborted,
+  parseAddress,
+  unlisten,
+} from './migration.js';
 import { Simulation } from './simulation.js';
 
 /** Options the test driver takes from `connect()`. */
@@ -91,6 +119,8 @@ export async function openTestDriver(
  * schemas, against a simulated process (`simulatedHost(conn)`), whose limits, scheduling and
  * cgroups the post-checks read back; without a handler, a simulated built-in does the work. A
  * failing handler fails the start with the embedded driver's code and rolls the domain back.
+ * Device changes (phase `hotplug`) and live migration between test drivers of one process (phase
+ * `migration-in` on the destination) follow the embedded driver's rules too.
  */
 export class TestDriver implements Driver {
   readonly uri: string;
@@ -232,37 +262,44 @@ export class TestDriver implements Driver {
   start(uuid: string, options: StartOptions): Promise<void> {
     const dom = this.#get(uuid);
     return this.#job(dom, 'start', options.signal, async (job) => {
-      this.#checkOpen();
-      if (dom.run)
-        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
-      this.handlers.seal(`domain '${dom.def.name}' was started`);
-      const live = structuredClone(dom.def);
-      const attempt: StartAttempt = { cancel: job.controller, spawned: false };
-      this.#starting.set(dom, attempt);
-      let sim: SimRun;
-      try {
-        sim = await this.#privileged.start(live, () => this.#nextId++, attempt);
-      } catch (err) {
-        dom.state = 'shutoff';
-        dom.reason = 'failed';
-        if (attempt.spawned) this.#emit(dom, 'stopped', 'failed');
-        throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${dom.def.name}'`, {
-          domain: dom.ident,
-        });
-      } finally {
-        this.#starting.delete(dom);
-      }
-      let markStopped!: (how: 'stopped' | 'closed') => void;
-      const stopped = new Promise<'stopped' | 'closed'>((resolve) => {
-        markStopped = resolve;
-      });
-      dom.run = { id: sim.id, live, stopped, markStopped };
-      this.#simRuns.set(dom.run, sim);
+      await this.#launch(dom, job, structuredClone(dom.def), false);
       dom.state = options.paused ? 'paused' : 'running';
       dom.reason = options.paused ? 'user' : 'booted';
       this.#emit(dom, 'started', 'booted');
       if (options.paused) this.#emit(dom, 'suspended', 'user');
     });
+  }
+
+  /**
+   * The simulated process of a start, or of the destination of a migration (`incoming`: the
+   * privileged operations in phase `migration-in`); a failure leaves the domain shut off (`failed`).
+   */
+  async #launch(dom: TestDomain, job: Job, live: DomainDefinition, incoming: boolean): Promise<void> {
+    this.#checkOpen();
+    if (dom.run)
+      throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
+    this.handlers.seal(`domain '${dom.def.name}' was started`);
+    const attempt: StartAttempt = { cancel: job.controller, spawned: false };
+    this.#starting.set(dom, attempt);
+    let sim: SimRun;
+    try {
+      sim = await this.#privileged.start(live, () => this.#nextId++, attempt, incoming);
+    } catch (err) {
+      dom.state = 'shutoff';
+      dom.reason = 'failed';
+      if (attempt.spawned) this.#emit(dom, 'stopped', 'failed');
+      throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${dom.def.name}'`, {
+        domain: dom.ident,
+      });
+    } finally {
+      this.#starting.delete(dom);
+    }
+    let markStopped!: (how: 'stopped' | 'closed') => void;
+    const stopped = new Promise<'stopped' | 'closed'>((resolve) => {
+      markStopped = resolve;
+    });
+    dom.run = { id: sim.id, live, stopped, markStopped };
+    this.#simRuns.set(dom.run, sim);
   }
 
   suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
@@ -360,6 +397,57 @@ export class TestDriver implements Driver {
   }
 
   /**
+   * Sets the number of online vCPUs with the embedded driver's rules (`drivers/qemu/hotplug-vcpus.ts`):
+   * each vCPU added gets a thread at its documented tid, placed and scheduled in phase `hotplug`
+   * before the guest onlines it (a failure removes it again); unplugging is refused for TCG (`qemu`)
+   * domains, and after a TCG rollback removed a vCPU, as QEMU 7.2 crashes on the next hotplug.
+   */
+  setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'device-change', options.signal, async (job) => {
+      const { live, config } = affected(dom.def.name, dom.active, options);
+      if (config) checkVcpuCount(dom.def, count, 'persistent');
+      const run = dom.run;
+      const sim = run && this.#simRuns.get(run);
+      if (live && run && sim) {
+        checkVcpuCount(run.live, count, 'running');
+        let current = run.live.vcpu.current ?? run.live.vcpu.count;
+        while (current < count) {
+          if (sim.vcpuUnplugged)
+            throw new VirtError(
+              ErrorCode.CONFIG_UNSUPPORTED,
+              `a vCPU was unplugged from TCG domain '${dom.def.name}' (by an earlier rollback); QEMU's TCG crashes on the next vCPU hotplug after that, so vCPUs can be added only after a restart of the domain`,
+              { path: 'count' },
+            );
+          const online = this.#privileged.vcpuIndexes(sim);
+          const index = Array.from({ length: run.live.vcpu.count }, (_, i) => i).find(
+            (i) => !online.includes(i),
+          );
+          await this.#privileged.hotplugVcpu(run.live, sim, index as number, job.signal);
+          run.live = withVcpus(run.live, ++current);
+        }
+        if (current > count && run.live.type === 'qemu')
+          throw new VirtError(
+            ErrorCode.CONFIG_UNSUPPORTED,
+            `vCPUs cannot be unplugged from TCG domain '${dom.def.name}' (type 'qemu'): QEMU's TCG crashes on the next vCPU hotplug after an unplug; lower the count with config and restart the domain`,
+            { path: 'count', current, count },
+          );
+        while (current > count) {
+          const last = this.#privileged
+            .vcpuIndexes(sim)
+            .filter((i) => i !== 0)
+            .at(-1);
+          if (last === undefined)
+            throw new VirtError(ErrorCode.OPERATION_INVALID, 'vCPU 0 cannot be unplugged', { path: 'count' });
+          this.#privileged.unplugVcpu(run.live, sim, last);
+          run.live = withVcpus(run.live, --current);
+        }
+      }
+      if (config) dom.def = withVcpus(dom.def, count);
+    });
+  }
+
+  /**
    * A running guest powers off at once; a paused one never sees the power button, so the call
    * waits `timeoutMs` (default 60 000) for a destroy, then destroys or fails as asked.
    */
@@ -419,13 +507,234 @@ export class TestDriver implements Driver {
     return this.#job(dom, 'destroy', undefined, destroy);
   }
 
+  readonly #migrations = new WeakMap<TestDomain, MigrationRecord>();
+
+  /** The migration of `dom` is over: an incoming one stops listening (and learns it failed unless `ok`). */
+  #endMigration(dom: TestDomain, ok: boolean): void {
+    const record = this.#migrations.get(dom);
+    if (record?.role === 'in') {
+      unlisten(record.uri);
+      record.settle(ok);
+    }
+    this.#migrations.delete(dom);
+  }
+
+  #outgoing(dom: TestDomain, what: string): Extract<MigrationRecord, { role: 'out' }> {
+    const record = this.#migrations.get(dom);
+    if (record?.role !== 'out')
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `domain '${dom.def.name}' has no outgoing migration to ${what}; call migrateBegin first`,
+        { domain: dom.ident },
+      );
+    return record;
+  }
+
+  /** Step 1 (source): the domain must run or be paused; it is migrating out until confirm. */
+  migrateBegin(uuid: string): Promise<OutgoingMigration> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'migration-out', undefined, () => {
+      const run = dom.requireActive();
+      if (this.#migrations.has(dom))
+        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already migrating`, {
+          domain: dom.ident,
+        });
+      const running = dom.state === 'running';
+      this.#migrations.set(dom, { role: 'out', phase: 'begun', wasRunning: running });
+      return {
+        definition: structuredClone(dom.def),
+        live: structuredClone(run.live),
+        running,
+        taints: [...(this.#simRuns.get(run)?.taints ?? [])],
+      };
+    });
+  }
+
+  /**
+   * Step 2 (destination): the simulated process starts with the privileged operations in phase
+   * `migration-in` (memlock, placement, scheduling; descriptors in `pre-exec`), paused (reason
+   * `migration`), then listens at `listen` for the stream of a test driver of this process.
+   */
+  async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
+    this.#checkOpen();
+    parseAddress(options.listen, 'listen');
+    const def = offer.definition;
+    const existing = this.#domains.existingFor(def);
+    if (existing?.active)
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `domain '${def.name}' is already active at the destination`,
+        { domain: { name: def.name, uuid: def.uuid } },
+      );
+    if (existing) checkSameDefinition(existing.def, def);
+    else await this.defineDomain(def);
+    const dom = this.#domains.get(def.uuid);
+    try {
+      return await this.#job(dom, 'migration-in', options.signal, async (job) => {
+        await this.#launch(dom, job, structuredClone(offer.live), true);
+        dom.state = 'paused';
+        dom.reason = 'migration';
+        try {
+          if (job.aborted) throw migrationAborted('prepare', dom.ident);
+          let settle!: (ok: boolean) => void;
+          const outcome = new Promise<boolean>((resolve) => {
+            settle = resolve;
+          });
+          const uri = listen(options.listen, { uuid: def.uuid, deliver: () => settle(true) });
+          this.#migrations.set(dom, {
+            role: 'in',
+            uri,
+            running: offer.cookie.running,
+            definedHere: !existing,
+            outcome,
+            settle,
+          });
+          return { uri, cookie: { version: 1, uuid: def.uuid, uri }, name: def.name, uuid: def.uuid };
+        } catch (err) {
+          await this.#stop(dom, 'destroyed');
+          throw err;
+        }
+      });
+    } catch (err) {
+      if (!existing) await this.#undefineAfterMigration(dom);
+      throw err;
+    }
+  }
+
+  /**
+   * Step 3 (source): "streams" to the destination listening at `uri` (none: `OPERATION_FAILED`, the
+   * source runs as before). The source is then paused (reason `migration`) until confirm.
+   */
+  migratePerform(uuid: string, uri: string, options: MigratePerformOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'migration-out', options.signal, (job) => {
+      const record = this.#outgoing(dom, 'perform');
+      const run = dom.requireActive();
+      parseAddress(uri, 'uri');
+      if (options.cookie && options.cookie.uuid !== dom.def.uuid)
+        throw new VirtError(ErrorCode.OPERATION_INVALID, 'the destination cookie belongs to another domain', {
+          field: 'cookie.uuid',
+        });
+      if (record.phase !== 'begun')
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          `the migration of '${dom.def.name}' was already performed`,
+        );
+      if (job.aborted) throw migrationAborted('perform', dom.ident);
+      record.wasRunning = dom.state === 'running';
+      const dest = connectTo(uri);
+      if (dest?.uuid !== dom.def.uuid)
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `migration of '${dom.def.name}' failed: no destination for it listens at ${uri}`,
+          { domain: dom.ident, status: 'failed' },
+        );
+      const bytes = (run.live.memoryKiB ?? 0) * 1024;
+      try {
+        options.onProgress?.({
+          status: 'completed',
+          elapsedMs: 0,
+          dataTotal: bytes,
+          dataProcessed: bytes,
+          dataRemaining: 0,
+          dirtyPagesRate: 0,
+        });
+      } catch {
+        // a throwing observer does not decide the migration
+      }
+      // The vCPUs stop for the end of the stream, as QEMU's STOP reports it.
+      if (dom.state === 'running') this.#transition(dom, 'paused', 'migration', 'suspended');
+      dom.reason = 'migration';
+      dest.deliver();
+      record.phase = 'performed';
+    });
+  }
+
+  /**
+   * Step 4 (destination): waits for the stream, then runs (or stays paused, as the source was) with
+   * event `started migrated`. Cancelled, or when the source gave up, it is destroyed instead (and
+   * undefined if prepare defined it).
+   */
+  async migrateFinish(uuid: string, options: MigrationEndOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    const first = this.#migrations.get(dom);
+    const definedHere = first?.role === 'in' && first.definedHere;
+    try {
+      await this.#job(dom, 'migration-in', options.signal, async (job) => {
+        const record = this.#migrations.get(dom);
+        if (record?.role !== 'in')
+          throw new VirtError(
+            ErrorCode.OPERATION_INVALID,
+            `domain '${dom.def.name}' has no incoming migration to finish`,
+            { domain: dom.ident },
+          );
+        const aborted = new Promise<false>((resolve) => {
+          if (job.aborted) resolve(false);
+          job.signal.addEventListener('abort', () => resolve(false), { once: true });
+        });
+        const ok = options.cancelled ? false : await Promise.race([record.outcome, aborted]);
+        if (!ok) {
+          await this.#stop(dom, 'destroyed');
+          if (options.cancelled) return;
+          if (job.aborted) throw migrationAborted('finish', dom.ident);
+          throw new VirtError(
+            ErrorCode.OPERATION_FAILED,
+            `incoming migration of '${dom.def.name}' failed: the stream did not arrive; the destination was rolled back`,
+            { domain: dom.ident },
+          );
+        }
+        this.#endMigration(dom, true);
+        dom.state = record.running ? 'running' : 'paused';
+        dom.reason = 'migrated';
+        this.#emit(dom, 'started', 'migrated');
+      });
+    } catch (err) {
+      if (definedHere) await this.#undefineAfterMigration(dom);
+      throw err;
+    }
+    if (options.cancelled && definedHere) await this.#undefineAfterMigration(dom);
+  }
+
+  /**
+   * Step 5 (source): after a completed stream the simulated process exits (`stopped migrated`,
+   * `cgroup.release` in phase release); with `cancelled` the source resumes if it ran.
+   */
+  migrateConfirm(uuid: string, options: MigrationEndOptions): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'migration-out', options.signal, async () => {
+      const record = this.#outgoing(dom, 'confirm');
+      if (options.cancelled || record.phase !== 'performed') {
+        if (!options.cancelled)
+          throw new VirtError(
+            ErrorCode.OPERATION_INVALID,
+            `the migration of '${dom.def.name}' has not completed; confirm it with { cancelled: true }`,
+          );
+        this.#migrations.delete(dom);
+        if (dom.run && record.wasRunning) {
+          this.#transition(dom, 'running', 'unpaused', 'resumed');
+          dom.reason = 'migration-cancelled';
+        }
+        return;
+      }
+      this.#migrations.delete(dom);
+      await this.#stop(dom, 'migrated');
+    });
+  }
+
+  /** A domain that prepare defined leaves nothing behind when its migration did not happen. */
+  async #undefineAfterMigration(dom: TestDomain): Promise<void> {
+    if (dom.active || this.#closed) return;
+    await this.undefineDomain(dom.def.uuid).catch(() => undefined);
+  }
+
   readonly #stopping = new WeakSet<TestRuntime>();
 
   /** The simulated QEMU exits, `cgroup.release` runs (phase release), then the domain is shut off. */
-  async #stop(dom: TestDomain, reason: 'shutdown' | 'destroyed'): Promise<void> {
+  async #stop(dom: TestDomain, reason: 'shutdown' | 'destroyed' | 'migrated'): Promise<void> {
     const run = dom.run;
     if (!run || this.#stopping.has(run)) return;
     this.#stopping.add(run);
+    this.#endMigration(dom, false);
     const sim = this.#simRuns.get(run);
     if (sim) await this.#privileged.release(dom.run?.live ?? dom.def, sim);
     if (dom.run !== run) return;
@@ -441,7 +750,10 @@ export class TestDriver implements Driver {
     if (this.#closed) return;
     this.#closed = true;
     this.#listeners.clear();
-    for (const dom of this.#domains.values()) dom.run?.markStopped('closed');
+    for (const dom of this.#domains.values()) {
+      this.#endMigration(dom, false);
+      dom.run?.markStopped('closed');
+    }
     this.#domains.clear();
   }
 }

@@ -17,6 +17,8 @@ export interface SimRun {
   readonly taints: string[];
   placements: Placements;
   placementAttempted: boolean;
+  /** A vCPU was unplugged from a TCG domain: QEMU 7.2 would crash on the next hotplug. */
+  vcpuUnplugged?: boolean;
 }
 
 /** A start in progress: destroy aborts it once the process exists, as in the embedded driver. */
@@ -73,9 +75,16 @@ export class PrivilegedSimulation {
    * The start sequence of `drivers/qemu/start.ts`, simulated: pre-exec descriptors (no pid), the
    * "spawn" (id and synthetic pid), memlock on the not-yet-exec'd process, then startup placement
    * and scheduling with every vCPU paused. A failure rolls back what was done (release of
-   * placements, the simulated process, descriptors) and rethrows the operation's error.
+   * placements, the simulated process, descriptors) and rethrows the operation's error. For the
+   * destination of a migration (`incoming`), memlock, placement and scheduling run in phase
+   * `migration-in`, as in the embedded driver; the descriptors are still opened in `pre-exec`.
    */
-  async start(def: DomainDefinition, allocateId: () => number, attempt: StartAttempt): Promise<SimRun> {
+  async start(
+    def: DomainDefinition,
+    allocateId: () => number,
+    attempt: StartAttempt,
+    incoming = false,
+  ): Promise<SimRun> {
     const taints: string[] = [];
     const signal = attempt.cancel.signal;
     const fds: number[] = [];
@@ -94,7 +103,7 @@ export class PrivilegedSimulation {
         const { fds: tapFds } = await this.#invoke(preScope, 'net.openTap', 'pre-exec', {
           ifname: nic.target?.dev,
           queues: nic.queues ?? 1,
-          vnetHdr: nic.model === 'virtio',
+          vnetHdr: nic.model.startsWith('virtio'),
           managed: nic.target?.managed !== false,
         });
         fds.push(...tapFds);
@@ -106,8 +115,8 @@ export class PrivilegedSimulation {
       // QEMU inherited the descriptors; the driver's copies go.
       closeResultFds({ fds: fds.splice(0) });
       const scope = this.#scope(def, id, proc.pid, taints, signal);
-      await this.#raiseMemLock(scope, def, proc);
-      await this.#configureThreads(scope, def, proc, run);
+      await this.#raiseMemLock(scope, def, proc, incoming ? 'migration-in' : 'pre-exec');
+      await this.#configureThreads(scope, def, proc, run, incoming ? 'migration-in' : 'startup');
       signal.throwIfAborted();
       return run;
     } catch (err) {
@@ -117,7 +126,12 @@ export class PrivilegedSimulation {
     }
   }
 
-  async #raiseMemLock(scope: InvocationScope, def: DomainDefinition, proc: SimProcess): Promise<void> {
+  async #raiseMemLock(
+    scope: InvocationScope,
+    def: DomainDefinition,
+    proc: SimProcess,
+    phase: 'pre-exec' | 'migration-in',
+  ): Promise<void> {
     const need = memLockNeed(def);
     if (!need) return;
     const current = { ...proc.memlock };
@@ -127,7 +141,7 @@ export class PrivilegedSimulation {
       );
       return;
     }
-    await this.#invoke(scope, 'process.setMaxMemLock', 'pre-exec', {
+    await this.#invoke(scope, 'process.setMaxMemLock', phase, {
       pid: proc.pid,
       bytes: need.bytes,
       current,
@@ -140,6 +154,7 @@ export class PrivilegedSimulation {
     def: DomainDefinition,
     proc: SimProcess,
     run: SimRun,
+    phase: 'startup' | 'migration-in',
   ): Promise<void> {
     const tune = def.cputune;
     if (!tune) return;
@@ -147,7 +162,7 @@ export class PrivilegedSimulation {
     const iothreads = proc.threads.filter((t) => t.role === 'iothread');
     if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
       run.placementAttempted = true;
-      ({ placements: run.placements } = await this.#invoke(scope, 'cgroup.placeThreads', 'startup', {
+      ({ placements: run.placements } = await this.#invoke(scope, 'cgroup.placeThreads', phase, {
         pid: proc.pid,
         threads: [...vcpus, ...iothreads, ...proc.threads.filter((t) => t.role === 'emulator')].map((t) => ({
           tid: t.tid,
@@ -175,7 +190,7 @@ export class PrivilegedSimulation {
       }
     }
     if (sched.length > 0)
-      await this.#invoke(scope, 'thread.setScheduler', 'startup', { pid: proc.pid, threads: sched });
+      await this.#invoke(scope, 'thread.setScheduler', phase, { pid: proc.pid, threads: sched });
   }
 
   /**
@@ -203,10 +218,60 @@ export class PrivilegedSimulation {
     const { fds } = await this.#invoke(scope, 'net.openTap', 'hotplug', {
       ifname: nic.target?.dev,
       queues: nic.queues ?? 1,
-      vnetHdr: nic.model === 'virtio',
+      vnetHdr: nic.model.startsWith('virtio'),
       managed: nic.target?.managed !== false,
     });
     closeResultFds({ fds });
+  }
+
+  /**
+   * A vCPU hot-plugged (`drivers/qemu/hotplug-vcpus.ts`), simulated: its new thread is placed with
+   * the domain's cpusets and scheduled by its `vcpusched` entry in phase `hotplug`, before the guest
+   * could online it; a failure removes the vCPU again and rethrows.
+   */
+  async hotplugVcpu(def: DomainDefinition, run: SimRun, index: number, signal: AbortSignal): Promise<void> {
+    const scope = this.#scope(def, run.id, run.pid, run.taints, signal);
+    const tid = this.#sim.addVcpu(run.pid, index);
+    try {
+      const tune = def.cputune;
+      if (!tune) return;
+      const thread = { tid, role: 'vcpu' as const, index };
+      if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+        run.placementAttempted = true;
+        const { placements } = await this.#invoke(scope, 'cgroup.placeThreads', 'hotplug', {
+          pid: run.pid,
+          threads: [thread],
+          cpusets: {
+            emulator: tune.emulatorpin?.cpuset,
+            vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
+            iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
+          },
+        });
+        run.placements = [...run.placements, ...placements];
+      }
+      const entry = tune.vcpusched.find((e) => parseCpuset(e.ids)?.includes(index));
+      if (entry) {
+        await this.#invoke(scope, 'thread.setScheduler', 'hotplug', {
+          pid: run.pid,
+          threads: [{ ...thread, policy: entry.scheduler, priority: entry.priority ?? 0 }],
+        });
+      }
+    } catch (err) {
+      this.#sim.removeVcpu(run.pid, index);
+      if (def.type === 'qemu') run.vcpuUnplugged = true;
+      throw err;
+    }
+  }
+
+  /** An unplugged vCPU's thread ends (the guest let go at once). */
+  unplugVcpu(def: DomainDefinition, run: SimRun, index: number): void {
+    this.#sim.removeVcpu(run.pid, index);
+    if (def.type === 'qemu') run.vcpuUnplugged = true;
+  }
+
+  /** The vCPU indexes the simulated process runs. */
+  vcpuIndexes(run: SimRun): number[] {
+    return this.#sim.vcpuIndexes(run.pid);
   }
 
   /** The simulated QEMU exits; then `cgroup.release` (phase release) gives back its placements. Never throws. */

@@ -124,3 +124,20 @@ export function without(def: DomainDefinition, device: PciDeviceDefinition): Dom
     ? { ...def, disks: def.disks.filter((d) => d !== device.disk) }
     : { ...def, interfaces: def.interfaces.filter((n) => n !== device.interface) };
 }
+
+/** `def` with `count` vCPUs online (`current` dropped when all are). */
+export function withVcpus(def: DomainDefinition, count: number): DomainDefinition {
+  const { current: _, ...vcpu } = def.vcpu;
+  return { ...def, vcpu: count === vcpu.count ? vcpu : { ...vcpu, current: count } };
+}
+
+/** At most the definition's maximum, as the embedded driver checks it. */
+export function checkVcpuCount(def: DomainDefinition, count: number, which: string): void {
+  if (count > def.vcpu.count) {
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `domain '${def.name}' has at most ${def.vcpu.count} vCPU(s) in its ${which} definition, ${count} were asked for; raise <vcpu> (the maximum) in the persistent definition and restart it first`,
+      { path: 'vcpu.count', count, maximum: def.vcpu.count },
+    );
+  }
+}

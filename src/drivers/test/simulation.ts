@@ -71,6 +71,41 @@ export class Simulation implements SimulatedHost {
     return proc;
   }
 
+  /** A hot-plugged vCPU: QEMU's new thread, at the documented tid of vCPU `index` (pid+10+index). */
+  addVcpu(pid: number, index: number): number {
+    const proc = this.#processes.get(pid);
+    if (!proc) throw esrch(`process ${pid}`);
+    const thread: MutableThread = {
+      tid: pid + 10 + index,
+      role: 'vcpu',
+      index,
+      policy: 'other',
+      priority: 0,
+      cgroup: '/',
+    };
+    proc.threads.push(thread);
+    this.#threads.set(thread.tid, thread);
+    return thread.tid;
+  }
+
+  /** An unplugged vCPU: its thread ends. */
+  removeVcpu(pid: number, index: number): void {
+    const proc = this.#processes.get(pid);
+    const at = proc?.threads.findIndex((t) => t.role === 'vcpu' && t.index === index) ?? -1;
+    if (!proc || at < 0) return;
+    const [thread] = proc.threads.splice(at, 1);
+    if (thread) this.#threads.delete(thread.tid);
+  }
+
+  /** The vCPU indexes of a running process, in order. */
+  vcpuIndexes(pid: number): number[] {
+    const proc = this.#processes.get(pid);
+    return (proc?.threads ?? [])
+      .filter((t) => t.role === 'vcpu')
+      .map((t) => t.index)
+      .sort((a, b) => a - b);
+  }
+
   /** The process has exited: it and its threads disappear. */
   exit(pid: number): void {
     const proc = this.#processes.get(pid);

@@ -61,6 +61,8 @@ class Session {
   /** Ids whose caller stopped waiting: their late answers' descriptors are closed on arrival. */
   readonly abandoned = new Set<number>();
   readonly ready: Promise<void>;
+  /** The helper's hello has arrived: `ready` has resolved. */
+  greeted = false;
   #greeted!: () => void;
   #refused!: (err: VirtError) => void;
 
@@ -104,7 +106,7 @@ class Session {
   }
 
   #onMessage(raw: unknown): void {
-    const parsed = serverMessageSchema.safeParse(raw);
+    const parsed = serverMessageSchema(raw).safeParse(raw);
     if (!parsed.success) throw new ProtocolError('virtkit-privd sent a malformed message');
     const msg = parsed.data;
     if (msg.type === 'hello') {
@@ -118,6 +120,7 @@ class Session {
           },
         );
       }
+      this.greeted = true;
       this.#greeted();
       return;
     }
@@ -225,7 +228,10 @@ class Client {
     let session: Session | undefined;
     let id: number | undefined;
     try {
-      session = await Promise.race([this.#connect(), stopped]);
+      // A greeted session that is still open serves at once: awaiting it would cost a turn.
+      session =
+        (ctx.signal.aborted ? undefined : this.#openSession()) ??
+        (await Promise.race([this.#connect(), stopped]));
       const s = session;
       const callId = this.#nextId++;
       id = callId;
@@ -253,6 +259,15 @@ class Client {
       if (session && id !== undefined && session.pending.delete(id)) session.abandoned.add(id);
       if (session && session.pending.size === 0) session.conn.ref(false);
     }
+  }
+
+  /** The session, when it is greeted and (as far as can be read now) still open. */
+  #openSession(): Session | undefined {
+    const open = this.#session;
+    if (this.#closed || !open?.greeted) return undefined;
+    // A helper that restarted since the last call has hung up: notice it now.
+    open.conn.drain();
+    return open.conn.closed ? undefined : open;
   }
 
   /** The open session, or a new one: reconnecting after the helper went away is just this. */

@@ -89,6 +89,8 @@ class Helper implements PrivilegedHelper {
   readonly socketPath: string;
   readonly #policy: Policy;
   readonly #audit: (line: string) => void;
+  /** Writes what the default audit sink holds; nothing for a caller's sink. */
+  readonly #flushAudit: () => void;
   readonly #mode: number;
   readonly #maxConnections: number;
   readonly #clients = new Set<Client>();
@@ -120,7 +122,9 @@ class Helper implements PrivilegedHelper {
       options.policyPath !== undefined
         ? loadPolicy(options.policyPath)
         : parsePolicy(options.policy, 'policy');
-    this.#audit = options.audit ?? batchedStderr();
+    const sink = options.audit ? undefined : batchedStderr();
+    this.#audit = options.audit ?? (sink as BatchedSink).write;
+    this.#flushAudit = sink?.flush ?? (() => {});
     this.#mode = options.socketMode ?? 0o666;
     const limits = this.#policy.limits;
     this.#maxConnections = options.maxConnections ?? limits.maxConnections;
@@ -178,6 +182,7 @@ class Helper implements PrivilegedHelper {
     for (const client of [...this.#clients]) client.conn.close();
     this.#workers.close();
     this.#taps.close();
+    this.#flushAudit();
   }
 
   #removeStaleSocket(): void {
@@ -492,34 +497,92 @@ class Helper implements PrivilegedHelper {
     const { value, fds } = detachFds(result);
     if (typeof value === 'object' && value !== null && 'ifname' in value)
       target.ifname = String(value.ifname);
-    record('allow');
     client.conn.send({ type: 'response', id: req.id, ok: true, result: value, fds: fds.length }, fds);
+    // After the answer: the line only waits for the next turn's write anyway, and building it
+    // first would delay every response by its cost.
+    record('allow');
   }
 
   #log(entry: Record<string, unknown>): void {
     try {
-      this.#audit(JSON.stringify({ time: new Date().toISOString(), ...entry }));
+      this.#audit(JSON.stringify({ time: isoNow(), ...entry }));
     } catch {
       // An audit sink that throws must not take the helper down.
     }
   }
 }
 
+let isoMs = 0;
+let isoText = '';
+
+/** The time as ISO 8601, formatted once per millisecond (a request takes less than one). */
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== isoMs) {
+    isoMs = now;
+    isoText = new Date(now).toISOString();
+  }
+  return isoText;
+}
+
+/** How long audit lines may wait to be written, and how much of them. */
+const AUDIT_FLUSH_MS = 5;
+const AUDIT_FLUSH_BYTES = 64 * 1024;
+
+interface BatchedSink {
+  write(line: string): void;
+  flush(): void;
+}
+
+/** The default sinks holding lines: written at exit, by one listener for all of them. */
+const waiting = new Set<BatchedSink>();
+let exitWatched = false;
+
+function watchExit(): void {
+  if (exitWatched) return;
+  exitWatched = true;
+  // Standard error is written synchronously (a file, or a pipe on Linux), so this still lands.
+  process.once('exit', () => {
+    for (const sink of waiting) sink.flush();
+  });
+}
+
 /**
- * The default audit sink: lines written to standard error once per turn of the event loop, in
- * order, so that a burst of requests costs one write(2), not one each, and no write delays the
- * response it describes.
+ * The default audit sink: lines written to standard error in order, at most 5 ms after they were
+ * logged (or once 64 KiB wait), so that a stream of requests costs one write(2) per 5 ms instead of
+ * one per request, and no write delays the response it describes. What waits is written when the
+ * helper closes and when the process exits.
  */
-function batchedStderr(): (line: string) => void {
+function batchedStderr(): BatchedSink {
   let pending: string[] = [];
-  const flush = () => {
+  let bytes = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const flush = (): void => {
+    clearTimeout(timer);
+    timer = undefined;
+    waiting.delete(sink);
+    if (pending.length === 0) return;
     const lines = pending;
     pending = [];
+    bytes = 0;
     process.stderr.write(`${lines.join('\n')}\n`);
   };
-  return (line) => {
-    if (pending.push(line) === 1) setImmediate(flush);
+  const sink: BatchedSink = {
+    write(line) {
+      pending.push(line);
+      bytes += line.length;
+      if (bytes >= AUDIT_FLUSH_BYTES) flush();
+      else if (!timer) {
+        watchExit();
+        waiting.add(sink);
+        timer = setTimeout(flush, AUDIT_FLUSH_MS);
+        // A helper that is closing must not be kept alive by its log: close() and exit flush it.
+        timer.unref();
+      }
+    },
+    flush,
   };
+  return sink;
 }
 
 /**

@@ -70,7 +70,8 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
     rngs: z
       .array(
         z.strictObject({
-          model: z.literal('virtio'),
+          /** The virtio flavour (`virtio-non-transitional`: modern only). */
+          model: z.enum(['virtio', 'virtio-transitional', 'virtio-non-transitional']),
           backend: z.enum(['/dev/urandom', '/dev/random', '/dev/hwrng']).default('/dev/urandom'),
           rate: z
             .strictObject({
@@ -95,6 +96,21 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
           alias,
         }),
       )
+      .optional(),
+    /**
+     * `<watchdog>`: an i6300esb (PCI) or ib700 (ISA) timer card, and what QEMU does when the
+     * guest stops feeding it (`dump` is refused: it needs libvirt's core dump machinery).
+     */
+    watchdogs: z
+      .array(
+        z.strictObject({
+          model: z.enum(['i6300esb', 'ib700']),
+          action: z.enum(['reset', 'shutdown', 'poweroff', 'pause', 'none', 'inject-nmi']).default('reset'),
+          alias,
+          address: pciAddress.optional(),
+        }),
+      )
+      .max(1)
       .optional(),
     /** `<audio>` backends; only `none` (no host audio). */
     audios: z.array(z.strictObject({ id: z.number().int().min(1), type: z.literal('none') })).optional(),

@@ -57,6 +57,26 @@ const driveAddress = z.strictObject({
   unit: z.number().int().min(0).max(255),
 });
 
+/** The virtio device flavours libvirt names in a `model`: QEMU's `-transitional`/`-non-transitional` devices. */
+const virtioModel = z.enum(['virtio', 'virtio-transitional', 'virtio-non-transitional']);
+
+/** A NIC's device model: virtio (in its flavours) or an emulated Intel or Realtek card. */
+const nicModel = z
+  .enum(['virtio', 'virtio-transitional', 'virtio-non-transitional', 'e1000', 'e1000e', 'rtl8139'])
+  .default('virtio');
+
+/** A PCI device's option ROM (`<rom enabled bar file>`). */
+const nicRom = z
+  .strictObject({
+    /** false: no option ROM at all (QEMU's `romfile=`). */
+    enabled: z.boolean().optional(),
+    /** Whether the ROM is visible in the device's ROM BAR. */
+    bar: z.boolean().optional(),
+    /** A ROM image instead of QEMU's own. */
+    file: z.string().startsWith('/').optional(),
+  })
+  .optional();
+
 const controllerSchema = z.discriminatedUnion('type', [
   z.strictObject({
     type: z.literal('pci'),
@@ -91,7 +111,7 @@ const controllerSchema = z.discriminatedUnion('type', [
     type: z.literal('virtio-serial'),
     index: z.number().int().min(0).max(255).optional(),
     /** The virtio device flavour; without one, `virtio` (modern and legacy as QEMU chooses). */
-    model: z.enum(['virtio', 'virtio-transitional', 'virtio-non-transitional']).optional(),
+    model: virtioModel.optional(),
     /** Its port count (QEMU's `max_ports`). */
     ports: z.number().int().min(1).max(31).optional(),
     /** MSI-X vectors. */
@@ -104,6 +124,8 @@ const controllerSchema = z.discriminatedUnion('type', [
 const diskSchema = z.strictObject({
   type: z.enum(['file', 'block']),
   device: z.enum(['disk', 'cdrom']).default('disk'),
+  /** The virtio flavour of a virtio disk. */
+  model: virtioModel.optional(),
   driver: z
     .strictObject({
       type: z.enum(['raw', 'qcow2']).default('raw'),
@@ -139,15 +161,17 @@ const interfaceSchema = z.discriminatedUnion('type', [
     type: z.literal('ethernet'),
     mac: macAddress.optional(),
     target: z.strictObject({ dev: z.string().min(1).max(15), managed: z.boolean().default(true) }).optional(),
-    model: z.enum(['virtio', 'e1000']).default('virtio'),
+    model: nicModel,
     queues: z.number().int().min(1).max(16).optional(),
+    rom: nicRom,
     alias: z.string().optional(),
     address: pciAddress.optional(),
   }),
   z.strictObject({
     type: z.literal('user'),
     mac: macAddress.optional(),
-    model: z.enum(['virtio', 'e1000']).default('virtio'),
+    model: nicModel,
+    rom: nicRom,
     alias: z.string().optional(),
     address: pciAddress.optional(),
   }),
@@ -280,7 +304,11 @@ export const domainDefinitionSchema = z.strictObject({
   /** The virtio memory balloon; the QEMU driver adds it when `currentMemoryKiB` is below `memoryKiB`. */
   memballoon: z
     .strictObject({
-      model: z.literal('virtio'),
+      model: virtioModel,
+      /** Seconds between guest memory statistics updates (0: none). */
+      statsPeriod: z.number().int().min(0).optional(),
+      /** Free page reporting: the guest hands freed pages back to the host. */
+      freePageReporting: z.boolean().optional(),
       alias: z.string().optional(),
       address: pciAddress.optional(),
     })

@@ -182,6 +182,11 @@ function checkSemantics(def: DomainDefinition): void {
 
 /** The driver settings QEMU would refuse at start, refused at define time instead. */
 function checkDiskDriver(def: DomainDefinition, disk: DomainDefinition['disks'][number], path: string): void {
+  if (disk.model !== undefined && disk.target.bus !== 'virtio')
+    throw invalid(
+      path.replace(/\.driver$/, '.model'),
+      `a ${disk.model} model on the ${disk.target.bus} bus (virtio only)`,
+    );
   const { iothread, io, cache } = disk.driver;
   if (iothread !== undefined) {
     if (disk.target.bus !== 'virtio')

@@ -339,10 +339,20 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ),
     ),
   ];
-  const after: Node[] = (def.rngs ?? []).map((r) =>
+  const watchdogs: Node[] = (def.watchdogs ?? []).map((w) =>
+    node(
+      'watchdog',
+      [
+        ['model', w.model],
+        ['action', w.action],
+      ],
+      [aliasNode(w.alias), addressNode(w.address)],
+    ),
+  );
+  const rngs: Node[] = (def.rngs ?? []).map((r) =>
     node(
       'rng',
-      [['model', 'virtio']],
+      [['model', r.model]],
       [
         r.rate &&
           node('rate', [
@@ -355,24 +365,22 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  for (const m of def.memoryDevices ?? []) {
-    after.push(
-      node(
-        'memory',
-        [['model', m.model]],
-        [
-          node('target', [], [kib('size', m.sizeKiB), m.node !== undefined && textNode('node', m.node)]),
-          aliasNode(m.alias),
-          m.slot !== undefined &&
-            node('address', [
-              ['type', 'dimm'],
-              ['slot', m.slot],
-            ]),
-        ],
-      ),
-    );
-  }
-  return { before, after };
+  const dimms: Node[] = (def.memoryDevices ?? []).map((m) =>
+    node(
+      'memory',
+      [['model', m.model]],
+      [
+        node('target', [], [kib('size', m.sizeKiB), m.node !== undefined && textNode('node', m.node)]),
+        aliasNode(m.alias),
+        m.slot !== undefined &&
+          node('address', [
+            ['type', 'dimm'],
+            ['slot', m.slot],
+          ]),
+      ],
+    ),
+  );
+  return { before: [...before, ...watchdogs], after: [...rngs, ...dimms] };
 }
 
 function domainNode(def: DomainDefinition): Node {
@@ -390,6 +398,7 @@ function domainNode(def: DomainDefinition): Node {
           [
             ['type', disk.type],
             ['device', disk.device],
+            ['model', disk.model],
           ],
           [
             node('driver', [
@@ -430,6 +439,12 @@ function domainNode(def: DomainDefinition): Node {
               ]),
             node('model', [['type', nic.model]]),
             nic.type === 'ethernet' && nic.queues !== undefined && node('driver', [['queues', nic.queues]]),
+            nic.rom &&
+              node('rom', [
+                ['bar', nic.rom.bar === undefined ? undefined : nic.rom.bar ? 'on' : 'off'],
+                ['file', nic.rom.file],
+                ['enabled', yesNo(nic.rom.enabled)],
+              ]),
             aliasNode(nic.alias),
             addressNode(nic.address),
           ],
@@ -470,8 +485,23 @@ function domainNode(def: DomainDefinition): Node {
       def.memballoon &&
         node(
           'memballoon',
-          [['model', 'virtio']],
-          [aliasNode(def.memballoon.alias), addressNode(def.memballoon.address)],
+          [
+            ['model', def.memballoon.model],
+            [
+              'freePageReporting',
+              def.memballoon.freePageReporting === undefined
+                ? undefined
+                : def.memballoon.freePageReporting
+                  ? 'on'
+                  : 'off',
+            ],
+          ],
+          [
+            def.memballoon.statsPeriod !== undefined &&
+              node('stats', [['period', def.memballoon.statsPeriod]]),
+            aliasNode(def.memballoon.alias),
+            addressNode(def.memballoon.address),
+          ],
         ),
       ...extraDeviceNodes(def).after,
     ],

@@ -201,24 +201,36 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
 
 /** `<memballoon>`: `model='none'` is no balloon; `model='virtio'` a balloon with its alias and address. */
 export function parseMemballoon(origins: Origins, el: XmlElement, out: Obj): void {
-  check(el, { attrs: ['model'], children: ['alias', 'address'] });
+  check(el, { attrs: ['model', 'freePageReporting'], children: ['stats', 'alias', 'address'] });
   const model = el.attrs.get('model');
   if (model === undefined) throw invalid(el, "<memballoon> needs a model, 'virtio' or 'none'", 'model');
   const kind = choice(
     el,
     model,
     'the memory balloon model',
-    ['virtio', 'none'],
-    ['xen', 'virtio-transitional', 'virtio-non-transitional'],
+    ['virtio', 'virtio-transitional', 'virtio-non-transitional', 'none'],
+    ['xen'],
     'model',
   );
   if (kind === 'none') {
-    if (child(el, 'address') || child(el, 'alias'))
-      throw invalid(el, "<memballoon model='none'> takes no address or alias");
+    if (child(el, 'address') || child(el, 'alias') || child(el, 'stats') || el.attrs.has('freePageReporting'))
+      throw invalid(el, "<memballoon model='none'> takes no address, alias, stats or freePageReporting");
     return;
   }
   origins.note('memballoon', el);
-  const balloon: Obj = { model: 'virtio' };
+  const balloon: Obj = { model: kind };
+  const reporting = el.attrs.get('freePageReporting');
+  if (reporting !== undefined) {
+    origins.note('memballoon.freePageReporting', el, 'freePageReporting');
+    balloon.freePageReporting =
+      choice(el, reporting, 'freePageReporting', ['on', 'off'], [], 'freePageReporting') === 'on';
+  }
+  const stats = child(el, 'stats');
+  if (stats) {
+    check(stats, { attrs: ['period'] });
+    origins.note('memballoon.statsPeriod', stats, 'period');
+    set(balloon, 'statsPeriod', intAttr(stats, 'period'));
+  }
   parseDeviceAlias(origins, el, 'memballoon', balloon);
   parseAddress(origins, el, 'memballoon', balloon, ['pci']);
   out.memballoon = balloon;

@@ -26,7 +26,16 @@ import type { XmlElement } from './xml-tree.js';
  */
 
 /** The element names this file handles, for `<devices>`' check. */
-export const EXTRA_DEVICES = ['input', 'graphics', 'video', 'rng', 'channel', 'audio', 'memory'] as const;
+export const EXTRA_DEVICES = [
+  'input',
+  'graphics',
+  'video',
+  'rng',
+  'channel',
+  'audio',
+  'watchdog',
+  'memory',
+] as const;
 
 function alias(origins: Origins, el: XmlElement, field: string, out: Obj): void {
   const a = child(el, 'alias');
@@ -50,6 +59,7 @@ export function parseExtraDevices(origins: Origins, el: XmlElement, out: Obj): v
   list('rng', 'rngs', (e, f) => parseRng(origins, e, f));
   list('channel', 'channels', (e, f) => parseChannel(origins, e, f));
   list('audio', 'audios', (e, f) => parseAudio(origins, e, f));
+  list('watchdog', 'watchdogs', (e, f) => parseWatchdog(origins, e, f));
   list('memory', 'memoryDevices', (e, f) => parseMemoryDevice(origins, e, f));
 }
 
@@ -93,6 +103,32 @@ function parseMemoryDevice(origins: Origins, el: XmlElement, field: string): Obj
     origins.note(`${field}.slot`, address, 'slot');
     set(out, 'slot', intAttr(address, 'slot'));
   }
+  return out;
+}
+
+function parseWatchdog(origins: Origins, el: XmlElement, field: string): Obj {
+  check(el, { attrs: ['model', 'action'], children: ['alias', 'address'] });
+  origins.note(field, el);
+  const model = el.attrs.get('model');
+  if (model === undefined) throw invalid(el, '<watchdog> needs a model', 'model');
+  origins.note(`${field}.model`, el, 'model');
+  const out: Obj = {
+    model: choice(el, model, 'the watchdog model', ['i6300esb', 'ib700'], ['diag288', 'itco'], 'model'),
+  };
+  const action = el.attrs.get('action');
+  if (action !== undefined) {
+    origins.note(`${field}.action`, el, 'action');
+    out.action = choice(
+      el,
+      action,
+      'the watchdog action',
+      ['reset', 'shutdown', 'poweroff', 'pause', 'none', 'inject-nmi'],
+      ['dump'],
+      'action',
+    );
+  }
+  alias(origins, el, field, out);
+  parseAddress(origins, el, field, out, out.model === 'i6300esb' ? ['pci'] : []);
   return out;
 }
 
@@ -206,8 +242,8 @@ function parseRng(origins: Origins, el: XmlElement, field: string): Obj {
       el,
       model,
       'the RNG model',
-      ['virtio'],
-      ['virtio-transitional', 'virtio-non-transitional'],
+      ['virtio', 'virtio-transitional', 'virtio-non-transitional'],
+      [],
       'model',
     ),
   };

@@ -23,8 +23,8 @@ import type { XmlElement } from './xml-tree.js';
  * The domain XML's `<devices>`: emulator, disks, interfaces, serial ports and console, balloon.
  *
  * Typed API ↔ XML decisions:
- * - An `<interface>` without `<model>` is rejected: libvirt would give it an rtl8139, which virtkit
- *   does not support.
+ * - An `<interface>` without `<model>` is an rtl8139, libvirt's default for x86 QEMU guests (the
+ *   typed API's default is virtio).
  * - A `<target>` of a disk without `bus` is virtio for a `vd*` name, and rejected otherwise
  *   (libvirt would choose scsi or ide).
  * - A file `<serial>` without `<source path>` logs to the domain's console log, as in the typed API.
@@ -80,7 +80,7 @@ export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
 
 function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   check(el, {
-    attrs: ['type', 'device'],
+    attrs: ['type', 'device', 'model'],
     children: ['driver', 'source', 'target', 'readonly', 'serial', 'boot', 'alias', 'address'],
   });
   const field = `disks.${i}`;
@@ -101,6 +101,18 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   if (device !== undefined) {
     out.device = choice(el, device, 'the disk device', ['disk', 'cdrom'], ['floppy', 'lun'], 'device');
   }
+  const model = el.attrs.get('model');
+  if (model !== undefined) {
+    origins.note(`${field}.model`, el, 'model');
+    out.model = choice(
+      el,
+      model,
+      'the disk model',
+      ['virtio', 'virtio-transitional', 'virtio-non-transitional'],
+      [],
+      'model',
+    );
+  }
   const driver = child(el, 'driver');
   if (driver) {
     out.driver = parseDiskDriver(origins, driver, `${field}.driver`);
@@ -108,7 +120,8 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   const source = child(el, 'source');
   const sourceAttr = out.type === 'file' ? 'file' : 'dev';
   if (source) {
-    check(source, { attrs: [sourceAttr] });
+    // KubeVirt writes the volume's name on a block source; libvirt ignores it.
+    check(source, { attrs: out.type === 'block' ? [sourceAttr, 'name'] : [sourceAttr] });
     origins.note(`${field}.source`, source, sourceAttr);
     set(out, 'source', source.attrs.get(sourceAttr));
   } else {
@@ -116,7 +129,10 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   }
   const target = child(el, 'target');
   if (target) {
-    check(target, { attrs: ['dev', 'bus'] });
+    check(target, { attrs: ['dev', 'bus', 'tray'] });
+    // The tray is state a running domain reports; libvirt starts a domain with its media in.
+    const tray = target.attrs.get('tray');
+    if (tray !== undefined) choice(target, tray, 'the tray state', ['open', 'closed'], [], 'tray');
     origins.note(`${field}.target`, target);
     origins.note(`${field}.target.dev`, target, 'dev');
     origins.note(`${field}.target.bus`, target, 'bus');
@@ -214,6 +230,21 @@ function parseDiskDriver(origins: Origins, driver: XmlElement, field: string): O
   return out;
 }
 
+function parseNicModel(origins: Origins, model: XmlElement, field: string, out: Obj): void {
+  check(model, { attrs: ['type'] });
+  origins.note(`${field}.model`, model, 'type');
+  const modelType = model.attrs.get('type');
+  if (modelType === undefined) throw invalid(model, '<model> needs a type', 'type');
+  out.model = choice(
+    model,
+    modelType,
+    'the NIC model',
+    ['virtio', 'virtio-transitional', 'virtio-non-transitional', 'e1000', 'e1000e', 'rtl8139'],
+    'any',
+    'type',
+  );
+}
+
 function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
   const field = `interfaces.${i}`;
   origins.note(field, el);
@@ -245,9 +276,12 @@ function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
   check(el, {
     attrs: ['type'],
     children: ethernet
-      ? ['mac', 'target', 'model', 'driver', 'alias', 'address']
-      : ['mac', 'model', 'alias', 'address'],
+      ? ['mac', 'source', 'target', 'model', 'driver', 'rom', 'alias', 'address']
+      : ['mac', 'model', 'rom', 'alias', 'address'],
   });
+  // An ethernet interface has no source; KubeVirt writes an empty one.
+  const source = child(el, 'source');
+  if (source) check(source, {});
   const out: Obj = { type: kind };
   const mac = child(el, 'mac');
   if (mac) {
@@ -272,17 +306,27 @@ function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
   }
   const model = child(el, 'model');
   if (!model) {
-    throw new VirtError(
-      ErrorCode.CONFIG_UNSUPPORTED,
-      `${el.path}/model: an interface without <model> is an rtl8139 in libvirt, which virtkit does not support; add <model type='virtio'/>`,
-      { path: `${el.path}/model`, line: el.line, column: el.column },
-    );
+    // libvirt's default NIC for x86 QEMU guests.
+    out.model = 'rtl8139';
+  } else {
+    parseNicModel(origins, model, field, out);
   }
-  check(model, { attrs: ['type'] });
-  origins.note(`${field}.model`, model, 'type');
-  const modelType = model.attrs.get('type');
-  if (modelType === undefined) throw invalid(model, '<model> needs a type', 'type');
-  out.model = choice(model, modelType, 'the NIC model', ['virtio', 'e1000'], 'any', 'type');
+  const rom = child(el, 'rom');
+  if (rom) {
+    check(rom, { attrs: ['enabled', 'bar', 'file'] });
+    origins.note(`${field}.rom`, rom);
+    const r: Obj = {};
+    for (const [attr, key, values] of [
+      ['enabled', 'enabled', ['yes', 'no']],
+      ['bar', 'bar', ['on', 'off']],
+    ] as const) {
+      const value = rom.attrs.get(attr);
+      if (value !== undefined) r[key] = choice(rom, value, `the ROM ${attr}`, values, [], attr) === values[0];
+    }
+    origins.note(`${field}.rom.file`, rom, 'file');
+    set(r, 'file', rom.attrs.get('file'));
+    out.rom = r;
+  }
   const driver = child(el, 'driver');
   if (driver) {
     check(driver, { attrs: ['queues'] });

@@ -45,6 +45,11 @@ import type { XmlElement } from './xml-tree.js';
  * - `<serial><target type='isa-serial'><model name='isa-serial'/></target>` and
  *   `<target port='N'>` when N is the serial's index: the device virtkit always uses.
  * - `<disk><driver name='qemu'>`: the only driver.
+ * - `<disk><target tray='open|closed'>`: the tray state a running domain reports; libvirt starts a
+ *   domain with its media in whatever the document says.
+ * - `<disk type='block'><source name='…'>`: a volume name KubeVirt writes; libvirt ignores it.
+ * - An empty `<source/>` in an ethernet `<interface>` (KubeVirt writes one): an ethernet interface
+ *   has no source.
  * - A `<console>` whose target is the first serial port (`<target type='serial' port='0'/>`, or
  *   no target) is folded into `<serial>` 0 as libvirt does; without any `<serial>`, it becomes
  *   serial 0. Its type and source must then match that serial's.

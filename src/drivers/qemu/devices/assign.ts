@@ -13,6 +13,7 @@ import {
 } from './controllers.js';
 import { type MachineFamily, machineFamily } from './machine.js';
 import { assignDimms } from './memory.js';
+import { checkVirtioModel } from './virtio.js';
 
 /*
  * The device model's define-time step, libvirt's qemuDomainAssignAddresses and
@@ -182,13 +183,16 @@ export function assignDevices(def: DomainDefinition, options: AssignOptions = {}
       ? { model: 'virtio' as const }
       : undefined;
 
+  const watchdogs = def.watchdogs?.map((w) => ({ ...w }));
+
   assignDriveAddresses(disks);
-  assignAliases(family, controllers, disks, interfaces, memballoon);
-  assignPciAddresses(family, controllers, disks, interfaces, memballoon, options);
+  assignAliases(family, controllers, disks, interfaces, memballoon, watchdogs ?? []);
+  assignPciAddresses(family, controllers, disks, interfaces, memballoon, watchdogs ?? [], options);
   return {
     ...def,
     disks,
     interfaces,
+    ...(watchdogs ? { watchdogs } : {}),
     controllers: sortControllers(controllers),
     ...(memballoon ? { memballoon } : {}),
     ...(def.memoryDevices ? { memoryDevices: assignDimms(def) } : {}),
@@ -227,6 +231,7 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
 }
 
 type Balloon = NonNullable<DomainDefinition['memballoon']>;
+type Watchdog = NonNullable<DomainDefinition['watchdogs']>[number];
 
 function assignAliases(
   family: MachineFamily,
@@ -234,6 +239,7 @@ function assignAliases(
   disks: DiskDefinition[],
   interfaces: Array<DomainDefinition['interfaces'][number]>,
   balloon: Balloon | undefined,
+  watchdogs: Watchdog[],
 ): void {
   const owners = new Map<string, string>();
   const claim = (alias: string, path: string, max = 64): void => {
@@ -265,6 +271,9 @@ function assignAliases(
     });
   }
   if (balloon?.alias !== undefined) claim(balloon.alias, 'memballoon');
+  watchdogs.forEach((w, i) => {
+    if (w.alias !== undefined) claim(w.alias, `watchdogs.${i}`);
+  });
 
   controllers.forEach((c, i) => {
     if (c.alias !== undefined) return;
@@ -291,6 +300,11 @@ function assignAliases(
     balloon.alias = 'balloon0';
     claim(balloon.alias, 'memballoon');
   }
+  watchdogs.forEach((w, i) => {
+    if (w.alias !== undefined) return;
+    w.alias = `watchdog${i}`;
+    claim(w.alias, `watchdogs.${i}`);
+  });
 }
 
 function assignPciAddresses(
@@ -299,6 +313,7 @@ function assignPciAddresses(
   disks: DiskDefinition[],
   interfaces: Array<DomainDefinition['interfaces'][number]>,
   balloon: Balloon | undefined,
+  watchdogs: Watchdog[],
   options: AssignOptions,
 ): void {
   const pci = new PciMap(family);
@@ -350,7 +365,11 @@ function assignPciAddresses(
   };
   // libvirt's order: interfaces, controllers, disks, the balloon.
   interfaces.forEach((nic, i) => {
-    addItem(`interfaces.${i}`, nic.alias ?? '', nic.model === 'virtio', nic);
+    checkVirtioModel(nic.model, family, `interfaces.${i}.model`);
+    // libvirt's PCI Express devices: virtio (not transitional) and e1000e; e1000 and rtl8139 are PCI.
+    const express =
+      nic.model === 'virtio' || nic.model === 'virtio-non-transitional' || nic.model === 'e1000e';
+    addItem(`interfaces.${i}`, nic.alias ?? '', express, nic);
   });
   for (const c of controllers) {
     const endpoint =
@@ -362,9 +381,20 @@ function assignPciAddresses(
       throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
   }
   disks.forEach((disk, i) => {
-    if (disk.target.bus === 'virtio') addItem(`disks.${i}`, disk.alias ?? '', true, disk);
+    if (disk.target.bus !== 'virtio') return;
+    checkVirtioModel(disk.model, family, `disks.${i}.model`);
+    addItem(`disks.${i}`, disk.alias ?? '', disk.model !== 'virtio-transitional', disk);
   });
-  if (balloon) addItem('memballoon', balloon.alias ?? '', true, balloon);
+  if (balloon) {
+    checkVirtioModel(balloon.model, family, 'memballoon.model');
+    addItem('memballoon', balloon.alias ?? '', balloon.model !== 'virtio-transitional', balloon);
+  }
+  // The i6300esb is a conventional PCI card; the ib700 is ISA and has no PCI address.
+  watchdogs.forEach((w, i) => {
+    if (w.model === 'i6300esb') addItem(`watchdogs.${i}`, w.alias ?? '', false, w);
+    else if (w.address)
+      throw invalid(`watchdogs.${i}.address`, 'an ib700 is an ISA card: it has no PCI address');
+  });
 
   // Root ports with an address first, then every device with one.
   for (const port of ports) {

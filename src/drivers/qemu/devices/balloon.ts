@@ -1,11 +1,18 @@
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
+import { virtioDevice } from './virtio.js';
 
 /** The virtio balloon (`-device` arguments), when the definition has one. */
 export function balloonDevice(def: DomainDefinition): QapiObject | undefined {
   const balloon = def.memballoon;
   if (!balloon) return undefined;
   const id = balloon.alias ?? 'balloon0';
-  return { driver: 'virtio-balloon-pci', id, ...pciPlacement(def, balloon.address, `balloon ${id}`) };
+  return {
+    driver: virtioDevice('virtio-balloon-pci', balloon.model),
+    id,
+    ...pciPlacement(def, balloon.address, `balloon ${id}`),
+    ...(balloon.statsPeriod ? { 'guest-stats-polling-interval': balloon.statsPeriod } : {}),
+    ...(balloon.freePageReporting !== undefined ? { 'free-page-reporting': balloon.freePageReporting } : {}),
+  };
 }

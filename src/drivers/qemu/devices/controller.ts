@@ -1,6 +1,7 @@
 import type { ControllerDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
+import { virtioDevice } from './virtio.js';
 
 /**
  * The device of a controller (`-device` arguments), or undefined for one QEMU builds in: the PCI
@@ -24,9 +25,8 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
     return { driver: 'ich9-ahci', id, ...pciPlacement(def, c.address, `controller ${id}`) };
   }
   if (c.type === 'virtio-serial') {
-    const flavour = c.model === undefined || c.model === 'virtio' ? '' : c.model.slice('virtio'.length);
     return {
-      driver: `virtio-serial-pci${flavour}`,
+      driver: virtioDevice('virtio-serial-pci', c.model),
       id,
       ...(c.ports !== undefined ? { max_ports: c.ports } : {}),
       ...(c.vectors !== undefined ? { vectors: c.vectors } : {}),

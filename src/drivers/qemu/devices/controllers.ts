@@ -1,6 +1,7 @@
 import { ErrorCode, VirtError } from '../../../errors.js';
 import type { ControllerDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
 import type { MachineFamily } from './machine.js';
+import { checkVirtioModel } from './virtio.js';
 
 /*
  * Controllers as libvirt adds them at define time: the PCI root (pci-root on i440FX, pcie-root on
@@ -66,9 +67,7 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
         `${at}.ports`,
         `a port count for a ${c.model} USB controller (only qemu-xhci has one)`,
       );
-    // libvirt puts a transitional device on a conventional PCI bus, which virtkit's q35 has not.
-    if (c.type === 'virtio-serial' && c.model === 'virtio-transitional' && family === 'q35')
-      throw unsupported(`${at}.model`, 'a virtio-transitional controller on a q35 machine');
+    if (c.type === 'virtio-serial') checkVirtioModel(c.model, family, `${at}.model`);
   }
   if (roots.length > 1) throw unsupported(path(roots[1] as ControllerDefinition), 'a second PCI root');
   for (const type of ['sata', 'usb', 'virtio-serial'] as const) {

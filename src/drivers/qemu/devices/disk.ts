@@ -3,6 +3,7 @@ import type { DiskDefinition, DomainDefinition } from '../../../stable/definitio
 import { fdsetIdOf } from './fdset.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
+import { virtioDevice } from './virtio.js';
 
 /** A disk's block node names, derived from its alias. */
 export function diskNodes(alias: string): { storage: string; format: string } {
@@ -100,7 +101,7 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
         },
       );
     return {
-      driver: 'virtio-blk-pci',
+      driver: virtioDevice('virtio-blk-pci', disk.model),
       ...pciPlacement(def, disk.address?.type === 'pci' ? disk.address : undefined, `disk ${alias}`),
       drive: diskNodes(alias).format,
       id: alias,

@@ -2,6 +2,7 @@ import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DomainDefinition, InterfaceDefinition } from '../../../stable/definition/schema.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
+import { type VirtioModel, virtioDevice } from './virtio.js';
 
 function aliasOf(nic: InterfaceDefinition): string {
   if (nic.alias === undefined) throw new VirtError(ErrorCode.INTERNAL_ERROR, 'an interface has no alias');
@@ -33,12 +34,17 @@ export function netdevOf(
 export function nicDevice(def: DomainDefinition, nic: InterfaceDefinition): QapiObject {
   const alias = aliasOf(nic);
   const queues = nic.type === 'ethernet' ? (nic.queues ?? 1) : 1;
+  const virtio = nic.model.startsWith('virtio');
+  const rom = nic.rom;
   return {
-    driver: nic.model === 'virtio' ? 'virtio-net-pci' : 'e1000',
+    driver: virtio ? virtioDevice('virtio-net-pci', nic.model as VirtioModel) : nic.model,
     ...pciPlacement(def, nic.address, `interface ${alias}`),
     netdev: netdevId(nic),
     id: alias,
     ...(nic.mac ? { mac: nic.mac } : {}),
-    ...(queues > 1 ? { mq: true, vectors: 2 * queues + 2 } : {}),
+    ...(virtio && queues > 1 ? { mq: true, vectors: 2 * queues + 2 } : {}),
+    // As libvirt: a disabled ROM is an empty romfile; the BAR switch is rombar.
+    ...(rom?.bar !== undefined ? { rombar: rom.bar ? 1 : 0 } : {}),
+    ...(rom?.enabled === false ? { romfile: '' } : rom?.file !== undefined ? { romfile: rom.file } : {}),
   };
 }

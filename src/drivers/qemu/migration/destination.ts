@@ -1,19 +1,27 @@
 import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import type { MigrationEndOptions, ResolvedOffer } from '../../../stable/migration.js';
 import { faultPoint } from '../../../util/fault-points.js';
-import type { Job } from '../../jobs.js';
+import type { HeldJob } from '../../jobs.js';
 import type { DriverContext } from '../context.js';
 import type { DomainObject, Runtime } from '../domain-object.js';
 import { destroyDomain } from '../lifecycle.js';
 import type { QmpClient } from '../qmp/client.js';
+import { recordJob } from '../runtime-status.js';
 import { startDomain } from '../start.js';
 import { removeIfPresent } from '../store.js';
 import { checkSameLive } from './compat.js';
-import { type IncomingOutcome, migrationOf, setMigration } from './record.js';
+import {
+  endMigration,
+  type IncomingOutcome,
+  type IncomingRecord,
+  migrationOf,
+  setMigration,
+} from './record.js';
 import { formatMigrationUri, type MigrationAddress, migrationAborted } from './uri.js';
 
 /**
- * Step 2 on the destination, as one job of the domain: QEMU starts with `-S -incoming defer`, the
+ * Step 2 on the destination, in the `migration-in` job `held`, which keeps the domain until finish
+ * (its phases: the start sequence's steps, then `prepare`, then `finish`): QEMU starts with `-S -incoming defer`, the
  * privileged operations run in phase `migration-in` with the verified thread ids of this QEMU, the
  * status is recorded, and only then does `migrate-incoming` open the door to the stream. Any
  * failure destroys what was started; the caller undefines a domain it defined for this.
@@ -23,11 +31,14 @@ import { formatMigrationUri, type MigrationAddress, migrationAborted } from './u
 export async function prepareIncoming(
   ctx: DriverContext,
   dom: DomainObject,
-  job: Job,
+  held: HeldJob,
   offer: ResolvedOffer,
   address: MigrationAddress,
   definedHere: boolean,
+  /** Prepare defined the domain without `persist`: it ends with this QEMU. */
+  transient: boolean,
 ): Promise<string> {
+  const job = held.job;
   const signal = job.signal;
   if (dom.run)
     throw new VirtError(
@@ -54,7 +65,25 @@ export async function prepareIncoming(
     await qmp.command('migrate-incoming', { uri: formatMigrationUri(address) });
     const uri = await listeningUri(qmp, address);
     if (signal?.aborted) throw migrationAborted('prepare', ident);
-    setMigration(dom, { role: 'in', running: offer.cookie.running, definedHere, address, outcome });
+    job.setPhase('prepare');
+    if (transient) run.transient = true;
+    await recordJob(run, job, () => dom.run === run);
+    const record: IncomingRecord = {
+      role: 'in',
+      running: offer.cookie.running,
+      definedHere,
+      address,
+      outcome,
+      held,
+      gone: false,
+    };
+    setMigration(dom, record);
+    // QEMU gone (destroyed, or it quit after a failed stream): the job lets go of the domain;
+    // finish still reports the failure and rolls back.
+    void run.finalized.then(() => {
+      record.gone = true;
+      record.held.end();
+    });
     ctx.log(dom, `migration: waiting for the stream at ${uri}`);
     return uri;
   } catch (err) {
@@ -109,8 +138,10 @@ async function destroyIncoming(
   dom: DomainObject,
   run: Runtime,
   address: MigrationAddress,
+  error?: unknown,
 ): Promise<void> {
-  setMigration(dom, undefined);
+  const record = migrationOf(dom);
+  if (record?.role === 'in') await endMigration(dom, record, error);
   if (dom.run === run && run.started) {
     try {
       await destroyDomain(ctx, dom, { graceMs: 2_000 });
@@ -142,23 +173,32 @@ export async function finishIncoming(
       },
     );
   const run = dom.run;
+  const job = record.held.job;
+  const unfollow = job.follow(options.signal);
   let failure: Error | undefined;
-  if (options.cancelled) failure = new Error('cancelled');
-  else {
-    const outcome = await untilAborted(record.outcome, options.signal);
-    if (!outcome.ok) failure = outcome.error;
+  try {
+    job.phase = 'finish';
+    if (run) await recordJob(run, job, () => dom.run === run);
+    if (options.cancelled) failure = new Error('cancelled');
+    else {
+      const outcome = await untilAborted(record.outcome, job.signal);
+      if (!outcome.ok) failure = outcome.error;
+    }
+  } finally {
+    unfollow();
   }
   if (failure || !run?.qmp) {
-    if (run) await destroyIncoming(ctx, dom, run, record.address);
-    else setMigration(dom, undefined);
+    const error = job.aborted
+      ? job.failure(failure)
+      : new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `incoming migration of '${dom.def.name}' failed: ${failure?.message ?? 'the incoming QEMU is gone'}; the destination was rolled back`,
+          { domain: { name: dom.def.name, uuid: dom.def.uuid } },
+        );
+    if (run) await destroyIncoming(ctx, dom, run, record.address, options.cancelled ? undefined : error);
+    else await endMigration(dom, record, options.cancelled ? undefined : error);
     if (options.cancelled) return;
-    if (options.signal?.aborted) throw migrationAborted('finish', dom.def);
-    const why = failure?.message ?? 'the incoming QEMU is gone';
-    throw new VirtError(
-      ErrorCode.OPERATION_FAILED,
-      `incoming migration of '${dom.def.name}' failed: ${why}; the destination was rolled back`,
-      { domain: { name: dom.def.name, uuid: dom.def.uuid } },
-    );
+    throw error;
   }
   try {
     if (record.running) {
@@ -170,7 +210,7 @@ export async function finishIncoming(
       dom.reason = 'migrated';
     }
   } catch (err) {
-    await destroyIncoming(ctx, dom, run, record.address);
+    await destroyIncoming(ctx, dom, run, record.address, err);
     throw new VirtError(
       ErrorCode.OPERATION_FAILED,
       `cannot resume '${dom.def.name}' after the migration: ${errorMessage(err)}; the destination was rolled back`,
@@ -179,7 +219,7 @@ export async function finishIncoming(
     );
   }
   run.migrating = undefined;
-  setMigration(dom, undefined);
+  await endMigration(dom, record);
   if (record.address.kind === 'unix') removeIfPresent(record.address.path);
   ctx.log(dom, `migration: finished; ${record.running ? 'running' : 'paused'} here`);
   ctx.emit(dom, 'started', 'migrated');

@@ -6,14 +6,22 @@ import type {
   MigrationProgress,
 } from '../../../stable/migration.js';
 import { faultPoint } from '../../../util/fault-points.js';
+import type { HeldJob, Job } from '../../jobs.js';
 import { type DriverContext, within } from '../context.js';
 import type { DomainObject, Runtime } from '../domain-object.js';
 import { emulatorOf, signalEmulator } from '../emulator-kill.js';
 import { requireActive } from '../lifecycle.js';
 import type { QmpClient } from '../qmp/client.js';
+import { recordJob } from '../runtime-status.js';
 import { progressOf } from './progress.js';
-import { migrationOf, type OutgoingRecord, setMigration } from './record.js';
-import { formatMigrationUri, migrationAborted, parseMigrationUri } from './uri.js';
+import {
+  endMigration,
+  migrationOf,
+  type OutgoingPhase,
+  type OutgoingRecord,
+  setMigration,
+} from './record.js';
+import { formatMigrationUri, type MigrationAddress, parseMigrationUri } from './uri.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 const PROGRESS_INTERVAL_MS = 200;
@@ -30,16 +38,42 @@ function outgoing(dom: DomainObject, what: string): OutgoingRecord {
   return record;
 }
 
-/** Step 1: the domain must run (or be paused); it is marked as migrating out until confirm. */
-export function beginMigration(ctx: DriverContext, dom: DomainObject): OutgoingMigration {
+/** Records the migration's phase as its job's, in the job and in the status file. */
+async function enterPhase(dom: DomainObject, record: OutgoingRecord, phase: OutgoingPhase): Promise<void> {
+  record.phase = phase;
+  const job = record.held?.job;
+  const run = dom.run;
+  if (!job || !run) return;
+  // Not setPhase: rolling back after an abort is a phase too.
+  job.phase = phase;
+  await recordJob(run, job, () => dom.run === run);
+}
+
+/**
+ * Step 1: the domain must run (or be paused). `held`, the `migration-out` job, keeps the domain
+ * from now until confirm (libvirt's async migration job): other jobs wait, queries answer.
+ */
+export async function beginMigration(
+  ctx: DriverContext,
+  dom: DomainObject,
+  held: HeldJob,
+): Promise<OutgoingMigration> {
   const run = requireActive(dom);
+  const earlier = migrationOf(dom);
+  // An incoming migration whose QEMU exited and that nobody finished is over.
+  if (earlier?.role === 'in' && earlier.gone) setMigration(dom, undefined);
   if (migrationOf(dom) || run.migrating)
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already migrating`, {
       domain: { name: dom.def.name, uuid: dom.def.uuid },
     });
   const running = dom.state === 'running';
-  setMigration(dom, { role: 'out', phase: 'begun', wasRunning: running });
+  const record: OutgoingRecord = { role: 'out', phase: 'begin', wasRunning: running, held };
+  setMigration(dom, record);
   run.migrating = 'out';
+  held.job.data = { sourceRan: running };
+  // QEMU gone (destroyed, crashed, shut down by the guest): so is the migration, and its job.
+  void run.finalized.then(() => endMigration(dom, record));
+  await enterPhase(dom, record, 'begin');
   ctx.log(dom, `migration: begin (${running ? 'running' : 'paused'})`);
   return {
     definition: structuredClone(dom.def),
@@ -51,15 +85,14 @@ export function beginMigration(ctx: DriverContext, dom: DomainObject): OutgoingM
 
 /**
  * Step 3: `migrate` to the destination and wait for QEMU's MIGRATION event. On success the source
- * stays paused (reason `migration`) until confirm; on failure or cancel it runs as before.
+ * stays paused (reason `migration`) until confirm; on failure or cancel it runs as before, and the
+ * migration waits for a cancelled confirm.
  */
 export async function performMigration(
   ctx: DriverContext,
   dom: DomainObject,
   uri: string,
   options: MigratePerformOptions,
-  /** Where `getJobInfo()` reads the stream's progress from (the job's phase and bytes). */
-  report: (progress: MigrationProgress) => void = () => undefined,
 ): Promise<void> {
   const record = outgoing(dom, 'perform');
   const run = requireActive(dom);
@@ -68,54 +101,74 @@ export async function performMigration(
     throw new VirtError(ErrorCode.OPERATION_INVALID, 'the destination cookie belongs to another domain', {
       field: 'cookie.uuid',
     });
-  if (record.phase !== 'begun')
+  if (record.phase !== 'begin')
     throw new VirtError(
       ErrorCode.OPERATION_INVALID,
-      `the migration of '${dom.def.name}' was already performed`,
+      record.phase === 'perform-failed'
+        ? `the migration of '${dom.def.name}' failed; end it with migrateConfirm({ cancelled: true })`
+        : `the migration of '${dom.def.name}' was already performed`,
     );
-  if (options.signal?.aborted) throw migrationAborted('perform', dom.def);
-  record.phase = 'performing';
-  record.wasRunning = dom.state === 'running';
-  const qmp = run.qmp;
-  const startedAt = Date.now();
+  const job = record.held?.job;
+  if (!job) throw new VirtError(ErrorCode.INTERNAL_ERROR, 'an outgoing migration without its job');
+  const unfollow = job.follow(options.signal);
   try {
-    await qmp.command('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-    const parameters: Record<string, unknown> = {};
-    if (options.maxDowntimeMs !== undefined) parameters['downtime-limit'] = options.maxDowntimeMs;
-    if (options.bandwidthMiBps !== undefined)
-      parameters['max-bandwidth'] = Math.round(options.bandwidthMiBps * 1024 * 1024);
-    if (Object.keys(parameters).length > 0) await qmp.command('migrate-set-parameters', parameters);
-    const end = streamEnd(qmp, run);
-    const onAbort = () => void qmp.command('migrate_cancel').catch(() => undefined);
-    options.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      ctx.log(dom, `migration: perform to ${formatMigrationUri(address)}`);
-      await qmp.command('migrate', { uri: formatMigrationUri(address) });
-      faultPoint('migrate:streaming');
-      const status = await reportUntil(qmp, end, startedAt, (p) => {
-        report(p);
-        options.onProgress?.(p);
-      });
-      if (status !== 'completed') {
-        if (options.signal?.aborted) throw migrationAborted('perform', dom.def);
-        const info = await qmp.command('query-migrate').catch(() => undefined);
-        const why = info?.['error-desc'] ?? status;
-        throw new VirtError(ErrorCode.OPERATION_FAILED, `migration of '${dom.def.name}' failed: ${why}`, {
-          domain: { name: dom.def.name, uuid: dom.def.uuid },
-          status,
-        });
-      }
-    } finally {
-      options.signal?.removeEventListener('abort', onAbort);
-    }
+    job.checkAborted();
+    record.wasRunning = dom.state === 'running';
+    job.data = { sourceRan: record.wasRunning };
+    await enterPhase(dom, record, 'perform');
+    await stream(ctx, dom, run, job, address, options);
   } catch (err) {
-    record.phase = 'begun';
     await resumeIfStopped(ctx, dom, run, record.wasRunning);
-    throw err;
+    await enterPhase(dom, record, 'perform-failed');
+    throw job.failure(err);
+  } finally {
+    unfollow();
   }
-  record.phase = 'performed';
   dom.state = 'paused';
   dom.reason = 'migration';
+  await enterPhase(dom, record, 'perform-done');
+}
+
+async function stream(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime & { qmp: QmpClient },
+  job: Job,
+  address: MigrationAddress,
+  options: MigratePerformOptions,
+): Promise<void> {
+  const qmp = run.qmp;
+  const startedAt = Date.now();
+  await qmp.command('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  const parameters: Record<string, unknown> = {};
+  if (options.maxDowntimeMs !== undefined) parameters['downtime-limit'] = options.maxDowntimeMs;
+  if (options.bandwidthMiBps !== undefined)
+    parameters['max-bandwidth'] = Math.round(options.bandwidthMiBps * 1024 * 1024);
+  if (Object.keys(parameters).length > 0) await qmp.command('migrate-set-parameters', parameters);
+  const end = streamEnd(qmp, run);
+  const onAbort = () => void qmp.command('migrate_cancel').catch(() => undefined);
+  job.signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    ctx.log(dom, `migration: perform to ${formatMigrationUri(address)}`);
+    await qmp.command('migrate', { uri: formatMigrationUri(address) });
+    faultPoint('migrate:streaming');
+    const status = await reportUntil(qmp, end, startedAt, (p) => {
+      job.migration = p;
+      job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
+      options.onProgress?.(p);
+    });
+    if (status !== 'completed') {
+      job.checkAborted();
+      const info = await qmp.command('query-migrate').catch(() => undefined);
+      const why = info?.['error-desc'] ?? status;
+      throw new VirtError(ErrorCode.OPERATION_FAILED, `migration of '${dom.def.name}' failed: ${why}`, {
+        domain: { name: dom.def.name, uuid: dom.def.uuid },
+        status,
+      });
+    }
+  } finally {
+    job.signal.removeEventListener('abort', onAbort);
+  }
   ctx.log(dom, `migration: stream completed after ${Date.now() - startedAt} ms; source paused until confirm`);
 }
 
@@ -171,19 +224,31 @@ async function resumeIfStopped(
 
 /**
  * A source adopted on reconnect after its stream completed (QEMU in `postmigrate`, reason
- * `migration`): the manager that ran the migration is gone, and the application confirms it. Its
- * state before the migration is not known; a cancelled confirm resumes it.
+ * `migration`): the manager that ran the migration is gone, and the application confirms it. It
+ * has no job of its own; its state before the migration is not known, so a cancelled confirm resumes it.
  */
 function adoptedOutgoing(dom: DomainObject): OutgoingRecord {
   if (dom.run?.migrating !== 'out' || dom.reason !== 'migration') return outgoing(dom, 'confirm');
-  const record: OutgoingRecord = { role: 'out', phase: 'performed', wasRunning: true };
+  const record: OutgoingRecord = {
+    role: 'out',
+    phase: 'perform-done',
+    wasRunning: true,
+    held: undefined,
+  };
   setMigration(dom, record);
   return record;
 }
 
+/** True when `dom` has a migration whose job holds it (its steps do not queue for the slot). */
+export function heldOutgoing(dom: DomainObject): boolean {
+  const record = migrationOf(dom);
+  return record?.role === 'out' && record.held !== undefined;
+}
+
 /**
  * Step 5: after a completed stream the source QEMU quits (shut off, reason `migrated`); with
- * `cancelled` it resumes if it ran, and the migration is over either way.
+ * `cancelled` it resumes if it ran, and the migration is over either way. Allowed after an abort:
+ * it is how an aborted migration ends.
  */
 export async function confirmMigration(
   ctx: DriverContext,
@@ -192,25 +257,27 @@ export async function confirmMigration(
 ): Promise<void> {
   const record = migrationOf(dom)?.role === 'out' ? outgoing(dom, 'confirm') : adoptedOutgoing(dom);
   const run = dom.run;
-  if (options.cancelled || record.phase !== 'performed') {
+  if (options.cancelled || record.phase !== 'perform-done') {
     if (!options.cancelled)
       throw new VirtError(
         ErrorCode.OPERATION_INVALID,
         `the migration of '${dom.def.name}' has not completed; confirm it with { cancelled: true }`,
       );
-    setMigration(dom, undefined);
+    await enterPhase(dom, record, 'confirm-cancelled');
     if (run) {
-      run.migrating = undefined;
       if (run.qmp && run.started)
         await resumeIfStopped(ctx, dom, run as Runtime & { qmp: QmpClient }, record.wasRunning);
+      run.migrating = undefined;
     }
+    await endMigration(dom, record);
     ctx.log(dom, 'migration: cancelled; the source keeps running');
     return;
   }
   if (!run) {
-    setMigration(dom, undefined);
+    await endMigration(dom, record);
     return;
   }
+  await enterPhase(dom, record, 'confirm');
   run.stopIntent = 'migrated';
   await run.qmp?.command('quit').catch(() => undefined);
   if ((await within(run.exited, QUIT_WAIT_MS)) === 'timeout') {
@@ -222,6 +289,6 @@ export async function confirmMigration(
     signalEmulator(emulatorOf(ctx, dom, run), 'SIGKILL');
   }
   await run.finalized;
-  setMigration(dom, undefined);
+  await endMigration(dom, record);
   ctx.log(dom, 'migration: confirmed; the source QEMU has quit');
 }

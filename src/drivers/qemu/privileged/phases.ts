@@ -53,7 +53,7 @@ export async function openPreExecDescriptors(
       const { fds } = await invoke(scope, 'net.openTap', 'pre-exec', {
         ifname: nic.target?.dev,
         queues: nic.queues ?? 1,
-        vnetHdr: nic.model === 'virtio',
+        vnetHdr: nic.model.startsWith('virtio'),
         managed: nic.target?.managed !== false,
       });
       out.taps.push(fds);
