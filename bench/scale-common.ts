@@ -32,6 +32,13 @@ export class LoopDelay {
   }
 }
 
+/** The JS heap and external memory after a full GC (needs --expose-gc; else without the GC), KiB. */
+export function liveHeapKiB(): number {
+  (globalThis as { gc?: () => void }).gc?.();
+  const m = process.memoryUsage();
+  return (m.heapUsed + m.external) / 1024;
+}
+
 /** One round of `n` domains started at once, then destroyed at once. */
 export interface ScaleResult {
   n: number;
@@ -43,6 +50,9 @@ export interface ScaleResult {
   baseRssKiB: number;
   /** RSS of the driver process with all `n` running (absent for libvirt). */
   runningRssKiB?: number;
+  /** JS heap and external memory after a full GC, before the round and with all `n` running. */
+  baseHeapKiB?: number;
+  runningHeapKiB?: number;
   /** Event-loop delay of the driver process while starting, and while destroying. */
   startLoop?: LoopStats;
   destroyLoop?: LoopStats;

@@ -11,7 +11,7 @@
 import { createInterface } from 'node:readline';
 import { type Accel, msSince, removeTempDirs, resetHwm, vmHwmKiB, vmRssKiB } from './common.js';
 import { RawContender } from './raw.js';
-import { LoopDelay } from './scale-common.js';
+import { LoopDelay, liveHeapKiB } from './scale-common.js';
 
 const [nArg, accelArg] = process.argv.slice(2);
 if (!nArg || (accelArg !== 'kvm' && accelArg !== 'tcg')) {
@@ -22,6 +22,7 @@ const accel: Accel = accelArg;
 const vms = Array.from({ length: Number(nArg) }, () => new RawContender('fd', accel));
 
 async function round(paused: boolean) {
+  const baseHeapKiB = liveHeapKiB();
   const baseRssKiB = vmRssKiB() ?? 0;
   resetHwm();
   const loop = new LoopDelay();
@@ -30,6 +31,7 @@ async function round(paused: boolean) {
   const startMs = msSince(t0);
   const startLoop = loop.stop();
   const runningRssKiB = vmRssKiB() ?? 0;
+  const runningHeapKiB = liveHeapKiB();
   const destroyLoop = new LoopDelay();
   t0 = process.hrtime.bigint();
   await Promise.all(
@@ -45,6 +47,8 @@ async function round(paused: boolean) {
     peakRssKiB: vmHwmKiB() ?? 0,
     baseRssKiB,
     runningRssKiB,
+    baseHeapKiB,
+    runningHeapKiB,
     startLoop,
     destroyLoop: destroyLoop.stop(),
   };

@@ -18,7 +18,7 @@ import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { type Connection, connect, type Domain } from '../src/index.js';
 import { type Accel, MARKER, msSince, resetHwm, vmHwmKiB, vmRssKiB } from './common.js';
-import { LoopDelay } from './scale-common.js';
+import { LoopDelay, liveHeapKiB } from './scale-common.js';
 import { benchDomain } from './virtkit.js';
 
 const [root, nArg, accelArg] = process.argv.slice(2);
@@ -35,6 +35,7 @@ for (let i = 0; i < Number(nArg); i++)
 const extra = new Map<string, Connection>();
 
 async function round(paused: boolean) {
+  const baseHeapKiB = liveHeapKiB();
   const baseRssKiB = vmRssKiB() ?? 0;
   resetHwm();
   const loop = new LoopDelay();
@@ -43,6 +44,7 @@ async function round(paused: boolean) {
   const startMs = msSince(t0);
   const startLoop = loop.stop();
   const runningRssKiB = vmRssKiB() ?? 0;
+  const runningHeapKiB = liveHeapKiB();
   const destroyLoop = new LoopDelay();
   t0 = process.hrtime.bigint();
   await Promise.all(
@@ -60,6 +62,8 @@ async function round(paused: boolean) {
     peakRssKiB,
     baseRssKiB,
     runningRssKiB,
+    baseHeapKiB,
+    runningHeapKiB,
     startLoop,
     destroyLoop: destroyLoop.stop(),
   };

@@ -127,6 +127,7 @@ async function main(): Promise<void> {
         startLoopMax: Math.max(...rs.map((r) => r.startLoop?.max ?? Number.NaN)),
         destroyLoopP99: med(rs.map((r) => r.destroyLoop?.p99 ?? Number.NaN)),
         perDomainKiB: med(rs.map((r) => ((r.runningRssKiB ?? 0) - r.baseRssKiB) / r.n)),
+        heapPerDomainKiB: med(rs.map((r) => ((r.runningHeapKiB ?? 0) - (r.baseHeapKiB ?? 0)) / r.n)),
         peakRssKiB: Math.max(...rs.map((r) => r.peakRssKiB)),
       };
     };
@@ -136,13 +137,13 @@ async function main(): Promise<void> {
     json[`burst-${N}`] = { n: N, paused: PAUSED, rounds, summary: s, startRatio, destroyRatio };
     md.push(`## ${N} domains started at once${PAUSED ? ' (paused)' : ''}, then destroyed at once`, '');
     md.push(
-      '| side | start all (ms) | destroy all (ms) | loop delay p99 / max while starting (ms) | loop delay p99 while destroying (ms) | driver RSS per running domain | peak RSS |',
-      '|---|---:|---:|---:|---:|---:|---:|',
+      '| side | start all (ms) | destroy all (ms) | loop delay p99 / max while starting (ms) | loop delay p99 while destroying (ms) | JS heap per running domain (after GC) | RSS per running domain | peak RSS |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|',
     );
     for (const k of ['raw', 'virtkit'] as const) {
       const x = s[k];
       md.push(
-        `| ${k === 'raw' ? 'raw QEMU (floor)' : 'virtkit'} | ${f1(x.startMs)} | ${f1(x.destroyMs)} | ${f1(x.startLoopP99)} / ${f1(x.startLoopMax)} | ${f1(x.destroyLoopP99)} | ${f1(x.perDomainKiB)} KiB | ${f1(x.peakRssKiB / 1024)} MiB |`,
+        `| ${k === 'raw' ? 'raw QEMU (floor)' : 'virtkit'} | ${f1(x.startMs)} | ${f1(x.destroyMs)} | ${f1(x.startLoopP99)} / ${f1(x.startLoopMax)} | ${f1(x.destroyLoopP99)} | ${f1(x.heapPerDomainKiB)} KiB | ${f1(x.perDomainKiB)} KiB | ${f1(x.peakRssKiB / 1024)} MiB |`,
       );
     }
     md.push(

@@ -7,6 +7,7 @@ import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import type { DomainSummaryJson } from '../stable/control/operations.js';
 import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
+import { attachConsole } from './console.js';
 import { type Endpoint, openEndpoint, resolveUri } from './endpoint.js';
 import { dominfoText, eventLine, jobText, listTable, stateName } from './format.js';
 import { migrate, progressLine } from './migrate.js';
@@ -159,11 +160,36 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       );
     });
 
+  /** Attaches the terminal to a running domain's serial console until Ctrl+] or the domain stops. */
+  const consoleOf = async (domain: string, devname: string | undefined): Promise<void> => {
+    const target = await (await open()).call(
+      'console',
+      devname === undefined ? { domain } : { domain, devname },
+    );
+    // The root is let go while the console is attached, so other commands can open it meanwhile.
+    const held = endpoint;
+    endpoint = undefined;
+    await held?.close();
+    // The guest's bytes go out as they came: a UTF-8 sequence may span two reads.
+    await attachConsole(target, {
+      input: process.stdin,
+      write: (data) => (typeof data === 'string' ? io.out(data) : process.stdout.write(data)),
+    });
+  };
+
   domainCommand('start', 'start a defined domain')
     .option('--paused', 'leave its vCPUs paused')
-    .action(async (domain: string, o: { paused?: boolean }) => {
+    .option('--console', 'attach to its serial console once started')
+    .action(async (domain: string, o: { paused?: boolean; console?: boolean }) => {
       const done = await (await open()).call('start', { domain, paused: !!o.paused });
       io.out(`Domain '${done.name}' started\n\n`);
+      if (o.console) await consoleOf(done.uuid, undefined);
+    });
+
+  domainCommand('console', 'the serial console of a running domain (a pty serial port); Ctrl+] leaves')
+    .option('--devname <name>', 'the serial port: serial0 (default: the first pty one), serial1…')
+    .action(async (domain: string, o: { devname?: string }) => {
+      await consoleOf(domain, o.devname);
     });
 
   domainCommand('shutdown', 'ask the guest to power off, and wait until it has')
@@ -189,17 +215,18 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     io.out(`Domain '${done.name}' resumed\n\n`);
   });
 
-  for (const [name, what] of [
-    ['reboot', 'reboot'],
-    ['reset', 'reset'],
-  ] as const) {
-    domainCommand(name, `${what} a domain (not yet supported)`).action(async () => {
-      throw new VirtError(
-        ErrorCode.NO_SUPPORT,
-        `virtkit cannot ${what} a domain yet: use shutdown (or destroy) and start`,
-      );
+  domainCommand('reboot', 'reboot a domain: the guest sees the ACPI power button, then a reset')
+    .option('--timeout <seconds>', 'how long to wait for the guest to power off (default 60)', positiveInt)
+    .action(async (domain: string, o: { timeout?: number }) => {
+      const args = o.timeout === undefined ? { domain } : { domain, timeoutMs: o.timeout * 1000 };
+      const done = await (await open()).call('reboot', args);
+      io.out(`Domain '${done.name}' is being rebooted\n\n`);
     });
-  }
+
+  domainCommand('reset', 'reset a domain at once, like its reset button').action(async (domain: string) => {
+    const done = await (await open()).call('reset', { domain });
+    io.out(`Domain '${done.name}' was reset\n\n`);
+  });
 
   for (const [name, verb] of [
     ['attach-device', 'attach'],

@@ -7,7 +7,7 @@ import {
   type DeviceMatch,
   parseDeviceXml,
 } from './devices.js';
-import type { DestroyOptions, Driver, ShutdownOptions, StartOptions } from './driver.js';
+import type { DestroyOptions, Driver, RebootOptions, ShutdownOptions, StartOptions } from './driver.js';
 import type { DomainInfo } from './events.js';
 import type { JobInfo, OperationOptions } from './jobs.js';
 
@@ -87,6 +87,30 @@ export class Domain {
   /** Asks the guest to power off (ACPI) and waits until QEMU has exited. */
   async shutdown(options: ShutdownOptions = {}): Promise<void> {
     return this.#driver.shutdown(this.uuid, options);
+  }
+
+  /**
+   * Reboots the guest the way libvirt does without a guest agent: presses the ACPI power button and,
+   * once the guest has powered off, resets the machine and lets it run again instead of ending QEMU
+   * (libvirt's "fake reboot"; the process, its id and its devices stay). Resolves once the guest
+   * has been reset and runs again. A {@link Domain.destroy} meanwhile wins.
+   *
+   * @throws {@link VirtError} `OPERATION_INVALID` when the domain is not running;
+   *   `OPERATION_TIMEOUT` when the guest did not power off within `timeoutMs` (it ignores the
+   *   button, or is paused): it then runs on as before, and powers off as its definition says
+   */
+  async reboot(options: RebootOptions = {}): Promise<void> {
+    return this.#driver.reboot(this.uuid, options);
+  }
+
+  /**
+   * Resets the machine at once, like pressing its reset button (QMP `system_reset`): the guest gets
+   * no warning and boots again in the same QEMU process. A paused domain stays paused.
+   *
+   * @throws {@link VirtError} `OPERATION_INVALID` when the domain is not running
+   */
+  async reset(options: OperationOptions = {}): Promise<void> {
+    return this.#driver.reset(this.uuid, options);
   }
 
   /** Stops the domain at once: SIGTERM, then SIGKILL after a grace period. */

@@ -51,6 +51,12 @@ export interface ShutdownOptions extends OperationOptions {
   readonly fallbackToDestroy?: boolean;
 }
 
+/** Options of `Domain.reboot`. @public */
+export interface RebootOptions extends OperationOptions {
+  /** How long to wait for the guest to power off and be reset; default 60 000 ms. */
+  readonly timeoutMs?: number;
+}
+
 /** Options of `Domain.destroy`. @public */
 export interface DestroyOptions {
   /** How long to wait after SIGTERM before SIGKILL; default 10 000 ms. */
@@ -103,6 +109,10 @@ export interface Driver {
   suspend(uuid: string, options?: OperationOptions): Promise<void>;
   /** Resumes a paused domain. */
   resume(uuid: string, options?: OperationOptions): Promise<void>;
+  /** Asks the guest to reboot (ACPI power button, then a reset once it has powered off). */
+  reboot(uuid: string, options?: RebootOptions): Promise<void>;
+  /** Resets the machine at once, like its reset button. */
+  reset(uuid: string, options?: OperationOptions): Promise<void>;
   /** Asks the guest to power off. */
   shutdown(uuid: string, options: ShutdownOptions): Promise<void>;
   /** Stops the domain's QEMU process at once. */

@@ -34,6 +34,7 @@ export type {
   DomainRef,
   Driver,
   OutgoingMigration,
+  RebootOptions,
   ShutdownOptions,
   StartOptions,
 } from './driver.js';

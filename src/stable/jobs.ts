@@ -13,6 +13,8 @@ export type JobOperation =
   | 'shutdown'
   | 'suspend'
   | 'resume'
+  | 'reboot'
+  | 'reset'
   | 'undefine'
   | 'migration-out'
   | 'migration-in'

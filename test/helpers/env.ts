@@ -45,7 +45,7 @@ export async function openRoot(root: string): Promise<Connection> {
 /** A TCG guest that boots the test kernel; `mode` is read by the initramfs's /init. */
 export function tinyGuest(
   name: string,
-  mode: 'hello' | 'wait' | 'count' | 'devices' | 'resources' = 'hello',
+  mode: 'hello' | 'wait' | 'count' | 'devices' | 'resources' | 'echo' = 'hello',
   extra: Partial<DomainDefinitionInput> = {},
 ) {
   const image = ensureGuestImage();

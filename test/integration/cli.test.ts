@@ -101,6 +101,14 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(run('domstate', 'clivm').out).toBe('running\n\n');
       expect(run('suspend', 'clivm').out).toBe("Domain 'clivm' suspended\n\n");
       expect(run('domstate', 'clivm', '--reason').out).toBe('paused (user)\n\n');
+      // A paused guest never sees the power button: the reboot times out and changes nothing.
+      expect(run('reboot', 'clivm', '--timeout', '1')).toMatchObject({
+        code: 1,
+        out: '',
+        err: expect.stringMatching(/^error: OPERATION_TIMEOUT: /),
+      });
+      expect(run('reset', 'clivm')).toEqual({ code: 0, out: "Domain 'clivm' was reset\n\n", err: '' });
+      expect(run('domstate', 'clivm', '--reason').out).toBe('paused (user)\n\n');
       expect(run('undefine', 'clivm')).toMatchObject({
         code: 1,
         out: '',
@@ -148,7 +156,7 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       });
       expect(run('reboot', 'x')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: NO_SUPPORT: /),
+        err: expect.stringMatching(/^error: NO_DOMAIN: /),
       });
       expect(run('create', bad)).toMatchObject({
         code: 1,

@@ -110,6 +110,19 @@ describe('definitions', () => {
 });
 
 describe('life cycle', () => {
+  it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
+    const dom = await conn.defineDomain(guest('r'));
+    await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await expect(dom.reset()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.start();
+    const before = await dom.getInfo();
+    events.length = 0;
+    await dom.reboot();
+    await dom.reset();
+    expect(await dom.getInfo()).toEqual(before);
+    expect(events).toEqual([]);
+  });
+
   it('start paused -> resume -> suspend -> resume -> destroy, with the embedded driver events', async () => {
     const dom = await conn.defineDomain(guest('p', { vcpu: { count: 2 } }));
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', id: null, pid: null });
@@ -518,9 +531,24 @@ describe('migration-in phase: live migration between test drivers as the embedde
     });
     expect(events).toEqual(['defined:added', 'started:booted', 'suspended:migration', 'stopped:migrated']);
     expect(dstEvents).toEqual(['defined:added', 'started:migrated']);
-    // Released where it ran: the destination's placements when its process ends.
+    // Released where it ran: the destination's placements when its process ends; without
+    // `persist` the domain was transient there, and goes with its process.
     await moved.destroy();
     expect(calls.at(-1)).toMatchObject({ op: 'cgroup.release', phase: 'release', pid: dstPid });
+    await new Promise((r) => setImmediate(r));
+    expect(dstEvents.slice(-2)).toEqual(['stopped:destroyed', 'undefined:removed']);
+    expect(await dst.listDomains()).toEqual([]);
+  });
+
+  it('persist keeps the domain defined at the destination; undefineSource removes the source', async () => {
+    const dom = await conn.defineDomain(guest('kept'));
+    await dom.start();
+    const moved = await dom.migrateTo(dst, { persist: true, undefineSource: true });
+    await moved.destroy();
+    await new Promise((r) => setImmediate(r));
+    expect((await dst.listDomains()).map((d) => d.name)).toEqual(['kept']);
+    expect(await conn.listDomains()).toEqual([]);
+    expect(events.slice(-2)).toEqual(['stopped:migrated', 'undefined:removed']);
   });
 
   it.each([

@@ -187,7 +187,8 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     }
     add('-chardev', `pty,id=charserial${i}`);
     json('-device', serialDevice(i));
-    return serial;
+    // The pty QEMU allocates is read back once it runs; a path given in the definition is not it.
+    return { type: 'pty' as const };
   });
 
   // A currentMemory below memory is honoured as libvirt does: a balloon, whose target the start

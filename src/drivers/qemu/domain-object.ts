@@ -53,6 +53,13 @@ export interface Runtime {
   /** A migration of this domain is under way, as its source (`out`) or destination (`in`). */
   migrating?: 'out' | 'in';
   /**
+   * A reboot under way (libvirt's fake reboot): QEMU pauses instead of exiting when the guest
+   * powers off, and the driver resets and continues it. `asked` until the guest powers off,
+   * `resetting` until QEMU runs again (that pause is no suspend of the domain); `done` tells the
+   * reboot job.
+   */
+  reboot?: { phase: 'asked' | 'resetting'; readonly done: () => void } | undefined;
+  /**
    * The domain ends with this QEMU: an incoming migration without `persist` defined it here only
    * for this run (libvirt's transient domain). Kept in the status file.
    */

@@ -25,6 +25,7 @@ import type {
   DomainRef,
   Driver,
   OutgoingMigration,
+  RebootOptions,
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
@@ -56,7 +57,14 @@ import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
 import { attachMemory, detachMemory, isMemoryMatch } from './hotplug-memory.js';
 import { setVcpus } from './hotplug-vcpus.js';
-import { destroyDomain, resumeDomain, shutdownDomain, suspendDomain } from './lifecycle.js';
+import {
+  destroyDomain,
+  rebootDomain,
+  resetDomain,
+  resumeDomain,
+  shutdownDomain,
+  suspendDomain,
+} from './lifecycle.js';
 import { presentableLive } from './live-definition.js';
 import { appendLog } from './log.js';
 import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
@@ -484,6 +492,18 @@ export class QemuDriver implements Driver, DriverContext {
   resume(uuid: string, options: OperationOptions = {}): Promise<void> {
     const dom = this.#get(uuid);
     return this.#track(this.#job(dom, 'resume', options.signal, (job) => resumeDomain(this, dom, job)));
+  }
+
+  reboot(uuid: string, options: RebootOptions = {}): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(
+      this.#job(dom, 'reboot', options.signal, (job) => rebootDomain(this, dom, options, job)),
+    );
+  }
+
+  reset(uuid: string, options: OperationOptions = {}): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#track(this.#job(dom, 'reset', options.signal, (job) => resetDomain(this, dom, job)));
   }
 
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {

@@ -1,5 +1,5 @@
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
-import type { DestroyOptions, ShutdownOptions } from '../../stable/driver.js';
+import type { DestroyOptions, RebootOptions, ShutdownOptions } from '../../stable/driver.js';
 import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import type { Job } from '../jobs.js';
@@ -48,14 +48,20 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
     if (run.detached) return;
     switch (ev.event) {
       case 'STOP':
+        if (run.reboot?.phase === 'resetting') break;
         if (run.started) transition(ctx, dom, 'paused', run.migrating ? 'migration' : 'user', 'suspended');
         break;
       case 'RESUME':
+        if (run.reboot?.phase === 'resetting') {
+          run.reboot.done();
+          run.reboot = undefined;
+          break;
+        }
         if (run.started) transition(ctx, dom, 'running', 'unpaused', 'resumed');
         break;
       case 'SHUTDOWN':
         run.sawShutdown = true;
-        onShutdownEvent(dom, run, qmp, ev);
+        onShutdownEvent(ctx, dom, run, qmp, ev);
         break;
       case 'DEVICE_DELETED':
         if (typeof ev.data['device'] === 'string') onDeviceDeleted(ctx, dom, run, ev.data['device']);
@@ -65,18 +71,121 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
 }
 
 /**
- * With `-no-shutdown` (on_poweroff=restart) QEMU stays alive after the guest powers off, so the
- * driver applies the action itself: reset and continue, or quit when a shutdown was asked for.
+ * With `-no-shutdown` (on_poweroff=restart), or while a reboot is under way (`set-action
+ * shutdown=pause`), QEMU stays alive after the guest powers off, so the driver applies the action
+ * itself: reset and continue, or quit when a shutdown or destroy was asked for.
  */
-function onShutdownEvent(dom: DomainObject, run: Runtime, qmp: QmpClient, ev: QmpEvent): void {
-  if (run.live.onPoweroff !== 'restart') return;
-  const guest = ev.data['guest'] === true;
-  const request = guest && run.stopIntent === undefined ? ['system_reset', 'cont'] : ['quit'];
-  if (guest && run.stopIntent === undefined) run.sawShutdown = false;
+function onShutdownEvent(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  qmp: QmpClient,
+  ev: QmpEvent,
+): void {
+  const reboot = run.reboot?.phase === 'asked' ? run.reboot : undefined;
+  if (run.live.onPoweroff !== 'restart' && !reboot) return;
+  const again = ev.data['guest'] === true && run.stopIntent === undefined;
+  if (again) run.sawShutdown = false;
+  if (again && reboot) {
+    reboot.phase = 'resetting';
+    ctx.log(dom, 'reboot: the guest powered off; resetting it');
+  }
+  const request = again ? resetAndContinue(run) : ['quit'];
   void (async () => {
-    for (const command of request) await qmp.execute(command);
-  })().catch(() => undefined);
-  void dom;
+    for (const [command, args] of request.map((r) => (Array.isArray(r) ? r : [r, undefined]))) {
+      await qmp.execute(command as 'quit', args as undefined);
+    }
+  })().catch((err) => ctx.log(dom, `after the guest powered off: ${errorMessage(err)}`));
+}
+
+/** What a guest power-off is in QEMU's terms: `pause` with `-no-shutdown`, else `poweroff`. */
+function shutdownAction(run: Runtime): 'pause' | 'poweroff' {
+  return run.live.onPoweroff === 'restart' ? 'pause' : 'poweroff';
+}
+
+/** The QMP commands that boot a guest which powered off (QEMU paused) again, and undo a reboot's setting. */
+function resetAndContinue(run: Runtime): Array<string | [string, unknown]> {
+  return ['system_reset', ['set-action', { shutdown: shutdownAction(run) }], 'cont'];
+}
+
+/**
+ * Finishes a reboot that a driver killed meanwhile left behind: a guest that powered off (QEMU
+ * paused in `shutdown`) is reset and continued; either way a guest power-off ends QEMU again.
+ */
+export async function settleInterruptedReboot(
+  ctx: DriverContext,
+  dom: DomainObject,
+  qmp: QmpClient,
+  qemuStatus: string,
+): Promise<'running' | 'unchanged'> {
+  const run = dom.run as Runtime;
+  if (qemuStatus !== 'shutdown') {
+    await qmp.execute('set-action', { shutdown: shutdownAction(run) });
+    return 'unchanged';
+  }
+  ctx.log(dom, 'reconnect: the guest powered off during a reboot; resetting it');
+  await qmp.execute('system_reset');
+  await qmp.execute('set-action', { shutdown: shutdownAction(run) });
+  await qmp.execute('cont');
+  return 'running';
+}
+
+/** A hard reset of the machine (`system_reset`), as the reset button; the guest gets no warning. */
+export async function resetDomain(ctx: DriverContext, dom: DomainObject, job: Job): Promise<void> {
+  const run = requireActive(dom);
+  ctx.log(dom, 'reset: system_reset');
+  await run.qmp.execute('system_reset', undefined, { signal: job.signal });
+}
+
+/**
+ * Reboots through ACPI as libvirt does without a guest agent: QEMU is told to pause instead of
+ * exiting when the guest powers off, the power button is pressed, and once the guest has powered
+ * off the driver resets and continues it (libvirt's "fake reboot"). Waits for that, up to
+ * `timeoutMs`; a guest that ignores the button meanwhile keeps running and its power-off action is
+ * restored.
+ */
+export async function rebootDomain(
+  ctx: DriverContext,
+  dom: DomainObject,
+  options: RebootOptions,
+  job: Job,
+): Promise<void> {
+  const run = requireActive(dom);
+  const timeoutMs = options.timeoutMs ?? 60_000;
+  ctx.log(dom, `reboot requested (ACPI power button, then reset), waiting ${timeoutMs} ms`);
+  let done!: () => void;
+  const rebooted = new Promise<void>((resolve) => {
+    done = resolve;
+  });
+  const stopped = run.finalized.then(() => {
+    throw new VirtError(ErrorCode.OPERATION_FAILED, `domain '${dom.def.name}' stopped before it rebooted`, {
+      domain: { name: dom.def.name, uuid: dom.def.uuid },
+    });
+  });
+  stopped.catch(() => undefined);
+  run.reboot = { phase: 'asked', done };
+  let outcome: unknown;
+  try {
+    await run.qmp.execute('set-action', { shutdown: 'pause' }, { signal: job.signal });
+    await run.qmp.execute('system_powerdown', undefined, { signal: job.signal });
+    job.setPhase('waiting');
+    outcome = await within(Promise.race([rebooted, stopped, aborted(job.signal)]), timeoutMs);
+  } finally {
+    if (run.reboot?.phase === 'asked') {
+      run.reboot = undefined;
+      if (dom.run === run)
+        await run.qmp
+          .execute('set-action', { shutdown: shutdownAction(run) })
+          .catch((err) => ctx.log(dom, `reboot: cannot restore the power-off action: ${errorMessage(err)}`));
+    }
+  }
+  if (outcome === 'timeout') {
+    throw new VirtError(
+      ErrorCode.OPERATION_TIMEOUT,
+      `domain '${dom.def.name}' did not power off within ${timeoutMs} ms to reboot; its guest may ignore the ACPI power button: reset it instead`,
+      { domain: { name: dom.def.name, uuid: dom.def.uuid } },
+    );
+  }
 }
 
 /** Why QEMU stopped, from what the driver asked for and what QEMU reported. */

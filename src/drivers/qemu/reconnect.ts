@@ -5,7 +5,7 @@ import { type DriverContext, deferred, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { settleInterruptedJob } from './job-recovery.js';
-import { finalizeExit, watchMonitor } from './lifecycle.js';
+import { finalizeExit, settleInterruptedReboot, watchMonitor } from './lifecycle.js';
 import { readLive } from './live-definition.js';
 import { type MigrationRecovery, recoverMigration } from './migration/recover.js';
 import { releaseThreads } from './privileged/phases.js';
@@ -168,6 +168,16 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate') {
     dom.reason = 'migration';
     run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
+  }
+  if (settlement?.action === 'adopt' && settlement.finishReboot) {
+    try {
+      if ((await settleInterruptedReboot(ctx, dom, qmp, qemuStatus)) === 'running') {
+        dom.state = 'running';
+        dom.reason = 'booted';
+      }
+    } catch (err) {
+      ctx.log(dom, `reconnect: cannot finish the interrupted reboot: ${errorMessage(err)}`);
+    }
   }
   const job = status.job;
   if (job && (job.operation === 'migration-out' || job.operation === 'migration-in')) {

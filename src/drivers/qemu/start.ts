@@ -436,11 +436,36 @@ async function readThreads(
 
 /** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
+  await readPtyPaths(s);
   // Written without the job: from here a successor adopts the domain as QEMU reports it, which is
   // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record.
   await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined), true, {
     replacesVolatile: true,
   });
+}
+
+/**
+ * The ptys QEMU allocated for `pty` serial ports, into the live definition (libvirt's `<source
+ * path>`), before the status file records it. Only paths under /dev/pts are taken: QEMU is not
+ * trusted to name a file the console command would open.
+ */
+async function readPtyPaths(s: Startup): Promise<void> {
+  const run = s.run as Runtime;
+  if (!run.live.serials.some((serial) => serial.type === 'pty')) return;
+  const chardevs = await (run.qmp as QmpClient).command('query-chardev', undefined, { signal: s.job.signal });
+  const serials = run.live.serials.map((serial, i) => {
+    if (serial.type !== 'pty') return serial;
+    const filename = chardevs.find((c) => c.label === `charserial${i}`)?.filename ?? '';
+    const path = filename.startsWith('pty:') ? filename.slice(4) : '';
+    if (!/^\/dev\/pts\/[0-9]{1,9}$/.test(path)) {
+      throw new VirtError(
+        ErrorCode.OPERATION_FAILED,
+        `QEMU reported no pty for serial ${i} (${JSON.stringify(filename)})`,
+      );
+    }
+    return { type: 'pty' as const, path };
+  });
+  run.live = { ...run.live, serials };
 }
 
 function closeParentFds(s: Startup): void {

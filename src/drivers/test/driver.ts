@@ -17,6 +17,7 @@ import type {
   DomainRef,
   Driver,
   OutgoingMigration,
+  RebootOptions,
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
@@ -110,6 +111,7 @@ export async function openTestDriver(
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
+ * - `reboot()` and `reset()` of an active domain change nothing visible: it keeps its id and state.
  * - Everything lives in memory: `close()` forgets every domain.
  *
  * It exposes the internal seam (`driverKind: 'test'`) with its own handler table, so
@@ -153,6 +155,19 @@ export class TestDriver implements Driver {
 
   #emit(dom: TestDomain, type: DomainEventType, reason: string): void {
     deliverEvent(this.#listeners, { type, reason, domain: dom.ident, timestamp: Date.now() });
+    if (type === 'stopped' && this.#transient.delete(dom.def.uuid)) void this.#forget(dom);
+  }
+
+  /** Domains a migration brought in without `persist`: removed once they stop, as in the embedded driver. */
+  readonly #transient = new Set<string>();
+
+  async #forget(dom: TestDomain): Promise<void> {
+    await this.#job(dom, 'undefine', undefined, () => {
+      if (dom.active || this.#closed || this.#domains.find(dom.def.uuid) !== dom) return;
+      this.#domains.delete(dom.def.uuid);
+      this.#simulation.forgetLog(dom.def.uuid);
+      this.#emit(dom, 'undefined', 'removed');
+    }).catch(() => undefined);
   }
 
   /** Moves to a new state and emits its event, once. */
@@ -319,6 +334,25 @@ export class TestDriver implements Driver {
       if (dom.state !== 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
       this.#transition(dom, 'running', 'unpaused', 'resumed');
+    });
+  }
+
+  /**
+   * The simulated guest reboots at once and goes on running (a paused one stays paused): the
+   * domain keeps its id and state, as with QEMU's reset.
+   */
+  reboot(uuid: string, options: RebootOptions = {}): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'reboot', options.signal, () => {
+      dom.requireActive();
+    });
+  }
+
+  /** As {@link TestDriver.reboot}: the domain keeps its id and state. */
+  reset(uuid: string, options: OperationOptions = {}): Promise<void> {
+    const dom = this.#get(uuid);
+    return this.#job(dom, 'reset', options.signal, () => {
+      dom.requireActive();
     });
   }
 
@@ -553,7 +587,8 @@ export class TestDriver implements Driver {
   /**
    * Step 2 (destination): the simulated process starts with the privileged operations in phase
    * `migration-in` (memlock, placement, scheduling; descriptors in `pre-exec`), paused (reason
-   * `migration`), then listens at `listen` for the stream of a test driver of this process.
+   * `migration`), then listens at `listen` for the stream of a test driver of this process. A domain
+   * prepare defined without `persist` is transient: it is removed once it stops.
    */
   async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
     this.#checkOpen();
@@ -581,6 +616,7 @@ export class TestDriver implements Driver {
             settle = resolve;
           });
           const uri = listen(options.listen, { uuid: def.uuid, deliver: () => settle(true) });
+          if (!existing && options.persist !== true) this.#transient.add(def.uuid);
           this.#migrations.set(dom, {
             role: 'in',
             uri,

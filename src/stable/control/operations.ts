@@ -49,6 +49,17 @@ export interface DomainRefJson {
   readonly uuid: string;
 }
 
+/** `console`: where the serial console of a running domain is. */
+export interface ConsoleJson {
+  readonly name: string;
+  readonly uuid: string;
+  /** The serial port: `serial0`, `serial1`… */
+  readonly devname: string;
+  readonly type: 'pty';
+  /** The pseudo-terminal QEMU allocated for it. */
+  readonly path: string;
+}
+
 /** `version`. */
 export interface VersionJson {
   /** The version of virtkit that runs the driver. */
@@ -189,6 +200,67 @@ export const operations = {
       const dom = await resolveDomain(conn, args.domain);
       await dom.resume();
       return ref(dom);
+    },
+  },
+  reboot: {
+    args: z.strictObject({
+      domain: domainArg,
+      timeoutMs: z.number().int().min(1).max(3_600_000).optional(),
+    }),
+    run: async (conn: Connection, args: { domain: string; timeoutMs?: number | undefined }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.reboot(args.timeoutMs === undefined ? {} : { timeoutMs: args.timeoutMs });
+      return ref(dom);
+    },
+  },
+  reset: {
+    args: onDomain,
+    run: async (conn: Connection, args: { domain: string }) => {
+      const dom = await resolveDomain(conn, args.domain);
+      await dom.reset();
+      return ref(dom);
+    },
+  },
+  console: {
+    args: z.strictObject({
+      domain: domainArg,
+      devname: z
+        .string()
+        .regex(/^serial[0-9]$/, 'serial0, serial1…')
+        .optional(),
+    }),
+    run: async (
+      conn: Connection,
+      args: { domain: string; devname?: string | undefined },
+    ): Promise<ConsoleJson> => {
+      const dom = await resolveDomain(conn, args.domain);
+      if ((await dom.getInfo()).id === null)
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          `domain '${dom.name}' is not running; start it first`,
+        );
+      const serials = dom.getDefinition().serials;
+      const index =
+        args.devname === undefined
+          ? serials.findIndex((s) => s.type === 'pty')
+          : Number(args.devname.slice(6));
+      const serial = serials[index];
+      const devname = `serial${index}`;
+      if (!serial) {
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          args.devname === undefined
+            ? `domain '${dom.name}' has no pty serial port: add <serial type='pty'/> to its definition`
+            : `domain '${dom.name}' has no ${args.devname}`,
+        );
+      }
+      if (serial.type !== 'pty' || serial.path === undefined) {
+        throw new VirtError(
+          ErrorCode.OPERATION_INVALID,
+          `${devname} of domain '${dom.name}' is a ${serial.type} serial port, not a pty: only pty serial ports have an interactive console`,
+        );
+      }
+      return { ...ref(dom), devname, type: 'pty', path: serial.path };
     },
   },
   attachDevice: deviceChange('attachDevice'),

@@ -180,7 +180,11 @@ const interfaceSchema = z.discriminatedUnion('type', [
 const charSource = z.discriminatedUnion('type', [
   /** Written to a file; without a path, `<root>/log/<name>.console.log`. */
   z.strictObject({ type: z.literal('file'), path: z.string().startsWith('/').optional() }),
-  z.strictObject({ type: z.literal('pty') }),
+  /**
+   * A pseudo-terminal QEMU allocates at start (`virtkit console` attaches to it). `path` is output
+   * only: the live definition of a running domain carries the pty it got; a start ignores it.
+   */
+  z.strictObject({ type: z.literal('pty'), path: z.string().startsWith('/').max(4096).optional() }),
 ]);
 
 /**

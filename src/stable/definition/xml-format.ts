@@ -455,7 +455,7 @@ function domainNode(def: DomainDefinition): Node {
           'serial',
           [['type', serial.type]],
           [
-            serial.type === 'file' && serial.path !== undefined && node('source', [['path', serial.path]]),
+            serial.path !== undefined && node('source', [['path', serial.path]]),
             node(
               'target',
               [
@@ -471,9 +471,13 @@ function domainNode(def: DomainDefinition): Node {
       ...def.serials.slice(0, 1).map((serial) =>
         node(
           'console',
-          [['type', serial.type]],
           [
-            serial.type === 'file' && serial.path !== undefined && node('source', [['path', serial.path]]),
+            ['type', serial.type],
+            // libvirt names a running domain's console pty here too.
+            ['tty', serial.type === 'pty' ? serial.path : undefined],
+          ],
+          [
+            serial.path !== undefined && node('source', [['path', serial.path]]),
             node('target', [
               ['type', 'serial'],
               ['port', 0],

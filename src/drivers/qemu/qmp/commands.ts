@@ -60,6 +60,7 @@ const CpuDefinitionInfo = z.looseObject({
   deprecated: z.boolean(),
 });
 const FdsetFdInfo = z.looseObject({ fd: z.number().int(), opaque: z.string().optional() });
+const ChardevInfo = z.looseObject({ label: z.string(), filename: z.string() });
 const FdsetInfo = z.looseObject({ 'fdset-id': z.number().int(), fds: z.array(FdsetFdInfo) });
 const BlockNodeInfo = z.looseObject({
   'node-name': z.string().optional(),
@@ -153,11 +154,13 @@ export const QMP_COMMANDS = {
   'query-memory-devices': spec()(z.array(MemoryDeviceInfo)),
   'query-pci': spec()(z.array(PciInfo)),
   'query-fdsets': spec()(z.array(FdsetInfo)),
+  'query-chardev': spec()(z.array(ChardevInfo)),
   'query-named-block-nodes': spec<{ flat?: boolean } | undefined>()(z.array(BlockNodeInfo)),
   cont: spec()(Empty),
   stop: spec()(Empty),
   system_powerdown: spec()(Empty),
   system_reset: spec()(Empty),
+  'set-action': spec<{ shutdown?: 'poweroff' | 'pause' }>()(Empty),
   quit: spec()(Empty),
   balloon: spec<{ value: number }>()(Empty),
   getfd: spec<{ fdname: string }>()(Empty),
