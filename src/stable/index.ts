@@ -41,8 +41,14 @@ export type {
 export type {
   DomainEvent,
   DomainEventType,
+  DomainFigures,
   DomainInfo,
   DomainState,
+  DomainStatus,
+  PausedReason,
+  RunningReason,
+  ShutdownReason,
+  ShutoffReason,
   StoppedReason,
 } from './events.js';
 export type { JobInfo, JobOperation, OperationOptions } from './jobs.js';
@@ -56,6 +62,7 @@ export type {
   MigrationOffer,
   MigrationOfferCookie,
   MigrationProgress,
+  MigrationTlsOptions,
   PreparedIncoming,
   ResolvedOffer,
 } from './migration.js';
