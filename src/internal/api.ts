@@ -83,8 +83,8 @@ export interface InternalApi {
    * Adopts a QEMU started outside virtkit, like `virsh qemu-attach`: checks that `pid` runs a
    * `qemu-system-*` binary and that `monitor` is its QMP socket (the listener's peer credentials,
    * or the process holding that listening socket), builds a transient domain from QMP (name, uuid,
-   * kvm or qemu, memory, vCPUs with their verified thread ids, the virtio disks and the virtio or
-   * e1000 NICs the definition can represent, with QEMU's ids as aliases; other devices are logged),
+   * kvm or qemu, memory, vCPUs with their verified thread ids, the virtio disks and the virtio, e1000,
+   * e1000e or rtl8139 NICs the definition can represent, with QEMU's ids as aliases; other devices are logged),
    * taints it `external-launch`, and manages it from then on like any other: events,
    * suspend/resume, shutdown, destroy, reconnect by a later driver. It disappears (`undefined`
    * event) once its QEMU exits. Limits: no privileged operation was applied to it (no memlock, placement or

@@ -8,7 +8,7 @@ import {
   parseDeviceXml,
 } from './devices.js';
 import type { DestroyOptions, Driver, RebootOptions, ShutdownOptions, StartOptions } from './driver.js';
-import type { DomainInfo } from './events.js';
+import type { DomainInfo, DomainStatus } from './events.js';
 import type { JobInfo, OperationOptions } from './jobs.js';
 
 /**
@@ -142,6 +142,14 @@ export class Domain {
   }
 
   /**
+   * The state and why the domain is in it (libvirt's `virDomainGetState`), typed per state:
+   * `{ state: 'paused', reason: 'user' }`. Never waits for a job and reads nothing but memory.
+   */
+  async getState(): Promise<DomainStatus> {
+    return this.#driver.getState(this.uuid);
+  }
+
+  /**
    * Migration step 1 (source): the offer for the destination, carrying the live definition and
    * whether the vCPUs run. The domain must be running or paused.
    *
@@ -200,6 +208,7 @@ export class Domain {
         listen,
         ...(perform.signal ? { signal: perform.signal } : {}),
         ...(persist !== undefined ? { persist } : {}),
+        ...(perform.tls ? { tls: perform.tls } : {}),
       });
     } catch (err) {
       await this.migrateConfirm({ cancelled: true }).catch(() => undefined);

@@ -1,7 +1,7 @@
 import type { Capabilities, DomainCapabilities, DomainCapabilitiesOptions } from './capabilities.js';
 import type { DomainDefinition } from './definition/schema.js';
 import type { DetachDeviceOptions, DeviceChangeOptions, DeviceDefinition, DeviceMatch } from './devices.js';
-import type { DomainEvent, DomainInfo } from './events.js';
+import type { DomainEvent, DomainInfo, DomainStatus } from './events.js';
 import type { JobInfo, OperationOptions } from './jobs.js';
 import type {
   MigratePerformOptions,
@@ -103,6 +103,8 @@ export interface Driver {
   getDefinition(uuid: string, live: boolean): DomainDefinition;
   /** State and resource figures of a domain. */
   getInfo(uuid: string): Promise<DomainInfo>;
+  /** The state of a domain with its reason; never waits for a job. */
+  getState(uuid: string): DomainStatus;
   /** Starts a domain. */
   start(uuid: string, options: StartOptions): Promise<void>;
   /** Pauses every vCPU of a running domain. */

@@ -33,7 +33,8 @@ export interface DomainEvent {
   /**
    * Why: for `stopped` one of {@link StoppedReason}; for `started` `booted` (`migrated` on the
    * destination of a migration, `attached` for a QEMU adopted through `virtkit/internal`); for
-   * `suspended` `user` or `starting-up`; for `resumed` `unpaused`; for `defined` `added` or `updated`; for
+   * `suspended` the {@link PausedReason} (`user`, `migration`, `ioerror`, `watchdog`, `crashed`,
+   * `shutting-down`…); for `resumed` the {@link RunningReason} (`unpaused`, `migration-cancelled`…); for `defined` `added` or `updated`; for
    * `undefined` `removed`; for `definition-error` `live-unreadable` (a new driver found the
    * recorded live definition of a running domain unreadable, and left it as found).
    */
@@ -52,15 +53,84 @@ export interface DomainEvent {
 export type DomainState = 'running' | 'paused' | 'shutdown' | 'shutoff';
 
 /**
- * What `Domain.getInfo()` reports.
+ * Why a domain runs, as in libvirt's `virDomainRunningReason`.
  *
  * @public
  */
-export interface DomainInfo {
-  /** The current state. */
-  readonly state: DomainState;
-  /** Why it is in that state (`booted`, `user`, `starting-up`, `shutdown`, `destroyed`, `crashed`, `failed`…). */
-  readonly reason: string;
+export type RunningReason =
+  | 'unknown'
+  | 'booted'
+  | 'migrated'
+  | 'restored'
+  | 'from-snapshot'
+  | 'unpaused'
+  | 'migration-cancelled'
+  | 'save-cancelled'
+  | 'wakeup'
+  | 'crashed'
+  | 'postcopy'
+  | 'postcopy-failed';
+
+/**
+ * Why a domain is paused, as in libvirt's `virDomainPausedReason`: `user` after `suspend()` or a
+ * paused start, `migration` while a migration holds it, `ioerror` after a disk error with
+ * `error_policy='stop'`, `watchdog`, `crashed` after a guest panic, `shutting-down` after the guest
+ * powered off, `starting-up` while the start sequence runs; `migrated` on the destination of a
+ * migration whose source was paused (libvirt reports `user` there).
+ *
+ * @public
+ */
+export type PausedReason =
+  | 'unknown'
+  | 'user'
+  | 'migration'
+  | 'migrated'
+  | 'save'
+  | 'dump'
+  | 'ioerror'
+  | 'watchdog'
+  | 'from-snapshot'
+  | 'shutting-down'
+  | 'snapshot'
+  | 'crashed'
+  | 'starting-up'
+  | 'postcopy'
+  | 'postcopy-failed'
+  | 'api-error';
+
+/**
+ * Why a domain is shutting down, as in libvirt's `virDomainShutdownReason`.
+ *
+ * @public
+ */
+export type ShutdownReason = 'unknown' | 'user';
+
+/**
+ * Why a domain is shut off, as in libvirt's `virDomainShutoffReason`: every {@link StoppedReason},
+ * or `unknown` for a domain that never ran under this driver.
+ *
+ * @public
+ */
+export type ShutoffReason = StoppedReason | 'unknown' | 'saved' | 'from-snapshot' | 'daemon';
+
+/**
+ * A state with its reason, typed per state (libvirt's `virDomainGetState`): narrowing on `state`
+ * narrows `reason`.
+ *
+ * @public
+ */
+export type DomainStatus =
+  | { readonly state: 'running'; readonly reason: RunningReason }
+  | { readonly state: 'paused'; readonly reason: PausedReason }
+  | { readonly state: 'shutdown'; readonly reason: ShutdownReason }
+  | { readonly state: 'shutoff'; readonly reason: ShutoffReason };
+
+/**
+ * The figures `Domain.getInfo()` reports besides the state.
+ *
+ * @public
+ */
+export interface DomainFigures {
   /** The driver's id of the running domain; null while shut off. */
   readonly id: number | null;
   /** The QEMU process id; null while shut off. */
@@ -74,3 +144,11 @@ export interface DomainInfo {
   /** Taints of the running domain, e.g. `custom-argv`, `internal-handler`. */
   readonly taints: readonly string[];
 }
+
+/**
+ * What `Domain.getInfo()` reports: the state with its reason ({@link DomainStatus}, typed per
+ * state) and the domain's figures.
+ *
+ * @public
+ */
+export type DomainInfo = DomainStatus & DomainFigures;

@@ -40,8 +40,14 @@ export type {
 export type {
   DomainEvent,
   DomainEventType,
+  DomainFigures,
   DomainInfo,
   DomainState,
+  DomainStatus,
+  PausedReason,
+  RunningReason,
+  ShutdownReason,
+  ShutoffReason,
   StoppedReason,
 } from './events.js';
 export type { JobInfo, JobOperation, OperationOptions } from './jobs.js';
@@ -55,6 +61,7 @@ export type {
   MigrationOffer,
   MigrationOfferCookie,
   MigrationProgress,
+  MigrationTlsOptions,
   PreparedIncoming,
   ResolvedOffer,
 } from './migration.js';

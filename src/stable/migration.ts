@@ -54,6 +54,24 @@ export interface MigrationIncomingCookie {
 }
 
 /**
+ * TLS for the migration stream, with QEMU's `tls-creds-x509`: `dir` holds `ca-cert.pem` and this
+ * side's certificate and key — `server-cert.pem` and `server-key.pem` at the destination,
+ * `client-cert.pem` and `client-key.pem` at the source (one directory may hold both). Each side
+ * verifies the other against its CA; a peer it does not trust fails the migration.
+ *
+ * @public
+ */
+export interface MigrationTlsOptions {
+  /** Absolute path of the credentials directory. */
+  readonly dir: string;
+  /**
+   * Source only: the name the destination's certificate must carry. Default: the host of a
+   * `tcp:` URI; required for `unix:`.
+   */
+  readonly hostname?: string;
+}
+
+/**
  * Options of `Connection.migratePrepare`.
  *
  * @public
@@ -70,6 +88,8 @@ export interface MigratePrepareOptions {
    * stays defined either way.
    */
   readonly persist?: boolean;
+  /** Accept only a TLS stream from a source the CA vouches for. */
+  readonly tls?: MigrationTlsOptions;
 }
 
 /**
@@ -108,6 +128,8 @@ export interface MigratePerformOptions {
   readonly maxDowntimeMs?: number;
   /** Bandwidth limit of the stream, in MiB/s. */
   readonly bandwidthMiBps?: number;
+  /** Send the stream over TLS to a destination the CA vouches for (its prepare needs `tls` too). */
+  readonly tls?: MigrationTlsOptions;
   /** Cancels the migration (`migrate_cancel`); the source keeps running. */
   readonly signal?: AbortSignal;
   /** Called with the progress about every 200 ms while the stream runs, and once at the end. */

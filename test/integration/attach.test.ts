@@ -120,6 +120,7 @@ describe('attach: adopting a QEMU launched outside virtkit', () => {
         ['-device', 'virtio-blk-pci,drive=r1,addr=0x9'],
         ['-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:aa:bb:cc'],
         ['-netdev', 'user,id=n1', '-device', 'e1000,netdev=n1,addr=0x7'],
+        ['-netdev', 'user,id=n2', '-device', 'rtl8139,netdev=n2,id=rtl,addr=0x8,mac=52:54:00:00:00:08'],
         ['-device', 'virtio-rng-pci,id=rng0'],
       ].flat(),
       { stdio: 'ignore', cwd: root },
@@ -168,6 +169,13 @@ describe('attach: adopting a QEMU launched outside virtkit', () => {
         model: 'e1000',
         mac: expect.stringMatching(/^52:54:00:/),
         address: { type: 'pci', domain: 0, bus: 0, slot: 7, function: 0 },
+      },
+      {
+        type: 'user',
+        model: 'rtl8139',
+        mac: '52:54:00:00:00:08',
+        alias: 'rtl',
+        address: { type: 'pci', domain: 0, bus: 0, slot: 8, function: 0 },
       },
     ]);
     const xml = dom.toXML();

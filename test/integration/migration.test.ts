@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
@@ -158,6 +158,130 @@ describe('persist and undefineSource', { timeout: 240_000 }, () => {
     expect(existsSync(join(rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
     expect((await dst.lookupDomain('mig-persist')).uuid).toBe(dom.uuid);
     expect(runLeftovers(rootA)).toEqual([]);
+  });
+});
+
+/** A CA and, signed by it, a server certificate for 127.0.0.1 and a client certificate, in `dir`. */
+function makeCredentials(dir: string, ca: string): void {
+  mkdirSync(dir, { recursive: true });
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  ssl(
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${ca}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+    '-keyout',
+    'ca-key.pem',
+    '-out',
+    'ca-cert.pem',
+  );
+  for (const [end, usage] of [
+    ['server', 'serverAuth'],
+    ['client', 'clientAuth'],
+  ] as const) {
+    writeFileSync(
+      join(dir, `${end}.ext`),
+      [
+        'basicConstraints=critical,CA:FALSE',
+        'keyUsage=critical,digitalSignature,keyEncipherment',
+        `extendedKeyUsage=${usage}`,
+        'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      ].join('\n'),
+    );
+    ssl(
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      `/CN=${end}`,
+      '-keyout',
+      `${end}-key.pem`,
+      '-out',
+      `${end}.csr`,
+    );
+    ssl(
+      'x509',
+      '-req',
+      '-in',
+      `${end}.csr`,
+      '-CA',
+      'ca-cert.pem',
+      '-CAkey',
+      'ca-key.pem',
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      `${end}.ext`,
+      '-out',
+      `${end}-cert.pem`,
+    );
+  }
+}
+
+describe('TLS (tls-creds-x509 on both sides)', { timeout: 240_000 }, () => {
+  it('migrates over TLS with certificates of one CA; with a foreign CA it fails typed and both sides are intact', async () => {
+    makeCredentials(join(rootA, 'lib', 'tls-a'), 'vk-test-ca');
+    makeCredentials(join(rootA, 'lib', 'tls-foreign'), 'vk-foreign-ca');
+    const good = { dir: join(rootA, 'lib', 'tls-a') };
+    const dom = await countingGuest('mig-tls', 2);
+    const srcPid = (await dom.getInfo()).pid as number;
+
+    // The source's certificates come from another CA: the destination refuses the stream.
+    const offer = await dom.migrateBegin();
+    const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0', tls: good });
+    const perform = dom.migratePerform(incoming.uri, {
+      cookie: incoming.cookie,
+      tls: { dir: join(rootA, 'lib', 'tls-foreign') },
+    });
+    await expect(perform).rejects.toMatchObject({ code: 'OPERATION_FAILED' });
+    // QEMU drops a connection that fails the handshake and keeps waiting: as in libvirt's
+    // protocol, a failed perform is followed by a cancelled finish and a cancelled confirm.
+    await incoming.finish({ cancelled: true });
+    await dom.migrateConfirm({ cancelled: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+    const now = counts(consoleOf(dom)).at(-1) as number;
+    await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
+    expect(await dst.listDomains()).toEqual([]);
+    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
+    expect(runLeftovers(rootB)).toEqual([]);
+
+    // A plain stream into a destination that expects TLS fails the same way.
+    const plainOffer = await dom.migrateBegin();
+    const tlsOnly = await dst.migratePrepare(plainOffer, { listen: 'tcp:127.0.0.1:0', tls: good });
+    await expect(dom.migratePerform(tlsOnly.uri, { cookie: tlsOnly.cookie })).rejects.toBeInstanceOf(
+      VirtError,
+    );
+    await tlsOnly.finish({ cancelled: true });
+    expect(await dst.listDomains()).toEqual([]);
+    await dom.migrateConfirm({ cancelled: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+
+    // One CA on both sides: the guest moves and counts on.
+    const before = counts(consoleOf(dom)).at(-1) as number;
+    const moved = await dom.migrateTo(dst, { tls: good });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
+    const dstConsole = consoleOf(moved);
+    await until('the destination to count on', () => (counts(dstConsole).at(-1) ?? 0) >= before + 2);
+    expect(counts(dstConsole)[0]).toBeGreaterThan(1);
+
+    // Credentials without their files are refused before any QEMU starts at the other side.
+    const movedPid = (await moved.getInfo()).pid;
+    await expect(
+      moved.migrateTo(src, { tls: { dir: join(rootA, 'lib', 'nothing-here') } }),
+    ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    expect(await moved.getInfo()).toMatchObject({ state: 'running', pid: movedPid });
+    expect(processesMentioning(dom.uuid)).toEqual([movedPid]);
   });
 });
 

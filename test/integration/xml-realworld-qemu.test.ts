@@ -195,4 +195,58 @@ describe('disk drivers and controllers of real-world documents on real QEMU', ()
     const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     expect(argv.join(' ')).toContain('-action watchdog=poweroff');
   }, 120_000);
+
+  it('pc machine: IDE disk and CD-ROM on the PIIX3 channels, the IDE controller at 00:01.1', async () => {
+    const files = join(root, 'files');
+    execFileSync('mkdir', ['-p', files]);
+    const disk = join(files, 'hd.raw');
+    const iso = join(files, 'cd.iso');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', disk, '8M']);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', iso, '1M']);
+    const xml = `<domain type='qemu'>
+  <name>rw-ide</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${disk}'/><target dev='hda' bus='ide'/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${iso}'/><target dev='hdc' bus='ide'/><readonly/></disk>
+  </devices>
+</domain>`;
+    const { qmp, live } = await startWithProbe(xml);
+    expect(live.controllers).toContainEqual(
+      expect.objectContaining({
+        type: 'ide',
+        alias: 'ide',
+        address: expect.objectContaining({ slot: 1, function: 1 }),
+      }),
+    );
+    const get = (id: string, property: string) =>
+      qmp.execute('qom-get', { path: `/machine/peripheral/${id}`, property });
+    expect(await get('ide0-0-0', 'type')).toBe('ide-hd');
+    expect(await get('ide0-1-0', 'type')).toBe('ide-cd');
+    expect(await get('ide0-0-0', 'parent_bus')).toMatch(/ide\.0$/);
+    expect(await get('ide0-1-0', 'parent_bus')).toMatch(/ide\.1$/);
+    expect(await get('ide0-1-0', 'unit')).toBe(0);
+    const blocks =
+      await qmp.execute<
+        Array<{ qdev?: string; removable: boolean; inserted?: { ro: boolean; file: string } }>
+      >('query-block');
+    const cd = blocks.find((b) => b.qdev === 'ide0-1-0');
+    expect(cd).toMatchObject({ removable: true, inserted: { ro: true } });
+    const pci =
+      await qmp.execute<
+        Array<{
+          bus: number;
+          devices: Array<{ slot: number; function: number; class_info: { class: number } }>;
+        }>
+      >('query-pci');
+    // 0x0101: an IDE interface, at the PIIX3's function 1.
+    expect(pci[0]?.devices).toContainEqual(
+      expect.objectContaining({
+        slot: 1,
+        function: 1,
+        class_info: expect.objectContaining({ class: 0x0101 }),
+      }),
+    );
+  }, 120_000);
 });

@@ -110,6 +110,29 @@ describe('definitions', () => {
 });
 
 describe('life cycle', () => {
+  it('getState() gives the state with its reason from the shared core, as the embedded driver does', async () => {
+    const dom = await conn.defineDomain(guest('st'));
+    expect(await dom.getState()).toEqual({ state: 'shutoff', reason: 'unknown' });
+    await dom.start({ paused: true });
+    expect(await dom.getState()).toEqual({ state: 'paused', reason: 'user' });
+    await dom.resume();
+    expect(await dom.getState()).toEqual({ state: 'running', reason: 'unpaused' });
+    await dom.shutdown({});
+    expect(await dom.getState()).toEqual({ state: 'shutoff', reason: 'shutdown' });
+    await dom.start();
+    expect(await dom.getState()).toEqual({ state: 'running', reason: 'booted' });
+    await dom.destroy();
+    expect(await dom.getState()).toEqual({ state: 'shutoff', reason: 'destroyed' });
+  });
+
+  it('an operation queued behind an undefine fails with NO_DOMAIN, as in the embedded driver', async () => {
+    const dom = await conn.defineDomain(guest('gone'));
+    const undefine = dom.undefine();
+    const start = dom.start();
+    await undefine;
+    await expect(start).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+  });
+
   it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
     const dom = await conn.defineDomain(guest('r'));
     await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });

@@ -180,3 +180,43 @@ describe('watchdog', () => {
     expect({ code: err.code, path: err.details.path }).toEqual({ code, path });
   });
 });
+
+describe('IDE disks on pc machines', () => {
+  const ide = doc(
+    `<disk type='file' device='disk'><source file='/i/a.raw'/><target dev='hda' bus='ide'/></disk>
+     <disk type='file' device='cdrom'><source file='/i/c.iso'/><target dev='hdc'/><readonly/></disk>`,
+    'pc',
+  );
+
+  it('parse, get drive addresses, aliases and the built-in controller as libvirt, format back', () => {
+    const def = roundTrips(ide);
+    // hd* without a bus is ide, as in libvirt.
+    expect(def.disks.map((d) => d.target.bus)).toEqual(['ide', 'ide']);
+    const devices = devicesOf(argv(ide));
+    expect(devices.find((d) => d.id === 'ide0-0-0')).toMatchObject({
+      driver: 'ide-hd',
+      bus: 'ide.0',
+      unit: 0,
+    });
+    expect(devices.find((d) => d.id === 'ide0-1-0')).toMatchObject({
+      driver: 'ide-cd',
+      bus: 'ide.1',
+      unit: 0,
+    });
+  });
+
+  it.each([
+    [doc("<disk type='file'><source file='/a'/><target dev='hda' bus='ide'/></disk>"), 'disks.0.target.bus'],
+    [doc("<controller type='ide' index='0'/>"), 'controllers.0.type'],
+    [
+      doc(
+        "<disk type='file'><source file='/a'/><target dev='hda' bus='ide'/><address type='drive' controller='0' bus='2' target='0' unit='0'/></disk>",
+        'pc',
+      ),
+      'disks.0.address',
+    ],
+  ])('what the machine has not is refused (%#)', (xml, path) => {
+    const err = failure(() => argv(xml));
+    expect({ code: err.code, path: err.details.path }).toEqual({ code: ErrorCode.CONFIG_UNSUPPORTED, path });
+  });
+});

@@ -169,8 +169,8 @@ const memorySummary = z.looseObject({ 'base-memory': z.number().int().positive()
  * `query-memory-size-summary`, `query-cpus-fast`, and for devices `qom-list`, `query-pci`,
  * `query-block`, `query-named-block-nodes`: see devices/from-qmp.ts), and verifies every vCPU thread
  * id against the process. Only what virtkit can represent and check goes into the definition: name,
- * uuid, domain type, memory, vCPUs, the emulator, virtio disks with a raw or qcow2 image, virtio and
- * e1000 NICs on a user or TAP netdev (a TAP as `managed='no'`: it is not virtkit's to remove).
+ * uuid, domain type, memory, vCPUs, the emulator, virtio disks with a raw or qcow2 image, virtio,
+ * e1000, e1000e and rtl8139 NICs on a user or TAP netdev (a TAP as `managed='no'`: it is not virtkit's to remove).
  */
 export async function inspect(
   qmp: QmpClient,

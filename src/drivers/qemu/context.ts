@@ -1,6 +1,7 @@
 import type { HandlerTable } from '../../privileged/handler-table.js';
 import type { InvocationScope } from '../../privileged/invoke.js';
-import type { DomainEventType } from '../../stable/events.js';
+import type { DomainEventType, DomainStatus } from '../../stable/events.js';
+import type { Announcement } from '../domain-core.js';
 import type { DomainObject } from './domain-object.js';
 import type { RootLayout } from './root.js';
 
@@ -11,6 +12,14 @@ export interface DriverContext {
   allocateId(): number;
   /** Records the event and tells subscribers. */
   emit(dom: DomainObject, type: DomainEventType, reason: string): void;
+  /** The one owner of state transitions (src/drivers/domain-core.ts): records and announces. */
+  setState(
+    dom: DomainObject,
+    next: DomainStatus,
+    ...announce: readonly (DomainEventType | Announcement)[]
+  ): void;
+  /** Moves to `next` and announces it unless the domain already is in that state. */
+  changeState(dom: DomainObject, next: DomainStatus, event: DomainEventType): boolean;
   /** Appends a driver record to the domain's log. */
   log(dom: DomainObject, message: string): void;
   /** The privileged-operation handlers of this driver. */

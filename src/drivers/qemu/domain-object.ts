@@ -1,7 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import type { DomainState } from '../../stable/events.js';
-import { JobSlot } from '../jobs.js';
+import type { PausedReason } from '../../stable/events.js';
+import { CoreDomain } from '../domain-core.js';
 import type { ExitInfo } from './exit-info.js';
 import type { QmpClient } from './qmp/client.js';
 import type { DomainPaths } from './root.js';
@@ -53,6 +53,14 @@ export interface Runtime {
   /** A migration of this domain is under way, as its source (`out`) or destination (`in`). */
   migrating?: 'out' | 'in';
   /**
+   * Why the vCPUs stop next (libvirt's `pausedReason`): set by the driver before it sends `stop`
+   * itself (`user`, `migration`), or by the event QEMU sends before its `STOP` (`BLOCK_IO_ERROR`
+   * → `ioerror`, `GUEST_PANICKED` → `crashed`, `WATCHDOG` → `watchdog`); the `STOP` consumes it.
+   */
+  pausing?: PausedReason;
+  /** The guest powered off and the driver resets it (on_poweroff=restart, or a reboot): its pause is not shown. */
+  fakeReboot?: boolean;
+  /**
    * A reboot under way (libvirt's fake reboot): QEMU pauses instead of exiting when the guest
    * powers off, and the driver resets and continues it. `asked` until the guest powers off,
    * `resetting` until QEMU runs again (that pause is no suspend of the domain); `done` tells the
@@ -76,17 +84,8 @@ export interface Runtime {
 }
 
 /** One defined domain: its persistent definition, its state and, while active, its runtime. */
-export class DomainObject {
-  def: DomainDefinition;
-  state: DomainState = 'shutoff';
-  reason = 'unknown';
+export class DomainObject extends CoreDomain {
   run: Runtime | undefined;
-  /** The modifying job under way and those waiting for it. */
-  readonly jobs = new JobSlot();
-
-  constructor(def: DomainDefinition) {
-    this.def = def;
-  }
 
   get active(): boolean {
     return this.run !== undefined;

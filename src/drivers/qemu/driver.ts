@@ -27,8 +27,8 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import type { DomainEvent, DomainEventType, DomainInfo } from '../../stable/events.js';
-import type { JobInfo, JobOperation, OperationOptions } from '../../stable/jobs.js';
+import type { DomainEvent, DomainInfo } from '../../stable/events.js';
+import type { OperationOptions } from '../../stable/jobs.js';
 import type {
   MigratePerformOptions,
   MigratePrepareOptions,
@@ -38,8 +38,8 @@ import type {
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { readProcCpuTimeNs } from '../../util/proc.js';
-import { DomainTable, deliverEvent } from '../domain-table.js';
-import { type Job, NO_JOB, traceJob } from '../jobs.js';
+import { DriverCore } from '../domain-core.js';
+import { type Job, traceJob } from '../jobs.js';
 import {
   checkRequest,
   connectMonitor,
@@ -69,6 +69,7 @@ import { checkDisksPresent, checkSameDefinition } from './migration/compat.js';
 import { finishIncoming, prepareIncoming } from './migration/destination.js';
 import { arrivedTransient, migrationOf } from './migration/record.js';
 import { beginMigration, confirmMigration, heldOutgoing, performMigration } from './migration/source.js';
+import { checkTls } from './migration/tls.js';
 import { parseMigrationUri } from './migration/uri.js';
 import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
@@ -124,7 +125,7 @@ export async function openQemuDriver(
 }
 
 /** The embedded QEMU driver: owns one root and every domain defined in it. */
-export class QemuDriver implements Driver, DriverContext {
+export class QemuDriver extends DriverCore<DomainObject> implements Driver, DriverContext {
   readonly uri: string;
   readonly layout: RootLayout;
   readonly handlers = new HandlerTable();
@@ -138,18 +139,13 @@ export class QemuDriver implements Driver, DriverContext {
     handlers: this.handlers,
     monitor: {
       command: (uuid, command, args, options) =>
-        this.#track(monitorCommand(this, this.#get(uuid), command, args, options)),
-      events: (uuid, sink) => monitorEvents(this, this.#get(uuid), sink),
+        this.#track(monitorCommand(this, this.domain(uuid), command, args, options)),
+      events: (uuid, sink) => monitorEvents(this, this.domain(uuid), sink),
       attach: (request) => this.#track(this.#attach(request)),
     },
   };
   readonly #lock: RootLock;
-  readonly #domains = new DomainTable<DomainObject>();
-  readonly #listeners = new Set<(event: DomainEvent) => void>();
-  /** Events raised while opening wait here until `connect()` has returned and callers can listen. */
-  #pending: DomainEvent[] | undefined = [];
   #nextId = 1;
-  #closed = false;
   /** Every operation under way; close() lets them finish before it lets go of the domains. */
   readonly #inflight = new Set<Promise<unknown>>();
   /**
@@ -161,6 +157,8 @@ export class QemuDriver implements Driver, DriverContext {
   #defining: Promise<unknown> = Promise.resolve();
 
   constructor(uri: string, layout: RootLayout, lock: RootLock) {
+    // Events raised while opening wait until `connect()` has returned and callers can listen.
+    super({ holdEvents: true });
     this.uri = uri;
     this.layout = layout;
     this.#lock = lock;
@@ -174,49 +172,37 @@ export class QemuDriver implements Driver, DriverContext {
         `ignoring unreadable definition ${file}: ${errorMessage(err)}`,
       );
     });
-    for (const def of defs) this.#domains.set(new DomainObject(def));
+    for (const def of defs) this.domains.set(new DomainObject(def));
     for (const def of defs)
       if (wasAttached(this.layout, def) || arrivedTransient(this.layout, def)) this.#attached.add(def.uuid);
-    await Promise.all(this.#domains.values().map((dom) => reconnectDomain(this, dom)));
-    for (const path of sweepRootLeftovers(this, this.#domains.values()))
+    await Promise.all(this.domains.values().map((dom) => reconnectDomain(this, dom)));
+    for (const path of sweepRootLeftovers(this, this.domains.values()))
       appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
-    sweepCgroups(this, this.#domains.values());
-    for (const dom of this.#domains.values())
+    sweepCgroups(this, this.domains.values());
+    for (const dom of this.domains.values())
       if (dom.run) this.#nextId = Math.max(this.#nextId, dom.run.id + 1);
-    setImmediate(() => {
-      const pending = this.#pending ?? [];
-      this.#pending = undefined;
-      for (const e of pending) deliverEvent(this.#listeners, e);
-    });
+    this.releaseEvents();
   }
 
   allocateId(): number {
     return this.#nextId++;
   }
 
-  emit(dom: DomainObject, type: DomainEventType, reason: string): void {
-    const event: DomainEvent = {
-      type,
-      reason,
-      domain: { name: dom.def.name, uuid: dom.def.uuid },
-      timestamp: Date.now(),
-    };
-    if (this.#pending) this.#pending.push(event);
-    else deliverEvent(this.#listeners, event);
-    // A domain adopted with attach is transient, as in libvirt: it ends with its QEMU.
-    if (type === 'stopped' && this.#attached.delete(dom.def.uuid)) void this.#forget(dom);
+  /** A domain adopted with attach is transient, as in libvirt: it ends with its QEMU. */
+  protected override afterEvent(dom: DomainObject, event: DomainEvent): void {
+    if (event.type === 'stopped' && this.#attached.delete(dom.def.uuid)) void this.#forget(dom);
   }
 
   /** Removes a transient domain once it has stopped. */
   async #forget(dom: DomainObject): Promise<void> {
     await dom.jobs.run(
       'undefine',
-      () => identOf(dom),
+      () => dom.ident,
       undefined,
       async () => {
-        if (dom.active || this.#domains.find(dom.def.uuid) !== dom) return;
+        if (dom.active || this.domains.find(dom.def.uuid) !== dom) return;
         removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
-        this.#domains.delete(dom.def.uuid);
+        this.domains.delete(dom.def.uuid);
         this.emit(dom, 'undefined', 'removed');
       },
     );
@@ -229,7 +215,7 @@ export class QemuDriver implements Driver, DriverContext {
    * driver adopts a running domain, so from here on it is managed like any other.
    */
   async #attach(request: unknown): Promise<DomainRef> {
-    this.#checkOpen();
+    this.checkOpen();
     const checked = checkRequest(request);
     const qmp = await connectMonitor(checked.pid, checked.monitor);
     let inspection: Inspection;
@@ -241,7 +227,7 @@ export class QemuDriver implements Driver, DriverContext {
     }
     const { def } = inspection;
     const add = async (): Promise<DomainRef> => {
-      const taken = this.#domains.find(def.name) ?? this.#domains.find(def.uuid);
+      const taken = this.domains.find(def.name) ?? this.domains.find(def.uuid);
       if (taken) {
         throw new VirtError(
           ErrorCode.DOMAIN_EXISTS,
@@ -253,7 +239,7 @@ export class QemuDriver implements Driver, DriverContext {
       const paths = domainPaths(this.layout, def.name, def.uuid);
       await saveDefinition(paths.definition, def);
       await writeStatus(paths.status, { ...inspection.status, id: this.allocateId() });
-      this.#domains.set(dom);
+      this.domains.set(dom);
       this.#attached.add(def.uuid);
       this.log(
         dom,
@@ -264,7 +250,7 @@ export class QemuDriver implements Driver, DriverContext {
       this.emit(dom, 'defined', 'added');
       await dom.jobs.run(
         'define',
-        () => identOf(dom),
+        () => dom.ident,
         undefined,
         () => reconnectDomain(this, dom),
       );
@@ -287,56 +273,18 @@ export class QemuDriver implements Driver, DriverContext {
     appendLog(`${this.layout.log}/driver.log`, message);
   }
 
-  log(dom: DomainObject, message: string): void {
+  override log(dom: DomainObject, message: string): void {
     appendLog(domainPaths(this.layout, dom.def.name, dom.def.uuid).log, message);
   }
 
-  subscribe(listener: (event: DomainEvent) => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
-  }
-
-  #get(uuid: string): DomainObject {
-    this.#checkOpen();
-    return this.#domains.get(uuid);
-  }
-
-  /**
-   * Queues `fn` as the domain's next job. When its turn comes the domain must still be defined:
-   * an operation queued behind an undefine fails with NO_DOMAIN instead of acting on a domain no
-   * driver lists (a start would otherwise run a QEMU nobody could ever find again). A job on a
-   * running domain is recorded in its status file while it runs.
-   */
-  #job<T>(
-    dom: DomainObject,
-    operation: JobOperation,
-    signal: AbortSignal | undefined,
-    fn: (job: Job) => Promise<T>,
-  ): Promise<T> {
-    return dom.jobs.run(
-      operation,
-      () => identOf(dom),
-      signal,
-      async (job) => {
-        this.#checkStillDefined(dom);
-        const run = dom.run;
-        if (run) await recordJob(run, job, () => dom.run === run);
-        try {
-          return await fn(job);
-        } finally {
-          if (run) await recordJob(run, undefined, () => dom.run === run);
-        }
-      },
-    );
-  }
-
-  #checkStillDefined(dom: DomainObject): void {
-    if (this.#domains.find(dom.def.uuid) !== dom) {
-      throw new VirtError(
-        ErrorCode.NO_DOMAIN,
-        `domain '${dom.def.name}' was undefined before this operation could run`,
-        { domain: { name: dom.def.name, uuid: dom.def.uuid } },
-      );
+  /** A job on a running domain is recorded in its status file while it runs. */
+  protected override async runJob<T>(dom: DomainObject, job: Job, fn: (job: Job) => Promise<T>): Promise<T> {
+    const run = dom.run;
+    if (run) await recordJob(run, job, () => dom.run === run);
+    try {
+      return await fn(job);
+    } finally {
+      if (run) await recordJob(run, undefined, () => dom.run === run);
     }
   }
 
@@ -348,12 +296,12 @@ export class QemuDriver implements Driver, DriverContext {
   }
 
   getCapabilities(): Promise<Capabilities> {
-    this.#checkOpen();
+    this.checkOpen();
     return buildCapabilities(capabilityCache(this.layout), [DEFAULT_EMULATOR]);
   }
 
   getDomainCapabilities(options: DomainCapabilitiesOptions): Promise<DomainCapabilities> {
-    this.#checkOpen();
+    this.checkOpen();
     return buildDomainCapabilities(
       capabilityCache(this.layout),
       options.emulator ?? DEFAULT_EMULATOR,
@@ -361,41 +309,25 @@ export class QemuDriver implements Driver, DriverContext {
     );
   }
 
-  #checkOpen(): void {
-    if (this.#closed)
-      throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
-  }
-
-  findDomain(nameOrUuid: string): DomainRef | undefined {
-    this.#checkOpen();
-    const dom = this.#domains.find(nameOrUuid);
-    return dom && { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
-  }
-
-  listDomains(): DomainRef[] {
-    this.#checkOpen();
-    return this.#domains.values().map((d) => ({ name: d.def.name, uuid: d.def.uuid, active: d.active }));
-  }
-
   async defineDomain(given: DomainDefinition): Promise<DomainRef> {
-    this.#checkOpen();
+    this.checkOpen();
     const define = async (): Promise<DomainRef> => {
       const def = await prepareDefinition(
         capabilityCache(this.layout),
         given.emulator ?? DEFAULT_EMULATOR,
         given,
       );
-      const existing = this.#domains.existingFor(def);
+      const existing = this.domains.existingFor(def);
       const dom = existing ?? new DomainObject(def);
       return dom.jobs.run(
         'define',
-        () => identOf(dom),
+        () => dom.ident,
         undefined,
         async () => {
           await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
           faultPoint('define:saved');
           dom.def = def;
-          this.#domains.set(dom);
+          this.domains.set(dom);
           this.emit(dom, 'defined', existing ? 'updated' : 'added');
           return { name: def.name, uuid: def.uuid, active: dom.active };
         },
@@ -407,8 +339,8 @@ export class QemuDriver implements Driver, DriverContext {
   }
 
   async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    await this.#job(dom, 'undefine', options.signal, async () => {
+    const dom = this.domain(uuid);
+    await this.job(dom, 'undefine', options.signal, async () => {
       if (dom.active) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
@@ -417,99 +349,84 @@ export class QemuDriver implements Driver, DriverContext {
       }
       removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
       faultPoint('undefine:removed');
-      this.#domains.delete(uuid);
+      this.domains.delete(uuid);
       this.emit(dom, 'undefined', 'removed');
     });
   }
 
   getDefinition(uuid: string, live: boolean): DomainDefinition {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return structuredClone(live && dom.run ? presentableLive(dom, dom.run) : dom.def);
   }
 
   async getInfo(uuid: string): Promise<DomainInfo> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     const run = dom.run;
-    const def = run?.live ?? dom.def;
-    return {
-      state: dom.state,
-      reason: dom.reason,
+    return this.info(dom, run?.live ?? dom.def, {
       id: run?.started ? run.id : null,
       pid: run?.started ? run.pid : null,
-      vcpus: def.vcpu.current ?? def.vcpu.count,
-      memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
       cpuTimeNs: run ? cpuTimeNs(run.pid) : 0n,
       taints: run ? [...run.taints] : [],
-    };
+    });
   }
 
   start(uuid: string, options: StartOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return this.#track(
-      this.#job(dom, 'start', options.signal, (job) =>
+      this.job(dom, 'start', options.signal, (job) =>
         startDomain(this, dom, job, { paused: options.paused }),
       ),
     );
   }
 
   attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return this.#track(
-      this.#job(dom, 'device-change', options.signal, () => attachDevice(this, dom, device, options)),
+      this.job(dom, 'device-change', options.signal, () => attachDevice(this, dom, device, options)),
     );
   }
 
   detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return this.#track(
-      this.#job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
+      this.job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
     );
   }
 
   setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return this.#track(
-      this.#job(dom, 'device-change', options.signal, () => setVcpus(this, dom, count, options)),
+      this.job(dom, 'device-change', options.signal, () => setVcpus(this, dom, count, options)),
     );
   }
 
   suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, 'suspend', options.signal, (job) => suspendDomain(this, dom, job)));
+    const dom = this.domain(uuid);
+    return this.#track(this.job(dom, 'suspend', options.signal, (job) => suspendDomain(this, dom, job)));
   }
 
   resume(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, 'resume', options.signal, (job) => resumeDomain(this, dom, job)));
+    const dom = this.domain(uuid);
+    return this.#track(this.job(dom, 'resume', options.signal, (job) => resumeDomain(this, dom, job)));
   }
 
   reboot(uuid: string, options: RebootOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return this.#track(
-      this.#job(dom, 'reboot', options.signal, (job) => rebootDomain(this, dom, options, job)),
+      this.job(dom, 'reboot', options.signal, (job) => rebootDomain(this, dom, options, job)),
     );
   }
 
   reset(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#track(this.#job(dom, 'reset', options.signal, (job) => resetDomain(this, dom, job)));
+    const dom = this.domain(uuid);
+    return this.#track(this.job(dom, 'reset', options.signal, (job) => resetDomain(this, dom, job)));
   }
 
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return this.#track(
-      this.#job(dom, 'shutdown', options.signal, (job) => shutdownDomain(this, dom, options, job)),
+      this.job(dom, 'shutdown', options.signal, (job) => shutdownDomain(this, dom, options, job)),
     );
-  }
-
-  getJobInfo(uuid: string): JobInfo {
-    return this.#get(uuid).jobs.current?.info() ?? NO_JOB;
-  }
-
-  abortJob(uuid: string): void {
-    const dom = this.#get(uuid);
-    const job = dom.jobs.abort(dom.def.name, identOf(dom));
-    this.log(dom, `abortJob: aborting ${job.operation} in phase ${job.phase}`);
   }
 
   /**
@@ -517,10 +434,10 @@ export class QemuDriver implements Driver, DriverContext {
    * no other job changes the domain under it; perform and confirm run in that job.
    */
   async migrateBegin(uuid: string): Promise<OutgoingMigration> {
-    const dom = this.#get(uuid);
-    const held = await dom.jobs.hold('migration-out', () => identOf(dom), undefined);
+    const dom = this.domain(uuid);
+    const held = await dom.jobs.hold('migration-out', () => dom.ident, undefined);
     try {
-      this.#checkStillDefined(dom);
+      this.checkStillDefined(dom);
       return await this.#track(beginMigration(this, dom, held));
     } catch (err) {
       held.end(err);
@@ -529,16 +446,16 @@ export class QemuDriver implements Driver, DriverContext {
   }
 
   migratePerform(uuid: string, uri: string, options: MigratePerformOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return this.#track(performMigration(this, dom, uri, options));
   }
 
   migrateConfirm(uuid: string, options: MigrationEndOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     if (heldOutgoing(dom)) return this.#track(confirmMigration(this, dom, options));
     // A source adopted from a dead manager has no job yet: the confirm is one.
     return this.#track(
-      this.#job(dom, 'migration-out', options.signal, () => confirmMigration(this, dom, options)),
+      this.job(dom, 'migration-out', options.signal, () => confirmMigration(this, dom, options)),
     );
   }
 
@@ -547,11 +464,12 @@ export class QemuDriver implements Driver, DriverContext {
    * address, missing disks, a domain of that uuid that differs or is already active here.
    */
   async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
-    this.#checkOpen();
+    this.checkOpen();
     const address = parseMigrationUri(options.listen, 'listen');
     const def = offer.definition;
+    if (options.tls) checkTls(options.tls, 'server', 'tls');
     checkDisksPresent(def);
-    const existing = this.#domains.existingFor(def);
+    const existing = this.domains.existingFor(def);
     if (existing?.active)
       throw new VirtError(
         ErrorCode.OPERATION_INVALID,
@@ -562,15 +480,17 @@ export class QemuDriver implements Driver, DriverContext {
       );
     if (existing) checkSameDefinition(existing.def, def);
     else await this.defineDomain(def);
-    const dom = this.#domains.get(def.uuid);
+    const dom = this.domains.get(def.uuid);
     try {
       // The job holds the domain from prepare to finish; prepare's signal only reaches prepare.
-      const held = await dom.jobs.hold('migration-in', () => identOf(dom), options.signal);
+      const held = await dom.jobs.hold('migration-in', () => dom.ident, options.signal);
       let uri: string;
       try {
-        this.#checkStillDefined(dom);
+        this.checkStillDefined(dom);
         const transient = !existing && options.persist !== true;
-        uri = await this.#track(prepareIncoming(this, dom, held, offer, address, !existing, transient));
+        uri = await this.#track(
+          prepareIncoming(this, dom, held, offer, address, !existing, transient, options.tls),
+        );
         if (transient) this.#attached.add(dom.def.uuid);
       } catch (err) {
         held.end(err);
@@ -586,7 +506,7 @@ export class QemuDriver implements Driver, DriverContext {
   }
 
   async migrateFinish(uuid: string, options: MigrationEndOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     const record = migrationOf(dom);
     const definedHere = record?.role === 'in' && record.definedHere;
     try {
@@ -613,19 +533,16 @@ export class QemuDriver implements Driver, DriverContext {
    * then rolls itself back (and fails), and destroy returns once it has.
    */
   async destroy(uuid: string, options: DestroyOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     const run = dom.run;
-    // The job under way (a hung shutdown, a start) is ended first: it rolls back, and its caller
-    // learns that a destroy ended it.
     const job = dom.jobs.current;
     const starting = job?.operation === 'start' || job?.operation === 'migration-in';
-    // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
-    if ((run || starting) && job?.operation !== 'shutdown') job?.abort('destroy');
+    if (run || starting) this.abortForDestroy(dom);
     if (run?.started)
       return this.#track(
         traceJob(
           'destroy',
-          () => identOf(dom),
+          () => dom.ident,
           () => destroyDomain(this, dom, options),
         ),
       );
@@ -642,7 +559,7 @@ export class QemuDriver implements Driver, DriverContext {
       return this.#track(
         dom.jobs.run(
           'destroy',
-          () => identOf(dom),
+          () => dom.ident,
           undefined,
           async () => undefined,
         ),
@@ -653,7 +570,7 @@ export class QemuDriver implements Driver, DriverContext {
       return this.#track(
         dom.jobs.run(
           'destroy',
-          () => identOf(dom),
+          () => dom.ident,
           undefined,
           async () => {
             if (dom.run?.started) await destroyDomain(this, dom, options);
@@ -661,7 +578,7 @@ export class QemuDriver implements Driver, DriverContext {
         ),
       );
     }
-    return this.#track(this.#job(dom, 'destroy', undefined, () => destroyDomain(this, dom, options)));
+    return this.#track(this.job(dom, 'destroy', undefined, () => destroyDomain(this, dom, options)));
   }
 
   /**
@@ -669,17 +586,16 @@ export class QemuDriver implements Driver, DriverContext {
    * and releases the root's lock.
    */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (!this.markClosed()) return;
     await Promise.allSettled([...this.#inflight]);
-    for (const dom of this.#domains.values()) {
+    for (const dom of this.domains.values()) {
       const run = dom.run;
       if (!run) continue;
       run.detached = true;
       run.child?.removeAllListeners('exit');
       run.qmp?.close();
     }
-    this.#listeners.clear();
+    this.dropListeners();
     this.#lock.release();
   }
 }
@@ -691,8 +607,4 @@ function cpuTimeNs(pid: number): bigint {
   } catch {
     return 0n;
   }
-}
-
-function identOf(dom: DomainObject): { name: string; uuid: string } {
-  return { name: dom.def.name, uuid: dom.def.uuid };
 }

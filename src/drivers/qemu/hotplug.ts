@@ -19,9 +19,9 @@ import { diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { netdevId, netdevOf, nicDevice } from './devices/net.js';
 import type { DomainObject, Runtime } from './domain-object.js';
+import { presentableLive, setLive } from './live-definition.js';
 import type { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
-import { readStatus, writeStatus } from './status.js';
 import { saveDefinition } from './store.js';
 
 /*
@@ -88,10 +88,12 @@ function addTo(
 const aliasOf = (device: DeviceDefinition): string =>
   ('disk' in device ? device.disk.alias : device.interface.alias) ?? '';
 
-/** Records the live definition in the status file, so a new driver finds the device. */
-async function saveLive(run: Runtime): Promise<void> {
-  const status = readStatus(run.paths.status);
-  if (status) await writeStatus(run.paths.status, { ...status, live: run.live });
+/**
+ * Makes `next` the live definition through the one function that validates it and rewrites the
+ * status file atomically, so a new driver finds the device.
+ */
+function saveLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
+  return setLive(run, next, dom.jobs.current, () => dom.run === run);
 }
 
 /** Attaches a device to the running domain and/or its persistent definition. */
@@ -112,20 +114,20 @@ export async function attachDevice(
   }
   const run = dom.run;
   if (live && run) {
-    if ('disk' in chosen && chosen.disk.target.bus === 'sata') {
+    if ('disk' in chosen && chosen.disk.target.bus !== 'virtio') {
       throw new VirtError(
         ErrorCode.CONFIG_UNSUPPORTED,
-        "a sata disk cannot be hot-plugged (QEMU's AHCI has no hotplug); use the virtio bus",
+        `a ${chosen.disk.target.bus} disk cannot be hot-plugged (QEMU's AHCI and IDE have no hotplug); use the virtio bus`,
         {
           path: 'disk.target.bus',
         },
       );
     }
-    const added = addTo(run.live, chosen, true);
+    // An unreadable live record is reported, never replaced by one derived from a stand-in.
+    const added = addTo(presentableLive(dom, run), chosen, true);
     if ('disk' in added.device) await plugDisk(ctx, dom, run, added.def, added.device.disk);
     else await plugInterface(ctx, dom, run, added.def, added.device.interface);
-    run.live = added.def;
-    await saveLive(run);
+    await saveLive(dom, run, added.def);
     ctx.log(dom, `attached ${aliasOf(added.device)} (live)`);
     ctx.emit(dom, 'device-added', aliasOf(added.device));
   }
@@ -177,7 +179,7 @@ export async function detachDevice(
   const { live, config } = affect(dom, options);
   const what = 'alias' in match ? `alias '${match.alias}'` : 'the device given';
   const run = dom.run;
-  const liveDevice = live && run ? find(run.live, match) : undefined;
+  const liveDevice = live && run ? find(presentableLive(dom, run), match) : undefined;
   const configDevice = config ? find(dom.def, match) : undefined;
   if ((live && !liveDevice) || (config && !configDevice)) {
     throw new VirtError(
@@ -186,10 +188,10 @@ export async function detachDevice(
     );
   }
   if (liveDevice && run) {
-    if ('disk' in liveDevice && liveDevice.disk.target.bus === 'sata') {
+    if ('disk' in liveDevice && liveDevice.disk.target.bus !== 'virtio') {
       throw new VirtError(
         ErrorCode.CONFIG_UNSUPPORTED,
-        'a sata disk cannot be hot-unplugged; detach it from the persistent definition',
+        `a ${liveDevice.disk.target.bus} disk cannot be hot-unplugged; detach it from the persistent definition`,
       );
     }
     await unplug(ctx, dom, run, liveDevice, options.timeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS);
@@ -337,8 +339,7 @@ async function release(
       ctx.log(dom, `releasing the backend of ${alias}: ${errorMessage(err)}`);
     }
   }
-  run.live = without(run.live, device);
-  await saveLive(run);
+  await saveLive(dom, run, without(run.live, device));
   ctx.log(dom, `QEMU released ${alias}; detached (live)`);
   ctx.emit(dom, 'device-removed', alias);
 }

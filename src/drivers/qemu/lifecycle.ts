@@ -1,6 +1,6 @@
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import type { DestroyOptions, RebootOptions, ShutdownOptions } from '../../stable/driver.js';
-import type { DomainEventType, DomainState, StoppedReason } from '../../stable/events.js';
+import type { PausedReason, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import type { Job } from '../jobs.js';
 import { type DriverContext, scopeOf, within } from './context.js';
@@ -10,6 +10,7 @@ import { onDeviceDeleted } from './hotplug.js';
 import { releaseThreads } from './privileged/phases.js';
 import type { ExitInfo } from './process.js';
 import type { QmpClient, QmpEvent } from './qmp/client.js';
+import { pauseCauseOfEvent } from './run-state.js';
 import { removeIfPresent, removeIfPresentAsync } from './store.js';
 
 /** The runtime of an active domain, or OPERATION_INVALID naming what the caller must do. */
@@ -27,38 +28,31 @@ export function requireActive(dom: DomainObject): Runtime & { qmp: QmpClient } {
   return run as Runtime & { qmp: QmpClient };
 }
 
-/** Moves to a new state and emits its event, once: QMP events and API calls may both report it. */
-function transition(
-  ctx: DriverContext,
-  dom: DomainObject,
-  state: DomainState,
-  reason: string,
-  type: DomainEventType,
-): void {
-  if (dom.state === state) return;
-  dom.state = state;
-  dom.reason = reason;
-  ctx.emit(dom, type, reason);
-}
-
-/** Follows QMP events of a running domain: pauses, resumes, guest power-off, devices QEMU deleted. */
+/** Follows QMP events of a running domain: pauses (by their cause), resumes, guest power-off, devices QEMU deleted. */
 export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
   const qmp = run.qmp as QmpClient;
   qmp.onEvent((ev: QmpEvent) => {
     if (run.detached) return;
     switch (ev.event) {
       case 'STOP':
-        if (run.reboot?.phase === 'resetting') break;
-        if (run.started) transition(ctx, dom, 'paused', run.migrating ? 'migration' : 'user', 'suspended');
+        onStop(ctx, dom, run);
         break;
       case 'RESUME':
+        run.fakeReboot = false;
         if (run.reboot?.phase === 'resetting') {
           run.reboot.done();
           run.reboot = undefined;
           break;
         }
-        if (run.started) transition(ctx, dom, 'running', 'unpaused', 'resumed');
+        if (run.started) ctx.changeState(dom, { state: 'running', reason: 'unpaused' }, 'resumed');
         break;
+      case 'BLOCK_IO_ERROR':
+      case 'GUEST_PANICKED':
+      case 'WATCHDOG': {
+        const cause = pauseCauseOfEvent(ev.event, ev.data['action']);
+        if (cause) run.pausing = cause;
+        break;
+      }
       case 'SHUTDOWN':
         run.sawShutdown = true;
         onShutdownEvent(ctx, dom, run, qmp, ev);
@@ -68,6 +62,22 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
         break;
     }
   });
+}
+
+/**
+ * A `STOP` is mapped by its cause, as libvirt's `qemuProcessHandleStop` does: the reason the driver
+ * set before its own `stop` or an event QEMU sent just before (I/O error, panic, watchdog); else a
+ * migration under way, a guest that powered off, or `unknown` (e.g. a `stop` through passthrough).
+ */
+function onStop(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
+  const cause = run.pausing;
+  run.pausing = undefined;
+  // A guest rebooting through power-off is paused for an instant (libvirt's fake reboot): not a
+  // state worth showing.
+  if (!run.started || run.fakeReboot || run.reboot?.phase === 'resetting') return;
+  const reason: PausedReason =
+    cause ?? (run.migrating === 'out' ? 'migration' : run.sawShutdown ? 'shutting-down' : 'unknown');
+  ctx.changeState(dom, { state: 'paused', reason }, 'suspended');
 }
 
 /**
@@ -85,7 +95,10 @@ function onShutdownEvent(
   const reboot = run.reboot?.phase === 'asked' ? run.reboot : undefined;
   if (run.live.onPoweroff !== 'restart' && !reboot) return;
   const again = ev.data['guest'] === true && run.stopIntent === undefined;
-  if (again) run.sawShutdown = false;
+  if (again) {
+    run.sawShutdown = false;
+    run.fakeReboot = true;
+  }
   if (again && reboot) {
     reboot.phase = 'resetting';
     ctx.log(dom, 'reboot: the guest powered off; resetting it');
@@ -230,15 +243,13 @@ export async function finalizeExit(
   } catch (err) {
     ctx.log(dom, `cannot remove ${run.paths.status} after exit: ${errorMessage(err)}`);
   }
-  dom.state = 'shutoff';
-  dom.reason = reason;
   const how = info.signal
     ? `signal ${info.signal}`
     : info.code === null
       ? 'unknown status'
       : `code ${info.code}`;
   ctx.log(dom, `QEMU pid ${run.pid} exited (${how}): stopped, ${reason}`);
-  ctx.emit(dom, 'stopped', reason);
+  ctx.setState(dom, { state: 'shutoff', reason }, 'stopped');
 }
 
 /** Pauses every vCPU. */
@@ -246,8 +257,15 @@ export async function suspendDomain(ctx: DriverContext, dom: DomainObject, job: 
   const run = requireActive(dom);
   if (dom.state === 'paused')
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already paused`);
-  await run.qmp.execute('stop', undefined, { signal: job.signal });
-  transition(ctx, dom, 'paused', 'user', 'suspended');
+  run.pausing = 'user';
+  try {
+    await run.qmp.execute('stop', undefined, { signal: job.signal });
+  } catch (err) {
+    run.pausing = undefined;
+    throw err;
+  }
+  // QEMU sends STOP before its reply, so this only confirms what the event recorded.
+  ctx.changeState(dom, { state: 'paused', reason: 'user' }, 'suspended');
 }
 
 /** Resumes every vCPU. */
@@ -256,7 +274,7 @@ export async function resumeDomain(ctx: DriverContext, dom: DomainObject, job: J
   if (dom.state !== 'paused')
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
   await run.qmp.execute('cont', undefined, { signal: job.signal });
-  transition(ctx, dom, 'running', 'unpaused', 'resumed');
+  ctx.changeState(dom, { state: 'running', reason: 'unpaused' }, 'resumed');
 }
 
 /**

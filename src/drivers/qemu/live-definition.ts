@@ -1,22 +1,33 @@
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { type DomainDefinition, domainDefinitionSchema } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
+import type { Job } from '../jobs.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { runtimeStatus } from './runtime-status.js';
 import { writeStatus } from './status.js';
+import { removeIfPresent } from './store.js';
 
 /**
  * The one way to change a running domain's live definition (a hotplug, a finished migration):
  * validates `next`, bumps the version and rewrites the status file atomically and durably before
- * the new definition is visible, so a successor driver adopts exactly what this one shows.
+ * the new definition is visible, so a successor driver adopts exactly what this one shows. The
+ * status keeps recording `job`, the job under way on the domain (the one making the change).
  *
+ * @param current false once the runtime is no longer the domain's (QEMU exited meanwhile): the
+ *   file just written is then removed rather than left for a domain that is shut off
  * @throws VirtError `XML_ERROR` naming the field when `next` does not validate (nothing changes)
  */
-export async function setLive(run: Runtime, next: DomainDefinition): Promise<void> {
+export async function setLive(
+  run: Runtime,
+  next: DomainDefinition,
+  job: Job | undefined,
+  current: () => boolean = () => true,
+): Promise<void> {
   const checked = resolveDefinition(next);
   const version = run.liveVersion + 1;
-  const record = { ...runtimeStatus(run, 'running', undefined), live: checked, liveVersion: version };
+  const record = { ...runtimeStatus(run, 'running', job), live: checked, liveVersion: version };
   await writeStatus(run.paths.status, record);
+  if (!current()) removeIfPresent(run.paths.status);
   run.live = checked;
   run.liveVersion = version;
   run.liveUnreadable = undefined;

@@ -85,6 +85,8 @@ async function adoptAddedDevice(
       disk
         ? { ...run.live, disks: [...run.live.disks, disk] }
         : { ...run.live, interfaces: [...run.live.interfaces, nic as NonNullable<typeof nic>] },
+      dom.jobs.current,
+      () => dom.run === run,
     );
     ctx.log(dom, `monitor passthrough: ${id} added to the live definition`);
     ctx.emit(dom, 'device-added', id);

@@ -12,6 +12,7 @@ import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
+import { statusOfRunState } from './run-state.js';
 import { recordJob } from './runtime-status.js';
 import { type DomainStatus, readStatus } from './status.js';
 import { removeIfPresent } from './store.js';
@@ -68,10 +69,8 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     await releaseThreads(scopeOf(ctx, dom, leftover), record, 'reconnect');
     removeIfPresent(paths.monitor);
     removeIfPresent(paths.status);
-    dom.state = 'shutoff';
-    dom.reason = reason;
     ctx.log(dom, `reconnect: ${why}; domain marked shut off (${reason})`);
-    ctx.emit(dom, 'stopped', reason);
+    ctx.setState(dom, { state: 'shutoff', reason }, 'stopped');
   };
   if (!isSameProcess(status)) return gone('crashed', `QEMU pid ${status.pid} is no longer running`);
   const emulator = { pid: status.pid, startTime: BigInt(status.startTime) };
@@ -149,31 +148,29 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     await finalizeExit(ctx, dom, run, info);
     finalized.resolve();
   });
-  dom.state = 'paused';
-  dom.reason = 'unknown';
+  ctx.setState(dom, { state: 'paused', reason: 'unknown' });
   let qemuStatus: string;
+  let running: boolean;
   try {
-    ({ status: qemuStatus } = await qmp.command('query-status'));
+    ({ status: qemuStatus, running } = await qmp.command('query-status'));
   } catch (err) {
     // QEMU went away between adoption and this question: the exit watcher records it as stopped.
     // One dying domain must not fail the connect() of every other.
     ctx.log(dom, `reconnect: query-status failed (${errorMessage(err)}); waiting for the exit`);
     return;
   }
-  dom.state = qemuStatus === 'running' ? 'running' : 'paused';
-  dom.reason = qemuStatus === 'running' ? 'unpaused' : 'user';
+  // Read as libvirt reads it: `paused` → user, `io-error` → ioerror, `postmigrate` → migration…
+  const found = statusOfRunState(qemuStatus, running);
   // A source whose stream completed (postmigrate) or a destination still waiting for one
   // (inmigrate): never resumed here, since the guest may run on the other side; the application
   // decides (migrateConfirm, or destroy).
-  if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate') {
-    dom.reason = 'migration';
+  if (qemuStatus === 'postmigrate' || qemuStatus === 'inmigrate')
     run.migrating = qemuStatus === 'postmigrate' ? 'out' : 'in';
-  }
+  ctx.setState(dom, found);
   if (settlement?.action === 'adopt' && settlement.finishReboot) {
     try {
       if ((await settleInterruptedReboot(ctx, dom, qmp, qemuStatus)) === 'running') {
-        dom.state = 'running';
-        dom.reason = 'booted';
+        ctx.setState(dom, { state: 'running', reason: 'booted' });
       }
     } catch (err) {
       ctx.log(dom, `reconnect: cannot finish the interrupted reboot: ${errorMessage(err)}`);
@@ -200,7 +197,8 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     ctx.log(dom, `reconnect: ${why}`);
     await recordJob(run, undefined, () => dom.run === run);
   } else if (settlement) {
-    if (dom.state === 'paused' && settlement.keepPaused) dom.reason = settlement.keepPaused;
+    if (dom.state === 'paused' && settlement.keepPaused)
+      ctx.setState(dom, { state: 'paused', reason: settlement.keepPaused });
     ctx.log(dom, `reconnect: settled an interrupted ${status.job?.operation} job: ${settlement.why}`);
     await recordJob(run, undefined, () => dom.run === run);
   }

@@ -157,19 +157,18 @@ export async function startDomain(
   }
   if (options.incoming) {
     // No event yet: the migration emits `started migrated` when it finishes (or rolls back).
-    dom.state = 'paused';
-    dom.reason = 'migration';
+    ctx.setState(dom, { state: 'paused', reason: 'migration' });
     ctx.log(
       dom,
       `started pid ${s.run?.pid} for an incoming migration (-incoming ${options.incoming.uri ?? 'defer'})`,
     );
     return;
   }
-  dom.state = options.paused ? 'paused' : 'running';
-  dom.reason = options.paused ? 'user' : 'booted';
   ctx.log(dom, `started pid ${s.run?.pid}${options.paused ? ' (paused)' : ''}`);
-  ctx.emit(dom, 'started', 'booted');
-  if (options.paused) ctx.emit(dom, 'suspended', 'user');
+  // As libvirt: `started booted`, then for a paused start `suspended user` (VIR_DOMAIN_PAUSED_USER).
+  if (options.paused)
+    ctx.setState(dom, { state: 'paused', reason: 'user' }, ['started', 'booted'], 'suspended');
+  else ctx.setState(dom, { state: 'running', reason: 'booted' }, 'started');
 }
 
 /** The phase of the privileged operations that run once QEMU exists. */
@@ -505,10 +504,7 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
   removeIfPresent(s.paths.monitor);
   removeIfPresent(s.paths.status);
   if (dom.run === run) dom.run = undefined;
-  dom.state = 'shutoff';
-  dom.reason = 'failed';
-  if (launch) {
-    ctx.log(dom, 'start failed; QEMU killed and its socket and status removed');
-    ctx.emit(dom, 'stopped', 'failed');
-  }
+  if (launch) ctx.log(dom, 'start failed; QEMU killed and its socket and status removed');
+  // `stopped failed` only when a QEMU existed: a start refused before the spawn never started.
+  ctx.setState(dom, { state: 'shutoff', reason: 'failed' }, ...(launch ? (['stopped'] as const) : []));
 }

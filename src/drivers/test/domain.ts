@@ -1,7 +1,6 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import type { DomainState } from '../../stable/events.js';
-import { JobSlot } from '../jobs.js';
+import { CoreDomain } from '../domain-core.js';
 
 /** What exists only while a test domain "runs": no process, just its id and live definition. */
 export interface TestRuntime {
@@ -16,25 +15,11 @@ export interface TestRuntime {
 }
 
 /** One domain of the test driver: definition, state and, while active, its runtime. */
-export class TestDomain {
-  def: DomainDefinition;
-  state: DomainState = 'shutoff';
-  reason = 'unknown';
+export class TestDomain extends CoreDomain {
   run: TestRuntime | undefined;
-  /** The modifying job under way and those waiting for it, as in the embedded driver. */
-  readonly jobs = new JobSlot();
-
-  constructor(def: DomainDefinition) {
-    this.def = def;
-  }
 
   get active(): boolean {
     return this.run !== undefined;
-  }
-
-  /** The identity given in errors and events. */
-  get ident(): { name: string; uuid: string } {
-    return { name: this.def.name, uuid: this.def.uuid };
   }
 
   /** The runtime, or OPERATION_INVALID naming what the caller must do (as the embedded driver). */

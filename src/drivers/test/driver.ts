@@ -21,8 +21,8 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import type { DomainEvent, DomainEventType, DomainInfo, DomainState } from '../../stable/events.js';
-import type { JobInfo, JobOperation, OperationOptions } from '../../stable/jobs.js';
+import type { DomainEvent, DomainInfo } from '../../stable/events.js';
+import type { OperationOptions } from '../../stable/jobs.js';
 import type {
   MigratePerformOptions,
   MigratePrepareOptions,
@@ -30,8 +30,8 @@ import type {
   PreparedIncoming,
   ResolvedOffer,
 } from '../../stable/migration.js';
-import { DomainTable, deliverEvent } from '../domain-table.js';
-import { type Job, NO_JOB } from '../jobs.js';
+import { DriverCore } from '../domain-core.js';
+import type { Job } from '../jobs.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
 import {
@@ -122,7 +122,7 @@ export async function openTestDriver(
  * Device changes (phase `hotplug`) and live migration between test drivers of one process (phase
  * `migration-in` on the destination) follow the embedded driver's rules too.
  */
-export class TestDriver implements Driver {
+export class TestDriver extends DriverCore<TestDomain> implements Driver {
   readonly uri: string;
   readonly handlers = new HandlerTable();
   readonly #simulation = new Simulation();
@@ -137,149 +137,86 @@ export class TestDriver implements Driver {
     handlers: this.handlers,
     simulation: this.#simulation,
   };
-  readonly #domains = new DomainTable<TestDomain>();
-  readonly #listeners = new Set<(event: DomainEvent) => void>();
   #nextId = 1;
-  #closed = false;
 
   constructor(uri: string) {
+    super();
     this.uri = uri;
   }
 
-  subscribe(listener: (event: DomainEvent) => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
-  }
-
-  #emit(dom: TestDomain, type: DomainEventType, reason: string): void {
-    deliverEvent(this.#listeners, { type, reason, domain: dom.ident, timestamp: Date.now() });
-    if (type === 'stopped' && this.#transient.delete(dom.def.uuid)) void this.#forget(dom);
+  /** A domain a migration brought in without `persist` is removed once it stops, as in the embedded driver. */
+  protected override afterEvent(dom: TestDomain, event: DomainEvent): void {
+    if (event.type === 'stopped' && this.#transient.delete(dom.def.uuid)) void this.#forget(dom);
   }
 
   /** Domains a migration brought in without `persist`: removed once they stop, as in the embedded driver. */
   readonly #transient = new Set<string>();
 
   async #forget(dom: TestDomain): Promise<void> {
-    await this.#job(dom, 'undefine', undefined, () => {
-      if (dom.active || this.#closed || this.#domains.find(dom.def.uuid) !== dom) return;
-      this.#domains.delete(dom.def.uuid);
+    await this.job(dom, 'undefine', undefined, () => {
+      if (dom.active || this.closed || this.domains.find(dom.def.uuid) !== dom) return;
+      this.domains.delete(dom.def.uuid);
       this.#simulation.forgetLog(dom.def.uuid);
-      this.#emit(dom, 'undefined', 'removed');
+      this.emit(dom, 'undefined', 'removed');
     }).catch(() => undefined);
   }
 
-  /** Moves to a new state and emits its event, once. */
-  #transition(dom: TestDomain, state: DomainState, reason: string, type: DomainEventType): void {
-    if (dom.state === state) return;
-    dom.state = state;
-    dom.reason = reason;
-    this.#emit(dom, type, reason);
-  }
-
-  #checkOpen(): void {
-    if (this.#closed)
-      throw new VirtError(ErrorCode.CONNECTION_CLOSED, 'the connection is closed; open a new one');
-  }
-
-  #get(uuid: string): TestDomain {
-    this.#checkOpen();
-    return this.#domains.get(uuid);
-  }
-
-  /** Queues `fn` as the domain's next job, as the embedded driver does. */
-  #job<T>(
-    dom: TestDomain,
-    operation: JobOperation,
-    signal: AbortSignal | undefined,
-    fn: (job: Job) => T | Promise<T>,
-  ): Promise<T> {
-    return dom.jobs.run(operation, () => dom.ident, signal, fn);
-  }
-
-  getJobInfo(uuid: string): JobInfo {
-    return this.#get(uuid).jobs.current?.info() ?? NO_JOB;
-  }
-
-  abortJob(uuid: string): void {
-    const dom = this.#get(uuid);
-    dom.jobs.abort(dom.def.name, dom.ident);
-  }
-
-  #ref(dom: TestDomain): DomainRef {
-    return { name: dom.def.name, uuid: dom.def.uuid, active: dom.active };
-  }
-
-  findDomain(nameOrUuid: string): DomainRef | undefined {
-    this.#checkOpen();
-    const dom = this.#domains.find(nameOrUuid);
-    return dom && this.#ref(dom);
-  }
-
-  listDomains(): DomainRef[] {
-    this.#checkOpen();
-    return this.#domains
-      .values()
-      .map((d) => this.#ref(d))
-      .sort((a, b) => a.name.localeCompare(b.name));
-  }
-
   async defineDomain(def: DomainDefinition): Promise<DomainRef> {
-    this.#checkOpen();
-    const byUuid = this.#domains.existingFor(def);
+    this.checkOpen();
+    const byUuid = this.domains.existingFor(def);
     const dom = byUuid ?? new TestDomain(def);
-    return this.#job(dom, 'define', undefined, () => {
-      dom.def = structuredClone(def);
-      this.#domains.set(dom);
-      this.#emit(dom, 'defined', byUuid ? 'updated' : 'added');
-      return this.#ref(dom);
-    });
+    return dom.jobs.run(
+      'define',
+      () => dom.ident,
+      undefined,
+      () => {
+        dom.def = structuredClone(def);
+        this.domains.set(dom);
+        this.emit(dom, 'defined', byUuid ? 'updated' : 'added');
+        return this.ref(dom);
+      },
+    );
   }
 
   async undefineDomain(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    await this.#job(dom, 'undefine', options.signal, () => {
+    const dom = this.domain(uuid);
+    await this.job(dom, 'undefine', options.signal, () => {
       if (dom.active) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
           `domain '${dom.def.name}' is running; destroy it first`,
         );
       }
-      this.#domains.delete(uuid);
+      this.domains.delete(uuid);
       this.#simulation.forgetLog(uuid);
-      this.#emit(dom, 'undefined', 'removed');
+      this.emit(dom, 'undefined', 'removed');
     });
   }
 
   getDefinition(uuid: string, live: boolean): DomainDefinition {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     return structuredClone(live && dom.run ? dom.run.live : dom.def);
   }
 
   async getInfo(uuid: string): Promise<DomainInfo> {
-    const dom = this.#get(uuid);
-    const def = dom.run?.live ?? dom.def;
+    const dom = this.domain(uuid);
     const sim = dom.run && this.#simRuns.get(dom.run);
-    return {
-      state: dom.state,
-      reason: dom.reason,
+    return this.info(dom, dom.run?.live ?? dom.def, {
       id: dom.run ? dom.run.id : null,
       // The simulated process's synthetic pid.
       pid: sim ? sim.pid : null,
-      vcpus: def.vcpu.current ?? def.vcpu.count,
-      memoryKiB: def.currentMemoryKiB ?? def.memoryKiB,
       cpuTimeNs: 0n,
       taints: sim ? [...sim.taints] : [],
-    };
+    });
   }
 
   start(uuid: string, options: StartOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'start', options.signal, async (job) => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'start', options.signal, async (job) => {
       await this.#launch(dom, job, structuredClone(dom.def), false);
-      dom.state = options.paused ? 'paused' : 'running';
-      dom.reason = options.paused ? 'user' : 'booted';
-      this.#emit(dom, 'started', 'booted');
-      if (options.paused) this.#emit(dom, 'suspended', 'user');
+      if (options.paused)
+        this.setState(dom, { state: 'paused', reason: 'user' }, ['started', 'booted'], 'suspended');
+      else this.setState(dom, { state: 'running', reason: 'booted' }, 'started');
     });
   }
 
@@ -288,7 +225,7 @@ export class TestDriver implements Driver {
    * privileged operations in phase `migration-in`); a failure leaves the domain shut off (`failed`).
    */
   async #launch(dom: TestDomain, job: Job, live: DomainDefinition, incoming: boolean): Promise<void> {
-    this.#checkOpen();
+    this.checkOpen();
     if (dom.run)
       throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
     this.handlers.seal(`domain '${dom.def.name}' was started`);
@@ -298,9 +235,11 @@ export class TestDriver implements Driver {
     try {
       sim = await this.#privileged.start(live, () => this.#nextId++, attempt, incoming);
     } catch (err) {
-      dom.state = 'shutoff';
-      dom.reason = 'failed';
-      if (attempt.spawned) this.#emit(dom, 'stopped', 'failed');
+      this.setState(
+        dom,
+        { state: 'shutoff', reason: 'failed' },
+        ...(attempt.spawned ? (['stopped'] as const) : []),
+      );
       throw toVirtError(err, ErrorCode.OPERATION_FAILED, `cannot start domain '${dom.def.name}'`, {
         domain: dom.ident,
       });
@@ -316,22 +255,22 @@ export class TestDriver implements Driver {
   }
 
   suspend(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'suspend', options.signal, () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'suspend', options.signal, () => {
       dom.requireActive();
       if (dom.state === 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already paused`);
-      this.#transition(dom, 'paused', 'user', 'suspended');
+      this.changeState(dom, { state: 'paused', reason: 'user' }, 'suspended');
     });
   }
 
   resume(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'resume', options.signal, () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'resume', options.signal, () => {
       dom.requireActive();
       if (dom.state !== 'paused')
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
-      this.#transition(dom, 'running', 'unpaused', 'resumed');
+      this.changeState(dom, { state: 'running', reason: 'unpaused' }, 'resumed');
     });
   }
 
@@ -340,16 +279,16 @@ export class TestDriver implements Driver {
    * domain keeps its id and state, as with QEMU's reset.
    */
   reboot(uuid: string, options: RebootOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'reboot', options.signal, () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'reboot', options.signal, () => {
       dom.requireActive();
     });
   }
 
   /** As {@link TestDriver.reboot}: the domain keeps its id and state. */
   reset(uuid: string, options: OperationOptions = {}): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'reset', options.signal, () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'reset', options.signal, () => {
       dom.requireActive();
     });
   }
@@ -360,8 +299,8 @@ export class TestDriver implements Driver {
    * process, and a failure leaves both definitions as they were.
    */
   attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'device-change', options.signal, async (job) => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'device-change', options.signal, async (job) => {
       const { live, config } = affected(dom.def.name, dom.active, options);
       let persistent: DomainDefinition | undefined;
       let chosen = device;
@@ -374,7 +313,7 @@ export class TestDriver implements Driver {
         await this.#privileged.hotplug(run.live, sim, added.device, job.signal);
         job.checkAborted();
         run.live = added.def;
-        this.#emit(dom, 'device-added', aliasOf(added.device));
+        this.emit(dom, 'device-added', aliasOf(added.device));
       }
       if (persistent) dom.def = persistent;
     });
@@ -386,8 +325,8 @@ export class TestDriver implements Driver {
    * `OPERATION_TIMEOUT`, the device still attached.
    */
   detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'device-change', options.signal, async (job) => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'device-change', options.signal, async (job) => {
       const { live, config } = affected(dom.def.name, dom.active, options);
       const run = dom.run;
       const liveDevice = live && run ? find(run.live, match) : undefined;
@@ -420,7 +359,7 @@ export class TestDriver implements Driver {
           );
         }
         run.live = without(run.live, liveDevice);
-        this.#emit(dom, 'device-removed', alias);
+        this.emit(dom, 'device-removed', alias);
       }
       if (configDevice) dom.def = without(dom.def, configDevice);
     });
@@ -433,8 +372,8 @@ export class TestDriver implements Driver {
    * domains, and after a TCG rollback removed a vCPU, as QEMU 7.2 crashes on the next hotplug.
    */
   setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'device-change', options.signal, async (job) => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'device-change', options.signal, async (job) => {
       const { live, config } = affected(dom.def.name, dom.active, options);
       if (config) checkVcpuCount(dom.def, count, 'persistent');
       const run = dom.run;
@@ -482,8 +421,8 @@ export class TestDriver implements Driver {
    * waits `timeoutMs` (default 60 000) for a destroy, then destroys or fails as asked.
    */
   shutdown(uuid: string, options: ShutdownOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'shutdown', options.signal, async (job) => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'shutdown', options.signal, async (job) => {
       const run = dom.requireActive();
       if (dom.state !== 'paused') return this.#stop(dom, 'shutdown');
       const timeoutMs = options.timeoutMs ?? 60_000;
@@ -499,7 +438,7 @@ export class TestDriver implements Driver {
       clearTimeout(timer);
       job.checkAborted();
       if (outcome === 'stopped') return;
-      this.#checkOpen();
+      this.checkOpen();
       if (options.fallbackToDestroy) return this.#stop(dom, 'destroyed');
       throw new VirtError(
         ErrorCode.OPERATION_TIMEOUT,
@@ -515,7 +454,7 @@ export class TestDriver implements Driver {
    * start rolls back and fails, and destroy returns once it has.
    */
   async destroy(uuid: string, _options: DestroyOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     const destroy = () => {
       if (!dom.run) {
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not running`, {
@@ -525,16 +464,15 @@ export class TestDriver implements Driver {
       return this.#stop(dom, 'destroyed');
     };
     if (dom.run) {
-      // A shutdown is not aborted: the destroy reaches its goal, and it returns once the domain is off.
-      if (dom.jobs.current?.operation !== 'shutdown') dom.jobs.current?.abort('destroy');
+      this.abortForDestroy(dom);
       return destroy();
     }
     const attempt = this.#starting.get(dom);
     if (attempt?.spawned) {
       dom.jobs.current?.abort('destroy');
-      return this.#job(dom, 'destroy', undefined, async () => undefined);
+      return this.job(dom, 'destroy', undefined, async () => undefined);
     }
-    return this.#job(dom, 'destroy', undefined, destroy);
+    return this.job(dom, 'destroy', undefined, destroy);
   }
 
   readonly #migrations = new WeakMap<TestDomain, MigrationRecord>();
@@ -562,8 +500,8 @@ export class TestDriver implements Driver {
 
   /** Step 1 (source): the domain must run or be paused; it is migrating out until confirm. */
   migrateBegin(uuid: string): Promise<OutgoingMigration> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'migration-out', undefined, () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'migration-out', undefined, () => {
       const run = dom.requireActive();
       if (this.#migrations.has(dom))
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already migrating`, {
@@ -587,10 +525,10 @@ export class TestDriver implements Driver {
    * prepare defined without `persist` is transient: it is removed once it stops.
    */
   async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
-    this.#checkOpen();
+    this.checkOpen();
     parseAddress(options.listen, 'listen');
     const def = offer.definition;
-    const existing = this.#domains.existingFor(def);
+    const existing = this.domains.existingFor(def);
     if (existing?.active)
       throw new VirtError(
         ErrorCode.OPERATION_INVALID,
@@ -599,12 +537,11 @@ export class TestDriver implements Driver {
       );
     if (existing) checkSameDefinition(existing.def, def);
     else await this.defineDomain(def);
-    const dom = this.#domains.get(def.uuid);
+    const dom = this.domains.get(def.uuid);
     try {
-      return await this.#job(dom, 'migration-in', options.signal, async (job) => {
+      return await this.job(dom, 'migration-in', options.signal, async (job) => {
         await this.#launch(dom, job, structuredClone(offer.live), true);
-        dom.state = 'paused';
-        dom.reason = 'migration';
+        this.setState(dom, { state: 'paused', reason: 'migration' });
         try {
           if (job.aborted) throw migrationAborted('prepare', dom.ident);
           let settle!: (ok: boolean) => void;
@@ -638,8 +575,8 @@ export class TestDriver implements Driver {
    * source runs as before). The source is then paused (reason `migration`) until confirm.
    */
   migratePerform(uuid: string, uri: string, options: MigratePerformOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'migration-out', options.signal, (job) => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'migration-out', options.signal, (job) => {
       const record = this.#outgoing(dom, 'perform');
       const run = dom.requireActive();
       parseAddress(uri, 'uri');
@@ -675,8 +612,8 @@ export class TestDriver implements Driver {
         // a throwing observer does not decide the migration
       }
       // The vCPUs stop for the end of the stream, as QEMU's STOP reports it.
-      if (dom.state === 'running') this.#transition(dom, 'paused', 'migration', 'suspended');
-      dom.reason = 'migration';
+      const ran = dom.state === 'running';
+      this.setState(dom, { state: 'paused', reason: 'migration' }, ...(ran ? (['suspended'] as const) : []));
       dest.deliver();
       record.phase = 'performed';
     });
@@ -688,11 +625,11 @@ export class TestDriver implements Driver {
    * undefined if prepare defined it).
    */
   async migrateFinish(uuid: string, options: MigrationEndOptions): Promise<void> {
-    const dom = this.#get(uuid);
+    const dom = this.domain(uuid);
     const first = this.#migrations.get(dom);
     const definedHere = first?.role === 'in' && first.definedHere;
     try {
-      await this.#job(dom, 'migration-in', options.signal, async (job) => {
+      await this.job(dom, 'migration-in', options.signal, async (job) => {
         const record = this.#migrations.get(dom);
         if (record?.role !== 'in')
           throw new VirtError(
@@ -716,9 +653,11 @@ export class TestDriver implements Driver {
           );
         }
         this.#endMigration(dom, true);
-        dom.state = record.running ? 'running' : 'paused';
-        dom.reason = 'migrated';
-        this.#emit(dom, 'started', 'migrated');
+        this.setState(
+          dom,
+          record.running ? { state: 'running', reason: 'migrated' } : { state: 'paused', reason: 'migrated' },
+          'started',
+        );
       });
     } catch (err) {
       if (definedHere) await this.#undefineAfterMigration(dom);
@@ -732,8 +671,8 @@ export class TestDriver implements Driver {
    * `cgroup.release` in phase release); with `cancelled` the source resumes if it ran.
    */
   migrateConfirm(uuid: string, options: MigrationEndOptions): Promise<void> {
-    const dom = this.#get(uuid);
-    return this.#job(dom, 'migration-out', options.signal, async () => {
+    const dom = this.domain(uuid);
+    return this.job(dom, 'migration-out', options.signal, async () => {
       const record = this.#outgoing(dom, 'confirm');
       if (options.cancelled || record.phase !== 'performed') {
         if (!options.cancelled)
@@ -743,8 +682,12 @@ export class TestDriver implements Driver {
           );
         this.#migrations.delete(dom);
         if (dom.run && record.wasRunning) {
-          this.#transition(dom, 'running', 'unpaused', 'resumed');
-          dom.reason = 'migration-cancelled';
+          const paused = dom.state !== 'running';
+          this.setState(
+            dom,
+            { state: 'running', reason: 'migration-cancelled' },
+            ...(paused ? [['resumed', 'unpaused'] as const] : []),
+          );
         }
         return;
       }
@@ -755,7 +698,7 @@ export class TestDriver implements Driver {
 
   /** A domain that prepare defined leaves nothing behind when its migration did not happen. */
   async #undefineAfterMigration(dom: TestDomain): Promise<void> {
-    if (dom.active || this.#closed) return;
+    if (dom.active || this.closed) return;
     await this.undefineDomain(dom.def.uuid).catch(() => undefined);
   }
 
@@ -771,21 +714,18 @@ export class TestDriver implements Driver {
     if (sim) await this.#privileged.release(dom.run?.live ?? dom.def, sim);
     if (dom.run !== run) return;
     dom.run = undefined;
-    dom.state = 'shutoff';
-    dom.reason = reason;
-    this.#emit(dom, 'stopped', reason);
+    this.setState(dom, { state: 'shutoff', reason }, 'stopped');
     run.markStopped('stopped');
   }
 
   /** Forgets every domain: nothing of a test driver outlives its connection. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#listeners.clear();
-    for (const dom of this.#domains.values()) {
+    if (!this.markClosed()) return;
+    this.dropListeners();
+    for (const dom of this.domains.values()) {
       this.#endMigration(dom, false);
       dom.run?.markStopped('closed');
     }
-    this.#domains.clear();
+    this.domains.clear();
   }
 }

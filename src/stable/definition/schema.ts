@@ -93,6 +93,13 @@ const controllerSchema = z.discriminatedUnion('type', [
     address: pciAddress.optional(),
   }),
   z.strictObject({
+    /** The PIIX3 IDE function of a pc machine (00:01.1), built in. */
+    type: z.literal('ide'),
+    index: z.number().int().min(0).max(255).optional(),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+  z.strictObject({
     type: z.literal('sata'),
     index: z.number().int().min(0).max(255).optional(),
     alias: z.string().optional(),
@@ -145,7 +152,8 @@ const diskSchema = z.strictObject({
   source: z.string().startsWith('/', 'an absolute path'),
   target: z.strictObject({
     dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
-    bus: z.enum(['virtio', 'sata']),
+    /** `ide` exists on pc (i440FX) machines only: the PIIX3's two channels, two units each. */
+    bus: z.enum(['virtio', 'sata', 'ide']),
   }),
   readonly: z.boolean().default(false),
   serial: z.string().max(36).optional(),

@@ -135,11 +135,15 @@ function checkSemantics(def: DomainDefinition): void {
     if (targets.has(disk.target.dev))
       throw invalid(`disks.${i}.target.dev`, `duplicate disk target ${disk.target.dev}`);
     targets.add(disk.target.dev);
-    if (disk.readonly && disk.device === 'disk' && disk.target.bus === 'sata') {
+    if (
+      disk.readonly &&
+      disk.device === 'disk' &&
+      (disk.target.bus === 'sata' || disk.target.bus === 'ide')
+    ) {
       // QEMU's ide-hd has no read-only mode; libvirt refuses the same.
       throw new VirtError(
         ErrorCode.CONFIG_UNSUPPORTED,
-        `a read-only sata disk is not supported (disks.${i}); use device 'cdrom' or the virtio bus`,
+        `a read-only ${disk.target.bus} disk is not supported (disks.${i}); use device 'cdrom' or the virtio bus`,
         { path: `disks.${i}.readonly` },
       );
     }

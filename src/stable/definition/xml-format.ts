@@ -251,7 +251,7 @@ function controllerNode(c: ControllerDefinition): Node {
     [
       ['type', c.type],
       ['index', c.index],
-      ['model', c.type === 'sata' ? undefined : c.model],
+      ['model', 'model' in c ? c.model : undefined],
       ['ports', c.type === 'usb' || c.type === 'virtio-serial' ? c.ports : undefined],
       ['vectors', c.type === 'virtio-serial' ? c.vectors : undefined],
     ],

@@ -92,7 +92,7 @@ export function parseDeviceAlias(origins: Origins, parent: XmlElement, field: st
   out.alias = name;
 }
 
-/** `<controller>`: pci (root, PCIe root port), sata, usb, virtio-serial. */
+/** `<controller>`: pci (root, PCIe root port), sata, usb, virtio-serial, ide. */
 export function parseController(origins: Origins, el: XmlElement, i: number): Obj {
   const field = `controllers.${i}`;
   origins.note(field, el);
@@ -102,8 +102,8 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
     el,
     type,
     'the controller type',
-    ['pci', 'sata', 'usb', 'virtio-serial'],
-    ['ide', 'fdc', 'scsi', 'xenbus', 'ccid', 'isa'],
+    ['pci', 'sata', 'usb', 'virtio-serial', 'ide'],
+    ['fdc', 'scsi', 'xenbus', 'ccid', 'isa'],
     'type',
   );
   const out: Obj = { type: kind };

@@ -25,8 +25,8 @@ import type { XmlElement } from './xml-tree.js';
  * Typed API ↔ XML decisions:
  * - An `<interface>` without `<model>` is an rtl8139, libvirt's default for x86 QEMU guests (the
  *   typed API's default is virtio).
- * - A `<target>` of a disk without `bus` is virtio for a `vd*` name, and rejected otherwise
- *   (libvirt would choose scsi or ide).
+ * - A `<target>` of a disk without `bus` is virtio for a `vd*` name, ide for `hd*` (as libvirt),
+ *   and rejected otherwise (libvirt would choose scsi).
  * - A file `<serial>` without `<source path>` logs to the domain's console log, as in the typed API.
  */
 
@@ -145,17 +145,20 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
         target,
         bus,
         'the disk bus',
-        ['virtio', 'sata'],
-        ['ide', 'scsi', 'usb', 'xen', 'sd', 'fdc', 'uml'],
+        ['virtio', 'sata', 'ide'],
+        ['scsi', 'usb', 'xen', 'sd', 'fdc', 'uml'],
         'bus',
       );
     } else if (dev?.startsWith('vd')) {
       t.bus = 'virtio';
+    } else if (dev?.startsWith('hd')) {
+      // libvirt's choice for an hd* target on x86.
+      t.bus = 'ide';
     } else if (dev !== undefined) {
       const where = at(target, 'bus');
       throw new VirtError(
         ErrorCode.CONFIG_UNSUPPORTED,
-        `${where.path}: for a disk target '${dev.slice(0, 20)}' without bus, libvirt would choose scsi or ide, which virtkit does not support; add bus='sata' or bus='virtio'`,
+        `${where.path}: for a disk target '${dev.slice(0, 20)}' without bus, libvirt would choose scsi, which virtkit does not support; add bus='sata' or bus='virtio'`,
         where,
       );
     }

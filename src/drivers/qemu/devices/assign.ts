@@ -199,8 +199,33 @@ export function assignDevices(def: DomainDefinition, options: AssignOptions = {}
 
 function assignDriveAddresses(disks: DiskDefinition[]): void {
   const units = new Map<number, string>();
+  const ideUnits = new Map<string, string>();
   disks.forEach((disk, i) => {
     const path = `disks.${i}`;
+    if (disk.target.bus === 'ide') {
+      if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'an ide disk takes a drive address');
+      // libvirt's virDomainDiskDefAssignAddress: two units per bus, two buses per controller.
+      const index = diskNameIndex(disk.target.dev);
+      const address = disk.address ?? {
+        type: 'drive' as const,
+        controller: 0,
+        bus: index >> 1,
+        target: 0,
+        unit: index & 1,
+      };
+      if (address.controller !== 0 || address.bus > 1 || address.target !== 0 || address.unit > 1) {
+        throw unsupported(
+          `${path}.address`,
+          `ide position ${address.controller}-${address.bus}-${address.target}-${address.unit} (the PIIX3 has buses 0-1 with units 0-1: name the disk hda…hdd)`,
+        );
+      }
+      const k = `${address.bus}-${address.unit}`;
+      const holder = ideUnits.get(k);
+      if (holder !== undefined) throw invalid(`${path}.address`, `ide position ${k} is taken by ${holder}`);
+      ideUnits.set(k, disk.target.dev);
+      disk.address = address;
+      return;
+    }
     if (disk.target.bus !== 'sata') {
       if (disk.address?.type === 'drive')
         throw invalid(`${path}.address`, 'a virtio disk takes a PCI address');
@@ -282,8 +307,8 @@ function assignAliases(
     if (disk.alias !== undefined) return;
     const address = disk.address;
     disk.alias =
-      disk.target.bus === 'sata' && address?.type === 'drive'
-        ? `sata${address.controller}-${address.bus}-${address.unit}`
+      disk.target.bus !== 'virtio' && address?.type === 'drive'
+        ? `${disk.target.bus}${address.controller}-${address.bus}-${address.unit}`
         : `virtio-disk${diskNameIndex(disk.target.dev)}`;
     claim(disk.alias, `disks.${i}`, MAX_DISK_ALIAS);
   });
@@ -329,6 +354,7 @@ function assignPciAddresses(
       fixed = { type: 'pci', domain: 0, bus: 0, slot: 0x1f, function: 2 };
     if (c.type === 'usb' && c.model === 'piix3-uhci')
       fixed = { type: 'pci', domain: 0, bus: 0, slot: 1, function: 2 };
+    if (c.type === 'ide') fixed = { type: 'pci', domain: 0, bus: 0, slot: 1, function: 1 };
     if (!fixed) continue;
     if (
       c.address &&

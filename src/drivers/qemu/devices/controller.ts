@@ -5,7 +5,7 @@ import { virtioDevice } from './virtio.js';
 
 /**
  * The device of a controller (`-device` arguments), or undefined for one QEMU builds in: the PCI
- * root, Q35's SATA controller, a USB controller of model `none`. The virtio-serial controller
+ * root, Q35's SATA controller, the pc machine's IDE, a USB controller of model `none`. The virtio-serial controller
  * carries the channels.
  */
 export function controllerDevice(def: DomainDefinition, c: ControllerDefinition): QapiObject | undefined {
@@ -24,6 +24,8 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
     if (id === 'ide') return undefined;
     return { driver: 'ich9-ahci', id, ...pciPlacement(def, c.address, `controller ${id}`) };
   }
+  // The PIIX3's IDE function is part of the pc machine.
+  if (c.type === 'ide') return undefined;
   if (c.type === 'virtio-serial') {
     return {
       driver: virtioDevice('virtio-serial-pci', c.model),

@@ -18,6 +18,7 @@ const unsupported = (path: string, message: string): VirtError =>
 export function fixedControllerAlias(c: ControllerDefinition, family: MachineFamily): string | undefined {
   if (c.type === 'pci' && c.model !== 'pcie-root-port') return family === 'q35' ? 'pcie.0' : 'pci.0';
   if (c.type === 'sata' && family === 'q35') return 'ide';
+  if (c.type === 'ide') return 'ide';
   return undefined;
 }
 
@@ -32,7 +33,7 @@ export function controllerAlias(c: ControllerDefinition, family: MachineFamily):
   return index === 0 ? 'usb' : `usb${index}`;
 }
 
-const ORDER = { usb: 0, sata: 1, pci: 2, 'virtio-serial': 3 } as const;
+const ORDER = { usb: 0, sata: 1, pci: 2, 'virtio-serial': 3, ide: 4 } as const;
 
 /**
  * The definition's controllers (copies, in their order) with the implicit ones added after them and
@@ -68,9 +69,11 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
         `a port count for a ${c.model} USB controller (only qemu-xhci has one)`,
       );
     if (c.type === 'virtio-serial') checkVirtioModel(c.model, family, `${at}.model`);
+    if (c.type === 'ide' && family === 'q35')
+      throw unsupported(`${at}.type`, 'an IDE controller on a q35 machine (it has SATA: use bus sata)');
   }
   if (roots.length > 1) throw unsupported(path(roots[1] as ControllerDefinition), 'a second PCI root');
-  for (const type of ['sata', 'usb', 'virtio-serial'] as const) {
+  for (const type of ['sata', 'usb', 'virtio-serial', 'ide'] as const) {
     const all = list.filter((c) => c.type === type);
     if (all.length > 1)
       throw unsupported(path(all[1] as ControllerDefinition), `a second ${type} controller`);
@@ -79,6 +82,10 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   const needsSata = family === 'q35' || def.disks.some((d) => d.target.bus === 'sata');
   if (needsSata && !list.some((c) => c.type === 'sata')) list.push({ type: 'sata', index: 0 });
   if (!list.some((c) => c.type === 'usb')) list.push({ type: 'usb', index: 0, model: 'none' });
+  const ideDisk = def.disks.findIndex((d) => d.target.bus === 'ide');
+  if (ideDisk >= 0 && family === 'q35')
+    throw unsupported(`disks.${ideDisk}.target.bus`, 'an IDE disk on a q35 machine (use bus sata)');
+  if (ideDisk >= 0 && !list.some((c) => c.type === 'ide')) list.push({ type: 'ide', index: 0 });
   // The guest-agent channel and its kind sit on a virtio-serial controller.
   if ((def.channels ?? []).length > 0 && !list.some((c) => c.type === 'virtio-serial'))
     list.push({ type: 'virtio-serial', index: 0 });

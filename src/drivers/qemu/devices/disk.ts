@@ -109,6 +109,16 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
     };
   }
   const address = disk.address;
+  if (disk.target.bus === 'ide' && address?.type === 'drive') {
+    return {
+      driver: disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd',
+      bus: `ide.${address.bus}`,
+      unit: address.unit,
+      drive: diskNodes(alias).format,
+      id: alias,
+      ...extra,
+    };
+  }
   if (address?.type !== 'drive')
     throw new VirtError(ErrorCode.INTERNAL_ERROR, `sata disk ${alias} has no drive address`);
   const controller = def.controllers.find((c) => c.type === 'sata' && c.index === address.controller)?.alias;

@@ -33,10 +33,19 @@ const BlockInfo = z.array(
   }),
 );
 
-const DISK_MODELS: Record<string, DiskDefinition['target']['bus']> = { 'virtio-blk-pci': 'virtio' };
+/** QEMU's virtio disk devices and the definition's model of each (plain virtio has none). */
+const DISK_MODELS: Record<string, { model?: DiskDefinition['model'] }> = {
+  'virtio-blk-pci': {},
+  'virtio-blk-pci-transitional': { model: 'virtio-transitional' },
+  'virtio-blk-pci-non-transitional': { model: 'virtio-non-transitional' },
+};
 const NIC_MODELS: Record<string, InterfaceDefinition['model']> = {
   'virtio-net-pci': 'virtio',
+  'virtio-net-pci-transitional': 'virtio-transitional',
+  'virtio-net-pci-non-transitional': 'virtio-non-transitional',
   e1000: 'e1000',
+  e1000e: 'e1000e',
+  rtl8139: 'rtl8139',
 };
 /** An id virtkit can give back to QEMU as an alias (QEMU's id_wellformed). */
 const QEMU_ID = /^[A-Za-z][A-Za-z0-9._-]*$/;
@@ -112,10 +121,18 @@ export async function readDevices(
   taken: ReadonlySet<string> = new Set(),
 ): Promise<FoundDevices> {
   const found: FoundDevices = { disks: [], interfaces: [], skipped: [] };
-  const devices = await peripherals(qmp);
   const pci = await qmp.command('query-pci');
   const buses = new Map<string, number>();
   for (const bus of pci) for (const d of bus.devices) if (d.qdev_id) buses.set(d.qdev_id, d.bus);
+  // In PCI address order, as the guest enumerates them: targets (vda, vdb, …) follow it.
+  const devices: Array<Peripheral & { address?: Awaited<ReturnType<typeof pciAddress>> }> = [];
+  for (const dev of await peripherals(qmp)) {
+    const relevant = DISK_MODELS[dev.model] || NIC_MODELS[dev.model];
+    devices.push({ ...dev, address: relevant ? await pciAddress(qmp, dev, buses) : undefined });
+  }
+  const key = (d: (typeof devices)[number]) =>
+    d.address ? (d.address.bus * 256 + d.address.slot) * 8 + d.address.function : Number.MAX_SAFE_INTEGER;
+  devices.sort((a, b) => key(a) - key(b));
   const blocks = BlockInfo.parse(await qmp.execute('query-block'));
   const nodes = await qmp.command('query-named-block-nodes');
   const network = await qmp.execute('human-monitor-command', { 'command-line': 'info network' });
@@ -124,8 +141,8 @@ export async function readDevices(
   const alias = (dev: Peripheral) => (dev.id && QEMU_ID.test(dev.id) ? { alias: dev.id } : {});
   for (const dev of devices) {
     try {
-      const bus = DISK_MODELS[dev.model];
-      if (bus) {
+      const diskModel = DISK_MODELS[dev.model];
+      if (diskModel) {
         const block = blocks.find((b) => b.qdev === `${dev.path}/virtio-backend` || b.qdev === dev.path);
         const image = block?.inserted;
         if (!image) {
@@ -145,13 +162,14 @@ export async function readDevices(
         while (used.has(`vd${targetLetters(n)}`)) n++;
         const dev_ = `vd${targetLetters(n)}`;
         used.add(dev_);
-        const address = await pciAddress(qmp, dev, buses);
+        const address = dev.address;
         found.disks.push({
           type: protocol?.drv === 'host_device' || isBlockDevice(source) ? 'block' : 'file',
           device: 'disk',
           driver: { type: format },
           source,
-          target: { dev: dev_, bus },
+          target: { dev: dev_, bus: 'virtio' },
+          ...diskModel,
           readonly: image.ro,
           ...alias(dev),
           ...(address ? { address } : {}),
@@ -165,7 +183,7 @@ export async function readDevices(
           .string()
           .safeParse(await qmp.execute('qom-get', { path: dev.path, property: 'netdev' }));
         const backend = netdev.success ? netdevs.get(netdev.data) : undefined;
-        const address = await pciAddress(qmp, dev, buses);
+        const address = dev.address;
         const common = {
           model,
           ...(mac.success ? { mac: mac.data.toLowerCase() } : {}),

@@ -1,5 +1,5 @@
 import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
-import type { MigrationEndOptions, ResolvedOffer } from '../../../stable/migration.js';
+import type { MigrationEndOptions, MigrationTlsOptions, ResolvedOffer } from '../../../stable/migration.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import type { HeldJob } from '../../jobs.js';
 import type { DriverContext } from '../context.js';
@@ -17,6 +17,7 @@ import {
   migrationOf,
   setMigration,
 } from './record.js';
+import { disableTls, enableTls } from './tls.js';
 import { formatMigrationUri, type MigrationAddress, migrationAborted } from './uri.js';
 
 /**
@@ -37,6 +38,8 @@ export async function prepareIncoming(
   definedHere: boolean,
   /** Prepare defined the domain without `persist`: it ends with this QEMU. */
   transient: boolean,
+  /** Credentials a TLS stream must come with (checked by the caller). */
+  tls: MigrationTlsOptions | undefined,
 ): Promise<string> {
   const job = held.job;
   const signal = job.signal;
@@ -61,6 +64,7 @@ export async function prepareIncoming(
     checkSameLive(run.live, offer.live, dom.def);
     faultPoint('migrate:prepared');
     await qmp.command('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+    if (tls) await enableTls(qmp, tls, 'server', undefined);
     const outcome = incomingOutcome(qmp, run);
     await qmp.command('migrate-incoming', { uri: formatMigrationUri(address) });
     const uri = await listeningUri(qmp, address);
@@ -76,6 +80,7 @@ export async function prepareIncoming(
       outcome,
       held,
       gone: false,
+      tls: tls !== undefined,
     };
     setMigration(dom, record);
     // QEMU gone (destroyed, or it quit after a failed stream): the job lets go of the domain;
@@ -201,13 +206,12 @@ export async function finishIncoming(
     throw error;
   }
   try {
+    // Recorded before `cont`, so the RESUME it provokes finds the domain running already.
     if (record.running) {
-      dom.state = 'running';
-      dom.reason = 'migrated';
+      ctx.setState(dom, { state: 'running', reason: 'migrated' });
       await run.qmp.command('cont');
     } else {
-      dom.state = 'paused';
-      dom.reason = 'migrated';
+      ctx.setState(dom, { state: 'paused', reason: 'migrated' });
     }
   } catch (err) {
     await destroyIncoming(ctx, dom, run, record.address, err);
@@ -219,6 +223,8 @@ export async function finishIncoming(
     );
   }
   run.migrating = undefined;
+  // After the vCPUs run again: a later migration of this QEMU must not inherit the credentials.
+  if (record.tls) await disableTls(run.qmp);
   await endMigration(dom, record);
   if (record.address.kind === 'unix') removeIfPresent(record.address.path);
   ctx.log(dom, `migration: finished; ${record.running ? 'running' : 'paused'} here`);

@@ -34,6 +34,8 @@ export interface OutgoingRecord {
   readonly held: HeldJob | undefined;
   /** The vCPUs ran when the stream started: a cancelled migration resumes them. */
   wasRunning: boolean;
+  /** Perform gave QEMU TLS credentials: a cancelled migration takes them back. */
+  tls?: boolean;
 }
 
 /** The destination's side of a migration under way, between prepare and finish. */
@@ -53,6 +55,8 @@ export interface IncomingRecord {
    * for finish to report the failure (and to undefine a domain prepare defined).
    */
   gone: boolean;
+  /** Prepare gave QEMU TLS credentials: finish takes them back once the guest runs here. */
+  readonly tls: boolean;
 }
 
 /** The status file says the domain came in by a migration without `persist`: it ends with its QEMU. */

@@ -27,8 +27,7 @@ export async function recoverMigration(
 ): Promise<MigrationRecovery> {
   if (job.operation === 'migration-in') {
     if (job.phase === 'finish' && qemuStatus === 'running') {
-      dom.state = 'running';
-      dom.reason = 'migrated';
+      ctx.setState(dom, { state: 'running', reason: 'migrated' });
       run.migrating = undefined;
       return { kill: false, why: 'the incoming guest already ran here; adopted, running (migrated)' };
     }
@@ -47,16 +46,17 @@ export async function recoverMigration(
         why: 'the migration was being confirmed: the guest runs at the destination; the source is killed',
       };
     case 'perform': {
-      if (qemuStatus === 'postmigrate') return keepForConfirm(dom, run, sourceRan, 'the stream completed');
+      if (qemuStatus === 'postmigrate')
+        return keepForConfirm(ctx, dom, run, sourceRan, 'the stream completed');
       const cancelled = await cancelStream(ctx, dom, run.qmp);
-      if (cancelled === 'completed') return keepForConfirm(dom, run, sourceRan, 'the stream completed');
-      await adoptResumed(run, dom, sourceRan);
+      if (cancelled === 'completed') return keepForConfirm(ctx, dom, run, sourceRan, 'the stream completed');
+      await adoptResumed(ctx, run, dom, sourceRan);
       return { kill: false, why: 'the stream was still under way: cancelled, the source runs as before' };
     }
     case 'perform-done':
-      return keepForConfirm(dom, run, sourceRan, 'the stream had completed');
+      return keepForConfirm(ctx, dom, run, sourceRan, 'the stream had completed');
     case 'confirm-cancelled':
-      await adoptResumed(run, dom, sourceRan);
+      await adoptResumed(ctx, run, dom, sourceRan);
       return { kill: false, why: 'a cancelled confirm was under way: the source runs as before' };
     default:
       // begin, perform-failed: the stream never started or failed; QEMU's state is the truth.
@@ -67,13 +67,13 @@ export async function recoverMigration(
 
 /** The stream completed: the guest may run at the destination; only the application may decide. */
 function keepForConfirm(
+  ctx: DriverContext,
   dom: DomainObject,
   run: Runtime,
   sourceRan: boolean,
   what: string,
 ): MigrationRecovery {
-  dom.state = 'paused';
-  dom.reason = 'migration';
+  ctx.setState(dom, { state: 'paused', reason: 'migration' });
   run.migrating = 'out';
   const record: OutgoingRecord = {
     role: 'out',
@@ -107,6 +107,7 @@ async function cancelStream(ctx: DriverContext, dom: DomainObject, qmp: QmpClien
 
 /** A source whose migration is over: resumed if it ran before (QEMU usually has done so itself). */
 async function adoptResumed(
+  ctx: DriverContext,
   run: Runtime & { qmp: QmpClient },
   dom: DomainObject,
   sourceRan: boolean,
@@ -114,6 +115,8 @@ async function adoptResumed(
   run.migrating = undefined;
   const { status } = await run.qmp.command('query-status');
   if (sourceRan && status !== 'running') await run.qmp.command('cont');
-  dom.state = sourceRan ? 'running' : 'paused';
-  dom.reason = sourceRan ? 'migration-cancelled' : 'user';
+  ctx.setState(
+    dom,
+    sourceRan ? { state: 'running', reason: 'migration-cancelled' } : { state: 'paused', reason: 'user' },
+  );
 }

@@ -21,6 +21,7 @@ import {
   type OutgoingRecord,
   setMigration,
 } from './record.js';
+import { checkTls, disableTls, enableTls } from './tls.js';
 import { formatMigrationUri, type MigrationAddress, parseMigrationUri } from './uri.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -108,6 +109,16 @@ export async function performMigration(
         ? `the migration of '${dom.def.name}' failed; end it with migrateConfirm({ cancelled: true })`
         : `the migration of '${dom.def.name}' was already performed`,
     );
+  const hostname = options.tls?.hostname ?? (address.kind === 'tcp' ? address.host : undefined);
+  if (options.tls) {
+    checkTls(options.tls, 'client', 'tls');
+    if (!hostname)
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        'tls.hostname is required for a unix: URI: it names the certificate the destination must show',
+        { field: 'tls.hostname' },
+      );
+  }
   const job = record.held?.job;
   if (!job) throw new VirtError(ErrorCode.INTERNAL_ERROR, 'an outgoing migration without its job');
   const unfollow = job.follow(options.signal);
@@ -116,16 +127,21 @@ export async function performMigration(
     record.wasRunning = dom.state === 'running';
     job.data = { sourceRan: record.wasRunning };
     await enterPhase(dom, record, 'perform');
+    if (options.tls) {
+      record.tls = true;
+      await enableTls(run.qmp, options.tls, 'client', hostname);
+    }
     await stream(ctx, dom, run, job, address, options);
   } catch (err) {
     await resumeIfStopped(ctx, dom, run, record.wasRunning);
+    if (record.tls && !run.qmp.closed) await disableTls(run.qmp);
+    record.tls = false;
     await enterPhase(dom, record, 'perform-failed');
     throw job.failure(err);
   } finally {
     unfollow();
   }
-  dom.state = 'paused';
-  dom.reason = 'migration';
+  ctx.setState(dom, { state: 'paused', reason: 'migration' });
   await enterPhase(dom, record, 'perform-done');
 }
 
@@ -215,8 +231,8 @@ async function resumeIfStopped(
       await run.qmp.command('cont');
       ctx.log(dom, `migration: source resumed (was ${status})`);
     }
-    dom.state = wasRunning ? 'running' : 'paused';
-    dom.reason = wasRunning ? 'migration-cancelled' : dom.reason;
+    if (wasRunning) ctx.setState(dom, { state: 'running', reason: 'migration-cancelled' });
+    else if (dom.state !== 'paused') ctx.setState(dom, { state: 'paused', reason: 'user' });
   } catch (err) {
     ctx.log(dom, `migration: cannot resume the source: ${errorMessage(err)}`);
   }
@@ -265,8 +281,10 @@ export async function confirmMigration(
       );
     await enterPhase(dom, record, 'confirm-cancelled');
     if (run) {
-      if (run.qmp && run.started)
+      if (run.qmp && run.started) {
         await resumeIfStopped(ctx, dom, run as Runtime & { qmp: QmpClient }, record.wasRunning);
+        if (record.tls) await disableTls(run.qmp);
+      }
       run.migrating = undefined;
     }
     await endMigration(dom, record);

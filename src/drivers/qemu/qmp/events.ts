@@ -25,6 +25,7 @@ export const QMP_EVENTS = {
   MIGRATION: z.looseObject({ status: z.string() }),
   BALLOON_CHANGE: z.looseObject({ actual: z.number().int() }),
   GUEST_PANICKED: z.looseObject({ action: z.string() }),
+  WATCHDOG: z.looseObject({ action: z.string() }),
   BLOCK_IO_ERROR: z.looseObject({
     device: z.string(),
     'node-name': z.string().optional(),
