@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
@@ -39,6 +38,7 @@ import type {
   ResolvedOffer,
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
+import { readProcCpuTimeNs } from '../../util/proc.js';
 import { DriverCore } from '../domain-core.js';
 import { type Job, traceJob } from '../jobs.js';
 import {
@@ -614,9 +614,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
 /** utime + stime of the whole process, from /proc/<pid>/stat (clock ticks of 10 ms). */
 function cpuTimeNs(pid: number): bigint {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (BigInt(fields[11] ?? 0) + BigInt(fields[12] ?? 0)) * 10_000_000n;
+    return readProcCpuTimeNs(pid) ?? 0n;
   } catch {
     return 0n;
   }
