@@ -1,16 +1,31 @@
 import { ErrorCode, VirtError } from '../errors.js';
-import type { DiskDefinition, InterfaceDefinition } from './definition/schema.js';
+import type { DiskDefinition, InterfaceDefinition, MemoryDeviceDefinition } from './definition/schema.js';
 import { resolveDomainXml } from './definition/xml.js';
 import type { OperationOptions } from './jobs.js';
 
 /**
- * A device to attach or detach: one disk or one network interface.
+ * A device to attach or detach: one disk, one network interface or one memory device (DIMM).
  *
  * @public
  */
 export type DeviceDefinition =
   | { readonly disk: DiskDefinition }
-  | { readonly interface: InterfaceDefinition };
+  | { readonly interface: InterfaceDefinition }
+  | { readonly memory: MemoryDeviceDefinition };
+
+/**
+ * A disk or an interface: the devices that sit on a PCI slot.
+ *
+ * @internal
+ */
+export type PciDeviceDefinition = Exclude<DeviceDefinition, { readonly memory: unknown }>;
+
+/**
+ * A match of a disk or an interface.
+ *
+ * @internal
+ */
+export type PciDeviceMatch = { readonly alias: string } | { readonly device: PciDeviceDefinition };
 
 /**
  * Which definitions a device change affects, as libvirt's `VIR_DOMAIN_AFFECT_LIVE` and
@@ -48,7 +63,7 @@ export interface DetachDeviceOptions extends DeviceChangeOptions {
 export type DeviceMatch = { readonly alias: string } | { readonly device: DeviceDefinition };
 
 /**
- * A `<disk>` or `<interface>` element, as `virsh attach-device` takes it.
+ * A `<disk>`, `<interface>` or `<memory model='dimm'>` element, as `virsh attach-device` takes it.
  *
  * @throws {@link VirtError} `XML_ERROR` or `CONFIG_UNSUPPORTED` as `parseDomainXml`, and
  *   `XML_ERROR` for a document that is not exactly one disk or interface
@@ -56,22 +71,37 @@ export type DeviceMatch = { readonly alias: string } | { readonly device: Device
  */
 export function parseDeviceXml(xml: string): DeviceDefinition {
   const body = xml.replace(/^\s*<\?xml[^>]*\?>/, '');
+  // A memory device is only valid in a domain with a hot-pluggable range and room for it.
+  const memory = /^\s*<memory[\s>]/.test(body)
+    ? "<memory unit='TiB'>2</memory><maxMemory slots='256' unit='TiB'>4</maxMemory>"
+    : "<memory unit='KiB'>1024</memory>";
   const def = resolveDomainXml(
-    `<domain type='qemu'><name>device</name><memory unit='KiB'>1024</memory><devices>${body}</devices></domain>`,
+    `<domain type='qemu'><name>device</name>${memory}<devices>${body}</devices></domain>`,
   );
   const [disk, ...moreDisks] = def.disks;
   const [nic, ...moreNics] = def.interfaces;
-  const count = def.disks.length + def.interfaces.length + def.serials.length + def.controllers.length;
-  if (count !== 1 || moreDisks.length > 0 || moreNics.length > 0 || def.memballoon) {
+  const [dimm, ...moreDimms] = def.memoryDevices ?? [];
+  const count =
+    def.disks.length +
+    def.interfaces.length +
+    def.serials.length +
+    def.controllers.length +
+    (def.memoryDevices?.length ?? 0);
+  if (count !== 1 || moreDisks.length > 0 || moreNics.length > 0 || moreDimms.length > 0 || def.memballoon) {
     throw new VirtError(
       ErrorCode.XML_ERROR,
-      'a device document must be exactly one <disk> or <interface> element',
+      'a device document must be exactly one <disk>, <interface> or <memory> element',
       { path: '/' },
     );
   }
   if (disk) return { disk };
   if (nic) return { interface: nic };
-  throw new VirtError(ErrorCode.XML_ERROR, 'a device document must be one <disk> or <interface> element', {
-    path: '/',
-  });
+  if (dimm) return { memory: dimm };
+  throw new VirtError(
+    ErrorCode.XML_ERROR,
+    'a device document must be one <disk>, <interface> or <memory> element',
+    {
+      path: '/',
+    },
+  );
 }

@@ -20,6 +20,7 @@ export type {
   DomainDefinition,
   DomainDefinitionInput,
   InterfaceDefinition,
+  MemoryDeviceDefinition,
   PciAddress,
   SchedulerPolicy,
 } from './definition/schema.js';

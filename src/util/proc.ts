@@ -9,7 +9,7 @@
  * @packageDocumentation
  */
 
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
 import { ErrorCode, errnoOf, toVirtError } from '../errors.js';
 
 /** A soft or hard value of `/proc/<pid>/limits`. */
@@ -33,12 +33,38 @@ function missing(err: unknown, path: string, gone: ReadonlySet<string>): undefin
   throw toVirtError(err, ErrorCode.SYSTEM_ERROR, `cannot read ${path}`, { errno, file: path });
 }
 
+/** Holds one `/proc/<pid>/stat` line: at most about 600 bytes (52 numbers, a 64-byte comm). */
+const statBuffer = Buffer.alloc(4096);
+
+/**
+ * `/proc/<pid>/stat` in one read(2): the file is generated whole at the first read, so open, read
+ * and close do what readFileSync does with two more system calls (fstat, and a read to see the end).
+ * Read for every running domain by `getInfo()`, and several times by every start and stop.
+ */
+function readStatLine(pid: number): string | undefined {
+  const path = `/proc/${pid}/stat`;
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    return missing(err, path, GONE);
+  }
+  try {
+    const n = readSync(fd, statBuffer, 0, statBuffer.length, null);
+    return statBuffer.toString('utf8', 0, n);
+  } catch (err) {
+    return missing(err, path, GONE);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /**
  * The fields of `/proc/<pid>/stat` after `comm`, i.e. starting with field 3 (state). `comm` is
  * skipped by cutting after the last `)`, since it may itself contain spaces and parentheses.
  */
 function statFields(pid: number): string[] | undefined {
-  const text = readProc(`/proc/${pid}/stat`);
+  const text = readStatLine(pid);
   if (text === undefined) return undefined;
   const end = text.lastIndexOf(')');
   if (end < 0) return undefined;
@@ -46,6 +72,22 @@ function statFields(pid: number): string[] | undefined {
     .slice(end + 1)
     .trim()
     .split(/\s+/);
+}
+
+/**
+ * The CPU time of a process, all its threads, user and system (fields 14 and 15 of
+ * `/proc/<pid>/stat`, clock ticks of 10 ms), in ns.
+ *
+ * @param pid - the process
+ * @returns the time, or undefined if the process does not exist
+ */
+export function readProcCpuTimeNs(pid: number): bigint | undefined {
+  const f = statFields(pid);
+  const user = f?.[14 - 3];
+  const system = f?.[15 - 3];
+  if (user === undefined || system === undefined || !/^\d+$/.test(user) || !/^\d+$/.test(system))
+    return undefined;
+  return (BigInt(user) + BigInt(system)) * 10_000_000n;
 }
 
 /**

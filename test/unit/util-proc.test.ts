@@ -8,6 +8,7 @@ import {
   isAlive,
   listThreads,
   readParentPid,
+  readProcCpuTimeNs,
   readProcExe,
   readProcLimits,
   readProcStartTime,
@@ -52,6 +53,17 @@ async function until<T>(fn: () => T | undefined, ms = 5000): Promise<T> {
 }
 
 describe('stat fields', () => {
+  it('reads the CPU time of this process: utime + stime of /proc/self/stat, in ns, growing with work', () => {
+    const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]?.split(' ') ?? [];
+    const before = readProcCpuTimeNs(process.pid) ?? -1n;
+    expect(before).toBeGreaterThanOrEqual((BigInt(fields[11] ?? 0) + BigInt(fields[12] ?? 0)) * 10_000_000n);
+    // 30 ms of CPU (not of wall time, which a loaded machine may not turn into CPU): 3 ticks at least.
+    const cpu0 = process.cpuUsage();
+    while (process.cpuUsage(cpu0).user + process.cpuUsage(cpu0).system < 30_000) Math.sqrt(Math.random());
+    expect(readProcCpuTimeNs(process.pid)).toBeGreaterThan(before);
+    expect(readProcCpuTimeNs(NO_PID)).toBeUndefined();
+  });
+
   it('reads a stable start time of this process', () => {
     const t = readProcStartTime(process.pid);
     expect(typeof t).toBe('bigint');

@@ -17,6 +17,7 @@ import { balloonDevice } from './devices/balloon.js';
 import { controllerDevice } from './devices/controller.js';
 import { diskBlockdevs, diskDevice } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
+import { bootMemoryKiB, dimmArgs } from './devices/memory.js';
 import { netdevOf, nicDevice } from './devices/net.js';
 import type { QapiObject } from './devices/qapi.js';
 import { serialDevice } from './devices/serial.js';
@@ -89,7 +90,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   else if (cpuFeatures) cpuModel = def.type === 'kvm' ? 'kvm64' : 'qemu64';
   if (cpuModel) add('-cpu', `${cpuModel}${cpuFeatures}`);
 
-  let memory = `size=${def.memoryKiB}k`;
+  let memory = `size=${bootMemoryKiB(def)}k`;
   if (def.maxMemory) memory += `,slots=${def.maxMemory.slots},maxmem=${def.maxMemory.kib}k`;
   add('-m', memory);
   add(...firmwareArgs(ctx.firmware));
@@ -119,6 +120,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     `${def.vcpu.current ?? def.vcpu.count},maxcpus=${def.vcpu.count},sockets=${topo.sockets},dies=${topo.dies},cores=${topo.cores},threads=${topo.threads}`,
   );
   add(...numaArgs(def, def.memoryBacking?.hugepages ? ctx.hugepagesPath : undefined));
+  add(...dimmArgs(def));
   add(...smbiosArgs(def));
   for (let i = 1; i <= def.iothreads; i++) add('-object', `iothread,id=iothread${i}`);
 

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
@@ -17,6 +17,7 @@ import type {
   DeviceChangeOptions,
   DeviceDefinition,
   DeviceMatch,
+  PciDeviceMatch,
 } from '../../stable/devices.js';
 import type {
   ControlSocketSettings,
@@ -38,6 +39,7 @@ import type {
   ResolvedOffer,
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
+import { readProcCpuTimeNs } from '../../util/proc.js';
 import { DriverCore } from '../domain-core.js';
 import { type Job, traceJob } from '../jobs.js';
 import {
@@ -54,6 +56,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
+import { attachMemory, detachMemory, isMemoryMatch } from './hotplug-memory.js';
 import { setVcpus } from './hotplug-vcpus.js';
 import {
   destroyDomain,
@@ -440,14 +443,23 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
   attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
     const dom = this.domain(uuid);
     return this.#track(
-      this.job(dom, 'device-change', options.signal, () => attachDevice(this, dom, device, options)),
+      this.job(dom, 'device-change', options.signal, () =>
+        'memory' in device
+          ? attachMemory(this, dom, device.memory, options)
+          : attachDevice(this, dom, device, options),
+      ),
     );
   }
 
   detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
     const dom = this.domain(uuid);
     return this.#track(
-      this.job(dom, 'device-change', options.signal, () => detachDevice(this, dom, match, options)),
+      this.job(dom, 'device-change', options.signal, () =>
+        isMemoryMatch(dom, match)
+          ? detachMemory(this, dom, match, options)
+          : // isMemoryMatch is false for every match of a memory element, so this one is a disk's or NIC's.
+            detachDevice(this, dom, match as PciDeviceMatch, options),
+      ),
     );
   }
 
@@ -661,9 +673,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
 /** utime + stime of the whole process, from /proc/<pid>/stat (clock ticks of 10 ms). */
 function cpuTimeNs(pid: number): bigint {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (BigInt(fields[11] ?? 0) + BigInt(fields[12] ?? 0)) * 10_000_000n;
+    return readProcCpuTimeNs(pid) ?? 0n;
   } catch {
     return 0n;
   }

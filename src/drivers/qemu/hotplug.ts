@@ -9,8 +9,8 @@ import { resolveDefinition } from '../../stable/definition/validate.js';
 import type {
   DetachDeviceOptions,
   DeviceChangeOptions,
-  DeviceDefinition,
-  DeviceMatch,
+  PciDeviceDefinition,
+  PciDeviceMatch,
 } from '../../stable/devices.js';
 import { closeFd } from '../../util/libc.js';
 import { type DriverContext, scopeOf } from './context.js';
@@ -65,7 +65,7 @@ export function affect(dom: DomainObject, options: DeviceChangeOptions): Affect 
   return { live, config };
 }
 
-function withDevice(def: DomainDefinition, device: DeviceDefinition): DomainDefinition {
+function withDevice(def: DomainDefinition, device: PciDeviceDefinition): DomainDefinition {
   return 'disk' in device
     ? { ...def, disks: [...def.disks, device.disk] }
     : { ...def, interfaces: [...def.interfaces, device.interface] };
@@ -74,18 +74,18 @@ function withDevice(def: DomainDefinition, device: DeviceDefinition): DomainDefi
 /** The definition with the device added, validated, with the device's alias and address assigned. */
 function addTo(
   def: DomainDefinition,
-  device: DeviceDefinition,
+  device: PciDeviceDefinition,
   live: boolean,
-): { def: DomainDefinition; device: DeviceDefinition } {
+): { def: DomainDefinition; device: PciDeviceDefinition } {
   const next = assignDevices(resolveDefinition(withDevice(def, device)), { live });
-  const added: DeviceDefinition =
+  const added: PciDeviceDefinition =
     'disk' in device
       ? { disk: next.disks[next.disks.length - 1] as DiskDefinition }
       : { interface: next.interfaces[next.interfaces.length - 1] as InterfaceDefinition };
   return { def: next, device: added };
 }
 
-const aliasOf = (device: DeviceDefinition): string =>
+const aliasOf = (device: PciDeviceDefinition): string =>
   ('disk' in device ? device.disk.alias : device.interface.alias) ?? '';
 
 /**
@@ -100,7 +100,7 @@ function saveLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Prom
 export async function attachDevice(
   ctx: DriverContext,
   dom: DomainObject,
-  device: DeviceDefinition,
+  device: PciDeviceDefinition,
   options: DeviceChangeOptions,
 ): Promise<void> {
   const { live, config } = affect(dom, options);
@@ -139,7 +139,7 @@ export async function attachDevice(
 }
 
 /** Finds the device a match names in a definition; undefined when it has none. */
-function find(def: DomainDefinition, match: DeviceMatch): DeviceDefinition | undefined {
+function find(def: DomainDefinition, match: PciDeviceMatch): PciDeviceDefinition | undefined {
   if ('alias' in match) {
     const disk = def.disks.find((d) => d.alias === match.alias);
     if (disk) return { disk };
@@ -163,7 +163,7 @@ function find(def: DomainDefinition, match: DeviceMatch): DeviceDefinition | und
   return nic && { interface: nic };
 }
 
-function without(def: DomainDefinition, device: DeviceDefinition): DomainDefinition {
+function without(def: DomainDefinition, device: PciDeviceDefinition): DomainDefinition {
   return 'disk' in device
     ? { ...def, disks: def.disks.filter((d) => d !== device.disk) }
     : { ...def, interfaces: def.interfaces.filter((n) => n !== device.interface) };
@@ -173,7 +173,7 @@ function without(def: DomainDefinition, device: DeviceDefinition): DomainDefinit
 export async function detachDevice(
   ctx: DriverContext,
   dom: DomainObject,
-  match: DeviceMatch,
+  match: PciDeviceMatch,
   options: DetachDeviceOptions,
 ): Promise<void> {
   const { live, config } = affect(dom, options);
@@ -315,7 +315,7 @@ async function release(
   ctx: DriverContext,
   dom: DomainObject,
   run: Runtime,
-  device: DeviceDefinition,
+  device: PciDeviceDefinition,
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = aliasOf(device);
@@ -352,7 +352,7 @@ function releaseWhenDeleted(
   ctx: DriverContext,
   dom: DomainObject,
   run: Runtime,
-  device: DeviceDefinition,
+  device: PciDeviceDefinition,
 ): void {
   const qmp = monitor(run);
   const alias = aliasOf(device);
@@ -374,7 +374,7 @@ async function unplug(
   ctx: DriverContext,
   dom: DomainObject,
   run: Runtime,
-  device: DeviceDefinition,
+  device: PciDeviceDefinition,
   timeoutMs: number,
 ): Promise<void> {
   const qmp = monitor(run);

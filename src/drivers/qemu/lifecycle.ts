@@ -67,7 +67,8 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
 /**
  * A `STOP` is mapped by its cause, as libvirt's `qemuProcessHandleStop` does: the reason the driver
  * set before its own `stop` or an event QEMU sent just before (I/O error, panic, watchdog); else a
- * migration under way, a guest that powered off, or `unknown` (e.g. a `stop` through passthrough).
+ * migration under way, a guest that powered off, or `user`: QEMU's run state is then `paused`, which
+ * libvirt's table reads as `user` (e.g. a `stop` through passthrough).
  */
 function onStop(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
   const cause = run.pausing;
@@ -76,7 +77,7 @@ function onStop(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
   // state worth showing.
   if (!run.started || run.fakeReboot || run.reboot?.phase === 'resetting') return;
   const reason: PausedReason =
-    cause ?? (run.migrating === 'out' ? 'migration' : run.sawShutdown ? 'shutting-down' : 'unknown');
+    cause ?? (run.migrating === 'out' ? 'migration' : run.sawShutdown ? 'shutting-down' : 'user');
   ctx.changeState(dom, { state: 'paused', reason }, 'suspended');
 }
 

@@ -41,6 +41,8 @@ import {
   checkHotpluggable,
   checkVcpuCount,
   find,
+  pciMatch,
+  pciOnly,
   without,
   withVcpus,
 } from './hotplug.js';
@@ -326,8 +328,9 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
    * `storage.openFile` (disk) or `net.openTap` (ethernet) in phase `hotplug` on the simulated
    * process, and a failure leaves both definitions as they were.
    */
-  attachDevice(uuid: string, device: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
+  attachDevice(uuid: string, input: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
     const dom = this.domain(uuid);
+    const device = pciOnly(input);
     return this.job(dom, 'device-change', options.signal, async (job) => {
       const { live, config } = affected(dom.def.name, dom.active, options);
       let persistent: DomainDefinition | undefined;
@@ -352,8 +355,9 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
    * the unplug request, as with QEMU, so the call waits `timeoutMs` (default 10 000) and fails with
    * `OPERATION_TIMEOUT`, the device still attached.
    */
-  detachDevice(uuid: string, match: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
+  detachDevice(uuid: string, input: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
     const dom = this.domain(uuid);
+    const match = pciMatch(input);
     return this.job(dom, 'device-change', options.signal, async (job) => {
       const { live, config } = affected(dom.def.name, dom.active, options);
       const run = dom.run;

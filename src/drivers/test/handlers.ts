@@ -4,7 +4,7 @@ import { closeResultFds, type InvocationScope, invoke } from '../../privileged/i
 import { limitCovers, memLockNeed } from '../../privileged/memlock.js';
 import type { OperationArgs, Phase } from '../../privileged/operations.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import type { DeviceDefinition } from '../../stable/devices.js';
+import type { PciDeviceDefinition } from '../../stable/devices.js';
 import { parseCpuset } from '../../util/cpuset.js';
 import type { SimProcess, Simulation } from './simulation.js';
 
@@ -201,7 +201,7 @@ export class PrivilegedSimulation {
   async hotplug(
     def: DomainDefinition,
     run: SimRun,
-    device: DeviceDefinition,
+    device: PciDeviceDefinition,
     signal: AbortSignal,
   ): Promise<void> {
     const scope = this.#scope(def, run.id, run.pid, run.taints, signal);

@@ -5,7 +5,13 @@ import type {
   InterfaceDefinition,
 } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
-import type { DeviceChangeOptions, DeviceDefinition, DeviceMatch } from '../../stable/devices.js';
+import type {
+  DeviceChangeOptions,
+  DeviceDefinition,
+  DeviceMatch,
+  PciDeviceDefinition,
+  PciDeviceMatch,
+} from '../../stable/devices.js';
 
 /*
  * The definition side of the test driver's device changes, with the embedded driver's rules
@@ -32,8 +38,23 @@ export function affected(
   return { live, config };
 }
 
+/** The test driver models no memory devices: a DIMM is refused with `CONFIG_UNSUPPORTED`. */
+export function pciOnly(device: DeviceDefinition): PciDeviceDefinition {
+  if ('memory' in device) {
+    throw new VirtError(ErrorCode.CONFIG_UNSUPPORTED, 'the test driver does not model memory devices', {
+      path: 'memory',
+    });
+  }
+  return device;
+}
+
+/** {@link pciOnly} for a match. */
+export function pciMatch(match: DeviceMatch): PciDeviceMatch {
+  return 'alias' in match ? match : { device: pciOnly(match.device) };
+}
+
 /** The sata refusal of a live change (QEMU's AHCI has no hotplug). */
-export function checkHotpluggable(device: DeviceDefinition, detach: boolean): void {
+export function checkHotpluggable(device: PciDeviceDefinition, detach: boolean): void {
   if ('disk' in device && device.disk.target.bus === 'sata') {
     throw new VirtError(
       ErrorCode.CONFIG_UNSUPPORTED,
@@ -45,7 +66,7 @@ export function checkHotpluggable(device: DeviceDefinition, detach: boolean): vo
   }
 }
 
-export const aliasOf = (device: DeviceDefinition): string =>
+export const aliasOf = (device: PciDeviceDefinition): string =>
   ('disk' in device ? device.disk.alias : device.interface.alias) ?? '';
 
 function diskAlias(disk: DiskDefinition): string {
@@ -58,8 +79,8 @@ function diskAlias(disk: DiskDefinition): string {
 /** The definition with the device added (alias named when missing) and validated, and the device as added. */
 export function addTo(
   def: DomainDefinition,
-  device: DeviceDefinition,
-): { def: DomainDefinition; device: DeviceDefinition } {
+  device: PciDeviceDefinition,
+): { def: DomainDefinition; device: PciDeviceDefinition } {
   if ('disk' in device) {
     const disk = { ...device.disk, alias: device.disk.alias ?? diskAlias(device.disk) };
     const next = resolveDefinition({ ...def, disks: [...def.disks, disk] });
@@ -74,7 +95,7 @@ export function addTo(
 }
 
 /** The device a match names in a definition; undefined when it has none. */
-export function find(def: DomainDefinition, match: DeviceMatch): DeviceDefinition | undefined {
+export function find(def: DomainDefinition, match: PciDeviceMatch): PciDeviceDefinition | undefined {
   if ('alias' in match) {
     const disk = def.disks.find((d) => d.alias === match.alias);
     if (disk) return { disk };
@@ -98,7 +119,7 @@ export function find(def: DomainDefinition, match: DeviceMatch): DeviceDefinitio
   return nic && { interface: nic };
 }
 
-export function without(def: DomainDefinition, device: DeviceDefinition): DomainDefinition {
+export function without(def: DomainDefinition, device: PciDeviceDefinition): DomainDefinition {
   return 'disk' in device
     ? { ...def, disks: def.disks.filter((d) => d !== device.disk) }
     : { ...def, interfaces: def.interfaces.filter((n) => n !== device.interface) };

@@ -48,6 +48,24 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
         }),
       )
       .optional(),
+    /**
+     * `<memory model='dimm'>`: hot-pluggable memory (a QEMU pc-dimm). Needs `maxMemory`; as in
+     * libvirt, its size counts in `memoryKiB`, which is the total of the boot memory and the DIMMs.
+     */
+    memoryDevices: z
+      .array(
+        z.strictObject({
+          model: z.literal('dimm'),
+          /** Size in KiB; a Linux guest onlines it in blocks of 128 MiB. */
+          sizeKiB: z.number().int().positive(),
+          /** The guest NUMA node. */
+          node: z.number().int().min(0).optional(),
+          /** The DIMM slot, 0 to `maxMemory.slots` - 1; the first free one when absent. */
+          slot: z.number().int().min(0).max(255).optional(),
+          alias,
+        }),
+      )
+      .optional(),
     /** `<rng model='virtio'>` with a random-device backend. */
     rngs: z
       .array(

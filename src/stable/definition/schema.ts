@@ -364,6 +364,13 @@ export type DiskDefinition = DomainDefinition['disks'][number];
 export type InterfaceDefinition = DomainDefinition['interfaces'][number];
 
 /**
+ * A memory device (`<memory model='dimm'>`) of a definition.
+ *
+ * @public
+ */
+export type MemoryDeviceDefinition = NonNullable<DomainDefinition['memoryDevices']>[number];
+
+/**
  * A scheduler policy name, as in libvirt's `vcpusched`.
  *
  * @public

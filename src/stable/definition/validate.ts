@@ -79,6 +79,35 @@ function invalid(path: string, message: string): VirtError {
   return new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
 }
 
+function checkMemoryDevices(def: DomainDefinition): void {
+  const dimms = def.memoryDevices ?? [];
+  if (dimms.length === 0) return;
+  if (!def.maxMemory) {
+    throw invalid('memoryDevices', "memory devices need <maxMemory slots='N'> (the hot-pluggable range)");
+  }
+  if (dimms.length > def.maxMemory.slots) {
+    throw invalid('memoryDevices', `${dimms.length} memory devices for ${def.maxMemory.slots} slot(s)`);
+  }
+  const total = dimms.reduce((sum, d) => sum + d.sizeKiB, 0);
+  if (total >= def.memoryKiB) {
+    throw invalid(
+      'memoryKiB',
+      `the memory devices hold ${total} KiB of the domain's ${def.memoryKiB} KiB: memory is the total, boot memory included`,
+    );
+  }
+  const slots = new Set<number>();
+  dimms.forEach((d, i) => {
+    if (d.slot === undefined) return;
+    if (d.slot >= def.maxMemory!.slots || slots.has(d.slot)) {
+      throw invalid(
+        `memoryDevices.${i}.slot`,
+        `slot ${d.slot} is taken or outside 0-${def.maxMemory!.slots - 1}`,
+      );
+    }
+    slots.add(d.slot);
+  });
+}
+
 function checkSemantics(def: DomainDefinition): void {
   const vcpus = def.vcpu.count;
   if (def.currentMemoryKiB !== undefined && def.currentMemoryKiB > def.memoryKiB) {
@@ -87,6 +116,7 @@ function checkSemantics(def: DomainDefinition): void {
   if (def.maxMemory && def.maxMemory.kib < def.memoryKiB) {
     throw invalid('maxMemory.kib', 'maxMemory must be at least the memory size');
   }
+  checkMemoryDevices(def);
   if (def.vcpu.current !== undefined && def.vcpu.current > vcpus) {
     throw invalid('vcpu.current', `${def.vcpu.current} exceeds the vcpu count ${vcpus}`);
   }

@@ -365,7 +365,22 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  return { before: [...before, ...watchdogs], after: rngs };
+  const dimms: Node[] = (def.memoryDevices ?? []).map((m) =>
+    node(
+      'memory',
+      [['model', m.model]],
+      [
+        node('target', [], [kib('size', m.sizeKiB), m.node !== undefined && textNode('node', m.node)]),
+        aliasNode(m.alias),
+        m.slot !== undefined &&
+          node('address', [
+            ['type', 'dimm'],
+            ['slot', m.slot],
+          ]),
+      ],
+    ),
+  );
+  return { before: [...before, ...watchdogs], after: [...rngs, ...dimms] };
 }
 
 function domainNode(def: DomainDefinition): Node {

@@ -1,4 +1,5 @@
 import { parseAddress } from './xml-parse-addresses.js';
+import { sizeToKiB } from './xml-parse-memory.js';
 import { boolAttr } from './xml-parse-platform.js';
 import {
   check,
@@ -25,7 +26,16 @@ import type { XmlElement } from './xml-tree.js';
  */
 
 /** The element names this file handles, for `<devices>`' check. */
-export const EXTRA_DEVICES = ['input', 'graphics', 'video', 'rng', 'channel', 'audio', 'watchdog'] as const;
+export const EXTRA_DEVICES = [
+  'input',
+  'graphics',
+  'video',
+  'rng',
+  'channel',
+  'audio',
+  'watchdog',
+  'memory',
+] as const;
 
 function alias(origins: Origins, el: XmlElement, field: string, out: Obj): void {
   const a = child(el, 'alias');
@@ -50,6 +60,50 @@ export function parseExtraDevices(origins: Origins, el: XmlElement, out: Obj): v
   list('channel', 'channels', (e, f) => parseChannel(origins, e, f));
   list('audio', 'audios', (e, f) => parseAudio(origins, e, f));
   list('watchdog', 'watchdogs', (e, f) => parseWatchdog(origins, e, f));
+  list('memory', 'memoryDevices', (e, f) => parseMemoryDevice(origins, e, f));
+}
+
+/** `<memory model='dimm'><target><size/><node/></target><address type='dimm' slot/></memory>`. */
+function parseMemoryDevice(origins: Origins, el: XmlElement, field: string): Obj {
+  check(el, { attrs: ['model', 'access', 'discard'], children: ['target', 'alias', 'address'] });
+  origins.note(field, el);
+  const model = el.attrs.get('model');
+  if (model === undefined) throw invalid(el, "<memory> needs a model (model='dimm')", 'model');
+  const out: Obj = {
+    model: choice(
+      el,
+      model,
+      'the memory model',
+      ['dimm'],
+      ['nvdimm', 'virtio-pmem', 'virtio-mem', 'sgx-epc'],
+      'model',
+    ),
+  };
+  const target = child(el, 'target');
+  if (!target) throw invalid(el, '<memory> needs a <target> with its <size>');
+  check(target, { children: ['size', 'node'] });
+  const size = child(target, 'size');
+  if (!size) throw invalid(target, '<target> of <memory> needs a <size>');
+  check(size, { attrs: ['unit'], text: true });
+  origins.note(`${field}.sizeKiB`, size);
+  out.sizeKiB = sizeToKiB(size, size.text, size.attrs.get('unit') ?? 'KiB');
+  const node = child(target, 'node');
+  if (node) {
+    check(node, { text: true });
+    origins.note(`${field}.node`, node);
+    if (!/^[0-9]+$/.test(node.text.trim())) throw invalid(node, '<node> must hold a NUMA node number');
+    out.node = Number(node.text.trim());
+  }
+  alias(origins, el, field, out);
+  const address = child(el, 'address');
+  if (address) {
+    check(address, { attrs: ['type', 'slot', 'base'] });
+    if (address.attrs.get('type') !== 'dimm')
+      throw invalid(address, "a memory device's address is type='dimm'", 'type');
+    origins.note(`${field}.slot`, address, 'slot');
+    set(out, 'slot', intAttr(address, 'slot'));
+  }
+  return out;
 }
 
 function parseWatchdog(origins: Origins, el: XmlElement, field: string): Obj {

@@ -12,6 +12,7 @@ import {
   sortControllers,
 } from './controllers.js';
 import { type MachineFamily, machineFamily } from './machine.js';
+import { assignDimms } from './memory.js';
 import { checkVirtioModel } from './virtio.js';
 
 /*
@@ -194,6 +195,7 @@ export function assignDevices(def: DomainDefinition, options: AssignOptions = {}
     ...(watchdogs ? { watchdogs } : {}),
     controllers: sortControllers(controllers),
     ...(memballoon ? { memballoon } : {}),
+    ...(def.memoryDevices ? { memoryDevices: assignDimms(def) } : {}),
   };
 }
 

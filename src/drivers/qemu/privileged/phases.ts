@@ -66,12 +66,16 @@ export async function openPreExecDescriptors(
   return out;
 }
 
-/** `pre-exec`, second moment: the stub has its final pid and QEMU has not run. */
+/**
+ * `pre-exec`, second moment: the stub has its final pid and QEMU has not run (or `migration-in`
+ * at the same moment, or `hotplug` before a memory backend is added): raises the limit only when
+ * the current one does not cover the need the driver computes.
+ */
 export async function raiseMemLock(
   scope: InvocationScope,
   def: DomainDefinition,
   pid: number,
-  phase: 'pre-exec' | 'migration-in' = 'pre-exec',
+  phase: 'pre-exec' | 'migration-in' | 'hotplug' = 'pre-exec',
 ): Promise<void> {
   const need = memLockNeed(def);
   if (!need) return;
