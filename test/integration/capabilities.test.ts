@@ -265,11 +265,11 @@ describe('getDomainCapabilities', () => {
 
   it('offers only what the definition parser accepts', async () => {
     const d = await conn.getDomainCapabilities({ virttype: 'qemu' });
-    expect(d.enums.bus).toEqual(['virtio', 'sata']);
+    expect(d.enums.bus).toEqual(d.machine.includes('q35') ? ['virtio', 'sata'] : ['virtio', 'sata', 'ide']);
     const xml = (devices: string, cpu = '') =>
       `<domain type='qemu'><name>caps</name><memory unit='MiB'>64</memory><os><type machine='${d.machine}'>hvm</type></os>${cpu}<devices>${devices}</devices></domain>`;
     for (const bus of d.enums.bus!) {
-      const dev = bus === 'virtio' ? 'vda' : 'sda';
+      const dev = bus === 'virtio' ? 'vda' : bus === 'ide' ? 'hda' : 'sda';
       for (const device of d.enums.diskDevice!) {
         if (device === 'cdrom' && bus === 'virtio') continue;
         const ro = device === 'cdrom' ? '' : '';

@@ -6,7 +6,9 @@ import type { DomainStatus, PausedReason } from '../../stable/events.js';
  */
 const PAUSED_BY_RUN_STATE: Readonly<Record<string, PausedReason>> = {
   paused: 'user',
-  prelaunch: 'starting-up',
+  // A start still under way is settled by its job's rule; a QEMU left in prelaunch by a finished
+  // start was started paused by the user (the reason itself is not kept in the status file).
+  prelaunch: 'user',
   inmigrate: 'migration',
   postmigrate: 'migration',
   'finish-migrate': 'migration',

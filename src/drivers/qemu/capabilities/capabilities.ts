@@ -183,7 +183,10 @@ export async function buildDomainCapabilities(
   const enums: Record<string, string[]> = {
     cpuMode: cpuModes,
     diskDevice: schemaValues(['disks', '[]', 'device']),
-    bus: schemaValues(['disks', '[]', 'target', 'bus']),
+    // IDE is refused on q35 (its AHCI controller has no IDE buses).
+    bus: schemaValues(['disks', '[]', 'target', 'bus']).filter(
+      (b) => b !== 'ide' || !machine.includes('q35'),
+    ),
     diskType: schemaValues(['disks', '[]', 'type']),
     driverType: schemaValues(['disks', '[]', 'driver', 'type']),
     interfaceType: schemaValues(['interfaces', '[]', 'type']),
