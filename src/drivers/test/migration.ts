@@ -1,7 +1,7 @@
-import { isAbsolute } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { type MigrationAddress, parseMigrationUri } from '../migration-uri.js';
 
 /*
  * Live migration between test drivers of one process: the embedded driver's five steps, checks,
@@ -10,33 +10,9 @@ import type { DomainDefinition } from '../../stable/definition/schema.js';
  * it there (nothing listening: the stream fails, as a refused connection does).
  */
 
-/** Where a migration stream goes, as the embedded driver accepts it. */
-type Address =
-  | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
-  | { readonly kind: 'unix'; readonly path: string };
-
-/** `tcp:HOST:PORT` or `unix:/absolute/path`, else `INVALID_URI` naming `field` (the embedded driver's rule). */
-export function parseAddress(uri: string, field: string): Address {
-  const bad = (why: string) =>
-    new VirtError(
-      ErrorCode.INVALID_URI,
-      `invalid migration address '${uri}': ${why}; use tcp:HOST:PORT or unix:/absolute/path`,
-      { field },
-    );
-  if (typeof uri !== 'string') throw bad('not a string');
-  if (uri.startsWith('unix:')) {
-    const path = uri.slice(5);
-    if (!isAbsolute(path) || path.includes('\0')) throw bad('the socket path must be absolute');
-    return { kind: 'unix', path };
-  }
-  if (uri.startsWith('tcp:')) {
-    const m = /^tcp:(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(uri);
-    const port = Number(m?.[2]);
-    if (!m || port > 65535) throw bad('expected tcp:HOST:PORT with PORT 0..65535');
-    return { kind: 'tcp', host: m[1] as string, port };
-  }
-  throw bad(`unknown scheme '${uri.split(':')[0]}'`);
-}
+/** `tcp:HOST:PORT` or `unix:/absolute/path`, by the embedded driver's own rule. */
+export const parseAddress = parseMigrationUri;
+type Address = MigrationAddress;
 
 const format = (a: Address): string => (a.kind === 'unix' ? `unix:${a.path}` : `tcp:${a.host}:${a.port}`);
 
