@@ -1,10 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { ErrorCode, errorMessage, VirtError } from '../errors.js';
-import type { DomainSummaryJson } from '../stable/control/operations.js';
+import type { DomainSummaryJson, TlsJson } from '../stable/control/operations.js';
 import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
 import { attachConsole } from './console.js';
@@ -355,20 +355,43 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     )
     .option('--bandwidth <MiB/s>', 'bandwidth limit of the stream', positiveInt)
     .option('--max-downtime <ms>', 'longest pause of the guest at the switch-over', positiveInt)
+    .option('--persistent', 'define the domain at the destination too (else it is transient there)')
+    .option('--undefinesource', 'remove its definition from the source once migrated')
+    .option('--tls', 'encrypt the stream with TLS; each end checks the other against the CA')
+    .option(
+      '--tls-dir <dir>',
+      'with --tls: the credentials, ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem',
+    )
+    .option(
+      '--tls-destination <hostname>',
+      "with --tls: the name the destination's certificate carries (default: the host it listens on)",
+    )
     .option('--verbose', 'print the progress (always on a terminal)')
     .option('--json', 'JSON: { name, uuid, destination } once migrated')
     .action(
       async (
         domain: string,
         desturi: string,
-        o: { listen?: string; bandwidth?: number; maxDowntime?: number; verbose?: boolean; json?: boolean },
+        o: {
+          listen?: string;
+          bandwidth?: number;
+          maxDowntime?: number;
+          verbose?: boolean;
+          json?: boolean;
+          persistent?: boolean;
+          undefinesource?: boolean;
+          tls?: boolean;
+          tlsDir?: string;
+          tlsDestination?: string;
+        },
       ) => {
+        const flags = { ...o, tls: migrationTls(o) };
         const source = await open();
         const dest = await openEndpoint(desturi);
         const tty = process.stderr.isTTY === true;
         let last = '';
         try {
-          const moved = await migrate(source, dest, domain, o, (p) => {
+          const moved = await migrate(source, dest, domain, flags, (p) => {
             const line = progressLine(p);
             if ((tty || o.verbose) && line !== last) io.err(tty ? `\r${line}` : `${line}\n`);
             last = line;
@@ -541,6 +564,22 @@ function editText(text: string): string {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The TLS credentials of `migrate --tls --tls-dir DIR [--tls-destination NAME]`. */
+function migrationTls(o: { tls?: boolean; tlsDir?: string; tlsDestination?: string }): TlsJson | undefined {
+  if (!o.tls) {
+    if (o.tlsDir !== undefined || o.tlsDestination !== undefined)
+      throw new VirtError(ErrorCode.OPERATION_INVALID, '--tls-dir and --tls-destination go with --tls');
+    return undefined;
+  }
+  if (o.tlsDir === undefined)
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      '--tls needs --tls-dir DIR: the directory of ca-cert.pem and the certificates and keys of both ends',
+    );
+  const dir = resolve(o.tlsDir);
+  return o.tlsDestination === undefined ? { dir } : { dir, hostname: o.tlsDestination };
 }
 
 function positiveInt(value: string): number {

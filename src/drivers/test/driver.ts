@@ -263,7 +263,12 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     if (dom.run)
       throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is already running`);
     this.handlers.seal(`domain '${dom.def.name}' was started`);
-    const attempt: StartAttempt = { cancel: job.controller, spawned: false };
+    const attempt: StartAttempt = {
+      cancel: job.controller,
+      spawned: false,
+      // As the embedded driver: paused/starting-up from the spawn until the start finishes.
+      onSpawn: () => this.setState(dom, { state: 'paused', reason: 'starting-up' }),
+    };
     this.#starting.set(dom, attempt);
     let sim: SimRun;
     try {
