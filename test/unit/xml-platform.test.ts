@@ -177,7 +177,7 @@ describe('firmware', () => {
     const tmp = mkdtempSync(join(tmpdir(), 'vk-fw-'));
     try {
       const dirs = descriptors(join(tmp, 'firmware'));
-      const def = roundTrips(doc('').replace('<os>', "<os firmware='efi'>"));
+      const def = roundTrips(doc('<features><acpi/></features>').replace('<os>', "<os firmware='efi'>"));
       const fw = resolveFirmware(def, join(tmp, 'nvram'), dirs);
       expect(fw).toEqual({
         code: join(tmp, 'firmware', 'code.fd'),
@@ -210,7 +210,7 @@ describe('firmware', () => {
   });
 
   it("libvirt's expanded form: loader and nvram with template, and a ROM loader", () => {
-    const xml = doc('').replace(
+    const xml = doc('<features><acpi/></features>').replace(
       '</os>',
       "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader><nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/v/p_VARS.fd</nvram></os>",
     );

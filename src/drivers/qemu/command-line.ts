@@ -84,6 +84,15 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     (def.cpu?.features ?? []).map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`).join('') +
     cpuProps(def);
   let cpuModel: string | undefined;
+  if (def.cpu?.mode === 'host-passthrough' && def.type !== 'kvm') {
+    // As libvirt at start: TCG emulates a CPU and has no host CPU to pass through (QEMU's `-cpu
+    // host` needs KVM). A definition stays valid: it may be started on a KVM host as type kvm.
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      "CPU mode 'host-passthrough' needs KVM, and this domain's type is 'qemu' (TCG): use mode 'host-model' (TCG's 'max' CPU) or a named model, or type 'kvm'",
+      { path: 'cpu.mode' },
+    );
+  }
   if (def.cpu?.mode === 'host-passthrough') cpuModel = 'host';
   else if (def.cpu?.model) cpuModel = def.cpu.model;
   else if (def.cpu?.mode === 'host-model') cpuModel = def.type === 'kvm' ? 'host' : 'max';

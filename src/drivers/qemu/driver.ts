@@ -662,7 +662,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
       const run = dom.run;
       if (!run) continue;
       run.detached = true;
-      run.child?.removeAllListeners('exit');
+      run.forgetExit?.();
       run.qmp?.close();
     }
     this.dropListeners();

@@ -25,6 +25,8 @@ export interface SimRun {
 export interface StartAttempt {
   readonly cancel: AbortController;
   spawned: boolean;
+  /** Called once the simulated process exists (the domain reads paused/starting-up from then on). */
+  readonly onSpawn?: () => void;
 }
 
 /** The cgroup parent the simulated built-in places threads under (as the embedded driver's default). */
@@ -111,6 +113,7 @@ export class PrivilegedSimulation {
       const id = allocateId();
       const proc = this.#sim.spawn(def, id);
       attempt.spawned = true;
+      attempt.onSpawn?.();
       run = { id, pid: proc.pid, taints, placements: [], placementAttempted: false };
       // QEMU inherited the descriptors; the driver's copies go.
       closeResultFds({ fds: fds.splice(0) });

@@ -246,4 +246,20 @@ function checkPlatform(def: DomainDefinition): void {
     throw invalid('os.loader.secure', 'secure boot needs SMM: add features.smm');
   }
   if (os.smbios === 'sysinfo' && !def.sysinfo) throw invalid('os.smbios', "mode 'sysinfo' needs a sysinfo");
+  if (os.firmware !== undefined && os.loader) {
+    throw invalid(
+      'os.loader',
+      `firmware '${os.firmware}' asks virtkit to pick the firmware; a loader names it: give one of the two`,
+    );
+  }
+  // qemu_validate.c: OVMF on x86 finds its devices through ACPI tables.
+  const uefi = os.firmware === 'efi' || os.loader?.type === 'pflash';
+  if (uefi && def.features?.acpi === false) {
+    throw invalid('features.acpi', 'UEFI firmware on x86_64 needs ACPI: turn acpi on, or boot with BIOS');
+  }
+  def.videos?.forEach((video, i) => {
+    if (video.model === 'ramfb' && video.address) {
+      throw invalid(`videos.${i}.address`, 'ramfb is not a PCI device and takes no address');
+    }
+  });
 }

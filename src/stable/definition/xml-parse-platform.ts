@@ -59,6 +59,23 @@ const OS_CHILDREN = [
   'firmware',
 ] as const;
 
+/**
+ * libvirt 9.0's rule for `<loader>` under `<os firmware=…>`: auto-selection picks the image, its
+ * type and whether it is read-only, so a document that names them contradicts it. (`secure='no'`
+ * stays a constraint virtkit meets: it never picks a secure-boot build.)
+ */
+function checkAutoLoader(loader: XmlElement, l: Obj): void {
+  const conflict =
+    l.path !== undefined ? 'a loader path' : (['type', 'readonly'] as const).find((a) => loader.attrs.has(a));
+  if (conflict === undefined) return;
+  const what = conflict === 'a loader path' ? conflict : `the loader attribute '${conflict}'`;
+  throw invalid(
+    loader,
+    `${what} contradicts firmware auto-selection (<os firmware=…>): remove the firmware attribute to name the firmware yourself, or remove it from <loader>`,
+    conflict === 'a loader path' ? undefined : conflict,
+  );
+}
+
 export function parseOs(origins: Origins, el: XmlElement): Obj {
   check(el, { attrs: ['firmware'], children: OS_CHILDREN, repeat: ['boot'] });
   origins.note('os', el);
@@ -84,6 +101,13 @@ export function parseOs(origins: Origins, el: XmlElement): Obj {
     }
   }
   const fw = child(el, 'firmware');
+  if (fw && firmware === undefined) {
+    // libvirt: the features only steer auto-selection, which a document without firmware= turns off.
+    throw invalid(
+      fw,
+      "<firmware> features steer firmware auto-selection, which is off without <os firmware='efi|bios'>: add the firmware attribute, or remove <firmware>",
+    );
+  }
   if (fw) {
     // libvirt's firmware auto-selection features (secure-boot, enrolled-keys).
     check(fw, { children: ['feature'], repeat: ['feature'] });
@@ -109,6 +133,13 @@ export function parseOs(origins: Origins, el: XmlElement): Obj {
     if (t !== undefined) l.type = choice(loader, t, 'the loader type', ['pflash', 'rom'], [], 'type');
     set(l, 'readonly', boolAttr(loader, 'readonly'));
     set(l, 'secure', boolAttr(loader, 'secure'));
+    if (firmware !== undefined) checkAutoLoader(loader, l);
+    else if (l.path === undefined) {
+      throw invalid(
+        loader,
+        "a <loader> without a path needs firmware auto-selection: give the firmware image's path, or <os firmware='efi'> without the loader",
+      );
+    }
     // `<loader secure='no'/>` without a path is only a constraint on auto-selection.
     if (l.path !== undefined) out.loader = l;
     else if (l.secure)

@@ -9,6 +9,8 @@ import {
   completeControllers,
   controllerAlias,
   fixedControllerAlias,
+  ICH9_FUNCTION,
+  isUsbCompanion,
   sortControllers,
 } from './controllers.js';
 import { type MachineFamily, machineFamily } from './machine.js';
@@ -100,6 +102,16 @@ class PciMap {
     return true;
   }
 
+  /** Whether no function of a slot is taken (and bus 0's chipset does not hold it). */
+  slotFree(bus: number, slot: number): boolean {
+    return !(bus === 0 && this.#reserved.has(slot)) && this.#slotFree(bus, slot);
+  }
+
+  /** Gives back one function {@link nextRootSlot} took. */
+  release(bus: number, slot: number, fn: number): void {
+    this.#used.delete(key(bus, slot, fn));
+  }
+
   /** The first free slot of bus 0 for an endpoint. */
   nextRootSlot(owner: string, path: string): PciAddress {
     for (let slot = 0; slot < 32; slot++) {
@@ -154,6 +166,8 @@ interface PciItem {
   readonly owner: string;
   /** PCI Express devices go behind a root port on Q35; conventional PCI ones sit on bus 0. */
   readonly express: boolean;
+  /** A member of an ICH9 USB set: all of them share one slot, each at its own function. */
+  readonly ich9?: keyof typeof ICH9_FUNCTION;
   address?: PciAddress;
   readonly set: (address: PciAddress) => void;
 }
@@ -292,7 +306,8 @@ function assignAliases(
     [controllers, 'controllers', 64],
   ] as const) {
     list.forEach((d: { alias?: string }, i: number) => {
-      if (d.alias !== undefined) claim(d.alias, `${field}.${i}`, max);
+      if (d.alias !== undefined && !(field === 'controllers' && isUsbCompanion(d as ControllerDefinition)))
+        claim(d.alias, `${field}.${i}`, max);
     });
   }
   if (balloon?.alias !== undefined) claim(balloon.alias, 'memballoon');
@@ -301,9 +316,20 @@ function assignAliases(
   });
 
   controllers.forEach((c, i) => {
-    if (c.alias !== undefined) return;
+    if (c.alias !== undefined || isUsbCompanion(c)) return;
     c.alias = controllerAlias(c, family);
     claim(c.alias, `controllers.${i}`);
+  });
+  // ICH9 UHCI companions are part of their EHCI master and carry its alias, as in libvirt.
+  const master = controllers.find((c) => c.type === 'usb' && c.model === 'ich9-ehci1');
+  controllers.forEach((c, i) => {
+    if (!isUsbCompanion(c)) return;
+    if (c.alias !== undefined && c.alias !== master?.alias)
+      throw invalid(
+        `controllers.${i}.alias`,
+        `a USB companion carries its master's alias '${master?.alias}'`,
+      );
+    c.alias = master?.alias;
   });
   disks.forEach((disk, i) => {
     if (disk.alias !== undefined) return;
@@ -377,12 +403,14 @@ function assignPciAddresses(
     owner: string,
     express: boolean,
     holder: { address?: PciAddress | DiskDefinition['address'] },
+    ich9?: keyof typeof ICH9_FUNCTION,
   ) => {
     const address = holder.address?.type === 'pci' ? holder.address : undefined;
     items.push({
       path,
       owner,
       express,
+      ...(ich9 ? { ich9 } : {}),
       ...(address ? { address } : {}),
       set: (a) => {
         holder.address = a;
@@ -402,7 +430,9 @@ function assignPciAddresses(
       (c.type === 'sata' && family !== 'q35') ||
       (c.type === 'usb' && c.model === 'qemu-xhci') ||
       c.type === 'virtio-serial';
-    if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type !== 'sata', c);
+    if (c.type === 'usb' && c.model !== undefined && c.model in ICH9_FUNCTION)
+      addItem(ctlPath(c), `${c.alias ?? ''} (${c.model})`, false, c, c.model as keyof typeof ICH9_FUNCTION);
+    else if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type !== 'sata', c);
     else if (c.type === 'usb' && c.model === 'none' && c.address)
       throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
   }
@@ -465,8 +495,12 @@ function assignPciAddresses(
     };
   }
   freePorts.sort((a, b) => a - b);
+  const ich9 = items.filter((item) => item.ich9);
   for (const item of waiting) {
-    if (family === 'q35' && item.express) {
+    if (item.ich9) {
+      if (item.address) continue;
+      placeIch9Set(pci, family, ich9);
+    } else if (family === 'q35' && item.express) {
       const bus = freePorts.shift() as number;
       const address: PciAddress = { type: 'pci', domain: 0, bus, slot: 0, function: 0 };
       pci.take(address, item.owner);
@@ -474,5 +508,35 @@ function assignPciAddresses(
     } else {
       item.set(pci.nextRootSlot(item.owner, item.path));
     }
+  }
+}
+
+/**
+ * The members of an ICH9 USB set without an address join the slot of those with one, or take a
+ * slot of bus 0 of their own (00:1d on Q35, where the ICH9 has them, when it is free), the EHCI at
+ * function 7 and the UHCI companions at 0-2, the first of them marked multifunction.
+ */
+function placeIch9Set(pci: PciMap, family: MachineFamily, set: PciItem[]): void {
+  const placed = set.find((item) => item.address);
+  let slot = placed?.address?.slot;
+  if (slot === undefined) {
+    slot = family === 'q35' && pci.slotFree(0, 0x1d) ? 0x1d : pci.nextRootSlot('', set[0]?.path ?? '').slot;
+    pci.release(0, slot, 0);
+  }
+  const bus = placed?.address?.bus ?? 0;
+  for (const item of set) {
+    if (item.address || !item.ich9) continue;
+    const fn = ICH9_FUNCTION[item.ich9];
+    const address: PciAddress = {
+      type: 'pci',
+      domain: 0,
+      bus,
+      slot,
+      function: fn,
+      ...(fn === 0 && set.length > 1 ? { multifunction: true } : {}),
+    };
+    pci.claim(address, item.owner, `${item.path}.address`);
+    item.address = address;
+    item.set(address);
   }
 }
