@@ -1,4 +1,6 @@
-import { openSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openInternal, SIMULATED_PID_BASE, simulatedHost } from '../../src/internal/index.js';
@@ -775,6 +777,72 @@ describe('migration-in phase: live migration between test drivers as the embedde
     },
   );
 
+  it('tls: credentials checked as the embedded driver does; the handshake needs one CA, TLS on both ends and the host', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'vk-test-tls-'));
+    try {
+      const good = { dir: makeCredentials(join(tmp, 'good'), 'vk-test-ca') };
+      const foreign = { dir: makeCredentials(join(tmp, 'foreign'), 'vk-foreign-ca') };
+      const dom = await conn.defineDomain(guest('secret'));
+      await dom.start();
+      const pid = (await dom.getInfo()).pid;
+
+      // Refused before anything starts on either side, with the embedded driver's codes and fields.
+      for (const [tls, field] of [
+        [{ dir: 'relative/dir' }, 'tls.dir'],
+        [{ dir: join(tmp, 'nothing-here') }, 'tls.dir'],
+      ] as const) {
+        await expect(dom.migrateTo(dst, { tls })).rejects.toMatchObject({
+          code: 'CONFIG_UNSUPPORTED',
+          details: { field },
+        });
+      }
+      await expect(dom.migrateTo(dst, { listen: 'unix:/run/vk-tls.sock', tls: good })).rejects.toMatchObject({
+        code: 'CONFIG_UNSUPPORTED',
+        details: { field: 'tls.hostname' },
+      });
+      expect(await dst.listDomains()).toEqual([]);
+      expect(await dom.getInfo()).toMatchObject({ state: 'running', pid });
+
+      // A failed handshake fails perform; the destination keeps waiting until it is cancelled.
+      const refused: Array<[string, { dir: string; hostname?: string } | undefined, string]> = [
+        ['foreign CA', foreign, 'signed'],
+        ['plain stream', undefined, 'expects TLS'],
+        ['wrong host', { ...good, hostname: 'elsewhere.example' }, 'elsewhere.example'],
+      ];
+      for (const [, tls, why] of refused) {
+        const offer = await dom.migrateBegin();
+        const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0', tls: good });
+        await expect(
+          dom.migratePerform(incoming.uri, { cookie: incoming.cookie, ...(tls ? { tls } : {}) }),
+        ).rejects.toMatchObject({ code: 'OPERATION_FAILED', message: expect.stringContaining(why) });
+        expect(await incoming.domain.getInfo()).toMatchObject({ state: 'paused', reason: 'migration' });
+        await incoming.finish({ cancelled: true });
+        await dom.migrateConfirm({ cancelled: true });
+        expect(await dom.getInfo()).toMatchObject({ state: 'running', pid });
+        expect(await dst.listDomains()).toEqual([]);
+      }
+      // TLS from a source to a destination that listens in the clear fails the same way.
+      const offer = await dom.migrateBegin();
+      const plain = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' });
+      await expect(dom.migratePerform(plain.uri, { cookie: plain.cookie, tls: good })).rejects.toMatchObject({
+        code: 'OPERATION_FAILED',
+      });
+      await plain.finish({ cancelled: true });
+      await dom.migrateConfirm({ cancelled: true });
+
+      // One CA on both ends, the certificate naming 127.0.0.1 (or `localhost` over a UNIX socket).
+      const moved = await dom.migrateTo(dst, { tls: good });
+      expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+      const back = await moved.migrateTo(conn, {
+        listen: 'unix:/run/vk-tls.sock',
+        tls: { ...good, hostname: 'localhost' },
+      });
+      expect(await back.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
   it('refuses what the embedded driver refuses, and a stream nobody receives fails with the source running', async () => {
     const dom = await conn.defineDomain(guest('lonely'));
     await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
@@ -921,3 +989,45 @@ describe('hotplug phase: setVcpus as the embedded driver does it', () => {
     expect((await tcg.getInfo()).vcpus).toBe(2);
   });
 });
+
+/** A CA and, signed by it, a server certificate for 127.0.0.1 and localhost and a client certificate, in `dir`. */
+function makeCredentials(dir: string, ca: string): string {
+  mkdirSync(dir, { recursive: true });
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  ssl(
+    'req',
+    '-x509',
+    ...key,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${ca}`,
+    '-keyout',
+    'ca-key.pem',
+    '-out',
+    'ca-cert.pem',
+  );
+  for (const end of ['server', 'client']) {
+    writeFileSync(join(dir, `${end}.ext`), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+    ssl('req', ...key, '-subj', `/CN=${end}`, '-keyout', `${end}-key.pem`, '-out', `${end}.csr`);
+    ssl(
+      'x509',
+      '-req',
+      '-in',
+      `${end}.csr`,
+      '-CA',
+      'ca-cert.pem',
+      '-CAkey',
+      'ca-key.pem',
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      `${end}.ext`,
+      '-out',
+      `${end}-cert.pem`,
+    );
+  }
+  return dir;
+}

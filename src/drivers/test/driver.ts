@@ -53,6 +53,7 @@ import {
 } from '../device-change.js';
 import { DriverCore } from '../domain-core.js';
 import type { Job } from '../jobs.js';
+import { checkClientTls, checkTls } from '../migration-tls.js';
 import { TestDomain, type TestRuntime } from './domain.js';
 import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
 import { addTo } from './hotplug.js';
@@ -63,6 +64,7 @@ import {
   type MigrationRecord,
   migrationAborted,
   parseAddress,
+  tlsHandshake,
   unlisten,
 } from './migration.js';
 import { Simulation } from './simulation.js';
@@ -134,7 +136,9 @@ export async function openTestDriver(
  * cgroups the post-checks read back; without a handler, a simulated built-in does the work. A
  * failing handler fails the start with the embedded driver's code and rolls the domain back.
  * Device changes (phase `hotplug`) and live migration between test drivers of one process (phase
- * `migration-in` on the destination) follow the embedded driver's rules too.
+ * `migration-in` on the destination) follow the embedded driver's rules too: `persist` and
+ * `undefineSource` as there, and `tls` credentials checked as there, with the handshake simulated
+ * on the real certificate files (same CA, valid now, the destination's certificate naming the host).
  */
 export class TestDriver extends DriverCore<TestDomain> implements Driver {
   readonly uri: string;
@@ -614,6 +618,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
     this.checkOpen();
     parseAddress(options.listen, 'listen');
+    if (options.tls) checkTls(options.tls, 'server', 'tls');
     const def = offer.definition;
     const existing = this.domains.existingFor(def);
     if (existing?.active)
@@ -635,7 +640,11 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
           const outcome = new Promise<boolean>((resolve) => {
             settle = resolve;
           });
-          const uri = listen(options.listen, { uuid: def.uuid, deliver: () => settle(true) });
+          const uri = listen(options.listen, {
+            uuid: def.uuid,
+            tls: options.tls,
+            deliver: () => settle(true),
+          });
           if (!existing && options.persist !== true) this.#transient.add(def.uuid);
           this.#migrations.set(dom, {
             role: 'in',
@@ -666,7 +675,8 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     return this.job(dom, 'migration-out', options.signal, (job) => {
       const record = this.#outgoing(dom, 'perform');
       const run = dom.requireActive();
-      parseAddress(uri, 'uri');
+      const address = parseAddress(uri, 'uri');
+      const hostname = options.tls ? checkClientTls(options.tls, address) : undefined;
       if (options.cookie && options.cookie.uuid !== dom.def.uuid)
         throw new VirtError(ErrorCode.OPERATION_INVALID, 'the destination cookie belongs to another domain', {
           field: 'cookie.uuid',
@@ -683,6 +693,14 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
         throw new VirtError(
           ErrorCode.OPERATION_FAILED,
           `migration of '${dom.def.name}' failed: no destination for it listens at ${uri}`,
+          { domain: dom.ident, status: 'failed' },
+        );
+      // As QEMU, the destination drops a stream that fails the handshake and keeps waiting.
+      const refused = tlsHandshake(dest.tls, options.tls, hostname);
+      if (refused)
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `migration of '${dom.def.name}' failed: TLS handshake: ${refused}`,
           { domain: dom.ident, status: 'failed' },
         );
       const bytes = (run.live.memoryKiB ?? 0) * 1024;
