@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, writeSync } from 'node:fs';
+import { closeSync, readFileSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
@@ -66,6 +66,26 @@ export function execSlot(gone: Promise<unknown>): Promise<() => void> {
       resolve(() => undefined);
     });
   });
+}
+
+/**
+ * Waits until the stub's exec of the shell is complete. The spawn returns at exec's point of no
+ * return, when `/proc/<pid>/exe` already names the shell but its argv is not set up yet (an empty
+ * `/proc/<pid>/cmdline`, a window a loaded host makes milliseconds long); a privileged helper
+ * recognises the stub by that argv, so a pre-exec request must not reach it earlier. Bounded: a
+ * stub that never gets there fails the request, or dies and its exit reports it.
+ */
+export async function untilStubArgv(pid: number, timeoutMs = 5_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`).length > 0) return;
+    } catch {
+      return;
+    }
+    if (Date.now() >= until) return;
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
 }
 
 /**
