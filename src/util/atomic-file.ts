@@ -28,9 +28,18 @@ import { renameExchange } from './libc.js';
 /** errnos of a directory fsync that only mean "this file system does not sync directories". */
 const DIR_FSYNC_UNSUPPORTED = new Set(['EINVAL', 'ENOTSUP', 'EOPNOTSUPP', 'EISDIR', 'EBADF']);
 
+/**
+ * Temporaries are `<target>.tmp-<pid>-<hex>`: a random prefix per copy of this module (two copies,
+ * ESM and CJS, may share a process) and a counter. A random suffix per write cost a synchronous
+ * read of the kernel's random pool every time, many per start.
+ */
+const tempPrefix = randomBytes(4).toString('hex');
+let tempCounter = 0;
+
 /** A fresh temporary name in the target's directory. */
 function tempPath(path: string): string {
-  return `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  tempCounter++;
+  return `${path}.tmp-${process.pid}-${tempPrefix}${tempCounter.toString(16).padStart(8, '0')}`;
 }
 
 function fail(err: unknown, path: string): never {

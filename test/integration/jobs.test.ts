@@ -88,7 +88,9 @@ describe('jobs', () => {
     const job = await dom.getJobInfo();
     expect(job).toMatchObject({ operation: 'start', phase: 'configureThreads', aborting: false });
     expect(job.progress).toEqual({ completed: 9, total: START_STEPS.length, unit: 'steps' });
-    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff' });
+    // QEMU exists, its vCPUs have not run: libvirt's paused/starting-up, until the start finishes.
+    expect(await dom.getState()).toEqual({ state: 'paused', reason: 'starting-up' });
+    expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'starting-up' });
     expect(dom.toXML()).toContain('<name>long</name>');
     expect((await conn.listDomains()).map((d) => d.name)).toEqual(['long']);
     expect((await conn.lookupDomain('long')).uuid).toBe(dom.uuid);
@@ -142,6 +144,8 @@ describe('jobs', () => {
     const starting = dom.start({ paused: true }).catch((e: unknown) => e);
     const handlerSignal = await gate.inHandler;
     expect(await dom.getJobInfo()).toMatchObject({ operation: 'start', phase: 'openDescriptors' });
+    // No process yet: the domain is not active, its state still the one before the start.
+    expect(await dom.getState()).toEqual({ state: 'shutoff', reason: 'unknown' });
     await dom.destroy();
     expect(handlerSignal.aborted).toBe(true);
     expect(await starting).toMatchObject({ name: 'VirtError', code: 'OPERATION_FAILED' });

@@ -318,6 +318,8 @@ describe('failures roll the domain back with the embedded driver codes', () => {
     const dom = await conn.defineDomain(privileged('stuck'));
     const starting = dom.start({ paused: true }).catch((e: unknown) => e);
     await inHandler;
+    // As the embedded driver: the simulated process exists, its vCPUs have not run.
+    expect(await dom.getState()).toEqual({ state: 'paused', reason: 'starting-up' });
     await dom.destroy();
     expect(signal?.aborted).toBe(true);
     expect(await starting).toMatchObject({ name: 'VirtError', code: 'OPERATION_FAILED' });

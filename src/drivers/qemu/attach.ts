@@ -12,7 +12,7 @@ import { peerCredentials, unixConnect } from '../../util/unix-socket.js';
 import { qemuCwd, readDevices } from './devices/from-qmp.js';
 import { QmpClient } from './qmp/client.js';
 import { domainPaths, type RootLayout } from './root.js';
-import { type DomainStatus, readStatus } from './status.js';
+import { readStatus, type StatusRecord } from './status.js';
 
 /** The taint of a domain whose QEMU virtkit did not launch (libvirt's `external-launch`). */
 export const EXTERNAL_LAUNCH_TAINT = 'external-launch';
@@ -44,7 +44,7 @@ const NIL_UUID = '00000000-0000-0000-0000-000000000000';
 export interface Inspection {
   readonly def: DomainDefinition;
   /** The status the domain is recorded with, minus the id the driver assigns. */
-  readonly status: Omit<DomainStatus, 'id'>;
+  readonly status: Omit<StatusRecord, 'id'>;
   /** QEMU devices the definition cannot represent, with why (the driver logs them). */
   readonly skipped: readonly string[];
 }

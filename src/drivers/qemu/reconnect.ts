@@ -14,7 +14,7 @@ import { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
 import { statusOfRunState } from './run-state.js';
 import { recordJob } from './runtime-status.js';
-import { type DomainStatus, readStatus } from './status.js';
+import { readStatus, type StatusRecord } from './status.js';
 import { removeIfPresent } from './store.js';
 
 const RECONNECT_TIMEOUT_MS = 10_000;
@@ -28,7 +28,7 @@ const realpath = (path: string): string | undefined => {
 };
 
 /** True only for the very process the status describes: same pid, same start time, same binary. */
-function isSameProcess(status: DomainStatus): boolean {
+function isSameProcess(status: StatusRecord): boolean {
   const startTime = readProcStartTime(status.pid);
   if (startTime === undefined || startTime.toString() !== status.startTime) return false;
   const exe = readProcExe(status.pid);
@@ -42,7 +42,7 @@ function isSameProcess(status: DomainStatus): boolean {
  */
 export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Promise<void> {
   const paths = domainPaths(ctx.layout, dom.def.name, dom.def.uuid);
-  let status: DomainStatus | undefined;
+  let status: StatusRecord | undefined;
   try {
     status = readStatus(paths.status);
   } catch (err) {

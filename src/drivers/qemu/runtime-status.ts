@@ -1,6 +1,6 @@
 import type { Job } from '../jobs.js';
 import type { Runtime } from './domain-object.js';
-import { type DomainStatusRecord, writeStatus } from './status.js';
+import { type RawStatusRecord, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
 
 /** The status file's content for a runtime: what a successor driver adopts the domain from. */
@@ -8,7 +8,7 @@ export function runtimeStatus(
   run: Runtime,
   phase: 'starting' | 'running',
   job: Job | undefined,
-): DomainStatusRecord {
+): RawStatusRecord {
   return {
     version: 1,
     phase,

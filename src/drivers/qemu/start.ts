@@ -26,7 +26,7 @@ import { execSlot, FIRST_CHILD_FD, type Launch, launchStub } from './process.js'
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { runtimeStatus } from './runtime-status.js';
-import { type DomainStatusRecord, type ThreadIds, writeStatus } from './status.js';
+import { type RawStatusRecord, type ThreadIds, writeStatus } from './status.js';
 import { removeIfPresent } from './store.js';
 
 /** The emulator used when a definition names none. */
@@ -289,7 +289,7 @@ function spawnStub(s: Startup): void {
     placements: [],
     placementAttempted: false,
     cancel: s.job.controller,
-    child: launch.child,
+    forgetExit: launch.forget,
     exited: launch.exited,
     finalized: finalized.promise,
     started: false,
@@ -298,6 +298,8 @@ function spawnStub(s: Startup): void {
   };
   s.run = run;
   dom.run = run;
+  // Active from here, its vCPUs not yet run: libvirt's paused/starting-up (qemuProcessInit), no event.
+  ctx.setState(dom, { state: 'paused', reason: 'starting-up' });
   // Until start-up completes the start sequence owns clean-up; afterwards the exit finalizes.
   void launch.exited.then(async (info) => {
     run.exitInfo = info;
@@ -306,7 +308,7 @@ function spawnStub(s: Startup): void {
   });
 }
 
-function status(s: Startup, phase: 'starting' | 'running'): DomainStatusRecord {
+function status(s: Startup, phase: 'starting' | 'running'): RawStatusRecord {
   return runtimeStatus(s.run as Runtime, phase, s.job);
 }
 

@@ -52,10 +52,10 @@ const statusSchema = z.object({
 });
 
 /** The status file of a running domain in `<root>/run`: all a new driver needs to adopt it. */
-export type DomainStatus = Omit<z.infer<typeof statusSchema>, 'live'> & { live: DomainDefinition };
+export type StatusRecord = Omit<z.infer<typeof statusSchema>, 'live'> & { live: DomainDefinition };
 
 /** A status as written: the live definition may be a record kept as found (unreadable). */
-export type DomainStatusRecord = Omit<DomainStatus, 'live'> & { live: unknown };
+export type RawStatusRecord = Omit<StatusRecord, 'live'> & { live: unknown };
 
 /**
  * Writes the status atomically: a reader sees the old or the new status, never a torn one.
@@ -73,7 +73,7 @@ export type DomainStatusRecord = Omit<DomainStatus, 'live'> & { live: unknown };
  */
 export async function writeStatus(
   path: string,
-  status: DomainStatusRecord,
+  status: RawStatusRecord,
   durable = true,
   options: { readonly replacesVolatile?: boolean } = {},
 ): Promise<void> {
@@ -85,7 +85,7 @@ export async function writeStatus(
 }
 
 /** Reads a status file; undefined when there is none, throws when it is corrupt. */
-export function readStatus(path: string): DomainStatus | undefined {
+export function readStatus(path: string): StatusRecord | undefined {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -93,5 +93,5 @@ export function readStatus(path: string): DomainStatus | undefined {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  return statusSchema.parse(JSON.parse(text)) as DomainStatus;
+  return statusSchema.parse(JSON.parse(text)) as StatusRecord;
 }

@@ -25,6 +25,8 @@ export interface SimRun {
 export interface StartAttempt {
   readonly cancel: AbortController;
   spawned: boolean;
+  /** Called once the simulated process exists (the domain reads paused/starting-up from then on). */
+  readonly onSpawn?: () => void;
 }
 
 /** The cgroup parent the simulated built-in places threads under (as the embedded driver's default). */
@@ -111,6 +113,7 @@ export class PrivilegedSimulation {
       const id = allocateId();
       const proc = this.#sim.spawn(def, id);
       attempt.spawned = true;
+      attempt.onSpawn?.();
       run = { id, pid: proc.pid, taints, placements: [], placementAttempted: false };
       // QEMU inherited the descriptors; the driver's copies go.
       closeResultFds({ fds: fds.splice(0) });
@@ -130,7 +133,7 @@ export class PrivilegedSimulation {
     scope: InvocationScope,
     def: DomainDefinition,
     proc: SimProcess,
-    phase: 'pre-exec' | 'migration-in',
+    phase: 'pre-exec' | 'migration-in' | 'hotplug',
   ): Promise<void> {
     const need = memLockNeed(def);
     if (!need) return;
@@ -261,6 +264,16 @@ export class PrivilegedSimulation {
       if (def.type === 'qemu') run.vcpuUnplugged = true;
       throw err;
     }
+  }
+
+  /**
+   * A DIMM hot-plugged (`drivers/qemu/hotplug-memory.ts`), simulated: the memlock need of `def`
+   * (the definition with the DIMM) is recomputed and, when the simulated process's limit does not
+   * cover it, raised through `process.setMaxMemLock` in phase `hotplug` before the memory exists.
+   */
+  async hotplugMemory(def: DomainDefinition, run: SimRun, signal: AbortSignal): Promise<void> {
+    const scope = this.#scope(def, run.id, run.pid, run.taints, signal);
+    await this.#raiseMemLock(scope, def, this.#sim.running(run.pid), 'hotplug');
   }
 
   /** An unplugged vCPU's thread ends (the guest let go at once). */
