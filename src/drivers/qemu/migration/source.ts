@@ -21,7 +21,7 @@ import {
   type OutgoingRecord,
   setMigration,
 } from './record.js';
-import { checkTls, disableTls, enableTls } from './tls.js';
+import { checkClientTls, disableTls, enableTls } from './tls.js';
 import { formatMigrationUri, type MigrationAddress, parseMigrationUri } from './uri.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -109,16 +109,7 @@ export async function performMigration(
         ? `the migration of '${dom.def.name}' failed; end it with migrateConfirm({ cancelled: true })`
         : `the migration of '${dom.def.name}' was already performed`,
     );
-  const hostname = options.tls?.hostname ?? (address.kind === 'tcp' ? address.host : undefined);
-  if (options.tls) {
-    checkTls(options.tls, 'client', 'tls');
-    if (!hostname)
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        'tls.hostname is required for a unix: URI: it names the certificate the destination must show',
-        { field: 'tls.hostname' },
-      );
-  }
+  const hostname = options.tls ? checkClientTls(options.tls, address) : undefined;
   const job = record.held?.job;
   if (!job) throw new VirtError(ErrorCode.INTERNAL_ERROR, 'an outgoing migration without its job');
   const unfollow = job.follow(options.signal);
