@@ -29,6 +29,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   let endpoint: Endpoint | undefined;
   // An error before the command has run (a domain that does not exist) is reported as JSON too.
   let json = argv.includes('--json');
+  // The domain the command names: virsh reports a lookup that failed as "failed to get domain".
+  let named: string | undefined;
   const program = new Command();
   const open = async (): Promise<Endpoint> => {
     endpoint ??= await openEndpoint(resolveUri(program.opts<GlobalOptions>()));
@@ -55,6 +57,10 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       'after',
       '\nA root held by a running application is reached through its control socket, when it serves one.\nExit status: 0 on success, 1 on failure (the error code is on standard error).',
     );
+
+  program.hook('preAction', (_program, command) => {
+    if (command.registeredArguments[0]?.name() === 'domain') named = String(command.processedArgs[0]);
+  });
 
   const domainCommand = (name: string, description: string): Command =>
     program.command(name).description(description).argument('<domain>', 'domain name, id or uuid');
@@ -471,6 +477,12 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
         }
         json = !!o.json;
         const ep = await open();
+        let only: string | undefined;
+        if (o.domain !== undefined) {
+          named = o.domain;
+          // By uuid from here on, so an id or a name given works alike.
+          only = (await ep.call('dominfo', { domain: o.domain })).uuid;
+        }
         let count = 0;
         await new Promise<void>((resolve, reject) => {
           const timer = o.timeout === undefined ? undefined : setTimeout(resolve, o.timeout * 1000);
@@ -481,7 +493,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
             process.off('SIGINT', onSignal);
             resolve();
           };
-          ep.subscribe(o.domain, (event: DomainEvent) => {
+          ep.subscribe(only, (event: DomainEvent) => {
             count++;
             io.out(o.json ? `${JSON.stringify(event)}\n` : eventLine(event));
             if (!o.loop) finish();
@@ -501,11 +513,14 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       return code === 0 ? 0 : 1;
     }
     const e = VirtError.is(err) ? err : new VirtError(ErrorCode.INTERNAL_ERROR, errorMessage(err));
-    io.err(
-      json
-        ? `${JSON.stringify({ error: { code: e.code, message: e.message, details: e.details } })}\n`
-        : `error: ${e.code}: ${e.message}\n`,
-    );
+    if (json) {
+      io.err(`${JSON.stringify({ error: { code: e.code, message: e.message, details: e.details } })}\n`);
+    } else {
+      // virsh's first line, which scripts match; then virtkit's code and message.
+      if (e.code === ErrorCode.NO_DOMAIN && named !== undefined)
+        io.err(`error: failed to get domain '${named}'\n`);
+      io.err(`error: ${e.code}: ${e.message}\n`);
+    }
     return 1;
   } finally {
     await endpoint?.close();

@@ -124,10 +124,21 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
 
     it('fails with status 1 and the error code, refuses bad usage, and has help for every command', async () => {
       const { root, run } = await setUp(mode);
+      // virsh's line first (scripts match it), then the code and message.
       expect(run('start', 'nope')).toMatchObject({
         code: 1,
         out: '',
-        err: expect.stringMatching(/^error: NO_DOMAIN: /),
+        err: expect.stringMatching(/^error: failed to get domain 'nope'\nerror: NO_DOMAIN: [^\n]+\n$/),
+      });
+      for (const cmd of ['dominfo', 'domstate', 'domid', 'dumpxml', 'destroy', 'undefine', 'console'])
+        expect(run(cmd, 'nope')).toEqual({
+          code: 1,
+          out: '',
+          err: expect.stringMatching(/^error: failed to get domain 'nope'\nerror: NO_DOMAIN: /),
+        });
+      expect(run('event', '--domain', 'nope', '--timeout', '1')).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(/^error: failed to get domain 'nope'\nerror: NO_DOMAIN: /),
       });
       const failed = run('dominfo', 'nope', '--json');
       expect(failed.code).toBe(1);
@@ -156,7 +167,7 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       });
       expect(run('reboot', 'x')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: NO_DOMAIN: /),
+        err: expect.stringMatching(/^error: failed to get domain 'x'\nerror: NO_DOMAIN: /),
       });
       expect(run('create', bad)).toMatchObject({
         code: 1,

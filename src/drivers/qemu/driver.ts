@@ -56,7 +56,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
-import { attachMemory, detachMemory, isMemoryMatch } from './hotplug-memory.js';
+import { attachMemory, detachMemory, isMemoryMatchOf } from './hotplug-memory.js';
 import { setVcpus } from './hotplug-vcpus.js';
 import {
   destroyDomain,
@@ -455,9 +455,9 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     const dom = this.domain(uuid);
     return this.#track(
       this.job(dom, 'device-change', options.signal, () =>
-        isMemoryMatch(dom, match)
+        isMemoryMatchOf(dom, match)
           ? detachMemory(this, dom, match, options)
-          : // isMemoryMatch is false for every match of a memory element, so this one is a disk's or NIC's.
+          : // isMemoryMatchOf is false for every match of a memory element, so this one is a disk's or NIC's.
             detachDevice(this, dom, match as PciDeviceMatch, options),
       ),
     );
