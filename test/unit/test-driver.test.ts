@@ -155,7 +155,7 @@ describe('life cycle', () => {
     await expect(start).rejects.toMatchObject({ code: 'NO_DOMAIN' });
   });
 
-  it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
+  it('reboot and reset keep an active domain as it was (a rebooted event each), and refuse an inactive one', async () => {
     const dom = await conn.defineDomain(guest('r'));
     await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
     await expect(dom.reset()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
@@ -165,7 +165,7 @@ describe('life cycle', () => {
     await dom.reboot();
     await dom.reset();
     expect(await dom.getInfo()).toEqual(before);
-    expect(events).toEqual([]);
+    expect(events).toEqual(['rebooted:host', 'rebooted:host']);
   });
 
   it('start paused -> resume -> suspend -> resume -> destroy, with the embedded driver events', async () => {
@@ -455,6 +455,154 @@ describe('hotplug phase: attachDevice/detachDevice as the embedded driver does t
     await dom.resume();
     await dom.detachDevice(disk('vdc'), { live: true });
     expect(dom.getDefinition().disks.map((d) => d.target.dev)).toEqual(['vdb']);
+  });
+});
+
+describe('stable aliases and memory hotplug, as the embedded driver gives and does them', () => {
+  const MiB = 1024 * 1024;
+  const dimm = (mib: number) =>
+    `<memory model='dimm'><target><size unit='MiB'>${mib}</size></target></memory>`;
+
+  it('devices defined before start get the embedded driver aliases, kept through start and detach', async () => {
+    const dom = await conn.defineDomain(
+      guest('aliases', {
+        memoryKiB: 192 * 1024,
+        maxMemory: { kib: 1024 * 1024, slots: 2 },
+        disks: [
+          { type: 'file', source: '/images/a.img', target: { dev: 'vda', bus: 'virtio' } },
+          { type: 'file', source: '/images/b.img', target: { dev: 'sdb', bus: 'sata' } },
+        ],
+        interfaces: [
+          { type: 'user', model: 'virtio', alias: 'ua-mine' },
+          { type: 'user', model: 'virtio' },
+        ],
+        memoryDevices: [{ model: 'dimm', sizeKiB: 128 * 1024 }],
+      }),
+    );
+    const aliases = (def: ReturnType<typeof dom.getDefinition>) => [
+      ...def.disks.map((d) => d.alias),
+      ...def.interfaces.map((n) => n.alias),
+      ...(def.memoryDevices ?? []).map((m) => `${m.alias}@${m.slot}`),
+    ];
+    // The names qemu/devices/assign.ts gives (test/integration/devices-qemu.test.ts sees them in QEMU).
+    expect(aliases(dom.getDefinition())).toEqual(['virtio-disk0', 'sata0-0-1', 'ua-mine', 'net0', 'dimm0@0']);
+    expect(dom.toXML()).toContain("<alias name='virtio-disk0'/>");
+    await dom.start();
+    expect(aliases(dom.getDefinition())).toEqual(aliases(dom.getDefinition({ inactive: true })));
+    await dom.detachDevice('net0', { live: true });
+    await dom.detachDevice('dimm0', { live: true });
+    expect(aliases(dom.getDefinition())).toEqual(['virtio-disk0', 'sata0-0-1', 'ua-mine']);
+    expect(dom.getDefinition().memoryKiB).toBe(64 * 1024);
+    expect(events.slice(-2)).toEqual(['device-removed:net0', 'device-removed:dimm0']);
+  });
+
+  it('a DIMM: memlock raised in phase hotplug only when the limit does not cover the need; a lying handler changes nothing', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    const host = simulatedHost(conn);
+    let lie = false;
+    const calls: unknown[] = [];
+    api.setHandler('process.setMaxMemLock', (ctx, args) => {
+      calls.push({
+        phase: ctx.phase,
+        pid: ctx.pid,
+        bytes: args.bytes,
+        current: args.current,
+        rule: args.breakdown.rule,
+      });
+      if (!lie && args.pid !== undefined) host.setMemLock(args.pid, { soft: args.bytes, hard: args.bytes });
+    });
+    const dom = await conn.defineDomain(
+      guest('mem', { maxMemory: { kib: 1024 * 1024, slots: 2 }, memtune: { hardLimitKiB: 16 * 1024 } }),
+    );
+    await dom.start();
+    const { pid } = await dom.getInfo();
+    expect(calls).toEqual([
+      {
+        phase: 'pre-exec',
+        pid,
+        bytes: BigInt(16 * MiB),
+        current: { soft: BigInt(8 * MiB), hard: BigInt(8 * MiB) },
+        rule: 'hard_limit',
+      },
+    ]);
+    // The limit covers the need: no call, the DIMM is there at once.
+    await dom.attachDevice(dimm(128), { live: true });
+    expect(calls).toHaveLength(1);
+    expect(dom.getDefinition()).toMatchObject({
+      memoryKiB: 192 * 1024,
+      memoryDevices: [{ alias: 'dimm0', slot: 0 }],
+    });
+    expect(dom.getDefinition({ inactive: true }).memoryDevices).toBeUndefined();
+
+    // Someone lowered the soft limit (the launcher's own): the next DIMM raises it first.
+    host.setMemLock(pid as number, { soft: BigInt(MiB), hard: BigInt(16 * MiB) });
+    await dom.attachDevice(dimm(64), { live: true, config: true });
+    expect(calls.at(-1)).toEqual({
+      phase: 'hotplug',
+      pid,
+      bytes: BigInt(16 * MiB),
+      current: { soft: BigInt(MiB), hard: BigInt(16 * MiB) },
+      rule: 'hard_limit',
+    });
+    expect(host.process(pid as number)?.memlock).toEqual({ soft: BigInt(16 * MiB), hard: BigInt(16 * MiB) });
+    expect(dom.getDefinition().memoryDevices?.map((d) => d.alias)).toEqual(['dimm0', 'dimm1']);
+    // Each definition's own free slot, as libvirt assigns them (the persistent one had none).
+    expect(dom.getDefinition({ inactive: true }).memoryDevices).toMatchObject([
+      { sizeKiB: 64 * 1024, slot: 0, alias: 'dimm0' },
+    ]);
+    expect(host.log(dom.uuid).at(-1)).toMatch(
+      /^internal: process\.setMaxMemLock phase=hotplug via=setHandler [\d.]+ms ok$/,
+    );
+
+    // A handler that says yes and does nothing: caught by the post-check, nothing added.
+    await dom.detachDevice('dimm1', { live: true });
+    host.setMemLock(pid as number, { soft: BigInt(MiB), hard: BigInt(16 * MiB) });
+    lie = true;
+    const before = dom.toXML();
+    await expect(dom.attachDevice(dimm(64), { live: true })).rejects.toMatchObject({
+      code: 'POSTCONDITION_FAILED',
+      details: expect.objectContaining({ operation: 'process.setMaxMemLock', phase: 'hotplug' }),
+    });
+    expect(dom.toXML()).toBe(before);
+    expect(events.filter((e) => e.startsWith('device-'))).toEqual([
+      'device-added:dimm0',
+      'device-added:dimm1',
+      'device-removed:dimm1',
+    ]);
+  });
+
+  it('refuses what the embedded driver refuses; a paused guest never lets go of a DIMM', async () => {
+    const plain = await conn.defineDomain(guest('mem-plain'));
+    await expect(plain.attachDevice(dimm(64))).rejects.toMatchObject({
+      code: 'CONFIG_UNSUPPORTED',
+      details: { path: 'maxMemory' },
+    });
+    const huge = await conn.defineDomain(
+      guest('mem-huge', { maxMemory: { kib: 1024 * 1024, slots: 1 }, memoryBacking: { hugepages: true } }),
+    );
+    await expect(huge.attachDevice(dimm(64))).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    const dom = await conn.defineDomain(guest('mem', { maxMemory: { kib: 256 * 1024, slots: 1 } }));
+    await expect(dom.attachDevice(dimm(256))).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+      details: expect.objectContaining({ path: 'memory.sizeKiB' }),
+    });
+    await dom.start({ paused: true });
+    await dom.attachDevice(dimm(64), { live: true });
+    await expect(dom.attachDevice(dimm(64), { live: true })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+      details: expect.objectContaining({ path: 'maxMemory.slots' }),
+    });
+    await expect(dom.detachDevice('dimm0', { live: true, timeoutMs: 20 })).rejects.toMatchObject({
+      code: 'OPERATION_TIMEOUT',
+    });
+    expect(dom.getDefinition().memoryDevices?.map((d) => d.alias)).toEqual(['dimm0']);
+    await expect(dom.detachDevice('dimm7', { live: true })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+    });
+    await dom.resume();
+    await dom.detachDevice(dimm(64), { live: true });
+    expect(dom.getDefinition()).toMatchObject({ memoryKiB: 64 * 1024 });
+    expect(dom.getDefinition().memoryDevices).toBeUndefined();
   });
 });
 
