@@ -4,6 +4,7 @@ import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { CONTROL_FD, STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
+import { readProcState } from '../../util/proc.js';
 import { canSpawnInSession, pipeCloexec, spawnInSession } from '../../util/spawn-session.js';
 import { leaderGone } from './emulator-kill.js';
 import type { ExitInfo } from './exit-info.js';
@@ -69,26 +70,6 @@ export function execSlot(gone: Promise<unknown>): Promise<() => void> {
 }
 
 /**
- * Waits until the stub's exec of the shell is complete. The spawn returns at exec's point of no
- * return, when `/proc/<pid>/exe` already names the shell but its argv is not set up yet (an empty
- * `/proc/<pid>/cmdline`, a window a loaded host makes milliseconds long); a privileged helper
- * recognises the stub by that argv, so a pre-exec request must not reach it earlier. Bounded: a
- * stub that never gets there fails the request, or dies and its exit reports it.
- */
-export async function untilStubArgv(pid: number, timeoutMs = 5_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (readFileSync(`/proc/${pid}/cmdline`).length > 0) return;
-    } catch {
-      return;
-    }
-    if (Date.now() >= until) return;
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-}
-
-/**
  * Spawns the stub in its own session, with stdout/stderr on the log, its control pipe at 3 and
  * `fds` at 4, 5, … Through `posix_spawn` where the host allows (no fork of this process, see
  * util/spawn-session.ts), else through `child_process.spawn`.
@@ -132,6 +113,30 @@ export function launchStub(
     proceed: () => finish('go\n'),
     abandon: () => finish(''),
   };
+}
+
+/**
+ * Resolves once the stub runs as the stub: its `/proc/<pid>/cmdline` shows the stub's arguments.
+ * Spawning returns once the exec has passed its point of no return, which is before the new
+ * program's arguments are in place: for a moment the process is the shell with an empty command
+ * line. A privileged helper recognises the stub by that command line (it may raise the limits of
+ * the driver's stub only), so `process.setMaxMemLock` waits for it. Resolves at once if the
+ * process is gone or a zombie (its exit is reported elsewhere), and after `timeoutMs` in any case.
+ */
+export async function stubExecuted(pid: number, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
+    let argv: string;
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      return;
+    }
+    if (argv.includes(`\0${STUB_ARGV0}\0`) || Date.now() >= until) return;
+    const state = readProcState(pid);
+    if (state === undefined || state === 'Z' || state === 'X') return;
+    await new Promise((r) => setTimeout(r, delay));
+  }
 }
 
 /** {@link launchStub} through `child_process.spawn`: a fork of this process. */
