@@ -1,6 +1,6 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { ErrorCode, errorMessage, toVirtError, VirtError } from '../../errors.js';
 import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { HandlerTable } from '../../privileged/handler-table.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../privileged/seam.js';
@@ -564,7 +564,12 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         if (transient) this.#attached.add(dom.def.uuid);
       } catch (err) {
         held.end(err);
-        throw held.job.failure(err);
+        throw toVirtError(
+          held.job.failure(err),
+          ErrorCode.OPERATION_FAILED,
+          `cannot prepare the incoming migration of '${def.name}'; the destination was rolled back`,
+          { domain: { name: def.name, uuid: def.uuid } },
+        );
       } finally {
         held.job.end();
       }

@@ -1,4 +1,4 @@
-import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
+import { ErrorCode, errorMessage, toVirtError, VirtError } from '../../../errors.js';
 import type { OutgoingMigration } from '../../../stable/driver.js';
 import type {
   MigratePerformOptions,
@@ -128,7 +128,9 @@ export async function performMigration(
     if (record.tls && !run.qmp.closed) await disableTls(run.qmp);
     record.tls = false;
     await enterPhase(dom, record, 'perform-failed');
-    throw job.failure(err);
+    throw toVirtError(job.failure(err), ErrorCode.OPERATION_FAILED, `migration of '${dom.def.name}' failed`, {
+      domain: { name: dom.def.name, uuid: dom.def.uuid },
+    });
   } finally {
     unfollow();
   }
@@ -158,12 +160,21 @@ async function stream(
   try {
     ctx.log(dom, `migration: perform to ${formatMigrationUri(address)}`);
     await qmp.command('migrate', { uri: formatMigrationUri(address) });
-    faultPoint('migrate:streaming');
-    const status = await reportUntil(qmp, end, startedAt, (p) => {
-      job.migration = p;
-      job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
-      options.onProgress?.(p);
-    });
+    let status: string;
+    try {
+      faultPoint('migrate:streaming');
+      status = await reportUntil(qmp, end, startedAt, (p) => {
+        job.migration = p;
+        job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
+        options.onProgress?.(p);
+      });
+    } catch (err) {
+      // A stream left running would complete without anyone confirming it, and leave the source
+      // paused for good: it is cancelled, and over, before the caller resumes the source.
+      await qmp.command('migrate_cancel').catch(() => undefined);
+      await within(end, QUIT_WAIT_MS);
+      throw err;
+    }
     if (status !== 'completed') {
       job.checkAborted();
       const info = await qmp.command('query-migrate').catch(() => undefined);
