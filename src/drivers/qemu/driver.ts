@@ -77,7 +77,7 @@ import { parseMigrationUri } from './migration/uri.js';
 import { monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
-import { recordJob } from './runtime-status.js';
+import { recordJob, saveState } from './runtime-status.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
 import { writeStatus } from './status.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
@@ -291,14 +291,28 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     appendLog(domainPaths(this.layout, dom.def.name, dom.def.uuid).log, message);
   }
 
+  /**
+   * The state of a started domain is kept in its status file (libvirt's status XML), so a new
+   * driver keeps the reasons QEMU cannot tell it. A failed write is logged: the state itself changed.
+   */
+  protected override stateChanged(dom: DomainObject): void {
+    const run = dom.run;
+    if (!run) return;
+    try {
+      saveState(dom, run);
+    } catch (err) {
+      this.log(dom, `cannot record the state in ${run.paths.status}: ${errorMessage(err)}`);
+    }
+  }
+
   /** A job on a running domain is recorded in its status file while it runs. */
   protected override async runJob<T>(dom: DomainObject, job: Job, fn: (job: Job) => Promise<T>): Promise<T> {
     const run = dom.run;
-    if (run) await recordJob(run, job, () => dom.run === run);
+    if (run) await recordJob(dom, run, job);
     try {
       return await fn(job);
     } finally {
-      if (run) await recordJob(run, undefined, () => dom.run === run);
+      if (run) await recordJob(dom, run, undefined);
     }
   }
 

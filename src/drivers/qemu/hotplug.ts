@@ -93,7 +93,7 @@ const aliasOf = (device: PciDeviceDefinition): string =>
  * status file atomically, so a new driver finds the device.
  */
 function saveLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
-  return setLive(run, next, dom.jobs.current, () => dom.run === run);
+  return setLive(dom, run, next);
 }
 
 /** Attaches a device to the running domain and/or its persistent definition. */

@@ -4,7 +4,7 @@ import { qemuCwd, readDevices } from './devices/from-qmp.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { requireActive } from './lifecycle.js';
 import { setLive } from './live-definition.js';
-import { readStatus, writeStatus } from './status.js';
+import { dropIfGone, runtimeStatus, settleStatus, writeStatusDurably } from './runtime-status.js';
 
 /** Where the events of one subscription go (the seam's `MonitorEventSink`, by shape). */
 export interface EventSink {
@@ -81,12 +81,11 @@ async function adoptAddedDevice(
     }
     if (dom.run !== run) return;
     await setLive(
+      dom,
       run,
       disk
         ? { ...run.live, disks: [...run.live.disks, disk] }
         : { ...run.live, interfaces: [...run.live.interfaces, nic as NonNullable<typeof nic>] },
-      dom.jobs.current,
-      () => dom.run === run,
     );
     ctx.log(dom, `monitor passthrough: ${id} added to the live definition`);
     ctx.emit(dom, 'device-added', id);
@@ -128,9 +127,11 @@ async function taint(ctx: DriverContext, dom: DomainObject, run: Runtime): Promi
   if (run.taints.includes(CUSTOM_MONITOR_TAINT)) return;
   run.taints.push(CUSTOM_MONITOR_TAINT);
   ctx.log(dom, `domain id=${run.id} is tainted: ${CUSTOM_MONITOR_TAINT}`);
+  if (!run.started || run.detached || dom.run !== run) return;
   try {
-    const status = readStatus(run.paths.status);
-    if (status) await writeStatus(run.paths.status, { ...status, taints: [...run.taints] });
+    await writeStatusDurably(run, runtimeStatus(run, 'running', dom.status));
+    dropIfGone(dom, run);
+    settleStatus(dom, run);
   } catch (err) {
     ctx.log(
       dom,
