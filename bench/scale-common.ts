@@ -63,9 +63,9 @@ export interface ScaleResult {
  * so the RSS measured is the driver's and not that of the tsx transpiler (about 40 MiB more);
  * through tsx when esbuild cannot be loaded.
  */
-async function entry(script: string): Promise<string[]> {
-  const source = join(import.meta.dirname, `${script}.ts`);
-  const outfile = join(import.meta.dirname, '.build', `${script}.mjs`);
+async function entry(script: string, benchDir = import.meta.dirname): Promise<string[]> {
+  const source = join(benchDir, `${script}.ts`);
+  const outfile = join(benchDir, '.build', `${script}.mjs`);
   try {
     const esbuild = await import('esbuild');
     await esbuild.build({
@@ -78,7 +78,7 @@ async function entry(script: string): Promise<string[]> {
       outfile,
       logLevel: 'warning',
     });
-    onCleanup(() => rmSync(join(import.meta.dirname, '.build'), { recursive: true, force: true }));
+    onCleanup(() => rmSync(join(benchDir, '.build'), { recursive: true, force: true }));
     return [outfile];
   } catch {
     return ['--import', 'tsx', source];
@@ -103,9 +103,16 @@ export class ScaleHost {
     this.#exited = new Promise((r) => child.once('exit', () => r()));
   }
 
-  /** The virtkit side: a driver on a fresh root with `n` bench domains defined. */
-  static virtkit(n: number, accel: Accel): Promise<ScaleHost> {
-    return ScaleHost.launch('scale-virtkit', [tempDir('vk-scale'), String(n), accel]);
+  /**
+   * The virtkit side: a driver on a fresh root with `n` bench domains defined; `checkout`, another
+   * checkout of virtkit (with node_modules) whose own bench/scale-virtkit.ts and sources run instead.
+   */
+  static virtkit(n: number, accel: Accel, checkout?: string): Promise<ScaleHost> {
+    return ScaleHost.launch(
+      'scale-virtkit',
+      [tempDir('vk-scale'), String(n), accel],
+      checkout ? join(checkout, 'bench') : undefined,
+    );
   }
 
   /** The floor: `n` raw QEMUs driven by hand. */
@@ -113,15 +120,19 @@ export class ScaleHost {
     return ScaleHost.launch('scale-raw', [String(n), accel]);
   }
 
-  static async launch(script: string, args: string[]): Promise<ScaleHost> {
-    const argv = await entry(script);
+  static async launch(script: string, args: string[], benchDir?: string): Promise<ScaleHost> {
+    const argv = await entry(script, benchDir);
     // BENCH_SCALE_PROF=<dir>: a CPU profile of each side's process, for `node --cpu-prof` analysis.
     const prof = process.env['BENCH_SCALE_PROF'];
     const flags = prof
-      ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${script}-${Date.now()}.cpuprofile`]
+      ? [
+          '--cpu-prof',
+          `--cpu-prof-dir=${prof}`,
+          `--cpu-prof-name=${benchDir ? 'other-' : ''}${script}-${Date.now()}.cpuprofile`,
+        ]
       : [];
     const child = spawn(process.execPath, [...flags, ...argv, ...args], {
-      cwd: join(import.meta.dirname, '..'),
+      cwd: join(benchDir ?? import.meta.dirname, '..'),
       env: { ...process.env, BENCH_MARKER: MARKER },
       stdio: ['pipe', 'pipe', 'inherit'],
     });

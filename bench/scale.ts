@@ -9,7 +9,9 @@
  *              BENCH_LIST_N (1000), BENCH_LIST_RUNNING (half of BENCH_LIST_N),
  *              BENCH_SCALE_PROF (a directory: CPU profiles of both sides' processes),
  *              BENCH_SCALE_ONLY (comma list of burst,reconnect,list), BENCH_ACCEL (kvm|tcg),
- *              BENCH_SCALE_LIBVIRT (0: no libvirt beside virtkit in the reconnect measure).
+ *              BENCH_SCALE_LIBVIRT (0: no libvirt beside virtkit in the reconnect measure),
+ *              BENCH_SCALE_BEFORE (another checkout of virtkit, with node_modules: its driver runs
+ *              as a third side of every burst round, "virtkit (before)", for a before/after in one run).
  * The machine is shared: the load average is recorded with every round, and ratios are taken
  * between the two sides of one round (they ran back to back).
  */
@@ -40,6 +42,7 @@ const LIST_N = Number(process.env['BENCH_LIST_N'] ?? 1000);
 const LIST_RUNNING = Number(process.env['BENCH_LIST_RUNNING'] ?? Math.floor(LIST_N / 2));
 const ONLY = new Set((process.env['BENCH_SCALE_ONLY'] ?? 'burst,reconnect,list').split(','));
 const RESULTS = join(import.meta.dirname, 'results');
+const BEFORE = process.env['BENCH_SCALE_BEFORE'];
 
 const log = (msg: string) => process.stderr.write(`[bench:scale] ${msg}\n`);
 const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
@@ -72,6 +75,8 @@ async function libvirtAdopt(accel: Accel, root: string, n: number): Promise<LvAd
 interface Round {
   raw: ScaleResult;
   virtkit: ScaleResult;
+  /** The other checkout's driver (BENCH_SCALE_BEFORE). */
+  before?: ScaleResult;
   loadBefore: string;
   loadAfter: string;
 }
@@ -100,26 +105,35 @@ async function main(): Promise<void> {
   for (const { n: N, paused: PAUSED } of ONLY.has('burst') ? BURSTS : []) {
     const raw = await ScaleHost.raw(N, probe.accel);
     const vk = await ScaleHost.virtkit(N, probe.accel);
+    const bf = BEFORE ? await ScaleHost.virtkit(N, probe.accel, BEFORE) : undefined;
+    const hosts: Array<['raw' | 'virtkit' | 'before', ScaleHost]> = [
+      ['raw', raw],
+      ['virtkit', vk],
+      ...(bf ? [['before', bf] as ['before', ScaleHost]] : []),
+    ];
     // One unmeasured round each: page cache, QEMU's first exec, the JIT of both sides.
-    await raw.round(PAUSED);
-    await vk.round(PAUSED);
+    for (const [, h] of hosts) await h.round(PAUSED);
     const rounds: Round[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       const loadBefore = loadavg();
-      const sides = r % 2 === 0 ? ([raw, vk] as const) : ([vk, raw] as const);
-      const a = await sides[0].round(PAUSED);
-      const b = await sides[1].round(PAUSED);
-      const [rr, vr] = r % 2 === 0 ? [a, b] : [b, a];
-      rounds.push({ raw: rr, virtkit: vr, loadBefore, loadAfter: loadavg() });
+      // Each side goes first in turn.
+      const order = hosts.map((_, i) => hosts[(i + r) % hosts.length] as (typeof hosts)[number]);
+      const got: Partial<Record<'raw' | 'virtkit' | 'before', ScaleResult>> = {};
+      for (const [k, h] of order) got[k] = await h.round(PAUSED);
+      const rr = got.raw as ScaleResult;
+      const vr = got.virtkit as ScaleResult;
+      const br = got.before;
+      rounds.push({ raw: rr, virtkit: vr, ...(br ? { before: br } : {}), loadBefore, loadAfter: loadavg() });
       log(
-        `${N}${PAUSED ? ' paused' : ''} round ${r + 1}/${ROUNDS}: start raw ${f1(rr.startMs)} virtkit ${f1(vr.startMs)} ms (${f2(vr.startMs / rr.startMs)}×), ` +
-          `destroy raw ${f1(rr.destroyMs)} virtkit ${f1(vr.destroyMs)} ms; virtkit loop p99 ${f1(vr.startLoop?.p99)} max ${f1(vr.startLoop?.max)} ms; load ${loadavg()}`,
+        `${N}${PAUSED ? ' paused' : ''} round ${r + 1}/${ROUNDS}: start raw ${f1(rr.startMs)} virtkit ${f1(vr.startMs)} ms (${f2(vr.startMs / rr.startMs)}×)` +
+          `${br ? ` before ${f1(br.startMs)} ms (${f2(br.startMs / rr.startMs)}×)` : ''}, ` +
+          `destroy raw ${f1(rr.destroyMs)} virtkit ${f1(vr.destroyMs)}${br ? ` before ${f1(br.destroyMs)}` : ''} ms; ` +
+          `virtkit loop p99 ${f1(vr.startLoop?.p99)} max ${f1(vr.startLoop?.max)} ms${br ? ` (before ${f1(br.startLoop?.p99)} / ${f1(br.startLoop?.max)})` : ''}; load ${loadavg()}`,
       );
     }
-    await raw.quit();
-    await vk.quit();
-    const side = (k: 'raw' | 'virtkit') => {
-      const rs = rounds.map((r) => r[k]);
+    for (const [, h] of hosts) await h.quit();
+    const side = (k: 'raw' | 'virtkit' | 'before') => {
+      const rs = rounds.map((r) => r[k]).filter((x): x is ScaleResult => x !== undefined);
       return {
         startMs: med(rs.map((r) => r.startMs)),
         destroyMs: med(rs.map((r) => r.destroyMs)),
@@ -131,24 +145,42 @@ async function main(): Promise<void> {
         peakRssKiB: Math.max(...rs.map((r) => r.peakRssKiB)),
       };
     };
-    const s = { raw: side('raw'), virtkit: side('virtkit') };
-    const startRatio = med(rounds.map((r) => r.virtkit.startMs / r.raw.startMs));
-    const destroyRatio = med(rounds.map((r) => r.virtkit.destroyMs / r.raw.destroyMs));
-    json[`burst-${N}`] = { n: N, paused: PAUSED, rounds, summary: s, startRatio, destroyRatio };
+    const s = { raw: side('raw'), virtkit: side('virtkit'), ...(bf ? { before: side('before') } : {}) };
+    const ratio = (k: 'virtkit' | 'before', m: 'startMs' | 'destroyMs') =>
+      med(rounds.map((r) => (r[k]?.[m] ?? Number.NaN) / r.raw[m]));
+    const startRatio = ratio('virtkit', 'startMs');
+    const destroyRatio = ratio('virtkit', 'destroyMs');
+    const before = bf
+      ? {
+          checkout: BEFORE,
+          startRatio: ratio('before', 'startMs'),
+          destroyRatio: ratio('before', 'destroyMs'),
+        }
+      : undefined;
+    json[`burst-${N}`] = { n: N, paused: PAUSED, rounds, summary: s, startRatio, destroyRatio, before };
     md.push(`## ${N} domains started at once${PAUSED ? ' (paused)' : ''}, then destroyed at once`, '');
     md.push(
       '| side | start all (ms) | destroy all (ms) | loop delay p99 / max while starting (ms) | loop delay p99 while destroying (ms) | JS heap per running domain (after GC) | RSS per running domain | peak RSS |',
       '|---|---:|---:|---:|---:|---:|---:|---:|',
     );
-    for (const k of ['raw', 'virtkit'] as const) {
+    for (const k of ['raw', 'before', 'virtkit'] as const) {
       const x = s[k];
+      if (!x) continue;
+      const label = {
+        raw: 'raw QEMU (floor)',
+        before: 'virtkit before (BENCH_SCALE_BEFORE)',
+        virtkit: 'virtkit',
+      }[k];
       md.push(
-        `| ${k === 'raw' ? 'raw QEMU (floor)' : 'virtkit'} | ${f1(x.startMs)} | ${f1(x.destroyMs)} | ${f1(x.startLoopP99)} / ${f1(x.startLoopMax)} | ${f1(x.destroyLoopP99)} | ${f1(x.heapPerDomainKiB)} KiB | ${f1(x.perDomainKiB)} KiB | ${f1(x.peakRssKiB / 1024)} MiB |`,
+        `| ${label} | ${f1(x.startMs)} | ${f1(x.destroyMs)} | ${f1(x.startLoopP99)} / ${f1(x.startLoopMax)} | ${f1(x.destroyLoopP99)} | ${f1(x.heapPerDomainKiB)} KiB | ${f1(x.perDomainKiB)} KiB | ${f1(x.peakRssKiB / 1024)} MiB |`,
       );
     }
     md.push(
       '',
-      `Ratio virtkit / raw (median of per-round ratios): start **${f2(startRatio)}×**, destroy **${f2(destroyRatio)}×**.`,
+      `Ratio virtkit / raw (median of per-round ratios): start **${f2(startRatio)}×**, destroy **${f2(destroyRatio)}×**.` +
+        (before
+          ? ` Before (${before.checkout}): start ${f2(before.startRatio)}×, destroy ${f2(before.destroyRatio)}×; sides took turns going first.`
+          : ''),
       `Load average per round (before → after): ${rounds.map((r) => `${r.loadBefore} → ${r.loadAfter}`).join('; ')}.`,
       '',
     );

@@ -1,3 +1,4 @@
+import type { TlsJson } from '../stable/control/operations.js';
 import type { MigrationProgress } from '../stable/migration.js';
 import type { Endpoint } from './endpoint.js';
 
@@ -7,6 +8,12 @@ export interface MigrateFlags {
   readonly bandwidth?: number;
   readonly maxDowntime?: number;
   readonly verbose?: boolean;
+  /** Define the domain at the destination (virsh `--persistent`). */
+  readonly persistent?: boolean;
+  /** Remove the source's definition once migrated (virsh `--undefinesource`). */
+  readonly undefinesource?: boolean;
+  /** TLS credentials for both ends, when the stream is to be encrypted (virsh `--tls`). */
+  readonly tls?: TlsJson | undefined;
 }
 
 /**
@@ -33,6 +40,8 @@ export async function migrate(
     incoming = await dest.call('migratePrepare', {
       offer: offer as unknown as Record<string, unknown>,
       listen: flags.listen ?? 'tcp:127.0.0.1:0',
+      persist: !!flags.persistent,
+      ...(flags.tls === undefined ? {} : { tls: flags.tls }),
     });
   } catch (err) {
     await cancelSource();
@@ -47,6 +56,7 @@ export async function migrate(
         cookie: incoming.cookie,
         ...(flags.bandwidth === undefined ? {} : { bandwidthMiBps: flags.bandwidth }),
         ...(flags.maxDowntime === undefined ? {} : { maxDowntimeMs: flags.maxDowntime }),
+        ...(flags.tls === undefined ? {} : { tls: flags.tls }),
       },
       (p) => progress(p as MigrationProgress),
     );
@@ -62,7 +72,7 @@ export async function migrate(
     await cancelSource();
     throw err;
   }
-  await source.call('migrateConfirm', { domain: uuid });
+  await source.call('migrateConfirm', { domain: uuid, undefineSource: !!flags.undefinesource });
   return moved;
 }
 

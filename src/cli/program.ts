@@ -1,10 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { ErrorCode, errorMessage, VirtError } from '../errors.js';
-import type { DomainSummaryJson } from '../stable/control/operations.js';
+import type { DomainSummaryJson, TlsJson } from '../stable/control/operations.js';
 import type { DomainEvent } from '../stable/events.js';
 import { packageVersion } from '../stable/package-version.js';
 import { attachConsole } from './console.js';
@@ -29,6 +29,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   let endpoint: Endpoint | undefined;
   // An error before the command has run (a domain that does not exist) is reported as JSON too.
   let json = argv.includes('--json');
+  // The domain the command names: virsh reports a lookup that failed as "failed to get domain".
+  let named: string | undefined;
   const program = new Command();
   const open = async (): Promise<Endpoint> => {
     endpoint ??= await openEndpoint(resolveUri(program.opts<GlobalOptions>()));
@@ -55,6 +57,10 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       'after',
       '\nA root held by a running application is reached through its control socket, when it serves one.\nExit status: 0 on success, 1 on failure (the error code is on standard error).',
     );
+
+  program.hook('preAction', (_program, command) => {
+    if (command.registeredArguments[0]?.name() === 'domain') named = String(command.processedArgs[0]);
+  });
 
   const domainCommand = (name: string, description: string): Command =>
     program.command(name).description(description).argument('<domain>', 'domain name, id or uuid');
@@ -355,20 +361,43 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     )
     .option('--bandwidth <MiB/s>', 'bandwidth limit of the stream', positiveInt)
     .option('--max-downtime <ms>', 'longest pause of the guest at the switch-over', positiveInt)
+    .option('--persistent', 'define the domain at the destination too (else it is transient there)')
+    .option('--undefinesource', 'remove its definition from the source once migrated')
+    .option('--tls', 'encrypt the stream with TLS; each end checks the other against the CA')
+    .option(
+      '--tls-dir <dir>',
+      'with --tls: the credentials, ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem',
+    )
+    .option(
+      '--tls-destination <hostname>',
+      "with --tls: the name the destination's certificate carries (default: the host it listens on)",
+    )
     .option('--verbose', 'print the progress (always on a terminal)')
     .option('--json', 'JSON: { name, uuid, destination } once migrated')
     .action(
       async (
         domain: string,
         desturi: string,
-        o: { listen?: string; bandwidth?: number; maxDowntime?: number; verbose?: boolean; json?: boolean },
+        o: {
+          listen?: string;
+          bandwidth?: number;
+          maxDowntime?: number;
+          verbose?: boolean;
+          json?: boolean;
+          persistent?: boolean;
+          undefinesource?: boolean;
+          tls?: boolean;
+          tlsDir?: string;
+          tlsDestination?: string;
+        },
       ) => {
+        const flags = { ...o, tls: migrationTls(o) };
         const source = await open();
         const dest = await openEndpoint(desturi);
         const tty = process.stderr.isTTY === true;
         let last = '';
         try {
-          const moved = await migrate(source, dest, domain, o, (p) => {
+          const moved = await migrate(source, dest, domain, flags, (p) => {
             const line = progressLine(p);
             if ((tty || o.verbose) && line !== last) io.err(tty ? `\r${line}` : `${line}\n`);
             last = line;
@@ -436,18 +465,29 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .command('event')
     .description('print domain life-cycle events')
     .option('--domain <domain>', 'only events of this domain (name or uuid)')
-    .option('--event <name>', 'the event to wait for; only "lifecycle" exists')
+    .option('--event <name>', 'only this event: lifecycle, or reboot (the guest was reset)')
     .option('--all', 'every event (the default)')
     .option('--loop', 'keep printing until interrupted or the timeout')
     .option('--timeout <seconds>', 'stop after this many seconds', positiveInt)
     .option('--json', 'JSON: one event object per line')
     .action(
       async (o: { domain?: string; event?: string; loop?: boolean; timeout?: number; json?: boolean }) => {
-        if (o.event !== undefined && o.event !== 'lifecycle') {
-          throw new VirtError(ErrorCode.OPERATION_INVALID, `unknown event '${o.event}': use lifecycle`);
+        if (o.event !== undefined && o.event !== 'lifecycle' && o.event !== 'reboot') {
+          throw new VirtError(
+            ErrorCode.OPERATION_INVALID,
+            `unknown event '${o.event}': use lifecycle or reboot`,
+          );
         }
+        const wanted = (event: DomainEvent): boolean =>
+          o.event === undefined || (o.event === 'reboot') === (event.type === 'rebooted');
         json = !!o.json;
         const ep = await open();
+        let only: string | undefined;
+        if (o.domain !== undefined) {
+          named = o.domain;
+          // By uuid from here on, so an id or a name given works alike.
+          only = (await ep.call('dominfo', { domain: o.domain })).uuid;
+        }
         let count = 0;
         await new Promise<void>((resolve, reject) => {
           const timer = o.timeout === undefined ? undefined : setTimeout(resolve, o.timeout * 1000);
@@ -458,7 +498,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
             process.off('SIGINT', onSignal);
             resolve();
           };
-          ep.subscribe(o.domain, (event: DomainEvent) => {
+          ep.subscribe(only, (event: DomainEvent) => {
+            if (!wanted(event)) return;
             count++;
             io.out(o.json ? `${JSON.stringify(event)}\n` : eventLine(event));
             if (!o.loop) finish();
@@ -478,11 +519,14 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       return code === 0 ? 0 : 1;
     }
     const e = VirtError.is(err) ? err : new VirtError(ErrorCode.INTERNAL_ERROR, errorMessage(err));
-    io.err(
-      json
-        ? `${JSON.stringify({ error: { code: e.code, message: e.message, details: e.details } })}\n`
-        : `error: ${e.code}: ${e.message}\n`,
-    );
+    if (json) {
+      io.err(`${JSON.stringify({ error: { code: e.code, message: e.message, details: e.details } })}\n`);
+    } else {
+      // virsh's first line, which scripts match; then virtkit's code and message.
+      if (e.code === ErrorCode.NO_DOMAIN && named !== undefined)
+        io.err(`error: failed to get domain '${named}'\n`);
+      io.err(`error: ${e.code}: ${e.message}\n`);
+    }
     return 1;
   } finally {
     await endpoint?.close();
@@ -541,6 +585,22 @@ function editText(text: string): string {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The TLS credentials of `migrate --tls --tls-dir DIR [--tls-destination NAME]`. */
+function migrationTls(o: { tls?: boolean; tlsDir?: string; tlsDestination?: string }): TlsJson | undefined {
+  if (!o.tls) {
+    if (o.tlsDir !== undefined || o.tlsDestination !== undefined)
+      throw new VirtError(ErrorCode.OPERATION_INVALID, '--tls-dir and --tls-destination go with --tls');
+    return undefined;
+  }
+  if (o.tlsDir === undefined)
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      '--tls needs --tls-dir DIR: the directory of ca-cert.pem and the certificates and keys of both ends',
+    );
+  const dir = resolve(o.tlsDir);
+  return o.tlsDestination === undefined ? { dir } : { dir, hostname: o.tlsDestination };
 }
 
 function positiveInt(value: string): number {

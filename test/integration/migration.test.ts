@@ -1,5 +1,5 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
@@ -27,6 +27,7 @@ import {
   tempRoot,
   tinyGuest,
 } from '../helpers/env.js';
+import { makeCredentials } from '../helpers/tls.js';
 
 /*
  * Live migration between two embedded roots on this host, with a real TCG guest whose state lives
@@ -160,74 +161,6 @@ describe('persist and undefineSource', { timeout: 240_000 }, () => {
     expect(runLeftovers(rootA)).toEqual([]);
   });
 });
-
-/** A CA and, signed by it, a server certificate for 127.0.0.1 and a client certificate, in `dir`. */
-function makeCredentials(dir: string, ca: string): void {
-  mkdirSync(dir, { recursive: true });
-  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-  ssl(
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-days',
-    '2',
-    '-subj',
-    `/CN=${ca}`,
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
-    '-keyout',
-    'ca-key.pem',
-    '-out',
-    'ca-cert.pem',
-  );
-  for (const [end, usage] of [
-    ['server', 'serverAuth'],
-    ['client', 'clientAuth'],
-  ] as const) {
-    writeFileSync(
-      join(dir, `${end}.ext`),
-      [
-        'basicConstraints=critical,CA:FALSE',
-        'keyUsage=critical,digitalSignature,keyEncipherment',
-        `extendedKeyUsage=${usage}`,
-        'subjectAltName=IP:127.0.0.1,DNS:localhost',
-      ].join('\n'),
-    );
-    ssl(
-      'req',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-subj',
-      `/CN=${end}`,
-      '-keyout',
-      `${end}-key.pem`,
-      '-out',
-      `${end}.csr`,
-    );
-    ssl(
-      'x509',
-      '-req',
-      '-in',
-      `${end}.csr`,
-      '-CA',
-      'ca-cert.pem',
-      '-CAkey',
-      'ca-key.pem',
-      '-CAcreateserial',
-      '-days',
-      '2',
-      '-extfile',
-      `${end}.ext`,
-      '-out',
-      `${end}-cert.pem`,
-    );
-  }
-}
 
 describe('TLS (tls-creds-x509 on both sides)', { timeout: 240_000 }, () => {
   it('migrates over TLS with certificates of one CA; with a foreign CA it fails typed and both sides are intact', async () => {

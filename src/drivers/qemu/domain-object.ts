@@ -1,4 +1,3 @@
-import type { ChildProcess } from 'node:child_process';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { DomainStatus, PausedReason } from '../../stable/events.js';
 import { CoreDomain } from '../domain-core.js';
@@ -32,8 +31,11 @@ export interface Runtime {
    */
   liveUnreadable?: { readonly reason: string; readonly raw: unknown };
   readonly taints: string[];
-  /** Our own child when this driver spawned it; absent for a process adopted on reconnect. */
-  readonly child?: ChildProcess;
+  /**
+   * Stops reporting the exit of our own child (the driver lets go of the domain); absent for a
+   * process adopted on reconnect.
+   */
+  readonly forgetExit?: () => void;
   /** Resolves when the process is gone. */
   readonly exited: Promise<ExitInfo>;
   /** Resolves when the driver has cleaned up after the exit and recorded the new state. */

@@ -1,6 +1,6 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { ErrorCode, errorMessage, toVirtError, VirtError } from '../../errors.js';
 import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { HandlerTable } from '../../privileged/handler-table.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../privileged/seam.js';
@@ -56,7 +56,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
-import { attachMemory, detachMemory, isMemoryMatch } from './hotplug-memory.js';
+import { attachMemory, detachMemory, isMemoryMatchOf } from './hotplug-memory.js';
 import { setVcpus } from './hotplug-vcpus.js';
 import {
   destroyDomain,
@@ -488,9 +488,9 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     const dom = this.domain(uuid);
     return this.#track(
       this.job(dom, 'device-change', options.signal, () =>
-        isMemoryMatch(dom, match)
+        isMemoryMatchOf(dom, match)
           ? detachMemory(this, dom, match, options)
-          : // isMemoryMatch is false for every match of a memory element, so this one is a disk's or NIC's.
+          : // isMemoryMatchOf is false for every match of a memory element, so this one is a disk's or NIC's.
             detachDevice(this, dom, match as PciDeviceMatch, options),
       ),
     );
@@ -597,7 +597,12 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         if (transient) this.#attached.add(dom.def.uuid);
       } catch (err) {
         held.end(err);
-        throw held.job.failure(err);
+        throw toVirtError(
+          held.job.failure(err),
+          ErrorCode.OPERATION_FAILED,
+          `cannot prepare the incoming migration of '${def.name}'; the destination was rolled back`,
+          { domain: { name: def.name, uuid: def.uuid } },
+        );
       } finally {
         held.job.end();
       }
@@ -695,7 +700,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
       const run = dom.run;
       if (!run) continue;
       run.detached = true;
-      run.child?.removeAllListeners('exit');
+      run.forgetExit?.();
       run.qmp?.close();
     }
     this.dropListeners();

@@ -28,7 +28,7 @@ export function requireActive(dom: DomainObject): Runtime & { qmp: QmpClient } {
   return run as Runtime & { qmp: QmpClient };
 }
 
-/** Follows QMP events of a running domain: pauses (by their cause), resumes, guest power-off, devices QEMU deleted. */
+/** Follows QMP events of a running domain: pauses (by their cause), resumes, resets, guest power-off, devices QEMU deleted. */
 export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
   const qmp = run.qmp as QmpClient;
   qmp.onEvent((ev: QmpEvent) => {
@@ -53,6 +53,10 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
         if (cause) run.pausing = cause;
         break;
       }
+      case 'RESET':
+        // QEMU's word on who reset it is only told apart, never trusted further.
+        if (run.started) ctx.emit(dom, 'rebooted', ev.data['guest'] === true ? 'guest' : 'host');
+        break;
       case 'SHUTDOWN':
         run.sawShutdown = true;
         onShutdownEvent(ctx, dom, run, qmp, ev);

@@ -1,8 +1,10 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { closeSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { CONTROL_FD, STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
+import { canSpawnInSession, pipeCloexec, spawnInSession } from '../../util/spawn-session.js';
 import { leaderGone } from './emulator-kill.js';
 import type { ExitInfo } from './exit-info.js';
 
@@ -13,9 +15,10 @@ export type { ExitInfo } from './exit-info.js';
 /** A spawned stub waiting for its go-ahead. */
 export interface Launch {
   readonly pid: number;
-  readonly child: ChildProcess;
-  /** Resolves when the process has exited and been reaped. */
+  /** Resolves when the process has exited and been reaped (unless {@link Launch.forget} came first). */
   readonly exited: Promise<ExitInfo>;
+  /** Stops reporting the exit (the driver lets go of the domain); the process is still reaped. */
+  forget(): void;
   /** Lets the stub exec QEMU. */
   proceed(): void;
   /** Makes the stub exit without running QEMU (a no-op once it has proceeded). */
@@ -65,7 +68,11 @@ export function execSlot(gone: Promise<unknown>): Promise<() => void> {
   });
 }
 
-/** Spawns the stub in its own session, with stdout/stderr on the log and `fds` at 4, 5, … */
+/**
+ * Spawns the stub in its own session, with stdout/stderr on the log, its control pipe at 3 and
+ * `fds` at 4, 5, … Through `posix_spawn` where the host allows (no fork of this process, see
+ * util/spawn-session.ts), else through `child_process.spawn`.
+ */
 export function launchStub(
   emulator: string,
   argv: readonly string[],
@@ -73,7 +80,48 @@ export function launchStub(
   logFd: number,
   fds: readonly number[],
 ): Launch {
-  const child = spawn('/bin/sh', ['-c', STUB_SCRIPT, STUB_ARGV0, emulator, ...argv], {
+  const args = ['-c', STUB_SCRIPT, STUB_ARGV0, emulator, ...argv];
+  if (!canSpawnInSession()) return launchStubForked(args, env, logFd, fds);
+  const [control, go] = pipeCloexec();
+  let spawned: ReturnType<typeof spawnInSession>;
+  try {
+    spawned = spawnInSession('/bin/sh', ['/bin/sh', ...args], env, [null, logFd, logFd, control, ...fds]);
+  } catch (err) {
+    closeSync(go);
+    throw new VirtError(ErrorCode.SYSTEM_ERROR, 'cannot spawn /bin/sh to start QEMU', {}, { cause: err });
+  } finally {
+    closeSync(control);
+  }
+  let open = true;
+  const finish = (line: string) => {
+    if (!open) return;
+    open = false;
+    try {
+      // Three bytes into an empty pipe: never blocks. EPIPE: the stub is gone, which its exit reports.
+      if (line) writeSync(go, line);
+    } catch {
+      // the stub was killed around its go-ahead
+    } finally {
+      closeSync(go);
+    }
+  };
+  return {
+    pid: spawned.pid,
+    exited: spawned.exited,
+    forget: spawned.forget,
+    proceed: () => finish('go\n'),
+    abandon: () => finish(''),
+  };
+}
+
+/** {@link launchStub} through `child_process.spawn`: a fork of this process. */
+function launchStubForked(
+  args: readonly string[],
+  env: Readonly<Record<string, string>>,
+  logFd: number,
+  fds: readonly number[],
+): Launch {
+  const child = spawn('/bin/sh', args, {
     detached: true,
     env,
     stdio: ['ignore', logFd, logFd, 'pipe', ...fds],
@@ -98,7 +146,13 @@ export function launchStub(
     settled = true;
     control.end(line);
   };
-  return { pid: child.pid, child, exited, proceed: () => finish('go\n'), abandon: () => finish('') };
+  return {
+    pid: child.pid,
+    exited,
+    forget: () => child.removeAllListeners('exit'),
+    proceed: () => finish('go\n'),
+    abandon: () => finish(''),
+  };
 }
 
 /**

@@ -288,7 +288,7 @@ function spawnStub(s: Startup): void {
     placements: [],
     placementAttempted: false,
     cancel: s.job.controller,
-    child: launch.child,
+    forgetExit: launch.forget,
     exited: launch.exited,
     finalized: finalized.promise,
     started: false,

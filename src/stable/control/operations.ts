@@ -6,7 +6,7 @@ import { formatDomainXml } from '../definition/xml.js';
 import type { Domain } from '../domain.js';
 import type { DomainState } from '../events.js';
 import type { JobInfo } from '../jobs.js';
-import type { MigrationOffer, MigrationProgress } from '../migration.js';
+import type { MigrationOffer, MigrationProgress, MigrationTlsOptions } from '../migration.js';
 
 /*
  * The operations the `virtkit` command performs, as one table: the command runs them in-process
@@ -69,6 +69,13 @@ export interface VersionJson {
 }
 
 const domainArg = z.string().min(1).max(4096);
+/** TLS credentials of a migration: a directory of the holder's host, as `MigrationTlsOptions`. */
+const tlsArg = z
+  .strictObject({
+    dir: z.string().min(2).max(4096).startsWith('/', 'an absolute path'),
+    hostname: z.string().min(1).max(255).optional(),
+  })
+  .optional();
 const noArgs = z.strictObject({});
 const onDomain = z.strictObject({ domain: domainArg });
 const deviceChangeArgs = z.strictObject({
@@ -316,15 +323,22 @@ export const operations = {
   },
   migratePrepare: {
     // The offer is checked in full by Connection.migratePrepare, as from any caller.
-    args: z.strictObject({ offer: z.record(z.string(), z.unknown()), listen: z.string().min(1).max(4096) }),
+    args: z.strictObject({
+      offer: z.record(z.string(), z.unknown()),
+      listen: z.string().min(1).max(4096),
+      persist: z.boolean().default(false),
+      tls: tlsArg,
+    }),
     run: async (
       conn: Connection,
-      args: { offer: Record<string, unknown>; listen: string },
+      args: { offer: Record<string, unknown>; listen: string; persist: boolean; tls?: TlsJson | undefined },
       call: CallContext,
     ): Promise<IncomingJson> => {
       const incoming = await conn.migratePrepare(args.offer as unknown as MigrationOffer, {
         listen: args.listen,
         signal: call.signal,
+        persist: args.persist,
+        ...(args.tls === undefined ? {} : { tls: tlsOptions(args.tls) }),
       });
       return {
         uri: incoming.uri,
@@ -341,6 +355,7 @@ export const operations = {
       cookie: z.strictObject({ version: z.literal(1), uuid: z.string().max(64), uri: z.string().max(4096) }),
       maxDowntimeMs: z.number().int().min(1).max(3_600_000).optional(),
       bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
+      tls: tlsArg,
     }),
     run: async (
       conn: Connection,
@@ -350,6 +365,7 @@ export const operations = {
         cookie: { version: 1; uuid: string; uri: string };
         maxDowntimeMs?: number | undefined;
         bandwidthMiBps?: number | undefined;
+        tls?: TlsJson | undefined;
       },
       call: CallContext,
     ): Promise<DomainRefJson> => {
@@ -359,6 +375,7 @@ export const operations = {
         signal: call.signal,
         ...(args.maxDowntimeMs === undefined ? {} : { maxDowntimeMs: args.maxDowntimeMs }),
         ...(args.bandwidthMiBps === undefined ? {} : { bandwidthMiBps: args.bandwidthMiBps }),
+        ...(args.tls === undefined ? {} : { tls: tlsOptions(args.tls) }),
         onProgress: (p: MigrationProgress) => call.notify?.(p),
       });
       return ref(dom);
@@ -379,10 +396,19 @@ export const operations = {
     },
   },
   migrateConfirm: {
-    args: z.strictObject({ domain: domainArg, cancelled: z.boolean().default(false) }),
-    run: async (conn: Connection, args: { domain: string; cancelled: boolean }): Promise<DomainRefJson> => {
+    args: z.strictObject({
+      domain: domainArg,
+      cancelled: z.boolean().default(false),
+      undefineSource: z.boolean().default(false),
+    }),
+    run: async (
+      conn: Connection,
+      args: { domain: string; cancelled: boolean; undefineSource: boolean },
+    ): Promise<DomainRefJson> => {
       const dom = await resolveDomain(conn, args.domain);
-      await dom.migrateConfirm({ cancelled: args.cancelled });
+      // A transient source has no definition to remove: gone once its QEMU ends, as in libvirt.
+      const undefineSource = args.undefineSource && (await dom.getInfo()).persistent;
+      await dom.migrateConfirm({ cancelled: args.cancelled, undefineSource });
       return ref(dom);
     },
   },
@@ -417,6 +443,16 @@ export interface OperationContext {
 export interface CallContext extends OperationContext {
   readonly signal?: AbortSignal | undefined;
   readonly notify?: ((progress: unknown) => void) | undefined;
+}
+
+/** The TLS credentials of `migratePrepare` and `migratePerform`: see `MigrationTlsOptions`. */
+export interface TlsJson {
+  readonly dir: string;
+  readonly hostname?: string | undefined;
+}
+
+function tlsOptions(tls: TlsJson): MigrationTlsOptions {
+  return tls.hostname === undefined ? { dir: tls.dir } : { dir: tls.dir, hostname: tls.hostname };
 }
 
 /** What `migratePrepare` returns: the incoming migration, as `migratePerform` needs it. */

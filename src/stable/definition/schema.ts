@@ -108,7 +108,15 @@ const controllerSchema = z.discriminatedUnion('type', [
   z.strictObject({
     type: z.literal('usb'),
     index: z.number().int().min(0).max(255).optional(),
-    model: z.enum(['none', 'piix3-uhci', 'qemu-xhci']),
+    /**
+     * The controller; without one, libvirt's default for the machine (qemu-xhci on Q35, piix3-uhci on i440FX). An
+     * ICH9 USB 2 set is an `ich9-ehci1` with its `ich9-uhci1`…`3` companions, all of one index.
+     */
+    model: z
+      .enum(['none', 'piix3-uhci', 'qemu-xhci', 'ich9-ehci1', 'ich9-uhci1', 'ich9-uhci2', 'ich9-uhci3'])
+      .optional(),
+    /** A companion's first port on its EHCI master (`<master startport>`). */
+    master: z.strictObject({ startport: z.number().int().min(0).max(15) }).optional(),
     /** A qemu-xhci's USB 2 and USB 3 port count each (QEMU's `p2`, `p3`). */
     ports: z.number().int().min(1).max(15).optional(),
     alias: z.string().optional(),

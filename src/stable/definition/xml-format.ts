@@ -263,6 +263,7 @@ function controllerNode(c: ControllerDefinition): Node {
           ['chassis', c.target.chassis],
           ['port', c.target.port === undefined ? undefined : hex(c.target.port, 0)],
         ]),
+      c.type === 'usb' && c.master && node('master', [['startport', c.master.startport]]),
       aliasNode(c.alias),
       addressNode(c.address),
     ],

@@ -92,7 +92,7 @@ export function parseDeviceAlias(origins: Origins, parent: XmlElement, field: st
   out.alias = name;
 }
 
-/** `<controller>`: pci (root, PCIe root port), sata, usb, virtio-serial, ide. */
+/** `<controller>`: pci (root, PCIe root port), sata, usb (with ICH9 companions), virtio-serial, ide. */
 export function parseController(origins: Origins, el: XmlElement, i: number): Obj {
   const field = `controllers.${i}`;
   origins.note(field, el);
@@ -172,25 +172,28 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
       set(out, name, numAttr(el, name));
     }
   } else if (kind === 'usb') {
-    check(el, { attrs: ['type', 'index', 'model', 'ports'], children: ['alias', 'address'] });
+    check(el, { attrs: ['type', 'index', 'model', 'ports'], children: ['master', 'alias', 'address'] });
     origins.note(`${field}.ports`, el, 'ports');
     set(out, 'ports', numAttr(el, 'ports'));
-    if (model === undefined) {
-      throw unsupported(
+    if (model !== undefined) {
+      origins.note(`${field}.model`, el, 'model');
+      out.model = choice(
         el,
-        "a USB controller without a model (virtkit supports 'none', 'piix3-uhci', 'qemu-xhci')",
+        model,
+        'the USB controller model',
+        ['none', 'piix3-uhci', 'qemu-xhci', 'ich9-ehci1', 'ich9-uhci1', 'ich9-uhci2', 'ich9-uhci3'],
+        'any',
         'model',
       );
     }
-    origins.note(`${field}.model`, el, 'model');
-    out.model = choice(
-      el,
-      model,
-      'the USB controller model',
-      ['none', 'piix3-uhci', 'qemu-xhci'],
-      'any',
-      'model',
-    );
+    const master = child(el, 'master');
+    if (master) {
+      check(master, { attrs: ['startport'] });
+      origins.note(`${field}.master`, master, 'startport');
+      const startport = numAttr(master, 'startport');
+      if (startport === undefined) throw invalid(master, '<master> needs a startport', 'startport');
+      out.master = { startport };
+    }
   } else {
     check(el, { attrs: ['type', 'index'], children: ['alias', 'address'] });
   }

@@ -5,14 +5,16 @@ import type {
   DomainDefinition,
   PciAddress,
 } from '../../../stable/definition/schema.js';
+import { assignDimms, defaultDriveAddress, diskAlias, nicAlias } from '../../device-aliases.js';
 import {
   completeControllers,
   controllerAlias,
   fixedControllerAlias,
+  ICH9_FUNCTION,
+  isUsbCompanion,
   sortControllers,
 } from './controllers.js';
 import { type MachineFamily, machineFamily } from './machine.js';
-import { assignDimms } from './memory.js';
 import { checkVirtioModel } from './virtio.js';
 
 /*
@@ -41,14 +43,6 @@ const invalid = (path: string, message: string): VirtError =>
   new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
 const unsupported = (path: string, message: string): VirtError =>
   new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${path}: ${message}`, { path });
-
-/** libvirt's virDiskNameToIndex: `vda` → 0, `sdb` → 1, `vdaa` → 26. */
-export function diskNameIndex(dev: string): number {
-  const letters = dev.replace(/^(vd|sd|hd)/, '');
-  let index = 0;
-  for (const ch of letters) index = index * 26 + (ch.charCodeAt(0) - 96);
-  return index - 1;
-}
 
 /** `0x3` or `0x3.0x1`: a PCI address as QEMU's `addr` property. */
 export function pciAddr(address: PciAddress): string {
@@ -98,6 +92,16 @@ class PciMap {
   #slotFree(bus: number, slot: number): boolean {
     for (let fn = 0; fn < 8; fn++) if (this.#used.has(key(bus, slot, fn))) return false;
     return true;
+  }
+
+  /** Whether no function of a slot is taken (and bus 0's chipset does not hold it). */
+  slotFree(bus: number, slot: number): boolean {
+    return !(bus === 0 && this.#reserved.has(slot)) && this.#slotFree(bus, slot);
+  }
+
+  /** Gives back one function {@link nextRootSlot} took. */
+  release(bus: number, slot: number, fn: number): void {
+    this.#used.delete(key(bus, slot, fn));
   }
 
   /** The first free slot of bus 0 for an endpoint. */
@@ -154,6 +158,8 @@ interface PciItem {
   readonly owner: string;
   /** PCI Express devices go behind a root port on Q35; conventional PCI ones sit on bus 0. */
   readonly express: boolean;
+  /** A member of an ICH9 USB set: all of them share one slot, each at its own function. */
+  readonly ich9?: keyof typeof ICH9_FUNCTION;
   address?: PciAddress;
   readonly set: (address: PciAddress) => void;
 }
@@ -207,14 +213,7 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
     if (disk.target.bus === 'ide') {
       if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'an ide disk takes a drive address');
       // libvirt's virDomainDiskDefAssignAddress: two units per bus, two buses per controller.
-      const index = diskNameIndex(disk.target.dev);
-      const address = disk.address ?? {
-        type: 'drive' as const,
-        controller: 0,
-        bus: index >> 1,
-        target: 0,
-        unit: index & 1,
-      };
+      const address = disk.address ?? defaultDriveAddress(disk);
       if (address.controller !== 0 || address.bus > 1 || address.target !== 0 || address.unit > 1) {
         throw unsupported(
           `${path}.address`,
@@ -234,13 +233,7 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       return;
     }
     if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'a sata disk takes a drive address');
-    const address = disk.address ?? {
-      type: 'drive' as const,
-      controller: 0,
-      bus: 0,
-      target: 0,
-      unit: diskNameIndex(disk.target.dev),
-    };
+    const address = disk.address ?? defaultDriveAddress(disk);
     if (address.controller !== 0 || address.bus !== 0 || address.target !== 0 || address.unit > 5) {
       throw unsupported(
         `${path}.address`,
@@ -292,7 +285,8 @@ function assignAliases(
     [controllers, 'controllers', 64],
   ] as const) {
     list.forEach((d: { alias?: string }, i: number) => {
-      if (d.alias !== undefined) claim(d.alias, `${field}.${i}`, max);
+      if (d.alias !== undefined && !(field === 'controllers' && isUsbCompanion(d as ControllerDefinition)))
+        claim(d.alias, `${field}.${i}`, max);
     });
   }
   if (balloon?.alias !== undefined) claim(balloon.alias, 'memballoon');
@@ -301,24 +295,29 @@ function assignAliases(
   });
 
   controllers.forEach((c, i) => {
-    if (c.alias !== undefined) return;
+    if (c.alias !== undefined || isUsbCompanion(c)) return;
     c.alias = controllerAlias(c, family);
     claim(c.alias, `controllers.${i}`);
   });
+  // ICH9 UHCI companions are part of their EHCI master and carry its alias, as in libvirt.
+  const master = controllers.find((c) => c.type === 'usb' && c.model === 'ich9-ehci1');
+  controllers.forEach((c, i) => {
+    if (!isUsbCompanion(c)) return;
+    if (c.alias !== undefined && c.alias !== master?.alias)
+      throw invalid(
+        `controllers.${i}.alias`,
+        `a USB companion carries its master's alias '${master?.alias}'`,
+      );
+    c.alias = master?.alias;
+  });
   disks.forEach((disk, i) => {
     if (disk.alias !== undefined) return;
-    const address = disk.address;
-    disk.alias =
-      disk.target.bus !== 'virtio' && address?.type === 'drive'
-        ? `${disk.target.bus}${address.controller}-${address.bus}-${address.unit}`
-        : `virtio-disk${diskNameIndex(disk.target.dev)}`;
+    disk.alias = diskAlias(disk);
     claim(disk.alias, `disks.${i}`, MAX_DISK_ALIAS);
   });
-  let n = 0;
   interfaces.forEach((nic, i) => {
     if (nic.alias !== undefined) return;
-    while (owners.has(`net${n}`)) n++;
-    nic.alias = `net${n}`;
+    nic.alias = nicAlias(owners);
     claim(nic.alias, `interfaces.${i}`);
   });
   if (balloon && balloon.alias === undefined) {
@@ -377,12 +376,14 @@ function assignPciAddresses(
     owner: string,
     express: boolean,
     holder: { address?: PciAddress | DiskDefinition['address'] },
+    ich9?: keyof typeof ICH9_FUNCTION,
   ) => {
     const address = holder.address?.type === 'pci' ? holder.address : undefined;
     items.push({
       path,
       owner,
       express,
+      ...(ich9 ? { ich9 } : {}),
       ...(address ? { address } : {}),
       set: (a) => {
         holder.address = a;
@@ -402,7 +403,9 @@ function assignPciAddresses(
       (c.type === 'sata' && family !== 'q35') ||
       (c.type === 'usb' && c.model === 'qemu-xhci') ||
       c.type === 'virtio-serial';
-    if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type !== 'sata', c);
+    if (c.type === 'usb' && c.model !== undefined && c.model in ICH9_FUNCTION)
+      addItem(ctlPath(c), `${c.alias ?? ''} (${c.model})`, false, c, c.model as keyof typeof ICH9_FUNCTION);
+    else if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type !== 'sata', c);
     else if (c.type === 'usb' && c.model === 'none' && c.address)
       throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
   }
@@ -465,8 +468,12 @@ function assignPciAddresses(
     };
   }
   freePorts.sort((a, b) => a - b);
+  const ich9 = items.filter((item) => item.ich9);
   for (const item of waiting) {
-    if (family === 'q35' && item.express) {
+    if (item.ich9) {
+      if (item.address) continue;
+      placeIch9Set(pci, family, ich9);
+    } else if (family === 'q35' && item.express) {
       const bus = freePorts.shift() as number;
       const address: PciAddress = { type: 'pci', domain: 0, bus, slot: 0, function: 0 };
       pci.take(address, item.owner);
@@ -474,5 +481,35 @@ function assignPciAddresses(
     } else {
       item.set(pci.nextRootSlot(item.owner, item.path));
     }
+  }
+}
+
+/**
+ * The members of an ICH9 USB set without an address join the slot of those with one, or take a
+ * slot of bus 0 of their own (00:1d on Q35, where the ICH9 has them, when it is free), the EHCI at
+ * function 7 and the UHCI companions at 0-2, the first of them marked multifunction.
+ */
+function placeIch9Set(pci: PciMap, family: MachineFamily, set: PciItem[]): void {
+  const placed = set.find((item) => item.address);
+  let slot = placed?.address?.slot;
+  if (slot === undefined) {
+    slot = family === 'q35' && pci.slotFree(0, 0x1d) ? 0x1d : pci.nextRootSlot('', set[0]?.path ?? '').slot;
+    pci.release(0, slot, 0);
+  }
+  const bus = placed?.address?.bus ?? 0;
+  for (const item of set) {
+    if (item.address || !item.ich9) continue;
+    const fn = ICH9_FUNCTION[item.ich9];
+    const address: PciAddress = {
+      type: 'pci',
+      domain: 0,
+      bus,
+      slot,
+      function: fn,
+      ...(fn === 0 && set.length > 1 ? { multifunction: true } : {}),
+    };
+    pci.claim(address, item.owner, `${item.path}.address`);
+    item.address = address;
+    item.set(address);
   }
 }

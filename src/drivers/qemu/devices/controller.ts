@@ -36,6 +36,17 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
     };
   }
   if (c.model === 'none') return undefined;
+  if (c.model === 'ich9-ehci1')
+    return { driver: 'ich9-usb-ehci1', id, ...pciPlacement(def, c.address, `controller ${id}`) };
+  if (c.model?.startsWith('ich9-uhci')) {
+    // A companion has no id of its own (it shares its master's alias): its ports are the master's.
+    return {
+      driver: c.model.replace('ich9-', 'ich9-usb-'),
+      masterbus: `${id}.0`,
+      firstport: c.master?.startport ?? 0,
+      ...pciPlacement(def, c.address, `controller ${id} (${c.model})`),
+    };
+  }
   return {
     driver: c.model === 'qemu-xhci' ? 'qemu-xhci' : 'piix3-usb-uhci',
     id,

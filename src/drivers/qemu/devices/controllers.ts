@@ -7,12 +7,15 @@ import { checkVirtioModel } from './virtio.js';
  * Controllers as libvirt adds them at define time: the PCI root (pci-root on i440FX, pcie-root on
  * Q35), a SATA controller (built into Q35 at 00:1f.2; an ich9-ahci on i440FX when a disk needs one),
  * USB controller 0, and the virtio-serial controller channels need. virtkit's USB controller is `model='none'` unless the definition names
- * another: guests have had no USB so far, and a domain's hardware does not change behind it.
+ * another: guests have had no USB so far, and a domain's hardware does not change behind it. A
+ * `<controller type='usb'>` without a model gets libvirt's default for the machine.
  * PCIe root ports are added by the address assignment, one per device that needs one.
  */
 
 const unsupported = (path: string, message: string): VirtError =>
   new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${path}: ${message}`, { path });
+const invalid = (path: string, message: string): VirtError =>
+  new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
 
 /** The QEMU id (and libvirt alias) of a controller that QEMU names itself. */
 export function fixedControllerAlias(c: ControllerDefinition, family: MachineFamily): string | undefined {
@@ -34,6 +37,51 @@ export function controllerAlias(c: ControllerDefinition, family: MachineFamily):
 }
 
 const ORDER = { usb: 0, sata: 1, pci: 2, 'virtio-serial': 3, ide: 4 } as const;
+
+type UsbController = Extract<ControllerDefinition, { type: 'usb' }>;
+
+/** The ICH9 UHCI companions of an EHCI master, and the function each has in the set's slot. */
+export const ICH9_FUNCTION = { 'ich9-ehci1': 7, 'ich9-uhci1': 0, 'ich9-uhci2': 1, 'ich9-uhci3': 2 } as const;
+
+/** Whether `c` is a UHCI companion of an ICH9 EHCI controller (it has no QEMU id of its own). */
+export function isUsbCompanion(c: ControllerDefinition): c is UsbController {
+  return c.type === 'usb' && c.model !== undefined && c.model.startsWith('ich9-uhci');
+}
+
+/**
+ * One USB controller, or an ICH9 set: an `ich9-ehci1` and `ich9-uhci1`…`3` companions, each
+ * with the first of its two ports on the EHCI's six (QEMU's `masterbus` and `firstport`).
+ */
+function checkUsbSet(list: ControllerDefinition[]): void {
+  const usb = list.filter((c): c is UsbController => c.type === 'usb');
+  const at = (c: ControllerDefinition) => `controllers.${list.indexOf(c)}`;
+  const master = usb.find((c) => c.model === 'ich9-ehci1');
+  const seen = new Set<string>();
+  for (const c of usb) {
+    const companion = c.model?.startsWith('ich9-uhci') === true;
+    if (usb.length > 1 && !(master && (c === master || companion)))
+      throw unsupported(
+        at(c),
+        'a second usb controller (virtkit supports one, or an ich9-ehci1 with its ich9-uhci companions)',
+      );
+    if (seen.has(c.model ?? '')) throw unsupported(`${at(c)}.model`, `a second ${c.model} USB controller`);
+    seen.add(c.model ?? '');
+    if (companion && !master)
+      throw unsupported(
+        `${at(c)}.model`,
+        `an ${c.model} without its ich9-ehci1 master (virtkit supports the ICH9 UHCI only as a companion)`,
+      );
+    if (companion && c.master === undefined)
+      throw unsupported(`${at(c)}.master`, `an ${c.model} companion without <master startport>`);
+    if (!companion && c.master !== undefined)
+      throw invalid(`${at(c)}.master`, `a ${c.model} USB controller is no companion: it takes no <master>`);
+    if (companion && c.master && c.master.startport + 2 > 6)
+      throw invalid(
+        `${at(c)}.master.startport`,
+        `startport ${c.master.startport}: the ich9-ehci1 has ports 0-5 and a companion takes two`,
+      );
+  }
+}
 
 /**
  * The definition's controllers (copies, in their order) with the implicit ones added after them and
@@ -61,6 +109,8 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       throw unsupported(`${at}.index`, 'index 0 for a pcie-root-port (index 0 is the PCI root)');
     if (c.type !== 'pci' && (c.index ?? 0) !== 0)
       throw unsupported(`${at}.index`, `a second ${c.type} controller (virtkit supports index 0)`);
+    // libvirt's default model: USB 3 on Q35, the PIIX3's UHCI function on i440FX.
+    if (c.type === 'usb' && c.model === undefined) c.model = family === 'q35' ? 'qemu-xhci' : 'piix3-uhci';
     if (c.type === 'usb' && c.model === 'piix3-uhci' && family === 'q35')
       throw unsupported(`${at}.model`, 'a piix3-uhci USB controller on a q35 machine (use qemu-xhci)');
     if (c.type === 'usb' && c.ports !== undefined && c.model !== 'qemu-xhci')
@@ -73,7 +123,8 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       throw unsupported(`${at}.type`, 'an IDE controller on a q35 machine (it has SATA: use bus sata)');
   }
   if (roots.length > 1) throw unsupported(path(roots[1] as ControllerDefinition), 'a second PCI root');
-  for (const type of ['sata', 'usb', 'virtio-serial', 'ide'] as const) {
+  checkUsbSet(list);
+  for (const type of ['sata', 'virtio-serial', 'ide'] as const) {
     const all = list.filter((c) => c.type === type);
     if (all.length > 1)
       throw unsupported(path(all[1] as ControllerDefinition), `a second ${type} controller`);
@@ -112,7 +163,15 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   return list;
 }
 
-/** Controllers in libvirt's `dumpxml` order: by type, then index. */
+/** Controllers in libvirt's `dumpxml` order: by type, then index; an ICH9 EHCI before its companions. */
 export function sortControllers(list: ControllerDefinition[]): ControllerDefinition[] {
-  return list.sort((a, b) => ORDER[a.type] - ORDER[b.type] || (a.index ?? 0) - (b.index ?? 0));
+  const rank = (c: ControllerDefinition) =>
+    c.type === 'usb' && c.model !== undefined && c.model in ICH9_FUNCTION
+      ? c.model === 'ich9-ehci1'
+        ? 0
+        : 1 + ICH9_FUNCTION[c.model as keyof typeof ICH9_FUNCTION]
+      : 0;
+  return list.sort(
+    (a, b) => ORDER[a.type] - ORDER[b.type] || (a.index ?? 0) - (b.index ?? 0) || rank(a) - rank(b),
+  );
 }
