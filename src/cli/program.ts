@@ -465,16 +465,21 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .command('event')
     .description('print domain life-cycle events')
     .option('--domain <domain>', 'only events of this domain (name or uuid)')
-    .option('--event <name>', 'the event to wait for; only "lifecycle" exists')
+    .option('--event <name>', 'only this event: lifecycle, or reboot (the guest was reset)')
     .option('--all', 'every event (the default)')
     .option('--loop', 'keep printing until interrupted or the timeout')
     .option('--timeout <seconds>', 'stop after this many seconds', positiveInt)
     .option('--json', 'JSON: one event object per line')
     .action(
       async (o: { domain?: string; event?: string; loop?: boolean; timeout?: number; json?: boolean }) => {
-        if (o.event !== undefined && o.event !== 'lifecycle') {
-          throw new VirtError(ErrorCode.OPERATION_INVALID, `unknown event '${o.event}': use lifecycle`);
+        if (o.event !== undefined && o.event !== 'lifecycle' && o.event !== 'reboot') {
+          throw new VirtError(
+            ErrorCode.OPERATION_INVALID,
+            `unknown event '${o.event}': use lifecycle or reboot`,
+          );
         }
+        const wanted = (event: DomainEvent): boolean =>
+          o.event === undefined || (o.event === 'reboot') === (event.type === 'rebooted');
         json = !!o.json;
         const ep = await open();
         let only: string | undefined;
@@ -494,6 +499,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
             resolve();
           };
           ep.subscribe(only, (event: DomainEvent) => {
+            if (!wanted(event)) return;
             count++;
             io.out(o.json ? `${JSON.stringify(event)}\n` : eventLine(event));
             if (!o.loop) finish();

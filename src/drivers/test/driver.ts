@@ -124,7 +124,7 @@ export async function openTestDriver(
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
- * - `reboot()` and `reset()` of an active domain change nothing visible: it keeps its id and state.
+ * - `reboot()` and `reset()` of an active domain keep its id and state; each emits `rebooted` (`host`).
  * - `createDomain()` makes a transient domain, removed (`undefined removed`) once it stops.
  * - Everything lives in memory: `close()` forgets every domain.
  *
@@ -333,6 +333,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     const dom = this.domain(uuid);
     return this.job(dom, 'reboot', options.signal, () => {
       dom.requireActive();
+      this.emit(dom, 'rebooted', 'host');
     });
   }
 
@@ -341,6 +342,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     const dom = this.domain(uuid);
     return this.job(dom, 'reset', options.signal, () => {
       dom.requireActive();
+      this.emit(dom, 'rebooted', 'host');
     });
   }
 
