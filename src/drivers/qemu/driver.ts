@@ -356,7 +356,16 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     );
   }
 
-  async defineDomain(given: DomainDefinition): Promise<DomainRef> {
+  defineDomain(given: DomainDefinition): Promise<DomainRef> {
+    return this.#define(given, true);
+  }
+
+  /**
+   * `durable`: the definition is fsync'd. Not for the domain an incoming migration defines without
+   * `persist`: it goes when its QEMU stops, so a host crash that loses it loses nothing, and the
+   * fsync would lengthen every migration's set-up.
+   */
+  async #define(given: DomainDefinition, durable: boolean): Promise<DomainRef> {
     this.checkOpen();
     const define = async (): Promise<DomainRef> => {
       const def = await prepareDefinition(
@@ -371,7 +380,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         () => dom.ident,
         undefined,
         async () => {
-          await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+          await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def, durable);
           // Defined, a transient domain becomes persistent, as in libvirt.
           if (this.#attached.delete(def.uuid)) removeIfPresent(transientMarker(this.layout, def.name));
           faultPoint('define:saved');
@@ -582,7 +591,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         },
       );
     if (existing) checkSameDefinition(existing.def, def);
-    else await this.defineDomain(def);
+    else await this.#define(def, options.persist === true);
     const dom = this.domains.get(def.uuid);
     try {
       // The job holds the domain from prepare to finish; prepare's signal only reaches prepare.

@@ -10,6 +10,7 @@ import { readProcStartTime } from '../../util/proc.js';
 import type { Job } from '../jobs.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
+import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
 import { ensureNvram, resolveFirmware } from './firmware.js';
@@ -22,7 +23,7 @@ import {
   raiseMemLock,
   releaseThreads,
 } from './privileged/phases.js';
-import { execSlot, FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
+import { execSlot, FIRST_CHILD_FD, type Launch, launchStub, stubExecuted } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { runtimeStatus } from './runtime-status.js';
@@ -207,11 +208,17 @@ function buildCommand(s: Startup): void {
 }
 
 /** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */
-function childFdNumbers(fds: PreExecDescriptors): { diskFds: number[]; tapFds: Array<number[] | undefined> } {
+function childFdNumbers(fds: PreExecDescriptors): {
+  diskFds: number[];
+  backingFds: Array<number | undefined>;
+  tapFds: Array<number[] | undefined>;
+} {
   let next = FIRST_CHILD_FD + 1;
   const diskFds = fds.disks.map(() => next++);
+  // The order of `fds.all`: disks, their backing images, then TAPs.
+  const backingFds = (fds.backings ?? []).map((fd) => (fd === undefined ? undefined : next++));
   const tapFds = fds.taps.map((list) => list?.map(() => next++));
-  return { diskFds, tapFds };
+  return { diskFds, backingFds, tapFds };
 }
 
 /** The first hugetlbfs mount, from /proc/mounts. */
@@ -322,6 +329,7 @@ async function recordStarting(s: Startup): Promise<void> {
 async function raiseMemLockStep(s: Startup): Promise<void> {
   const run = s.run as Runtime;
   const phase = s.options.incoming ? 'migration-in' : 'pre-exec';
+  await stubExecuted(run.pid);
   await raiseMemLock(scopeOf(s.ctx, s.dom, run), s.def, run.pid, phase);
 }
 
@@ -518,6 +526,8 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
   if (run) await releaseThreads(scopeOf(ctx, dom, run), run, 'release');
   removeIfPresent(s.paths.monitor);
   removeIfPresent(s.paths.status);
+  // Only after a spawn: before it, a socket there is someone else's.
+  if (launch) for (const path of listeningSockets(s.def)) removeIfPresent(path);
   if (dom.run === run) dom.run = undefined;
   if (launch) ctx.log(dom, 'start failed; QEMU killed and its socket and status removed');
   // `stopped failed` only when a QEMU existed: a start refused before the spawn never started.
