@@ -76,7 +76,7 @@ function addTo(
  * status file atomically, so a new driver finds the device.
  */
 function saveLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
-  return setLive(run, next, dom.jobs.current, () => dom.run === run);
+  return setLive(dom, run, next);
 }
 
 /** Attaches a device to the running domain and/or its persistent definition. */

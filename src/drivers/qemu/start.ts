@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import type { DomainStatus } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
@@ -158,7 +159,7 @@ export async function startDomain(
   }
   if (options.incoming) {
     // No event yet: the migration emits `started migrated` when it finishes (or rolls back).
-    ctx.setState(dom, { state: 'paused', reason: 'migration' });
+    ctx.setState(dom, startedStatus(options));
     ctx.log(
       dom,
       `started pid ${s.run?.pid} for an incoming migration (-incoming ${options.incoming.uri ?? 'defer'})`,
@@ -167,9 +168,14 @@ export async function startDomain(
   }
   ctx.log(dom, `started pid ${s.run?.pid}${options.paused ? ' (paused)' : ''}`);
   // As libvirt: `started booted`, then for a paused start `suspended user` (VIR_DOMAIN_PAUSED_USER).
-  if (options.paused)
-    ctx.setState(dom, { state: 'paused', reason: 'user' }, ['started', 'booted'], 'suspended');
-  else ctx.setState(dom, { state: 'running', reason: 'booted' }, 'started');
+  if (options.paused) ctx.setState(dom, startedStatus(options), ['started', 'booted'], 'suspended');
+  else ctx.setState(dom, startedStatus(options), 'started');
+}
+
+/** The state a finished start leaves the domain in (libvirt's qemuProcessFinishStartup). */
+function startedStatus(options: StartSequenceOptions): DomainStatus {
+  if (options.incoming) return { state: 'paused', reason: 'migration' };
+  return options.paused ? { state: 'paused', reason: 'user' } : { state: 'running', reason: 'booted' };
 }
 
 /** The phase of the privileged operations that run once QEMU exists. */
@@ -295,6 +301,9 @@ function spawnStub(s: Startup): void {
     started: false,
     sawShutdown: false,
     detached: false,
+    statusJob: s.job,
+    statusWrites: 0,
+    statusStale: false,
   };
   s.run = run;
   dom.run = run;
@@ -309,7 +318,7 @@ function spawnStub(s: Startup): void {
 }
 
 function status(s: Startup, phase: 'starting' | 'running'): RawStatusRecord {
-  return runtimeStatus(s.run as Runtime, phase, s.job);
+  return runtimeStatus(s.run as Runtime, phase, s.dom.status);
 }
 
 /** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
@@ -446,9 +455,13 @@ async function readThreads(
 /** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
   await readPtyPaths(s);
+  const run = s.run as Runtime;
   // Written without the job: from here a successor adopts the domain as QEMU reports it, which is
-  // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record.
-  await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined), true, {
+  // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record. The
+  // state is the one the start commits to, so the end of the start need not write it again.
+  run.statusJob = undefined;
+  run.statusState = startedStatus(s.options);
+  await writeStatus(s.paths.status, runtimeStatus(run, 'running', run.statusState), true, {
     replacesVolatile: true,
   });
 }
