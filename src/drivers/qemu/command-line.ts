@@ -194,6 +194,12 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       json('-device', serialDevice(i));
       return { type: 'file' as const, path };
     }
+    if (serial.type === 'unix') {
+      // QEMU listens without waiting for a client: the guest boots with no console attached.
+      add('-chardev', `socket,id=charserial${i},path=${esc(serial.path)},server=on,wait=off`);
+      json('-device', serialDevice(i));
+      return serial;
+    }
     add('-chardev', `pty,id=charserial${i}`);
     json('-device', serialDevice(i));
     // The pty QEMU allocates is read back once it runs; a path given in the definition is not it.

@@ -201,6 +201,17 @@ const charSource = z.discriminatedUnion('type', [
    * only: the live definition of a running domain carries the pty it got; a start ignores it.
    */
   z.strictObject({ type: z.literal('pty'), path: z.string().startsWith('/').max(4096).optional() }),
+  /**
+   * A unix socket QEMU listens on (libvirt's `<source mode='bind' path=…/>`); `virtkit console`
+   * connects to it. The path must fit a socket address (at most 107 bytes).
+   */
+  z.strictObject({
+    type: z.literal('unix'),
+    path: z
+      .string()
+      .startsWith('/')
+      .refine((p) => Buffer.byteLength(p) <= 107, 'at most 107 bytes (a unix socket address)'),
+  }),
 ]);
 
 /**

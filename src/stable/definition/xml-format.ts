@@ -51,6 +51,16 @@ const escapeAttr = (value: string): string =>
       ] ?? c,
   );
 
+/** A serial port's `<source>`: a unix one is a socket QEMU listens on. */
+function sourceAttrs(serial: Def['serials'][number]): ReadonlyArray<readonly [string, AttrValue]> {
+  return serial.type === 'unix'
+    ? [
+        ['mode', 'bind'],
+        ['path', serial.path],
+      ]
+    : [['path', serial.path]];
+}
+
 function serialize(n: Node, indent: string, out: string[]): void {
   const attrs = (n.attrs ?? [])
     .filter(([, v]) => v !== undefined)
@@ -456,7 +466,7 @@ function domainNode(def: DomainDefinition): Node {
           'serial',
           [['type', serial.type]],
           [
-            serial.path !== undefined && node('source', [['path', serial.path]]),
+            serial.path !== undefined && node('source', sourceAttrs(serial)),
             node(
               'target',
               [
@@ -478,7 +488,7 @@ function domainNode(def: DomainDefinition): Node {
             ['tty', serial.type === 'pty' ? serial.path : undefined],
           ],
           [
-            serial.path !== undefined && node('source', [['path', serial.path]]),
+            serial.path !== undefined && node('source', sourceAttrs(serial)),
             node('target', [
               ['type', 'serial'],
               ['port', 0],

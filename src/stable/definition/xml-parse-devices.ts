@@ -349,12 +349,12 @@ function parseCharSource(
   targetShape: Shape,
 ): { source: Obj; target?: XmlElement } {
   const type = el.attrs.get('type');
-  if (type === undefined) throw invalid(el, `<${el.qname}> needs a type, 'file' or 'pty'`, 'type');
+  if (type === undefined) throw invalid(el, `<${el.qname}> needs a type, 'file', 'pty' or 'unix'`, 'type');
   const kind = choice(
     el,
     type,
     `the ${el.local} type`,
-    ['file', 'pty'],
+    ['file', 'pty', 'unix'],
     [
       'null',
       'vc',
@@ -363,7 +363,6 @@ function parseCharSource(
       'stdio',
       'udp',
       'tcp',
-      'unix',
       'spicevmc',
       'spiceport',
       'nmdm',
@@ -376,10 +375,15 @@ function parseCharSource(
   const source: Obj = { type: kind };
   const src = child(el, 'source');
   if (src) {
-    check(src, { attrs: ['path'] });
+    check(src, { attrs: kind === 'unix' ? ['path', 'mode'] : ['path'] });
     origins.note(`${field}.path`, src, 'path');
     // A pty's path is the one a running domain got: output only.
-    if (kind === 'file') set(source, 'path', src.attrs.get('path'));
+    if (kind !== 'pty') set(source, 'path', src.attrs.get('path'));
+    // QEMU listens and the console connects: libvirt's default mode (connect) would have QEMU dial out.
+    if (kind === 'unix')
+      choice(src, src.attrs.get('mode') ?? 'connect', 'the socket mode', ['bind'], ['connect'], 'mode');
+  } else if (kind === 'unix') {
+    throw invalid(el, `<${el.qname} type='unix'> needs <source mode='bind' path='/…'/>`);
   }
   const target = child(el, 'target');
   if (target) check(target, targetShape);
