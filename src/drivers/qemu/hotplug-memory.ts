@@ -88,7 +88,7 @@ async function plugDimm(
       );
     throw err;
   }
-  await setLive(run, next, dom.jobs.current, () => dom.run === run);
+  await setLive(dom, run, next);
 }
 
 /** Detaches a memory device: the guest must let go of it (offline its blocks) within `timeoutMs`. */
@@ -126,7 +126,7 @@ export async function detachMemory(
       throw err;
     }
     await qmp.command('object-del', { id: dimmBackendId(liveDimm) });
-    await setLive(run, withoutDimm(run.live, liveDimm), dom.jobs.current, () => dom.run === run);
+    await setLive(dom, run, withoutDimm(run.live, liveDimm));
     ctx.log(dom, `QEMU released ${alias}; detached (live)`);
     ctx.emit(dom, 'device-removed', alias);
   }

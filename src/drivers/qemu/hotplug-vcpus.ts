@@ -124,7 +124,7 @@ async function plugVcpu(ctx: DriverContext, dom: DomainObject, run: Runtime, cur
     verifyThreads(run, [{ ...vcpu, role: 'vcpu' }]);
     await configureHotplugVcpu(scopeOf(ctx, dom, run), run.live, run.pid, vcpu, run);
     run.threads = { ...threads, vcpus: [...threads.vcpus, vcpu].sort((a, b) => a.index - b.index) };
-    await setLive(run, withVcpus(run.live, current + 1), dom.jobs.current, () => dom.run === run);
+    await setLive(dom, run, withVcpus(run.live, current + 1));
   } catch (err) {
     run.threads = threads;
     await removeVcpu(ctx, dom, run, qmp, alias, `/machine/peripheral/${alias}`).catch((undoErr: unknown) =>
@@ -183,6 +183,6 @@ async function unplugVcpu(
   const id = last.qomPath.startsWith('/machine/peripheral/') ? last.qomPath.slice(20) : last.qomPath;
   await removeVcpu(ctx, dom, run, qmp, id, last.qomPath);
   run.threads = { ...threads, vcpus: threads.vcpus.filter((v) => v.index !== last.index) };
-  await setLive(run, withVcpus(run.live, current - 1), dom.jobs.current, () => dom.run === run);
+  await setLive(dom, run, withVcpus(run.live, current - 1));
   ctx.log(dom, `vCPU ${last.index} removed (live)`);
 }

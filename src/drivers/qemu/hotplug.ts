@@ -26,7 +26,7 @@ import {
 } from '../device-change.js';
 import { type DriverContext, scopeOf } from './context.js';
 import { assignDevices } from './devices/assign.js';
-import { diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
+import { backingAlias, diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { netdevId, netdevOf, nicDevice } from './devices/net.js';
 import type { DomainObject, Runtime } from './domain-object.js';
@@ -76,7 +76,7 @@ function addTo(
  * status file atomically, so a new driver finds the device.
  */
 function saveLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
-  return setLive(run, next, dom.jobs.current, () => dom.run === run);
+  return setLive(dom, run, next);
 }
 
 /** Attaches a device to the running domain and/or its persistent definition. */
@@ -170,6 +170,13 @@ async function plugDisk(
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = disk.alias as string;
+  if (disk.backingStore) {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `a disk with a backing store cannot be hot-plugged by this version of virtkit; attach it to the persistent definition (--config) and restart`,
+      { path: 'backingStore' },
+    );
+  }
   const set = fdsetIdOf(alias);
   const clash = run.live.disks.find((d) => d.alias !== undefined && fdsetIdOf(d.alias) === set);
   if (clash) {
@@ -264,6 +271,15 @@ async function release(
       () => qmp.command('blockdev-del', { 'node-name': nodes.storage }),
       () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }),
     );
+    if (device.disk.backingStore) {
+      const backing = backingAlias(alias);
+      const under = diskNodes(backing);
+      steps.push(
+        () => qmp.command('blockdev-del', { 'node-name': under.format }),
+        () => qmp.command('blockdev-del', { 'node-name': under.storage }),
+        () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(backing) }),
+      );
+    }
   } else {
     steps.push(() => qmp.command('netdev_del', { id: netdevId(device.interface) }));
   }

@@ -4,6 +4,7 @@ import type { PausedReason, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import type { Job } from '../jobs.js';
 import { type DriverContext, scopeOf, within } from './context.js';
+import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { onDeviceDeleted } from './hotplug.js';
@@ -234,7 +235,7 @@ export async function finalizeExit(
   // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
   // neither crash the host process nor leave the domain recorded as running.
   await Promise.all(
-    [run.paths.monitor, run.paths.status].map((path) =>
+    [run.paths.monitor, run.paths.status, ...listeningSockets(run.live)].map((path) =>
       removeIfPresentAsync(path).catch((err) =>
         ctx.log(dom, `cannot remove ${path} after exit: ${errorMessage(err)}`),
       ),

@@ -473,8 +473,9 @@ class Helper implements PrivilegedHelper {
       return;
     }
     const typed = args.data as OperationArgs<OperationName>;
+    let startTime: bigint | undefined;
     try {
-      authorise(this.#policy, client.peer, req.op, req.ctx, typed, target);
+      startTime = authorise(this.#policy, client.peer, req.op, req.ctx, typed, target);
     } catch (err) {
       fail(VirtError.is(err) && err.code === ErrorCode.ACCESS_DENIED ? 'deny' : 'invalid', err);
       return;
@@ -485,6 +486,7 @@ class Helper implements PrivilegedHelper {
         workers: this.#workers,
         taps: this.#taps,
         peerUid: client.peer.uid,
+        targetStartTime: startTime,
       });
     } catch (err) {
       // storage.openFile checks its path as it opens: a refusal there is still the policy's.

@@ -264,7 +264,7 @@ export const operations = {
       const serials = dom.getDefinition().serials;
       const index =
         args.devname === undefined
-          ? serials.findIndex((s) => s.type !== 'file')
+          ? serials.findIndex((s) => s.type === 'pty' || (s.type === 'unix' && s.mode === 'bind'))
           : Number(args.devname.slice(6));
       const serial = serials[index];
       const devname = `serial${index}`;
@@ -276,10 +276,14 @@ export const operations = {
             : `domain '${dom.name}' has no ${args.devname}`,
         );
       }
-      if (serial.type === 'file' || serial.path === undefined) {
+      if (
+        serial.type === 'file' ||
+        serial.path === undefined ||
+        (serial.type === 'unix' && serial.mode !== 'bind')
+      ) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
-          `${devname} of domain '${dom.name}' is a ${serial.type} serial port: only pty and unix serial ports have an interactive console`,
+          `${devname} of domain '${dom.name}' is a ${serial.type}${serial.type === 'unix' ? ` (${serial.mode})` : ''} serial port: only pty serial ports and unix ones QEMU listens on (mode bind) have an interactive console`,
         );
       }
       return { ...ref(dom), devname, type: serial.type, path: serial.path };

@@ -23,6 +23,17 @@ interface Node {
   readonly children?: ReadonlyArray<Node | undefined | false>;
 }
 
+/** The `<source>` of a serial port or its console alias. */
+function charSourceNode(serial: DomainDefinition['serials'][number]): Node | undefined {
+  if (serial.type === 'unix') {
+    return node('source', [
+      ['mode', serial.mode],
+      ['path', serial.path],
+    ]);
+  }
+  return serial.path === undefined ? undefined : node('source', [['path', serial.path]]);
+}
+
 function node(
   name: string,
   attrs: ReadonlyArray<readonly [string, AttrValue]> = [],
@@ -50,16 +61,6 @@ const escapeAttr = (value: string): string =>
         c
       ] ?? c,
   );
-
-/** A serial port's `<source>`: a unix one is a socket QEMU listens on. */
-function sourceAttrs(serial: Def['serials'][number]): ReadonlyArray<readonly [string, AttrValue]> {
-  return serial.type === 'unix'
-    ? [
-        ['mode', 'bind'],
-        ['path', serial.path],
-      ]
-    : [['path', serial.path]];
-}
 
 function serialize(n: Node, indent: string, out: string[]): void {
   const attrs = (n.attrs ?? [])
@@ -306,6 +307,7 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
         [
           ['type', i.type],
           ['bus', i.bus],
+          ['model', i.model],
         ],
         [aliasNode(i.alias), addressNode(i.address)],
       ),
@@ -423,6 +425,17 @@ function domainNode(def: DomainDefinition): Node {
               ['iothread', disk.driver.iothread],
             ]),
             node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
+            disk.backingStore &&
+              node(
+                'backingStore',
+                [['type', disk.backingStore.type]],
+                [
+                  node('format', [['type', disk.backingStore.format]]),
+                  node('source', [
+                    [disk.backingStore.type === 'file' ? 'file' : 'dev', disk.backingStore.source],
+                  ]),
+                ],
+              ),
             node('target', [
               ['dev', disk.target.dev],
               ['bus', disk.target.bus],
@@ -466,7 +479,13 @@ function domainNode(def: DomainDefinition): Node {
           'serial',
           [['type', serial.type]],
           [
-            serial.path !== undefined && node('source', sourceAttrs(serial)),
+            charSourceNode(serial),
+            serial.type === 'unix' &&
+              serial.log !== undefined &&
+              node('log', [
+                ['file', serial.log.file],
+                ['append', serial.log.append ? 'on' : undefined],
+              ]),
             node(
               'target',
               [
@@ -488,7 +507,7 @@ function domainNode(def: DomainDefinition): Node {
             ['tty', serial.type === 'pty' ? serial.path : undefined],
           ],
           [
-            serial.path !== undefined && node('source', sourceAttrs(serial)),
+            charSourceNode(serial),
             node('target', [
               ['type', 'serial'],
               ['port', 0],

@@ -47,7 +47,7 @@ async function enterPhase(dom: DomainObject, record: OutgoingRecord, phase: Outg
   if (!job || !run) return;
   // Not setPhase: rolling back after an abort is a phase too.
   job.phase = phase;
-  await recordJob(run, job, () => dom.run === run);
+  await recordJob(dom, run, job);
 }
 
 /**
