@@ -22,7 +22,7 @@ export function diskNameIndex(dev: string): number {
 
 /**
  * The drive address libvirt gives a sata or ide disk without one (virDomainDiskDefAssignAddress):
- * sata, one bus with the index as unit; ide, two units per bus.
+ * sata, six units per controller (sdg is controller 1 unit 0); ide, two units per bus.
  */
 export function defaultDriveAddress(disk: DiskDefinition): {
   type: 'drive';
@@ -34,7 +34,8 @@ export function defaultDriveAddress(disk: DiskDefinition): {
   const index = diskNameIndex(disk.target.dev);
   return disk.target.bus === 'ide'
     ? { type: 'drive', controller: 0, bus: index >> 1, target: 0, unit: index & 1 }
-    : { type: 'drive', controller: 0, bus: 0, target: 0, unit: index };
+    : // libvirt's SATA: six ports per AHCI controller, the next controller after them.
+      { type: 'drive', controller: Math.floor(index / 6), bus: 0, target: 0, unit: index % 6 };
 }
 
 /** A disk's alias when it has none: `virtio-disk<N>`, or `<bus><controller>-<bus>-<unit>` (`sata0-0-1`). */
