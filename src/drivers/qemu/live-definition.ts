@@ -2,15 +2,20 @@ import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { type DomainDefinition, domainDefinitionSchema } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { dropIfGone, runtimeStatus, settleStatus, writeStatusDurably } from './runtime-status.js';
+import { dropIfGone, runtimeStatus } from './runtime-status.js';
+import { writeStatusSync } from './status.js';
 
 /**
- * The one way to change a running domain's live definition (a hotplug, a finished migration):
- * validates `next`, bumps the version and rewrites the status file atomically and durably before
- * the new definition is visible, so a successor driver adopts exactly what this one shows. The
- * status keeps recording the job it records (the one making the change) and the domain's state.
- * When QEMU exited meanwhile (`run` is no longer the domain's), the file just written is removed
- * rather than left for a domain that is shut off.
+ * The one way to change a running domain's live definition (a hotplug or unplug, `setVcpus`, a
+ * DIMM, a device QEMU reports through monitor passthrough): validates `next`, bumps the version and
+ * rewrites the status file atomically before the new definition is visible, so a successor driver
+ * adopts exactly what this one shows. The status keeps recording the job it records (the one making
+ * the change) and the domain's state. The write is not fsync'd (see writeStatus): it guards against
+ * a killed driver, which the page cache covers, and a host crash ends the QEMU it describes; the two
+ * fsyncs were most of a hotplug's time (issue 14). The persistent definition a config change writes
+ * stays durable. A durable status write still under way would land after this one with older
+ * content: it rewrites the file on completion (settleStatus). When QEMU exited before (`run` is no
+ * longer the domain's), the file just written is removed rather than left for a domain that is shut off.
  *
  * @throws VirtError `XML_ERROR` naming the field when `next` does not validate (nothing changes)
  */
@@ -18,12 +23,13 @@ export async function setLive(dom: DomainObject, run: Runtime, next: DomainDefin
   const checked = resolveDefinition(next);
   const version = run.liveVersion + 1;
   const record = { ...runtimeStatus(run, 'running', dom.status), live: checked, liveVersion: version };
-  await writeStatusDurably(run, record);
+  writeStatusSync(run.paths.status, record);
   dropIfGone(dom, run);
   run.live = checked;
   run.liveVersion = version;
   run.liveUnreadable = undefined;
-  settleStatus(dom, run);
+  run.statusState = dom.status;
+  if (run.statusWrites > 0) run.statusStale = true;
 }
 
 /**
