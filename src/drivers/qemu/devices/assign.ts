@@ -216,13 +216,34 @@ export function assignDevices(def: DomainDefinition, options: AssignOptions = {}
 function assignDriveAddresses(disks: DiskDefinition[]): void {
   const units = new Map<number, string>();
   const ideUnits = new Map<string, string>();
+  const scsiUnits = new Map<string, string>();
   disks.forEach((disk, i) => {
     const path = `disks.${i}`;
-    if (disk.target.bus === 'ide') {
-      if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'an ide disk takes a drive address');
+    const bus = disk.target.bus;
+    if (bus === 'virtio') {
+      if (disk.address && disk.address.type !== 'pci')
+        throw invalid(`${path}.address`, 'a virtio disk takes a PCI address');
+      return;
+    }
+    if (bus === 'usb') {
+      if (disk.address && disk.address.type !== 'usb')
+        throw invalid(`${path}.address`, 'a usb disk takes a USB address');
+      if (disk.address && disk.address.bus !== 0)
+        throw unsupported(`${path}.address.bus`, 'a USB bus other than 0 (virtkit has one USB controller)');
+      if (disk.device === 'cdrom')
+        throw unsupported(
+          `${path}.device`,
+          'a cdrom on the usb bus (QEMU has no USB CD-ROM: use bus sata, ide or scsi)',
+        );
+      return;
+    }
+    if (disk.address && disk.address.type !== 'drive')
+      throw invalid(`${path}.address`, `a ${bus} disk takes a drive address`);
+    const given = disk.address;
+    const index = diskNameIndex(disk.target.dev);
+    if (bus === 'ide') {
       // libvirt's virDomainDiskDefAssignAddress: two units per bus, two buses per controller.
-      const index = diskNameIndex(disk.target.dev);
-      const address = disk.address ?? {
+      const address = given ?? {
         type: 'drive' as const,
         controller: 0,
         bus: index >> 1,
@@ -242,18 +263,34 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       disk.address = address;
       return;
     }
-    if (disk.target.bus !== 'sata') {
-      if (disk.address?.type === 'drive')
-        throw invalid(`${path}.address`, 'a virtio disk takes a PCI address');
+    if (bus === 'scsi') {
+      // libvirt: seven units per controller, one bus, target 0.
+      const address = given ?? {
+        type: 'drive' as const,
+        controller: Math.floor(index / 7),
+        bus: 0,
+        target: 0,
+        unit: index % 7,
+      };
+      if (address.controller !== 0 || address.bus !== 0) {
+        throw unsupported(
+          `${path}.address`,
+          `scsi position ${address.controller}-${address.bus}-${address.target}-${address.unit} (virtkit has one SCSI controller with one bus: name the disk sda…sdg)`,
+        );
+      }
+      const k = `${address.target}-${address.unit}`;
+      const holder = scsiUnits.get(k);
+      if (holder !== undefined) throw invalid(`${path}.address`, `scsi position ${k} is taken by ${holder}`);
+      scsiUnits.set(k, disk.target.dev);
+      disk.address = address;
       return;
     }
-    if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'a sata disk takes a drive address');
-    const address = disk.address ?? {
+    const address = given ?? {
       type: 'drive' as const,
       controller: 0,
       bus: 0,
       target: 0,
-      unit: diskNameIndex(disk.target.dev),
+      unit: index,
     };
     if (address.controller !== 0 || address.bus !== 0 || address.target !== 0 || address.unit > 5) {
       throw unsupported(
@@ -334,10 +371,13 @@ function assignAliases(
   disks.forEach((disk, i) => {
     if (disk.alias !== undefined) return;
     const address = disk.address;
+    // libvirt's qemuAssignDeviceDiskAlias.
     disk.alias =
-      disk.target.bus !== 'virtio' && address?.type === 'drive'
-        ? `${disk.target.bus}${address.controller}-${address.bus}-${address.unit}`
-        : `virtio-disk${diskNameIndex(disk.target.dev)}`;
+      disk.target.bus === 'scsi' && address?.type === 'drive'
+        ? `scsi${address.controller}-${address.bus}-${address.target}-${address.unit}`
+        : disk.target.bus !== 'virtio' && address?.type === 'drive'
+          ? `${disk.target.bus}${address.controller}-${address.bus}-${address.unit}`
+          : `${disk.target.bus === 'usb' ? 'usb' : 'virtio'}-disk${diskNameIndex(disk.target.dev)}`;
     claim(disk.alias, `disks.${i}`, MAX_DISK_ALIAS);
   });
   let n = 0;
@@ -428,11 +468,20 @@ function assignPciAddresses(
   for (const c of controllers) {
     const endpoint =
       (c.type === 'sata' && family !== 'q35') ||
+      c.type === 'scsi' ||
       (c.type === 'usb' && c.model === 'qemu-xhci') ||
       c.type === 'virtio-serial';
     if (c.type === 'usb' && c.model !== undefined && c.model in ICH9_FUNCTION)
       addItem(ctlPath(c), `${c.alias ?? ''} (${c.model})`, false, c, c.model as keyof typeof ICH9_FUNCTION);
-    else if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type !== 'sata', c);
+    // The LSI 53C895A is a conventional PCI card; virtio-scsi (not transitional) is PCI Express.
+    else if (endpoint)
+      addItem(
+        ctlPath(c),
+        c.alias ?? '',
+        c.type !== 'sata' &&
+          !(c.type === 'scsi' && (c.model === 'lsilogic' || c.model === 'virtio-transitional')),
+        c,
+      );
     else if (c.type === 'usb' && c.model === 'none' && c.address)
       throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
   }
