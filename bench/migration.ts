@@ -6,13 +6,15 @@
  * source QEMU has exited; downtime = what the source's QEMU reports (its own stop until the last
  * byte is sent, which the manager can only disturb by load); pause = what the guest sees, from the
  * source's STOP event to the destination's RESUME event (QEMU's timestamps, one host clock), which
- * includes how soon the manager resumes the destination.
+ * includes how soon the manager resumes the destination. Total splits in three, on this process's
+ * clock: setup (until the source's `migrate` command is sent: destination started and listening),
+ * stream (until the source's STOP arrives) and tail (until the end: destination resumed, source gone).
  *
  * Run: npm run bench:migration      Knobs (env): BENCH_MIG_N (10).
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import diagnosticsChannel from 'node:diagnostics_channel';
+import diagnosticsChannel, { tracingChannel } from 'node:diagnostics_channel';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +23,7 @@ import {
   connect,
   type Domain,
   diagnosticsChannels,
+  type QmpCommandMessage,
   type QmpEventMessage,
 } from '../src/index.js';
 import { ensureGuestImage } from '../test/fixtures/guest-image.js';
@@ -38,6 +41,9 @@ interface Sample {
   totalMs: number;
   downtimeMs: number;
   pauseMs: number;
+  setupMs: number;
+  streamMs: number;
+  tailMs: number;
 }
 
 type Stamp = { seconds: number; microseconds: number };
@@ -47,13 +53,28 @@ const ms = (t: Stamp): number => t.seconds * 1000 + t.microseconds / 1000;
 class PauseClock {
   #stop: number | undefined;
   #pause: number | undefined;
+  /** When the migration's `migrate` command left and its STOP arrived, on this process's clock. */
+  migrateSentAt = Number.NaN;
+  stopSeenAt = Number.NaN;
   reset(): void {
     this.#stop = undefined;
     this.#pause = undefined;
+    this.migrateSentAt = Number.NaN;
+    this.stopSeenAt = Number.NaN;
+  }
+  /** setup, stream and tail of a migration that began at `t0` and ended at `t1`. */
+  split(t0: number, t1: number): Pick<Sample, 'setupMs' | 'streamMs' | 'tailMs'> {
+    return {
+      setupMs: this.migrateSentAt - t0,
+      streamMs: this.stopSeenAt - this.migrateSentAt,
+      tailMs: t1 - this.stopSeenAt,
+    };
   }
   see(event: string, at: Stamp): void {
-    if (event === 'STOP') this.#stop = ms(at);
-    else if (event === 'RESUME' && this.#stop !== undefined && this.#pause === undefined)
+    if (event === 'STOP') {
+      this.#stop = ms(at);
+      this.stopSeenAt = performance.now();
+    } else if (event === 'RESUME' && this.#stop !== undefined && this.#pause === undefined)
       this.#pause = ms(at) - this.#stop;
   }
   get pauseMs(): number {
@@ -65,6 +86,16 @@ const virtkitClock = new PauseClock();
 diagnosticsChannel.subscribe(diagnosticsChannels.qmpEvent, (m) => {
   const msg = m as QmpEventMessage;
   if (msg.domain?.name === 'bench-mig') virtkitClock.see(msg.event, msg.timestamp);
+});
+tracingChannel<string, QmpCommandMessage>(diagnosticsChannels.qmpCommand).subscribe({
+  start: (m) => {
+    if (m.command === 'migrate' && m.domain?.name === 'bench-mig')
+      virtkitClock.migrateSentAt = performance.now();
+  },
+  end: () => undefined,
+  asyncStart: () => undefined,
+  asyncEnd: () => undefined,
+  error: () => undefined,
 });
 
 /** Raw QEMU: the argv a careful hand would write for the guest, plus `-incoming defer` on the destination. */
@@ -132,6 +163,7 @@ async function rawMigrate(from: RawSide, to: RawSide): Promise<Sample> {
   await dst.command('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
   const info = await dst.command<{ 'socket-address': Array<{ port: string }> }>('query-migrate');
   const port = info['socket-address'][0]?.port;
+  rawClock.migrateSentAt = performance.now();
   await src.command('migrate', { uri: `tcp:127.0.0.1:${port}` });
   let downtime = 0;
   for (;;) {
@@ -150,7 +182,8 @@ async function rawMigrate(from: RawSide, to: RawSide): Promise<Sample> {
   }
   await dst.command('cont');
   await from.quit();
-  return { totalMs: performance.now() - t0, downtimeMs: downtime, pauseMs: rawClock.pauseMs };
+  const t1 = performance.now();
+  return { totalMs: t1 - t0, downtimeMs: downtime, pauseMs: rawClock.pauseMs, ...rawClock.split(t0, t1) };
 }
 
 async function virtkitMigrate(dom: Domain, to: Connection): Promise<{ sample: Sample; moved: Domain }> {
@@ -163,13 +196,22 @@ async function virtkitMigrate(dom: Domain, to: Connection): Promise<{ sample: Sa
       if (p.downtimeMs !== undefined) downtime = p.downtimeMs;
     },
   });
+  const t1 = performance.now();
   return {
-    sample: { totalMs: performance.now() - t0, downtimeMs: downtime, pauseMs: virtkitClock.pauseMs },
+    sample: {
+      totalMs: t1 - t0,
+      downtimeMs: downtime,
+      pauseMs: virtkitClock.pauseMs,
+      ...virtkitClock.split(t0, t1),
+    },
     moved,
   };
 }
 
 async function main(): Promise<void> {
+  const loadAtStart = loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ');
   const a = await connect(`qemu:///embed?root=${join(dir, 'A')}`);
   const b = await connect(`qemu:///embed?root=${join(dir, 'B')}`);
   const raw = [new RawSide('raw-a'), new RawSide('raw-b')] as const;
@@ -196,9 +238,9 @@ async function main(): Promise<void> {
       const v = await virtkitMigrate(dom, conns[(i + 1) % 2] as Connection);
       dom = v.moved;
       results.virtkit.push(v.sample);
-      log(
-        `#${i + 1}: raw ${r.totalMs.toFixed(0)} ms (downtime ${r.downtimeMs}, pause ${r.pauseMs.toFixed(1)}), virtkit ${v.sample.totalMs.toFixed(0)} ms (downtime ${v.sample.downtimeMs}, pause ${v.sample.pauseMs.toFixed(1)})`,
-      );
+      const parts = (s: Sample) =>
+        `${s.totalMs.toFixed(0)} ms = ${s.setupMs.toFixed(0)}+${s.streamMs.toFixed(0)}+${s.tailMs.toFixed(0)} (downtime ${s.downtimeMs}, pause ${s.pauseMs.toFixed(1)})`;
+      log(`#${i + 1}: raw ${parts(r)}, virtkit ${parts(v.sample)}; load ${loadavg()[0]?.toFixed(2)}`);
     }
   } finally {
     for (const side of raw) await side.quit().catch(() => undefined);
@@ -220,10 +262,13 @@ async function main(): Promise<void> {
       '| | raw QEMU (ms) | virtkit (ms) | ratio |',
       '|---|---|---|---|',
       row('total', (s) => s.totalMs),
+      row('· setup (until `migrate`)', (s) => s.setupMs),
+      row('· stream (until STOP)', (s) => s.streamMs),
+      row('· tail (until the end)', (s) => s.tailMs),
       row('downtime (QEMU)', (s) => s.downtimeMs),
       row('pause (STOP → RESUME)', (s) => s.pauseMs),
       '',
-      `load average at the end: ${loadavg()
+      `load average at the start: ${loadAtStart}, at the end: ${loadavg()
         .map((l) => l.toFixed(2))
         .join(' ')} (${cpus().length} CPUs)`,
       '',

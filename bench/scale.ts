@@ -11,7 +11,8 @@
  *              BENCH_SCALE_ONLY (comma list of burst,reconnect,list), BENCH_ACCEL (kvm|tcg),
  *              BENCH_SCALE_LIBVIRT (0: no libvirt beside virtkit in the reconnect measure),
  *              BENCH_SCALE_BEFORE (another checkout of virtkit, with node_modules: its driver runs
- *              as a third side of every burst round, "virtkit (before)", for a before/after in one run).
+ *              as a third side of every burst round, "virtkit (before)", for a before/after in one run),
+ *              BENCH_SCALE_NAME (base name of the results in bench/results; default scale).
  * The machine is shared: the load average is recorded with every round, and ratios are taken
  * between the two sides of one round (they ran back to back).
  */
@@ -43,6 +44,8 @@ const LIST_RUNNING = Number(process.env['BENCH_LIST_RUNNING'] ?? Math.floor(LIST
 const ONLY = new Set((process.env['BENCH_SCALE_ONLY'] ?? 'burst,reconnect,list').split(','));
 const RESULTS = join(import.meta.dirname, 'results');
 const BEFORE = process.env['BENCH_SCALE_BEFORE'];
+/** The results' base name in bench/results (a partial or before/after run need not replace scale.md). */
+const NAME = process.env['BENCH_SCALE_NAME'] ?? 'scale';
 
 const log = (msg: string) => process.stderr.write(`[bench:scale] ${msg}\n`);
 const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
@@ -253,8 +256,8 @@ async function main(): Promise<void> {
   }
 
   mkdirSync(RESULTS, { recursive: true });
-  writeFileSync(join(RESULTS, 'scale.json'), `${JSON.stringify(json, null, 2)}\n`);
-  writeFileSync(join(RESULTS, 'scale.md'), md.join('\n'));
+  writeFileSync(join(RESULTS, `${NAME}.json`), `${JSON.stringify(json, null, 2)}\n`);
+  writeFileSync(join(RESULTS, `${NAME}.md`), md.join('\n'));
   process.stdout.write(md.join('\n'));
 }
 

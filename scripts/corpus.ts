@@ -86,6 +86,7 @@ function fakeContext(def: DomainDefinition): Parameters<typeof buildCommandLine>
     homeDir: '/var/lib/virtkit-corpus',
     hugepagesPath: '/dev/hugepages',
     diskFds: def.disks.map((_, i) => 10 + i),
+    backingFds: def.disks.map((d, i) => (d.backingStore ? 50 + i : undefined)),
     tapFds: def.interfaces.map((nic, i) => (nic.type === 'ethernet' ? [100 + i] : undefined)),
     firmware: resolveFirmware(def, '/var/lib/virtkit-corpus/nvram'),
     nowMs: 0,

@@ -77,8 +77,9 @@ export function jobText(job: JobInfo): string {
   return `${rows.map(([k, v]) => `${k.padEnd(17)} ${v}`).join('\n')}\n\n`;
 }
 
-/** One line of `virsh event`. */
+/** One line of `virsh event`: a reset is virsh's `reboot` event, the rest `lifecycle` ones. */
 export function eventLine(event: DomainEvent): string {
+  if (event.type === 'rebooted') return `event 'reboot' for domain '${event.domain.name}'\n`;
   return `event 'lifecycle' for domain '${event.domain.name}': ${capitalise(event.type)} ${capitalise(event.reason)}\n`;
 }
 

@@ -29,6 +29,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   let endpoint: Endpoint | undefined;
   // An error before the command has run (a domain that does not exist) is reported as JSON too.
   let json = argv.includes('--json');
+  // The domain the command names: virsh reports a lookup that failed as "failed to get domain".
+  let named: string | undefined;
   const program = new Command();
   const open = async (): Promise<Endpoint> => {
     endpoint ??= await openEndpoint(resolveUri(program.opts<GlobalOptions>()));
@@ -55,6 +57,10 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       'after',
       '\nA root held by a running application is reached through its control socket, when it serves one.\nExit status: 0 on success, 1 on failure (the error code is on standard error).',
     );
+
+  program.hook('preAction', (_program, command) => {
+    if (command.registeredArguments[0]?.name() === 'domain') named = String(command.processedArgs[0]);
+  });
 
   const domainCommand = (name: string, description: string): Command =>
     program.command(name).description(description).argument('<domain>', 'domain name, id or uuid');
@@ -459,18 +465,29 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .command('event')
     .description('print domain life-cycle events')
     .option('--domain <domain>', 'only events of this domain (name or uuid)')
-    .option('--event <name>', 'the event to wait for; only "lifecycle" exists')
+    .option('--event <name>', 'only this event: lifecycle, or reboot (the guest was reset)')
     .option('--all', 'every event (the default)')
     .option('--loop', 'keep printing until interrupted or the timeout')
     .option('--timeout <seconds>', 'stop after this many seconds', positiveInt)
     .option('--json', 'JSON: one event object per line')
     .action(
       async (o: { domain?: string; event?: string; loop?: boolean; timeout?: number; json?: boolean }) => {
-        if (o.event !== undefined && o.event !== 'lifecycle') {
-          throw new VirtError(ErrorCode.OPERATION_INVALID, `unknown event '${o.event}': use lifecycle`);
+        if (o.event !== undefined && o.event !== 'lifecycle' && o.event !== 'reboot') {
+          throw new VirtError(
+            ErrorCode.OPERATION_INVALID,
+            `unknown event '${o.event}': use lifecycle or reboot`,
+          );
         }
+        const wanted = (event: DomainEvent): boolean =>
+          o.event === undefined || (o.event === 'reboot') === (event.type === 'rebooted');
         json = !!o.json;
         const ep = await open();
+        let only: string | undefined;
+        if (o.domain !== undefined) {
+          named = o.domain;
+          // By uuid from here on, so an id or a name given works alike.
+          only = (await ep.call('dominfo', { domain: o.domain })).uuid;
+        }
         let count = 0;
         await new Promise<void>((resolve, reject) => {
           const timer = o.timeout === undefined ? undefined : setTimeout(resolve, o.timeout * 1000);
@@ -481,7 +498,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
             process.off('SIGINT', onSignal);
             resolve();
           };
-          ep.subscribe(o.domain, (event: DomainEvent) => {
+          ep.subscribe(only, (event: DomainEvent) => {
+            if (!wanted(event)) return;
             count++;
             io.out(o.json ? `${JSON.stringify(event)}\n` : eventLine(event));
             if (!o.loop) finish();
@@ -501,11 +519,14 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       return code === 0 ? 0 : 1;
     }
     const e = VirtError.is(err) ? err : new VirtError(ErrorCode.INTERNAL_ERROR, errorMessage(err));
-    io.err(
-      json
-        ? `${JSON.stringify({ error: { code: e.code, message: e.message, details: e.details } })}\n`
-        : `error: ${e.code}: ${e.message}\n`,
-    );
+    if (json) {
+      io.err(`${JSON.stringify({ error: { code: e.code, message: e.message, details: e.details } })}\n`);
+    } else {
+      // virsh's first line, which scripts match; then virtkit's code and message.
+      if (e.code === ErrorCode.NO_DOMAIN && named !== undefined)
+        io.err(`error: failed to get domain '${named}'\n`);
+      io.err(`error: ${e.code}: ${e.message}\n`);
+    }
     return 1;
   } finally {
     await endpoint?.close();

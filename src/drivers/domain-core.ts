@@ -83,6 +83,12 @@ export abstract class DriverCore<D extends CoreDomain> {
   /** Called after every event is delivered, for a driver's own follow-up (e.g. a transient domain). */
   protected afterEvent(_dom: D, _event: DomainEvent): void {}
 
+  /**
+   * Called after every state change, before its events go out: a driver that keeps a record of
+   * the state (the embedded driver's status file) writes it here.
+   */
+  protected stateChanged(_dom: D): void {}
+
   /** Runs a job's body; a driver wraps it, e.g. to record the job in a status file. */
   protected runJob<T>(_dom: D, job: Job, fn: (job: Job) => Promise<T>): Promise<T> {
     return fn(job);
@@ -143,6 +149,7 @@ export abstract class DriverCore<D extends CoreDomain> {
    */
   setState(dom: D, next: DomainStatus, ...announce: readonly (DomainEventType | Announcement)[]): void {
     dom[writeStatus](next);
+    this.stateChanged(dom);
     for (const a of announce) {
       if (typeof a === 'string') this.emit(dom, a, next.reason);
       else this.emit(dom, a[0], a[1]);

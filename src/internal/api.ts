@@ -54,14 +54,18 @@ export interface InternalApi {
    * Commands that change what the driver tracks (`stop`, `cont`, `quit`, `device_del`) are allowed:
    * the driver follows the events they cause, so its state stays QEMU's; a `device_add` with an
    * `id` is read back from QEMU into the live definition when the definition can represent it
-   * (otherwise logged). It does not wait for the domain's job, so it also serves to look at a
-   * domain whose job is stuck.
+   * (otherwise logged). A command that can change the domain takes the domain's job, as libvirt's
+   * `qemu-monitor-command` does (`QEMU_JOB_MODIFY`; job operation `monitor-command`): it waits for
+   * the job under way, and a `destroy()` or `abortJob()` ends it. Queries (`query-*`, `x-query-*`,
+   * `qom-get`, `qom-list`, `qom-list-types`, `qom-list-properties`, `device-list-properties`) never
+   * wait for a job, so they also serve to look at a domain whose job is stuck.
    *
    * @param domain - a `Domain` of this connection
    * @param command - the QMP command name, e.g. `query-status`
    * @param args - the command's `arguments`
    * @returns QEMU's reply (`return`), untrusted: QEMU may have run guest code
-   * @throws `VirtError` `OPERATION_FAILED` with `details.qmpClass` when QEMU answers with an
+   * @throws `VirtError` `ABORTED` when `signal` aborts the command's job (or its wait for one);
+   *   `OPERATION_FAILED` with `details.qmpClass` when QEMU answers with an
    *   error; `OPERATION_INVALID` when the domain is not running; `XML_ERROR` (`details.field`) for a
    *   malformed command name or arguments; `OPERATION_TIMEOUT`; `NO_SUPPORT` on the test driver
    */

@@ -21,7 +21,10 @@ export interface MonitorTarget {
 export interface MonitorCommandOptions {
   /** How long to wait for QEMU's reply; default 30 000 ms. The command may still run after that. */
   readonly timeoutMs?: number;
-  /** Stops waiting for the reply (the command may still run in QEMU). */
+  /**
+   * Stops waiting for the domain's job or for the reply (the command may still run in QEMU once
+   * sent); a modifying command's job then fails with `ABORTED`.
+   */
   readonly signal?: AbortSignal;
 }
 

@@ -34,12 +34,14 @@ export interface OperationBackend {
     op: Op,
     args: OperationArgs<Op>,
     result: Result<Op>,
+    /** The invocation's scope: its pid's recorded start time is re-checked around per-thread readings. */
+    scope?: InvocationScope,
   ): void | Promise<void>;
 }
 
 const systemBackend: OperationBackend = {
   builtin: (op, args, scope) => builtins[op](args as never, scope) as never,
-  postcheck: (op, args, result) => postchecks[op](args as never, result as never),
+  postcheck: (op, args, result, scope) => postchecks[op](args as never, result as never, scope),
 };
 
 /**
@@ -115,7 +117,7 @@ async function perform<Op extends OperationName>(
     throw err;
   }
   try {
-    await backend.postcheck(op, args, result);
+    await backend.postcheck(op, args, result, scope);
   } catch (err) {
     closeResultFds(result);
     record(`postcondition failed: ${errorMessage(err)}`);

@@ -4,9 +4,27 @@ import { listThreads, readProcLimits, readThreadCgroups } from '../util/proc.js'
 import { isTapFd } from '../util/tap.js';
 import { limitCovers } from './memlock.js';
 import type { OperationArgs, OperationName, OperationResult } from './operations.js';
-import { isThreadOf } from './threads-verify.js';
+import type { BuiltinScope } from './scope.js';
+import { isThreadOf, verifyOwner } from './threads-verify.js';
 
-type Postcheck<Op extends OperationName> = (args: OperationArgs<Op>, result: OperationResult<Op>) => void;
+type Postcheck<Op extends OperationName> = (
+  args: OperationArgs<Op>,
+  result: OperationResult<Op>,
+  scope?: Pick<BuiltinScope, 'pid' | 'startTime'>,
+) => void;
+
+/**
+ * A pid that is no longer the QEMU process the driver launched (it died while the handler ran and
+ * the number was reused) makes every per-thread reading meaningless: checked before and after them.
+ */
+function sameOwner(pid: number, scope: Pick<BuiltinScope, 'pid' | 'startTime'> | undefined): void {
+  if (scope?.pid !== pid || scope.startTime === undefined) return;
+  try {
+    verifyOwner({ pid, startTime: scope.startTime });
+  } catch (err) {
+    throw new Error(`pid ${pid} is not the process the handler was asked about: ${(err as Error).message}`);
+  }
+}
 
 /** The access mode of one of our descriptors, from /proc/self/fdinfo (O_ACCMODE bits of `flags`). */
 function accessMode(fd: number): 'r' | 'w' | 'rw' {
@@ -26,7 +44,8 @@ export const postchecks: { [Op in OperationName]: Postcheck<Op> } = {
       throw new Error(`/proc/${args.pid}/limits shows ${limit.soft}/${limit.hard}, needed ${args.bytes}`);
     }
   },
-  'thread.setScheduler': (args) => {
+  'thread.setScheduler': (args, _result, scope) => {
+    sameOwner(args.pid, scope);
     for (const t of args.threads) {
       // A tid that is not (or no longer) QEMU's says nothing about QEMU's scheduling.
       if (!isThreadOf(args.pid, t.tid)) throw new Error(`thread ${t.tid} is not a thread of pid ${args.pid}`);
@@ -37,8 +56,10 @@ export const postchecks: { [Op in OperationName]: Postcheck<Op> } = {
         );
       }
     }
+    sameOwner(args.pid, scope);
   },
-  'cgroup.placeThreads': (args, result) => {
+  'cgroup.placeThreads': (args, result, scope) => {
+    sameOwner(args.pid, scope);
     const tids = new Set(listThreads(args.pid));
     const placed = new Map(result.placements.map((p) => [p.tid, p.cgroup]));
     for (const t of args.threads) {
@@ -49,6 +70,7 @@ export const postchecks: { [Op in OperationName]: Postcheck<Op> } = {
       if (!paths.includes(cgroup))
         throw new Error(`thread ${t.tid} is in ${paths.join(', ')}, not ${cgroup}`);
     }
+    sameOwner(args.pid, scope);
   },
   'cgroup.release': () => {},
   'net.openTap': (args, result) => {

@@ -12,6 +12,12 @@ export type DomainEventType =
   | 'stopped'
   | 'device-added'
   | 'device-removed'
+  /**
+   * The guest was reset (libvirt's `VIR_DOMAIN_EVENT_ID_REBOOT`, from QEMU's `RESET`): reason
+   * `guest` when the guest rebooted itself, `host` for a `reset()`, the reset that ends a
+   * `reboot()` or a guest power-off with `on_poweroff='restart'`. The domain keeps running.
+   */
+  | 'rebooted'
   /** Something recorded about the domain cannot be read (reason `live-unreadable`); see the domain's log. */
   | 'definition-error';
 
@@ -35,7 +41,7 @@ export interface DomainEvent {
    * destination of a migration, `attached` for a QEMU adopted through `virtkit/internal`); for
    * `suspended` the {@link PausedReason} (`user`, `migration`, `ioerror`, `watchdog`, `crashed`,
    * `shutting-down`…); for `resumed` the {@link RunningReason} (`unpaused`, `migration-cancelled`…); for `defined` `added` or `updated`; for
-   * `undefined` `removed`; for `definition-error` `live-unreadable` (a new driver found the
+   * `undefined` `removed`; for `rebooted` `guest` or `host`; for `definition-error` `live-unreadable` (a new driver found the
    * recorded live definition of a running domain unreadable, and left it as found).
    */
   readonly reason: string;

@@ -18,7 +18,9 @@ export type JobOperation =
   | 'undefine'
   | 'migration-out'
   | 'migration-in'
-  | 'device-change';
+  | 'device-change'
+  /** A modifying QMP command sent through `virtkit/internal`'s `monitorCommand`. */
+  | 'monitor-command';
 
 /**
  * What `Domain.getJobInfo()` reports (libvirt's `virDomainGetJobStats`, reduced).

@@ -322,6 +322,89 @@ describe('an unprivileged driver delegating to virtkit-privd', () => {
   });
 });
 
+describe('hotplug through delegate(): the hand-over of phase hotplug goes through the helper', () => {
+  it('an unprivileged driver hot-plugs a root-only disk and a TAP, places and schedules a new vCPU, raises memlock for a DIMM', async () => {
+    await startHelper();
+    const hotDisk = join(images, 'hot.img');
+    writeFileSync(hotDisk, Buffer.alloc(MiB), { mode: 0o600 });
+    const hotTap = `${IFNAME}h`;
+    const base = guest();
+    const dom = {
+      ...base,
+      vcpu: { count: 3, current: 2 },
+      maxMemory: { kib: 1024 * 1024, slots: 2 },
+      cputune: {
+        ...base.cputune,
+        vcpupin: [...base.cputune.vcpupin, { vcpu: 2, cpuset: '0' }],
+        vcpusched: [{ ids: '0-2', scheduler: 'fifo' as const, priority: 1 }],
+      },
+    };
+    const run = runDriver({
+      socket,
+      domain: dom,
+      hold: true,
+      // A loaded machine must not fail a start on a handler's deadline: this test is about hotplug.
+      timeoutMs: 60_000,
+      hotplug: { disk: hotDisk, tap: hotTap, vcpus: 3, dimmMiB: 128 },
+    });
+    const started = await Promise.race([
+      run.next('started'),
+      run.next('failed').then((f) => {
+        throw new Error(`the start failed: ${JSON.stringify(f)}`);
+      }),
+    ]);
+    const pid = started['pid'] as number;
+    const before = audit.length;
+    const hotplugged = await run.next('hotplugged');
+    expect(hotplugged['steps']).toEqual([
+      { what: 'disk', ok: true },
+      { what: 'tap', ok: true },
+      { what: 'vcpus', ok: true },
+      { what: 'memory', ok: true },
+    ]);
+    expect(hotplugged['live']).toEqual({
+      aliases: ['virtio-disk0', 'virtio-disk1', 'net0', 'net1', 'dimm0'],
+      vcpus: 3,
+    });
+
+    // Every privileged step of the hotplug went to the helper, in phase hotplug, and was allowed.
+    const ops = audit.slice(before).filter((a) => a['op'] !== undefined);
+    expect(ops.map((a) => `${a['op']}:${a['phase']}:${a['decision']}`)).toEqual([
+      'storage.openFile:hotplug:allow',
+      'net.openTap:hotplug:allow',
+      'cgroup.placeThreads:hotplug:allow',
+      'thread.setScheduler:hotplug:allow',
+      'process.setMaxMemLock:hotplug:allow',
+    ]);
+    for (const a of ops) expect(a['peer']).toMatchObject({ uid });
+
+    // From outside, in /proc and the cgroup files: QEMU holds the image only root can open and a
+    // second TAP, the new vCPU thread sits in its own cgroup with FIFO, the soft limit is back up.
+    const fds = readdirSync(`/proc/${pid}/fd`).map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
+    expect(fds).toContain(hotDisk);
+    expect(fds.filter((f) => f === '/dev/net/tun')).toHaveLength(2);
+    expect(existsSync(`/sys/class/net/${hotTap}`)).toBe(true);
+    const vcpus = vcpuThreads(pid);
+    const tid = vcpus.get(2) as number;
+    expect(tid).toBeGreaterThan(0);
+    expect(threadCgroup(pid, tid, 'v1-cpuset')).toBe(`/${PARENT}/vk-${dom.uuid}/vcpu2`);
+    expect(readFileSync(join(CPUSET, PARENT, `vk-${dom.uuid}`, 'vcpu2', 'cpuset.cpus'), 'utf8').trim()).toBe(
+      '0',
+    );
+    expect(schedGet(tid)).toEqual({ policy: 'fifo', priority: 1 });
+    expect(readProcLimits(pid).get('Max locked memory')).toMatchObject({
+      soft: BigInt(4 * MiB),
+      hard: BigInt(4 * MiB),
+    });
+
+    run.send('destroy');
+    await run.next('destroyed');
+    await run.exited;
+    expectNothingLeft(run.root, dom.uuid);
+    expect(existsSync(`/sys/class/net/${hotTap}`)).toBe(false);
+  });
+});
+
 describe('virtkit-privd refuses, and the start fails with ACCESS_DENIED leaving nothing behind', () => {
   const cases: Array<{
     name: string;

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -31,6 +32,29 @@ afterEach(async () => {
   removeRoot(root);
 });
 
+/**
+ * Waits until the external QEMU accepts connections on its monitor. The socket file appears at bind(),
+ * before listen(): a connect in between is refused, so existence alone is not readiness. The probe's
+ * connection is closed at once; QEMU then takes the next client from its backlog.
+ */
+async function waitForMonitor(monitor: string, child: ChildProcess): Promise<void> {
+  const end = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error('the external QEMU exited before listening on its monitor');
+    const ok = await new Promise<boolean>((resolve) => {
+      const sock = createConnection(monitor);
+      sock.once('connect', () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > end) throw new Error('the external QEMU did not listen on its monitor');
+    await sleep(25);
+  }
+}
+
 /** A QEMU launched by someone else: paused, TCG, two vCPUs, with its own QMP socket. */
 async function launchExternal(
   name: string | undefined,
@@ -43,10 +67,7 @@ async function launchExternal(
   args.push('-qmp', `unix:${monitor},server=on,wait=off`);
   const child = spawn(QEMU, args, { stdio: 'ignore' });
   qemus.push(child);
-  for (let i = 0; !existsSync(monitor); i++) {
-    if (i > 200 || child.exitCode !== null) throw new Error('the external QEMU did not create its monitor');
-    await sleep(25);
-  }
+  await waitForMonitor(monitor, child);
   return { child, pid: child.pid as number, monitor, uuid };
 }
 
@@ -126,10 +147,7 @@ describe('attach: adopting a QEMU launched outside virtkit', () => {
       { stdio: 'ignore', cwd: root },
     );
     qemus.push(child);
-    for (let i = 0; !existsSync(monitor); i++) {
-      if (i > 200 || child.exitCode !== null) throw new Error('the external QEMU did not create its monitor');
-      await sleep(25);
-    }
+    await waitForMonitor(monitor, child);
     const internal = openInternal(conn, { apiVersion: '1.0' });
     const dom = (await internal.attach({ pid: child.pid as number, monitor })) as Domain;
     expect(await dom.getInfo()).toMatchObject({ vcpus: 3, memoryKiB: 96 * 1024 });

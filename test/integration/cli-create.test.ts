@@ -63,7 +63,7 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(JSON.parse(run('list', '--all', '--json').out)).toEqual([]);
       expect(run('dominfo', 'tvm')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: NO_DOMAIN: /),
+        err: expect.stringMatching(/^error: failed to get domain 'tvm'\nerror: NO_DOMAIN: /),
       });
       expect(readdirSync(join(root, 'etc', 'domains'))).toEqual([]);
       expect(runLeftovers(root).filter((f) => f !== 'control.sock')).toEqual([]);

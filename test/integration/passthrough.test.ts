@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type MonitorEvent, openInternal } from '../../src/internal/index.js';
@@ -27,6 +27,19 @@ afterEach(async () => {
   await conn.close();
   removeRoot(root);
 });
+
+/** A gate a handler waits at: `inHandler` once it is there, `release()` lets it go on. */
+function gate() {
+  let release!: () => void;
+  const released = new Promise<undefined>((r) => {
+    release = () => r(undefined);
+  });
+  let entered!: () => void;
+  const inHandler = new Promise<void>((r) => {
+    entered = r;
+  });
+  return { released, release, inHandler, entered };
+}
 
 const codeOf = async (p: Promise<unknown>): Promise<VirtError> => {
   const err = await p.then(
@@ -132,6 +145,84 @@ describe('QMP passthrough (monitorCommand)', () => {
     );
     expect(noSupport.code).toBe('NO_SUPPORT');
   });
+
+  it("a modifying command takes the domain's job (libvirt's QEMU_JOB_MODIFY): it waits for a start and a device change; queries do not", async () => {
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const startGate = gate();
+    const attachGate = gate();
+    internal.setHandler(
+      'thread.setScheduler',
+      async () => {
+        startGate.entered();
+        // SCHED_OTHER priority 0 is what every thread already has: the post-check passes.
+        return startGate.released;
+      },
+      { timeoutMs: 120_000 },
+    );
+    internal.setHandler(
+      'storage.openFile',
+      async (ctx, args) => {
+        if (ctx.phase === 'hotplug') {
+          attachGate.entered();
+          await attachGate.released;
+        }
+        return { fd: openSync(args.path, args.mode === 'r' ? 'r' : 'r+') };
+      },
+      { timeoutMs: 120_000 },
+    );
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(
+      pausedOnly('ptjob', { cputune: { vcpusched: [{ ids: '0', scheduler: 'other' }] } }),
+    );
+    const order: string[] = [];
+
+    // 1. A start holds the domain inside a handler.
+    const starting = dom.start({ paused: true }).then(() => order.push('start'));
+    await startGate.inHandler;
+    const cont = internal.monitorCommand(dom, 'cont').then(() => order.push('cont'));
+    // One whose signal fires while it waits for its turn leaves the queue, typed; nothing was sent.
+    const giveUp = new AbortController();
+    const stopAborted = codeOf(internal.monitorCommand(dom, 'stop', undefined, { signal: giveUp.signal }));
+    giveUp.abort();
+    expect(await stopAborted).toMatchObject({ code: 'ABORTED', details: { operation: 'monitor-command' } });
+    // A query does not queue: the domain has not finished starting, so it is refused at once.
+    expect((await codeOf(internal.monitorCommand(dom, 'query-status'))).code).toBe('OPERATION_INVALID');
+    expect(await dom.getJobInfo()).toMatchObject({ operation: 'start' });
+    startGate.release();
+    await Promise.all([starting, cont]);
+    // `cont` ran once the start had finished (paused): without the job it would have found the
+    // domain not started and failed.
+    expect(order).toEqual(['start', 'cont']);
+    // QEMU sends RESUME before its reply: the state is already the new one.
+    expect(await dom.getState()).toEqual({ state: 'running', reason: 'unpaused' });
+
+    // 2. A device change holds the domain inside its handler (phase hotplug).
+    const image = join(root, 'lib', 'ptjob.img');
+    writeFileSync(image, Buffer.alloc(1024 * 1024));
+    const attaching = dom
+      .attachDevice(
+        `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${image}'/><target dev='vdb' bus='virtio'/></disk>`,
+        { live: true },
+      )
+      .then(() => order.push('attach'));
+    await attachGate.inHandler;
+    const stop = internal.monitorCommand(dom, 'stop').then(() => order.push('stop'));
+    // A query answers while the job holds the domain.
+    expect(await internal.monitorCommand(dom, 'query-status')).toMatchObject({ running: true });
+    expect(await dom.getJobInfo()).toMatchObject({ operation: 'device-change' });
+    expect(await dom.getState()).toEqual({ state: 'running', reason: 'unpaused' });
+    attachGate.release();
+    await Promise.all([attaching, stop]);
+    expect(order).toEqual(['start', 'cont', 'attach', 'stop']);
+    expect(await dom.getState()).toEqual({ state: 'paused', reason: 'user' });
+    expect(
+      rec.events
+        .filter((e) => ['started', 'suspended', 'resumed'].includes(e.type))
+        .map((e) => `${e.type}:${e.reason}`),
+    ).toEqual(['started:booted', 'suspended:user', 'resumed:unpaused', 'suspended:user']);
+    expect(dom.getDefinition().disks.map((d) => d.target.dev)).toEqual(['vdb']);
+    expect(await dom.getJobInfo()).toMatchObject({ operation: 'none' });
+  }, 180_000);
 });
 
 describe('QMP passthrough (monitorEvents)', () => {

@@ -1,5 +1,8 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Connection, DomainStatus } from '../../src/stable/index.js';
+import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import type { Connection, Domain, DomainStatus } from '../../src/stable/index.js';
 import {
   alive,
   openRoot,
@@ -114,4 +117,74 @@ describe('a STOP mapped by its cause', () => {
     expect(suspended.reason).toBe('ioerror');
     expect(await dom.getState()).toEqual({ state: 'paused', reason: 'ioerror' });
   });
+});
+
+/** The state the domain's status file records. */
+function recordedState(dir: string, dom: Domain): unknown {
+  return (JSON.parse(readFileSync(join(dir, 'run', `${dom.name}.json`), 'utf8')) as { state?: unknown })
+    .state;
+}
+
+/** Sends one QMP command to the domain's QEMU behind virtkit's back (no driver holds the root). */
+async function behindTheBack(dir: string, dom: Domain, command: 'stop' | 'cont'): Promise<void> {
+  const qmp = await QmpClient.connect(join(dir, 'run', `${dom.uuid}.qmp`), { timeoutMs: 30_000 });
+  try {
+    await qmp.execute(command);
+  } finally {
+    qmp.close();
+  }
+}
+
+describe('the state across a reconnect (kept in the status file, as libvirt keeps it in its status XML)', () => {
+  it('a reason QEMU cannot tell survives; QEMU decides whether the vCPUs run', async () => {
+    const dom = await conn.defineDomain(tinyGuest('keep', 'wait'));
+    await dom.start();
+    expect(await dom.getState()).toEqual({ state: 'running', reason: 'booted' });
+    expect(recordedState(root, dom)).toEqual({ state: 'running', reason: 'booted' });
+    const { pid } = await dom.getInfo();
+    await conn.close();
+    conn = await openRoot(root);
+    let again = await conn.lookupDomain('keep');
+    // QEMU only says `running`: the recorded `booted` stays (it read `unpaused` before).
+    expect(await again.getState()).toEqual({ state: 'running', reason: 'booted' });
+    expect((await again.getInfo()).pid).toBe(pid);
+
+    await again.suspend();
+    expect(recordedState(root, again)).toEqual({ state: 'paused', reason: 'user' });
+    await conn.close();
+    // The vCPUs run again while no driver watches: QEMU decides, the reason is `unpaused`.
+    await behindTheBack(root, again, 'cont');
+    conn = await openRoot(root);
+    again = await conn.lookupDomain('keep');
+    expect(await again.getState()).toEqual({ state: 'running', reason: 'unpaused' });
+    expect(recordedState(root, again)).toEqual({ state: 'running', reason: 'unpaused' });
+
+    await conn.close();
+    // Paused while no driver watches: recorded running, QEMU paused, so paused with QEMU's reason.
+    await behindTheBack(root, again, 'stop');
+    conn = await openRoot(root);
+    again = await conn.lookupDomain('keep');
+    expect(await again.getState()).toEqual({ state: 'paused', reason: 'user' });
+    expect((await again.getInfo()).pid).toBe(pid);
+  }, 180_000);
+
+  it('a paused destination of a migration stays paused/migrated across a reconnect (QEMU says only paused)', async () => {
+    const destRoot = tempRoot('vk-state-dst-');
+    let dst = await openRoot(destRoot);
+    try {
+      const dom = await conn.defineDomain(pausedOnly('moved'));
+      await dom.start({ paused: true });
+      const moved = await dom.migrateTo(dst, { listen: `unix:${join(destRoot, 'lib', 'in.sock')}` });
+      expect(await moved.getState()).toEqual({ state: 'paused', reason: 'migrated' });
+      const { pid } = await moved.getInfo();
+      await dst.close();
+      dst = await openRoot(destRoot);
+      const again = await dst.lookupDomain('moved');
+      expect(await again.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated', pid });
+    } finally {
+      for (const d of await dst.listDomains({ state: 'active' })) await d.destroy({ graceMs: 1000 });
+      await dst.close();
+      removeRoot(destRoot);
+    }
+  }, 180_000);
 });

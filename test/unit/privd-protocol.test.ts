@@ -3,6 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { VirtError } from '../../src/errors.js';
 import {
   attachFds,
+  checkClientMessage,
+  checkServerMessage,
   clientMessageSchema,
   decodePayload,
   detachFds,
@@ -189,5 +191,124 @@ describe('message schemas', () => {
         fds: 0,
       }).success,
     ).toBe(false);
+  });
+});
+
+describe('the hand-written checks of requests and responses', () => {
+  const request = {
+    type: 'request',
+    id: 7,
+    op: 'thread.setScheduler',
+    ctx: {
+      domain: { uuid: '00000000-0000-4000-8000-000000000000', name: 'vm', id: 3 },
+      phase: 'startup',
+      pid: 42,
+      deadline: 1e12,
+    },
+    args: { pid: 42, threads: [] },
+  };
+  const error = { code: 'ACCESS_DENIED', message: 'm', details: { rule: 'x' } };
+  const responses = [
+    { type: 'response', id: 1, ok: true, fds: 0 },
+    { type: 'response', id: 2, ok: true, result: { ifname: 'vk0', fds: [{ $fd: 0 }] }, fds: 1 },
+    { type: 'response', id: 3, ok: false, error, fds: 0 },
+  ];
+
+  /** A copy of `base` with the value at `path` replaced, removed (`del`), or a key added beside it. */
+  function mutate(base: unknown, path: string[], how: 'set' | 'del' | 'add', value: unknown): unknown {
+    const copy = structuredClone(base) as Record<string, unknown>;
+    let at = copy;
+    for (const k of path.slice(0, -1)) {
+      const next = at[k];
+      if (typeof next !== 'object' || next === null) return copy;
+      at = next as Record<string, unknown>;
+    }
+    const last = path[path.length - 1] as string;
+    if (how === 'set') at[last] = value;
+    else if (how === 'del') delete at[last];
+    else at[`${last}X`] = value;
+    return copy;
+  }
+
+  const paths = (v: unknown, prefix: string[] = []): string[][] =>
+    typeof v === 'object' && v !== null && !Array.isArray(v)
+      ? Object.entries(v).flatMap(([k, x]) => [[...prefix, k], ...paths(x, [...prefix, k])])
+      : [];
+
+  const value = fc.oneof(
+    fc.anything({ maxDepth: 2, maxKeys: 3 }),
+    fc.constantFrom(
+      -1,
+      -0,
+      0,
+      1.5,
+      2 ** 53,
+      Number.MAX_SAFE_INTEGER,
+      Number.NaN,
+      Number.POSITIVE_INFINITY,
+      null,
+      'x'.repeat(65),
+      'x'.repeat(1025),
+      'request',
+      'response',
+      'hello',
+      'release',
+      'whenever',
+      'net.openTap',
+      'ACCESS_DENIED',
+      'NOPE',
+      true,
+      false,
+      [],
+      {},
+      Object.create(null) as object,
+    ),
+  );
+
+  it('accept a request exactly when the schema does, and return what it would', () => {
+    const where = paths(request);
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...where),
+        fc.constantFrom('set', 'del', 'add') as fc.Arbitrary<'set' | 'del' | 'add'>,
+        value,
+        (path, how, v) => {
+          const m = mutate(request, path, how, v);
+          const zod = clientMessageSchema.safeParse(m);
+          const mine = checkClientMessage(m);
+          expect(mine.ok).toBe(zod.success);
+          if (mine.ok && zod.success) expect(mine.message).toEqual(zod.data);
+        },
+      ),
+      { numRuns: 1500 },
+    );
+    expect(checkClientMessage(request)).toEqual({ ok: true, message: request });
+    expect(checkClientMessage({ type: 'hello', protocol: 1, apiVersion: '1.0' }).ok).toBe(true);
+    expect(checkClientMessage({ ...request, id: -1 })).toEqual({
+      ok: false,
+      error: expect.stringMatching(/^id: /),
+    });
+  });
+
+  it('accept a response exactly when the schema does, and return what it would', () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...responses),
+        fc.nat(),
+        fc.constantFrom('set', 'del', 'add') as fc.Arbitrary<'set' | 'del' | 'add'>,
+        value,
+        (base, pick, how, v) => {
+          const where = paths(base);
+          const m = mutate(base, where[pick % where.length] as string[], how, v);
+          const zod = serverMessageSchema(m).safeParse(m);
+          const mine = checkServerMessage(m);
+          expect(mine !== undefined).toBe(zod.success);
+          if (mine && zod.success) expect(mine).toEqual(zod.data);
+        },
+      ),
+      { numRuns: 1500 },
+    );
+    for (const r of responses) expect(checkServerMessage(r)).toEqual(r);
+    expect(checkServerMessage({ type: 'response', id: 1, ok: false, error, fds: 1 })).toBeUndefined();
   });
 });

@@ -1,4 +1,6 @@
-import { openSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openInternal, SIMULATED_PID_BASE, simulatedHost } from '../../src/internal/index.js';
@@ -153,7 +155,7 @@ describe('life cycle', () => {
     await expect(start).rejects.toMatchObject({ code: 'NO_DOMAIN' });
   });
 
-  it('reboot and reset keep an active domain as it was, and refuse an inactive one', async () => {
+  it('reboot and reset keep an active domain as it was (a rebooted event each), and refuse an inactive one', async () => {
     const dom = await conn.defineDomain(guest('r'));
     await expect(dom.reboot()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
     await expect(dom.reset()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
@@ -163,7 +165,7 @@ describe('life cycle', () => {
     await dom.reboot();
     await dom.reset();
     expect(await dom.getInfo()).toEqual(before);
-    expect(events).toEqual([]);
+    expect(events).toEqual(['rebooted:host', 'rebooted:host']);
   });
 
   it('start paused -> resume -> suspend -> resume -> destroy, with the embedded driver events', async () => {
@@ -456,6 +458,154 @@ describe('hotplug phase: attachDevice/detachDevice as the embedded driver does t
   });
 });
 
+describe('stable aliases and memory hotplug, as the embedded driver gives and does them', () => {
+  const MiB = 1024 * 1024;
+  const dimm = (mib: number) =>
+    `<memory model='dimm'><target><size unit='MiB'>${mib}</size></target></memory>`;
+
+  it('devices defined before start get the embedded driver aliases, kept through start and detach', async () => {
+    const dom = await conn.defineDomain(
+      guest('aliases', {
+        memoryKiB: 192 * 1024,
+        maxMemory: { kib: 1024 * 1024, slots: 2 },
+        disks: [
+          { type: 'file', source: '/images/a.img', target: { dev: 'vda', bus: 'virtio' } },
+          { type: 'file', source: '/images/b.img', target: { dev: 'sdb', bus: 'sata' } },
+        ],
+        interfaces: [
+          { type: 'user', model: 'virtio', alias: 'ua-mine' },
+          { type: 'user', model: 'virtio' },
+        ],
+        memoryDevices: [{ model: 'dimm', sizeKiB: 128 * 1024 }],
+      }),
+    );
+    const aliases = (def: ReturnType<typeof dom.getDefinition>) => [
+      ...def.disks.map((d) => d.alias),
+      ...def.interfaces.map((n) => n.alias),
+      ...(def.memoryDevices ?? []).map((m) => `${m.alias}@${m.slot}`),
+    ];
+    // The names qemu/devices/assign.ts gives (test/integration/devices-qemu.test.ts sees them in QEMU).
+    expect(aliases(dom.getDefinition())).toEqual(['virtio-disk0', 'sata0-0-1', 'ua-mine', 'net0', 'dimm0@0']);
+    expect(dom.toXML()).toContain("<alias name='virtio-disk0'/>");
+    await dom.start();
+    expect(aliases(dom.getDefinition())).toEqual(aliases(dom.getDefinition({ inactive: true })));
+    await dom.detachDevice('net0', { live: true });
+    await dom.detachDevice('dimm0', { live: true });
+    expect(aliases(dom.getDefinition())).toEqual(['virtio-disk0', 'sata0-0-1', 'ua-mine']);
+    expect(dom.getDefinition().memoryKiB).toBe(64 * 1024);
+    expect(events.slice(-2)).toEqual(['device-removed:net0', 'device-removed:dimm0']);
+  });
+
+  it('a DIMM: memlock raised in phase hotplug only when the limit does not cover the need; a lying handler changes nothing', async () => {
+    const api = openInternal(conn, { apiVersion: '1.0' });
+    const host = simulatedHost(conn);
+    let lie = false;
+    const calls: unknown[] = [];
+    api.setHandler('process.setMaxMemLock', (ctx, args) => {
+      calls.push({
+        phase: ctx.phase,
+        pid: ctx.pid,
+        bytes: args.bytes,
+        current: args.current,
+        rule: args.breakdown.rule,
+      });
+      if (!lie && args.pid !== undefined) host.setMemLock(args.pid, { soft: args.bytes, hard: args.bytes });
+    });
+    const dom = await conn.defineDomain(
+      guest('mem', { maxMemory: { kib: 1024 * 1024, slots: 2 }, memtune: { hardLimitKiB: 16 * 1024 } }),
+    );
+    await dom.start();
+    const { pid } = await dom.getInfo();
+    expect(calls).toEqual([
+      {
+        phase: 'pre-exec',
+        pid,
+        bytes: BigInt(16 * MiB),
+        current: { soft: BigInt(8 * MiB), hard: BigInt(8 * MiB) },
+        rule: 'hard_limit',
+      },
+    ]);
+    // The limit covers the need: no call, the DIMM is there at once.
+    await dom.attachDevice(dimm(128), { live: true });
+    expect(calls).toHaveLength(1);
+    expect(dom.getDefinition()).toMatchObject({
+      memoryKiB: 192 * 1024,
+      memoryDevices: [{ alias: 'dimm0', slot: 0 }],
+    });
+    expect(dom.getDefinition({ inactive: true }).memoryDevices).toBeUndefined();
+
+    // Someone lowered the soft limit (the launcher's own): the next DIMM raises it first.
+    host.setMemLock(pid as number, { soft: BigInt(MiB), hard: BigInt(16 * MiB) });
+    await dom.attachDevice(dimm(64), { live: true, config: true });
+    expect(calls.at(-1)).toEqual({
+      phase: 'hotplug',
+      pid,
+      bytes: BigInt(16 * MiB),
+      current: { soft: BigInt(MiB), hard: BigInt(16 * MiB) },
+      rule: 'hard_limit',
+    });
+    expect(host.process(pid as number)?.memlock).toEqual({ soft: BigInt(16 * MiB), hard: BigInt(16 * MiB) });
+    expect(dom.getDefinition().memoryDevices?.map((d) => d.alias)).toEqual(['dimm0', 'dimm1']);
+    // Each definition's own free slot, as libvirt assigns them (the persistent one had none).
+    expect(dom.getDefinition({ inactive: true }).memoryDevices).toMatchObject([
+      { sizeKiB: 64 * 1024, slot: 0, alias: 'dimm0' },
+    ]);
+    expect(host.log(dom.uuid).at(-1)).toMatch(
+      /^internal: process\.setMaxMemLock phase=hotplug via=setHandler [\d.]+ms ok$/,
+    );
+
+    // A handler that says yes and does nothing: caught by the post-check, nothing added.
+    await dom.detachDevice('dimm1', { live: true });
+    host.setMemLock(pid as number, { soft: BigInt(MiB), hard: BigInt(16 * MiB) });
+    lie = true;
+    const before = dom.toXML();
+    await expect(dom.attachDevice(dimm(64), { live: true })).rejects.toMatchObject({
+      code: 'POSTCONDITION_FAILED',
+      details: expect.objectContaining({ operation: 'process.setMaxMemLock', phase: 'hotplug' }),
+    });
+    expect(dom.toXML()).toBe(before);
+    expect(events.filter((e) => e.startsWith('device-'))).toEqual([
+      'device-added:dimm0',
+      'device-added:dimm1',
+      'device-removed:dimm1',
+    ]);
+  });
+
+  it('refuses what the embedded driver refuses; a paused guest never lets go of a DIMM', async () => {
+    const plain = await conn.defineDomain(guest('mem-plain'));
+    await expect(plain.attachDevice(dimm(64))).rejects.toMatchObject({
+      code: 'CONFIG_UNSUPPORTED',
+      details: { path: 'maxMemory' },
+    });
+    const huge = await conn.defineDomain(
+      guest('mem-huge', { maxMemory: { kib: 1024 * 1024, slots: 1 }, memoryBacking: { hugepages: true } }),
+    );
+    await expect(huge.attachDevice(dimm(64))).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    const dom = await conn.defineDomain(guest('mem', { maxMemory: { kib: 256 * 1024, slots: 1 } }));
+    await expect(dom.attachDevice(dimm(256))).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+      details: expect.objectContaining({ path: 'memory.sizeKiB' }),
+    });
+    await dom.start({ paused: true });
+    await dom.attachDevice(dimm(64), { live: true });
+    await expect(dom.attachDevice(dimm(64), { live: true })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+      details: expect.objectContaining({ path: 'maxMemory.slots' }),
+    });
+    await expect(dom.detachDevice('dimm0', { live: true, timeoutMs: 20 })).rejects.toMatchObject({
+      code: 'OPERATION_TIMEOUT',
+    });
+    expect(dom.getDefinition().memoryDevices?.map((d) => d.alias)).toEqual(['dimm0']);
+    await expect(dom.detachDevice('dimm7', { live: true })).rejects.toMatchObject({
+      code: 'OPERATION_INVALID',
+    });
+    await dom.resume();
+    await dom.detachDevice(dimm(64), { live: true });
+    expect(dom.getDefinition()).toMatchObject({ memoryKiB: 64 * 1024 });
+    expect(dom.getDefinition().memoryDevices).toBeUndefined();
+  });
+});
+
 describe('migration-in phase: live migration between test drivers as the embedded driver does it', () => {
   /** Memlock, pinning and FIFO vCPUs: every operation of phase migration-in has work to do. */
   const pinned = (name: string) =>
@@ -627,6 +777,72 @@ describe('migration-in phase: live migration between test drivers as the embedde
     },
   );
 
+  it('tls: credentials checked as the embedded driver does; the handshake needs one CA, TLS on both ends and the host', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'vk-test-tls-'));
+    try {
+      const good = { dir: makeCredentials(join(tmp, 'good'), 'vk-test-ca') };
+      const foreign = { dir: makeCredentials(join(tmp, 'foreign'), 'vk-foreign-ca') };
+      const dom = await conn.defineDomain(guest('secret'));
+      await dom.start();
+      const pid = (await dom.getInfo()).pid;
+
+      // Refused before anything starts on either side, with the embedded driver's codes and fields.
+      for (const [tls, field] of [
+        [{ dir: 'relative/dir' }, 'tls.dir'],
+        [{ dir: join(tmp, 'nothing-here') }, 'tls.dir'],
+      ] as const) {
+        await expect(dom.migrateTo(dst, { tls })).rejects.toMatchObject({
+          code: 'CONFIG_UNSUPPORTED',
+          details: { field },
+        });
+      }
+      await expect(dom.migrateTo(dst, { listen: 'unix:/run/vk-tls.sock', tls: good })).rejects.toMatchObject({
+        code: 'CONFIG_UNSUPPORTED',
+        details: { field: 'tls.hostname' },
+      });
+      expect(await dst.listDomains()).toEqual([]);
+      expect(await dom.getInfo()).toMatchObject({ state: 'running', pid });
+
+      // A failed handshake fails perform; the destination keeps waiting until it is cancelled.
+      const refused: Array<[string, { dir: string; hostname?: string } | undefined, string]> = [
+        ['foreign CA', foreign, 'signed'],
+        ['plain stream', undefined, 'expects TLS'],
+        ['wrong host', { ...good, hostname: 'elsewhere.example' }, 'elsewhere.example'],
+      ];
+      for (const [, tls, why] of refused) {
+        const offer = await dom.migrateBegin();
+        const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0', tls: good });
+        await expect(
+          dom.migratePerform(incoming.uri, { cookie: incoming.cookie, ...(tls ? { tls } : {}) }),
+        ).rejects.toMatchObject({ code: 'OPERATION_FAILED', message: expect.stringContaining(why) });
+        expect(await incoming.domain.getInfo()).toMatchObject({ state: 'paused', reason: 'migration' });
+        await incoming.finish({ cancelled: true });
+        await dom.migrateConfirm({ cancelled: true });
+        expect(await dom.getInfo()).toMatchObject({ state: 'running', pid });
+        expect(await dst.listDomains()).toEqual([]);
+      }
+      // TLS from a source to a destination that listens in the clear fails the same way.
+      const offer = await dom.migrateBegin();
+      const plain = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' });
+      await expect(dom.migratePerform(plain.uri, { cookie: plain.cookie, tls: good })).rejects.toMatchObject({
+        code: 'OPERATION_FAILED',
+      });
+      await plain.finish({ cancelled: true });
+      await dom.migrateConfirm({ cancelled: true });
+
+      // One CA on both ends, the certificate naming 127.0.0.1 (or `localhost` over a UNIX socket).
+      const moved = await dom.migrateTo(dst, { tls: good });
+      expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+      const back = await moved.migrateTo(conn, {
+        listen: 'unix:/run/vk-tls.sock',
+        tls: { ...good, hostname: 'localhost' },
+      });
+      expect(await back.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
   it('refuses what the embedded driver refuses, and a stream nobody receives fails with the source running', async () => {
     const dom = await conn.defineDomain(guest('lonely'));
     await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
@@ -773,3 +989,45 @@ describe('hotplug phase: setVcpus as the embedded driver does it', () => {
     expect((await tcg.getInfo()).vcpus).toBe(2);
   });
 });
+
+/** A CA and, signed by it, a server certificate for 127.0.0.1 and localhost and a client certificate, in `dir`. */
+function makeCredentials(dir: string, ca: string): string {
+  mkdirSync(dir, { recursive: true });
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  ssl(
+    'req',
+    '-x509',
+    ...key,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${ca}`,
+    '-keyout',
+    'ca-key.pem',
+    '-out',
+    'ca-cert.pem',
+  );
+  for (const end of ['server', 'client']) {
+    writeFileSync(join(dir, `${end}.ext`), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+    ssl('req', ...key, '-subj', `/CN=${end}`, '-keyout', `${end}-key.pem`, '-out', `${end}.csr`);
+    ssl(
+      'x509',
+      '-req',
+      '-in',
+      `${end}.csr`,
+      '-CA',
+      'ca-cert.pem',
+      '-CAkey',
+      'ca-key.pem',
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      `${end}.ext`,
+      '-out',
+      `${end}-cert.pem`,
+    );
+  }
+  return dir;
+}

@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { builtins } from '../../src/privileged/builtins.js';
 import { HandlerTable } from '../../src/privileged/handler-table.js';
-import type { InvocationScope } from '../../src/privileged/invoke.js';
+import { type InvocationScope, invoke } from '../../src/privileged/invoke.js';
 import { postchecks } from '../../src/privileged/postchecks.js';
 import { verifyThreadCount, verifyThreads } from '../../src/privileged/threads-verify.js';
 import { schedGet } from '../../src/util/libc.js';
@@ -139,5 +139,29 @@ describe('the built-ins and post-checks check the tids themselves', () => {
         undefined,
       ),
     ).toThrow(/not a thread of pid/);
+  });
+
+  it('the thread.setScheduler post-check refuses when the pid is no longer the process the handler was asked about', async () => {
+    // The handler reports success for the process's own thread, already SCHED_OTHER, so every
+    // per-thread reading matches; only the pid's recorded start time (as if QEMU had died and its
+    // pid been reused while the handler ran) tells that the effect is not QEMU's.
+    const s = scope(process.pid, self.startTime + 1n);
+    let called = 0;
+    s.handlers.set('thread.setScheduler', async () => {
+      called++;
+    });
+    const args = {
+      pid: process.pid,
+      threads: [{ tid: process.pid, role: 'vcpu' as const, index: 0, policy: 'other' as const, priority: 0 }],
+    };
+    await expect(invoke(s, 'thread.setScheduler', 'startup', args)).rejects.toMatchObject({
+      code: 'POSTCONDITION_FAILED',
+      message: expect.stringMatching(/start time changed/),
+    });
+    expect(called).toBe(1);
+    // The same call for the process as recorded passes: the check refuses only the replaced pid.
+    const ok = scope(process.pid, self.startTime);
+    ok.handlers.set('thread.setScheduler', async () => undefined);
+    await expect(invoke(ok, 'thread.setScheduler', 'startup', args)).resolves.toBeUndefined();
   });
 });

@@ -11,6 +11,7 @@ import {
   readProcCpuTimeNs,
   readProcExe,
   readProcLimits,
+  readProcParentAndStart,
   readProcStartTime,
   readProcState,
   readProcUid,
@@ -86,6 +87,7 @@ describe('stat fields', () => {
     const start = readProcStartTime(pid);
     expect(typeof start).toBe('bigint');
     expect(start).toBeGreaterThanOrEqual(readProcStartTime(process.pid) ?? 0n);
+    expect(readProcParentAndStart(pid)).toEqual({ ppid: process.pid, startTime: start });
     expect(readProcExe(pid)).toBe(sleepBin);
     expect(listThreads(pid)).toEqual([pid]);
     expect(isAlive(pid)).toBe(true);
@@ -95,6 +97,7 @@ describe('stat fields', () => {
     expect(readProcStartTime(NO_PID)).toBeUndefined();
     expect(readProcState(NO_PID)).toBeUndefined();
     expect(readParentPid(NO_PID)).toBeUndefined();
+    expect(readProcParentAndStart(NO_PID)).toBeUndefined();
     expect(readProcExe(NO_PID)).toBeUndefined();
     expect(readThreadComm(NO_PID, NO_PID)).toBeUndefined();
     expect(readProcUid(NO_PID)).toBeUndefined();

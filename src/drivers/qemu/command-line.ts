@@ -15,7 +15,7 @@ import {
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
 import { controllerDevice } from './devices/controller.js';
-import { diskBlockdevs, diskDevice } from './devices/disk.js';
+import { backingAlias, backingBlockdevs, diskBlockdevs, diskDevice } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { bootMemoryKiB, dimmArgs } from './devices/memory.js';
 import { netdevOf, nicDevice } from './devices/net.js';
@@ -36,6 +36,8 @@ export interface CommandLineContext {
   readonly homeDir: string;
   /** Inherited fd of each disk's image, in definition order (opened in `pre-exec`). */
   readonly diskFds: readonly number[];
+  /** Inherited read-only fd of each disk's backing image (undefined without one), in definition order. */
+  readonly backingFds?: ReadonlyArray<number | undefined>;
   /** A hugetlbfs mount point, when the definition asks for hugepage-backed memory. */
   readonly hugepagesPath?: string;
   /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
@@ -175,6 +177,23 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     fdsets.set(set, alias);
     // QEMU never opens the image itself: it uses the descriptor the pre-exec phase opened.
     add('-add-fd', `fd=${fd},set=${set},opaque=${esc(disk.source)}`);
+    if (disk.backingStore) {
+      const backingFd = ctx.backingFds?.[i];
+      if (backingFd === undefined)
+        throw new VirtError(ErrorCode.INTERNAL_ERROR, `no descriptor for the backing image of disk ${i}`);
+      const backingSet = fdsetIdOf(backingAlias(alias));
+      const taken = fdsets.get(backingSet);
+      if (taken !== undefined) {
+        throw new VirtError(
+          ErrorCode.CONFIG_UNSUPPORTED,
+          `the backing image of disk '${alias}' and '${taken}' map to one fdset; rename the disk`,
+          { path: `disks.${i}.alias` },
+        );
+      }
+      fdsets.set(backingSet, backingAlias(alias));
+      add('-add-fd', `fd=${backingFd},set=${backingSet},opaque=${esc(disk.backingStore.source)}`);
+      for (const node of backingBlockdevs(disk)) json('-blockdev', node);
+    }
     for (const node of diskBlockdevs(disk)) json('-blockdev', node);
     json('-device', diskDevice(full, disk, `disks.${i}`));
   });
@@ -193,6 +212,16 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       add('-chardev', `file,id=charserial${i},path=${esc(path)}`);
       json('-device', serialDevice(i));
       return { type: 'file' as const, path };
+    }
+    if (serial.type === 'unix') {
+      // As libvirt: a listening socket QEMU does not wait on; the log through QEMU's logfile.
+      const listen = serial.mode === 'bind' ? ',server=on,wait=off' : '';
+      const log = serial.log
+        ? `,logfile=${esc(serial.log.file)},logappend=${serial.log.append ? 'on' : 'off'}`
+        : '';
+      add('-chardev', `socket,id=charserial${i},path=${esc(serial.path)}${listen}${log}`);
+      json('-device', serialDevice(i));
+      return serial;
     }
     add('-chardev', `pty,id=charserial${i}`);
     json('-device', serialDevice(i));

@@ -1,10 +1,11 @@
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import type { PausedReason } from '../../stable/events.js';
+import type { DomainStatus, PausedReason } from '../../stable/events.js';
 import { CoreDomain } from '../domain-core.js';
+import type { Job } from '../jobs.js';
 import type { ExitInfo } from './exit-info.js';
 import type { QmpClient } from './qmp/client.js';
 import type { DomainPaths } from './root.js';
-import type { Placement, ThreadIds } from './status.js';
+import type { JobRecord, Placement, ThreadIds } from './status.js';
 
 /** Why the driver itself is stopping a domain; decides the `stopped` reason. */
 export type StopIntent = 'destroy' | 'shutdown' | 'migrated';
@@ -83,6 +84,17 @@ export interface Runtime {
   vcpuUnplugged?: boolean;
   /** Set when the driver closes: the process lives on, nothing is cleaned up. */
   detached: boolean;
+  /**
+   * The job the status file records (runtime-status.ts): the one holding the domain, or the
+   * interrupted one a new driver found until it has settled it.
+   */
+  statusJob?: Job | JobRecord;
+  /** The state the status file records, so an unchanged state is not written again. */
+  statusState?: DomainStatus;
+  /** Durable status writes under way; a record written meanwhile is rewritten after them. */
+  statusWrites: number;
+  /** A record was written while a durable write was under way, which will land after it. */
+  statusStale: boolean;
 }
 
 /** One defined domain: its persistent definition, its state and, while active, its runtime. */

@@ -1,6 +1,6 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import { ErrorCode, errorMessage, toVirtError, VirtError } from '../../errors.js';
 import { controlSocketFromConfig, loadPlugins, pluginsFromConfig } from '../../internal/plugins.js';
 import { HandlerTable } from '../../privileged/handler-table.js';
 import { INTERNAL_SEAM, type InternalSeam, SEAM_VERSION } from '../../privileged/seam.js';
@@ -56,7 +56,7 @@ import { prepareDefinition } from './devices/define.js';
 import { DomainObject } from './domain-object.js';
 import { emulatorOf, signalEmulator } from './emulator-kill.js';
 import { attachDevice, detachDevice } from './hotplug.js';
-import { attachMemory, detachMemory, isMemoryMatch } from './hotplug-memory.js';
+import { attachMemory, detachMemory, isMemoryMatchOf } from './hotplug-memory.js';
 import { setVcpus } from './hotplug-vcpus.js';
 import {
   destroyDomain,
@@ -74,10 +74,10 @@ import { arrivedTransient, migrationOf } from './migration/record.js';
 import { beginMigration, confirmMigration, heldOutgoing, performMigration } from './migration/source.js';
 import { checkTls } from './migration/tls.js';
 import { parseMigrationUri } from './migration/uri.js';
-import { monitorCommand, monitorEvents } from './passthrough.js';
+import { modifiesDomain, monitorCommand, monitorEvents } from './passthrough.js';
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
-import { recordJob } from './runtime-status.js';
+import { recordJob, saveState } from './runtime-status.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
 import { writeStatus } from './status.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
@@ -141,8 +141,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     driverKind: 'qemu-embed',
     handlers: this.handlers,
     monitor: {
-      command: (uuid, command, args, options) =>
-        this.#track(monitorCommand(this, this.domain(uuid), command, args, options)),
+      command: (uuid, command, args, options) => this.#monitorCommand(uuid, command, args, options),
       events: (uuid, sink) => monitorEvents(this, this.domain(uuid), sink),
       attach: (request) => this.#track(this.#attach(request)),
     },
@@ -204,6 +203,26 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
   /** A domain adopted with attach is transient, as in libvirt: it ends with its QEMU. */
   protected override afterEvent(dom: DomainObject, event: DomainEvent): void {
     if (event.type === 'stopped' && this.#attached.delete(dom.def.uuid)) void this.#forget(dom);
+  }
+
+  /**
+   * A passthrough command: one that can change the domain runs as its job (`monitor-command`,
+   * libvirt's QEMU_JOB_MODIFY), so it never interleaves with a start, a migration or a device
+   * change, and a destroy or abortJob ends it; a query runs at once.
+   */
+  #monitorCommand(
+    uuid: string,
+    command: string,
+    args: Record<string, unknown> | undefined,
+    options: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
+  ): Promise<unknown> {
+    const dom = this.domain(uuid);
+    if (!modifiesDomain(command)) return this.#track(monitorCommand(this, dom, command, args, options));
+    return this.#track(
+      this.job(dom, 'monitor-command', options.signal, (job) =>
+        monitorCommand(this, dom, command, args, { timeoutMs: options.timeoutMs, signal: job.signal }),
+      ),
+    );
   }
 
   /** Removes a transient domain once it has stopped. */
@@ -291,14 +310,28 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     appendLog(domainPaths(this.layout, dom.def.name, dom.def.uuid).log, message);
   }
 
+  /**
+   * The state of a started domain is kept in its status file (libvirt's status XML), so a new
+   * driver keeps the reasons QEMU cannot tell it. A failed write is logged: the state itself changed.
+   */
+  protected override stateChanged(dom: DomainObject): void {
+    const run = dom.run;
+    if (!run) return;
+    try {
+      saveState(dom, run);
+    } catch (err) {
+      this.log(dom, `cannot record the state in ${run.paths.status}: ${errorMessage(err)}`);
+    }
+  }
+
   /** A job on a running domain is recorded in its status file while it runs. */
   protected override async runJob<T>(dom: DomainObject, job: Job, fn: (job: Job) => Promise<T>): Promise<T> {
     const run = dom.run;
-    if (run) await recordJob(run, job, () => dom.run === run);
+    if (run) await recordJob(dom, run, job);
     try {
       return await fn(job);
     } finally {
-      if (run) await recordJob(run, undefined, () => dom.run === run);
+      if (run) await recordJob(dom, run, undefined);
     }
   }
 
@@ -323,7 +356,16 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     );
   }
 
-  async defineDomain(given: DomainDefinition): Promise<DomainRef> {
+  defineDomain(given: DomainDefinition): Promise<DomainRef> {
+    return this.#define(given, true);
+  }
+
+  /**
+   * `durable`: the definition is fsync'd. Not for the domain an incoming migration defines without
+   * `persist`: it goes when its QEMU stops, so a host crash that loses it loses nothing, and the
+   * fsync would lengthen every migration's set-up.
+   */
+  async #define(given: DomainDefinition, durable: boolean): Promise<DomainRef> {
     this.checkOpen();
     const define = async (): Promise<DomainRef> => {
       const def = await prepareDefinition(
@@ -338,7 +380,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         () => dom.ident,
         undefined,
         async () => {
-          await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def);
+          await saveDefinition(domainPaths(this.layout, def.name, def.uuid).definition, def, durable);
           // Defined, a transient domain becomes persistent, as in libvirt.
           if (this.#attached.delete(def.uuid)) removeIfPresent(transientMarker(this.layout, def.name));
           faultPoint('define:saved');
@@ -455,9 +497,9 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     const dom = this.domain(uuid);
     return this.#track(
       this.job(dom, 'device-change', options.signal, () =>
-        isMemoryMatch(dom, match)
+        isMemoryMatchOf(dom, match)
           ? detachMemory(this, dom, match, options)
-          : // isMemoryMatch is false for every match of a memory element, so this one is a disk's or NIC's.
+          : // isMemoryMatchOf is false for every match of a memory element, so this one is a disk's or NIC's.
             detachDevice(this, dom, match as PciDeviceMatch, options),
       ),
     );
@@ -549,7 +591,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         },
       );
     if (existing) checkSameDefinition(existing.def, def);
-    else await this.defineDomain(def);
+    else await this.#define(def, options.persist === true);
     const dom = this.domains.get(def.uuid);
     try {
       // The job holds the domain from prepare to finish; prepare's signal only reaches prepare.
@@ -564,7 +606,12 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         if (transient) this.#attached.add(dom.def.uuid);
       } catch (err) {
         held.end(err);
-        throw held.job.failure(err);
+        throw toVirtError(
+          held.job.failure(err),
+          ErrorCode.OPERATION_FAILED,
+          `cannot prepare the incoming migration of '${def.name}'; the destination was rolled back`,
+          { domain: { name: def.name, uuid: def.uuid } },
+        );
       } finally {
         held.job.end();
       }

@@ -1,12 +1,12 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import { resolveDefinition } from '../../stable/definition/validate.js';
 import type { DetachDeviceOptions, DeviceChangeOptions, DeviceMatch } from '../../stable/devices.js';
+import { findDimm, isMemoryMatch, noSuchDimm, withDimm, withoutDimm } from '../device-change.js';
 import { type DriverContext, scopeOf } from './context.js';
 import { assignDevices } from './devices/assign.js';
 import { type Dimm, dimmBackend, dimmBackendId, dimmDevice } from './devices/memory.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { affect, monitor } from './hotplug.js';
+import { affectOf, monitor } from './hotplug.js';
 import { setLive } from './live-definition.js';
 import { raiseMemLock } from './privileged/phases.js';
 import { domainPaths } from './root.js';
@@ -23,61 +23,18 @@ import { saveDefinition } from './store.js';
 const DEFAULT_DETACH_TIMEOUT_MS = 10_000;
 
 /** True when a detach names a memory device (by its element, or by the alias of a DIMM the domain has). */
-export function isMemoryMatch(dom: DomainObject, match: DeviceMatch): boolean {
-  if ('device' in match) return 'memory' in match.device;
-  const has = (def: DomainDefinition | undefined) => def?.memoryDevices?.some((d) => d.alias === match.alias);
-  return has(dom.run?.live) || has(dom.def) || false;
+export function isMemoryMatchOf(dom: DomainObject, match: DeviceMatch): boolean {
+  return isMemoryMatch([dom.run?.live, dom.def], match);
 }
 
-/** The definition with the DIMM added (and counted in the memory), or a typed refusal. */
-function withDimm(def: DomainDefinition, dimm: Dimm, live: boolean): { def: DomainDefinition; dimm: Dimm } {
-  const max = def.maxMemory;
-  if (!max) {
-    throw new VirtError(
-      ErrorCode.CONFIG_UNSUPPORTED,
-      `domain '${def.name}' has no <maxMemory slots='N'>: memory can only be hot-plugged into a hot-pluggable range; add one to the persistent definition and restart`,
-      { path: 'maxMemory' },
-    );
-  }
-  const dimms = def.memoryDevices ?? [];
-  if (dimms.length >= max.slots) {
-    throw new VirtError(
-      ErrorCode.OPERATION_INVALID,
-      `domain '${def.name}' has no free memory slot: all ${max.slots} slot(s) of <maxMemory> are taken`,
-      { path: 'maxMemory.slots', slots: max.slots },
-    );
-  }
-  if (def.memoryKiB + dimm.sizeKiB > max.kib) {
-    throw new VirtError(
-      ErrorCode.OPERATION_INVALID,
-      `a ${dimm.sizeKiB} KiB memory device does not fit: domain '${def.name}' has ${def.memoryKiB} of at most ${max.kib} KiB`,
-      { path: 'memory.sizeKiB', memoryKiB: def.memoryKiB, maxMemoryKiB: max.kib },
-    );
-  }
-  const next = assignDevices(
-    resolveDefinition({
-      ...def,
-      memoryKiB: def.memoryKiB + dimm.sizeKiB,
-      ...(def.currentMemoryKiB !== undefined
-        ? { currentMemoryKiB: def.currentMemoryKiB + dimm.sizeKiB }
-        : {}),
-      memoryDevices: [...dimms, dimm],
-    }),
-    { live },
-  );
+/** The definition with the DIMM added by the shared rules, then through the device model. */
+function withDimmAssigned(
+  def: DomainDefinition,
+  dimm: Dimm,
+  live: boolean,
+): { def: DomainDefinition; dimm: Dimm } {
+  const next = assignDevices(withDimm(def, dimm).def, { live });
   return { def: next, dimm: next.memoryDevices?.at(-1) as Dimm };
-}
-
-function withoutDimm(def: DomainDefinition, dimm: Dimm): DomainDefinition {
-  const rest = (def.memoryDevices ?? []).filter((d) => d !== dimm);
-  return {
-    ...def,
-    memoryKiB: def.memoryKiB - dimm.sizeKiB,
-    ...(def.currentMemoryKiB !== undefined
-      ? { currentMemoryKiB: Math.min(def.currentMemoryKiB, def.memoryKiB - dimm.sizeKiB) }
-      : {}),
-    memoryDevices: rest.length > 0 ? rest : undefined,
-  };
 }
 
 /** Attaches a memory device to the running domain and/or its persistent definition. */
@@ -87,17 +44,18 @@ export async function attachMemory(
   dimm: Dimm,
   options: DeviceChangeOptions,
 ): Promise<void> {
-  const { live, config } = affect(dom, options);
+  const { live, config } = affectOf(dom, options);
   let persistent: DomainDefinition | undefined;
   let chosen = dimm;
   if (config) {
-    const added = withDimm(dom.def, dimm, false);
+    // Each definition gets its own free slot (libvirt assigns live and config separately).
+    const added = withDimmAssigned(dom.def, dimm, false);
     persistent = added.def;
     chosen = added.dimm;
   }
   const run = dom.run;
   if (live && run) {
-    const added = withDimm(run.live, chosen, true);
+    const added = withDimmAssigned(run.live, dimm, true);
     await plugDimm(ctx, dom, run, added.def, added.dimm);
     ctx.log(dom, `attached ${added.dimm.alias} (live, ${added.dimm.sizeKiB} KiB)`);
     ctx.emit(dom, 'device-added', added.dimm.alias as string);
@@ -130,22 +88,7 @@ async function plugDimm(
       );
     throw err;
   }
-  await setLive(run, next, dom.jobs.current, () => dom.run === run);
-}
-
-/** Finds the DIMM a match names. */
-function findDimm(def: DomainDefinition, match: DeviceMatch): Dimm | undefined {
-  const dimms = def.memoryDevices ?? [];
-  if ('alias' in match) return dimms.find((d) => d.alias === match.alias);
-  if (!('memory' in match.device)) return undefined;
-  const wanted = match.device.memory;
-  return dimms.find((d) =>
-    wanted.alias !== undefined
-      ? d.alias === wanted.alias
-      : wanted.slot !== undefined
-        ? d.slot === wanted.slot
-        : d.sizeKiB === wanted.sizeKiB && (wanted.node === undefined || d.node === wanted.node),
-  );
+  await setLive(dom, run, next);
 }
 
 /** Detaches a memory device: the guest must let go of it (offline its blocks) within `timeoutMs`. */
@@ -155,15 +98,12 @@ export async function detachMemory(
   match: DeviceMatch,
   options: DetachDeviceOptions,
 ): Promise<void> {
-  const { live, config } = affect(dom, options);
+  const { live, config } = affectOf(dom, options);
   const run = dom.run;
   const liveDimm = live && run ? findDimm(run.live, match) : undefined;
   const configDimm = config ? findDimm(dom.def, match) : undefined;
   if ((live && !liveDimm) || (config && !configDimm)) {
-    throw new VirtError(
-      ErrorCode.OPERATION_INVALID,
-      `domain '${dom.def.name}' has no such memory device in its ${live && !liveDimm ? 'running' : 'persistent'} definition`,
-    );
+    throw noSuchDimm(dom.def.name, live && !liveDimm ? 'running' : 'persistent');
   }
   if (liveDimm && run) {
     const qmp = monitor(run);
@@ -186,7 +126,7 @@ export async function detachMemory(
       throw err;
     }
     await qmp.command('object-del', { id: dimmBackendId(liveDimm) });
-    await setLive(run, withoutDimm(run.live, liveDimm), dom.jobs.current, () => dom.run === run);
+    await setLive(dom, run, withoutDimm(run.live, liveDimm));
     ctx.log(dom, `QEMU released ${alias}; detached (live)`);
     ctx.emit(dom, 'device-removed', alias);
   }

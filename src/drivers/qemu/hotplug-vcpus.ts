@@ -2,9 +2,10 @@ import { ErrorCode, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { DeviceChangeOptions } from '../../stable/devices.js';
+import { checkVcpuCount, tcgReplugRefused, tcgUnplugRefused, withVcpus } from '../device-change.js';
 import { type DriverContext, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { affect, monitor } from './hotplug.js';
+import { affectOf, monitor } from './hotplug.js';
 import { setLive } from './live-definition.js';
 import { configureHotplugVcpu } from './privileged/phases.js';
 import type { QmpClient } from './qmp/client.js';
@@ -23,21 +24,6 @@ import { saveDefinition } from './store.js';
  */
 
 const UNPLUG_TIMEOUT_MS = 10_000;
-
-function withCurrent(def: DomainDefinition, count: number): DomainDefinition {
-  const { current: _, ...vcpu } = def.vcpu;
-  return { ...def, vcpu: count === vcpu.count ? vcpu : { ...vcpu, current: count } };
-}
-
-function checkCount(def: DomainDefinition, count: number, which: string): void {
-  if (count > def.vcpu.count) {
-    throw new VirtError(
-      ErrorCode.OPERATION_INVALID,
-      `domain '${def.name}' has at most ${def.vcpu.count} vCPU(s) in its ${which} definition, ${count} were asked for; raise <vcpu> (the maximum) in the persistent definition and restart it first`,
-      { path: 'vcpu.count', count, maximum: def.vcpu.count },
-    );
-  }
-}
 
 /** The vCPU index QEMU gives a topology slot: x86's cpu-index order is socket, die, core, thread. */
 function slotIndex(def: DomainDefinition, slot: QmpHotpluggableCpu): number {
@@ -69,30 +55,24 @@ export async function setVcpus(
   count: number,
   options: DeviceChangeOptions,
 ): Promise<void> {
-  const { live, config } = affect(dom, options);
-  if (config) checkCount(dom.def, count, 'persistent');
+  const { live, config } = affectOf(dom, options);
+  if (config) checkVcpuCount(dom.def, count, 'persistent');
   const run = dom.run;
   if (live && run) {
-    checkCount(run.live, count, 'running');
+    checkVcpuCount(run.live, count, 'running');
     let current = run.live.vcpu.current ?? run.live.vcpu.count;
     while (current < count) {
       await plugVcpu(ctx, dom, run, current);
       current++;
     }
-    if (current > count && run.live.type === 'qemu') {
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        `vCPUs cannot be unplugged from TCG domain '${dom.def.name}' (type 'qemu'): QEMU's TCG crashes on the next vCPU hotplug after an unplug; lower the count with config and restart the domain`,
-        { path: 'count', current, count },
-      );
-    }
+    if (current > count && run.live.type === 'qemu') throw tcgUnplugRefused(dom.def.name, current, count);
     while (current > count) {
       await unplugVcpu(ctx, dom, run, current);
       current--;
     }
   }
   if (config) {
-    const next = withCurrent(dom.def, count);
+    const next = withVcpus(dom.def, count);
     await saveDefinition(domainPaths(ctx.layout, next.name, next.uuid).definition, next);
     dom.def = next;
     ctx.log(dom, `vCPUs set to ${count} (config)`);
@@ -111,13 +91,7 @@ function threadsOf(run: Runtime): ThreadIds {
 
 /** Adds one vCPU to a domain running `current` of them. */
 async function plugVcpu(ctx: DriverContext, dom: DomainObject, run: Runtime, current: number): Promise<void> {
-  if (run.vcpuUnplugged) {
-    throw new VirtError(
-      ErrorCode.CONFIG_UNSUPPORTED,
-      `a vCPU was unplugged from TCG domain '${dom.def.name}' (by an earlier rollback); QEMU's TCG crashes on the next vCPU hotplug after that, so vCPUs can be added only after a restart of the domain`,
-      { path: 'count' },
-    );
-  }
+  if (run.vcpuUnplugged) throw tcgReplugRefused(dom.def.name);
   const qmp = monitor(run);
   const threads = threadsOf(run);
   const slots = await qmp.command('query-hotpluggable-cpus');
@@ -150,7 +124,7 @@ async function plugVcpu(ctx: DriverContext, dom: DomainObject, run: Runtime, cur
     verifyThreads(run, [{ ...vcpu, role: 'vcpu' }]);
     await configureHotplugVcpu(scopeOf(ctx, dom, run), run.live, run.pid, vcpu, run);
     run.threads = { ...threads, vcpus: [...threads.vcpus, vcpu].sort((a, b) => a.index - b.index) };
-    await setLive(run, withCurrent(run.live, current + 1), dom.jobs.current, () => dom.run === run);
+    await setLive(dom, run, withVcpus(run.live, current + 1));
   } catch (err) {
     run.threads = threads;
     await removeVcpu(ctx, dom, run, qmp, alias, `/machine/peripheral/${alias}`).catch((undoErr: unknown) =>
@@ -209,6 +183,6 @@ async function unplugVcpu(
   const id = last.qomPath.startsWith('/machine/peripheral/') ? last.qomPath.slice(20) : last.qomPath;
   await removeVcpu(ctx, dom, run, qmp, id, last.qomPath);
   run.threads = { ...threads, vcpus: threads.vcpus.filter((v) => v.index !== last.index) };
-  await setLive(run, withCurrent(run.live, current - 1), dom.jobs.current, () => dom.run === run);
+  await setLive(dom, run, withVcpus(run.live, current - 1));
   ctx.log(dom, `vCPU ${last.index} removed (live)`);
 }

@@ -13,9 +13,20 @@ import type {
   PciDeviceMatch,
 } from '../../stable/devices.js';
 import { closeFd } from '../../util/libc.js';
+import {
+  type Affect,
+  affect,
+  aliasOf,
+  checkHotpluggable,
+  findDevice,
+  lastDevice,
+  noSuchDevice,
+  withDevice,
+  withoutDevice,
+} from '../device-change.js';
 import { type DriverContext, scopeOf } from './context.js';
 import { assignDevices } from './devices/assign.js';
-import { diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
+import { backingAlias, diskBlockdevs, diskDevice, diskNodes } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { netdevId, netdevOf, nicDevice } from './devices/net.js';
 import type { DomainObject, Runtime } from './domain-object.js';
@@ -45,30 +56,9 @@ function unpluggingOf(run: Runtime): Set<string> {
   return set;
 }
 
-/** Which definitions a change affects. */
-export interface Affect {
-  readonly live: boolean;
-  readonly config: boolean;
-}
-
-/** libvirt's AFFECT_LIVE/AFFECT_CONFIG/AFFECT_CURRENT; `live` needs a running domain. */
-export function affect(dom: DomainObject, options: DeviceChangeOptions): Affect {
-  const live = options.live ?? false;
-  const config = options.config ?? false;
-  if (!live && !config) return { live: dom.active, config: !dom.active };
-  if (live && !dom.run?.started) {
-    throw new VirtError(
-      ErrorCode.OPERATION_INVALID,
-      `domain '${dom.def.name}' is not running: a live device change needs a running domain`,
-    );
-  }
-  return { live, config };
-}
-
-function withDevice(def: DomainDefinition, device: PciDeviceDefinition): DomainDefinition {
-  return 'disk' in device
-    ? { ...def, disks: [...def.disks, device.disk] }
-    : { ...def, interfaces: [...def.interfaces, device.interface] };
+/** The definitions a change affects; `live` needs a domain QEMU runs. */
+export function affectOf(dom: DomainObject, options: DeviceChangeOptions): Affect {
+  return affect(dom.def.name, { active: dom.active, running: dom.run?.started === true }, options);
 }
 
 /** The definition with the device added, validated, with the device's alias and address assigned. */
@@ -78,22 +68,15 @@ function addTo(
   live: boolean,
 ): { def: DomainDefinition; device: PciDeviceDefinition } {
   const next = assignDevices(resolveDefinition(withDevice(def, device)), { live });
-  const added: PciDeviceDefinition =
-    'disk' in device
-      ? { disk: next.disks[next.disks.length - 1] as DiskDefinition }
-      : { interface: next.interfaces[next.interfaces.length - 1] as InterfaceDefinition };
-  return { def: next, device: added };
+  return { def: next, device: lastDevice(next, device) };
 }
-
-const aliasOf = (device: PciDeviceDefinition): string =>
-  ('disk' in device ? device.disk.alias : device.interface.alias) ?? '';
 
 /**
  * Makes `next` the live definition through the one function that validates it and rewrites the
  * status file atomically, so a new driver finds the device.
  */
 function saveLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
-  return setLive(run, next, dom.jobs.current, () => dom.run === run);
+  return setLive(dom, run, next);
 }
 
 /** Attaches a device to the running domain and/or its persistent definition. */
@@ -103,7 +86,7 @@ export async function attachDevice(
   device: PciDeviceDefinition,
   options: DeviceChangeOptions,
 ): Promise<void> {
-  const { live, config } = affect(dom, options);
+  const { live, config } = affectOf(dom, options);
   let persistent: DomainDefinition | undefined;
   let chosen = device;
   if (config) {
@@ -114,15 +97,7 @@ export async function attachDevice(
   }
   const run = dom.run;
   if (live && run) {
-    if ('disk' in chosen && chosen.disk.target.bus !== 'virtio') {
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        `a ${chosen.disk.target.bus} disk cannot be hot-plugged (QEMU's AHCI and IDE have no hotplug); use the virtio bus`,
-        {
-          path: 'disk.target.bus',
-        },
-      );
-    }
+    checkHotpluggable(chosen, false);
     // An unreadable live record is reported, never replaced by one derived from a stand-in.
     const added = addTo(presentableLive(dom, run), chosen, true);
     if ('disk' in added.device) await plugDisk(ctx, dom, run, added.def, added.device.disk);
@@ -138,37 +113,6 @@ export async function attachDevice(
   }
 }
 
-/** Finds the device a match names in a definition; undefined when it has none. */
-function find(def: DomainDefinition, match: PciDeviceMatch): PciDeviceDefinition | undefined {
-  if ('alias' in match) {
-    const disk = def.disks.find((d) => d.alias === match.alias);
-    if (disk) return { disk };
-    const nic = def.interfaces.find((n) => n.alias === match.alias);
-    return nic && { interface: nic };
-  }
-  const wanted = match.device;
-  if ('disk' in wanted) {
-    const disk = def.disks.find((d) =>
-      wanted.disk.alias !== undefined
-        ? d.alias === wanted.disk.alias
-        : d.target.dev === wanted.disk.target.dev,
-    );
-    return disk && { disk };
-  }
-  const nic = def.interfaces.find((n) =>
-    wanted.interface.alias !== undefined
-      ? n.alias === wanted.interface.alias
-      : wanted.interface.mac !== undefined && n.mac?.toLowerCase() === wanted.interface.mac.toLowerCase(),
-  );
-  return nic && { interface: nic };
-}
-
-function without(def: DomainDefinition, device: PciDeviceDefinition): DomainDefinition {
-  return 'disk' in device
-    ? { ...def, disks: def.disks.filter((d) => d !== device.disk) }
-    : { ...def, interfaces: def.interfaces.filter((n) => n !== device.interface) };
-}
-
 /** Detaches a device from the running domain and/or its persistent definition. */
 export async function detachDevice(
   ctx: DriverContext,
@@ -176,28 +120,19 @@ export async function detachDevice(
   match: PciDeviceMatch,
   options: DetachDeviceOptions,
 ): Promise<void> {
-  const { live, config } = affect(dom, options);
-  const what = 'alias' in match ? `alias '${match.alias}'` : 'the device given';
+  const { live, config } = affectOf(dom, options);
   const run = dom.run;
-  const liveDevice = live && run ? find(presentableLive(dom, run), match) : undefined;
-  const configDevice = config ? find(dom.def, match) : undefined;
+  const liveDevice = live && run ? findDevice(presentableLive(dom, run), match) : undefined;
+  const configDevice = config ? findDevice(dom.def, match) : undefined;
   if ((live && !liveDevice) || (config && !configDevice)) {
-    throw new VirtError(
-      ErrorCode.OPERATION_INVALID,
-      `domain '${dom.def.name}' has no device with ${what}${live && !liveDevice ? ' in its running definition' : ' in its persistent definition'}`,
-    );
+    throw noSuchDevice(dom.def.name, match, live && !liveDevice ? 'running' : 'persistent');
   }
   if (liveDevice && run) {
-    if ('disk' in liveDevice && liveDevice.disk.target.bus !== 'virtio') {
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        `a ${liveDevice.disk.target.bus} disk cannot be hot-unplugged; detach it from the persistent definition`,
-      );
-    }
+    checkHotpluggable(liveDevice, true);
     await unplug(ctx, dom, run, liveDevice, options.timeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS);
   }
   if (configDevice) {
-    const next = without(dom.def, configDevice);
+    const next = withoutDevice(dom.def, configDevice);
     await saveDefinition(domainPaths(ctx.layout, next.name, next.uuid).definition, next);
     dom.def = next;
     ctx.log(dom, `detached ${aliasOf(configDevice)} (config)`);
@@ -235,6 +170,13 @@ async function plugDisk(
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = disk.alias as string;
+  if (disk.backingStore) {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `a disk with a backing store cannot be hot-plugged by this version of virtkit; attach it to the persistent definition (--config) and restart`,
+      { path: 'backingStore' },
+    );
+  }
   const set = fdsetIdOf(alias);
   const clash = run.live.disks.find((d) => d.alias !== undefined && fdsetIdOf(d.alias) === set);
   if (clash) {
@@ -329,6 +271,15 @@ async function release(
       () => qmp.command('blockdev-del', { 'node-name': nodes.storage }),
       () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }),
     );
+    if (device.disk.backingStore) {
+      const backing = backingAlias(alias);
+      const under = diskNodes(backing);
+      steps.push(
+        () => qmp.command('blockdev-del', { 'node-name': under.format }),
+        () => qmp.command('blockdev-del', { 'node-name': under.storage }),
+        () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(backing) }),
+      );
+    }
   } else {
     steps.push(() => qmp.command('netdev_del', { id: netdevId(device.interface) }));
   }
@@ -339,7 +290,7 @@ async function release(
       ctx.log(dom, `releasing the backend of ${alias}: ${errorMessage(err)}`);
     }
   }
-  await saveLive(dom, run, without(run.live, device));
+  await saveLive(dom, run, withoutDevice(run.live, device));
   ctx.log(dom, `QEMU released ${alias}; detached (live)`);
   ctx.emit(dom, 'device-removed', alias);
 }
@@ -360,7 +311,7 @@ function releaseWhenDeleted(
   qmp
     .waitForEvent('DEVICE_DELETED', (e) => e.data.device === alias, { timeoutMs: Number.POSITIVE_INFINITY })
     .then(async () => {
-      const current = find(run.live, { alias });
+      const current = findDevice(run.live, { alias });
       if (dom.run !== run || !current) return;
       await release(ctx, dom, run, current);
     })
@@ -413,7 +364,7 @@ async function unplug(
  */
 export function onDeviceDeleted(ctx: DriverContext, dom: DomainObject, run: Runtime, alias: string): void {
   if (!run.started || dom.run !== run || unpluggingOf(run).has(alias)) return;
-  const device = find(run.live, { alias });
+  const device = findDevice(run.live, { alias });
   if (!device) return;
   ctx.log(dom, `QEMU deleted ${alias}, which this driver did not unplug`);
   release(ctx, dom, run, device).catch((err: unknown) =>

@@ -4,6 +4,7 @@ import type { PausedReason, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import type { Job } from '../jobs.js';
 import { type DriverContext, scopeOf, within } from './context.js';
+import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { onDeviceDeleted } from './hotplug.js';
@@ -28,7 +29,7 @@ export function requireActive(dom: DomainObject): Runtime & { qmp: QmpClient } {
   return run as Runtime & { qmp: QmpClient };
 }
 
-/** Follows QMP events of a running domain: pauses (by their cause), resumes, guest power-off, devices QEMU deleted. */
+/** Follows QMP events of a running domain: pauses (by their cause), resumes, resets, guest power-off, devices QEMU deleted. */
 export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
   const qmp = run.qmp as QmpClient;
   qmp.onEvent((ev: QmpEvent) => {
@@ -53,6 +54,10 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
         if (cause) run.pausing = cause;
         break;
       }
+      case 'RESET':
+        // QEMU's word on who reset it is only told apart, never trusted further.
+        if (run.started) ctx.emit(dom, 'rebooted', ev.data['guest'] === true ? 'guest' : 'host');
+        break;
       case 'SHUTDOWN':
         run.sawShutdown = true;
         onShutdownEvent(ctx, dom, run, qmp, ev);
@@ -230,7 +235,7 @@ export async function finalizeExit(
   // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
   // neither crash the host process nor leave the domain recorded as running.
   await Promise.all(
-    [run.paths.monitor, run.paths.status].map((path) =>
+    [run.paths.monitor, run.paths.status, ...listeningSockets(run.live)].map((path) =>
       removeIfPresentAsync(path).catch((err) =>
         ctx.log(dom, `cannot remove ${path} after exit: ${errorMessage(err)}`),
       ),

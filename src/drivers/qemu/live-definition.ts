@@ -1,36 +1,29 @@
 import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
 import { type DomainDefinition, domainDefinitionSchema } from '../../stable/definition/schema.js';
 import { resolveDefinition } from '../../stable/definition/validate.js';
-import type { Job } from '../jobs.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { runtimeStatus } from './runtime-status.js';
-import { writeStatus } from './status.js';
-import { removeIfPresent } from './store.js';
+import { dropIfGone, runtimeStatus, settleStatus, writeStatusDurably } from './runtime-status.js';
 
 /**
  * The one way to change a running domain's live definition (a hotplug, a finished migration):
  * validates `next`, bumps the version and rewrites the status file atomically and durably before
  * the new definition is visible, so a successor driver adopts exactly what this one shows. The
- * status keeps recording `job`, the job under way on the domain (the one making the change).
+ * status keeps recording the job it records (the one making the change) and the domain's state.
+ * When QEMU exited meanwhile (`run` is no longer the domain's), the file just written is removed
+ * rather than left for a domain that is shut off.
  *
- * @param current false once the runtime is no longer the domain's (QEMU exited meanwhile): the
- *   file just written is then removed rather than left for a domain that is shut off
  * @throws VirtError `XML_ERROR` naming the field when `next` does not validate (nothing changes)
  */
-export async function setLive(
-  run: Runtime,
-  next: DomainDefinition,
-  job: Job | undefined,
-  current: () => boolean = () => true,
-): Promise<void> {
+export async function setLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
   const checked = resolveDefinition(next);
   const version = run.liveVersion + 1;
-  const record = { ...runtimeStatus(run, 'running', job), live: checked, liveVersion: version };
-  await writeStatus(run.paths.status, record);
-  if (!current()) removeIfPresent(run.paths.status);
+  const record = { ...runtimeStatus(run, 'running', dom.status), live: checked, liveVersion: version };
+  await writeStatusDurably(run, record);
+  dropIfGone(dom, run);
   run.live = checked;
   run.liveVersion = version;
   run.liveUnreadable = undefined;
+  settleStatus(dom, run);
 }
 
 /**

@@ -4,7 +4,7 @@ import { qemuCwd, readDevices } from './devices/from-qmp.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { requireActive } from './lifecycle.js';
 import { setLive } from './live-definition.js';
-import { readStatus, writeStatus } from './status.js';
+import { dropIfGone, runtimeStatus, settleStatus, writeStatusDurably } from './runtime-status.js';
 
 /** Where the events of one subscription go (the seam's `MonitorEventSink`, by shape). */
 export interface EventSink {
@@ -20,13 +20,32 @@ export interface EventSink {
 /** The taint of a domain whose monitor someone else talked to (libvirt's `custom-monitor`). */
 export const CUSTOM_MONITOR_TAINT = 'custom-monitor';
 
+/** QMP commands that only read, besides `query-*` and `x-query-*`. */
+const READ_ONLY = new Set([
+  'qom-get',
+  'qom-list',
+  'qom-list-types',
+  'qom-list-properties',
+  'device-list-properties',
+]);
+
+/**
+ * Whether a passthrough command can change the domain, and so takes its job as libvirt's
+ * `qemu-monitor-command` does (`QEMU_JOB_MODIFY`). libvirt takes the job for every command; a
+ * query here does not, so that it stays usable while a long job is stuck, which is when one
+ * reaches for the monitor. Anything not known to only read counts as modifying
+ * (`human-monitor-command` too: HMP can stop the guest).
+ */
+export function modifiesDomain(command: string): boolean {
+  return !(/^(x-)?query-/.test(command) || READ_ONLY.has(command));
+}
+
 /**
  * Sends one raw QMP command to a running domain's QEMU (libvirt's `qemu-monitor-command`) and
- * resolves with QEMU's `return` value. The domain is tainted first, and the command logged.
+ * resolves with QEMU's `return` value. The domain is tainted first, and the command logged. The
+ * caller runs a command that {@link modifiesDomain} in the domain's job.
  *
- * It does not queue behind the domain's job: like libvirt's query jobs, it must be usable while a
- * long job is stuck, which is when one reaches for the monitor. Commands that change what the
- * driver tracks (`stop`, `cont`, `quit`, `system_powerdown`, `device_del`) need no special case: the
+ * Commands that change what the driver tracks (`stop`, `cont`, `quit`, `system_powerdown`, `device_del`) need no special case: the
  * driver follows QEMU's events (STOP, RESUME, SHUTDOWN, DEVICE_DELETED, the monitor closing),
  * whoever caused them. A successful `device_add` has no event: the driver reads the new device
  * back from QEMU and adds it to the live definition when the definition can represent it.
@@ -81,12 +100,11 @@ async function adoptAddedDevice(
     }
     if (dom.run !== run) return;
     await setLive(
+      dom,
       run,
       disk
         ? { ...run.live, disks: [...run.live.disks, disk] }
         : { ...run.live, interfaces: [...run.live.interfaces, nic as NonNullable<typeof nic>] },
-      dom.jobs.current,
-      () => dom.run === run,
     );
     ctx.log(dom, `monitor passthrough: ${id} added to the live definition`);
     ctx.emit(dom, 'device-added', id);
@@ -128,9 +146,11 @@ async function taint(ctx: DriverContext, dom: DomainObject, run: Runtime): Promi
   if (run.taints.includes(CUSTOM_MONITOR_TAINT)) return;
   run.taints.push(CUSTOM_MONITOR_TAINT);
   ctx.log(dom, `domain id=${run.id} is tainted: ${CUSTOM_MONITOR_TAINT}`);
+  if (!run.started || run.detached || dom.run !== run) return;
   try {
-    const status = readStatus(run.paths.status);
-    if (status) await writeStatus(run.paths.status, { ...status, taints: [...run.taints] });
+    await writeStatusDurably(run, runtimeStatus(run, 'running', dom.status));
+    dropIfGone(dom, run);
+    settleStatus(dom, run);
   } catch (err) {
     ctx.log(
       dom,

@@ -12,7 +12,7 @@ import { releaseThreads } from './privileged/phases.js';
 import { waitAdoptedExit } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
-import { statusOfRunState } from './run-state.js';
+import { reconcileStatus, recordedStatus } from './run-state.js';
 import { recordJob } from './runtime-status.js';
 import { readStatus, type StatusRecord } from './status.js';
 import { removeIfPresent } from './store.js';
@@ -105,6 +105,7 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
   const exited = exit.promise.then(() => waitAdoptedExit(status.pid, BigInt(status.startTime)));
   const finalized = deferred<void>();
   const live = readLive(status.live, dom);
+  const recorded = recordedStatus(status.state);
   const run: Runtime = {
     id: status.id,
     pid: status.pid,
@@ -128,6 +129,11 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     started: true,
     sawShutdown: false,
     detached: false,
+    // Kept as found until settled: a driver killed during this reconnect leaves the same record.
+    statusJob: status.job,
+    statusState: recorded,
+    statusWrites: 0,
+    statusStale: false,
   };
   dom.run = run;
   if (live.ignored)
@@ -148,7 +154,8 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     await finalizeExit(ctx, dom, run, info);
     finalized.resolve();
   });
-  ctx.setState(dom, { state: 'paused', reason: 'unknown' });
+  // Until QEMU answers, the state the status file recorded (paused/unknown without one).
+  ctx.setState(dom, recorded ?? { state: 'paused', reason: 'unknown' });
   let qemuStatus: string;
   let running: boolean;
   try {
@@ -159,8 +166,9 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
     ctx.log(dom, `reconnect: query-status failed (${errorMessage(err)}); waiting for the exit`);
     return;
   }
-  // Read as libvirt reads it: `paused` → user, `io-error` → ioerror, `postmigrate` → migration…
-  const found = statusOfRunState(qemuStatus, running);
+  // Read as libvirt reads it: `paused` → user, `io-error` → ioerror, `postmigrate` → migration…,
+  // keeping the recorded reason where QEMU cannot tell it (`booted`, `migrated`…).
+  const found = reconcileStatus(recorded, qemuStatus, running);
   // A source whose stream completed (postmigrate) or a destination still waiting for one
   // (inmigrate): never resumed here, since the guest may run on the other side; the application
   // decides (migrateConfirm, or destroy).
@@ -195,12 +203,12 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
       return gone(recovery.reason, why);
     }
     ctx.log(dom, `reconnect: ${why}`);
-    await recordJob(run, undefined, () => dom.run === run);
+    await recordJob(dom, run, undefined);
   } else if (settlement) {
     if (dom.state === 'paused' && settlement.keepPaused)
       ctx.setState(dom, { state: 'paused', reason: settlement.keepPaused });
     ctx.log(dom, `reconnect: settled an interrupted ${status.job?.operation} job: ${settlement.why}`);
-    await recordJob(run, undefined, () => dom.run === run);
+    await recordJob(dom, run, undefined);
   }
   ctx.log(dom, `reconnected to QEMU pid ${run.pid} (${qemuStatus})`);
 }

@@ -1,4 +1,5 @@
-import type { DomainStatus, PausedReason } from '../../stable/events.js';
+import { z } from 'zod';
+import type { DomainStatus, PausedReason, RunningReason } from '../../stable/events.js';
 
 /**
  * QEMU's run states (`query-status`, qapi/run-state.json) read as libvirt reads them
@@ -7,7 +8,7 @@ import type { DomainStatus, PausedReason } from '../../stable/events.js';
 const PAUSED_BY_RUN_STATE: Readonly<Record<string, PausedReason>> = {
   paused: 'user',
   // A start still under way is settled by its job's rule; a QEMU left in prelaunch by a finished
-  // start was started paused by the user (the reason itself is not kept in the status file).
+  // start was started paused by the user (the status file keeps that reason too).
   prelaunch: 'user',
   inmigrate: 'migration',
   postmigrate: 'migration',
@@ -40,4 +41,77 @@ export function pauseCauseOfEvent(event: string, action: unknown): PausedReason 
   if (event === 'GUEST_PANICKED' && action === 'pause') return 'crashed';
   if (event === 'WATCHDOG' && action === 'pause') return 'watchdog';
   return undefined;
+}
+
+const RUNNING_REASONS = [
+  'unknown',
+  'booted',
+  'migrated',
+  'restored',
+  'from-snapshot',
+  'unpaused',
+  'migration-cancelled',
+  'save-cancelled',
+  'wakeup',
+  'crashed',
+  'postcopy',
+  'postcopy-failed',
+] as const satisfies readonly RunningReason[];
+
+const PAUSED_REASONS = [
+  'unknown',
+  'user',
+  'migration',
+  'migrated',
+  'save',
+  'dump',
+  'ioerror',
+  'watchdog',
+  'from-snapshot',
+  'shutting-down',
+  'snapshot',
+  'crashed',
+  'starting-up',
+  'postcopy',
+  'postcopy-failed',
+  'api-error',
+] as const satisfies readonly PausedReason[];
+
+const recordedSchema = z.discriminatedUnion('state', [
+  z.object({ state: z.literal('running'), reason: z.enum(RUNNING_REASONS) }).strict(),
+  z.object({ state: z.literal('paused'), reason: z.enum(PAUSED_REASONS) }).strict(),
+]);
+
+/**
+ * The state a status file recorded (libvirt keeps it in its status XML), or undefined when there is
+ * none or it is not one an active domain can be in (a file of an older or newer virtkit): the
+ * domain is then read from QEMU alone.
+ */
+export function recordedStatus(raw: unknown): DomainStatus | undefined {
+  const parsed = recordedSchema.safeParse(raw);
+  return parsed.success ? parsed.data : undefined;
+}
+
+/** Paused reasons QEMU's run state cannot tell apart from a plain `stop` (or does not know). */
+const GENERIC_PAUSE: ReadonlySet<PausedReason> = new Set(['user', 'unknown']);
+
+/**
+ * The state of an adopted domain from the recorded one and QEMU's run state, by libvirt's rule
+ * (`qemuProcessUpdateState`): QEMU decides whether the vCPUs run; the recorded reason survives when
+ * QEMU agrees on the state and cannot tell the reason itself. So a domain recorded running keeps
+ * `booted` or `migrated`, one recorded paused keeps `migrated` or `user` while QEMU only says
+ * `paused`; a QEMU that ran on (recorded paused) reads `unpaused`, one that stopped meanwhile
+ * (recorded running) reads QEMU's reason. `starting-up` never survives: the start that set it is over.
+ */
+export function reconcileStatus(
+  recorded: DomainStatus | undefined,
+  status: string,
+  running: boolean,
+): DomainStatus {
+  const found = statusOfRunState(status, running);
+  if (!recorded || recorded.state !== found.state) return found;
+  if (found.state === 'running') return recorded;
+  const kept = recorded.reason as PausedReason;
+  if (kept === 'unknown' || kept === 'starting-up') return found;
+  return GENERIC_PAUSE.has(found.reason as PausedReason) ? recorded : found;
 }

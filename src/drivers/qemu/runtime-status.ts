@@ -1,23 +1,23 @@
-import type { Job } from '../jobs.js';
-import type { Runtime } from './domain-object.js';
-import { type RawStatusRecord, writeStatus } from './status.js';
+import type { DomainStatus } from '../../stable/events.js';
+import { Job } from '../jobs.js';
+import type { DomainObject, Runtime } from './domain-object.js';
+import { type JobRecord, type RawStatusRecord, writeStatus, writeStatusSync } from './status.js';
 import { removeIfPresent } from './store.js';
 
-/** The status file's content for a runtime: what a successor driver adopts the domain from. */
+/**
+ * The status file's content for a runtime: what a successor driver adopts the domain from. The job
+ * is the one last recorded ({@link recordJob}); `state` the domain's state with its reason.
+ */
 export function runtimeStatus(
   run: Runtime,
   phase: 'starting' | 'running',
-  job: Job | undefined,
+  state: DomainStatus | undefined,
 ): RawStatusRecord {
   return {
     version: 1,
     phase,
-    job: job && {
-      operation: job.operation,
-      phase: job.phase,
-      startedAt: job.startedAt,
-      ...(job.data ? { data: job.data } : {}),
-    },
+    job: jobRecord(run.statusJob),
+    ...(state ? { state: { state: state.state, reason: state.reason } } : {}),
     id: run.id,
     pid: run.pid,
     startTime: run.startTime.toString(),
@@ -34,19 +34,74 @@ export function runtimeStatus(
   };
 }
 
+function jobRecord(job: Job | JobRecord | undefined): JobRecord | undefined {
+  if (!(job instanceof Job)) return job;
+  return {
+    operation: job.operation,
+    phase: job.phase,
+    startedAt: job.startedAt,
+    ...(job.data ? { data: job.data } : {}),
+  };
+}
+
+/** True while `run` is the started, attached runtime of `dom`: only then has it a status file to keep. */
+function recorded(dom: DomainObject, run: Runtime): boolean {
+  return run.started && !run.detached && dom.run === run;
+}
+
+/**
+ * Rewrites the status file of a started domain from what the driver holds now, at once and without
+ * fsync (what it guards against, a killed driver, the page cache covers; see writeStatus). A durable
+ * write still under way would land after this one with older content: it rewrites on completion
+ * ({@link settleStatus}).
+ */
+export function saveStatus(dom: DomainObject, run: Runtime): void {
+  if (!recorded(dom, run)) return;
+  writeStatusSync(run.paths.status, runtimeStatus(run, 'running', dom.status));
+  run.statusState = dom.status;
+  if (run.statusWrites > 0) run.statusStale = true;
+}
+
+/** Records the domain's new state (a state change of the driver core), unless the file already has it. */
+export function saveState(dom: DomainObject, run: Runtime): void {
+  const last = run.statusState;
+  if (last && last.state === dom.state && last.reason === dom.reason) return;
+  saveStatus(dom, run);
+}
+
+/**
+ * Writes `record` durably (fsync'd): the caller makes what it records visible afterwards and then
+ * calls {@link settleStatus}, which rewrites the file if anything changed while this write was under way.
+ */
+export async function writeStatusDurably(run: Runtime, record: RawStatusRecord): Promise<void> {
+  run.statusWrites++;
+  try {
+    await writeStatus(run.paths.status, record);
+  } finally {
+    run.statusWrites--;
+  }
+}
+
+/** After a durable write: a record written meanwhile was overtaken by it, so the file is written again. */
+export function settleStatus(dom: DomainObject, run: Runtime): void {
+  if (run.statusWrites > 0 || !run.statusStale) return;
+  run.statusStale = false;
+  saveStatus(dom, run);
+}
+
 /**
  * Records in the status file of a started domain that `job` holds it (or, with undefined, that no
  * job does), so a successor can settle a job this driver did not finish.
  */
-export async function recordJob(
-  run: Runtime,
-  job: Job | undefined,
-  current: () => boolean = () => true,
-): Promise<void> {
-  if (!run.started || run.detached || !current()) return;
-  // Not fsync'd: what it guards against, a killed driver, the page cache covers (see writeStatus).
-  await writeStatus(run.paths.status, runtimeStatus(run, 'running', job), false);
-  // QEMU exited while the write was under way and its clean-up already ran: the file just
-  // written would be a leftover of a domain that is shut off.
-  if (!current()) removeIfPresent(run.paths.status);
+export async function recordJob(dom: DomainObject, run: Runtime, job: Job | undefined): Promise<void> {
+  run.statusJob = job;
+  saveStatus(dom, run);
+}
+
+/**
+ * Removes the status file a write just made when QEMU exited while it was under way and its
+ * clean-up already ran: the file would be a leftover of a domain that is shut off.
+ */
+export function dropIfGone(dom: DomainObject, run: Runtime): void {
+  if (dom.run !== run) removeIfPresent(run.paths.status);
 }

@@ -3,12 +3,14 @@ import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import type { DomainStatus } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import type { Job } from '../jobs.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
+import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
 import { ensureNvram, resolveFirmware } from './firmware.js';
@@ -21,7 +23,7 @@ import {
   raiseMemLock,
   releaseThreads,
 } from './privileged/phases.js';
-import { execSlot, FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
+import { execSlot, FIRST_CHILD_FD, type Launch, launchStub, stubExecuted } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { runtimeStatus } from './runtime-status.js';
@@ -157,7 +159,7 @@ export async function startDomain(
   }
   if (options.incoming) {
     // No event yet: the migration emits `started migrated` when it finishes (or rolls back).
-    ctx.setState(dom, { state: 'paused', reason: 'migration' });
+    ctx.setState(dom, startedStatus(options));
     ctx.log(
       dom,
       `started pid ${s.run?.pid} for an incoming migration (-incoming ${options.incoming.uri ?? 'defer'})`,
@@ -166,9 +168,14 @@ export async function startDomain(
   }
   ctx.log(dom, `started pid ${s.run?.pid}${options.paused ? ' (paused)' : ''}`);
   // As libvirt: `started booted`, then for a paused start `suspended user` (VIR_DOMAIN_PAUSED_USER).
-  if (options.paused)
-    ctx.setState(dom, { state: 'paused', reason: 'user' }, ['started', 'booted'], 'suspended');
-  else ctx.setState(dom, { state: 'running', reason: 'booted' }, 'started');
+  if (options.paused) ctx.setState(dom, startedStatus(options), ['started', 'booted'], 'suspended');
+  else ctx.setState(dom, startedStatus(options), 'started');
+}
+
+/** The state a finished start leaves the domain in (libvirt's qemuProcessFinishStartup). */
+function startedStatus(options: StartSequenceOptions): DomainStatus {
+  if (options.incoming) return { state: 'paused', reason: 'migration' };
+  return options.paused ? { state: 'paused', reason: 'user' } : { state: 'running', reason: 'booted' };
 }
 
 /** The phase of the privileged operations that run once QEMU exists. */
@@ -201,11 +208,17 @@ function buildCommand(s: Startup): void {
 }
 
 /** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */
-function childFdNumbers(fds: PreExecDescriptors): { diskFds: number[]; tapFds: Array<number[] | undefined> } {
+function childFdNumbers(fds: PreExecDescriptors): {
+  diskFds: number[];
+  backingFds: Array<number | undefined>;
+  tapFds: Array<number[] | undefined>;
+} {
   let next = FIRST_CHILD_FD + 1;
   const diskFds = fds.disks.map(() => next++);
+  // The order of `fds.all`: disks, their backing images, then TAPs.
+  const backingFds = (fds.backings ?? []).map((fd) => (fd === undefined ? undefined : next++));
   const tapFds = fds.taps.map((list) => list?.map(() => next++));
-  return { diskFds, tapFds };
+  return { diskFds, backingFds, tapFds };
 }
 
 /** The first hugetlbfs mount, from /proc/mounts. */
@@ -288,6 +301,9 @@ function spawnStub(s: Startup): void {
     started: false,
     sawShutdown: false,
     detached: false,
+    statusJob: s.job,
+    statusWrites: 0,
+    statusStale: false,
   };
   s.run = run;
   dom.run = run;
@@ -302,7 +318,7 @@ function spawnStub(s: Startup): void {
 }
 
 function status(s: Startup, phase: 'starting' | 'running'): RawStatusRecord {
-  return runtimeStatus(s.run as Runtime, phase, s.job);
+  return runtimeStatus(s.run as Runtime, phase, s.dom.status);
 }
 
 /** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
@@ -313,6 +329,7 @@ async function recordStarting(s: Startup): Promise<void> {
 async function raiseMemLockStep(s: Startup): Promise<void> {
   const run = s.run as Runtime;
   const phase = s.options.incoming ? 'migration-in' : 'pre-exec';
+  await stubExecuted(run.pid);
   await raiseMemLock(scopeOf(s.ctx, s.dom, run), s.def, run.pid, phase);
 }
 
@@ -438,9 +455,13 @@ async function readThreads(
 /** Durable (fsync'd) before `cont` lets any guest code run. */
 async function recordRunning(s: Startup): Promise<void> {
   await readPtyPaths(s);
+  const run = s.run as Runtime;
   // Written without the job: from here a successor adopts the domain as QEMU reports it, which is
-  // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record.
-  await writeStatus(s.paths.status, runtimeStatus(s.run as Runtime, 'running', undefined), true, {
+  // the rule for an interrupted start that got this far (docs/jobs.md) and needs no record. The
+  // state is the one the start commits to, so the end of the start need not write it again.
+  run.statusJob = undefined;
+  run.statusState = startedStatus(s.options);
+  await writeStatus(s.paths.status, runtimeStatus(run, 'running', run.statusState), true, {
     replacesVolatile: true,
   });
 }
@@ -505,6 +526,8 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
   if (run) await releaseThreads(scopeOf(ctx, dom, run), run, 'release');
   removeIfPresent(s.paths.monitor);
   removeIfPresent(s.paths.status);
+  // Only after a spawn: before it, a socket there is someone else's.
+  if (launch) for (const path of listeningSockets(s.def)) removeIfPresent(path);
   if (dom.run === run) dom.run = undefined;
   if (launch) ctx.log(dom, 'start failed; QEMU killed and its socket and status removed');
   // `stopped failed` only when a QEMU existed: a start refused before the spawn never started.

@@ -34,6 +34,12 @@ const statusSchema = z.object({
   phase: z.enum(['starting', 'running']),
   /** Absent when no job held the domain; older drivers never wrote it. */
   job: jobRecordSchema.optional(),
+  /**
+   * The domain's state with its reason when the file was written (libvirt's status XML keeps it):
+   * what QEMU cannot tell on reconnect (`booted`, `migrated`…) survives. Checked apart
+   * (run-state.ts) so that an unknown value never makes the whole record unreadable.
+   */
+  state: z.unknown().optional(),
   id: z.number().int(),
   pid: z.number().int().positive(),
   startTime: z.string().regex(/^\d+$/),
@@ -51,7 +57,10 @@ const statusSchema = z.object({
   live: z.unknown(),
 });
 
-/** The status file of a running domain in `<root>/run`: all a new driver needs to adopt it. */
+/**
+ * The status file of a running domain in `<root>/run`: all a new driver needs to adopt it. (Not the
+ * public `DomainStatus`, a state with its reason, which this record holds as `state`.)
+ */
 export type StatusRecord = Omit<z.infer<typeof statusSchema>, 'live'> & { live: DomainDefinition };
 
 /** A status as written: the live definition may be a record kept as found (unreadable). */
@@ -82,6 +91,11 @@ export async function writeStatus(
   if (durable)
     await writeFileAtomic(path, text, 0o600, { durable, syncAfterRename: options.replacesVolatile });
   else writeFileAtomicSync(path, text, 0o600, { durable });
+}
+
+/** Writes the status at once, not fsync'd: the record of a volatile change (see {@link writeStatus}). */
+export function writeStatusSync(path: string, status: RawStatusRecord): void {
+  writeFileAtomicSync(path, `${JSON.stringify(status)}\n`, 0o600, { durable: false });
 }
 
 /** Reads a status file; undefined when there is none, throws when it is corrupt. */

@@ -25,8 +25,8 @@ export function loadDefinitions(
 }
 
 /** Writes a definition atomically: a crash leaves the old file or the new one, never half of one. */
-export async function saveDefinition(path: string, def: DomainDefinition): Promise<void> {
-  await writeFileAtomic(path, `${JSON.stringify(def, null, 2)}\n`, 0o600);
+export async function saveDefinition(path: string, def: DomainDefinition, durable = true): Promise<void> {
+  await writeFileAtomic(path, `${JSON.stringify(def, null, 2)}\n`, 0o600, { durable });
 }
 
 /** Removes a file that may already be gone. */

@@ -5,12 +5,13 @@ import { INTERNAL_SEAM, SEAM_VERSION } from '../../privileged/seam.js';
 import type { SimulationSeam } from '../../privileged/simulation.js';
 import { INTERNAL_API_VERSION } from '../../privileged/version.js';
 import type { ParsedUri } from '../../stable/connect.js';
-import type { DomainDefinition } from '../../stable/definition/schema.js';
+import type { DomainDefinition, MemoryDeviceDefinition } from '../../stable/definition/schema.js';
 import type {
   DetachDeviceOptions,
   DeviceChangeOptions,
   DeviceDefinition,
   DeviceMatch,
+  PciDeviceMatch,
 } from '../../stable/devices.js';
 import type {
   DestroyOptions,
@@ -30,22 +31,32 @@ import type {
   PreparedIncoming,
   ResolvedOffer,
 } from '../../stable/migration.js';
-import { DriverCore } from '../domain-core.js';
-import type { Job } from '../jobs.js';
-import { TestDomain, type TestRuntime } from './domain.js';
-import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
+import { withDeviceAliases } from '../device-aliases.js';
 import {
-  addTo,
-  affected,
+  type Affect,
+  affect,
   aliasOf,
   checkHotpluggable,
   checkVcpuCount,
-  find,
-  pciMatch,
-  pciOnly,
-  without,
+  findDevice,
+  findDimm,
+  isMemory,
+  isMemoryMatch,
+  noSuchDevice,
+  noSuchDimm,
+  tcgReplugRefused,
+  tcgUnplugRefused,
+  withDimm,
+  withoutDevice,
+  withoutDimm,
   withVcpus,
-} from './hotplug.js';
+} from '../device-change.js';
+import { DriverCore } from '../domain-core.js';
+import type { Job } from '../jobs.js';
+import { checkClientTls, checkTls } from '../migration-tls.js';
+import { TestDomain, type TestRuntime } from './domain.js';
+import { PrivilegedSimulation, type SimRun, type StartAttempt } from './handlers.js';
+import { addTo } from './hotplug.js';
 import {
   checkSameDefinition,
   connectTo,
@@ -53,6 +64,7 @@ import {
   type MigrationRecord,
   migrationAborted,
   parseAddress,
+  tlsHandshake,
   unlisten,
 } from './migration.js';
 import { Simulation } from './simulation.js';
@@ -106,12 +118,13 @@ export async function openTestDriver(
  * - `getInfo()` reports a driver id (1, 2, … per driver) and a synthetic pid (see
  *   `SIMULATED_PID_BASE` of `virtkit/internal`) while active, `cpuTimeNs: 0n`, and the taint
  *   `internal-handler` once a handler was used.
- * - The live definition is the persistent one as it was at start (no QEMU aliases filled in), plus
+ * - Disks, interfaces and DIMMs get the embedded driver's stable aliases at define (`virtio-disk0`,
+ *   `sata0-0-1`, `net0`, `dimm0`); no addresses. The live definition is the persistent one as it was at start, plus
  *   the devices attached or detached live since.
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
- * - `reboot()` and `reset()` of an active domain change nothing visible: it keeps its id and state.
+ * - `reboot()` and `reset()` of an active domain keep its id and state; each emits `rebooted` (`host`).
  * - `createDomain()` makes a transient domain, removed (`undefined removed`) once it stops.
  * - Everything lives in memory: `close()` forgets every domain.
  *
@@ -123,7 +136,9 @@ export async function openTestDriver(
  * cgroups the post-checks read back; without a handler, a simulated built-in does the work. A
  * failing handler fails the start with the embedded driver's code and rolls the domain back.
  * Device changes (phase `hotplug`) and live migration between test drivers of one process (phase
- * `migration-in` on the destination) follow the embedded driver's rules too.
+ * `migration-in` on the destination) follow the embedded driver's rules too: `persist` and
+ * `undefineSource` as there, and `tls` credentials checked as there, with the handshake simulated
+ * on the real certificate files (same CA, valid now, the destination's certificate naming the host).
  */
 export class TestDriver extends DriverCore<TestDomain> implements Driver {
   readonly uri: string;
@@ -173,7 +188,8 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
       () => dom.ident,
       undefined,
       () => {
-        dom.def = structuredClone(def);
+        // The device model's define-time step: the embedded driver's stable aliases.
+        dom.def = withDeviceAliases(structuredClone(def));
         // Defined, a transient domain becomes persistent, as in libvirt.
         this.#transient.delete(def.uuid);
         this.domains.set(dom);
@@ -193,7 +209,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
         { domain: taken.ident },
       );
     }
-    const dom = new TestDomain(structuredClone(def));
+    const dom = new TestDomain(withDeviceAliases(structuredClone(def)));
     this.domains.set(dom);
     this.#transient.add(def.uuid);
     this.emit(dom, 'defined', 'added');
@@ -317,6 +333,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     const dom = this.domain(uuid);
     return this.job(dom, 'reboot', options.signal, () => {
       dom.requireActive();
+      this.emit(dom, 'rebooted', 'host');
     });
   }
 
@@ -325,22 +342,29 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     const dom = this.domain(uuid);
     return this.job(dom, 'reset', options.signal, () => {
       dom.requireActive();
+      this.emit(dom, 'rebooted', 'host');
     });
+  }
+
+  /** The definitions a change affects (drivers/device-change.ts). */
+  #affect(dom: TestDomain, options: DeviceChangeOptions): Affect {
+    return affect(dom.def.name, { active: dom.active, running: dom.active }, options);
   }
 
   /**
    * A device change with the embedded driver's rules and privileged calls: a live attach invokes
    * `storage.openFile` (disk) or `net.openTap` (ethernet) in phase `hotplug` on the simulated
-   * process, and a failure leaves both definitions as they were.
+   * process, a DIMM's `process.setMaxMemLock` when its limit does not cover the new need, and a
+   * failure leaves both definitions as they were.
    */
   attachDevice(uuid: string, input: DeviceDefinition, options: DeviceChangeOptions): Promise<void> {
     const dom = this.domain(uuid);
-    const device = pciOnly(input);
     return this.job(dom, 'device-change', options.signal, async (job) => {
-      const { live, config } = affected(dom.def.name, dom.active, options);
+      const { live, config } = this.#affect(dom, options);
+      if (isMemory(input)) return this.#attachMemory(dom, job, input.memory, { live, config });
       let persistent: DomainDefinition | undefined;
-      let chosen = device;
-      if (config) ({ def: persistent, device: chosen } = addTo(dom.def, device));
+      let chosen = input;
+      if (config) ({ def: persistent, device: chosen } = addTo(dom.def, input));
       const run = dom.run;
       const sim = run && this.#simRuns.get(run);
       if (live && run && sim) {
@@ -355,51 +379,93 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     });
   }
 
+  async #attachMemory(
+    dom: TestDomain,
+    job: Job,
+    dimm: MemoryDeviceDefinition,
+    affects: Affect,
+  ): Promise<void> {
+    // Each definition gets its own free slot (libvirt assigns live and config separately).
+    const persistent = affects.config ? withDimm(dom.def, dimm).def : undefined;
+    const run = dom.run;
+    const sim = run && this.#simRuns.get(run);
+    if (affects.live && run && sim) {
+      const added = withDimm(run.live, dimm);
+      await this.#privileged.hotplugMemory(added.def, sim, job.signal);
+      job.checkAborted();
+      run.live = added.def;
+      this.emit(dom, 'device-added', added.dimm.alias as string);
+    }
+    if (persistent) dom.def = persistent;
+  }
+
   /**
    * A live detach: a running guest lets go at once (`device-removed`); a paused one never answers
    * the unplug request, as with QEMU, so the call waits `timeoutMs` (default 10 000) and fails with
-   * `OPERATION_TIMEOUT`, the device still attached.
+   * `OPERATION_TIMEOUT`, the device still attached. DIMMs likewise.
    */
   detachDevice(uuid: string, input: DeviceMatch, options: DetachDeviceOptions): Promise<void> {
     const dom = this.domain(uuid);
-    const match = pciMatch(input);
     return this.job(dom, 'device-change', options.signal, async (job) => {
-      const { live, config } = affected(dom.def.name, dom.active, options);
+      const affects = this.#affect(dom, options);
+      if (isMemoryMatch([dom.run?.live, dom.def], input))
+        return this.#detachMemory(dom, job, input, affects, options);
+      const match = input as PciDeviceMatch;
+      const { live, config } = affects;
       const run = dom.run;
-      const liveDevice = live && run ? find(run.live, match) : undefined;
-      const configDevice = config ? find(dom.def, match) : undefined;
-      if ((live && !liveDevice) || (config && !configDevice)) {
-        const what = 'alias' in match ? `alias '${match.alias}'` : 'the device given';
-        throw new VirtError(
-          ErrorCode.OPERATION_INVALID,
-          `domain '${dom.def.name}' has no device with ${what} in its ${live && !liveDevice ? 'running' : 'persistent'} definition`,
-        );
-      }
+      const liveDevice = live && run ? findDevice(run.live, match) : undefined;
+      const configDevice = config ? findDevice(dom.def, match) : undefined;
+      if ((live && !liveDevice) || (config && !configDevice))
+        throw noSuchDevice(dom.def.name, match, live && !liveDevice ? 'running' : 'persistent');
       if (liveDevice && run) {
         checkHotpluggable(liveDevice, true);
         const alias = aliasOf(liveDevice);
-        if (dom.state === 'paused') {
-          const timeoutMs = options.timeoutMs ?? 10_000;
-          await new Promise<void>((resolve) => {
-            const timer = setTimeout(resolve, timeoutMs);
-            const onAbort = () => {
-              clearTimeout(timer);
-              resolve();
-            };
-            job.signal.addEventListener('abort', onAbort, { once: true });
-          });
-          job.checkAborted();
-          throw new VirtError(
-            ErrorCode.OPERATION_TIMEOUT,
-            `the guest did not release ${alias} within ${timeoutMs} ms; it is still attached`,
-            { alias, timeoutMs },
-          );
-        }
-        run.live = without(run.live, liveDevice);
+        await this.#guestLetsGo(dom, job, alias, options.timeoutMs);
+        run.live = withoutDevice(run.live, liveDevice);
         this.emit(dom, 'device-removed', alias);
       }
-      if (configDevice) dom.def = without(dom.def, configDevice);
+      if (configDevice) dom.def = withoutDevice(dom.def, configDevice);
     });
+  }
+
+  async #detachMemory(
+    dom: TestDomain,
+    job: Job,
+    match: DeviceMatch,
+    affects: Affect,
+    options: DetachDeviceOptions,
+  ): Promise<void> {
+    const run = dom.run;
+    const liveDimm = affects.live && run ? findDimm(run.live, match) : undefined;
+    const configDimm = affects.config ? findDimm(dom.def, match) : undefined;
+    if ((affects.live && !liveDimm) || (affects.config && !configDimm))
+      throw noSuchDimm(dom.def.name, affects.live && !liveDimm ? 'running' : 'persistent');
+    if (liveDimm && run) {
+      const alias = liveDimm.alias as string;
+      await this.#guestLetsGo(dom, job, alias, options.timeoutMs);
+      run.live = withoutDimm(run.live, liveDimm);
+      this.emit(dom, 'device-removed', alias);
+    }
+    if (configDimm) dom.def = withoutDimm(dom.def, configDimm);
+  }
+
+  /** A running guest lets go at once; a paused one never does: `OPERATION_TIMEOUT` after `timeoutMs`. */
+  async #guestLetsGo(dom: TestDomain, job: Job, alias: string, timeoutMs = 10_000): Promise<void> {
+    if (dom.state !== 'paused') return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      const onAbort = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      job.signal.addEventListener('abort', onAbort, { once: true });
+    });
+    job.checkAborted();
+    throw new VirtError(
+      ErrorCode.OPERATION_TIMEOUT,
+      `the guest did not release ${alias} within ${timeoutMs} ms; it is still attached`,
+      { alias, timeoutMs },
+    );
   }
 
   /**
@@ -411,7 +477,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   setVcpus(uuid: string, count: number, options: DeviceChangeOptions): Promise<void> {
     const dom = this.domain(uuid);
     return this.job(dom, 'device-change', options.signal, async (job) => {
-      const { live, config } = affected(dom.def.name, dom.active, options);
+      const { live, config } = this.#affect(dom, options);
       if (config) checkVcpuCount(dom.def, count, 'persistent');
       const run = dom.run;
       const sim = run && this.#simRuns.get(run);
@@ -419,12 +485,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
         checkVcpuCount(run.live, count, 'running');
         let current = run.live.vcpu.current ?? run.live.vcpu.count;
         while (current < count) {
-          if (sim.vcpuUnplugged)
-            throw new VirtError(
-              ErrorCode.CONFIG_UNSUPPORTED,
-              `a vCPU was unplugged from TCG domain '${dom.def.name}' (by an earlier rollback); QEMU's TCG crashes on the next vCPU hotplug after that, so vCPUs can be added only after a restart of the domain`,
-              { path: 'count' },
-            );
+          if (sim.vcpuUnplugged) throw tcgReplugRefused(dom.def.name);
           const online = this.#privileged.vcpuIndexes(sim);
           const index = Array.from({ length: run.live.vcpu.count }, (_, i) => i).find(
             (i) => !online.includes(i),
@@ -432,12 +493,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
           await this.#privileged.hotplugVcpu(run.live, sim, index as number, job.signal);
           run.live = withVcpus(run.live, ++current);
         }
-        if (current > count && run.live.type === 'qemu')
-          throw new VirtError(
-            ErrorCode.CONFIG_UNSUPPORTED,
-            `vCPUs cannot be unplugged from TCG domain '${dom.def.name}' (type 'qemu'): QEMU's TCG crashes on the next vCPU hotplug after an unplug; lower the count with config and restart the domain`,
-            { path: 'count', current, count },
-          );
+        if (current > count && run.live.type === 'qemu') throw tcgUnplugRefused(dom.def.name, current, count);
         while (current > count) {
           const last = this.#privileged
             .vcpuIndexes(sim)
@@ -564,6 +620,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
   async migratePrepare(offer: ResolvedOffer, options: MigratePrepareOptions): Promise<PreparedIncoming> {
     this.checkOpen();
     parseAddress(options.listen, 'listen');
+    if (options.tls) checkTls(options.tls, 'server', 'tls');
     const def = offer.definition;
     const existing = this.domains.existingFor(def);
     if (existing?.active)
@@ -585,7 +642,11 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
           const outcome = new Promise<boolean>((resolve) => {
             settle = resolve;
           });
-          const uri = listen(options.listen, { uuid: def.uuid, deliver: () => settle(true) });
+          const uri = listen(options.listen, {
+            uuid: def.uuid,
+            tls: options.tls,
+            deliver: () => settle(true),
+          });
           if (!existing && options.persist !== true) this.#transient.add(def.uuid);
           this.#migrations.set(dom, {
             role: 'in',
@@ -616,7 +677,8 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
     return this.job(dom, 'migration-out', options.signal, (job) => {
       const record = this.#outgoing(dom, 'perform');
       const run = dom.requireActive();
-      parseAddress(uri, 'uri');
+      const address = parseAddress(uri, 'uri');
+      const hostname = options.tls ? checkClientTls(options.tls, address) : undefined;
       if (options.cookie && options.cookie.uuid !== dom.def.uuid)
         throw new VirtError(ErrorCode.OPERATION_INVALID, 'the destination cookie belongs to another domain', {
           field: 'cookie.uuid',
@@ -633,6 +695,14 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
         throw new VirtError(
           ErrorCode.OPERATION_FAILED,
           `migration of '${dom.def.name}' failed: no destination for it listens at ${uri}`,
+          { domain: dom.ident, status: 'failed' },
+        );
+      // As QEMU, the destination drops a stream that fails the handshake and keeps waiting.
+      const refused = tlsHandshake(dest.tls, options.tls, hostname);
+      if (refused)
+        throw new VirtError(
+          ErrorCode.OPERATION_FAILED,
+          `migration of '${dom.def.name}' failed: TLS handshake: ${refused}`,
           { domain: dom.ident, status: 'failed' },
         );
       const bytes = (run.live.memoryKiB ?? 0) * 1024;

@@ -133,7 +133,7 @@ export class PrivilegedSimulation {
     scope: InvocationScope,
     def: DomainDefinition,
     proc: SimProcess,
-    phase: 'pre-exec' | 'migration-in',
+    phase: 'pre-exec' | 'migration-in' | 'hotplug',
   ): Promise<void> {
     const need = memLockNeed(def);
     if (!need) return;
@@ -264,6 +264,16 @@ export class PrivilegedSimulation {
       if (def.type === 'qemu') run.vcpuUnplugged = true;
       throw err;
     }
+  }
+
+  /**
+   * A DIMM hot-plugged (`drivers/qemu/hotplug-memory.ts`), simulated: the memlock need of `def`
+   * (the definition with the DIMM) is recomputed and, when the simulated process's limit does not
+   * cover it, raised through `process.setMaxMemLock` in phase `hotplug` before the memory exists.
+   */
+  async hotplugMemory(def: DomainDefinition, run: SimRun, signal: AbortSignal): Promise<void> {
+    const scope = this.#scope(def, run.id, run.pid, run.taints, signal);
+    await this.#raiseMemLock(scope, def, this.#sim.running(run.pid), 'hotplug');
   }
 
   /** An unplugged vCPU's thread ends (the guest let go at once). */

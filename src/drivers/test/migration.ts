@@ -1,6 +1,9 @@
-import { isDeepStrictEqual } from 'node:util';
-import { ErrorCode, VirtError } from '../../errors.js';
-import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import { ErrorCode, errorMessage, VirtError } from '../../errors.js';
+import type { MigrationTlsOptions } from '../../stable/migration.js';
 import { type MigrationAddress, parseMigrationUri } from '../migration-uri.js';
 
 /*
@@ -20,6 +23,8 @@ const format = (a: Address): string => (a.kind === 'unix' ? `unix:${a.path}` : `
 export interface Listener {
   /** The uuid of the domain it receives. */
   readonly uuid: string;
+  /** The credentials a stream must come with (checked by prepare), as QEMU's `tls-creds-x509`. */
+  readonly tls: MigrationTlsOptions | undefined;
   /** The stream arrived complete. */
   deliver(): void;
 }
@@ -52,15 +57,42 @@ export function connectTo(uri: string): Listener | undefined {
   return listeners.get(format(parseAddress(uri, 'uri')));
 }
 
-/** A domain already defined at the destination must have the definition offered. */
-export function checkSameDefinition(here: DomainDefinition, offered: DomainDefinition): void {
-  if (isDeepStrictEqual(JSON.parse(JSON.stringify(here)), JSON.parse(JSON.stringify(offered)))) return;
-  throw new VirtError(
-    ErrorCode.CONFIG_UNSUPPORTED,
-    `the domain '${here.name}' defined at the destination differs from the source's; undefine it there or define the same definition`,
-    { domain: { name: here.name, uuid: here.uuid } },
-  );
+/**
+ * The TLS handshake of a stream, simulated on the real certificate files: both ends use TLS or
+ * neither, each end's certificate is signed by the CA the other end trusts and valid now, and the
+ * destination's names `hostname`. Returns why the handshake fails, or undefined.
+ */
+export function tlsHandshake(
+  server: MigrationTlsOptions | undefined,
+  client: MigrationTlsOptions | undefined,
+  hostname: string | undefined,
+): string | undefined {
+  if (!server && !client) return undefined;
+  if (!server) return 'the source speaks TLS to a destination that does not';
+  if (!client) return 'the destination expects TLS and the source sent a plain stream';
+  const pem = (dir: string, file: string) => new X509Certificate(readFileSync(join(dir, file)));
+  try {
+    const serverCert = pem(server.dir, 'server-cert.pem');
+    const clientCert = pem(client.dir, 'client-cert.pem');
+    const trusted = (cert: X509Certificate, ca: X509Certificate) =>
+      cert.checkIssued(ca) && cert.verify(ca.publicKey);
+    const now = Date.now();
+    const current = (cert: X509Certificate) =>
+      Date.parse(cert.validFrom) <= now && now <= Date.parse(cert.validTo);
+    if (!trusted(serverCert, pem(client.dir, 'ca-cert.pem')) || !current(serverCert))
+      return "the destination's certificate is not signed by the source's CA or not valid now";
+    if (!trusted(clientCert, pem(server.dir, 'ca-cert.pem')) || !current(clientCert))
+      return "the source's certificate is not signed by the destination's CA or not valid now";
+    const name = hostname ?? '';
+    const named = isIP(name) ? serverCert.checkIP(name) : serverCert.checkHost(name);
+    if (named === undefined) return `the destination's certificate is not for '${name}'`;
+  } catch (err) {
+    return `unreadable credentials: ${errorMessage(err)}`;
+  }
+  return undefined;
 }
+
+export { checkSameDefinition } from '../migration-definition.js';
 
 /** The error of a migration step its caller aborted, as the embedded driver reports it. */
 export function migrationAborted(step: string, domain: { name: string; uuid: string }): VirtError {

@@ -97,6 +97,13 @@ export class Simulation implements SimulatedHost {
     if (thread) this.#threads.delete(thread.tid);
   }
 
+  /** The driver's own record of a running process (not a copy). */
+  running(pid: number): SimProcess {
+    const proc = this.#processes.get(pid);
+    if (!proc) throw esrch(`process ${pid}`);
+    return proc;
+  }
+
   /** The vCPU indexes of a running process, in order. */
   vcpuIndexes(pid: number): number[] {
     const proc = this.#processes.get(pid);

@@ -3,7 +3,13 @@ import { ErrorCode, VirtError } from '../../errors.js';
 import type { OperationArgs, OperationName } from '../../privileged/operations.js';
 import { STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
 import { domainCgroupThreads } from '../../util/cgroup.js';
-import { readParentPid, readProcExe, readProcStartTime, readThreadCgroups } from '../../util/proc.js';
+import {
+  readParentPid,
+  readProcExe,
+  readProcParentAndStart,
+  readProcStartTime,
+  readThreadCgroups,
+} from '../../util/proc.js';
 import type { PeerCredentials } from '../../util/unix-socket.js';
 import { denied } from './denied.js';
 import type { Policy } from './policy.js';
@@ -68,14 +74,15 @@ export function processOwner(pid: number): { uid: number; gid: number } | undefi
   return { uid: u, gid: g };
 }
 
-function isDescendant(pid: number, ancestor: number): boolean {
-  let p: number | undefined = pid;
+/** True when `ancestor` is up the parent chain from `parent` (the target's parent, already read). */
+function isDescendant(parent: number, ancestor: number): boolean {
+  let p: number | undefined = parent;
   // pid_max is 2^22, but chains are short; the bound only stops a loop on a racing reparent.
   for (let depth = 0; depth < 128 && p !== undefined && p > 1; depth++) {
-    p = readParentPid(p);
     if (p === ancestor) return true;
+    p = readParentPid(p);
   }
-  return false;
+  return p === ancestor;
 }
 
 /** The cgroup that places a process for `cgroupSubtree`: the v2 unified entry, else v1 `name=systemd`. */
@@ -91,7 +98,13 @@ function inside(path: string, root: string): boolean {
   return root === '/' || path === root || path.startsWith(`${root}/`);
 }
 
-function qualifies(policy: Policy, peer: Peer, pid: number, q: Policy['qualify'][number]): boolean {
+function qualifies(
+  policy: Policy,
+  peer: Peer,
+  pid: number,
+  ppid: number,
+  q: Policy['qualify'][number],
+): boolean {
   switch (q) {
     case 'sameUid':
       return processOwner(pid)?.uid === peer.uid;
@@ -100,7 +113,7 @@ function qualifies(policy: Policy, peer: Peer, pid: number, q: Policy['qualify']
       return (
         peer.startTime !== undefined &&
         readProcStartTime(peer.pid)?.toString() === peer.startTime &&
-        isDescendant(pid, peer.pid)
+        isDescendant(ppid, peer.pid)
       );
     case 'cgroupSubtree': {
       const cg = trackingCgroup(pid);
@@ -135,6 +148,7 @@ function isStubOfEmulator(policy: Policy, pid: number, exe: string): boolean {
  * The target process rules: the process exists, qualifies by one of `targets.qualify`, and runs an
  * allowed emulator — or, for `process.setMaxMemLock` in `pre-exec` only, is the driver's stub
  * about to exec one (the limit must be raised before QEMU runs, so the process is still a shell).
+ * Returns the target's start time, read before its executable: the process that was checked.
  */
 function checkTarget(
   policy: Policy,
@@ -143,17 +157,19 @@ function checkTarget(
   op: OperationName,
   phase: string,
   target: AuditTarget,
-): void {
+): bigint {
   target.pid = pid;
-  const exe = readProcExe(pid);
-  if (exe === undefined || !existsSync(`/proc/${pid}`)) {
+  // One read says that the process exists, whose child it is and which process the pid is.
+  const stat = readProcParentAndStart(pid);
+  const exe = stat && readProcExe(pid);
+  if (stat === undefined || exe === undefined) {
     throw new VirtError(ErrorCode.OPERATION_FAILED, `${op}: process ${pid} does not exist`, {
       pid,
       errno: 'ESRCH',
     });
   }
   target.exe = exe;
-  if (!policy.qualify.some((q) => qualifies(policy, peer, pid, q))) {
+  if (!policy.qualify.some((q) => qualifies(policy, peer, pid, stat.ppid, q))) {
     const rule = policy.qualify.length === 1 ? `targets.${policy.qualify[0]}` : 'targets.qualify';
     throw denied(
       rule,
@@ -169,6 +185,7 @@ function checkTarget(
       emulators: [...policy.emulators],
     });
   }
+  return stat.startTime;
 }
 
 function checkTids(pid: number, tids: readonly number[], target: AuditTarget): void {
@@ -202,6 +219,8 @@ function domainCgroup(policy: Policy, uuid: string, target: AuditTarget): string
  * @param ctx - the request context
  * @param args - the validated arguments
  * @param target - filled in with what the request concerns, for the audit line
+ * @returns the start time of the target process, for operations that have one: what executes
+ *   the request checks that the pid is still that process
  * @throws {@link VirtError} `ACCESS_DENIED` with `details.rule`, or `OPERATION_FAILED` for a target
  *   that does not exist
  */
@@ -212,7 +231,7 @@ export function authorise(
   ctx: WireContext,
   args: OperationArgs<OperationName>,
   target: AuditTarget,
-): void {
+): bigint | undefined {
   if (!policy.peerUids.has(peer.uid)) {
     throw denied('peer.uid', `uid ${peer.uid} may not use this helper`, { uid: peer.uid });
   }
@@ -221,7 +240,7 @@ export function authorise(
       const a = args as OperationArgs<'process.setMaxMemLock'>;
       target.bytes = String(a.bytes);
       if (!policy.memlock) throw denied('memlock', 'the policy has no memlock section');
-      checkTarget(policy, peer, a.pid, op, ctx.phase, target);
+      const startTime = checkTarget(policy, peer, a.pid, op, ctx.phase, target);
       const max = policy.memlock.maxBytes;
       if (max !== 'unlimited' && (a.bytes === 'unlimited' || a.bytes > max)) {
         throw denied('memlock.maxBytes', `${a.bytes} bytes asked, at most ${max} allowed`, {
@@ -229,13 +248,13 @@ export function authorise(
           maxBytes: String(max),
         });
       }
-      return;
+      return startTime;
     }
     case 'thread.setScheduler': {
       const a = args as OperationArgs<'thread.setScheduler'>;
       const sched = policy.scheduler;
       if (!sched) throw denied('scheduler', 'the policy has no scheduler section');
-      checkTarget(policy, peer, a.pid, op, ctx.phase, target);
+      const startTime = checkTarget(policy, peer, a.pid, op, ctx.phase, target);
       checkTids(
         a.pid,
         a.threads.map((t) => t.tid),
@@ -257,12 +276,12 @@ export function authorise(
           );
         }
       }
-      return;
+      return startTime;
     }
     case 'cgroup.placeThreads': {
       const a = args as OperationArgs<'cgroup.placeThreads'>;
       domainCgroup(policy, ctx.domain.uuid, target);
-      checkTarget(policy, peer, a.pid, op, ctx.phase, target);
+      const startTime = checkTarget(policy, peer, a.pid, op, ctx.phase, target);
       checkTids(
         a.pid,
         a.threads.map((t) => t.tid),
@@ -283,7 +302,7 @@ export function authorise(
           },
         );
       }
-      return;
+      return startTime;
     }
     case 'cgroup.release': {
       // QEMU has exited by now, so there is no process to check: the helper removes only its own

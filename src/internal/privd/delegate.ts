@@ -13,13 +13,7 @@ import { closeFd, SyscallError } from '../../util/libc.js';
 import { unixConnect } from '../../util/unix-socket.js';
 import type { InternalApi } from '../api.js';
 import { FramedConnection } from './connection.js';
-import {
-  attachFds,
-  errorFromWire,
-  PROTOCOL_VERSION,
-  ProtocolError,
-  serverMessageSchema,
-} from './protocol.js';
+import { attachFds, checkServerMessage, errorFromWire, PROTOCOL_VERSION, ProtocolError } from './protocol.js';
 
 /**
  * Options of {@link delegate}.
@@ -106,9 +100,8 @@ class Session {
   }
 
   #onMessage(raw: unknown): void {
-    const parsed = serverMessageSchema(raw).safeParse(raw);
-    if (!parsed.success) throw new ProtocolError('virtkit-privd sent a malformed message');
-    const msg = parsed.data;
+    const msg = checkServerMessage(raw);
+    if (!msg) throw new ProtocolError('virtkit-privd sent a malformed message');
     if (msg.type === 'hello') {
       if (msg.protocol !== PROTOCOL_VERSION || msg.apiVersion !== INTERNAL_API_VERSION) {
         throw new VirtError(
@@ -173,6 +166,11 @@ function closeQuietly(fd: number): void {
   }
 }
 
+/** How long a timer for `deadline` runs: setTimeout takes at most 2^31-1 ms, and a later (or infinite) deadline is as good as none. */
+function timeUntil(deadline: number): number {
+  return Math.min(MAX_TIMER_MS, Math.max(0, deadline - Date.now()));
+}
+
 /** Why a call stopped waiting: the deadline passed, or the caller aborted. */
 function stopReason(op: OperationName, ctx: InvocationContext): VirtError {
   const reason: unknown = ctx.signal.aborted ? ctx.signal.reason : undefined;
@@ -209,7 +207,22 @@ class Client {
     );
   }
 
-  async call<Op extends OperationName>(
+  /**
+   * Forwards one invocation. On a greeted, open session (the steady state) the request goes out at
+   * once and the call is one promise, settled by the answer, the deadline or the signal; only a
+   * call that has to connect first waits for that, under the same deadline and signal.
+   */
+  call<Op extends OperationName>(op: Op, ctx: InvocationContext, args: OperationArgs<Op>): Promise<unknown> {
+    try {
+      const open = ctx.signal.aborted ? undefined : this.#openSession();
+      return open ? this.#request(open, op, ctx, args) : this.#connectThenRequest(op, ctx, args);
+    } catch (err) {
+      // A handler's failure is a rejection, never a synchronous throw.
+      return Promise.reject(err);
+    }
+  }
+
+  async #connectThenRequest<Op extends OperationName>(
     op: Op,
     ctx: InvocationContext,
     args: OperationArgs<Op>,
@@ -221,44 +234,77 @@ class Client {
       if (ctx.signal.aborted) return stop();
       onAbort = stop;
       ctx.signal.addEventListener('abort', onAbort, { once: true });
-      // setTimeout takes at most 2^31-1 ms; a later (or infinite) deadline is as good as none.
-      timer = setTimeout(stop, Math.min(MAX_TIMER_MS, Math.max(0, ctx.deadline - Date.now())));
+      timer = setTimeout(stop, timeUntil(ctx.deadline));
     });
     stopped.catch(() => undefined);
-    let session: Session | undefined;
-    let id: number | undefined;
+    let session: Session;
     try {
-      // A greeted session that is still open serves at once: awaiting it would cost a turn.
-      session =
-        (ctx.signal.aborted ? undefined : this.#openSession()) ??
-        (await Promise.race([this.#connect(), stopped]));
-      const s = session;
-      const callId = this.#nextId++;
-      id = callId;
-      const answer = new Promise<unknown>((resolve, reject) =>
-        s.pending.set(callId, { op, resolve, reject }),
-      );
-      s.conn.ref(true);
-      s.conn.send({
-        type: 'request',
-        id: callId,
-        op,
-        ctx: {
-          // Only the fields the protocol knows: anything else would make the whole frame malformed.
-          domain: { uuid: ctx.domain.uuid, name: ctx.domain.name, id: ctx.domain.id },
-          phase: ctx.phase,
-          pid: ctx.pid ?? null,
-          deadline: Number.isFinite(ctx.deadline) ? ctx.deadline : Date.now() + MAX_TIMER_MS,
-        },
-        args,
-      });
-      return await Promise.race([answer, stopped]);
+      session = await Promise.race([this.#connect(), stopped]);
     } finally {
       clearTimeout(timer);
       if (onAbort) ctx.signal.removeEventListener('abort', onAbort);
-      if (session && id !== undefined && session.pending.delete(id)) session.abandoned.add(id);
-      if (session && session.pending.size === 0) session.conn.ref(false);
     }
+    if (ctx.signal.aborted) throw stopReason(op, ctx);
+    return this.#request(session, op, ctx, args);
+  }
+
+  /** Sends one request on a greeted session; settles with its answer, or when the call stops waiting. */
+  #request<Op extends OperationName>(
+    s: Session,
+    op: Op,
+    ctx: InvocationContext,
+    args: OperationArgs<Op>,
+  ): Promise<unknown> {
+    return new Promise<unknown>((resolve, reject) => {
+      const id = this.#nextId++;
+      const signal = ctx.signal;
+      let timer: NodeJS.Timeout | undefined;
+      const settled = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', stop);
+        if (s.pending.size === 0) s.conn.ref(false);
+      };
+      // The deadline passed or the caller aborted: a late answer's descriptors are closed on arrival.
+      const stop = () => {
+        if (s.pending.delete(id)) s.abandoned.add(id);
+        settled();
+        reject(stopReason(op, ctx));
+      };
+      s.pending.set(id, {
+        op,
+        resolve: (value) => {
+          settled();
+          resolve(value);
+        },
+        reject: (err) => {
+          settled();
+          reject(err);
+        },
+      });
+      signal.addEventListener('abort', stop, { once: true });
+      timer = setTimeout(stop, timeUntil(ctx.deadline));
+      s.conn.ref(true);
+      try {
+        s.conn.send({
+          type: 'request',
+          id,
+          op,
+          ctx: {
+            // Only the fields the protocol knows: anything else would make the whole frame malformed.
+            domain: { uuid: ctx.domain.uuid, name: ctx.domain.name, id: ctx.domain.id },
+            phase: ctx.phase,
+            pid: ctx.pid ?? null,
+            deadline: Number.isFinite(ctx.deadline) ? ctx.deadline : Date.now() + MAX_TIMER_MS,
+          },
+          args,
+        });
+      } catch (err) {
+        // Not sent (too big for a frame): nothing will answer it.
+        s.pending.delete(id);
+        settled();
+        reject(err);
+      }
+    });
   }
 
   /** The session, when it is greeted and (as far as can be read now) still open. */

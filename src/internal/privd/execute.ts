@@ -32,6 +32,11 @@ export interface ExecuteServices {
   readonly taps: HelperTaps;
   /** The peer's uid, for the TAP record. */
   readonly peerUid: number;
+  /**
+   * The start time of the target process as authorised: the built-ins verify thread ids against
+   * this very process, so a pid replaced after the check is refused, not acted on.
+   */
+  readonly targetStartTime?: bigint;
 }
 
 /**
@@ -85,6 +90,7 @@ export async function execute(
   const scope: BuiltinScope = {
     domain: { ...ctx.domain, uuid: ctx.domain.uuid.toLowerCase() },
     pid: ctx.pid ?? undefined,
+    startTime: services.targetStartTime,
     cgroupParent: policy.cgroup?.parent ?? '',
   };
   switch (op) {

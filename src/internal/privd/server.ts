@@ -18,7 +18,7 @@ import { execute } from './execute.js';
 import { OwnerWorkers } from './owner-workers.js';
 import { loadPolicy, type Policy, type PrivilegedHelperPolicy, parsePolicy } from './policy.js';
 import {
-  clientMessageSchema,
+  checkClientMessage,
   detachFds,
   errorToWire,
   PROTOCOL_VERSION,
@@ -323,12 +323,9 @@ class Helper implements PrivilegedHelper {
 
   #onMessage(client: Client, raw: unknown): void {
     if (client.refused) return;
-    const parsed = clientMessageSchema.safeParse(raw);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new ProtocolError(`malformed message: ${issue?.path.join('.') || '(root)'}: ${issue?.message}`);
-    }
-    const msg = parsed.data;
+    const checked = checkClientMessage(raw);
+    if (!checked.ok) throw new ProtocolError(`malformed message: ${checked.error}`);
+    const msg = checked.message;
     if (msg.type === 'hello') {
       if (client.greeted) throw new ProtocolError('a second hello');
       clearTimeout(client.helloTimer);
@@ -476,8 +473,9 @@ class Helper implements PrivilegedHelper {
       return;
     }
     const typed = args.data as OperationArgs<OperationName>;
+    let startTime: bigint | undefined;
     try {
-      authorise(this.#policy, client.peer, req.op, req.ctx, typed, target);
+      startTime = authorise(this.#policy, client.peer, req.op, req.ctx, typed, target);
     } catch (err) {
       fail(VirtError.is(err) && err.code === ErrorCode.ACCESS_DENIED ? 'deny' : 'invalid', err);
       return;
@@ -488,6 +486,7 @@ class Helper implements PrivilegedHelper {
         workers: this.#workers,
         taps: this.#taps,
         peerUid: client.peer.uid,
+        targetStartTime: startTime,
       });
     } catch (err) {
       // storage.openFile checks its path as it opens: a refusal there is still the policy's.

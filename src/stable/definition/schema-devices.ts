@@ -15,6 +15,11 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
         z.strictObject({
           type: z.enum(['mouse', 'keyboard', 'tablet']),
           bus: z.enum(['ps2', 'usb', 'virtio']),
+          /**
+           * A virtio input's model: `virtio` only, as libvirt (QEMU's virtio input devices have no
+           * transitional or non-transitional variants).
+           */
+          model: z.literal('virtio').optional(),
           alias,
           address: pciAddress.optional(),
         }),

@@ -176,6 +176,18 @@ const diskSchema = z.strictObject({
     })
     .default({ type: 'raw' }),
   source: z.string().startsWith('/', 'an absolute path'),
+  /**
+   * The image a qcow2 disk is an overlay of (libvirt's `<backingStore>`, as KubeVirt writes for its
+   * ephemeral disks): opened read-only by virtkit and given to QEMU as the overlay's backing node,
+   * whatever backing file the overlay's header names. A raw image, the end of the chain.
+   */
+  backingStore: z
+    .strictObject({
+      type: z.enum(['file', 'block']),
+      format: z.literal('raw'),
+      source: z.string().startsWith('/', 'an absolute path'),
+    })
+    .optional(),
   target: z.strictObject({
     dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
     /**
@@ -222,6 +234,23 @@ const charSource = z.discriminatedUnion('type', [
    * only: the live definition of a running domain carries the pty it got; a start ignores it.
    */
   z.strictObject({ type: z.literal('pty'), path: z.string().startsWith('/').max(4096).optional() }),
+  /**
+   * A UNIX socket: QEMU listens on `path` (`bind`, removed again when the domain stops) or connects
+   * to a listener there (`connect`, which must exist when the domain starts).
+   */
+  z.strictObject({
+    type: z.literal('unix'),
+    mode: z.enum(['bind', 'connect']).default('bind'),
+    path: z.string().startsWith('/', 'an absolute path').max(107, 'at most 107 bytes (a UNIX socket path)'),
+    /** A file QEMU copies everything the guest writes to (libvirt's `<log file append>`). */
+    log: z
+      .strictObject({
+        file: z.string().startsWith('/', 'an absolute path'),
+        /** Append to an existing file instead of truncating it at start. */
+        append: z.boolean().default(false),
+      })
+      .optional(),
+  }),
 ]);
 
 /**

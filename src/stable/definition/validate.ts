@@ -178,6 +178,12 @@ function checkSemantics(def: DomainDefinition): void {
       );
     }
     checkDiskDriver(def, disk, `disks.${i}.driver`);
+    if (disk.backingStore && disk.driver.type !== 'qcow2') {
+      throw invalid(
+        `disks.${i}.backingStore`,
+        `a ${disk.driver.type} image has no backing store (qcow2 only)`,
+      );
+    }
   });
   if (def.os.initrd && !def.os.kernel) throw invalid('os.initrd', 'an initrd needs a kernel');
   if (def.os.cmdline !== undefined && !def.os.kernel)

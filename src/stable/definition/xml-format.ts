@@ -23,6 +23,17 @@ interface Node {
   readonly children?: ReadonlyArray<Node | undefined | false>;
 }
 
+/** The `<source>` of a serial port or its console alias. */
+function charSourceNode(serial: DomainDefinition['serials'][number]): Node | undefined {
+  if (serial.type === 'unix') {
+    return node('source', [
+      ['mode', serial.mode],
+      ['path', serial.path],
+    ]);
+  }
+  return serial.path === undefined ? undefined : node('source', [['path', serial.path]]);
+}
+
 function node(
   name: string,
   attrs: ReadonlyArray<readonly [string, AttrValue]> = [],
@@ -303,6 +314,7 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
         [
           ['type', i.type],
           ['bus', i.bus],
+          ['model', i.model],
         ],
         [aliasNode(i.alias), addressNode(i.address)],
       ),
@@ -420,6 +432,17 @@ function domainNode(def: DomainDefinition): Node {
               ['iothread', disk.driver.iothread],
             ]),
             node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
+            disk.backingStore &&
+              node(
+                'backingStore',
+                [['type', disk.backingStore.type]],
+                [
+                  node('format', [['type', disk.backingStore.format]]),
+                  node('source', [
+                    [disk.backingStore.type === 'file' ? 'file' : 'dev', disk.backingStore.source],
+                  ]),
+                ],
+              ),
             node('target', [
               ['dev', disk.target.dev],
               ['bus', disk.target.bus],
@@ -463,7 +486,13 @@ function domainNode(def: DomainDefinition): Node {
           'serial',
           [['type', serial.type]],
           [
-            serial.path !== undefined && node('source', [['path', serial.path]]),
+            charSourceNode(serial),
+            serial.type === 'unix' &&
+              serial.log !== undefined &&
+              node('log', [
+                ['file', serial.log.file],
+                ['append', serial.log.append ? 'on' : undefined],
+              ]),
             node(
               'target',
               [
@@ -485,7 +514,7 @@ function domainNode(def: DomainDefinition): Node {
             ['tty', serial.type === 'pty' ? serial.path : undefined],
           ],
           [
-            serial.path !== undefined && node('source', [['path', serial.path]]),
+            charSourceNode(serial),
             node('target', [
               ['type', 'serial'],
               ['port', 0],

@@ -133,7 +133,7 @@ function parseWatchdog(origins: Origins, el: XmlElement, field: string): Obj {
 }
 
 function parseInput(origins: Origins, el: XmlElement, field: string): Obj {
-  check(el, { attrs: ['type', 'bus'], children: ['alias', 'address'] });
+  check(el, { attrs: ['type', 'bus', 'model'], children: ['alias', 'address'] });
   origins.note(field, el);
   const type = el.attrs.get('type');
   if (type === undefined) throw invalid(el, '<input> needs a type', 'type');
@@ -150,6 +150,20 @@ function parseInput(origins: Origins, el: XmlElement, field: string): Obj {
     type: kind,
     bus: choice(el, bus, 'the input bus', ['ps2', 'usb', 'virtio'], ['xen', 'none'], 'bus'),
   };
+  const model = el.attrs.get('model');
+  if (model !== undefined) {
+    origins.note(`${field}.model`, el, 'model');
+    out.model = choice(
+      el,
+      model,
+      'the input model (QEMU has no (non-)transitional virtio input devices)',
+      ['virtio'],
+      ['virtio-transitional', 'virtio-non-transitional'],
+      'model',
+    );
+    if (out.bus !== 'virtio')
+      throw invalid(el, `an input model needs bus='virtio', not '${out.bus}'`, 'model');
+  }
   alias(origins, el, field, out);
   // A USB input's <address type='usb'> is its port on the controller: QEMU's own choice.
   const address = child(el, 'address');

@@ -130,6 +130,14 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
   optional('clock', parseClock);
   optional('pm', parsePm);
   optional('sysinfo', parseSysinfo);
+  // libvirt: a document without <uuid> takes the SMBIOS system uuid (KubeVirt writes only that).
+  const smbiosUuid = ((out.sysinfo as Obj | undefined)?.system as Obj | undefined)?.uuid;
+  if (out.uuid === undefined && typeof smbiosUuid === 'string') {
+    const digits = smbiosUuid.trim().replaceAll('-', '');
+    if (/^[0-9a-fA-F]{32}$/.test(digits)) {
+      out.uuid = digits.toLowerCase().replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5');
+    }
+  }
   const iothreads = child(d, 'iothreads');
   if (iothreads) {
     check(iothreads, { text: true });

@@ -5,6 +5,7 @@ import type {
   DomainDefinition,
   PciAddress,
 } from '../../../stable/definition/schema.js';
+import { assignDimms, defaultDriveAddress, diskAlias, nicAlias } from '../../device-aliases.js';
 import {
   completeControllers,
   controllerAlias,
@@ -14,7 +15,6 @@ import {
   sortControllers,
 } from './controllers.js';
 import { type MachineFamily, machineFamily } from './machine.js';
-import { assignDimms } from './memory.js';
 import { checkVirtioModel } from './virtio.js';
 
 /*
@@ -43,14 +43,6 @@ const invalid = (path: string, message: string): VirtError =>
   new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
 const unsupported = (path: string, message: string): VirtError =>
   new VirtError(ErrorCode.CONFIG_UNSUPPORTED, `${path}: ${message}`, { path });
-
-/** libvirt's virDiskNameToIndex: `vda` → 0, `sdb` → 1, `vdaa` → 26. */
-export function diskNameIndex(dev: string): number {
-  const letters = dev.replace(/^(vd|sd|hd)/, '');
-  let index = 0;
-  for (const ch of letters) index = index * 26 + (ch.charCodeAt(0) - 96);
-  return index - 1;
-}
 
 /** `0x3` or `0x3.0x1`: a PCI address as QEMU's `addr` property. */
 export function pciAddr(address: PciAddress): string {
@@ -240,16 +232,9 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
     if (disk.address && disk.address.type !== 'drive')
       throw invalid(`${path}.address`, `a ${bus} disk takes a drive address`);
     const given = disk.address;
-    const index = diskNameIndex(disk.target.dev);
+    const address = given ?? defaultDriveAddress(disk);
     if (bus === 'ide') {
       // libvirt's virDomainDiskDefAssignAddress: two units per bus, two buses per controller.
-      const address = given ?? {
-        type: 'drive' as const,
-        controller: 0,
-        bus: index >> 1,
-        target: 0,
-        unit: index & 1,
-      };
       if (address.controller !== 0 || address.bus > 1 || address.target !== 0 || address.unit > 1) {
         throw unsupported(
           `${path}.address`,
@@ -264,14 +249,6 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       return;
     }
     if (bus === 'scsi') {
-      // libvirt: seven units per controller, one bus, target 0.
-      const address = given ?? {
-        type: 'drive' as const,
-        controller: Math.floor(index / 7),
-        bus: 0,
-        target: 0,
-        unit: index % 7,
-      };
       if (address.controller !== 0 || address.bus !== 0) {
         throw unsupported(
           `${path}.address`,
@@ -285,13 +262,6 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       disk.address = address;
       return;
     }
-    const address = given ?? {
-      type: 'drive' as const,
-      controller: 0,
-      bus: 0,
-      target: 0,
-      unit: index,
-    };
     if (address.controller !== 0 || address.bus !== 0 || address.target !== 0 || address.unit > 5) {
       throw unsupported(
         `${path}.address`,
@@ -370,21 +340,12 @@ function assignAliases(
   });
   disks.forEach((disk, i) => {
     if (disk.alias !== undefined) return;
-    const address = disk.address;
-    // libvirt's qemuAssignDeviceDiskAlias.
-    disk.alias =
-      disk.target.bus === 'scsi' && address?.type === 'drive'
-        ? `scsi${address.controller}-${address.bus}-${address.target}-${address.unit}`
-        : disk.target.bus !== 'virtio' && address?.type === 'drive'
-          ? `${disk.target.bus}${address.controller}-${address.bus}-${address.unit}`
-          : `${disk.target.bus === 'usb' ? 'usb' : 'virtio'}-disk${diskNameIndex(disk.target.dev)}`;
+    disk.alias = diskAlias(disk);
     claim(disk.alias, `disks.${i}`, MAX_DISK_ALIAS);
   });
-  let n = 0;
   interfaces.forEach((nic, i) => {
     if (nic.alias !== undefined) return;
-    while (owners.has(`net${n}`)) n++;
-    nic.alias = `net${n}`;
+    nic.alias = nicAlias(owners);
     claim(nic.alias, `interfaces.${i}`);
   });
   if (balloon && balloon.alias === undefined) {

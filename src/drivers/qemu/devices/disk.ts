@@ -44,7 +44,37 @@ export function diskBlockdevs(disk: DiskDefinition): [QapiObject, QapiObject] {
       ...common,
       driver: disk.driver.type,
       file: nodes.storage,
+      // The chain the definition gives, not the file name in the overlay's header.
+      ...(disk.backingStore ? { backing: diskNodes(backingAlias(aliasOf(disk))).format } : {}),
     },
+  ];
+}
+
+/** The name a disk's backing image goes by (its block nodes, its fdset). */
+export function backingAlias(alias: string): string {
+  return `${alias}-backing`;
+}
+
+/**
+ * The block nodes of a disk's backing image, read only, on the descriptor in its own fdset: what
+ * libvirt gives QEMU for a `<backingStore>` with -blockdev.
+ */
+export function backingBlockdevs(disk: DiskDefinition): [QapiObject, QapiObject] {
+  const backing = disk.backingStore;
+  if (!backing) throw new VirtError(ErrorCode.INTERNAL_ERROR, `disk ${disk.target.dev} has no backing store`);
+  const name = backingAlias(aliasOf(disk));
+  const nodes = diskNodes(name);
+  const cache = cacheFlags(disk);
+  const common: QapiObject = cache ? { cache: { direct: cache.direct, 'no-flush': cache.noFlush } } : {};
+  return [
+    {
+      driver: backing.type === 'block' ? 'host_device' : 'file',
+      filename: `/dev/fdset/${fdsetIdOf(name)}`,
+      'node-name': nodes.storage,
+      ...common,
+      'read-only': true,
+    },
+    { 'node-name': nodes.format, 'read-only': true, ...common, driver: backing.format, file: nodes.storage },
   ];
 }
 

@@ -1,5 +1,5 @@
-import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
+import { checkDimmBacking } from '../../device-change.js';
 
 /*
  * The device model of `<memory model='dimm'>`: a pc-dimm device in a slot of the machine's
@@ -13,33 +13,6 @@ export type Dimm = NonNullable<DomainDefinition['memoryDevices']>[number];
 /** The memory QEMU boots with (`-m size=`): the total less the DIMMs. */
 export function bootMemoryKiB(def: DomainDefinition): number {
   return def.memoryKiB - (def.memoryDevices ?? []).reduce((sum, d) => sum + d.sizeKiB, 0);
-}
-
-/**
- * The DIMMs with slot and alias filled in: the first free slot, libvirt's alias `dimm<slot>`.
- *
- * @throws VirtError `OPERATION_INVALID` when every slot of `maxMemory` is taken
- */
-export function assignDimms(def: DomainDefinition): Dimm[] | undefined {
-  if (!def.memoryDevices) return undefined;
-  const slots = def.maxMemory?.slots ?? 0;
-  const taken = new Set(def.memoryDevices.flatMap((d) => (d.slot === undefined ? [] : [d.slot])));
-  return def.memoryDevices.map((d, i) => {
-    let slot = d.slot;
-    if (slot === undefined) {
-      slot = 0;
-      while (taken.has(slot)) slot++;
-      if (slot >= slots) {
-        throw new VirtError(
-          ErrorCode.OPERATION_INVALID,
-          `no free memory slot for memoryDevices.${i}: all ${slots} slot(s) of <maxMemory> are taken`,
-          { path: `memoryDevices.${i}.slot`, slots },
-        );
-      }
-      taken.add(slot);
-    }
-    return { ...d, slot, alias: d.alias ?? `dimm${slot}` };
-  });
 }
 
 /** The id of a DIMM's memory backend object. */
@@ -64,14 +37,8 @@ export function dimmDevice(dimm: Dimm): { driver: string; id: string; [property:
 /** The command-line arguments of the DIMMs a domain starts with. */
 export function dimmArgs(def: DomainDefinition): string[] {
   const out: string[] = [];
+  if (def.memoryDevices?.length) checkDimmBacking(def);
   for (const dimm of def.memoryDevices ?? []) {
-    if (def.memoryBacking?.hugepages) {
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        'memory devices with hugepage-backed memory are not supported yet',
-        { path: 'memoryDevices' },
-      );
-    }
     out.push('-object', `memory-backend-ram,id=${dimmBackendId(dimm)},size=${dimm.sizeKiB}k`);
     const node = dimm.node !== undefined ? `,node=${dimm.node}` : '';
     out.push('-device', `pc-dimm,memdev=${dimmBackendId(dimm)},id=${dimm.alias},slot=${dimm.slot}${node}`);

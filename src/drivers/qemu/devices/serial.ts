@@ -1,3 +1,4 @@
+import type { DomainDefinition } from '../../../stable/definition/schema.js';
 import type { QapiObject } from './qapi.js';
 
 /** The alias of serial port `port`, as libvirt names it. */
@@ -8,4 +9,12 @@ export function serialAlias(port: number): string {
 /** An ISA serial port on its chardev (`-device` arguments). */
 export function serialDevice(port: number): QapiObject {
   return { driver: 'isa-serial', chardev: `char${serialAlias(port)}`, id: serialAlias(port) };
+}
+
+/**
+ * The sockets QEMU listened on for serial ports, to remove once it is gone (libvirt's
+ * qemuProcessCleanupChardevDevice): QEMU leaves them behind.
+ */
+export function listeningSockets(def: DomainDefinition): string[] {
+  return def.serials.flatMap((s) => (s.type === 'unix' && s.mode === 'bind' ? [s.path] : []));
 }

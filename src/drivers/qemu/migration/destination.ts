@@ -71,7 +71,7 @@ export async function prepareIncoming(
     if (signal?.aborted) throw migrationAborted('prepare', ident);
     job.setPhase('prepare');
     if (transient) run.transient = true;
-    await recordJob(run, job, () => dom.run === run);
+    await recordJob(dom, run, job);
     const record: IncomingRecord = {
       role: 'in',
       running: offer.cookie.running,
@@ -183,7 +183,7 @@ export async function finishIncoming(
   let failure: Error | undefined;
   try {
     job.phase = 'finish';
-    if (run) await recordJob(run, job, () => dom.run === run);
+    if (run) await recordJob(dom, run, job);
     if (options.cancelled) failure = new Error('cancelled');
     else {
       const outcome = await untilAborted(record.outcome, job.signal);

@@ -91,7 +91,7 @@ export async function endMigration(
   if (records.get(dom) !== record) return;
   records.delete(dom);
   const run = dom.run;
-  if (run && record.held) await recordJob(run, undefined, () => dom.run === run).catch(() => undefined);
+  if (run && record.held) await recordJob(dom, run, undefined).catch(() => undefined);
   record.held?.end(error);
 }
 

@@ -1,4 +1,4 @@
-import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
+import { ErrorCode, errorMessage, toVirtError, VirtError } from '../../../errors.js';
 import type { OutgoingMigration } from '../../../stable/driver.js';
 import type {
   MigratePerformOptions,
@@ -21,7 +21,7 @@ import {
   type OutgoingRecord,
   setMigration,
 } from './record.js';
-import { checkTls, disableTls, enableTls } from './tls.js';
+import { checkClientTls, disableTls, enableTls } from './tls.js';
 import { formatMigrationUri, type MigrationAddress, parseMigrationUri } from './uri.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -47,7 +47,7 @@ async function enterPhase(dom: DomainObject, record: OutgoingRecord, phase: Outg
   if (!job || !run) return;
   // Not setPhase: rolling back after an abort is a phase too.
   job.phase = phase;
-  await recordJob(run, job, () => dom.run === run);
+  await recordJob(dom, run, job);
 }
 
 /**
@@ -109,16 +109,7 @@ export async function performMigration(
         ? `the migration of '${dom.def.name}' failed; end it with migrateConfirm({ cancelled: true })`
         : `the migration of '${dom.def.name}' was already performed`,
     );
-  const hostname = options.tls?.hostname ?? (address.kind === 'tcp' ? address.host : undefined);
-  if (options.tls) {
-    checkTls(options.tls, 'client', 'tls');
-    if (!hostname)
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        'tls.hostname is required for a unix: URI: it names the certificate the destination must show',
-        { field: 'tls.hostname' },
-      );
-  }
+  const hostname = options.tls ? checkClientTls(options.tls, address) : undefined;
   const job = record.held?.job;
   if (!job) throw new VirtError(ErrorCode.INTERNAL_ERROR, 'an outgoing migration without its job');
   const unfollow = job.follow(options.signal);
@@ -137,7 +128,9 @@ export async function performMigration(
     if (record.tls && !run.qmp.closed) await disableTls(run.qmp);
     record.tls = false;
     await enterPhase(dom, record, 'perform-failed');
-    throw job.failure(err);
+    throw toVirtError(job.failure(err), ErrorCode.OPERATION_FAILED, `migration of '${dom.def.name}' failed`, {
+      domain: { name: dom.def.name, uuid: dom.def.uuid },
+    });
   } finally {
     unfollow();
   }
@@ -167,12 +160,21 @@ async function stream(
   try {
     ctx.log(dom, `migration: perform to ${formatMigrationUri(address)}`);
     await qmp.command('migrate', { uri: formatMigrationUri(address) });
-    faultPoint('migrate:streaming');
-    const status = await reportUntil(qmp, end, startedAt, (p) => {
-      job.migration = p;
-      job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
-      options.onProgress?.(p);
-    });
+    let status: string;
+    try {
+      faultPoint('migrate:streaming');
+      status = await reportUntil(qmp, end, startedAt, (p) => {
+        job.migration = p;
+        job.progress = { completed: p.dataProcessed, total: p.dataTotal, unit: 'bytes' };
+        options.onProgress?.(p);
+      });
+    } catch (err) {
+      // A stream left running would complete without anyone confirming it, and leave the source
+      // paused for good: it is cancelled, and over, before the caller resumes the source.
+      await qmp.command('migrate_cancel').catch(() => undefined);
+      await within(end, QUIT_WAIT_MS);
+      throw err;
+    }
     if (status !== 'completed') {
       job.checkAborted();
       const info = await qmp.command('query-migrate').catch(() => undefined);

@@ -15,6 +15,8 @@ import type { ThreadIds } from '../status.js';
 export interface PreExecDescriptors {
   /** One fd per disk, in definition order. */
   readonly disks: number[];
+  /** Per disk (definition order): the read-only fd of its backing image, else undefined. */
+  readonly backings?: Array<number | undefined>;
   /** Per interface (definition order): the TAP fds of an ethernet interface, else undefined. */
   readonly taps: Array<number[] | undefined>;
   /** Every fd above, to close in the driver once the child holds its copies. */
@@ -26,7 +28,8 @@ export async function openPreExecDescriptors(
   scope: InvocationScope,
   def: DomainDefinition,
 ): Promise<PreExecDescriptors> {
-  const out: PreExecDescriptors = { disks: [], taps: [], all: [] };
+  const backings: Array<number | undefined> = [];
+  const out: PreExecDescriptors = { disks: [], backings, taps: [], all: [] };
   try {
     for (const disk of def.disks) {
       const { fd } = await invoke(scope, 'storage.openFile', 'pre-exec', {
@@ -34,6 +37,19 @@ export async function openPreExecDescriptors(
         mode: disk.readonly ? 'r' : 'rw',
       });
       out.disks.push(fd);
+      out.all.push(fd);
+    }
+    // Backing images are read only: the guest's writes go to the overlay.
+    for (const disk of def.disks) {
+      if (!disk.backingStore) {
+        backings.push(undefined);
+        continue;
+      }
+      const { fd } = await invoke(scope, 'storage.openFile', 'pre-exec', {
+        path: disk.backingStore.source,
+        mode: 'r',
+      });
+      backings.push(fd);
       out.all.push(fd);
     }
     for (const nic of def.interfaces) {

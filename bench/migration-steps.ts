@@ -1,0 +1,95 @@
+/*
+ * Where one virtkit migration's time goes: a timeline (ms since the first step) of every start step
+ * at the destination, every QMP command either side sends (with its duration) and every QMP event,
+ * for BENCH_MIG_N migrations of a running 256 MiB TCG guest back and forth over TCP on loopback.
+ *
+ * Run: npx tsx bench/migration-steps.ts      Knobs (env): BENCH_MIG_N (3).
+ */
+
+import diagnosticsChannel, { tracingChannel } from 'node:diagnostics_channel';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { START_STEPS } from '../src/drivers/qemu/start.js';
+import {
+  type Connection,
+  connect,
+  type Domain,
+  diagnosticsChannels,
+  type QmpCommandMessage,
+  type QmpEventMessage,
+} from '../src/index.js';
+import { ensureGuestImage } from '../test/fixtures/guest-image.js';
+
+const N = Number(process.env['BENCH_MIG_N'] ?? 3);
+const image = ensureGuestImage();
+const dir = mkdtempSync(join(tmpdir(), 'vk-bench-migsteps-'));
+let t0 = 0;
+let lines: string[] = [];
+const note = (what: string): void => {
+  lines.push(`${(performance.now() - t0).toFixed(1).padStart(7)}  ${what}`);
+};
+
+for (const step of START_STEPS) {
+  const run = step.run;
+  (step as { run: typeof run }).run = async (s) => {
+    const at = performance.now();
+    try {
+      await run(s);
+    } finally {
+      note(`step ${step.name} ${(performance.now() - at).toFixed(1)} ms`);
+    }
+  };
+}
+const started = new WeakMap<object, number>();
+tracingChannel<string, QmpCommandMessage>(diagnosticsChannels.qmpCommand).subscribe({
+  start: (m) => started.set(m, performance.now()),
+  end: () => undefined,
+  asyncStart: () => undefined,
+  asyncEnd: (m) => {
+    const at = started.get(m) ?? performance.now();
+    note(`qmp ${m.command} ${(performance.now() - at).toFixed(1)} ms`);
+  },
+  error: () => undefined,
+});
+diagnosticsChannel.subscribe(diagnosticsChannels.qmpEvent, (m) => {
+  const e = m as QmpEventMessage;
+  note(`event ${e.event} ${e.event === 'MIGRATION' ? JSON.stringify(e.data) : ''}`);
+});
+
+async function main(): Promise<void> {
+  const a = await connect(`qemu:///embed?root=${join(dir, 'A')}`);
+  const b = await connect(`qemu:///embed?root=${join(dir, 'B')}`);
+  try {
+    let dom: Domain = await a.defineDomain({
+      name: 'bench-mig',
+      type: 'qemu',
+      memoryKiB: 256 * 1024,
+      vcpu: { count: 1 },
+      os: {
+        kernel: image.kernel,
+        initrd: image.initrd,
+        cmdline: 'console=ttyS0 panic=-1 quiet virtkit.mode=count',
+      },
+      serials: [{ type: 'file' }],
+    });
+    await dom.start();
+    await new Promise((r) => setTimeout(r, 5000));
+    const conns = [a, b];
+    for (let i = 0; i < N; i++) {
+      lines = [];
+      t0 = performance.now();
+      dom = await dom.migrateTo(conns[(i + 1) % 2] as Connection, { listen: 'tcp:127.0.0.1:0' });
+      note('migrateTo returned');
+      process.stdout.write(`#${i + 1} (load ${loadavg()[0]?.toFixed(2)})\n${lines.join('\n')}\n\n`);
+    }
+  } finally {
+    for (const c of [a, b]) {
+      for (const d of await c.listDomains({ state: 'active' })) await d.destroy({ graceMs: 1000 });
+      await c.close();
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,198 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { resolveDomainXml } from '../../src/stable/definition/xml.js';
+import type { Connection } from '../../src/stable/index.js';
+import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+
+/*
+ * What KubeVirt's converter writes and virtkit now honours, on real QEMU (TCG), in a document of the
+ * same shape written for this test: a qcow2 overlay over a raw image named by <backingStore> (not
+ * by the overlay's header), a serial port on a UNIX socket with a log file next to a pty console
+ * (libvirt's alias of serial 0), a virtio tablet with a model, no <uuid> but an SMBIOS one, an hpet
+ * tick policy libvirt ignores. Inspected through a second QMP monitor, the socket itself and the
+ * guest-visible data of the disk.
+ */
+
+let root: string;
+let conn: Connection;
+const closers: Array<() => void> = [];
+
+beforeEach(async () => {
+  root = tempRoot();
+  conn = await openRoot(root);
+});
+afterEach(async () => {
+  for (const c of closers.splice(0)) c();
+  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+  await conn.close();
+  removeRoot(root);
+});
+
+const UUID = '5d1a7c3e-0b9f-4e21-8c55-2f6a9d0e4b17';
+
+function kubevirtShaped(files: string, probe: string): string {
+  return `<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">
+  <name>ns_vmi</name>
+  <memory unit="b">134217728</memory>
+  <os>
+    <type arch="x86_64" machine="q35">hvm</type>
+    <smbios mode="sysinfo"></smbios>
+  </os>
+  <sysinfo type="smbios">
+    <system>
+      <entry name="uuid">${UUID.toUpperCase()}</entry>
+      <entry name="manufacturer"></entry>
+    </system>
+  </sysinfo>
+  <devices>
+    <controller type="usb" index="0" model="none"></controller>
+    <disk device="disk" type="file">
+      <source file="${files}/overlay.qcow2"></source>
+      <target bus="virtio" dev="vda"></target>
+      <driver cache="none" error_policy="stop" name="qemu" type="qcow2" discard="unmap"></driver>
+      <alias name="ua-ephemeral"></alias>
+      <backingStore type="file">
+        <format type="raw"></format>
+        <source file="${files}/base.img"></source>
+      </backingStore>
+    </disk>
+    <input type="tablet" bus="virtio" model="virtio">
+      <alias name="ua-tablet0"></alias>
+    </input>
+    <serial type="unix">
+      <target port="0"></target>
+      <source mode="bind" path="${files}/serial0"></source>
+      <log file="${files}/serial0.log" append="on"></log>
+    </serial>
+    <console type="pty">
+      <target type="serial" port="0"></target>
+    </console>
+  </devices>
+  <clock offset="utc">
+    <timer name="rtc" tickpolicy="catchup" present="yes" track="guest"></timer>
+    <timer name="hpet" tickpolicy="delay" present="no"></timer>
+  </clock>
+  <features><acpi></acpi></features>
+  <qemu:commandline><qemu:arg value="-qmp"></qemu:arg><qemu:arg value="unix:${probe},server=on,wait=off"></qemu:arg></qemu:commandline>
+</domain>`;
+}
+
+/** Whether something listens on the UNIX socket `path`. */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = netConnect(path);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+describe('KubeVirt-shaped documents on real QEMU', () => {
+  it('backing store, unix serial with log, pty console alias, virtio tablet model, SMBIOS uuid', async () => {
+    const files = join(root, 'kv');
+    mkdirSync(files);
+    const base = join(files, 'base.img');
+    const overlay = join(files, 'overlay.qcow2');
+    // The base holds a known pattern; the overlay's header names a file that does not exist, so
+    // the guest reads the pattern only through the chain the definition gives.
+    writeFileSync(base, Buffer.alloc(1024 * 1024, 0xab));
+    execFileSync('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-u',
+      '-b',
+      join(files, 'nowhere.img'),
+      '-F',
+      'raw',
+      overlay,
+      '1M',
+    ]);
+    writeFileSync(join(files, 'serial0.log'), 'before\n');
+    const probe = join(root, 'probe.qmp');
+    const dom = await conn.defineDomain(kubevirtShaped(files, probe));
+    expect(dom.uuid).toBe(UUID);
+    const def = dom.getDefinition();
+    expect(def.disks[0]?.backingStore).toEqual({ type: 'file', format: 'raw', source: base });
+    expect(def.serials).toEqual([
+      {
+        type: 'unix',
+        mode: 'bind',
+        path: join(files, 'serial0'),
+        log: { file: join(files, 'serial0.log'), append: true },
+      },
+    ]);
+    expect(def.inputs).toEqual([{ type: 'tablet', bus: 'virtio', model: 'virtio', alias: 'ua-tablet0' }]);
+    expect(resolveDomainXml(dom.toXML())).toEqual(def);
+
+    await dom.start({ paused: true });
+    const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
+    closers.push(() => qmp.close());
+    expect(resolveDomainXml(dom.toXML())).toEqual(dom.getDefinition());
+
+    expect(await qmp.execute<{ UUID: string }>('query-uuid')).toEqual({ UUID });
+
+    // The overlay's backing node is the raw image virtkit opened, read only.
+    const nodes =
+      await qmp.execute<Array<{ 'node-name': string; drv: string; ro: boolean; backing_file_depth: number }>>(
+        'query-named-block-nodes',
+      );
+    const byName = (n: string) => nodes.find((x) => x['node-name'] === n);
+    expect(byName('ua-ephemeral-format')).toMatchObject({ drv: 'qcow2', ro: false, backing_file_depth: 1 });
+    expect(byName('ua-ephemeral-backing-format')).toMatchObject({ drv: 'raw', ro: true });
+    // What the guest's disk reads there: the base's pattern, through a read-only NBD export of the
+    // overlay's node, read by qemu-io.
+    const nbd = join(root, 'nbd.sock');
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbd } } });
+    await qmp.execute('block-export-add', { type: 'nbd', id: 'x', 'node-name': 'ua-ephemeral-format' });
+    const read = execFileSync('qemu-io', [
+      '-r',
+      '-f',
+      'raw',
+      `nbd+unix:///ua-ephemeral-format?socket=${nbd}`,
+      '-c',
+      'read -P 0xab 4096 4096',
+    ]).toString();
+    expect(read).toContain('read 4096/4096 bytes');
+    await qmp.execute('block-export-del', { id: 'x' });
+    await qmp.execute('nbd-server-stop');
+
+    // Serial 0 listens on the socket the definition names and logs, appending, to its file.
+    const chardevs = await qmp.execute<Array<{ label: string; filename: string }>>('query-chardev');
+    expect(chardevs.find((c) => c.label === 'charserial0')?.filename).toBe(
+      `disconnected:unix:${join(files, 'serial0')},server=on`,
+    );
+    expect(await listening(join(files, 'serial0'))).toBe(true);
+    // QEMU holds the log open, and appending kept what was there.
+    const pid = (await dom.getInfo()).pid as number;
+    const held = readdirSync(`/proc/${pid}/fd`).map((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        return '';
+      }
+    });
+    expect(held).toContain(join(files, 'serial0.log'));
+    expect(held).toContain(base);
+    expect(readFileSync(join(files, 'serial0.log'), 'utf8')).toBe('before\n');
+    const get = (id: string, property: string) =>
+      qmp.execute('qom-get', { path: `/machine/peripheral/${id}`, property });
+    expect(await get('serial0', 'type')).toBe('isa-serial');
+    expect(await get('ua-tablet0', 'type')).toBe('virtio-tablet-pci');
+    expect(await get('ua-tablet0', 'disable-legacy')).toBe('on');
+
+    await dom.destroy({ graceMs: 1000 });
+    // The socket QEMU listened on goes with it, as libvirt removes it.
+    const deadline = Date.now() + 60_000;
+    while (existsSync(join(files, 'serial0')) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(join(files, 'serial0'))).toBe(false);
+  }, 120_000);
+});
