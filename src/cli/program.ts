@@ -194,8 +194,11 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       if (o.console) await consoleOf(done.uuid, undefined);
     });
 
-  domainCommand('console', 'the serial console of a running domain (a pty serial port); Ctrl+] leaves')
-    .option('--devname <name>', 'the serial port: serial0 (default: the first pty one), serial1…')
+  domainCommand(
+    'console',
+    'the serial console of a running domain (a pty or unix serial port); Ctrl+] leaves',
+  )
+    .option('--devname <name>', 'the serial port: serial0 (default: the first pty or unix one), serial1…')
     .action(async (domain: string, o: { devname?: string }) => {
       await consoleOf(domain, o.devname);
     });

@@ -22,8 +22,8 @@ export function diskNameIndex(dev: string): number {
 
 /**
  * The drive address libvirt gives a sata, ide or scsi disk without one
- * (virDomainDiskDefAssignAddress): sata, one bus with the index as unit; ide, two units per bus;
- * scsi, seven units per controller.
+ * (virDomainDiskDefAssignAddress): sata, six units per controller (sdg is controller 1 unit 0);
+ * ide, two units per bus; scsi, seven units per controller.
  */
 export function defaultDriveAddress(disk: DiskDefinition): {
   type: 'drive';
@@ -37,7 +37,8 @@ export function defaultDriveAddress(disk: DiskDefinition): {
     return { type: 'drive', controller: Math.floor(index / 7), bus: 0, target: 0, unit: index % 7 };
   return disk.target.bus === 'ide'
     ? { type: 'drive', controller: 0, bus: index >> 1, target: 0, unit: index & 1 }
-    : { type: 'drive', controller: 0, bus: 0, target: 0, unit: index };
+    : // libvirt's SATA: six ports per AHCI controller, the next controller after them.
+      { type: 'drive', controller: Math.floor(index / 6), bus: 0, target: 0, unit: index % 6 };
 }
 
 /**

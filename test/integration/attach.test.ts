@@ -5,6 +5,7 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { openInternal } from '../../src/internal/index.js';
 import { type Connection, connect, Domain, VirtError } from '../../src/stable/index.js';
 import { closeFd, listenUnixSocket } from '../../src/util/libc.js';
@@ -33,7 +34,7 @@ afterEach(async () => {
 });
 
 /**
- * Waits until the external QEMU accepts connections on its monitor. The socket file appears at bind(),
+ * Waits until the external QEMU accepts connections on its monitor (or another of its sockets). The socket file appears at bind(),
  * before listen(): a connect in between is refused, so existence alone is not readiness. The probe's
  * connection is closed at once; QEMU then takes the next client from its backlog.
  */
@@ -59,12 +60,13 @@ async function waitForMonitor(monitor: string, child: ChildProcess): Promise<voi
 async function launchExternal(
   name: string | undefined,
   uuid = randomUUID(),
+  extra: readonly string[] = [],
 ): Promise<{ child: ChildProcess; pid: number; monitor: string; uuid: string }> {
   if (!existsSync(QEMU)) throw new Error(`${QEMU} is missing: install qemu-system-x86`);
   const monitor = join(root, `${name ?? 'anon'}-${qemus.length}.qmp`);
   const args = ['-S', '-machine', 'pc,accel=tcg', '-m', '64', '-smp', '2', '-nodefaults', '-display', 'none'];
   if (name) args.push('-name', name, '-uuid', uuid);
-  args.push('-qmp', `unix:${monitor},server=on,wait=off`);
+  args.push('-qmp', `unix:${monitor},server=on,wait=off`, ...extra);
   const child = spawn(QEMU, args, { stdio: 'ignore' });
   qemus.push(child);
   await waitForMonitor(monitor, child);
@@ -80,7 +82,54 @@ const errorOf = async (p: Promise<unknown>): Promise<VirtError> => {
   return err;
 };
 
+/** QEMU's run state, asked on its own monitor (no driver holds it yet). */
+async function runState(monitor: string): Promise<string> {
+  const qmp = await QmpClient.connect(monitor, { timeoutMs: 30_000 });
+  try {
+    return (await qmp.command('query-status')).status;
+  } finally {
+    qmp.close();
+  }
+}
+
 describe('attach: adopting a QEMU launched outside virtkit', () => {
+  it("a QEMU its debugger stopped (run state `debug`, which libvirt's table does not name) reads paused/unknown", async () => {
+    const gdbPath = join(root, 'gdb.sock');
+    const ext = await launchExternal('debugged', randomUUID(), [
+      '-gdb',
+      `unix:${gdbPath},server=on,wait=off`,
+    ]);
+    // QEMU opens its gdb socket after the monitor's: the QMP socket being ready says nothing of it.
+    await waitForMonitor(gdbPath, ext.child);
+    // One single step over the GDB remote protocol ($s#73): QEMU runs one instruction and stops
+    // the VM with run state `debug`.
+    const gdb = createConnection(gdbPath);
+    const replies: string[] = [];
+    gdb.on('data', (chunk) => replies.push(chunk.toString('latin1')));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        gdb.once('connect', resolve);
+        gdb.once('error', reject);
+      });
+      gdb.write('$s#73');
+      const end = Date.now() + 60_000;
+      while ((await runState(ext.monitor)) !== 'debug') {
+        if (Date.now() > end)
+          throw new Error(`QEMU never reached run state debug; gdb said ${replies.join('')}`);
+        await sleep(100);
+      }
+      const internal = openInternal(conn, { apiVersion: '1.0' });
+      const dom = (await internal.attach({ pid: ext.pid, monitor: ext.monitor })) as Domain;
+      // No recorded state to keep and no reason QEMU can tell: libvirt's VIR_DOMAIN_PAUSED_UNKNOWN.
+      expect(await dom.getState()).toEqual({ state: 'paused', reason: 'unknown' });
+      expect(await dom.getInfo()).toMatchObject({ state: 'paused', reason: 'unknown', pid: ext.pid });
+      await dom.destroy({ graceMs: 5000 });
+      expect(alive(ext.pid)).toBe(false);
+    } finally {
+      gdb.destroy();
+    }
+  });
+
   it('builds the domain from QMP, taints it, manages it, and forgets it once its QEMU is destroyed', async () => {
     const rec = recordEvents(conn);
     const ext = await launchExternal('outsider');

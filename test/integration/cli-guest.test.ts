@@ -179,5 +179,38 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(run('destroy', 'g').code).toBe(0);
       expect(await second.exited).toBe(0);
     }, 400_000);
+
+    it('attaches the terminal to a unix-socket serial port QEMU listens on: lines both ways, Ctrl+] leaves, the domain stopping ends it', async () => {
+      const { root, run } = await setUp(mode);
+      const sock = join(root, 'lib', 'g-serial.sock');
+      const file = join(root, 'g.json');
+      writeFileSync(
+        file,
+        JSON.stringify(tinyGuest('g', 'echo', { serials: [{ type: 'unix', path: sock }] })),
+      );
+      expect(run('define', file).code).toBe(0);
+      expect(run('dumpxml', 'g').out).toContain(
+        `<serial type='unix'>\n      <source mode='bind' path='${sock}'/>`,
+      );
+
+      const first = onTerminal(['start', 'g', '--console', '--root', root]);
+      await first.waitFor("Connected to domain 'g'");
+      await first.waitFor('VIRTKIT-PROMPT');
+      first.type('hello-over-a-socket\r');
+      await first.waitFor('VIRTKIT-ECHO:hello-over-a-socket');
+      first.type('\x1d');
+      expect(await first.exited).toBe(0);
+      expect(JSON.parse(run('domstate', 'g', '--json').out)).toMatchObject({ state: 'running' });
+
+      // QEMU takes the next client once the first has gone; its stopping ends the session.
+      const second = onTerminal(['console', 'g', '--devname', 'serial0', '--root', root]);
+      await second.waitFor("Connected to domain 'g'");
+      const before = second.out().length;
+      second.type('again\r');
+      await second.waitFor('VIRTKIT-ECHO:again');
+      expect(second.out().slice(before)).toContain('VIRTKIT-ECHO:again');
+      expect(run('destroy', 'g').code).toBe(0);
+      expect(await second.exited).toBe(0);
+    }, 400_000);
   },
 );

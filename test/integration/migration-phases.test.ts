@@ -1,8 +1,12 @@
+import { openSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { START_STEPS } from '../../src/drivers/qemu/start.js';
+import { openInternal } from '../../src/internal/index.js';
 import type { Connection, Domain } from '../../src/stable/index.js';
 import { installFaultHook } from '../../src/util/fault-points.js';
 import {
+  alive,
   openRoot,
   pausedOnly,
   processesMentioning,
@@ -47,6 +51,13 @@ const POINTS = [
   'migrate:streaming',
 ];
 
+/**
+ * 10 KiB/s: the stream (64 MiB of zero pages, ~150 KiB) lasts seconds, so one stopped at
+ * `migrate:streaming` is stopped before it could complete (a completed stream is a migration that
+ * happened, whatever the signal says).
+ */
+const SLOW = 10 / 1024;
+
 async function expectRolledBack(dom: Domain, srcPid: number, point: string): Promise<void> {
   expect(await dom.getInfo(), point).toMatchObject({ state: 'paused', pid: srcPid });
   expect((await dom.getJobInfo()).operation, point).toBe('none');
@@ -65,7 +76,9 @@ describe('a migration stopped at each point is rolled back', { timeout: 600_000 
       installFaultHook((p) => {
         if (p === point) controller.abort();
       });
-      const err = await dom.migrateTo(dst, { signal: controller.signal }).catch((e: unknown) => e);
+      const err = await dom
+        .migrateTo(dst, { signal: controller.signal, bandwidthMiBps: SLOW })
+        .catch((e: unknown) => e);
       installFaultHook(undefined);
       expect(err, point).toMatchObject({ name: 'VirtError', code: 'ABORTED' });
       await expectRolledBack(dom, srcPid, point);
@@ -83,12 +96,56 @@ describe('a migration stopped at each point is rolled back', { timeout: 600_000 
       installFaultHook((p) => {
         if (p === point) throw new Error(`injected failure at ${point}`);
       });
-      const err = await dom.migrateTo(dst).catch((e: unknown) => e);
+      const err = await dom.migrateTo(dst, { bandwidthMiBps: SLOW }).catch((e: unknown) => e);
       installFaultHook(undefined);
       expect(err, point).toMatchObject({ name: 'VirtError' });
       await expectRolledBack(dom, srcPid, point);
     }
     const moved = await dom.migrateTo(dst);
     expect(await moved.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
+  });
+});
+
+/** The files a process has open, by the paths its descriptors point at. */
+function openFiles(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/fd`).map((fd) => {
+    try {
+      return readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      return '';
+    }
+  });
+}
+
+describe('descriptors at the destination (phase pre-exec)', { timeout: 240_000 }, () => {
+  it("a disk is opened by the destination's storage.openFile in phase pre-exec, before its QEMU exists, and the QEMU holds it", async () => {
+    const calls: Array<{ phase: string; pid: number | undefined; path: string }> = [];
+    openInternal(dst, { apiVersion: '1.0' }).setHandler('storage.openFile', (ctx, args) => {
+      calls.push({ phase: ctx.phase, pid: ctx.pid, path: args.path });
+      return { fd: openSync(args.path, args.mode === 'r' ? 'r' : 'r+') };
+    });
+    // Shared storage: one image, at the same path for both sides.
+    const image = join(rootA, 'lib', 'shared.img');
+    writeFileSync(image, Buffer.alloc(1024 * 1024));
+    const dom = await src.defineDomain(
+      pausedOnly('mig-disk', {
+        disks: [{ type: 'file', source: image, target: { dev: 'vda', bus: 'virtio' } }],
+      }),
+    );
+    await dom.start({ paused: true });
+    const srcPid = (await dom.getInfo()).pid as number;
+    const offer = await dom.migrateBegin();
+    const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' });
+    expect(calls).toEqual([{ phase: 'pre-exec', pid: undefined, path: image }]);
+    const dstPid = (await incoming.domain.getInfo()).pid as number;
+    expect(openFiles(dstPid)).toContain(image);
+    await dom.migratePerform(incoming.uri, { cookie: incoming.cookie });
+    const moved = await incoming.finish();
+    await dom.migrateConfirm();
+    expect(await moved.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated', pid: dstPid });
+    expect(openFiles(dstPid)).toContain(image);
+    expect(processesMentioning(dom.uuid)).toEqual([dstPid]);
+    expect(alive(srcPid)).toBe(false);
+    expect(calls).toHaveLength(1);
   });
 });

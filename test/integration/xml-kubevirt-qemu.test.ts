@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFi
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { backingAlias, diskNodes } from '../../src/drivers/qemu/devices/disk.js';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
 import type { Connection } from '../../src/stable/index.js';
@@ -34,6 +35,20 @@ afterEach(async () => {
 
 const UUID = '5d1a7c3e-0b9f-4e21-8c55-2f6a9d0e4b17';
 
+/** Seven SATA disks, one more than an AHCI controller has ports: sdg goes to a second one. */
+function sataDisks(files: string): string {
+  return ['a', 'b', 'c', 'd', 'e', 'f', 'g']
+    .map(
+      (l) => `    <disk device="disk" type="file">
+      <source file="${files}/sd${l}.img"></source>
+      <target bus="sata" dev="sd${l}"></target>
+      <driver error_policy="stop" name="qemu" type="raw"></driver>
+      <alias name="ua-sata_volume_number_${l}"></alias>
+    </disk>`,
+    )
+    .join('\n');
+}
+
 function kubevirtShaped(files: string, probe: string): string {
   return `<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">
   <name>ns_vmi</name>
@@ -54,12 +69,13 @@ function kubevirtShaped(files: string, probe: string): string {
       <source file="${files}/overlay.qcow2"></source>
       <target bus="virtio" dev="vda"></target>
       <driver cache="none" error_policy="stop" name="qemu" type="qcow2" discard="unmap"></driver>
-      <alias name="ua-ephemeral"></alias>
+      <alias name="ua-ephemeral_pvc_volume_disk"></alias>
       <backingStore type="file">
         <format type="raw"></format>
         <source file="${files}/base.img"></source>
       </backingStore>
     </disk>
+${sataDisks(files)}
     <input type="tablet" bus="virtio" model="virtio">
       <alias name="ua-tablet0"></alias>
     </input>
@@ -116,6 +132,7 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
       '1M',
     ]);
     writeFileSync(join(files, 'serial0.log'), 'before\n');
+    for (const l of 'abcdefg') writeFileSync(join(files, `sd${l}.img`), Buffer.alloc(1024 * 1024));
     const probe = join(root, 'probe.qmp');
     const dom = await conn.defineDomain(kubevirtShaped(files, probe));
     expect(dom.uuid).toBe(UUID);
@@ -145,18 +162,21 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
         'query-named-block-nodes',
       );
     const byName = (n: string) => nodes.find((x) => x['node-name'] === n);
-    expect(byName('ua-ephemeral-format')).toMatchObject({ drv: 'qcow2', ro: false, backing_file_depth: 1 });
-    expect(byName('ua-ephemeral-backing-format')).toMatchObject({ drv: 'raw', ro: true });
+    // KubeVirt's long alias: node names within QEMU's 31 characters, derived from it.
+    const top = diskNodes('ua-ephemeral_pvc_volume_disk').format;
+    const under = diskNodes(backingAlias('ua-ephemeral_pvc_volume_disk')).format;
+    expect(byName(top)).toMatchObject({ drv: 'qcow2', ro: false, backing_file_depth: 1 });
+    expect(byName(under)).toMatchObject({ drv: 'raw', ro: true });
     // What the guest's disk reads there: the base's pattern, through a read-only NBD export of the
     // overlay's node, read by qemu-io.
     const nbd = join(root, 'nbd.sock');
     await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbd } } });
-    await qmp.execute('block-export-add', { type: 'nbd', id: 'x', 'node-name': 'ua-ephemeral-format' });
+    await qmp.execute('block-export-add', { type: 'nbd', id: 'x', 'node-name': top });
     const read = execFileSync('qemu-io', [
       '-r',
       '-f',
       'raw',
-      `nbd+unix:///ua-ephemeral-format?socket=${nbd}`,
+      `nbd+unix:///${top}?socket=${nbd}`,
       '-c',
       'read -P 0xab 4096 4096',
     ]).toString();
@@ -187,6 +207,28 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
     expect(await get('serial0', 'type')).toBe('isa-serial');
     expect(await get('ua-tablet0', 'type')).toBe('virtio-tablet-pci');
     expect(await get('ua-tablet0', 'disable-legacy')).toBe('on');
+
+    // sdg is unit 0 of a second AHCI controller, an ich9-ahci on the root bus, as libvirt adds it.
+    const live = dom.getDefinition();
+    expect(live.disks.find((d) => d.target.dev === 'sdg')?.address).toEqual({
+      type: 'drive',
+      controller: 1,
+      bus: 0,
+      target: 0,
+      unit: 0,
+    });
+    const sata1 = live.controllers.find((c) => c.type === 'sata' && c.index === 1);
+    expect(sata1?.alias).toBe('sata1');
+    const pci =
+      await qmp.execute<Array<{ bus: number; devices: Array<{ qdev_id: string; slot: number }> }>>(
+        'query-pci',
+      );
+    expect(pci.find((b) => b.bus === 0)?.devices).toContainEqual(
+      expect.objectContaining({ qdev_id: 'sata1', slot: sata1?.address?.slot }),
+    );
+    expect(await get('sata1', 'type')).toBe('ich9-ahci');
+    expect(await get('ua-sata_volume_number_g', 'parent_bus')).toMatch(/\/sata1\/ide\.0$|sata1\.0$/);
+    expect(await get('ua-sata_volume_number_f', 'parent_bus')).toMatch(/\/ide\/ide\.5$|ide\.5$/);
 
     await dom.destroy({ graceMs: 1000 });
     // The socket QEMU listened on goes with it, as libvirt removes it.

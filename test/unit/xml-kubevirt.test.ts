@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { buildCommandLine } from '../../src/drivers/qemu/command-line.js';
 import { assignDevices } from '../../src/drivers/qemu/devices/assign.js';
+import { backingAlias, diskNodes } from '../../src/drivers/qemu/devices/disk.js';
 import { ErrorCode } from '../../src/errors.js';
 import { resolveDefinition } from '../../src/stable/definition/validate.js';
 import { formatDomainXml, parseDomainXml } from '../../src/stable/index.js';
@@ -61,6 +62,32 @@ describe('<backingStore>', () => {
     expect(() => buildCommandLine(def, { ...ctx, diskFds: [10] })).toThrow(
       expect.objectContaining({ code: ErrorCode.INTERNAL_ERROR }),
     );
+  });
+
+  it("block node names fit QEMU's 31 characters for KubeVirt's long aliases, and stay put for short ones", () => {
+    expect(diskNodes('virtio-disk0')).toEqual({
+      storage: 'virtio-disk0-storage',
+      format: 'virtio-disk0-format',
+    });
+    const names = [
+      'ua-cdrom_tray_unspecified',
+      'ua-should_default_to_disk',
+      'ua-cdrom_tray_unspecifiex',
+    ].flatMap((alias) =>
+      [diskNodes(alias), diskNodes(backingAlias(alias))].flatMap((n) => [n.storage, n.format]),
+    );
+    for (const name of names) expect(name).toMatch(/^[A-Za-z][A-Za-z0-9._-]{0,30}$/);
+    expect(new Set(names).size).toBe(names.length);
+    const long = doc(
+      overlay(rawBacking).replace('<target', "<alias name='ua-cdrom_tray_unspecified'/><target"),
+    );
+    const argv = buildCommandLine(assignDevices(resolve(long)), {
+      ...ctx,
+      diskFds: [10],
+      backingFds: [11],
+    }).argv;
+    const nodes = argv.filter((_, i) => argv[i - 1] === '-blockdev').map((b) => JSON.parse(b)['node-name']);
+    expect(nodes.every((n: string) => n.length <= 31)).toBe(true);
   });
 
   it('refuses a raw overlay, a qcow2 backing image, a longer chain and a bare marker', () => {

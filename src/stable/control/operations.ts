@@ -55,8 +55,8 @@ export interface ConsoleJson {
   readonly uuid: string;
   /** The serial port: `serial0`, `serial1`… */
   readonly devname: string;
-  readonly type: 'pty';
-  /** The pseudo-terminal QEMU allocated for it. */
+  readonly type: 'pty' | 'unix';
+  /** The pseudo-terminal QEMU allocated for it, or the unix socket QEMU listens on. */
   readonly path: string;
 }
 
@@ -264,7 +264,7 @@ export const operations = {
       const serials = dom.getDefinition().serials;
       const index =
         args.devname === undefined
-          ? serials.findIndex((s) => s.type === 'pty')
+          ? serials.findIndex((s) => s.type === 'pty' || (s.type === 'unix' && s.mode === 'bind'))
           : Number(args.devname.slice(6));
       const serial = serials[index];
       const devname = `serial${index}`;
@@ -272,17 +272,21 @@ export const operations = {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
           args.devname === undefined
-            ? `domain '${dom.name}' has no pty serial port: add <serial type='pty'/> to its definition`
+            ? `domain '${dom.name}' has no pty or unix serial port: add <serial type='pty'/> to its definition`
             : `domain '${dom.name}' has no ${args.devname}`,
         );
       }
-      if (serial.type !== 'pty' || serial.path === undefined) {
+      if (
+        serial.type === 'file' ||
+        serial.path === undefined ||
+        (serial.type === 'unix' && serial.mode !== 'bind')
+      ) {
         throw new VirtError(
           ErrorCode.OPERATION_INVALID,
-          `${devname} of domain '${dom.name}' is a ${serial.type} serial port, not a pty: only pty serial ports have an interactive console`,
+          `${devname} of domain '${dom.name}' is a ${serial.type}${serial.type === 'unix' ? ` (${serial.mode})` : ''} serial port: only pty serial ports and unix ones QEMU listens on (mode bind) have an interactive console`,
         );
       }
-      return { ...ref(dom), devname, type: 'pty', path: serial.path };
+      return { ...ref(dom), devname, type: serial.type, path: serial.path };
     },
   },
   setvcpus: {

@@ -36,8 +36,8 @@ export interface AssignOptions {
 
 /** What a QEMU id may look like (QEMU's id_wellformed). */
 const QEMU_ID = /^[A-Za-z][A-Za-z0-9._-]*$/;
-/** A block node name is at most 31 characters; a disk's nodes are `<alias>-storage`/`-format`. */
-const MAX_DISK_ALIAS = 23;
+/** A disk's block node names stay within QEMU's 31 characters whatever its alias (diskNodes). */
+const MAX_DISK_ALIAS = 64;
 
 const invalid = (path: string, message: string): VirtError =>
   new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
@@ -262,16 +262,20 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       disk.address = address;
       return;
     }
-    if (address.controller !== 0 || address.bus !== 0 || address.target !== 0 || address.unit > 5) {
+    if (address.bus !== 0 || address.target !== 0 || address.unit > 5) {
       throw unsupported(
         `${path}.address`,
-        `sata port ${address.controller}-${address.bus}-${address.target}-${address.unit} (virtkit has one SATA controller with six ports, units 0-5: name the disk sda…sdf)`,
+        `sata port ${address.controller}-${address.bus}-${address.target}-${address.unit} (an AHCI controller has one bus with six ports, units 0-5)`,
       );
     }
-    const holder = units.get(address.unit);
+    const key = address.controller * 6 + address.unit;
+    const holder = units.get(key);
     if (holder !== undefined)
-      throw invalid(`${path}.address`, `sata unit ${address.unit} is taken by ${holder}`);
-    units.set(address.unit, disk.target.dev);
+      throw invalid(
+        `${path}.address`,
+        `sata controller ${address.controller} unit ${address.unit} is taken by ${holder}`,
+      );
+    units.set(key, disk.target.dev);
     disk.address = address;
   });
 }
@@ -379,7 +383,7 @@ function assignPciAddresses(
   // Addresses QEMU fixes for built-in functions.
   for (const c of controllers) {
     let fixed: PciAddress | undefined;
-    if (c.type === 'sata' && family === 'q35')
+    if (c.type === 'sata' && family === 'q35' && (c.index ?? 0) === 0)
       fixed = { type: 'pci', domain: 0, bus: 0, slot: 0x1f, function: 2 };
     if (c.type === 'usb' && c.model === 'piix3-uhci')
       fixed = { type: 'pci', domain: 0, bus: 0, slot: 1, function: 2 };
@@ -428,7 +432,9 @@ function assignPciAddresses(
   });
   for (const c of controllers) {
     const endpoint =
-      (c.type === 'sata' && family !== 'q35') ||
+      // Q35's first AHCI is built in; further ones are ich9-ahci devices, on the root bus as libvirt
+      // puts devices that are never hot-plugged.
+      (c.type === 'sata' && (family !== 'q35' || (c.index ?? 0) > 0)) ||
       c.type === 'scsi' ||
       (c.type === 'usb' && c.model === 'qemu-xhci') ||
       c.type === 'virtio-serial';

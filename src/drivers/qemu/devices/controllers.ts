@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../../../errors.js';
 import type { ControllerDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
+import { defaultDriveAddress } from '../../device-aliases.js';
 import type { MachineFamily } from './machine.js';
 import { checkVirtioModel } from './virtio.js';
 
@@ -21,7 +22,7 @@ const invalid = (path: string, message: string): VirtError =>
 /** The QEMU id (and libvirt alias) of a controller that QEMU names itself. */
 export function fixedControllerAlias(c: ControllerDefinition, family: MachineFamily): string | undefined {
   if (c.type === 'pci' && c.model !== 'pcie-root-port') return family === 'q35' ? 'pcie.0' : 'pci.0';
-  if (c.type === 'sata' && family === 'q35') return 'ide';
+  if (c.type === 'sata' && family === 'q35' && (c.index ?? 0) === 0) return 'ide';
   if (c.type === 'ide') return 'ide';
   return undefined;
 }
@@ -109,7 +110,7 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       throw unsupported(`${at}.model`, 'a pcie-root-port on an i440fx machine (use q35)');
     if (c.type === 'pci' && c.model === 'pcie-root-port' && c.index === 0)
       throw unsupported(`${at}.index`, 'index 0 for a pcie-root-port (index 0 is the PCI root)');
-    if (c.type !== 'pci' && (c.index ?? 0) !== 0)
+    if (c.type !== 'pci' && c.type !== 'sata' && (c.index ?? 0) !== 0)
       throw unsupported(`${at}.index`, `a second ${c.type} controller (virtkit supports index 0)`);
     // libvirt's default model: USB 3 on Q35, the PIIX3's UHCI function on i440FX.
     if (c.type === 'usb' && c.model === undefined) c.model = family === 'q35' ? 'qemu-xhci' : 'piix3-uhci';
@@ -135,14 +136,27 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   }
   if (roots.length > 1) throw unsupported(path(roots[1] as ControllerDefinition), 'a second PCI root');
   checkUsbSet(list);
-  for (const type of ['sata', 'scsi', 'virtio-serial', 'ide'] as const) {
+  for (const type of ['scsi', 'virtio-serial', 'ide'] as const) {
     const all = list.filter((c) => c.type === type);
     if (all.length > 1)
       throw unsupported(path(all[1] as ControllerDefinition), `a second ${type} controller`);
   }
+  const sataIndexes = new Set<number>();
+  for (const c of list.filter((x) => x.type === 'sata')) {
+    if (sataIndexes.has(c.index ?? 0))
+      throw unsupported(`${path(c)}.index`, `a second sata controller with index ${c.index ?? 0}`);
+    sataIndexes.add(c.index ?? 0);
+  }
   if (roots.length === 0) list.push({ type: 'pci', index: 0, model: rootModel });
-  const needsSata = family === 'q35' || def.disks.some((d) => d.target.bus === 'sata');
-  if (needsSata && !list.some((c) => c.type === 'sata')) list.push({ type: 'sata', index: 0 });
+  // libvirt adds the SATA controllers the disks' drive addresses name (sdg… on controller 1).
+  const needsSata = new Set<number>(family === 'q35' ? [0] : []);
+  for (const d of def.disks) {
+    if (d.target.bus !== 'sata') continue;
+    needsSata.add((d.address?.type === 'drive' ? d.address : defaultDriveAddress(d)).controller);
+  }
+  for (const index of [...needsSata].sort((a, b) => a - b)) {
+    if (!sataIndexes.has(index)) list.push({ type: 'sata', index });
+  }
   // A USB disk or input needs a controller: libvirt's default one for the machine.
   const usbDevice =
     def.disks.some((d) => d.target.bus === 'usb') || (def.inputs ?? []).some((i) => i.bus === 'usb');
@@ -170,7 +184,7 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   const taken = new Set<number>();
   for (const c of list) {
     if (c.type !== 'pci') {
-      c.index = 0;
+      c.index = c.type === 'sata' ? (c.index ?? 0) : 0;
       continue;
     }
     if (c.model !== 'pcie-root-port') c.index = 0;

@@ -5,9 +5,29 @@ import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
 import { virtioDevice } from './virtio.js';
 
-/** A disk's block node names, derived from its alias. */
+/** QEMU's longest block node name (its `node_name` buffer holds 32 bytes with the NUL). */
+const MAX_NODE_NAME = 31;
+
+/**
+ * A disk's block node names, derived from its alias: `<alias>-storage`/`-format`, or, for an alias
+ * too long for that (KubeVirt's `ua-<volume name>`), its first 14 characters and a hash of all of
+ * it. The same alias always gives the same names, so hot-unplug and a reconnected driver find them.
+ */
 export function diskNodes(alias: string): { storage: string; format: string } {
-  return { storage: `${alias}-storage`, format: `${alias}-format` };
+  const base =
+    alias.length + '-storage'.length <= MAX_NODE_NAME
+      ? alias
+      : `${alias.slice(0, 14)}-${fnv1a(alias).toString(16).padStart(8, '0')}`;
+  return { storage: `${base}-storage`, format: `${base}-format` };
+}
+
+function fnv1a(text: string): number {
+  let hash = 0x811c9dc5;
+  for (const byte of Buffer.from(text, 'utf8')) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash;
 }
 
 function aliasOf(disk: DiskDefinition): string {

@@ -153,7 +153,13 @@ async function stream(
   if (options.maxDowntimeMs !== undefined) parameters['downtime-limit'] = options.maxDowntimeMs;
   if (options.bandwidthMiBps !== undefined)
     parameters['max-bandwidth'] = Math.round(options.bandwidthMiBps * 1024 * 1024);
-  if (Object.keys(parameters).length > 0) await qmp.command('migrate-set-parameters', parameters);
+  const changed = Object.keys(parameters);
+  let restore: Record<string, unknown> | undefined;
+  if (changed.length > 0) {
+    const now = await qmp.execute<Record<string, unknown>>('query-migrate-parameters');
+    restore = Object.fromEntries(changed.filter((k) => now[k] !== undefined).map((k) => [k, now[k]]));
+    await qmp.command('migrate-set-parameters', parameters);
+  }
   const end = streamEnd(qmp, run);
   const onAbort = () => void qmp.command('migrate_cancel').catch(() => undefined);
   job.signal.addEventListener('abort', onAbort, { once: true });
@@ -186,6 +192,8 @@ async function stream(
     }
   } finally {
     job.signal.removeEventListener('abort', onAbort);
+    // QEMU keeps them: this QEMU's next migration (after a cancelled one) starts from its own again.
+    if (restore && !qmp.closed) await qmp.command('migrate-set-parameters', restore).catch(() => undefined);
   }
   ctx.log(dom, `migration: stream completed after ${Date.now() - startedAt} ms; source paused until confirm`);
 }
