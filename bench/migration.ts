@@ -10,7 +10,8 @@
  * clock: setup (until the source's `migrate` command is sent: destination started and listening),
  * stream (until the source's STOP arrives) and tail (until the end: destination resumed, source gone).
  *
- * Run: npm run bench:migration      Knobs (env): BENCH_MIG_N (10).
+ * Both contenders wait for QEMU's MIGRATION events (no polling). Run: npm run bench:migration
+ * Knobs (env): BENCH_MIG_N (10).
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -142,9 +143,22 @@ class RawSide {
     this.proc = proc;
     this.exited = new Promise((r) => proc.once('exit', () => r()));
     this.qmp = new RawQmp(await connectPolling(sock, 10_000));
-    this.qmp.onEvent = (msg) => rawClock.see(msg['event'] as string, msg['timestamp'] as Stamp);
+    this.qmp.onEvent = (msg) => {
+      rawClock.see(msg['event'] as string, msg['timestamp'] as Stamp);
+      const status = (msg['data'] as { status?: string } | undefined)?.status;
+      if (msg['event'] === 'MIGRATION' && status && ['completed', 'failed', 'cancelled'].includes(status))
+        this.#ended?.(status);
+    };
     await this.qmp.next();
     await this.qmp.command('qmp_capabilities');
+  }
+
+  #ended: ((status: string) => void) | undefined;
+  /** Settles with this QEMU's next terminal MIGRATION event (the `events` capability is on). */
+  migrationEnd(): Promise<string> {
+    return new Promise((resolve) => {
+      this.#ended = resolve;
+    });
   }
 
   async quit(): Promise<void> {
@@ -160,26 +174,22 @@ async function rawMigrate(from: RawSide, to: RawSide): Promise<Sample> {
   await to.launch(true);
   const dst = to.qmp as RawQmp;
   const src = from.qmp as RawQmp;
+  // Waiting for QEMU's MIGRATION events, as virtkit does, rather than polling query-migrate, which
+  // takes QEMU's big lock while the migration thread works: the floor stays a floor under load.
+  const events = { capabilities: [{ capability: 'events', state: true }] };
+  await dst.command('migrate-set-capabilities', events);
+  const dstEnd = to.migrationEnd();
   await dst.command('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
   const info = await dst.command<{ 'socket-address': Array<{ port: string }> }>('query-migrate');
   const port = info['socket-address'][0]?.port;
+  await src.command('migrate-set-capabilities', events);
+  const srcEnd = from.migrationEnd();
   rawClock.migrateSentAt = performance.now();
   await src.command('migrate', { uri: `tcp:127.0.0.1:${port}` });
-  let downtime = 0;
-  for (;;) {
-    const s = await src.command<{ status: string; downtime?: number }>('query-migrate');
-    if (s.status === 'completed') {
-      downtime = s.downtime ?? 0;
-      break;
-    }
-    if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`raw migration ${s.status}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  for (;;) {
-    const d = await dst.command<{ status: string }>('query-migrate');
-    if (d.status === 'completed') break;
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  const status = await srcEnd;
+  if (status !== 'completed') throw new Error(`raw migration ${status}`);
+  const { downtime = 0 } = await src.command<{ downtime?: number }>('query-migrate');
+  if ((await dstEnd) !== 'completed') throw new Error('raw incoming migration failed');
   await dst.command('cont');
   await from.quit();
   const t1 = performance.now();

@@ -64,7 +64,10 @@ function readStatLine(pid: number): string | undefined {
  * skipped by cutting after the last `)`, since it may itself contain spaces and parentheses.
  */
 function statFields(pid: number): string[] | undefined {
-  const text = readStatLine(pid);
+  return fieldsOfStat(readStatLine(pid));
+}
+
+function fieldsOfStat(text: string | undefined): string[] | undefined {
   if (text === undefined) return undefined;
   const end = text.lastIndexOf(')');
   if (end < 0) return undefined;
@@ -82,12 +85,66 @@ function statFields(pid: number): string[] | undefined {
  * @returns the time, or undefined if the process does not exist
  */
 export function readProcCpuTimeNs(pid: number): bigint | undefined {
-  const f = statFields(pid);
+  return cpuTimeOf(statFields(pid));
+}
+
+function cpuTimeOf(f: string[] | undefined): bigint | undefined {
   const user = f?.[14 - 3];
   const system = f?.[15 - 3];
   if (user === undefined || system === undefined || !/^\d+$/.test(user) || !/^\d+$/.test(system))
     return undefined;
   return (BigInt(user) + BigInt(system)) * 10_000_000n;
+}
+
+/**
+ * `/proc/<pid>/stat` of one process, kept open for repeated reads: each read is one pread(2) at
+ * offset 0 (the kernel generates the file anew) instead of open, read and close, which is what a
+ * listing of many running domains spends its time on. The descriptor names the process rather than
+ * the pid: once the process is reaped it reads as gone, even if its pid was reused.
+ * {@link ProcStatFile.close} must be called when the process is no longer of interest.
+ */
+export class ProcStatFile {
+  /** The process. */
+  readonly pid: number;
+  #fd: number | undefined;
+  /** Set once a read found the process gone: a reused pid is another process. */
+  #gone = false;
+
+  /** @param pid - the process; the file is opened at the first read */
+  constructor(pid: number) {
+    this.pid = pid;
+  }
+
+  /**
+   * The CPU time of the process, as {@link readProcCpuTimeNs} reads it.
+   *
+   * @returns the time, or undefined if the process does not exist (any more)
+   */
+  cpuTimeNs(): bigint | undefined {
+    return cpuTimeOf(fieldsOfStat(this.#read()));
+  }
+
+  /** Closes the file; it then reads as gone. */
+  close(): void {
+    this.#gone = true;
+    if (this.#fd === undefined) return;
+    const fd = this.#fd;
+    this.#fd = undefined;
+    closeSync(fd);
+  }
+
+  #read(): string | undefined {
+    if (this.#gone) return undefined;
+    const path = `/proc/${this.pid}/stat`;
+    try {
+      this.#fd ??= openSync(path, 'r');
+      const n = readSync(this.#fd, statBuffer, 0, statBuffer.length, 0);
+      return statBuffer.toString('utf8', 0, n);
+    } catch (err) {
+      this.close();
+      return missing(err, path, GONE);
+    }
+  }
 }
 
 /**

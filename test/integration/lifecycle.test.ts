@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Connection } from '../../src/stable/index.js';
@@ -27,6 +27,16 @@ afterEach(async () => {
   await conn.close();
   removeRoot(root);
 });
+
+/** How many descriptors of this process are open on `/proc/<pid>/stat` (getInfo keeps one per running domain). */
+const statFds = (pid: number) =>
+  readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === `/proc/${pid}/stat`;
+    } catch {
+      return false;
+    }
+  }).length;
 
 const types = (rec: ReturnType<typeof recordEvents>) => rec.events.map((e) => `${e.type}:${e.reason}`);
 
@@ -111,7 +121,9 @@ describe('life cycle of a paused-only domain', () => {
     await expect(dom.start()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
     await expect(dom.undefine()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
 
+    expect(statFds(info.pid as number)).toBe(1);
     await dom.destroy();
+    expect(statFds(info.pid as number)).toBe(0);
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed', pid: null });
     expect(alive(info.pid as number)).toBe(false);
     expect(runLeftovers(root)).toEqual([]);
@@ -137,6 +149,7 @@ describe('life cycle of a paused-only domain', () => {
     process.kill(pid as number, 'SIGKILL');
     const stopped = await rec.next((e) => e.type === 'stopped');
     expect(stopped.reason).toBe('crashed');
+    expect(statFds(pid as number)).toBe(0);
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'crashed' });
     expect(runLeftovers(root)).toEqual([]);
     // It can be started again.

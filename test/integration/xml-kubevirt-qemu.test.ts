@@ -14,8 +14,8 @@ import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
  * same shape written for this test: a qcow2 overlay over a raw image named by <backingStore> (not
  * by the overlay's header), a serial port on a UNIX socket with a log file next to a pty console
  * (libvirt's alias of serial 0), a virtio tablet with a model, no <uuid> but an SMBIOS one, an hpet
- * tick policy libvirt ignores. Inspected through a second QMP monitor, the socket itself and the
- * guest-visible data of the disk.
+ * tick policy libvirt ignores, a vCPU without PMU, seven SATA disks. Inspected through a second
+ * QMP monitor, the socket itself and the guest-visible data of the disk.
  */
 
 let root: string;
@@ -92,7 +92,7 @@ ${sataDisks(files)}
     <timer name="rtc" tickpolicy="catchup" present="yes" track="guest"></timer>
     <timer name="hpet" tickpolicy="delay" present="no"></timer>
   </clock>
-  <features><acpi></acpi></features>
+  <features><acpi></acpi><pmu state="off"></pmu></features>
   <qemu:commandline><qemu:arg value="-qmp"></qemu:arg><qemu:arg value="unix:${probe},server=on,wait=off"></qemu:arg></qemu:commandline>
 </domain>`;
 }
@@ -207,6 +207,10 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
     expect(await get('serial0', 'type')).toBe('isa-serial');
     expect(await get('ua-tablet0', 'type')).toBe('virtio-tablet-pci');
     expect(await get('ua-tablet0', 'disable-legacy')).toBe('on');
+
+    // <pmu state='off'>: the vCPU has no performance monitoring unit.
+    const cpus = await qmp.execute<Array<{ 'qom-path': string }>>('query-cpus-fast');
+    expect(await qmp.execute('qom-get', { path: cpus[0]?.['qom-path'] ?? '', property: 'pmu' })).toBe(false);
 
     // sdg is unit 0 of a second AHCI controller, an ich9-ahci on the root bus, as libvirt adds it.
     const live = dom.getDefinition();

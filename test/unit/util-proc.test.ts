@@ -1,5 +1,13 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
+import {
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,6 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   isAlive,
   listThreads,
+  ProcStatFile,
   readParentPid,
   readProcCpuTimeNs,
   readProcExe,
@@ -105,6 +114,55 @@ describe('stat fields', () => {
     expect(readProcLimits(NO_PID).size).toBe(0);
     expect(readThreadCgroups(NO_PID, NO_PID)).toEqual([]);
     expect(isAlive(NO_PID)).toBe(false);
+  });
+});
+
+describe('ProcStatFile', () => {
+  /** The descriptors of this process open on `path`. */
+  const openOn = (path: string) =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`) === path;
+      } catch {
+        return false;
+      }
+    });
+
+  it('reads the CPU time as readProcCpuTimeNs does, anew at every read, through one descriptor', () => {
+    const file = new ProcStatFile(process.pid);
+    try {
+      const before = file.cpuTimeNs() ?? -1n;
+      expect(before).toBeGreaterThan(0n);
+      expect(readProcCpuTimeNs(process.pid)).toBeGreaterThanOrEqual(before);
+      const cpu0 = process.cpuUsage();
+      while (process.cpuUsage(cpu0).user + process.cpuUsage(cpu0).system < 30_000) Math.sqrt(Math.random());
+      expect(file.cpuTimeNs()).toBeGreaterThan(before);
+      expect(openOn(`/proc/${process.pid}/stat`)).toHaveLength(1);
+    } finally {
+      file.close();
+    }
+    expect(openOn(`/proc/${process.pid}/stat`)).toHaveLength(0);
+    expect(file.cpuTimeNs()).toBeUndefined();
+  });
+
+  it('reads a reaped process as gone, closes its descriptor, and stays gone', async () => {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    const pid = child.pid!;
+    const file = new ProcStatFile(pid);
+    try {
+      expect(typeof file.cpuTimeNs()).toBe('bigint');
+      child.kill('SIGKILL');
+      await new Promise((resolve) => child.once('exit', resolve));
+      expect(file.cpuTimeNs()).toBeUndefined();
+      expect(openOn(`/proc/${pid}/stat`)).toHaveLength(0);
+      expect(file.cpuTimeNs()).toBeUndefined();
+    } finally {
+      file.close();
+    }
+  });
+
+  it('reads a missing pid as gone', () => {
+    expect(new ProcStatFile(NO_PID).cpuTimeNs()).toBeUndefined();
   });
 });
 

@@ -191,6 +191,13 @@ describe('virtio input models, the SMBIOS uuid, an hpet tick policy', () => {
     );
   });
 
+  it('<pmu state> becomes the vCPU pmu property', () => {
+    const def = roundTrips(doc('').replace('<acpi/>', "<acpi/><pmu state='off'/>"));
+    expect(def.features?.pmu).toBe(false);
+    const { argv } = buildCommandLine(def, { ...ctx, diskFds: [] });
+    expect(argv[argv.indexOf('-cpu') + 1]).toBe('qemu64,pmu=off');
+  });
+
   it('an hpet tick policy is kept and has no effect (libvirt ignores it); a kvmclock one is refused', () => {
     const clock = (timer: string) =>
       doc('').replace('<devices>', `<clock offset='utc'>${timer}</clock><devices>`);

@@ -49,6 +49,7 @@ export function cpuProps(def: DomainDefinition): string {
   if (f?.kvm?.hidden) props.push('kvm=off');
   if (f?.apicEoi !== undefined) props.push(`kvm-pv-eoi=${onOff(f.apicEoi)}`);
   if (f?.pvspinlock !== undefined) props.push(`kvm-pv-unhalt=${onOff(f.pvspinlock)}`);
+  if (f?.pmu !== undefined) props.push(`pmu=${onOff(f.pmu)}`);
   if (f?.kvm?.hintDedicated !== undefined) props.push(`kvm-hint-dedicated=${onOff(f.kvm.hintDedicated)}`);
   if (f?.kvm?.pollControl !== undefined) props.push(`kvm-poll-control=${onOff(f.kvm.pollControl)}`);
   if (f?.kvm?.pvIpi !== undefined) props.push(`kvm-pv-ipi=${onOff(f.kvm.pvIpi)}`);

@@ -39,7 +39,7 @@ import type {
   ResolvedOffer,
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
-import { readProcCpuTimeNs } from '../../util/proc.js';
+import { ProcStatFile } from '../../util/proc.js';
 import { DriverCore } from '../domain-core.js';
 import { type Job, traceJob } from '../jobs.js';
 import {
@@ -155,6 +155,12 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
    * without `persist`.
    */
   readonly #attached = new Set<string>();
+  /**
+   * The `/proc/<pid>/stat` kept open per running domain (by uuid) once `getInfo` asked for its CPU
+   * time, so a listing of many domains reads each with one system call; closed when the domain
+   * stops (or its run changes) and when the driver closes.
+   */
+  readonly #statFiles = new Map<string, ProcStatFile>();
   /** New definitions are checked and added one at a time, so two cannot claim one name. */
   #defining: Promise<unknown> = Promise.resolve();
 
@@ -316,6 +322,8 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
    */
   protected override stateChanged(dom: DomainObject): void {
     const run = dom.run;
+    if (run?.pid !== this.#statFiles.get(dom.def.uuid)?.pid || dom.state === 'shutoff')
+      this.#dropStatFile(dom.def.uuid);
     if (!run) return;
     try {
       saveState(dom, run);
@@ -464,13 +472,41 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
   async getInfo(uuid: string): Promise<DomainInfo> {
     const dom = this.domain(uuid);
     const run = dom.run;
+    if (!run) this.#dropStatFile(uuid);
     return this.info(dom, run?.live ?? dom.def, {
       id: run?.started ? run.id : null,
       pid: run?.started ? run.pid : null,
-      cpuTimeNs: run ? cpuTimeNs(run.pid) : 0n,
+      cpuTimeNs: run ? this.#cpuTimeNs(uuid, run.pid) : 0n,
       taints: run ? [...run.taints] : [],
       persistent: !this.#attached.has(uuid),
     });
+  }
+
+  /** utime + stime of the whole process; 0 when it cannot be read (it is gone, or /proc failed). */
+  #cpuTimeNs(uuid: string, pid: number): bigint {
+    let file = this.#statFiles.get(uuid);
+    if (file?.pid !== pid) {
+      this.#dropStatFile(uuid);
+      file = new ProcStatFile(pid);
+      this.#statFiles.set(uuid, file);
+    }
+    try {
+      return file.cpuTimeNs() ?? 0n;
+    } catch {
+      this.#dropStatFile(uuid);
+      return 0n;
+    }
+  }
+
+  #dropStatFile(uuid: string): void {
+    const file = this.#statFiles.get(uuid);
+    if (!file) return;
+    this.#statFiles.delete(uuid);
+    try {
+      file.close();
+    } catch {
+      // Nothing to keep: the descriptor is forgotten either way.
+    }
   }
 
   start(uuid: string, options: StartOptions): Promise<void> {
@@ -713,15 +749,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
       run.qmp?.close();
     }
     this.dropListeners();
+    for (const uuid of [...this.#statFiles.keys()]) this.#dropStatFile(uuid);
     this.#lock.release();
-  }
-}
-
-/** utime + stime of the whole process, from /proc/<pid>/stat (clock ticks of 10 ms). */
-function cpuTimeNs(pid: number): bigint {
-  try {
-    return readProcCpuTimeNs(pid) ?? 0n;
-  } catch {
-    return 0n;
   }
 }

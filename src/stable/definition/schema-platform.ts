@@ -116,6 +116,8 @@ export const extraFeatures = {
   vmport: onOff.optional(),
   /** Paravirtual spinlocks (`kvm-pv-unhalt`). */
   pvspinlock: onOff.optional(),
+  /** The guest CPU's performance monitoring unit (`-cpu …,pmu=`). */
+  pmu: onOff.optional(),
   /** The APIC's paravirtual end of interrupt. */
   apicEoi: onOff.optional(),
   hyperv: hypervSchema.optional(),

@@ -201,6 +201,7 @@ function featuresNode(f: NonNullable<Def['features']>): Node {
           ],
         ),
       state('pvspinlock', f.pvspinlock),
+      state('pmu', f.pmu),
       state('vmport', f.vmport),
       state('smm', f.smm),
       f.ioapic !== undefined && node('ioapic', [['driver', f.ioapic]]),

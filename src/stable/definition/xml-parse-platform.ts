@@ -342,6 +342,7 @@ const FEATURE_CHILDREN = [
   'smm',
   'vmport',
   'pvspinlock',
+  'pmu',
   'hyperv',
   'kvm',
   'ioapic',
@@ -386,6 +387,7 @@ export function parseFeatures(origins: Origins, d: XmlElement, el: XmlElement | 
         break;
       case 'vmport':
       case 'pvspinlock':
+      case 'pmu':
         check(c, { attrs: ['state'] });
         out[key] = state(c);
         break;
