@@ -21,8 +21,9 @@ export function diskNameIndex(dev: string): number {
 }
 
 /**
- * The drive address libvirt gives a sata or ide disk without one (virDomainDiskDefAssignAddress):
- * sata, six units per controller (sdg is controller 1 unit 0); ide, two units per bus.
+ * The drive address libvirt gives a sata, ide or scsi disk without one
+ * (virDomainDiskDefAssignAddress): sata, six units per controller (sdg is controller 1 unit 0);
+ * ide, two units per bus; scsi, seven units per controller.
  */
 export function defaultDriveAddress(disk: DiskDefinition): {
   type: 'drive';
@@ -32,16 +33,25 @@ export function defaultDriveAddress(disk: DiskDefinition): {
   unit: number;
 } {
   const index = diskNameIndex(disk.target.dev);
+  if (disk.target.bus === 'scsi')
+    return { type: 'drive', controller: Math.floor(index / 7), bus: 0, target: 0, unit: index % 7 };
   return disk.target.bus === 'ide'
     ? { type: 'drive', controller: 0, bus: index >> 1, target: 0, unit: index & 1 }
     : // libvirt's SATA: six ports per AHCI controller, the next controller after them.
       { type: 'drive', controller: Math.floor(index / 6), bus: 0, target: 0, unit: index % 6 };
 }
 
-/** A disk's alias when it has none: `virtio-disk<N>`, or `<bus><controller>-<bus>-<unit>` (`sata0-0-1`). */
+/**
+ * A disk's alias when it has none (libvirt's qemuAssignDeviceDiskAlias): `virtio-disk<N>`,
+ * `usb-disk<N>`, `scsi<controller>-<bus>-<target>-<unit>`, or `<bus><controller>-<bus>-<unit>`
+ * (`sata0-0-1`).
+ */
 export function diskAlias(disk: DiskDefinition): string {
-  if (disk.target.bus === 'virtio') return `virtio-disk${diskNameIndex(disk.target.dev)}`;
+  if (disk.target.bus === 'virtio' || disk.target.bus === 'usb')
+    return `${disk.target.bus}-disk${diskNameIndex(disk.target.dev)}`;
   const address = disk.address?.type === 'drive' ? disk.address : defaultDriveAddress(disk);
+  if (disk.target.bus === 'scsi')
+    return `scsi${address.controller}-${address.bus}-${address.target}-${address.unit}`;
   return `${disk.target.bus}${address.controller}-${address.bus}-${address.unit}`;
 }
 

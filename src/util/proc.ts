@@ -64,10 +64,7 @@ function readStatLine(pid: number): string | undefined {
  * skipped by cutting after the last `)`, since it may itself contain spaces and parentheses.
  */
 function statFields(pid: number): string[] | undefined {
-  return fieldsOfStat(readStatLine(pid));
-}
-
-function fieldsOfStat(text: string | undefined): string[] | undefined {
+  const text = readStatLine(pid);
   if (text === undefined) return undefined;
   const end = text.lastIndexOf(')');
   if (end < 0) return undefined;
@@ -85,14 +82,27 @@ function fieldsOfStat(text: string | undefined): string[] | undefined {
  * @returns the time, or undefined if the process does not exist
  */
 export function readProcCpuTimeNs(pid: number): bigint | undefined {
-  return cpuTimeOf(statFields(pid));
+  return cpuTimeOf(readStatLine(pid));
 }
 
-function cpuTimeOf(f: string[] | undefined): bigint | undefined {
-  const user = f?.[14 - 3];
-  const system = f?.[15 - 3];
-  if (user === undefined || system === undefined || !/^\d+$/.test(user) || !/^\d+$/.test(system))
-    return undefined;
+/**
+ * Fields 14 and 15 of a stat line, found by counting the single spaces the kernel writes between
+ * fields rather than splitting all 52: `getInfo()` of many running domains parses one per domain.
+ */
+function cpuTimeOf(text: string | undefined): bigint | undefined {
+  if (text === undefined) return undefined;
+  let at = text.lastIndexOf(')') + 1;
+  if (at === 0) return undefined;
+  // `at` is the space before field 3; step to the space before field 14.
+  for (let field = 3; field < 14 && at >= 0; field++) at = text.indexOf(' ', at + 1);
+  if (at < 0) return undefined;
+  const userEnd = text.indexOf(' ', at + 1);
+  if (userEnd < 0) return undefined;
+  const systemEnd = text.indexOf(' ', userEnd + 1);
+  if (systemEnd < 0) return undefined;
+  const user = text.slice(at + 1, userEnd);
+  const system = text.slice(userEnd + 1, systemEnd);
+  if (!/^\d+$/.test(user) || !/^\d+$/.test(system)) return undefined;
   return (BigInt(user) + BigInt(system)) * 10_000_000n;
 }
 
@@ -121,7 +131,7 @@ export class ProcStatFile {
    * @returns the time, or undefined if the process does not exist (any more)
    */
   cpuTimeNs(): bigint | undefined {
-    return cpuTimeOf(fieldsOfStat(this.#read()));
+    return cpuTimeOf(this.#read());
   }
 
   /** Closes the file; it then reads as gone. */

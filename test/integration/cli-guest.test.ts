@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connect } from '../../src/stable/index.js';
@@ -211,6 +211,9 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(second.out().slice(before)).toContain('VIRTKIT-ECHO:again');
       expect(run('destroy', 'g').code).toBe(0);
       expect(await second.exited).toBe(0);
+      // The socket QEMU listened on goes with the domain.
+      for (let i = 0; i < 600 && existsSync(sock); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(existsSync(sock)).toBe(false);
     }, 400_000);
   },
 );

@@ -90,8 +90,22 @@ describe('stat fields', () => {
     const pid = spawnTracked(link, ['30']);
     // comm changes at exec; wait until the child has exec'd.
     await until(() => (readThreadComm(pid, pid) === WEIRD ? true : undefined));
-    expect(readFileSync(`/proc/${pid}/stat`, 'utf8')).toContain(`(${WEIRD})`);
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    expect(stat).toContain(`(${WEIRD})`);
     expect(readProcState(pid)).toMatch(/^[RS]$/);
+    // utime and stime (fields 14, 15), counted after the last ')': a comm with ')' does not shift them.
+    const [utime, stime] = stat
+      .slice(stat.lastIndexOf(')') + 2)
+      .split(' ')
+      .slice(11, 13);
+    expect(readProcCpuTimeNs(pid)).toBeGreaterThanOrEqual(
+      (BigInt(utime ?? -1) + BigInt(stime ?? -1)) * 10_000_000n,
+    );
+    const file = new ProcStatFile(pid);
+    expect(file.cpuTimeNs()).toBeGreaterThanOrEqual(
+      (BigInt(utime ?? -1) + BigInt(stime ?? -1)) * 10_000_000n,
+    );
+    file.close();
     expect(readParentPid(pid)).toBe(process.pid);
     const start = readProcStartTime(pid);
     expect(typeof start).toBe('bigint');

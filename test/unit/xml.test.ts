@@ -510,7 +510,11 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/video/model/acceleration',
     ],
     ['sound', devices("<sound model='ich9'/>"), '/domain/devices/sound'],
-    ['scsi controller', devices("<controller type='scsi' index='0'/>"), '/domain/devices/controller/@type'],
+    [
+      'scsi controller model buslogic',
+      devices("<controller type='scsi' index='0' model='buslogic'/>"),
+      '/domain/devices/controller/@model',
+    ],
     [
       'pci bridge',
       devices("<controller type='pci' index='1' model='pci-bridge'/>"),
@@ -560,8 +564,7 @@ describe('unsupported elements and attributes', () => {
     ['network disk', devices(disk().replace("type='file'", "type='network'")), '/domain/devices/disk/@type'],
     ['floppy', devices(disk().replace("device='disk'", "device='floppy'")), '/domain/devices/disk/@device'],
     ['lun', devices(disk().replace("device='disk'", "device='lun'")), '/domain/devices/disk/@device'],
-    ['scsi bus', devices(disk('', "<target dev='sda' bus='scsi'/>")), '/domain/devices/disk/target/@bus'],
-    ['sd target without bus', devices(disk('', "<target dev='sda'/>")), '/domain/devices/disk/target/@bus'],
+    ['sd bus', devices(disk('', "<target dev='sda' bus='sd'/>")), '/domain/devices/disk/target/@bus'],
     [
       'disk address of type ccw',
       devices(disk("<address type='ccw' cssid='0xfe'/>")),

@@ -57,6 +57,13 @@ const driveAddress = z.strictObject({
   unit: z.number().int().min(0).max(255),
 });
 
+/** A port of a USB controller, as libvirt's `<address type='usb' bus port/>` (`port` like `1` or `1.2`). */
+const usbAddress = z.strictObject({
+  type: z.literal('usb'),
+  bus: z.number().int().min(0).max(255).default(0),
+  port: z.string().regex(/^[1-9][0-9]?(\.[1-9][0-9]?){0,4}$/, 'a USB port such as 1 or 1.2'),
+});
+
 /** The virtio device flavours libvirt names in a `model`: QEMU's `-transitional`/`-non-transitional` devices. */
 const virtioModel = z.enum(['virtio', 'virtio-transitional', 'virtio-non-transitional']);
 
@@ -123,6 +130,17 @@ const controllerSchema = z.discriminatedUnion('type', [
     address: pciAddress.optional(),
   }),
   z.strictObject({
+    type: z.literal('scsi'),
+    index: z.number().int().min(0).max(255).optional(),
+    /**
+     * virtio-scsi (in its virtio flavours) or the LSI 53C895A (`lsilogic`, pc machines only);
+     * without one, libvirt's default for x86: `lsilogic`.
+     */
+    model: z.enum(['virtio-scsi', 'virtio-transitional', 'virtio-non-transitional', 'lsilogic']).optional(),
+    alias: z.string().optional(),
+    address: pciAddress.optional(),
+  }),
+  z.strictObject({
     type: z.literal('virtio-serial'),
     index: z.number().int().min(0).max(255).optional(),
     /** The virtio device flavour; without one, `virtio` (modern and legacy as QEMU chooses). */
@@ -172,14 +190,17 @@ const diskSchema = z.strictObject({
     .optional(),
   target: z.strictObject({
     dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
-    /** `ide` exists on pc (i440FX) machines only: the PIIX3's two channels, two units each. */
-    bus: z.enum(['virtio', 'sata', 'ide']),
+    /**
+     * `ide` exists on pc (i440FX) machines only: the PIIX3's two channels, two units each. `scsi`
+     * disks sit on the SCSI controller (added as libvirt does), `usb` disks on USB controller 0.
+     */
+    bus: z.enum(['virtio', 'sata', 'ide', 'scsi', 'usb']),
   }),
   readonly: z.boolean().default(false),
   serial: z.string().max(36).optional(),
   bootOrder: z.number().int().positive().optional(),
   alias: z.string().optional(),
-  address: z.discriminatedUnion('type', [pciAddress, driveAddress]).optional(),
+  address: z.discriminatedUnion('type', [pciAddress, driveAddress, usbAddress]).optional(),
 });
 
 const macAddress = z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i, 'a MAC address');

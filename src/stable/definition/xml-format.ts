@@ -235,6 +235,13 @@ const hex = (value: number, width: number): string => `0x${value.toString(16).pa
 /** `<address>`, in libvirt's hexadecimal form. */
 function addressNode(address: DiskDefinition['address']): Node | undefined {
   if (!address) return undefined;
+  if (address.type === 'usb') {
+    return node('address', [
+      ['type', 'usb'],
+      ['bus', address.bus],
+      ['port', address.port],
+    ]);
+  }
   if (address.type === 'drive') {
     return node('address', [
       ['type', 'drive'],

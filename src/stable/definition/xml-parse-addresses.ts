@@ -32,7 +32,7 @@ export function parseAddress(
   parent: XmlElement,
   field: string,
   out: Obj,
-  types: ReadonlyArray<'pci' | 'drive'>,
+  types: ReadonlyArray<'pci' | 'drive' | 'usb'>,
 ): void {
   const el = child(parent, 'address');
   if (!el) return;
@@ -71,6 +71,14 @@ export function parseAddress(
       origins.note(`${field}.address.multifunction`, el, 'multifunction');
       address.multifunction = choice(el, multi, 'multifunction', ['on', 'off'], [], 'multifunction') === 'on';
     }
+  } else if (kind === 'usb') {
+    check(el, { attrs: ['type', 'bus', 'port'] });
+    origins.note(`${field}.address.bus`, el, 'bus');
+    set(address, 'bus', numAttr(el, 'bus'));
+    origins.note(`${field}.address.port`, el, 'port');
+    const port = el.attrs.get('port');
+    if (port === undefined) throw invalid(el, "<address type='usb'> needs a port", 'port');
+    address.port = port;
   } else {
     check(el, { attrs: ['type', 'controller', 'bus', 'target', 'unit'] });
     for (const name of ['controller', 'bus', 'target', 'unit'] as const) {
@@ -92,7 +100,7 @@ export function parseDeviceAlias(origins: Origins, parent: XmlElement, field: st
   out.alias = name;
 }
 
-/** `<controller>`: pci (root, PCIe root port), sata, usb (with ICH9 companions), virtio-serial, ide. */
+/** `<controller>`: pci (root, PCIe root port), sata, usb (with ICH9 companions), scsi, virtio-serial, ide. */
 export function parseController(origins: Origins, el: XmlElement, i: number): Obj {
   const field = `controllers.${i}`;
   origins.note(field, el);
@@ -102,8 +110,8 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
     el,
     type,
     'the controller type',
-    ['pci', 'sata', 'usb', 'virtio-serial', 'ide'],
-    ['fdc', 'scsi', 'xenbus', 'ccid', 'isa'],
+    ['pci', 'sata', 'usb', 'virtio-serial', 'ide', 'scsi'],
+    ['fdc', 'xenbus', 'ccid', 'isa'],
     'type',
   );
   const out: Obj = { type: kind };
@@ -193,6 +201,29 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
       const startport = numAttr(master, 'startport');
       if (startport === undefined) throw invalid(master, '<master> needs a startport', 'startport');
       out.master = { startport };
+    }
+  } else if (kind === 'scsi') {
+    check(el, { attrs: ['type', 'index', 'model'], children: ['alias', 'address'] });
+    if (model !== undefined) {
+      origins.note(`${field}.model`, el, 'model');
+      out.model = choice(
+        el,
+        model,
+        'the SCSI controller model',
+        ['virtio-scsi', 'virtio-transitional', 'virtio-non-transitional', 'lsilogic'],
+        [
+          'auto',
+          'buslogic',
+          'lsisas1068',
+          'lsisas1078',
+          'vmpvscsi',
+          'ibmvscsi',
+          'ncr53c90',
+          'am53c974',
+          'dc390',
+        ],
+        'model',
+      );
     }
   } else {
     check(el, { attrs: ['type', 'index'], children: ['alias', 'address'] });

@@ -1,8 +1,6 @@
-import { ErrorCode, VirtError } from '../../errors.js';
 import { parseAddress, parseController, parseDeviceAlias, parseMemballoon } from './xml-parse-addresses.js';
 import { EXTRA_DEVICES, parseExtraDevices } from './xml-parse-devices-extra.js';
 import {
-  at,
   check,
   child,
   childrenOf,
@@ -159,8 +157,8 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
         target,
         bus,
         'the disk bus',
-        ['virtio', 'sata', 'ide'],
-        ['scsi', 'usb', 'xen', 'sd', 'fdc', 'uml'],
+        ['virtio', 'sata', 'ide', 'scsi', 'usb'],
+        ['xen', 'sd', 'fdc', 'uml'],
         'bus',
       );
     } else if (dev?.startsWith('vd')) {
@@ -168,13 +166,9 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
     } else if (dev?.startsWith('hd')) {
       // libvirt's choice for an hd* target on x86.
       t.bus = 'ide';
-    } else if (dev !== undefined) {
-      const where = at(target, 'bus');
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        `${where.path}: for a disk target '${dev.slice(0, 20)}' without bus, libvirt would choose scsi, which virtkit does not support; add bus='sata' or bus='virtio'`,
-        where,
-      );
+    } else if (dev?.startsWith('sd')) {
+      // libvirt's choice for an sd* target.
+      t.bus = 'scsi';
     }
     out.target = t;
   } else {
@@ -196,7 +190,7 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
     out.bootOrder = order;
   }
   parseDeviceAlias(origins, el, field, out);
-  parseAddress(origins, el, field, out, ['pci', 'drive']);
+  parseAddress(origins, el, field, out, ['pci', 'drive', 'usb']);
   return out;
 }
 

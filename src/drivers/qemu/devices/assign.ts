@@ -208,12 +208,33 @@ export function assignDevices(def: DomainDefinition, options: AssignOptions = {}
 function assignDriveAddresses(disks: DiskDefinition[]): void {
   const units = new Map<number, string>();
   const ideUnits = new Map<string, string>();
+  const scsiUnits = new Map<string, string>();
   disks.forEach((disk, i) => {
     const path = `disks.${i}`;
-    if (disk.target.bus === 'ide') {
-      if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'an ide disk takes a drive address');
+    const bus = disk.target.bus;
+    if (bus === 'virtio') {
+      if (disk.address && disk.address.type !== 'pci')
+        throw invalid(`${path}.address`, 'a virtio disk takes a PCI address');
+      return;
+    }
+    if (bus === 'usb') {
+      if (disk.address && disk.address.type !== 'usb')
+        throw invalid(`${path}.address`, 'a usb disk takes a USB address');
+      if (disk.address && disk.address.bus !== 0)
+        throw unsupported(`${path}.address.bus`, 'a USB bus other than 0 (virtkit has one USB controller)');
+      if (disk.device === 'cdrom')
+        throw unsupported(
+          `${path}.device`,
+          'a cdrom on the usb bus (QEMU has no USB CD-ROM: use bus sata, ide or scsi)',
+        );
+      return;
+    }
+    if (disk.address && disk.address.type !== 'drive')
+      throw invalid(`${path}.address`, `a ${bus} disk takes a drive address`);
+    const given = disk.address;
+    const address = given ?? defaultDriveAddress(disk);
+    if (bus === 'ide') {
       // libvirt's virDomainDiskDefAssignAddress: two units per bus, two buses per controller.
-      const address = disk.address ?? defaultDriveAddress(disk);
       if (address.controller !== 0 || address.bus > 1 || address.target !== 0 || address.unit > 1) {
         throw unsupported(
           `${path}.address`,
@@ -227,13 +248,20 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       disk.address = address;
       return;
     }
-    if (disk.target.bus !== 'sata') {
-      if (disk.address?.type === 'drive')
-        throw invalid(`${path}.address`, 'a virtio disk takes a PCI address');
+    if (bus === 'scsi') {
+      if (address.controller !== 0 || address.bus !== 0) {
+        throw unsupported(
+          `${path}.address`,
+          `scsi position ${address.controller}-${address.bus}-${address.target}-${address.unit} (virtkit has one SCSI controller with one bus: name the disk sda…sdg)`,
+        );
+      }
+      const k = `${address.target}-${address.unit}`;
+      const holder = scsiUnits.get(k);
+      if (holder !== undefined) throw invalid(`${path}.address`, `scsi position ${k} is taken by ${holder}`);
+      scsiUnits.set(k, disk.target.dev);
+      disk.address = address;
       return;
     }
-    if (disk.address?.type === 'pci') throw invalid(`${path}.address`, 'a sata disk takes a drive address');
-    const address = disk.address ?? defaultDriveAddress(disk);
     if (address.bus !== 0 || address.target !== 0 || address.unit > 5) {
       throw unsupported(
         `${path}.address`,
@@ -407,11 +435,20 @@ function assignPciAddresses(
       // Q35's first AHCI is built in; further ones are ich9-ahci devices, on the root bus as libvirt
       // puts devices that are never hot-plugged.
       (c.type === 'sata' && (family !== 'q35' || (c.index ?? 0) > 0)) ||
+      c.type === 'scsi' ||
       (c.type === 'usb' && c.model === 'qemu-xhci') ||
       c.type === 'virtio-serial';
     if (c.type === 'usb' && c.model !== undefined && c.model in ICH9_FUNCTION)
       addItem(ctlPath(c), `${c.alias ?? ''} (${c.model})`, false, c, c.model as keyof typeof ICH9_FUNCTION);
-    else if (endpoint) addItem(ctlPath(c), c.alias ?? '', c.type !== 'sata', c);
+    // The LSI 53C895A is a conventional PCI card; virtio-scsi (not transitional) is PCI Express.
+    else if (endpoint)
+      addItem(
+        ctlPath(c),
+        c.alias ?? '',
+        c.type !== 'sata' &&
+          !(c.type === 'scsi' && (c.model === 'lsilogic' || c.model === 'virtio-transitional')),
+        c,
+      );
     else if (c.type === 'usb' && c.model === 'none' && c.address)
       throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
   }

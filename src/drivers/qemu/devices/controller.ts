@@ -35,6 +35,16 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
       ...pciPlacement(def, c.address, `controller ${id}`),
     };
   }
+  if (c.type === 'scsi') {
+    return {
+      driver:
+        c.model === 'lsilogic'
+          ? 'lsi'
+          : virtioDevice('virtio-scsi-pci', c.model === 'virtio-scsi' ? undefined : c.model),
+      id,
+      ...pciPlacement(def, c.address, `controller ${id}`),
+    };
+  }
   if (c.model === 'none') return undefined;
   if (c.model === 'ich9-ehci1')
     return { driver: 'ich9-usb-ehci1', id, ...pciPlacement(def, c.address, `controller ${id}`) };

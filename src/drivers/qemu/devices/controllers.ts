@@ -8,7 +8,8 @@ import { checkVirtioModel } from './virtio.js';
  * Controllers as libvirt adds them at define time: the PCI root (pci-root on i440FX, pcie-root on
  * Q35), a SATA controller (built into Q35 at 00:1f.2; an ich9-ahci on i440FX when a disk needs one),
  * USB controller 0, and the virtio-serial controller channels need. virtkit's USB controller is `model='none'` unless the definition names
- * another: guests have had no USB so far, and a domain's hardware does not change behind it. A
+ * another or a USB disk or input needs one: guests have had no USB so far, and a domain's hardware
+ * does not change behind it. A
  * `<controller type='usb'>` without a model gets libvirt's default for the machine.
  * PCIe root ports are added by the address assignment, one per device that needs one.
  */
@@ -33,11 +34,12 @@ export function controllerAlias(c: ControllerDefinition, family: MachineFamily):
   const index = c.index ?? 0;
   if (c.type === 'pci') return `pci.${index}`;
   if (c.type === 'sata') return `sata${index}`;
+  if (c.type === 'scsi') return `scsi${index}`;
   if (c.type === 'virtio-serial') return `virtio-serial${index}`;
   return index === 0 ? 'usb' : `usb${index}`;
 }
 
-const ORDER = { usb: 0, sata: 1, pci: 2, 'virtio-serial': 3, ide: 4 } as const;
+const ORDER = { usb: 0, sata: 1, scsi: 2, pci: 3, 'virtio-serial': 4, ide: 5 } as const;
 
 type UsbController = Extract<ControllerDefinition, { type: 'usb' }>;
 
@@ -120,12 +122,21 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
         `a port count for a ${c.model} USB controller (only qemu-xhci has one)`,
       );
     if (c.type === 'virtio-serial') checkVirtioModel(c.model, family, `${at}.model`);
+    // libvirt's default SCSI controller on x86 is the LSI 53C895A, a conventional PCI card.
+    if (c.type === 'scsi' && c.model === undefined) c.model = 'lsilogic';
+    if (c.type === 'scsi' && c.model === 'lsilogic' && family === 'q35')
+      throw unsupported(
+        `${at}.model`,
+        "an lsilogic SCSI controller on a q35 machine (virtkit adds no PCI bridge for it: use model='virtio-scsi')",
+      );
+    if (c.type === 'scsi' && c.model !== 'lsilogic' && c.model !== 'virtio-scsi')
+      checkVirtioModel(c.model, family, `${at}.model`);
     if (c.type === 'ide' && family === 'q35')
       throw unsupported(`${at}.type`, 'an IDE controller on a q35 machine (it has SATA: use bus sata)');
   }
   if (roots.length > 1) throw unsupported(path(roots[1] as ControllerDefinition), 'a second PCI root');
   checkUsbSet(list);
-  for (const type of ['virtio-serial', 'ide'] as const) {
+  for (const type of ['scsi', 'virtio-serial', 'ide'] as const) {
     const all = list.filter((c) => c.type === type);
     if (all.length > 1)
       throw unsupported(path(all[1] as ControllerDefinition), `a second ${type} controller`);
@@ -146,7 +157,22 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   for (const index of [...needsSata].sort((a, b) => a - b)) {
     if (!sataIndexes.has(index)) list.push({ type: 'sata', index });
   }
-  if (!list.some((c) => c.type === 'usb')) list.push({ type: 'usb', index: 0, model: 'none' });
+  // A USB disk or input needs a controller: libvirt's default one for the machine.
+  const usbDevice =
+    def.disks.some((d) => d.target.bus === 'usb') || (def.inputs ?? []).some((i) => i.bus === 'usb');
+  const usbModel = usbDevice ? (family === 'q35' ? 'qemu-xhci' : 'piix3-uhci') : 'none';
+  if (!list.some((c) => c.type === 'usb')) list.push({ type: 'usb', index: 0, model: usbModel });
+  // A SCSI disk without a SCSI controller gets one, libvirt's default model for the machine.
+  if (def.disks.some((d) => d.target.bus === 'scsi') && !list.some((c) => c.type === 'scsi')) {
+    list.push({ type: 'scsi', index: 0, model: 'lsilogic' });
+    if (family === 'q35') {
+      const at = def.disks.findIndex((d) => d.target.bus === 'scsi');
+      throw unsupported(
+        `disks.${at}.target.bus`,
+        "a scsi disk on a q35 machine without a SCSI controller (libvirt would add an lsilogic behind a PCI bridge: add <controller type='scsi' model='virtio-scsi'/>)",
+      );
+    }
+  }
   const ideDisk = def.disks.findIndex((d) => d.target.bus === 'ide');
   if (ideDisk >= 0 && family === 'q35')
     throw unsupported(`disks.${ideDisk}.target.bus`, 'an IDE disk on a q35 machine (use bus sata)');

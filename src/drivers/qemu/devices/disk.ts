@@ -159,6 +159,63 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
     };
   }
   const address = disk.address;
+  if (disk.target.bus === 'usb') {
+    const usb = def.controllers.find(
+      (c) => c.type === 'usb' && c.model !== 'none' && !c.model?.startsWith('ich9-uhci'),
+    );
+    if (!usb?.alias)
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        `${path}.target.bus: a usb disk without a USB controller (add <controller type='usb' model='qemu-xhci'/>)`,
+        { path: `${path}.target.bus` },
+      );
+    // libvirt's usb-storage: a fixed disk, on the port the definition names or one QEMU picks.
+    return {
+      driver: 'usb-storage',
+      bus: `${usb.alias}.0`,
+      ...(address?.type === 'usb' ? { port: address.port } : {}),
+      drive: diskNodes(alias).format,
+      id: alias,
+      removable: false,
+      ...extra,
+    };
+  }
+  if (disk.target.bus === 'scsi' && address?.type === 'drive') {
+    const controller = def.controllers.find(
+      (c): c is Extract<typeof c, { type: 'scsi' }> => c.type === 'scsi' && c.index === address.controller,
+    );
+    if (!controller?.alias)
+      throw new VirtError(ErrorCode.INTERNAL_ERROR, `scsi disk ${alias} has no controller`);
+    const driver = disk.device === 'cdrom' ? 'scsi-cd' : 'scsi-hd';
+    // libvirt's addressing: the LSI bus has one level (the unit is the SCSI id); virtio-scsi has
+    // channel, target and LUN.
+    if (controller.model === 'lsilogic') {
+      if (address.target !== 0 || address.unit > 6)
+        throw new VirtError(
+          ErrorCode.CONFIG_UNSUPPORTED,
+          `${path}.address: scsi position ${address.target}-${address.unit} on an lsilogic controller (target 0, units 0-6)`,
+          { path: `${path}.address` },
+        );
+      return {
+        driver,
+        bus: `${controller.alias}.${address.bus}`,
+        'scsi-id': address.unit,
+        drive: diskNodes(alias).format,
+        id: alias,
+        ...extra,
+      };
+    }
+    return {
+      driver,
+      bus: `${controller.alias}.0`,
+      channel: address.bus,
+      'scsi-id': address.target,
+      lun: address.unit,
+      drive: diskNodes(alias).format,
+      id: alias,
+      ...extra,
+    };
+  }
   if (disk.target.bus === 'ide' && address?.type === 'drive') {
     return {
       driver: disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd',
