@@ -211,10 +211,12 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       io.out(`Domain '${done.name}' is being shutdown\n\n`);
     });
 
-  domainCommand('destroy', 'stop a domain at once').action(async (domain: string) => {
-    const done = await (await open()).call('destroy', { domain });
-    io.out(`Domain '${done.name}' destroyed\n\n`);
-  });
+  domainCommand('destroy', 'stop a domain at once')
+    .option('--graceful', 'SIGTERM only: fail, leaving the domain running, if QEMU does not exit in 10 s')
+    .action(async (domain: string, o: { graceful?: boolean }) => {
+      const done = await (await open()).call('destroy', { domain, graceful: !!o.graceful });
+      io.out(`Domain '${done.name}' destroyed\n\n`);
+    });
 
   domainCommand('suspend', 'pause every vCPU').action(async (domain: string) => {
     const done = await (await open()).call('suspend', { domain });

@@ -256,3 +256,17 @@ export abstract class DriverCore<D extends CoreDomain> {
     if (job && job.operation !== 'shutdown') job.abort('destroy');
   }
 }
+
+/**
+ * The refusal of a graceful destroy of a domain with no running process: it may not kill a start
+ * under way (that would be a plain destroy), nor has it anything to signal otherwise.
+ */
+export function gracefulDestroyRefused(ident: { name: string; uuid: string }, starting: boolean): VirtError {
+  return new VirtError(
+    ErrorCode.OPERATION_INVALID,
+    starting
+      ? `domain '${ident.name}' is still starting; a graceful destroy needs a running domain`
+      : `domain '${ident.name}' is not running`,
+    { domain: ident },
+  );
+}

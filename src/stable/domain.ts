@@ -113,7 +113,14 @@ export class Domain {
     return this.#driver.reset(this.uuid, options);
   }
 
-  /** Stops the domain at once: SIGTERM, then SIGKILL after a grace period. */
+  /**
+   * Stops the domain at once: SIGTERM, then SIGKILL after a grace period. With `graceful`, SIGTERM
+   * only (virsh `destroy --graceful`).
+   *
+   * @throws {@link VirtError} `OPERATION_INVALID` when the domain is not running (or, `graceful`,
+   * still starting); `OPERATION_TIMEOUT` when, `graceful`, QEMU did not exit within the grace
+   * period: the domain is then still running
+   */
   async destroy(options: DestroyOptions = {}): Promise<void> {
     return this.#driver.destroy(this.uuid, options);
   }

@@ -59,8 +59,15 @@ export interface RebootOptions extends OperationOptions {
 
 /** Options of `Domain.destroy`. @public */
 export interface DestroyOptions {
-  /** How long to wait after SIGTERM before SIGKILL; default 10 000 ms. */
+  /** How long to wait after SIGTERM before SIGKILL (or, `graceful`, before failing); default 10 000 ms. */
   readonly graceMs?: number;
+  /**
+   * Only SIGTERM, never SIGKILL (virsh `destroy --graceful`, libvirt's
+   * `VIR_DOMAIN_DESTROY_GRACEFUL`): when QEMU has not exited after `graceMs`, the domain is left
+   * running and the call fails with `OPERATION_TIMEOUT`. A job under way is not aborted first (it
+   * fails if QEMU exits). A domain still starting is refused with `OPERATION_INVALID`.
+   */
+  readonly graceful?: boolean;
 }
 
 /** Where and for whom a driver serves its control socket. @internal */

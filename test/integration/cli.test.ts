@@ -6,6 +6,7 @@ import { connect } from '../../src/stable/index.js';
 import { killChild, runChild } from '../helpers/child.js';
 import { virtkit, virtkitBackground } from '../helpers/cli.js';
 import { alive, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { hostileEmulator } from '../helpers/hostile.js';
 
 const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
 const XML = "<domain type='qemu'><name>clivm</name><memory unit='MiB'>64</memory><vcpu>2</vcpu></domain>";
@@ -120,6 +121,24 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(run('undefine', uuid).out).toBe("Domain 'clivm' has been undefined\n\n");
       expect(json(run('list', '--all', '--json').out)).toEqual([]);
       expect(runLeftovers(root).filter((f) => f !== 'control.sock')).toEqual([]);
+    }, 300_000);
+
+    it('destroy --graceful ends a QEMU that exits on SIGTERM', async () => {
+      const { root, run } = await setUp(mode);
+      const file = join(root, 'vm.xml');
+      writeFileSync(file, XML);
+      expect(run('define', file).code).toBe(0);
+      expect(run('start', 'clivm').code).toBe(0);
+      const first = (json(run('dominfo', 'clivm', '--json').out) as { pid: number }).pid;
+      expect(run('destroy', 'clivm', '--graceful')).toEqual({
+        code: 0,
+        out: "Domain 'clivm' destroyed\n\n",
+        err: '',
+      });
+      expect(alive(first)).toBe(false);
+      expect(run('domstate', 'clivm').out).toBe('shut off\n\n');
+
+      expect(run('undefine', 'clivm').code).toBe(0);
     }, 300_000);
 
     it('fails with status 1 and the error code, refuses bad usage, and has help for every command', async () => {
@@ -442,3 +461,31 @@ describe('the virtkit command and a root held by an application', () => {
     expect(run('destroy', 'clivm').code).toBe(0);
   }, 120_000);
 });
+
+// Through the control socket only: a command that holds the root itself would first reconnect to
+// the domain, and it adopts no process but QEMU's binary (the hostile emulator is node's).
+it('destroy --graceful fails with OPERATION_TIMEOUT, leaving the domain running, when QEMU ignores SIGTERM', async () => {
+  const { root, run } = await setUp('an application holds the root');
+  const stubborn = join(root, 'stubborn.xml');
+  writeFileSync(
+    stubborn,
+    `<domain type='qemu'><name>stubborn</name><memory unit='MiB'>64</memory><devices><emulator>${hostileEmulator(root, 'ignore-sigterm')}</emulator></devices></domain>`,
+  );
+  expect(run('define', stubborn).code).toBe(0);
+  expect(run('start', 'stubborn', '--paused').code).toBe(0);
+  const pid = (json(run('dominfo', 'stubborn', '--json').out) as { pid: number }).pid;
+  expect(run('destroy', 'stubborn', '--graceful')).toMatchObject({
+    code: 1,
+    out: '',
+    err: expect.stringMatching(/^error: OPERATION_TIMEOUT: [^\n]*SIGTERM/),
+  });
+  expect(alive(pid)).toBe(true);
+  expect(run('domstate', 'stubborn').out).toBe('paused\n\n');
+  expect(run('destroy', 'stubborn')).toEqual({
+    code: 0,
+    out: "Domain 'stubborn' destroyed\n\n",
+    err: '',
+  });
+  expect(alive(pid)).toBe(false);
+  expect(run('undefine', 'stubborn').code).toBe(0);
+}, 300_000);

@@ -40,6 +40,17 @@ const statFds = (pid: number) =>
 
 const types = (rec: ReturnType<typeof recordEvents>) => rec.events.map((e) => `${e.type}:${e.reason}`);
 
+/** Waits (60 s at most) until /proc says the process is in `state` (e.g. `T`, stopped). */
+async function waitForProcessState(pid: number, state: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === state) return;
+    if (Date.now() > deadline) throw new Error(`pid ${pid} never reached state ${state}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 async function waitForConsole(text: string, timeoutMs = 60_000): Promise<string> {
   const path = join(root, 'log', `${'g'}.console.log`);
   const deadline = Date.now() + timeoutMs;
@@ -139,6 +150,43 @@ describe('life cycle of a paused-only domain', () => {
     await expect(dom.destroy()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
     await dom.undefine();
     await expect(conn.lookupDomain('p')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+  });
+
+  it('destroy --graceful: QEMU exits on SIGTERM -> destroyed; a QEMU that cannot -> OPERATION_TIMEOUT, still running', async () => {
+    const rec = recordEvents(conn);
+    const dom = await conn.defineDomain(pausedOnly('gr'));
+    await expect(dom.destroy({ graceful: true })).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+
+    await dom.start();
+    const first = (await dom.getInfo()).pid as number;
+    await dom.destroy({ graceful: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed', pid: null });
+    expect(alive(first)).toBe(false);
+
+    // A stopped QEMU keeps SIGTERM pending: to the driver it is a QEMU that does not exit.
+    await dom.start();
+    const pid = (await dom.getInfo()).pid as number;
+    process.kill(pid, 'SIGSTOP');
+    await waitForProcessState(pid, 'T');
+    const err = await dom.destroy({ graceful: true, graceMs: 1000 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'OPERATION_TIMEOUT', details: { pid } });
+    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid });
+    expect(alive(pid)).toBe(true);
+    // A plain destroy still ends it (SIGKILL reaches a stopped process).
+    await dom.destroy({ graceMs: 1000 });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed', pid: null });
+    expect(alive(pid)).toBe(false);
+    expect(runLeftovers(root)).toEqual([]);
+    expect(types(rec)).toEqual([
+      'defined:added',
+      'started:booted',
+      'stopped:destroyed',
+      'started:booted',
+      'stopped:destroyed',
+    ]);
   });
 
   it('kill -9 of QEMU -> stopped with reason crashed, leftovers cleaned', async () => {

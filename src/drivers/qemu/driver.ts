@@ -40,7 +40,7 @@ import type {
 } from '../../stable/migration.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { ProcStatFile } from '../../util/proc.js';
-import { DriverCore } from '../domain-core.js';
+import { DriverCore, gracefulDestroyRefused } from '../domain-core.js';
 import { type Job, traceJob } from '../jobs.js';
 import {
   checkRequest,
@@ -687,6 +687,20 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
    */
   async destroy(uuid: string, options: DestroyOptions): Promise<void> {
     const dom = this.domain(uuid);
+    // Graceful may fail and leave the domain as it was: nothing under way is aborted first.
+    if (options.graceful) {
+      if (!dom.run?.started) {
+        const job = dom.jobs.current?.operation;
+        throw gracefulDestroyRefused(dom.ident, !!dom.run || job === 'start' || job === 'migration-in');
+      }
+      return this.#track(
+        traceJob(
+          'destroy',
+          () => dom.ident,
+          () => destroyDomain(this, dom, options),
+        ),
+      );
+    }
     const run = dom.run;
     const job = dom.jobs.current;
     const starting = job?.operation === 'start' || job?.operation === 'migration-in';

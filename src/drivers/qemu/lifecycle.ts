@@ -318,7 +318,11 @@ export async function shutdownDomain(
   );
 }
 
-/** SIGTERM, then SIGKILL after the grace period; resolves once the domain is shut off. */
+/**
+ * SIGTERM, then SIGKILL after the grace period; resolves once the domain is shut off. Graceful (as
+ * libvirt's VIR_DOMAIN_DESTROY_GRACEFUL), SIGTERM only: a QEMU still alive after the grace period is
+ * left running as it was, and the call fails with OPERATION_TIMEOUT.
+ */
 export async function destroyDomain(
   ctx: DriverContext,
   dom: DomainObject,
@@ -330,13 +334,25 @@ export async function destroyDomain(
       domain: { name: dom.def.name, uuid: dom.def.uuid },
     });
   }
+  const graceMs = options.graceMs ?? 10_000;
+  const intentBefore = run.stopIntent;
   run.stopIntent = 'destroy';
   const emulator = emulatorOf(ctx, dom, run);
-  ctx.log(dom, `destroy: SIGTERM to process group ${run.pid}`);
+  ctx.log(dom, `destroy${options.graceful ? ' (graceful)' : ''}: SIGTERM to process group ${run.pid}`);
   // The verified group includes the leader: one kill(2) for both, the leader alone otherwise.
   if (!signalEmulator(emulator, 'SIGTERM')) signal(run.pid, 'SIGTERM');
   faultPoint('destroy:sigterm');
-  if ((await within(run.exited, options.graceMs ?? 10_000)) === 'timeout') {
+  if ((await within(run.exited, graceMs)) === 'timeout') {
+    if (options.graceful) {
+      // Left as found: a later exit (the SIGTERM may still be pending) is not this destroy's.
+      if (run.stopIntent === 'destroy') run.stopIntent = intentBefore;
+      ctx.log(dom, `destroy (graceful): pid ${run.pid} still alive after ${graceMs} ms, left running`);
+      throw new VirtError(
+        ErrorCode.OPERATION_TIMEOUT,
+        `domain '${dom.def.name}' (QEMU pid ${run.pid}) did not exit within ${graceMs} ms of SIGTERM; it is still running. Destroy it without graceful to kill it`,
+        { domain: { name: dom.def.name, uuid: dom.def.uuid }, pid: run.pid },
+      );
+    }
     ctx.log(dom, `destroy: pid ${run.pid} still alive after the grace period, SIGKILL`);
     if (!signalEmulator(emulator, 'SIGKILL')) signal(run.pid, 'SIGKILL');
   }

@@ -51,7 +51,7 @@ import {
   withoutDimm,
   withVcpus,
 } from '../device-change.js';
-import { DriverCore } from '../domain-core.js';
+import { DriverCore, gracefulDestroyRefused } from '../domain-core.js';
 import type { Job } from '../jobs.js';
 import { checkClientTls, checkTls } from '../migration-tls.js';
 import { TestDomain, type TestRuntime } from './domain.js';
@@ -124,6 +124,8 @@ export async function openTestDriver(
  * - `shutdown()` of a running domain stops it at once (`stopped shutdown`); a paused guest never
  *   sees the power button, as with QEMU, so it waits `timeoutMs` and then fails with
  *   `OPERATION_TIMEOUT` or, with `fallbackToDestroy`, destroys the domain.
+ * - `destroy({ graceful: true })` of a running domain stops it (`stopped destroyed`): the simulated
+ *   QEMU always exits on SIGTERM, so it never fails with the embedded driver's `OPERATION_TIMEOUT`.
  * - `reboot()` and `reset()` of an active domain keep its id and state; each emits `rebooted` (`host`).
  * - `createDomain()` makes a transient domain, removed (`undefined removed`) once it stops.
  * - Everything lives in memory: `close()` forgets every domain.
@@ -546,8 +548,10 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
    * stuck in a handler once its (simulated) process exists: that handler's AbortSignal fires, the
    * start rolls back and fails, and destroy returns once it has.
    */
-  async destroy(uuid: string, _options: DestroyOptions): Promise<void> {
+  async destroy(uuid: string, options: DestroyOptions): Promise<void> {
     const dom = this.domain(uuid);
+    // The simulated QEMU always exits on SIGTERM, so a graceful destroy is a destroy once running.
+    if (options.graceful && !dom.run) throw gracefulDestroyRefused(dom.ident, this.#starting.has(dom));
     const destroy = () => {
       if (!dom.run) {
         throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not running`, {

@@ -190,10 +190,10 @@ export const operations = {
     },
   },
   destroy: {
-    args: onDomain,
-    run: async (conn: Connection, args: { domain: string }) => {
+    args: z.strictObject({ domain: domainArg, graceful: z.boolean().default(false) }),
+    run: async (conn: Connection, args: { domain: string; graceful: boolean }) => {
       const dom = await resolveDomain(conn, args.domain);
-      await dom.destroy();
+      await dom.destroy(args.graceful ? { graceful: true } : {});
       return ref(dom);
     },
   },
