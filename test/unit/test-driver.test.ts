@@ -242,6 +242,15 @@ describe('life cycle', () => {
     expect(events.at(-1)).toBe('stopped:destroyed');
   });
 
+  it('destroy graceful: the simulated QEMU exits on SIGTERM; an inactive domain is refused', async () => {
+    const dom = await conn.defineDomain(guest('gentle'));
+    await expect(dom.destroy({ graceful: true })).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
+    await dom.start();
+    await dom.destroy({ graceful: true });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'destroyed', pid: null });
+    expect(events).toEqual(['defined:added', 'started:booted', 'stopped:destroyed']);
+  });
+
   it('keeps the live definition of a running domain until it stops', async () => {
     const dom = await conn.defineDomain(guest('l'));
     await dom.start();
