@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition, PciAddress } from '../../stable/definition/schema.js';
+import { channelSocketPath } from './devices/channel.js';
 import { pciPlacement } from './devices/pci-bus.js';
 import type { QapiObject, QapiValue } from './devices/qapi.js';
 import { virtioDevice } from './devices/virtio.js';
@@ -120,7 +121,7 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     if (names.has(c.name)) throw unsupported(`channels.${i}.name`, `a second channel named ${c.name}`);
     names.add(c.name);
     const id = c.alias ?? `channel${i}`;
-    const path = c.path ?? join(runDir, `${def.uuid}.${c.name}.sock`);
+    const path = channelSocketPath(def, c, runDir);
     args.push('-chardev', `socket,id=char${id},path=${esc(path)},server=on,wait=off`);
     json('-device', {
       driver: 'virtserialport',

@@ -527,7 +527,7 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
   removeIfPresent(s.paths.monitor);
   removeIfPresent(s.paths.status);
   // Only after a spawn: before it, a socket there is someone else's.
-  if (launch) for (const path of listeningSockets(s.def)) removeIfPresent(path);
+  if (launch) for (const path of listeningSockets(s.def, s.ctx.layout.run)) removeIfPresent(path);
   if (dom.run === run) dom.run = undefined;
   if (launch) ctx.log(dom, 'start failed; QEMU killed and its socket and status removed');
   // `stopped failed` only when a QEMU existed: a start refused before the spawn never started.
