@@ -83,4 +83,43 @@ describe('virt-install devices on real QEMU', () => {
       `<console type='pty' tty='${path}'> <source path='${path}'/> <target type='virtio' port='0'/> </console>`,
     );
   });
+
+  it('an empty CD-ROM (no <source>) is a drive with no medium on SATA and on SCSI', async () => {
+    const cdrom = (dev: string, bus: string) =>
+      `<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='${dev}' bus='${bus}'/><readonly/></disk>`;
+    const { qmp, live, xml } = await startWithProbe(`<domain type='qemu'>
+  <name>empty-cdrom</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <controller type='scsi' model='virtio-scsi'/>
+    ${cdrom('sda', 'sata')}
+    ${cdrom('sdb', 'scsi')}
+  </devices>
+</domain>`);
+    expect(live.disks.map((d) => d.source)).toEqual([undefined, undefined]);
+    expect(xml).not.toContain('<source');
+    const blocks = (await qmp.execute('query-block')) as Array<{
+      qdev?: string;
+      removable: boolean;
+      tray_open?: boolean;
+      inserted?: unknown;
+    }>;
+    for (const disk of live.disks) {
+      const alias = disk.alias as string;
+      const block = blocks.find(
+        (b) => b.qdev === alias || b.qdev?.startsWith(`/machine/peripheral/${alias}/`),
+      );
+      expect(block, alias).toBeDefined();
+      expect(block?.removable).toBe(true);
+      expect(block?.tray_open).toBe(false);
+      expect(block?.inserted).toBeUndefined();
+    }
+    const types = await Promise.all(
+      live.disks.map((d) =>
+        qmp.execute('qom-get', { path: `/machine/peripheral/${d.alias}`, property: 'type' }),
+      ),
+    );
+    expect(types).toEqual(['ide-cd', 'scsi-cd']);
+  });
 });

@@ -209,12 +209,12 @@ function buildCommand(s: Startup): void {
 
 /** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */
 function childFdNumbers(fds: PreExecDescriptors): {
-  diskFds: number[];
+  diskFds: Array<number | undefined>;
   backingFds: Array<number | undefined>;
   tapFds: Array<number[] | undefined>;
 } {
   let next = FIRST_CHILD_FD + 1;
-  const diskFds = fds.disks.map(() => next++);
+  const diskFds = fds.disks.map((fd) => (fd === undefined ? undefined : next++));
   // The order of `fds.all`: disks, their backing images, then TAPs.
   const backingFds = (fds.backings ?? []).map((fd) => (fd === undefined ? undefined : next++));
   const tapFds = fds.taps.map((list) => list?.map(() => next++));

@@ -434,7 +434,8 @@ function domainNode(def: DomainDefinition): Node {
               ['discard', disk.driver.discard],
               ['iothread', disk.driver.iothread],
             ]),
-            node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
+            disk.source !== undefined &&
+              node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
             disk.backingStore &&
               node(
                 'backingStore',
