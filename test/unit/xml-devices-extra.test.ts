@@ -95,6 +95,25 @@ describe('devices of virt-install documents', () => {
     });
   });
 
+  it('a virtio console is a virtconsole on port 0 of a virtio-serial controller added for it', () => {
+    const xml = doc("<console type='pty'><target type='virtio'/></console>");
+    const def = roundTrips(xml);
+    expect(def.consoles).toEqual([{ type: 'pty', target: 'virtio' }]);
+    expect(def.serials).toEqual([]);
+    const args = argv(xml);
+    expect(argOf(args, '-chardev')).toContain('pty,id=charconsole0');
+    expect(devicesOf(args)).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ driver: 'virtio-serial-pci', id: 'virtio-serial0' }),
+        { driver: 'virtconsole', bus: 'virtio-serial0.0', nr: 0, chardev: 'charconsole0', id: 'console0' },
+      ]),
+    );
+    // Next to a serial port, the serial console stays its alias and the virtio one is added.
+    const both = roundTrips(doc("<serial type='pty'/><console type='pty'><target type='virtio'/></console>"));
+    expect(both.serials).toEqual([{ type: 'pty' }]);
+    expect(both.consoles).toEqual([{ type: 'pty', target: 'virtio' }]);
+  });
+
   it('VNC on a listen address, video models, RNG rate', () => {
     const args = argv(
       doc(

@@ -24,7 +24,9 @@ interface Node {
 }
 
 /** The `<source>` of a serial port or its console alias. */
-function charSourceNode(serial: DomainDefinition['serials'][number]): Node | undefined {
+function charSourceNode(
+  serial: DomainDefinition['serials'][number] | NonNullable<DomainDefinition['consoles']>[number],
+): Node | undefined {
   if (serial.type === 'unix') {
     return node('source', [
       ['mode', serial.mode],
@@ -518,6 +520,22 @@ function domainNode(def: DomainDefinition): Node {
             charSourceNode(serial),
             node('target', [
               ['type', 'serial'],
+              ['port', 0],
+            ]),
+          ],
+        ),
+      ),
+      ...(def.consoles ?? []).map((c) =>
+        node(
+          'console',
+          [
+            ['type', c.type],
+            ['tty', c.path],
+          ],
+          [
+            charSourceNode(c),
+            node('target', [
+              ['type', 'virtio'],
               ['port', 0],
             ]),
           ],
