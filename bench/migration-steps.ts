@@ -7,22 +7,20 @@
  */
 
 import diagnosticsChannel, { tracingChannel } from 'node:diagnostics_channel';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { START_STEPS } from '../src/drivers/qemu/start.js';
 import {
   type Connection,
-  connect,
   type Domain,
   diagnosticsChannels,
   type QmpCommandMessage,
   type QmpEventMessage,
 } from '../src/index.js';
-import { ensureGuestImage } from '../test/fixtures/guest-image.js';
+import { closePlaces, openPlaces, startGuest } from './migration-common.js';
 
 const N = Number(process.env['BENCH_MIG_N'] ?? 3);
-const image = ensureGuestImage();
 const dir = mkdtempSync(join(tmpdir(), 'vk-bench-migsteps-'));
 let t0 = 0;
 let lines: string[] = [];
@@ -58,22 +56,9 @@ diagnosticsChannel.subscribe(diagnosticsChannels.qmpEvent, (m) => {
 });
 
 async function main(): Promise<void> {
-  const a = await connect(`qemu:///embed?root=${join(dir, 'A')}`);
-  const b = await connect(`qemu:///embed?root=${join(dir, 'B')}`);
+  const [a, b] = await openPlaces(dir);
   try {
-    let dom: Domain = await a.defineDomain({
-      name: 'bench-mig',
-      type: 'qemu',
-      memoryKiB: 256 * 1024,
-      vcpu: { count: 1 },
-      os: {
-        kernel: image.kernel,
-        initrd: image.initrd,
-        cmdline: 'console=ttyS0 panic=-1 quiet virtkit.mode=count',
-      },
-      serials: [{ type: 'file' }],
-    });
-    await dom.start();
+    let dom: Domain = await startGuest(a);
     await new Promise((r) => setTimeout(r, 5000));
     const conns = [a, b];
     for (let i = 0; i < N; i++) {
@@ -84,11 +69,7 @@ async function main(): Promise<void> {
       process.stdout.write(`#${i + 1} (load ${loadavg()[0]?.toFixed(2)})\n${lines.join('\n')}\n\n`);
     }
   } finally {
-    for (const c of [a, b]) {
-      for (const d of await c.listDomains({ state: 'active' })) await d.destroy({ graceMs: 1000 });
-      await c.close();
-    }
-    rmSync(dir, { recursive: true, force: true });
+    await closePlaces([a, b], dir);
   }
 }
 

@@ -21,20 +21,16 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   type Connection,
-  connect,
   type Domain,
   diagnosticsChannels,
   type QmpCommandMessage,
   type QmpEventMessage,
 } from '../src/index.js';
-import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 import { QEMU, summarize } from './common.js';
+import { closePlaces, cmdline, image, MEMORY_MIB, openPlaces, startGuest } from './migration-common.js';
 import { connectPolling, RawQmp } from './raw-qmp.js';
 
 const N = Number(process.env['BENCH_MIG_N'] ?? 10);
-const MEMORY_MIB = 256;
-const image = ensureGuestImage();
-const cmdline = 'console=ttyS0 panic=-1 quiet virtkit.mode=count';
 const dir = mkdtempSync(join(tmpdir(), 'vk-bench-mig-'));
 const log = (msg: string) => process.stderr.write(`[bench:migration] ${msg}\n`);
 
@@ -222,21 +218,12 @@ async function main(): Promise<void> {
   const loadAtStart = loadavg()
     .map((l) => l.toFixed(2))
     .join(' ');
-  const a = await connect(`qemu:///embed?root=${join(dir, 'A')}`);
-  const b = await connect(`qemu:///embed?root=${join(dir, 'B')}`);
+  const [a, b] = await openPlaces(dir);
   const raw = [new RawSide('raw-a'), new RawSide('raw-b')] as const;
   const results = { raw: [] as Sample[], virtkit: [] as Sample[] };
   let dom: Domain | undefined;
   try {
-    dom = await a.defineDomain({
-      name: 'bench-mig',
-      type: 'qemu',
-      memoryKiB: MEMORY_MIB * 1024,
-      vcpu: { count: 1 },
-      os: { kernel: image.kernel, initrd: image.initrd, cmdline },
-      serials: [{ type: 'file' }],
-    });
-    await dom.start();
+    dom = await startGuest(a);
     await raw[0].launch(false);
     await raw[0].qmp?.command('cont');
     // Let both guests boot to their counting loop before the first measurement.
@@ -254,11 +241,7 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const side of raw) await side.quit().catch(() => undefined);
-    for (const c of [a, b]) {
-      for (const d of await c.listDomains({ state: 'active' })) await d.destroy({ graceMs: 1000 });
-      await c.close();
-    }
-    rmSync(dir, { recursive: true, force: true });
+    await closePlaces([a, b], dir);
   }
   const row = (what: string, pick: (s: Sample) => number) => {
     const raws = summarize(results.raw.map(pick));

@@ -55,6 +55,73 @@ function toBytes(data: string | Uint8Array): Uint8Array {
   return typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
 }
 
+/**
+ * Writes `data` to a fresh temporary beside `path` and puts it in `path`'s place. Unless `durable`,
+ * by exchanging the two files and removing the temporary, which then holds the old content; if
+ * `durable`, by fsyncing the temporary and renaming it over `path`. With `keepOpen` the new file's
+ * descriptor is returned still open; otherwise it is closed before the swap.
+ */
+function swapIn(
+  path: string,
+  data: string | Uint8Array,
+  mode: number | undefined,
+  durable: boolean,
+  keepOpen: true,
+): number;
+function swapIn(
+  path: string,
+  data: string | Uint8Array,
+  mode: number | undefined,
+  durable: boolean,
+  keepOpen: false,
+): void;
+function swapIn(
+  path: string,
+  data: string | Uint8Array,
+  mode: number | undefined,
+  durable: boolean,
+  keepOpen: boolean,
+): number | undefined {
+  const tmp = tempPath(path);
+  const bytes = toBytes(data);
+  let fd: number | undefined;
+  let exchanged = false;
+  try {
+    fd = openSync(tmp, 'wx', mode ?? 0o666);
+    let off = 0;
+    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
+    if (mode !== undefined) fchmodSync(fd, mode);
+    if (durable) fsyncSync(fd);
+    if (!keepOpen) {
+      const f = fd;
+      fd = undefined;
+      closeSync(f);
+    }
+    faultPoint(`atomic:${basename(dirname(path))}`);
+    // Only a regular file is exchanged: a directory in its place must fail the rename as before.
+    exchanged = !durable && isFile(path) && renameExchange(tmp, path);
+    if (!exchanged) renameSync(tmp, path);
+  } catch (err) {
+    if (fd !== undefined) {
+      try {
+        closeSync(fd);
+      } catch {}
+    }
+    try {
+      unlinkSync(tmp);
+    } catch {}
+    fail(err, path);
+  }
+  if (exchanged) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // The new content is in place; the old one, left under the temporary's name, is swept later.
+    }
+  }
+  return fd;
+}
+
 /** How {@link writeFileAtomic} writes. */
 export interface AtomicWriteOptions {
   /**
@@ -145,36 +212,7 @@ async function replaceThenSync(
   data: string | Uint8Array,
   mode: number | undefined,
 ): Promise<void> {
-  const tmp = tempPath(path);
-  const bytes = toBytes(data);
-  let fd: number | undefined;
-  let exchanged = false;
-  try {
-    fd = openSync(tmp, 'wx', mode ?? 0o666);
-    let off = 0;
-    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
-    if (mode !== undefined) fchmodSync(fd, mode);
-    faultPoint(`atomic:${basename(dirname(path))}`);
-    exchanged = isFile(path) && renameExchange(tmp, path);
-    if (!exchanged) renameSync(tmp, path);
-  } catch (err) {
-    if (fd !== undefined) {
-      try {
-        closeSync(fd);
-      } catch {}
-    }
-    try {
-      unlinkSync(tmp);
-    } catch {}
-    fail(err, path);
-  }
-  if (exchanged) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // The new content is in place; the old one, left under the temporary's name, is swept later.
-    }
-  }
+  const fd = swapIn(path, data, mode, false, true);
   let dir: number | undefined;
   try {
     dir = openSync(dirname(path), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
@@ -216,41 +254,7 @@ export function writeFileAtomicSync(
   options: { readonly durable?: boolean } = {},
 ): void {
   const durable = options.durable ?? true;
-  const tmp = tempPath(path);
-  const bytes = toBytes(data);
-  let fd: number | undefined;
-  let exchanged = false;
-  try {
-    fd = openSync(tmp, 'wx', mode ?? 0o666);
-    let off = 0;
-    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
-    if (mode !== undefined) fchmodSync(fd, mode);
-    if (durable) fsyncSync(fd);
-    const f = fd;
-    fd = undefined;
-    closeSync(f);
-    faultPoint(`atomic:${basename(dirname(path))}`);
-    // Only a regular file is exchanged: a directory in its place must fail the rename as before.
-    exchanged = !durable && isFile(path) && renameExchange(tmp, path);
-    if (!exchanged) renameSync(tmp, path);
-  } catch (err) {
-    if (fd !== undefined) {
-      try {
-        closeSync(fd);
-      } catch {}
-    }
-    try {
-      unlinkSync(tmp);
-    } catch {}
-    fail(err, path);
-  }
-  if (exchanged) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // The new content is in place; the old one, left under the temporary's name, is swept later.
-    }
-  }
+  swapIn(path, data, mode, durable, false);
   if (!durable) return;
   try {
     const dir = openSync(dirname(path), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);

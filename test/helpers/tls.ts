@@ -2,8 +2,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-/** A CA and, signed by it, a server certificate for 127.0.0.1 and a client certificate, in `dir`. */
-export function makeCredentials(dir: string, ca: string): void {
+/**
+ * A CA and, signed by it, a server certificate for 127.0.0.1 and localhost and a client
+ * certificate, in `dir`, which is returned.
+ */
+export function makeCredentials(dir: string, ca: string): string {
   mkdirSync(dir, { recursive: true });
   const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
   ssl(
@@ -68,4 +71,5 @@ export function makeCredentials(dir: string, ca: string): void {
       `${end}-cert.pem`,
     );
   }
+  return dir;
 }

@@ -1,17 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fdsetIdOf } from '../../src/drivers/qemu/devices/fdset.js';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import type { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml, xmlCanonical } from '../../src/stable/definition/xml.js';
-import type {
-  Connection,
-  DomainDefinition,
-  DomainDefinitionInput,
-  PciAddress,
-} from '../../src/stable/index.js';
-import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+import type { DomainDefinition, DomainDefinitionInput, PciAddress } from '../../src/stable/index.js';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * The device model on a real QEMU: the machine type is stored versioned, every device's alias and
@@ -19,20 +14,7 @@ import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
  * that address with that id (QMP query-pci and qom-get through a second monitor).
  */
 
-let root: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
-
-beforeEach(async () => {
-  root = tempRoot();
-  conn = await openRoot(root);
-});
-afterEach(async () => {
-  for (const close of closers.splice(0)) close();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
+const rig = useProbeRoot();
 
 /** The versioned machine `qemu -machine help` lists as the alias's target (fails loudly without QEMU). */
 function versioned(alias: string): string {
@@ -45,7 +27,7 @@ function versioned(alias: string): string {
 
 function devicesOf(name: string, machine: string | undefined): DomainDefinitionInput {
   const disk = (file: string) => {
-    const path = join(root, 'lib', file);
+    const path = join(rig.root, 'lib', file);
     writeFileSync(path, Buffer.alloc(1024 * 1024));
     return path;
   };
@@ -91,15 +73,14 @@ function pciDevices(def: DomainDefinition): Array<{ alias: string; address: PciA
 async function startWithMonitor(
   input: DomainDefinitionInput,
 ): Promise<{ qmp: QmpClient; def: DomainDefinition }> {
-  const probe = join(root, `${input.name}.qmp`);
-  const dom = await conn.defineDomain({
+  const probe = join(rig.root, `${input.name}.qmp`);
+  const dom = await rig.conn.defineDomain({
     ...input,
     qemuCommandline: { args: ['-qmp', `unix:${probe},server=on,wait=off`], env: [] },
   });
   const stored = dom.getDefinition();
   await dom.start({ paused: true });
-  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-  closers.push(() => qmp.close());
+  const qmp = await rig.probe(probe);
   // Start assigns nothing new: the running domain has the addresses defined.
   const live = dom.getDefinition();
   expect({ ...live, serials: stored.serials }).toEqual(stored);
@@ -141,7 +122,7 @@ async function expectPlacement(qmp: QmpClient, def: DomainDefinition): Promise<v
 
 describe('device model on a real QEMU', () => {
   it('pc: stored as the versioned i440fx type, devices on bus 0 at their defined slots', async () => {
-    const dom = await conn.defineDomain(devicesOf('dev-pc', 'pc'));
+    const dom = await rig.conn.defineDomain(devicesOf('dev-pc', 'pc'));
     const def = dom.getDefinition();
     expect(def.os.machine).toBe(versioned('pc'));
     expect(def.disks.map((d) => d.alias)).toEqual(['virtio-disk1', 'sata0-0-1', 'ua-root']);

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
@@ -91,6 +92,18 @@ async function countingGuest(name: string, n = 3): Promise<Domain> {
   return dom;
 }
 
+/** Whether something accepts a connection on the UNIX socket `path`. */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = netConnect(path);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
 /** The job recorded in the domain's status file under `root`, if any. */
 function statusJob(root: string, dom: Domain): Record<string, unknown> | undefined {
   const file = join(root, 'run', `${dom.name}.json`);
@@ -138,6 +151,39 @@ describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
     expect(last?.status).toBe('completed');
     expect(last?.dataTotal).toBeGreaterThan(100 * 1024 * 1024);
     expect(last?.dataProcessed).toBeGreaterThan(0);
+  });
+});
+
+describe('UNIX sockets both QEMUs listen on (same host, same path)', { timeout: 240_000 }, () => {
+  it("the source's end leaves the destination's serial and channel sockets in place, and they accept a connection", async () => {
+    const serialPath = join(rootA, 'shared-serial.sock');
+    const channelPath = join(rootA, 'shared-agent.sock');
+    const dom = await src.defineDomain(
+      tinyGuest('mig-sockets', 'count', {
+        serials: [{ type: 'file' }, { type: 'unix', mode: 'bind', path: serialPath }],
+        channels: [{ type: 'unix', name: 'org.qemu.guest_agent.0', path: channelPath }],
+      }),
+    );
+    await dom.start();
+    await until('count 2 on the source', () => (counts(consoleOf(dom)).at(-1) ?? 0) >= 2);
+    for (const path of [serialPath, channelPath]) expect(await listening(path), path).toBe(true);
+    const srcPid = (await dom.getInfo()).pid as number;
+
+    const moved = await dom.migrateTo(dst);
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated', pid: null });
+    expect(alive(srcPid)).toBe(false);
+    const info = await moved.getInfo();
+    expect(info).toMatchObject({ state: 'running', reason: 'migrated' });
+    expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
+    // The paths are the destination QEMU's now: its listener, not a stale file.
+    for (const path of [serialPath, channelPath]) expect(await listening(path), path).toBe(true);
+    expect(runLeftovers(rootA)).toEqual([]);
+
+    // The destination's own end removes them, as any end of a QEMU does.
+    await moved.destroy({ graceMs: 0 });
+    await until('the sockets to go with the destination', () =>
+      [serialPath, channelPath].every((p) => !existsSync(p)),
+    );
   });
 });
 

@@ -54,7 +54,7 @@ function prepare(file: string): string {
     .replaceAll('/var/lib/virtkit-test/initrd.img', image.initrd)
     .replaceAll(/\/var\/(lib|run)\/[a-z0-9/_.-]+?([a-z0-9_.-]+\.(qcow2|raw|img|iso|log))/gi, `${files}/$2`);
   for (const disk of resolveDomainXml(xml).disks) {
-    if (disk.type !== 'file' || existsSync(disk.source)) continue;
+    if (disk.type !== 'file' || disk.source === undefined || existsSync(disk.source)) continue;
     if (disk.driver.type === 'qcow2') sh('qemu-img', ['create', '-q', '-f', 'qcow2', disk.source, '64M']);
     else writeFileSync(disk.source, Buffer.alloc(1024 * 1024));
   }

@@ -1,12 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCode } from '../../src/errors.js';
-import { resolveDomainXml } from '../../src/stable/definition/xml.js';
-import type { Connection, DomainDefinition } from '../../src/stable/index.js';
-import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * The SCSI and USB disk buses virt-install and libvirt's tests write, on real QEMU (TCG): disks on a
@@ -15,38 +12,13 @@ import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
  * (query-block, query-pci, qom-get); toXML() of the live domain re-parses to the live definition.
  */
 
-let root: string;
+const rig = useProbeRoot();
 let files: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
 
-beforeEach(async () => {
-  root = tempRoot();
-  files = join(root, 'files');
+beforeEach(() => {
+  files = join(rig.root, 'files');
   mkdirSync(files);
-  conn = await openRoot(root);
 });
-afterEach(async () => {
-  for (const c of closers.splice(0)) c();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
-
-async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: DomainDefinition }> {
-  const probe = join(root, 'probe.qmp');
-  const withProbe = xml.replace(
-    '</domain>',
-    `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${probe},server=on,wait=off'/></qemu:commandline></domain>`,
-  );
-  const dom = await conn.defineDomain(withProbe);
-  await dom.start({ paused: true });
-  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-  closers.push(() => qmp.close());
-  const live = dom.getDefinition();
-  expect(resolveDomainXml(dom.toXML())).toEqual(live);
-  return { qmp, live };
-}
 
 function image(name: string, format: 'raw' | 'qcow2'): string {
   const path = join(files, name);
@@ -74,7 +46,7 @@ describe('SCSI and USB disks of real-world documents on real QEMU', () => {
     const root0 = image('root.qcow2', 'qcow2');
     const iso = image('install.iso', 'raw');
     const stick = image('stick.raw', 'raw');
-    const { qmp, live } = await startWithProbe(
+    const { qmp, live } = await rig.startWithProbe(
       domain(
         'q35',
         `    <disk type='file' device='disk'>
@@ -128,7 +100,7 @@ describe('SCSI and USB disks of real-world documents on real QEMU', () => {
 
   it("pc: an sd* disk without bus or controller is SCSI on libvirt's default LSI controller", async () => {
     const disk = image('data.raw', 'raw');
-    const { qmp, live } = await startWithProbe(
+    const { qmp, live } = await rig.startWithProbe(
       domain('pc', `    <disk type='file' device='disk'><source file='${disk}'/><target dev='sdb'/></disk>`),
     );
     expect(live.disks[0]).toMatchObject({
@@ -155,7 +127,7 @@ describe('SCSI and USB disks of real-world documents on real QEMU', () => {
 
   it('refuses what it cannot build, with the path', async () => {
     const refused = async (xml: string, code: ErrorCode, path: string) => {
-      await expect(conn.defineDomain(xml)).rejects.toMatchObject({
+      await expect(rig.conn.defineDomain(xml)).rejects.toMatchObject({
         code,
         details: expect.objectContaining({ path }),
       });
@@ -181,6 +153,6 @@ describe('SCSI and USB disks of real-world documents on real QEMU', () => {
       ErrorCode.XML_ERROR,
       'disks.1.address',
     );
-    expect(await conn.listDomains()).toEqual([]);
+    expect(await rig.conn.listDomains()).toEqual([]);
   }, 60_000);
 });

@@ -2,12 +2,10 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { backingAlias, diskNodes } from '../../src/drivers/qemu/devices/disk.js';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
-import type { Connection } from '../../src/stable/index.js';
-import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * What KubeVirt's converter writes and virtkit now honours, on real QEMU (TCG), in a document of the
@@ -18,20 +16,7 @@ import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
  * QMP monitor, the socket itself and the guest-visible data of the disk.
  */
 
-let root: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
-
-beforeEach(async () => {
-  root = tempRoot();
-  conn = await openRoot(root);
-});
-afterEach(async () => {
-  for (const c of closers.splice(0)) c();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
+const rig = useProbeRoot();
 
 const UUID = '5d1a7c3e-0b9f-4e21-8c55-2f6a9d0e4b17';
 
@@ -111,7 +96,7 @@ function listening(path: string): Promise<boolean> {
 
 describe('KubeVirt-shaped documents on real QEMU', () => {
   it('backing store, unix serial with log, pty console alias, virtio tablet model, SMBIOS uuid', async () => {
-    const files = join(root, 'kv');
+    const files = join(rig.root, 'kv');
     mkdirSync(files);
     const base = join(files, 'base.img');
     const overlay = join(files, 'overlay.qcow2');
@@ -133,8 +118,8 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
     ]);
     writeFileSync(join(files, 'serial0.log'), 'before\n');
     for (const l of 'abcdefg') writeFileSync(join(files, `sd${l}.img`), Buffer.alloc(1024 * 1024));
-    const probe = join(root, 'probe.qmp');
-    const dom = await conn.defineDomain(kubevirtShaped(files, probe));
+    const probe = join(rig.root, 'probe.qmp');
+    const dom = await rig.conn.defineDomain(kubevirtShaped(files, probe));
     expect(dom.uuid).toBe(UUID);
     const def = dom.getDefinition();
     expect(def.disks[0]?.backingStore).toEqual({ type: 'file', format: 'raw', source: base });
@@ -150,8 +135,7 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
     expect(resolveDomainXml(dom.toXML())).toEqual(def);
 
     await dom.start({ paused: true });
-    const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-    closers.push(() => qmp.close());
+    const qmp = await rig.probe(probe);
     expect(resolveDomainXml(dom.toXML())).toEqual(dom.getDefinition());
 
     expect(await qmp.execute<{ UUID: string }>('query-uuid')).toEqual({ UUID });
@@ -169,7 +153,7 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
     expect(byName(under)).toMatchObject({ drv: 'raw', ro: true });
     // What the guest's disk reads there: the base's pattern, through a read-only NBD export of the
     // overlay's node, read by qemu-io.
-    const nbd = join(root, 'nbd.sock');
+    const nbd = join(rig.root, 'nbd.sock');
     await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbd } } });
     await qmp.execute('block-export-add', { type: 'nbd', id: 'x', 'node-name': top });
     const read = execFileSync('qemu-io', [

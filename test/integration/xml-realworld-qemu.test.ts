@@ -1,11 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
-import { resolveDomainXml } from '../../src/stable/definition/xml.js';
-import type { Connection, DomainDefinition } from '../../src/stable/index.js';
-import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * The disk, controller and device settings virt-install and KubeVirt write, on real QEMU (TCG):
@@ -13,35 +10,7 @@ import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
  * monitor (query-block, query-pci, qom-get) and /proc, then toXML() re-parses to the live definition.
  */
 
-let root: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
-
-beforeEach(async () => {
-  root = tempRoot();
-  conn = await openRoot(root);
-});
-afterEach(async () => {
-  for (const c of closers.splice(0)) c();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
-
-async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: DomainDefinition; pid: number }> {
-  const probe = join(root, 'probe.qmp');
-  const withProbe = xml.replace(
-    '</domain>',
-    `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${probe},server=on,wait=off'/></qemu:commandline></domain>`,
-  );
-  const dom = await conn.defineDomain(withProbe);
-  await dom.start({ paused: true });
-  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-  closers.push(() => qmp.close());
-  const live = dom.getDefinition();
-  expect(resolveDomainXml(dom.toXML())).toEqual(live);
-  return { qmp, live, pid: (await dom.getInfo()).pid as number };
-}
+const rig = useProbeRoot();
 
 /** The open-file flags of the descriptors QEMU holds on `path`. */
 function openFlags(pid: number, path: string): number[] {
@@ -62,7 +31,7 @@ const O_DIRECT = 0o40000;
 
 describe('disk drivers and controllers of real-world documents on real QEMU', () => {
   it('cache, io, discard, error policies, iothread; qemu-xhci ports; the virtio-serial controller', async () => {
-    const files = join(root, 'files');
+    const files = join(rig.root, 'files');
     execFileSync('mkdir', ['-p', files]);
     const qcow2 = join(files, 'root.qcow2');
     const raw = join(files, 'data.raw');
@@ -89,7 +58,7 @@ describe('disk drivers and controllers of real-world documents on real QEMU', ()
     <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
   </devices>
 </domain>`;
-    const { qmp, live, pid } = await startWithProbe(xml);
+    const { qmp, live, pid } = await rig.startWithProbe(xml);
     const get = (path: string, property: string) => qmp.execute('qom-get', { path, property });
 
     const blocks =
@@ -143,7 +112,7 @@ describe('disk drivers and controllers of real-world documents on real QEMU', ()
   }, 120_000);
 
   it('virtio-non-transitional devices, e1000e and rtl8139 NICs with ROM settings, balloon polling, the i6300esb watchdog', async () => {
-    const files = join(root, 'files');
+    const files = join(rig.root, 'files');
     execFileSync('mkdir', ['-p', files]);
     const image = join(files, 'a.raw');
     execFileSync('qemu-img', ['create', '-q', '-f', 'raw', image, '8M']);
@@ -163,7 +132,7 @@ describe('disk drivers and controllers of real-world documents on real QEMU', ()
     <rng model='virtio-non-transitional'><backend model='random'>/dev/urandom</backend></rng>
   </devices>
 </domain>`;
-    const { qmp, live, pid } = await startWithProbe(xml);
+    const { qmp, live, pid } = await rig.startWithProbe(xml);
     const get = (id: string, property: string) =>
       qmp.execute('qom-get', { path: `/machine/peripheral/${id}`, property });
     expect(await get('virtio-disk0', 'type')).toBe('virtio-blk-pci-non-transitional');
@@ -197,7 +166,7 @@ describe('disk drivers and controllers of real-world documents on real QEMU', ()
   }, 120_000);
 
   it('pc machine: IDE disk and CD-ROM on the PIIX3 channels, the IDE controller at 00:01.1', async () => {
-    const files = join(root, 'files');
+    const files = join(rig.root, 'files');
     execFileSync('mkdir', ['-p', files]);
     const disk = join(files, 'hd.raw');
     const iso = join(files, 'cd.iso');
@@ -212,7 +181,7 @@ describe('disk drivers and controllers of real-world documents on real QEMU', ()
     <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${iso}'/><target dev='hdc' bus='ide'/><readonly/></disk>
   </devices>
 </domain>`;
-    const { qmp, live } = await startWithProbe(xml);
+    const { qmp, live } = await rig.startWithProbe(xml);
     expect(live.controllers).toContainEqual(
       expect.objectContaining({
         type: 'ide',

@@ -1,10 +1,7 @@
-import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { describe, expect, it } from 'vitest';
+import type { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { ErrorCode } from '../../src/errors.js';
-import { resolveDomainXml } from '../../src/stable/definition/xml.js';
-import type { Connection, DomainDefinition } from '../../src/stable/index.js';
-import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * The USB controllers virt-install and libvirt's tests write, on real QEMU (TCG): an ICH9 USB 2
@@ -14,20 +11,7 @@ import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
  * of the live domain re-parses to the live definition.
  */
 
-let root: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
-
-beforeEach(async () => {
-  root = tempRoot();
-  conn = await openRoot(root);
-});
-afterEach(async () => {
-  for (const c of closers.splice(0)) c();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
+const rig = useProbeRoot();
 
 interface PciDevice {
   slot: number;
@@ -35,21 +19,6 @@ interface PciDevice {
   qdev_id: string;
   id: { vendor: number; device: number };
   class_info: { class: number };
-}
-
-async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: DomainDefinition }> {
-  const probe = join(root, 'probe.qmp');
-  const withProbe = xml.replace(
-    '</domain>',
-    `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${probe},server=on,wait=off'/></qemu:commandline></domain>`,
-  );
-  const dom = await conn.defineDomain(withProbe);
-  await dom.start({ paused: true });
-  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-  closers.push(() => qmp.close());
-  const live = dom.getDefinition();
-  expect(resolveDomainXml(dom.toXML())).toEqual(live);
-  return { qmp, live };
 }
 
 const rootBus = async (qmp: QmpClient): Promise<PciDevice[]> =>
@@ -77,7 +46,7 @@ const ICH9 = { ehci: 0x293a, uhci1: 0x2934, uhci2: 0x2935, uhci3: 0x2936 };
 
 describe('USB controllers of real-world documents on real QEMU', () => {
   it('pc machine: an ICH9 EHCI with its UHCI companions in one slot, a USB tablet on it', async () => {
-    const { qmp, live } = await startWithProbe(domain('pc', ich9Set));
+    const { qmp, live } = await rig.startWithProbe(domain('pc', ich9Set));
     const usb = live.controllers.filter((c) => c.type === 'usb');
     expect(usb.map((c) => c.type === 'usb' && c.model)).toEqual([
       'ich9-ehci1',
@@ -108,7 +77,7 @@ describe('USB controllers of real-world documents on real QEMU', () => {
   }, 120_000);
 
   it('q35 machine: the ICH9 set at 00:1d, where the ICH9 has it', async () => {
-    const { qmp, live } = await startWithProbe(domain('q35', ich9Set));
+    const { qmp, live } = await rig.startWithProbe(domain('q35', ich9Set));
     const ehci = live.controllers.find((c) => c.type === 'usb' && c.model === 'ich9-ehci1');
     expect(ehci?.address).toEqual({ type: 'pci', domain: 0, bus: 0, slot: 0x1d, function: 7 });
     const devices = await rootBus(qmp);
@@ -118,7 +87,7 @@ describe('USB controllers of real-world documents on real QEMU', () => {
 
   it("a USB controller without a model: the PIIX3's UHCI on pc, a qemu-xhci on q35", async () => {
     const bare = "    <controller type='usb' index='0'/>";
-    const pc = await startWithProbe(domain('pc', bare));
+    const pc = await rig.startWithProbe(domain('pc', bare));
     expect(pc.live.controllers.find((c) => c.type === 'usb')).toMatchObject({
       model: 'piix3-uhci',
       alias: 'usb',
@@ -130,10 +99,10 @@ describe('USB controllers of real-world documents on real QEMU', () => {
       id: { vendor: 0x8086, device: 0x7020 },
       class_info: { class: 0x0c03 },
     });
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    for (const c of closers.splice(0)) c();
+    for (const dom of await rig.conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+    rig.closeProbes();
 
-    const q35 = await startWithProbe(domain('q35', bare));
+    const q35 = await rig.startWithProbe(domain('q35', bare));
     expect(q35.live.controllers.find((c) => c.type === 'usb')).toMatchObject({
       model: 'qemu-xhci',
       alias: 'usb',
@@ -144,7 +113,7 @@ describe('USB controllers of real-world documents on real QEMU', () => {
 
   it('refuses a companion without its master or its start port, and a second set, with their paths', async () => {
     const refused = async (devices: string, code: ErrorCode, path: string) => {
-      await expect(conn.defineDomain(domain('pc', devices))).rejects.toMatchObject({
+      await expect(rig.conn.defineDomain(domain('pc', devices))).rejects.toMatchObject({
         code,
         details: expect.objectContaining({ path }),
       });
@@ -169,6 +138,6 @@ describe('USB controllers of real-world documents on real QEMU', () => {
       ErrorCode.CONFIG_UNSUPPORTED,
       'controllers.1',
     );
-    expect(await conn.listDomains()).toEqual([]);
+    expect(await rig.conn.listDomains()).toEqual([]);
   }, 60_000);
 });

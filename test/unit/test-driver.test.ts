@@ -1,11 +1,11 @@
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openInternal, SIMULATED_PID_BASE, simulatedHost } from '../../src/internal/index.js';
 import type { Connection, DomainDefinitionInput, DomainEvent } from '../../src/stable/index.js';
 import { connect } from '../../src/stable/index.js';
+import { makeCredentials } from '../helpers/tls.js';
 
 /*
  * The in-memory test driver (`test:///default`): the embedded driver's rules and events, no QEMU.
@@ -998,45 +998,3 @@ describe('hotplug phase: setVcpus as the embedded driver does it', () => {
     expect((await tcg.getInfo()).vcpus).toBe(2);
   });
 });
-
-/** A CA and, signed by it, a server certificate for 127.0.0.1 and localhost and a client certificate, in `dir`. */
-function makeCredentials(dir: string, ca: string): string {
-  mkdirSync(dir, { recursive: true });
-  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-  const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  ssl(
-    'req',
-    '-x509',
-    ...key,
-    '-days',
-    '2',
-    '-subj',
-    `/CN=${ca}`,
-    '-keyout',
-    'ca-key.pem',
-    '-out',
-    'ca-cert.pem',
-  );
-  for (const end of ['server', 'client']) {
-    writeFileSync(join(dir, `${end}.ext`), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-    ssl('req', ...key, '-subj', `/CN=${end}`, '-keyout', `${end}-key.pem`, '-out', `${end}.csr`);
-    ssl(
-      'x509',
-      '-req',
-      '-in',
-      `${end}.csr`,
-      '-CA',
-      'ca-cert.pem',
-      '-CAkey',
-      'ca-key.pem',
-      '-CAcreateserial',
-      '-days',
-      '2',
-      '-extfile',
-      `${end}.ext`,
-      '-out',
-      `${end}-cert.pem`,
-    );
-  }
-  return dir;
-}

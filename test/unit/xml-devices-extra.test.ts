@@ -95,6 +95,52 @@ describe('devices of virt-install documents', () => {
     });
   });
 
+  it('a virtio console is a virtconsole on port 0 of a virtio-serial controller added for it', () => {
+    const xml = doc("<console type='pty'><target type='virtio'/></console>");
+    const def = roundTrips(xml);
+    expect(def.consoles).toEqual([{ type: 'pty', target: 'virtio' }]);
+    expect(def.serials).toEqual([]);
+    const args = argv(xml);
+    expect(argOf(args, '-chardev')).toContain('pty,id=charconsole0');
+    expect(devicesOf(args)).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ driver: 'virtio-serial-pci', id: 'virtio-serial0' }),
+        { driver: 'virtconsole', bus: 'virtio-serial0.0', nr: 0, chardev: 'charconsole0', id: 'console0' },
+      ]),
+    );
+    // Next to a serial port, the serial console stays its alias and the virtio one is added.
+    const both = roundTrips(doc("<serial type='pty'/><console type='pty'><target type='virtio'/></console>"));
+    expect(both.serials).toEqual([{ type: 'pty' }]);
+    expect(both.consoles).toEqual([{ type: 'pty', target: 'virtio' }]);
+  });
+
+  it('an empty CD-ROM is a drive without a medium; only a CD-ROM may lack a source', () => {
+    const xml = doc(
+      "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>",
+    );
+    const def = roundTrips(xml);
+    expect(def.disks[0]?.source).toBeUndefined();
+    expect(formatDomainXml(def)).not.toContain('<source');
+    const args = argv(xml);
+    expect(argOf(args, '-add-fd')).toEqual([]);
+    expect(argOf(args, '-blockdev')).toEqual([]);
+    const cd = devicesOf(args).find((d) => d.driver === 'ide-cd');
+    expect(cd).toBeDefined();
+    expect(cd).not.toHaveProperty('drive');
+    for (const device of ['disk', undefined]) {
+      const attr = device === undefined ? '' : ` device='${device}'`;
+      expect(() => resolve(doc(`<disk type='file'${attr}><target dev='vda' bus='virtio'/></disk>`))).toThrow(
+        expect.objectContaining({
+          code: ErrorCode.XML_ERROR,
+          details: expect.objectContaining({ path: '/domain/devices/disk/source' }),
+        }),
+      );
+    }
+    expect(() =>
+      argv(doc("<disk type='file' device='cdrom'><target dev='vda' bus='virtio'/><readonly/></disk>")),
+    ).toThrow(expect.objectContaining({ code: ErrorCode.CONFIG_UNSUPPORTED }));
+  });
+
   it('VNC on a listen address, video models, RNG rate', () => {
     const args = argv(
       doc(

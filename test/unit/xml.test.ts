@@ -361,9 +361,26 @@ describe('console folding', () => {
     ).toEqual([{ type: 'file', path: '/a' }]);
   });
 
-  it('virtio consoles, consoles on other ports and a second console are rejected', () => {
+  it('virtio consoles other than one pty on port 0, consoles on other ports and a second console are rejected', () => {
     expectRejected(
-      devices("<console type='pty'><target type='virtio' port='0'/></console>"),
+      devices("<console type='file'><source path='/c.log'/><target type='virtio'/></console>"),
+      ErrorCode.CONFIG_UNSUPPORTED,
+      '/domain/devices/console/@type',
+    );
+    expectRejected(
+      devices("<console type='pty'><target type='virtio' port='1'/></console>"),
+      ErrorCode.CONFIG_UNSUPPORTED,
+      '/domain/devices/console/target/@port',
+    );
+    expectRejected(
+      devices(
+        "<console type='pty'><target type='virtio'/></console><console type='pty'><target type='virtio'/></console>",
+      ),
+      ErrorCode.CONFIG_UNSUPPORTED,
+      '/domain/devices/console[2]',
+    );
+    expectRejected(
+      devices("<console type='pty'><target type='xen'/></console>"),
       ErrorCode.CONFIG_UNSUPPORTED,
       '/domain/devices/console/target/@type',
     );

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition, PciAddress } from '../../stable/definition/schema.js';
+import { channelSocketPath } from './devices/channel.js';
 import { pciPlacement } from './devices/pci-bus.js';
 import type { QapiObject, QapiValue } from './devices/qapi.js';
 import { virtioDevice } from './devices/virtio.js';
@@ -113,14 +114,26 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
 
   const channels = def.channels ?? [];
   const serialBus = def.controllers.find((c) => c.type === 'virtio-serial')?.alias;
-  if (channels.length > 0 && serialBus === undefined)
+  const consoles = def.consoles ?? [];
+  if (channels.length + consoles.length > 0 && serialBus === undefined)
     throw new VirtError(ErrorCode.INTERNAL_ERROR, 'channels without a virtio-serial controller');
+  // libvirt's qemuBuildConsoleCommandLine: a virtconsole on port 0 (hvc0), channels from port 1.
+  consoles.forEach((_, i) => {
+    args.push('-chardev', `pty,id=charconsole${i}`);
+    json('-device', {
+      driver: 'virtconsole',
+      bus: `${serialBus}.0`,
+      nr: i,
+      chardev: `charconsole${i}`,
+      id: `console${i}`,
+    });
+  });
   const names = new Set<string>();
   channels.forEach((c, i) => {
     if (names.has(c.name)) throw unsupported(`channels.${i}.name`, `a second channel named ${c.name}`);
     names.add(c.name);
     const id = c.alias ?? `channel${i}`;
-    const path = c.path ?? join(runDir, `${def.uuid}.${c.name}.sock`);
+    const path = channelSocketPath(def, c, runDir);
     args.push('-chardev', `socket,id=char${id},path=${esc(path)},server=on,wait=off`);
     json('-device', {
       driver: 'virtserialport',

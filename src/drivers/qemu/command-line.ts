@@ -35,7 +35,8 @@ export interface CommandLineContext {
   /** Home directory given to QEMU. */
   readonly homeDir: string;
   /** Inherited fd of each disk's image, in definition order (opened in `pre-exec`). */
-  readonly diskFds: readonly number[];
+  /** Per disk; undefined for an empty CD-ROM. */
+  readonly diskFds: ReadonlyArray<number | undefined>;
   /** Inherited read-only fd of each disk's backing image (undefined without one), in definition order. */
   readonly backingFds?: ReadonlyArray<number | undefined>;
   /** A hugetlbfs mount point, when the definition asks for hugepage-backed memory. */
@@ -160,6 +161,21 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   }
   const fdsets = new Map<number, string>();
   full.disks.forEach((disk, i) => {
+    if (disk.source === undefined) {
+      // An empty CD-ROM: the drive with no medium in its tray, no block node (as libvirt 9).
+      if (disk.target.bus === 'virtio' || disk.target.bus === 'usb')
+        throw new VirtError(
+          ErrorCode.CONFIG_UNSUPPORTED,
+          `an empty CD-ROM on bus ${disk.target.bus}: use sata, ide or scsi`,
+          {
+            path: `disks.${i}.target.bus`,
+          },
+        );
+      const { drive: _, ...empty } = diskDevice(full, disk, `disks.${i}`);
+      json('-device', empty);
+      return;
+    }
+    const source = disk.source;
     const fd = ctx.diskFds[i];
     if (fd === undefined) throw new VirtError(ErrorCode.INTERNAL_ERROR, `no descriptor for disk ${i}`);
     const alias = disk.alias as string;
@@ -176,7 +192,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     }
     fdsets.set(set, alias);
     // QEMU never opens the image itself: it uses the descriptor the pre-exec phase opened.
-    add('-add-fd', `fd=${fd},set=${set},opaque=${esc(disk.source)}`);
+    add('-add-fd', `fd=${fd},set=${set},opaque=${esc(source)}`);
     if (disk.backingStore) {
       const backingFd = ctx.backingFds?.[i];
       if (backingFd === undefined)

@@ -170,6 +170,14 @@ async function plugDisk(
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = disk.alias as string;
+  const source = disk.source;
+  if (source === undefined) {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      'an empty CD-ROM cannot be hot-plugged by this version of virtkit; attach it to the persistent definition (--config) and restart',
+      { path: 'source' },
+    );
+  }
   if (disk.backingStore) {
     throw new VirtError(
       ErrorCode.CONFIG_UNSUPPORTED,
@@ -186,12 +194,12 @@ async function plugDisk(
     );
   }
   const { fd } = await invoke(scopeOf(ctx, dom, run), 'storage.openFile', 'hotplug', {
-    path: disk.source,
+    path: source,
     mode: disk.readonly ? 'r' : 'rw',
   });
   const undo: Array<() => Promise<unknown>> = [];
   try {
-    await qmp.addFd(fd, { fdsetId: set, opaque: disk.source });
+    await qmp.addFd(fd, { fdsetId: set, opaque: source });
     undo.push(() => qmp.command('remove-fd', { 'fdset-id': set }));
     for (const node of diskBlockdevs(disk)) {
       await qmp.command('blockdev-add', node as never);

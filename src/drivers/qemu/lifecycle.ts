@@ -234,8 +234,11 @@ export async function finalizeExit(
   faultPoint('exit:released');
   // Runs from an exit watcher nobody awaits: a failed clean-up is logged, never thrown, so it can
   // neither crash the host process nor leave the domain recorded as running.
+  // After an outgoing migration the destination's QEMU (same host) may listen on the same paths:
+  // they are its own now, as libvirt leaves them to the destination.
+  const sockets = reason === 'migrated' ? [] : listeningSockets(run.live, ctx.layout.run);
   await Promise.all(
-    [run.paths.monitor, run.paths.status, ...listeningSockets(run.live)].map((path) =>
+    [run.paths.monitor, run.paths.status, ...sockets].map((path) =>
       removeIfPresentAsync(path).catch((err) =>
         ctx.log(dom, `cannot remove ${path} after exit: ${errorMessage(err)}`),
       ),

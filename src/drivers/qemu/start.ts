@@ -209,12 +209,12 @@ function buildCommand(s: Startup): void {
 
 /** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */
 function childFdNumbers(fds: PreExecDescriptors): {
-  diskFds: number[];
+  diskFds: Array<number | undefined>;
   backingFds: Array<number | undefined>;
   tapFds: Array<number[] | undefined>;
 } {
   let next = FIRST_CHILD_FD + 1;
-  const diskFds = fds.disks.map(() => next++);
+  const diskFds = fds.disks.map((fd) => (fd === undefined ? undefined : next++));
   // The order of `fds.all`: disks, their backing images, then TAPs.
   const backingFds = (fds.backings ?? []).map((fd) => (fd === undefined ? undefined : next++));
   const tapFds = fds.taps.map((list) => list?.map(() => next++));
@@ -467,27 +467,33 @@ async function recordRunning(s: Startup): Promise<void> {
 }
 
 /**
- * The ptys QEMU allocated for `pty` serial ports, into the live definition (libvirt's `<source
+ * The ptys QEMU allocated for `pty` serial ports and virtio consoles, into the live definition (libvirt's `<source
  * path>`), before the status file records it. Only paths under /dev/pts are taken: QEMU is not
  * trusted to name a file the console command would open.
  */
 async function readPtyPaths(s: Startup): Promise<void> {
   const run = s.run as Runtime;
-  if (!run.live.serials.some((serial) => serial.type === 'pty')) return;
+  const consoles = run.live.consoles ?? [];
+  if (!run.live.serials.some((serial) => serial.type === 'pty') && consoles.length === 0) return;
   const chardevs = await (run.qmp as QmpClient).command('query-chardev', undefined, { signal: s.job.signal });
-  const serials = run.live.serials.map((serial, i) => {
-    if (serial.type !== 'pty') return serial;
-    const filename = chardevs.find((c) => c.label === `charserial${i}`)?.filename ?? '';
+  const ptyOf = (label: string, what: string): string => {
+    const filename = chardevs.find((c) => c.label === label)?.filename ?? '';
     const path = filename.startsWith('pty:') ? filename.slice(4) : '';
     if (!/^\/dev\/pts\/[0-9]{1,9}$/.test(path)) {
       throw new VirtError(
         ErrorCode.OPERATION_FAILED,
-        `QEMU reported no pty for serial ${i} (${JSON.stringify(filename)})`,
+        `QEMU reported no pty for ${what} (${JSON.stringify(filename)})`,
       );
     }
-    return { type: 'pty' as const, path };
-  });
+    return path;
+  };
+  const serials = run.live.serials.map((serial, i) =>
+    serial.type === 'pty' ? { type: 'pty' as const, path: ptyOf(`charserial${i}`, `serial ${i}`) } : serial,
+  );
   run.live = { ...run.live, serials };
+  if (consoles.length > 0) {
+    run.live.consoles = consoles.map((c, i) => ({ ...c, path: ptyOf(`charconsole${i}`, `console ${i}`) }));
+  }
 }
 
 function closeParentFds(s: Startup): void {
@@ -527,7 +533,7 @@ async function rollback(ctx: DriverContext, dom: DomainObject, s: Startup): Prom
   removeIfPresent(s.paths.monitor);
   removeIfPresent(s.paths.status);
   // Only after a spawn: before it, a socket there is someone else's.
-  if (launch) for (const path of listeningSockets(s.def)) removeIfPresent(path);
+  if (launch) for (const path of listeningSockets(s.def, s.ctx.layout.run)) removeIfPresent(path);
   if (dom.run === run) dom.run = undefined;
   if (launch) ctx.log(dom, 'start failed; QEMU killed and its socket and status removed');
   // `stopped failed` only when a QEMU existed: a start refused before the spawn never started.

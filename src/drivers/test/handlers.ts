@@ -94,6 +94,7 @@ export class PrivilegedSimulation {
     try {
       const preScope = this.#scope(def, null, undefined, taints, signal);
       for (const disk of def.disks) {
+        if (disk.source === undefined) continue; // an empty CD-ROM: nothing to open
         const { fd } = await this.#invoke(preScope, 'storage.openFile', 'pre-exec', {
           path: disk.source,
           mode: disk.readonly ? 'r' : 'rw',
@@ -209,6 +210,7 @@ export class PrivilegedSimulation {
   ): Promise<void> {
     const scope = this.#scope(def, run.id, run.pid, run.taints, signal);
     if ('disk' in device) {
+      if (device.disk.source === undefined) return; // an empty CD-ROM: nothing to open
       const { fd } = await this.#invoke(scope, 'storage.openFile', 'hotplug', {
         path: device.disk.source,
         mode: device.disk.readonly ? 'r' : 'rw',

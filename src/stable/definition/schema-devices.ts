@@ -89,6 +89,21 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
         }),
       )
       .optional(),
+    /**
+     * `<console type='pty'>` with a virtio target: a `virtconsole` on port 0 of the virtio-serial
+     * controller (`hvc0` in the guest; the controller is added when missing, as libvirt does), on a
+     * pseudo-terminal QEMU allocates at start. `path` is output only, as a pty serial port's.
+     */
+    consoles: z
+      .array(
+        z.strictObject({
+          type: z.literal('pty'),
+          target: z.literal('virtio'),
+          path: z.string().startsWith('/').max(4096).optional(),
+        }),
+      )
+      .max(1, 'one virtio console (port 0 of the virtio-serial controller)')
+      .optional(),
     /** `<channel type='unix'>` with a virtio target, e.g. the QEMU guest agent's `org.qemu.guest_agent.0`. */
     channels: z
       .array(

@@ -154,54 +154,74 @@ const controllerSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
-const diskSchema = z.strictObject({
-  type: z.enum(['file', 'block']),
-  device: z.enum(['disk', 'cdrom']).default('disk'),
-  /** The virtio flavour of a virtio disk. */
-  model: virtioModel.optional(),
-  driver: z
-    .strictObject({
-      type: z.enum(['raw', 'qcow2']).default('raw'),
-      /** libvirt's cache modes: host page cache (`direct`), guest write cache, flushes. */
-      cache: z.enum(['default', 'none', 'writethrough', 'writeback', 'directsync', 'unsafe']).optional(),
-      /** The AIO engine; `native` needs a cache mode that bypasses the host page cache. */
-      io: z.enum(['native', 'threads', 'io_uring']).optional(),
-      /** Whether the guest's discard requests reach the image. */
-      discard: z.enum(['unmap', 'ignore']).optional(),
-      /** What a write error does (and a read error, unless `rerrorPolicy` says otherwise). */
-      errorPolicy: z.enum(['stop', 'report', 'ignore', 'enospace']).optional(),
-      rerrorPolicy: z.enum(['stop', 'report', 'ignore']).optional(),
-      /** The iothread (1-based, of `iothreads`) a virtio disk's requests run in. */
-      iothread: z.number().int().min(1).max(64).optional(),
-    })
-    .default({ type: 'raw' }),
-  source: z.string().startsWith('/', 'an absolute path'),
-  /**
-   * The image a qcow2 disk is an overlay of (libvirt's `<backingStore>`, as KubeVirt writes for its
-   * ephemeral disks): opened read-only by virtkit and given to QEMU as the overlay's backing node,
-   * whatever backing file the overlay's header names. A raw image, the end of the chain.
-   */
-  backingStore: z
-    .strictObject({
-      type: z.enum(['file', 'block']),
-      format: z.literal('raw'),
-      source: z.string().startsWith('/', 'an absolute path'),
-    })
-    .optional(),
-  target: z.strictObject({
-    dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
+const diskSchema = z
+  .strictObject({
+    type: z.enum(['file', 'block']),
+    device: z.enum(['disk', 'cdrom']).default('disk'),
+    /** The virtio flavour of a virtio disk. */
+    model: virtioModel.optional(),
+    driver: z
+      .strictObject({
+        type: z.enum(['raw', 'qcow2']).default('raw'),
+        /** libvirt's cache modes: host page cache (`direct`), guest write cache, flushes. */
+        cache: z.enum(['default', 'none', 'writethrough', 'writeback', 'directsync', 'unsafe']).optional(),
+        /** The AIO engine; `native` needs a cache mode that bypasses the host page cache. */
+        io: z.enum(['native', 'threads', 'io_uring']).optional(),
+        /** Whether the guest's discard requests reach the image. */
+        discard: z.enum(['unmap', 'ignore']).optional(),
+        /** What a write error does (and a read error, unless `rerrorPolicy` says otherwise). */
+        errorPolicy: z.enum(['stop', 'report', 'ignore', 'enospace']).optional(),
+        rerrorPolicy: z.enum(['stop', 'report', 'ignore']).optional(),
+        /** The iothread (1-based, of `iothreads`) a virtio disk's requests run in. */
+        iothread: z.number().int().min(1).max(64).optional(),
+      })
+      .default({ type: 'raw' }),
     /**
-     * `ide` exists on pc (i440FX) machines only: the PIIX3's two channels, two units each. `scsi`
-     * disks sit on the SCSI controller (added as libvirt does), `usb` disks on USB controller 0.
+     * The image or block device. Only a CD-ROM may go without one: an empty drive (libvirt's
+     * `<disk device='cdrom'>` without `<source>`, what virt-install leaves after an install), whose
+     * tray QEMU shows with no medium.
      */
-    bus: z.enum(['virtio', 'sata', 'ide', 'scsi', 'usb']),
-  }),
-  readonly: z.boolean().default(false),
-  serial: z.string().max(36).optional(),
-  bootOrder: z.number().int().positive().optional(),
-  alias: z.string().optional(),
-  address: z.discriminatedUnion('type', [pciAddress, driveAddress, usbAddress]).optional(),
-});
+    source: z.string().startsWith('/', 'an absolute path').optional(),
+    /**
+     * The image a qcow2 disk is an overlay of (libvirt's `<backingStore>`, as KubeVirt writes for its
+     * ephemeral disks): opened read-only by virtkit and given to QEMU as the overlay's backing node,
+     * whatever backing file the overlay's header names. A raw image, the end of the chain.
+     */
+    backingStore: z
+      .strictObject({
+        type: z.enum(['file', 'block']),
+        format: z.literal('raw'),
+        source: z.string().startsWith('/', 'an absolute path'),
+      })
+      .optional(),
+    target: z.strictObject({
+      dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
+      /**
+       * `ide` exists on pc (i440FX) machines only: the PIIX3's two channels, two units each. `scsi`
+       * disks sit on the SCSI controller (added as libvirt does), `usb` disks on USB controller 0.
+       */
+      bus: z.enum(['virtio', 'sata', 'ide', 'scsi', 'usb']),
+    }),
+    readonly: z.boolean().default(false),
+    serial: z.string().max(36).optional(),
+    bootOrder: z.number().int().positive().optional(),
+    alias: z.string().optional(),
+    address: z.discriminatedUnion('type', [pciAddress, driveAddress, usbAddress]).optional(),
+  })
+  .superRefine((disk, ctx) => {
+    if (disk.source === undefined && disk.device !== 'cdrom')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['source'],
+        message: 'a disk needs a source; only a CD-ROM may be empty',
+      });
+    if (disk.source === undefined && disk.backingStore)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['backingStore'],
+        message: 'an empty CD-ROM has no backing image',
+      });
+  });
 
 const macAddress = z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i, 'a MAC address');
 

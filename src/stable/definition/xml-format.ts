@@ -24,7 +24,9 @@ interface Node {
 }
 
 /** The `<source>` of a serial port or its console alias. */
-function charSourceNode(serial: DomainDefinition['serials'][number]): Node | undefined {
+function charSourceNode(
+  serial: DomainDefinition['serials'][number] | NonNullable<DomainDefinition['consoles']>[number],
+): Node | undefined {
   if (serial.type === 'unix') {
     return node('source', [
       ['mode', serial.mode],
@@ -432,7 +434,8 @@ function domainNode(def: DomainDefinition): Node {
               ['discard', disk.driver.discard],
               ['iothread', disk.driver.iothread],
             ]),
-            node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
+            disk.source !== undefined &&
+              node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
             disk.backingStore &&
               node(
                 'backingStore',
@@ -518,6 +521,22 @@ function domainNode(def: DomainDefinition): Node {
             charSourceNode(serial),
             node('target', [
               ['type', 'serial'],
+              ['port', 0],
+            ]),
+          ],
+        ),
+      ),
+      ...(def.consoles ?? []).map((c) =>
+        node(
+          'console',
+          [
+            ['type', c.type],
+            ['tty', c.path],
+          ],
+          [
+            charSourceNode(c),
+            node('target', [
+              ['type', 'virtio'],
               ['port', 0],
             ]),
           ],

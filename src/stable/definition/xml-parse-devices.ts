@@ -55,7 +55,10 @@ export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
   const nics = childrenOf(el, 'interface');
   if (nics.length > 0) out.interfaces = nics.map((nic, i) => parseInterface(origins, nic, i));
   const serials = childrenOf(el, 'serial').map((s, i) => parseSerial(origins, s, i));
-  const [console, second] = childrenOf(el, 'console');
+  const allConsoles = childrenOf(el, 'console');
+  const virtio = allConsoles.filter((c) => child(c, 'target')?.attrs.get('type') === 'virtio');
+  if (virtio.length > 0) out.consoles = virtio.map((c, i) => parseVirtioConsole(origins, c, i));
+  const [console, second] = allConsoles.filter((c) => !virtio.includes(c));
   if (second) throw unsupported(second, 'a second <console>');
   if (console) {
     // Without a serial port, the console becomes serial 0 (as libvirt does).
@@ -481,6 +484,26 @@ function parseSerial(origins: Origins, el: XmlElement, i: number): { source: Obj
     }
   }
   return { source, el };
+}
+
+/** A `<console>` with a virtio target: a virtconsole on virtio-serial port 0 (one only). */
+function parseVirtioConsole(origins: Origins, el: XmlElement, i: number): Obj {
+  const field = `consoles.${i}`;
+  origins.note(field, el);
+  if (i > 0) throw unsupported(el, 'a second virtio <console> (virtkit gives one console port 0)');
+  const { source, target } = parseCharSource(origins, el, field, { attrs: ['type', 'port'] });
+  if (source.type !== 'pty') {
+    throw unsupported(
+      el,
+      `a virtio console of type '${String(source.type)}' (virtkit supports 'pty')`,
+      'type',
+    );
+  }
+  const port = target ? intAttr(target, 'port') : undefined;
+  if (target && port !== undefined && port !== 0) {
+    throw unsupported(target, `a virtio console on port ${port} (only port 0)`, 'port');
+  }
+  return { type: 'pty', target: 'virtio' };
 }
 
 /** Checks that a console is an alias of serial 0 (`first`); returns its source. */

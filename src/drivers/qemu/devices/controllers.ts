@@ -177,8 +177,11 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   if (ideDisk >= 0 && family === 'q35')
     throw unsupported(`disks.${ideDisk}.target.bus`, 'an IDE disk on a q35 machine (use bus sata)');
   if (ideDisk >= 0 && !list.some((c) => c.type === 'ide')) list.push({ type: 'ide', index: 0 });
-  // The guest-agent channel and its kind sit on a virtio-serial controller.
-  if ((def.channels ?? []).length > 0 && !list.some((c) => c.type === 'virtio-serial'))
+  // The guest-agent channel, a virtio console and their kind sit on a virtio-serial controller.
+  if (
+    (def.channels ?? []).length + (def.consoles ?? []).length > 0 &&
+    !list.some((c) => c.type === 'virtio-serial')
+  )
     list.push({ type: 'virtio-serial', index: 0 });
 
   const taken = new Set<number>();

@@ -1,4 +1,5 @@
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
+import { channelSocketPath } from './channel.js';
 import type { QapiObject } from './qapi.js';
 
 /** The alias of serial port `port`, as libvirt names it. */
@@ -12,9 +13,13 @@ export function serialDevice(port: number): QapiObject {
 }
 
 /**
- * The sockets QEMU listened on for serial ports, to remove once it is gone (libvirt's
- * qemuProcessCleanupChardevDevice): QEMU leaves them behind.
+ * The sockets QEMU listened on for serial ports and channels, to remove once it is gone (libvirt's
+ * qemuProcessCleanupChardevDevice): QEMU leaves them behind. A socket QEMU connected to is not
+ * among them: it belongs to whoever listens there. Channels always listen (`server=on`).
  */
-export function listeningSockets(def: DomainDefinition): string[] {
-  return def.serials.flatMap((s) => (s.type === 'unix' && s.mode === 'bind' ? [s.path] : []));
+export function listeningSockets(def: DomainDefinition, runDir: string): string[] {
+  return [
+    ...def.serials.flatMap((s) => (s.type === 'unix' && s.mode === 'bind' ? [s.path] : [])),
+    ...(def.channels ?? []).map((c) => channelSocketPath(def, c, runDir)),
+  ];
 }

@@ -35,7 +35,7 @@ export function checkSameLive(
 /** Every disk image must exist at the destination (shared storage): refused before QEMU starts. */
 export function checkDisksPresent(def: DomainDefinition): void {
   def.disks.forEach((disk, i) => {
-    if (!existsSync(disk.source))
+    if (disk.source !== undefined && !existsSync(disk.source))
       throw new VirtError(
         ErrorCode.OPERATION_INVALID,
         `disk ${disk.source} of '${def.name}' does not exist at the destination; migration needs the same storage on both sides`,

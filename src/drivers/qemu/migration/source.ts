@@ -8,6 +8,7 @@ import type {
 import { faultPoint } from '../../../util/fault-points.js';
 import type { HeldJob, Job } from '../../jobs.js';
 import { type DriverContext, within } from '../context.js';
+import { listeningSockets } from '../devices/serial.js';
 import type { DomainObject, Runtime } from '../domain-object.js';
 import { emulatorOf, signalEmulator } from '../emulator-kill.js';
 import { requireActive } from '../lifecycle.js';
@@ -307,8 +308,12 @@ export async function confirmMigration(
   }
   await enterPhase(dom, record, 'confirm');
   run.stopIntent = 'migrated';
-  await run.qmp?.command('quit').catch(() => undefined);
-  if ((await within(run.exited, QUIT_WAIT_MS)) === 'timeout') {
+  // QEMU that quits unlinks the UNIX sockets it listened on, by path; on this host the
+  // destination's QEMU may listen on the same paths now. Killed, it leaves them: the guest's state
+  // and disks are the destination's (flushed and inactivated when the stream completed).
+  const shared = listeningSockets(run.live, ctx.layout.run).length > 0;
+  if (!shared) await run.qmp?.command('quit').catch(() => undefined);
+  if (shared || (await within(run.exited, QUIT_WAIT_MS)) === 'timeout') {
     try {
       process.kill(run.pid, 'SIGKILL');
     } catch {

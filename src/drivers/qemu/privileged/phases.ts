@@ -14,7 +14,7 @@ import type { ThreadIds } from '../status.js';
 /** Descriptors opened before the stub exists, to be inherited by QEMU at fixed numbers. */
 export interface PreExecDescriptors {
   /** One fd per disk, in definition order. */
-  readonly disks: number[];
+  readonly disks: Array<number | undefined>;
   /** Per disk (definition order): the read-only fd of its backing image, else undefined. */
   readonly backings?: Array<number | undefined>;
   /** Per interface (definition order): the TAP fds of an ethernet interface, else undefined. */
@@ -32,6 +32,11 @@ export async function openPreExecDescriptors(
   const out: PreExecDescriptors = { disks: [], backings, taps: [], all: [] };
   try {
     for (const disk of def.disks) {
+      // An empty CD-ROM has nothing to open.
+      if (disk.source === undefined) {
+        out.disks.push(undefined);
+        continue;
+      }
       const { fd } = await invoke(scope, 'storage.openFile', 'pre-exec', {
         path: disk.source,
         mode: disk.readonly ? 'r' : 'rw',

@@ -1,0 +1,125 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { resolveDomainXml } from '../../src/stable/definition/xml.js';
+import type { Connection, DomainDefinition } from '../../src/stable/index.js';
+import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+
+/*
+ * What virt-install writes besides a serial port and disks with media: a virtio console (a
+ * virtconsole on the virtio-serial controller) and an empty CD-ROM. Each document is defined from
+ * XML, started paused on real QEMU (TCG) and inspected through a second QMP monitor.
+ */
+
+let root: string;
+let conn: Connection;
+const closers: Array<() => void> = [];
+
+beforeEach(async () => {
+  root = tempRoot();
+  conn = await openRoot(root);
+});
+afterEach(async () => {
+  for (const c of closers.splice(0)) c();
+  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+  await conn.close();
+  removeRoot(root);
+});
+
+async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: DomainDefinition; xml: string }> {
+  const probe = `${root}/probe.qmp`;
+  const withProbe = xml.replace(
+    '</domain>',
+    `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${probe},server=on,wait=off'/></qemu:commandline></domain>`,
+  );
+  const dom = await conn.defineDomain(withProbe);
+  await dom.start({ paused: true });
+  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
+  closers.push(() => qmp.close());
+  const live = dom.getDefinition();
+  const liveXml = dom.toXML();
+  // A pty's path is output only: parsing the live XML gives the definition without it.
+  const withoutPty = live.consoles
+    ? { ...live, consoles: live.consoles.map(({ path: _, ...c }) => c) }
+    : live;
+  expect(resolveDomainXml(liveXml)).toEqual(withoutPty);
+  return { qmp, live, xml: liveXml };
+}
+
+describe('virt-install devices on real QEMU', () => {
+  it("a virtio <console type='pty'> is a virtconsole on an added virtio-serial controller, its pty reported", async () => {
+    const { qmp, live, xml } = await startWithProbe(`<domain type='qemu'>
+  <name>virtio-console</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <console type='pty'><target type='virtio'/></console>
+  </devices>
+</domain>`);
+    const path = live.consoles?.[0]?.path ?? '';
+    expect(path).toMatch(/^\/dev\/pts\/[0-9]+$/);
+    expect(live.serials).toEqual([]);
+    const chardevs = (await qmp.execute('query-chardev')) as Array<{ label: string; filename: string }>;
+    expect(chardevs.find((c) => c.label === 'charconsole0')?.filename).toBe(`pty:${path}`);
+    // Paused before the firmware numbered the root ports' buses, query-pci lists only bus 0: the
+    // controller is found through QOM, on the root port q35 gives it.
+    const serial = await qmp.execute('qom-get', {
+      path: '/machine/peripheral/virtio-serial0',
+      property: 'type',
+    });
+    expect(serial).toMatch(/^virtio-serial-pci/);
+    const port = await qmp.execute('qom-get', {
+      path: '/machine/peripheral/virtio-serial0',
+      property: 'parent_bus',
+    });
+    expect(String(port)).toMatch(/pci\.[0-9]+$/);
+    const type = await qmp.execute('qom-get', { path: '/machine/peripheral/console0', property: 'type' });
+    expect(type).toBe('virtconsole');
+    const bus = await qmp.execute('qom-get', {
+      path: '/machine/peripheral/console0',
+      property: 'parent_bus',
+    });
+    expect(String(bus)).toContain('virtio-serial0');
+    expect(xml.replace(/\s+/g, ' ')).toContain(
+      `<console type='pty' tty='${path}'> <source path='${path}'/> <target type='virtio' port='0'/> </console>`,
+    );
+  });
+
+  it('an empty CD-ROM (no <source>) is a drive with no medium on SATA and on SCSI', async () => {
+    const cdrom = (dev: string, bus: string) =>
+      `<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='${dev}' bus='${bus}'/><readonly/></disk>`;
+    const { qmp, live, xml } = await startWithProbe(`<domain type='qemu'>
+  <name>empty-cdrom</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <controller type='scsi' model='virtio-scsi'/>
+    ${cdrom('sda', 'sata')}
+    ${cdrom('sdb', 'scsi')}
+  </devices>
+</domain>`);
+    expect(live.disks.map((d) => d.source)).toEqual([undefined, undefined]);
+    expect(xml).not.toContain('<source');
+    const blocks = (await qmp.execute('query-block')) as Array<{
+      qdev?: string;
+      removable: boolean;
+      tray_open?: boolean;
+      inserted?: unknown;
+    }>;
+    for (const disk of live.disks) {
+      const alias = disk.alias as string;
+      const block = blocks.find(
+        (b) => b.qdev === alias || b.qdev?.startsWith(`/machine/peripheral/${alias}/`),
+      );
+      expect(block, alias).toBeDefined();
+      expect(block?.removable).toBe(true);
+      expect(block?.tray_open).toBe(false);
+      expect(block?.inserted).toBeUndefined();
+    }
+    const types = await Promise.all(
+      live.disks.map((d) =>
+        qmp.execute('qom-get', { path: `/machine/peripheral/${d.alias}`, property: 'type' }),
+      ),
+    );
+    expect(types).toEqual(['ide-cd', 'scsi-cd']);
+  });
+});
