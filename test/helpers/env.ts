@@ -1,4 +1,5 @@
 import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -142,4 +143,16 @@ export function processesMentioning(needle: string): number[] {
 /** Files of `<root>/etc/domains`. */
 export function definitionFiles(root: string): string[] {
   return readdirSync(join(root, 'etc', 'domains'));
+}
+
+/** Whether something accepts a connection on the UNIX socket `path` (the probe's connection is closed at once). */
+export function acceptsConnection(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = netConnect(path);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
 }

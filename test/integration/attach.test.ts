@@ -9,7 +9,15 @@ import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { openInternal } from '../../src/internal/index.js';
 import { type Connection, connect, Domain, VirtError } from '../../src/stable/index.js';
 import { closeFd, listenUnixSocket } from '../../src/util/libc.js';
-import { alive, openRoot, recordEvents, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import {
+  acceptsConnection,
+  alive,
+  openRoot,
+  recordEvents,
+  removeRoot,
+  runLeftovers,
+  tempRoot,
+} from '../helpers/env.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 let root: string;
@@ -42,14 +50,7 @@ async function waitForMonitor(monitor: string, child: ChildProcess): Promise<voi
   const end = Date.now() + 60_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error('the external QEMU exited before listening on its monitor');
-    const ok = await new Promise<boolean>((resolve) => {
-      const sock = createConnection(monitor);
-      sock.once('connect', () => {
-        sock.destroy();
-        resolve(true);
-      });
-      sock.once('error', () => resolve(false));
-    });
+    const ok = await acceptsConnection(monitor);
     if (ok) return;
     if (Date.now() > end) throw new Error('the external QEMU did not listen on its monitor');
     await sleep(25);

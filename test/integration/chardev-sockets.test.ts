@@ -1,10 +1,10 @@
 import { existsSync, mkdirSync } from 'node:fs';
-import { createServer, connect as netConnect, type Server } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Connection } from '../../src/stable/index.js';
 import { installFaultHook } from '../../src/util/fault-points.js';
-import { openRoot, pausedOnly, removeRoot, tempRoot } from '../helpers/env.js';
+import { acceptsConnection, openRoot, pausedOnly, removeRoot, tempRoot } from '../helpers/env.js';
 import { leftovers, NOTHING_LEFT } from '../helpers/hostile.js';
 
 /*
@@ -31,18 +31,6 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
   removeRoot(root);
 });
-
-/** Whether something accepts a connection on the UNIX socket `path`. */
-function listening(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = netConnect(path);
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
-}
 
 /** Waits (up to 60 s) until none of `paths` exists; returns those that still do. */
 async function goneWithin(paths: string[]): Promise<string[]> {
@@ -76,7 +64,7 @@ describe('UNIX sockets QEMU listened on for channels and serial ports', { timeou
     const dom = await conn.defineDomain(def);
     await dom.start({ paused: true });
     const agent = join(root, 'run', `${dom.uuid}.org.qemu.guest_agent.0.sock`);
-    for (const path of [agent, named, serial]) expect(await listening(path), path).toBe(true);
+    for (const path of [agent, named, serial]) expect(await acceptsConnection(path), path).toBe(true);
 
     if (how === 'destroy') await dom.destroy({ graceMs: 1000 });
     else {
@@ -124,6 +112,6 @@ describe('UNIX sockets QEMU listened on for channels and serial ports', { timeou
     await dom.destroy({ graceMs: 1000 });
     expect(await leftovers(root, dom.uuid)).toEqual(NOTHING_LEFT);
     expect(existsSync(path)).toBe(true);
-    expect(await listening(path)).toBe(true);
+    expect(await acceptsConnection(path)).toBe(true);
   });
 });

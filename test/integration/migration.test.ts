@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
@@ -18,6 +17,7 @@ import { prlimitGet, prlimitSet, RLIMIT, schedGet, schedSet } from '../../src/ut
 import { readProcLimits, readThreadComm } from '../../src/util/proc.js';
 import { killChild } from '../helpers/child.js';
 import {
+  acceptsConnection,
   alive,
   GUEST_MARKER,
   openRoot,
@@ -92,18 +92,6 @@ async function countingGuest(name: string, n = 3): Promise<Domain> {
   return dom;
 }
 
-/** Whether something accepts a connection on the UNIX socket `path`. */
-function listening(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = netConnect(path);
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
-}
-
 /** The job recorded in the domain's status file under `root`, if any. */
 function statusJob(root: string, dom: Domain): Record<string, unknown> | undefined {
   const file = join(root, 'run', `${dom.name}.json`);
@@ -166,7 +154,7 @@ describe('UNIX sockets both QEMUs listen on (same host, same path)', { timeout: 
     );
     await dom.start();
     await until('count 2 on the source', () => (counts(consoleOf(dom)).at(-1) ?? 0) >= 2);
-    for (const path of [serialPath, channelPath]) expect(await listening(path), path).toBe(true);
+    for (const path of [serialPath, channelPath]) expect(await acceptsConnection(path), path).toBe(true);
     const srcPid = (await dom.getInfo()).pid as number;
 
     const moved = await dom.migrateTo(dst);
@@ -176,7 +164,7 @@ describe('UNIX sockets both QEMUs listen on (same host, same path)', { timeout: 
     expect(info).toMatchObject({ state: 'running', reason: 'migrated' });
     expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
     // The paths are the destination QEMU's now: its listener, not a stale file.
-    for (const path of [serialPath, channelPath]) expect(await listening(path), path).toBe(true);
+    for (const path of [serialPath, channelPath]) expect(await acceptsConnection(path), path).toBe(true);
     expect(runLeftovers(rootA)).toEqual([]);
 
     // The destination's own end removes them, as any end of a QEMU does.

@@ -1,10 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backingAlias, diskNodes } from '../../src/drivers/qemu/devices/disk.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
+import { acceptsConnection } from '../helpers/env.js';
 import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
@@ -80,18 +80,6 @@ ${sataDisks(files)}
   <features><acpi></acpi><pmu state="off"></pmu></features>
   <qemu:commandline><qemu:arg value="-qmp"></qemu:arg><qemu:arg value="unix:${probe},server=on,wait=off"></qemu:arg></qemu:commandline>
 </domain>`;
-}
-
-/** Whether something listens on the UNIX socket `path`. */
-function listening(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = netConnect(path);
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
 }
 
 describe('KubeVirt-shaped documents on real QEMU', () => {
@@ -173,7 +161,7 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
     expect(chardevs.find((c) => c.label === 'charserial0')?.filename).toBe(
       `disconnected:unix:${join(files, 'serial0')},server=on`,
     );
-    expect(await listening(join(files, 'serial0'))).toBe(true);
+    expect(await acceptsConnection(join(files, 'serial0'))).toBe(true);
     // QEMU holds the log open, and appending kept what was there.
     const pid = (await dom.getInfo()).pid as number;
     const held = readdirSync(`/proc/${pid}/fd`).map((fd) => {
