@@ -304,6 +304,7 @@ function controllerNode(c: ControllerDefinition): Node {
     ],
     [
       c.type === 'pci' && c.model === 'pcie-root-port' && node('model', [['name', 'pcie-root-port']]),
+      c.type === 'pci' && c.model === 'pcie-to-pci-bridge' && node('model', [['name', 'pcie-pci-bridge']]),
       c.type === 'pci' &&
         c.target &&
         node('target', [

@@ -129,7 +129,7 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
       el,
       model,
       'the PCI controller model',
-      ['pci-root', 'pcie-root', 'pcie-root-port'],
+      ['pci-root', 'pcie-root', 'pcie-root-port', 'pcie-to-pci-bridge'],
       [
         'pci-bridge',
         'dmi-to-pci-bridge',
@@ -137,7 +137,6 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
         'pcie-switch-downstream-port',
         'pci-expander-bus',
         'pcie-expander-bus',
-        'pcie-to-pci-bridge',
       ],
       'model',
     );
@@ -145,10 +144,12 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
     if (name) {
       check(name, { attrs: ['name'] });
       const device = name.attrs.get('name');
-      if (device !== undefined && device !== out.model) {
+      // libvirt's <model name>: QEMU's device, which is the model's name but for the bridge.
+      const qemuName = out.model === 'pcie-to-pci-bridge' ? 'pcie-pci-bridge' : out.model;
+      if (device !== undefined && device !== qemuName) {
         throw unsupported(
           name,
-          `the controller device '${device}' (virtkit uses '${String(out.model)}')`,
+          `the controller device '${device}' (virtkit uses '${String(qemuName)}')`,
           'name',
         );
       }

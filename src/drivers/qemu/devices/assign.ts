@@ -56,7 +56,7 @@ const key = (bus: number, slot: number, fn: number): string => `${bus}:${slot}.$
 class PciMap {
   readonly #used = new Map<string, string>();
   /** Bus number → what may sit on it. */
-  readonly buses = new Map<number, 'root' | 'root-port'>([[0, 'root']]);
+  readonly buses = new Map<number, 'root' | 'root-port' | 'bridge'>([[0, 'root']]);
   /** Slots of bus 0 that hold root ports only (libvirt aggregates up to eight per slot). */
   readonly #portSlots = new Set<number>();
   readonly #reserved: ReadonlySet<number>;
@@ -78,6 +78,8 @@ class PciMap {
     }
     if (kind === 'root-port' && address.slot !== 0)
       throw unsupported(`${path}.slot`, `slot ${address.slot} behind a PCIe root port (only slot 0 exists)`);
+    if (kind === 'bridge' && address.slot === 0)
+      throw unsupported(`${path}.slot`, 'slot 0 of a pcie-to-pci-bridge (its devices take slots 1-31)');
     if (kind === 'root' && this.#reserved.has(address.slot) && !fixedOk)
       throw unsupported(
         `${path}.slot`,
@@ -113,6 +115,17 @@ class PciMap {
       return address;
     }
     throw unsupported(path, 'a PCI device: every slot of bus 0 is taken');
+  }
+
+  /** The first free slot of a pcie-to-pci-bridge (1-31: libvirt leaves slot 0 to the bridge). */
+  nextBridgeSlot(bus: number, owner: string, path: string): PciAddress {
+    for (let slot = 1; slot < 32; slot++) {
+      if (!this.#slotFree(bus, slot)) continue;
+      const address: PciAddress = { type: 'pci', domain: 0, bus, slot, function: 0 };
+      this.#used.set(key(bus, slot, 0), owner);
+      return address;
+    }
+    throw unsupported(path, 'a PCI device: every slot of the pcie-to-pci-bridge is taken');
   }
 
   /** The next function for a root port: next to the other root ports, or a new slot. */
@@ -160,6 +173,8 @@ interface PciItem {
   readonly express: boolean;
   /** A member of an ICH9 USB set: all of them share one slot, each at its own function. */
   readonly ich9?: keyof typeof ICH9_FUNCTION;
+  /** A conventional PCI device that stays on bus 0 of a q35 machine (a chipset function: ich9-ahci). */
+  readonly integrated?: boolean;
   address?: PciAddress;
   readonly set: (address: PciAddress) => void;
 }
@@ -378,6 +393,11 @@ function assignPciAddresses(
       c.type === 'pci' && c.model === 'pcie-root-port',
   );
   for (const port of ports) pci.buses.set(port.index ?? 0, 'root-port');
+  let bridge = controllers.find(
+    (c): c is Extract<ControllerDefinition, { type: 'pci' }> =>
+      c.type === 'pci' && c.model === 'pcie-to-pci-bridge',
+  );
+  if (bridge) pci.buses.set(bridge.index ?? 0, 'bridge');
   const ctlPath = (c: ControllerDefinition) => `controllers.${controllers.indexOf(c)}`;
 
   // Addresses QEMU fixes for built-in functions.
@@ -409,6 +429,7 @@ function assignPciAddresses(
     express: boolean,
     holder: { address?: PciAddress | DiskDefinition['address'] },
     ich9?: keyof typeof ICH9_FUNCTION,
+    integrated = false,
   ) => {
     const address = holder.address?.type === 'pci' ? holder.address : undefined;
     items.push({
@@ -416,6 +437,7 @@ function assignPciAddresses(
       owner,
       express,
       ...(ich9 ? { ich9 } : {}),
+      ...(integrated ? { integrated } : {}),
       ...(address ? { address } : {}),
       set: (a) => {
         holder.address = a;
@@ -448,9 +470,58 @@ function assignPciAddresses(
         c.type !== 'sata' &&
           !(c.type === 'scsi' && (c.model === 'lsilogic' || c.model === 'virtio-transitional')),
         c,
+        undefined,
+        c.type === 'sata',
       );
     else if (c.type === 'usb' && c.model === 'none' && c.address)
       throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
+  }
+  // Conventional PCI devices of a q35 machine go behind a pcie-to-pci-bridge, as libvirt puts them
+  // (pcie.0 takes no hot-plug, the bridge does); libvirt adds one, with a root port, when needed.
+  const conventional = (item: PciItem) =>
+    family === 'q35' && !item.express && !item.ich9 && !item.integrated && !item.address;
+  if (!bridge && items.some(conventional)) {
+    if (options.live) {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        "the device is conventional PCI, which a q35 domain hot-plugs into a pcie-to-pci-bridge it does not have; define it with <controller type='pci' model='pcie-to-pci-bridge'/>",
+      );
+    }
+    const free = (from: number): number => {
+      let n = from;
+      while (pci.buses.has(n) || controllers.some((c) => c.type === 'pci' && c.index === n)) n++;
+      return n;
+    };
+    const portIndex = free(Math.max(0, ...ports.map((p) => p.index ?? 0)) + 1);
+    const port: ControllerDefinition = {
+      type: 'pci',
+      index: portIndex,
+      model: 'pcie-root-port',
+      alias: `pci.${portIndex}`,
+    };
+    controllers.push(port);
+    ports.push(port);
+    pci.buses.set(portIndex, 'root-port');
+    const bridgeIndex = free(portIndex + 1);
+    bridge = { type: 'pci', index: bridgeIndex, model: 'pcie-to-pci-bridge', alias: `pci.${bridgeIndex}` };
+    controllers.push(bridge);
+    pci.buses.set(bridgeIndex, 'bridge');
+  }
+  // The bridge is placed first, as libvirt addresses PCI controllers before other devices.
+  if (bridge) {
+    if (bridge.address?.bus !== undefined && pci.buses.get(bridge.address.bus) === 'bridge')
+      throw unsupported(`${ctlPath(bridge)}.address.bus`, 'a pcie-to-pci-bridge behind itself');
+    const holder = bridge;
+    const address = holder.address;
+    items.unshift({
+      path: ctlPath(holder),
+      owner: holder.alias ?? '',
+      express: true,
+      ...(address ? { address } : {}),
+      set: (a) => {
+        holder.address = a;
+      },
+    });
   }
   disks.forEach((disk, i) => {
     if (disk.target.bus !== 'virtio') return;
@@ -521,6 +592,8 @@ function assignPciAddresses(
       const address: PciAddress = { type: 'pci', domain: 0, bus, slot: 0, function: 0 };
       pci.take(address, item.owner);
       item.set(address);
+    } else if (bridge && family === 'q35' && !item.integrated) {
+      item.set(pci.nextBridgeSlot(bridge.index ?? 0, item.owner, item.path));
     } else {
       item.set(pci.nextRootSlot(item.owner, item.path));
     }

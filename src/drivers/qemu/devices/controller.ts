@@ -11,6 +11,8 @@ import { virtioDevice } from './virtio.js';
 export function controllerDevice(def: DomainDefinition, c: ControllerDefinition): QapiObject | undefined {
   const id = c.alias ?? '';
   if (c.type === 'pci') {
+    if (c.model === 'pcie-to-pci-bridge')
+      return { driver: 'pcie-pci-bridge', id, ...pciPlacement(def, c.address, `controller ${id}`) };
     if (c.model !== 'pcie-root-port') return undefined;
     return {
       driver: 'pcie-root-port',

@@ -19,9 +19,16 @@ const unsupported = (path: string, message: string): VirtError =>
 const invalid = (path: string, message: string): VirtError =>
   new VirtError(ErrorCode.XML_ERROR, `invalid domain definition: ${path}: ${message}`, { path });
 
+/** Whether `c` is the machine's PCI root (pci-root or pcie-root), index 0, built into QEMU. */
+export function isPciRoot(
+  c: ControllerDefinition,
+): c is Extract<ControllerDefinition, { type: 'pci' }> & { model: 'pci-root' | 'pcie-root' } {
+  return c.type === 'pci' && (c.model === 'pci-root' || c.model === 'pcie-root');
+}
+
 /** The QEMU id (and libvirt alias) of a controller that QEMU names itself. */
 export function fixedControllerAlias(c: ControllerDefinition, family: MachineFamily): string | undefined {
-  if (c.type === 'pci' && c.model !== 'pcie-root-port') return family === 'q35' ? 'pcie.0' : 'pci.0';
+  if (isPciRoot(c)) return family === 'q35' ? 'pcie.0' : 'pci.0';
   if (c.type === 'sata' && family === 'q35' && (c.index ?? 0) === 0) return 'ide';
   if (c.type === 'ide') return 'ide';
   return undefined;
@@ -96,10 +103,16 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   const list = def.controllers.map((c) => ({ ...c }));
   const path = (c: ControllerDefinition) => `controllers.${list.indexOf(c)}`;
   const rootModel = family === 'q35' ? 'pcie-root' : 'pci-root';
-  const roots = list.filter((c) => c.type === 'pci' && c.model !== 'pcie-root-port');
+  const roots = list.filter(isPciRoot);
+  if (list.filter((c) => c.type === 'pci' && c.model === 'pcie-to-pci-bridge').length > 1)
+    throw unsupported('controllers', 'a second pcie-to-pci-bridge (one holds 31 devices)');
   for (const c of list) {
     const at = `controllers.${list.indexOf(c)}`;
-    if (c.type === 'pci' && c.model !== 'pcie-root-port') {
+    if (c.type === 'pci' && c.model === 'pcie-to-pci-bridge' && family !== 'q35')
+      throw unsupported(`${at}.model`, 'a pcie-to-pci-bridge on an i440fx machine (its bus is PCI already)');
+    if (c.type === 'pci' && c.model === 'pcie-to-pci-bridge' && c.index === 0)
+      throw unsupported(`${at}.index`, 'index 0 for a pcie-to-pci-bridge (index 0 is the PCI root)');
+    if (isPciRoot(c)) {
       if (c.model !== rootModel)
         throw unsupported(`${at}.model`, `a ${c.model} on a ${family} machine (it has a ${rootModel})`);
       if (c.index !== undefined && c.index !== 0)
@@ -190,7 +203,7 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       c.index = c.type === 'sata' ? (c.index ?? 0) : 0;
       continue;
     }
-    if (c.model !== 'pcie-root-port') c.index = 0;
+    if (isPciRoot(c)) c.index = 0;
     if (c.index === undefined) continue;
     if (taken.has(c.index))
       throw unsupported(`${path(c)}.index`, `a second PCI controller with index ${c.index}`);
