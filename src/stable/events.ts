@@ -113,7 +113,8 @@ export type ShutdownReason = 'unknown' | 'user';
 
 /**
  * Why a domain is shut off, as in libvirt's `virDomainShutoffReason`: every {@link StoppedReason},
- * or `unknown` for a domain that never ran under this driver.
+ * or `unknown` for a domain that has not shut off since it was defined. The embedded driver keeps
+ * the last reason of a persistent domain for the drivers that open its root later.
  *
  * @public
  */

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Connection } from '../../src/stable/index.js';
 import { installFaultHook } from '../../src/util/fault-points.js';
-import { acceptsConnection, openRoot, pausedOnly, removeRoot, tempRoot } from '../helpers/env.js';
+import { acceptsConnection, alive, openRoot, pausedOnly, removeRoot, tempRoot } from '../helpers/env.js';
 import { leftovers, NOTHING_LEFT } from '../helpers/hostile.js';
 
 /*
@@ -59,6 +59,7 @@ describe('UNIX sockets QEMU listened on for channels and serial ports', { timeou
   it.each([
     ['a destroy', 'destroy'],
     ['QEMU killed (SIGKILL) behind the driver', 'kill'],
+    ['QEMU killed while no driver ran, then a reconnect', 'reconnect'],
   ] as const)('exist while it runs and are gone after %s; nothing else is left', async (_, how) => {
     const { def, named, serial } = withSockets(`chardev-${how}`);
     const dom = await conn.defineDomain(def);
@@ -67,7 +68,16 @@ describe('UNIX sockets QEMU listened on for channels and serial ports', { timeou
     for (const path of [agent, named, serial]) expect(await acceptsConnection(path), path).toBe(true);
 
     if (how === 'destroy') await dom.destroy({ graceMs: 1000 });
-    else {
+    else if (how === 'reconnect') {
+      const pid = (await dom.getInfo()).pid as number;
+      await conn.close();
+      process.kill(pid, 'SIGKILL');
+      const deadline = Date.now() + 60_000;
+      while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      conn = await openRoot(root);
+      const again = await conn.lookupDomain(def.name);
+      expect(await again.getInfo()).toMatchObject({ state: 'shutoff', reason: 'crashed', pid: null });
+    } else {
       process.kill((await dom.getInfo()).pid as number, 'SIGKILL');
       const deadline = Date.now() + 60_000;
       while ((await dom.getInfo()).state !== 'shutoff' && Date.now() < deadline)

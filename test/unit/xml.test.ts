@@ -578,7 +578,7 @@ describe('unsupported elements and attributes', () => {
       devices(disk().replace("type='raw'/>", "type='vmdk'/>")),
       '/domain/devices/disk/driver/@type',
     ],
-    ['network disk', devices(disk().replace("type='file'", "type='network'")), '/domain/devices/disk/@type'],
+    ['volume disk', devices(disk().replace("type='file'", "type='volume'")), '/domain/devices/disk/@type'],
     ['floppy', devices(disk().replace("device='disk'", "device='floppy'")), '/domain/devices/disk/@device'],
     ['lun', devices(disk().replace("device='disk'", "device='lun'")), '/domain/devices/disk/@device'],
     ['sd bus', devices(disk('', "<target dev='sda' bus='sd'/>")), '/domain/devices/disk/target/@bus'],

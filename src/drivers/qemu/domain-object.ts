@@ -1,5 +1,5 @@
 import type { DomainDefinition } from '../../stable/definition/schema.js';
-import type { DomainStatus, PausedReason } from '../../stable/events.js';
+import type { DomainStatus, PausedReason, ShutoffReason } from '../../stable/events.js';
 import { CoreDomain } from '../domain-core.js';
 import type { Job } from '../jobs.js';
 import type { ExitInfo } from './exit-info.js';
@@ -100,6 +100,8 @@ export interface Runtime {
 /** One defined domain: its persistent definition, its state and, while active, its runtime. */
 export class DomainObject extends CoreDomain {
   run: Runtime | undefined;
+  /** The reason the shut-off record holds (shutoff-record.ts), so an unchanged one is not written again. */
+  recordedShutoff: ShutoffReason | undefined;
 
   get active(): boolean {
     return this.run !== undefined;

@@ -29,7 +29,7 @@ import type {
   ShutdownOptions,
   StartOptions,
 } from '../../stable/driver.js';
-import type { DomainEvent, DomainInfo } from '../../stable/events.js';
+import type { DomainEvent, DomainInfo, ShutoffReason } from '../../stable/events.js';
 import type { OperationOptions } from '../../stable/jobs.js';
 import type {
   MigratePerformOptions,
@@ -78,6 +78,7 @@ import { modifiesDomain, monitorCommand, monitorEvents } from './passthrough.js'
 import { reconnectDomain } from './reconnect.js';
 import { domainPaths, lockRoot, type RootLayout, type RootLock, rootLayout } from './root.js';
 import { recordJob, saveState } from './runtime-status.js';
+import { readShutoffRecord, shutoffRecordPath, writeShutoffRecord } from './shutoff-record.js';
 import { DEFAULT_EMULATOR, startDomain } from './start.js';
 import { writeStatus } from './status.js';
 import { loadDefinitions, removeIfPresent, saveDefinition } from './store.js';
@@ -192,6 +193,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     // A transient domain found shut off (its QEMU ended while no driver watched) is gone.
     for (const dom of this.domains.values())
       if (!dom.active && this.#attached.delete(dom.def.uuid)) await this.#forget(dom);
+    for (const dom of this.domains.values()) this.#recallShutoff(dom);
     for (const path of sweepTransientMarkers(this.layout, this.domains.values()))
       appendLog(`${this.layout.log}/driver.log`, `removed ${path}, left by a driver that was killed`);
     for (const path of sweepRootLeftovers(this, this.domains.values()))
@@ -241,6 +243,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
         if (dom.active || this.domains.find(dom.def.uuid) !== dom) return;
         removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
         removeIfPresent(transientMarker(this.layout, dom.def.name));
+        removeIfPresent(shutoffRecordPath(this.layout, dom.def.name));
         this.domains.delete(dom.def.uuid);
         this.emit(dom, 'undefined', 'removed');
       },
@@ -324,12 +327,36 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
     const run = dom.run;
     if (run?.pid !== this.#statFiles.get(dom.def.uuid)?.pid || dom.state === 'shutoff')
       this.#dropStatFile(dom.def.uuid);
+    if (dom.status.state === 'shutoff') this.#keepShutoff(dom, dom.status.reason);
     if (!run) return;
     try {
       saveState(dom, run);
     } catch (err) {
       this.log(dom, `cannot record the state in ${run.paths.status}: ${errorMessage(err)}`);
     }
+  }
+
+  /**
+   * Keeps why a persistent domain shut off (shutoff-record.ts), so the next driver of the root
+   * (the next `virtkit` command) still tells it. A transient domain leaves nothing.
+   */
+  #keepShutoff(dom: DomainObject, reason: ShutoffReason): void {
+    if (this.#attached.has(dom.def.uuid) || dom.recordedShutoff === reason) return;
+    try {
+      writeShutoffRecord(this.layout, dom.def.name, dom.def.uuid, reason);
+      dom.recordedShutoff = reason;
+    } catch (err) {
+      this.log(dom, `cannot record why the domain shut off (${reason}): ${errorMessage(err)}`);
+    }
+  }
+
+  /** A persistent domain found shut off for no known reason gets the one its record keeps. */
+  #recallShutoff(dom: DomainObject): void {
+    if (dom.active || dom.status.state !== 'shutoff' || dom.status.reason !== 'unknown') return;
+    const reason = readShutoffRecord(shutoffRecordPath(this.layout, dom.def.name), dom.def.uuid);
+    if (reason === undefined) return;
+    dom.recordedShutoff = reason;
+    this.setState(dom, { state: 'shutoff', reason });
   }
 
   /** A job on a running domain is recorded in its status file while it runs. */
@@ -459,6 +486,7 @@ export class QemuDriver extends DriverCore<DomainObject> implements Driver, Driv
       }
       removeIfPresent(domainPaths(this.layout, dom.def.name, dom.def.uuid).definition);
       faultPoint('undefine:removed');
+      removeIfPresent(shutoffRecordPath(this.layout, dom.def.name));
       this.domains.delete(uuid);
       this.emit(dom, 'undefined', 'removed');
     });

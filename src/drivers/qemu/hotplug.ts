@@ -220,6 +220,10 @@ async function plugDisk(
 ): Promise<DomainDefinition> {
   const qmp = monitor(run);
   const alias = disk.alias as string;
+  if (disk.network) {
+    // QEMU connects to the server itself: no descriptor to hand over.
+    return plugBlockNodes(ctx, dom, qmp, live, disk, []);
+  }
   const source = disk.source;
   if (source === undefined) {
     throw new VirtError(
@@ -247,10 +251,29 @@ async function plugDisk(
     path: source,
     mode: disk.readonly ? 'r' : 'rw',
   });
-  const undo: Array<() => Promise<unknown>> = [];
   try {
     await qmp.addFd(fd, { fdsetId: set, opaque: source });
-    undo.push(() => qmp.command('remove-fd', { 'fdset-id': set }));
+    return await plugBlockNodes(ctx, dom, qmp, live, disk, [
+      () => qmp.command('remove-fd', { 'fdset-id': set }),
+    ]);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/**
+ * Adds a disk's block nodes and its device; on failure, undoes them and then `undo`. Returns the
+ * live definition with the disk, validated.
+ */
+async function plugBlockNodes(
+  ctx: DriverContext,
+  dom: DomainObject,
+  qmp: ReturnType<typeof monitor>,
+  live: DomainDefinition,
+  disk: DiskDefinition,
+  undo: Array<() => Promise<unknown>>,
+): Promise<DomainDefinition> {
+  try {
     // The format node fails without its storage node; when the storage node fails (its name
     // taken), the format node may sit on a node of someone else's, and is deleted like any node
     // this attach created. device_add waits for both, so the guest never sees such a node.
@@ -267,8 +290,6 @@ async function plugDisk(
   } catch (err) {
     await undoAll(ctx, dom, undo);
     throw err;
-  } finally {
-    closeFd(fd);
   }
 }
 
@@ -340,8 +361,9 @@ async function release(
     steps.push(
       () => qmp.command('blockdev-del', { 'node-name': nodes.format }),
       () => qmp.command('blockdev-del', { 'node-name': nodes.storage }),
-      () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }),
     );
+    // A network disk has no fdset.
+    if (!device.disk.network) steps.push(() => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }));
     if (device.disk.backingStore) {
       const backing = backingAlias(alias);
       const under = diskNodes(backing);

@@ -1,10 +1,9 @@
 import { spawn } from 'node:child_process';
-import { closeSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { CONTROL_FD, STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
-import { readProcState } from '../../util/proc.js';
 import { canSpawnInSession, pipeCloexec, spawnInSession } from '../../util/spawn-session.js';
 import { leaderGone } from './emulator-kill.js';
 import type { ExitInfo } from './exit-info.js';
@@ -113,30 +112,6 @@ export function launchStub(
     proceed: () => finish('go\n'),
     abandon: () => finish(''),
   };
-}
-
-/**
- * Resolves once the stub runs as the stub: its `/proc/<pid>/cmdline` shows the stub's arguments.
- * Spawning returns once the exec has passed its point of no return, which is before the new
- * program's arguments are in place: for a moment the process is the shell with an empty command
- * line. A privileged helper recognises the stub by that command line (it may raise the limits of
- * the driver's stub only), so `process.setMaxMemLock` waits for it. Resolves at once if the
- * process is gone or a zombie (its exit is reported elsewhere), and after `timeoutMs` in any case.
- */
-export async function stubExecuted(pid: number, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
-    let argv: string;
-    try {
-      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    } catch {
-      return;
-    }
-    if (argv.includes(`\0${STUB_ARGV0}\0`) || Date.now() >= until) return;
-    const state = readProcState(pid);
-    if (state === undefined || state === 'Z' || state === 'X') return;
-    await new Promise((r) => setTimeout(r, delay));
-  }
 }
 
 /** {@link launchStub} through `child_process.spawn`: a fork of this process. */

@@ -2,6 +2,7 @@ import { realpathSync } from 'node:fs';
 import { errorMessage } from '../../errors.js';
 import { readProcExe, readProcStartTime } from '../../util/proc.js';
 import { type DriverContext, deferred, scopeOf } from './context.js';
+import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
 import { settleInterruptedJob } from './job-recovery.js';
@@ -67,8 +68,13 @@ export async function reconnectDomain(ctx: DriverContext, dom: DomainObject): Pr
       if (survivors.length > 0) ctx.log(dom, `reconnect: processes ${survivors.join(', ')} survive SIGKILL`);
     }
     await releaseThreads(scopeOf(ctx, dom, leftover), record, 'reconnect');
-    removeIfPresent(paths.monitor);
-    removeIfPresent(paths.status);
+    // QEMU killed cannot unlink the sockets it listened on; after a migration on this host they
+    // are the destination's (as in finalizeExit).
+    const sockets =
+      status && reason !== 'migrated'
+        ? listeningSockets(readLive(status.live, dom).live, ctx.layout.run)
+        : [];
+    for (const path of [paths.monitor, paths.status, ...sockets]) removeIfPresent(path);
     ctx.log(dom, `reconnect: ${why}; domain marked shut off (${reason})`);
     ctx.setState(dom, { state: 'shutoff', reason }, 'stopped');
   };

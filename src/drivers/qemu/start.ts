@@ -23,7 +23,7 @@ import {
   raiseMemLock,
   releaseThreads,
 } from './privileged/phases.js';
-import { execSlot, FIRST_CHILD_FD, type Launch, launchStub, stubExecuted } from './process.js';
+import { execSlot, FIRST_CHILD_FD, type Launch, launchStub } from './process.js';
 import { QmpClient } from './qmp/client.js';
 import { type DomainPaths, domainPaths } from './root.js';
 import { runtimeStatus } from './runtime-status.js';
@@ -329,7 +329,6 @@ async function recordStarting(s: Startup): Promise<void> {
 async function raiseMemLockStep(s: Startup): Promise<void> {
   const run = s.run as Runtime;
   const phase = s.options.incoming ? 'migration-in' : 'pre-exec';
-  await stubExecuted(run.pid);
   await raiseMemLock(scopeOf(s.ctx, s.dom, run), s.def, run.pid, phase);
 }
 

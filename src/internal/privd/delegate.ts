@@ -8,6 +8,7 @@ import {
   type OperationName,
   operationSchemas,
 } from '../../privileged/operations.js';
+import { stubExecuted } from '../../privileged/stub.js';
 import { INTERNAL_API_VERSION } from '../../privileged/version.js';
 import { closeFd, SyscallError } from '../../util/libc.js';
 import { unixConnect } from '../../util/unix-socket.js';
@@ -41,6 +42,10 @@ export interface Delegate {
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The phases in which `process.setMaxMemLock` targets the driver's stub, before QEMU execs. */
+const STUB_PHASES: ReadonlySet<string> = new Set(['pre-exec', 'migration-in']);
+/** An exec fills in the command line within microseconds; a pid whose stays empty is no stub. */
+const STUB_WAIT_MS = 2_000;
 
 interface Pending {
   readonly op: OperationName;
@@ -213,6 +218,18 @@ class Client {
    * call that has to connect first waits for that, under the same deadline and signal.
    */
   call<Op extends OperationName>(op: Op, ctx: InvocationContext, args: OperationArgs<Op>): Promise<unknown> {
+    if (op === 'process.setMaxMemLock' && STUB_PHASES.has(ctx.phase)) {
+      // The helper recognises the stub by its command line, which the exec puts in place only
+      // after spawning has returned (fa52397): wait for it here, where only a delegated raise pays.
+      const { pid } = args as OperationArgs<'process.setMaxMemLock'>;
+      return stubExecuted(pid, Math.min(STUB_WAIT_MS, timeUntil(ctx.deadline))).then(() =>
+        this.#call(op, ctx, args),
+      );
+    }
+    return this.#call(op, ctx, args);
+  }
+
+  #call<Op extends OperationName>(op: Op, ctx: InvocationContext, args: OperationArgs<Op>): Promise<unknown> {
     try {
       const open = ctx.signal.aborted ? undefined : this.#openSession();
       return open ? this.#request(open, op, ctx, args) : this.#connectThenRequest(op, ctx, args);

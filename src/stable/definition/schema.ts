@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { deviceSchemas } from './schema-devices.js';
+import { networkDiskSource } from './schema-network-disk.js';
 import {
   bootmenuSchema,
   clockSchema,
@@ -156,7 +157,8 @@ const controllerSchema = z.discriminatedUnion('type', [
 
 const diskSchema = z
   .strictObject({
-    type: z.enum(['file', 'block']),
+    /** `network`: the image is on a server QEMU connects to itself (see `network`). */
+    type: z.enum(['file', 'block', 'network']),
     device: z.enum(['disk', 'cdrom']).default('disk'),
     /** The virtio flavour of a virtio disk. */
     model: virtioModel.optional(),
@@ -182,6 +184,8 @@ const diskSchema = z
      * tray QEMU shows with no medium.
      */
     source: z.string().startsWith('/', 'an absolute path').optional(),
+    /** The server and image of a `network` disk (which has no `source` path). */
+    network: networkDiskSource.optional(),
     /**
      * The image a qcow2 disk is an overlay of (libvirt's `<backingStore>`, as KubeVirt writes for its
      * ephemeral disks): opened read-only by virtkit and given to QEMU as the overlay's backing node,
@@ -209,6 +213,35 @@ const diskSchema = z
     address: z.discriminatedUnion('type', [pciAddress, driveAddress, usbAddress]).optional(),
   })
   .superRefine((disk, ctx) => {
+    if (disk.type === 'network') {
+      if (disk.network === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['network'],
+          message: 'a network disk needs its server (network)',
+        });
+      if (disk.source !== undefined)
+        ctx.addIssue({ code: 'custom', path: ['source'], message: 'a network disk has no source path' });
+      if (disk.backingStore)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['backingStore'],
+          message: 'a network disk with a local backing image is not supported',
+        });
+      if (disk.driver.io !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['driver', 'io'],
+          message: 'the AIO engine is for file and block disks',
+        });
+      return;
+    }
+    if (disk.network !== undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['network'],
+        message: `a ${disk.type} disk has no network source`,
+      });
     if (disk.source === undefined && disk.device !== 'cdrom')
       ctx.addIssue({
         code: 'custom',
