@@ -161,6 +161,12 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   }
   const fdsets = new Map<number, string>();
   full.disks.forEach((disk, i) => {
+    if (disk.network) {
+      // QEMU connects to the server itself: no descriptor to hand over.
+      for (const node of diskBlockdevs(disk)) json('-blockdev', node);
+      json('-device', diskDevice(full, disk, `disks.${i}`));
+      return;
+    }
     if (disk.source === undefined) {
       // An empty CD-ROM: the drive with no medium in its tray, no block node (as libvirt 9).
       if (disk.target.bus === 'virtio' || disk.target.bus === 'usb')

@@ -170,6 +170,11 @@ async function plugDisk(
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = disk.alias as string;
+  if (disk.network) {
+    // QEMU connects to the server itself: no descriptor to hand over.
+    await plugBlockNodes(ctx, dom, qmp, live, disk, []);
+    return;
+  }
   const source = disk.source;
   if (source === undefined) {
     throw new VirtError(
@@ -197,10 +202,24 @@ async function plugDisk(
     path: source,
     mode: disk.readonly ? 'r' : 'rw',
   });
-  const undo: Array<() => Promise<unknown>> = [];
   try {
     await qmp.addFd(fd, { fdsetId: set, opaque: source });
-    undo.push(() => qmp.command('remove-fd', { 'fdset-id': set }));
+    await plugBlockNodes(ctx, dom, qmp, live, disk, [() => qmp.command('remove-fd', { 'fdset-id': set })]);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** Adds a disk's block nodes and its device; on failure, undoes them and then `undo`. */
+async function plugBlockNodes(
+  ctx: DriverContext,
+  dom: DomainObject,
+  qmp: ReturnType<typeof monitor>,
+  live: DomainDefinition,
+  disk: DiskDefinition,
+  undo: Array<() => Promise<unknown>>,
+): Promise<void> {
+  try {
     for (const node of diskBlockdevs(disk)) {
       await qmp.command('blockdev-add', node as never);
       const name = String(node['node-name']);
@@ -210,8 +229,6 @@ async function plugDisk(
   } catch (err) {
     await undoAll(ctx, dom, undo);
     throw err;
-  } finally {
-    closeFd(fd);
   }
 }
 
@@ -277,8 +294,9 @@ async function release(
     steps.push(
       () => qmp.command('blockdev-del', { 'node-name': nodes.format }),
       () => qmp.command('blockdev-del', { 'node-name': nodes.storage }),
-      () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }),
     );
+    // A network disk has no fdset.
+    if (!device.disk.network) steps.push(() => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }));
     if (device.disk.backingStore) {
       const backing = backingAlias(alias);
       const under = diskNodes(backing);

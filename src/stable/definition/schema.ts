@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { deviceSchemas } from './schema-devices.js';
+import { networkDiskSource } from './schema-network-disk.js';
 import {
   bootmenuSchema,
   clockSchema,
@@ -156,7 +157,8 @@ const controllerSchema = z.discriminatedUnion('type', [
 
 const diskSchema = z
   .strictObject({
-    type: z.enum(['file', 'block']),
+    /** `network`: the image is on a server QEMU connects to itself (see `network`). */
+    type: z.enum(['file', 'block', 'network']),
     device: z.enum(['disk', 'cdrom']).default('disk'),
     /** The virtio flavour of a virtio disk. */
     model: virtioModel.optional(),
@@ -182,6 +184,8 @@ const diskSchema = z
      * tray QEMU shows with no medium.
      */
     source: z.string().startsWith('/', 'an absolute path').optional(),
+    /** The server and image of a `network` disk (which has no `source` path). */
+    network: networkDiskSource.optional(),
     /**
      * The image a qcow2 disk is an overlay of (libvirt's `<backingStore>`, as KubeVirt writes for its
      * ephemeral disks): opened read-only by virtkit and given to QEMU as the overlay's backing node,
@@ -209,6 +213,35 @@ const diskSchema = z
     address: z.discriminatedUnion('type', [pciAddress, driveAddress, usbAddress]).optional(),
   })
   .superRefine((disk, ctx) => {
+    if (disk.type === 'network') {
+      if (disk.network === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['network'],
+          message: 'a network disk needs its server (network)',
+        });
+      if (disk.source !== undefined)
+        ctx.addIssue({ code: 'custom', path: ['source'], message: 'a network disk has no source path' });
+      if (disk.backingStore)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['backingStore'],
+          message: 'a network disk with a local backing image is not supported',
+        });
+      if (disk.driver.io !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['driver', 'io'],
+          message: 'the AIO engine is for file and block disks',
+        });
+      return;
+    }
+    if (disk.network !== undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['network'],
+        message: `a ${disk.type} disk has no network source`,
+      });
     if (disk.source === undefined && disk.device !== 'cdrom')
       ctx.addIssue({
         code: 'custom',
@@ -380,7 +413,16 @@ export const domainDefinitionSchema = z.strictObject({
   memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),
   onPoweroff: z.enum(['destroy', 'restart']).default('destroy'),
   onReboot: z.enum(['restart', 'destroy']).default('restart'),
-  onCrash: z.enum(['destroy']).default('destroy'),
+  /**
+   * What a guest panic does (libvirt's `on_crash`; QEMU learns of a panic through a `panics`
+   * device): `destroy` stops QEMU (shut off, reason `crashed`), `restart` resets the guest (running,
+   * reason `crashed`), `preserve` keeps it stopped where it panicked (state `crashed`, reason
+   * `panicked`); the `coredump-` ones first write the guest's memory as an ELF core file to
+   * `<root>/lib/dump/`.
+   */
+  onCrash: z
+    .enum(['destroy', 'restart', 'preserve', 'coredump-destroy', 'coredump-restart'])
+    .default('destroy'),
   emulator: z.string().startsWith('/', 'an absolute path').optional(),
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),

@@ -36,6 +36,32 @@ function charSourceNode(
   return serial.path === undefined ? undefined : node('source', [['path', serial.path]]);
 }
 
+/** A network disk's `<source protocol name query>` with its host and protocol options. */
+function networkSourceNode(net: NonNullable<DiskDefinition['network']>): Node {
+  return node(
+    'source',
+    [
+      ['protocol', net.protocol],
+      ['name', net.name],
+      ['query', net.query],
+    ],
+    [
+      ...net.hosts.map((h) =>
+        node('host', [
+          ['transport', h.transport === 'tcp' ? undefined : h.transport],
+          ['name', h.name],
+          ['port', h.port],
+          ['socket', h.socket],
+        ]),
+      ),
+      net.initiator !== undefined && node('initiator', [], [node('iqn', [['name', net.initiator]])]),
+      net.timeoutSeconds !== undefined && node('timeout', [['seconds', net.timeoutSeconds]]),
+      net.readaheadBytes !== undefined && node('readahead', [['size', net.readaheadBytes]]),
+      net.sslVerify !== undefined && node('ssl', [['verify', net.sslVerify ? 'yes' : 'no']]),
+    ],
+  );
+}
+
 function node(
   name: string,
   attrs: ReadonlyArray<readonly [string, AttrValue]> = [],
@@ -403,7 +429,20 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  return { before: [...before, ...watchdogs], after: [...rngs, ...dimms] };
+  const panics: Node[] = (def.panics ?? []).map((p) =>
+    node(
+      'panic',
+      [['model', p.model]],
+      [
+        p.iobase !== undefined &&
+          node('address', [
+            ['type', 'isa'],
+            ['iobase', `0x${p.iobase.toString(16)}`],
+          ]),
+      ],
+    ),
+  );
+  return { before: [...before, ...watchdogs], after: [...rngs, ...panics, ...dimms] };
 }
 
 function domainNode(def: DomainDefinition): Node {
@@ -436,6 +475,7 @@ function domainNode(def: DomainDefinition): Node {
             ]),
             disk.source !== undefined &&
               node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
+            disk.network && networkSourceNode(disk.network),
             disk.backingStore &&
               node(
                 'backingStore',

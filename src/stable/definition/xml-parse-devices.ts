@@ -1,5 +1,6 @@
 import { parseAddress, parseController, parseDeviceAlias, parseMemballoon } from './xml-parse-addresses.js';
 import { EXTRA_DEVICES, parseExtraDevices } from './xml-parse-devices-extra.js';
+import { parseNetworkSource, refuseAuth } from './xml-parse-network-disk.js';
 import {
   check,
   child,
@@ -86,6 +87,7 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
     attrs: ['type', 'device', 'model'],
     children: [
       'driver',
+      'auth',
       'source',
       'backingStore',
       'target',
@@ -106,10 +108,12 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
     el,
     type,
     'the disk type',
-    ['file', 'block'],
-    ['dir', 'network', 'volume', 'nvme', 'vhostuser', 'vhostvdpa'],
+    ['file', 'block', 'network'],
+    ['dir', 'volume', 'nvme', 'vhostuser', 'vhostvdpa'],
     'type',
   );
+  const auth = child(el, 'auth');
+  if (auth) refuseAuth(auth);
   const device = el.attrs.get('device');
   if (device !== undefined) {
     out.device = choice(el, device, 'the disk device', ['disk', 'cdrom'], ['floppy', 'lun'], 'device');
@@ -132,7 +136,9 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   }
   const source = child(el, 'source');
   const sourceAttr = out.type === 'file' ? 'file' : 'dev';
-  if (source) {
+  if (source && out.type === 'network') {
+    parseNetworkSource(origins, source, field, out);
+  } else if (source) {
     // KubeVirt writes the volume's name on a block source; libvirt ignores it.
     check(source, { attrs: out.type === 'block' ? [sourceAttr, 'name'] : [sourceAttr] });
     origins.note(`${field}.source`, source, sourceAttr);
