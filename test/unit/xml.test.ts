@@ -708,7 +708,7 @@ describe('unsupported elements and attributes', () => {
       doc('').replace("unit='MiB'", "unit='MiB' dumpCore='off'"),
       '/domain/memory/@dumpCore',
     ],
-    ['on_crash restart', doc('<on_crash>restart</on_crash>'), '/domain/on_crash'],
+    ['on_crash rename-restart', doc('<on_crash>rename-restart</on_crash>'), '/domain/on_crash'],
     ['on_poweroff preserve', doc('<on_poweroff>preserve</on_poweroff>'), '/domain/on_poweroff'],
     ['domain type xen', doc('', "type='xen'"), '/domain/@type'],
     ['xml:lang', doc('').replace('<name>', "<name xml:lang='en'>"), '/domain/name/@xml:lang'],

@@ -425,7 +425,16 @@ export const domainDefinitionSchema = z.strictObject({
   memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),
   onPoweroff: z.enum(['destroy', 'restart']).default('destroy'),
   onReboot: z.enum(['restart', 'destroy']).default('restart'),
-  onCrash: z.enum(['destroy']).default('destroy'),
+  /**
+   * What a guest panic does (libvirt's `on_crash`; QEMU learns of a panic through a `panics`
+   * device): `destroy` stops QEMU (shut off, reason `crashed`), `restart` resets the guest (running,
+   * reason `crashed`), `preserve` keeps it stopped where it panicked (state `crashed`, reason
+   * `panicked`); the `coredump-` ones first write the guest's memory as an ELF core file to
+   * `<root>/lib/dump/`.
+   */
+  onCrash: z
+    .enum(['destroy', 'restart', 'preserve', 'coredump-destroy', 'coredump-restart'])
+    .default('destroy'),
   emulator: z.string().startsWith('/', 'an absolute path').optional(),
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),

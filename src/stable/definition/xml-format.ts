@@ -440,7 +440,20 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  return { before: [...before, ...watchdogs], after: [...rngs, ...dimms] };
+  const panics: Node[] = (def.panics ?? []).map((p) =>
+    node(
+      'panic',
+      [['model', p.model]],
+      [
+        p.iobase !== undefined &&
+          node('address', [
+            ['type', 'isa'],
+            ['iobase', `0x${p.iobase.toString(16)}`],
+          ]),
+      ],
+    ),
+  );
+  return { before: [...before, ...watchdogs], after: [...rngs, ...panics, ...dimms] };
 }
 
 function domainNode(def: DomainDefinition): Node {
