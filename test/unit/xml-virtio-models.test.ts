@@ -149,9 +149,12 @@ describe('watchdog', () => {
     const xml = doc("<watchdog model='i6300esb' action='poweroff'/>");
     expect(roundTrips(xml).watchdogs).toEqual([{ model: 'i6300esb', action: 'poweroff' }]);
     const args = argv(xml);
+    // Conventional PCI on q35: behind the pcie-to-pci-bridge added for it, at slot 1.
+    const bridge = devicesOf(args).find((d) => d.driver === 'pcie-pci-bridge');
     expect(devicesOf(args).find((d) => d.id === 'watchdog0')).toMatchObject({
       driver: 'i6300esb',
-      bus: 'pcie.0',
+      bus: bridge?.id,
+      addr: '0x1',
     });
     expect(args.join(' ')).toContain('-action watchdog=poweroff');
   });
