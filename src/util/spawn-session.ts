@@ -164,68 +164,6 @@ export function spawnInSession(
   env: Readonly<Record<string, string>>,
   fds: ReadonlyArray<number | null>,
 ): SpawnedProcess {
-  const call = prepareSpawn(file, argv, env, fds);
-  let pid: number;
-  try {
-    const rc = lib().posix_spawn(...call.args);
-    if (rc !== 0) throw new SyscallError('posix_spawn', rc, JSON.stringify(file));
-    pid = call.pid[0] as number;
-  } finally {
-    call.done();
-  }
-  return watchExit(pid);
-}
-
-/**
- * {@link spawnInSession} with `posix_spawn` run on a thread of libuv's pool: the vfork suspends
- * that thread, not the event loop, until the child has exec'd (a millisecond and more each on a
- * loaded host, dozens in a row when many domains start at once). The descriptors in `fds` must
- * stay open until the promise settles.
- *
- * @throws {@link SyscallError} (as a rejection) when the process cannot be started
- */
-export function spawnInSessionAsync(
-  file: string,
-  argv: readonly string[],
-  env: Readonly<Record<string, string>>,
-  fds: ReadonlyArray<number | null>,
-): Promise<SpawnedProcess> {
-  return new Promise((resolve, reject) => {
-    const call = prepareSpawn(file, argv, env, fds);
-    try {
-      (lib().posix_spawn as unknown as AsyncSpawn).async(...call.args, (err, rc) => {
-        call.done();
-        try {
-          if (err) throw err;
-          if (rc !== 0) throw new SyscallError('posix_spawn', rc, JSON.stringify(file));
-          resolve(watchExit(call.pid[0] as number));
-        } catch (e) {
-          reject(e);
-        }
-      });
-    } catch (err) {
-      // koffi's queue of asynchronous calls is full.
-      call.done();
-      reject(err);
-    }
-  });
-}
-
-/** koffi's asynchronous form of a bound function: the call runs on a pool thread. */
-type AsyncSpawn = { async(...args: [...SpawnArgs, (err: unknown, rc: number) => void]): void };
-
-type SpawnArgs = [Int32Array, string, Buffer, Buffer, unknown, unknown];
-
-/**
- * The arguments of one `posix_spawn` call: file actions that put `fds` at 0, 1, 2, …, attributes
- * (new session, default signal dispositions, nothing blocked), argv and envp; `done` frees them.
- */
-function prepareSpawn(
-  file: string,
-  argv: readonly string[],
-  env: Readonly<Record<string, string>>,
-  fds: ReadonlyArray<number | null>,
-): { args: SpawnArgs; pid: Int32Array; done(): void } {
   const c = lib();
   const fa = Buffer.alloc(OPAQUE_BYTES);
   const attr = Buffer.alloc(OPAQUE_BYTES);
@@ -234,14 +172,7 @@ function prepareSpawn(
   // A source below the last target could be overwritten by an earlier dup2 of the list (or be its
   // own target, which keeps close-on-exec on older libcs): such sources are copied above it first.
   const copies: number[] = [];
-  let freed = false;
-  const done = () => {
-    if (freed) return;
-    freed = true;
-    c.fa_destroy(fa);
-    c.attr_destroy(attr);
-    for (const fd of copies) closeFd(fd);
-  };
+  let pid: number;
   c.fa_init(fa);
   c.attr_init(attr);
   try {
@@ -269,13 +200,17 @@ function prepareSpawn(
       'posix_spawnattr_setflags',
       c.attr_setflags(attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK),
     );
-  } catch (err) {
-    done();
-    throw err;
+    const out = new Int32Array(1);
+    const envp = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+    const rc = c.posix_spawn(out, file, fa, attr, [...argv, null], [...envp, null]);
+    if (rc !== 0) throw new SyscallError('posix_spawn', rc, JSON.stringify(file));
+    pid = out[0] as number;
+  } finally {
+    c.fa_destroy(fa);
+    c.attr_destroy(attr);
+    for (const fd of copies) closeFd(fd);
   }
-  const pid = new Int32Array(1);
-  const envp = Object.entries(env).map(([k, v]) => `${k}=${v}`);
-  return { args: [pid, file, fa, attr, [...argv, null], [...envp, null]], pid, done };
+  return watchExit(pid);
 }
 
 function check(call: string, rc: number): void {

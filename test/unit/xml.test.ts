@@ -533,9 +533,9 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/controller/@model',
     ],
     [
-      'pci bridge',
-      devices("<controller type='pci' index='1' model='pci-bridge'/>"),
-      '/domain/devices/controller/@model',
+      'pcie-root-port as an ioh3420',
+      devices("<controller type='pci' index='1' model='pcie-root-port'><model name='ioh3420'/></controller>"),
+      '/domain/devices/controller/model/@name',
     ],
     ['hostdev', devices("<hostdev mode='subsystem' type='pci'/>"), '/domain/devices/hostdev'],
     ['input passthrough', devices("<input type='passthrough' bus='virtio'/>"), '/domain/devices/input/@type'],

@@ -4,12 +4,7 @@ import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { CONTROL_FD, STUB_ARGV0, STUB_SCRIPT } from '../../privileged/stub.js';
-import {
-  canSpawnInSession,
-  pipeCloexec,
-  type SpawnedProcess,
-  spawnInSessionAsync,
-} from '../../util/spawn-session.js';
+import { canSpawnInSession, pipeCloexec, spawnInSession } from '../../util/spawn-session.js';
 import { leaderGone } from './emulator-kill.js';
 import type { ExitInfo } from './exit-info.js';
 
@@ -75,30 +70,22 @@ export function execSlot(gone: Promise<unknown>): Promise<() => void> {
 
 /**
  * Spawns the stub in its own session, with stdout/stderr on the log, its control pipe at 3 and
- * `fds` at 4, 5, … Through `posix_spawn` on a pool thread where the host allows (no fork of this
- * process, see util/spawn-session.ts), else through `child_process.spawn`. The descriptors must
- * stay open until it settles.
+ * `fds` at 4, 5, … Through `posix_spawn` where the host allows (no fork of this process, see
+ * util/spawn-session.ts), else through `child_process.spawn`.
  */
-export async function launchStub(
+export function launchStub(
   emulator: string,
   argv: readonly string[],
   env: Readonly<Record<string, string>>,
   logFd: number,
   fds: readonly number[],
-): Promise<Launch> {
+): Launch {
   const args = ['-c', STUB_SCRIPT, STUB_ARGV0, emulator, ...argv];
   if (!canSpawnInSession()) return launchStubForked(args, env, logFd, fds);
   const [control, go] = pipeCloexec();
-  let spawned: SpawnedProcess;
+  let spawned: ReturnType<typeof spawnInSession>;
   try {
-    // Off the event loop: many domains starting at once would otherwise wait for each exec in turn.
-    spawned = await spawnInSessionAsync('/bin/sh', ['/bin/sh', ...args], env, [
-      null,
-      logFd,
-      logFd,
-      control,
-      ...fds,
-    ]);
+    spawned = spawnInSession('/bin/sh', ['/bin/sh', ...args], env, [null, logFd, logFd, control, ...fds]);
   } catch (err) {
     closeSync(go);
     throw new VirtError(ErrorCode.SYSTEM_ERROR, 'cannot spawn /bin/sh to start QEMU', {}, { cause: err });

@@ -271,11 +271,11 @@ function listenMonitor(s: Startup): void {
   s.monitorFd = listenUnixSocket(s.paths.monitor);
 }
 
-async function spawnStub(s: Startup): Promise<void> {
+function spawnStub(s: Startup): void {
   const { ctx, dom } = s;
   const cmd = s.cmd as CommandLine;
   const inherited = [s.monitorFd as number, ...(s.preExec?.all ?? [])];
-  const launch = await launchStub(s.emulator, cmd.argv, cmd.env, s.logFd as number, inherited);
+  const launch = launchStub(s.emulator, cmd.argv, cmd.env, s.logFd as number, inherited);
   s.launch = launch;
   // The child holds its own copies now; ours would only keep the socket alive after QEMU exits.
   closeParentFds(s);

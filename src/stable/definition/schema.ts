@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { PCI_CONTROLLER_MODELS } from './pci-controllers.js';
 import { deviceSchemas } from './schema-devices.js';
 import { networkDiskSource } from './schema-network-disk.js';
 import {
@@ -89,12 +90,23 @@ const controllerSchema = z.discriminatedUnion('type', [
   z.strictObject({
     type: z.literal('pci'),
     index: z.number().int().min(0).max(255).optional(),
-    model: z.enum(['pci-root', 'pcie-root', 'pcie-root-port']),
-    /** A pcie-root-port's chassis and port numbers. */
+    /**
+     * The PCI root (built in), or a controller that makes another bus: root ports, bridges to
+     * conventional PCI, expander buses (pxb, pxb-pcie) and the ports of a PCIe switch.
+     */
+    model: z.enum(PCI_CONTROLLER_MODELS),
     target: z
       .strictObject({
+        /** A root or downstream port's chassis number. */
         chassis: z.number().int().min(0).max(255).optional(),
+        /** A root or downstream port's port number. */
         port: z.number().int().min(0).max(255).optional(),
+        /** A pci-bridge's chassis number (its SHPC), by default its index. */
+        chassisNr: z.number().int().min(1).max(255).optional(),
+        /** An expander bus's bus number, by default the highest free below those of others. */
+        busNr: z.number().int().min(1).max(254).optional(),
+        /** An expander bus's NUMA node (a cell of `cpu.numa`). */
+        node: z.number().int().min(0).max(63).optional(),
       })
       .optional(),
     alias: z.string().optional(),
