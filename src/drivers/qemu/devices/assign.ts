@@ -505,8 +505,8 @@ function assignPciAddresses(
           !(c.type === 'scsi' && (c.model === 'lsilogic' || c.model === 'virtio-transitional')),
         c,
       );
-    else if (c.type === 'usb' && c.model === 'none' && c.address)
-      throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
+    // "No USB" has no device: libvirt 9.0 drops the address KubeVirt writes on it (the slot stays free).
+    else if (c.type === 'usb' && c.model === 'none' && c.address) delete c.address;
   }
   disks.forEach((disk, i) => {
     if (disk.target.bus !== 'virtio') return;
