@@ -153,7 +153,10 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   const json = (flag: string, value: QapiObject) => add(flag, JSON.stringify(value));
   // PCI controllers first: the devices of the others sit on their buses.
   const controllers = [...full.controllers].sort(
-    (a, b) => Number(b.type === 'pci') - Number(a.type === 'pci'),
+    // …in index order: a bridge's bus has a lower index than the bridge (checked at define time).
+    (a, b) =>
+      Number(b.type === 'pci') - Number(a.type === 'pci') ||
+      (a.type === 'pci' && b.type === 'pci' ? (a.index ?? 0) - (b.index ?? 0) : 0),
   );
   for (const c of controllers) {
     const device = controllerDevice(full, c);

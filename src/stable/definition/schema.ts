@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { PCI_CONTROLLER_MODELS } from './pci-controllers.js';
 import { deviceSchemas } from './schema-devices.js';
 import { networkDiskSource } from './schema-network-disk.js';
 import {
@@ -89,12 +90,23 @@ const controllerSchema = z.discriminatedUnion('type', [
   z.strictObject({
     type: z.literal('pci'),
     index: z.number().int().min(0).max(255).optional(),
-    model: z.enum(['pci-root', 'pcie-root', 'pcie-root-port']),
-    /** A pcie-root-port's chassis and port numbers. */
+    /**
+     * The PCI root (built in), or a controller that makes another bus: root ports, bridges to
+     * conventional PCI, expander buses (pxb, pxb-pcie) and the ports of a PCIe switch.
+     */
+    model: z.enum(PCI_CONTROLLER_MODELS),
     target: z
       .strictObject({
+        /** A root or downstream port's chassis number. */
         chassis: z.number().int().min(0).max(255).optional(),
+        /** A root or downstream port's port number. */
         port: z.number().int().min(0).max(255).optional(),
+        /** A pci-bridge's chassis number (its SHPC), by default its index. */
+        chassisNr: z.number().int().min(1).max(255).optional(),
+        /** An expander bus's bus number, by default the highest free below those of others. */
+        busNr: z.number().int().min(1).max(254).optional(),
+        /** An expander bus's NUMA node (a cell of `cpu.numa`). */
+        node: z.number().int().min(0).max(63).optional(),
       })
       .optional(),
     alias: z.string().optional(),
@@ -413,7 +425,16 @@ export const domainDefinitionSchema = z.strictObject({
   memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),
   onPoweroff: z.enum(['destroy', 'restart']).default('destroy'),
   onReboot: z.enum(['restart', 'destroy']).default('restart'),
-  onCrash: z.enum(['destroy']).default('destroy'),
+  /**
+   * What a guest panic does (libvirt's `on_crash`; QEMU learns of a panic through a `panics`
+   * device): `destroy` stops QEMU (shut off, reason `crashed`), `restart` resets the guest (running,
+   * reason `crashed`), `preserve` keeps it stopped where it panicked (state `crashed`, reason
+   * `panicked`); the `coredump-` ones first write the guest's memory as an ELF core file to
+   * `<root>/lib/dump/`.
+   */
+  onCrash: z
+    .enum(['destroy', 'restart', 'preserve', 'coredump-destroy', 'coredump-restart'])
+    .default('destroy'),
   emulator: z.string().startsWith('/', 'an absolute path').optional(),
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),
