@@ -40,6 +40,9 @@ const stop = async () => {
   await Promise.allSettled(loops);
 };
 if (!startPaused) start();
+// Idle connections do not keep a process alive (delegate() unrefs them), nor do signal listeners:
+// without this, a load with no loop running would exit here and hold no connection at all.
+const alive = setInterval(() => {}, 2 ** 30);
 process.stdout.write('READY\n');
 process.on('SIGUSR1', start);
 process.on('SIGUSR2', async () => {
@@ -49,5 +52,6 @@ process.on('SIGUSR2', async () => {
 process.once('SIGTERM', async () => {
   await stop();
   for (const c of clients) c.close();
+  clearInterval(alive);
   process.exit(0);
 });
