@@ -652,7 +652,6 @@ describe('unsupported elements and attributes', () => {
     ['arch', doc("<os><type arch='aarch64'>hvm</type></os>"), '/domain/os/type/@arch'],
     ['xen os', doc('<os><type>xen</type></os>'), '/domain/os/type'],
     ['boot fd', doc("<os><boot dev='fd'/></os>"), '/domain/os/boot/@dev'],
-    ['numatune', doc('<numatune/>'), '/domain/numatune'],
     ['pm other', doc('<pm><suspend-to-ram/></pm>'), '/domain/pm/suspend-to-ram'],
     ['seclabel', doc("<seclabel type='none'/>"), '/domain/seclabel'],
     ['sysinfo fwcfg', doc("<sysinfo type='fwcfg'/>"), '/domain/sysinfo/@type'],

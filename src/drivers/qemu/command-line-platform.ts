@@ -212,6 +212,23 @@ export function clockArgs(def: DomainDefinition, nowMs: number): string[] {
   return ['-rtc', rtc, ...args];
 }
 
+/**
+ * The `host-nodes` and `policy` of the memory backend of guest NUMA cell `cell` (undefined: all
+ * guest memory), from `<numatune>` as libvirt's qemuBuildMemoryBackendProps: the cell's memnode,
+ * else the domain's memory entry.
+ */
+export function numaBinding(
+  def: DomainDefinition,
+  cell: number | undefined,
+): { 'host-nodes': number[]; policy: string } | undefined {
+  const tune = def.numatune;
+  const entry =
+    (cell === undefined ? undefined : tune?.memnodes?.find((m) => m.cellid === cell)) ?? tune?.memory;
+  if (!entry) return undefined;
+  const nodes = parseCpuset(entry.nodeset) ?? [];
+  return { 'host-nodes': nodes, policy: entry.mode === 'strict' ? 'bind' : entry.mode };
+}
+
 /** NUMA cells: a memory backend and a `-numa node` each. */
 export function numaArgs(def: DomainDefinition, hugepagesPath: string | undefined): string[] {
   const cells = def.cpu?.numa;
@@ -229,6 +246,7 @@ export function numaArgs(def: DomainDefinition, hugepagesPath: string | undefine
         }
       : { 'qom-type': 'memory-backend-ram', id, size: cell.memoryKiB * 1024 };
     if (cell.memAccess) backend.share = cell.memAccess === 'shared';
+    Object.assign(backend, numaBinding(def, i));
     args.push('-object', JSON.stringify(backend));
     const cpus = compactRanges(parseCpuset(cell.cpus) ?? []);
     args.push('-numa', `node,nodeid=${i},${cpus.map((r) => `cpus=${r}`).join(',')},memdev=${id}`);

@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
+import { parseCpuset } from '../../util/cpuset.js';
 import { extraDeviceArgs } from './command-line-devices.js';
 import {
   bootArgs,
@@ -9,6 +10,7 @@ import {
   firmwareArgs,
   machineProps,
   numaArgs,
+  numaBinding,
   pmArgs,
   smbiosArgs,
 } from './command-line-platform.js';
@@ -41,6 +43,8 @@ export interface CommandLineContext {
   readonly backingFds?: ReadonlyArray<number | undefined>;
   /** A hugetlbfs mount point, when the definition asks for hugepage-backed memory. */
   readonly hugepagesPath?: string;
+  /** The host's online NUMA nodes, to refuse a `<numatune>` naming others (none: not checked). */
+  readonly hostNumaNodes?: readonly number[];
   /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
   readonly tapFds: ReadonlyArray<readonly number[] | undefined>;
   /** The firmware files (resolveFirmware), when the domain does not boot QEMU's default BIOS. */
@@ -108,6 +112,32 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   if (def.maxMemory) memory += `,slots=${def.maxMemory.slots},maxmem=${def.maxMemory.kib}k`;
   add('-m', memory);
   add(...firmwareArgs(ctx.firmware));
+  const hostNodes = numaBinding(def, undefined)?.['host-nodes'] ?? [];
+  for (const m of def.numatune?.memnodes ?? []) hostNodes.push(...(parseCpuset(m.nodeset) ?? []));
+  const online = ctx.hostNumaNodes;
+  const missingNode = online ? hostNodes.find((n) => !online.includes(n)) : undefined;
+  if (missingNode !== undefined) {
+    // As libvirt's virNumaNodesetIsAvailable at start.
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `host NUMA node ${missingNode} is unavailable (this host has nodes ${online?.join(',')}): change <numatune>`,
+      { path: 'numatune' },
+    );
+  }
+  // All guest memory bound to host nodes, without guest NUMA cells: one backend, as libvirt.
+  const binding = def.cpu?.numa ? undefined : numaBinding(def, undefined);
+  if (binding && !def.memoryBacking?.hugepages) {
+    add(
+      '-object',
+      JSON.stringify({
+        'qom-type': 'memory-backend-ram',
+        id: 'pc.ram',
+        size: bootMemoryKiB(def) * 1024,
+        ...binding,
+      }),
+    );
+    add('-machine', 'memory-backend=pc.ram');
+  }
   if (def.memoryBacking?.hugepages) {
     if (!ctx.hugepagesPath) {
       throw new VirtError(
@@ -121,7 +151,16 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     if (!def.cpu?.numa) {
       add(
         '-object',
-        `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
+        binding
+          ? JSON.stringify({
+              'qom-type': 'memory-backend-file',
+              id: 'pc.ram',
+              'mem-path': ctx.hugepagesPath,
+              prealloc: true,
+              size: def.memoryKiB * 1024,
+              ...binding,
+            })
+          : `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
       );
       add('-machine', 'memory-backend=pc.ram');
     }

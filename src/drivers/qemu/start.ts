@@ -4,6 +4,7 @@ import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { DomainStatus } from '../../stable/events.js';
+import { parseCpuset } from '../../util/cpuset.js';
 import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
@@ -200,11 +201,21 @@ function buildCommand(s: Startup): void {
     consolePath: s.paths.console,
     homeDir: s.ctx.layout.lib,
     hugepagesPath: s.def.memoryBacking?.hugepages ? hugetlbfsMount() : undefined,
+    ...(s.def.numatune ? { hostNumaNodes: hostNumaNodes() } : {}),
     ...childFdNumbers(s.preExec ?? { disks: [], taps: [], all: [] }),
   });
   s.cmd = s.options.incoming
     ? { ...cmd, argv: [...cmd.argv, '-incoming', s.options.incoming.uri ?? 'defer'] }
     : cmd;
+}
+
+/** The host's online NUMA nodes (sysfs; a kernel without NUMA has node 0 only). */
+function hostNumaNodes(): number[] {
+  try {
+    return parseCpuset(readFileSync('/sys/devices/system/node/online', 'utf8').trim()) ?? [0];
+  } catch {
+    return [0];
+  }
 }
 
 /** The numbers the child sees the pre-exec descriptors at: right after the monitor socket. */

@@ -428,6 +428,30 @@ export const domainDefinitionSchema = z.strictObject({
     })
     .optional(),
   memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),
+  /**
+   * Host NUMA nodes for guest memory (libvirt's `<numatune>`): `memory` for all of it, `memnodes`
+   * per guest NUMA cell (`cpu.numa`), each a QEMU memory backend's `host-nodes` and `policy`
+   * (`strict` → bind). The nodes must exist on the host at start.
+   */
+  numatune: z
+    .strictObject({
+      memory: z
+        .strictObject({
+          mode: z.enum(['strict', 'interleave', 'preferred']).default('strict'),
+          nodeset: cpuset,
+        })
+        .optional(),
+      memnodes: z
+        .array(
+          z.strictObject({
+            cellid: z.number().int().min(0),
+            mode: z.enum(['strict', 'interleave', 'preferred']).default('strict'),
+            nodeset: cpuset,
+          }),
+        )
+        .optional(),
+    })
+    .optional(),
   onPoweroff: z.enum(['destroy', 'restart']).default('destroy'),
   onReboot: z.enum(['restart', 'destroy']).default('restart'),
   /**

@@ -117,6 +117,23 @@ function checkSemantics(def: DomainDefinition): void {
     throw invalid('maxMemory.kib', 'maxMemory must be at least the memory size');
   }
   checkMemoryDevices(def);
+  const cells = def.cpu?.numa?.length ?? 0;
+  def.numatune?.memnodes?.forEach((m, i) => {
+    if (m.cellid >= cells)
+      throw invalid(
+        `numatune.memnodes.${i}.cellid`,
+        `guest NUMA cell ${m.cellid} does not exist (<cpu><numa>)`,
+      );
+    if (def.numatune?.memnodes?.findIndex((o) => o.cellid === m.cellid) !== i)
+      throw invalid(`numatune.memnodes.${i}.cellid`, `a second memnode for cell ${m.cellid}`);
+  });
+  for (const [path, nodeset] of [
+    ['numatune.memory.nodeset', def.numatune?.memory?.nodeset],
+    ...(def.numatune?.memnodes ?? []).map((m, i) => [`numatune.memnodes.${i}.nodeset`, m.nodeset]),
+  ] as const) {
+    if (nodeset !== undefined && !parseCpuset(nodeset)?.length)
+      throw invalid(path, `malformed or empty nodeset "${nodeset}"`);
+  }
   def.panics?.forEach((p, i) => {
     if (def.panics?.findIndex((q) => q.model === p.model) !== i)
       throw invalid(`panics.${i}.model`, `a second panic device of model '${p.model}'`);

@@ -640,6 +640,25 @@ function domainNode(def: DomainDefinition): Node {
           [],
           [def.memtune.hardLimitKiB !== undefined && kib('hard_limit', def.memtune.hardLimitKiB)],
         ),
+      def.numatune &&
+        node(
+          'numatune',
+          [],
+          [
+            def.numatune.memory &&
+              node('memory', [
+                ['mode', def.numatune.memory.mode],
+                ['nodeset', def.numatune.memory.nodeset],
+              ]),
+            ...(def.numatune.memnodes ?? []).map((m) =>
+              node('memnode', [
+                ['cellid', m.cellid],
+                ['mode', m.mode],
+                ['nodeset', m.nodeset],
+              ]),
+            ),
+          ],
+        ),
       def.memoryBacking &&
         node(
           'memoryBacking',

@@ -1,4 +1,17 @@
-import { check, child, intAttr, invalid, missing, type Obj, type Origins, set } from './xml-parse-rules.js';
+import {
+  check,
+  child,
+  childrenOf,
+  choice,
+  intAttr,
+  invalid,
+  missing,
+  type Obj,
+  type Origins,
+  parseUint,
+  set,
+  unsupported,
+} from './xml-parse-rules.js';
 import type { XmlElement } from './xml-tree.js';
 
 /*
@@ -79,6 +92,54 @@ export function parseMemoryBacking(origins: Origins, backing: XmlElement): Obj {
       check(el, {});
       out[key] = true;
     }
+  }
+  return out;
+}
+
+/**
+ * `<numatune>`: `<memory mode nodeset>` and `<memnode cellid mode nodeset>`. `placement='auto'`
+ * needs numad and `mode='restrictive'` only cgroups' cpuset.mems: both refused.
+ */
+export function parseNumatune(origins: Origins, el: XmlElement): Obj {
+  check(el, { children: ['memory', 'memnode'], repeat: ['memnode'] });
+  origins.note('numatune', el);
+  const out: Obj = {};
+  const entry = (e: XmlElement, field: string, attrs: string[]): Obj => {
+    check(e, { attrs });
+    origins.note(field, e);
+    const o: Obj = {};
+    const placement = e.attrs.get('placement');
+    if (placement !== undefined && placement !== 'static')
+      throw unsupported(
+        e,
+        `placement='${placement.slice(0, 20)}' (it needs numad; give a nodeset)`,
+        'placement',
+      );
+    const mode = e.attrs.get('mode');
+    if (mode !== undefined)
+      o.mode = choice(
+        e,
+        mode,
+        'the NUMA mode',
+        ['strict', 'interleave', 'preferred'],
+        ['restrictive'],
+        'mode',
+      );
+    const nodeset = e.attrs.get('nodeset');
+    if (nodeset === undefined) throw unsupported(e, 'a numatune entry without a nodeset', 'nodeset');
+    o.nodeset = nodeset;
+    return o;
+  };
+  const memory = child(el, 'memory');
+  if (memory) out.memory = entry(memory, 'numatune.memory', ['mode', 'nodeset', 'placement']);
+  const memnodes = childrenOf(el, 'memnode');
+  if (memnodes.length > 0) {
+    out.memnodes = memnodes.map((m, i) => {
+      const o = entry(m, `numatune.memnodes.${i}`, ['cellid', 'mode', 'nodeset']);
+      const cellid = m.attrs.get('cellid');
+      if (cellid === undefined) throw invalid(m, '<memnode> needs a cellid', 'cellid');
+      return { cellid: parseUint(m, cellid, 'cellid', 'cellid'), ...o };
+    });
   }
   return out;
 }

@@ -2,7 +2,7 @@ import type { DomainDefinition, DomainDefinitionInput } from './schema.js';
 import { resolveDefinition } from './validate.js';
 import { parseCpu, parseCputune, parseVcpu } from './xml-parse-cpu.js';
 import { parseDevices } from './xml-parse-devices.js';
-import { parseMemory, parseMemoryBacking, parseMemtune } from './xml-parse-memory.js';
+import { parseMemory, parseMemoryBacking, parseMemtune, parseNumatune } from './xml-parse-memory.js';
 import {
   parseClock,
   parseFeatures,
@@ -70,6 +70,7 @@ const DOMAIN_CHILDREN = [
   'cputune',
   'memoryBacking',
   'memtune',
+  'numatune',
   'on_poweroff',
   'on_reboot',
   'on_crash',
@@ -147,6 +148,7 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
   optional('cputune', parseCputune);
   optional('memoryBacking', parseMemoryBacking);
   optional('memtune', parseMemtune);
+  optional('numatune', parseNumatune);
   const lifecycle = [
     ['on_poweroff', 'onPoweroff', ['destroy', 'restart'], ['preserve', 'rename-restart']],
     ['on_reboot', 'onReboot', ['restart', 'destroy'], ['preserve', 'rename-restart']],

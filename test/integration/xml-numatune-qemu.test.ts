@@ -1,0 +1,91 @@
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { resolveDomainXml } from '../../src/stable/definition/xml.js';
+import type { Connection } from '../../src/stable/index.js';
+import { openRoot, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+
+/*
+ * <numatune> on real QEMU (TCG): guest memory bound to host NUMA nodes through its memory
+ * backends' host-nodes and policy, as libvirt builds them. This host may have one node (0): the
+ * tests bind to it, and a node it lacks is refused at start as libvirt does.
+ */
+
+let root: string;
+let conn: Connection;
+const closers: Array<() => void> = [];
+
+beforeEach(async () => {
+  root = tempRoot();
+  conn = await openRoot(root);
+});
+afterEach(async () => {
+  for (const c of closers.splice(0)) c();
+  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+  await conn.close();
+  removeRoot(root);
+});
+
+const doc = (name: string, inner: string) => `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>2</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  ${inner}
+  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${join(root, `${name}.probe`)},server=on,wait=off'/></qemu:commandline>
+</domain>`;
+
+async function start(name: string, inner: string): Promise<QmpClient> {
+  const dom = await conn.defineDomain(doc(name, inner));
+  expect(resolveDomainXml(dom.toXML())).toEqual(dom.getDefinition());
+  await dom.start({ paused: true });
+  const qmp = await QmpClient.connect(join(root, `${name}.probe`), { timeoutMs: 10_000 });
+  closers.push(() => qmp.close());
+  return qmp;
+}
+
+describe('<numatune> on real QEMU', () => {
+  it('memory mode strict: all guest RAM in one backend bound to host node 0', async () => {
+    const qmp = await start('strict', "<numatune><memory mode='strict' nodeset='0'/></numatune>");
+    const get = (property: string) => qmp.execute('qom-get', { path: '/objects/pc.ram', property });
+    expect(await get('policy')).toBe('bind');
+    expect(await get('host-nodes')).toEqual([0]);
+    expect(await get('size')).toBe(64 * 1024 * 1024);
+  });
+
+  it('memnode per guest NUMA cell, the others following <memory>', async () => {
+    const qmp = await start(
+      'cells',
+      `<cpu><numa><cell id='0' cpus='0' memory='32' unit='MiB'/><cell id='1' cpus='1' memory='32' unit='MiB'/></numa></cpu>
+  <numatune><memory mode='preferred' nodeset='0'/><memnode cellid='1' mode='interleave' nodeset='0'/></numatune>`,
+    );
+    const get = (id: string, property: string) =>
+      qmp.execute('qom-get', { path: `/objects/${id}`, property });
+    expect(await get('ram-node0', 'policy')).toBe('preferred');
+    expect(await get('ram-node1', 'policy')).toBe('interleave');
+    expect(await get('ram-node1', 'host-nodes')).toEqual([0]);
+  });
+
+  it('refuses a host node the host lacks at start, placement auto and mode restrictive at define', async () => {
+    const dom = await conn.defineDomain(
+      doc('absent', "<numatune><memory mode='strict' nodeset='999'/></numatune>"),
+    );
+    await expect(dom.start()).rejects.toMatchObject({
+      code: 'CONFIG_UNSUPPORTED',
+      details: { path: 'numatune' },
+    });
+    expect(await dom.getInfo()).toMatchObject({ state: 'shutoff' });
+    expect(runLeftovers(root)).toEqual([]);
+    await expect(
+      conn.defineDomain(doc('auto', "<numatune><memory mode='strict' placement='auto'/></numatune>")),
+    ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    await expect(
+      conn.defineDomain(doc('restr', "<numatune><memory mode='restrictive' nodeset='0'/></numatune>")),
+    ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
+    await expect(
+      conn.defineDomain(
+        doc('nocell', "<numatune><memnode cellid='0' mode='strict' nodeset='0'/></numatune>"),
+      ),
+    ).rejects.toMatchObject({ code: 'XML_ERROR' });
+  });
+});
