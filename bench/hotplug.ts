@@ -8,8 +8,9 @@
  *   both sides use virtkit's QMP client, so the ratio is what the driver adds on top of QEMU;
  * - vCPU hotplug on a paused firmware-only domain (`<vcpu current='1'>N</vcpu>`):
  *   `setVcpus(n + 1)` without cputune (nothing to place) and with pins and vcpusched (cgroup
- *   placement and scheduling of the new thread, built-ins) against device_add + query-cpus-fast
- *   by hand. QEMU's TCG cannot unplug vCPUs safely, so each sample adds one to a fresh slot.
+ *   placement and scheduling of the new thread, built-ins) against query-hotpluggable-cpus +
+ *   device_add + query-cpus-fast by hand, one domain per contender, adding in turns. QEMU's TCG
+ *   cannot unplug vCPUs safely, so each sample adds one to a fresh slot.
  *
  * The machine is shared: the load average is recorded before and after each part.
  *
@@ -20,11 +21,18 @@
  *   bench/results/<name>.md and .json; default hotplug).
  */
 
+import diagnosticsChannel from 'node:diagnostics_channel';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QmpClient } from '../src/drivers/qemu/qmp/client.js';
-import { type Connection, connect, type Domain } from '../src/index.js';
+import {
+  type Connection,
+  connect,
+  type Domain,
+  diagnosticsChannels,
+  type QmpCommandMessage,
+} from '../src/index.js';
 import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 import { summarize } from './common.js';
 
@@ -55,6 +63,40 @@ interface DiskGuest {
   readonly qmp: QmpClient;
   readonly raw: number[];
   readonly virtkit: number[];
+  /** Of each virtkit attach, the time no QMP command of its driver was under way: the driver's own. */
+  readonly own: number[];
+}
+
+/**
+ * When the QMP commands of a domain's driver ran, from the `virtkit:qmp:command` tracing channel
+ * (both checkouts publish on it, with the domain's name): subtracted from an attach, what is left is
+ * the driver's own time, which the load of the QEMU side does not blur.
+ */
+const qmpSpans = new Map<string, Array<[number, number]>>();
+const started = new WeakMap<object, number>();
+diagnosticsChannel.tracingChannel<string, QmpCommandMessage>(diagnosticsChannels.qmpCommand).subscribe({
+  start: (m) => {
+    if (m.domain && qmpSpans.has(m.domain.name)) started.set(m, performance.now());
+  },
+  asyncEnd: (m) => {
+    const t0 = started.get(m);
+    if (m.domain && t0 !== undefined) qmpSpans.get(m.domain.name)?.push([t0, performance.now()]);
+  },
+  end: () => undefined,
+  asyncStart: () => undefined,
+  error: () => undefined,
+});
+
+/** The length of the union of `spans` (pipelined commands overlap). */
+function covered(spans: ReadonlyArray<[number, number]>): number {
+  let total = 0;
+  let until = Number.NEGATIVE_INFINITY;
+  for (const [a, b] of [...spans].sort((x, y) => x[0] - y[0])) {
+    if (b <= until) continue;
+    total += b - Math.max(a, until);
+    until = b;
+  }
+  return total;
 }
 
 async function diskGuest(side: Side): Promise<DiskGuest> {
@@ -74,20 +116,28 @@ async function diskGuest(side: Side): Promise<DiskGuest> {
   });
   await dom.start();
   const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-  return { side, dom, qmp, raw: [], virtkit: [] };
+  return { side, dom, qmp, raw: [], virtkit: [], own: [] };
 }
 
-/** One alternating iteration on a guest: virtkit's attach (and detach), then the raw one. */
-async function diskRound(g: DiskGuest, i: number): Promise<void> {
+/** virtkit's attach (and detach) of a fresh disk on a guest. */
+async function virtkitDisk(g: DiskGuest, i: number): Promise<number> {
   const path = image(`${g.side.name}-d${i}.img`);
+  const spans: Array<[number, number]> = [];
+  qmpSpans.set(g.dom.name, spans);
   const t0 = performance.now();
   await g.dom.attachDevice(
     `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${path}'/><target dev='vdb' bus='virtio'/></disk>`,
     { live: true },
   );
-  g.virtkit.push(performance.now() - t0);
+  const ms = performance.now() - t0;
+  qmpSpans.delete(g.dom.name);
+  g.own.push(ms - covered(spans));
   await g.dom.detachDevice('virtio-disk1', { live: true, timeoutMs: 30_000 });
+  return ms;
+}
 
+/** The same QMP commands by hand over the guest's second monitor (and the unplug). */
+async function rawDisk(g: DiskGuest, i: number): Promise<number> {
   const qmp = g.qmp;
   const rawPath = image(`${g.side.name}-r${i}.img`);
   const set = 900;
@@ -102,7 +152,7 @@ async function diskRound(g: DiskGuest, i: number): Promise<void> {
   });
   await qmp.execute('blockdev-add', { driver: 'raw', 'node-name': 'raw-format', file: 'raw-storage' });
   await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: 'raw-disk', drive: 'raw-format' });
-  g.raw.push(performance.now() - t1);
+  const ms = performance.now() - t1;
   // As the driver does: the backend goes only once QEMU has finalized the device.
   const deleted = qmp.waitForEvent('DEVICE_DELETED', (e) => e.data.device === 'raw-disk', {
     timeoutMs: 30_000,
@@ -112,6 +162,18 @@ async function diskRound(g: DiskGuest, i: number): Promise<void> {
   await qmp.execute('blockdev-del', { 'node-name': 'raw-format' });
   await qmp.execute('blockdev-del', { 'node-name': 'raw-storage' });
   await qmp.execute('remove-fd', { 'fdset-id': set });
+  return ms;
+}
+
+/** One iteration on a guest: virtkit and raw back to back, which one first alternating. */
+async function diskRound(g: DiskGuest, i: number): Promise<void> {
+  if (i % 2) {
+    g.raw.push(await rawDisk(g, i));
+    g.virtkit.push(await virtkitDisk(g, i));
+  } else {
+    g.virtkit.push(await virtkitDisk(g, i));
+    g.raw.push(await rawDisk(g, i));
+  }
 }
 
 async function diskBench(sides: readonly Side[]): Promise<DiskGuest[]> {
@@ -161,6 +223,22 @@ async function vcpuDomain(
 
 type VcpuKind = 'raw' | 'plain' | 'tuned' | 'before-plain' | 'before-tuned';
 
+/** One vCPU added by hand: the slots, the device_add, the thread ids, as the driver does. */
+async function rawVcpu(qmp: QmpClient, n: number): Promise<void> {
+  const slots =
+    await qmp.execute<Array<{ type: string; props: Record<string, number>; 'qom-path'?: string }>>(
+      'query-hotpluggable-cpus',
+    );
+  const free = slots.filter((s) => s['qom-path'] === undefined).at(-1);
+  if (!free) throw new Error('no free vCPU slot');
+  await qmp.execute('device_add', { driver: free.type, id: `raw-vcpu${n}`, ...free.props });
+  await qmp.execute('query-cpus-fast');
+}
+
+/**
+ * Each round starts one paused domain per contender and adds their vCPUs in turns (the order of
+ * the contenders rotating), so that samples of all contenders come from the same moments.
+ */
 async function vcpuBench(sides: readonly Side[]): Promise<Record<VcpuKind, number[]>> {
   const out: Record<VcpuKind, number[]> = {
     raw: [],
@@ -174,27 +252,24 @@ async function vcpuBench(sides: readonly Side[]): Promise<Record<VcpuKind, numbe
   if (before) kinds.push('before-plain', 'before-tuned');
   const rounds = Math.max(1, Math.ceil(N / (VCPUS - 1)));
   for (let r = 0; r < rounds; r++) {
-    for (const kind of kinds) {
-      const conn = kind.startsWith('before') && before ? before.conn : (sides[0] as Side).conn;
-      const { dom, qmp } = await vcpuDomain(conn, `bench-hp-vcpu-${kind}-${r}`, kind.endsWith('tuned'));
-      try {
-        for (let n = 1; n < VCPUS; n++) {
+    const doms = new Map<VcpuKind, { dom: Domain; qmp: QmpClient }>();
+    try {
+      for (const kind of kinds) {
+        const conn = kind.startsWith('before') && before ? before.conn : (sides[0] as Side).conn;
+        doms.set(kind, await vcpuDomain(conn, `bench-hp-vcpu-${kind}-${r}`, kind.endsWith('tuned')));
+      }
+      for (let n = 1; n < VCPUS; n++) {
+        const shift = (n + r) % kinds.length;
+        for (const kind of [...kinds.slice(shift), ...kinds.slice(0, shift)]) {
+          const { dom, qmp } = doms.get(kind) as { dom: Domain; qmp: QmpClient };
           const t0 = performance.now();
-          if (kind === 'raw') {
-            const slots =
-              await qmp.execute<Array<{ type: string; props: Record<string, number>; 'qom-path'?: string }>>(
-                'query-hotpluggable-cpus',
-              );
-            const free = slots.filter((s) => s['qom-path'] === undefined).at(-1);
-            if (!free) throw new Error('no free vCPU slot');
-            await qmp.execute('device_add', { driver: free.type, id: `raw-vcpu${n}`, ...free.props });
-            await qmp.execute('query-cpus-fast');
-          } else {
-            await dom.setVcpus(n + 1, { live: true });
-          }
+          if (kind === 'raw') await rawVcpu(qmp, n);
+          else await dom.setVcpus(n + 1, { live: true });
           out[kind].push(performance.now() - t0);
         }
-      } finally {
+      }
+    } finally {
+      for (const { dom, qmp } of doms.values()) {
         qmp.close();
         await dom.destroy({ graceMs: 1000 });
         await dom.undefine();
@@ -233,9 +308,15 @@ async function main(): Promise<void> {
     rmSync(dir, { recursive: true, force: true });
   }
   const med = (xs: number[]) => summarize(xs).median;
+  const percentile10 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 10)] as number;
   const row = (what: string, raw: number[], vk: number[]) =>
     `| ${what} | ${med(raw).toFixed(2)} | ${med(vk).toFixed(2)} | ${(med(vk) / med(raw)).toFixed(2)}× |`;
   const label = (g: DiskGuest) => (g.side.name === 'before' ? ' (before)' : '');
+  // Per iteration (virtkit and raw back to back on one guest): what the load does to both cancels.
+  const paired = (g: DiskGuest) => ({
+    ratio: med(g.virtkit.map((v, i) => v / (g.raw[i] as number))),
+    extraMs: med(g.virtkit.map((v, i) => v - (g.raw[i] as number))),
+  });
   const md = [
     `Hotplug latency on TCG guests, medians (disk: ${N} alternating samples per guest; vCPU: ${vcpu.raw.length} per contender); load average (1, 5, 15 min) ${load['disk:start']} at the start, ${load['vcpu:start']} after the disks, ${load['end']} at the end:`,
     '',
@@ -250,6 +331,11 @@ async function main(): Promise<void> {
           row('vCPU add, pinned + vcpusched (before)', vcpu.raw, vcpu['before-tuned']),
         ]
       : []),
+    '',
+    ...disk.map((g) => {
+      const p = paired(g);
+      return `Disk attach${label(g)}, per iteration: median ratio ${p.ratio.toFixed(2)}×, median extra ${p.extraMs.toFixed(2)} ms over raw; the driver's own time (no QMP command under way) median ${med(g.own).toFixed(2)} ms, p10 ${percentile10(g.own).toFixed(2)} ms; fastest attach ${Math.min(...g.virtkit).toFixed(2)} ms against ${Math.min(...g.raw).toFixed(2)} ms raw.`;
+    }),
     '',
   ].join('\n');
   process.stdout.write(md);
@@ -266,7 +352,10 @@ async function main(): Promise<void> {
         before: BEFORE ? resolve(BEFORE) : undefined,
         load,
         disk: Object.fromEntries(
-          disk.map((g) => [g.side.name, { raw: stats(g.raw), virtkit: stats(g.virtkit) }]),
+          disk.map((g) => [
+            g.side.name,
+            { raw: stats(g.raw), virtkit: stats(g.virtkit), own: stats(g.own), paired: paired(g) },
+          ]),
         ),
         vcpu: Object.fromEntries(Object.entries(vcpu).map(([k, v]) => [k, stats(v)])),
       },

@@ -364,9 +364,13 @@ export async function destroyDomain(
   const intentBefore = run.stopIntent;
   run.stopIntent = 'destroy';
   const emulator = emulatorOf(ctx, dom, run);
-  ctx.log(dom, `destroy${options.graceful ? ' (graceful)' : ''}: SIGTERM to process group ${run.pid}`);
   // The verified group includes the leader: one kill(2) for both, the leader alone otherwise.
   if (!signalEmulator(emulator, 'SIGTERM')) signal(run.pid, 'SIGTERM');
+  // Logged after the signals of every destroy issued in this turn have gone out: many domains
+  // destroyed at once no longer wait for each other's log writes before their QEMU is signalled.
+  queueMicrotask(() =>
+    ctx.log(dom, `destroy${options.graceful ? ' (graceful)' : ''}: SIGTERM to process group ${run.pid}`),
+  );
   faultPoint('destroy:sigterm');
   if ((await within(run.exited, graceMs)) === 'timeout') {
     if (options.graceful) {

@@ -6,23 +6,30 @@
  * process of it likewise. Past `maxQueued` (and past half of it for one uid) a request is refused
  * at once.
  *
- * A task runs at once when a slot is free and nothing waits, unless the tasks run since the event
- * loop last came round have taken `turnMs` already: then it waits, and the queue goes on in the
- * next turn, after the loop has read what else arrived. A burst of requests from one process (a
- * hundred connections that all became readable at once) therefore cannot hold back a request of
- * another process for longer than about `turnMs` and one task.
+ * A task runs at once when a slot is free and nothing waits, unless tasks have kept the helper
+ * busy for `turnMs` without a break (time between tasks pays the work back): then it waits, and
+ * the queue goes on in a later turn of the event loop, after the loop has read what else arrived,
+ * `turnMs` of work per turn. A burst of requests from one process (a hundred connections that all
+ * became readable at once) therefore cannot hold back a request of another process for longer
+ * than about `turnMs` and one task, and a helper that keeps up pays nothing for this.
  */
 export class WorkQueue {
   readonly #maxInFlight: number;
   readonly #maxQueued: number;
   readonly #maxQueuedPerUid: number;
   readonly #turnMs: number;
+  readonly #now: () => number;
   #running = 0;
   #queued = 0;
   /** Waiting tasks per uid, then per source; Maps keep insertion order, the round-robin order. */
   readonly #waiting = new Map<number, { count: number; sources: Map<number, Array<() => void>> }>();
-  /** Milliseconds spent in tasks' synchronous parts since the event loop last came round. */
+  /**
+   * Milliseconds of tasks' synchronous parts not yet paid back by idle time (as of `#lastEnd`),
+   * or spent in this turn of the queue.
+   */
   #spent = 0;
+  /** When the last task's synchronous part ended, by the clock. */
+  #lastEnd = 0;
   /** A turn (setImmediate) is scheduled: it resets `#spent` and goes on with the queue. */
   #turnScheduled = false;
   #draining = false;
@@ -31,12 +38,19 @@ export class WorkQueue {
    * @param maxInFlight - tasks executing at once
    * @param maxQueued - tasks waiting at most (one uid at most half of them)
    * @param turnMs - synchronous work per turn of the event loop before tasks wait for the next
+   * @param now - the clock work is measured with, in ms
    */
-  constructor(maxInFlight: number, maxQueued: number, turnMs = Number.POSITIVE_INFINITY) {
+  constructor(
+    maxInFlight: number,
+    maxQueued: number,
+    turnMs = Number.POSITIVE_INFINITY,
+    now: () => number = () => performance.now(),
+  ) {
     this.#maxInFlight = maxInFlight;
     this.#maxQueued = maxQueued;
     this.#maxQueuedPerUid = Math.max(1, Math.floor(maxQueued / 2));
     this.#turnMs = turnMs;
+    this.#now = now;
   }
 
   /** Requests executing now. */
@@ -57,7 +71,7 @@ export class WorkQueue {
    * @returns false (and `task` never runs) when the queue is full for this uid or for everyone
    */
   submit(uid: number, task: () => Promise<void> | undefined | void, source = 0): boolean {
-    if (this.#running < this.#maxInFlight && this.#queued === 0 && this.#spent < this.#turnMs) {
+    if (this.#running < this.#maxInFlight && this.#queued === 0 && this.#busy() < this.#turnMs) {
       this.#start(task);
       return true;
     }
@@ -76,17 +90,25 @@ export class WorkQueue {
     return true;
   }
 
+  /** The work not yet paid back by idle time, as of now. */
+  #busy(): number {
+    const now = this.#now();
+    this.#spent = Math.max(0, this.#spent - (now - this.#lastEnd));
+    this.#lastEnd = now;
+    return this.#spent;
+  }
+
   #start(task: () => Promise<void> | undefined | void): void {
     this.#running++;
-    const t0 = performance.now();
+    const t0 = this.#now();
     let done: Promise<void> | undefined | void;
     try {
       done = task();
     } catch {
       done = undefined;
     }
-    this.#spent += performance.now() - t0;
-    if (this.#turnMs !== Number.POSITIVE_INFINITY) this.#scheduleTurn();
+    this.#lastEnd = this.#now();
+    this.#spent += this.#lastEnd - t0;
     if (done instanceof Promise) {
       done.then(
         () => this.#finish(),
@@ -139,6 +161,7 @@ export class WorkQueue {
     setImmediate(() => {
       this.#turnScheduled = false;
       this.#spent = 0;
+      this.#lastEnd = this.#now();
       this.#drain(true);
     });
   }
