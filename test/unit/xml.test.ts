@@ -685,11 +685,6 @@ describe('unsupported elements and attributes', () => {
     ],
     ['gic', doc("<features><gic version='2'/></features>"), '/domain/features/gic'],
     [
-      'cpu feature with policy forbid',
-      doc("<cpu mode='custom'><model>qemu64</model><feature policy='forbid' name='vmx'/></cpu>"),
-      '/domain/cpu/feature/@policy',
-    ],
-    [
       'cpu numa interconnects',
       doc('<cpu><numa><interconnects/></numa></cpu>'),
       '/domain/cpu/numa/interconnects',

@@ -84,8 +84,10 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   );
   add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
   const cpuFeatures =
-    (def.cpu?.features ?? []).map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`).join('') +
-    cpuProps(def);
+    (def.cpu?.features ?? [])
+      .filter((f) => f.policy !== 'optional')
+      .map((f) => `,${f.policy === 'require' || f.policy === 'force' ? '+' : '-'}${f.name}`)
+      .join('') + cpuProps(def);
   let cpuModel: string | undefined;
   if (def.cpu?.mode === 'host-passthrough' && def.type !== 'kvm') {
     // As libvirt at start: TCG emulates a CPU and has no host CPU to pass through (QEMU's `-cpu

@@ -362,11 +362,16 @@ export const domainDefinitionSchema = z.strictObject({
     .strictObject({
       mode: z.enum(['host-passthrough', 'host-model', 'custom']).optional(),
       model: z.string().optional(),
-      /** CPU features to require or disable on top of the model, as libvirt's `<feature policy=…>`. */
+      /**
+       * CPU features on top of the model, as libvirt's `<feature policy=…>`: `force` and `require`
+       * turn the feature on, `disable` and `forbid` off (`-cpu model,+f,-g`, as libvirt's
+       * qemuBuildCpuModelArgStr); `optional` leaves the model's choice (libvirt resolves it against
+       * the host CPU, which a TCG guest does not have).
+       */
       features: z
         .array(
           z.strictObject({
-            policy: z.enum(['require', 'disable']),
+            policy: z.enum(['force', 'require', 'optional', 'disable', 'forbid']),
             name: z.string().regex(/^[a-z0-9][a-z0-9_.-]*$/, 'a CPU feature name such as arch-capabilities'),
           }),
         )

@@ -147,6 +147,18 @@ class PciMap {
     this.#used.delete(key(bus, slot, fn));
   }
 
+  /** The first free slot of a conventional PCI bus for an endpoint. */
+  nextSlotOnBus(bus: number, owner: string, path: string): PciAddress {
+    const { min, max } = slotRange(this.buses.get(bus) ?? 'pci');
+    for (let slot = min; slot <= max; slot++) {
+      if (!this.#slotFree(bus, slot)) continue;
+      const address: PciAddress = { type: 'pci', domain: 0, bus, slot, function: 0 };
+      this.#used.set(key(bus, slot, 0), owner);
+      return address;
+    }
+    throw unsupported(path, `a PCI device: every slot of bus ${bus} is taken`);
+  }
+
   /** The first free slot of bus 0 for an endpoint. */
   nextRootSlot(owner: string, path: string): PciAddress {
     for (let slot = 0; slot < 32; slot++) {
@@ -203,6 +215,8 @@ interface PciItem {
   readonly express: boolean;
   /** A member of an ICH9 USB set: all of them share one slot, each at its own function. */
   readonly ich9?: keyof typeof ICH9_FUNCTION;
+  /** A conventional PCI device that stays on bus 0 of a q35 machine (a chipset function: ich9-ahci). */
+  readonly integrated?: boolean;
   address?: PciAddress;
   readonly set: (address: PciAddress) => void;
 }
@@ -465,6 +479,7 @@ function assignPciAddresses(
     express: boolean,
     holder: { address?: PciAddress | DiskDefinition['address'] },
     ich9?: keyof typeof ICH9_FUNCTION,
+    integrated = false,
   ) => {
     const address = holder.address?.type === 'pci' ? holder.address : undefined;
     items.push({
@@ -472,6 +487,7 @@ function assignPciAddresses(
       owner,
       express,
       ...(ich9 ? { ich9 } : {}),
+      ...(integrated ? { integrated } : {}),
       ...(address ? { address } : {}),
       set: (a) => {
         holder.address = a;
@@ -504,6 +520,8 @@ function assignPciAddresses(
         c.type !== 'sata' &&
           !(c.type === 'scsi' && (c.model === 'lsilogic' || c.model === 'virtio-transitional')),
         c,
+        undefined,
+        c.type === 'sata',
       );
     // "No USB" has no device: libvirt 9.0 drops the address KubeVirt writes on it (the slot stays free).
     else if (c.type === 'usb' && c.model === 'none' && c.address) delete c.address;
@@ -523,6 +541,45 @@ function assignPciAddresses(
     else if (w.address)
       throw invalid(`watchdogs.${i}.address`, 'an ib700 is an ISA card: it has no PCI address');
   });
+
+  // Conventional PCI devices of a q35 machine go on a PCI bridge's bus, as libvirt puts them (pcie.0
+  // takes no hot-plug, a bridge does); when there is none, libvirt adds a pcie-to-pci-bridge with a
+  // root port of its own.
+  const conventional = (item: PciItem) =>
+    family === 'q35' && !item.express && !item.ich9 && !item.integrated && !item.address;
+  let pciBus = [...bridges]
+    .sort((a, b) => (a.index ?? 0) - (b.index ?? 0))
+    .find((b) => busKindOf(b.model) === 'pci-hotplug' || busKindOf(b.model) === 'pci');
+  if (!pciBus && items.some(conventional)) {
+    if (options.live) {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        "the device is conventional PCI, which a q35 domain hot-plugs into a pcie-to-pci-bridge it does not have; define it with <controller type='pci' model='pcie-to-pci-bridge'/>",
+      );
+    }
+    const free = (from: number): number => {
+      let n = from;
+      while (pci.buses.has(n) || controllers.some((c) => c.type === 'pci' && c.index === n)) n++;
+      return n;
+    };
+    const portIndex = free(
+      Math.max(0, ...ports.map((p) => p.index ?? 0), ...bridges.map((b) => b.index ?? 0)) + 1,
+    );
+    const port: PciController = {
+      type: 'pci',
+      index: portIndex,
+      model: 'pcie-root-port',
+      alias: `pci.${portIndex}`,
+    };
+    controllers.push(port);
+    ports.push(port);
+    pci.buses.set(portIndex, 'port');
+    const bridgeIndex = free(portIndex + 1);
+    pciBus = { type: 'pci', index: bridgeIndex, model: 'pcie-to-pci-bridge', alias: `pci.${bridgeIndex}` };
+    controllers.push(pciBus);
+    bridges.push(pciBus);
+    pci.buses.set(bridgeIndex, 'pci-hotplug');
+  }
 
   // Root ports and bridges with an address first, then every device with one.
   for (const port of ports) {
@@ -583,7 +640,14 @@ function assignPciAddresses(
     };
   }
   freePorts.sort((a, b) => a - b);
-  placeBridges(pci, family, bridges, ctlPath);
+  // Those a root port takes are placed with the devices, first.
+  const onPorts = new Set(family === 'q35' ? behindPort.map((item) => item.path) : []);
+  placeBridges(
+    pci,
+    family,
+    bridges.filter((b) => !onPorts.has(ctlPath(b))),
+    ctlPath,
+  );
   const ich9 = items.filter((item) => item.ich9);
   for (const item of waiting) {
     if (item.ich9) {
@@ -594,6 +658,8 @@ function assignPciAddresses(
       const address: PciAddress = { type: 'pci', domain: 0, bus, slot: 0, function: 0 };
       pci.take(address, item.owner);
       item.set(address);
+    } else if (pciBus && family === 'q35' && !item.integrated) {
+      item.set(pci.nextSlotOnBus(pciBus.index ?? 0, item.owner, item.path));
     } else {
       item.set(pci.nextRootSlot(item.owner, item.path));
     }
