@@ -4,11 +4,15 @@
  * its own process) and its own delegate() client, in alternating blocks of calls, so that both
  * sides see the same machine — on a shared machine the load moves more between two runs than most
  * changes do. Per side and operation: p50 and p99, and the helper's and the client's CPU per
- * call. (The 1,000-client rows are bench/delegated.ts's.)
+ * call. Then, per side, cgroup.release while 1,000 clients are connected to that side's helper
+ * and 100 of them call in a loop (one load process per side, this checkout's bench/privd-load.ts,
+ * its loops running only while its side is measured), again in alternating blocks: p50, p99 of
+ * all samples, and the median of the blocks' p99s.
  *
  * Run: npm run build && tsx bench/delegated-ab.ts /path/to/other/checkout
  *   (the other checkout built too; BENCH_ROUNDS rounds, default 10, of BENCH_BLOCK calls per side
- *   and operation, default 500)
+ *   and operation, default 500, and BENCH_BUSY_BLOCK calls under load, default 300; BENCH_BUSY=0
+ *   leaves the loaded rows out)
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -32,6 +36,9 @@ const OTHER = process.argv[2];
 if (!OTHER) throw new Error('usage: tsx bench/delegated-ab.ts /path/to/other/checkout');
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 10);
 const BLOCK = Number(process.env['BENCH_BLOCK'] ?? 500);
+const BUSY = Number(process.env['BENCH_BUSY'] ?? 100);
+const BUSY_BLOCK = Number(process.env['BENCH_BUSY_BLOCK'] ?? 300);
+const CONNECTED = 999;
 
 const dir = mkdtempSync(join(tmpdir(), 'vk-bench-ab-'));
 const idle: ChildProcess = spawn('sleep', ['3600'], { stdio: 'ignore' });
@@ -55,6 +62,67 @@ interface Side {
   readonly helper: ChildProcess;
   readonly socket: string;
   readonly d: Delegate;
+  load?: ChildProcess;
+}
+
+/** Resolves when `child` has printed `word` (after now). */
+function said(child: ChildProcess, word: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const exited = (code: number | null) => reject(new Error(`load process exited (${code}): ${out}`));
+    const on = (b: Buffer) => {
+      out += b.toString();
+      if (!out.includes(word)) return;
+      child.stdout?.off('data', on);
+      child.off('exit', exited);
+      resolve();
+    };
+    child.stdout?.on('data', on);
+    child.once('exit', exited);
+  });
+}
+
+/** A load process on `s`'s helper: CONNECTED connections, BUSY of them looping once resumed. */
+async function startLoad(s: Side): Promise<void> {
+  const load = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      join(import.meta.dirname, 'privd-load.ts'),
+      s.socket,
+      String(CONNECTED),
+      String(BUSY),
+      String(pid),
+      'paused',
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'], cwd: resolve(import.meta.dirname, '..') },
+  );
+  s.load = load;
+  await said(load, 'READY');
+}
+
+async function busyBlock(s: Side, n: number, samples: number[]): Promise<number[]> {
+  const child = s.load as ChildProcess;
+  const running = said(child, 'RUNNING');
+  child.kill('SIGUSR1');
+  await running;
+  // The loops at full speed before anything counts.
+  await new Promise((r) => setTimeout(r, 300));
+  const mine: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint();
+      await ops.release(s.d);
+      mine.push(Number(process.hrtime.bigint() - t0) / 1000);
+    }
+  } finally {
+    const paused = said(child, 'PAUSED');
+    child.kill('SIGUSR2');
+    await paused;
+  }
+  samples.push(...mine);
+  return mine.sort((a, b) => a - b);
 }
 
 async function side(name: string, root: string): Promise<Side> {
@@ -154,12 +222,46 @@ try {
       `| ${name} | ${op.join(' ')} | ${t.calls} | ${percentile(s, 50).toFixed(1)} | ${percentile(s, 99).toFixed(1)} | ${(t.helperCpu / t.calls).toFixed(0)} | ${(t.clientCpu / t.calls).toFixed(0)} |`,
     );
   }
+  if (BUSY > 0) {
+    const loadBusy = load();
+    for (const s of sides) await startLoad(s);
+    const all = new Map(sides.map((s) => [s.name, [] as number[]]));
+    const p99s = new Map(sides.map((s) => [s.name, [] as number[]]));
+    for (let r = 0; r < ROUNDS; r++) {
+      const order = r % 2 === 0 ? sides : [...sides].reverse();
+      for (const s of order) {
+        const block = await busyBlock(s, BUSY_BLOCK, all.get(s.name) as number[]);
+        p99s.get(s.name)?.push(percentile(block, 99));
+      }
+    }
+    lines.push(
+      '',
+      `cgroup.release with ${CONNECTED + 1} clients connected, ${BUSY} of them calling in a loop (µs); load average before ${loadBusy}, after ${load()}`,
+      '',
+      "| side | calls | p50 | p99 | median of the blocks' p99 |",
+      '|---|---:|---:|---:|---:|',
+    );
+    for (const s of sides) {
+      const a = (all.get(s.name) as number[]).sort((x, y) => x - y);
+      const b = (p99s.get(s.name) as number[]).sort((x, y) => x - y);
+      lines.push(
+        `| ${s.name} | ${a.length} | ${percentile(a, 50).toFixed(1)} | ${percentile(a, 99).toFixed(1)} | ${percentile(b, 50).toFixed(1)} |`,
+      );
+    }
+  }
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {
   for (const s of sides) {
+    s.load?.kill('SIGTERM');
     s.d.close();
     s.helper.kill('SIGTERM');
   }
+  await Promise.all(
+    sides.map(
+      (s) =>
+        new Promise((r) => (!s.load || s.load.exitCode !== null ? r(undefined) : s.load.once('exit', r))),
+    ),
+  );
   await Promise.all(
     sides.map(
       (s) => new Promise((r) => (s.helper.exitCode !== null ? r(undefined) : s.helper.once('exit', r))),

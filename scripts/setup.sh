@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libvirt-clients and libvirt's QEMU driver: the capabilities tests compare with `virsh capabilities`.
-packages=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 util-linux iproute2 gcc ovmf
-  libvirt-clients libvirt-daemon-driver-qemu)
+# qemu-block-extra: QEMU's iscsi and curl (http, https, ftp, ftps) drivers for network disks.
+packages=(qemu-system-x86 qemu-utils qemu-block-extra busybox-static linux-image-cloud-amd64 util-linux iproute2 gcc
+  ovmf libvirt-clients libvirt-daemon-driver-qemu)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

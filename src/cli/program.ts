@@ -105,7 +105,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       if (o['stateRunning']) wanted.push('running');
       if (o['statePaused']) wanted.push('paused');
       if (o['stateShutoff']) wanted.push('shutoff');
-      if (o['stateOther']) wanted.push('shutdown');
+      if (o['stateOther']) wanted.push('shutdown', 'crashed');
       const state = o['all'] || wanted.length > 0 ? 'all' : o['inactive'] ? 'inactive' : 'active';
       let domains = await (await open()).call('list', { state });
       if (wanted.length > 0) domains = domains.filter((d) => wanted.includes(d.state));

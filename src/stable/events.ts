@@ -18,6 +18,11 @@ export type DomainEventType =
    * `reboot()` or a guest power-off with `on_poweroff='restart'`. The domain keeps running.
    */
   | 'rebooted'
+  /**
+   * The guest panicked (libvirt's `VIR_DOMAIN_EVENT_CRASHED`, reason `panicked`): a panic device
+   * told QEMU; the domain's `on_crash` action follows (a `stopped`, `resumed` or nothing more).
+   */
+  | 'crashed'
   /** Something recorded about the domain cannot be read (reason `live-unreadable`); see the domain's log. */
   | 'definition-error';
 
@@ -56,7 +61,7 @@ export interface DomainEvent {
  *
  * @public
  */
-export type DomainState = 'running' | 'paused' | 'shutdown' | 'shutoff';
+export type DomainState = 'running' | 'paused' | 'shutdown' | 'shutoff' | 'crashed';
 
 /**
  * Why a domain runs, as in libvirt's `virDomainRunningReason`.
@@ -121,6 +126,14 @@ export type ShutdownReason = 'unknown' | 'user';
 export type ShutoffReason = StoppedReason | 'unknown' | 'saved' | 'from-snapshot' | 'daemon';
 
 /**
+ * Why a domain is crashed, as in libvirt's `virDomainCrashedReason`: `panicked` after a guest
+ * panic with `on_crash='preserve'` (QEMU keeps the guest stopped where it panicked; destroy it).
+ *
+ * @public
+ */
+export type CrashedReason = 'unknown' | 'panicked';
+
+/**
  * A state with its reason, typed per state (libvirt's `virDomainGetState`): narrowing on `state`
  * narrows `reason`.
  *
@@ -130,7 +143,8 @@ export type DomainStatus =
   | { readonly state: 'running'; readonly reason: RunningReason }
   | { readonly state: 'paused'; readonly reason: PausedReason }
   | { readonly state: 'shutdown'; readonly reason: ShutdownReason }
-  | { readonly state: 'shutoff'; readonly reason: ShutoffReason };
+  | { readonly state: 'shutoff'; readonly reason: ShutoffReason }
+  | { readonly state: 'crashed'; readonly reason: CrashedReason };
 
 /**
  * The figures `Domain.getInfo()` reports besides the state.

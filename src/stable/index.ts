@@ -39,6 +39,7 @@ export type {
   StartOptions,
 } from './driver.js';
 export type {
+  CrashedReason,
   DomainEvent,
   DomainEventType,
   DomainFigures,

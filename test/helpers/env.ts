@@ -46,7 +46,7 @@ export async function openRoot(root: string): Promise<Connection> {
 /** A TCG guest that boots the test kernel; `mode` is read by the initramfs's /init. */
 export function tinyGuest(
   name: string,
-  mode: 'hello' | 'wait' | 'count' | 'devices' | 'resources' | 'echo' | 'reboot' = 'hello',
+  mode: 'hello' | 'wait' | 'count' | 'devices' | 'resources' | 'echo' | 'reboot' | 'panic' = 'hello',
   extra: Partial<DomainDefinitionInput> = {},
 ) {
   const image = ensureGuestImage();

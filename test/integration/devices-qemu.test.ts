@@ -137,10 +137,16 @@ describe('device model on a real QEMU', () => {
     await expectPlacement(qmp, live);
   });
 
-  it('q35: stored versioned, PCIe devices behind root ports, each at its defined place', async () => {
+  it('q35: stored versioned, PCIe devices behind root ports, the e1000 behind a pcie-to-pci-bridge, each at its defined place', async () => {
     const { qmp, def } = await startWithMonitor(devicesOf('dev-q35', 'q35'));
     expect(def.os.machine).toBe(versioned('q35'));
-    expect(def.controllers.filter((c) => c.type === 'pci' && c.model === 'pcie-root-port').length).toBe(5);
+    // Five PCIe devices, and the root port of the bridge libvirt adds for the e1000.
+    expect(def.controllers.filter((c) => c.type === 'pci' && c.model === 'pcie-root-port').length).toBe(6);
+    const bridge = def.controllers.find((c) => c.type === 'pci' && c.model === 'pcie-to-pci-bridge');
+    expect(def.interfaces.find((n) => n.model === 'e1000')?.address).toMatchObject({
+      bus: bridge?.index,
+      slot: 1,
+    });
     await expectPlacement(qmp, def);
   });
 

@@ -206,6 +206,13 @@ describe('hotplug on a running guest', { timeout: 300_000 }, () => {
     const { dom } = await startGuest('hp-reconnect');
     await dom.attachDevice(diskXml(image('r.img', 2), 'vdb'), { live: true });
     await guestSees(dom, (r) => r.includes('blk:vda:4096'));
+    // The attach's one record after the change holds the disk and says that its job is over.
+    const status = JSON.parse(readFileSync(join(root, 'run', 'hp-reconnect.json'), 'utf8')) as {
+      job?: unknown;
+      live: { disks: Array<{ alias?: string }> };
+    };
+    expect(status.job).toBeUndefined();
+    expect(status.live.disks.map((d) => d.alias)).toEqual(['virtio-disk1']);
     await conn.close();
     conn = await openRoot(root);
     const again = await conn.lookupDomain('hp-reconnect');

@@ -92,6 +92,19 @@ async function countingGuest(name: string, n = 3): Promise<Domain> {
   return dom;
 }
 
+/**
+ * What a failed or cancelled migration must leave: the guest running on in the source's own QEMU
+ * (its count goes on), and nothing at the destination.
+ */
+async function expectSourceAlone(dom: Domain, srcPid: number): Promise<void> {
+  expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
+  const now = counts(consoleOf(dom)).at(-1) as number;
+  await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
+  expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
+  expect(await dst.listDomains()).toEqual([]);
+  expect(runLeftovers(rootB)).toEqual([]);
+}
+
 /** The job recorded in the domain's status file under `root`, if any. */
 function statusJob(root: string, dom: Domain): Record<string, unknown> | undefined {
   const file = join(root, 'run', `${dom.name}.json`);
@@ -216,12 +229,7 @@ describe('TLS (tls-creds-x509 on both sides)', { timeout: 240_000 }, () => {
     // protocol, a failed perform is followed by a cancelled finish and a cancelled confirm.
     await incoming.finish({ cancelled: true });
     await dom.migrateConfirm({ cancelled: true });
-    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
-    const now = counts(consoleOf(dom)).at(-1) as number;
-    await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
-    expect(await dst.listDomains()).toEqual([]);
-    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
-    expect(runLeftovers(rootB)).toEqual([]);
+    await expectSourceAlone(dom, srcPid);
 
     // A plain stream into a destination that expects TLS fails the same way.
     const plainOffer = await dom.migrateBegin();
@@ -455,12 +463,7 @@ describe('the privileged hand-over on the destination (phase migration-in)', { t
       'migration-in:thread.setScheduler',
       'release:cgroup.release',
     ]);
-    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
-    const now = counts(srcConsole).at(-1) as number;
-    await until('the source to count on', () => (counts(srcConsole).at(-1) ?? 0) > now);
-    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
-    expect(await dst.listDomains()).toEqual([]);
-    expect(runLeftovers(rootB)).toEqual([]);
+    await expectSourceAlone(dom, srcPid);
     expect(existsSync(join(cpusetRoot, handlerParent, `vk-${dom.uuid}`))).toBe(false);
     // The source can migrate again: nothing of the failed attempt holds it.
     expect(await dom.migrateBegin()).toMatchObject({ cookie: { running: true } });
@@ -498,12 +501,7 @@ describe('faults during the stream leave the VM running on exactly one side', { 
     const err = await migration.result;
     expect(err).toBeInstanceOf(VirtError);
     expect((err as VirtError).code).toBe('ABORTED');
-    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
-    const now = counts(consoleOf(dom)).at(-1) as number;
-    await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
-    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
-    expect(await dst.listDomains()).toEqual([]);
-    expect(runLeftovers(rootB)).toEqual([]);
+    await expectSourceAlone(dom, srcPid);
   });
 
   it('getJobInfo reports the stream in bytes; abortJob cancels it and the source keeps running', async () => {
@@ -548,12 +546,7 @@ describe('faults during the stream leave the VM running on exactly one side', { 
     const err = await migration.result;
     expect(err).toBeInstanceOf(VirtError);
     expect((err as VirtError).code).toBe('OPERATION_FAILED');
-    expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
-    const now = counts(consoleOf(dom)).at(-1) as number;
-    await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
-    expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
-    expect(await dst.listDomains()).toEqual([]);
-    expect(runLeftovers(rootB)).toEqual([]);
+    await expectSourceAlone(dom, srcPid);
   });
 
   it('the source QEMU killed mid-stream: the migration fails, the destination is rolled back', async () => {
@@ -832,11 +825,7 @@ describe('the destination in a process of its own', { timeout: 240_000 }, () => 
       const outcome = await perform;
       expect(outcome === 'completed' || outcome instanceof VirtError).toBe(true);
       await dom.migrateConfirm({ cancelled: true });
-      expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
-      const now = counts(consoleOf(dom)).at(-1) as number;
-      await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
-      expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
-      expect(runLeftovers(rootB)).toEqual([]);
+      await expectSourceAlone(dom, srcPid);
     } finally {
       await killChild(child);
       if (dst.closed) dst = await openRoot(rootB);

@@ -213,4 +213,43 @@ describe('KubeVirt-shaped documents on real QEMU', () => {
       await new Promise((r) => setTimeout(r, 100));
     expect(existsSync(join(files, 'serial0'))).toBe(false);
   }, 120_000);
+
+  it("a USB controller of model 'none' with a PCI address (KubeVirt's root golden): dropped as libvirt 9.0 does", async () => {
+    const { qmp, live } = await rig.startWithProbe(`<domain type="qemu">
+  <name>kv-usb-none</name>
+  <memory unit="MiB">128</memory>
+  <os><type arch="x86_64" machine="q35">hvm</type></os>
+  <devices>
+    <controller type="usb" index="0" model="none">
+      <address type="pci" domain="0x0000" bus="0x00" slot="0x03" function="0x0"></address>
+    </controller>
+    <controller type="virtio-serial" index="0" model="virtio-non-transitional">
+      <address type="pci" domain="0x0000" bus="0x00" slot="0x04" function="0x0"></address>
+    </controller>
+    <interface type="user">
+      <model type="e1000"></model>
+      <address type="pci" domain="0x0000" bus="0x00" slot="0x03" function="0x0"></address>
+    </interface>
+  </devices>
+</domain>`);
+    // libvirt's dumpxml after define: <controller type='usb' index='0' model='none'/>, slot 3 free.
+    expect(live.controllers.find((c) => c.type === 'usb')).toEqual({
+      type: 'usb',
+      index: 0,
+      model: 'none',
+      alias: 'usb',
+    });
+    const bus0 = (
+      await qmp.execute<
+        Array<{
+          bus: number;
+          devices: Array<{ slot: number; qdev_id: string; class_info: { class: number } }>;
+        }>
+      >('query-pci')
+    ).find((b) => b.bus === 0);
+    // No USB controller at all (PCI class 0x0c03), the NIC in the slot the address named.
+    expect(bus0?.devices.filter((d) => d.class_info.class === 0x0c03)).toEqual([]);
+    expect(bus0?.devices.find((d) => d.slot === 3)?.qdev_id).toBe(live.interfaces[0]?.alias);
+    expect(bus0?.devices.find((d) => d.slot === 4)?.qdev_id).toBe('virtio-serial0');
+  }, 120_000);
 });

@@ -50,26 +50,51 @@ describe('device model: aliases, addresses, controllers', () => {
     ]);
   });
 
-  it('puts PCIe devices behind root ports on q35, and conventional PCI on the root complex', () => {
+  it('puts PCIe devices behind root ports on q35, and conventional PCI behind a pcie-to-pci-bridge', () => {
     const a = assignDevices(def({ os: { machine: 'pc-q35-7.2' }, ...devices }));
     expect(assignDevices(a)).toEqual(a);
     const ports = a.controllers.filter((c) => c.type === 'pci' && c.model === 'pcie-root-port');
-    // virtio: two NICs, two disks, the balloon → five ports, aggregated in slot 1 of bus 0.
+    // The bridge with its root port (1, added with it as libvirt does), then the virtio devices:
+    // two NICs, two disks, the balloon → six ports, aggregated in slot 1 of bus 0.
     expect(ports.map((p) => [p.index, p.alias, p.address, p.type === 'pci' && p.target])).toEqual([
       [1, 'pci.1', { ...pci(0, 1, 0), multifunction: true }, { chassis: 1, port: 8 }],
-      [2, 'pci.2', pci(0, 1, 1), { chassis: 2, port: 9 }],
-      [3, 'pci.3', pci(0, 1, 2), { chassis: 3, port: 10 }],
-      [4, 'pci.4', pci(0, 1, 3), { chassis: 4, port: 11 }],
-      [5, 'pci.5', pci(0, 1, 4), { chassis: 5, port: 12 }],
+      [3, 'pci.3', pci(0, 1, 1), { chassis: 3, port: 9 }],
+      [4, 'pci.4', pci(0, 1, 2), { chassis: 4, port: 10 }],
+      [5, 'pci.5', pci(0, 1, 3), { chassis: 5, port: 11 }],
+      [6, 'pci.6', pci(0, 1, 4), { chassis: 6, port: 12 }],
+      [7, 'pci.7', pci(0, 1, 5), { chassis: 7, port: 13 }],
     ]);
+    // The bridge is addressed first (libvirt's PCI controllers before devices): the first port.
+    expect(a.controllers).toContainEqual({
+      type: 'pci',
+      index: 2,
+      model: 'pcie-to-pci-bridge',
+      alias: 'pci.2',
+      address: pci(1, 0),
+    });
     expect(a.controllers).toContainEqual({ type: 'sata', index: 0, alias: 'ide', address: pci(0, 0x1f, 2) });
     expect(a.controllers).toContainEqual({ type: 'pci', index: 0, model: 'pcie-root', alias: 'pcie.0' });
-    expect(a.interfaces.map((n) => n.address)).toEqual([pci(1, 0), pci(0, 2), pci(2, 0)]);
+    // The e1000 at slot 1 of the bridge (slot 0 is the bridge's own).
+    expect(a.interfaces.map((n) => n.address)).toEqual([pci(3, 0), pci(2, 1), pci(4, 0)]);
     expect([a.disks[0]?.address, a.disks[2]?.address, a.memballoon?.address]).toEqual([
-      pci(3, 0),
-      pci(4, 0),
       pci(5, 0),
+      pci(6, 0),
+      pci(7, 0),
     ]);
+    // A running q35 domain without a bridge cannot take a conventional PCI device.
+    const plain = assignDevices(def({ os: { machine: 'q35' } }));
+    expect(() =>
+      assignDevices(
+        { ...plain, interfaces: [{ type: 'user', model: 'e1000', mac: '52:54:00:00:00:01' }] } as never,
+        {
+          live: true,
+        },
+      ),
+    ).toThrow(expect.objectContaining({ code: 'OPERATION_INVALID' }));
+    // Nor does an i440fx machine take a bridge.
+    expect(() => assignDevices(def({ controllers: [{ type: 'pci', model: 'pcie-to-pci-bridge' }] }))).toThrow(
+      expect.objectContaining({ code: 'CONFIG_UNSUPPORTED', details: { path: 'controllers.0.model' } }),
+    );
   });
 
   it('honours given addresses and spare root ports, and refuses clashes and impossible places', () => {

@@ -24,6 +24,7 @@ import {
 } from '../../src/internal/privd/policy.js';
 import type { WireContext } from '../../src/internal/privd/protocol.js';
 import { openBeneath } from '../../src/internal/privd/storage.js';
+import { STUB_ARGV0, STUB_SCRIPT } from '../../src/privileged/stub.js';
 import { readProcStartTime } from '../../src/util/proc.js';
 
 const minimal = { version: 1, peers: { uids: [1000] } };
@@ -230,6 +231,44 @@ describe('authorisation rules', () => {
       'tap.prefix',
     );
     expect(run('storage.openFile', { path: '/x', mode: 'r' }, ctx('pre-exec'))).toBe('storage');
+  });
+
+  it("raises memlock of the driver's stub before QEMU exists (pre-exec, migration-in), and nothing else of it", async () => {
+    // A real stub, as the driver spawns it: dash with the stub script, waiting on its control
+    // descriptor for the word to exec the (allowed) emulator.
+    const emulator = '/usr/bin/qemu-system-x86_64';
+    const stub = spawn('/usr/bin/dash', ['-c', STUB_SCRIPT, STUB_ARGV0, emulator, '-version'], {
+      stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    });
+    try {
+      const pid = stub.pid as number;
+      const deadline = Date.now() + 60_000;
+      while (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(STUB_ARGV0) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      const stubPolicy = parsePolicy({
+        version: 1,
+        peers: { uids: [me.uid] },
+        targets: { qualify: ['descendant'], emulators: [emulator] },
+        memlock: { maxBytes: 4096 },
+        scheduler: { policies: ['fifo'], priority: { min: 1, max: 2 } },
+      });
+      const memlock = {
+        pid,
+        bytes: 4096n,
+        current: { soft: 0n, hard: 0n },
+        breakdown: { rule: 'hard_limit', guestMemoryBytes: 0n, passthroughDevices: 0, explanation: '' },
+      };
+      const at = (op: Parameters<typeof authorise>[2], args: unknown, phase: WireContext['phase']) =>
+        rule(() => authorise(stubPolicy, me, op, ctx(phase), args as never, {} as AuditTarget));
+      // An incoming migration's QEMU is a stub too until its limits are raised (issue 13's order).
+      expect(at('process.setMaxMemLock', memlock, 'pre-exec')).toBeUndefined();
+      expect(at('process.setMaxMemLock', memlock, 'migration-in')).toBeUndefined();
+      // Once QEMU should be running, a shell is no emulator: no phase but those two trusts it.
+      expect(at('process.setMaxMemLock', memlock, 'hotplug')).toBe('targets.emulators');
+      expect(at('thread.setScheduler', { pid, threads: [] }, 'migration-in')).toBe('targets.emulators');
+    } finally {
+      stub.kill('SIGKILL');
+    }
   });
 });
 

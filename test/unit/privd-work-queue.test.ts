@@ -80,3 +80,63 @@ describe('WorkQueue', () => {
     expect(q.running).toBe(0);
   });
 });
+
+describe('WorkQueue turns', () => {
+  /** The queue's clock: only tasks move it, so no real time (or preemption) changes the order. */
+  let clock = 0;
+  const now = () => clock;
+  /** A synchronous task that takes 2 ms by that clock, longer than a turn of 1 ms. */
+  const slow = (order: string[], name: string) => () => {
+    clock += 2;
+    order.push(name);
+  };
+  const settle = async () => {
+    for (let i = 0; i < 20; i++) await tick();
+  };
+
+  it('serves the sources (peer processes) of one uid round-robin', async () => {
+    const q = new WorkQueue(1, 100);
+    const order: string[] = [];
+    const first = gate();
+    q.submit(1, () => first.done, 10);
+    for (let i = 0; i < 3; i++) q.submit(1, async () => void order.push(`a${i}`), 10);
+    q.submit(1, async () => void order.push('b0'), 20);
+    q.submit(1, async () => void order.push('b1'), 20);
+    first.open();
+    await settle();
+    expect(order).toEqual(['a0', 'b0', 'a1', 'b1', 'a2']);
+  });
+
+  it('runs a burst past its turn in later turns, where another source takes its place in line', async () => {
+    const q = new WorkQueue(32, 100, 1, now);
+    const order: string[] = [];
+    // A burst from source 10, all submitted in one turn: the first uses the turn up, the rest wait.
+    for (let i = 0; i < 5; i++) expect(q.submit(1, slow(order, `a${i}`), 10)).toBe(true);
+    expect(order).toEqual(['a0']);
+    expect(q.queued).toBe(4);
+    // And one request of source 20 arrives in the meantime.
+    q.submit(1, slow(order, 'b0'), 20);
+    await settle();
+    expect(order).toEqual(['a0', 'a1', 'b0', 'a2', 'a3', 'a4']);
+    expect([q.running, q.queued]).toEqual([0, 0]);
+  });
+
+  it('lets a request that arrives after a turn in before the rest of a burst', async () => {
+    const q = new WorkQueue(32, 100, 1, now);
+    const order: string[] = [];
+    for (let i = 0; i < 5; i++) q.submit(1, slow(order, `a${i}`), 10);
+    await tick();
+    expect(order).toEqual(['a0', 'a1']);
+    q.submit(1, slow(order, 'b0'), 20);
+    await settle();
+    expect(order).toEqual(['a0', 'a1', 'a2', 'b0', 'a3', 'a4']);
+  });
+
+  it('runs quick tasks at once while the turn has time left', () => {
+    const q = new WorkQueue(32, 100, 1000, now);
+    const order: string[] = [];
+    for (let i = 0; i < 5; i++) q.submit(1, () => void order.push(`a${i}`), 10);
+    expect(order).toEqual(['a0', 'a1', 'a2', 'a3', 'a4']);
+    expect([q.running, q.queued]).toEqual([0, 0]);
+  });
+});

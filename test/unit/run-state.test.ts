@@ -43,6 +43,14 @@ describe('the recorded state against what QEMU reports', () => {
     });
   });
 
+  it('keeps a crashed domain (on_crash=preserve) crashed while QEMU holds the guest panicked', () => {
+    const crashed = { state: 'crashed', reason: 'panicked' } as const;
+    expect(recordedStatus(crashed)).toEqual(crashed);
+    expect(reconcileStatus(crashed, 'guest-panicked', false)).toEqual(crashed);
+    // A reset guest runs again: QEMU's word wins.
+    expect(reconcileStatus(crashed, 'running', true)).toEqual({ state: 'running', reason: 'unpaused' });
+  });
+
   it('never keeps starting-up or unknown, and reads QEMU alone without a record', () => {
     expect(reconcileStatus({ state: 'paused', reason: 'starting-up' }, 'prelaunch', false)).toEqual({
       state: 'paused',

@@ -74,14 +74,18 @@ describe('virtio flavours, NIC models, ROM, balloon', () => {
     expect(formatDomainXml(def)).toContain("<rom enabled='no'/>");
   });
 
-  it("get QEMU's non-transitional devices, e1000e behind a root port, ROM properties, balloon polling", () => {
+  it("get QEMU's non-transitional devices, e1000e behind a root port, rtl8139 behind a bridge, ROM properties, balloon polling", () => {
     const devices = devicesOf(argv(kubevirt));
     const byId = (id: string) => devices.find((d) => d.id === id);
     expect(byId('virtio-disk0')).toMatchObject({ driver: 'virtio-blk-pci-non-transitional' });
     expect(byId('net0')).toMatchObject({ driver: 'virtio-net-pci-non-transitional', romfile: '' });
     expect(byId('net1')).toMatchObject({ driver: 'e1000e', rombar: 0 });
     expect(String(byId('net1')?.bus)).toMatch(/^pci\.\d+$/);
-    expect(byId('net2')).toMatchObject({ driver: 'rtl8139', bus: 'pcie.0' });
+    // The rtl8139 is conventional PCI: behind the pcie-to-pci-bridge added for it, at slot 1.
+    const bridge = devices.find((d) => d.driver === 'pcie-pci-bridge');
+    expect(String(bridge?.id)).toMatch(/^pci\.\d+$/);
+    expect(String(bridge?.bus)).toMatch(/^pci\.\d+$/);
+    expect(byId('net2')).toMatchObject({ driver: 'rtl8139', bus: bridge?.id, addr: '0x1' });
     expect(byId('balloon0')).toMatchObject({
       driver: 'virtio-balloon-pci-non-transitional',
       'guest-stats-polling-interval': 10,
@@ -145,9 +149,12 @@ describe('watchdog', () => {
     const xml = doc("<watchdog model='i6300esb' action='poweroff'/>");
     expect(roundTrips(xml).watchdogs).toEqual([{ model: 'i6300esb', action: 'poweroff' }]);
     const args = argv(xml);
+    // Conventional PCI on q35: behind the pcie-to-pci-bridge added for it, at slot 1.
+    const bridge = devicesOf(args).find((d) => d.driver === 'pcie-pci-bridge');
     expect(devicesOf(args).find((d) => d.id === 'watchdog0')).toMatchObject({
       driver: 'i6300esb',
-      bus: 'pcie.0',
+      bus: bridge?.id,
+      addr: '0x1',
     });
     expect(args.join(' ')).toContain('-action watchdog=poweroff');
   });

@@ -39,6 +39,13 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     args.push('-action', `watchdog=${w.action}`);
   }
 
+  // libvirt's qemuBuildPanicCommandLine: the ISA pvpanic device (a hyperv one is hv-crash on -cpu).
+  for (const p of def.panics ?? []) {
+    if (p.model === 'isa') json('-device', { driver: 'pvpanic', ...(p.iobase ? { ioport: p.iobase } : {}) });
+  }
+  // QEMU then pauses a panicked guest instead of powering it off, and the driver applies on_crash.
+  if (def.onCrash !== 'destroy' && (def.panics ?? []).length > 0) args.push('-action', 'panic=pause');
+
   (def.inputs ?? []).forEach((input, i) => {
     if (input.bus === 'ps2') {
       // The i8042 controller of pc and q35 machines provides them.

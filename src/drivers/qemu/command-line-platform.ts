@@ -54,6 +54,7 @@ export function cpuProps(def: DomainDefinition): string {
   if (f?.kvm?.pollControl !== undefined) props.push(`kvm-poll-control=${onOff(f.kvm.pollControl)}`);
   if (f?.kvm?.pvIpi !== undefined) props.push(`kvm-pv-ipi=${onOff(f.kvm.pvIpi)}`);
   const hv = f?.hyperv;
+  if (def.panics?.some((p) => p.model === 'hyperv')) props.push('hv-crash=on');
   const hvclock = timers.find((t) => t.name === 'hypervclock');
   if (hvclock?.present !== undefined) props.push(`hv-time=${onOff(hvclock.present)}`);
   if (hv?.mode === 'passthrough') props.push('hv-passthrough=on');

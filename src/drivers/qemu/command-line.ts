@@ -15,7 +15,13 @@ import {
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
 import { controllerDevice } from './devices/controller.js';
-import { backingAlias, backingBlockdevs, diskBlockdevs, diskDevice } from './devices/disk.js';
+import {
+  backingAlias,
+  backingBlockdevs,
+  diskBlockdevs,
+  diskDevice,
+  floppyBootIndex,
+} from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { bootMemoryKiB, dimmArgs } from './devices/memory.js';
 import { netdevOf, nicDevice } from './devices/net.js';
@@ -84,8 +90,10 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   );
   add('-accel', def.type === 'kvm' ? 'kvm' : 'tcg');
   const cpuFeatures =
-    (def.cpu?.features ?? []).map((f) => `,${f.policy === 'require' ? '+' : '-'}${f.name}`).join('') +
-    cpuProps(def);
+    (def.cpu?.features ?? [])
+      .filter((f) => f.policy !== 'optional')
+      .map((f) => `,${f.policy === 'require' || f.policy === 'force' ? '+' : '-'}${f.name}`)
+      .join('') + cpuProps(def);
   let cpuModel: string | undefined;
   if (def.cpu?.mode === 'host-passthrough' && def.type !== 'kvm') {
     // As libvirt at start: TCG emulates a CPU and has no host CPU to pass through (QEMU's `-cpu
@@ -153,7 +161,10 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   const json = (flag: string, value: QapiObject) => add(flag, JSON.stringify(value));
   // PCI controllers first: the devices of the others sit on their buses.
   const controllers = [...full.controllers].sort(
-    (a, b) => Number(b.type === 'pci') - Number(a.type === 'pci'),
+    // …in index order: a bridge's bus has a lower index than the bridge (checked at define time).
+    (a, b) =>
+      Number(b.type === 'pci') - Number(a.type === 'pci') ||
+      (a.type === 'pci' && b.type === 'pci' ? (a.index ?? 0) - (b.index ?? 0) : 0),
   );
   for (const c of controllers) {
     const device = controllerDevice(full, c);
@@ -161,6 +172,12 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   }
   const fdsets = new Map<number, string>();
   full.disks.forEach((disk, i) => {
+    if (disk.network) {
+      // QEMU connects to the server itself: no descriptor to hand over.
+      for (const node of diskBlockdevs(disk)) json('-blockdev', node);
+      json('-device', diskDevice(full, disk, `disks.${i}`));
+      return;
+    }
     if (disk.source === undefined) {
       // An empty CD-ROM: the drive with no medium in its tray, no block node (as libvirt 9).
       if (disk.target.bus === 'virtio' || disk.target.bus === 'usb')
@@ -211,6 +228,8 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       for (const node of backingBlockdevs(disk)) json('-blockdev', node);
     }
     for (const node of diskBlockdevs(disk)) json('-blockdev', node);
+    const bootIndex = floppyBootIndex(disk);
+    if (bootIndex) add('-global', bootIndex);
     json('-device', diskDevice(full, disk, `disks.${i}`));
   });
 

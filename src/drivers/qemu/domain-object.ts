@@ -61,6 +61,11 @@ export interface Runtime {
    * → `ioerror`, `GUEST_PANICKED` → `crashed`, `WATCHDOG` → `watchdog`); the `STOP` consumes it.
    */
   pausing?: PausedReason;
+  /**
+   * The guest panicked (QEMU's `GUEST_PANICKED`) and QEMU paused it (`pause`) or is powering it off
+   * (`poweroff`): an exit from here on is a crash. Cleared when on_crash restarts the guest.
+   */
+  panicked?: 'pause' | 'poweroff';
   /** The guest powered off and the driver resets it (on_poweroff=restart, or a reboot): its pause is not shown. */
   fakeReboot?: boolean;
   /**

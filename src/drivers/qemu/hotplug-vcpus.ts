@@ -25,6 +25,21 @@ import { saveDefinition } from './store.js';
 
 const UNPLUG_TIMEOUT_MS = 10_000;
 
+/**
+ * The slots `query-hotpluggable-cpus` listed, asked once per QEMU: its CPU types and topology
+ * properties do not change while it runs, and which slots hold a vCPU the driver knows itself
+ * (`run.threads`, from `query-cpus-fast` after every change), so a later hotplug need not ask again.
+ */
+const cpuSlots = new WeakMap<Runtime, readonly QmpHotpluggableCpu[]>();
+
+async function slotsOf(run: Runtime, qmp: QmpClient): Promise<readonly QmpHotpluggableCpu[]> {
+  const known = cpuSlots.get(run);
+  if (known) return known;
+  const slots = await qmp.command('query-hotpluggable-cpus');
+  cpuSlots.set(run, slots);
+  return slots;
+}
+
 /** The vCPU index QEMU gives a topology slot: x86's cpu-index order is socket, die, core, thread. */
 function slotIndex(def: DomainDefinition, slot: QmpHotpluggableCpu): number {
   const topo = def.cpu?.topology ?? { sockets: def.vcpu.count, dies: 1, cores: 1, threads: 1 };
@@ -62,12 +77,13 @@ export async function setVcpus(
     checkVcpuCount(run.live, count, 'running');
     let current = run.live.vcpu.current ?? run.live.vcpu.count;
     while (current < count) {
-      await plugVcpu(ctx, dom, run, current);
+      // The last vCPU of a live-only change ends the job: its record says so (setLive's endsJob).
+      await plugVcpu(ctx, dom, run, current, !config && current + 1 === count);
       current++;
     }
     if (current > count && run.live.type === 'qemu') throw tcgUnplugRefused(dom.def.name, current, count);
     while (current > count) {
-      await unplugVcpu(ctx, dom, run, current);
+      await unplugVcpu(ctx, dom, run, current, !config && current - 1 === count);
       current--;
     }
   }
@@ -90,13 +106,20 @@ function threadsOf(run: Runtime): ThreadIds {
 }
 
 /** Adds one vCPU to a domain running `current` of them. */
-async function plugVcpu(ctx: DriverContext, dom: DomainObject, run: Runtime, current: number): Promise<void> {
+async function plugVcpu(
+  ctx: DriverContext,
+  dom: DomainObject,
+  run: Runtime,
+  current: number,
+  endsJob: boolean,
+): Promise<void> {
   if (run.vcpuUnplugged) throw tcgReplugRefused(dom.def.name);
   const qmp = monitor(run);
   const threads = threadsOf(run);
-  const slots = await qmp.command('query-hotpluggable-cpus');
+  const slots = await slotsOf(run, qmp);
+  // A slot is free when no vCPU the driver knows has its index (`qom-path` is as of the first query).
   const free = slots
-    .filter((s) => s['qom-path'] === undefined && s['vcpus-count'] === 1)
+    .filter((s) => s['vcpus-count'] === 1)
     .map((slot) => ({ slot, index: slotIndex(run.live, slot) }))
     .filter((s) => s.index < run.live.vcpu.count && !threads.vcpus.some((v) => v.index === s.index))
     .sort((a, b) => a.index - b.index)[0];
@@ -124,7 +147,7 @@ async function plugVcpu(ctx: DriverContext, dom: DomainObject, run: Runtime, cur
     verifyThreads(run, [{ ...vcpu, role: 'vcpu' }]);
     await configureHotplugVcpu(scopeOf(ctx, dom, run), run.live, run.pid, vcpu, run);
     run.threads = { ...threads, vcpus: [...threads.vcpus, vcpu].sort((a, b) => a.index - b.index) };
-    await setLive(dom, run, withVcpus(run.live, current + 1));
+    await setLive(dom, run, withVcpus(run.live, current + 1), { endsJob });
   } catch (err) {
     run.threads = threads;
     await removeVcpu(ctx, dom, run, qmp, alias, `/machine/peripheral/${alias}`).catch((undoErr: unknown) =>
@@ -171,6 +194,7 @@ async function unplugVcpu(
   dom: DomainObject,
   run: Runtime,
   current: number,
+  endsJob: boolean,
 ): Promise<void> {
   const qmp = monitor(run);
   const threads = threadsOf(run);
@@ -183,6 +207,6 @@ async function unplugVcpu(
   const id = last.qomPath.startsWith('/machine/peripheral/') ? last.qomPath.slice(20) : last.qomPath;
   await removeVcpu(ctx, dom, run, qmp, id, last.qomPath);
   run.threads = { ...threads, vcpus: threads.vcpus.filter((v) => v.index !== last.index) };
-  await setLive(dom, run, withVcpus(run.live, current - 1));
+  await setLive(dom, run, withVcpus(run.live, current - 1), { endsJob });
   ctx.log(dom, `vCPU ${last.index} removed (live)`);
 }

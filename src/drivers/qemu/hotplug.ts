@@ -30,7 +30,7 @@ import { backingAlias, diskBlockdevs, diskDevice, diskNodes } from './devices/di
 import { fdsetIdOf } from './devices/fdset.js';
 import { netdevId, netdevOf, nicDevice } from './devices/net.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { presentableLive, setLive } from './live-definition.js';
+import { checkLive, presentableLive, type SetLiveOptions, setLive } from './live-definition.js';
 import type { QmpClient } from './qmp/client.js';
 import { domainPaths } from './root.js';
 import { saveDefinition } from './store.js';
@@ -75,8 +75,13 @@ function addTo(
  * Makes `next` the live definition through the one function that validates it and rewrites the
  * status file atomically, so a new driver finds the device.
  */
-function saveLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
-  return setLive(dom, run, next);
+function saveLive(
+  dom: DomainObject,
+  run: Runtime,
+  next: DomainDefinition,
+  options?: SetLiveOptions,
+): Promise<void> {
+  return setLive(dom, run, next, options);
 }
 
 /** Attaches a device to the running domain and/or its persistent definition. */
@@ -100,9 +105,12 @@ export async function attachDevice(
     checkHotpluggable(chosen, false);
     // An unreadable live record is reported, never replaced by one derived from a stand-in.
     const added = addTo(presentableLive(dom, run), chosen, true);
-    if ('disk' in added.device) await plugDisk(ctx, dom, run, added.def, added.device.disk);
-    else await plugInterface(ctx, dom, run, added.def, added.device.interface);
-    await saveLive(dom, run, added.def);
+    const next =
+      'disk' in added.device
+        ? await plugDisk(ctx, dom, run, added.def, added.device.disk)
+        : await plugInterface(ctx, dom, run, added.def, added.device.interface);
+    // Nothing follows a live-only attach: its record also says that the job is over.
+    await saveLive(dom, run, next, { endsJob: !persistent });
     ctx.log(dom, `attached ${aliasOf(added.device)} (live)`);
     ctx.emit(dom, 'device-added', aliasOf(added.device));
   }
@@ -129,7 +137,7 @@ export async function detachDevice(
   }
   if (liveDevice && run) {
     checkHotpluggable(liveDevice, true);
-    await unplug(ctx, dom, run, liveDevice, options.timeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS);
+    await unplug(ctx, dom, run, liveDevice, options.timeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS, !configDevice);
   }
   if (configDevice) {
     const next = withoutDevice(dom.def, configDevice);
@@ -161,15 +169,68 @@ async function undoAll(
   }
 }
 
+/**
+ * `live` validated (checkLive) while QEMU runs the commands just sent: the validation costs no
+ * time of its own, and a failure is reported (`get`) after those commands were recorded for undo,
+ * so it is undone like any other, before the `device_add` that would show the guest the device.
+ */
+function validate(live: DomainDefinition): { get(): DomainDefinition } {
+  try {
+    const checked = checkLive(live);
+    return { get: () => checked };
+  } catch (err) {
+    return {
+      get: () => {
+        throw err;
+      },
+    };
+  }
+}
+
+/**
+ * Sends commands that QEMU runs in order, each building on the one before, without waiting for
+ * each reply, and validates the live definition meanwhile. Each one that succeeded is pushed on
+ * `undo` (with its undo step), so a failure of any of them or of the validation is undone in full.
+ *
+ * @returns the validated live definition
+ */
+async function sendInOrder(
+  commands: ReadonlyArray<{ run: () => Promise<unknown>; undo: () => Promise<unknown> }>,
+  undo: Array<() => Promise<unknown>>,
+  live: DomainDefinition,
+): Promise<DomainDefinition> {
+  const sent = Promise.allSettled(commands.map((c) => c.run()));
+  const next = validate(live);
+  let failed: { reason: unknown } | undefined;
+  for (const [i, result] of (await sent).entries()) {
+    if (result.status === 'fulfilled') undo.push((commands[i] as (typeof commands)[number]).undo);
+    else failed ??= { reason: result.reason };
+  }
+  if (failed) throw failed.reason;
+  return next.get();
+}
+
+/** Plugs a disk; returns the live definition with it, validated. */
 async function plugDisk(
   ctx: DriverContext,
   dom: DomainObject,
   run: Runtime,
   live: DomainDefinition,
   disk: DiskDefinition,
-): Promise<void> {
+): Promise<DomainDefinition> {
   const qmp = monitor(run);
   const alias = disk.alias as string;
+  if (disk.target.bus === 'fdc') {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      'a floppy cannot be hot-plugged (QEMU fixes its drives at start); attach it to the persistent definition (--config) and restart',
+      { path: 'target.bus' },
+    );
+  }
+  if (disk.network) {
+    // QEMU connects to the server itself: no descriptor to hand over.
+    return plugBlockNodes(ctx, dom, qmp, live, disk, []);
+  }
   const source = disk.source;
   if (source === undefined) {
     throw new VirtError(
@@ -197,31 +258,56 @@ async function plugDisk(
     path: source,
     mode: disk.readonly ? 'r' : 'rw',
   });
-  const undo: Array<() => Promise<unknown>> = [];
   try {
     await qmp.addFd(fd, { fdsetId: set, opaque: source });
-    undo.push(() => qmp.command('remove-fd', { 'fdset-id': set }));
-    for (const node of diskBlockdevs(disk)) {
-      await qmp.command('blockdev-add', node as never);
-      const name = String(node['node-name']);
-      undo.push(() => qmp.command('blockdev-del', { 'node-name': name }));
-    }
-    await qmp.command('device_add', diskDevice(live, disk, `disks.${live.disks.length - 1}`) as never);
-  } catch (err) {
-    await undoAll(ctx, dom, undo);
-    throw err;
+    return await plugBlockNodes(ctx, dom, qmp, live, disk, [
+      () => qmp.command('remove-fd', { 'fdset-id': set }),
+    ]);
   } finally {
     closeFd(fd);
   }
 }
 
+/**
+ * Adds a disk's block nodes and its device; on failure, undoes them and then `undo`. Returns the
+ * live definition with the disk, validated.
+ */
+async function plugBlockNodes(
+  ctx: DriverContext,
+  dom: DomainObject,
+  qmp: ReturnType<typeof monitor>,
+  live: DomainDefinition,
+  disk: DiskDefinition,
+  undo: Array<() => Promise<unknown>>,
+): Promise<DomainDefinition> {
+  try {
+    // The format node fails without its storage node; when the storage node fails (its name
+    // taken), the format node may sit on a node of someone else's, and is deleted like any node
+    // this attach created. device_add waits for both, so the guest never sees such a node.
+    const next = await sendInOrder(
+      diskBlockdevs(disk).map((node) => ({
+        run: () => qmp.command('blockdev-add', node as never),
+        undo: () => qmp.command('blockdev-del', { 'node-name': String(node['node-name']) }),
+      })),
+      undo,
+      live,
+    );
+    await qmp.command('device_add', diskDevice(live, disk, `disks.${live.disks.length - 1}`) as never);
+    return next;
+  } catch (err) {
+    await undoAll(ctx, dom, undo);
+    throw err;
+  }
+}
+
+/** Plugs a NIC; returns the live definition with it, validated. */
 async function plugInterface(
   ctx: DriverContext,
   dom: DomainObject,
   run: Runtime,
   live: DomainDefinition,
   nic: InterfaceDefinition,
-): Promise<void> {
+): Promise<DomainDefinition> {
   const qmp = monitor(run);
   const undo: Array<() => Promise<unknown>> = [];
   let fds: number[] = [];
@@ -243,12 +329,16 @@ async function plugInterface(
         undo.push(() => qmp.command('closefd', { fdname: name }));
       }
     }
-    await qmp.command('netdev_add', netdevOf(nic, names) as never);
+    const id = netdevId(nic);
+    const added = qmp.command('netdev_add', netdevOf(nic, names) as never);
+    const next = validate(live);
+    await added;
     // netdev_add consumed the named descriptors: only the netdev is left to undo.
     undo.splice(0);
-    const id = netdevId(nic);
     undo.push(() => qmp.command('netdev_del', { id }));
+    const checked = next.get();
     await qmp.command('device_add', nicDevice(live, nic) as never);
+    return checked;
   } catch (err) {
     await undoAll(ctx, dom, undo);
     throw err;
@@ -266,6 +356,7 @@ async function release(
   dom: DomainObject,
   run: Runtime,
   device: PciDeviceDefinition,
+  options?: SetLiveOptions,
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = aliasOf(device);
@@ -277,8 +368,9 @@ async function release(
     steps.push(
       () => qmp.command('blockdev-del', { 'node-name': nodes.format }),
       () => qmp.command('blockdev-del', { 'node-name': nodes.storage }),
-      () => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }),
     );
+    // A network disk has no fdset.
+    if (!device.disk.network) steps.push(() => qmp.command('remove-fd', { 'fdset-id': fdsetIdOf(alias) }));
     if (device.disk.backingStore) {
       const backing = backingAlias(alias);
       const under = diskNodes(backing);
@@ -291,14 +383,17 @@ async function release(
   } else {
     steps.push(() => qmp.command('netdev_del', { id: netdevId(device.interface) }));
   }
-  for (const step of steps) {
-    try {
-      await step();
-    } catch (err) {
-      ctx.log(dom, `releasing the backend of ${alias}: ${errorMessage(err)}`);
+  // Sent at once: QEMU runs them in order, and one failing does not stop the next, as before.
+  const done = Promise.allSettled(steps.map((step) => step()));
+  const base = run.live;
+  const next = validate(withoutDevice(base, device));
+  for (const result of await done) {
+    if (result.status === 'rejected') {
+      ctx.log(dom, `releasing the backend of ${alias}: ${errorMessage(result.reason)}`);
     }
   }
-  await saveLive(dom, run, withoutDevice(run.live, device));
+  // Another change of the live definition (a late release) landed meanwhile: start from it.
+  await saveLive(dom, run, run.live === base ? next.get() : withoutDevice(run.live, device), options);
   ctx.log(dom, `QEMU released ${alias}; detached (live)`);
   ctx.emit(dom, 'device-removed', alias);
 }
@@ -335,6 +430,7 @@ async function unplug(
   run: Runtime,
   device: PciDeviceDefinition,
   timeoutMs: number,
+  endsJob: boolean,
 ): Promise<void> {
   const qmp = monitor(run);
   const alias = aliasOf(device);
@@ -359,7 +455,7 @@ async function unplug(
     throw err;
   }
   try {
-    await release(ctx, dom, run, device);
+    await release(ctx, dom, run, device, { endsJob });
   } finally {
     mine.delete(alias);
   }

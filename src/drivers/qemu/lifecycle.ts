@@ -4,6 +4,7 @@ import type { PausedReason, StoppedReason } from '../../stable/events.js';
 import { faultPoint } from '../../util/fault-points.js';
 import type { Job } from '../jobs.js';
 import { type DriverContext, scopeOf, within } from './context.js';
+import { onGuestPanic } from './crash.js';
 import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator, signalEmulator } from './emulator-kill.js';
@@ -36,7 +37,7 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
     if (run.detached) return;
     switch (ev.event) {
       case 'STOP':
-        onStop(ctx, dom, run);
+        onStop(ctx, dom, run, qmp);
         break;
       case 'RESUME':
         run.fakeReboot = false;
@@ -45,10 +46,24 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
           run.reboot = undefined;
           break;
         }
-        if (run.started) ctx.changeState(dom, { state: 'running', reason: 'unpaused' }, 'resumed');
+        // A guest restarted by on_crash runs with reason crashed, as in libvirt.
+        if (run.started)
+          ctx.changeState(
+            dom,
+            { state: 'running', reason: dom.state === 'crashed' ? 'crashed' : 'unpaused' },
+            'resumed',
+          );
         break;
+      case 'GUEST_PANICKED': {
+        const action = ev.data['action'];
+        if (action === 'pause' || action === 'poweroff') run.panicked = action;
+        const cause = pauseCauseOfEvent(ev.event, action);
+        if (cause) run.pausing = cause;
+        // A QEMU powering itself off may exit before it reports its STOP: the crash is told now.
+        if (action === 'poweroff' && run.started) onGuestPanic(ctx, dom, run, qmp);
+        break;
+      }
       case 'BLOCK_IO_ERROR':
-      case 'GUEST_PANICKED':
       case 'WATCHDOG': {
         const cause = pauseCauseOfEvent(ev.event, ev.data['action']);
         if (cause) run.pausing = cause;
@@ -75,15 +90,17 @@ export function watchMonitor(ctx: DriverContext, dom: DomainObject, run: Runtime
  * migration under way, a guest that powered off, or `user`: QEMU's run state is then `paused`, which
  * libvirt's table reads as `user` (e.g. a `stop` through passthrough).
  */
-function onStop(ctx: DriverContext, dom: DomainObject, run: Runtime): void {
+function onStop(ctx: DriverContext, dom: DomainObject, run: Runtime, qmp: QmpClient): void {
   const cause = run.pausing;
   run.pausing = undefined;
   // A guest rebooting through power-off is paused for an instant (libvirt's fake reboot): not a
   // state worth showing.
-  if (!run.started || run.fakeReboot || run.reboot?.phase === 'resetting') return;
+  if (!run.started || run.fakeReboot || run.reboot?.phase === 'resetting' || dom.state === 'crashed') return;
   const reason: PausedReason =
     cause ?? (run.migrating === 'out' ? 'migration' : run.sawShutdown ? 'shutting-down' : 'user');
   ctx.changeState(dom, { state: 'paused', reason }, 'suspended');
+  // QEMU paused the panicked guest and waits for the driver to apply on_crash.
+  if (cause === 'crashed' && run.panicked === 'pause') onGuestPanic(ctx, dom, run, qmp);
 }
 
 /**
@@ -211,6 +228,7 @@ export async function rebootDomain(
 function stoppedReason(run: Runtime): StoppedReason {
   if (run.stopIntent === 'destroy') return 'destroyed';
   if (run.stopIntent === 'migrated') return 'migrated';
+  if (run.panicked) return 'crashed';
   return run.sawShutdown ? 'shutdown' : 'crashed';
 }
 
@@ -280,6 +298,11 @@ export async function suspendDomain(ctx: DriverContext, dom: DomainObject, job: 
 /** Resumes every vCPU. */
 export async function resumeDomain(ctx: DriverContext, dom: DomainObject, job: Job): Promise<void> {
   const run = requireActive(dom);
+  if (dom.state === 'crashed')
+    throw new VirtError(
+      ErrorCode.OPERATION_INVALID,
+      `domain '${dom.def.name}' crashed (its guest panicked) and cannot resume; destroy it, or reset it to boot the guest again`,
+    );
   if (dom.state !== 'paused')
     throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${dom.def.name}' is not paused`);
   await run.qmp.execute('cont', undefined, { signal: job.signal });
@@ -341,9 +364,13 @@ export async function destroyDomain(
   const intentBefore = run.stopIntent;
   run.stopIntent = 'destroy';
   const emulator = emulatorOf(ctx, dom, run);
-  ctx.log(dom, `destroy${options.graceful ? ' (graceful)' : ''}: SIGTERM to process group ${run.pid}`);
   // The verified group includes the leader: one kill(2) for both, the leader alone otherwise.
   if (!signalEmulator(emulator, 'SIGTERM')) signal(run.pid, 'SIGTERM');
+  // Logged after the signals of every destroy issued in this turn have gone out: many domains
+  // destroyed at once no longer wait for each other's log writes before their QEMU is signalled.
+  queueMicrotask(() =>
+    ctx.log(dom, `destroy${options.graceful ? ' (graceful)' : ''}: SIGTERM to process group ${run.pid}`),
+  );
   faultPoint('destroy:sigterm');
   if ((await within(run.exited, graceMs)) === 'timeout') {
     if (options.graceful) {

@@ -5,27 +5,60 @@ import type { DomainObject, Runtime } from './domain-object.js';
 import { dropIfGone, runtimeStatus } from './runtime-status.js';
 import { writeStatusSync } from './status.js';
 
+/** Definitions {@link checkLive} validated: {@link setLive} need not validate them again. */
+const checked = new WeakSet<DomainDefinition>();
+
+/**
+ * `next` validated as {@link setLive} would validate it, ahead of the change: a hotplug does this
+ * while QEMU runs its `device_add`, so the check costs no time of its own.
+ *
+ * @throws VirtError `XML_ERROR` naming the field when `next` does not validate
+ */
+export function checkLive(next: DomainDefinition): DomainDefinition {
+  const def = resolveDefinition(next);
+  checked.add(def);
+  return def;
+}
+
+/** How {@link setLive} records the change. */
+export interface SetLiveOptions {
+  /**
+   * The change is the last step of the job holding the domain: the same record says that no job
+   * holds it any more, so the job's end needs no write of its own (recordJob skips it).
+   */
+  readonly endsJob?: boolean;
+}
+
 /**
  * The one way to change a running domain's live definition (a hotplug or unplug, `setVcpus`, a
- * DIMM, a device QEMU reports through monitor passthrough): validates `next`, bumps the version and
- * rewrites the status file atomically before the new definition is visible, so a successor driver
- * adopts exactly what this one shows. The status keeps recording the job it records (the one making
- * the change) and the domain's state. The write is not fsync'd (see writeStatus): it guards against
- * a killed driver, which the page cache covers, and a host crash ends the QEMU it describes; the two
- * fsyncs were most of a hotplug's time (issue 14). The persistent definition a config change writes
- * stays durable. A durable status write still under way would land after this one with older
- * content: it rewrites the file on completion (settleStatus). When QEMU exited before (`run` is no
- * longer the domain's), the file just written is removed rather than left for a domain that is shut off.
+ * DIMM, a device QEMU reports through monitor passthrough): validates `next` (unless
+ * {@link checkLive} did), bumps the version and rewrites the status file atomically before the new
+ * definition is visible, so a successor driver adopts exactly what this one shows. The status keeps
+ * recording the job it records (the one making the change; none with `endsJob`) and the domain's
+ * state. The write is not fsync'd (see writeStatus): it guards against a killed driver, which the
+ * page cache covers, and a host crash ends the QEMU it describes; the two fsyncs were most of a
+ * hotplug's time (issue 14). The persistent definition a config change writes stays durable. A
+ * durable status write still under way would land after this one with older content: it rewrites
+ * the file on completion (settleStatus). When QEMU exited before (`run` is no longer the
+ * domain's), the file just written is removed rather than left for a domain that is shut off.
  *
  * @throws VirtError `XML_ERROR` naming the field when `next` does not validate (nothing changes)
  */
-export async function setLive(dom: DomainObject, run: Runtime, next: DomainDefinition): Promise<void> {
-  const checked = resolveDefinition(next);
+export async function setLive(
+  dom: DomainObject,
+  run: Runtime,
+  next: DomainDefinition,
+  options: SetLiveOptions = {},
+): Promise<void> {
+  const def = checked.has(next) ? next : resolveDefinition(next);
   const version = run.liveVersion + 1;
-  const record = { ...runtimeStatus(run, 'running', dom.status), live: checked, liveVersion: version };
+  const record = { ...runtimeStatus(run, 'running', dom.status), live: def, liveVersion: version };
+  if (options.endsJob) delete record.job;
   writeStatusSync(run.paths.status, record);
+  // Only once written: a failed write leaves the job recorded, and its end writes again.
+  if (options.endsJob) run.statusJob = undefined;
   dropIfGone(dom, run);
-  run.live = checked;
+  run.live = def;
   run.liveVersion = version;
   run.liveUnreadable = undefined;
   run.statusState = dom.status;

@@ -38,7 +38,7 @@ export function statusOfRunState(status: string, running: boolean): DomainStatus
  */
 export function pauseCauseOfEvent(event: string, action: unknown): PausedReason | undefined {
   if (event === 'BLOCK_IO_ERROR' && action === 'stop') return 'ioerror';
-  if (event === 'GUEST_PANICKED' && action === 'pause') return 'crashed';
+  if (event === 'GUEST_PANICKED' && (action === 'pause' || action === 'poweroff')) return 'crashed';
   if (event === 'WATCHDOG' && action === 'pause') return 'watchdog';
   return undefined;
 }
@@ -80,6 +80,7 @@ const PAUSED_REASONS = [
 const recordedSchema = z.discriminatedUnion('state', [
   z.object({ state: z.literal('running'), reason: z.enum(RUNNING_REASONS) }).strict(),
   z.object({ state: z.literal('paused'), reason: z.enum(PAUSED_REASONS) }).strict(),
+  z.object({ state: z.literal('crashed'), reason: z.enum(['unknown', 'panicked']) }).strict(),
 ]);
 
 /**
@@ -109,6 +110,8 @@ export function reconcileStatus(
   running: boolean,
 ): DomainStatus {
   const found = statusOfRunState(status, running);
+  // QEMU keeps a panicked guest in guest-panicked; on_crash=preserve recorded it as crashed.
+  if (recorded?.state === 'crashed' && status === 'guest-panicked' && !running) return recorded;
   if (!recorded || recorded.state !== found.state) return found;
   if (found.state === 'running') return recorded;
   const kept = recorded.reason as PausedReason;

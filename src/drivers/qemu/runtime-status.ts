@@ -91,9 +91,12 @@ export function settleStatus(dom: DomainObject, run: Runtime): void {
 
 /**
  * Records in the status file of a started domain that `job` holds it (or, with undefined, that no
- * job does), so a successor can settle a job this driver did not finish.
+ * job does), so a successor can settle a job this driver did not finish. No job to record where
+ * none is recorded writes nothing: a job whose last step was a live change (setLive's `endsJob`)
+ * already wrote that record.
  */
 export async function recordJob(dom: DomainObject, run: Runtime, job: Job | undefined): Promise<void> {
+  if (job === undefined && run.statusJob === undefined) return;
   run.statusJob = job;
   saveStatus(dom, run);
 }

@@ -5,7 +5,7 @@ import { limitCovers, memLockNeed } from '../../privileged/memlock.js';
 import type { OperationArgs, Phase } from '../../privileged/operations.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import type { PciDeviceDefinition } from '../../stable/devices.js';
-import { parseCpuset } from '../../util/cpuset.js';
+import { placementCpusets, placesThreads, schedulingOf } from '../thread-tuning.js';
 import type { SimProcess, Simulation } from './simulation.js';
 
 type Placements = OperationArgs<'cgroup.release'>['placements'];
@@ -164,7 +164,7 @@ export class PrivilegedSimulation {
     if (!tune) return;
     const vcpus = proc.threads.filter((t) => t.role === 'vcpu');
     const iothreads = proc.threads.filter((t) => t.role === 'iothread');
-    if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+    if (placesThreads(def)) {
       run.placementAttempted = true;
       ({ placements: run.placements } = await this.#invoke(scope, 'cgroup.placeThreads', phase, {
         pid: proc.pid,
@@ -173,26 +173,10 @@ export class PrivilegedSimulation {
           role: t.role,
           index: t.index,
         })),
-        cpusets: {
-          emulator: tune.emulatorpin?.cpuset,
-          vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
-          iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
-        },
+        cpusets: placementCpusets(tune),
       }));
     }
-    const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
-    for (const [entries, list, role] of [
-      [tune.vcpusched, vcpus, 'vcpu'],
-      [tune.iothreadsched, iothreads, 'iothread'],
-    ] as const) {
-      for (const entry of entries) {
-        for (const index of parseCpuset(entry.ids) ?? []) {
-          const t = list.find((x) => x.index === index);
-          if (t)
-            sched.push({ tid: t.tid, role, index, policy: entry.scheduler, priority: entry.priority ?? 0 });
-        }
-      }
-    }
+    const sched = schedulingOf(tune, vcpus, iothreads);
     if (sched.length > 0)
       await this.#invoke(scope, 'thread.setScheduler', phase, { pid: proc.pid, threads: sched });
   }
@@ -241,25 +225,18 @@ export class PrivilegedSimulation {
       const tune = def.cputune;
       if (!tune) return;
       const thread = { tid, role: 'vcpu' as const, index };
-      if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+      if (placesThreads(def)) {
         run.placementAttempted = true;
         const { placements } = await this.#invoke(scope, 'cgroup.placeThreads', 'hotplug', {
           pid: run.pid,
           threads: [thread],
-          cpusets: {
-            emulator: tune.emulatorpin?.cpuset,
-            vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
-            iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
-          },
+          cpusets: placementCpusets(tune),
         });
         run.placements = [...run.placements, ...placements];
       }
-      const entry = tune.vcpusched.find((e) => parseCpuset(e.ids)?.includes(index));
-      if (entry) {
-        await this.#invoke(scope, 'thread.setScheduler', 'hotplug', {
-          pid: run.pid,
-          threads: [{ ...thread, policy: entry.scheduler, priority: entry.priority ?? 0 }],
-        });
+      const sched = schedulingOf(tune, [thread]);
+      if (sched.length > 0) {
+        await this.#invoke(scope, 'thread.setScheduler', 'hotplug', { pid: run.pid, threads: sched });
       }
     } catch (err) {
       this.#sim.removeVcpu(run.pid, index);

@@ -146,8 +146,8 @@ function isStubOfEmulator(policy: Policy, pid: number, exe: string): boolean {
 
 /**
  * The target process rules: the process exists, qualifies by one of `targets.qualify`, and runs an
- * allowed emulator — or, for `process.setMaxMemLock` in `pre-exec` only, is the driver's stub
- * about to exec one (the limit must be raised before QEMU runs, so the process is still a shell).
+ * allowed emulator — or, for `process.setMaxMemLock` in `pre-exec` and `migration-in` only, is the
+ * driver's stub about to exec one (the limit must be raised before QEMU runs, so the process is still a shell).
  * Returns the target's start time, read before its executable: the process that was checked.
  */
 function checkTarget(
@@ -177,7 +177,8 @@ function checkTarget(
       { pid, qualify: [...policy.qualify] },
     );
   }
-  const stubAllowed = op === 'process.setMaxMemLock' && phase === 'pre-exec';
+  // The incoming QEMU of a migration is a stub too until its limit is raised (phase migration-in).
+  const stubAllowed = op === 'process.setMaxMemLock' && (phase === 'pre-exec' || phase === 'migration-in');
   if (!policy.emulators.has(exe) && !(stubAllowed && isStubOfEmulator(policy, pid, exe))) {
     throw denied('targets.emulators', `process ${pid} runs ${exe}, which is not an allowed emulator`, {
       pid,

@@ -78,15 +78,17 @@ async function setMemlockAsOwner(
  * @param op - the operation
  * @param ctx - the request context
  * @param args - the validated arguments
- * @returns the operation's result, descriptors as numbers of this process
+ * @returns the operation's result, descriptors as numbers of this process: at once when the
+ *   operation is synchronous (all built-ins are), so that the answer can go out in the same turn
+ *   of the event loop; a promise only for what waits (a memlock worker)
  */
-export async function execute(
+export function execute(
   policy: Policy,
   op: OperationName,
   ctx: WireContext,
   args: OperationArgs<OperationName>,
   services: ExecuteServices,
-): Promise<OperationResult<OperationName>> {
+): OperationResult<OperationName> | Promise<OperationResult<OperationName>> {
   const scope: BuiltinScope = {
     domain: { ...ctx.domain, uuid: ctx.domain.uuid.toLowerCase() },
     pid: ctx.pid ?? undefined,
@@ -101,8 +103,7 @@ export async function execute(
       } catch (err) {
         if (!(VirtError.is(err) && err.details['errno'] === 'EPERM') || hasCapSysResource()) throw err;
       }
-      await setMemlockAsOwner(services.workers, a.pid, a.bytes, ctx.deadline);
-      return undefined;
+      return setMemlockAsOwner(services.workers, a.pid, a.bytes, ctx.deadline).then(() => undefined);
     }
     case 'net.openTap': {
       const a = args as OperationArgs<'net.openTap'>;
@@ -131,12 +132,19 @@ export async function execute(
       const a = args as OperationArgs<'storage.openFile'>;
       return { fd: openBeneath(policy.storage?.prefixes ?? [], a.path, a.mode) };
     }
-    case 'cgroup.release':
+    case 'cgroup.release': {
+      const releaseTaps = () => services.taps.release(services.peerUid, ctx.domain.uuid);
+      let released: OperationResult<'cgroup.release'> | Promise<OperationResult<'cgroup.release'>>;
       try {
-        return await builtins[op](args as OperationArgs<'cgroup.release'>, scope);
-      } finally {
-        services.taps.release(services.peerUid, ctx.domain.uuid);
+        released = builtins[op](args as OperationArgs<'cgroup.release'>, scope);
+      } catch (err) {
+        releaseTaps();
+        throw err;
       }
+      if (released instanceof Promise) return released.finally(releaseTaps);
+      releaseTaps();
+      return released;
+    }
     default:
       return builtins[op](args as never, scope);
   }

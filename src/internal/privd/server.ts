@@ -71,6 +71,11 @@ export interface PrivilegedHelper {
 
 /** How long accepting pauses after running out of descriptors, instead of spinning on the backlog. */
 const ACCEPT_BACKOFF_MS = 100;
+/**
+ * Synchronous work per turn of the event loop before requests wait for the next turn (round-robin):
+ * bounds how long a burst from one process holds back another's request.
+ */
+const TURN_MS = 1;
 /** How often TAPs handed out are checked for having been made persistent or re-owned. */
 const TAP_SWEEP_MS = 2000;
 
@@ -128,7 +133,7 @@ class Helper implements PrivilegedHelper {
     this.#mode = options.socketMode ?? 0o666;
     const limits = this.#policy.limits;
     this.#maxConnections = options.maxConnections ?? limits.maxConnections;
-    this.#work = new WorkQueue(limits.maxInFlight, limits.maxQueued);
+    this.#work = new WorkQueue(limits.maxInFlight, limits.maxQueued, TURN_MS);
     this.#workers = new OwnerWorkers(limits.memlockWorkers);
     this.#taps = new HelperTaps(TAP_SWEEP_MS, (entry) => this.#log(entry));
   }
@@ -373,17 +378,30 @@ class Helper implements PrivilegedHelper {
       return;
     }
     client.inFlight++;
-    const run = () =>
-      // A client that went away while its request waited gets nothing done for it.
-      (client.conn.closed ? Promise.resolve() : this.#handle(client, msg))
-        .catch((err: unknown) => {
-          this.#log({ event: 'internal-error', peer: client.peer, error: errorMessage(err) });
-          client.conn.close();
-        })
-        .finally(() => {
-          client.inFlight--;
-        });
-    if (!this.#work.submit(client.peer.uid, run)) {
+    const done = (): void => {
+      client.inFlight--;
+    };
+    const failed = (err: unknown): void => {
+      this.#log({ event: 'internal-error', peer: client.peer, error: errorMessage(err) });
+      client.conn.close();
+      done();
+    };
+    const run = (): Promise<void> | undefined => {
+      let waiting: Promise<void> | undefined;
+      try {
+        // A client that went away while its request waited gets nothing done for it.
+        waiting = client.conn.closed ? undefined : this.#handle(client, msg);
+      } catch (err) {
+        failed(err);
+        return undefined;
+      }
+      if (waiting) return waiting.then(done, failed);
+      done();
+      return undefined;
+    };
+    // Round-robin between uids and, within one, between peer processes: a process with many
+    // connections (or many requests) takes its turn like any other.
+    if (!this.#work.submit(client.peer.uid, run, client.peer.pid)) {
       client.inFlight--;
       this.#refuseBusy(
         client,
@@ -408,7 +426,14 @@ class Helper implements PrivilegedHelper {
     client.conn.send({ type: 'response', id: req.id, ok: false, error: errorToWire(err), fds: 0 });
   }
 
-  async #handle(client: Client, req: WireRequest): Promise<void> {
+  /**
+   * Checks, authorises and executes one request. A synchronous operation (every built-in) is
+   * answered before this returns, in the same turn of the event loop: an answer left to a
+   * microtask would wait until every other connection that became readable in that turn was read.
+   *
+   * @returns a promise only while the operation is still executing
+   */
+  #handle(client: Client, req: WireRequest): Promise<void> | undefined {
     const started = performance.now();
     const target: AuditTarget = {};
     const record = (decision: 'allow' | 'deny' | 'invalid', err?: unknown) =>
@@ -480,26 +505,32 @@ class Helper implements PrivilegedHelper {
       fail(VirtError.is(err) && err.code === ErrorCode.ACCESS_DENIED ? 'deny' : 'invalid', err);
       return;
     }
+    // storage.openFile checks its path as it opens: a refusal there is still the policy's.
+    const failed = (err: unknown): void =>
+      fail(VirtError.is(err) && typeof err.details['rule'] === 'string' ? 'deny' : 'allow', err);
+    const answer = (result: unknown): void => {
+      const { value, fds } = detachFds(result);
+      if (typeof value === 'object' && value !== null && 'ifname' in value)
+        target.ifname = String(value.ifname);
+      client.conn.send({ type: 'response', id: req.id, ok: true, result: value, fds: fds.length }, fds);
+      // After the answer: the line only waits for the next turn's write anyway, and building it
+      // first would delay every response by its cost.
+      record('allow');
+    };
     let result: unknown;
     try {
-      result = await execute(this.#policy, req.op, req.ctx, typed, {
+      result = execute(this.#policy, req.op, req.ctx, typed, {
         workers: this.#workers,
         taps: this.#taps,
         peerUid: client.peer.uid,
         targetStartTime: startTime,
       });
     } catch (err) {
-      // storage.openFile checks its path as it opens: a refusal there is still the policy's.
-      fail(VirtError.is(err) && typeof err.details['rule'] === 'string' ? 'deny' : 'allow', err);
+      failed(err);
       return;
     }
-    const { value, fds } = detachFds(result);
-    if (typeof value === 'object' && value !== null && 'ifname' in value)
-      target.ifname = String(value.ifname);
-    client.conn.send({ type: 'response', id: req.id, ok: true, result: value, fds: fds.length }, fds);
-    // After the answer: the line only waits for the next turn's write anyway, and building it
-    // first would delay every response by its cost.
-    record('allow');
+    if (result instanceof Promise) return result.then(answer, failed);
+    answer(result);
   }
 
   #log(entry: Record<string, unknown>): void {

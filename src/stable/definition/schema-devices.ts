@@ -132,6 +132,21 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
       )
       .max(1)
       .optional(),
+    /**
+     * `<panic>`: how the guest tells QEMU it panicked, so `on_crash` can act. `isa` is QEMU's ISA
+     * pvpanic device (I/O port `iobase`, 0x505 by default; Linux's pvpanic-mmio driver uses it),
+     * `hyperv` the Hyper-V crash MSRs (`hv-crash` on the CPU; a Windows guest uses them under KVM).
+     */
+    panics: z
+      .array(
+        z.strictObject({
+          model: z.enum(['isa', 'hyperv']),
+          /** The ISA I/O port of an `isa` panic device. */
+          iobase: z.number().int().min(1).max(0xffff).optional(),
+        }),
+      )
+      .max(2)
+      .optional(),
     /** `<audio>` backends; only `none` (no host audio). */
     audios: z.array(z.strictObject({ id: z.number().int().min(1), type: z.literal('none') })).optional(),
   } as const;

@@ -1,5 +1,7 @@
 import { z } from 'zod';
+import { PCI_CONTROLLER_MODELS } from './pci-controllers.js';
 import { deviceSchemas } from './schema-devices.js';
+import { networkDiskSource } from './schema-network-disk.js';
 import {
   bootmenuSchema,
   clockSchema,
@@ -88,12 +90,23 @@ const controllerSchema = z.discriminatedUnion('type', [
   z.strictObject({
     type: z.literal('pci'),
     index: z.number().int().min(0).max(255).optional(),
-    model: z.enum(['pci-root', 'pcie-root', 'pcie-root-port']),
-    /** A pcie-root-port's chassis and port numbers. */
+    /**
+     * The PCI root (built in), or a controller that makes another bus: root ports, bridges to
+     * conventional PCI, expander buses (pxb, pxb-pcie) and the ports of a PCIe switch.
+     */
+    model: z.enum(PCI_CONTROLLER_MODELS),
     target: z
       .strictObject({
+        /** A root or downstream port's chassis number. */
         chassis: z.number().int().min(0).max(255).optional(),
+        /** A root or downstream port's port number. */
         port: z.number().int().min(0).max(255).optional(),
+        /** A pci-bridge's chassis number (its SHPC), by default its index. */
+        chassisNr: z.number().int().min(1).max(255).optional(),
+        /** An expander bus's bus number, by default the highest free below those of others. */
+        busNr: z.number().int().min(1).max(254).optional(),
+        /** An expander bus's NUMA node (a cell of `cpu.numa`). */
+        node: z.number().int().min(0).max(63).optional(),
       })
       .optional(),
     alias: z.string().optional(),
@@ -156,8 +169,10 @@ const controllerSchema = z.discriminatedUnion('type', [
 
 const diskSchema = z
   .strictObject({
-    type: z.enum(['file', 'block']),
-    device: z.enum(['disk', 'cdrom']).default('disk'),
+    /** `network`: the image is on a server QEMU connects to itself (see `network`). */
+    type: z.enum(['file', 'block', 'network']),
+    /** `floppy`: a drive of the pc machine's built-in floppy controller (bus `fdc`, `fda` or `fdb`). */
+    device: z.enum(['disk', 'cdrom', 'floppy']).default('disk'),
     /** The virtio flavour of a virtio disk. */
     model: virtioModel.optional(),
     driver: z
@@ -182,6 +197,8 @@ const diskSchema = z
      * tray QEMU shows with no medium.
      */
     source: z.string().startsWith('/', 'an absolute path').optional(),
+    /** The server and image of a `network` disk (which has no `source` path). */
+    network: networkDiskSource.optional(),
     /**
      * The image a qcow2 disk is an overlay of (libvirt's `<backingStore>`, as KubeVirt writes for its
      * ephemeral disks): opened read-only by virtkit and given to QEMU as the overlay's backing node,
@@ -195,12 +212,12 @@ const diskSchema = z
       })
       .optional(),
     target: z.strictObject({
-      dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
+      dev: z.string().regex(/^((vd|sd|hd)[a-z]{1,2}|fd[ab])$/, 'a target such as vda, sdb or fda'),
       /**
        * `ide` exists on pc (i440FX) machines only: the PIIX3's two channels, two units each. `scsi`
        * disks sit on the SCSI controller (added as libvirt does), `usb` disks on USB controller 0.
        */
-      bus: z.enum(['virtio', 'sata', 'ide', 'scsi', 'usb']),
+      bus: z.enum(['virtio', 'sata', 'ide', 'scsi', 'usb', 'fdc']),
     }),
     readonly: z.boolean().default(false),
     serial: z.string().max(36).optional(),
@@ -209,6 +226,41 @@ const diskSchema = z
     address: z.discriminatedUnion('type', [pciAddress, driveAddress, usbAddress]).optional(),
   })
   .superRefine((disk, ctx) => {
+    if (disk.type === 'network') {
+      if (disk.network === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['network'],
+          message: 'a network disk needs its server (network)',
+        });
+      if (disk.source !== undefined)
+        ctx.addIssue({ code: 'custom', path: ['source'], message: 'a network disk has no source path' });
+      if (disk.backingStore)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['backingStore'],
+          message: 'a network disk with a local backing image is not supported',
+        });
+      if (disk.driver.io !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['driver', 'io'],
+          message: 'the AIO engine is for file and block disks',
+        });
+      return;
+    }
+    if (disk.network !== undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['network'],
+        message: `a ${disk.type} disk has no network source`,
+      });
+    if ((disk.device === 'floppy') !== (disk.target.bus === 'fdc'))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['target', 'bus'],
+        message: 'a floppy sits on bus fdc, and only a floppy does',
+      });
     if (disk.source === undefined && disk.device !== 'cdrom')
       ctx.addIssue({
         code: 'custom',
@@ -317,11 +369,16 @@ export const domainDefinitionSchema = z.strictObject({
     .strictObject({
       mode: z.enum(['host-passthrough', 'host-model', 'custom']).optional(),
       model: z.string().optional(),
-      /** CPU features to require or disable on top of the model, as libvirt's `<feature policy=…>`. */
+      /**
+       * CPU features on top of the model, as libvirt's `<feature policy=…>`: `force` and `require`
+       * turn the feature on, `disable` and `forbid` off (`-cpu model,+f,-g`, as libvirt's
+       * qemuBuildCpuModelArgStr); `optional` leaves the model's choice (libvirt resolves it against
+       * the host CPU, which a TCG guest does not have).
+       */
       features: z
         .array(
           z.strictObject({
-            policy: z.enum(['require', 'disable']),
+            policy: z.enum(['force', 'require', 'optional', 'disable', 'forbid']),
             name: z.string().regex(/^[a-z0-9][a-z0-9_.-]*$/, 'a CPU feature name such as arch-capabilities'),
           }),
         )
@@ -380,7 +437,16 @@ export const domainDefinitionSchema = z.strictObject({
   memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),
   onPoweroff: z.enum(['destroy', 'restart']).default('destroy'),
   onReboot: z.enum(['restart', 'destroy']).default('restart'),
-  onCrash: z.enum(['destroy']).default('destroy'),
+  /**
+   * What a guest panic does (libvirt's `on_crash`; QEMU learns of a panic through a `panics`
+   * device): `destroy` stops QEMU (shut off, reason `crashed`), `restart` resets the guest (running,
+   * reason `crashed`), `preserve` keeps it stopped where it panicked (state `crashed`, reason
+   * `panicked`); the `coredump-` ones first write the guest's memory as an ELF core file to
+   * `<root>/lib/dump/`.
+   */
+  onCrash: z
+    .enum(['destroy', 'restart', 'preserve', 'coredump-destroy', 'coredump-restart'])
+    .default('destroy'),
   emulator: z.string().startsWith('/', 'an absolute path').optional(),
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),

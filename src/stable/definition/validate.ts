@@ -117,6 +117,12 @@ function checkSemantics(def: DomainDefinition): void {
     throw invalid('maxMemory.kib', 'maxMemory must be at least the memory size');
   }
   checkMemoryDevices(def);
+  def.panics?.forEach((p, i) => {
+    if (def.panics?.findIndex((q) => q.model === p.model) !== i)
+      throw invalid(`panics.${i}.model`, `a second panic device of model '${p.model}'`);
+    if (p.model !== 'isa' && p.iobase !== undefined)
+      throw invalid(`panics.${i}.iobase`, 'only an isa panic device has an I/O port');
+  });
   if (def.vcpu.current !== undefined && def.vcpu.current > vcpus) {
     throw invalid('vcpu.current', `${def.vcpu.current} exceeds the vcpu count ${vcpus}`);
   }

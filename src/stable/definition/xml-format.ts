@@ -1,5 +1,10 @@
 import { ErrorCode, VirtError } from '../../errors.js';
+import { isPciRoot, PCI_CONTROLLER_DEVICE, type PciControllerModel } from './pci-controllers.js';
 import type { ControllerDefinition, DiskDefinition, DomainDefinition } from './schema.js';
+
+const pciControllerDevice = (model: PciControllerModel): string | undefined =>
+  isPciRoot(model) ? undefined : PCI_CONTROLLER_DEVICE[model as keyof typeof PCI_CONTROLLER_DEVICE];
+
 import { resolveDefinition } from './validate.js';
 import { QEMU_NS } from './xml-parse.js';
 import { hasIllegalXmlChar } from './xml-tree.js';
@@ -34,6 +39,32 @@ function charSourceNode(
     ]);
   }
   return serial.path === undefined ? undefined : node('source', [['path', serial.path]]);
+}
+
+/** A network disk's `<source protocol name query>` with its host and protocol options. */
+function networkSourceNode(net: NonNullable<DiskDefinition['network']>): Node {
+  return node(
+    'source',
+    [
+      ['protocol', net.protocol],
+      ['name', net.name],
+      ['query', net.query],
+    ],
+    [
+      ...net.hosts.map((h) =>
+        node('host', [
+          ['transport', h.transport === 'tcp' ? undefined : h.transport],
+          ['name', h.name],
+          ['port', h.port],
+          ['socket', h.socket],
+        ]),
+      ),
+      net.initiator !== undefined && node('initiator', [], [node('iqn', [['name', net.initiator]])]),
+      net.timeoutSeconds !== undefined && node('timeout', [['seconds', net.timeoutSeconds]]),
+      net.readaheadBytes !== undefined && node('readahead', [['size', net.readaheadBytes]]),
+      net.sslVerify !== undefined && node('ssl', [['verify', net.sslVerify ? 'yes' : 'no']]),
+    ],
+  );
 }
 
 function node(
@@ -277,13 +308,19 @@ function controllerNode(c: ControllerDefinition): Node {
       ['vectors', c.type === 'virtio-serial' ? c.vectors : undefined],
     ],
     [
-      c.type === 'pci' && c.model === 'pcie-root-port' && node('model', [['name', 'pcie-root-port']]),
+      c.type === 'pci' && !isPciRoot(c.model) && node('model', [['name', pciControllerDevice(c.model)]]),
       c.type === 'pci' &&
         c.target &&
-        node('target', [
-          ['chassis', c.target.chassis],
-          ['port', c.target.port === undefined ? undefined : hex(c.target.port, 0)],
-        ]),
+        node(
+          'target',
+          [
+            ['chassisNr', c.target.chassisNr],
+            ['chassis', c.target.chassis],
+            ['port', c.target.port === undefined ? undefined : hex(c.target.port, 0)],
+            ['busNr', c.target.busNr],
+          ],
+          [c.target.node !== undefined && textNode('node', c.target.node)],
+        ),
       c.type === 'usb' && c.master && node('master', [['startport', c.master.startport]]),
       aliasNode(c.alias),
       addressNode(c.address),
@@ -403,7 +440,20 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  return { before: [...before, ...watchdogs], after: [...rngs, ...dimms] };
+  const panics: Node[] = (def.panics ?? []).map((p) =>
+    node(
+      'panic',
+      [['model', p.model]],
+      [
+        p.iobase !== undefined &&
+          node('address', [
+            ['type', 'isa'],
+            ['iobase', `0x${p.iobase.toString(16)}`],
+          ]),
+      ],
+    ),
+  );
+  return { before: [...before, ...watchdogs], after: [...rngs, ...panics, ...dimms] };
 }
 
 function domainNode(def: DomainDefinition): Node {
@@ -436,6 +486,7 @@ function domainNode(def: DomainDefinition): Node {
             ]),
             disk.source !== undefined &&
               node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
+            disk.network && networkSourceNode(disk.network),
             disk.backingStore &&
               node(
                 'backingStore',

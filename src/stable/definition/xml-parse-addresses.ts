@@ -1,4 +1,10 @@
 import {
+  isPciRoot,
+  PCI_CONTROLLER_DEVICE,
+  PCI_CONTROLLER_MODELS,
+  type PciControllerModel,
+} from './pci-controllers.js';
+import {
   check,
   child,
   choice,
@@ -6,7 +12,9 @@ import {
   invalid,
   type Obj,
   type Origins,
+  parseUint,
   set,
+  textOf,
   unsupported,
 } from './xml-parse-rules.js';
 import type { XmlElement } from './xml-tree.js';
@@ -125,41 +133,36 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
     check(el, { attrs: ['type', 'index', 'model'], children: ['model', 'target', 'alias', 'address'] });
     if (model === undefined) throw invalid(el, "<controller type='pci'> needs a model", 'model');
     origins.note(`${field}.model`, el, 'model');
-    out.model = choice(
-      el,
-      model,
-      'the PCI controller model',
-      ['pci-root', 'pcie-root', 'pcie-root-port'],
-      [
-        'pci-bridge',
-        'dmi-to-pci-bridge',
-        'pcie-switch-upstream-port',
-        'pcie-switch-downstream-port',
-        'pci-expander-bus',
-        'pcie-expander-bus',
-        'pcie-to-pci-bridge',
-      ],
-      'model',
-    );
-    const name = child(el, 'model');
-    if (name) {
-      check(name, { attrs: ['name'] });
-      const device = name.attrs.get('name');
-      if (device !== undefined && device !== out.model) {
+    out.model = choice(el, model, 'the PCI controller model', PCI_CONTROLLER_MODELS, [], 'model');
+    const modelName = child(el, 'model');
+    if (modelName) {
+      check(modelName, { attrs: ['name'] });
+      const device = modelName.attrs.get('name');
+      const own = isPciRoot(out.model as PciControllerModel)
+        ? undefined
+        : PCI_CONTROLLER_DEVICE[out.model as keyof typeof PCI_CONTROLLER_DEVICE];
+      if (device !== undefined && device !== own) {
         throw unsupported(
-          name,
-          `the controller device '${device}' (virtkit uses '${String(out.model)}')`,
+          modelName,
+          `the controller device '${device}' for a ${String(out.model)} (virtkit uses '${own ?? 'none'}')`,
           'name',
         );
       }
     }
     const target = child(el, 'target');
     if (target) {
-      check(target, { attrs: ['chassis', 'port'] });
+      check(target, { attrs: ['chassis', 'port', 'chassisNr', 'busNr'], children: ['node'] });
       origins.note(`${field}.target`, target);
       const t: Obj = {};
-      set(t, 'chassis', numAttr(target, 'chassis'));
-      set(t, 'port', numAttr(target, 'port'));
+      for (const attr of ['chassis', 'port', 'chassisNr', 'busNr']) {
+        origins.note(`${field}.target.${attr}`, target, attr);
+        set(t, attr, numAttr(target, attr));
+      }
+      const node = child(target, 'node');
+      if (node) {
+        origins.note(`${field}.target.node`, node);
+        t.node = parseUint(node, textOf(origins, node, `${field}.target.node`), 'the NUMA node');
+      }
       out.target = t;
     }
   } else if (kind === 'virtio-serial') {

@@ -93,8 +93,8 @@ export function parseCpu(origins: Origins, el: XmlElement): Obj {
             f,
             policy,
             'the CPU feature policy',
-            ['require', 'disable'],
-            ['force', 'optional', 'forbid'],
+            ['force', 'require', 'optional', 'disable', 'forbid'],
+            [],
             'policy',
           ),
         );

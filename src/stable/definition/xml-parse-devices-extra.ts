@@ -35,6 +35,7 @@ export const EXTRA_DEVICES = [
   'audio',
   'watchdog',
   'memory',
+  'panic',
 ] as const;
 
 function alias(origins: Origins, el: XmlElement, field: string, out: Obj): void {
@@ -61,6 +62,55 @@ export function parseExtraDevices(origins: Origins, el: XmlElement, out: Obj): v
   list('audio', 'audios', (e, f) => parseAudio(origins, e, f));
   list('watchdog', 'watchdogs', (e, f) => parseWatchdog(origins, e, f));
   list('memory', 'memoryDevices', (e, f) => parseMemoryDevice(origins, e, f));
+  list('panic', 'panics', (e, f) => parsePanic(origins, e, f));
+}
+
+/**
+ * `<panic model='isa|hyperv'>`; without a model an x86 guest's is `isa`, as libvirt fills it in.
+ * An ISA one may name its port, `<address type='isa' iobase='0x505'/>`.
+ */
+function parsePanic(origins: Origins, el: XmlElement, field: string): Obj {
+  check(el, { attrs: ['model'], children: ['address', 'alias'] });
+  origins.note(field, el);
+  const model = el.attrs.get('model');
+  if (model !== undefined) origins.note(`${field}.model`, el, 'model');
+  const out: Obj = {
+    model:
+      model === undefined
+        ? 'isa'
+        : choice(
+            el,
+            model,
+            'the panic model',
+            ['isa', 'hyperv'],
+            // pvpanic-pci is libvirt 9.1's; the others are other architectures' devices.
+            ['pvpanic', 'pseries', 's390', 'default'],
+            'model',
+          ),
+  };
+  // libvirt formats no alias for a panic device (QEMU's has no id): one read back is dropped.
+  const a = child(el, 'alias');
+  if (a) check(a, { attrs: ['name'] });
+  const address = child(el, 'address');
+  if (address) {
+    check(address, { attrs: ['type', 'iobase'] });
+    const type = address.attrs.get('type');
+    if (type !== 'isa' || out.model !== 'isa')
+      throw invalid(address, "only an ISA panic device takes an address, type='isa'", 'type');
+    const iobase = address.attrs.get('iobase');
+    if (iobase !== undefined) {
+      origins.note(`${field}.iobase`, address, 'iobase');
+      const t = iobase.trim();
+      if (!/^(0x[0-9a-fA-F]+|[0-9]+)$/.test(t))
+        throw invalid(
+          address,
+          `iobase must be a port number such as 0x505, not '${t.slice(0, 40)}'`,
+          'iobase',
+        );
+      out.iobase = Number(t);
+    }
+  }
+  return out;
 }
 
 /** `<memory model='dimm'><target><size/><node/></target><address type='dimm' slot/></memory>`. */

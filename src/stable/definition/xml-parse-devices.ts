@@ -1,5 +1,6 @@
 import { parseAddress, parseController, parseDeviceAlias, parseMemballoon } from './xml-parse-addresses.js';
 import { EXTRA_DEVICES, parseExtraDevices } from './xml-parse-devices-extra.js';
+import { parseNetworkSource, refuseAuth } from './xml-parse-network-disk.js';
 import {
   check,
   child,
@@ -86,6 +87,7 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
     attrs: ['type', 'device', 'model'],
     children: [
       'driver',
+      'auth',
       'source',
       'backingStore',
       'target',
@@ -106,13 +108,15 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
     el,
     type,
     'the disk type',
-    ['file', 'block'],
-    ['dir', 'network', 'volume', 'nvme', 'vhostuser', 'vhostvdpa'],
+    ['file', 'block', 'network'],
+    ['dir', 'volume', 'nvme', 'vhostuser', 'vhostvdpa'],
     'type',
   );
+  const auth = child(el, 'auth');
+  if (auth) refuseAuth(auth);
   const device = el.attrs.get('device');
   if (device !== undefined) {
-    out.device = choice(el, device, 'the disk device', ['disk', 'cdrom'], ['floppy', 'lun'], 'device');
+    out.device = choice(el, device, 'the disk device', ['disk', 'cdrom', 'floppy'], ['lun'], 'device');
   }
   const model = el.attrs.get('model');
   if (model !== undefined) {
@@ -132,7 +136,9 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   }
   const source = child(el, 'source');
   const sourceAttr = out.type === 'file' ? 'file' : 'dev';
-  if (source) {
+  if (source && out.type === 'network') {
+    parseNetworkSource(origins, source, field, out);
+  } else if (source) {
     // KubeVirt writes the volume's name on a block source; libvirt ignores it.
     check(source, { attrs: out.type === 'block' ? [sourceAttr, 'name'] : [sourceAttr] });
     origins.note(`${field}.source`, source, sourceAttr);
@@ -160,12 +166,14 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
         target,
         bus,
         'the disk bus',
-        ['virtio', 'sata', 'ide', 'scsi', 'usb'],
-        ['xen', 'sd', 'fdc', 'uml'],
+        ['virtio', 'sata', 'ide', 'scsi', 'usb', 'fdc'],
+        ['xen', 'sd', 'uml'],
         'bus',
       );
     } else if (dev?.startsWith('vd')) {
       t.bus = 'virtio';
+    } else if (dev?.startsWith('fd')) {
+      t.bus = 'fdc';
     } else if (dev?.startsWith('hd')) {
       // libvirt's choice for an hd* target on x86.
       t.bus = 'ide';

@@ -153,8 +153,9 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
     [
       'on_crash',
       'onCrash',
-      ['destroy'],
-      ['restart', 'preserve', 'rename-restart', 'coredump-destroy', 'coredump-restart'],
+      ['destroy', 'restart', 'preserve', 'coredump-destroy', 'coredump-restart'],
+      // libvirt's QEMU driver refuses it as well: renaming a running domain is libxl's.
+      ['rename-restart'],
     ],
   ] as const;
   for (const [tag, field, supported, known] of lifecycle) {

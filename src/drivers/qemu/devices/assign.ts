@@ -1,4 +1,5 @@
 import { ErrorCode, VirtError } from '../../../errors.js';
+import { isPciRoot, type PciControllerModel } from '../../../stable/definition/pci-controllers.js';
 import type {
   ControllerDefinition,
   DiskDefinition,
@@ -15,6 +16,7 @@ import {
   sortControllers,
 } from './controllers.js';
 import { type MachineFamily, machineFamily } from './machine.js';
+import { type BusKind, busKindOf, parentKinds, slotRange } from './pci-buses.js';
 import { checkVirtioModel } from './virtio.js';
 
 /*
@@ -52,11 +54,22 @@ export function pciAddr(address: PciAddress): string {
 
 const key = (bus: number, slot: number, fn: number): string => `${bus}:${slot}.${fn}`;
 
+const BUS_NAMES: Record<BusKind, string> = {
+  root: 'the PCI root',
+  port: 'a PCIe port',
+  pci: 'a PCI bus',
+  'pci-hotplug': 'a PCI bridge',
+  ports: 'a PCIe expander bus, for root ports only',
+  upstream: 'a switch upstream port, for downstream ports only',
+};
+
+type PciController = Extract<ControllerDefinition, { type: 'pci' }>;
+
 /** The PCI slots of a machine and who holds them. */
 class PciMap {
   readonly #used = new Map<string, string>();
   /** Bus number → what may sit on it. */
-  readonly buses = new Map<number, 'root' | 'root-port'>([[0, 'root']]);
+  readonly buses = new Map<number, BusKind>([[0, 'root']]);
   /** Slots of bus 0 that hold root ports only (libvirt aggregates up to eight per slot). */
   readonly #portSlots = new Set<number>();
   readonly #reserved: ReadonlySet<number>;
@@ -65,19 +78,33 @@ class PciMap {
     this.#reserved = new Set(family === 'q35' ? [0, 0x1f] : [0, 1]);
   }
 
-  /** Claims a given address, checking it fits the machine. */
-  claim(address: PciAddress, owner: string, path: string, fixedOk = false): void {
+  /**
+   * Claims a given address, checking it fits the machine and the bus; `model` is the PCI
+   * controller that claims it (an endpoint device: undefined).
+   */
+  claim(address: PciAddress, owner: string, path: string, fixedOk = false, model?: PciControllerModel): void {
     const kind = this.buses.get(address.bus);
     if (kind === undefined) {
       throw unsupported(
         `${path}.bus`,
         this.family === 'q35'
           ? `bus ${address.bus} has no controller (add <controller type='pci' model='pcie-root-port' index='${address.bus}'/>)`
-          : `bus ${address.bus} on an i440fx machine (only bus 0 exists: virtkit adds no PCI bridges)`,
+          : `bus ${address.bus} has no controller (add <controller type='pci' model='pci-bridge' index='${address.bus}'/>)`,
       );
     }
-    if (kind === 'root-port' && address.slot !== 0)
+    if (!parentKinds(model, this.family).includes(kind))
+      throw unsupported(
+        `${path}.bus`,
+        `${model ? `a ${model}` : 'a device'} on bus ${address.bus} (${BUS_NAMES[kind]})`,
+      );
+    const range = slotRange(kind);
+    if (kind === 'port' && address.slot !== 0)
       throw unsupported(`${path}.slot`, `slot ${address.slot} behind a PCIe root port (only slot 0 exists)`);
+    if (kind !== 'root' && address.slot < range.min)
+      throw unsupported(
+        `${path}.slot`,
+        `slot ${address.slot} of bus ${address.bus} (${BUS_NAMES[kind]}: slots ${range.min}-${range.max})`,
+      );
     if (kind === 'root' && this.#reserved.has(address.slot) && !fixedOk)
       throw unsupported(
         `${path}.slot`,
@@ -87,6 +114,22 @@ class PciMap {
     const holder = this.#used.get(k);
     if (holder !== undefined) throw invalid(path, `PCI address ${k} is already taken by ${holder}`);
     this.#used.set(k, owner);
+  }
+
+  /** The first free slot of one of the buses given, for a PCI controller of `model`. */
+  nextSlotOn(buses: number[], owner: string, path: string, model: PciControllerModel): PciAddress {
+    for (const bus of buses) {
+      const kind = this.buses.get(bus);
+      if (kind === undefined || !parentKinds(model, this.family).includes(kind)) continue;
+      const { min, max } = slotRange(kind);
+      for (let slot = min; slot <= max; slot++) {
+        if (!this.slotFree(bus, slot)) continue;
+        const address: PciAddress = { type: 'pci', domain: 0, bus, slot, function: 0 };
+        this.#used.set(key(bus, slot, 0), owner);
+        return address;
+      }
+    }
+    throw unsupported(`${path}.address`, `a ${model}: no bus with a free slot for it (give it an address)`);
   }
 
   #slotFree(bus: number, slot: number): boolean {
@@ -102,6 +145,18 @@ class PciMap {
   /** Gives back one function {@link nextRootSlot} took. */
   release(bus: number, slot: number, fn: number): void {
     this.#used.delete(key(bus, slot, fn));
+  }
+
+  /** The first free slot of a conventional PCI bus for an endpoint. */
+  nextSlotOnBus(bus: number, owner: string, path: string): PciAddress {
+    const { min, max } = slotRange(this.buses.get(bus) ?? 'pci');
+    for (let slot = min; slot <= max; slot++) {
+      if (!this.#slotFree(bus, slot)) continue;
+      const address: PciAddress = { type: 'pci', domain: 0, bus, slot, function: 0 };
+      this.#used.set(key(bus, slot, 0), owner);
+      return address;
+    }
+    throw unsupported(path, `a PCI device: every slot of bus ${bus} is taken`);
   }
 
   /** The first free slot of bus 0 for an endpoint. */
@@ -160,6 +215,8 @@ interface PciItem {
   readonly express: boolean;
   /** A member of an ICH9 USB set: all of them share one slot, each at its own function. */
   readonly ich9?: keyof typeof ICH9_FUNCTION;
+  /** A conventional PCI device that stays on bus 0 of a q35 machine (a chipset function: ich9-ahci). */
+  readonly integrated?: boolean;
   address?: PciAddress;
   readonly set: (address: PciAddress) => void;
 }
@@ -233,6 +290,20 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       throw invalid(`${path}.address`, `a ${bus} disk takes a drive address`);
     const given = disk.address;
     const address = given ?? defaultDriveAddress(disk);
+    if (bus === 'fdc') {
+      if (address.controller !== 0 || address.bus !== 0 || address.target !== 0 || address.unit > 1)
+        throw unsupported(
+          `${path}.address`,
+          `floppy position ${address.controller}-${address.bus}-${address.target}-${address.unit} (the floppy controller has units 0-1: fda, fdb)`,
+        );
+      const k = `fdc-${address.unit}`;
+      const holder = ideUnits.get(k);
+      if (holder !== undefined)
+        throw invalid(`${path}.address`, `floppy unit ${address.unit} is taken by ${holder}`);
+      ideUnits.set(k, disk.target.dev);
+      disk.address = address;
+      return;
+    }
     if (bus === 'ide') {
       // libvirt's virDomainDiskDefAssignAddress: two units per bus, two buses per controller.
       if (address.controller !== 0 || address.bus > 1 || address.target !== 0 || address.unit > 1) {
@@ -377,8 +448,21 @@ function assignPciAddresses(
     (c): c is Extract<ControllerDefinition, { type: 'pci' }> =>
       c.type === 'pci' && c.model === 'pcie-root-port',
   );
-  for (const port of ports) pci.buses.set(port.index ?? 0, 'root-port');
+  // Bridges, expander buses and switch ports: each makes a bus of its own kind.
+  const bridges = controllers.filter(
+    (c): c is PciController => c.type === 'pci' && !isPciRoot(c.model) && c.model !== 'pcie-root-port',
+  );
+  for (const port of ports) pci.buses.set(port.index ?? 0, 'port');
+  for (const b of bridges) pci.buses.set(b.index ?? 0, busKindOf(b.model));
   const ctlPath = (c: ControllerDefinition) => `controllers.${controllers.indexOf(c)}`;
+  // libvirt's rule, and QEMU's need: a controller sits on a bus made before it, of lower index.
+  for (const c of [...ports, ...bridges]) {
+    if (c.address && c.address.bus >= (c.index ?? 0))
+      throw invalid(
+        `${ctlPath(c)}.address.bus`,
+        `a ${c.model} with index ${c.index} sits on a bus of lower index, not ${c.address.bus}`,
+      );
+  }
 
   // Addresses QEMU fixes for built-in functions.
   for (const c of controllers) {
@@ -409,6 +493,7 @@ function assignPciAddresses(
     express: boolean,
     holder: { address?: PciAddress | DiskDefinition['address'] },
     ich9?: keyof typeof ICH9_FUNCTION,
+    integrated = false,
   ) => {
     const address = holder.address?.type === 'pci' ? holder.address : undefined;
     items.push({
@@ -416,6 +501,7 @@ function assignPciAddresses(
       owner,
       express,
       ...(ich9 ? { ich9 } : {}),
+      ...(integrated ? { integrated } : {}),
       ...(address ? { address } : {}),
       set: (a) => {
         holder.address = a;
@@ -448,9 +534,11 @@ function assignPciAddresses(
         c.type !== 'sata' &&
           !(c.type === 'scsi' && (c.model === 'lsilogic' || c.model === 'virtio-transitional')),
         c,
+        undefined,
+        c.type === 'sata',
       );
-    else if (c.type === 'usb' && c.model === 'none' && c.address)
-      throw invalid(`${ctlPath(c)}.address`, "a USB controller of model 'none' has no address");
+    // "No USB" has no device: libvirt 9.0 drops the address KubeVirt writes on it (the slot stays free).
+    else if (c.type === 'usb' && c.model === 'none' && c.address) delete c.address;
   }
   disks.forEach((disk, i) => {
     if (disk.target.bus !== 'virtio') return;
@@ -468,17 +556,72 @@ function assignPciAddresses(
       throw invalid(`watchdogs.${i}.address`, 'an ib700 is an ISA card: it has no PCI address');
   });
 
-  // Root ports with an address first, then every device with one.
+  // Conventional PCI devices of a q35 machine go on a PCI bridge's bus, as libvirt puts them (pcie.0
+  // takes no hot-plug, a bridge does); when there is none, libvirt adds a pcie-to-pci-bridge with a
+  // root port of its own.
+  const conventional = (item: PciItem) =>
+    family === 'q35' && !item.express && !item.ich9 && !item.integrated && !item.address;
+  let pciBus = [...bridges]
+    .sort((a, b) => (a.index ?? 0) - (b.index ?? 0))
+    .find((b) => busKindOf(b.model) === 'pci-hotplug' || busKindOf(b.model) === 'pci');
+  if (!pciBus && items.some(conventional)) {
+    if (options.live) {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        "the device is conventional PCI, which a q35 domain hot-plugs into a pcie-to-pci-bridge it does not have; define it with <controller type='pci' model='pcie-to-pci-bridge'/>",
+      );
+    }
+    const free = (from: number): number => {
+      let n = from;
+      while (pci.buses.has(n) || controllers.some((c) => c.type === 'pci' && c.index === n)) n++;
+      return n;
+    };
+    const portIndex = free(
+      Math.max(0, ...ports.map((p) => p.index ?? 0), ...bridges.map((b) => b.index ?? 0)) + 1,
+    );
+    const port: PciController = {
+      type: 'pci',
+      index: portIndex,
+      model: 'pcie-root-port',
+      alias: `pci.${portIndex}`,
+    };
+    controllers.push(port);
+    ports.push(port);
+    pci.buses.set(portIndex, 'port');
+    const bridgeIndex = free(portIndex + 1);
+    pciBus = { type: 'pci', index: bridgeIndex, model: 'pcie-to-pci-bridge', alias: `pci.${bridgeIndex}` };
+    controllers.push(pciBus);
+    bridges.push(pciBus);
+    pci.buses.set(bridgeIndex, 'pci-hotplug');
+  }
+
+  // Root ports and bridges with an address first, then every device with one.
   for (const port of ports) {
     if (!port.address) continue;
-    if (port.address.bus !== 0)
-      throw unsupported(`${ctlPath(port)}.address.bus`, 'a pcie-root-port off the PCIe root (bus 0)');
-    pci.claim(port.address, port.alias ?? '', `${ctlPath(port)}.address`);
-    pci.markPortSlot(port.address.slot);
+    pci.claim(port.address, port.alias ?? '', `${ctlPath(port)}.address`, false, port.model);
+    if (port.address.bus === 0) pci.markPortSlot(port.address.slot);
+  }
+  for (const b of bridges) {
+    if (b.address) pci.claim(b.address, b.alias ?? '', `${ctlPath(b)}.address`, false, b.model);
   }
   for (const item of items) if (item.address) pci.claim(item.address, item.owner, `${item.path}.address`);
 
-  const waiting = items.filter((item) => !item.address);
+  // An upstream port and a pcie-to-pci-bridge without an address take a root port, before devices.
+  const behindPort = bridges
+    .filter(
+      (b) => !b.address && (b.model === 'pcie-switch-upstream-port' || b.model === 'pcie-to-pci-bridge'),
+    )
+    .map(
+      (b): PciItem => ({
+        path: ctlPath(b),
+        owner: b.alias ?? '',
+        express: true,
+        set: (a) => {
+          b.address = a;
+        },
+      }),
+    );
+  const waiting = [...behindPort, ...items.filter((item) => !item.address)];
   const behindPorts = family === 'q35' ? waiting.filter((item) => item.express) : [];
   const freePorts = ports.filter((p) => pci.portFree(p.index ?? 0)).map((p) => p.index ?? 0);
   const missing = behindPorts.length - freePorts.length;
@@ -499,7 +642,7 @@ function assignPciAddresses(
     };
     controllers.push(port);
     ports.push(port);
-    pci.buses.set(next, 'root-port');
+    pci.buses.set(next, 'port');
     freePorts.push(next);
   }
   for (const port of ports) {
@@ -511,6 +654,14 @@ function assignPciAddresses(
     };
   }
   freePorts.sort((a, b) => a - b);
+  // Those a root port takes are placed with the devices, first.
+  const onPorts = new Set(family === 'q35' ? behindPort.map((item) => item.path) : []);
+  placeBridges(
+    pci,
+    family,
+    bridges.filter((b) => !onPorts.has(ctlPath(b))),
+    ctlPath,
+  );
   const ich9 = items.filter((item) => item.ich9);
   for (const item of waiting) {
     if (item.ich9) {
@@ -521,8 +672,55 @@ function assignPciAddresses(
       const address: PciAddress = { type: 'pci', domain: 0, bus, slot: 0, function: 0 };
       pci.take(address, item.owner);
       item.set(address);
+    } else if (pciBus && family === 'q35' && !item.integrated) {
+      item.set(pci.nextSlotOnBus(pciBus.index ?? 0, item.owner, item.path));
     } else {
       item.set(pci.nextRootSlot(item.owner, item.path));
+    }
+  }
+}
+
+/**
+ * Addresses, in index order, for the bridges, expander buses and downstream ports the definition
+ * leaves without one (libvirt's choices: the DMI-to-PCI bridge at 00:1e.0, the others on the first
+ * bus of lower index that takes them), then their default target numbers.
+ */
+function placeBridges(
+  pci: PciMap,
+  family: MachineFamily,
+  bridges: PciController[],
+  ctlPath: (c: ControllerDefinition) => string,
+): void {
+  const ordered = [...bridges].sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
+  for (const b of ordered) {
+    if (b.address) continue;
+    const index = b.index ?? 0;
+    if (b.model === 'dmi-to-pci-bridge' && family === 'q35' && pci.slotFree(0, 0x1e)) {
+      b.address = { type: 'pci', domain: 0, bus: 0, slot: 0x1e, function: 0 };
+      pci.take(b.address, b.alias ?? '');
+      continue;
+    }
+    const buses = [...pci.buses.keys()].filter((bus) => bus < index).sort((x, y) => x - y);
+    b.address = pci.nextSlotOn(buses, b.alias ?? '', ctlPath(b), b.model);
+  }
+  // libvirt's expander bus numbers: each below the lowest so far, leaving one for a bus behind it.
+  let lowest = Math.min(256, ...ordered.map((b) => b.target?.busNr ?? 256));
+  for (const b of ordered) {
+    const index = b.index ?? 0;
+    if (b.model === 'pci-bridge') b.target = { ...b.target, chassisNr: b.target?.chassisNr ?? index };
+    if (
+      (b.model === 'pci-expander-bus' || b.model === 'pcie-expander-bus') &&
+      b.target?.busNr === undefined
+    ) {
+      lowest -= 2;
+      b.target = { ...b.target, busNr: lowest };
+    }
+    if (b.model === 'pcie-switch-downstream-port' && b.address) {
+      b.target = {
+        ...b.target,
+        chassis: b.target?.chassis ?? index,
+        port: b.target?.port ?? (b.address.slot << 3) | b.address.function,
+      };
     }
   }
 }

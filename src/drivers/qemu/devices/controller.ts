@@ -1,3 +1,4 @@
+import { isPciRoot, PCI_CONTROLLER_DEVICE } from '../../../stable/definition/pci-controllers.js';
 import type { ControllerDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
@@ -11,14 +12,34 @@ import { virtioDevice } from './virtio.js';
 export function controllerDevice(def: DomainDefinition, c: ControllerDefinition): QapiObject | undefined {
   const id = c.alias ?? '';
   if (c.type === 'pci') {
-    if (c.model !== 'pcie-root-port') return undefined;
-    return {
-      driver: 'pcie-root-port',
-      port: c.target?.port ?? 0,
-      chassis: c.target?.chassis ?? c.index ?? 0,
-      id,
-      ...pciPlacement(def, c.address, `controller ${id}`),
-    };
+    if (isPciRoot(c.model)) return undefined;
+    const driver = PCI_CONTROLLER_DEVICE[c.model as keyof typeof PCI_CONTROLLER_DEVICE];
+    const placement = pciPlacement(def, c.address, `controller ${id}`);
+    // The properties of libvirt's qemuBuildControllerPCIDevProps, in its order.
+    switch (c.model) {
+      case 'pcie-root-port':
+      case 'pcie-switch-downstream-port':
+        return {
+          driver,
+          port: c.target?.port ?? 0,
+          chassis: c.target?.chassis ?? c.index ?? 0,
+          id,
+          ...placement,
+        };
+      case 'pci-bridge':
+        return { driver, chassis_nr: c.target?.chassisNr ?? c.index ?? 0, id, ...placement };
+      case 'pci-expander-bus':
+      case 'pcie-expander-bus':
+        return {
+          driver,
+          bus_nr: c.target?.busNr ?? 0,
+          ...(c.target?.node !== undefined ? { numa_node: c.target.node } : {}),
+          id,
+          ...placement,
+        };
+      default:
+        return { driver, id, ...placement };
+    }
   }
   if (c.type === 'sata') {
     if (id === 'ide') return undefined;

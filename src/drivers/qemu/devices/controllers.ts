@@ -1,4 +1,5 @@
 import { ErrorCode, VirtError } from '../../../errors.js';
+import { isPciRoot } from '../../../stable/definition/pci-controllers.js';
 import type { ControllerDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
 import { defaultDriveAddress } from '../../device-aliases.js';
 import type { MachineFamily } from './machine.js';
@@ -21,7 +22,7 @@ const invalid = (path: string, message: string): VirtError =>
 
 /** The QEMU id (and libvirt alias) of a controller that QEMU names itself. */
 export function fixedControllerAlias(c: ControllerDefinition, family: MachineFamily): string | undefined {
-  if (c.type === 'pci' && c.model !== 'pcie-root-port') return family === 'q35' ? 'pcie.0' : 'pci.0';
+  if (c.type === 'pci' && isPciRoot(c.model)) return family === 'q35' ? 'pcie.0' : 'pci.0';
   if (c.type === 'sata' && family === 'q35' && (c.index ?? 0) === 0) return 'ide';
   if (c.type === 'ide') return 'ide';
   return undefined;
@@ -96,20 +97,19 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
   const list = def.controllers.map((c) => ({ ...c }));
   const path = (c: ControllerDefinition) => `controllers.${list.indexOf(c)}`;
   const rootModel = family === 'q35' ? 'pcie-root' : 'pci-root';
-  const roots = list.filter((c) => c.type === 'pci' && c.model !== 'pcie-root-port');
+  const roots = list.filter((c) => c.type === 'pci' && isPciRoot(c.model));
   for (const c of list) {
     const at = `controllers.${list.indexOf(c)}`;
-    if (c.type === 'pci' && c.model !== 'pcie-root-port') {
+    if (c.type === 'pci') checkPciController(def, c, family, at);
+    if (c.type === 'pci' && isPciRoot(c.model)) {
       if (c.model !== rootModel)
         throw unsupported(`${at}.model`, `a ${c.model} on a ${family} machine (it has a ${rootModel})`);
       if (c.index !== undefined && c.index !== 0)
         throw unsupported(`${at}.index`, 'a PCI root other than index 0');
       if (c.address) throw unsupported(`${at}.address`, 'an address for the PCI root');
     }
-    if (c.type === 'pci' && c.model === 'pcie-root-port' && family !== 'q35')
-      throw unsupported(`${at}.model`, 'a pcie-root-port on an i440fx machine (use q35)');
-    if (c.type === 'pci' && c.model === 'pcie-root-port' && c.index === 0)
-      throw unsupported(`${at}.index`, 'index 0 for a pcie-root-port (index 0 is the PCI root)');
+    if (c.type === 'pci' && !isPciRoot(c.model) && c.index === 0)
+      throw unsupported(`${at}.index`, `index 0 for a ${c.model} (index 0 is the PCI root)`);
     if (c.type !== 'pci' && c.type !== 'sata' && (c.index ?? 0) !== 0)
       throw unsupported(`${at}.index`, `a second ${c.type} controller (virtkit supports index 0)`);
     // libvirt's default model: USB 3 on Q35, the PIIX3's UHCI function on i440FX.
@@ -173,6 +173,13 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       );
     }
   }
+  // The floppy controller is the pc machine's ISA one; libvirt 9 builds no floppy for q35 here.
+  const floppy = def.disks.findIndex((d) => d.target.bus === 'fdc');
+  if (floppy >= 0 && family === 'q35')
+    throw unsupported(
+      `disks.${floppy}.target.bus`,
+      'a floppy on a q35 machine (it has no floppy controller: use pc)',
+    );
   const ideDisk = def.disks.findIndex((d) => d.target.bus === 'ide');
   if (ideDisk >= 0 && family === 'q35')
     throw unsupported(`disks.${ideDisk}.target.bus`, 'an IDE disk on a q35 machine (use bus sata)');
@@ -190,7 +197,7 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       c.index = c.type === 'sata' ? (c.index ?? 0) : 0;
       continue;
     }
-    if (c.model !== 'pcie-root-port') c.index = 0;
+    if (isPciRoot(c.model)) c.index = 0;
     if (c.index === undefined) continue;
     if (taken.has(c.index))
       throw unsupported(`${path(c)}.index`, `a second PCI controller with index ${c.index}`);
@@ -204,6 +211,40 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
     taken.add(next);
   }
   return list;
+}
+
+/** The machine each PCI controller model belongs to (libvirt's rules), and its own target fields. */
+function checkPciController(
+  def: DomainDefinition,
+  c: Extract<ControllerDefinition, { type: 'pci' }>,
+  family: MachineFamily,
+  at: string,
+): void {
+  const q35Only = [
+    'pcie-root-port',
+    'dmi-to-pci-bridge',
+    'pcie-to-pci-bridge',
+    'pcie-expander-bus',
+    'pcie-switch-upstream-port',
+    'pcie-switch-downstream-port',
+  ];
+  if (family !== 'q35' && q35Only.includes(c.model))
+    throw unsupported(`${at}.model`, `a ${c.model} on an i440fx machine (PCI Express needs q35)`);
+  if (family === 'q35' && c.model === 'pci-expander-bus')
+    throw unsupported(`${at}.model`, 'a pci-expander-bus on a q35 machine (use pcie-expander-bus)');
+  const t = c.target;
+  if (!t) return;
+  const ports = c.model === 'pcie-root-port' || c.model === 'pcie-switch-downstream-port';
+  const expander = c.model === 'pci-expander-bus' || c.model === 'pcie-expander-bus';
+  if ((t.chassis !== undefined || t.port !== undefined) && !ports)
+    throw invalid(`${at}.target`, `a ${c.model} has no chassis or port (root and downstream ports have)`);
+  if (t.chassisNr !== undefined && c.model !== 'pci-bridge')
+    throw invalid(`${at}.target.chassisNr`, `a ${c.model} has no chassisNr (a pci-bridge has)`);
+  if ((t.busNr !== undefined || t.node !== undefined) && !expander)
+    throw invalid(`${at}.target`, `a ${c.model} has no busNr or node (expander buses have)`);
+  const cells = def.cpu?.numa?.length ?? 0;
+  if (t.node !== undefined && t.node >= cells)
+    throw invalid(`${at}.target.node`, `NUMA node ${t.node}, but the guest has ${cells} NUMA cell(s)`);
 }
 
 /** Controllers in libvirt's `dumpxml` order: by type, then index; an ICH9 EHCI before its companions. */

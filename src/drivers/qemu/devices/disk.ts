@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DiskDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
+import { networkStorageProps } from './disk-network.js';
 import { fdsetIdOf } from './fdset.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
@@ -38,7 +39,8 @@ function aliasOf(disk: DiskDefinition): string {
 
 /**
  * The two block nodes of a disk (`blockdev-add` arguments): the storage node on the descriptor in
- * the disk's fdset (QEMU never opens the image itself), and the format node on top of it.
+ * the disk's fdset (QEMU never opens the image itself) or, for a network disk, on the server QEMU
+ * connects to; and the format node on top of it.
  */
 export function diskBlockdevs(disk: DiskDefinition): [QapiObject, QapiObject] {
   const nodes = diskNodes(aliasOf(disk));
@@ -49,15 +51,17 @@ export function diskBlockdevs(disk: DiskDefinition): [QapiObject, QapiObject] {
     ...(cache ? { cache: { direct: cache.direct, 'no-flush': cache.noFlush } } : {}),
     ...(discard ? { discard } : {}),
   };
+  // A network disk's server is reached by QEMU itself: no descriptor, no fdset.
+  const storage: QapiObject = disk.network
+    ? { ...networkStorageProps(disk.network), 'node-name': nodes.storage }
+    : {
+        driver: disk.type === 'block' ? 'host_device' : 'file',
+        filename: `/dev/fdset/${fdsetIdOf(aliasOf(disk))}`,
+        'node-name': nodes.storage,
+        ...(io ? { aio: io } : {}),
+      };
   return [
-    {
-      driver: disk.type === 'block' ? 'host_device' : 'file',
-      filename: `/dev/fdset/${fdsetIdOf(aliasOf(disk))}`,
-      'node-name': nodes.storage,
-      ...(io ? { aio: io } : {}),
-      ...common,
-      'read-only': disk.readonly,
-    },
+    { ...storage, ...common, 'read-only': disk.readonly },
     {
       'node-name': nodes.format,
       'read-only': disk.readonly,
@@ -133,6 +137,13 @@ function driverProps(disk: DiskDefinition): QapiObject {
   };
 }
 
+/** The `-global` that gives a floppy its boot index (the isa-fdc holds it, as `bootindexA`/`B`). */
+export function floppyBootIndex(disk: DiskDefinition): string | undefined {
+  if (disk.target.bus !== 'fdc' || disk.bootOrder === undefined || disk.address?.type !== 'drive')
+    return undefined;
+  return `isa-fdc.bootindex${disk.address.unit === 0 ? 'A' : 'B'}=${disk.bootOrder}`;
+}
+
 /** The guest-visible device of a disk (`device_add` arguments). */
 export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: string): QapiObject {
   const alias = aliasOf(disk);
@@ -159,6 +170,20 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
     };
   }
   const address = disk.address;
+  if (disk.target.bus === 'fdc') {
+    if (address?.type !== 'drive')
+      throw new VirtError(ErrorCode.INTERNAL_ERROR, `floppy ${alias} has no drive address`);
+    // libvirt's floppy on the pc machine's built-in isa-fdc; its boot index is the controller's
+    // (floppyBootIndex). The floppy drive has no error policies.
+    const cache = cacheFlags(disk);
+    return {
+      driver: 'floppy',
+      unit: address.unit,
+      drive: diskNodes(alias).format,
+      id: alias,
+      ...(cache ? { 'write-cache': cache.writeback ? 'on' : 'off' } : {}),
+    };
+  }
   if (disk.target.bus === 'usb') {
     const usb = def.controllers.find(
       (c) => c.type === 'usb' && c.model !== 'none' && !c.model?.startsWith('ich9-uhci'),

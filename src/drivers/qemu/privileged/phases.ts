@@ -5,10 +5,10 @@ import { limitCovers, memLockNeed } from '../../../privileged/memlock.js';
 import type { OperationArgs } from '../../../privileged/operations.js';
 import { verifyThreads } from '../../../privileged/threads-verify.js';
 import type { DomainDefinition } from '../../../stable/definition/schema.js';
-import { parseCpuset } from '../../../util/cpuset.js';
 import { faultPoint } from '../../../util/fault-points.js';
 import { prlimitGet, RLIMIT } from '../../../util/libc.js';
 import { listThreads } from '../../../util/proc.js';
+import { placementCpusets, placesThreads, schedulingOf } from '../../thread-tuning.js';
 import type { ThreadIds } from '../status.js';
 
 /** Descriptors opened before the stub exists, to be inherited by QEMU at fixed numbers. */
@@ -150,38 +150,16 @@ export async function configureThreads(
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', phase, {
       pid,
       threads: all,
-      cpusets: {
-        emulator: tune.emulatorpin?.cpuset,
-        vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
-        iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
-      },
+      cpusets: placementCpusets(tune),
     }));
     faultPoint('start:placed');
     await persist();
   }
-  const sched: OperationArgs<'thread.setScheduler'>['threads'] = [];
-  for (const [entries, list, role] of [
-    [tune.vcpusched, threads.vcpus, 'vcpu'],
-    [tune.iothreadsched, threads.iothreads, 'iothread'],
-  ] as const) {
-    for (const entry of entries) {
-      for (const index of parseCpuset(entry.ids) ?? []) {
-        const t = list.find((x) => x.index === index);
-        if (t)
-          sched.push({ tid: t.tid, role, index, policy: entry.scheduler, priority: entry.priority ?? 0 });
-      }
-    }
-  }
+  const sched = schedulingOf(tune, threads.vcpus, threads.iothreads);
   if (sched.length > 0) {
     verifyThreads({ pid, startTime: scope.startTime }, sched);
     await invoke(scope, 'thread.setScheduler', phase, { pid, threads: sched });
   }
-}
-
-/** True when the domain's threads are placed in cgroups at start (and so a hot-plugged vCPU is too). */
-export function placesThreads(def: DomainDefinition): boolean {
-  const tune = def.cputune;
-  return !!tune && (tune.vcpupin.length > 0 || !!tune.emulatorpin || tune.iothreadpin.length > 0);
 }
 
 /**
@@ -206,21 +184,14 @@ export async function configureHotplugVcpu(
     const { placements } = await invoke(scope, 'cgroup.placeThreads', 'hotplug', {
       pid,
       threads: [thread],
-      cpusets: {
-        emulator: tune.emulatorpin?.cpuset,
-        vcpus: tune.vcpupin.map((p) => ({ index: p.vcpu, cpuset: p.cpuset })),
-        iothreads: tune.iothreadpin.map((p) => ({ index: p.iothread, cpuset: p.cpuset })),
-      },
+      cpusets: placementCpusets(tune),
     });
     record.placements = [...record.placements, ...placements];
   }
-  const entry = tune.vcpusched.find((e) => parseCpuset(e.ids)?.includes(vcpu.index));
-  if (entry) {
-    verifyThreads({ pid, startTime: scope.startTime }, [thread]);
-    await invoke(scope, 'thread.setScheduler', 'hotplug', {
-      pid,
-      threads: [{ ...thread, policy: entry.scheduler, priority: entry.priority ?? 0 }],
-    });
+  const sched = schedulingOf(tune, [thread]);
+  if (sched.length > 0) {
+    verifyThreads({ pid, startTime: scope.startTime }, sched);
+    await invoke(scope, 'thread.setScheduler', 'hotplug', { pid, threads: sched });
   }
 }
 

@@ -162,6 +162,7 @@ export const QMP_COMMANDS = {
   system_reset: spec()(Empty),
   'set-action': spec<{ shutdown?: 'poweroff' | 'pause' }>()(Empty),
   quit: spec()(Empty),
+  'dump-guest-memory': spec<{ paging: boolean; protocol: string }>()(Empty),
   balloon: spec<{ value: number }>()(Empty),
   getfd: spec<{ fdname: string }>()(Empty),
   closefd: spec<{ fdname: string }>()(Empty),
