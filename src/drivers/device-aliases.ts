@@ -14,7 +14,7 @@ import type {
 
 /** libvirt's virDiskNameToIndex: `vda` → 0, `sdb` → 1, `vdaa` → 26. */
 export function diskNameIndex(dev: string): number {
-  const letters = dev.replace(/^(vd|sd|hd)/, '');
+  const letters = dev.replace(/^(vd|sd|hd|fd)/, '');
   let index = 0;
   for (const ch of letters) index = index * 26 + (ch.charCodeAt(0) - 96);
   return index - 1;
@@ -35,6 +35,8 @@ export function defaultDriveAddress(disk: DiskDefinition): {
   const index = diskNameIndex(disk.target.dev);
   if (disk.target.bus === 'scsi')
     return { type: 'drive', controller: Math.floor(index / 7), bus: 0, target: 0, unit: index % 7 };
+  // libvirt's floppy controller: one bus, fda unit 0, fdb unit 1.
+  if (disk.target.bus === 'fdc') return { type: 'drive', controller: 0, bus: 0, target: 0, unit: index };
   return disk.target.bus === 'ide'
     ? { type: 'drive', controller: 0, bus: index >> 1, target: 0, unit: index & 1 }
     : // libvirt's SATA: six ports per AHCI controller, the next controller after them.

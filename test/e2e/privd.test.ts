@@ -35,7 +35,7 @@ import { placeThreads, releaseCgroups, threadCgroup } from '../../src/util/cgrou
 import { schedGet } from '../../src/util/libc.js';
 import { readProcLimits, readThreadComm } from '../../src/util/proc.js';
 import type { FixtureConfig } from '../fixtures/delegating-driver.js';
-import { processesMentioning, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { alive, processesMentioning, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
 import { TEST_USER } from '../setup/global.js';
 
 const FIXTURE = join(__dirname, '..', 'fixtures', 'delegating-driver.ts');
@@ -402,6 +402,54 @@ describe('hotplug through delegate(): the hand-over of phase hotplug goes throug
     await run.exited;
     expectNothingLeft(run.root, dom.uuid);
     expect(existsSync(`/sys/class/net/${hotTap}`)).toBe(false);
+  });
+});
+
+describe('migration through delegate(): the destination hands over in phase migration-in', () => {
+  it("the incoming QEMU's memlock is raised by the helper while it is still the stub; the guest moves", async () => {
+    await startHelper();
+    // No TAP (one host cannot give a second QEMU the same one) and no pinning (both sides would
+    // name the same domain cgroups): the memlock raise is what this test is about.
+    const { cputune: _tune, interfaces: _nics, ...dom } = guest();
+    const run = runDriver({ socket, domain: dom, hold: true, timeoutMs: 60_000, migrate: true });
+    const migrated = await Promise.race([
+      run.next('migrated'),
+      run.next('migrate-failed').then((f) => {
+        throw new Error(`the migration failed: ${JSON.stringify(f)}`);
+      }),
+      run.next('failed').then((f) => {
+        throw new Error(`the start failed: ${JSON.stringify(f)}`);
+      }),
+    ]);
+    const started = await run.next('started');
+    const pid = migrated['pid'] as number;
+    expect(pid).not.toBe(started['pid']);
+    expect(migrated).toMatchObject({ state: 'paused', reason: 'migrated' });
+
+    // The destination's own hand-over went to the helper: its disk in pre-exec, its limit in
+    // migration-in, aimed at the stub that became this QEMU.
+    const ops = audit.filter((a) => a['op'] !== undefined);
+    expect(ops.map((a) => `${a['op']}:${a['phase']}:${a['decision']}`)).toEqual([
+      'storage.openFile:pre-exec:allow',
+      'process.setMaxMemLock:pre-exec:allow',
+      'storage.openFile:pre-exec:allow',
+      'process.setMaxMemLock:migration-in:allow',
+    ]);
+    for (const a of ops) expect(a['peer']).toMatchObject({ uid });
+    expect(ops[3]?.['target']).toMatchObject({ pid, exe: '/usr/bin/dash', bytes: String(4 * MiB) });
+    expect(readProcLimits(pid).get('Max locked memory')).toMatchObject({
+      soft: BigInt(4 * MiB),
+      hard: BigInt(4 * MiB),
+    });
+    const fds = readdirSync(`/proc/${pid}/fd`).map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
+    expect(fds).toContain(disk);
+    expect(alive(started['pid'] as number)).toBe(false);
+
+    run.send('destroy');
+    await run.next('destroyed');
+    await run.exited;
+    expectNothingLeft(run.root, dom.uuid);
+    expectNothingLeft(join(run.root, 'dest'), dom.uuid);
   });
 });
 

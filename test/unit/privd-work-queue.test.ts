@@ -82,9 +82,12 @@ describe('WorkQueue', () => {
 });
 
 describe('WorkQueue turns', () => {
-  /** A synchronous task that takes longer than a turn of 1 ms (its length is not asserted on). */
+  /** The queue's clock: only tasks move it, so no real time (or preemption) changes the order. */
+  let clock = 0;
+  const now = () => clock;
+  /** A synchronous task that takes 2 ms by that clock, longer than a turn of 1 ms. */
   const slow = (order: string[], name: string) => () => {
-    for (const t0 = performance.now(); performance.now() - t0 < 2; );
+    clock += 2;
     order.push(name);
   };
   const settle = async () => {
@@ -105,7 +108,7 @@ describe('WorkQueue turns', () => {
   });
 
   it('runs a burst past its turn in later turns, where another source takes its place in line', async () => {
-    const q = new WorkQueue(32, 100, 1);
+    const q = new WorkQueue(32, 100, 1, now);
     const order: string[] = [];
     // A burst from source 10, all submitted in one turn: the first uses the turn up, the rest wait.
     for (let i = 0; i < 5; i++) expect(q.submit(1, slow(order, `a${i}`), 10)).toBe(true);
@@ -119,7 +122,7 @@ describe('WorkQueue turns', () => {
   });
 
   it('lets a request that arrives after a turn in before the rest of a burst', async () => {
-    const q = new WorkQueue(32, 100, 1);
+    const q = new WorkQueue(32, 100, 1, now);
     const order: string[] = [];
     for (let i = 0; i < 5; i++) q.submit(1, slow(order, `a${i}`), 10);
     await tick();
@@ -130,7 +133,7 @@ describe('WorkQueue turns', () => {
   });
 
   it('runs quick tasks at once while the turn has time left', () => {
-    const q = new WorkQueue(32, 100, 1000);
+    const q = new WorkQueue(32, 100, 1000, now);
     const order: string[] = [];
     for (let i = 0; i < 5; i++) q.submit(1, () => void order.push(`a${i}`), 10);
     expect(order).toEqual(['a0', 'a1', 'a2', 'a3', 'a4']);

@@ -579,7 +579,7 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/disk/driver/@type',
     ],
     ['volume disk', devices(disk().replace("type='file'", "type='volume'")), '/domain/devices/disk/@type'],
-    ['floppy', devices(disk().replace("device='disk'", "device='floppy'")), '/domain/devices/disk/@device'],
+    ['fdc controller', devices("<controller type='fdc' index='0'/>"), '/domain/devices/controller/@type'],
     ['lun', devices(disk().replace("device='disk'", "device='lun'")), '/domain/devices/disk/@device'],
     ['sd bus', devices(disk('', "<target dev='sda' bus='sd'/>")), '/domain/devices/disk/target/@bus'],
     [

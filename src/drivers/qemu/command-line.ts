@@ -17,7 +17,13 @@ import {
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
 import { controllerDevice } from './devices/controller.js';
-import { backingAlias, backingBlockdevs, diskBlockdevs, diskDevice } from './devices/disk.js';
+import {
+  backingAlias,
+  backingBlockdevs,
+  diskBlockdevs,
+  diskDevice,
+  floppyBootIndex,
+} from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { bootMemoryKiB, dimmArgs } from './devices/memory.js';
 import { netdevOf, nicDevice } from './devices/net.js';
@@ -261,6 +267,8 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       for (const node of backingBlockdevs(disk)) json('-blockdev', node);
     }
     for (const node of diskBlockdevs(disk)) json('-blockdev', node);
+    const bootIndex = floppyBootIndex(disk);
+    if (bootIndex) add('-global', bootIndex);
     json('-device', diskDevice(full, disk, `disks.${i}`));
   });
 

@@ -220,6 +220,13 @@ async function plugDisk(
 ): Promise<DomainDefinition> {
   const qmp = monitor(run);
   const alias = disk.alias as string;
+  if (disk.target.bus === 'fdc') {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      'a floppy cannot be hot-plugged (QEMU fixes its drives at start); attach it to the persistent definition (--config) and restart',
+      { path: 'target.bus' },
+    );
+  }
   if (disk.network) {
     // QEMU connects to the server itself: no descriptor to hand over.
     return plugBlockNodes(ctx, dom, qmp, live, disk, []);

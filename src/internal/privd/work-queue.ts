@@ -18,6 +18,7 @@ export class WorkQueue {
   readonly #maxQueued: number;
   readonly #maxQueuedPerUid: number;
   readonly #turnMs: number;
+  readonly #now: () => number;
   #running = 0;
   #queued = 0;
   /** Waiting tasks per uid, then per source; Maps keep insertion order, the round-robin order. */
@@ -27,7 +28,7 @@ export class WorkQueue {
    * or spent in this turn of the queue.
    */
   #spent = 0;
-  /** When the last task's synchronous part ended (performance.now()). */
+  /** When the last task's synchronous part ended, by the clock. */
   #lastEnd = 0;
   /** A turn (setImmediate) is scheduled: it resets `#spent` and goes on with the queue. */
   #turnScheduled = false;
@@ -37,12 +38,19 @@ export class WorkQueue {
    * @param maxInFlight - tasks executing at once
    * @param maxQueued - tasks waiting at most (one uid at most half of them)
    * @param turnMs - synchronous work per turn of the event loop before tasks wait for the next
+   * @param now - the clock work is measured with, in ms
    */
-  constructor(maxInFlight: number, maxQueued: number, turnMs = Number.POSITIVE_INFINITY) {
+  constructor(
+    maxInFlight: number,
+    maxQueued: number,
+    turnMs = Number.POSITIVE_INFINITY,
+    now: () => number = () => performance.now(),
+  ) {
     this.#maxInFlight = maxInFlight;
     this.#maxQueued = maxQueued;
     this.#maxQueuedPerUid = Math.max(1, Math.floor(maxQueued / 2));
     this.#turnMs = turnMs;
+    this.#now = now;
   }
 
   /** Requests executing now. */
@@ -84,7 +92,7 @@ export class WorkQueue {
 
   /** The work not yet paid back by idle time, as of now. */
   #busy(): number {
-    const now = performance.now();
+    const now = this.#now();
     this.#spent = Math.max(0, this.#spent - (now - this.#lastEnd));
     this.#lastEnd = now;
     return this.#spent;
@@ -92,14 +100,14 @@ export class WorkQueue {
 
   #start(task: () => Promise<void> | undefined | void): void {
     this.#running++;
-    const t0 = performance.now();
+    const t0 = this.#now();
     let done: Promise<void> | undefined | void;
     try {
       done = task();
     } catch {
       done = undefined;
     }
-    this.#lastEnd = performance.now();
+    this.#lastEnd = this.#now();
     this.#spent += this.#lastEnd - t0;
     if (done instanceof Promise) {
       done.then(
@@ -153,7 +161,7 @@ export class WorkQueue {
     setImmediate(() => {
       this.#turnScheduled = false;
       this.#spent = 0;
-      this.#lastEnd = performance.now();
+      this.#lastEnd = this.#now();
       this.#drain(true);
     });
   }

@@ -171,7 +171,8 @@ const diskSchema = z
   .strictObject({
     /** `network`: the image is on a server QEMU connects to itself (see `network`). */
     type: z.enum(['file', 'block', 'network']),
-    device: z.enum(['disk', 'cdrom']).default('disk'),
+    /** `floppy`: a drive of the pc machine's built-in floppy controller (bus `fdc`, `fda` or `fdb`). */
+    device: z.enum(['disk', 'cdrom', 'floppy']).default('disk'),
     /** The virtio flavour of a virtio disk. */
     model: virtioModel.optional(),
     driver: z
@@ -211,12 +212,12 @@ const diskSchema = z
       })
       .optional(),
     target: z.strictObject({
-      dev: z.string().regex(/^(vd|sd|hd)[a-z]{1,2}$/, 'a target such as vda or sdb'),
+      dev: z.string().regex(/^((vd|sd|hd)[a-z]{1,2}|fd[ab])$/, 'a target such as vda, sdb or fda'),
       /**
        * `ide` exists on pc (i440FX) machines only: the PIIX3's two channels, two units each. `scsi`
        * disks sit on the SCSI controller (added as libvirt does), `usb` disks on USB controller 0.
        */
-      bus: z.enum(['virtio', 'sata', 'ide', 'scsi', 'usb']),
+      bus: z.enum(['virtio', 'sata', 'ide', 'scsi', 'usb', 'fdc']),
     }),
     readonly: z.boolean().default(false),
     serial: z.string().max(36).optional(),
@@ -253,6 +254,12 @@ const diskSchema = z
         code: 'custom',
         path: ['network'],
         message: `a ${disk.type} disk has no network source`,
+      });
+    if ((disk.device === 'floppy') !== (disk.target.bus === 'fdc'))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['target', 'bus'],
+        message: 'a floppy sits on bus fdc, and only a floppy does',
       });
     if (disk.source === undefined && disk.device !== 'cdrom')
       ctx.addIssue({

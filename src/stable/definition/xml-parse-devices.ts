@@ -116,7 +116,7 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   if (auth) refuseAuth(auth);
   const device = el.attrs.get('device');
   if (device !== undefined) {
-    out.device = choice(el, device, 'the disk device', ['disk', 'cdrom'], ['floppy', 'lun'], 'device');
+    out.device = choice(el, device, 'the disk device', ['disk', 'cdrom', 'floppy'], ['lun'], 'device');
   }
   const model = el.attrs.get('model');
   if (model !== undefined) {
@@ -166,12 +166,14 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
         target,
         bus,
         'the disk bus',
-        ['virtio', 'sata', 'ide', 'scsi', 'usb'],
-        ['xen', 'sd', 'fdc', 'uml'],
+        ['virtio', 'sata', 'ide', 'scsi', 'usb', 'fdc'],
+        ['xen', 'sd', 'uml'],
         'bus',
       );
     } else if (dev?.startsWith('vd')) {
       t.bus = 'virtio';
+    } else if (dev?.startsWith('fd')) {
+      t.bus = 'fdc';
     } else if (dev?.startsWith('hd')) {
       // libvirt's choice for an hd* target on x86.
       t.bus = 'ide';

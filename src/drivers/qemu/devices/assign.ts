@@ -290,6 +290,20 @@ function assignDriveAddresses(disks: DiskDefinition[]): void {
       throw invalid(`${path}.address`, `a ${bus} disk takes a drive address`);
     const given = disk.address;
     const address = given ?? defaultDriveAddress(disk);
+    if (bus === 'fdc') {
+      if (address.controller !== 0 || address.bus !== 0 || address.target !== 0 || address.unit > 1)
+        throw unsupported(
+          `${path}.address`,
+          `floppy position ${address.controller}-${address.bus}-${address.target}-${address.unit} (the floppy controller has units 0-1: fda, fdb)`,
+        );
+      const k = `fdc-${address.unit}`;
+      const holder = ideUnits.get(k);
+      if (holder !== undefined)
+        throw invalid(`${path}.address`, `floppy unit ${address.unit} is taken by ${holder}`);
+      ideUnits.set(k, disk.target.dev);
+      disk.address = address;
+      return;
+    }
     if (bus === 'ide') {
       // libvirt's virDomainDiskDefAssignAddress: two units per bus, two buses per controller.
       if (address.controller !== 0 || address.bus > 1 || address.target !== 0 || address.unit > 1) {

@@ -173,6 +173,13 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       );
     }
   }
+  // The floppy controller is the pc machine's ISA one; libvirt 9 builds no floppy for q35 here.
+  const floppy = def.disks.findIndex((d) => d.target.bus === 'fdc');
+  if (floppy >= 0 && family === 'q35')
+    throw unsupported(
+      `disks.${floppy}.target.bus`,
+      'a floppy on a q35 machine (it has no floppy controller: use pc)',
+    );
   const ideDisk = def.disks.findIndex((d) => d.target.bus === 'ide');
   if (ideDisk >= 0 && family === 'q35')
     throw unsupported(`disks.${ideDisk}.target.bus`, 'an IDE disk on a q35 machine (use bus sata)');

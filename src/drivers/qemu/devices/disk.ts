@@ -137,6 +137,13 @@ function driverProps(disk: DiskDefinition): QapiObject {
   };
 }
 
+/** The `-global` that gives a floppy its boot index (the isa-fdc holds it, as `bootindexA`/`B`). */
+export function floppyBootIndex(disk: DiskDefinition): string | undefined {
+  if (disk.target.bus !== 'fdc' || disk.bootOrder === undefined || disk.address?.type !== 'drive')
+    return undefined;
+  return `isa-fdc.bootindex${disk.address.unit === 0 ? 'A' : 'B'}=${disk.bootOrder}`;
+}
+
 /** The guest-visible device of a disk (`device_add` arguments). */
 export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: string): QapiObject {
   const alias = aliasOf(disk);
@@ -163,6 +170,20 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
     };
   }
   const address = disk.address;
+  if (disk.target.bus === 'fdc') {
+    if (address?.type !== 'drive')
+      throw new VirtError(ErrorCode.INTERNAL_ERROR, `floppy ${alias} has no drive address`);
+    // libvirt's floppy on the pc machine's built-in isa-fdc; its boot index is the controller's
+    // (floppyBootIndex). The floppy drive has no error policies.
+    const cache = cacheFlags(disk);
+    return {
+      driver: 'floppy',
+      unit: address.unit,
+      drive: diskNodes(alias).format,
+      id: alias,
+      ...(cache ? { 'write-cache': cache.writeback ? 'on' : 'off' } : {}),
+    };
+  }
   if (disk.target.bus === 'usb') {
     const usb = def.controllers.find(
       (c) => c.type === 'usb' && c.model !== 'none' && !c.model?.startsWith('ich9-uhci'),
