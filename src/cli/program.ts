@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { getSystemErrorMap } from 'node:util';
 import { Command } from 'commander';
 import { ErrorCode, errorMessage, VirtError } from '../errors.js';
 import type { DomainSummaryJson, TlsJson } from '../stable/control/operations.js';
@@ -31,6 +32,27 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   let json = argv.includes('--json');
   // The domain the command names: virsh reports a lookup that failed as "failed to get domain".
   let named: string | undefined;
+  // virsh's first error line for the step under way ("Failed to start domain 'x'"), printed before
+  // virtkit's code and message; unset while no step that virsh names is under way.
+  let failure: string | undefined;
+  /** Runs `step` with `line` as the first error line should it fail. */
+  const failing = async <T>(line: string, step: () => Promise<T>): Promise<T> => {
+    failure = line;
+    const result = await step();
+    failure = undefined;
+    return result;
+  };
+  /** A file the command reads; virsh's own line when it cannot be read. */
+  const readInput = (file: string): string => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (err) {
+      failure = `Failed to open file '${file}': ${systemErrorText(err)}`;
+      throw new VirtError(ErrorCode.SYSTEM_ERROR, `cannot read ${file}: ${errorMessage(err)}`, {
+        path: file,
+      });
+    }
+  };
   const program = new Command();
   const open = async (): Promise<Endpoint> => {
     endpoint ??= await openEndpoint(resolveUri(program.opts<GlobalOptions>()));
@@ -137,7 +159,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .option('--inactive', 'the persistent definition, also while running')
     .action(async (domain: string, o: { inactive?: boolean }) => {
       const { xml } = await (await open()).call('dumpxml', { domain, inactive: !!o.inactive });
-      io.out(xml.endsWith('\n') ? xml : `${xml}\n`);
+      io.out(`${withNewline(xml)}\n`);
     });
 
   program
@@ -145,13 +167,18 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .description('define (or update) a domain from libvirt XML or a JSON definition')
     .argument('<file>', 'the XML or JSON file')
     .action(async (file: string) => {
-      const done = await (await open()).call('define', readDefinition(file));
+      const text = readInput(file);
+      const ep = await open();
+      const done = await failing(`Failed to define domain from ${file}`, async () =>
+        ep.call('define', readDefinition(file, text)),
+      );
       io.out(`Domain '${done.name}' defined from ${file}\n\n`);
     });
 
   domainCommand('undefine', 'remove the definition of an inactive domain').action(async (domain: string) => {
-    const done = await (await open()).call('undefine', { domain });
-    io.out(`Domain '${done.name}' has been undefined\n\n`);
+    const ep = await open();
+    await failing(`Failed to undefine domain '${domain}'`, () => ep.call('undefine', { domain }));
+    io.out(`Domain '${domain}' has been undefined\n\n`);
   });
 
   program
@@ -163,17 +190,23 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .option('--paused', 'leave its vCPUs paused')
     .option('--console', 'attach to its serial console once started')
     .action(async (file: string, o: { paused?: boolean; console?: boolean }) => {
-      const done = await (await open()).call('create', { ...readDefinition(file), paused: !!o.paused });
+      const text = readInput(file);
+      const ep = await open();
+      const done = await failing(`Failed to create domain from ${file}`, async () =>
+        ep.call('create', { ...readDefinition(file, text), paused: !!o.paused }),
+      );
       io.out(`Domain '${done.name}' created from ${file}\n\n`);
       if (o.console) await consoleOf(done.uuid, undefined);
     });
 
   /** Attaches the terminal to a running domain's serial console until Ctrl+] or the domain stops. */
   const consoleOf = async (domain: string, devname: string | undefined): Promise<void> => {
-    const target = await (await open()).call(
-      'console',
-      devname === undefined ? { domain } : { domain, devname },
-    );
+    const ep = await open();
+    if ((await ep.call('dominfo', { domain })).id === null) {
+      failure = 'The domain is not running';
+      throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${domain}' is not running; start it first`);
+    }
+    const target = await ep.call('console', devname === undefined ? { domain } : { domain, devname });
     // The root is let go while the console is attached, so other commands can open it meanwhile.
     const held = endpoint;
     endpoint = undefined;
@@ -189,7 +222,15 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .option('--paused', 'leave its vCPUs paused')
     .option('--console', 'attach to its serial console once started')
     .action(async (domain: string, o: { paused?: boolean; console?: boolean }) => {
-      const done = await (await open()).call('start', { domain, paused: !!o.paused });
+      const ep = await open();
+      // virsh looks first, and says only this of a domain that runs.
+      if ((await ep.call('dominfo', { domain })).id !== null) {
+        failure = 'Domain is already active';
+        throw new VirtError(ErrorCode.OPERATION_INVALID, `domain '${domain}' is already active`);
+      }
+      const done = await failing(`Failed to start domain '${domain}'`, () =>
+        ep.call('start', { domain, paused: !!o.paused }),
+      );
       io.out(`Domain '${done.name}' started\n\n`);
       if (o.console) await consoleOf(done.uuid, undefined);
     });
@@ -207,38 +248,46 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .option('--timeout <seconds>', 'how long to wait (default 60)', positiveInt)
     .action(async (domain: string, o: { timeout?: number }) => {
       const args = o.timeout === undefined ? { domain } : { domain, timeoutMs: o.timeout * 1000 };
-      const done = await (await open()).call('shutdown', args);
-      io.out(`Domain '${done.name}' is being shutdown\n\n`);
+      const ep = await open();
+      await failing(`Failed to shutdown domain '${domain}'`, () => ep.call('shutdown', args));
+      io.out(`Domain '${domain}' is being shutdown\n\n`);
     });
 
   domainCommand('destroy', 'stop a domain at once')
     .option('--graceful', 'SIGTERM only: fail, leaving the domain running, if QEMU does not exit in 10 s')
     .action(async (domain: string, o: { graceful?: boolean }) => {
-      const done = await (await open()).call('destroy', { domain, graceful: !!o.graceful });
-      io.out(`Domain '${done.name}' destroyed\n\n`);
+      const ep = await open();
+      await failing(`Failed to destroy domain '${domain}'`, () =>
+        ep.call('destroy', { domain, graceful: !!o.graceful }),
+      );
+      io.out(`Domain '${domain}' destroyed\n\n`);
     });
 
   domainCommand('suspend', 'pause every vCPU').action(async (domain: string) => {
-    const done = await (await open()).call('suspend', { domain });
-    io.out(`Domain '${done.name}' suspended\n\n`);
+    const ep = await open();
+    await failing(`Failed to suspend domain '${domain}'`, () => ep.call('suspend', { domain }));
+    io.out(`Domain '${domain}' suspended\n\n`);
   });
 
   domainCommand('resume', 'resume a paused domain').action(async (domain: string) => {
-    const done = await (await open()).call('resume', { domain });
-    io.out(`Domain '${done.name}' resumed\n\n`);
+    const ep = await open();
+    await failing(`Failed to resume domain '${domain}'`, () => ep.call('resume', { domain }));
+    io.out(`Domain '${domain}' resumed\n\n`);
   });
 
   domainCommand('reboot', 'reboot a domain: the guest sees the ACPI power button, then a reset')
     .option('--timeout <seconds>', 'how long to wait for the guest to power off (default 60)', positiveInt)
     .action(async (domain: string, o: { timeout?: number }) => {
       const args = o.timeout === undefined ? { domain } : { domain, timeoutMs: o.timeout * 1000 };
-      const done = await (await open()).call('reboot', args);
-      io.out(`Domain '${done.name}' is being rebooted\n\n`);
+      const ep = await open();
+      await failing(`Failed to reboot domain '${domain}'`, () => ep.call('reboot', args));
+      io.out(`Domain '${domain}' is being rebooted\n\n`);
     });
 
   domainCommand('reset', 'reset a domain at once, like its reset button').action(async (domain: string) => {
-    const done = await (await open()).call('reset', { domain });
-    io.out(`Domain '${done.name}' was reset\n\n`);
+    const ep = await open();
+    await failing(`Failed to reset domain '${domain}'`, () => ep.call('reset', { domain }));
+    io.out(`Domain '${domain}' was reset\n\n`);
   });
 
   for (const [name, verb] of [
@@ -257,14 +306,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
           file: string,
           o: { live?: boolean; config?: boolean; persistent?: boolean; current?: boolean },
         ) => {
-          let xml: string;
-          try {
-            xml = readFileSync(file, 'utf8');
-          } catch (err) {
-            throw new VirtError(ErrorCode.SYSTEM_ERROR, `cannot read ${file}: ${errorMessage(err)}`, {
-              path: file,
-            });
-          }
+          const xml = readInput(file);
           const ep = await open();
           let live = !!o.live;
           let config = !!o.config;
@@ -273,12 +315,14 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
             live = active;
             config = !!o.persistent || !active;
           }
-          await ep.call(name === 'attach-device' ? 'attachDevice' : 'detachDevice', {
-            domain,
-            xml,
-            live,
-            config,
-          });
+          await failing(`Failed to ${verb} device from ${file}`, () =>
+            ep.call(name === 'attach-device' ? 'attachDevice' : 'detachDevice', {
+              domain,
+              xml,
+              live,
+              config,
+            }),
+          );
           io.out(`Device ${verb === 'attach' ? 'attached' : 'detached'} successfully\n\n`);
         },
       );
@@ -302,6 +346,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
           config = !live;
         }
         await ep.call('setvcpus', { domain, count, live, config });
+        io.out('\n');
       },
     );
 
@@ -315,6 +360,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   domainCommand('domjobabort', 'abort the job under way (it rolls back and fails with ABORTED)').action(
     async (domain: string) => {
       await (await open()).call('domjobabort', { domain });
+      io.out('\n');
     },
   );
 
@@ -324,7 +370,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       const { xml } = await ep.call('dumpxml', { domain, inactive: true });
       const edited = editText(xml);
       if (edited === xml) {
-        io.out(`Domain '${domain}' XML configuration not changed.\n\n`);
+        const { name } = await ep.call('dominfo', { domain });
+        io.out(`Domain '${name}' XML configuration not changed.\n\n`);
         return;
       }
       const done = await ep.call('define', { xml: edited });
@@ -421,7 +468,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
     .option('--json', 'JSON: the typed capabilities, with the XML as "xml"')
     .action(async (o: { json?: boolean }) => {
       const caps = await (await open()).call('capabilities', {});
-      print(caps, () => withNewline(caps.xml), !!o.json);
+      print(caps, () => `${withNewline(caps.xml)}\n`, !!o.json);
     });
 
   program
@@ -446,7 +493,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
         if (o.arch !== undefined) args['arch'] = o.arch;
         if (o.machine !== undefined) args['machine'] = o.machine;
         const caps = await (await open()).call('domcapabilities', args as never);
-        print(caps, () => withNewline(caps.xml), !!o.json);
+        print(caps, () => `${withNewline(caps.xml)}\n`, !!o.json);
       },
     );
 
@@ -494,8 +541,15 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
           only = (await ep.call('dominfo', { domain: o.domain })).uuid;
         }
         let count = 0;
+        let timedOut = false;
         await new Promise<void>((resolve, reject) => {
-          const timer = o.timeout === undefined ? undefined : setTimeout(resolve, o.timeout * 1000);
+          const timer =
+            o.timeout === undefined
+              ? undefined
+              : setTimeout(() => {
+                  timedOut = true;
+                  resolve();
+                }, o.timeout * 1000);
           const onSignal = (): void => resolve();
           process.once('SIGINT', onSignal);
           const finish = (): void => {
@@ -510,7 +564,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
             if (!o.loop) finish();
           }).catch(reject);
         });
-        if (!o.json) io.out(`events received: ${count}\n\n`);
+        if (!o.json) io.out(`${timedOut ? 'event loop timed out\n' : ''}events received: ${count}\n\n`);
       },
     );
 
@@ -530,6 +584,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       // virsh's first line, which scripts match; then virtkit's code and message.
       if (e.code === ErrorCode.NO_DOMAIN && named !== undefined)
         io.err(`error: failed to get domain '${named}'\n`);
+      else if (failure !== undefined) io.err(`error: ${failure}\n`);
       io.err(`error: ${e.code}: ${e.message}\n`);
     }
     return 1;
@@ -549,14 +604,11 @@ function listText(
   return `${lines.map((l) => `${l}\n`).join('')}\n`;
 }
 
-/** A definition file: libvirt XML, or a JSON definition object. */
-function readDefinition(file: string): { xml: string } | { definition: Record<string, unknown> } {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new VirtError(ErrorCode.SYSTEM_ERROR, `cannot read ${file}: ${errorMessage(err)}`, { path: file });
-  }
+/** The text of a definition file: libvirt XML, or a JSON definition object. */
+function readDefinition(
+  file: string,
+  text: string,
+): { xml: string } | { definition: Record<string, unknown> } {
   if (text.trimStart().startsWith('<')) return { xml: text };
   let json: unknown;
   try {
@@ -620,6 +672,13 @@ function positiveCount(value: string): number {
     throw new VirtError(ErrorCode.OPERATION_INVALID, `'${value}' is not a vCPU count (1, 2, …)`);
   }
   return Number(value);
+}
+
+/** What strerror() says of a failed system call, as virsh prints it ("No such file or directory"). */
+function systemErrorText(err: unknown): string {
+  const errno = (err as NodeJS.ErrnoException).errno;
+  const text = errno === undefined ? undefined : getSystemErrorMap().get(errno)?.[1];
+  return text ? text.charAt(0).toUpperCase() + text.slice(1) : errorMessage(err);
 }
 
 function withNewline(text: string): string {

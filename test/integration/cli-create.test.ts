@@ -51,11 +51,13 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(alive(pid)).toBe(true);
       expect(run('create', file)).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: DOMAIN_EXISTS: /),
+        err: expect.stringMatching(
+          /^error: Failed to create domain from \S+tvm\.xml\nerror: DOMAIN_EXISTS: /,
+        ),
       });
       expect(run('undefine', 'tvm')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+        err: expect.stringMatching(/^error: Failed to undefine domain 'tvm'\nerror: OPERATION_INVALID: /),
       });
 
       expect(run('destroy', 'tvm')).toEqual({ code: 0, out: "Domain 'tvm' destroyed\n\n", err: '' });
@@ -80,7 +82,9 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(run('create', broken)).toMatchObject({
         code: 1,
         out: '',
-        err: expect.stringMatching(/^error: \w+: .*missing\.img/),
+        err: expect.stringMatching(
+          /^error: Failed to create domain from \S+broken\.xml\nerror: \w+: .*missing\.img/,
+        ),
       });
       expect(JSON.parse(run('list', '--all', '--json').out)).toEqual([]);
       expect(readdirSync(join(root, 'etc', 'domains'))).toEqual([]);

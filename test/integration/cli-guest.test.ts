@@ -130,11 +130,11 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(JSON.parse(run('domstate', 'g', '--json').out)).toMatchObject({ state: 'shutoff' });
       expect(run('reset', 'g')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+        err: expect.stringMatching(/^error: Failed to reset domain 'g'\nerror: OPERATION_INVALID: /),
       });
       expect(run('reboot', 'g')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+        err: expect.stringMatching(/^error: Failed to reboot domain 'g'\nerror: OPERATION_INVALID: /),
       });
     }, 400_000);
 
@@ -145,7 +145,9 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(run('define', file).code).toBe(0);
       expect(run('console', 'g')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: OPERATION_INVALID: .*not running/),
+        err: expect.stringMatching(
+          /^error: The domain is not running\nerror: OPERATION_INVALID: .*not running/,
+        ),
       });
 
       const first = onTerminal(['start', 'g', '--console', '--root', root]);

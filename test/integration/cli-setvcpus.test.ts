@@ -41,7 +41,7 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       const vcpus = () => (JSON.parse(run('dominfo', 'cvm', '--json').out) as { vcpus: number }).vcpus;
       expect(vcpus()).toBe(1);
 
-      expect(run('setvcpus', 'cvm', '2')).toEqual({ code: 0, out: '', err: '' });
+      expect(run('setvcpus', 'cvm', '2')).toEqual({ code: 0, out: '\n', err: '' });
       expect(vcpus()).toBe(2);
       expect(run('dumpxml', 'cvm', '--inactive').out).toContain(
         "<vcpu placement='static' current='2'>3</vcpu>",
@@ -61,7 +61,7 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
 
       expect(run('start', 'cvm', '--paused').code).toBe(0);
       const { pid } = JSON.parse(run('dominfo', 'cvm', '--json').out) as { pid: number };
-      expect(run('setvcpus', 'cvm', '3', '--live')).toEqual({ code: 0, out: '', err: '' });
+      expect(run('setvcpus', 'cvm', '3', '--live')).toEqual({ code: 0, out: '\n', err: '' });
       expect(vcpus()).toBe(3);
       // QEMU runs a thread for each vCPU (named with debug-threads): the new one exists.
       const cpuThreads = readdirSync(`/proc/${pid}/task`).filter((t) =>

@@ -106,19 +106,20 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(run('reboot', 'clivm', '--timeout', '1')).toMatchObject({
         code: 1,
         out: '',
-        err: expect.stringMatching(/^error: OPERATION_TIMEOUT: /),
+        err: expect.stringMatching(/^error: Failed to reboot domain 'clivm'\nerror: OPERATION_TIMEOUT: /),
       });
       expect(run('reset', 'clivm')).toEqual({ code: 0, out: "Domain 'clivm' was reset\n\n", err: '' });
       expect(run('domstate', 'clivm', '--reason').out).toBe('paused (user)\n\n');
       expect(run('undefine', 'clivm')).toMatchObject({
         code: 1,
         out: '',
-        err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+        err: expect.stringMatching(/^error: Failed to undefine domain 'clivm'\nerror: OPERATION_INVALID: /),
       });
       expect(run('destroy', 'clivm')).toEqual({ code: 0, out: "Domain 'clivm' destroyed\n\n", err: '' });
       expect(alive(pid)).toBe(false);
       expect(run('domid', 'clivm').out).toBe('-\n\n');
-      expect(run('undefine', uuid).out).toBe("Domain 'clivm' has been undefined\n\n");
+      // virsh names the domain as it was given.
+      expect(run('undefine', uuid).out).toBe(`Domain '${uuid}' has been undefined\n\n`);
       expect(json(run('list', '--all', '--json').out)).toEqual([]);
       expect(runLeftovers(root).filter((f) => f !== 'control.sock')).toEqual([]);
     }, 300_000);
@@ -182,7 +183,9 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       writeFileSync(bad, "<domain type='qemu'><name>x</name><memory>64</memory><frob/></domain>");
       expect(run('define', bad)).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: (XML_ERROR|CONFIG_UNSUPPORTED): .*frob/),
+        err: expect.stringMatching(
+          /^error: Failed to define domain from \S+bad\.xml\nerror: (XML_ERROR|CONFIG_UNSUPPORTED): .*frob/,
+        ),
       });
       expect(run('reboot', 'x')).toMatchObject({
         code: 1,
@@ -190,7 +193,9 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       });
       expect(run('create', bad)).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: (XML_ERROR|CONFIG_UNSUPPORTED): .*frob/),
+        err: expect.stringMatching(
+          /^error: Failed to create domain from \S+bad\.xml\nerror: (XML_ERROR|CONFIG_UNSUPPORTED): .*frob/,
+        ),
       });
       const help = run('--help');
       expect(help.code).toBe(0);
@@ -248,7 +253,7 @@ describe.each<Mode>(['the command holds the root', 'an application holds the roo
       expect(run('dumpxml', 'clivm', '--inactive').out).not.toContain('data.img');
       expect(run('attach-device', 'clivm', disk, '--live')).toMatchObject({
         code: 1,
-        err: expect.stringMatching(/^error: OPERATION_INVALID: /),
+        err: expect.stringMatching(/^error: Failed to attach device from \S+\nerror: OPERATION_INVALID: /),
       });
     }, 180_000);
 
@@ -421,9 +426,9 @@ describe('the virtkit command and a root held by an application', () => {
     expect(run('domjobinfo', 'clivm').out).toMatch(
       /^Job type: {9}Unbounded\nOperation: {8}shutdown\nPhase: {12}\S+\nTime elapsed: {5}\d+ ms\n/,
     );
-    expect(run('domjobabort', 'clivm')).toEqual({ code: 0, out: '', err: '' });
+    expect(run('domjobabort', 'clivm')).toEqual({ code: 0, out: '\n', err: '' });
     expect(await shutdown.exited).toBe(1);
-    expect(shutdown.err()).toMatch(/^error: ABORTED: /);
+    expect(shutdown.err()).toMatch(/^error: Failed to shutdown domain 'clivm'\nerror: ABORTED: /);
     expect(json(run('domjobinfo', 'clivm', '--json').out)).toMatchObject({ operation: 'none' });
     expect(json(run('domstate', 'clivm', '--json').out)).toMatchObject({ state: 'paused' });
     expect(run('destroy', 'clivm').code).toBe(0);
@@ -477,7 +482,9 @@ it('destroy --graceful fails with OPERATION_TIMEOUT, leaving the domain running,
   expect(run('destroy', 'stubborn', '--graceful')).toMatchObject({
     code: 1,
     out: '',
-    err: expect.stringMatching(/^error: OPERATION_TIMEOUT: [^\n]*SIGTERM/),
+    err: expect.stringMatching(
+      /^error: Failed to destroy domain 'stubborn'\nerror: OPERATION_TIMEOUT: [^\n]*SIGTERM/,
+    ),
   });
   expect(alive(pid)).toBe(true);
   expect(run('domstate', 'stubborn').out).toBe('paused\n\n');
