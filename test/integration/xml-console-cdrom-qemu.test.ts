@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
@@ -46,6 +47,34 @@ async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: Doma
 }
 
 describe('virt-install devices on real QEMU', () => {
+  it("<os><boot dev='cdrom|hd|network'/> gives the first CD-ROM, disk and interface their bootindex, in list order", async () => {
+    for (const f of ['a.img', 'b.img']) writeFileSync(`${root}/${f}`, Buffer.alloc(1024 * 1024));
+    const { qmp, live } = await startWithProbe(`<domain type='qemu'>
+  <name>legacy-boot</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type><boot dev='cdrom'/><boot dev='hd'/><boot dev='network'/></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${root}/a.img'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${root}/b.img'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
+    <interface type='user'><model type='virtio'/></interface>
+    <interface type='user'><model type='e1000e'/></interface>
+  </devices>
+</domain>`);
+    // The list stays the definition's: the indexes are QEMU configuration only, as in libvirt.
+    expect(live.os.boot).toEqual(['cdrom', 'hd', 'network']);
+    expect(live.disks.map((d) => d.bootOrder)).toEqual([undefined, undefined, undefined]);
+    const bootindex = async (alias: string | undefined) =>
+      qmp.execute('qom-get', { path: `/machine/peripheral/${alias}`, property: 'bootindex' });
+    const [vda, vdb, cdrom] = live.disks.map((d) => d.alias);
+    expect(await bootindex(cdrom)).toBe(1);
+    expect(await bootindex(vda)).toBe(2);
+    expect(await bootindex(live.interfaces[0]?.alias)).toBe(3);
+    // Every other device gets none (QEMU's -1).
+    expect(await bootindex(vdb)).toBe(-1);
+    expect(await bootindex(live.interfaces[1]?.alias)).toBe(-1);
+  });
+
   it("a virtio <console type='pty'> is a virtconsole on an added virtio-serial controller, its pty reported", async () => {
     const { qmp, live, xml } = await startWithProbe(`<domain type='qemu'>
   <name>virtio-console</name>

@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DiskDefinition, DomainDefinition } from '../../../stable/definition/schema.js';
+import { diskBootIndex } from './boot-order.js';
 import { networkStorageProps } from './disk-network.js';
 import { fdsetIdOf } from './fdset.js';
 import { pciPlacement } from './pci-bus.js';
@@ -147,9 +148,10 @@ export function floppyBootIndex(disk: DiskDefinition): string | undefined {
 /** The guest-visible device of a disk (`device_add` arguments). */
 export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: string): QapiObject {
   const alias = aliasOf(disk);
+  const bootindex = disk.bootOrder ?? diskBootIndex(def, disk);
   const extra: QapiObject = {
     ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
-    ...(disk.bootOrder !== undefined ? { bootindex: disk.bootOrder } : {}),
+    ...(bootindex !== undefined ? { bootindex } : {}),
     ...driverProps(disk),
   };
   if (disk.target.bus === 'virtio') {

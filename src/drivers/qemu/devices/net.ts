@@ -1,5 +1,6 @@
 import { ErrorCode, VirtError } from '../../../errors.js';
 import type { DomainDefinition, InterfaceDefinition } from '../../../stable/definition/schema.js';
+import { nicBootIndex } from './boot-order.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
 import { type VirtioModel, virtioDevice } from './virtio.js';
@@ -36,12 +37,14 @@ export function nicDevice(def: DomainDefinition, nic: InterfaceDefinition): Qapi
   const queues = nic.type === 'ethernet' ? (nic.queues ?? 1) : 1;
   const virtio = nic.model.startsWith('virtio');
   const rom = nic.rom;
+  const bootindex = nicBootIndex(def, nic);
   return {
     driver: virtio ? virtioDevice('virtio-net-pci', nic.model as VirtioModel) : nic.model,
     ...pciPlacement(def, nic.address, `interface ${alias}`),
     netdev: netdevId(nic),
     id: alias,
     ...(nic.mac ? { mac: nic.mac } : {}),
+    ...(bootindex !== undefined ? { bootindex } : {}),
     ...(virtio && queues > 1 ? { mq: true, vectors: 2 * queues + 2 } : {}),
     // As libvirt: a disabled ROM is an empty romfile; the BAR switch is rombar.
     ...(rom?.bar !== undefined ? { rombar: rom.bar ? 1 : 0 } : {}),
