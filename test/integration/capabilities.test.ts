@@ -268,16 +268,18 @@ describe('getDomainCapabilities', () => {
     expect(d.enums.bus).toEqual(
       d.machine.includes('q35')
         ? ['virtio', 'sata', 'scsi', 'usb']
-        : ['virtio', 'sata', 'ide', 'scsi', 'usb'],
+        : ['virtio', 'sata', 'ide', 'scsi', 'usb', 'fdc'],
     );
     const xml = (devices: string, cpu = '') =>
       `<domain type='qemu'><name>caps</name><memory unit='MiB'>64</memory><os><type machine='${d.machine}'>hvm</type></os>${cpu}<devices>${devices}</devices></domain>`;
     for (const bus of d.enums.bus!) {
-      const dev = bus === 'virtio' ? 'vda' : bus === 'ide' ? 'hda' : 'sda';
+      const dev = bus === 'virtio' ? 'vda' : bus === 'ide' ? 'hda' : bus === 'fdc' ? 'fda' : 'sda';
       for (const device of d.enums.diskDevice!) {
         // The buses and devices are offered each on its own, as libvirt's domain capabilities list them;
         // these pairs are not disks QEMU can make (a virtio or usb-storage CD-ROM).
         if (device === 'cdrom' && (bus === 'virtio' || bus === 'usb')) continue;
+        // A floppy drive sits only on the floppy controller, which holds nothing else.
+        if ((device === 'floppy') !== (bus === 'fdc')) continue;
         const ro = device === 'cdrom' ? '' : '';
         expect(() =>
           parseDomainXml(
