@@ -1,11 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { describe, expect, it } from 'vitest';
+import type { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
-import type { Connection, DomainDefinition } from '../../src/stable/index.js';
-import { forThisHost, openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+import type { DomainDefinition } from '../../src/stable/index.js';
+import { forThisHost } from '../helpers/env.js';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * Two things virt-install documents need: the pcie-to-pci-bridge libvirt adds on q35 for a
@@ -16,24 +17,11 @@ import { forThisHost, openRoot, removeRoot, tempRoot } from '../helpers/env.js';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'xml', 'virt-install');
 
-let root: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
-
-beforeEach(async () => {
-  root = tempRoot();
-  conn = await openRoot(root);
-});
-afterEach(async () => {
-  for (const c of closers.splice(0)) c();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
+const rig = useProbeRoot();
 
 /** A virt-install fixture with its disk image made under the root, for this host. */
 function fixture(file: string): string {
-  const image = join(root, 'existing.qcow2');
+  const image = join(rig.root, 'existing.qcow2');
   if (!existsSync(image)) execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
   return forThisHost(readFileSync(join(FIXTURES, file), 'utf8')).replaceAll(
     '/var/lib/virtkit-test/existing.qcow2',
@@ -42,17 +30,16 @@ function fixture(file: string): string {
 }
 
 async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: DomainDefinition }> {
-  const probe = join(root, 'probe.qmp');
+  const probe = join(rig.root, 'probe.qmp');
   const withProbe = xml
     .replace(/<domain ([^>]*)>/, `<domain $1 xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>`)
     .replace(
       '</domain>',
       `<qemu:commandline><qemu:arg value='-qmp'/><qemu:arg value='unix:${probe},server=on,wait=off'/></qemu:commandline></domain>`,
     );
-  const dom = await conn.defineDomain(withProbe);
+  const dom = await rig.conn.defineDomain(withProbe);
   await dom.start({ paused: true });
-  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-  closers.push(() => qmp.close());
+  const qmp = await rig.probe(probe);
   const live = dom.getDefinition();
   // The persistent definition round-trips (the live one adds output-only pty paths).
   expect(resolveDomainXml(dom.toXML({ inactive: true }))).toEqual(dom.getDefinition({ inactive: true }));
@@ -98,17 +85,17 @@ describe('pcie-to-pci-bridge on real QEMU', () => {
     const doc = (machine: string, devices: string) =>
       `<domain type='qemu'><name>bad</name><memory unit='MiB'>64</memory><os><type machine='${machine}'>hvm</type></os><devices>${devices}</devices></domain>`;
     await expect(
-      conn.defineDomain(doc('pc', "<controller type='pci' model='pcie-to-pci-bridge'/>")),
+      rig.conn.defineDomain(doc('pc', "<controller type='pci' model='pcie-to-pci-bridge'/>")),
     ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
     await expect(
-      conn.defineDomain(
+      rig.conn.defineDomain(
         doc(
           'q35',
           "<controller type='pci' index='1' model='pcie-root-port'/><controller type='pci' index='2' model='pcie-to-pci-bridge'/><interface type='user'><model type='e1000'/><address type='pci' bus='2' slot='0'/></interface>",
         ),
       ),
     ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED', details: { path: 'interfaces.0.address.slot' } });
-    expect(await conn.listDomains({ state: 'all' })).toHaveLength(0);
+    expect(await rig.conn.listDomains({ state: 'all' })).toHaveLength(0);
   });
 });
 

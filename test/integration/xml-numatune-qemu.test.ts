@@ -1,9 +1,9 @@
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { describe, expect, it } from 'vitest';
+import type { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
-import type { Connection } from '../../src/stable/index.js';
-import { openRoot, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { runLeftovers } from '../helpers/env.js';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * <numatune> on real QEMU (TCG): guest memory bound to host NUMA nodes through its memory
@@ -11,20 +11,7 @@ import { openRoot, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js'
  * tests bind to it, and a node it lacks is refused at start as libvirt does.
  */
 
-let root: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
-
-beforeEach(async () => {
-  root = tempRoot();
-  conn = await openRoot(root);
-});
-afterEach(async () => {
-  for (const c of closers.splice(0)) c();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
+const rig = useProbeRoot();
 
 const doc = (name: string, inner: string) => `<domain type='qemu'>
   <name>${name}</name>
@@ -32,15 +19,14 @@ const doc = (name: string, inner: string) => `<domain type='qemu'>
   <vcpu>2</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   ${inner}
-  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${join(root, `${name}.probe`)},server=on,wait=off'/></qemu:commandline>
+  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${join(rig.root, `${name}.probe`)},server=on,wait=off'/></qemu:commandline>
 </domain>`;
 
 async function start(name: string, inner: string): Promise<QmpClient> {
-  const dom = await conn.defineDomain(doc(name, inner));
+  const dom = await rig.conn.defineDomain(doc(name, inner));
   expect(resolveDomainXml(dom.toXML())).toEqual(dom.getDefinition());
   await dom.start({ paused: true });
-  const qmp = await QmpClient.connect(join(root, `${name}.probe`), { timeoutMs: 10_000 });
-  closers.push(() => qmp.close());
+  const qmp = await rig.probe(join(rig.root, `${name}.probe`));
   return qmp;
 }
 
@@ -67,7 +53,7 @@ describe('<numatune> on real QEMU', () => {
   });
 
   it('refuses a host node the host lacks at start, placement auto and mode restrictive at define', async () => {
-    const dom = await conn.defineDomain(
+    const dom = await rig.conn.defineDomain(
       doc('absent', "<numatune><memory mode='strict' nodeset='999'/></numatune>"),
     );
     await expect(dom.start()).rejects.toMatchObject({
@@ -75,15 +61,15 @@ describe('<numatune> on real QEMU', () => {
       details: { path: 'numatune' },
     });
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff' });
-    expect(runLeftovers(root)).toEqual([]);
+    expect(runLeftovers(rig.root)).toEqual([]);
     await expect(
-      conn.defineDomain(doc('auto', "<numatune><memory mode='strict' placement='auto'/></numatune>")),
+      rig.conn.defineDomain(doc('auto', "<numatune><memory mode='strict' placement='auto'/></numatune>")),
     ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
     await expect(
-      conn.defineDomain(doc('restr', "<numatune><memory mode='restrictive' nodeset='0'/></numatune>")),
+      rig.conn.defineDomain(doc('restr', "<numatune><memory mode='restrictive' nodeset='0'/></numatune>")),
     ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
     await expect(
-      conn.defineDomain(
+      rig.conn.defineDomain(
         doc('nocell', "<numatune><memnode cellid='0' mode='strict' nodeset='0'/></numatune>"),
       ),
     ).rejects.toMatchObject({ code: 'XML_ERROR' });
