@@ -1,5 +1,9 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { afterEach } from 'vitest';
+import { connect } from '../../src/index.js';
+import { killChild } from './child.js';
+import { removeRoot } from './env.js';
 
 const CLI = join(__dirname, '..', '..', 'src', 'cli.ts');
 
@@ -35,4 +39,24 @@ export function virtkitBackground(args: readonly string[]) {
   });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   return { child, exited, out: () => out, err: () => err };
+}
+
+/**
+ * Registers the clean-up of a CLI test file: after each test the holders (processes holding a root
+ * with the control socket) are killed, whatever a failed test left running in the roots is
+ * destroyed, and the roots removed. Push each root and holder a test makes to the returned lists.
+ */
+export function useCliRoots(): { readonly roots: string[]; readonly holders: ChildProcess[] } {
+  const roots: string[] = [];
+  const holders: ChildProcess[] = [];
+  afterEach(async () => {
+    for (const h of holders.splice(0)) await killChild(h);
+    for (const r of roots.splice(0)) {
+      const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
+      for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
+      await conn.close();
+      removeRoot(r);
+    }
+  });
+  return { roots, holders };
 }

@@ -1,28 +1,16 @@
-import type { ChildProcess } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/stable/index.js';
-import { killChild, runChild } from '../helpers/child.js';
-import { virtkit } from '../helpers/cli.js';
-import { alive, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { runChild } from '../helpers/child.js';
+import { useCliRoots, virtkit } from '../helpers/cli.js';
+import { alive, runLeftovers, tempRoot } from '../helpers/env.js';
 
 /* `virtkit create`: transient domains in a real QEMU, with and without an application holding the root. */
 
 const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
 const XML = "<domain type='qemu'><name>tvm</name><memory unit='MiB'>64</memory><vcpu>1</vcpu></domain>";
 
-const roots: string[] = [];
-const holders: ChildProcess[] = [];
-afterEach(async () => {
-  for (const h of holders.splice(0)) await killChild(h);
-  for (const r of roots.splice(0)) {
-    const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-    removeRoot(r);
-  }
-});
+const { roots, holders } = useCliRoots();
 
 type Mode = 'the command holds the root' | 'an application holds the root';
 

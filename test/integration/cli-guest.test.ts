@@ -1,11 +1,10 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/stable/index.js';
-import { killChild, runChild } from '../helpers/child.js';
-import { virtkit } from '../helpers/cli.js';
-import { alive, removeRoot, tempRoot, tinyGuest } from '../helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { runChild } from '../helpers/child.js';
+import { useCliRoots, virtkit } from '../helpers/cli.js';
+import { alive, tempRoot, tinyGuest } from '../helpers/env.js';
 
 /*
  * The commands that need a guest that runs code (a TCG busybox guest): what the guest sees of
@@ -43,17 +42,7 @@ function onTerminal(args: readonly string[]) {
   return { child, exited, out: () => out, type: (text: string) => child.stdin.write(text), waitFor };
 }
 
-const roots: string[] = [];
-const holders: ChildProcess[] = [];
-afterEach(async () => {
-  for (const h of holders.splice(0)) await killChild(h);
-  for (const r of roots.splice(0)) {
-    const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-    removeRoot(r);
-  }
-});
+const { roots, holders } = useCliRoots();
 
 type Mode = 'the command holds the root' | 'an application holds the root';
 

@@ -1,11 +1,9 @@
-import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/stable/index.js';
+import { describe, expect, it } from 'vitest';
 import { killChild, runChild } from '../helpers/child.js';
-import { virtkit } from '../helpers/cli.js';
-import { alive, removeRoot, tempRoot, tinyGuest } from '../helpers/env.js';
+import { useCliRoots, virtkit } from '../helpers/cli.js';
+import { alive, tempRoot, tinyGuest } from '../helpers/env.js';
 
 /*
  * Why a domain shut off, told by a later `virtkit` process (a new driver of the root) as virsh
@@ -15,17 +13,7 @@ import { alive, removeRoot, tempRoot, tinyGuest } from '../helpers/env.js';
 const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
 const XML = "<domain type='qemu'><name>vm</name><memory unit='MiB'>64</memory><vcpu>1</vcpu></domain>";
 
-const roots: string[] = [];
-const holders: ChildProcess[] = [];
-afterEach(async () => {
-  for (const h of holders.splice(0)) await killChild(h);
-  for (const r of roots.splice(0)) {
-    const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-    removeRoot(r);
-  }
-});
+const { roots, holders } = useCliRoots();
 
 function setUp(): { root: string; run: (...args: string[]) => ReturnType<typeof virtkit> } {
   const root = tempRoot();

@@ -1,11 +1,9 @@
-import type { ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/stable/index.js';
-import { killChild, runChild } from '../helpers/child.js';
-import { type CliRun, virtkit } from '../helpers/cli.js';
-import { removeRoot, tempRoot, tinyGuest } from '../helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { runChild } from '../helpers/child.js';
+import { type CliRun, useCliRoots, virtkit } from '../helpers/cli.js';
+import { tempRoot, tinyGuest } from '../helpers/env.js';
 
 /*
  * The wording of every domain command against virsh 9.0's (tools/virsh-domain.c,
@@ -19,17 +17,7 @@ import { removeRoot, tempRoot, tinyGuest } from '../helpers/env.js';
 const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
 const XML = "<domain type='qemu'><name>w</name><memory unit='MiB'>64</memory><vcpu>1</vcpu></domain>";
 
-const roots: string[] = [];
-const holders: ChildProcess[] = [];
-afterEach(async () => {
-  for (const h of holders.splice(0)) await killChild(h);
-  for (const r of roots.splice(0)) {
-    const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-    removeRoot(r);
-  }
-});
+const { roots, holders } = useCliRoots();
 
 /** A row: the command, and either its exact output or virsh's first error line and virtkit's code. */
 type Row = readonly [
