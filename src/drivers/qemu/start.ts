@@ -371,7 +371,11 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
     domain: { name: s.def.name, uuid: s.def.uuid },
   });
   launch.proceed();
+  // Settled once the greeting is in (or failed): an exit after that is the exit watcher's alone,
+  // and must not cost every domain that stops an abort, a read of its log and an error object.
+  let greeted = false;
   const died = launch.exited.then((info) => {
+    if (greeted) return undefined;
     abort.abort();
     const why = info.signal ? `signal ${info.signal}` : `code ${info.code}`;
     const tail = logTail(s.paths.log, s.logOffset);
@@ -384,6 +388,8 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
   try {
     const first = await Promise.race([monitor, died]);
     if (first instanceof VirtError) throw first;
+    if (first === undefined) throw new VirtError(ErrorCode.OPERATION_FAILED, 'QEMU exited during start-up');
+    greeted = true;
     return first;
   } catch (err) {
     monitor.then((q) => q.close()).catch(() => undefined);
@@ -391,8 +397,9 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
     // carries QEMU's own words from the log, rather than report a bare connection reset.
     if (s.job.aborted) throw err;
     const exit = await within(died, 2_000);
-    throw exit === 'timeout' ? err : exit;
+    throw exit === 'timeout' || exit === undefined ? err : exit;
   } finally {
+    greeted = true;
     s.job.signal.removeEventListener('abort', onJobAbort);
   }
 }
