@@ -9,6 +9,7 @@ import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import type { Job } from '../jobs.js';
+import { placesThreads } from '../thread-tuning.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import { listeningSockets } from './devices/serial.js';
@@ -332,9 +333,20 @@ function status(s: Startup, phase: 'starting' | 'running'): RawStatusRecord {
   return runtimeStatus(s.run as Runtime, phase, s.dom.status);
 }
 
-/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
+/**
+ * Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). A domain
+ * whose threads will be placed is recorded as placed-or-being-placed from here on, so that
+ * configureThreads needs no record of its own before it places them: a successor that finds the
+ * record releases the domain's cgroups (`cgroup.release` with the placements known, none yet),
+ * which for a domain never placed finds nothing to remove.
+ */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'), false);
+  const record = status(s, 'starting');
+  await writeStatus(
+    s.paths.status,
+    placesThreads(s.def) ? { ...record, placementAttempted: true } : record,
+    false,
+  );
 }
 
 async function raiseMemLockStep(s: Startup): Promise<void> {
@@ -426,7 +438,10 @@ async function configureThreadsStep(s: Startup): Promise<void> {
     run.pid,
     run.threads as ThreadIds,
     run,
-    () => writeStatus(s.paths.status, status(s, 'starting'), false),
+    // The attempt is on record since recordStarting: only the placements are written.
+    async (stage) => {
+      if (stage === 'placed') await writeStatus(s.paths.status, status(s, 'starting'), false);
+    },
     threadPhase(s),
   );
 }
