@@ -12,7 +12,8 @@
  *              BENCH_SCALE_LIBVIRT (0: no libvirt beside virtkit in the reconnect measure),
  *              BENCH_SCALE_BEFORE (another checkout of virtkit, with node_modules: its driver runs
  *              as a third side of every burst round, "virtkit (before)", for a before/after in one run),
- *              BENCH_SCALE_NAME (base name of the results in bench/results; default scale).
+ *              BENCH_SCALE_NAME (base name of the results in bench/results; default scale),
+ *              BENCH_RAW_DESTROY_SIGNAL (SIGTERM: the floor ends QEMU as virtkit does, see raw.ts).
  * The machine is shared: the load average is recorded with every round, and ratios are taken
  * between the two sides of one round (they ran back to back). Each side also reports its main
  * thread's CPU time and its time spent runnable but waiting for a CPU during each burst
