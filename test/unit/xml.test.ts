@@ -629,12 +629,16 @@ describe('unsupported elements and attributes', () => {
       devices("<interface type='ethernet'><source network='x'/><model type='virtio'/></interface>"),
       '/domain/devices/interface/source/@network',
     ],
-    ['tcp serial', devices("<serial type='tcp'/>"), '/domain/devices/serial/@type'],
-    ['serial log', devices("<serial type='pty'><log file='/x'/></serial>"), '/domain/devices/serial/log'],
+    ['spiceport serial', devices("<serial type='spiceport'/>"), '/domain/devices/serial/@type'],
     [
-      'serial file append',
-      devices("<serial type='file'><source path='/x' append='on'/></serial>"),
-      '/domain/devices/serial/source/@append',
+      'serial tcp tls',
+      devices("<serial type='tcp'><source host='h' service='1' tls='yes'/></serial>"),
+      '/domain/devices/serial/source/@tls',
+    ],
+    [
+      'serial tcp reconnect',
+      devices("<serial type='tcp'><source host='h' service='1'><reconnect enabled='yes'/></source></serial>"),
+      '/domain/devices/serial/source/reconnect',
     ],
     [
       'secure boot firmware',
