@@ -35,7 +35,9 @@ import { placeThreads, releaseCgroups, threadCgroup } from '../../src/util/cgrou
 import { schedGet } from '../../src/util/libc.js';
 import { readProcLimits, readThreadComm } from '../../src/util/proc.js';
 import type { FixtureConfig } from '../fixtures/delegating-driver.js';
+import { killChild } from '../helpers/child.js';
 import { alive, processesMentioning, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { eventually } from '../helpers/hostile.js';
 import { TEST_USER } from '../setup/global.js';
 
 const FIXTURE = join(__dirname, '..', 'fixtures', 'delegating-driver.ts');
@@ -58,6 +60,8 @@ let helper: PrivilegedHelper | undefined;
 let audit: Array<Record<string, unknown>> = [];
 const roots: string[] = [];
 const children: ChildProcess[] = [];
+/** The uuids of the domains this test's drivers were asked to start. */
+const domains: string[] = [];
 let seq = 0;
 
 beforeAll(() => {
@@ -79,17 +83,17 @@ beforeAll(() => {
 });
 
 afterEach(async () => {
-  for (const c of children.splice(0)) {
-    if (c.exitCode === null && c.signalCode === null) {
-      const gone = new Promise((r) => c.once('exit', r));
-      c.kill('SIGKILL');
-      await gone;
-    }
+  try {
+    for (const c of children.splice(0)) await killChild(c);
+    // A test that failed midway killed its driver above, not the QEMU that driver started, nor the
+    // domain cgroups: end those too, so nothing runs on into the next test or past the file.
+    for (const uuid of domains.splice(0)) await endDomain(uuid);
+  } finally {
+    await helper?.close();
+    helper = undefined;
+    audit = [];
+    for (const r of roots.splice(0)) removeRoot(r);
   }
-  await helper?.close();
-  helper = undefined;
-  audit = [];
-  for (const r of roots.splice(0)) removeRoot(r);
 });
 
 afterAll(() => {
@@ -107,6 +111,23 @@ afterAll(() => {
   }
   rmSync(work, { recursive: true, force: true });
 });
+
+/** SIGKILLs every process of the domain still running, then removes its cgroups. */
+async function endDomain(uuid: string): Promise<void> {
+  const killed = processesMentioning(uuid);
+  for (const pid of killed) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // exited since it was listed
+    }
+  }
+  // Its driver gone, a killed QEMU is reaped by init, and holds its cgroups until then.
+  if (!(await eventually(() => killed.every((pid) => !existsSync(`/proc/${pid}`)), 60_000))) {
+    throw new Error(`the processes of domain ${uuid} were not reaped after SIGKILL: ${killed}`);
+  }
+  releaseCgroups({ parent: PARENT, name: `vk-${uuid}` });
+}
 
 function policy(overrides: Partial<PrivilegedHelperPolicy> = {}): PrivilegedHelperPolicy {
   return {
@@ -182,6 +203,7 @@ function runDriver(config: Omit<FixtureConfig, 'root'>): DriverRun {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   children.push(child);
+  if (config.domain?.uuid) domains.push(config.domain.uuid);
   const lines: Line[] = [];
   const waiters: Array<() => void> = [];
   let out = '';

@@ -16,6 +16,7 @@ import {
 } from './command-line-platform.js';
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
+import { chardevArg } from './devices/chardev.js';
 import { controllerDevice } from './devices/controller.js';
 import {
   backingAlias,
@@ -267,7 +268,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       for (const node of backingBlockdevs(disk)) json('-blockdev', node);
     }
     for (const node of diskBlockdevs(disk)) json('-blockdev', node);
-    const bootIndex = floppyBootIndex(disk);
+    const bootIndex = floppyBootIndex(full, disk);
     if (bootIndex) add('-global', bootIndex);
     json('-device', diskDevice(full, disk, `disks.${i}`));
   });
@@ -281,26 +282,21 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   });
 
   const serials = def.serials.map((serial, i) => {
-    if (serial.type === 'file') {
-      const path = serial.path ?? ctx.consolePath;
-      add('-chardev', `file,id=charserial${i},path=${esc(path)}`);
-      json('-device', serialDevice(i));
-      return { type: 'file' as const, path };
-    }
-    if (serial.type === 'unix') {
-      // As libvirt: a listening socket QEMU does not wait on; the log through QEMU's logfile.
-      const listen = serial.mode === 'bind' ? ',server=on,wait=off' : '';
-      const log = serial.log
-        ? `,logfile=${esc(serial.log.file)},logappend=${serial.log.append ? 'on' : 'off'}`
-        : '';
-      add('-chardev', `socket,id=charserial${i},path=${esc(serial.path)}${listen}${log}`);
-      json('-device', serialDevice(i));
-      return serial;
-    }
-    add('-chardev', `pty,id=charserial${i}`);
+    add('-chardev', chardevArg(`charserial${i}`, serial, ctx.consolePath));
     json('-device', serialDevice(i));
+    if (serial.type === 'file') return { ...serial, path: serial.path ?? ctx.consolePath };
     // The pty QEMU allocates is read back once it runs; a path given in the definition is not it.
-    return { type: 'pty' as const };
+    if (serial.type === 'pty')
+      return serial.log ? { type: 'pty' as const, log: serial.log } : { type: 'pty' as const };
+    return serial;
+  });
+  // libvirt's qemuBuildParallelsCommandLine: an isa-parallel per port, LPT1 onwards.
+  const parallels = def.parallels?.map((parallel, i) => {
+    // A file port without a path writes next to the console log.
+    const file = ctx.consolePath.replace(/\.console\.log$/, '') + `.parallel${i}.log`;
+    add('-chardev', chardevArg(`charparallel${i}`, parallel, file, true));
+    json('-device', { driver: 'isa-parallel', chardev: `charparallel${i}`, id: `parallel${i}` });
+    return parallel.type === 'file' ? { ...parallel, path: parallel.path ?? file } : parallel;
   });
 
   // A currentMemory below memory is honoured as libvirt does: a balloon, whose target the start
@@ -321,5 +317,5 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     for (const { name, value } of def.qemuCommandline.env) env[name] = value;
     taints.push('custom-argv');
   }
-  return { argv, env, taints, live: { ...full, serials } };
+  return { argv, env, taints, live: { ...full, serials, ...(parallels ? { parallels } : {}) } };
 }

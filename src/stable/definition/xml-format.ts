@@ -1,6 +1,7 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import { isPciRoot, PCI_CONTROLLER_DEVICE, type PciControllerModel } from './pci-controllers.js';
 import type { ControllerDefinition, DiskDefinition, DomainDefinition } from './schema.js';
+import type { CharSource } from './schema-chardev.js';
 
 const pciControllerDevice = (model: PciControllerModel): string | undefined =>
   isPciRoot(model) ? undefined : PCI_CONTROLLER_DEVICE[model as keyof typeof PCI_CONTROLLER_DEVICE];
@@ -28,17 +29,78 @@ interface Node {
   readonly children?: ReadonlyArray<Node | undefined | false>;
 }
 
-/** The `<source>` of a serial port or its console alias. */
-function charSourceNode(
-  serial: DomainDefinition['serials'][number] | NonNullable<DomainDefinition['consoles']>[number],
-): Node | undefined {
-  if (serial.type === 'unix') {
-    return node('source', [
-      ['mode', serial.mode],
-      ['path', serial.path],
-    ]);
+/**
+ * The `<source>` (two for udp), `<protocol>` and, with `withLog`, `<log>` of a chardev: a serial or
+ * parallel port, or the console alias of serial 0.
+ */
+function charSourceNodes(
+  src: CharSource | NonNullable<DomainDefinition['consoles']>[number],
+  withLog: boolean,
+): Array<Node | undefined> {
+  const out: Array<Node | undefined> = [];
+  switch (src.type) {
+    case 'unix':
+      out.push(
+        node('source', [
+          ['mode', src.mode],
+          ['path', src.path],
+        ]),
+      );
+      break;
+    case 'tcp':
+      out.push(
+        node('source', [
+          ['mode', src.mode],
+          ['host', src.host],
+          ['service', src.service],
+        ]),
+        node('protocol', [['type', src.protocol]]),
+      );
+      break;
+    case 'udp':
+      if (src.bindHost !== undefined || src.bindService !== undefined)
+        out.push(
+          node('source', [
+            ['mode', 'bind'],
+            ['host', src.bindHost],
+            ['service', src.bindService],
+          ]),
+        );
+      out.push(
+        node('source', [
+          ['mode', 'connect'],
+          ['host', src.host],
+          ['service', src.service],
+        ]),
+      );
+      break;
+    case 'file':
+      out.push(
+        src.path === undefined && src.append === undefined
+          ? undefined
+          : node('source', [
+              ['path', src.path],
+              ['append', src.append === undefined ? undefined : src.append ? 'on' : 'off'],
+            ]),
+      );
+      break;
+    case 'pty':
+    case 'dev':
+    case 'pipe':
+      out.push(src.path === undefined ? undefined : node('source', [['path', src.path]]));
+      break;
+    default:
+      break;
   }
-  return serial.path === undefined ? undefined : node('source', [['path', serial.path]]);
+  const log = 'log' in src ? src.log : undefined;
+  if (withLog && log)
+    out.push(
+      node('log', [
+        ['file', log.file],
+        ['append', log.append ? 'on' : undefined],
+      ]),
+    );
+  return out;
 }
 
 /** A network disk's `<source protocol name query>` with its host and protocol options. */
@@ -536,18 +598,19 @@ function domainNode(def: DomainDefinition): Node {
           ],
         ),
       ),
+      ...(def.parallels ?? []).map((parallel, i) =>
+        node(
+          'parallel',
+          [['type', parallel.type]],
+          [...charSourceNodes(parallel, true), node('target', [['port', i]])],
+        ),
+      ),
       ...def.serials.map((serial, i) =>
         node(
           'serial',
           [['type', serial.type]],
           [
-            charSourceNode(serial),
-            serial.type === 'unix' &&
-              serial.log !== undefined &&
-              node('log', [
-                ['file', serial.log.file],
-                ['append', serial.log.append ? 'on' : undefined],
-              ]),
+            ...charSourceNodes(serial, true),
             node(
               'target',
               [
@@ -569,7 +632,7 @@ function domainNode(def: DomainDefinition): Node {
             ['tty', serial.type === 'pty' ? serial.path : undefined],
           ],
           [
-            charSourceNode(serial),
+            ...charSourceNodes(serial, false),
             node('target', [
               ['type', 'serial'],
               ['port', 0],
@@ -585,7 +648,7 @@ function domainNode(def: DomainDefinition): Node {
             ['tty', c.path],
           ],
           [
-            charSourceNode(c),
+            ...charSourceNodes(c, false),
             node('target', [
               ['type', 'virtio'],
               ['port', 0],

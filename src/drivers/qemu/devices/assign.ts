@@ -455,6 +455,13 @@ function assignPciAddresses(
   for (const port of ports) pci.buses.set(port.index ?? 0, 'port');
   for (const b of bridges) pci.buses.set(b.index ?? 0, busKindOf(b.model));
   const ctlPath = (c: ControllerDefinition) => `controllers.${controllers.indexOf(c)}`;
+  // A root port the definition lacks, added as libvirt adds one: alias named for its index.
+  const addRootPort = (index: number): void => {
+    const port: PciController = { type: 'pci', index, model: 'pcie-root-port', alias: `pci.${index}` };
+    controllers.push(port);
+    ports.push(port);
+    pci.buses.set(index, 'port');
+  };
   // libvirt's rule, and QEMU's need: a controller sits on a bus made before it, of lower index.
   for (const c of [...ports, ...bridges]) {
     if (c.address && c.address.bus >= (c.index ?? 0))
@@ -579,15 +586,7 @@ function assignPciAddresses(
     const portIndex = free(
       Math.max(0, ...ports.map((p) => p.index ?? 0), ...bridges.map((b) => b.index ?? 0)) + 1,
     );
-    const port: PciController = {
-      type: 'pci',
-      index: portIndex,
-      model: 'pcie-root-port',
-      alias: `pci.${portIndex}`,
-    };
-    controllers.push(port);
-    ports.push(port);
-    pci.buses.set(portIndex, 'port');
+    addRootPort(portIndex);
     const bridgeIndex = free(portIndex + 1);
     pciBus = { type: 'pci', index: bridgeIndex, model: 'pcie-to-pci-bridge', alias: `pci.${bridgeIndex}` };
     controllers.push(pciBus);
@@ -634,15 +633,7 @@ function assignPciAddresses(
   let next = Math.max(0, ...ports.map((p) => p.index ?? 0)) + 1;
   for (let i = 0; i < missing; i++) {
     while (pci.buses.has(next)) next++;
-    const port: ControllerDefinition = {
-      type: 'pci',
-      index: next,
-      model: 'pcie-root-port',
-      alias: `pci.${next}`,
-    };
-    controllers.push(port);
-    ports.push(port);
-    pci.buses.set(next, 'port');
+    addRootPort(next);
     freePorts.push(next);
   }
   for (const port of ports) {
