@@ -283,7 +283,7 @@ function checkPlatform(def: DomainDefinition): void {
       if (cell.id !== undefined && cell.id !== i) {
         throw invalid(`cpu.numa.${i}.id`, `NUMA cell ids must be 0, 1, … in order; found ${cell.id} at ${i}`);
       }
-      const cpus = parseCpuset(cell.cpus);
+      const cpus = cell.cpus === undefined ? [] : parseCpuset(cell.cpus);
       if (!cpus) throw invalid(`cpu.numa.${i}.cpus`, `malformed vCPU list "${cell.cpus}"`);
       for (const cpu of cpus) {
         if (cpu >= def.vcpu.count) throw invalid(`cpu.numa.${i}.cpus`, `vCPU ${cpu} does not exist`);
