@@ -526,7 +526,7 @@ describe('unsupported elements and attributes', () => {
       devices("<video><model type='virtio'><acceleration accel3d='yes'/></model></video>"),
       '/domain/devices/video/model/acceleration',
     ],
-    ['sound', devices("<sound model='ich9'/>"), '/domain/devices/sound'],
+    ['sound ich7', devices("<sound model='ich7'/>"), '/domain/devices/sound/@model'],
     [
       'scsi controller model buslogic',
       devices("<controller type='scsi' index='0' model='buslogic'/>"),
@@ -579,7 +579,7 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/disk/driver/@type',
     ],
     ['volume disk', devices(disk().replace("type='file'", "type='volume'")), '/domain/devices/disk/@type'],
-    ['fdc controller', devices("<controller type='fdc' index='0'/>"), '/domain/devices/controller/@type'],
+    ['isa controller', devices("<controller type='isa' index='0'/>"), '/domain/devices/controller/@type'],
     ['lun', devices(disk().replace("device='disk'", "device='lun'")), '/domain/devices/disk/@device'],
     ['sd bus', devices(disk('', "<target dev='sda' bus='sd'/>")), '/domain/devices/disk/target/@bus'],
     [
@@ -655,7 +655,6 @@ describe('unsupported elements and attributes', () => {
     ['bios useserial', doc("<os><bios useserial='yes'/></os>"), '/domain/os/bios'],
     ['arch', doc("<os><type arch='aarch64'>hvm</type></os>"), '/domain/os/type/@arch'],
     ['xen os', doc('<os><type>xen</type></os>'), '/domain/os/type'],
-    ['boot fd', doc("<os><boot dev='fd'/></os>"), '/domain/os/boot/@dev'],
     ['pm other', doc('<pm><suspend-to-ram/></pm>'), '/domain/pm/suspend-to-ram'],
     ['seclabel', doc("<seclabel type='none'/>"), '/domain/seclabel'],
     ['sysinfo fwcfg', doc("<sysinfo type='fwcfg'/>"), '/domain/sysinfo/@type'],

@@ -248,8 +248,8 @@ export function numaArgs(def: DomainDefinition, hugepagesPath: string | undefine
     if (cell.memAccess) backend.share = cell.memAccess === 'shared';
     Object.assign(backend, numaBinding(def, i));
     args.push('-object', JSON.stringify(backend));
-    const cpus = compactRanges(parseCpuset(cell.cpus) ?? []);
-    args.push('-numa', `node,nodeid=${i},${cpus.map((r) => `cpus=${r}`).join(',')},memdev=${id}`);
+    const cpus = compactRanges(cell.cpus === undefined ? [] : (parseCpuset(cell.cpus) ?? []));
+    args.push('-numa', ['node', `nodeid=${i}`, ...cpus.map((r) => `cpus=${r}`), `memdev=${id}`].join(','));
   });
   return args;
 }

@@ -268,7 +268,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       for (const node of backingBlockdevs(disk)) json('-blockdev', node);
     }
     for (const node of diskBlockdevs(disk)) json('-blockdev', node);
-    const bootIndex = floppyBootIndex(disk);
+    const bootIndex = floppyBootIndex(full, disk);
     if (bootIndex) add('-global', bootIndex);
     json('-device', diskDevice(full, disk, `disks.${i}`));
   });

@@ -121,6 +121,14 @@ const controllerSchema = z.discriminatedUnion('type', [
     address: pciAddress.optional(),
   }),
   z.strictObject({
+    /** The pc machine's floppy controller (the ISA FDC), built in: it holds the floppy drives. */
+    type: z.literal('fdc'),
+    index: z.literal(0).optional(),
+    alias: z.string().optional(),
+    /** None: an ISA device has no PCI address (present so every controller has the field). */
+    address: z.never().optional(),
+  }),
+  z.strictObject({
     type: z.literal('sata'),
     index: z.number().int().min(0).max(255).optional(),
     alias: z.string().optional(),
@@ -376,7 +384,7 @@ export const domainDefinitionSchema = z.strictObject({
       kernel: z.string().startsWith('/').optional(),
       initrd: z.string().startsWith('/').optional(),
       cmdline: z.string().optional(),
-      boot: z.array(z.enum(['hd', 'cdrom', 'network'])).optional(),
+      boot: z.array(z.enum(['hd', 'cdrom', 'fd', 'network'])).optional(),
       /** `efi` picks UEFI firmware (OVMF) with a per-domain variable store; `bios` is SeaBIOS. */
       firmware: z.enum(['efi', 'bios']).optional(),
       loader: loaderSchema.optional(),

@@ -109,7 +109,16 @@ export function parseCpu(origins: Origins, el: XmlElement): Obj {
 function parseNuma(origins: Origins, el: XmlElement): Obj[] {
   check(el, { children: ['cell'], repeat: ['cell'] });
   origins.note('cpu.numa', el);
-  return childrenOf(el, 'cell').map((c, i) => {
+  // libvirt stores a cell at the index its id names, so cells may come in any order.
+  const elements = childrenOf(el, 'cell');
+  const ids = elements.map((c) => c.attrs.get('id'));
+  const permutation =
+    ids.every((id) => id !== undefined && /^[0-9]+$/.test(id) && Number(id) < ids.length) &&
+    new Set(ids).size === ids.length;
+  const ordered = permutation
+    ? [...elements].sort((a, b) => Number(a.attrs.get('id')) - Number(b.attrs.get('id')))
+    : elements;
+  return ordered.map((c, i) => {
     check(c, { attrs: ['id', 'cpus', 'memory', 'unit', 'memAccess', 'discard'] });
     const field = `cpu.numa.${i}`;
     origins.note(field, c);

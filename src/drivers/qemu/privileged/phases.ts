@@ -127,33 +127,37 @@ export async function configureThreads(
   pid: number,
   threads: ThreadIds,
   record: { placements: Placements; placementAttempted: boolean },
-  /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
-  persist: () => Promise<void> = async () => undefined,
+  /**
+   * Records the placement state so a killed driver's successor can release it: `attempt` before
+   * placing (a caller whose record already says so, written before the stub ran, may skip it),
+   * `placed` after.
+   */
+  persist: (stage: 'attempt' | 'placed') => Promise<void> = async () => undefined,
   /** `migration-in` on the destination of a migration: the same moment, before any incoming vCPU runs. */
   phase: 'startup' | 'migration-in' = 'startup',
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
-  if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+  if (placesThreads(def)) {
     const known = new Set([...threads.vcpus, ...threads.iothreads].map((t) => t.tid));
+    // One reading of the task list names the emulator threads and verifies every thread.
+    const tasks = listThreads(pid);
     const all = [
       ...threads.vcpus.map((t) => ({ tid: t.tid, role: 'vcpu' as const, index: t.index })),
       ...threads.iothreads.map((t) => ({ tid: t.tid, role: 'iothread' as const, index: t.index })),
-      ...listThreads(pid)
-        .filter((tid) => !known.has(tid))
-        .map((tid) => ({ tid, role: 'emulator' as const, index: 0 })),
+      ...tasks.filter((tid) => !known.has(tid)).map((tid) => ({ tid, role: 'emulator' as const, index: 0 })),
     ];
-    verifyThreads({ pid, startTime: scope.startTime }, all);
+    verifyThreads({ pid, startTime: scope.startTime }, all, new Set(tasks));
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
-    await persist();
+    await persist('attempt');
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', phase, {
       pid,
       threads: all,
       cpusets: placementCpusets(tune),
     }));
     faultPoint('start:placed');
-    await persist();
+    await persist('placed');
   }
   const sched = schedulingOf(tune, threads.vcpus, threads.iothreads);
   if (sched.length > 0) {
