@@ -526,7 +526,7 @@ describe('unsupported elements and attributes', () => {
       devices("<video><model type='virtio'><acceleration accel3d='yes'/></model></video>"),
       '/domain/devices/video/model/acceleration',
     ],
-    ['sound', devices("<sound model='ich9'/>"), '/domain/devices/sound'],
+    ['sound ich7', devices("<sound model='ich7'/>"), '/domain/devices/sound/@model'],
     [
       'scsi controller model buslogic',
       devices("<controller type='scsi' index='0' model='buslogic'/>"),

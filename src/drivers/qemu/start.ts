@@ -9,6 +9,7 @@ import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import type { Job } from '../jobs.js';
+import { placesThreads } from '../thread-tuning.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
 import { memoryBackingDir } from './devices/memory-backend.js';
@@ -350,9 +351,20 @@ function status(s: Startup, phase: 'starting' | 'running'): RawStatusRecord {
   return runtimeStatus(s.run as Runtime, phase, s.dom.status);
 }
 
-/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
+/**
+ * Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). A domain
+ * whose threads will be placed is recorded as placed-or-being-placed from here on, so that
+ * configureThreads needs no record of its own before it places them: a successor that finds the
+ * record releases the domain's cgroups (`cgroup.release` with the placements known, none yet),
+ * which for a domain never placed finds nothing to remove.
+ */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'), false);
+  const record = status(s, 'starting');
+  await writeStatus(
+    s.paths.status,
+    placesThreads(s.def) ? { ...record, placementAttempted: true } : record,
+    false,
+  );
 }
 
 async function raiseMemLockStep(s: Startup): Promise<void> {
@@ -389,7 +401,11 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
     domain: { name: s.def.name, uuid: s.def.uuid },
   });
   launch.proceed();
+  // Settled once the greeting is in (or failed): an exit after that is the exit watcher's alone,
+  // and must not cost every domain that stops an abort, a read of its log and an error object.
+  let greeted = false;
   const died = launch.exited.then((info) => {
+    if (greeted) return undefined;
     abort.abort();
     const why = info.signal ? `signal ${info.signal}` : `code ${info.code}`;
     const tail = logTail(s.paths.log, s.logOffset);
@@ -402,6 +418,8 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
   try {
     const first = await Promise.race([monitor, died]);
     if (first instanceof VirtError) throw first;
+    if (first === undefined) throw new VirtError(ErrorCode.OPERATION_FAILED, 'QEMU exited during start-up');
+    greeted = true;
     return first;
   } catch (err) {
     monitor.then((q) => q.close()).catch(() => undefined);
@@ -409,8 +427,9 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
     // carries QEMU's own words from the log, rather than report a bare connection reset.
     if (s.job.aborted) throw err;
     const exit = await within(died, 2_000);
-    throw exit === 'timeout' ? err : exit;
+    throw exit === 'timeout' || exit === undefined ? err : exit;
   } finally {
+    greeted = true;
     s.job.signal.removeEventListener('abort', onJobAbort);
   }
 }
@@ -437,7 +456,10 @@ async function configureThreadsStep(s: Startup): Promise<void> {
     run.pid,
     run.threads as ThreadIds,
     run,
-    () => writeStatus(s.paths.status, status(s, 'starting'), false),
+    // The attempt is on record since recordStarting: only the placements are written.
+    async (stage) => {
+      if (stage === 'placed') await writeStatus(s.paths.status, status(s, 'starting'), false);
+    },
     threadPhase(s),
   );
 }

@@ -31,7 +31,41 @@ export function resolveDefinition(input: unknown): DomainDefinition {
   checkSize(def);
   checkSemantics(def);
   checkPlatform(def);
+  checkAudio(def);
   return def;
+}
+
+/** Audio ids are unique, and a sound card or VNC names an existing one; a backend's options fit it. */
+function checkAudio(def: DomainDefinition): void {
+  const ids = new Set<number>();
+  (def.audios ?? []).forEach((a, i) => {
+    if (ids.has(a.id)) throw invalid(`audios.${i}.id`, `audio id ${a.id} is given twice`);
+    ids.add(a.id);
+    const only = (what: string, owner: string, present: boolean) => {
+      if (present)
+        throw invalid(`audios.${i}.${what}`, `${what} is an option of ${owner} backends, not ${a.type}`);
+    };
+    only('path', 'file', a.type !== 'file' && a.path !== undefined);
+    for (const k of ['tryMMap', 'exclusive', 'dspPolicy'] as const)
+      only(k, 'oss', a.type !== 'oss' && a[k] !== undefined);
+    for (const dir of ['input', 'output'] as const) {
+      const d = a[dir];
+      if (!d) continue;
+      if (d.dev !== undefined && a.type !== 'alsa' && a.type !== 'oss')
+        throw invalid(`audios.${i}.${dir}.dev`, `dev is an option of alsa and oss backends, not ${a.type}`);
+      for (const k of ['bufferCount', 'tryPoll'] as const)
+        if (d[k] !== undefined && a.type !== 'oss')
+          throw invalid(`audios.${i}.${dir}.${k}`, `${k} is an option of oss backends, not ${a.type}`);
+    }
+  });
+  const refs: Array<[string, number | undefined]> = [
+    ...(def.sounds ?? []).map((s, i): [string, number | undefined] => [`sounds.${i}.audio`, s.audio]),
+    ...(def.graphics ?? []).map((g, i): [string, number | undefined] => [`graphics.${i}.audio`, g.audio]),
+  ];
+  for (const [path, id] of refs) {
+    if (id !== undefined && !ids.has(id))
+      throw invalid(path, `there is no <audio id='${id}'> backend (add one or remove the reference)`);
+  }
 }
 
 /**

@@ -421,6 +421,30 @@ function controllerNode(c: ControllerDefinition): Node {
   );
 }
 
+/** An audio backend's `<input>` or `<output>`. */
+function audioDirectionNode(name: string, d: NonNullable<NonNullable<Def['audios']>[number]['input']>): Node {
+  return node(
+    name,
+    [
+      ['mixingEngine', yesNo(d.mixingEngine)],
+      ['fixedSettings', yesNo(d.fixedSettings)],
+      ['voices', d.voices],
+      ['bufferLength', d.bufferLength],
+      ['dev', d.dev],
+      ['bufferCount', d.bufferCount],
+      ['tryPoll', yesNo(d.tryPoll)],
+    ],
+    [
+      d.settings &&
+        node('settings', [
+          ['frequency', d.settings.frequency],
+          ['channels', d.settings.channels],
+          ['format', d.settings.format],
+        ]),
+    ],
+  );
+}
+
 /** The devices of schema-devices.ts, in libvirt's order around the balloon. */
 function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
   const before: Node[] = [
@@ -466,14 +490,36 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
               ['type', 'socket'],
               ['socket', g.socket],
             ]),
+          g.audio !== undefined && node('audio', [['id', g.audio]]),
+        ],
+      ),
+    ),
+    ...(def.sounds ?? []).map((snd) =>
+      node(
+        'sound',
+        [['model', snd.model]],
+        [
+          ...(snd.codecs ?? []).map((c) => node('codec', [['type', c]])),
+          snd.audio !== undefined && node('audio', [['id', snd.audio]]),
+          aliasNode(snd.alias),
+          addressNode(snd.address),
         ],
       ),
     ),
     ...(def.audios ?? []).map((a) =>
-      node('audio', [
-        ['id', a.id],
-        ['type', a.type],
-      ]),
+      node(
+        'audio',
+        [
+          ['id', a.id],
+          ['type', a.type],
+          ['timerPeriod', a.timerPeriod],
+          ['path', a.path],
+          ['tryMMap', yesNo(a.tryMMap)],
+          ['exclusive', yesNo(a.exclusive)],
+          ['dspPolicy', a.dspPolicy],
+        ],
+        [a.input && audioDirectionNode('input', a.input), a.output && audioDirectionNode('output', a.output)],
+      ),
     ),
     ...(def.videos ?? []).map((v) =>
       node(
