@@ -14,7 +14,8 @@
  * the bench process itself (uid 0, the load's uid) is measured under the same load too.
  *
  * Run: npm run build && npm run bench:delegated   (BENCH_N calls per row, default 5000;
- * PRIVD_PROF=dir writes CPU profiles of helper and client there)
+ * PRIVD_PROF=dir writes CPU profiles of helper and client there; BENCH_NICE=-10 runs the helper
+ * and the tenant, not the load, at that nice value)
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -30,7 +31,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { connect as netConnect } from 'node:net';
-import { loadavg, tmpdir } from 'node:os';
+import { loadavg, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { delegate, type InvocationContext } from '../src/internal/index.js';
 import { schedSet } from '../src/util/libc.js';
@@ -39,6 +40,8 @@ import { percentile, sampleMicros } from './common.js';
 const N = Number(process.env['BENCH_N'] ?? 5000);
 const LOADED_N = Number(process.env['BENCH_LOADED_N'] ?? 3000);
 const PROF = process.env['PRIVD_PROF'];
+/** BENCH_NICE: the helper's and the tenant's nice value (not the load's), to see them given a core. */
+const NICE = process.env['BENCH_NICE'] ? Number(process.env['BENCH_NICE']) : undefined;
 const ROOT = join(import.meta.dirname, '..');
 const CLI = join(ROOT, 'dist', 'privd-cli.js');
 if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first`);
@@ -79,6 +82,7 @@ function launch(args: string[], err: string): ChildProcess {
 }
 
 const helper = launch([CLI, '--socket', socketPath, '--policy', join(dir, 'policy.json')], auditLog);
+if (NICE !== undefined) setPriority(helper.pid as number, NICE);
 for (let t = Date.now(); !readFileSync(auditLog, 'utf8').includes('listening on'); ) {
   if (helper.exitCode !== null || Date.now() - t > 30_000)
     throw new Error(`virtkit-privd did not start: ${readFileSync(auditLog, 'utf8')}`);
@@ -174,6 +178,7 @@ async function tenant(n: number): Promise<number[]> {
     ],
     { stdio: ['ignore', 'pipe', 'inherit'], cwd: ROOT, uid: TENANT_UID, gid: TENANT_UID },
   );
+  if (NICE !== undefined) setPriority(child.pid as number, NICE);
   let out = '';
   child.stdout?.on('data', (b: Buffer) => {
     out += b.toString();

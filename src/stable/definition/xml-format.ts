@@ -359,6 +359,37 @@ function addressNode(address: DiskDefinition['address']): Node | undefined {
 const aliasNode = (alias: string | undefined): Node | undefined =>
   alias === undefined ? undefined : node('alias', [['name', alias]]);
 
+/** `<memoryBacking>` in libvirt's order: hugepages, locked, source, access, allocation, discard. */
+function memoryBackingNode(b: NonNullable<DomainDefinition['memoryBacking']>): Node {
+  return node(
+    'memoryBacking',
+    [],
+    [
+      b.hugepages &&
+        node(
+          'hugepages',
+          [],
+          (b.pages ?? []).map((p) =>
+            node('page', [
+              ['size', p.sizeKiB],
+              ['unit', 'KiB'],
+              ['nodeset', p.nodeset],
+            ]),
+          ),
+        ),
+      b.locked && node('locked'),
+      b.source !== undefined && node('source', [['type', b.source]]),
+      b.access !== undefined && node('access', [['mode', b.access]]),
+      b.allocation &&
+        node('allocation', [
+          ['mode', b.allocation.mode],
+          ['threads', b.allocation.threads],
+        ]),
+      b.discard && node('discard'),
+    ],
+  );
+}
+
 function controllerNode(c: ControllerDefinition): Node {
   return node(
     'controller',
@@ -386,6 +417,30 @@ function controllerNode(c: ControllerDefinition): Node {
       c.type === 'usb' && c.master && node('master', [['startport', c.master.startport]]),
       aliasNode(c.alias),
       addressNode(c.address),
+    ],
+  );
+}
+
+/** An audio backend's `<input>` or `<output>`. */
+function audioDirectionNode(name: string, d: NonNullable<NonNullable<Def['audios']>[number]['input']>): Node {
+  return node(
+    name,
+    [
+      ['mixingEngine', yesNo(d.mixingEngine)],
+      ['fixedSettings', yesNo(d.fixedSettings)],
+      ['voices', d.voices],
+      ['bufferLength', d.bufferLength],
+      ['dev', d.dev],
+      ['bufferCount', d.bufferCount],
+      ['tryPoll', yesNo(d.tryPoll)],
+    ],
+    [
+      d.settings &&
+        node('settings', [
+          ['frequency', d.settings.frequency],
+          ['channels', d.settings.channels],
+          ['format', d.settings.format],
+        ]),
     ],
   );
 }
@@ -435,14 +490,36 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
               ['type', 'socket'],
               ['socket', g.socket],
             ]),
+          g.audio !== undefined && node('audio', [['id', g.audio]]),
+        ],
+      ),
+    ),
+    ...(def.sounds ?? []).map((snd) =>
+      node(
+        'sound',
+        [['model', snd.model]],
+        [
+          ...(snd.codecs ?? []).map((c) => node('codec', [['type', c]])),
+          snd.audio !== undefined && node('audio', [['id', snd.audio]]),
+          aliasNode(snd.alias),
+          addressNode(snd.address),
         ],
       ),
     ),
     ...(def.audios ?? []).map((a) =>
-      node('audio', [
-        ['id', a.id],
-        ['type', a.type],
-      ]),
+      node(
+        'audio',
+        [
+          ['id', a.id],
+          ['type', a.type],
+          ['timerPeriod', a.timerPeriod],
+          ['path', a.path],
+          ['tryMMap', yesNo(a.tryMMap)],
+          ['exclusive', yesNo(a.exclusive)],
+          ['dspPolicy', a.dspPolicy],
+        ],
+        [a.input && audioDirectionNode('input', a.input), a.output && audioDirectionNode('output', a.output)],
+      ),
     ),
     ...(def.videos ?? []).map((v) =>
       node(
@@ -722,12 +799,7 @@ function domainNode(def: DomainDefinition): Node {
             ),
           ],
         ),
-      def.memoryBacking &&
-        node(
-          'memoryBacking',
-          [],
-          [def.memoryBacking.hugepages && node('hugepages'), def.memoryBacking.locked && node('locked')],
-        ),
+      def.memoryBacking && memoryBackingNode(def.memoryBacking),
       textNode('vcpu', def.vcpu.count, [
         ['placement', 'static'],
         ['cpuset', def.vcpu.cpuset],
@@ -827,6 +899,7 @@ function domainNode(def: DomainDefinition): Node {
                     ['memory', cell.memoryKiB],
                     ['unit', 'KiB'],
                     ['memAccess', cell.memAccess],
+                    ['discard', yesNo(cell.discard)],
                   ]),
                 ),
               ),
