@@ -300,13 +300,16 @@ function checkPlatform(def: DomainDefinition): void {
       }
       memory += cell.memoryKiB;
     });
-    if (memory !== def.memoryKiB) {
+    // The memory devices (DIMMs) come on top of the cells' memory.
+    const devices = (def.memoryDevices ?? []).reduce((sum, d) => sum + d.sizeKiB, 0);
+    if (memory + devices !== def.memoryKiB) {
       throw invalid(
         'cpu.numa',
-        `the NUMA cells hold ${memory} KiB, the domain ${def.memoryKiB} KiB: they must match`,
+        `the NUMA cells hold ${memory} KiB and the memory devices ${devices} KiB, the domain ${def.memoryKiB} KiB: they must match`,
       );
     }
   }
+  checkHugepages(def);
   if (def.vcpu.cpuset !== undefined && !parseCpuset(def.vcpu.cpuset)) {
     throw invalid('vcpu.cpuset', `malformed cpuset "${def.vcpu.cpuset}"`);
   }
@@ -331,6 +334,36 @@ function checkPlatform(def: DomainDefinition): void {
   def.videos?.forEach((video, i) => {
     if (video.model === 'ramfb' && video.address) {
       throw invalid(`videos.${i}.address`, 'ramfb is not a PCI device and takes no address');
+    }
+  });
+}
+
+/**
+ * `<hugepages><page>`: as libvirt, the nodesets name guest NUMA cells that exist (node 0 only
+ * without cells), no cell in two pages, at most one page without a nodeset; pages need
+ * `<hugepages>` itself.
+ */
+function checkHugepages(def: DomainDefinition): void {
+  const backing = def.memoryBacking;
+  const pages = backing?.pages;
+  if (!pages) return;
+  if (!backing.hugepages) throw invalid('memoryBacking.pages', 'huge page sizes need hugepages');
+  const cells = Math.max(1, def.cpu?.numa?.length ?? 0);
+  const seen = new Set<number>();
+  let fallback = false;
+  pages.forEach((page, i) => {
+    const path = `memoryBacking.pages.${i}`;
+    if (page.nodeset === undefined) {
+      if (fallback) throw invalid(path, 'a second huge page size without a nodeset');
+      fallback = true;
+      return;
+    }
+    const nodes = parseCpuset(page.nodeset);
+    if (!nodes) throw invalid(`${path}.nodeset`, `malformed nodeset "${page.nodeset}"`);
+    for (const n of nodes) {
+      if (n >= cells) throw invalid(`${path}.nodeset`, `hugepages: guest NUMA node ${n} does not exist`);
+      if (seen.has(n)) throw invalid(`${path}.nodeset`, `guest NUMA node ${n} is in two huge page sizes`);
+      seen.add(n);
     }
   });
 }

@@ -381,6 +381,37 @@ function driverNode(v: VirtioOpts, extra: Array<readonly [string, AttrValue]> = 
   return attrs.some(([, value]) => value !== undefined) ? node('driver', attrs) : undefined;
 }
 
+/** `<memoryBacking>` in libvirt's order: hugepages, locked, source, access, allocation, discard. */
+function memoryBackingNode(b: NonNullable<DomainDefinition['memoryBacking']>): Node {
+  return node(
+    'memoryBacking',
+    [],
+    [
+      b.hugepages &&
+        node(
+          'hugepages',
+          [],
+          (b.pages ?? []).map((p) =>
+            node('page', [
+              ['size', p.sizeKiB],
+              ['unit', 'KiB'],
+              ['nodeset', p.nodeset],
+            ]),
+          ),
+        ),
+      b.locked && node('locked'),
+      b.source !== undefined && node('source', [['type', b.source]]),
+      b.access !== undefined && node('access', [['mode', b.access]]),
+      b.allocation &&
+        node('allocation', [
+          ['mode', b.allocation.mode],
+          ['threads', b.allocation.threads],
+        ]),
+      b.discard && node('discard'),
+    ],
+  );
+}
+
 function controllerNode(c: ControllerDefinition): Node {
   return node(
     'controller',
@@ -806,12 +837,7 @@ function domainNode(def: DomainDefinition): Node {
             ),
           ],
         ),
-      def.memoryBacking &&
-        node(
-          'memoryBacking',
-          [],
-          [def.memoryBacking.hugepages && node('hugepages'), def.memoryBacking.locked && node('locked')],
-        ),
+      def.memoryBacking && memoryBackingNode(def.memoryBacking),
       textNode('vcpu', def.vcpu.count, [
         ['placement', 'static'],
         ['cpuset', def.vcpu.cpuset],
@@ -911,6 +937,7 @@ function domainNode(def: DomainDefinition): Node {
                     ['memory', cell.memoryKiB],
                     ['unit', 'KiB'],
                     ['memAccess', cell.memAccess],
+                    ['discard', yesNo(cell.discard)],
                   ]),
                 ),
               ),

@@ -1,5 +1,5 @@
 import { sizeToKiB } from './xml-parse-memory.js';
-import { vcpuCpuset } from './xml-parse-platform.js';
+import { boolAttr, vcpuCpuset } from './xml-parse-platform.js';
 import {
   check,
   child,
@@ -124,13 +124,14 @@ function parseNuma(origins: Origins, el: XmlElement): Obj[] {
     origins.note(field, c);
     origins.note(`${field}.cpus`, c, 'cpus');
     origins.note(`${field}.memoryKiB`, c, 'memory');
-    ignoredAttr(c, 'discard', ['no']);
     const cell: Obj = {};
     cell.id = intAttr(c, 'id') ?? i;
     set(cell, 'cpus', c.attrs.get('cpus'));
     const memory = c.attrs.get('memory');
     if (memory === undefined) throw invalid(c, 'a NUMA <cell> needs a memory size', 'memory');
     cell.memoryKiB = cellKiB(c, memory, c.attrs.get('unit') ?? 'KiB');
+    origins.note(`${field}.discard`, c, 'discard');
+    set(cell, 'discard', boolAttr(c, 'discard'));
     const access = c.attrs.get('memAccess');
     if (access !== undefined) {
       origins.note(`${field}.memAccess`, c, 'memAccess');
