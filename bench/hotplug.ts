@@ -10,7 +10,12 @@
  *   `setVcpus(n + 1)` without cputune (nothing to place) and with pins and vcpusched (cgroup
  *   placement and scheduling of the new thread, built-ins) against query-hotpluggable-cpus +
  *   device_add + query-cpus-fast by hand, one domain per contender, adding in turns. QEMU's TCG
- *   cannot unplug vCPUs safely, so each sample adds one to a fresh slot.
+ *   cannot unplug vCPUs safely, so each sample adds one to a fresh slot. The same with
+ *   in-process handlers (`openInternal(...).setHandler`) for `cgroup.placeThreads` and
+ *   `thread.setScheduler` doing the same placement and scheduling: the cost of the hand-over;
+ * - DIMM hotplug on a paused domain with `<maxMemory slots='8'>`: `attachDevice(<memory
+ *   model='dimm'>)` (memlock rule, object-add, device_add, live definition written) against
+ *   object-add + device_add by hand, one domain per contender, in turns, each sample a fresh slot.
  *
  * The machine is shared: the load average is recorded before and after each part.
  *
@@ -22,7 +27,17 @@
  */
 
 import diagnosticsChannel from 'node:diagnostics_channel';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QmpClient } from '../src/drivers/qemu/qmp/client.js';
@@ -33,6 +48,10 @@ import {
   diagnosticsChannels,
   type QmpCommandMessage,
 } from '../src/index.js';
+import { openInternal } from '../src/internal/index.js';
+import { threadGroups } from '../src/privileged/builtins.js';
+import { placeThreads, releaseCgroups } from '../src/util/cgroup.js';
+import { schedSet } from '../src/util/libc.js';
 import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 import { summarize } from './common.js';
 
@@ -54,6 +73,32 @@ function image(name: string): string {
 interface Side {
   readonly name: 'virtkit' | 'before';
   readonly conn: Connection;
+  /** A second connection of this checkout whose placement and scheduling go through in-process handlers. */
+  readonly handled?: Connection;
+}
+
+/** The cgroup parent of the handlers' placements (the built-ins use the driver's own). */
+const HANDLER_CGROUPS = `virtkit-bench-${process.pid}`;
+
+/** A connection whose cgroup.placeThreads, cgroup.release and thread.setScheduler are handlers doing what the built-ins do. */
+async function handledConnection(): Promise<Connection> {
+  const conn = await connect(`qemu:///embed?root=${join(dir, 'root-handlers')}`);
+  const internal = openInternal(conn, { apiVersion: '1.0' });
+  internal.setHandler('cgroup.placeThreads', (ctx, args) => ({
+    placements: placeThreads({
+      parent: HANDLER_CGROUPS,
+      name: `vk-${ctx.domain.uuid}`,
+      pid: args.pid,
+      groups: threadGroups(args),
+    }).placements,
+  }));
+  internal.setHandler('cgroup.release', (ctx) =>
+    releaseCgroups({ parent: HANDLER_CGROUPS, name: `vk-${ctx.domain.uuid}` }),
+  );
+  internal.setHandler('thread.setScheduler', (_ctx, args) => {
+    for (const t of args.threads) schedSet(t.tid, t.policy, t.priority);
+  });
+  return conn;
 }
 
 /** A running guest of one side, with a second monitor for the raw QMP commands. */
@@ -221,7 +266,7 @@ async function vcpuDomain(
   return { dom, qmp: await QmpClient.connect(probe, { timeoutMs: 10_000 }) };
 }
 
-type VcpuKind = 'raw' | 'plain' | 'tuned' | 'before-plain' | 'before-tuned';
+type VcpuKind = 'raw' | 'plain' | 'tuned' | 'handlers' | 'before-plain' | 'before-tuned';
 
 /** One vCPU added by hand: the slots, the device_add, the thread ids, as the driver does. */
 async function rawVcpu(qmp: QmpClient, n: number): Promise<void> {
@@ -244,10 +289,11 @@ async function vcpuBench(sides: readonly Side[]): Promise<Record<VcpuKind, numbe
     raw: [],
     plain: [],
     tuned: [],
+    handlers: [],
     'before-plain': [],
     'before-tuned': [],
   };
-  const kinds: VcpuKind[] = ['plain', 'tuned', 'raw'];
+  const kinds: VcpuKind[] = ['plain', 'tuned', 'handlers', 'raw'];
   const before = sides.find((s) => s.name === 'before');
   if (before) kinds.push('before-plain', 'before-tuned');
   const rounds = Math.max(1, Math.ceil(N / (VCPUS - 1)));
@@ -255,8 +301,11 @@ async function vcpuBench(sides: readonly Side[]): Promise<Record<VcpuKind, numbe
     const doms = new Map<VcpuKind, { dom: Domain; qmp: QmpClient }>();
     try {
       for (const kind of kinds) {
-        const conn = kind.startsWith('before') && before ? before.conn : (sides[0] as Side).conn;
-        doms.set(kind, await vcpuDomain(conn, `bench-hp-vcpu-${kind}-${r}`, kind.endsWith('tuned')));
+        const own = sides[0] as Side;
+        const conn =
+          kind.startsWith('before') && before ? before.conn : kind === 'handlers' ? own.handled : own.conn;
+        const tuned = kind.endsWith('tuned') || kind === 'handlers';
+        doms.set(kind, await vcpuDomain(conn as Connection, `bench-hp-vcpu-${kind}-${r}`, tuned));
       }
       for (let n = 1; n < VCPUS; n++) {
         const shift = (n + r) % kinds.length;
@@ -279,8 +328,75 @@ async function vcpuBench(sides: readonly Side[]): Promise<Record<VcpuKind, numbe
   return out;
 }
 
+const DIMM_SLOTS = 8;
+const DIMM_MIB = 128;
+
+async function dimmDomain(conn: Connection, name: string): Promise<{ dom: Domain; qmp: QmpClient }> {
+  const probe = join(dir, `${name}.qmp`);
+  const dom = await conn.defineDomain({
+    name,
+    type: 'qemu',
+    memoryKiB: 64 * 1024,
+    maxMemory: { kib: (64 + DIMM_SLOTS * DIMM_MIB) * 1024, slots: DIMM_SLOTS },
+    qemuCommandline: { args: ['-qmp', `unix:${probe},server=on,wait=off`], env: [] },
+  });
+  await dom.start({ paused: true });
+  return { dom, qmp: await QmpClient.connect(probe, { timeoutMs: 10_000 }) };
+}
+
+type DimmKind = 'raw' | 'virtkit' | 'before';
+
+/**
+ * DIMM hotplug: each round starts one paused domain per contender and adds their DIMMs in turns
+ * (the order rotating), each sample into a fresh slot (a paused guest cannot let go of memory).
+ */
+async function dimmBench(sides: readonly Side[]): Promise<Record<DimmKind, number[]>> {
+  const out: Record<DimmKind, number[]> = { raw: [], virtkit: [], before: [] };
+  const before = sides.find((s) => s.name === 'before');
+  const kinds: DimmKind[] = ['virtkit', 'raw', ...(before ? (['before'] as const) : [])];
+  const rounds = Math.max(1, Math.ceil(N / DIMM_SLOTS));
+  const dimm = `<memory model='dimm'><target><size unit='MiB'>${DIMM_MIB}</size></target></memory>`;
+  for (let r = 0; r < rounds; r++) {
+    const doms = new Map<DimmKind, { dom: Domain; qmp: QmpClient }>();
+    try {
+      for (const kind of kinds) {
+        const conn = kind === 'before' && before ? before.conn : (sides[0] as Side).conn;
+        doms.set(kind, await dimmDomain(conn, `bench-hp-dimm-${kind}-${r}`));
+      }
+      for (let n = 0; n < DIMM_SLOTS; n++) {
+        const shift = (n + r) % kinds.length;
+        for (const kind of [...kinds.slice(shift), ...kinds.slice(0, shift)]) {
+          const { dom, qmp } = doms.get(kind) as { dom: Domain; qmp: QmpClient };
+          const t0 = performance.now();
+          if (kind === 'raw') {
+            const size = DIMM_MIB * 1024 * 1024;
+            await qmp.execute('object-add', { 'qom-type': 'memory-backend-ram', id: `raw-mem${n}`, size });
+            await qmp.execute('device_add', { driver: 'pc-dimm', id: `raw-dimm${n}`, memdev: `raw-mem${n}` });
+          } else {
+            await dom.attachDevice(dimm, { live: true });
+          }
+          out[kind].push(performance.now() - t0);
+        }
+      }
+    } finally {
+      for (const { dom, qmp } of doms.values()) {
+        qmp.close();
+        await dom.destroy({ graceMs: 1000 });
+        await dom.undefine();
+      }
+    }
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
-  const sides: Side[] = [{ name: 'virtkit', conn: await connect(`qemu:///embed?root=${join(dir, 'root')}`) }];
+  const sides: Side[] = [
+    {
+      name: 'virtkit',
+      conn: await connect(`qemu:///embed?root=${join(dir, 'root')}`),
+      handled: await handledConnection(),
+    },
+  ];
   if (BEFORE) {
     const other = (await import(resolve(BEFORE, 'src/index.ts'))) as { connect: typeof connect };
     sides.push({
@@ -291,6 +407,7 @@ async function main(): Promise<void> {
   }
   let disk: DiskGuest[];
   let vcpu: Record<VcpuKind, number[]>;
+  let dimm: Record<DimmKind, number[]>;
   const load: Record<string, string> = {};
   try {
     load['disk:start'] = loadavg();
@@ -299,11 +416,22 @@ async function main(): Promise<void> {
     load['vcpu:start'] = loadavg();
     log(`vCPU hotplug; load ${load['vcpu:start']}…`);
     vcpu = await vcpuBench(sides);
+    load['dimm:start'] = loadavg();
+    log(`DIMM hotplug; load ${load['dimm:start']}…`);
+    dimm = await dimmBench(sides);
     load['end'] = loadavg();
   } finally {
     for (const side of sides) {
       for (const d of await side.conn.listDomains({ state: 'active' })) await d.destroy({ graceMs: 1000 });
       await side.conn.close();
+      if (side.handled) {
+        for (const d of await side.handled.listDomains({ state: 'active' }))
+          await d.destroy({ graceMs: 1000 });
+        await side.handled.close();
+      }
+    }
+    for (const mount of ['/sys/fs/cgroup/cpuset', '/sys/fs/cgroup']) {
+      if (existsSync(join(mount, HANDLER_CGROUPS))) rmdirSync(join(mount, HANDLER_CGROUPS));
     }
     rmSync(dir, { recursive: true, force: true });
   }
@@ -318,19 +446,26 @@ async function main(): Promise<void> {
     extraMs: med(g.virtkit.map((v, i) => v - (g.raw[i] as number))),
   });
   const md = [
-    `Hotplug latency on TCG guests, medians (disk: ${N} alternating samples per guest; vCPU: ${vcpu.raw.length} per contender); load average (1, 5, 15 min) ${load['disk:start']} at the start, ${load['vcpu:start']} after the disks, ${load['end']} at the end:`,
+    `Hotplug latency on TCG guests, medians (disk: ${N} alternating samples per guest; vCPU: ${vcpu.raw.length} per contender; DIMM: ${dimm.raw.length} per contender); load average (1, 5, 15 min) ${load['disk:start']} at the start, ${load['vcpu:start']} after the disks, ${load['dimm:start']} after the vCPUs, ${load['end']} at the end:`,
     '',
     '| | raw QMP (ms) | virtkit (ms) | ratio |',
     '|---|---|---|---|',
     ...disk.map((g) => row(`disk attach (add-fd, blockdev-add ×2, device_add)${label(g)}`, g.raw, g.virtkit)),
     row('vCPU add, no cputune', vcpu.raw, vcpu.plain),
-    row('vCPU add, pinned + vcpusched (placement and scheduling)', vcpu.raw, vcpu.tuned),
+    row(
+      'vCPU add, pinned + vcpusched (placement and scheduling by the built-ins, no handler)',
+      vcpu.raw,
+      vcpu.tuned,
+    ),
+    row('vCPU add, pinned + vcpusched through in-process handlers', vcpu.raw, vcpu.handlers),
     ...(BEFORE
       ? [
           row('vCPU add, no cputune (before)', vcpu.raw, vcpu['before-plain']),
           row('vCPU add, pinned + vcpusched (before)', vcpu.raw, vcpu['before-tuned']),
         ]
       : []),
+    row(`DIMM attach ${DIMM_MIB} MiB (object-add, device_add)`, dimm.raw, dimm.virtkit),
+    ...(BEFORE ? [row('DIMM attach (before)', dimm.raw, dimm.before)] : []),
     '',
     ...disk.map((g) => {
       const p = paired(g);
@@ -358,6 +493,7 @@ async function main(): Promise<void> {
           ]),
         ),
         vcpu: Object.fromEntries(Object.entries(vcpu).map(([k, v]) => [k, stats(v)])),
+        dimm: Object.fromEntries(Object.entries(dimm).map(([k, v]) => [k, stats(v)])),
       },
       null,
       2,

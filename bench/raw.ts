@@ -1,7 +1,8 @@
 /*
  * The floor: QEMU spawned by hand, the way a minimal program would drive it, with the same VM
  * shape and the same device set as virtkit's command line. Start = spawn -> QMP greeting ->
- * qmp_capabilities -> query-cpus-fast -> cont (reply received). Destroy = SIGKILL -> reaped.
+ * qmp_capabilities -> query-cpus-fast -> cont (reply received). Destroy = SIGKILL -> reaped
+ * (SIGTERM with BENCH_RAW_DESTROY_SIGNAL=SIGTERM).
  *
  * QEMU runs in a session of its own, as virtkit's and libvirt's do: with the kernel's scheduler
  * autogroups, a session is also a scheduling group, so sharing the runner's session would give
@@ -21,6 +22,13 @@ import { type Accel, MARKER, MEMORY_KIB, msSince, onCleanup, QEMU, tempDir, VCPU
 import { connectPolling, RawQmp } from './raw-qmp.js';
 
 export type RawMode = 'path' | 'fd';
+
+/**
+ * The floor kills (SIGKILL). BENCH_RAW_DESTROY_SIGNAL=SIGTERM makes it end QEMU the way virtkit's
+ * and libvirt's destroy do (QEMU's orderly exit), to tell that exit's cost from the driver's own.
+ */
+const DESTROY_SIGNAL: NodeJS.Signals =
+  process.env['BENCH_RAW_DESTROY_SIGNAL'] === 'SIGTERM' ? 'SIGTERM' : 'SIGKILL';
 
 /** The argv of virtkit's command line for the bench VM, minus the monitor. */
 export function vmArgs(name: string, accel: Accel): string[] {
@@ -130,7 +138,7 @@ export class RawContender {
     if (!run) throw new Error('raw: nothing running');
     this.#running = undefined;
     const t0 = process.hrtime.bigint();
-    run.child.kill('SIGKILL');
+    run.child.kill(DESTROY_SIGNAL);
     await run.exited;
     const ms = msSince(t0);
     run.qmp.close();

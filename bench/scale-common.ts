@@ -4,7 +4,7 @@
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
@@ -32,6 +32,48 @@ export class LoopDelay {
   }
 }
 
+/**
+ * The main thread's (the event loop's) CPU time and time spent runnable but waiting for a CPU,
+ * from /proc/<pid>/task/<pid>/schedstat, in ms: what separates the driver's own work from the
+ * scheduler's share in an event-loop delay.
+ */
+export interface ThreadTimes {
+  cpuMs: number;
+  waitMs: number;
+  /** Times the thread got a CPU. */
+  slices: number;
+}
+
+function threadTimesNow(): ThreadTimes {
+  try {
+    const [cpu, wait, slices] = readFileSync(`/proc/${process.pid}/task/${process.pid}/schedstat`, 'utf8')
+      .trim()
+      .split(' ')
+      .map(Number);
+    return {
+      cpuMs: (cpu ?? Number.NaN) / 1e6,
+      waitMs: (wait ?? Number.NaN) / 1e6,
+      slices: slices ?? Number.NaN,
+    };
+  } catch {
+    return { cpuMs: Number.NaN, waitMs: Number.NaN, slices: Number.NaN };
+  }
+}
+
+/** Measures the main thread's {@link ThreadTimes} from construction until {@link stop}. */
+export class ThreadClock {
+  readonly #t0 = threadTimesNow();
+
+  stop(): ThreadTimes {
+    const t = threadTimesNow();
+    return {
+      cpuMs: t.cpuMs - this.#t0.cpuMs,
+      waitMs: t.waitMs - this.#t0.waitMs,
+      slices: t.slices - this.#t0.slices,
+    };
+  }
+}
+
 /** The JS heap and external memory after a full GC (needs --expose-gc; else without the GC), KiB. */
 export function liveHeapKiB(): number {
   (globalThis as { gc?: () => void }).gc?.();
@@ -56,6 +98,9 @@ export interface ScaleResult {
   /** Event-loop delay of the driver process while starting, and while destroying. */
   startLoop?: LoopStats;
   destroyLoop?: LoopStats;
+  /** The driver's main thread while starting and while destroying (absent from older checkouts). */
+  startThread?: ThreadTimes;
+  destroyThread?: ThreadTimes;
 }
 
 /**

@@ -11,7 +11,7 @@
 import { createInterface } from 'node:readline';
 import { type Accel, msSince, removeTempDirs, resetHwm, vmHwmKiB, vmRssKiB } from './common.js';
 import { RawContender } from './raw.js';
-import { LoopDelay, liveHeapKiB } from './scale-common.js';
+import { LoopDelay, liveHeapKiB, ThreadClock } from './scale-common.js';
 
 const [nArg, accelArg] = process.argv.slice(2);
 if (!nArg || (accelArg !== 'kvm' && accelArg !== 'tcg')) {
@@ -26,18 +26,22 @@ async function round(paused: boolean) {
   const baseRssKiB = vmRssKiB() ?? 0;
   resetHwm();
   const loop = new LoopDelay();
+  const startClock = new ThreadClock();
   let t0 = process.hrtime.bigint();
   const started = await Promise.allSettled(vms.map((vm) => vm.start({ paused })));
   const startMs = msSince(t0);
   const startLoop = loop.stop();
+  const startThread = startClock.stop();
   const runningRssKiB = vmRssKiB() ?? 0;
   const runningHeapKiB = liveHeapKiB();
   const destroyLoop = new LoopDelay();
+  const destroyClock = new ThreadClock();
   t0 = process.hrtime.bigint();
   await Promise.all(
     vms.map((vm, i) => (started[i]?.status === 'fulfilled' ? vm.destroy() : Promise.resolve())),
   );
   const destroyMs = msSince(t0);
+  const destroyThread = destroyClock.stop();
   const failed = started.filter((s): s is PromiseRejectedResult => s.status === 'rejected');
   if (failed.length) throw new Error(`${failed.length} of ${vms.length} starts failed: ${failed[0]?.reason}`);
   return {
@@ -51,6 +55,8 @@ async function round(paused: boolean) {
     runningHeapKiB,
     startLoop,
     destroyLoop: destroyLoop.stop(),
+    startThread,
+    destroyThread,
   };
 }
 

@@ -18,7 +18,7 @@ import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { type Connection, connect, type Domain } from '../src/index.js';
 import { type Accel, MARKER, msSince, resetHwm, vmHwmKiB, vmRssKiB } from './common.js';
-import { LoopDelay, liveHeapKiB } from './scale-common.js';
+import { LoopDelay, liveHeapKiB, ThreadClock } from './scale-common.js';
 import { benchDomain } from './virtkit.js';
 
 const [root, nArg, accelArg] = process.argv.slice(2);
@@ -39,18 +39,22 @@ async function round(paused: boolean) {
   const baseRssKiB = vmRssKiB() ?? 0;
   resetHwm();
   const loop = new LoopDelay();
+  const startClock = new ThreadClock();
   let t0 = process.hrtime.bigint();
   const started = await Promise.allSettled(doms.map((d) => d.start({ paused })));
   const startMs = msSince(t0);
   const startLoop = loop.stop();
+  const startThread = startClock.stop();
   const runningRssKiB = vmRssKiB() ?? 0;
   const runningHeapKiB = liveHeapKiB();
   const destroyLoop = new LoopDelay();
+  const destroyClock = new ThreadClock();
   t0 = process.hrtime.bigint();
   await Promise.all(
     doms.map((d, i) => (started[i]?.status === 'fulfilled' ? d.destroy() : Promise.resolve())),
   );
   const destroyMs = msSince(t0);
+  const destroyThread = destroyClock.stop();
   const peakRssKiB = vmHwmKiB() ?? 0;
   const failed = started.filter((s): s is PromiseRejectedResult => s.status === 'rejected');
   if (failed.length)
@@ -66,6 +70,8 @@ async function round(paused: boolean) {
     runningHeapKiB,
     startLoop,
     destroyLoop: destroyLoop.stop(),
+    startThread,
+    destroyThread,
   };
 }
 

@@ -12,9 +12,12 @@
  *              BENCH_SCALE_LIBVIRT (0: no libvirt beside virtkit in the reconnect measure),
  *              BENCH_SCALE_BEFORE (another checkout of virtkit, with node_modules: its driver runs
  *              as a third side of every burst round, "virtkit (before)", for a before/after in one run),
- *              BENCH_SCALE_NAME (base name of the results in bench/results; default scale).
+ *              BENCH_SCALE_NAME (base name of the results in bench/results; default scale),
+ *              BENCH_RAW_DESTROY_SIGNAL (SIGTERM: the floor ends QEMU as virtkit does, see raw.ts).
  * The machine is shared: the load average is recorded with every round, and ratios are taken
- * between the two sides of one round (they ran back to back).
+ * between the two sides of one round (they ran back to back). Each side also reports its main
+ * thread's CPU time and its time spent runnable but waiting for a CPU during each burst
+ * (/proc schedstat), which tells the driver's own work from the scheduler's share of a loop delay.
  */
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -131,7 +134,8 @@ async function main(): Promise<void> {
         `${N}${PAUSED ? ' paused' : ''} round ${r + 1}/${ROUNDS}: start raw ${f1(rr.startMs)} virtkit ${f1(vr.startMs)} ms (${f2(vr.startMs / rr.startMs)}×)` +
           `${br ? ` before ${f1(br.startMs)} ms (${f2(br.startMs / rr.startMs)}×)` : ''}, ` +
           `destroy raw ${f1(rr.destroyMs)} virtkit ${f1(vr.destroyMs)}${br ? ` before ${f1(br.destroyMs)}` : ''} ms; ` +
-          `virtkit loop p99 ${f1(vr.startLoop?.p99)} max ${f1(vr.startLoop?.max)} ms${br ? ` (before ${f1(br.startLoop?.p99)} / ${f1(br.startLoop?.max)})` : ''}; load ${loadavg()}`,
+          `virtkit loop p99 ${f1(vr.startLoop?.p99)} max ${f1(vr.startLoop?.max)} ms${br ? ` (before ${f1(br.startLoop?.p99)} / ${f1(br.startLoop?.max)})` : ''}, raw ${f1(rr.startLoop?.p99)} / ${f1(rr.startLoop?.max)}; ` +
+          `main thread CPU start/destroy raw ${f1(rr.startThread?.cpuMs)}/${f1(rr.destroyThread?.cpuMs)} virtkit ${f1(vr.startThread?.cpuMs)}/${f1(vr.destroyThread?.cpuMs)}${br ? ` before ${f1(br.startThread?.cpuMs)}/${f1(br.destroyThread?.cpuMs)}` : ''} ms; load ${loadavg()}`,
       );
     }
     for (const [, h] of hosts) await h.quit();
@@ -146,6 +150,10 @@ async function main(): Promise<void> {
         perDomainKiB: med(rs.map((r) => ((r.runningRssKiB ?? 0) - r.baseRssKiB) / r.n)),
         heapPerDomainKiB: med(rs.map((r) => ((r.runningHeapKiB ?? 0) - (r.baseHeapKiB ?? 0)) / r.n)),
         peakRssKiB: Math.max(...rs.map((r) => r.peakRssKiB)),
+        startCpuMs: med(rs.map((r) => r.startThread?.cpuMs ?? Number.NaN)),
+        startWaitMs: med(rs.map((r) => r.startThread?.waitMs ?? Number.NaN)),
+        destroyCpuMs: med(rs.map((r) => r.destroyThread?.cpuMs ?? Number.NaN)),
+        destroyWaitMs: med(rs.map((r) => r.destroyThread?.waitMs ?? Number.NaN)),
       };
     };
     const s = { raw: side('raw'), virtkit: side('virtkit'), ...(bf ? { before: side('before') } : {}) };
@@ -163,8 +171,8 @@ async function main(): Promise<void> {
     json[`burst-${N}`] = { n: N, paused: PAUSED, rounds, summary: s, startRatio, destroyRatio, before };
     md.push(`## ${N} domains started at once${PAUSED ? ' (paused)' : ''}, then destroyed at once`, '');
     md.push(
-      '| side | start all (ms) | destroy all (ms) | loop delay p99 / max while starting (ms) | loop delay p99 while destroying (ms) | JS heap per running domain (after GC) | RSS per running domain | peak RSS |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|',
+      '| side | start all (ms) | destroy all (ms) | loop delay p99 / max while starting (ms) | loop delay p99 while destroying (ms) | main thread CPU / waiting for a CPU while starting (ms) | … while destroying (ms) | JS heap per running domain (after GC) | RSS per running domain | peak RSS |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     );
     for (const k of ['raw', 'before', 'virtkit'] as const) {
       const x = s[k];
@@ -175,7 +183,7 @@ async function main(): Promise<void> {
         virtkit: 'virtkit',
       }[k];
       md.push(
-        `| ${label} | ${f1(x.startMs)} | ${f1(x.destroyMs)} | ${f1(x.startLoopP99)} / ${f1(x.startLoopMax)} | ${f1(x.destroyLoopP99)} | ${f1(x.heapPerDomainKiB)} KiB | ${f1(x.perDomainKiB)} KiB | ${f1(x.peakRssKiB / 1024)} MiB |`,
+        `| ${label} | ${f1(x.startMs)} | ${f1(x.destroyMs)} | ${f1(x.startLoopP99)} / ${f1(x.startLoopMax)} | ${f1(x.destroyLoopP99)} | ${f1(x.startCpuMs)} / ${f1(x.startWaitMs)} | ${f1(x.destroyCpuMs)} / ${f1(x.destroyWaitMs)} | ${f1(x.heapPerDomainKiB)} KiB | ${f1(x.perDomainKiB)} KiB | ${f1(x.peakRssKiB / 1024)} MiB |`,
       );
     }
     md.push(

@@ -191,8 +191,10 @@ typedef int (*virtkit_place_threads_fn)(void *user_data, struct virtkit_context 
                                         const struct virtkit_place_args *args,
                                         struct virtkit_place_result *result);
 
-/* ---- cgroup.release (phases release, reconnect) ----------------------------------------------- */
-/* Give back what placeThreads made; QEMU has exited. Not checked. */
+/* ---- cgroup.release (phases hotplug, release, reconnect) -------------------------------------- */
+/* Give back what placeThreads made. release, reconnect: QEMU has exited, everything goes. hotplug:
+ * vCPUs were taken away from the running QEMU (their threads have exited); only the groups of
+ * these placements go. Not checked. */
 struct virtkit_release_args {
   int32_t pid;
   uint32_t n_placements;

@@ -1,15 +1,17 @@
 import { constants, openSync } from 'node:fs';
 import { ErrorCode, errnoOf, errorMessage, VirtError } from '../errors.js';
-import { placeThreads, releaseCgroups } from '../util/cgroup.js';
+import { placeThreads, releaseCgroups, releaseGroups } from '../util/cgroup.js';
 import { prlimitSet, RLIMIT, SyscallError, schedSet } from '../util/libc.js';
 import { openTap } from '../util/tap.js';
-import type { OperationArgs, OperationName, OperationResult } from './operations.js';
+import type { OperationArgs, OperationName, OperationResult, Phase } from './operations.js';
 import type { BuiltinScope } from './scope.js';
 import { verifyThreads } from './threads-verify.js';
 
 type Builtin<Op extends OperationName> = (
   args: OperationArgs<Op>,
   scope: BuiltinScope,
+  /** The phase of the invocation: `cgroup.release` gives back everything only after QEMU exited. */
+  phase?: Phase,
 ) => OperationResult<Op> | Promise<OperationResult<Op>>;
 
 /** A failed system call as the error a caller can act on: which privilege was missing, and the way out. */
@@ -53,6 +55,26 @@ export function threadGroups(
     groups.set(name, group);
   }
   return [...groups.values()];
+}
+
+/**
+ * The groups of the domain directory `name` that `placements` name (`…/<name>/<group>`, as /proc
+ * shows them): a placement elsewhere is refused, so a release never reaches another domain's groups.
+ */
+function placedGroups(placements: OperationArgs<'cgroup.release'>['placements'], name: string): string[] {
+  const groups = new Set<string>();
+  for (const p of placements) {
+    const parts = p.cgroup.split('/');
+    if (parts.length < 3 || parts.at(-2) !== name) {
+      throw new VirtError(
+        ErrorCode.OPERATION_INVALID,
+        `cgroup.release: the placement of thread ${p.tid} (${p.cgroup}) is not a group of ${name}`,
+        { operation: 'cgroup.release', cgroup: p.cgroup },
+      );
+    }
+    groups.add(parts.at(-1) as string);
+  }
+  return [...groups];
 }
 
 /**
@@ -119,9 +141,14 @@ export const builtins: { [Op in OperationName]: Builtin<Op> } = {
       throw denied('cgroup.placeThreads', err, 'CAP_SYS_ADMIN (write access to the cgroup hierarchy)');
     }
   },
-  'cgroup.release': (_args, scope) => {
+  'cgroup.release': (args, scope, phase) => {
+    const name = domainCgroupName(scope.domain.uuid);
     try {
-      releaseCgroups({ parent: scope.cgroupParent, name: domainCgroupName(scope.domain.uuid) });
+      if (phase === 'hotplug') {
+        releaseGroups({ parent: scope.cgroupParent, name, groups: placedGroups(args.placements, name) });
+      } else {
+        releaseCgroups({ parent: scope.cgroupParent, name });
+      }
     } catch (err) {
       throw denied('cgroup.release', err, 'CAP_SYS_ADMIN (write access to the cgroup hierarchy)');
     }

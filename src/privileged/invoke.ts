@@ -29,6 +29,7 @@ export interface OperationBackend {
     op: Op,
     args: OperationArgs<Op>,
     scope: InvocationScope,
+    phase?: Phase,
   ): Result<Op> | Promise<Result<Op>>;
   postcheck<Op extends OperationName>(
     op: Op,
@@ -40,7 +41,7 @@ export interface OperationBackend {
 }
 
 const systemBackend: OperationBackend = {
-  builtin: (op, args, scope) => builtins[op](args as never, scope) as never,
+  builtin: (op, args, scope, phase) => builtins[op](args as never, scope, phase) as never,
   postcheck: (op, args, result, scope) => postchecks[op](args as never, result as never, scope),
 };
 
@@ -109,7 +110,7 @@ async function perform<Op extends OperationName>(
       if (!scope.taints.includes(TAINT)) scope.taints.push(TAINT);
       result = await callHandler(scope, op, phase, args, entry.handler, entry.timeoutMs);
     } else {
-      result = await backend.builtin(op, args, scope);
+      result = await backend.builtin(op, args, scope, phase);
     }
   } catch (err) {
     record(`failed: ${errorMessage(err)}`);

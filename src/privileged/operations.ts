@@ -82,7 +82,9 @@ export const operationSchemas = {
     result: z.strictObject({ placements: z.array(placement) }),
   },
   'cgroup.release': {
-    phases: ['release', 'reconnect'],
+    // release/reconnect: QEMU has exited, give back every group of the domain. hotplug: vCPUs were
+    // taken away (their threads have exited) while QEMU runs; give back only these placements' groups.
+    phases: ['hotplug', 'release', 'reconnect'],
     args: z.strictObject({ pid, placements: z.array(placement) }),
     result: z.undefined(),
   },

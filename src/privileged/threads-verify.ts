@@ -53,11 +53,23 @@ export function isThreadOf(pid: number, tid: number): boolean {
  * Call it immediately before the privileged use (or handler call), and again after where it
  * matters: a tid that exits in between could be reused by another process.
  */
-export function verifyThreads(owner: ThreadOwner, threads: readonly ReportedThread[]): void {
+export function verifyThreads(
+  owner: ThreadOwner,
+  threads: readonly ReportedThread[],
+  /**
+   * The owner's thread ids as just listed from `/proc/<pid>/task`, when the caller read them anyway:
+   * one reading of the directory instead of one look-up per thread. Taken only between the two
+   * owner checks of this call, so a list from another process (a reused pid) is refused too.
+   */
+  tasks?: ReadonlySet<number>,
+): void {
   verifyOwner(owner);
   const seen = new Set<number>();
+  const isThread = tasks
+    ? (tid: number) => Number.isSafeInteger(tid) && tasks.has(tid)
+    : (tid: number) => isThreadOf(owner.pid, tid);
   for (const t of threads) {
-    if (!isThreadOf(owner.pid, t.tid)) {
+    if (!isThread(t.tid)) {
       throw refuse(
         `QEMU reported thread ${t.tid} as ${t.role} ${t.index}, but it is not a thread of pid ${owner.pid}`,
         {

@@ -121,22 +121,50 @@ export function releaseCgroups(req: { parent: string; name: string }, options?: 
     const ids = busy(dir);
     if (ids.length > 0) throw stillBusy(dir, ids, mode);
   }
+  for (const dir of dirs) removeEmpty(dir, mode);
+}
+
+/**
+ * Removes some groups of a running domain: `<mount>/<parent>/<name>/<group>` for each of `groups`
+ * (a vCPU taken away), leaving the domain directory and its other groups alone. Groups already gone
+ * are fine.
+ *
+ * @param req - the parent and domain directory name given to {@link placeThreads}, and the groups
+ * @param options - the mode and mount points
+ * @throws {@link VirtError} `SYSTEM_ERROR` naming the group when it still holds tasks (nothing is
+ *   removed then); `ACCESS_DENIED` on `EACCES`/`EPERM`; `XML_ERROR` for an invalid name
+ */
+export function releaseGroups(
+  req: { parent: string; name: string; groups: readonly string[] },
+  options?: CgroupManagerOptions,
+): void {
+  checkParent(req.parent);
+  checkName('name', req.name);
+  for (const group of req.groups) checkName('group', group);
+  const { mode, mount } = resolve(options);
+  const dirs = req.groups.map((group) => `${mount}/${req.parent}/${req.name}/${group}`);
   for (const dir of dirs) {
-    // A task that has just been reaped can keep a cgroup busy for a moment: retry EBUSY briefly.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        rmdirSync(dir);
-        break;
-      } catch (err) {
-        const errno = errnoOf(err);
-        if (errno === 'ENOENT') break;
-        if (errno === 'EBUSY' && attempt < 50) {
-          sleepSync(10);
-          continue;
-        }
-        if (errno === 'EBUSY') throw stillBusy(dir, busy(dir), mode);
-        throw fsError(err, `remove cgroup ${dir}`, dir);
+    const ids = members(tasksFile(dir, mode));
+    if (ids.length > 0) throw stillBusy(dir, ids, mode);
+  }
+  for (const dir of dirs) removeEmpty(dir, mode);
+}
+
+/** rmdir of an empty cgroup; a task just reaped can keep it busy for a moment, so EBUSY is retried briefly. */
+function removeEmpty(dir: string, mode: CgroupMode): void {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      rmdirSync(dir);
+      return;
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === 'ENOENT') return;
+      if (errno === 'EBUSY' && attempt < 50) {
+        sleepSync(10);
+        continue;
       }
+      if (errno === 'EBUSY') throw stillBusy(dir, members(tasksFile(dir, mode)), mode);
+      throw fsError(err, `remove cgroup ${dir}`, dir);
     }
   }
 }

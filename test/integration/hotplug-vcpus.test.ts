@@ -5,7 +5,13 @@ import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { openInternal } from '../../src/internal/index.js';
 import { threadGroups } from '../../src/privileged/builtins.js';
 import type { Connection, Domain, DomainDefinitionInput } from '../../src/stable/index.js';
-import { detectCgroupMode, placeThreads, releaseCgroups, threadCgroup } from '../../src/util/cgroup.js';
+import {
+  detectCgroupMode,
+  placeThreads,
+  releaseCgroups,
+  releaseGroups,
+  threadCgroup,
+} from '../../src/util/cgroup.js';
 import { schedGet, schedSet } from '../../src/util/libc.js';
 import { openRoot, removeRoot, runLeftovers, tempRoot, tinyGuest } from '../helpers/env.js';
 
@@ -139,20 +145,46 @@ describe('vCPU hotplug on a running guest', { timeout: 400_000 }, () => {
       });
       return { placements };
     });
-    internal.setHandler('cgroup.release', (ctx) =>
-      releaseCgroups({ parent: `virtkit-test-${process.pid}`, name: `vk-${ctx.domain.uuid}` }),
-    );
+    const released: Array<{ phase: string; placements: Array<{ tid: number; cgroup: string }> }> = [];
+    const dirOf = (cgroup: string): string =>
+      join(detectCgroupMode() === 'v1-cpuset' ? '/sys/fs/cgroup/cpuset' : '/sys/fs/cgroup', cgroup);
+    internal.setHandler('cgroup.release', (ctx, args) => {
+      released.push({ phase: ctx.phase, placements: args.placements });
+      const domain = { parent: `virtkit-test-${process.pid}`, name: `vk-${ctx.domain.uuid}` };
+      // hotplug: vCPUs were taken away from a running QEMU; only their groups go.
+      if (ctx.phase === 'hotplug') {
+        releaseGroups({
+          ...domain,
+          groups: args.placements.map((p) => p.cgroup.split('/').at(-1) as string),
+        });
+      } else {
+        releaseCgroups(domain);
+      }
+    });
     internal.setHandler('thread.setScheduler', (ctx, args) => {
       calls.push({ op: 'thread.setScheduler', phase: ctx.phase, domain: ctx.domain, threads: args.threads });
-      if (fail && ctx.phase === 'hotplug') throw new Error('no scheduling for you');
+      if (fail && ctx.phase === 'hotplug') {
+        // The placement made just before is real: the new vCPU's group holds its thread.
+        const tid = args.threads[0]?.tid as number;
+        placedBeforeFailure.push({
+          tid,
+          threads: readFileSync(join(groupDir(ctx.domain.uuid, 1), threadsFile), 'utf8'),
+        });
+        throw new Error('no scheduling for you');
+      }
       for (const t of args.threads) schedSet(t.tid, t.policy, t.priority);
     });
+    const placedBeforeFailure: Array<{ tid: number; threads: string }> = [];
+    const threadsFile = detectCgroupMode() === 'v1-cpuset' ? 'tasks' : 'cgroup.threads';
+    const groupDir = (uuid: string, vcpu: number): string =>
+      dirOf(`/virtkit-test-${process.pid}/vk-${uuid}/vcpu${vcpu}`);
     const dom = await conn.defineDomain(guest('vcpu-handlers'));
     await dom.start();
     const qmp = await probe('vcpu-handlers');
     await guestSees(dom, (r) => cpusOf(r) === '0');
     const before = await qemuVcpus(qmp);
     calls.length = 0;
+    released.length = 0;
 
     await expect(dom.setVcpus(2, { live: true })).rejects.toMatchObject({
       code: 'HANDLER_FAILED',
@@ -162,6 +194,20 @@ describe('vCPU hotplug on a running guest', { timeout: 400_000 }, () => {
     expect(dom.getDefinition().vcpu.current).toBe(1);
     const hot = calls.filter((c) => c.phase === 'hotplug');
     expect(hot.map((c) => c.op)).toEqual(['cgroup.placeThreads', 'thread.setScheduler']);
+    // The removed vCPU's placement was given back in phase hotplug, and only it: its group is gone
+    // from the cgroup tree, vCPU 0's group still holds vCPU 0's thread.
+    const removed = placedBeforeFailure[0]?.tid as number;
+    expect(placedBeforeFailure[0]?.threads.split('\n')).toContain(String(removed));
+    expect(released).toEqual([
+      {
+        phase: 'hotplug',
+        placements: [{ tid: removed, cgroup: expect.stringMatching(new RegExp(`/vk-${dom.uuid}/vcpu1$`)) }],
+      },
+    ]);
+    expect(existsSync(groupDir(dom.uuid, 1))).toBe(false);
+    expect(readFileSync(join(groupDir(dom.uuid, 0), threadsFile), 'utf8').split('\n')).toContain(
+      String(before[0]?.tid),
+    );
 
     // The rollback unplugged the vCPU: on TCG a further hotplug would crash QEMU, so it is refused.
     await expect(dom.setVcpus(2, { live: true })).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
@@ -194,6 +240,51 @@ describe('vCPU hotplug on a running guest', { timeout: 400_000 }, () => {
     expect(schedGet(added?.tid as number).policy).toBe('batch');
     await guestSees(ok, (r) => cpusOf(r) === '0-1');
     expect((await ok.getInfo()).taints).toContain('internal-handler');
+  });
+
+  it('a rolled-back vCPU placed by the built-in gives its cgroup back in phase hotplug; the others stay', async () => {
+    const mode = detectCgroupMode();
+    if (!mode) throw new Error('no cgroup hierarchy to place threads in');
+    const mount = mode === 'v1-cpuset' ? '/sys/fs/cgroup/cpuset' : '/sys/fs/cgroup';
+    const threadsFile = mode === 'v1-cpuset' ? 'tasks' : 'cgroup.threads';
+    const internal = openInternal(conn, { apiVersion: '1.0' });
+    const seen: Array<{ tid: number; cgroup: string | undefined; threads: string }> = [];
+    let pid = 0;
+    // Only scheduling has a handler, and it fails: placement (and its release) are the built-ins'.
+    internal.setHandler('thread.setScheduler', (ctx, args) => {
+      if (ctx.phase !== 'hotplug') return;
+      const tid = args.threads[0]?.tid as number;
+      const cgroup = threadCgroup(pid, tid, mode);
+      seen.push({
+        tid,
+        cgroup,
+        threads: readFileSync(join(mount, cgroup ?? '/nonexistent', threadsFile), 'utf8'),
+      });
+      throw new Error('no scheduling for you');
+    });
+    const dom = await conn.defineDomain(guest('vcpu-builtin-release'));
+    await dom.start();
+    const qmp = await probe('vcpu-builtin-release');
+    await guestSees(dom, (r) => cpusOf(r) === '0');
+    pid = (await dom.getInfo()).pid as number;
+    const before = await qemuVcpus(qmp);
+    const group0 = threadCgroup(pid, before[0]?.tid as number, mode) as string;
+    expect(group0).toMatch(new RegExp(`/vk-${dom.uuid}/vcpu0$`));
+
+    await expect(dom.setVcpus(2, { live: true })).rejects.toMatchObject({ code: 'HANDLER_FAILED' });
+    expect(await qemuVcpus(qmp)).toEqual(before);
+    // The built-in had placed the new thread in its own group before scheduling failed…
+    expect(seen).toHaveLength(1);
+    const placed = seen[0] as { tid: number; cgroup: string; threads: string };
+    expect(placed.cgroup).toMatch(new RegExp(`/vk-${dom.uuid}/vcpu1$`));
+    expect(placed.threads.split('\n')).toContain(String(placed.tid));
+    // …and the rollback removed that group, and only it.
+    expect(existsSync(join(mount, placed.cgroup))).toBe(false);
+    expect(existsSync(join(mount, group0))).toBe(true);
+    expect(threadCgroup(pid, before[0]?.tid as number, mode)).toBe(group0);
+    const log = readFileSync(join(root, 'log', `${dom.name}.log`), 'utf8');
+    expect(log).toMatch(/internal: cgroup\.release phase=hotplug via=built-in [\d.]+ms ok/);
+    await guestSees(dom, (r) => cpusOf(r) === '0');
   });
 
   it('bad counts are refused with typed errors; config changes only the persistent definition', async () => {

@@ -73,6 +73,38 @@ describe('floppy disks on real QEMU', () => {
     expect(of('fdc0-0-1')).toMatchObject({ inserted: { ro: true } });
   }, 120_000);
 
+  it("<os><boot dev='fd'/> boots the first floppy, then the disk; the fdc controller is the built-in one", async () => {
+    const images = ['a.img', 'disk.img'].map((name) => {
+      const path = join(rig.root, name);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'raw', path, '1440K']);
+      return path;
+    });
+    const { qmp, live } = await rig.startWithProbe(`<domain type='qemu'>
+  <name>floppy-boot</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='fd'/><boot dev='hd'/></os>
+  <devices>
+    <disk type='file' device='floppy'><source file='${images[0]}'/><target dev='fda' bus='fdc'/></disk>
+    <disk type='file' device='disk'><source file='${images[1]}'/><target dev='vda' bus='virtio'/></disk>
+    <controller type='fdc' index='0'/>
+  </devices>
+</domain>`);
+    expect(live.os.boot).toEqual(['fd', 'hd']);
+    expect(live.controllers).toContainEqual({ type: 'fdc', index: 0, alias: 'fdc0' });
+    const get = (path: string, property: string) => qmp.execute('qom-get', { path, property });
+    const bus = String(await get('/machine/peripheral/fdc0-0-0', 'parent_bus'));
+    const fdc = bus.slice(0, bus.lastIndexOf('/'));
+    expect(await get(fdc, 'type')).toBe('isa-fdc');
+    expect(await get(fdc, 'bootindexA')).toBe(1);
+    expect(await get('/machine/peripheral/virtio-disk0', 'bootindex')).toBe(2);
+    // One floppy controller only, and only on pc.
+    await expect(
+      rig.conn.defineDomain(
+        domain('q35', "<controller type='fdc' index='0'/>").replace('floppy-q35', 'fdc-q35'),
+      ),
+    ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED', details: { path: 'controllers.0.type' } });
+  }, 120_000);
+
   it('refuses a floppy where libvirt 9 builds none or QEMU has no slot, with the path', async () => {
     const refused = async (machine: string, disks: string, code: ErrorCode, path: string) => {
       await expect(rig.conn.defineDomain(domain(machine, disks))).rejects.toMatchObject({

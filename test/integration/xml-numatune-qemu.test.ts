@@ -52,6 +52,34 @@ describe('<numatune> on real QEMU', () => {
     expect(await get('ram-node1', 'host-nodes')).toEqual([0]);
   });
 
+  it('cells in any id order, a memory-only cell, and the memory taken from the cells as libvirt does', async () => {
+    // <memory> says 64 MiB; the cells hold 96: libvirt (and virtkit) take the cells' sum.
+    const qmp = await start(
+      'order',
+      `<cpu><numa><cell id='2' memory='16' unit='MiB'/><cell id='0' cpus='0' memory='48' unit='MiB'/><cell id='1' cpus='1' memory='32' unit='MiB'/></numa></cpu>`,
+    );
+    const dom = await rig.conn.lookupDomain('order');
+    const def = dom.getDefinition();
+    expect(def.memoryKiB).toBe(96 * 1024);
+    expect(def.cpu?.numa?.map((c) => [c.id, c.cpus, c.memoryKiB])).toEqual([
+      [0, '0', 48 * 1024],
+      [1, '1', 32 * 1024],
+      [2, undefined, 16 * 1024],
+    ]);
+    const memdevs = await qmp.execute<Array<{ id: string; size: number }>>('query-memdev');
+    expect(memdevs.map((m) => [m.id, m.size]).sort()).toEqual([
+      ['ram-node0', 48 * 1024 * 1024],
+      ['ram-node1', 32 * 1024 * 1024],
+      ['ram-node2', 16 * 1024 * 1024],
+    ]);
+    const cpus =
+      await qmp.execute<Array<{ 'cpu-index': number; props: { 'node-id': number } }>>('query-cpus-fast');
+    expect(cpus.map((c) => [c['cpu-index'], c.props['node-id']])).toEqual([
+      [0, 0],
+      [1, 1],
+    ]);
+  });
+
   it('refuses a host node the host lacks at start, placement auto and mode restrictive at define', async () => {
     const dom = await rig.conn.defineDomain(
       doc('absent', "<numatune><memory mode='strict' nodeset='999'/></numatune>"),

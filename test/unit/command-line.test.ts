@@ -65,10 +65,18 @@ describe('buildCommandLine', () => {
 
   it('backs guest memory with hugetlbfs when asked, and refuses without a mount', () => {
     const hp = def({ memoryBacking: { hugepages: true } });
-    const { argv } = buildCommandLine(hp, { ...ctx, hugepagesPath: '/dev/hugepages' });
-    expect(argOf(argv, '-object')).toContain(
-      'memory-backend-file,id=pc.ram,mem-path=/dev/hugepages,prealloc=on,size=1048576k',
-    );
+    const { argv } = buildCommandLine(hp, {
+      ...ctx,
+      hugepageMounts: { 2048: '/dev/hugepages' },
+      defaultHugepageKiB: 2048,
+    });
+    expect(argOf(argv, '-object').map((o) => JSON.parse(o))).toContainEqual({
+      'qom-type': 'memory-backend-file',
+      id: 'pc.ram',
+      'mem-path': '/dev/hugepages',
+      prealloc: true,
+      size: 1048576 * 1024,
+    });
     expect(argOf(argv, '-machine')).toContain('memory-backend=pc.ram');
     expect(() => buildCommandLine(hp, ctx)).toThrow(expect.objectContaining({ code: 'CONFIG_UNSUPPORTED' }));
   });

@@ -225,6 +225,14 @@ describe('authorisation rules', () => {
     expect(run('cgroup.release', placement(`/virtkit/vk-${uuid}/vcpu0`), ctx('release'))).toBeUndefined();
     expect(run('cgroup.release', placement(`/virtkit/vk-${uuid}`), ctx('release'))).toBe('cgroup.parent');
     expect(run('cgroup.release', placement('/machine.slice/x'), ctx('release'))).toBe('cgroup.parent');
+    // hotplug (vCPUs taken away while QEMU runs): the target must be the peer's emulator as well.
+    const running = { pid: process.pid, placements: [{ tid: 1, cgroup: `/virtkit/vk-${uuid}/vcpu1` }] };
+    expect(run('cgroup.release', running, ctx('hotplug'))).toBeUndefined();
+    expect(run('cgroup.release', { ...running, pid: child.pid as number }, ctx('hotplug'))).toMatch(
+      /^targets\./,
+    );
+    const foreign = { ...running, placements: [{ tid: 1, cgroup: '/machine.slice/x' }] };
+    expect(run('cgroup.release', foreign, ctx('hotplug'))).toBe('cgroup.parent');
     expect(run('net.openTap', { ifname: 'vk7', queues: 1, vnetHdr: false }, ctx('pre-exec'))).toBeUndefined();
     expect(run('net.openTap', { queues: 1, vnetHdr: false }, ctx('pre-exec'))).toBeUndefined();
     expect(run('net.openTap', { ifname: 'eth0', queues: 1, vnetHdr: false }, ctx('pre-exec'))).toBe(

@@ -901,9 +901,9 @@ describe('hotplug phase: setVcpus as the embedded driver does it', () => {
       calls.push({ op: 'thread.setScheduler', phase: ctx.phase, pid: ctx.pid, threads: args.threads });
       for (const t of args.threads) host.setScheduler(t.tid, t.policy, t.priority);
     });
-    const released: unknown[] = [];
-    api.setHandler('cgroup.release', (_ctx, args) => {
-      released.push(...args.placements);
+    const released: Array<{ phase: string; placements: unknown[] }> = [];
+    api.setHandler('cgroup.release', (ctx, args) => {
+      released.push({ phase: ctx.phase, placements: args.placements });
     });
     const dom = await conn.defineDomain(cpus('cpus'));
     await dom.start();
@@ -957,10 +957,15 @@ describe('hotplug phase: setVcpus as the embedded driver does it', () => {
     ).toEqual([0, 1]);
     expect(dom.getDefinition().vcpu).toEqual({ count: 3, current: 2 });
     expect(dom.getDefinition({ inactive: true }).vcpu).toEqual({ count: 3, current: 2 });
+    // The unplugged vCPU's placement was given back at once, in phase hotplug, and only it.
+    expect(released).toEqual([{ phase: 'hotplug', placements: [{ tid: pid + 12, cgroup: '/agent/vcpu2' }] }]);
     await expect(dom.setVcpus(4, { live: true })).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
-    // The hot-plugged placements are released with those of the start (vCPU 0, two emulator threads).
+    // The rest is released with those of the start (vCPU 0, two emulator threads, vCPU 1).
     await dom.destroy();
-    expect(released).toHaveLength(5);
+    expect(released.map((r) => [r.phase, r.placements.length])).toEqual([
+      ['hotplug', 1],
+      ['release', 4],
+    ]);
   });
 
   it('a failing handler removes the new vCPU again; TCG refuses unplug, and hotplug after a TCG rollback', async () => {

@@ -68,6 +68,42 @@ describe('verifyThreads', () => {
   });
 });
 
+describe('verifyThreads with the task list read once', () => {
+  const tasks = () => new Set(readdirSync(`/proc/${process.pid}/task`).map(Number));
+
+  it('accepts the threads of the process itself', () => {
+    const listed = tasks();
+    expect(() =>
+      verifyThreads(
+        self,
+        [...listed].map((tid, index) => ({ tid, role: 'emulator', index })),
+        listed,
+      ),
+    ).not.toThrow();
+  });
+
+  it('refuses a tid missing from the list (another process), naming it', () => {
+    const tid = other.pid as number;
+    expect(() => verifyThreads(self, [{ tid, role: 'vcpu', index: 0 }], tasks())).toThrow(
+      expect.objectContaining({ code: 'OPERATION_FAILED', details: expect.objectContaining({ tid }) }),
+    );
+  });
+
+  it('still checks the owner: a list of a process whose start time changed is refused', () => {
+    expect(() =>
+      verifyThreads(
+        { pid: self.pid, startTime: self.startTime + 1n },
+        [{ tid: process.pid, role: 'vcpu', index: 0 }],
+        tasks(),
+      ),
+    ).toThrow(expect.objectContaining({ code: 'OPERATION_FAILED' }));
+  });
+
+  it('refuses nonsense tids even when the list were to hold them', () => {
+    expect(() => verifyThreads(self, [{ tid: 1.5, role: 'vcpu', index: 0 }], new Set([1.5]))).toThrow();
+  });
+});
+
 describe('verifyThreadCount', () => {
   const one = [{ index: 0, tid: process.pid }];
   it('accepts exactly the definition', () => {

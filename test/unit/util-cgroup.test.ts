@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { VirtError } from '../../src/errors.js';
 import {
@@ -8,6 +8,7 @@ import {
   detectCgroupMode,
   placeThreads,
   releaseCgroups,
+  releaseGroups,
   threadCgroup,
 } from '../../src/util/cgroup.js';
 import { listThreads } from '../../src/util/proc.js';
@@ -158,6 +159,24 @@ describe.each(['v1-cpuset', 'v2-threaded'] as const)('placeThreads (%s)', (mode)
     expect(busy.details.errno).toBe('EBUSY');
     expect(busy.message).toMatch(/still holds/);
     for (const g of groups) expect(existsSync(`${domainDir}/${g.name}`)).toBe(true);
+    // One group of a running process cannot go either, while it holds a thread.
+    const busyGroup = expectVirtError(
+      catchErr(() => releaseGroups({ parent: p, name, groups: ['vcpu0'] }, options)),
+      'SYSTEM_ERROR',
+    );
+    expect(busyGroup.details.errno).toBe('EBUSY');
+    expect(existsSync(`${domainDir}/vcpu0`)).toBe(true);
+    // An empty one goes alone (a vCPU taken away); the domain directory and the others stay.
+    mkdirSync(`${domainDir}/vcpu7`);
+    if (mode === 'v2-threaded') writeFileSync(`${domainDir}/vcpu7/cgroup.type`, 'threaded');
+    releaseGroups({ parent: p, name, groups: ['vcpu7'] }, options);
+    expect(existsSync(`${domainDir}/vcpu7`)).toBe(false);
+    for (const g of groups) expect(existsSync(`${domainDir}/${g.name}`)).toBe(true);
+    releaseGroups({ parent: p, name, groups: ['vcpu7'] }, options);
+    expectVirtError(
+      catchErr(() => releaseGroups({ parent: p, name, groups: ['..'] }, options)),
+      'XML_ERROR',
+    );
 
     child.kill('SIGKILL');
     await exited(child);

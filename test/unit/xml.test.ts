@@ -526,7 +526,7 @@ describe('unsupported elements and attributes', () => {
       devices("<video><model type='virtio'><acceleration accel3d='yes'/></model></video>"),
       '/domain/devices/video/model/acceleration',
     ],
-    ['sound', devices("<sound model='ich9'/>"), '/domain/devices/sound'],
+    ['sound ich7', devices("<sound model='ich7'/>"), '/domain/devices/sound/@model'],
     [
       'scsi controller model buslogic',
       devices("<controller type='scsi' index='0' model='buslogic'/>"),
@@ -579,7 +579,7 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/disk/driver/@type',
     ],
     ['volume disk', devices(disk().replace("type='file'", "type='volume'")), '/domain/devices/disk/@type'],
-    ['fdc controller', devices("<controller type='fdc' index='0'/>"), '/domain/devices/controller/@type'],
+    ['isa controller', devices("<controller type='isa' index='0'/>"), '/domain/devices/controller/@type'],
     ['lun', devices(disk().replace("device='disk'", "device='lun'")), '/domain/devices/disk/@device'],
     ['sd bus', devices(disk('', "<target dev='sda' bus='sd'/>")), '/domain/devices/disk/target/@bus'],
     [
@@ -629,12 +629,16 @@ describe('unsupported elements and attributes', () => {
       devices("<interface type='ethernet'><source network='x'/><model type='virtio'/></interface>"),
       '/domain/devices/interface/source/@network',
     ],
-    ['tcp serial', devices("<serial type='tcp'/>"), '/domain/devices/serial/@type'],
-    ['serial log', devices("<serial type='pty'><log file='/x'/></serial>"), '/domain/devices/serial/log'],
+    ['spiceport serial', devices("<serial type='spiceport'/>"), '/domain/devices/serial/@type'],
     [
-      'serial file append',
-      devices("<serial type='file'><source path='/x' append='on'/></serial>"),
-      '/domain/devices/serial/source/@append',
+      'serial tcp tls',
+      devices("<serial type='tcp'><source host='h' service='1' tls='yes'/></serial>"),
+      '/domain/devices/serial/source/@tls',
+    ],
+    [
+      'serial tcp reconnect',
+      devices("<serial type='tcp'><source host='h' service='1'><reconnect enabled='yes'/></source></serial>"),
+      '/domain/devices/serial/source/reconnect',
     ],
     [
       'secure boot firmware',
@@ -651,7 +655,6 @@ describe('unsupported elements and attributes', () => {
     ['bios useserial', doc("<os><bios useserial='yes'/></os>"), '/domain/os/bios'],
     ['arch', doc("<os><type arch='aarch64'>hvm</type></os>"), '/domain/os/type/@arch'],
     ['xen os', doc('<os><type>xen</type></os>'), '/domain/os/type'],
-    ['boot fd', doc("<os><boot dev='fd'/></os>"), '/domain/os/boot/@dev'],
     ['pm other', doc('<pm><suspend-to-ram/></pm>'), '/domain/pm/suspend-to-ram'],
     ['seclabel', doc("<seclabel type='none'/>"), '/domain/seclabel'],
     ['sysinfo fwcfg', doc("<sysinfo type='fwcfg'/>"), '/domain/sysinfo/@type'],
@@ -659,14 +662,9 @@ describe('unsupported elements and attributes', () => {
     ['blkiotune', doc('<blkiotune/>'), '/domain/blkiotune'],
     ['cputune shares', doc('<cputune><shares>1024</shares></cputune>'), '/domain/cputune/shares'],
     [
-      'hugepage sizes',
-      doc("<memoryBacking><hugepages><page size='2048'/></hugepages></memoryBacking>"),
-      '/domain/memoryBacking/hugepages/page',
-    ],
-    [
-      'memoryBacking source',
-      doc("<memoryBacking><source type='memfd'/></memoryBacking>"),
-      '/domain/memoryBacking/source',
+      'nosharepages',
+      doc('<memoryBacking><nosharepages/></memoryBacking>'),
+      '/domain/memoryBacking/nosharepages',
     ],
     ['soft_limit', doc('<memtune><soft_limit>1</soft_limit></memtune>'), '/domain/memtune/soft_limit'],
     [

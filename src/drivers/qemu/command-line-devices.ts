@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition, PciAddress } from '../../stable/definition/schema.js';
+import { audiodevId, audiodevOf, soundDevices } from './devices/audio.js';
 import { channelSocketPath } from './devices/channel.js';
 import { pciPlacement } from './devices/pci-bus.js';
 import type { QapiObject, QapiValue } from './devices/qapi.js';
@@ -24,7 +25,12 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
   const place = (address: PciAddress | undefined, what: string) =>
     address ? pciPlacement(def, address, what) : {};
 
-  for (const a of def.audios ?? []) args.push('-audiodev', `none,id=audio${a.id}`);
+  for (const a of def.audios ?? []) {
+    const dev = audiodevOf(a);
+    // A plain backend in QEMU's short form, as before options existed.
+    if (Object.keys(dev).length === 2 && a.type === 'none') args.push('-audiodev', `none,id=${dev.id}`);
+    else json('-audiodev', dev);
+  }
 
   // The device model addressed the watchdog: it goes before the devices QEMU places itself.
   for (const w of def.watchdogs ?? []) {
@@ -38,6 +44,11 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     // QEMU 7.2's -action, as libvirt writes it for a QEMU that has it.
     args.push('-action', `watchdog=${w.action}`);
   }
+
+  // Sound cards with an address go before the devices QEMU places itself, the others after them.
+  const sounds = (def.sounds ?? []).map((s, i) => ({ s, i }));
+  for (const { s, i } of sounds.filter(({ s }) => s.address))
+    for (const dev of soundDevices(def, s, i, place)) json('-device', dev);
 
   // libvirt's qemuBuildPanicCommandLine: the ISA pvpanic device (a hyperv one is hv-crash on -cpu).
   for (const p of def.panics ?? []) {
@@ -72,15 +83,16 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
   });
 
   for (const g of def.graphics ?? []) {
+    const audio = g.audio === undefined ? '' : `,audiodev=${audiodevId(g.audio)}`;
     if (g.listen === undefined) {
-      args.push('-vnc', `unix:${esc(g.socket ?? join(runDir, `${def.uuid}.vnc`))}`);
+      args.push('-vnc', `unix:${esc(g.socket ?? join(runDir, `${def.uuid}.vnc`))}${audio}`);
       continue;
     }
     const host = g.listen.includes(':') ? `[${g.listen}]` : g.listen;
     const port = g.port ?? -1;
     if (port !== -1 && port < 5900) throw unsupported('graphics.0.port', `VNC port ${port} (below 5900)`);
     // QEMU counts VNC displays from port 5900; `to=` lets it take the first free one.
-    args.push('-vnc', port === -1 ? `${host}:0,to=99` : `${host}:${port - 5900}`);
+    args.push('-vnc', `${port === -1 ? `${host}:0,to=99` : `${host}:${port - 5900}`}${audio}`);
   }
 
   (def.videos ?? []).forEach((v, i) => {
@@ -118,6 +130,9 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     }
     json('-device', dev);
   });
+
+  for (const { s, i } of sounds.filter(({ s }) => !s.address))
+    for (const dev of soundDevices(def, s, i, place)) json('-device', dev);
 
   const channels = def.channels ?? [];
   const serialBus = def.controllers.find((c) => c.type === 'virtio-serial')?.alias;

@@ -10,12 +10,12 @@ import {
   firmwareArgs,
   machineProps,
   numaArgs,
-  numaBinding,
   pmArgs,
   smbiosArgs,
 } from './command-line-platform.js';
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
+import { chardevArg } from './devices/chardev.js';
 import { controllerDevice } from './devices/controller.js';
 import {
   backingAlias,
@@ -26,6 +26,12 @@ import {
 } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { bootMemoryKiB, dimmArgs } from './devices/memory.js';
+import {
+  type MemoryBackingHost,
+  memoryBackend,
+  memoryBackingDir,
+  numaBinding,
+} from './devices/memory-backend.js';
 import { netdevOf, nicDevice } from './devices/net.js';
 import type { QapiObject } from './devices/qapi.js';
 import { serialDevice } from './devices/serial.js';
@@ -47,8 +53,10 @@ export interface CommandLineContext {
   readonly diskFds: ReadonlyArray<number | undefined>;
   /** Inherited read-only fd of each disk's backing image (undefined without one), in definition order. */
   readonly backingFds?: ReadonlyArray<number | undefined>;
-  /** A hugetlbfs mount point, when the definition asks for hugepage-backed memory. */
-  readonly hugepagesPath?: string;
+  /** The host's hugetlbfs mount points by page size in KiB, when the definition asks for huge pages. */
+  readonly hugepageMounts?: Readonly<Record<number, string>>;
+  /** The host's default huge page size in KiB (`<hugepages/>` without a `<page>`). */
+  readonly defaultHugepageKiB?: number;
   /** The host's online NUMA nodes, to refuse a `<numatune>` naming others (none: not checked). */
   readonly hostNumaNodes?: readonly number[];
   /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
@@ -130,46 +138,16 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       { path: 'numatune' },
     );
   }
-  // All guest memory bound to host nodes, without guest NUMA cells: one backend, as libvirt.
-  const binding = def.cpu?.numa ? undefined : numaBinding(def, undefined);
-  if (binding && !def.memoryBacking?.hugepages) {
-    add(
-      '-object',
-      JSON.stringify({
-        'qom-type': 'memory-backend-ram',
-        id: 'pc.ram',
-        size: bootMemoryKiB(def) * 1024,
-        ...binding,
-      }),
-    );
+  const host: MemoryBackingHost = {
+    memoryBackingDir: memoryBackingDir(ctx.homeDir),
+    ...(ctx.hugepageMounts ? { hugepageMounts: ctx.hugepageMounts } : {}),
+    ...(ctx.defaultHugepageKiB !== undefined ? { defaultHugepageKiB: ctx.defaultHugepageKiB } : {}),
+  };
+  // Without guest NUMA cells, one backend for all guest memory when anything asks for one.
+  const ram = def.cpu?.numa ? undefined : memoryBackend(def, host, 'pc.ram', bootMemoryKiB(def), undefined);
+  if (ram) {
+    add('-object', JSON.stringify(ram));
     add('-machine', 'memory-backend=pc.ram');
-  }
-  if (def.memoryBacking?.hugepages) {
-    if (!ctx.hugepagesPath) {
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        'hugepage-backed memory needs a mounted hugetlbfs (mount -t hugetlbfs hugetlbfs /dev/hugepages) with pages reserved',
-        { path: 'memoryBacking.hugepages' },
-      );
-    }
-    // Guest RAM as a memory backend on hugetlbfs, preallocated so a shortage fails the start
-    // instead of the guest later.
-    if (!def.cpu?.numa) {
-      add(
-        '-object',
-        binding
-          ? JSON.stringify({
-              'qom-type': 'memory-backend-file',
-              id: 'pc.ram',
-              'mem-path': ctx.hugepagesPath,
-              prealloc: true,
-              size: def.memoryKiB * 1024,
-              ...binding,
-            })
-          : `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
-      );
-      add('-machine', 'memory-backend=pc.ram');
-    }
   }
   if (def.memoryBacking?.locked) add('-overcommit', 'mem-lock=on');
 
@@ -178,7 +156,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     '-smp',
     `${def.vcpu.current ?? def.vcpu.count},maxcpus=${def.vcpu.count},sockets=${topo.sockets},dies=${topo.dies},cores=${topo.cores},threads=${topo.threads}`,
   );
-  add(...numaArgs(def, def.memoryBacking?.hugepages ? ctx.hugepagesPath : undefined));
+  add(...numaArgs(def, host));
   add(...dimmArgs(def));
   add(...smbiosArgs(def));
   for (let i = 1; i <= def.iothreads; i++) add('-object', `iothread,id=iothread${i}`);
@@ -267,7 +245,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       for (const node of backingBlockdevs(disk)) json('-blockdev', node);
     }
     for (const node of diskBlockdevs(disk)) json('-blockdev', node);
-    const bootIndex = floppyBootIndex(disk);
+    const bootIndex = floppyBootIndex(full, disk);
     if (bootIndex) add('-global', bootIndex);
     json('-device', diskDevice(full, disk, `disks.${i}`));
   });
@@ -281,26 +259,21 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   });
 
   const serials = def.serials.map((serial, i) => {
-    if (serial.type === 'file') {
-      const path = serial.path ?? ctx.consolePath;
-      add('-chardev', `file,id=charserial${i},path=${esc(path)}`);
-      json('-device', serialDevice(i));
-      return { type: 'file' as const, path };
-    }
-    if (serial.type === 'unix') {
-      // As libvirt: a listening socket QEMU does not wait on; the log through QEMU's logfile.
-      const listen = serial.mode === 'bind' ? ',server=on,wait=off' : '';
-      const log = serial.log
-        ? `,logfile=${esc(serial.log.file)},logappend=${serial.log.append ? 'on' : 'off'}`
-        : '';
-      add('-chardev', `socket,id=charserial${i},path=${esc(serial.path)}${listen}${log}`);
-      json('-device', serialDevice(i));
-      return serial;
-    }
-    add('-chardev', `pty,id=charserial${i}`);
+    add('-chardev', chardevArg(`charserial${i}`, serial, ctx.consolePath));
     json('-device', serialDevice(i));
+    if (serial.type === 'file') return { ...serial, path: serial.path ?? ctx.consolePath };
     // The pty QEMU allocates is read back once it runs; a path given in the definition is not it.
-    return { type: 'pty' as const };
+    if (serial.type === 'pty')
+      return serial.log ? { type: 'pty' as const, log: serial.log } : { type: 'pty' as const };
+    return serial;
+  });
+  // libvirt's qemuBuildParallelsCommandLine: an isa-parallel per port, LPT1 onwards.
+  const parallels = def.parallels?.map((parallel, i) => {
+    // A file port without a path writes next to the console log.
+    const file = ctx.consolePath.replace(/\.console\.log$/, '') + `.parallel${i}.log`;
+    add('-chardev', chardevArg(`charparallel${i}`, parallel, file, true));
+    json('-device', { driver: 'isa-parallel', chardev: `charparallel${i}`, id: `parallel${i}` });
+    return parallel.type === 'file' ? { ...parallel, path: parallel.path ?? file } : parallel;
   });
 
   // A currentMemory below memory is honoured as libvirt does: a balloon, whose target the start
@@ -321,5 +294,5 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     for (const { name, value } of def.qemuCommandline.env) env[name] = value;
     taints.push('custom-argv');
   }
-  return { argv, env, taints, live: { ...full, serials } };
+  return { argv, env, taints, live: { ...full, serials, ...(parallels ? { parallels } : {}) } };
 }

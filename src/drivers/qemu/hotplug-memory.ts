@@ -6,7 +6,7 @@ import { type DriverContext, scopeOf } from './context.js';
 import { assignDevices } from './devices/assign.js';
 import { type Dimm, dimmBackend, dimmBackendId, dimmDevice } from './devices/memory.js';
 import type { DomainObject, Runtime } from './domain-object.js';
-import { affectOf, monitor } from './hotplug.js';
+import { affectOf, monitor, sendInOrder } from './hotplug.js';
 import { setLive } from './live-definition.js';
 import { raiseMemLock } from './privileged/phases.js';
 import { domainPaths } from './root.js';
@@ -56,7 +56,8 @@ export async function attachMemory(
   const run = dom.run;
   if (live && run) {
     const added = withDimmAssigned(run.live, dimm, true);
-    await plugDimm(ctx, dom, run, added.def, added.dimm);
+    // Nothing follows a live-only attach: its record also says that the job is over.
+    await plugDimm(ctx, dom, run, added.def, added.dimm, !persistent);
     ctx.log(dom, `attached ${added.dimm.alias} (live, ${added.dimm.sizeKiB} KiB)`);
     ctx.emit(dom, 'device-added', added.dimm.alias as string);
   }
@@ -73,22 +74,36 @@ async function plugDimm(
   run: Runtime,
   next: DomainDefinition,
   dimm: Dimm,
+  endsJob: boolean,
 ): Promise<void> {
   const qmp = monitor(run);
   // Before the backend exists: a QEMU that locks its memory maps the new RAM locked at once.
   await raiseMemLock(scopeOf(ctx, dom, run), next, run.pid, 'hotplug');
-  await qmp.command('object-add', dimmBackend(dimm));
+  // The new live definition is validated while QEMU creates the backend, and before the
+  // device_add that shows the guest the DIMM; whatever failed leaves the VM unchanged.
+  const undo: Array<() => Promise<unknown>> = [];
+  let live: DomainDefinition;
   try {
+    live = await sendInOrder(
+      [
+        {
+          run: () => qmp.command('object-add', dimmBackend(dimm)),
+          undo: () => qmp.command('object-del', { id: dimmBackendId(dimm) }),
+        },
+      ],
+      undo,
+      next,
+    );
     await qmp.command('device_add', dimmDevice(dimm));
   } catch (err) {
-    await qmp
-      .command('object-del', { id: dimmBackendId(dimm) })
-      .catch((undoErr: unknown) =>
+    for (const step of undo) {
+      await step().catch((undoErr: unknown) =>
         ctx.log(dom, `hotplug rollback of ${dimm.alias} failed: ${String(undoErr)}`),
       );
+    }
     throw err;
   }
-  await setLive(dom, run, next);
+  await setLive(dom, run, live, { endsJob });
 }
 
 /** Detaches a memory device: the guest must let go of it (offline its blocks) within `timeoutMs`. */

@@ -7,10 +7,11 @@ import { type DriverContext, scopeOf } from './context.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { affectOf, monitor } from './hotplug.js';
 import { setLive } from './live-definition.js';
-import { configureHotplugVcpu } from './privileged/phases.js';
+import { configureHotplugVcpu, releaseVcpuThreads } from './privileged/phases.js';
 import type { QmpClient } from './qmp/client.js';
 import type { QmpHotpluggableCpu } from './qmp/commands.js';
 import { domainPaths } from './root.js';
+import { saveStatus } from './runtime-status.js';
 import type { ThreadIds } from './status.js';
 import { saveDefinition } from './store.js';
 
@@ -132,6 +133,8 @@ async function plugVcpu(
   }
   const alias = `vcpu${free.index}`;
   await qmp.command('device_add', { driver: free.slot.type, id: alias, ...free.slot.props });
+  // The new thread, once verified: a rollback gives back what was placed for it.
+  let tid: number | undefined;
   try {
     const vcpus = await reportedVcpus(qmp, run.live, current + 1);
     const added = vcpus.find((v) => v.index === free.index);
@@ -145,14 +148,20 @@ async function plugVcpu(
     }
     const vcpu = { index: added.index, tid: added.tid };
     verifyThreads(run, [{ ...vcpu, role: 'vcpu' }]);
+    tid = vcpu.tid;
     await configureHotplugVcpu(scopeOf(ctx, dom, run), run.live, run.pid, vcpu, run);
     run.threads = { ...threads, vcpus: [...threads.vcpus, vcpu].sort((a, b) => a.index - b.index) };
     await setLive(dom, run, withVcpus(run.live, current + 1), { endsJob });
   } catch (err) {
     run.threads = threads;
-    await removeVcpu(ctx, dom, run, qmp, alias, `/machine/peripheral/${alias}`).catch((undoErr: unknown) =>
-      ctx.log(dom, `hotplug rollback of ${alias} failed: ${String(undoErr)}`),
-    );
+    try {
+      await removeVcpu(ctx, dom, run, qmp, alias, `/machine/peripheral/${alias}`);
+      // What was placed for its thread goes back, and the record says so.
+      if (tid !== undefined) await releaseVcpuThreads(scopeOf(ctx, dom, run), run, [tid]);
+      saveStatus(dom, run);
+    } catch (undoErr) {
+      ctx.log(dom, `hotplug rollback of ${alias} failed: ${String(undoErr)}`);
+    }
     throw err;
   }
   ctx.log(dom, `vCPU ${free.index} added (live)`);
@@ -207,6 +216,10 @@ async function unplugVcpu(
   const id = last.qomPath.startsWith('/machine/peripheral/') ? last.qomPath.slice(20) : last.qomPath;
   await removeVcpu(ctx, dom, run, qmp, id, last.qomPath);
   run.threads = { ...threads, vcpus: threads.vcpus.filter((v) => v.index !== last.index) };
+  // What was placed for its thread goes back (setLive records the rest). The tid is the one the
+  // driver recorded for that vCPU, never the one QEMU just reported.
+  const known = threads.vcpus.find((v) => v.index === last.index)?.tid;
+  if (known !== undefined) await releaseVcpuThreads(scopeOf(ctx, dom, run), run, [known]);
   await setLive(dom, run, withVcpus(run.live, current - 1), { endsJob });
   ctx.log(dom, `vCPU ${last.index} removed (live)`);
 }

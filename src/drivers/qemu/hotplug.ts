@@ -194,7 +194,7 @@ function validate(live: DomainDefinition): { get(): DomainDefinition } {
  *
  * @returns the validated live definition
  */
-async function sendInOrder(
+export async function sendInOrder(
   commands: ReadonlyArray<{ run: () => Promise<unknown>; undo: () => Promise<unknown> }>,
   undo: Array<() => Promise<unknown>>,
   live: DomainDefinition,

@@ -1,4 +1,4 @@
-import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { accessSync, constants, fstatSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
@@ -9,8 +9,10 @@ import { faultPoint } from '../../util/fault-points.js';
 import { closeFd, listenUnixSocket } from '../../util/libc.js';
 import { readProcStartTime } from '../../util/proc.js';
 import type { Job } from '../jobs.js';
+import { placesThreads } from '../thread-tuning.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
+import { memoryBackingDir } from './devices/memory-backend.js';
 import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
@@ -193,6 +195,8 @@ async function openDescriptors(s: Startup): Promise<void> {
 
 function buildCommand(s: Startup): void {
   const firmware = resolveFirmware(s.def, join(s.ctx.layout.lib, 'nvram'));
+  // File-backed guest memory: QEMU creates its file here and unlinks it at once.
+  mkdirSync(memoryBackingDir(s.ctx.layout.lib), { recursive: true, mode: 0o700 });
   ensureNvram(firmware);
   const cmd = buildCommandLine(s.def, {
     firmware,
@@ -200,7 +204,7 @@ function buildCommand(s: Startup): void {
     monitorFd: FIRST_CHILD_FD,
     consolePath: s.paths.console,
     homeDir: s.ctx.layout.lib,
-    hugepagesPath: s.def.memoryBacking?.hugepages ? hugetlbfsMount() : undefined,
+    ...(s.def.memoryBacking?.hugepages ? hugetlbfsMounts() : {}),
     ...(s.def.numatune ? { hostNumaNodes: hostNumaNodes() } : {}),
     ...childFdNumbers(s.preExec ?? { disks: [], taps: [], all: [] }),
   });
@@ -233,11 +237,26 @@ function childFdNumbers(fds: PreExecDescriptors): {
 }
 
 /** The first hugetlbfs mount, from /proc/mounts. */
-function hugetlbfsMount(): string | undefined {
-  const line = readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .find((l) => l.split(' ')[2] === 'hugetlbfs');
-  return line?.split(' ')[1];
+/**
+ * The host's hugetlbfs mounts by page size in KiB (a mount without `pagesize=` has the default
+ * size) and that default, from /proc/mounts and /proc/meminfo.
+ */
+function hugetlbfsMounts(): { hugepageMounts: Record<number, string>; defaultHugepageKiB?: number } {
+  const meminfo = /^Hugepagesize:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+  const defaultKiB = meminfo ? Number(meminfo[1]) : undefined;
+  const mounts: Record<number, string> = {};
+  for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
+    const [, dir, type, options] = line.split(' ');
+    if (type !== 'hugetlbfs' || dir === undefined) continue;
+    const size = /(?:^|,)pagesize=(\d+)([KMG])/.exec(options ?? '');
+    const kib = size
+      ? Number(size[1]) * { K: 1, M: 1024, G: 1024 * 1024 }[size[2] as 'K' | 'M' | 'G']
+      : defaultKiB;
+    // Octal escapes of /proc/mounts (a space is \040).
+    const path = dir.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
+    if (kib !== undefined && mounts[kib] === undefined) mounts[kib] = path;
+  }
+  return { hugepageMounts: mounts, ...(defaultKiB !== undefined ? { defaultHugepageKiB: defaultKiB } : {}) };
 }
 
 function checkEmulator(path: string): string {
@@ -332,9 +351,20 @@ function status(s: Startup, phase: 'starting' | 'running'): RawStatusRecord {
   return runtimeStatus(s.run as Runtime, phase, s.dom.status);
 }
 
-/** Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). */
+/**
+ * Visible to a successor if this process is killed; not fsync'd (see {@link writeStatus}). A domain
+ * whose threads will be placed is recorded as placed-or-being-placed from here on, so that
+ * configureThreads needs no record of its own before it places them: a successor that finds the
+ * record releases the domain's cgroups (`cgroup.release` with the placements known, none yet),
+ * which for a domain never placed finds nothing to remove.
+ */
 async function recordStarting(s: Startup): Promise<void> {
-  await writeStatus(s.paths.status, status(s, 'starting'), false);
+  const record = status(s, 'starting');
+  await writeStatus(
+    s.paths.status,
+    placesThreads(s.def) ? { ...record, placementAttempted: true } : record,
+    false,
+  );
 }
 
 async function raiseMemLockStep(s: Startup): Promise<void> {
@@ -371,7 +401,11 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
     domain: { name: s.def.name, uuid: s.def.uuid },
   });
   launch.proceed();
+  // Settled once the greeting is in (or failed): an exit after that is the exit watcher's alone,
+  // and must not cost every domain that stops an abort, a read of its log and an error object.
+  let greeted = false;
   const died = launch.exited.then((info) => {
+    if (greeted) return undefined;
     abort.abort();
     const why = info.signal ? `signal ${info.signal}` : `code ${info.code}`;
     const tail = logTail(s.paths.log, s.logOffset);
@@ -384,6 +418,8 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
   try {
     const first = await Promise.race([monitor, died]);
     if (first instanceof VirtError) throw first;
+    if (first === undefined) throw new VirtError(ErrorCode.OPERATION_FAILED, 'QEMU exited during start-up');
+    greeted = true;
     return first;
   } catch (err) {
     monitor.then((q) => q.close()).catch(() => undefined);
@@ -391,8 +427,9 @@ async function greet(s: Startup, launch: Launch): Promise<QmpClient> {
     // carries QEMU's own words from the log, rather than report a bare connection reset.
     if (s.job.aborted) throw err;
     const exit = await within(died, 2_000);
-    throw exit === 'timeout' ? err : exit;
+    throw exit === 'timeout' || exit === undefined ? err : exit;
   } finally {
+    greeted = true;
     s.job.signal.removeEventListener('abort', onJobAbort);
   }
 }
@@ -419,7 +456,10 @@ async function configureThreadsStep(s: Startup): Promise<void> {
     run.pid,
     run.threads as ThreadIds,
     run,
-    () => writeStatus(s.paths.status, status(s, 'starting'), false),
+    // The attempt is on record since recordStarting: only the placements are written.
+    async (stage) => {
+      if (stage === 'placed') await writeStatus(s.paths.status, status(s, 'starting'), false);
+    },
     threadPhase(s),
   );
 }

@@ -503,7 +503,7 @@ export class TestDriver extends DriverCore<TestDomain> implements Driver {
             .at(-1);
           if (last === undefined)
             throw new VirtError(ErrorCode.OPERATION_INVALID, 'vCPU 0 cannot be unplugged', { path: 'count' });
-          this.#privileged.unplugVcpu(run.live, sim, last);
+          await this.#privileged.unplugVcpu(run.live, sim, last);
           run.live = withVcpus(run.live, --current);
         }
       }

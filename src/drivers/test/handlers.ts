@@ -241,7 +241,27 @@ export class PrivilegedSimulation {
     } catch (err) {
       this.#sim.removeVcpu(run.pid, index);
       if (def.type === 'qemu') run.vcpuUnplugged = true;
+      await this.#releaseVcpuThread(def, run, tid);
       throw err;
+    }
+  }
+
+  /**
+   * A vCPU's thread has ended: `cgroup.release` in phase `hotplug` with just its placements, as
+   * `releaseVcpuThreads` of the embedded driver. Never throws; a failed release keeps them for the
+   * domain's release.
+   */
+  async #releaseVcpuThread(def: DomainDefinition, run: SimRun, tid: number): Promise<void> {
+    const gone = run.placements.filter((p) => p.tid === tid);
+    if (gone.length === 0) return;
+    try {
+      await this.#invoke(this.#scope(def, run.id, run.pid, run.taints), 'cgroup.release', 'hotplug', {
+        pid: run.pid,
+        placements: gone,
+      });
+      run.placements = run.placements.filter((p) => !gone.includes(p));
+    } catch (err) {
+      this.#sim.appendLog(def.uuid, `release of vCPU thread ${tid} failed: ${errorMessage(err)}`);
     }
   }
 
@@ -255,10 +275,12 @@ export class PrivilegedSimulation {
     await this.#raiseMemLock(scope, def, this.#sim.running(run.pid), 'hotplug');
   }
 
-  /** An unplugged vCPU's thread ends (the guest let go at once). */
-  unplugVcpu(def: DomainDefinition, run: SimRun, index: number): void {
+  /** An unplugged vCPU's thread ends (the guest let go at once); its placements are given back. */
+  async unplugVcpu(def: DomainDefinition, run: SimRun, index: number): Promise<void> {
+    const tid = run.pid + 10 + index;
     this.#sim.removeVcpu(run.pid, index);
     if (def.type === 'qemu') run.vcpuUnplugged = true;
+    await this.#releaseVcpuThread(def, run, tid);
   }
 
   /** The vCPU indexes the simulated process runs. */

@@ -306,10 +306,14 @@ export function authorise(
       return startTime;
     }
     case 'cgroup.release': {
-      // QEMU has exited by now, so there is no process to check: the helper removes only its own
-      // vk-<uuid> directory, and util/cgroup refuses one that still holds any task.
+      // After an exit (release, reconnect) there is no process to check: the helper removes only
+      // its own vk-<uuid> directory, and util/cgroup refuses one that still holds any task. In
+      // hotplug (vCPUs taken away) QEMU runs and must be the peer's, and only the groups of the
+      // placements go, each refused while it holds a task.
       const a = args as OperationArgs<'cgroup.release'>;
       const dir = domainCgroup(policy, ctx.domain.uuid, target);
+      const startTime =
+        ctx.phase === 'hotplug' ? checkTarget(policy, peer, a.pid, op, ctx.phase, target) : undefined;
       for (const p of a.placements) {
         if (!p.cgroup.startsWith(`${dir}/`)) {
           throw denied('cgroup.parent', `cgroup ${p.cgroup} is outside ${dir}`, {
@@ -318,7 +322,7 @@ export function authorise(
           });
         }
       }
-      return;
+      return startTime;
     }
     case 'net.openTap': {
       const a = args as OperationArgs<'net.openTap'>;

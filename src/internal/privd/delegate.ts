@@ -49,8 +49,12 @@ const STUB_WAIT_MS = 2_000;
 
 interface Pending {
   readonly op: OperationName;
+  /** When the caller stops waiting (ms since the epoch, finite). */
+  readonly deadline: number;
   resolve(value: unknown): void;
   reject(err: VirtError): void;
+  /** The deadline passed: the call stops waiting. */
+  expire(): void;
 }
 
 /** One connection to the helper; replaced by a new one after it closes. */
@@ -62,6 +66,9 @@ class Session {
   readonly ready: Promise<void>;
   /** The helper's hello has arrived: `ready` has resolved. */
   greeted = false;
+  /** One timer for the earliest deadline of the calls in flight, rather than one per call. */
+  #timer: NodeJS.Timeout | undefined;
+  #timerAt = Number.POSITIVE_INFINITY;
   #greeted!: () => void;
   #refused!: (err: VirtError) => void;
 
@@ -87,6 +94,8 @@ class Session {
                   { cause: reason },
                 );
           this.#refused(err);
+          clearTimeout(this.#timer);
+          this.#timer = undefined;
           for (const p of this.pending.values()) p.reject(err);
           this.pending.clear();
           onClosed(this);
@@ -102,6 +111,32 @@ class Session {
       apiVersion: INTERNAL_API_VERSION,
       client: 'virtkit-delegate',
     });
+  }
+
+  /** Adds a call in flight and makes sure the timer fires by its deadline. */
+  add(id: number, call: Pending): void {
+    this.pending.set(id, call);
+    if (this.#timer === undefined || call.deadline < this.#timerAt) this.#arm(call.deadline);
+  }
+
+  #arm(at: number): void {
+    clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => this.#expire(), timeUntil(at));
+    // Calls in flight keep the process alive through the connection's ref, not through this.
+    this.#timer.unref();
+  }
+
+  /** Stops the calls whose deadline passed and waits for the next deadline, if any call is left. */
+  #expire(): void {
+    this.#timer = undefined;
+    const now = Date.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const call of [...this.pending.values()]) {
+      if (call.deadline <= now) call.expire();
+      else next = Math.min(next, call.deadline);
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.#arm(next);
   }
 
   #onMessage(raw: unknown): void {
@@ -275,9 +310,8 @@ class Client {
     return new Promise<unknown>((resolve, reject) => {
       const id = this.#nextId++;
       const signal = ctx.signal;
-      let timer: NodeJS.Timeout | undefined;
+      const deadline = Number.isFinite(ctx.deadline) ? ctx.deadline : Date.now() + MAX_TIMER_MS;
       const settled = () => {
-        clearTimeout(timer);
         signal.removeEventListener('abort', stop);
         if (s.pending.size === 0) s.conn.ref(false);
       };
@@ -287,8 +321,10 @@ class Client {
         settled();
         reject(stopReason(op, ctx));
       };
-      s.pending.set(id, {
+      s.add(id, {
         op,
+        deadline,
+        expire: stop,
         resolve: (value) => {
           settled();
           resolve(value);
@@ -299,7 +335,6 @@ class Client {
         },
       });
       signal.addEventListener('abort', stop, { once: true });
-      timer = setTimeout(stop, timeUntil(ctx.deadline));
       s.conn.ref(true);
       try {
         s.conn.send({
@@ -311,7 +346,7 @@ class Client {
             domain: { uuid: ctx.domain.uuid, name: ctx.domain.name, id: ctx.domain.id },
             phase: ctx.phase,
             pid: ctx.pid ?? null,
-            deadline: Number.isFinite(ctx.deadline) ? ctx.deadline : Date.now() + MAX_TIMER_MS,
+            deadline,
           },
           args,
         });

@@ -133,10 +133,13 @@ export function execute(
       return { fd: openBeneath(policy.storage?.prefixes ?? [], a.path, a.mode) };
     }
     case 'cgroup.release': {
+      // Only after QEMU exited are its TAPs released too; in hotplug, vCPU groups go and nothing else.
+      if (ctx.phase === 'hotplug')
+        return builtins[op](args as OperationArgs<'cgroup.release'>, scope, ctx.phase);
       const releaseTaps = () => services.taps.release(services.peerUid, ctx.domain.uuid);
       let released: OperationResult<'cgroup.release'> | Promise<OperationResult<'cgroup.release'>>;
       try {
-        released = builtins[op](args as OperationArgs<'cgroup.release'>, scope);
+        released = builtins[op](args as OperationArgs<'cgroup.release'>, scope, ctx.phase);
       } catch (err) {
         releaseTaps();
         throw err;

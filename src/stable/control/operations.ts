@@ -277,7 +277,7 @@ export const operations = {
         );
       }
       if (
-        serial.type === 'file' ||
+        !(serial.type === 'pty' || serial.type === 'unix') ||
         serial.path === undefined ||
         (serial.type === 'unix' && serial.mode !== 'bind')
       ) {

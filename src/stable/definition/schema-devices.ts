@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { audioSchema, soundSchema } from './schema-audio.js';
 
 /*
  * The devices real tools add besides disks and NICs: input devices, VNC graphics, video, the
@@ -35,6 +36,8 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
           port: z.number().int().min(-1).max(65535).optional(),
           /** A UNIX socket path; without it and without `listen`, `<root>/run/<uuid>.vnc`. */
           socket: z.string().startsWith('/').optional(),
+          /** The `audios` backend a VNC client with audio support hears (libvirt's `<audio id>`). */
+          audio: z.number().int().min(1).optional(),
         }),
       )
       .max(1)
@@ -147,7 +150,9 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
       )
       .max(2)
       .optional(),
-    /** `<audio>` backends; only `none` (no host audio). */
-    audios: z.array(z.strictObject({ id: z.number().int().min(1), type: z.literal('none') })).optional(),
+    /** `<audio>` backends (QEMU's `-audiodev`), see schema-audio.ts. */
+    audios: z.array(audioSchema).optional(),
+    /** `<sound>` cards, each playing through one of `audios`. */
+    sounds: z.array(soundSchema.extend({ address: pciAddress.optional() })).optional(),
   } as const;
 }

@@ -130,14 +130,19 @@ export const extraFeatures = {
 /** A NUMA cell of `<cpu><numa>`. */
 export const numaCellSchema = z.strictObject({
   id: z.number().int().min(0).max(63).optional(),
-  /** The vCPUs of the cell, as a cpuset-style list. */
-  cpus: z.string().regex(/^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$/, 'a list of vCPUs such as "0-3"'),
+  /** The vCPUs of the cell, as a cpuset-style list; a cell without any holds only memory. */
+  cpus: z
+    .string()
+    .regex(/^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$/, 'a list of vCPUs such as "0-3"')
+    .optional(),
   memoryKiB: z
     .number()
     .int()
     .positive()
     .max(2 ** 52),
   memAccess: z.enum(['shared', 'private']).optional(),
+  /** Discards the cell's memory content when the guest stops (file-backed memory only). */
+  discard: z.boolean().optional(),
 });
 
 /**

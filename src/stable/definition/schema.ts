@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { PCI_CONTROLLER_MODELS } from './pci-controllers.js';
+import { charSource } from './schema-chardev.js';
 import { deviceSchemas } from './schema-devices.js';
 import { networkDiskSource } from './schema-network-disk.js';
 import {
@@ -118,6 +119,14 @@ const controllerSchema = z.discriminatedUnion('type', [
     index: z.number().int().min(0).max(255).optional(),
     alias: z.string().optional(),
     address: pciAddress.optional(),
+  }),
+  z.strictObject({
+    /** The pc machine's floppy controller (the ISA FDC), built in: it holds the floppy drives. */
+    type: z.literal('fdc'),
+    index: z.literal(0).optional(),
+    alias: z.string().optional(),
+    /** None: an ISA device has no PCI address (present so every controller has the field). */
+    address: z.never().optional(),
   }),
   z.strictObject({
     type: z.literal('sata'),
@@ -298,33 +307,6 @@ const interfaceSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
-const charSource = z.discriminatedUnion('type', [
-  /** Written to a file; without a path, `<root>/log/<name>.console.log`. */
-  z.strictObject({ type: z.literal('file'), path: z.string().startsWith('/').optional() }),
-  /**
-   * A pseudo-terminal QEMU allocates at start (`virtkit console` attaches to it). `path` is output
-   * only: the live definition of a running domain carries the pty it got; a start ignores it.
-   */
-  z.strictObject({ type: z.literal('pty'), path: z.string().startsWith('/').max(4096).optional() }),
-  /**
-   * A UNIX socket: QEMU listens on `path` (`bind`, removed again when the domain stops) or connects
-   * to a listener there (`connect`, which must exist when the domain starts).
-   */
-  z.strictObject({
-    type: z.literal('unix'),
-    mode: z.enum(['bind', 'connect']).default('bind'),
-    path: z.string().startsWith('/', 'an absolute path').max(107, 'at most 107 bytes (a UNIX socket path)'),
-    /** A file QEMU copies everything the guest writes to (libvirt's `<log file append>`). */
-    log: z
-      .strictObject({
-        file: z.string().startsWith('/', 'an absolute path'),
-        /** Append to an existing file instead of truncating it at start. */
-        append: z.boolean().default(false),
-      })
-      .optional(),
-  }),
-]);
-
 /**
  * The schema of a domain definition as given to `defineDomain`. Use {@link DomainDefinitionInput}
  * for the type accepted as input and {@link DomainDefinition} for the resolved definition.
@@ -402,7 +384,7 @@ export const domainDefinitionSchema = z.strictObject({
       kernel: z.string().startsWith('/').optional(),
       initrd: z.string().startsWith('/').optional(),
       cmdline: z.string().optional(),
-      boot: z.array(z.enum(['hd', 'cdrom', 'network'])).optional(),
+      boot: z.array(z.enum(['hd', 'cdrom', 'fd', 'network'])).optional(),
       /** `efi` picks UEFI firmware (OVMF) with a per-domain variable store; `bios` is SeaBIOS. */
       firmware: z.enum(['efi', 'bios']).optional(),
       loader: loaderSchema.optional(),
@@ -428,10 +410,47 @@ export const domainDefinitionSchema = z.strictObject({
       iothreadsched: z.array(schedEntry).default([]),
     })
     .optional(),
+  /**
+   * Where guest memory comes from (libvirt's `<memoryBacking>`), as libvirt picks QEMU's memory
+   * backend: huge pages (hugetlbfs, or memfd's hugetlb), a memfd, a file, shared or private,
+   * preallocated or not.
+   */
   memoryBacking: z
     .strictObject({
+      /** Locked in host RAM (`-overcommit mem-lock=on`). */
       locked: z.boolean().default(false),
+      /** Huge pages (`<hugepages>`): of the host's default size unless `pages` says otherwise. */
       hugepages: z.boolean().default(false),
+      /**
+       * Huge page sizes (`<hugepages><page size nodeset>`): per guest NUMA cells in `nodeset`, or
+       * without one for the rest. A size equal to the system page (4 KiB) means no huge pages.
+       */
+      pages: z
+        .array(
+          z.strictObject({
+            sizeKiB: z
+              .number()
+              .int()
+              .positive()
+              .max(2 ** 30),
+            nodeset: z.string().optional(),
+          }),
+        )
+        .min(1)
+        .optional(),
+      /** `anonymous` (ordinary RAM), `file` (a file in the root's `lib/ram/`) or `memfd`. */
+      source: z.enum(['anonymous', 'file', 'memfd']).optional(),
+      /** `shared` maps the memory shared (vhost-user needs it), `private` copy-on-write. */
+      access: z.enum(['shared', 'private']).optional(),
+      /** `immediate` preallocates all memory at start (with `threads` doing it). */
+      allocation: z
+        .strictObject({
+          mode: z.enum(['immediate', 'ondemand']).optional(),
+          threads: z.number().int().min(1).max(4096).optional(),
+        })
+        .optional(),
+      /** Discards the memory's content when the guest stops (file-backed memory only). */
+      discard: z.boolean().optional(),
     })
     .optional(),
   memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),
@@ -475,6 +494,8 @@ export const domainDefinitionSchema = z.strictObject({
   disks: z.array(diskSchema).default([]),
   interfaces: z.array(interfaceSchema).default([]),
   serials: z.array(charSource).max(4).default([]),
+  /** Parallel ports (QEMU's isa-parallel, LPT1 to LPT3), on a chardev backend each. */
+  parallels: z.array(charSource).max(3).optional(),
   ...deviceSchemas(pciAddress),
   /**
    * Device controllers. The QEMU driver adds the implicit ones at define time as libvirt does (the

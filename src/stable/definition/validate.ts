@@ -31,7 +31,41 @@ export function resolveDefinition(input: unknown): DomainDefinition {
   checkSize(def);
   checkSemantics(def);
   checkPlatform(def);
+  checkAudio(def);
   return def;
+}
+
+/** Audio ids are unique, and a sound card or VNC names an existing one; a backend's options fit it. */
+function checkAudio(def: DomainDefinition): void {
+  const ids = new Set<number>();
+  (def.audios ?? []).forEach((a, i) => {
+    if (ids.has(a.id)) throw invalid(`audios.${i}.id`, `audio id ${a.id} is given twice`);
+    ids.add(a.id);
+    const only = (what: string, owner: string, present: boolean) => {
+      if (present)
+        throw invalid(`audios.${i}.${what}`, `${what} is an option of ${owner} backends, not ${a.type}`);
+    };
+    only('path', 'file', a.type !== 'file' && a.path !== undefined);
+    for (const k of ['tryMMap', 'exclusive', 'dspPolicy'] as const)
+      only(k, 'oss', a.type !== 'oss' && a[k] !== undefined);
+    for (const dir of ['input', 'output'] as const) {
+      const d = a[dir];
+      if (!d) continue;
+      if (d.dev !== undefined && a.type !== 'alsa' && a.type !== 'oss')
+        throw invalid(`audios.${i}.${dir}.dev`, `dev is an option of alsa and oss backends, not ${a.type}`);
+      for (const k of ['bufferCount', 'tryPoll'] as const)
+        if (d[k] !== undefined && a.type !== 'oss')
+          throw invalid(`audios.${i}.${dir}.${k}`, `${k} is an option of oss backends, not ${a.type}`);
+    }
+  });
+  const refs: Array<[string, number | undefined]> = [
+    ...(def.sounds ?? []).map((s, i): [string, number | undefined] => [`sounds.${i}.audio`, s.audio]),
+    ...(def.graphics ?? []).map((g, i): [string, number | undefined] => [`graphics.${i}.audio`, g.audio]),
+  ];
+  for (const [path, id] of refs) {
+    if (id !== undefined && !ids.has(id))
+      throw invalid(path, `there is no <audio id='${id}'> backend (add one or remove the reference)`);
+  }
 }
 
 /**
@@ -249,7 +283,7 @@ function checkPlatform(def: DomainDefinition): void {
       if (cell.id !== undefined && cell.id !== i) {
         throw invalid(`cpu.numa.${i}.id`, `NUMA cell ids must be 0, 1, … in order; found ${cell.id} at ${i}`);
       }
-      const cpus = parseCpuset(cell.cpus);
+      const cpus = cell.cpus === undefined ? [] : parseCpuset(cell.cpus);
       if (!cpus) throw invalid(`cpu.numa.${i}.cpus`, `malformed vCPU list "${cell.cpus}"`);
       for (const cpu of cpus) {
         if (cpu >= def.vcpu.count) throw invalid(`cpu.numa.${i}.cpus`, `vCPU ${cpu} does not exist`);
@@ -258,13 +292,16 @@ function checkPlatform(def: DomainDefinition): void {
       }
       memory += cell.memoryKiB;
     });
-    if (memory !== def.memoryKiB) {
+    // The memory devices (DIMMs) come on top of the cells' memory.
+    const devices = (def.memoryDevices ?? []).reduce((sum, d) => sum + d.sizeKiB, 0);
+    if (memory + devices !== def.memoryKiB) {
       throw invalid(
         'cpu.numa',
-        `the NUMA cells hold ${memory} KiB, the domain ${def.memoryKiB} KiB: they must match`,
+        `the NUMA cells hold ${memory} KiB and the memory devices ${devices} KiB, the domain ${def.memoryKiB} KiB: they must match`,
       );
     }
   }
+  checkHugepages(def);
   if (def.vcpu.cpuset !== undefined && !parseCpuset(def.vcpu.cpuset)) {
     throw invalid('vcpu.cpuset', `malformed cpuset "${def.vcpu.cpuset}"`);
   }
@@ -289,6 +326,36 @@ function checkPlatform(def: DomainDefinition): void {
   def.videos?.forEach((video, i) => {
     if (video.model === 'ramfb' && video.address) {
       throw invalid(`videos.${i}.address`, 'ramfb is not a PCI device and takes no address');
+    }
+  });
+}
+
+/**
+ * `<hugepages><page>`: as libvirt, the nodesets name guest NUMA cells that exist (node 0 only
+ * without cells), no cell in two pages, at most one page without a nodeset; pages need
+ * `<hugepages>` itself.
+ */
+function checkHugepages(def: DomainDefinition): void {
+  const backing = def.memoryBacking;
+  const pages = backing?.pages;
+  if (!pages) return;
+  if (!backing.hugepages) throw invalid('memoryBacking.pages', 'huge page sizes need hugepages');
+  const cells = Math.max(1, def.cpu?.numa?.length ?? 0);
+  const seen = new Set<number>();
+  let fallback = false;
+  pages.forEach((page, i) => {
+    const path = `memoryBacking.pages.${i}`;
+    if (page.nodeset === undefined) {
+      if (fallback) throw invalid(path, 'a second huge page size without a nodeset');
+      fallback = true;
+      return;
+    }
+    const nodes = parseCpuset(page.nodeset);
+    if (!nodes) throw invalid(`${path}.nodeset`, `malformed nodeset "${page.nodeset}"`);
+    for (const n of nodes) {
+      if (n >= cells) throw invalid(`${path}.nodeset`, `hugepages: guest NUMA node ${n} does not exist`);
+      if (seen.has(n)) throw invalid(`${path}.nodeset`, `guest NUMA node ${n} is in two huge page sizes`);
+      seen.add(n);
     }
   });
 }

@@ -1,6 +1,7 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import { isPciRoot, PCI_CONTROLLER_DEVICE, type PciControllerModel } from './pci-controllers.js';
 import type { ControllerDefinition, DiskDefinition, DomainDefinition } from './schema.js';
+import type { CharSource } from './schema-chardev.js';
 
 const pciControllerDevice = (model: PciControllerModel): string | undefined =>
   isPciRoot(model) ? undefined : PCI_CONTROLLER_DEVICE[model as keyof typeof PCI_CONTROLLER_DEVICE];
@@ -28,17 +29,78 @@ interface Node {
   readonly children?: ReadonlyArray<Node | undefined | false>;
 }
 
-/** The `<source>` of a serial port or its console alias. */
-function charSourceNode(
-  serial: DomainDefinition['serials'][number] | NonNullable<DomainDefinition['consoles']>[number],
-): Node | undefined {
-  if (serial.type === 'unix') {
-    return node('source', [
-      ['mode', serial.mode],
-      ['path', serial.path],
-    ]);
+/**
+ * The `<source>` (two for udp), `<protocol>` and, with `withLog`, `<log>` of a chardev: a serial or
+ * parallel port, or the console alias of serial 0.
+ */
+function charSourceNodes(
+  src: CharSource | NonNullable<DomainDefinition['consoles']>[number],
+  withLog: boolean,
+): Array<Node | undefined> {
+  const out: Array<Node | undefined> = [];
+  switch (src.type) {
+    case 'unix':
+      out.push(
+        node('source', [
+          ['mode', src.mode],
+          ['path', src.path],
+        ]),
+      );
+      break;
+    case 'tcp':
+      out.push(
+        node('source', [
+          ['mode', src.mode],
+          ['host', src.host],
+          ['service', src.service],
+        ]),
+        node('protocol', [['type', src.protocol]]),
+      );
+      break;
+    case 'udp':
+      if (src.bindHost !== undefined || src.bindService !== undefined)
+        out.push(
+          node('source', [
+            ['mode', 'bind'],
+            ['host', src.bindHost],
+            ['service', src.bindService],
+          ]),
+        );
+      out.push(
+        node('source', [
+          ['mode', 'connect'],
+          ['host', src.host],
+          ['service', src.service],
+        ]),
+      );
+      break;
+    case 'file':
+      out.push(
+        src.path === undefined && src.append === undefined
+          ? undefined
+          : node('source', [
+              ['path', src.path],
+              ['append', src.append === undefined ? undefined : src.append ? 'on' : 'off'],
+            ]),
+      );
+      break;
+    case 'pty':
+    case 'dev':
+    case 'pipe':
+      out.push(src.path === undefined ? undefined : node('source', [['path', src.path]]));
+      break;
+    default:
+      break;
   }
-  return serial.path === undefined ? undefined : node('source', [['path', serial.path]]);
+  const log = 'log' in src ? src.log : undefined;
+  if (withLog && log)
+    out.push(
+      node('log', [
+        ['file', log.file],
+        ['append', log.append ? 'on' : undefined],
+      ]),
+    );
+  return out;
 }
 
 /** A network disk's `<source protocol name query>` with its host and protocol options. */
@@ -297,6 +359,37 @@ function addressNode(address: DiskDefinition['address']): Node | undefined {
 const aliasNode = (alias: string | undefined): Node | undefined =>
   alias === undefined ? undefined : node('alias', [['name', alias]]);
 
+/** `<memoryBacking>` in libvirt's order: hugepages, locked, source, access, allocation, discard. */
+function memoryBackingNode(b: NonNullable<DomainDefinition['memoryBacking']>): Node {
+  return node(
+    'memoryBacking',
+    [],
+    [
+      b.hugepages &&
+        node(
+          'hugepages',
+          [],
+          (b.pages ?? []).map((p) =>
+            node('page', [
+              ['size', p.sizeKiB],
+              ['unit', 'KiB'],
+              ['nodeset', p.nodeset],
+            ]),
+          ),
+        ),
+      b.locked && node('locked'),
+      b.source !== undefined && node('source', [['type', b.source]]),
+      b.access !== undefined && node('access', [['mode', b.access]]),
+      b.allocation &&
+        node('allocation', [
+          ['mode', b.allocation.mode],
+          ['threads', b.allocation.threads],
+        ]),
+      b.discard && node('discard'),
+    ],
+  );
+}
+
 function controllerNode(c: ControllerDefinition): Node {
   return node(
     'controller',
@@ -324,6 +417,30 @@ function controllerNode(c: ControllerDefinition): Node {
       c.type === 'usb' && c.master && node('master', [['startport', c.master.startport]]),
       aliasNode(c.alias),
       addressNode(c.address),
+    ],
+  );
+}
+
+/** An audio backend's `<input>` or `<output>`. */
+function audioDirectionNode(name: string, d: NonNullable<NonNullable<Def['audios']>[number]['input']>): Node {
+  return node(
+    name,
+    [
+      ['mixingEngine', yesNo(d.mixingEngine)],
+      ['fixedSettings', yesNo(d.fixedSettings)],
+      ['voices', d.voices],
+      ['bufferLength', d.bufferLength],
+      ['dev', d.dev],
+      ['bufferCount', d.bufferCount],
+      ['tryPoll', yesNo(d.tryPoll)],
+    ],
+    [
+      d.settings &&
+        node('settings', [
+          ['frequency', d.settings.frequency],
+          ['channels', d.settings.channels],
+          ['format', d.settings.format],
+        ]),
     ],
   );
 }
@@ -373,14 +490,36 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
               ['type', 'socket'],
               ['socket', g.socket],
             ]),
+          g.audio !== undefined && node('audio', [['id', g.audio]]),
+        ],
+      ),
+    ),
+    ...(def.sounds ?? []).map((snd) =>
+      node(
+        'sound',
+        [['model', snd.model]],
+        [
+          ...(snd.codecs ?? []).map((c) => node('codec', [['type', c]])),
+          snd.audio !== undefined && node('audio', [['id', snd.audio]]),
+          aliasNode(snd.alias),
+          addressNode(snd.address),
         ],
       ),
     ),
     ...(def.audios ?? []).map((a) =>
-      node('audio', [
-        ['id', a.id],
-        ['type', a.type],
-      ]),
+      node(
+        'audio',
+        [
+          ['id', a.id],
+          ['type', a.type],
+          ['timerPeriod', a.timerPeriod],
+          ['path', a.path],
+          ['tryMMap', yesNo(a.tryMMap)],
+          ['exclusive', yesNo(a.exclusive)],
+          ['dspPolicy', a.dspPolicy],
+        ],
+        [a.input && audioDirectionNode('input', a.input), a.output && audioDirectionNode('output', a.output)],
+      ),
     ),
     ...(def.videos ?? []).map((v) =>
       node(
@@ -536,18 +675,19 @@ function domainNode(def: DomainDefinition): Node {
           ],
         ),
       ),
+      ...(def.parallels ?? []).map((parallel, i) =>
+        node(
+          'parallel',
+          [['type', parallel.type]],
+          [...charSourceNodes(parallel, true), node('target', [['port', i]])],
+        ),
+      ),
       ...def.serials.map((serial, i) =>
         node(
           'serial',
           [['type', serial.type]],
           [
-            charSourceNode(serial),
-            serial.type === 'unix' &&
-              serial.log !== undefined &&
-              node('log', [
-                ['file', serial.log.file],
-                ['append', serial.log.append ? 'on' : undefined],
-              ]),
+            ...charSourceNodes(serial, true),
             node(
               'target',
               [
@@ -569,7 +709,7 @@ function domainNode(def: DomainDefinition): Node {
             ['tty', serial.type === 'pty' ? serial.path : undefined],
           ],
           [
-            charSourceNode(serial),
+            ...charSourceNodes(serial, false),
             node('target', [
               ['type', 'serial'],
               ['port', 0],
@@ -585,7 +725,7 @@ function domainNode(def: DomainDefinition): Node {
             ['tty', c.path],
           ],
           [
-            charSourceNode(c),
+            ...charSourceNodes(c, false),
             node('target', [
               ['type', 'virtio'],
               ['port', 0],
@@ -659,12 +799,7 @@ function domainNode(def: DomainDefinition): Node {
             ),
           ],
         ),
-      def.memoryBacking &&
-        node(
-          'memoryBacking',
-          [],
-          [def.memoryBacking.hugepages && node('hugepages'), def.memoryBacking.locked && node('locked')],
-        ),
+      def.memoryBacking && memoryBackingNode(def.memoryBacking),
       textNode('vcpu', def.vcpu.count, [
         ['placement', 'static'],
         ['cpuset', def.vcpu.cpuset],
@@ -764,6 +899,7 @@ function domainNode(def: DomainDefinition): Node {
                     ['memory', cell.memoryKiB],
                     ['unit', 'KiB'],
                     ['memAccess', cell.memAccess],
+                    ['discard', yesNo(cell.discard)],
                   ]),
                 ),
               ),

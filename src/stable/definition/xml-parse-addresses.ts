@@ -108,7 +108,7 @@ export function parseDeviceAlias(origins: Origins, parent: XmlElement, field: st
   out.alias = name;
 }
 
-/** `<controller>`: pci (root, PCIe root port), sata, usb (with ICH9 companions), scsi, virtio-serial, ide. */
+/** `<controller>`: pci (root, PCIe root port), sata, usb (with ICH9 companions), scsi, virtio-serial, ide, fdc. */
 export function parseController(origins: Origins, el: XmlElement, i: number): Obj {
   const field = `controllers.${i}`;
   origins.note(field, el);
@@ -118,8 +118,8 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
     el,
     type,
     'the controller type',
-    ['pci', 'sata', 'usb', 'virtio-serial', 'ide', 'scsi'],
-    ['fdc', 'xenbus', 'ccid', 'isa'],
+    ['pci', 'sata', 'usb', 'virtio-serial', 'ide', 'scsi', 'fdc'],
+    ['xenbus', 'ccid', 'isa'],
     'type',
   );
   const out: Obj = { type: kind };
@@ -165,6 +165,8 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
       }
       out.target = t;
     }
+  } else if (kind === 'fdc') {
+    check(el, { attrs: ['type', 'index'], children: ['alias'] });
   } else if (kind === 'virtio-serial') {
     check(el, { attrs: ['type', 'index', 'model', 'ports', 'vectors'], children: ['alias', 'address'] });
     if (model !== undefined) {

@@ -1,5 +1,5 @@
 import { sizeToKiB } from './xml-parse-memory.js';
-import { vcpuCpuset } from './xml-parse-platform.js';
+import { boolAttr, vcpuCpuset } from './xml-parse-platform.js';
 import {
   check,
   child,
@@ -109,19 +109,29 @@ export function parseCpu(origins: Origins, el: XmlElement): Obj {
 function parseNuma(origins: Origins, el: XmlElement): Obj[] {
   check(el, { children: ['cell'], repeat: ['cell'] });
   origins.note('cpu.numa', el);
-  return childrenOf(el, 'cell').map((c, i) => {
+  // libvirt stores a cell at the index its id names, so cells may come in any order.
+  const elements = childrenOf(el, 'cell');
+  const ids = elements.map((c) => c.attrs.get('id'));
+  const permutation =
+    ids.every((id) => id !== undefined && /^[0-9]+$/.test(id) && Number(id) < ids.length) &&
+    new Set(ids).size === ids.length;
+  const ordered = permutation
+    ? [...elements].sort((a, b) => Number(a.attrs.get('id')) - Number(b.attrs.get('id')))
+    : elements;
+  return ordered.map((c, i) => {
     check(c, { attrs: ['id', 'cpus', 'memory', 'unit', 'memAccess', 'discard'] });
     const field = `cpu.numa.${i}`;
     origins.note(field, c);
     origins.note(`${field}.cpus`, c, 'cpus');
     origins.note(`${field}.memoryKiB`, c, 'memory');
-    ignoredAttr(c, 'discard', ['no']);
     const cell: Obj = {};
     cell.id = intAttr(c, 'id') ?? i;
     set(cell, 'cpus', c.attrs.get('cpus'));
     const memory = c.attrs.get('memory');
     if (memory === undefined) throw invalid(c, 'a NUMA <cell> needs a memory size', 'memory');
     cell.memoryKiB = cellKiB(c, memory, c.attrs.get('unit') ?? 'KiB');
+    origins.note(`${field}.discard`, c, 'discard');
+    set(cell, 'discard', boolAttr(c, 'discard'));
     const access = c.attrs.get('memAccess');
     if (access !== undefined) {
       origins.note(`${field}.memAccess`, c, 'memAccess');

@@ -1,4 +1,5 @@
 import { parseAddress } from './xml-parse-addresses.js';
+import { audioRef, parseAudio, parseSound } from './xml-parse-audio.js';
 import { sizeToKiB } from './xml-parse-memory.js';
 import { boolAttr } from './xml-parse-platform.js';
 import {
@@ -16,7 +17,8 @@ import {
 import type { XmlElement } from './xml-tree.js';
 
 /*
- * `<input>`, `<graphics>`, `<video>`, `<rng>`, `<channel>` and `<audio>` of `<devices>`.
+ * `<input>`, `<graphics>`, `<video>`, `<rng>`, `<channel>`, `<watchdog>`, `<memory>` and `<panic>`
+ * of `<devices>` (`<audio>` and `<sound>`: xml-parse-audio.ts).
  *
  * Typed API ↔ XML decisions:
  * - An input without `bus` is PS/2 for a mouse or keyboard and USB for a tablet, as in libvirt.
@@ -33,6 +35,7 @@ export const EXTRA_DEVICES = [
   'rng',
   'channel',
   'audio',
+  'sound',
   'watchdog',
   'memory',
   'panic',
@@ -60,6 +63,7 @@ export function parseExtraDevices(origins: Origins, el: XmlElement, out: Obj): v
   list('rng', 'rngs', (e, f) => parseRng(origins, e, f));
   list('channel', 'channels', (e, f) => parseChannel(origins, e, f));
   list('audio', 'audios', (e, f) => parseAudio(origins, e, f));
+  list('sound', 'sounds', (e, f) => parseSound(origins, e, f));
   list('watchdog', 'watchdogs', (e, f) => parseWatchdog(origins, e, f));
   list('memory', 'memoryDevices', (e, f) => parseMemoryDevice(origins, e, f));
   list('panic', 'panics', (e, f) => parsePanic(origins, e, f));
@@ -234,9 +238,10 @@ function parseGraphics(origins: Origins, el: XmlElement, field: string): Obj {
     ['spice', 'sdl', 'rdp', 'desktop', 'egl-headless', 'dbus'],
     'type',
   );
-  check(el, { attrs: ['type', 'port', 'autoport', 'listen', 'keymap'], children: ['listen'] });
+  check(el, { attrs: ['type', 'port', 'autoport', 'listen', 'keymap'], children: ['listen', 'audio'] });
   origins.note(field, el);
   const out: Obj = { type: 'vnc' };
+  set(out, 'audio', audioRef(origins, el, field));
   const port = el.attrs.get('port');
   if (port !== undefined) out.port = port === '-1' ? -1 : intAttr(el, 'port');
   const autoport = boolAttr(el, 'autoport');
@@ -389,20 +394,4 @@ function parseChannel(origins: Origins, el: XmlElement, field: string): Obj {
     choice(address, address.attrs.get('type') ?? '', 'the channel address', ['virtio-serial'], [], 'type');
   }
   return out;
-}
-
-function parseAudio(origins: Origins, el: XmlElement, field: string): Obj | undefined {
-  check(el, { attrs: ['id', 'type'] });
-  origins.note(field, el);
-  const type = el.attrs.get('type');
-  if (type === undefined) throw invalid(el, '<audio> needs a type', 'type');
-  choice(
-    el,
-    type,
-    'the audio backend',
-    ['none'],
-    ['alsa', 'coreaudio', 'jack', 'oss', 'pulseaudio', 'sdl', 'spice', 'file', 'dbus', 'pipewire'],
-    'type',
-  );
-  return { id: intAttr(el, 'id') ?? 1, type: 'none' };
 }

@@ -1,4 +1,5 @@
 import { parseAddress, parseController, parseDeviceAlias, parseMemballoon } from './xml-parse-addresses.js';
+import { parseCharSource } from './xml-parse-chardev.js';
 import { EXTRA_DEVICES, parseExtraDevices } from './xml-parse-devices-extra.js';
 import { parseNetworkSource, refuseAuth } from './xml-parse-network-disk.js';
 import {
@@ -40,11 +41,12 @@ export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
       'controller',
       'interface',
       'serial',
+      'parallel',
       'console',
       'memballoon',
       ...EXTRA_DEVICES,
     ],
-    repeat: ['disk', 'controller', 'interface', 'serial', 'console', ...EXTRA_DEVICES],
+    repeat: ['disk', 'controller', 'interface', 'serial', 'parallel', 'console', ...EXTRA_DEVICES],
   });
   for (const field of ['disks', 'interfaces', 'serials', 'controllers']) origins.note(field, el);
   const emulator = child(el, 'emulator');
@@ -76,6 +78,11 @@ export function parseDevices(origins: Origins, el: XmlElement, out: Obj): void {
       origins.note(`serials.${i}`, s.el);
     });
     out.serials = serials.map((s) => s.source);
+  }
+  const parallels = childrenOf(el, 'parallel');
+  if (parallels.length > 0) {
+    origins.note('parallels', el);
+    out.parallels = parallels.map((p, i) => parseParallel(origins, p, i));
   }
   parseExtraDevices(origins, el, out);
   const balloon = child(el, 'memballoon');
@@ -405,69 +412,6 @@ function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
   return out;
 }
 
-/** The type and source of a `<serial>` or `<console>`. */
-function parseCharSource(
-  origins: Origins,
-  el: XmlElement,
-  field: string,
-  targetShape: Shape,
-): { source: Obj; target?: XmlElement } {
-  const type = el.attrs.get('type');
-  if (type === undefined) throw invalid(el, `<${el.qname}> needs a type, 'file', 'pty' or 'unix'`, 'type');
-  const kind = choice(
-    el,
-    type,
-    `the ${el.local} type`,
-    ['file', 'pty', 'unix'],
-    [
-      'null',
-      'vc',
-      'dev',
-      'pipe',
-      'stdio',
-      'udp',
-      'tcp',
-      'spicevmc',
-      'spiceport',
-      'nmdm',
-      'qemu-vdagent',
-      'dbus',
-    ],
-    'type',
-  );
-  const unix = kind === 'unix';
-  check(el, { attrs: ['type', 'tty'], children: unix ? ['source', 'target', 'log'] : ['source', 'target'] });
-  const source: Obj = { type: kind };
-  const src = child(el, 'source');
-  if (src) {
-    check(src, { attrs: unix ? ['mode', 'path'] : ['path'] });
-    origins.note(`${field}.path`, src, 'path');
-    // A pty's path is the one a running domain got: output only.
-    if (kind !== 'pty') set(source, 'path', src.attrs.get('path'));
-    const mode = src.attrs.get('mode');
-    if (mode !== undefined) {
-      origins.note(`${field}.mode`, src, 'mode');
-      source.mode = choice(src, mode, 'the socket mode', ['bind', 'connect'], [], 'mode');
-    }
-  } else if (unix) {
-    throw invalid(el, `a unix <${el.qname}> needs <source mode='bind' path='/…'/>`);
-  }
-  const log = child(el, 'log');
-  if (log) {
-    check(log, { attrs: ['file', 'append'] });
-    origins.note(`${field}.log`, log, 'file');
-    const file = log.attrs.get('file');
-    if (file === undefined) throw invalid(log, '<log> needs a file', 'file');
-    const l: Obj = { file };
-    const append = log.attrs.get('append');
-    if (append !== undefined) l.append = choice(log, append, 'append', ['on', 'off'], [], 'append') === 'on';
-    source.log = l;
-  }
-  const target = child(el, 'target');
-  if (target) check(target, targetShape);
-  return target ? { source, target } : { source };
-}
-
 function parseSerial(origins: Origins, el: XmlElement, i: number): { source: Obj; el: XmlElement } {
   const field = `serials.${i}`;
   origins.note(field, el);
@@ -492,6 +436,22 @@ function parseSerial(origins: Origins, el: XmlElement, i: number): { source: Obj
     }
   }
   return { source, el };
+}
+
+/** `<parallel>`: an isa-parallel port on its chardev, `<target port>` its index. */
+function parseParallel(origins: Origins, el: XmlElement, i: number): Obj {
+  const field = `parallels.${i}`;
+  origins.note(field, el);
+  const { source, target } = parseCharSource(origins, el, field, { attrs: ['port'] });
+  const port = target ? intAttr(target, 'port') : undefined;
+  if (target && port !== undefined && port !== i) {
+    throw unsupported(
+      target,
+      `port ${port} for parallel ${i} (virtkit numbers parallel ports in document order)`,
+      'port',
+    );
+  }
+  return source;
 }
 
 /** A `<console>` with a virtio target: a virtconsole on virtio-serial port 0 (one only). */

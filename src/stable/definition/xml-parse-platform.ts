@@ -166,7 +166,7 @@ export function parseOs(origins: Origins, el: XmlElement): Obj {
       origins.note(`os.boot.${i}`, b, 'dev');
       const dev = b.attrs.get('dev');
       if (dev === undefined) throw invalid(b, '<boot> needs a dev', 'dev');
-      return choice(b, dev, 'the boot device', ['hd', 'cdrom', 'network'], ['fd'], 'dev');
+      return choice(b, dev, 'the boot device', ['hd', 'cdrom', 'fd', 'network'], [], 'dev');
     });
   }
   const menu = child(el, 'bootmenu');

@@ -121,11 +121,7 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
   };
   optional('vcpu', parseVcpu);
   optional('cpu', parseCpu);
-  // With NUMA cells, libvirt makes the domain's memory the sum of theirs.
   const cells = (out.cpu as Obj | undefined)?.numa as Obj[] | undefined;
-  if (cells && out.memoryKiB === undefined) {
-    out.memoryKiB = cells.reduce((sum, c) => sum + (c.memoryKiB as number), 0);
-  }
   optional('os', parseOs);
   out.features = parseFeatures(origins, d, child(d, 'features'));
   optional('clock', parseClock);
@@ -169,6 +165,15 @@ function parseDomain(origins: Origins, d: XmlElement): Obj {
   }
   const devices = child(d, 'devices');
   if (devices) parseDevices(origins, devices, out);
+  // libvirt (virDomainDefPostParseMemory): with NUMA cells the domain's memory is theirs plus the
+  // memory devices', whatever <memory> says.
+  if (cells) {
+    const devicesKiB = ((out.memoryDevices as Obj[] | undefined) ?? []).reduce(
+      (sum, m) => sum + (typeof m.sizeKiB === 'number' ? m.sizeKiB : 0),
+      0,
+    );
+    out.memoryKiB = cells.reduce((sum, c) => sum + (c.memoryKiB as number), 0) + devicesKiB;
+  }
   const qemu = child(d, 'qemu:commandline');
   if (qemu) out.qemuCommandline = parseQemuCommandline(origins, qemu);
   return out;

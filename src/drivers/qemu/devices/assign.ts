@@ -259,6 +259,9 @@ export function assignDevices(def: DomainDefinition, options: AssignOptions = {}
     controllers: sortControllers(controllers),
     ...(memballoon ? { memballoon } : {}),
     ...(def.memoryDevices ? { memoryDevices: assignDimms(def) } : {}),
+    // libvirt's qemuDomainDefAddDefaultAudioBackend: a sound card needs a backend; without one, no
+    // host audio.
+    ...(def.sounds?.length && !def.audios?.length ? { audios: [{ id: 1, type: 'none' as const }] } : {}),
   };
 }
 

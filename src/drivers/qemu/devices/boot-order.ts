@@ -5,13 +5,14 @@ import type {
 } from '../../../stable/definition/schema.js';
 
 /*
- * The `bootindex` that `<os><boot dev='hd|cdrom|network'/>` gives a device, as libvirt converts the
- * legacy boot list: the first disk, the first CD-ROM and the first interface get the position of
- * their kind in the list; every other device gets none. Per-device `<boot order>` replaces the
+ * The `bootindex` that `<os><boot dev='hd|cdrom|fd|network'/>` gives a device, as libvirt converts
+ * the legacy boot list (qemuProcessPrepareDeviceBootorder): the first disk, the first CD-ROM, the
+ * first floppy and the first interface get the position of their kind in the list; every other
+ * device gets none. Per-device `<boot order>` replaces the
  * list, so a definition with any of those gets nothing from here.
  */
 
-function position(def: DomainDefinition, kind: 'hd' | 'cdrom' | 'network'): number | undefined {
+function position(def: DomainDefinition, kind: 'hd' | 'cdrom' | 'fd' | 'network'): number | undefined {
   const list = def.os.boot ?? [];
   if (list.length === 0 || def.disks.some((d) => d.bootOrder !== undefined)) return undefined;
   const at = list.indexOf(kind);
@@ -20,10 +21,9 @@ function position(def: DomainDefinition, kind: 'hd' | 'cdrom' | 'network'): numb
 
 /** The boot index of a disk from `<os><boot>`, if it is the first of its kind the list names. */
 export function diskBootIndex(def: DomainDefinition, disk: DiskDefinition): number | undefined {
-  if (disk.device === 'floppy') return undefined;
-  const cdrom = disk.device === 'cdrom';
-  const first = def.disks.find((d) => (cdrom ? d.device === 'cdrom' : d.device === 'disk'));
-  return first === disk ? position(def, cdrom ? 'cdrom' : 'hd') : undefined;
+  const first = def.disks.find((d) => d.device === disk.device);
+  if (first !== disk) return undefined;
+  return position(def, disk.device === 'cdrom' ? 'cdrom' : disk.device === 'floppy' ? 'fd' : 'hd');
 }
 
 /** The boot index of an interface from `<os><boot dev='network'>`, if it is the first interface. */

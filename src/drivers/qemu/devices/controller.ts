@@ -45,8 +45,8 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
     if (id === 'ide') return undefined;
     return { driver: 'ich9-ahci', id, ...pciPlacement(def, c.address, `controller ${id}`) };
   }
-  // The PIIX3's IDE function is part of the pc machine.
-  if (c.type === 'ide') return undefined;
+  // The PIIX3's IDE function and the ISA floppy controller are part of the pc machine.
+  if (c.type === 'ide' || c.type === 'fdc') return undefined;
   if (c.type === 'virtio-serial') {
     return {
       driver: virtioDevice('virtio-serial-pci', c.model),

@@ -37,10 +37,11 @@ export function controllerAlias(c: ControllerDefinition, family: MachineFamily):
   if (c.type === 'sata') return `sata${index}`;
   if (c.type === 'scsi') return `scsi${index}`;
   if (c.type === 'virtio-serial') return `virtio-serial${index}`;
+  if (c.type === 'fdc') return 'fdc0';
   return index === 0 ? 'usb' : `usb${index}`;
 }
 
-const ORDER = { usb: 0, sata: 1, scsi: 2, pci: 3, 'virtio-serial': 4, ide: 5 } as const;
+const ORDER = { usb: 0, sata: 1, scsi: 2, pci: 3, 'virtio-serial': 4, ide: 5, fdc: 6 } as const;
 
 type UsbController = Extract<ControllerDefinition, { type: 'usb' }>;
 
@@ -131,12 +132,14 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       );
     if (c.type === 'scsi' && c.model !== 'lsilogic' && c.model !== 'virtio-scsi')
       checkVirtioModel(c.model, family, `${at}.model`);
+    if (c.type === 'fdc' && family === 'q35')
+      throw unsupported(`${at}.type`, 'a floppy controller on a q35 machine (use pc)');
     if (c.type === 'ide' && family === 'q35')
       throw unsupported(`${at}.type`, 'an IDE controller on a q35 machine (it has SATA: use bus sata)');
   }
   if (roots.length > 1) throw unsupported(path(roots[1] as ControllerDefinition), 'a second PCI root');
   checkUsbSet(list);
-  for (const type of ['scsi', 'virtio-serial', 'ide'] as const) {
+  for (const type of ['scsi', 'virtio-serial', 'ide', 'fdc'] as const) {
     const all = list.filter((c) => c.type === type);
     if (all.length > 1)
       throw unsupported(path(all[1] as ControllerDefinition), `a second ${type} controller`);

@@ -139,10 +139,10 @@ function driverProps(disk: DiskDefinition): QapiObject {
 }
 
 /** The `-global` that gives a floppy its boot index (the isa-fdc holds it, as `bootindexA`/`B`). */
-export function floppyBootIndex(disk: DiskDefinition): string | undefined {
-  if (disk.target.bus !== 'fdc' || disk.bootOrder === undefined || disk.address?.type !== 'drive')
-    return undefined;
-  return `isa-fdc.bootindex${disk.address.unit === 0 ? 'A' : 'B'}=${disk.bootOrder}`;
+export function floppyBootIndex(def: DomainDefinition, disk: DiskDefinition): string | undefined {
+  const order = disk.bootOrder ?? diskBootIndex(def, disk);
+  if (disk.target.bus !== 'fdc' || order === undefined || disk.address?.type !== 'drive') return undefined;
+  return `isa-fdc.bootindex${disk.address.unit === 0 ? 'A' : 'B'}=${order}`;
 }
 
 /** The guest-visible device of a disk (`device_add` arguments). */

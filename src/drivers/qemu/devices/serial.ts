@@ -13,13 +13,15 @@ export function serialDevice(port: number): QapiObject {
 }
 
 /**
- * The sockets QEMU listened on for serial ports and channels, to remove once it is gone (libvirt's
+ * The sockets QEMU listened on for serial and parallel ports and channels, to remove once it is gone (libvirt's
  * qemuProcessCleanupChardevDevice): QEMU leaves them behind. A socket QEMU connected to is not
  * among them: it belongs to whoever listens there. Channels always listen (`server=on`).
  */
 export function listeningSockets(def: DomainDefinition, runDir: string): string[] {
   return [
-    ...def.serials.flatMap((s) => (s.type === 'unix' && s.mode === 'bind' ? [s.path] : [])),
+    ...[...def.serials, ...(def.parallels ?? [])].flatMap((s) =>
+      s.type === 'unix' && s.mode === 'bind' ? [s.path] : [],
+    ),
     ...(def.channels ?? []).map((c) => channelSocketPath(def, c, runDir)),
   ];
 }

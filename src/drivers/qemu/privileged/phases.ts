@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { ErrorCode, VirtError } from '../../../errors.js';
+import { ErrorCode, errorMessage, VirtError } from '../../../errors.js';
 import { closeResultFds, type InvocationScope, invoke } from '../../../privileged/invoke.js';
 import { limitCovers, memLockNeed } from '../../../privileged/memlock.js';
 import type { OperationArgs } from '../../../privileged/operations.js';
@@ -127,33 +127,37 @@ export async function configureThreads(
   pid: number,
   threads: ThreadIds,
   record: { placements: Placements; placementAttempted: boolean },
-  /** Records the placement state durably, before and after placing, so a killed driver's successor can release it. */
-  persist: () => Promise<void> = async () => undefined,
+  /**
+   * Records the placement state so a killed driver's successor can release it: `attempt` before
+   * placing (a caller whose record already says so, written before the stub ran, may skip it),
+   * `placed` after.
+   */
+  persist: (stage: 'attempt' | 'placed') => Promise<void> = async () => undefined,
   /** `migration-in` on the destination of a migration: the same moment, before any incoming vCPU runs. */
   phase: 'startup' | 'migration-in' = 'startup',
 ): Promise<void> {
   const tune = def.cputune;
   if (!tune) return;
-  if (tune.vcpupin.length > 0 || tune.emulatorpin || tune.iothreadpin.length > 0) {
+  if (placesThreads(def)) {
     const known = new Set([...threads.vcpus, ...threads.iothreads].map((t) => t.tid));
+    // One reading of the task list names the emulator threads and verifies every thread.
+    const tasks = listThreads(pid);
     const all = [
       ...threads.vcpus.map((t) => ({ tid: t.tid, role: 'vcpu' as const, index: t.index })),
       ...threads.iothreads.map((t) => ({ tid: t.tid, role: 'iothread' as const, index: t.index })),
-      ...listThreads(pid)
-        .filter((tid) => !known.has(tid))
-        .map((tid) => ({ tid, role: 'emulator' as const, index: 0 })),
+      ...tasks.filter((tid) => !known.has(tid)).map((tid) => ({ tid, role: 'emulator' as const, index: 0 })),
     ];
-    verifyThreads({ pid, startTime: scope.startTime }, all);
+    verifyThreads({ pid, startTime: scope.startTime }, all, new Set(tasks));
     // Recorded at once: if this or a later step fails, the rollback must release what was made.
     record.placementAttempted = true;
-    await persist();
+    await persist('attempt');
     ({ placements: record.placements } = await invoke(scope, 'cgroup.placeThreads', phase, {
       pid,
       threads: all,
       cpusets: placementCpusets(tune),
     }));
     faultPoint('start:placed');
-    await persist();
+    await persist('placed');
   }
   const sched = schedulingOf(tune, threads.vcpus, threads.iothreads);
   if (sched.length > 0) {
@@ -193,6 +197,52 @@ export async function configureHotplugVcpu(
     verifyThreads({ pid, startTime: scope.startTime }, sched);
     await invoke(scope, 'thread.setScheduler', 'hotplug', { pid, threads: sched });
   }
+}
+
+const THREAD_EXIT_TIMEOUT_MS = 10_000;
+
+async function threadsExited(pid: number, tids: readonly number[]): Promise<void> {
+  const until = Date.now() + THREAD_EXIT_TIMEOUT_MS;
+  while (tids.some((tid) => existsSync(`/proc/${pid}/task/${tid}`))) {
+    if (Date.now() >= until) {
+      throw new VirtError(
+        ErrorCode.OPERATION_TIMEOUT,
+        `the threads ${tids.join(', ')} of QEMU ${pid} did not exit within ${THREAD_EXIT_TIMEOUT_MS} ms after their vCPUs were removed`,
+        { pid, tids: [...tids] },
+      );
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * `hotplug`, vCPUs taken away (an unplug, or the rollback of a hotplug): their threads have exited,
+ * so the placements of `tids` are given back (`cgroup.release` with just those) and dropped from
+ * `record`. Never throws: the vCPUs are gone either way. A release that fails keeps them in
+ * `record`, so the domain's final release still gives them back.
+ */
+export async function releaseVcpuThreads(
+  scope: InvocationScope,
+  record: { readonly pid: number; placements: Placements },
+  tids: readonly number[],
+): Promise<void> {
+  const gone = record.placements.filter((p) => tids.includes(p.tid));
+  if (gone.length === 0) return;
+  try {
+    // QEMU joins a vCPU's thread as it removes the vCPU; the group is empty only once it has exited.
+    await threadsExited(record.pid, tids);
+    await invoke({ ...scope, signal: undefined }, 'cgroup.release', 'hotplug', {
+      pid: record.pid,
+      placements: gone,
+    });
+  } catch (err) {
+    // invoke logged its own failures; what is left goes with the domain's release.
+    scope.log(
+      `vCPU threads ${tids.join(', ')}: their placements stay until the domain's release: ${errorMessage(err)}`,
+    );
+    return;
+  }
+  record.placements = record.placements.filter((p) => !gone.includes(p));
 }
 
 /** `release` (or `reconnect`): QEMU has exited; give back what `startup` placed. Never throws. */

@@ -462,7 +462,7 @@ export class QmpClient {
 
   /** Destroys the socket; pending commands reject with `CONNECTION_CLOSED`. Idempotent. */
   close(): void {
-    this.#shutdown(new VirtError(ErrorCode.CONNECTION_CLOSED, 'QMP connection closed'), undefined);
+    this.#shutdown(() => new VirtError(ErrorCode.CONNECTION_CLOSED, 'QMP connection closed'), undefined);
   }
 
   /** Registers a waiter for the response with this id. */
@@ -559,7 +559,7 @@ export class QmpClient {
 
   #protocolError(message: string): void {
     const err = new VirtError(ErrorCode.OPERATION_FAILED, message);
-    this.#shutdown(err, err);
+    this.#shutdown(() => err, err);
   }
 
   #onSocketGone(cause: Error | undefined): void {
@@ -571,19 +571,25 @@ export class QmpClient {
       details,
       { cause },
     );
-    this.#shutdown(err, err);
+    this.#shutdown(() => err, err);
   }
 
-  /** Ends the connection once: rejects pending commands, then tells disconnect listeners. */
-  #shutdown(pendingError: VirtError, disconnectError: Error | undefined): void {
+  /**
+   * Ends the connection once: rejects pending commands, then tells disconnect listeners. The
+   * pending commands' error is made only when there are any: every domain that stops closes its
+   * monitor, mostly with nothing pending, and an error's stack trace is not free.
+   */
+  #shutdown(pendingError: () => VirtError, disconnectError: Error | undefined): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#disconnectError = disconnectError;
     this.#transport.close();
+    let error: VirtError | undefined;
     for (const [id, entry] of this.#pending) {
       this.#pending.delete(id);
       entry.dispose();
-      entry.reject(pendingError);
+      error ??= pendingError();
+      entry.reject(error);
     }
     this.#eventListeners.clear();
     // Event waiters listen for the end too: they reject with the pending commands' error.
