@@ -171,11 +171,20 @@ export function isMemoryMatch(
 }
 
 /**
- * DIMMs are RAM-backed: with `<hugepages/>` the memory would have to come from hugetlbfs, which
- * virtkit does not back DIMMs with yet, so it refuses rather than silently use ordinary pages.
+ * DIMMs are RAM-backed: with `<hugepages/>`, a file or memfd source or an access mode libvirt
+ * gives them the guest memory's kind of backend, which virtkit does not back DIMMs with yet, so
+ * it refuses rather than silently use ordinary private pages.
  */
 export function checkDimmBacking(def: DomainDefinition, path = 'memoryDevices'): void {
-  if (def.memoryBacking?.hugepages) {
+  const b = def.memoryBacking;
+  if (b && (b.source === 'file' || b.source === 'memfd' || b.access !== undefined) && !b.hugepages) {
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `domain '${def.name}' has file, memfd or shared/private memory: memory devices (DIMMs) on such memory are not supported yet; remove <source>/<access> from <memoryBacking> or add the memory to <memory> and restart`,
+      { path },
+    );
+  }
+  if (b?.hugepages) {
     throw new VirtError(
       ErrorCode.CONFIG_UNSUPPORTED,
       `domain '${def.name}' has hugepage-backed memory: memory devices (DIMMs) on hugepages are not supported yet; remove <hugepages/> or add the memory to <memory> and restart`,

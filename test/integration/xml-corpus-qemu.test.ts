@@ -212,7 +212,7 @@ describe('the XML corpus on a real QEMU', () => {
       .replace('<locked></locked>', '');
     const { qmp, live, pid } = await startWithProbe(xml);
     await expectShape(qmp, live, pid);
-    expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).toContain('mem-path=/dev/hugepages');
+    expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).toContain('"mem-path":"/dev/hugepages"');
     expect(readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')).toContain('KUBEVIRT_EXAMPLE=realtime');
     const threads = await qmp.execute<CpuFast[]>('query-cpus-fast');
     const [iothread] = await qmp.execute<Array<{ 'thread-id': number }>>('query-iothreads');

@@ -65,12 +65,30 @@ describe('buildCommandLine', () => {
 
   it('backs guest memory with hugetlbfs when asked, and refuses without a mount', () => {
     const hp = def({ memoryBacking: { hugepages: true } });
-    const { argv } = buildCommandLine(hp, { ...ctx, hugepagesPath: '/dev/hugepages' });
-    expect(argOf(argv, '-object')).toContain(
-      'memory-backend-file,id=pc.ram,mem-path=/dev/hugepages,prealloc=on,size=1048576k',
-    );
+    const { argv } = buildCommandLine(hp, {
+      ...ctx,
+      hugepageMounts: { 2048: '/dev/hugepages' },
+      defaultHugepageKiB: 2048,
+    });
+    expect(argOf(argv, '-object').map((o) => JSON.parse(o))).toContainEqual({
+      'qom-type': 'memory-backend-file',
+      id: 'pc.ram',
+      'mem-path': '/dev/hugepages',
+      prealloc: true,
+      size: 1048576 * 1024,
+    });
     expect(argOf(argv, '-machine')).toContain('memory-backend=pc.ram');
     expect(() => buildCommandLine(hp, ctx)).toThrow(expect.objectContaining({ code: 'CONFIG_UNSUPPORTED' }));
+  });
+
+  it("writes a host-passthrough CPU's cache and address bits as libvirt (KVM, not startable here)", () => {
+    const cpu = (extra: object) =>
+      argOf(buildCommandLine(def({ cpu: { mode: 'host-passthrough', ...extra } }), ctx).argv, '-cpu');
+    expect(cpu({ cache: { mode: 'passthrough' } })).toEqual(['host,host-cache-info=on,l3-cache=off']);
+    expect(cpu({ cache: { mode: 'disable' } })).toEqual(['host,host-cache-info=off,l3-cache=off']);
+    expect(cpu({ cache: { mode: 'emulate', level: 3 }, maxphysaddr: { mode: 'passthrough' } })).toEqual([
+      'host,l3-cache=on,host-cache-info=off,host-phys-bits=on',
+    ]);
   });
 
   it('adds CPU features to the model, with a default model when none is named', () => {

@@ -276,7 +276,14 @@ describe('boot menu, SMBIOS, NUMA, vcpu cpuset', () => {
     ]);
     expect(argOf(args, '-object').map((o) => JSON.parse(o))).toEqual([
       { 'qom-type': 'memory-backend-ram', id: 'ram-node0', size: 134217728 },
-      { 'qom-type': 'memory-backend-ram', id: 'ram-node1', size: 134217728, share: true },
+      // An access mode makes it file-backed, as libvirt: shared memory must be a file (vhost-user).
+      {
+        'qom-type': 'memory-backend-file',
+        id: 'ram-node1',
+        'mem-path': expect.stringMatching(/\/ram$/),
+        share: true,
+        size: 134217728,
+      },
     ]);
     // As libvirt, the cells give the domain's memory, whatever <memory> says.
     expect(parseDomainXml(xml.replace("memory='128' unit='MiB'", "memory='1' unit='MiB'")).memoryKiB).toBe(

@@ -662,14 +662,9 @@ describe('unsupported elements and attributes', () => {
     ['blkiotune', doc('<blkiotune/>'), '/domain/blkiotune'],
     ['cputune shares', doc('<cputune><shares>1024</shares></cputune>'), '/domain/cputune/shares'],
     [
-      'hugepage sizes',
-      doc("<memoryBacking><hugepages><page size='2048'/></hugepages></memoryBacking>"),
-      '/domain/memoryBacking/hugepages/page',
-    ],
-    [
-      'memoryBacking source',
-      doc("<memoryBacking><source type='memfd'/></memoryBacking>"),
-      '/domain/memoryBacking/source',
+      'nosharepages',
+      doc('<memoryBacking><nosharepages/></memoryBacking>'),
+      '/domain/memoryBacking/nosharepages',
     ],
     ['soft_limit', doc('<memtune><soft_limit>1</soft_limit></memtune>'), '/domain/memtune/soft_limit'],
     [

@@ -1,6 +1,7 @@
 import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition } from '../../stable/definition/schema.js';
 import { parseCpuset } from '../../util/cpuset.js';
+import { type MemoryBackingHost, memoryBackend } from './devices/memory-backend.js';
 import type { FirmwarePaths } from './firmware.js';
 
 /*
@@ -40,6 +41,16 @@ export function machineProps(def: DomainDefinition, fw: FirmwarePaths | undefine
 /** Properties for `-cpu` beyond the model and `<feature>`s, each `,key=value`. */
 export function cpuProps(def: DomainDefinition): string {
   const props: string[] = [];
+  // libvirt's qemuBuildCpuModelArgStr: the cache, then the physical address bits.
+  const cache = def.cpu?.cache;
+  const hostCpu = def.cpu?.mode === 'host-passthrough';
+  if (cache?.mode === 'emulate') props.push('l3-cache=on');
+  if (cache?.mode === 'passthrough') props.push('host-cache-info=on');
+  if (cache && cache.mode !== 'passthrough' && hostCpu) props.push('host-cache-info=off');
+  if (cache && cache.mode !== 'emulate') props.push('l3-cache=off');
+  const addr = def.cpu?.maxphysaddr;
+  if (addr?.mode === 'passthrough') props.push('host-phys-bits=on');
+  if (addr?.mode === 'emulate' && addr.bits !== undefined) props.push(`phys-bits=${addr.bits}`);
   const f = def.features;
   const timers = def.clock?.timers ?? [];
   const kvmclock = timers.find((t) => t.name === 'kvmclock');
@@ -212,42 +223,14 @@ export function clockArgs(def: DomainDefinition, nowMs: number): string[] {
   return ['-rtc', rtc, ...args];
 }
 
-/**
- * The `host-nodes` and `policy` of the memory backend of guest NUMA cell `cell` (undefined: all
- * guest memory), from `<numatune>` as libvirt's qemuBuildMemoryBackendProps: the cell's memnode,
- * else the domain's memory entry.
- */
-export function numaBinding(
-  def: DomainDefinition,
-  cell: number | undefined,
-): { 'host-nodes': number[]; policy: string } | undefined {
-  const tune = def.numatune;
-  const entry =
-    (cell === undefined ? undefined : tune?.memnodes?.find((m) => m.cellid === cell)) ?? tune?.memory;
-  if (!entry) return undefined;
-  const nodes = parseCpuset(entry.nodeset) ?? [];
-  return { 'host-nodes': nodes, policy: entry.mode === 'strict' ? 'bind' : entry.mode };
-}
-
-/** NUMA cells: a memory backend and a `-numa node` each. */
-export function numaArgs(def: DomainDefinition, hugepagesPath: string | undefined): string[] {
+/** NUMA cells: a memory backend (memoryBackend) and a `-numa node` each. */
+export function numaArgs(def: DomainDefinition, host: MemoryBackingHost): string[] {
   const cells = def.cpu?.numa;
   if (!cells) return [];
   const args: string[] = [];
   cells.forEach((cell, i) => {
     const id = `ram-node${i}`;
-    const backend: Record<string, unknown> = hugepagesPath
-      ? {
-          'qom-type': 'memory-backend-file',
-          id,
-          'mem-path': hugepagesPath,
-          prealloc: true,
-          size: cell.memoryKiB * 1024,
-        }
-      : { 'qom-type': 'memory-backend-ram', id, size: cell.memoryKiB * 1024 };
-    if (cell.memAccess) backend.share = cell.memAccess === 'shared';
-    Object.assign(backend, numaBinding(def, i));
-    args.push('-object', JSON.stringify(backend));
+    args.push('-object', JSON.stringify(memoryBackend(def, host, id, cell.memoryKiB, i)));
     const cpus = compactRanges(cell.cpus === undefined ? [] : (parseCpuset(cell.cpus) ?? []));
     args.push('-numa', ['node', `nodeid=${i}`, ...cpus.map((r) => `cpus=${r}`), `memdev=${id}`].join(','));
   });

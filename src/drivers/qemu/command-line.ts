@@ -10,7 +10,6 @@ import {
   firmwareArgs,
   machineProps,
   numaArgs,
-  numaBinding,
   pmArgs,
   smbiosArgs,
 } from './command-line-platform.js';
@@ -27,6 +26,12 @@ import {
 } from './devices/disk.js';
 import { fdsetIdOf } from './devices/fdset.js';
 import { bootMemoryKiB, dimmArgs } from './devices/memory.js';
+import {
+  type MemoryBackingHost,
+  memoryBackend,
+  memoryBackingDir,
+  numaBinding,
+} from './devices/memory-backend.js';
 import { netdevOf, nicDevice } from './devices/net.js';
 import type { QapiObject } from './devices/qapi.js';
 import { serialDevice } from './devices/serial.js';
@@ -48,8 +53,10 @@ export interface CommandLineContext {
   readonly diskFds: ReadonlyArray<number | undefined>;
   /** Inherited read-only fd of each disk's backing image (undefined without one), in definition order. */
   readonly backingFds?: ReadonlyArray<number | undefined>;
-  /** A hugetlbfs mount point, when the definition asks for hugepage-backed memory. */
-  readonly hugepagesPath?: string;
+  /** The host's hugetlbfs mount points by page size in KiB, when the definition asks for huge pages. */
+  readonly hugepageMounts?: Readonly<Record<number, string>>;
+  /** The host's default huge page size in KiB (`<hugepages/>` without a `<page>`). */
+  readonly defaultHugepageKiB?: number;
   /** The host's online NUMA nodes, to refuse a `<numatune>` naming others (none: not checked). */
   readonly hostNumaNodes?: readonly number[];
   /** Inherited TAP fds of each interface (undefined for non-TAP interfaces), in definition order. */
@@ -131,46 +138,16 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       { path: 'numatune' },
     );
   }
-  // All guest memory bound to host nodes, without guest NUMA cells: one backend, as libvirt.
-  const binding = def.cpu?.numa ? undefined : numaBinding(def, undefined);
-  if (binding && !def.memoryBacking?.hugepages) {
-    add(
-      '-object',
-      JSON.stringify({
-        'qom-type': 'memory-backend-ram',
-        id: 'pc.ram',
-        size: bootMemoryKiB(def) * 1024,
-        ...binding,
-      }),
-    );
+  const host: MemoryBackingHost = {
+    memoryBackingDir: memoryBackingDir(ctx.homeDir),
+    ...(ctx.hugepageMounts ? { hugepageMounts: ctx.hugepageMounts } : {}),
+    ...(ctx.defaultHugepageKiB !== undefined ? { defaultHugepageKiB: ctx.defaultHugepageKiB } : {}),
+  };
+  // Without guest NUMA cells, one backend for all guest memory when anything asks for one.
+  const ram = def.cpu?.numa ? undefined : memoryBackend(def, host, 'pc.ram', bootMemoryKiB(def), undefined);
+  if (ram) {
+    add('-object', JSON.stringify(ram));
     add('-machine', 'memory-backend=pc.ram');
-  }
-  if (def.memoryBacking?.hugepages) {
-    if (!ctx.hugepagesPath) {
-      throw new VirtError(
-        ErrorCode.CONFIG_UNSUPPORTED,
-        'hugepage-backed memory needs a mounted hugetlbfs (mount -t hugetlbfs hugetlbfs /dev/hugepages) with pages reserved',
-        { path: 'memoryBacking.hugepages' },
-      );
-    }
-    // Guest RAM as a memory backend on hugetlbfs, preallocated so a shortage fails the start
-    // instead of the guest later.
-    if (!def.cpu?.numa) {
-      add(
-        '-object',
-        binding
-          ? JSON.stringify({
-              'qom-type': 'memory-backend-file',
-              id: 'pc.ram',
-              'mem-path': ctx.hugepagesPath,
-              prealloc: true,
-              size: def.memoryKiB * 1024,
-              ...binding,
-            })
-          : `memory-backend-file,id=pc.ram,mem-path=${esc(ctx.hugepagesPath)},prealloc=on,size=${def.memoryKiB}k`,
-      );
-      add('-machine', 'memory-backend=pc.ram');
-    }
   }
   if (def.memoryBacking?.locked) add('-overcommit', 'mem-lock=on');
 
@@ -179,7 +156,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
     '-smp',
     `${def.vcpu.current ?? def.vcpu.count},maxcpus=${def.vcpu.count},sockets=${topo.sockets},dies=${topo.dies},cores=${topo.cores},threads=${topo.threads}`,
   );
-  add(...numaArgs(def, def.memoryBacking?.hugepages ? ctx.hugepagesPath : undefined));
+  add(...numaArgs(def, host));
   add(...dimmArgs(def));
   add(...smbiosArgs(def));
   for (let i = 1; i <= def.iothreads; i++) add('-object', `iothread,id=iothread${i}`);

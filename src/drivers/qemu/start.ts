@@ -1,4 +1,4 @@
-import { accessSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { accessSync, constants, fstatSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, toVirtError, VirtError } from '../../errors.js';
 import { verifyThreadCount, verifyThreads } from '../../privileged/threads-verify.js';
@@ -12,6 +12,7 @@ import type { Job } from '../jobs.js';
 import { placesThreads } from '../thread-tuning.js';
 import { buildCommandLine, type CommandLine } from './command-line.js';
 import { type DriverContext, deferred, scopeOf, within } from './context.js';
+import { memoryBackingDir } from './devices/memory-backend.js';
 import { listeningSockets } from './devices/serial.js';
 import type { DomainObject, Runtime } from './domain-object.js';
 import { emulatorOf, reapEmulator } from './emulator-kill.js';
@@ -194,6 +195,8 @@ async function openDescriptors(s: Startup): Promise<void> {
 
 function buildCommand(s: Startup): void {
   const firmware = resolveFirmware(s.def, join(s.ctx.layout.lib, 'nvram'));
+  // File-backed guest memory: QEMU creates its file here and unlinks it at once.
+  mkdirSync(memoryBackingDir(s.ctx.layout.lib), { recursive: true, mode: 0o700 });
   ensureNvram(firmware);
   const cmd = buildCommandLine(s.def, {
     firmware,
@@ -201,7 +204,7 @@ function buildCommand(s: Startup): void {
     monitorFd: FIRST_CHILD_FD,
     consolePath: s.paths.console,
     homeDir: s.ctx.layout.lib,
-    hugepagesPath: s.def.memoryBacking?.hugepages ? hugetlbfsMount() : undefined,
+    ...(s.def.memoryBacking?.hugepages ? hugetlbfsMounts() : {}),
     ...(s.def.numatune ? { hostNumaNodes: hostNumaNodes() } : {}),
     ...childFdNumbers(s.preExec ?? { disks: [], taps: [], all: [] }),
   });
@@ -234,11 +237,26 @@ function childFdNumbers(fds: PreExecDescriptors): {
 }
 
 /** The first hugetlbfs mount, from /proc/mounts. */
-function hugetlbfsMount(): string | undefined {
-  const line = readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .find((l) => l.split(' ')[2] === 'hugetlbfs');
-  return line?.split(' ')[1];
+/**
+ * The host's hugetlbfs mounts by page size in KiB (a mount without `pagesize=` has the default
+ * size) and that default, from /proc/mounts and /proc/meminfo.
+ */
+function hugetlbfsMounts(): { hugepageMounts: Record<number, string>; defaultHugepageKiB?: number } {
+  const meminfo = /^Hugepagesize:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+  const defaultKiB = meminfo ? Number(meminfo[1]) : undefined;
+  const mounts: Record<number, string> = {};
+  for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
+    const [, dir, type, options] = line.split(' ');
+    if (type !== 'hugetlbfs' || dir === undefined) continue;
+    const size = /(?:^|,)pagesize=(\d+)([KMG])/.exec(options ?? '');
+    const kib = size
+      ? Number(size[1]) * { K: 1, M: 1024, G: 1024 * 1024 }[size[2] as 'K' | 'M' | 'G']
+      : defaultKiB;
+    // Octal escapes of /proc/mounts (a space is \040).
+    const path = dir.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
+    if (kib !== undefined && mounts[kib] === undefined) mounts[kib] = path;
+  }
+  return { hugepageMounts: mounts, ...(defaultKiB !== undefined ? { defaultHugepageKiB: defaultKiB } : {}) };
 }
 
 function checkEmulator(path: string): string {

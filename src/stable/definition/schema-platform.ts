@@ -141,6 +141,8 @@ export const numaCellSchema = z.strictObject({
     .positive()
     .max(2 ** 52),
   memAccess: z.enum(['shared', 'private']).optional(),
+  /** Discards the cell's memory content when the guest stops (file-backed memory only). */
+  discard: z.boolean().optional(),
 });
 
 /**

@@ -375,6 +375,26 @@ export const domainDefinitionSchema = z.strictObject({
         .optional(),
       /** Guest NUMA cells; their vCPUs and memory must add up to the domain's. */
       numa: z.array(numaCellSchema).min(1).max(64).optional(),
+      /**
+       * The CPU caches the guest sees (libvirt's `<cache>`): `emulate` (level 3) an L3 cache,
+       * `passthrough` the host's (host-passthrough CPUs only), `disable` none.
+       */
+      cache: z
+        .strictObject({
+          mode: z.enum(['emulate', 'passthrough', 'disable']),
+          level: z.number().int().min(1).max(3).optional(),
+        })
+        .optional(),
+      /**
+       * The physical address bits (libvirt's `<maxphysaddr>`): `emulate` with `bits`, or
+       * `passthrough` the host's.
+       */
+      maxphysaddr: z
+        .strictObject({
+          mode: z.enum(['emulate', 'passthrough']),
+          bits: z.number().int().min(1).max(64).optional(),
+        })
+        .optional(),
     })
     .optional(),
   os: z
@@ -410,10 +430,47 @@ export const domainDefinitionSchema = z.strictObject({
       iothreadsched: z.array(schedEntry).default([]),
     })
     .optional(),
+  /**
+   * Where guest memory comes from (libvirt's `<memoryBacking>`), as libvirt picks QEMU's memory
+   * backend: huge pages (hugetlbfs, or memfd's hugetlb), a memfd, a file, shared or private,
+   * preallocated or not.
+   */
   memoryBacking: z
     .strictObject({
+      /** Locked in host RAM (`-overcommit mem-lock=on`). */
       locked: z.boolean().default(false),
+      /** Huge pages (`<hugepages>`): of the host's default size unless `pages` says otherwise. */
       hugepages: z.boolean().default(false),
+      /**
+       * Huge page sizes (`<hugepages><page size nodeset>`): per guest NUMA cells in `nodeset`, or
+       * without one for the rest. A size equal to the system page (4 KiB) means no huge pages.
+       */
+      pages: z
+        .array(
+          z.strictObject({
+            sizeKiB: z
+              .number()
+              .int()
+              .positive()
+              .max(2 ** 30),
+            nodeset: z.string().optional(),
+          }),
+        )
+        .min(1)
+        .optional(),
+      /** `anonymous` (ordinary RAM), `file` (a file in the root's `lib/ram/`) or `memfd`. */
+      source: z.enum(['anonymous', 'file', 'memfd']).optional(),
+      /** `shared` maps the memory shared (vhost-user needs it), `private` copy-on-write. */
+      access: z.enum(['shared', 'private']).optional(),
+      /** `immediate` preallocates all memory at start (with `threads` doing it). */
+      allocation: z
+        .strictObject({
+          mode: z.enum(['immediate', 'ondemand']).optional(),
+          threads: z.number().int().min(1).max(4096).optional(),
+        })
+        .optional(),
+      /** Discards the memory's content when the guest stops (file-backed memory only). */
+      discard: z.boolean().optional(),
     })
     .optional(),
   memtune: z.strictObject({ hardLimitKiB: kib.optional() }).optional(),

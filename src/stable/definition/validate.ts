@@ -292,13 +292,17 @@ function checkPlatform(def: DomainDefinition): void {
       }
       memory += cell.memoryKiB;
     });
-    if (memory !== def.memoryKiB) {
+    // The memory devices (DIMMs) come on top of the cells' memory.
+    const devices = (def.memoryDevices ?? []).reduce((sum, d) => sum + d.sizeKiB, 0);
+    if (memory + devices !== def.memoryKiB) {
       throw invalid(
         'cpu.numa',
-        `the NUMA cells hold ${memory} KiB, the domain ${def.memoryKiB} KiB: they must match`,
+        `the NUMA cells hold ${memory} KiB and the memory devices ${devices} KiB, the domain ${def.memoryKiB} KiB: they must match`,
       );
     }
   }
+  checkHugepages(def);
+  checkCpuCacheAndAddress(def);
   if (def.vcpu.cpuset !== undefined && !parseCpuset(def.vcpu.cpuset)) {
     throw invalid('vcpu.cpuset', `malformed cpuset "${def.vcpu.cpuset}"`);
   }
@@ -325,4 +329,58 @@ function checkPlatform(def: DomainDefinition): void {
       throw invalid(`videos.${i}.address`, 'ramfb is not a PCI device and takes no address');
     }
   });
+}
+
+/**
+ * `<hugepages><page>`: as libvirt, the nodesets name guest NUMA cells that exist (node 0 only
+ * without cells), no cell in two pages, at most one page without a nodeset; pages need
+ * `<hugepages>` itself.
+ */
+function checkHugepages(def: DomainDefinition): void {
+  const backing = def.memoryBacking;
+  const pages = backing?.pages;
+  if (!pages) return;
+  if (!backing.hugepages) throw invalid('memoryBacking.pages', 'huge page sizes need hugepages');
+  const cells = Math.max(1, def.cpu?.numa?.length ?? 0);
+  const seen = new Set<number>();
+  let fallback = false;
+  pages.forEach((page, i) => {
+    const path = `memoryBacking.pages.${i}`;
+    if (page.nodeset === undefined) {
+      if (fallback) throw invalid(path, 'a second huge page size without a nodeset');
+      fallback = true;
+      return;
+    }
+    const nodes = parseCpuset(page.nodeset);
+    if (!nodes) throw invalid(`${path}.nodeset`, `malformed nodeset "${page.nodeset}"`);
+    for (const n of nodes) {
+      if (n >= cells) throw invalid(`${path}.nodeset`, `hugepages: guest NUMA node ${n} does not exist`);
+      if (seen.has(n)) throw invalid(`${path}.nodeset`, `guest NUMA node ${n} is in two huge page sizes`);
+      seen.add(n);
+    }
+  });
+}
+
+/** `<cpu><cache>` and `<maxphysaddr>`, as libvirt's qemuValidateDomainDefCpu. */
+function checkCpuCacheAndAddress(def: DomainDefinition): void {
+  const cache = def.cpu?.cache;
+  if (cache?.mode === 'emulate' && cache.level !== 3) {
+    throw invalid('cpu.cache.level', "CPU cache mode 'emulate' can only be used with level 3");
+  }
+  if (cache && cache.mode !== 'emulate' && cache.level !== undefined) {
+    throw invalid('cpu.cache.level', `CPU cache mode '${cache.mode}' takes no level`);
+  }
+  if (cache?.mode === 'passthrough' && def.cpu?.mode !== 'host-passthrough') {
+    throw invalid(
+      'cpu.cache.mode',
+      "CPU cache mode 'passthrough' can only be used with a host-passthrough CPU",
+    );
+  }
+  const addr = def.cpu?.maxphysaddr;
+  if (addr?.mode === 'emulate' && addr.bits === undefined) {
+    throw invalid('cpu.maxphysaddr.bits', "physical address mode 'emulate' needs bits");
+  }
+  if (addr?.mode === 'passthrough' && addr.bits !== undefined) {
+    throw invalid('cpu.maxphysaddr.bits', "physical address mode 'passthrough' takes no bits");
+  }
 }

@@ -359,6 +359,37 @@ function addressNode(address: DiskDefinition['address']): Node | undefined {
 const aliasNode = (alias: string | undefined): Node | undefined =>
   alias === undefined ? undefined : node('alias', [['name', alias]]);
 
+/** `<memoryBacking>` in libvirt's order: hugepages, locked, source, access, allocation, discard. */
+function memoryBackingNode(b: NonNullable<DomainDefinition['memoryBacking']>): Node {
+  return node(
+    'memoryBacking',
+    [],
+    [
+      b.hugepages &&
+        node(
+          'hugepages',
+          [],
+          (b.pages ?? []).map((p) =>
+            node('page', [
+              ['size', p.sizeKiB],
+              ['unit', 'KiB'],
+              ['nodeset', p.nodeset],
+            ]),
+          ),
+        ),
+      b.locked && node('locked'),
+      b.source !== undefined && node('source', [['type', b.source]]),
+      b.access !== undefined && node('access', [['mode', b.access]]),
+      b.allocation &&
+        node('allocation', [
+          ['mode', b.allocation.mode],
+          ['threads', b.allocation.threads],
+        ]),
+      b.discard && node('discard'),
+    ],
+  );
+}
+
 function controllerNode(c: ControllerDefinition): Node {
   return node(
     'controller',
@@ -768,12 +799,7 @@ function domainNode(def: DomainDefinition): Node {
             ),
           ],
         ),
-      def.memoryBacking &&
-        node(
-          'memoryBacking',
-          [],
-          [def.memoryBacking.hugepages && node('hugepages'), def.memoryBacking.locked && node('locked')],
-        ),
+      def.memoryBacking && memoryBackingNode(def.memoryBacking),
       textNode('vcpu', def.vcpu.count, [
         ['placement', 'static'],
         ['cpuset', def.vcpu.cpuset],
@@ -856,6 +882,16 @@ function domainNode(def: DomainDefinition): Node {
                 ['cores', cpu.topology.cores],
                 ['threads', cpu.topology.threads],
               ]),
+            cpu.cache &&
+              node('cache', [
+                ['level', cpu.cache.level],
+                ['mode', cpu.cache.mode],
+              ]),
+            cpu.maxphysaddr &&
+              node('maxphysaddr', [
+                ['mode', cpu.maxphysaddr.mode],
+                ['bits', cpu.maxphysaddr.bits],
+              ]),
             ...(cpu.features ?? []).map((f) =>
               node('feature', [
                 ['policy', f.policy],
@@ -873,6 +909,7 @@ function domainNode(def: DomainDefinition): Node {
                     ['memory', cell.memoryKiB],
                     ['unit', 'KiB'],
                     ['memAccess', cell.memAccess],
+                    ['discard', yesNo(cell.discard)],
                   ]),
                 ),
               ),

@@ -82,16 +82,69 @@ export function parseMemory(origins: Origins, d: XmlElement, out: Obj): void {
   }
 }
 
+/**
+ * `<memoryBacking>`: `locked`, `hugepages` (with `<page size unit nodeset>`), `source type`,
+ * `access mode`, `allocation mode threads` and `discard`. `nosharepages` (KSM) stays refused.
+ */
 export function parseMemoryBacking(origins: Origins, backing: XmlElement): Obj {
-  check(backing, { children: ['locked', 'hugepages'] });
+  check(backing, { children: ['locked', 'hugepages', 'source', 'access', 'allocation', 'discard'] });
   origins.note('memoryBacking', backing);
   const out: Obj = {};
-  for (const key of ['locked', 'hugepages'] as const) {
+  for (const key of ['locked', 'discard'] as const) {
     const el = child(backing, key);
     if (el) {
       check(el, {});
+      origins.note(`memoryBacking.${key}`, el);
       out[key] = true;
     }
+  }
+  const hugepages = child(backing, 'hugepages');
+  if (hugepages) {
+    check(hugepages, { children: ['page'], repeat: ['page'] });
+    origins.note('memoryBacking.hugepages', hugepages);
+    out.hugepages = true;
+    const pages = childrenOf(hugepages, 'page');
+    if (pages.length > 0) {
+      out.pages = pages.map((p, i) => {
+        check(p, { attrs: ['size', 'unit', 'nodeset'] });
+        origins.note(`memoryBacking.pages.${i}`, p);
+        origins.note(`memoryBacking.pages.${i}.nodeset`, p, 'nodeset');
+        const size = p.attrs.get('size');
+        if (size === undefined) throw invalid(p, 'a <page> needs a size', 'size');
+        const page: Obj = { sizeKiB: sizeToKiB(p, size, p.attrs.get('unit') ?? 'KiB', 'size') };
+        set(page, 'nodeset', p.attrs.get('nodeset'));
+        return page;
+      });
+    }
+  }
+  const source = child(backing, 'source');
+  if (source) {
+    check(source, { attrs: ['type'] });
+    origins.note('memoryBacking.source', source, 'type');
+    const type = source.attrs.get('type');
+    if (type === undefined) throw invalid(source, '<source> needs a type', 'type');
+    out.source = choice(source, type, 'the memory source', ['anonymous', 'file', 'memfd'], [], 'type');
+  }
+  const access = child(backing, 'access');
+  if (access) {
+    check(access, { attrs: ['mode'] });
+    origins.note('memoryBacking.access', access, 'mode');
+    const mode = access.attrs.get('mode');
+    if (mode === undefined) throw invalid(access, '<access> needs a mode', 'mode');
+    out.access = choice(access, mode, 'the memory access', ['shared', 'private'], [], 'mode');
+  }
+  const allocation = child(backing, 'allocation');
+  if (allocation) {
+    check(allocation, { attrs: ['mode', 'threads'] });
+    origins.note('memoryBacking.allocation', allocation);
+    origins.note('memoryBacking.allocation.threads', allocation, 'threads');
+    const a: Obj = {};
+    const mode = allocation.attrs.get('mode');
+    if (mode !== undefined) {
+      a.mode = choice(allocation, mode, 'the memory allocation', ['immediate', 'ondemand'], [], 'mode');
+    }
+    set(a, 'threads', intAttr(allocation, 'threads'));
+    out.allocation = a;
   }
   return out;
 }
