@@ -1,12 +1,20 @@
 /*
  * What both migration benchmarks set up: two embedded places under one temporary directory and,
  * in the first, the running 256 MiB TCG guest (the test kernel counting on its console) they
- * migrate back and forth; and the clean-up of all of it.
+ * migrate back and forth; the clean-up of all of it; and how they listen to virtkit's QMP traffic.
  */
 
+import diagnosticsChannel, { tracingChannel } from 'node:diagnostics_channel';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Connection, connect, type Domain } from '../src/index.js';
+import {
+  type Connection,
+  connect,
+  type Domain,
+  diagnosticsChannels,
+  type QmpCommandMessage,
+  type QmpEventMessage,
+} from '../src/index.js';
 import { ensureGuestImage } from '../test/fixtures/guest-image.js';
 
 /** The guest's memory. */
@@ -35,6 +43,28 @@ export async function startGuest(conn: Connection): Promise<Domain> {
   });
   await dom.start();
   return dom;
+}
+
+/** What a benchmark hears of virtkit's QMP traffic, from its diagnostics channels. */
+export interface QmpWatch {
+  /** A command, as it is sent. */
+  readonly sent?: (m: QmpCommandMessage) => void;
+  /** A command, once its reply has arrived. */
+  readonly answered?: (m: QmpCommandMessage) => void;
+  /** An event QEMU sent. */
+  readonly event?: (m: QmpEventMessage) => void;
+}
+
+/** Subscribes `watch` to virtkit's QMP command and event channels, for the rest of the process. */
+export function watchQmp(watch: QmpWatch): void {
+  tracingChannel<string, QmpCommandMessage>(diagnosticsChannels.qmpCommand).subscribe({
+    start: (m) => watch.sent?.(m),
+    end: () => undefined,
+    asyncStart: () => undefined,
+    asyncEnd: (m) => watch.answered?.(m),
+    error: () => undefined,
+  });
+  diagnosticsChannel.subscribe(diagnosticsChannels.qmpEvent, (m) => watch.event?.(m as QmpEventMessage));
 }
 
 /** Destroys what runs in the places, closes them and removes `dir`. */

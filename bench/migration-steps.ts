@@ -6,19 +6,12 @@
  * Run: npx tsx bench/migration-steps.ts      Knobs (env): BENCH_MIG_N (3).
  */
 
-import diagnosticsChannel, { tracingChannel } from 'node:diagnostics_channel';
 import { mkdtempSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { START_STEPS } from '../src/drivers/qemu/start.js';
-import {
-  type Connection,
-  type Domain,
-  diagnosticsChannels,
-  type QmpCommandMessage,
-  type QmpEventMessage,
-} from '../src/index.js';
-import { closePlaces, openPlaces, startGuest } from './migration-common.js';
+import type { Connection, Domain } from '../src/index.js';
+import { closePlaces, openPlaces, startGuest, watchQmp } from './migration-common.js';
 
 const N = Number(process.env['BENCH_MIG_N'] ?? 3);
 const dir = mkdtempSync(join(tmpdir(), 'vk-bench-migsteps-'));
@@ -40,19 +33,13 @@ for (const step of START_STEPS) {
   };
 }
 const started = new WeakMap<object, number>();
-tracingChannel<string, QmpCommandMessage>(diagnosticsChannels.qmpCommand).subscribe({
-  start: (m) => started.set(m, performance.now()),
-  end: () => undefined,
-  asyncStart: () => undefined,
-  asyncEnd: (m) => {
+watchQmp({
+  sent: (m) => started.set(m, performance.now()),
+  answered: (m) => {
     const at = started.get(m) ?? performance.now();
     note(`qmp ${m.command} ${(performance.now() - at).toFixed(1)} ms`);
   },
-  error: () => undefined,
-});
-diagnosticsChannel.subscribe(diagnosticsChannels.qmpEvent, (m) => {
-  const e = m as QmpEventMessage;
-  note(`event ${e.event} ${e.event === 'MIGRATION' ? JSON.stringify(e.data) : ''}`);
+  event: (e) => note(`event ${e.event} ${e.event === 'MIGRATION' ? JSON.stringify(e.data) : ''}`),
 });
 
 async function main(): Promise<void> {

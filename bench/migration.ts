@@ -15,19 +15,20 @@
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import diagnosticsChannel, { tracingChannel } from 'node:diagnostics_channel';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  type Connection,
-  type Domain,
-  diagnosticsChannels,
-  type QmpCommandMessage,
-  type QmpEventMessage,
-} from '../src/index.js';
+import type { Connection, Domain } from '../src/index.js';
 import { QEMU, summarize } from './common.js';
-import { closePlaces, cmdline, image, MEMORY_MIB, openPlaces, startGuest } from './migration-common.js';
+import {
+  closePlaces,
+  cmdline,
+  image,
+  MEMORY_MIB,
+  openPlaces,
+  startGuest,
+  watchQmp,
+} from './migration-common.js';
 import { connectPolling, RawQmp } from './raw-qmp.js';
 
 const N = Number(process.env['BENCH_MIG_N'] ?? 10);
@@ -80,19 +81,14 @@ class PauseClock {
 }
 const rawClock = new PauseClock();
 const virtkitClock = new PauseClock();
-diagnosticsChannel.subscribe(diagnosticsChannels.qmpEvent, (m) => {
-  const msg = m as QmpEventMessage;
-  if (msg.domain?.name === 'bench-mig') virtkitClock.see(msg.event, msg.timestamp);
-});
-tracingChannel<string, QmpCommandMessage>(diagnosticsChannels.qmpCommand).subscribe({
-  start: (m) => {
+watchQmp({
+  event: (msg) => {
+    if (msg.domain?.name === 'bench-mig') virtkitClock.see(msg.event, msg.timestamp);
+  },
+  sent: (m) => {
     if (m.command === 'migrate' && m.domain?.name === 'bench-mig')
       virtkitClock.migrateSentAt = performance.now();
   },
-  end: () => undefined,
-  asyncStart: () => undefined,
-  asyncEnd: () => undefined,
-  error: () => undefined,
 });
 
 /** Raw QEMU: the argv a careful hand would write for the guest, plus `-incoming defer` on the destination. */

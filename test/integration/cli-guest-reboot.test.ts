@@ -2,10 +2,9 @@ import type { ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/stable/index.js';
 import { killChild, runChild } from '../helpers/child.js';
-import { virtkit, virtkitBackground } from '../helpers/cli.js';
-import { alive, GUEST_MARKER, removeRoot, tempRoot, tinyGuest } from '../helpers/env.js';
+import { useCliRoots, virtkit, virtkitBackground } from '../helpers/cli.js';
+import { alive, GUEST_MARKER, tempRoot, tinyGuest } from '../helpers/env.js';
 
 /*
  * A guest that reboots itself (`reboot -f` from its /init, every boot), watched with
@@ -16,18 +15,11 @@ import { alive, GUEST_MARKER, removeRoot, tempRoot, tinyGuest } from '../helpers
 const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
 const REBOOT_LINE = "event 'reboot' for domain 'g'";
 
-const roots: string[] = [];
-const holders: ChildProcess[] = [];
+const { roots, holders } = useCliRoots();
 const watchers: ChildProcess[] = [];
+// Registered after useCliRoots, so it runs before its clean-up (vitest runs after-hooks as a stack).
 afterEach(async () => {
   for (const w of watchers.splice(0)) await killChild(w);
-  for (const h of holders.splice(0)) await killChild(h);
-  for (const r of roots.splice(0)) {
-    const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-    removeRoot(r);
-  }
 });
 
 /** Polls `check` until it holds; the guest and the machine decide how long that takes. */

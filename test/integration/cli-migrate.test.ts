@@ -1,11 +1,9 @@
-import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/stable/index.js';
-import { killChild, runChild } from '../helpers/child.js';
-import { virtkit } from '../helpers/cli.js';
-import { alive, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { runChild } from '../helpers/child.js';
+import { useCliRoots, virtkit } from '../helpers/cli.js';
+import { alive, runLeftovers, tempRoot } from '../helpers/env.js';
 import { makeCredentials } from '../helpers/tls.js';
 
 /*
@@ -16,17 +14,7 @@ import { makeCredentials } from '../helpers/tls.js';
 const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
 const XML = "<domain type='qemu'><name>migvm</name><memory unit='MiB'>64</memory><vcpu>1</vcpu></domain>";
 
-const roots: string[] = [];
-const holders: ChildProcess[] = [];
-afterEach(async () => {
-  for (const h of holders.splice(0)) await killChild(h);
-  for (const r of roots.splice(0)) {
-    const conn = await connect(uriOf(r));
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-    removeRoot(r);
-  }
-});
+const { roots, holders } = useCliRoots();
 
 function uriOf(root: string): string {
   return `qemu:///embed?root=${encodeURIComponent(root)}`;

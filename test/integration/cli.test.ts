@@ -1,28 +1,15 @@
-import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/stable/index.js';
-import { killChild, runChild } from '../helpers/child.js';
-import { virtkit, virtkitBackground } from '../helpers/cli.js';
-import { alive, removeRoot, runLeftovers, tempRoot } from '../helpers/env.js';
+import { describe, expect, it } from 'vitest';
+import { runChild } from '../helpers/child.js';
+import { useCliRoots, virtkit, virtkitBackground } from '../helpers/cli.js';
+import { alive, runLeftovers, tempRoot } from '../helpers/env.js';
 import { hostileEmulator } from '../helpers/hostile.js';
 
 const HOLDER = join(__dirname, '..', '..', 'test', 'fixtures', 'control-holder.ts');
 const XML = "<domain type='qemu'><name>clivm</name><memory unit='MiB'>64</memory><vcpu>2</vcpu></domain>";
 
-const roots: string[] = [];
-const holders: ChildProcess[] = [];
-afterEach(async () => {
-  for (const h of holders.splice(0)) await killChild(h);
-  for (const r of roots.splice(0)) {
-    // Whatever a failed test left running is destroyed before its root goes.
-    const conn = await connect(`qemu:///embed?root=${encodeURIComponent(r)}`);
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy();
-    await conn.close();
-    removeRoot(r);
-  }
-});
+const { roots, holders } = useCliRoots();
 
 type Mode = 'the command holds the root' | 'an application holds the root';
 

@@ -1,19 +1,12 @@
 import { openSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { START_STEPS } from '../../src/drivers/qemu/start.js';
 import { openInternal } from '../../src/internal/index.js';
-import type { Connection, Domain } from '../../src/stable/index.js';
+import type { Domain } from '../../src/stable/index.js';
 import { installFaultHook } from '../../src/util/fault-points.js';
-import {
-  alive,
-  openRoot,
-  pausedOnly,
-  processesMentioning,
-  removeRoot,
-  runLeftovers,
-  tempRoot,
-} from '../helpers/env.js';
+import { alive, pausedOnly, processesMentioning, runLeftovers } from '../helpers/env.js';
+import { useMigrationRoots } from '../helpers/migration-roots.js';
 
 /*
  * A migration stopped at each of its points, by its AbortSignal or by a failure there, is rolled
@@ -22,26 +15,10 @@ import {
  * paused guest (its QEMU runs no code), so the many destination starts stay cheap.
  */
 
-let rootA: string;
-let rootB: string;
-let src: Connection;
-let dst: Connection;
+const mig = useMigrationRoots('vk-migph');
 
-beforeEach(async () => {
-  rootA = tempRoot('vk-migph-a-');
-  rootB = tempRoot('vk-migph-b-');
-  src = await openRoot(rootA);
-  dst = await openRoot(rootB);
-});
-
-afterEach(async () => {
+afterEach(() => {
   installFaultHook(undefined);
-  for (const conn of [src, dst]) {
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-  }
-  removeRoot(rootA);
-  removeRoot(rootB);
 });
 
 /** The destination's start steps, then what follows them on each side. */
@@ -61,14 +38,14 @@ const SLOW = 10 / 1024;
 async function expectRolledBack(dom: Domain, srcPid: number, point: string): Promise<void> {
   expect(await dom.getInfo(), point).toMatchObject({ state: 'paused', pid: srcPid });
   expect((await dom.getJobInfo()).operation, point).toBe('none');
-  expect(await dst.listDomains(), point).toEqual([]);
-  expect(runLeftovers(rootB), point).toEqual([]);
+  expect(await mig.dst.listDomains(), point).toEqual([]);
+  expect(runLeftovers(mig.rootB), point).toEqual([]);
   expect(processesMentioning(dom.uuid), point).toEqual([srcPid]);
 }
 
 describe('a migration stopped at each point is rolled back', { timeout: 600_000 }, () => {
   it('by its AbortSignal: ABORTED, the source as before, nothing at the destination', async () => {
-    const dom = await src.defineDomain(pausedOnly('mig-each-abort'));
+    const dom = await mig.src.defineDomain(pausedOnly('mig-each-abort'));
     await dom.start({ paused: true });
     const srcPid = (await dom.getInfo()).pid as number;
     for (const point of POINTS) {
@@ -77,31 +54,31 @@ describe('a migration stopped at each point is rolled back', { timeout: 600_000 
         if (p === point) controller.abort();
       });
       const err = await dom
-        .migrateTo(dst, { signal: controller.signal, bandwidthMiBps: SLOW })
+        .migrateTo(mig.dst, { signal: controller.signal, bandwidthMiBps: SLOW })
         .catch((e: unknown) => e);
       installFaultHook(undefined);
       expect(err, point).toMatchObject({ name: 'VirtError', code: 'ABORTED' });
       await expectRolledBack(dom, srcPid, point);
     }
-    const moved = await dom.migrateTo(dst);
+    const moved = await dom.migrateTo(mig.dst);
     expect(await moved.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
   });
 
   it('by a failure there: a typed error, the source as before, nothing at the destination', async () => {
-    const dom = await src.defineDomain(pausedOnly('mig-each-fail'));
+    const dom = await mig.src.defineDomain(pausedOnly('mig-each-fail'));
     await dom.start({ paused: true });
     const srcPid = (await dom.getInfo()).pid as number;
     for (const point of POINTS) {
       installFaultHook((p) => {
         if (p === point) throw new Error(`injected failure at ${point}`);
       });
-      const err = await dom.migrateTo(dst, { bandwidthMiBps: SLOW }).catch((e: unknown) => e);
+      const err = await dom.migrateTo(mig.dst, { bandwidthMiBps: SLOW }).catch((e: unknown) => e);
       installFaultHook(undefined);
       expect(err, point).toMatchObject({ name: 'VirtError' });
       await expectRolledBack(dom, srcPid, point);
     }
-    const moved = await dom.migrateTo(dst);
+    const moved = await dom.migrateTo(mig.dst);
     expect(await moved.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
   });
 });
@@ -120,14 +97,14 @@ function openFiles(pid: number): string[] {
 describe('descriptors at the destination (phase pre-exec)', { timeout: 240_000 }, () => {
   it("a disk is opened by the destination's storage.openFile in phase pre-exec, before its QEMU exists, and the QEMU holds it", async () => {
     const calls: Array<{ phase: string; pid: number | undefined; path: string }> = [];
-    openInternal(dst, { apiVersion: '1.0' }).setHandler('storage.openFile', (ctx, args) => {
+    openInternal(mig.dst, { apiVersion: '1.0' }).setHandler('storage.openFile', (ctx, args) => {
       calls.push({ phase: ctx.phase, pid: ctx.pid, path: args.path });
       return { fd: openSync(args.path, args.mode === 'r' ? 'r' : 'r+') };
     });
     // Shared storage: one image, at the same path for both sides.
-    const image = join(rootA, 'lib', 'shared.img');
+    const image = join(mig.rootA, 'lib', 'shared.img');
     writeFileSync(image, Buffer.alloc(1024 * 1024));
-    const dom = await src.defineDomain(
+    const dom = await mig.src.defineDomain(
       pausedOnly('mig-disk', {
         disks: [{ type: 'file', source: image, target: { dev: 'vda', bus: 'virtio' } }],
       }),
@@ -135,7 +112,7 @@ describe('descriptors at the destination (phase pre-exec)', { timeout: 240_000 }
     await dom.start({ paused: true });
     const srcPid = (await dom.getInfo()).pid as number;
     const offer = await dom.migrateBegin();
-    const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' });
+    const incoming = await mig.dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' });
     expect(calls).toEqual([{ phase: 'pre-exec', pid: undefined, path: image }]);
     const dstPid = (await incoming.domain.getInfo()).pid as number;
     expect(openFiles(dstPid)).toContain(image);

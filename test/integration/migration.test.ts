@@ -1,12 +1,11 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { type InternalApi, openInternal } from '../../src/internal/index.js';
 import { threadGroups } from '../../src/privileged/builtins.js';
 import {
-  type Connection,
   type Domain,
   type DomainDefinitionInput,
   type MigrationProgress,
@@ -23,11 +22,10 @@ import {
   openRoot,
   pausedOnly,
   processesMentioning,
-  removeRoot,
   runLeftovers,
-  tempRoot,
   tinyGuest,
 } from '../helpers/env.js';
+import { useMigrationRoots } from '../helpers/migration-roots.js';
 import { makeCredentials } from '../helpers/tls.js';
 
 /*
@@ -36,26 +34,7 @@ import { makeCredentials } from '../helpers/tls.js';
  * the destination's console shows whether the count went on (state moved) or restarted (rebooted).
  */
 
-let rootA: string;
-let rootB: string;
-let src: Connection;
-let dst: Connection;
-
-beforeEach(async () => {
-  rootA = tempRoot('vk-mig-a-');
-  rootB = tempRoot('vk-mig-b-');
-  src = await openRoot(rootA);
-  dst = await openRoot(rootB);
-});
-
-afterEach(async () => {
-  for (const conn of [src, dst]) {
-    for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-    await conn.close();
-  }
-  removeRoot(rootA);
-  removeRoot(rootB);
-});
+const mig = useMigrationRoots('vk-mig');
 
 function consoleOf(dom: Domain): string {
   const serial = dom.getDefinition().serials[0];
@@ -85,7 +64,7 @@ async function until<T>(
 
 /** Starts a counting guest on the source and waits until it has counted to `n`. */
 async function countingGuest(name: string, n = 3): Promise<Domain> {
-  const dom = await src.defineDomain(tinyGuest(name, 'count'));
+  const dom = await mig.src.defineDomain(tinyGuest(name, 'count'));
   await dom.start();
   const path = consoleOf(dom);
   await until(`count ${n} on the source`, () => (counts(path).at(-1) ?? 0) >= n);
@@ -101,8 +80,8 @@ async function expectSourceAlone(dom: Domain, srcPid: number): Promise<void> {
   const now = counts(consoleOf(dom)).at(-1) as number;
   await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
   expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
-  expect(await dst.listDomains()).toEqual([]);
-  expect(runLeftovers(rootB)).toEqual([]);
+  expect(await mig.dst.listDomains()).toEqual([]);
+  expect(runLeftovers(mig.rootB)).toEqual([]);
 }
 
 /** The job recorded in the domain's status file under `root`, if any. */
@@ -123,7 +102,7 @@ describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
     const srcXmlAbi = abi(dom);
     const srcConsole = consoleOf(dom);
     const progress: MigrationProgress[] = [];
-    const moved = await dom.migrateTo(dst, {
+    const moved = await dom.migrateTo(mig.dst, {
       listen: 'tcp:127.0.0.1:0',
       onProgress: (p) => progress.push(p),
     });
@@ -131,7 +110,7 @@ describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
     const before = counts(srcConsole).at(-1) as number;
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated', pid: null });
     expect(alive(srcPid)).toBe(false);
-    expect(runLeftovers(rootA)).toEqual([]);
+    expect(runLeftovers(mig.rootA)).toEqual([]);
 
     const info = await moved.getInfo();
     expect(info).toMatchObject({ state: 'running', reason: 'migrated' });
@@ -139,7 +118,7 @@ describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
     expect(abi(moved)).toEqual(srcXmlAbi);
 
     const dstConsole = consoleOf(moved);
-    expect(dstConsole.startsWith(rootB)).toBe(true);
+    expect(dstConsole.startsWith(mig.rootB)).toBe(true);
     await until('the destination to count on', () => (counts(dstConsole).at(-1) ?? 0) >= before + 3);
     const there = counts(dstConsole);
     // State moved, not rebooted: no fresh /init, and the first count continues the source's.
@@ -157,9 +136,9 @@ describe('live migration of a running TCG guest', { timeout: 240_000 }, () => {
 
 describe('UNIX sockets both QEMUs listen on (same host, same path)', { timeout: 240_000 }, () => {
   it("the source's end leaves the destination's serial and channel sockets in place, and they accept a connection", async () => {
-    const serialPath = join(rootA, 'shared-serial.sock');
-    const channelPath = join(rootA, 'shared-agent.sock');
-    const dom = await src.defineDomain(
+    const serialPath = join(mig.rootA, 'shared-serial.sock');
+    const channelPath = join(mig.rootA, 'shared-agent.sock');
+    const dom = await mig.src.defineDomain(
       tinyGuest('mig-sockets', 'count', {
         serials: [{ type: 'file' }, { type: 'unix', mode: 'bind', path: serialPath }],
         channels: [{ type: 'unix', name: 'org.qemu.guest_agent.0', path: channelPath }],
@@ -170,7 +149,7 @@ describe('UNIX sockets both QEMUs listen on (same host, same path)', { timeout: 
     for (const path of [serialPath, channelPath]) expect(await acceptsConnection(path), path).toBe(true);
     const srcPid = (await dom.getInfo()).pid as number;
 
-    const moved = await dom.migrateTo(dst);
+    const moved = await dom.migrateTo(mig.dst);
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated', pid: null });
     expect(alive(srcPid)).toBe(false);
     const info = await moved.getInfo();
@@ -178,7 +157,7 @@ describe('UNIX sockets both QEMUs listen on (same host, same path)', { timeout: 
     expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
     // The paths are the destination QEMU's now: its listener, not a stale file.
     for (const path of [serialPath, channelPath]) expect(await acceptsConnection(path), path).toBe(true);
-    expect(runLeftovers(rootA)).toEqual([]);
+    expect(runLeftovers(mig.rootA)).toEqual([]);
 
     // The destination's own end removes them, as any end of a QEMU does.
     await moved.destroy({ graceMs: 0 });
@@ -191,38 +170,38 @@ describe('UNIX sockets both QEMUs listen on (same host, same path)', { timeout: 
 describe('persist and undefineSource', { timeout: 240_000 }, () => {
   it('persist defines the domain at the destination, undefineSource removes it at the source; without persist it is transient there', async () => {
     const dom = await countingGuest('mig-persist', 2);
-    const moved = await dom.migrateTo(dst, { persist: true, undefineSource: true });
-    await expect(src.lookupDomain('mig-persist')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
-    expect(existsSync(join(rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
-    expect(existsSync(join(rootB, 'etc', 'domains', 'mig-persist.json'))).toBe(true);
+    const moved = await dom.migrateTo(mig.dst, { persist: true, undefineSource: true });
+    await expect(mig.src.lookupDomain('mig-persist')).rejects.toMatchObject({ code: 'NO_DOMAIN' });
+    expect(existsSync(join(mig.rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
+    expect(existsSync(join(mig.rootB, 'etc', 'domains', 'mig-persist.json'))).toBe(true);
     expect(await moved.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
 
     // Back to A, which no longer defines it, without persist: transient at A, still defined at B.
-    const back = await moved.migrateTo(src);
+    const back = await moved.migrateTo(mig.src);
     expect(await back.getInfo()).toMatchObject({ state: 'running', reason: 'migrated' });
     expect(await moved.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
     await back.destroy({ graceMs: 1000 });
-    await until('the transient domain to go at A', async () => (await src.listDomains()).length === 0);
-    expect(existsSync(join(rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
-    expect((await dst.lookupDomain('mig-persist')).uuid).toBe(dom.uuid);
-    expect(runLeftovers(rootA)).toEqual([]);
+    await until('the transient domain to go at A', async () => (await mig.src.listDomains()).length === 0);
+    expect(existsSync(join(mig.rootA, 'etc', 'domains', 'mig-persist.json'))).toBe(false);
+    expect((await mig.dst.lookupDomain('mig-persist')).uuid).toBe(dom.uuid);
+    expect(runLeftovers(mig.rootA)).toEqual([]);
   });
 });
 
 describe('TLS (tls-creds-x509 on both sides)', { timeout: 240_000 }, () => {
   it('migrates over TLS with certificates of one CA; with a foreign CA it fails typed and both sides are intact', async () => {
-    makeCredentials(join(rootA, 'lib', 'tls-a'), 'vk-test-ca');
-    makeCredentials(join(rootA, 'lib', 'tls-foreign'), 'vk-foreign-ca');
-    const good = { dir: join(rootA, 'lib', 'tls-a') };
+    makeCredentials(join(mig.rootA, 'lib', 'tls-a'), 'vk-test-ca');
+    makeCredentials(join(mig.rootA, 'lib', 'tls-foreign'), 'vk-foreign-ca');
+    const good = { dir: join(mig.rootA, 'lib', 'tls-a') };
     const dom = await countingGuest('mig-tls', 2);
     const srcPid = (await dom.getInfo()).pid as number;
 
     // The source's certificates come from another CA: the destination refuses the stream.
     const offer = await dom.migrateBegin();
-    const incoming = await dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0', tls: good });
+    const incoming = await mig.dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0', tls: good });
     const perform = dom.migratePerform(incoming.uri, {
       cookie: incoming.cookie,
-      tls: { dir: join(rootA, 'lib', 'tls-foreign') },
+      tls: { dir: join(mig.rootA, 'lib', 'tls-foreign') },
     });
     await expect(perform).rejects.toMatchObject({ code: 'OPERATION_FAILED' });
     // QEMU drops a connection that fails the handshake and keeps waiting: as in libvirt's
@@ -233,18 +212,18 @@ describe('TLS (tls-creds-x509 on both sides)', { timeout: 240_000 }, () => {
 
     // A plain stream into a destination that expects TLS fails the same way.
     const plainOffer = await dom.migrateBegin();
-    const tlsOnly = await dst.migratePrepare(plainOffer, { listen: 'tcp:127.0.0.1:0', tls: good });
+    const tlsOnly = await mig.dst.migratePrepare(plainOffer, { listen: 'tcp:127.0.0.1:0', tls: good });
     await expect(dom.migratePerform(tlsOnly.uri, { cookie: tlsOnly.cookie })).rejects.toBeInstanceOf(
       VirtError,
     );
     await tlsOnly.finish({ cancelled: true });
-    expect(await dst.listDomains()).toEqual([]);
+    expect(await mig.dst.listDomains()).toEqual([]);
     await dom.migrateConfirm({ cancelled: true });
     expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
 
     // One CA on both sides: the guest moves and counts on.
     const before = counts(consoleOf(dom)).at(-1) as number;
-    const moved = await dom.migrateTo(dst, { tls: good });
+    const moved = await dom.migrateTo(mig.dst, { tls: good });
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
     const dstConsole = consoleOf(moved);
     await until('the destination to count on', () => (counts(dstConsole).at(-1) ?? 0) >= before + 2);
@@ -253,7 +232,7 @@ describe('TLS (tls-creds-x509 on both sides)', { timeout: 240_000 }, () => {
     // Credentials without their files are refused before any QEMU starts at the other side.
     const movedPid = (await moved.getInfo()).pid;
     await expect(
-      moved.migrateTo(src, { tls: { dir: join(rootA, 'lib', 'nothing-here') } }),
+      moved.migrateTo(mig.src, { tls: { dir: join(mig.rootA, 'lib', 'nothing-here') } }),
     ).rejects.toMatchObject({ code: 'CONFIG_UNSUPPORTED' });
     expect(await moved.getInfo()).toMatchObject({ state: 'running', pid: movedPid });
     expect(processesMentioning(dom.uuid)).toEqual([movedPid]);
@@ -363,10 +342,10 @@ function registerHandlers(api: InternalApi, calls: Call[], probe: string, failSc
 
 describe('the privileged hand-over on the destination (phase migration-in)', { timeout: 240_000 }, () => {
   it('five steps over a UNIX socket: handlers run with the incoming QEMU in inmigrate, its real vCPU ids; effects hold after the move', async () => {
-    const probe = join(rootB, 'lib', 'probe.qmp');
+    const probe = join(mig.rootB, 'lib', 'probe.qmp');
     const calls: Call[] = [];
-    registerHandlers(openInternal(dst, { apiVersion: '1.0' }), calls, probe);
-    const dom = await src.defineDomain(handOverGuest('mig-handover', probe));
+    registerHandlers(openInternal(mig.dst, { apiVersion: '1.0' }), calls, probe);
+    const dom = await mig.src.defineDomain(handOverGuest('mig-handover', probe));
     lowerOwnMemLock();
     await dom.start();
     const srcConsole = consoleOf(dom);
@@ -376,7 +355,7 @@ describe('the privileged hand-over on the destination (phase migration-in)', { t
     // One migration-out job holds the source from begin to confirm: a suspend asked for now
     // waits its turn, which comes only after the confirm (the domain is then shut off).
     expect(await dom.getJobInfo()).toMatchObject({ operation: 'migration-out', phase: 'begin' });
-    expect(statusJob(rootA, dom)).toMatchObject({
+    expect(statusJob(mig.rootA, dom)).toMatchObject({
       operation: 'migration-out',
       phase: 'begin',
       data: { sourceRan: true },
@@ -385,10 +364,15 @@ describe('the privileged hand-over on the destination (phase migration-in)', { t
       () => 'suspended',
       (e: unknown) => e,
     );
-    const incoming = await dst.migratePrepare(offer, { listen: `unix:${join(rootB, 'run', 'mig.sock')}` });
+    const incoming = await mig.dst.migratePrepare(offer, {
+      listen: `unix:${join(mig.rootB, 'run', 'mig.sock')}`,
+    });
     expect(await incoming.domain.getJobInfo()).toMatchObject({ operation: 'migration-in', phase: 'prepare' });
-    expect(statusJob(rootB, incoming.domain)).toMatchObject({ operation: 'migration-in', phase: 'prepare' });
-    expect(incoming.uri).toBe(`unix:${join(rootB, 'run', 'mig.sock')}`);
+    expect(statusJob(mig.rootB, incoming.domain)).toMatchObject({
+      operation: 'migration-in',
+      phase: 'prepare',
+    });
+    expect(incoming.uri).toBe(`unix:${join(mig.rootB, 'run', 'mig.sock')}`);
     const dstPid = (await incoming.domain.getInfo()).pid as number;
     expect(await incoming.domain.getInfo()).toMatchObject({ state: 'paused', reason: 'migration' });
     // Before the stream: the handlers ran, in order, in phase migration-in, on this very QEMU.
@@ -411,10 +395,10 @@ describe('the privileged hand-over on the destination (phase migration-in)', { t
     expect(done.migration).toMatchObject({ status: 'completed', dataRemaining: 0 });
     expect(done.migration?.dataProcessed).toBeGreaterThan(0);
     expect(done.migration?.downtimeMs).toBeGreaterThanOrEqual(0);
-    expect(statusJob(rootA, dom)).toMatchObject({ operation: 'migration-out', phase: 'perform-done' });
+    expect(statusJob(mig.rootA, dom)).toMatchObject({ operation: 'migration-out', phase: 'perform-done' });
     const moved = await incoming.finish();
     expect((await moved.getJobInfo()).operation).toBe('none');
-    expect(statusJob(rootB, moved)).toBeUndefined();
+    expect(statusJob(mig.rootB, moved)).toBeUndefined();
     await dom.migrateConfirm();
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
     const late = await suspended;
@@ -444,17 +428,17 @@ describe('the privileged hand-over on the destination (phase migration-in)', { t
   });
 
   it('a destination handler that fails: prepare fails typed, the source counts on, nothing is left at the destination', async () => {
-    const probe = join(rootB, 'lib', 'probe.qmp');
+    const probe = join(mig.rootB, 'lib', 'probe.qmp');
     const calls: Call[] = [];
-    registerHandlers(openInternal(dst, { apiVersion: '1.0' }), calls, probe, true);
-    const dom = await src.defineDomain(handOverGuest('mig-refused', probe));
+    registerHandlers(openInternal(mig.dst, { apiVersion: '1.0' }), calls, probe, true);
+    const dom = await mig.src.defineDomain(handOverGuest('mig-refused', probe));
     lowerOwnMemLock();
     await dom.start();
     const srcPid = (await dom.getInfo()).pid as number;
     const srcConsole = consoleOf(dom);
     await until('count 2 on the source', () => (counts(srcConsole).at(-1) ?? 0) >= 2);
 
-    const err = await dom.migrateTo(dst, { listen: 'tcp:127.0.0.1:0' }).catch((e: unknown) => e);
+    const err = await dom.migrateTo(mig.dst, { listen: 'tcp:127.0.0.1:0' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(VirtError);
     expect((err as VirtError).code).toBe('HANDLER_FAILED');
     expect(calls.map((c) => `${c.phase}:${c.op}`)).toEqual([
@@ -477,7 +461,7 @@ describe('faults during the stream leave the VM running on exactly one side', { 
     let streaming!: () => void;
     const moving = new Promise<void>((r) => (streaming = r));
     const result: Promise<unknown> = dom
-      .migrateTo(dst, {
+      .migrateTo(mig.dst, {
         bandwidthMiBps: 1,
         onProgress: (p) => {
           if (p.dataProcessed > 0) streaming();
@@ -517,7 +501,7 @@ describe('faults during the stream leave the VM running on exactly one side', { 
     expect(info).toMatchObject({ operation: 'migration-out', phase: 'perform', aborting: false });
     expect(info.migration?.status).toBe('active');
     expect(info.migration?.dataRemaining).toBeGreaterThan(0);
-    expect(statusJob(rootA, dom)).toMatchObject({ operation: 'migration-out', phase: 'perform' });
+    expect(statusJob(mig.rootA, dom)).toMatchObject({ operation: 'migration-out', phase: 'perform' });
     expect(info.progress?.unit).toBe('bytes');
     expect(info.progress?.completed).toBeGreaterThan(0);
     expect(info.progress?.total).toBeGreaterThan(100 * 1024 * 1024);
@@ -527,10 +511,10 @@ describe('faults during the stream leave the VM running on exactly one side', { 
     expect((err as VirtError).code).toBe('ABORTED');
     expect(await dom.getInfo()).toMatchObject({ state: 'running', pid: srcPid });
     expect((await dom.getJobInfo()).operation).toBe('none');
-    expect(statusJob(rootA, dom)).toBeUndefined();
+    expect(statusJob(mig.rootA, dom)).toBeUndefined();
     expect(processesMentioning(dom.uuid)).toEqual([srcPid]);
-    expect(await dst.listDomains()).toEqual([]);
-    expect(runLeftovers(rootB)).toEqual([]);
+    expect(await mig.dst.listDomains()).toEqual([]);
+    expect(runLeftovers(mig.rootB)).toEqual([]);
   });
 
   it('the destination QEMU killed mid-stream: the source keeps running, the destination is cleaned up', async () => {
@@ -562,15 +546,15 @@ describe('faults during the stream leave the VM running on exactly one side', { 
       await new Promise((r) => setTimeout(r, 100));
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'crashed' });
     await until('no QEMU of the domain', () => processesMentioning(dom.uuid).length === 0);
-    expect(await dst.listDomains()).toEqual([]);
-    expect(runLeftovers(rootA)).toEqual([]);
-    expect(runLeftovers(rootB)).toEqual([]);
+    expect(await mig.dst.listDomains()).toEqual([]);
+    expect(runLeftovers(mig.rootA)).toEqual([]);
+    expect(runLeftovers(mig.rootB)).toEqual([]);
   });
 });
 
 describe('what is refused before anything starts', () => {
   async function pausedSource(name: string, extra: Partial<DomainDefinitionInput> = {}): Promise<Domain> {
-    const dom = await src.defineDomain(pausedOnly(name, extra));
+    const dom = await mig.src.defineDomain(pausedOnly(name, extra));
     await dom.start({ paused: true });
     return dom;
   }
@@ -578,11 +562,11 @@ describe('what is refused before anything starts', () => {
   /** Nothing of the domain at the destination: no definition, process, socket or status file. */
   async function destinationUntouched(uuid: string, srcPid: number): Promise<void> {
     expect(processesMentioning(uuid)).toEqual([srcPid]);
-    expect(runLeftovers(rootB)).toEqual([]);
+    expect(runLeftovers(mig.rootB)).toEqual([]);
   }
 
   it('a shut-off domain cannot begin a migration', async () => {
-    const dom = await src.defineDomain(pausedOnly('mig-off'));
+    const dom = await mig.src.defineDomain(pausedOnly('mig-off'));
     await expect(dom.migrateBegin()).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
     await expect(dom.migratePerform('tcp:127.0.0.1:1')).rejects.toMatchObject({ code: 'OPERATION_INVALID' });
   });
@@ -592,13 +576,13 @@ describe('what is refused before anything starts', () => {
     const pid = (await dom.getInfo()).pid as number;
     const offer = await dom.migrateBegin();
     for (const listen of ['rdma:127.0.0.1:4444', 'tcp:127.0.0.1:99999', 'unix:relative.sock', 'exec:cat']) {
-      await expect(dst.migratePrepare(offer, { listen })).rejects.toMatchObject({
+      await expect(mig.dst.migratePrepare(offer, { listen })).rejects.toMatchObject({
         code: 'INVALID_URI',
         details: { field: 'listen' },
       });
     }
     await expect(dom.migratePerform('fd:3')).rejects.toMatchObject({ code: 'INVALID_URI' });
-    expect(await dst.listDomains()).toEqual([]);
+    expect(await mig.dst.listDomains()).toEqual([]);
     await destinationUntouched(dom.uuid, pid);
     await dom.migrateConfirm({ cancelled: true });
     expect(await dom.getInfo()).toMatchObject({ state: 'paused', pid });
@@ -607,12 +591,12 @@ describe('what is refused before anything starts', () => {
   it('a destination whose definition of the domain differs is CONFIG_UNSUPPORTED and keeps its own', async () => {
     const dom = await pausedSource('mig-differs');
     const pid = (await dom.getInfo()).pid as number;
-    const theirs = await dst.defineDomain({
+    const theirs = await mig.dst.defineDomain({
       ...pausedOnly('mig-differs', { memoryKiB: 96 * 1024 }),
       uuid: dom.uuid,
     });
     const offer = await dom.migrateBegin();
-    await expect(dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+    await expect(mig.dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
       code: 'CONFIG_UNSUPPORTED',
       details: { field: 'memoryKiB' },
     });
@@ -622,7 +606,7 @@ describe('what is refused before anything starts', () => {
   });
 
   it('a disk missing at the destination is refused before QEMU starts', async () => {
-    const disk = join(rootA, 'lib', 'vanishing.img');
+    const disk = join(mig.rootA, 'lib', 'vanishing.img');
     writeFileSync(disk, Buffer.alloc(1024 * 1024));
     const dom = await pausedSource('mig-nodisk', {
       disks: [{ type: 'file', source: disk, target: { dev: 'vda', bus: 'virtio' } }],
@@ -630,11 +614,11 @@ describe('what is refused before anything starts', () => {
     const pid = (await dom.getInfo()).pid as number;
     const offer = await dom.migrateBegin();
     rmSync(disk);
-    await expect(dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+    await expect(mig.dst.migratePrepare(offer, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
       code: 'OPERATION_INVALID',
       details: { field: 'disks.0.source' },
     });
-    expect(await dst.listDomains()).toEqual([]);
+    expect(await mig.dst.listDomains()).toEqual([]);
     await destinationUntouched(dom.uuid, pid);
     await dom.migrateConfirm({ cancelled: true });
   });
@@ -643,7 +627,7 @@ describe('what is refused before anything starts', () => {
     const dom = await pausedSource('mig-malformed');
     const offer = await dom.migrateBegin();
     const bad = { ...offer, cookie: { ...offer.cookie, running: 'yes' } } as unknown as typeof offer;
-    await expect(dst.migratePrepare(bad, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
+    await expect(mig.dst.migratePrepare(bad, { listen: 'tcp:127.0.0.1:0' })).rejects.toMatchObject({
       code: 'XML_ERROR',
       details: { field: 'cookie.running' },
     });
@@ -653,30 +637,36 @@ describe('what is refused before anything starts', () => {
 
 describe('a paused domain', { timeout: 240_000 }, () => {
   it('migrates paused, stays paused at the destination, and migrates back', async () => {
-    const dom = await src.defineDomain(pausedOnly('mig-paused'));
+    const dom = await mig.src.defineDomain(pausedOnly('mig-paused'));
     await dom.start({ paused: true });
-    const moved = await dom.migrateTo(dst, { listen: `unix:${join(rootB, 'lib', 'in.sock')}` });
+    const moved = await dom.migrateTo(mig.dst, { listen: `unix:${join(mig.rootB, 'lib', 'in.sock')}` });
     expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
     const info = await moved.getInfo();
     expect(info).toMatchObject({ state: 'paused', reason: 'migrated' });
     expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
-    expect(existsSync(join(rootB, 'lib', 'in.sock'))).toBe(false);
+    expect(existsSync(join(mig.rootB, 'lib', 'in.sock'))).toBe(false);
     // And back to where its (typed) definition is still defined: the offer's XML spelling of the
     // same definition is the same guest.
-    const back = await moved.migrateTo(src);
+    const back = await moved.migrateTo(mig.src);
     expect(back.uuid).toBe(dom.uuid);
     expect(await back.getInfo()).toMatchObject({ state: 'paused', reason: 'migrated' });
-    expect(await dst.listDomains({ state: 'active' })).toEqual([]);
+    expect(await mig.dst.listDomains({ state: 'active' })).toEqual([]);
   });
 });
 
 describe('source and destination in two processes', { timeout: 240_000 }, () => {
   it("the source's manager killed after the stream: on reconnect the source stays paused (migration) until confirmed", async () => {
     // The source runs in its own process, so this process opens root A only after killing it.
-    await src.close();
+    await mig.src.close();
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', join(import.meta.dirname, '../fixtures/migration-source.ts'), rootA, 'mig-proc'],
+      [
+        '--import',
+        'tsx',
+        join(import.meta.dirname, '../fixtures/migration-source.ts'),
+        mig.rootA,
+        'mig-proc',
+      ],
       { stdio: ['pipe', 'pipe', 'pipe'] },
     );
     let out = '';
@@ -688,13 +678,13 @@ describe('source and destination in two processes', { timeout: 240_000 }, () => 
         `the child's offer (stderr: ${err})`,
         () => /^OFFER (.*)$/m.exec(out)?.[1],
       );
-      const incoming = await dst.migratePrepare(JSON.parse(offerLine), { listen: 'tcp:127.0.0.1:0' });
+      const incoming = await mig.dst.migratePrepare(JSON.parse(offerLine), { listen: 'tcp:127.0.0.1:0' });
       child.stdin?.write(`PERFORM ${incoming.uri} ${JSON.stringify(incoming.cookie)}\n`);
       await until(`the child's perform (stderr: ${err})`, () => out.includes('PERFORMED'));
       await killChild(child);
 
-      src = await openRoot(rootA);
-      const dom = await src.lookupDomain('mig-proc');
+      mig.src = await openRoot(mig.rootA);
+      const dom = await mig.src.lookupDomain('mig-proc');
       const info = await dom.getInfo();
       expect(info).toMatchObject({ state: 'paused', reason: 'migration' });
       const srcConsole = consoleOf(dom);
@@ -710,25 +700,25 @@ describe('source and destination in two processes', { timeout: 240_000 }, () => 
       await dom.migrateConfirm();
       expect(await dom.getInfo()).toMatchObject({ state: 'shutoff', reason: 'migrated' });
       expect(processesMentioning(dom.uuid)).toEqual([(await moved.getInfo()).pid]);
-      expect(runLeftovers(rootA)).toEqual([]);
+      expect(runLeftovers(mig.rootA)).toEqual([]);
     } finally {
       await killChild(child);
       // So that afterEach destroys what the child left running, whatever failed.
-      if (src.closed) src = await openRoot(rootA);
+      if (mig.src.closed) mig.src = await openRoot(mig.rootA);
     }
   });
 });
 
 describe("the source's manager killed mid-stream (job phase perform)", { timeout: 240_000 }, () => {
   it('a new manager cancels the stream and the source runs on; the destination fails typed and is rolled back', async () => {
-    await src.close();
+    await mig.src.close();
     const child = spawn(
       process.execPath,
       [
         '--import',
         'tsx',
         join(import.meta.dirname, '../fixtures/migration-source.ts'),
-        rootA,
+        mig.rootA,
         'mig-perform',
         'slow',
       ],
@@ -743,7 +733,7 @@ describe("the source's manager killed mid-stream (job phase perform)", { timeout
         `the child's offer (stderr: ${err})`,
         () => /^OFFER (.*)$/m.exec(out)?.[1],
       );
-      const incoming = await dst.migratePrepare(JSON.parse(offerLine), { listen: 'tcp:127.0.0.1:0' });
+      const incoming = await mig.dst.migratePrepare(JSON.parse(offerLine), { listen: 'tcp:127.0.0.1:0' });
       const finished = incoming.finish().then(
         () => 'finished',
         (e: unknown) => e,
@@ -751,37 +741,39 @@ describe("the source's manager killed mid-stream (job phase perform)", { timeout
       child.stdin?.write(`PERFORM ${incoming.uri} ${JSON.stringify(incoming.cookie)}\n`);
       await until(`the child's stream (stderr: ${err})`, () => out.includes('STREAMING'));
       await killChild(child);
-      const recorded = JSON.parse(readFileSync(join(rootA, 'run', 'mig-perform.json'), 'utf8'));
+      const recorded = JSON.parse(readFileSync(join(mig.rootA, 'run', 'mig-perform.json'), 'utf8'));
       expect(recorded.job).toMatchObject({ operation: 'migration-out', phase: 'perform' });
 
-      src = await openRoot(rootA);
-      const dom = await src.lookupDomain('mig-perform');
+      mig.src = await openRoot(mig.rootA);
+      const dom = await mig.src.lookupDomain('mig-perform');
       const info = await dom.getInfo();
       expect(info).toMatchObject({ state: 'running', reason: 'migration-cancelled' });
       expect((await dom.getJobInfo()).operation).toBe('none');
-      expect(JSON.parse(readFileSync(join(rootA, 'run', 'mig-perform.json'), 'utf8')).job).toBeUndefined();
+      expect(
+        JSON.parse(readFileSync(join(mig.rootA, 'run', 'mig-perform.json'), 'utf8')).job,
+      ).toBeUndefined();
       const now = counts(consoleOf(dom)).at(-1) as number;
       await until('the source to count on', () => (counts(consoleOf(dom)).at(-1) ?? 0) > now);
 
       const outcome = await finished;
       expect(outcome).toBeInstanceOf(VirtError);
       expect((outcome as VirtError).code).toBe('OPERATION_FAILED');
-      expect(await dst.listDomains()).toEqual([]);
+      expect(await mig.dst.listDomains()).toEqual([]);
       expect(processesMentioning(dom.uuid)).toEqual([info.pid]);
-      expect(runLeftovers(rootB)).toEqual([]);
+      expect(runLeftovers(mig.rootB)).toEqual([]);
     } finally {
       await killChild(child);
-      if (src.closed) src = await openRoot(rootA);
+      if (mig.src.closed) mig.src = await openRoot(mig.rootA);
     }
   });
 });
 
 describe('the destination in a process of its own', { timeout: 240_000 }, () => {
   it('its manager SIGKILLed mid-stream (job phase prepare): a new manager kills the destination QEMU and forgets the transient domain, the source runs on, nothing is orphaned', async () => {
-    await dst.close();
+    await mig.dst.close();
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', join(import.meta.dirname, '../fixtures/migration-destination.ts'), rootB],
+      ['--import', 'tsx', join(import.meta.dirname, '../fixtures/migration-destination.ts'), mig.rootB],
       { stdio: ['pipe', 'pipe', 'pipe'] },
     );
     let out = '';
@@ -815,20 +807,20 @@ describe('the destination in a process of its own', { timeout: 240_000 }, () => 
       // vCPUs never ran here, so the destination QEMU is killed (the source decides).
       // Prepared without `persist`, the domain was transient there: it goes with its QEMU.
       const stopped: string[] = [];
-      dst = await openRoot(rootB);
-      dst.on('domain-event', (e) => stopped.push(`${e.type}:${e.reason}`));
+      mig.dst = await openRoot(mig.rootB);
+      mig.dst.on('domain-event', (e) => stopped.push(`${e.type}:${e.reason}`));
       expect(alive(dstPid as number)).toBe(false);
-      await until('the transient domain to go', async () => (await dst.listDomains()).length === 0);
+      await until('the transient domain to go', async () => (await mig.dst.listDomains()).length === 0);
       await until('the events', () => stopped.includes('undefined:removed'));
       expect(stopped).toContain('stopped:failed');
-      expect(existsSync(join(rootB, 'etc', 'domains', 'mig-dstproc.json'))).toBe(false);
+      expect(existsSync(join(mig.rootB, 'etc', 'domains', 'mig-dstproc.json'))).toBe(false);
       const outcome = await perform;
       expect(outcome === 'completed' || outcome instanceof VirtError).toBe(true);
       await dom.migrateConfirm({ cancelled: true });
       await expectSourceAlone(dom, srcPid);
     } finally {
       await killChild(child);
-      if (dst.closed) dst = await openRoot(rootB);
+      if (mig.dst.closed) mig.dst = await openRoot(mig.rootB);
     }
   });
 });

@@ -1,9 +1,9 @@
 import { writeFileSync } from 'node:fs';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
+import { describe, expect, it } from 'vitest';
+import type { QmpClient } from '../../src/drivers/qemu/qmp/client.js';
 import { resolveDomainXml } from '../../src/stable/definition/xml.js';
-import type { Connection, DomainDefinition } from '../../src/stable/index.js';
-import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
+import type { DomainDefinition } from '../../src/stable/index.js';
+import { useProbeRoot } from '../helpers/probe-root.js';
 
 /*
  * What virt-install writes besides a serial port and disks with media: a virtio console (a
@@ -11,31 +11,17 @@ import { openRoot, removeRoot, tempRoot } from '../helpers/env.js';
  * XML, started paused on real QEMU (TCG) and inspected through a second QMP monitor.
  */
 
-let root: string;
-let conn: Connection;
-const closers: Array<() => void> = [];
-
-beforeEach(async () => {
-  root = tempRoot();
-  conn = await openRoot(root);
-});
-afterEach(async () => {
-  for (const c of closers.splice(0)) c();
-  for (const dom of await conn.listDomains({ state: 'active' })) await dom.destroy({ graceMs: 1000 });
-  await conn.close();
-  removeRoot(root);
-});
+const rig = useProbeRoot();
 
 async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: DomainDefinition; xml: string }> {
-  const probe = `${root}/probe.qmp`;
+  const probe = `${rig.root}/probe.qmp`;
   const withProbe = xml.replace(
     '</domain>',
     `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-qmp'/><qemu:arg value='unix:${probe},server=on,wait=off'/></qemu:commandline></domain>`,
   );
-  const dom = await conn.defineDomain(withProbe);
+  const dom = await rig.conn.defineDomain(withProbe);
   await dom.start({ paused: true });
-  const qmp = await QmpClient.connect(probe, { timeoutMs: 10_000 });
-  closers.push(() => qmp.close());
+  const qmp = await rig.probe(probe);
   const live = dom.getDefinition();
   const liveXml = dom.toXML();
   // A pty's path is output only: parsing the live XML gives the definition without it.
@@ -48,14 +34,14 @@ async function startWithProbe(xml: string): Promise<{ qmp: QmpClient; live: Doma
 
 describe('virt-install devices on real QEMU', () => {
   it("<os><boot dev='cdrom|hd|network'/> gives the first CD-ROM, disk and interface their bootindex, in list order", async () => {
-    for (const f of ['a.img', 'b.img']) writeFileSync(`${root}/${f}`, Buffer.alloc(1024 * 1024));
+    for (const f of ['a.img', 'b.img']) writeFileSync(`${rig.root}/${f}`, Buffer.alloc(1024 * 1024));
     const { qmp, live } = await startWithProbe(`<domain type='qemu'>
   <name>legacy-boot</name>
   <memory unit='MiB'>128</memory>
   <os><type arch='x86_64' machine='q35'>hvm</type><boot dev='cdrom'/><boot dev='hd'/><boot dev='network'/></os>
   <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${root}/a.img'/><target dev='vda' bus='virtio'/></disk>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${root}/b.img'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${rig.root}/a.img'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${rig.root}/b.img'/><target dev='vdb' bus='virtio'/></disk>
     <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
     <interface type='user'><model type='virtio'/></interface>
     <interface type='user'><model type='e1000e'/></interface>

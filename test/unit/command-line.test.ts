@@ -81,6 +81,16 @@ describe('buildCommandLine', () => {
     expect(() => buildCommandLine(hp, ctx)).toThrow(expect.objectContaining({ code: 'CONFIG_UNSUPPORTED' }));
   });
 
+  it("writes a host-passthrough CPU's cache and address bits as libvirt (KVM, not startable here)", () => {
+    const cpu = (extra: object) =>
+      argOf(buildCommandLine(def({ cpu: { mode: 'host-passthrough', ...extra } }), ctx).argv, '-cpu');
+    expect(cpu({ cache: { mode: 'passthrough' } })).toEqual(['host,host-cache-info=on,l3-cache=off']);
+    expect(cpu({ cache: { mode: 'disable' } })).toEqual(['host,host-cache-info=off,l3-cache=off']);
+    expect(cpu({ cache: { mode: 'emulate', level: 3 }, maxphysaddr: { mode: 'passthrough' } })).toEqual([
+      'host,l3-cache=on,host-cache-info=off,host-phys-bits=on',
+    ]);
+  });
+
   it('adds CPU features to the model, with a default model when none is named', () => {
     const features = [
       { policy: 'disable', name: 'arch-capabilities' },

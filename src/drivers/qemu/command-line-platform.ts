@@ -41,6 +41,16 @@ export function machineProps(def: DomainDefinition, fw: FirmwarePaths | undefine
 /** Properties for `-cpu` beyond the model and `<feature>`s, each `,key=value`. */
 export function cpuProps(def: DomainDefinition): string {
   const props: string[] = [];
+  // libvirt's qemuBuildCpuModelArgStr: the cache, then the physical address bits.
+  const cache = def.cpu?.cache;
+  const hostCpu = def.cpu?.mode === 'host-passthrough';
+  if (cache?.mode === 'emulate') props.push('l3-cache=on');
+  if (cache?.mode === 'passthrough') props.push('host-cache-info=on');
+  if (cache && cache.mode !== 'passthrough' && hostCpu) props.push('host-cache-info=off');
+  if (cache && cache.mode !== 'emulate') props.push('l3-cache=off');
+  const addr = def.cpu?.maxphysaddr;
+  if (addr?.mode === 'passthrough') props.push('host-phys-bits=on');
+  if (addr?.mode === 'emulate' && addr.bits !== undefined) props.push(`phys-bits=${addr.bits}`);
   const f = def.features;
   const timers = def.clock?.timers ?? [];
   const kvmclock = timers.find((t) => t.name === 'kvmclock');

@@ -375,6 +375,26 @@ export const domainDefinitionSchema = z.strictObject({
         .optional(),
       /** Guest NUMA cells; their vCPUs and memory must add up to the domain's. */
       numa: z.array(numaCellSchema).min(1).max(64).optional(),
+      /**
+       * The CPU caches the guest sees (libvirt's `<cache>`): `emulate` (level 3) an L3 cache,
+       * `passthrough` the host's (host-passthrough CPUs only), `disable` none.
+       */
+      cache: z
+        .strictObject({
+          mode: z.enum(['emulate', 'passthrough', 'disable']),
+          level: z.number().int().min(1).max(3).optional(),
+        })
+        .optional(),
+      /**
+       * The physical address bits (libvirt's `<maxphysaddr>`): `emulate` with `bits`, or
+       * `passthrough` the host's.
+       */
+      maxphysaddr: z
+        .strictObject({
+          mode: z.enum(['emulate', 'passthrough']),
+          bits: z.number().int().min(1).max(64).optional(),
+        })
+        .optional(),
     })
     .optional(),
   os: z

@@ -302,6 +302,7 @@ function checkPlatform(def: DomainDefinition): void {
     }
   }
   checkHugepages(def);
+  checkCpuCacheAndAddress(def);
   if (def.vcpu.cpuset !== undefined && !parseCpuset(def.vcpu.cpuset)) {
     throw invalid('vcpu.cpuset', `malformed cpuset "${def.vcpu.cpuset}"`);
   }
@@ -358,4 +359,28 @@ function checkHugepages(def: DomainDefinition): void {
       seen.add(n);
     }
   });
+}
+
+/** `<cpu><cache>` and `<maxphysaddr>`, as libvirt's qemuValidateDomainDefCpu. */
+function checkCpuCacheAndAddress(def: DomainDefinition): void {
+  const cache = def.cpu?.cache;
+  if (cache?.mode === 'emulate' && cache.level !== 3) {
+    throw invalid('cpu.cache.level', "CPU cache mode 'emulate' can only be used with level 3");
+  }
+  if (cache && cache.mode !== 'emulate' && cache.level !== undefined) {
+    throw invalid('cpu.cache.level', `CPU cache mode '${cache.mode}' takes no level`);
+  }
+  if (cache?.mode === 'passthrough' && def.cpu?.mode !== 'host-passthrough') {
+    throw invalid(
+      'cpu.cache.mode',
+      "CPU cache mode 'passthrough' can only be used with a host-passthrough CPU",
+    );
+  }
+  const addr = def.cpu?.maxphysaddr;
+  if (addr?.mode === 'emulate' && addr.bits === undefined) {
+    throw invalid('cpu.maxphysaddr.bits', "physical address mode 'emulate' needs bits");
+  }
+  if (addr?.mode === 'passthrough' && addr.bits !== undefined) {
+    throw invalid('cpu.maxphysaddr.bits', "physical address mode 'passthrough' takes no bits");
+  }
 }

@@ -882,6 +882,16 @@ function domainNode(def: DomainDefinition): Node {
                 ['cores', cpu.topology.cores],
                 ['threads', cpu.topology.threads],
               ]),
+            cpu.cache &&
+              node('cache', [
+                ['level', cpu.cache.level],
+                ['mode', cpu.cache.mode],
+              ]),
+            cpu.maxphysaddr &&
+              node('maxphysaddr', [
+                ['mode', cpu.maxphysaddr.mode],
+                ['bits', cpu.maxphysaddr.bits],
+              ]),
             ...(cpu.features ?? []).map((f) =>
               node('feature', [
                 ['policy', f.policy],

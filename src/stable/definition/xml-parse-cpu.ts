@@ -37,7 +37,7 @@ export function parseVcpu(origins: Origins, el: XmlElement): Obj {
 export function parseCpu(origins: Origins, el: XmlElement): Obj {
   check(el, {
     attrs: ['mode', 'check', 'match', 'migratable'],
-    children: ['model', 'topology', 'feature', 'numa'],
+    children: ['model', 'topology', 'feature', 'numa', 'cache', 'maxphysaddr'],
     repeat: ['feature'],
   });
   origins.note('cpu', el);
@@ -77,6 +77,34 @@ export function parseCpu(origins: Origins, el: XmlElement): Obj {
   }
   const numa = child(el, 'numa');
   if (numa) out.numa = parseNuma(origins, numa);
+  const cache = child(el, 'cache');
+  if (cache) {
+    check(cache, { attrs: ['mode', 'level'] });
+    origins.note('cpu.cache', cache);
+    origins.note('cpu.cache.mode', cache, 'mode');
+    origins.note('cpu.cache.level', cache, 'level');
+    const mode = cache.attrs.get('mode');
+    if (mode === undefined) throw invalid(cache, '<cache> needs a mode', 'mode');
+    const c: Obj = {
+      mode: choice(cache, mode, 'the CPU cache mode', ['emulate', 'passthrough', 'disable'], [], 'mode'),
+    };
+    set(c, 'level', intAttr(cache, 'level'));
+    out.cache = c;
+  }
+  const addr = child(el, 'maxphysaddr');
+  if (addr) {
+    check(addr, { attrs: ['mode', 'bits'] });
+    origins.note('cpu.maxphysaddr', addr);
+    origins.note('cpu.maxphysaddr.mode', addr, 'mode');
+    origins.note('cpu.maxphysaddr.bits', addr, 'bits');
+    const mode = addr.attrs.get('mode');
+    if (mode === undefined) throw invalid(addr, '<maxphysaddr> needs a mode', 'mode');
+    const a: Obj = {
+      mode: choice(addr, mode, 'the physical address mode', ['emulate', 'passthrough'], [], 'mode'),
+    };
+    set(a, 'bits', intAttr(addr, 'bits'));
+    out.maxphysaddr = a;
+  }
   const features = childrenOf(el, 'feature');
   if (features.length > 0) {
     out.features = features.map((f, i) => {
