@@ -272,17 +272,18 @@ describe('vCPU hotplug on a running guest', { timeout: 400_000 }, () => {
     expect(group0).toMatch(new RegExp(`/vk-${dom.uuid}/vcpu0$`));
 
     await expect(dom.setVcpus(2, { live: true })).rejects.toMatchObject({ code: 'HANDLER_FAILED' });
-    expect(await qemuVcpus(qmp)).toEqual(before);
+    // The domain's log says what the rollback did, should an assertion below fail.
+    const log = readFileSync(join(root, 'log', `${dom.name}.log`), 'utf8');
+    expect(await qemuVcpus(qmp), log).toEqual(before);
     // The built-in had placed the new thread in its own group before scheduling failed…
-    expect(seen).toHaveLength(1);
+    expect(seen, log).toHaveLength(1);
     const placed = seen[0] as { tid: number; cgroup: string; threads: string };
     expect(placed.cgroup).toMatch(new RegExp(`/vk-${dom.uuid}/vcpu1$`));
     expect(placed.threads.split('\n')).toContain(String(placed.tid));
     // …and the rollback removed that group, and only it.
-    expect(existsSync(join(mount, placed.cgroup))).toBe(false);
-    expect(existsSync(join(mount, group0))).toBe(true);
+    expect(existsSync(join(mount, placed.cgroup)), log).toBe(false);
+    expect(existsSync(join(mount, group0)), log).toBe(true);
     expect(threadCgroup(pid, before[0]?.tid as number, mode)).toBe(group0);
-    const log = readFileSync(join(root, 'log', `${dom.name}.log`), 'utf8');
     expect(log).toMatch(/internal: cgroup\.release phase=hotplug via=built-in [\d.]+ms ok/);
     await guestSees(dom, (r) => cpusOf(r) === '0');
   });

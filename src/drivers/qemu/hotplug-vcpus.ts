@@ -25,6 +25,12 @@ import { saveDefinition } from './store.js';
  */
 
 const UNPLUG_TIMEOUT_MS = 10_000;
+/**
+ * How long the rollback of a failed vCPU hotplug waits for the guest to let the vCPU go: longer than
+ * an unplug asked for, since leaving the VM as it was is the promise, and a guest on a loaded host
+ * may take more than 10 s to run its ACPI eject.
+ */
+const ROLLBACK_UNPLUG_TIMEOUT_MS = 60_000;
 
 /**
  * The slots `query-hotpluggable-cpus` listed, asked once per QEMU: its CPU types and topology
@@ -155,7 +161,7 @@ async function plugVcpu(
   } catch (err) {
     run.threads = threads;
     try {
-      await removeVcpu(ctx, dom, run, qmp, alias, `/machine/peripheral/${alias}`);
+      await removeVcpu(ctx, dom, run, qmp, alias, `/machine/peripheral/${alias}`, ROLLBACK_UNPLUG_TIMEOUT_MS);
       // What was placed for its thread goes back, and the record says so.
       if (tid !== undefined) await releaseVcpuThreads(scopeOf(ctx, dom, run), run, [tid]);
       saveStatus(dom, run);
@@ -179,21 +185,22 @@ async function removeVcpu(
   qmp: QmpClient,
   id: string,
   qomPath: string,
+  timeoutMs = UNPLUG_TIMEOUT_MS,
 ): Promise<void> {
   if (dom.def.type === 'qemu') run.vcpuUnplugged = true;
   await qmp.command('device_del', { id });
-  const until = Date.now() + UNPLUG_TIMEOUT_MS;
+  const until = Date.now() + timeoutMs;
   for (;;) {
     const cpus = await qmp.command('query-cpus-fast');
     if (!cpus.some((c) => c['qom-path'] === qomPath)) return;
     if (Date.now() >= until) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  ctx.log(dom, `the guest did not release vCPU ${qomPath} within ${UNPLUG_TIMEOUT_MS} ms`);
+  ctx.log(dom, `the guest did not release vCPU ${qomPath} within ${timeoutMs} ms`);
   throw new VirtError(
     ErrorCode.OPERATION_TIMEOUT,
-    `the guest did not release vCPU ${qomPath} within ${UNPLUG_TIMEOUT_MS} ms; it is still online`,
-    { qomPath, timeoutMs: UNPLUG_TIMEOUT_MS },
+    `the guest did not release vCPU ${qomPath} within ${timeoutMs} ms; it is still online`,
+    { qomPath, timeoutMs },
   );
 }
 
