@@ -524,7 +524,7 @@ describe('unsupported elements and attributes', () => {
     [
       'video acceleration',
       devices("<video><model type='virtio'><acceleration accel3d='yes'/></model></video>"),
-      '/domain/devices/video/model/acceleration',
+      '/domain/devices/video/model/acceleration/@accel3d',
     ],
     ['sound ich7', devices("<sound model='ich7'/>"), '/domain/devices/sound/@model'],
     [
@@ -621,7 +621,7 @@ describe('unsupported elements and attributes', () => {
     [
       'user interface queues',
       devices("<interface type='user'><model type='virtio'/><driver queues='2'/></interface>"),
-      '/domain/devices/interface/driver',
+      '/domain/devices/interface/driver/@queues',
     ],
     [
       'vhost driver',

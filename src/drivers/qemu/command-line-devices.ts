@@ -7,6 +7,7 @@ import { filesystemDevice, fsdevOption } from './devices/filesystem.js';
 import { pciPlacement } from './devices/pci-bus.js';
 import type { QapiObject, QapiValue } from './devices/qapi.js';
 import { virtioDevice } from './devices/virtio.js';
+import { virtioProps } from './devices/virtio-options.js';
 
 /*
  * QEMU arguments of the devices of schema-devices.ts, as libvirt's qemu_command.c builds them:
@@ -86,7 +87,12 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
       });
       return;
     }
-    json('-device', { driver: `virtio-${input.type}-pci`, id, ...place(input.address, `input ${id}`) });
+    json('-device', {
+      driver: `virtio-${input.type}-pci`,
+      id,
+      ...place(input.address, `input ${id}`),
+      ...virtioProps(input.virtio),
+    });
   });
 
   for (const g of def.graphics ?? []) {
@@ -118,6 +124,14 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     if (v.vram !== undefined && (v.model === 'vga' || v.model === 'cirrus'))
       dev.vgamem_mb = Math.max(1, v.vram >> 10);
     if (v.heads !== undefined && (v.model === 'virtio' || v.model === 'qxl')) dev.max_outputs = v.heads;
+    // libvirt's qemuBuildDeviceVideoStr: qxl's bars in bytes, its framebuffer and 64-bit bar in MiB.
+    if (v.model === 'qxl') {
+      if (v.ram !== undefined) dev.ram_size = v.ram * 1024;
+      if (v.vram !== undefined) dev.vram_size = v.vram * 1024;
+      if (v.vram64 !== undefined) dev.vram64_size_mb = v.vram64 >> 10;
+      if (v.vgamem !== undefined) dev.vgamem_mb = v.vgamem >> 10;
+    }
+    if (v.model === 'virtio') Object.assign(dev, virtioProps(v.virtio));
     if (v.model === 'ramfb') json('-device', dev);
     else json('-device', { ...dev, ...place(v.address, `video ${id}`) });
   });
@@ -130,6 +144,7 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
       rng: `obj${id}`,
       id,
       ...place(r.address, `rng ${id}`),
+      ...virtioProps(r.virtio),
     };
     if (r.rate) {
       dev['max-bytes'] = r.rate.bytes;

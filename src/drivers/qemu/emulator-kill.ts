@@ -18,6 +18,12 @@ export interface EmulatorIdentity {
   readonly startTime: bigint;
   /** The domain's built-in cgroup, `{ parent, name }`, when threads were placed there. */
   readonly cgroup?: { readonly parent: string; readonly name: string };
+  /**
+   * The leader is known to be gone with all its threads (reaped by this driver, whose wait
+   * reports a process only once every thread has exited, or seen gone by {@link leaderGone}):
+   * it is not looked up in /proc again.
+   */
+  readonly exited?: boolean;
 }
 
 /**
@@ -39,6 +45,7 @@ export function emulatorOf(
 
 /** True once the leader has exited and none of its threads is still running its exit. */
 export function leaderGone(id: EmulatorIdentity): boolean {
+  if (id.exited) return true;
   const leader = readStat(id.pid);
   if (!leader || leader.startTime !== id.startTime) return true;
   return leader.state === 'Z' || leader.state === 'X' ? liveThreads(id.pid) === 0 : false;
@@ -87,10 +94,12 @@ function groupMayLive(pgid: number): boolean {
  */
 export function groupMembers(id: EmulatorIdentity): number[] {
   const out: number[] = [];
+  // No process in the group at all: the common case once a domain has stopped, answered by one
+  // kill(2) before any read of /proc (a missing /proc entry costs an exception in Node).
+  if (!groupMayLive(id.pid)) return out;
   // The pid now belongs to another process: the old group was empty, so its id is free for reuse.
   const leader = readStat(id.pid);
   if (leader && leader.startTime !== id.startTime) return out;
-  if (!groupMayLive(id.pid)) return out;
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const st = readStat(Number(entry));

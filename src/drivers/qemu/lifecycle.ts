@@ -244,7 +244,8 @@ export async function finalizeExit(
   run.qmp?.close();
   // Children the emulator forked (or daemonised into its cgroup) go with it: nothing of a domain
   // recorded as shut off may still run, let alone serve its monitor.
-  const survivors = await reapEmulator(emulatorOf(ctx, dom, run));
+  // Called once the leader is gone: reaped (our child), or seen gone with every thread (adopted).
+  const survivors = await reapEmulator({ ...emulatorOf(ctx, dom, run), exited: true });
   if (survivors.length > 0)
     ctx.log(dom, `processes ${survivors.join(', ')} of pid ${run.pid} survive SIGKILL`);
   faultPoint('exit:reaped');

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { audioSchema, soundSchema } from './schema-audio.js';
+import { virtioOptions } from './schema-virtio.js';
 
 /*
  * The devices real tools add besides disks and NICs: input devices, VNC graphics, video, the
@@ -21,6 +22,8 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
            * transitional or non-transitional variants).
            */
           model: z.literal('virtio').optional(),
+          /** Virtio options of a virtio input. */
+          virtio: virtioOptions,
           alias,
           address: pciAddress.optional(),
         }),
@@ -50,7 +53,15 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
           /** Video memory in KiB (vga, cirrus, qxl). */
           vram: z.number().int().positive().optional(),
           heads: z.number().int().min(1).max(16).optional(),
+          /** qxl: its RAM bar in KiB (QEMU's `ram_size`). */
+          ram: z.number().int().positive().optional(),
+          /** qxl: the VGA framebuffer in KiB (QEMU's `vgamem_mb`), a power of two of at least 1 MiB. */
+          vgamem: z.number().int().positive().optional(),
+          /** qxl: the 64-bit VRAM bar in KiB (QEMU's `vram64_size_mb`). */
+          vram64: z.number().int().positive().optional(),
           primary: z.boolean().optional(),
+          /** Virtio options of a virtio GPU. */
+          virtio: virtioOptions,
           alias,
           address: pciAddress.optional(),
         }),
@@ -111,6 +122,8 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
         z.strictObject({
           /** The virtio flavour (`virtio-non-transitional`: modern only). */
           model: z.enum(['virtio', 'virtio-transitional', 'virtio-non-transitional']),
+          /** Virtio options (libvirt's `<driver iommu ats packed page_per_vq>`). */
+          virtio: virtioOptions,
           backend: z.enum(['/dev/urandom', '/dev/random', '/dev/hwrng']).default('/dev/urandom'),
           rate: z
             .strictObject({

@@ -14,6 +14,7 @@ import {
   pmSchema,
   sysinfoSchema,
 } from './schema-platform.js';
+import { virtioOptions } from './schema-virtio.js';
 
 /*
  * The typed domain definition. Field names follow libvirt's XML (camelCased) so that a libvirt user
@@ -159,6 +160,19 @@ const controllerSchema = z.discriminatedUnion('type', [
      * without one, libvirt's default for x86: `lsilogic`.
      */
     model: z.enum(['virtio-scsi', 'virtio-transitional', 'virtio-non-transitional', 'lsilogic']).optional(),
+    /** A virtio-scsi controller's `<driver>`: request queues, iothread, per-LUN commands, transfer size, ioeventfd. */
+    driver: z
+      .strictObject({
+        queues: z.number().int().min(1).max(1024).optional(),
+        /** The iothread (1-based, of `iothreads`) the controller's requests run in. */
+        iothread: z.number().int().min(1).max(64).optional(),
+        cmdPerLun: z.number().int().min(1).max(65535).optional(),
+        maxSectors: z.number().int().min(1).max(4194303).optional(),
+        ioeventfd: z.boolean().optional(),
+      })
+      .optional(),
+    /** Virtio options of a virtio-scsi controller. */
+    virtio: virtioOptions,
     alias: z.string().optional(),
     address: pciAddress.optional(),
   }),
@@ -171,6 +185,8 @@ const controllerSchema = z.discriminatedUnion('type', [
     ports: z.number().int().min(1).max(31).optional(),
     /** MSI-X vectors. */
     vectors: z.number().int().min(0).max(1024).optional(),
+    /** Virtio options (libvirt's `<driver iommu ats packed page_per_vq>`). */
+    virtio: virtioOptions,
     alias: z.string().optional(),
     address: pciAddress.optional(),
   }),
@@ -184,6 +200,8 @@ const diskSchema = z
     device: z.enum(['disk', 'cdrom', 'floppy']).default('disk'),
     /** The virtio flavour of a virtio disk. */
     model: virtioModel.optional(),
+    /** Virtio options of a virtio disk (libvirt's `<driver iommu ats packed page_per_vq event_idx>`). */
+    virtio: virtioOptions,
     driver: z
       .strictObject({
         type: z.enum(['raw', 'qcow2']).default('raw'),
@@ -294,6 +312,8 @@ const interfaceSchema = z.discriminatedUnion('type', [
     model: nicModel,
     queues: z.number().int().min(1).max(16).optional(),
     rom: nicRom,
+    /** Virtio options of a virtio NIC (libvirt's `<driver iommu ats packed page_per_vq event_idx>`). */
+    virtio: virtioOptions,
     alias: z.string().optional(),
     address: pciAddress.optional(),
   }),
@@ -302,6 +322,8 @@ const interfaceSchema = z.discriminatedUnion('type', [
     mac: macAddress.optional(),
     model: nicModel,
     rom: nicRom,
+    /** Virtio options of a virtio NIC (libvirt's `<driver iommu ats packed page_per_vq event_idx>`). */
+    virtio: virtioOptions,
     alias: z.string().optional(),
     address: pciAddress.optional(),
   }),
@@ -530,6 +552,8 @@ export const domainDefinitionSchema = z.strictObject({
       statsPeriod: z.number().int().min(0).optional(),
       /** Free page reporting: the guest hands freed pages back to the host. */
       freePageReporting: z.boolean().optional(),
+      /** Virtio options (libvirt's `<driver iommu ats packed page_per_vq>`). */
+      virtio: virtioOptions,
       alias: z.string().optional(),
       address: pciAddress.optional(),
     })

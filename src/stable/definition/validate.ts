@@ -193,6 +193,14 @@ function checkSemantics(def: DomainDefinition): void {
   if (tune?.emulatorpin && !parseCpuset(tune.emulatorpin.cpuset)) {
     throw invalid('cputune.emulatorpin.cpuset', `malformed cpuset "${tune.emulatorpin.cpuset}"`);
   }
+  def.controllers.forEach((c, i) => {
+    const thread = c.type === 'scsi' ? c.driver?.iothread : undefined;
+    if (thread !== undefined && thread > def.iothreads)
+      throw invalid(
+        `controllers.${i}.driver.iothread`,
+        `iothread ${thread} does not exist (<iothreads> is ${def.iothreads})`,
+      );
+  });
   tune?.iothreadpin.forEach((pin, i) => {
     if (pin.iothread > def.iothreads) {
       throw invalid(`cputune.iothreadpin.${i}.iothread`, `iothread ${pin.iothread} does not exist`);

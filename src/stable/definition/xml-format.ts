@@ -1,7 +1,9 @@
+import type { z } from 'zod';
 import { ErrorCode, VirtError } from '../../errors.js';
 import { isPciRoot, PCI_CONTROLLER_DEVICE, type PciControllerModel } from './pci-controllers.js';
 import type { ControllerDefinition, DiskDefinition, DomainDefinition } from './schema.js';
 import type { CharSource } from './schema-chardev.js';
+import type { virtioOptions } from './schema-virtio.js';
 
 const pciControllerDevice = (model: PciControllerModel): string | undefined =>
   isPciRoot(model) ? undefined : PCI_CONTROLLER_DEVICE[model as keyof typeof PCI_CONTROLLER_DEVICE];
@@ -359,6 +361,26 @@ function addressNode(address: DiskDefinition['address']): Node | undefined {
 const aliasNode = (alias: string | undefined): Node | undefined =>
   alias === undefined ? undefined : node('alias', [['name', alias]]);
 
+type VirtioOpts = z.output<typeof virtioOptions>;
+
+/** The `<driver>` attributes of virtio options (schema-virtio.ts). */
+function virtioAttrs(v: VirtioOpts): Array<readonly [string, AttrValue]> {
+  const oo = (b: boolean | undefined) => (b === undefined ? undefined : onOff(b));
+  return [
+    ['iommu', oo(v?.iommu)],
+    ['ats', oo(v?.ats)],
+    ['packed', oo(v?.packed)],
+    ['page_per_vq', oo(v?.pagePerVq)],
+    ['event_idx', oo(v?.eventIdx)],
+  ];
+}
+
+/** A `<driver>` of virtio options and `extra` attributes, or nothing when it would be empty. */
+function driverNode(v: VirtioOpts, extra: Array<readonly [string, AttrValue]> = []): Node | undefined {
+  const attrs = [...extra, ...virtioAttrs(v)];
+  return attrs.some(([, value]) => value !== undefined) ? node('driver', attrs) : undefined;
+}
+
 /** `<memoryBacking>` in libvirt's order: hugepages, locked, source, access, allocation, discard. */
 function memoryBackingNode(b: NonNullable<DomainDefinition['memoryBacking']>): Node {
   return node(
@@ -415,6 +437,15 @@ function controllerNode(c: ControllerDefinition): Node {
           [c.target.node !== undefined && textNode('node', c.target.node)],
         ),
       c.type === 'usb' && c.master && node('master', [['startport', c.master.startport]]),
+      c.type === 'scsi' &&
+        driverNode(c.virtio, [
+          ['queues', c.driver?.queues],
+          ['cmd_per_lun', c.driver?.cmdPerLun],
+          ['max_sectors', c.driver?.maxSectors],
+          ['ioeventfd', c.driver?.ioeventfd === undefined ? undefined : onOff(c.driver.ioeventfd)],
+          ['iothread', c.driver?.iothread],
+        ]),
+      c.type === 'virtio-serial' && driverNode(c.virtio),
       aliasNode(c.alias),
       addressNode(c.address),
     ],
@@ -473,7 +504,7 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
           ['bus', i.bus],
           ['model', i.model],
         ],
-        [aliasNode(i.alias), addressNode(i.address)],
+        [driverNode(i.virtio), aliasNode(i.alias), addressNode(i.address)],
       ),
     ),
     ...(def.graphics ?? []).map((g) =>
@@ -528,10 +559,14 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
         [
           node('model', [
             ['type', v.model],
+            ['ram', v.ram],
             ['vram', v.vram],
+            ['vram64', v.vram64],
+            ['vgamem', v.vgamem],
             ['heads', v.heads],
             ['primary', yesNo(v.primary)],
           ]),
+          driverNode(v.virtio),
           aliasNode(v.alias),
           addressNode(v.address),
         ],
@@ -559,6 +594,7 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
             ['period', r.rate.periodMs],
           ]),
         textNode('backend', r.backend, [['model', 'random']]),
+        driverNode(r.virtio),
         aliasNode(r.alias),
         addressNode(r.address),
       ],
@@ -646,6 +682,7 @@ function domainNode(def: DomainDefinition): Node {
               ['io', disk.driver.io],
               ['discard', disk.driver.discard],
               ['iothread', disk.driver.iothread],
+              ...virtioAttrs(disk.virtio),
             ]),
             disk.source !== undefined &&
               node('source', [[disk.type === 'file' ? 'file' : 'dev', disk.source]]),
@@ -687,7 +724,7 @@ function domainNode(def: DomainDefinition): Node {
                 ['managed', nic.target.managed ? 'yes' : 'no'],
               ]),
             node('model', [['type', nic.model]]),
-            nic.type === 'ethernet' && nic.queues !== undefined && node('driver', [['queues', nic.queues]]),
+            driverNode(nic.virtio, [['queues', nic.type === 'ethernet' ? nic.queues : undefined]]),
             nic.rom &&
               node('rom', [
                 ['bar', nic.rom.bar === undefined ? undefined : nic.rom.bar ? 'on' : 'off'],
@@ -775,6 +812,7 @@ function domainNode(def: DomainDefinition): Node {
           [
             def.memballoon.statsPeriod !== undefined &&
               node('stats', [['period', def.memballoon.statsPeriod]]),
+            driverNode(def.memballoon.virtio),
             aliasNode(def.memballoon.alias),
             addressNode(def.memballoon.address),
           ],

@@ -4,6 +4,7 @@ import {
   PCI_CONTROLLER_MODELS,
   type PciControllerModel,
 } from './pci-controllers.js';
+import { boolAttr } from './xml-parse-platform.js';
 import {
   check,
   child,
@@ -17,6 +18,7 @@ import {
   textOf,
   unsupported,
 } from './xml-parse-rules.js';
+import { parseVirtioDriver, VIRTIO_DRIVER_ATTRS } from './xml-parse-virtio.js';
 import type { XmlElement } from './xml-tree.js';
 
 /*
@@ -168,7 +170,15 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
   } else if (kind === 'fdc') {
     check(el, { attrs: ['type', 'index'], children: ['alias'] });
   } else if (kind === 'virtio-serial') {
-    check(el, { attrs: ['type', 'index', 'model', 'ports', 'vectors'], children: ['alias', 'address'] });
+    check(el, {
+      attrs: ['type', 'index', 'model', 'ports', 'vectors'],
+      children: ['driver', 'alias', 'address'],
+    });
+    const driver = child(el, 'driver');
+    if (driver) {
+      check(driver, { attrs: VIRTIO_DRIVER_ATTRS });
+      parseVirtioDriver(origins, driver, field, out, true);
+    }
     if (model !== undefined) {
       origins.note(`${field}.model`, el, 'model');
       out.model = choice(
@@ -208,7 +218,7 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
       out.master = { startport };
     }
   } else if (kind === 'scsi') {
-    check(el, { attrs: ['type', 'index', 'model'], children: ['alias', 'address'] });
+    check(el, { attrs: ['type', 'index', 'model'], children: ['driver', 'alias', 'address'] });
     if (model !== undefined) {
       origins.note(`${field}.model`, el, 'model');
       out.model = choice(
@@ -230,6 +240,8 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
         'model',
       );
     }
+    const driver = child(el, 'driver');
+    if (driver) parseScsiDriver(origins, driver, field, out);
   } else {
     check(el, { attrs: ['type', 'index'], children: ['alias', 'address'] });
   }
@@ -239,8 +251,32 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
 }
 
 /** `<memballoon>`: `model='none'` is no balloon; `model='virtio'` a balloon with its alias and address. */
+/** A SCSI controller's `<driver queues iothread cmd_per_lun max_sectors ioeventfd>`: virtio-scsi only. */
+function parseScsiDriver(origins: Origins, driver: XmlElement, field: string, out: Obj): void {
+  check(driver, {
+    attrs: ['queues', 'iothread', 'cmd_per_lun', 'max_sectors', 'ioeventfd', ...VIRTIO_DRIVER_ATTRS],
+  });
+  const virtio = out.model !== undefined && out.model !== 'lsilogic';
+  const d: Obj = {};
+  for (const [attr, key] of [
+    ['queues', 'queues'],
+    ['iothread', 'iothread'],
+    ['cmd_per_lun', 'cmdPerLun'],
+    ['max_sectors', 'maxSectors'],
+  ] as const) {
+    origins.note(`${field}.driver.${key}`, driver, attr);
+    set(d, key, intAttr(driver, attr));
+  }
+  set(d, 'ioeventfd', boolAttr(driver, 'ioeventfd'));
+  if (Object.keys(d).length > 0) {
+    if (!virtio) throw invalid(driver, "a SCSI controller's <driver> options need model='virtio-scsi'");
+    out.driver = d;
+  }
+  parseVirtioDriver(origins, driver, field, out, virtio);
+}
+
 export function parseMemballoon(origins: Origins, el: XmlElement, out: Obj): void {
-  check(el, { attrs: ['model', 'freePageReporting'], children: ['stats', 'alias', 'address'] });
+  check(el, { attrs: ['model', 'freePageReporting'], children: ['stats', 'driver', 'alias', 'address'] });
   const model = el.attrs.get('model');
   if (model === undefined) throw invalid(el, "<memballoon> needs a model, 'virtio' or 'none'", 'model');
   const kind = choice(
@@ -252,7 +288,13 @@ export function parseMemballoon(origins: Origins, el: XmlElement, out: Obj): voi
     'model',
   );
   if (kind === 'none') {
-    if (child(el, 'address') || child(el, 'alias') || child(el, 'stats') || el.attrs.has('freePageReporting'))
+    if (
+      child(el, 'address') ||
+      child(el, 'alias') ||
+      child(el, 'stats') ||
+      child(el, 'driver') ||
+      el.attrs.has('freePageReporting')
+    )
       throw invalid(el, "<memballoon model='none'> takes no address, alias, stats or freePageReporting");
     return;
   }
@@ -269,6 +311,11 @@ export function parseMemballoon(origins: Origins, el: XmlElement, out: Obj): voi
     check(stats, { attrs: ['period'] });
     origins.note('memballoon.statsPeriod', stats, 'period');
     set(balloon, 'statsPeriod', intAttr(stats, 'period'));
+  }
+  const driver = child(el, 'driver');
+  if (driver) {
+    check(driver, { attrs: VIRTIO_DRIVER_ATTRS });
+    parseVirtioDriver(origins, driver, 'memballoon', balloon, true);
   }
   parseDeviceAlias(origins, el, 'memballoon', balloon);
   parseAddress(origins, el, 'memballoon', balloon, ['pci']);

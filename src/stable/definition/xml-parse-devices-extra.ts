@@ -15,6 +15,7 @@ import {
   set,
   unsupported,
 } from './xml-parse-rules.js';
+import { parseVirtioDriver, VIRTIO_DRIVER_ATTRS } from './xml-parse-virtio.js';
 import type { XmlElement } from './xml-tree.js';
 
 /*
@@ -190,7 +191,7 @@ function parseWatchdog(origins: Origins, el: XmlElement, field: string): Obj {
 }
 
 function parseInput(origins: Origins, el: XmlElement, field: string): Obj {
-  check(el, { attrs: ['type', 'bus', 'model'], children: ['alias', 'address'] });
+  check(el, { attrs: ['type', 'bus', 'model'], children: ['driver', 'alias', 'address'] });
   origins.note(field, el);
   const type = el.attrs.get('type');
   if (type === undefined) throw invalid(el, '<input> needs a type', 'type');
@@ -220,6 +221,11 @@ function parseInput(origins: Origins, el: XmlElement, field: string): Obj {
     );
     if (out.bus !== 'virtio')
       throw invalid(el, `an input model needs bus='virtio', not '${out.bus}'`, 'model');
+  }
+  const driver = child(el, 'driver');
+  if (driver) {
+    check(driver, { attrs: VIRTIO_DRIVER_ATTRS });
+    parseVirtioDriver(origins, driver, field, out, out.bus === 'virtio');
   }
   alias(origins, el, field, out);
   // A USB input's <address type='usb'> is its port on the controller: QEMU's own choice.
@@ -281,9 +287,17 @@ function parseVideo(origins: Origins, el: XmlElement, field: string): Obj {
   const model = child(el, 'model');
   const out: Obj = {};
   if (!model) throw invalid(el, '<video> needs a <model>');
-  check(model, { attrs: ['type', 'vram', 'heads', 'primary', 'ram', 'vgamem'], children: ['acceleration'] });
-  if (child(model, 'acceleration'))
-    throw unsupported(child(model, 'acceleration') as XmlElement, 'video acceleration');
+  check(model, {
+    attrs: ['type', 'vram', 'heads', 'primary', 'ram', 'vgamem', 'vram64'],
+    children: ['acceleration'],
+  });
+  const accel = child(model, 'acceleration');
+  if (accel) {
+    // 2D acceleration is what every model does; 3D needs a GL renderer QEMU here lacks (no display).
+    check(accel, { attrs: ['accel3d', 'accel2d', 'rendernode'] });
+    if (boolAttr(accel, 'accel3d') === true || accel.attrs.has('rendernode'))
+      throw unsupported(accel, '3D video acceleration (virtio-gpu-gl needs an OpenGL display)', 'accel3d');
+  }
   const type = model.attrs.get('type');
   if (type === undefined) throw invalid(model, '<model> needs a type', 'type');
   out.model = choice(model, type, 'the video model', VIDEO_MODELS, ['xen', 'vbox', 'gop', 'vmvga'], 'type');
@@ -291,21 +305,38 @@ function parseVideo(origins: Origins, el: XmlElement, field: string): Obj {
   set(out, 'vram', intAttr(model, 'vram'));
   set(out, 'heads', intAttr(model, 'heads'));
   set(out, 'primary', boolAttr(model, 'primary'));
-  // qxl's ram and vgamem: libvirt's defaults describe QEMU's; other values are refused.
-  for (const a of ['ram', 'vgamem'] as const) {
+  for (const a of ['ram', 'vgamem', 'vram64'] as const) {
     const v = intAttr(model, a);
-    const dflt = a === 'ram' ? 65536 : 16384;
-    if (v !== undefined && v !== dflt) throw unsupported(model, `a qxl ${a} other than ${dflt} KiB`, a);
+    if (v === undefined) continue;
+    origins.note(`${field}.${a}`, model, a);
+    // libvirt's rules: qxl only (and vgamem for vga, bochs too: their framebuffer is vram).
+    if (out.model !== 'qxl') throw invalid(model, `${a} is a qxl attribute, not ${String(out.model)}'s`, a);
+    if (a === 'vgamem' && (v < 1024 || (v & (v - 1)) !== 0))
+      throw invalid(model, `vgamem must be a power of two of at least 1024 KiB, not ${v}`, a);
+    out[a] = v;
   }
   const driver = child(el, 'driver');
-  if (driver) throw unsupported(driver, 'a video <driver>');
+  if (driver) {
+    check(driver, { attrs: ['name', ...VIRTIO_DRIVER_ATTRS] });
+    const name = driver.attrs.get('name');
+    if (name !== undefined)
+      choice(
+        driver,
+        name,
+        'the video driver (vhost-user-gpu needs its own process)',
+        ['qemu'],
+        ['vhostuser'],
+        'name',
+      );
+    parseVirtioDriver(origins, driver, field, out, out.model === 'virtio');
+  }
   alias(origins, el, field, out);
   parseAddress(origins, el, field, out, ['pci']);
   return out;
 }
 
 function parseRng(origins: Origins, el: XmlElement, field: string): Obj {
-  check(el, { attrs: ['model'], children: ['backend', 'rate', 'alias', 'address'] });
+  check(el, { attrs: ['model'], children: ['backend', 'rate', 'driver', 'alias', 'address'] });
   origins.note(field, el);
   const model = el.attrs.get('model');
   if (model === undefined) throw invalid(el, '<rng> needs a model', 'model');
@@ -340,6 +371,11 @@ function parseRng(origins: Origins, el: XmlElement, field: string): Obj {
     set(r, 'bytes', intAttr(rate, 'bytes'));
     set(r, 'periodMs', intAttr(rate, 'period'));
     out.rate = r;
+  }
+  const driver = child(el, 'driver');
+  if (driver) {
+    check(driver, { attrs: VIRTIO_DRIVER_ATTRS });
+    parseVirtioDriver(origins, driver, field, out, true);
   }
   alias(origins, el, field, out);
   parseAddress(origins, el, field, out, ['pci']);

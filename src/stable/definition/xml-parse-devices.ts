@@ -17,6 +17,7 @@ import {
   textOf,
   unsupported,
 } from './xml-parse-rules.js';
+import { parseVirtioDriver, VIRTIO_DRIVER_ATTRS } from './xml-parse-virtio.js';
 import type { XmlElement } from './xml-tree.js';
 
 /*
@@ -192,6 +193,8 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   } else {
     origins.noteMissing(`${field}.target`, el, 'target');
   }
+  if (driver)
+    parseVirtioDriver(origins, driver, field, out, (out.target as Obj | undefined)?.bus === 'virtio');
   const readonly = child(el, 'readonly');
   if (readonly) {
     check(readonly, {});
@@ -260,7 +263,18 @@ function parseBackingStore(origins: Origins, el: XmlElement, field: string, out:
 /** A disk's `<driver>`: format, cache mode, AIO engine, discard, error policies, iothread. */
 function parseDiskDriver(origins: Origins, driver: XmlElement, field: string): Obj {
   check(driver, {
-    attrs: ['name', 'type', 'cache', 'io', 'discard', 'error_policy', 'rerror_policy', 'iothread'],
+    attrs: [
+      'name',
+      'type',
+      'cache',
+      'io',
+      'discard',
+      'error_policy',
+      'rerror_policy',
+      'iothread',
+      'event_idx',
+      ...VIRTIO_DRIVER_ATTRS,
+    ],
   });
   ignoredAttr(driver, 'name', ['qemu']);
   origins.note(field, driver, 'type');
@@ -351,7 +365,7 @@ function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
     attrs: ['type'],
     children: ethernet
       ? ['mac', 'source', 'target', 'model', 'driver', 'rom', 'alias', 'address']
-      : ['mac', 'model', 'rom', 'alias', 'address'],
+      : ['mac', 'model', 'driver', 'rom', 'alias', 'address'],
   });
   // An ethernet interface has no source; KubeVirt writes an empty one.
   const source = child(el, 'source');
@@ -403,9 +417,13 @@ function parseInterface(origins: Origins, el: XmlElement, i: number): Obj {
   }
   const driver = child(el, 'driver');
   if (driver) {
-    check(driver, { attrs: ['queues'] });
+    // Queues need a TAP per queue: ethernet only.
+    check(driver, {
+      attrs: [...(kind === 'ethernet' ? ['queues'] : []), 'event_idx', ...VIRTIO_DRIVER_ATTRS],
+    });
     origins.note(`${field}.queues`, driver, 'queues');
     set(out, 'queues', intAttr(driver, 'queues'));
+    parseVirtioDriver(origins, driver, field, out, String(out.model).startsWith('virtio'));
   }
   parseDeviceAlias(origins, el, field, out);
   parseAddress(origins, el, field, out, ['pci']);

@@ -3,6 +3,7 @@ import type { ControllerDefinition, DomainDefinition } from '../../../stable/def
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
 import { virtioDevice } from './virtio.js';
+import { virtioProps } from './virtio-options.js';
 
 /**
  * The device of a controller (`-device` arguments), or undefined for one QEMU builds in: the PCI
@@ -54,6 +55,7 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
       ...(c.ports !== undefined ? { max_ports: c.ports } : {}),
       ...(c.vectors !== undefined ? { vectors: c.vectors } : {}),
       ...pciPlacement(def, c.address, `controller ${id}`),
+      ...virtioProps(c.virtio),
     };
   }
   if (c.type === 'scsi') {
@@ -64,6 +66,13 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
           : virtioDevice('virtio-scsi-pci', c.model === 'virtio-scsi' ? undefined : c.model),
       id,
       ...pciPlacement(def, c.address, `controller ${id}`),
+      // libvirt's qemuBuildControllerSCSIDevProps.
+      ...(c.driver?.queues !== undefined ? { num_queues: c.driver.queues } : {}),
+      ...(c.driver?.cmdPerLun !== undefined ? { cmd_per_lun: c.driver.cmdPerLun } : {}),
+      ...(c.driver?.maxSectors !== undefined ? { max_sectors: c.driver.maxSectors } : {}),
+      ...(c.driver?.ioeventfd !== undefined ? { ioeventfd: c.driver.ioeventfd } : {}),
+      ...(c.driver?.iothread !== undefined ? { iothread: `iothread${c.driver.iothread}` } : {}),
+      ...virtioProps(c.virtio),
     };
   }
   if (c.model === 'none') return undefined;

@@ -6,6 +6,7 @@ import { fdsetIdOf } from './fdset.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
 import { virtioDevice } from './virtio.js';
+import { virtioProps } from './virtio-options.js';
 
 /** QEMU's longest block node name (its `node_name` buffer holds 32 bytes with the NUL). */
 const MAX_NODE_NAME = 31;
@@ -169,6 +170,7 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
       drive: diskNodes(alias).format,
       id: alias,
       ...extra,
+      ...virtioProps(disk.virtio),
     };
   }
   const address = disk.address;
@@ -241,6 +243,7 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
       drive: diskNodes(alias).format,
       id: alias,
       ...extra,
+      ...virtioProps(disk.virtio),
     };
   }
   if (disk.target.bus === 'ide' && address?.type === 'drive') {
@@ -251,6 +254,7 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
       drive: diskNodes(alias).format,
       id: alias,
       ...extra,
+      ...virtioProps(disk.virtio),
     };
   }
   if (address?.type !== 'drive')

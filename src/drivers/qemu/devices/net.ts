@@ -4,6 +4,7 @@ import { nicBootIndex } from './boot-order.js';
 import { pciPlacement } from './pci-bus.js';
 import type { QapiObject } from './qapi.js';
 import { type VirtioModel, virtioDevice } from './virtio.js';
+import { virtioProps } from './virtio-options.js';
 
 function aliasOf(nic: InterfaceDefinition): string {
   if (nic.alias === undefined) throw new VirtError(ErrorCode.INTERNAL_ERROR, 'an interface has no alias');
@@ -49,5 +50,6 @@ export function nicDevice(def: DomainDefinition, nic: InterfaceDefinition): Qapi
     // As libvirt: a disabled ROM is an empty romfile; the BAR switch is rombar.
     ...(rom?.bar !== undefined ? { rombar: rom.bar ? 1 : 0 } : {}),
     ...(rom?.enabled === false ? { romfile: '' } : rom?.file !== undefined ? { romfile: rom.file } : {}),
+    ...(virtio ? virtioProps(nic.virtio) : {}),
   };
 }
