@@ -550,7 +550,11 @@ describe('unsupported elements and attributes', () => {
       devices("<watchdog model='i6300esb' action='dump'/>"),
       '/domain/devices/watchdog/@action',
     ],
-    ['filesystem', devices("<filesystem type='mount'/>"), '/domain/devices/filesystem'],
+    [
+      'virtiofs',
+      devices("<filesystem><driver type='virtiofs'/></filesystem>"),
+      '/domain/devices/filesystem/driver/@type',
+    ],
     ['xen memballoon', devices("<memballoon model='xen'/>"), '/domain/devices/memballoon/@model'],
     [
       'disk driver copy_on_read (second disk)',

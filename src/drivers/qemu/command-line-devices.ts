@@ -3,6 +3,7 @@ import { ErrorCode, VirtError } from '../../errors.js';
 import type { DomainDefinition, PciAddress } from '../../stable/definition/schema.js';
 import { audiodevId, audiodevOf, soundDevices } from './devices/audio.js';
 import { channelSocketPath } from './devices/channel.js';
+import { filesystemDevice, fsdevOption } from './devices/filesystem.js';
 import { pciPlacement } from './devices/pci-bus.js';
 import type { QapiObject, QapiValue } from './devices/qapi.js';
 import { virtioDevice } from './devices/virtio.js';
@@ -32,6 +33,12 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     if (Object.keys(dev).length === 2 && a.type === 'none') args.push('-audiodev', `none,id=${dev.id}`);
     else json('-audiodev', dev);
   }
+
+  // Filesystems with an address first, the others after every addressed device (below).
+  const filesystems = (def.filesystems ?? []).map((fs, i) => ({ fs, i }));
+  for (const { fs, i } of filesystems) args.push('-fsdev', fsdevOption(fs, i));
+  for (const { fs, i } of filesystems.filter(({ fs }) => fs.address))
+    json('-device', filesystemDevice(fs, i, place));
 
   // The device model addressed the watchdog: it goes before the devices QEMU places itself.
   for (const w of def.watchdogs ?? []) {
@@ -146,6 +153,8 @@ export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[]
     json('-device', dev);
   });
 
+  for (const { fs, i } of filesystems.filter(({ fs }) => !fs.address))
+    json('-device', filesystemDevice(fs, i, place));
   for (const { s, i } of sounds.filter(({ s }) => !s.address))
     for (const dev of soundDevices(def, s, i, place)) json('-device', dev);
 

@@ -85,6 +85,37 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
         }),
       )
       .optional(),
+    /**
+     * `<filesystem type='mount'>`: a host directory shared with the guest over virtio-9p (QEMU's
+     * `-fsdev local` and `virtio-9p-pci`); the guest mounts it by its tag (`target`).
+     */
+    filesystems: z
+      .array(
+        z.strictObject({
+          /** The host directory. */
+          source: z.string().startsWith('/').max(4096),
+          /** The mount tag the guest sees. */
+          target: z.string().min(1).max(255),
+          /**
+           * How guest file owners and modes map to the host's (QEMU's `security_model`):
+           * `passthrough` as they are (the default), `mapped` in extended attributes, `squash` not at all.
+           */
+          accessmode: z.enum(['passthrough', 'mapped', 'squash']).default('passthrough'),
+          /** The virtio flavour. */
+          model: z.enum(['virtio', 'virtio-transitional', 'virtio-non-transitional']).optional(),
+          /** Files of several host devices under the directory: QEMU's `multidevs`. */
+          multidevs: z.enum(['default', 'remap', 'forbid', 'warn']).optional(),
+          /** Mode of files and directories the guest creates (`mapped` only), e.g. 0o644. */
+          fmode: z.number().int().min(0).max(0o777).optional(),
+          dmode: z.number().int().min(0).max(0o777).optional(),
+          /** `immediate`: writes reach the host's disk before the guest sees them done. */
+          wrpolicy: z.literal('immediate').optional(),
+          readonly: z.boolean().optional(),
+          alias,
+          address: pciAddress.optional(),
+        }),
+      )
+      .optional(),
     /** `<rng model='virtio'>` with a random-device backend. */
     rngs: z
       .array(

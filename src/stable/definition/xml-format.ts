@@ -600,6 +600,30 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
+  const filesystems: Node[] = (def.filesystems ?? []).map((f) =>
+    node(
+      'filesystem',
+      [
+        ['type', 'mount'],
+        ['accessmode', f.accessmode],
+        ['model', f.model],
+        ['multidevs', f.multidevs],
+        ['fmode', f.fmode === undefined ? undefined : f.fmode.toString(8).padStart(4, '0')],
+        ['dmode', f.dmode === undefined ? undefined : f.dmode.toString(8).padStart(4, '0')],
+      ],
+      [
+        node('driver', [
+          ['type', 'path'],
+          ['wrpolicy', f.wrpolicy],
+        ]),
+        node('source', [['dir', f.source]]),
+        node('target', [['dir', f.target]]),
+        f.readonly && node('readonly'),
+        aliasNode(f.alias),
+        addressNode(f.address),
+      ],
+    ),
+  );
   const dimms: Node[] = (def.memoryDevices ?? []).map((m) =>
     node(
       'memory',
@@ -628,7 +652,7 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  return { before: [...before, ...watchdogs], after: [...rngs, ...panics, ...dimms] };
+  return { before: [...filesystems, ...before, ...watchdogs], after: [...rngs, ...panics, ...dimms] };
 }
 
 function domainNode(def: DomainDefinition): Node {

@@ -1,5 +1,6 @@
 import { parseAddress } from './xml-parse-addresses.js';
 import { audioRef, parseAudio, parseSound } from './xml-parse-audio.js';
+import { parseFilesystem } from './xml-parse-filesystem.js';
 import { sizeToKiB } from './xml-parse-memory.js';
 import { boolAttr } from './xml-parse-platform.js';
 import {
@@ -40,6 +41,7 @@ export const EXTRA_DEVICES = [
   'watchdog',
   'memory',
   'panic',
+  'filesystem',
 ] as const;
 
 function alias(origins: Origins, el: XmlElement, field: string, out: Obj): void {
@@ -68,6 +70,7 @@ export function parseExtraDevices(origins: Origins, el: XmlElement, out: Obj): v
   list('watchdog', 'watchdogs', (e, f) => parseWatchdog(origins, e, f));
   list('memory', 'memoryDevices', (e, f) => parseMemoryDevice(origins, e, f));
   list('panic', 'panics', (e, f) => parsePanic(origins, e, f));
+  list('filesystem', 'filesystems', (e, f) => parseFilesystem(origins, e, f));
 }
 
 /**
