@@ -5,7 +5,7 @@ import { audiodevId, audiodevOf, soundDevices } from './devices/audio.js';
 import { channelSocketPath } from './devices/channel.js';
 import { filesystemDevice, fsdevOption } from './devices/filesystem.js';
 import { pciPlacement } from './devices/pci-bus.js';
-import type { QapiObject, QapiValue } from './devices/qapi.js';
+import { type QapiObject, type QapiValue, qapiJson } from './devices/qapi.js';
 import { virtioDevice } from './devices/virtio.js';
 import { virtioProps } from './devices/virtio-options.js';
 
@@ -23,7 +23,7 @@ const unsupported = (path: string, what: string): VirtError =>
 /** Arguments for the extra devices of `def` (whose controllers are complete); `runDir` holds sockets. */
 export function extraDeviceArgs(def: DomainDefinition, runDir: string): string[] {
   const args: string[] = [];
-  const json = (flag: string, value: QapiObject) => args.push(flag, JSON.stringify(value));
+  const json = (flag: string, value: QapiObject) => args.push(flag, qapiJson(value));
   const place = (address: PciAddress | undefined, what: string) =>
     address ? pciPlacement(def, address, what) : {};
 

@@ -33,7 +33,7 @@ import {
   numaBinding,
 } from './devices/memory-backend.js';
 import { netdevOf, nicDevice } from './devices/net.js';
-import type { QapiObject } from './devices/qapi.js';
+import { type QapiObject, qapiJson } from './devices/qapi.js';
 import { serialDevice } from './devices/serial.js';
 import type { FirmwarePaths } from './firmware.js';
 
@@ -175,7 +175,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
   // Aliases, addresses and controllers were assigned at define time; a definition stored before
   // that gets them here, the same way.
   const full = assignDevices(def);
-  const json = (flag: string, value: QapiObject) => add(flag, JSON.stringify(value));
+  const json = (flag: string, value: QapiObject) => add(flag, qapiJson(value));
   // PCI controllers first: the devices of the others sit on their buses.
   const controllers = [...full.controllers].sort(
     // …in index order: a bridge's bus has a lower index than the bridge (checked at define time).

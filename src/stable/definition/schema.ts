@@ -248,6 +248,21 @@ const diskSchema = z
     }),
     readonly: z.boolean().default(false),
     serial: z.string().max(36).optional(),
+    /** The World Wide Name of an ide, sata or scsi disk: 16 hex digits (QEMU's `wwn`). */
+    wwn: z
+      .string()
+      .regex(/^(0x)?[0-9a-fA-F]{16}$/, 'a WWN of 16 hex digits such as 5000c50015ea71ac')
+      .optional(),
+    /** A scsi disk's INQUIRY vendor (at most 8 printable characters). */
+    vendor: z
+      .string()
+      .regex(/^[\x20-\x7e]{1,8}$/, 'at most 8 printable ASCII characters')
+      .optional(),
+    /** A scsi disk's INQUIRY product (at most 16 printable characters). */
+    product: z
+      .string()
+      .regex(/^[\x20-\x7e]{1,16}$/, 'at most 16 printable ASCII characters')
+      .optional(),
     bootOrder: z.number().int().positive().optional(),
     alias: z.string().optional(),
     address: z.discriminatedUnion('type', [pciAddress, driveAddress, usbAddress]).optional(),

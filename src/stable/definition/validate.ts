@@ -264,6 +264,7 @@ function checkSemantics(def: DomainDefinition): void {
       );
     }
     checkDiskDriver(def, disk, `disks.${i}.driver`);
+    checkDiskIdentity(disk, `disks.${i}`);
     if (disk.backingStore && disk.driver.type !== 'qcow2') {
       throw invalid(
         `disks.${i}.backingStore`,
@@ -277,6 +278,16 @@ function checkSemantics(def: DomainDefinition): void {
 }
 
 /** The driver settings QEMU would refuse at start, refused at define time instead. */
+/** libvirt's rules: a WWN on ide, sata and scsi disks, vendor and product on scsi ones. */
+function checkDiskIdentity(disk: DomainDefinition['disks'][number], path: string): void {
+  const bus = disk.target.bus;
+  if (disk.wwn !== undefined && bus !== 'ide' && bus !== 'sata' && bus !== 'scsi')
+    throw invalid(`${path}.wwn`, `a WWN is for ide, sata and scsi disks, not the ${bus} bus`);
+  for (const key of ['vendor', 'product'] as const)
+    if (disk[key] !== undefined && bus !== 'scsi')
+      throw invalid(`${path}.${key}`, `a ${key} is for scsi disks, not the ${bus} bus`);
+}
+
 function checkDiskDriver(def: DomainDefinition, disk: DomainDefinition['disks'][number], path: string): void {
   if (disk.model !== undefined && disk.target.bus !== 'virtio')
     throw invalid(

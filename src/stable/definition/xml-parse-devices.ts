@@ -101,6 +101,9 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
       'target',
       'readonly',
       'serial',
+      'wwn',
+      'vendor',
+      'product',
       'boot',
       'alias',
       'address',
@@ -202,6 +205,10 @@ function parseDisk(origins: Origins, el: XmlElement, i: number): Obj {
   }
   const serial = child(el, 'serial');
   if (serial) out.serial = textOf(origins, serial, `${field}.serial`);
+  for (const key of ['wwn', 'vendor', 'product'] as const) {
+    const e = child(el, key);
+    if (e) out[key] = textOf(origins, e, `${field}.${key}`).trim();
+  }
   const boot = child(el, 'boot');
   if (boot) {
     check(boot, { attrs: ['order'] });

@@ -4,7 +4,7 @@ import { diskBootIndex } from './boot-order.js';
 import { networkStorageProps } from './disk-network.js';
 import { fdsetIdOf } from './fdset.js';
 import { pciPlacement } from './pci-bus.js';
-import type { QapiObject } from './qapi.js';
+import { type QapiObject, u64 } from './qapi.js';
 import { virtioDevice } from './virtio.js';
 import { virtioProps } from './virtio-options.js';
 
@@ -152,6 +152,12 @@ export function diskDevice(def: DomainDefinition, disk: DiskDefinition, path: st
   const bootindex = disk.bootOrder ?? diskBootIndex(def, disk);
   const extra: QapiObject = {
     ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
+    // libvirt's qemuBuildDiskDeviceProps: the WWN as a 0x number, SCSI's INQUIRY strings.
+    ...(disk.wwn !== undefined
+      ? { wwn: u64(BigInt(disk.wwn.startsWith('0x') ? disk.wwn : `0x${disk.wwn}`)) }
+      : {}),
+    ...(disk.vendor !== undefined ? { vendor: disk.vendor } : {}),
+    ...(disk.product !== undefined ? { product: disk.product } : {}),
     ...(bootindex !== undefined ? { bootindex } : {}),
     ...driverProps(disk),
   };

@@ -10,6 +10,7 @@ import {
   tracing,
 } from '../../../stable/tracing.js';
 import { unixConnect } from '../../../util/unix-socket.js';
+import { qapiJson } from '../devices/qapi.js';
 import { QMP_COMMANDS, type QmpArguments, type QmpCommandName, type QmpReply } from './commands.js';
 import { QMP_EVENTS, type QmpEventData, type QmpEventName } from './events.js';
 import { LineSplitter } from './framing.js';
@@ -301,7 +302,7 @@ export class QmpClient {
     const { signal, fds } = options;
     if (signal?.aborted) return Promise.reject(abortError(signal.reason, command));
     const id = this.#nextId++;
-    const line = Buffer.from(`${JSON.stringify({ execute: command, arguments: args, id })}\n`);
+    const line = Buffer.from(`${qapiJson({ execute: command, arguments: args, id })}\n`);
     this.#commandCount++;
     if (fds === undefined || fds.length === 0) {
       const reply = this.#expect(id, command, options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, signal);
