@@ -656,7 +656,33 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  return { before: [...filesystems, ...before, ...watchdogs], after: [...rngs, ...panics, ...dimms] };
+  const iommu = def.iommu;
+  const iommus: Node[] = iommu
+    ? [
+        node(
+          'iommu',
+          [['model', iommu.model]],
+          [
+            iommu.driver &&
+              node('driver', [
+                ['intremap', iommu.driver.intremap === undefined ? undefined : onOff(iommu.driver.intremap)],
+                [
+                  'caching_mode',
+                  iommu.driver.cachingMode === undefined ? undefined : onOff(iommu.driver.cachingMode),
+                ],
+                ['eim', iommu.driver.eim === undefined ? undefined : onOff(iommu.driver.eim)],
+                ['iotlb', iommu.driver.iotlb === undefined ? undefined : onOff(iommu.driver.iotlb)],
+                ['aw_bits', iommu.driver.awBits],
+              ]),
+            aliasNode(iommu.alias),
+          ],
+        ),
+      ]
+    : [];
+  return {
+    before: [...filesystems, ...before, ...watchdogs],
+    after: [...rngs, ...panics, ...dimms, ...iommus],
+  };
 }
 
 function domainNode(def: DomainDefinition): Node {
