@@ -16,7 +16,7 @@ import {
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
 import { chardevArg } from './devices/chardev.js';
-import { controllerDevice } from './devices/controller.js';
+import { controllerDevice, pciRootGlobals } from './devices/controller.js';
 import {
   backingAlias,
   backingBlockdevs,
@@ -183,6 +183,7 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       Number(b.type === 'pci') - Number(a.type === 'pci') ||
       (a.type === 'pci' && b.type === 'pci' ? (a.index ?? 0) - (b.index ?? 0) : 0),
   );
+  add(...pciRootGlobals(full));
   // libvirt's qemuBuildIOMMUCommandLine: before every PCI device, which QEMU attaches to it as made.
   if (full.iommu) {
     const d = full.iommu.driver;

@@ -423,7 +423,9 @@ function controllerNode(c: ControllerDefinition): Node {
       ['vectors', c.type === 'virtio-serial' ? c.vectors : undefined],
     ],
     [
-      c.type === 'pci' && !isPciRoot(c.model) && node('model', [['name', pciControllerDevice(c.model)]]),
+      c.type === 'pci' &&
+        !isPciRoot(c.model) &&
+        node('model', [['name', c.modelName ?? pciControllerDevice(c.model)]]),
       c.type === 'pci' &&
         c.target &&
         node(
@@ -433,9 +435,11 @@ function controllerNode(c: ControllerDefinition): Node {
             ['chassis', c.target.chassis],
             ['port', c.target.port === undefined ? undefined : hex(c.target.port, 0)],
             ['busNr', c.target.busNr],
+            ['hotplug', c.target.hotplug === undefined ? undefined : onOff(c.target.hotplug)],
           ],
           [c.target.node !== undefined && textNode('node', c.target.node)],
         ),
+      c.type === 'pci' && c.pcihole64KiB !== undefined && kib('pcihole64', c.pcihole64KiB),
       c.type === 'usb' && c.master && node('master', [['startport', c.master.startport]]),
       c.type === 'scsi' &&
         driverNode(c.virtio, [
