@@ -533,8 +533,8 @@ describe('unsupported elements and attributes', () => {
       '/domain/devices/controller/@model',
     ],
     [
-      'pcie-root-port as an ioh3420',
-      devices("<controller type='pci' index='1' model='pcie-root-port'><model name='ioh3420'/></controller>"),
+      'pci-bridge as an ioh3420',
+      devices("<controller type='pci' index='1' model='pci-bridge'><model name='ioh3420'/></controller>"),
       '/domain/devices/controller/model/@name',
     ],
     ['hostdev', devices("<hostdev mode='subsystem' type='pci'/>"), '/domain/devices/hostdev'],

@@ -16,7 +16,7 @@ import {
 import { assignDevices } from './devices/assign.js';
 import { balloonDevice } from './devices/balloon.js';
 import { chardevArg } from './devices/chardev.js';
-import { controllerDevice } from './devices/controller.js';
+import { controllerDevice, pciRootGlobals } from './devices/controller.js';
 import {
   backingAlias,
   backingBlockdevs,
@@ -183,6 +183,27 @@ export function buildCommandLine(def: DomainDefinition, ctx: CommandLineContext)
       Number(b.type === 'pci') - Number(a.type === 'pci') ||
       (a.type === 'pci' && b.type === 'pci' ? (a.index ?? 0) - (b.index ?? 0) : 0),
   );
+  add(...pciRootGlobals(full));
+  // libvirt's qemuBuildIOMMUCommandLine: before every PCI device, which QEMU attaches to it as made.
+  if (full.iommu) {
+    const d = full.iommu.driver;
+    if (d?.eim && def.type !== 'kvm')
+      // QEMU's vtd_decide_config: x2APIC interrupt remapping needs KVM's split irqchip.
+      throw new VirtError(
+        ErrorCode.CONFIG_UNSUPPORTED,
+        "the intel IOMMU's eim needs KVM, and this domain's type is 'qemu' (TCG): remove eim or use type 'kvm'",
+        { path: 'iommu.driver.eim' },
+      );
+    json('-device', {
+      driver: 'intel-iommu',
+      id: full.iommu.alias ?? 'iommu0',
+      ...(d?.intremap !== undefined ? { intremap: d.intremap ? 'on' : 'off' } : {}),
+      ...(d?.cachingMode !== undefined ? { 'caching-mode': d.cachingMode } : {}),
+      ...(d?.eim !== undefined ? { eim: d.eim ? 'on' : 'off' } : {}),
+      ...(d?.iotlb !== undefined ? { 'device-iotlb': d.iotlb } : {}),
+      ...(d?.awBits !== undefined ? { 'aw-bits': d.awBits } : {}),
+    });
+  }
   for (const c of controllers) {
     const device = controllerDevice(full, c);
     if (device) json('-device', device);

@@ -194,6 +194,30 @@ export function deviceSchemas<A extends z.ZodType>(pciAddress: A) {
       )
       .max(2)
       .optional(),
+    /**
+     * `<iommu model='intel'>`: QEMU's intel-iommu (VT-d) on a q35 machine, with libvirt's
+     * `<driver intremap caching_mode eim iotlb aw_bits>`.
+     */
+    iommu: z
+      .strictObject({
+        model: z.literal('intel'),
+        driver: z
+          .strictObject({
+            /** Interrupt remapping (needs the split I/O APIC, `features.ioapic: 'qemu'`). */
+            intremap: z.boolean().optional(),
+            /** Caching mode, which device assignment to the guest's own guests needs. */
+            cachingMode: z.boolean().optional(),
+            /** Extended interrupt mode (x2APIC beyond 255 vCPUs; needs `intremap`). */
+            eim: z.boolean().optional(),
+            /** The device IOTLB, for devices with ATS. */
+            iotlb: z.boolean().optional(),
+            /** The guest address width in bits. */
+            awBits: z.union([z.literal(39), z.literal(48)]).optional(),
+          })
+          .optional(),
+        alias,
+      })
+      .optional(),
     /** `<audio>` backends (QEMU's `-audiodev`), see schema-audio.ts. */
     audios: z.array(audioSchema).optional(),
     /** `<sound>` cards, each playing through one of `audios`. */

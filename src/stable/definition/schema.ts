@@ -97,8 +97,22 @@ const controllerSchema = z.discriminatedUnion('type', [
      * conventional PCI, expander buses (pxb, pxb-pcie) and the ports of a PCIe switch.
      */
     model: z.enum(PCI_CONTROLLER_MODELS),
+    /** A pcie-root-port's device: Intel's `ioh3420` instead of QEMU's generic `pcie-root-port`. */
+    modelName: z.literal('ioh3420').optional(),
+    /** The size of the root's 64-bit PCI hole in KiB (`<pcihole64>`, pci-root and pcie-root only). */
+    pcihole64KiB: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 50)
+      .optional(),
     target: z
       .strictObject({
+        /**
+         * Hot-plug into the port (`pcie-root-port`, `pcie-switch-downstream-port`) or, on a
+         * pci-root, ACPI hot-plug into the root bus; on by default.
+         */
+        hotplug: z.boolean().optional(),
         /** A root or downstream port's chassis number. */
         chassis: z.number().int().min(0).max(255).optional(),
         /** A root or downstream port's port number. */

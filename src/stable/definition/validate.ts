@@ -32,7 +32,28 @@ export function resolveDefinition(input: unknown): DomainDefinition {
   checkSemantics(def);
   checkPlatform(def);
   checkAudio(def);
+  checkIommu(def);
   return def;
+}
+
+/** libvirt's qemuValidateDomainDeviceDefIOMMU rules for an intel IOMMU. */
+function checkIommu(def: DomainDefinition): void {
+  const iommu = def.iommu;
+  if (!iommu) return;
+  const machine = def.os.machine ?? 'pc';
+  if (!/q35/.test(machine))
+    throw new VirtError(
+      ErrorCode.CONFIG_UNSUPPORTED,
+      `an intel IOMMU needs a q35 machine, not '${machine}'`,
+      { path: 'iommu.model' },
+    );
+  const d = iommu.driver;
+  if (d?.intremap && def.features?.ioapic !== 'qemu')
+    throw invalid(
+      'iommu.driver.intremap',
+      "interrupt remapping needs the split I/O APIC: add <ioapic driver='qemu'/> to <features>",
+    );
+  if (d?.eim && !d.intremap) throw invalid('iommu.driver.eim', "eim needs intremap='on'");
 }
 
 /** Audio ids are unique, and a sound card or VNC names an existing one; a backend's options fit it. */

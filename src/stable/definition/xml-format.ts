@@ -423,7 +423,9 @@ function controllerNode(c: ControllerDefinition): Node {
       ['vectors', c.type === 'virtio-serial' ? c.vectors : undefined],
     ],
     [
-      c.type === 'pci' && !isPciRoot(c.model) && node('model', [['name', pciControllerDevice(c.model)]]),
+      c.type === 'pci' &&
+        !isPciRoot(c.model) &&
+        node('model', [['name', c.modelName ?? pciControllerDevice(c.model)]]),
       c.type === 'pci' &&
         c.target &&
         node(
@@ -433,9 +435,11 @@ function controllerNode(c: ControllerDefinition): Node {
             ['chassis', c.target.chassis],
             ['port', c.target.port === undefined ? undefined : hex(c.target.port, 0)],
             ['busNr', c.target.busNr],
+            ['hotplug', c.target.hotplug === undefined ? undefined : onOff(c.target.hotplug)],
           ],
           [c.target.node !== undefined && textNode('node', c.target.node)],
         ),
+      c.type === 'pci' && c.pcihole64KiB !== undefined && kib('pcihole64', c.pcihole64KiB),
       c.type === 'usb' && c.master && node('master', [['startport', c.master.startport]]),
       c.type === 'scsi' &&
         driverNode(c.virtio, [
@@ -652,7 +656,33 @@ function extraDeviceNodes(def: Def): { before: Node[]; after: Node[] } {
       ],
     ),
   );
-  return { before: [...filesystems, ...before, ...watchdogs], after: [...rngs, ...panics, ...dimms] };
+  const iommu = def.iommu;
+  const iommus: Node[] = iommu
+    ? [
+        node(
+          'iommu',
+          [['model', iommu.model]],
+          [
+            iommu.driver &&
+              node('driver', [
+                ['intremap', iommu.driver.intremap === undefined ? undefined : onOff(iommu.driver.intremap)],
+                [
+                  'caching_mode',
+                  iommu.driver.cachingMode === undefined ? undefined : onOff(iommu.driver.cachingMode),
+                ],
+                ['eim', iommu.driver.eim === undefined ? undefined : onOff(iommu.driver.eim)],
+                ['iotlb', iommu.driver.iotlb === undefined ? undefined : onOff(iommu.driver.iotlb)],
+                ['aw_bits', iommu.driver.awBits],
+              ]),
+            aliasNode(iommu.alias),
+          ],
+        ),
+      ]
+    : [];
+  return {
+    before: [...filesystems, ...before, ...watchdogs],
+    after: [...rngs, ...panics, ...dimms, ...iommus],
+  };
 }
 
 function domainNode(def: DomainDefinition): Node {

@@ -4,6 +4,7 @@ import {
   PCI_CONTROLLER_MODELS,
   type PciControllerModel,
 } from './pci-controllers.js';
+import { sizeToKiB } from './xml-parse-memory.js';
 import { boolAttr } from './xml-parse-platform.js';
 import {
   check,
@@ -132,7 +133,10 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
   }
   const model = el.attrs.get('model');
   if (kind === 'pci') {
-    check(el, { attrs: ['type', 'index', 'model'], children: ['model', 'target', 'alias', 'address'] });
+    check(el, {
+      attrs: ['type', 'index', 'model'],
+      children: ['model', 'target', 'alias', 'address', 'pcihole64'],
+    });
     if (model === undefined) throw invalid(el, "<controller type='pci'> needs a model", 'model');
     origins.note(`${field}.model`, el, 'model');
     out.model = choice(el, model, 'the PCI controller model', PCI_CONTROLLER_MODELS, [], 'model');
@@ -143,7 +147,10 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
       const own = isPciRoot(out.model as PciControllerModel)
         ? undefined
         : PCI_CONTROLLER_DEVICE[out.model as keyof typeof PCI_CONTROLLER_DEVICE];
-      if (device !== undefined && device !== own) {
+      if (device === 'ioh3420' && out.model === 'pcie-root-port') {
+        origins.note(`${field}.modelName`, modelName, 'name');
+        out.modelName = device;
+      } else if (device !== undefined && device !== own) {
         throw unsupported(
           modelName,
           `the controller device '${device}' for a ${String(out.model)} (virtkit uses '${own ?? 'none'}')`,
@@ -153,9 +160,11 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
     }
     const target = child(el, 'target');
     if (target) {
-      check(target, { attrs: ['chassis', 'port', 'chassisNr', 'busNr'], children: ['node'] });
+      check(target, { attrs: ['chassis', 'port', 'chassisNr', 'busNr', 'hotplug'], children: ['node'] });
       origins.note(`${field}.target`, target);
       const t: Obj = {};
+      origins.note(`${field}.target.hotplug`, target, 'hotplug');
+      set(t, 'hotplug', boolAttr(target, 'hotplug'));
       for (const attr of ['chassis', 'port', 'chassisNr', 'busNr']) {
         origins.note(`${field}.target.${attr}`, target, attr);
         set(t, attr, numAttr(target, attr));
@@ -166,6 +175,12 @@ export function parseController(origins: Origins, el: XmlElement, i: number): Ob
         t.node = parseUint(node, textOf(origins, node, `${field}.target.node`), 'the NUMA node');
       }
       out.target = t;
+    }
+    const hole = child(el, 'pcihole64');
+    if (hole) {
+      check(hole, { attrs: ['unit'], text: true });
+      origins.note(`${field}.pcihole64KiB`, hole);
+      out.pcihole64KiB = sizeToKiB(hole, hole.text, hole.attrs.get('unit') ?? 'KiB');
     }
   } else if (kind === 'fdc') {
     check(el, { attrs: ['type', 'index'], children: ['alias'] });

@@ -42,6 +42,7 @@ export const EXTRA_DEVICES = [
   'memory',
   'panic',
   'filesystem',
+  'iommu',
 ] as const;
 
 function alias(origins: Origins, el: XmlElement, field: string, out: Obj): void {
@@ -71,6 +72,43 @@ export function parseExtraDevices(origins: Origins, el: XmlElement, out: Obj): v
   list('memory', 'memoryDevices', (e, f) => parseMemoryDevice(origins, e, f));
   list('panic', 'panics', (e, f) => parsePanic(origins, e, f));
   list('filesystem', 'filesystems', (e, f) => parseFilesystem(origins, e, f));
+  const iommus = childrenOf(el, 'iommu');
+  if (iommus[1]) throw invalid(iommus[1], 'a domain has one <iommu>');
+  if (iommus[0]) out.iommu = parseIommu(origins, iommus[0]);
+}
+
+/** `<iommu model='intel'>` with its `<driver>` (libvirt's virDomainIOMMUDef). */
+function parseIommu(origins: Origins, el: XmlElement): Obj {
+  check(el, { attrs: ['model'], children: ['driver', 'alias', 'address'] });
+  origins.note('iommu', el);
+  const model = el.attrs.get('model');
+  if (model === undefined) throw invalid(el, "<iommu> needs a model ('intel')", 'model');
+  origins.note('iommu.model', el, 'model');
+  const out: Obj = {
+    model: choice(el, model, "the IOMMU model (smmuv3 is ARM's)", ['intel'], ['virtio', 'smmuv3'], 'model'),
+  };
+  const driver = child(el, 'driver');
+  if (driver) {
+    check(driver, { attrs: ['intremap', 'caching_mode', 'eim', 'iotlb', 'aw_bits'] });
+    const d: Obj = {};
+    for (const [attr, key] of [
+      ['intremap', 'intremap'],
+      ['caching_mode', 'cachingMode'],
+      ['eim', 'eim'],
+      ['iotlb', 'iotlb'],
+    ] as const) {
+      origins.note(`iommu.driver.${key}`, driver, attr);
+      set(d, key, boolAttr(driver, attr));
+    }
+    origins.note('iommu.driver.awBits', driver, 'aw_bits');
+    set(d, 'awBits', intAttr(driver, 'aw_bits'));
+    out.driver = d;
+  }
+  alias(origins, el, 'iommu', out);
+  // An intel-iommu is a system device: it has no address (libvirt writes none).
+  if (child(el, 'address'))
+    throw invalid(child(el, 'address') as XmlElement, 'an intel IOMMU takes no address');
+  return out;
 }
 
 /**

@@ -643,6 +643,7 @@ function assignPciAddresses(
     if (!port.address) port.address = pci.nextPortFunction(port.alias ?? '', ctlPath(port));
     const index = port.index ?? 0;
     port.target = {
+      ...port.target,
       chassis: port.target?.chassis ?? index,
       port: port.target?.port ?? (port.address.slot << 3) | port.address.function,
     };

@@ -14,7 +14,8 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
   const id = c.alias ?? '';
   if (c.type === 'pci') {
     if (isPciRoot(c.model)) return undefined;
-    const driver = PCI_CONTROLLER_DEVICE[c.model as keyof typeof PCI_CONTROLLER_DEVICE];
+    const driver = c.modelName ?? PCI_CONTROLLER_DEVICE[c.model as keyof typeof PCI_CONTROLLER_DEVICE];
+    const hotplug: QapiObject = c.target?.hotplug === undefined ? {} : { hotplug: c.target.hotplug };
     const placement = pciPlacement(def, c.address, `controller ${id}`);
     // The properties of libvirt's qemuBuildControllerPCIDevProps, in its order.
     switch (c.model) {
@@ -24,6 +25,7 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
           driver,
           port: c.target?.port ?? 0,
           chassis: c.target?.chassis ?? c.index ?? 0,
+          ...hotplug,
           id,
           ...placement,
         };
@@ -94,4 +96,21 @@ export function controllerDevice(def: DomainDefinition, c: ControllerDefinition)
     ...(c.ports !== undefined ? { p2: c.ports, p3: c.ports } : {}),
     ...pciPlacement(def, c.address, `controller ${id}`),
   };
+}
+
+/**
+ * The `-global`s of the PCI root, as libvirt's qemuBuildGlobalControllerCommandLine and
+ * qemuBuildPMCommandLine: the 64-bit PCI hole size, and ACPI hot-plug into a pc machine's root bus.
+ */
+export function pciRootGlobals(def: DomainDefinition): string[] {
+  const root = def.controllers.find(
+    (c): c is Extract<ControllerDefinition, { type: 'pci' }> => c.type === 'pci' && isPciRoot(c.model),
+  );
+  if (!root) return [];
+  const args: string[] = [];
+  const host = root.model === 'pcie-root' ? 'q35-pcihost' : 'i440FX-pcihost';
+  if (root.pcihole64KiB !== undefined) args.push('-global', `${host}.pci-hole64-size=${root.pcihole64KiB}K`);
+  if (root.model === 'pci-root' && root.target?.hotplug !== undefined)
+    args.push('-global', `PIIX4_PM.acpi-root-pci-hotplug=${root.target.hotplug ? 'on' : 'off'}`);
+  return args;
 }

@@ -132,6 +132,17 @@ export function completeControllers(def: DomainDefinition, family: MachineFamily
       );
     if (c.type === 'scsi' && c.model !== 'lsilogic' && c.model !== 'virtio-scsi')
       checkVirtioModel(c.model, family, `${at}.model`);
+    if (c.type === 'pci' && c.pcihole64KiB !== undefined && !isPciRoot(c.model))
+      throw invalid(
+        `${at}.pcihole64KiB`,
+        `a ${c.model} has no 64-bit PCI hole: only the root (pci-root, pcie-root)`,
+      );
+    if (
+      c.type === 'pci' &&
+      c.target?.hotplug !== undefined &&
+      !['pci-root', 'pcie-root-port', 'pcie-switch-downstream-port'].includes(c.model)
+    )
+      throw invalid(`${at}.target.hotplug`, `hot-plug cannot be set on a ${c.model}`);
     if (c.type === 'fdc' && family === 'q35')
       throw unsupported(`${at}.type`, 'a floppy controller on a q35 machine (use pc)');
     if (c.type === 'ide' && family === 'q35')
