@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { buildCommandLine } from '../../src/drivers/qemu/command-line.js';
 import { assignDevices } from '../../src/drivers/qemu/devices/assign.js';
-import { ErrorCode, VirtError } from '../../src/errors.js';
+import { ErrorCode } from '../../src/errors.js';
 import { resolveDefinition } from '../../src/stable/definition/validate.js';
 import { formatDomainXml, parseDomainXml } from '../../src/stable/index.js';
+import { thrownVirtError } from '../helpers/errors.js';
 
 /*
  * <audio> backends and <sound> cards: parsed, formatted back to the same definition, and given the
@@ -168,13 +169,6 @@ describe('refusals name the place', () => {
       '/domain/devices/sound/address/@type',
     ],
   ])('%s', (body, code, path) => {
-    let err: unknown;
-    try {
-      resolve(doc(body));
-    } catch (e) {
-      err = e;
-    }
-    expect(VirtError.is(err)).toBe(true);
-    expect(err).toMatchObject({ code, details: { path } });
+    expect(thrownVirtError(() => resolve(doc(body)))).toMatchObject({ code, details: { path } });
   });
 });

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { buildCommandLine } from '../../src/drivers/qemu/command-line.js';
-import { ErrorCode, VirtError } from '../../src/errors.js';
+import { ErrorCode } from '../../src/errors.js';
 import { resolveDefinition } from '../../src/stable/definition/validate.js';
 import { formatDomainXml, parseDomainXml } from '../../src/stable/index.js';
+import { thrownVirtError } from '../helpers/errors.js';
 
 /*
  * Chardev backends of <serial> and <parallel> (and the <console> alias of serial 0): parsed into
@@ -177,13 +178,6 @@ describe('refusals name the place', () => {
       '/domain/devices',
     ],
   ])('%s', (body, code, path) => {
-    let err: unknown;
-    try {
-      resolve(doc(body));
-    } catch (e) {
-      err = e;
-    }
-    expect(VirtError.is(err)).toBe(true);
-    expect(err).toMatchObject({ code, details: { path } });
+    expect(thrownVirtError(() => resolve(doc(body)))).toMatchObject({ code, details: { path } });
   });
 });
